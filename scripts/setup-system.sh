@@ -1,0 +1,21 @@
+#!/bin/sh
+# Install the Debian packages pyxlb builds and tests with; installs only what is missing.
+set -eu
+PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool python3-venv python3-dev"
+missing=""
+for p in $PACKAGES; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$status" in
+	*"install ok installed"*) ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "pyxlb setup: missing Debian packages:$missing (run as root, or install them)" >&2
+		exit 1
+	fi
+	echo "pyxlb setup: installing$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test directory."""
+
+import itertools
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+_ns_counter = itertools.count()
+
+
+def _require_root():
+    # CI runs as root; a privileged test that cannot run must fail loudly, not skip.
+    assert os.geteuid() == 0, "this test needs root (BPF, namespaces): run it as root"
+
+
+@pytest.fixture
+def bpffs_dir():
+    """A fresh directory on bpffs for pins, removed with everything in it afterwards."""
+    _require_root()
+    from pyxlb import bpffs
+
+    bpffs.ensure_mounted()
+    path = os.path.join(bpffs.BPFFS_ROOT, f"pyxlb-test-{uuid.uuid4().hex[:12]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def netns():
+    """A uniquely named network namespace holding a veth pair (veth0 <-> veth1, both up),
+    deleted afterwards even when the test fails."""
+    _require_root()
+    name = f"xlbt-{os.getpid()}-{next(_ns_counter)}"
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
+        _ip("-n", name, "link", "set", "veth0", "up")
+        _ip("-n", name, "link", "set", "veth1", "up")
+        yield name
+    finally:
+        _ip("netns", "del", name, check=False)
