@@ -20,8 +20,75 @@
 #ifndef XLB_MAX_FLOWS
 #define XLB_MAX_FLOWS (1 << 20)
 #endif
+#ifndef XLB_MAX_LOCAL_ADDRS
+#define XLB_MAX_LOCAL_ADDRS 256
+#endif
+#ifndef XLB_MAX_SOURCE_PREFIXES
+#define XLB_MAX_SOURCE_PREFIXES 1024
+#endif
 
 /* Maglev ring size: prime, per the paper; 65537 slots of 4 bytes = 256 KiB a ring. */
 #define XLB_RING_SIZE_DEFAULT 65537
+/* Largest ring a VIP may use (also the inner-map template's size). */
+#define XLB_RING_SIZE_MAX 655373
+/* A ring slot that names no backend (an empty backend set). */
+#define XLB_RING_EMPTY 0xFFFFFFFFu
+
+/* Forwarding modes of a VIP (struct xlb_vip.mode). */
+#define XLB_MODE_IPIP 1		/* IPIP / IP6IP6 / IPv4-in-IPv6 to the backend (DSR) */
+#define XLB_MODE_L2 2		/* rewrite the MACs only; backend on this segment (DSR) */
+#define XLB_MODE_LOCAL 3	/* XDP_PASS: this node serves the VIP itself */
+
+/* struct xlb_vip.flags */
+#define XLB_VIP_NO_FLOW_TABLE (1 << 0)	/* pure Maglev: no flow-table lookup or insert */
+#define XLB_VIP_AFFINITY_SRC (1 << 1)	/* hash the source address only (ClientIP) */
+
+/* struct xlb_addr.flags: what a destination address is to this node. */
+#define XLB_ADDR_PORTS (1 << 0)		/* some VIP on this address has a port */
+#define XLB_ADDR_ALL_PORTS (1 << 1)	/* a port-0 VIP covers every port */
+#define XLB_ADDR_ANNOUNCE (1 << 2)	/* answer ARP / neighbour solicitations for it */
+
+/* struct xlb_backend.state: 0 means the id is unused ("gone"). */
+#define XLB_BACKEND_ACTIVE 1		/* in the ring */
+#define XLB_BACKEND_DRAINING 2		/* out of the ring; pinned flows go on */
+
+/* struct xlb_backend.flags */
+#define XLB_BACKEND_LOCAL (1 << 0)	/* this node: pass up whatever the VIP's mode */
+
+/* struct xlb_config.flags */
+#define XLB_CFG_DECAP_CHECK_SOURCE (1 << 0)	/* decap only from xlb_decap_sources */
+
+/* Packet limits. */
+#define XLB_MTU_DEFAULT 1500
+#define XLB_IPV6_EXT_MAX 4	/* extension headers skipped before giving up */
+#define XLB_TTL 64		/* TTL / hop limit of outer headers and ICMP errors */
+#define XLB_ICMP4_QUOTE 28	/* bytes of the offending packet an ICMPv4 error quotes */
+#define XLB_ICMP6_QUOTE 128	/* ... and an ICMPv6 one (at most; less if shorter) */
+
+/* Global outcome counters: index of xlb_stats. */
+enum xlb_stat {
+	XLB_STAT_PASS_NOT_VIP = 0,	/* not for a VIP: passed untouched */
+	XLB_STAT_PASS_LOCAL,		/* VIP served here (local mode or local backend) */
+	XLB_STAT_PASS_FRAGMENT,		/* IP fragment: passed, never balanced */
+	XLB_STAT_PASS_MALFORMED,	/* truncated or bad lengths: passed to the kernel */
+	XLB_STAT_PASS_NO_NEIGH,		/* next hop unresolved: the kernel resolves it */
+	XLB_STAT_TX,			/* XDP_TX out of the receiving interface */
+	XLB_STAT_REDIRECT,		/* redirected to another interface */
+	XLB_STAT_DROP_NO_BACKEND,	/* VIP with an empty ring */
+	XLB_STAT_DROP_TOO_BIG,		/* too big to encapsulate and no ICMP possible */
+	XLB_STAT_DROP_UNSUPPORTED,	/* e.g. IPv6 client to an IPv4-only backend */
+	XLB_STAT_DROP_NO_ROUTE,		/* the FIB has no route to the backend */
+	XLB_STAT_DROP_INTERNAL,		/* a helper failed (headroom, map) */
+	XLB_STAT_FLOW_HIT,		/* flow table had the flow */
+	XLB_STAT_FLOW_MISS,		/* new flow: Maglev chose */
+	XLB_STAT_FLOW_STALE,		/* flow pointed at a gone backend: re-hashed */
+	XLB_STAT_ICMP_SENT,		/* ICMP too-big generated */
+	XLB_STAT_ICMP_STEERED,		/* ICMP error about a VIP flow sent to its backend */
+	XLB_STAT_ARP_REPLY,		/* ARP request for an announced VIP answered */
+	XLB_STAT_NDP_REPLY,		/* neighbour solicitation answered */
+	XLB_STAT_DECAP,			/* tunnelled VIP packet decapsulated and passed up */
+	XLB_STAT_DECAP_REFUSED,		/* tunnelled packet not for a known VIP or source */
+	XLB_STAT_MAX,
+};
 
 #endif /* XLB_CONSTS_H */

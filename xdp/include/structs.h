@@ -7,11 +7,12 @@
 
 /*
  * Rules (another language fills these maps): fixed-width types only, explicit padding
- * fields, no bitfields, byte order noted on each field. A test checks that the sizes the
- * host compiler sees equal the sizes in the BPF object's BTF.
+ * fields (always zero), no bitfields, byte order noted on each field. A test checks that
+ * the sizes the host compiler sees equal the sizes in the BPF objects' BTF.
+ * IPv4 addresses use the first 4 bytes of a 16-byte addr field, the rest zero.
  */
 
-/* Key of the VIP table. IPv4 addresses use the first 4 bytes of addr, the rest zero. */
+/* Key of xlb_vips: one VIP is (address, port, protocol, family). */
 struct xlb_vip_key {
 	__u8 addr[16];		/* network order */
 	__be16 port;		/* network order; 0 matches every port of addr */
@@ -19,11 +20,87 @@ struct xlb_vip_key {
 	__u8 family;		/* XLB_FAMILY_V4 / XLB_FAMILY_V6 */
 };
 
+/* Value of xlb_vips. */
+struct xlb_vip {
+	__u32 vip_id;		/* host order; index of xlb_vip_stats */
+	__u32 ring_id;		/* host order; slot of xlb_rings (VIPs may share a ring) */
+	__u32 ring_size;	/* host order; slots in that ring, a prime */
+	__u16 flags;		/* host order; XLB_VIP_* */
+	__u8 mode;		/* XLB_MODE_* */
+	__u8 pad;
+};
+
+/* Key of the address maps (xlb_vip_addrs, xlb_local_addrs, xlb_decap_vips). */
+struct xlb_addr_key {
+	__u8 addr[16];		/* network order */
+	__u8 family;		/* XLB_FAMILY_* */
+	__u8 pad[3];
+};
+
+/* Value of xlb_vip_addrs: one lookup tells a non-VIP packet to go (the common case). */
+struct xlb_addr {
+	__u32 flags;		/* host order; XLB_ADDR_* */
+	__u32 ifindex;		/* host order; answer ARP/NDP only on this one (0: any) */
+	__u8 mac[6];		/* the MAC to answer ARP/NDP with */
+	__u8 pad[2];
+};
+
+/* Value of xlb_backends, indexed by backend id. */
+struct xlb_backend {
+	__u8 addr[16];		/* network order: the node to tunnel to, or the L2 peer */
+	__u8 family;		/* XLB_FAMILY_*; 0 with state 0: unused id */
+	__u8 state;		/* XLB_BACKEND_ACTIVE / _DRAINING; 0: gone */
+	__u16 flags;		/* host order; XLB_BACKEND_* */
+	__u32 gen;		/* host order; changes whenever the id is given to a new backend */
+};
+
+/* Value of xlb_nexthops, indexed by backend id: the cached next hop towards it. */
+struct xlb_nexthop {
+	__u8 dmac[6];		/* next hop's MAC */
+	__u8 smac[6];		/* egress interface's MAC */
+	__u32 ifindex;		/* host order; egress interface; 0: no entry (use the FIB) */
+};
+
+/* Key of xlb_flows: the 5-tuple (ports zero for ClientIP affinity). */
+struct xlb_flow_key {
+	__u8 src[16];		/* network order */
+	__u8 dst[16];		/* network order */
+	__be16 sport;		/* network order */
+	__be16 dport;		/* network order */
+	__u8 proto;
+	__u8 family;		/* XLB_FAMILY_* */
+	__u8 pad[2];
+};
+
+/* Value of xlb_flows: the backend a flow is pinned to. */
+struct xlb_flow {
+	__u32 backend_id;	/* host order */
+	__u32 gen;		/* host order; must equal the backend's gen, else re-hash */
+};
+
 /* Per-CPU traffic counters, per VIP and per backend: user space sums the CPUs. */
 struct xlb_counters {
 	__u64 packets;		/* host order */
 	__u64 bytes;		/* host order */
 	__u64 new_flows;	/* host order */
+};
+
+/* Key of xlb_decap_sources (LPM trie): IPv4 as ::ffff:a.b.c.d, prefixlen 96 + n. */
+struct xlb_lpm_key {
+	__u32 prefixlen;	/* host order */
+	__u8 addr[16];		/* network order */
+};
+
+/* The single value of xlb_config. */
+struct xlb_config {
+	__u32 seed;		/* host order; flow-hash seed, the same on every LB node */
+	__u16 mtu;		/* host order; largest packet sent after encapsulation */
+	__u16 flags;		/* host order; XLB_CFG_* */
+	__u8 src4[4];		/* network order; outer IPv4 source prefix */
+	__u8 src4_plen;		/* its length: the flow hash fills the host bits */
+	__u8 src6_plen;		/* length of src6 */
+	__u8 pad[2];
+	__u8 src6[16];		/* network order; outer IPv6 source prefix */
 };
 
 #endif /* XLB_STRUCTS_H */

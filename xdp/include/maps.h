@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every BPF map, each with what it holds. A program defines XLB_BALANCER_MAPS or
+ * XLB_DECAP_MAPS first, so each object creates only the maps it uses. */
+#ifndef XLB_MAPS_H
+#define XLB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+
+/* Global outcome counters (enum xlb_stat), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} xlb_stats SEC(".maps");
+
+/* The one configuration record (seed, MTU, outer source prefixes, flags). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xlb_config);
+} xlb_config SEC(".maps");
+
+/* Outer sources allowed to tunnel to us, when XLB_CFG_DECAP_CHECK_SOURCE is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XLB_MAX_SOURCE_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xlb_lpm_key);
+	__type(value, __u32);
+} xlb_decap_sources SEC(".maps");
+
+#ifdef XLB_BALANCER_MAPS
+
+/* VIP (address, port, protocol, family) -> its ring, mode and flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, struct xlb_vip_key);
+	__type(value, struct xlb_vip);
+} xlb_vips SEC(".maps");
+
+/* VIP address -> which kinds of VIP it carries, and whether we announce it (ARP/NDP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, struct xlb_addr_key);
+	__type(value, struct xlb_addr);
+} xlb_vip_addrs SEC(".maps");
+
+/* This node's own addresses: tunnelled packets to them are decapsulated inline. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_LOCAL_ADDRS);
+	__type(key, struct xlb_addr_key);
+	__type(value, __u32);
+} xlb_local_addrs SEC(".maps");
+
+/* Template of a Maglev ring: slot -> backend id. BPF_F_INNER_MAP lets rings differ in size. */
+struct xlb_ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_RING_SIZE_DEFAULT);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* Ring id -> ring; a new ring is written aside and swapped in with one update. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, XLB_MAX_RINGS);
+	__type(key, __u32);
+	__array(values, struct xlb_ring);
+} xlb_rings SEC(".maps");
+
+/* Backend id -> address, state, generation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xlb_backend);
+} xlb_backends SEC(".maps");
+
+/* Backend id -> cached next hop (MACs, egress interface), kept fresh by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xlb_nexthop);
+} xlb_nexthops SEC(".maps");
+
+/* 5-tuple -> pinned backend; least recently used flows are evicted when full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XLB_MAX_FLOWS);
+	__type(key, struct xlb_flow_key);
+	__type(value, struct xlb_flow);
+} xlb_flows SEC(".maps");
+
+/* Per-VIP counters by vip_id, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct xlb_counters);
+} xlb_vip_stats SEC(".maps");
+
+/* Per-backend counters by backend id, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xlb_counters);
+} xlb_backend_stats SEC(".maps");
+
+#endif /* XLB_BALANCER_MAPS */
+
+#ifdef XLB_DECAP_MAPS
+
+/* VIP addresses a backend-only host accepts tunnelled packets for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, struct xlb_addr_key);
+	__type(value, __u32);
+} xlb_decap_vips SEC(".maps");
+
+#endif /* XLB_DECAP_MAPS */
+
+#endif /* XLB_MAPS_H */
