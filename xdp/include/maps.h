@@ -35,6 +35,15 @@ struct {
 	__type(value, __u32);
 } xlb_decap_sources SEC(".maps");
 
+/* Count one outcome on this CPU. */
+static __always_inline void xlb_count(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&xlb_stats, &stat);
+
+	if (n)
+		*n += 1;
+}
+
 #ifdef XLB_BALANCER_MAPS
 
 /* VIP (address, port, protocol, family) -> its ring, mode and flags. */

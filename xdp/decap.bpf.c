@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * decap.bpf.c: the XDP program for hosts that are only backends. It strips the outer
+ * header of IPIP / IP6IP6 / IPv4-in-IPv6 packets whose inner destination is a VIP it was
+ * given (and whose outer source is allowed, when that is configured), and passes the inner
+ * packet up; everything else passes untouched. It is not an open tunnel.
+ */
+#define XLB_DECAP_MAPS
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parse.h"
+#include "encap.h"
+#include "decap.h"
+
+SEC("xdp")
+int xlb_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt outer = {}, inner = {};
+	struct xlb_addr_key vip = {};
+	__be16 proto = xlb_parse_eth(data, data_end, &outer.l3_off);
+	__u8 family;
+	int rc, outer_len;
+
+	if (proto == bpf_htons(ETH_P_IP))
+		rc = xlb_parse_ipv4(data, data_end, &outer);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		rc = xlb_parse_ipv6(data, data_end, &outer);
+	else
+		goto not_tunnel;
+	if (rc != XLB_PARSE_OK) {
+		xlb_count(XLB_STAT_PASS_MALFORMED);
+		return XDP_PASS;
+	}
+	family = xlb_inner_family(outer.l4_proto);
+	if (!family)
+		goto not_tunnel;
+	outer_len = outer.l4_off - outer.l3_off;
+	if (outer.frag || outer_len != (outer.key.family == XLB_FAMILY_V4 ? XLB_IPV4_HLEN :
+					XLB_IPV6_HLEN))
+		goto refuse;
+	if (!xlb_source_allowed(&outer.key))
+		goto refuse;
+	if (xlb_parse_inner(data, data_end, &outer, &inner, family) != XLB_PARSE_OK ||
+	    inner.frag)
+		goto refuse;
+	__builtin_memcpy(vip.addr, inner.key.dst, 16);
+	vip.family = inner.key.family;
+	if (!bpf_map_lookup_elem(&xlb_decap_vips, &vip))
+		goto refuse;
+	if (xlb_pop_outer(ctx, outer.l3_off, outer_len,
+			  family == XLB_FAMILY_V4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6)))
+		goto refuse;
+	xlb_count(XLB_STAT_DECAP);
+	return XDP_PASS;
+refuse:
+	xlb_count(XLB_STAT_DECAP_REFUSED);
+	return XDP_PASS;
+not_tunnel:
+	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

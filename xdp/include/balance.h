@@ -1,0 +1,498 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* balance.h: the balancing decision (VIP, flow table, Maglev ring, backend state) and
+ * forwarding by the VIP's mode; ICMP errors about VIP flows; inline decapsulation. */
+#ifndef XLB_BALANCE_H
+#define XLB_BALANCE_H
+
+#include <linux/bpf.h>
+#include <linux/icmpv6.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parse.h"
+#include "hash.h"
+#include "encap.h"
+#include "icmp.h"
+#include "decap.h"
+#include "neigh.h"
+
+/* The VIP for (dst, dport, proto, family) of `key`: exact port first, then port 0. */
+static __always_inline struct xlb_vip *xlb_find_vip(const __u8 *addr, __be16 port,
+						    __u8 proto, __u8 family, __u32 addr_flags)
+{
+	struct xlb_vip_key vk = {};
+	struct xlb_vip *vip;
+
+	__builtin_memcpy(vk.addr, addr, 16);
+	vk.port = port;
+	vk.proto = proto;
+	vk.family = family;
+	if (addr_flags & XLB_ADDR_PORTS) {
+		vip = bpf_map_lookup_elem(&xlb_vips, &vk);
+		if (vip)
+			return vip;
+	}
+	if (addr_flags & XLB_ADDR_ALL_PORTS) {
+		vk.port = 0;
+		return bpf_map_lookup_elem(&xlb_vips, &vk);
+	}
+	return NULL;
+}
+
+/* The address-map entry for a destination (NULL: not a VIP address: the common case). */
+static __always_inline struct xlb_addr *xlb_vip_addr(const __u8 *addr, __u8 family)
+{
+	struct xlb_addr_key key = {};
+
+	__builtin_memcpy(key.addr, addr, 16);
+	key.family = family;
+	return bpf_map_lookup_elem(&xlb_vip_addrs, &key);
+}
+
+static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes, int new_flow)
+{
+	if (!c)
+		return;
+	c->packets++;
+	c->bytes += bytes;
+	c->new_flows += new_flow;
+}
+
+/*
+ * Pick the backend of a flow: the flow table's answer if it still names a live backend of
+ * the same generation, else the VIP's Maglev ring at hash % ring_size. A new choice is
+ * remembered when `insert` (ICMP errors look up, never insert). Returns the backend id, or
+ * XLB_RING_EMPTY when the VIP has no backend.
+ */
+static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
+				      __u32 hash, int insert, struct xlb_backend **out, int *new_flow)
+{
+	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
+	struct xlb_backend *be;
+	struct xlb_flow *flow;
+	__u32 slot, id;
+	__u32 *ring_slot;
+	void *ring;
+
+	*new_flow = 0;
+	if (use_flows) {
+		flow = bpf_map_lookup_elem(&xlb_flows, key);
+		if (flow) {
+			id = flow->backend_id;
+			be = bpf_map_lookup_elem(&xlb_backends, &id);
+			/* draining backends keep their flows; gone or re-used ids do not */
+			if (be && be->state && be->gen == flow->gen) {
+				xlb_count(XLB_STAT_FLOW_HIT);
+				*out = be;
+				return id;
+			}
+			xlb_count(XLB_STAT_FLOW_STALE);
+		} else {
+			xlb_count(XLB_STAT_FLOW_MISS);
+		}
+	}
+	ring = bpf_map_lookup_elem(&xlb_rings, &vip->ring_id);
+	if (!ring || !vip->ring_size)
+		return XLB_RING_EMPTY;
+	slot = hash % vip->ring_size;
+	ring_slot = bpf_map_lookup_elem(ring, &slot);
+	if (!ring_slot || *ring_slot == XLB_RING_EMPTY)
+		return XLB_RING_EMPTY;
+	id = *ring_slot;
+	be = bpf_map_lookup_elem(&xlb_backends, &id);
+	if (!be || !be->state)
+		return XLB_RING_EMPTY;
+	if (use_flows && insert) {
+		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen };
+
+		bpf_map_update_elem(&xlb_flows, key, &fresh, BPF_ANY);
+	}
+	*new_flow = insert;
+	*out = be;
+	return id;
+}
+
+/*
+ * Send a VIP packet (or an ICMP error about a VIP flow) to backend `id` by the VIP's mode:
+ * pass up when it is served here, rewrite MACs for L2 DSR, else encapsulate.
+ */
+static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
+				       const struct xlb_vip *vip, __u32 id,
+				       const struct xlb_backend *be, __u32 hash)
+{
+	struct xlb_config *cfg;
+	struct xlb_nexthop *nh;
+	__u32 zero = 0, src6[4];
+	__be32 src4, dst4;
+	__u32 tot;
+
+	if ((be->flags & XLB_BACKEND_LOCAL) || vip->mode == XLB_MODE_LOCAL) {
+		xlb_count(XLB_STAT_PASS_LOCAL);
+		return XDP_PASS;
+	}
+	nh = bpf_map_lookup_elem(&xlb_nexthops, &id);
+	if (vip->mode == XLB_MODE_L2) {
+		if (be->family == XLB_FAMILY_V4)
+			return xlb_send(ctx, nh, XLB_FAMILY_V4, pkt->key.src, be->addr,
+					pkt->l3_len);
+		return xlb_send(ctx, nh, XLB_FAMILY_V6, pkt->key.src, be->addr, pkt->l3_len);
+	}
+	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
+	if (!cfg) {
+		xlb_count(XLB_STAT_DROP_INTERNAL);
+		return XDP_DROP;
+	}
+	if (be->family == XLB_FAMILY_V4) {
+		/* IPv6 inside IPv4 is not a mode we offer: the control plane refuses it too */
+		if (pkt->key.family != XLB_FAMILY_V4)
+			goto unsupported;
+		tot = pkt->l3_len + XLB_IPV4_HLEN;
+		if (tot > cfg->mtu) {
+			if (!pkt->df) {
+				xlb_count(XLB_STAT_DROP_TOO_BIG);
+				return XDP_DROP;
+			}
+			return xlb_icmp4_too_big(ctx, pkt, cfg->mtu - XLB_IPV4_HLEN);
+		}
+		src4 = xlb_outer_src4(cfg, hash);
+		if (!src4)
+			goto unsupported;
+		__builtin_memcpy(&dst4, be->addr, 4);
+		if (xlb_push_ipv4(ctx, pkt->l3_off, src4, dst4, pkt->l3_len, pkt->tos, pkt->df))
+			goto internal;
+		return xlb_send(ctx, nh, XLB_FAMILY_V4, &src4, &dst4, tot);
+	}
+	tot = pkt->l3_len + XLB_IPV6_HLEN;
+	if (tot > cfg->mtu) {
+		if (pkt->key.family == XLB_FAMILY_V4) {
+			if (!pkt->df) {
+				xlb_count(XLB_STAT_DROP_TOO_BIG);
+				return XDP_DROP;
+			}
+			return xlb_icmp4_too_big(ctx, pkt, cfg->mtu - XLB_IPV6_HLEN);
+		}
+		return xlb_icmp6_too_big(ctx, pkt, cfg->mtu - XLB_IPV6_HLEN);
+	}
+	if (!xlb_outer_src6(cfg, hash, src6))
+		goto unsupported;
+	if (xlb_push_ipv6(ctx, pkt->l3_off, src6, be->addr, pkt->l3_len,
+			  pkt->key.family == XLB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6,
+			  pkt->tos, hash & 0xfffff))
+		goto internal;
+	return xlb_send(ctx, nh, XLB_FAMILY_V6, src6, be->addr, tot);
+unsupported:
+	xlb_count(XLB_STAT_DROP_UNSUPPORTED);
+	return XDP_DROP;
+internal:
+	xlb_count(XLB_STAT_DROP_INTERNAL);
+	return XDP_DROP;
+}
+
+/* Balance a parsed TCP/UDP packet for `vip`: count, pick, forward. */
+static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
+				       const struct xlb_vip *vip)
+{
+	struct xlb_config *cfg;
+	struct xlb_backend *be = NULL;
+	__u32 zero = 0, hash, id, vip_id = vip->vip_id;
+	int src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
+	int new_flow;
+
+	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
+	if (!cfg) {
+		xlb_count(XLB_STAT_DROP_INTERNAL);
+		return XDP_DROP;
+	}
+	if (src_only)
+		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
+	hash = xlb_flow_hash(&pkt->key, cfg->seed, src_only);
+	id = xlb_pick(&pkt->key, vip, hash, 1, &be, &new_flow);
+	xlb_add_counters(bpf_map_lookup_elem(&xlb_vip_stats, &vip_id), pkt->l3_len, new_flow);
+	if (id == XLB_RING_EMPTY || !be) {
+		xlb_count(XLB_STAT_DROP_NO_BACKEND);
+		return XDP_DROP;
+	}
+	xlb_add_counters(bpf_map_lookup_elem(&xlb_backend_stats, &id), pkt->l3_len, new_flow);
+	return xlb_forward(ctx, pkt, vip, id, be, hash);
+}
+
+/*
+ * An ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to a VIP address is about
+ * a reply the backend sent (source VIP, destination client). Send it to that flow's backend
+ * so its path MTU learns. `inner` is the offset of the quoted IP header. Returns -1 when
+ * the quote is not a VIP flow (the caller passes the packet).
+ */
+static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u32 inner)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_flow_key key = {};
+	struct xlb_config *cfg;
+	struct xlb_backend *be = NULL;
+	struct xlb_addr *addr;
+	struct xlb_vip *vip;
+	__u32 zero = 0, hash, id, l4;
+	__u16 *ports;
+	int src_only, new_flow;
+
+	if (inner > 256)
+		return -1;
+	if (pkt->key.family == XLB_FAMILY_V4) {
+		struct iphdr *q = data + inner;
+
+		if ((void *)(q + 1) > data_end || q->ihl < 5)
+			return -1;
+		l4 = inner + q->ihl * 4;
+		key.proto = q->protocol;
+		/* the quoted packet went VIP -> client: reverse it into the client's flow */
+		__builtin_memcpy(key.src, &q->daddr, 4);
+		__builtin_memcpy(key.dst, &q->saddr, 4);
+	} else {
+		struct ipv6hdr *q = data + inner;
+
+		if ((void *)(q + 1) > data_end)
+			return -1;
+		l4 = inner + XLB_IPV6_HLEN;
+		key.proto = q->nexthdr;
+		__builtin_memcpy(key.src, &q->daddr, 16);
+		__builtin_memcpy(key.dst, &q->saddr, 16);
+	}
+	if (key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
+		return -1;
+	if (l4 > 512)
+		return -1;
+	ports = data + l4;
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	key.family = pkt->key.family;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	addr = xlb_vip_addr(key.dst, key.family);
+	if (!addr)
+		return -1;
+	vip = xlb_find_vip(key.dst, key.dport, key.proto, key.family, addr->flags);
+	if (!vip)
+		return -1;
+	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
+	if (!cfg)
+		return -1;
+	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
+	if (src_only)
+		key.sport = 0;
+	hash = xlb_flow_hash(&key, cfg->seed, src_only);
+	id = xlb_pick(&key, vip, hash, 0, &be, &new_flow);
+	if (id == XLB_RING_EMPTY || !be)
+		return -1;
+	xlb_count(XLB_STAT_ICMP_STEERED);
+	return xlb_forward(ctx, pkt, vip, id, be, hash);
+}
+
+/* ICMPv4 to a VIP address: steer "fragmentation needed" about a VIP flow, pass the rest. */
+static __always_inline int xlb_icmp4_in(struct xdp_md *ctx, struct xlb_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_icmphdr *icmp;
+	int rc;
+
+	if (pkt->l4_off > 512)
+		return XDP_PASS;
+	icmp = data + pkt->l4_off;
+	if ((void *)(icmp + 1) > data_end) {
+		xlb_count(XLB_STAT_PASS_MALFORMED);
+		return XDP_PASS;
+	}
+	if (icmp->type == XLB_ICMP_DEST_UNREACH && icmp->code == XLB_ICMP_FRAG_NEEDED) {
+		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp));
+		if (rc >= 0)
+			return rc;
+	}
+	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+}
+
+/* ICMPv6 to a VIP address: steer "packet too big" about a VIP flow, pass the rest. */
+static __always_inline int xlb_icmp6_in(struct xdp_md *ctx, struct xlb_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct icmp6hdr *icmp6;
+	int rc;
+
+	if (pkt->l4_off > 512)
+		return XDP_PASS;
+	icmp6 = data + pkt->l4_off;
+	if ((void *)(icmp6 + 1) > data_end) {
+		xlb_count(XLB_STAT_PASS_MALFORMED);
+		return XDP_PASS;
+	}
+	if (icmp6->icmp6_type == ICMPV6_PKT_TOOBIG) {
+		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp6));
+		if (rc >= 0)
+			return rc;
+	}
+	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+}
+
+/*
+ * A tunnelled packet addressed to one of this node's own addresses, for a known VIP: this
+ * node is the backend, so strip the outer header and pass the inner packet up, never
+ * balancing it again. Returns -1 when it is not addressed to us (the caller passes it).
+ */
+static __always_inline int xlb_decap_inline(struct xdp_md *ctx, struct xlb_pkt *outer)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt inner = {};
+	struct xlb_addr_key local = {};
+	struct xlb_addr *addr;
+	__u8 family = xlb_inner_family(outer->l4_proto);
+	int outer_len = outer->l4_off - outer->l3_off;
+
+	__builtin_memcpy(local.addr, outer->key.dst, 16);
+	local.family = outer->key.family;
+	if (!bpf_map_lookup_elem(&xlb_local_addrs, &local))
+		return -1;
+	/* only the headers we send: no IPv4 options, no IPv6 extension headers, no fragments */
+	if (outer->frag || outer_len != (outer->key.family == XLB_FAMILY_V4 ? XLB_IPV4_HLEN :
+					 XLB_IPV6_HLEN))
+		goto refuse;
+	if (!xlb_source_allowed(&outer->key))
+		goto refuse;
+	if (xlb_parse_inner(data, data_end, outer, &inner, family) != XLB_PARSE_OK || inner.frag)
+		goto refuse;
+	addr = xlb_vip_addr(inner.key.dst, inner.key.family);
+	if (!addr)
+		goto refuse;
+	/* TCP/UDP must match a VIP; other protocols (steered ICMP errors) its address */
+	if ((inner.l4_proto == IPPROTO_TCP || inner.l4_proto == IPPROTO_UDP) &&
+	    !xlb_find_vip(inner.key.dst, inner.key.dport, inner.l4_proto, inner.key.family,
+			  addr->flags))
+		goto refuse;
+	if (xlb_pop_outer(ctx, outer->l3_off, outer_len,
+			  family == XLB_FAMILY_V4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6)))
+		goto refuse;
+	xlb_count(XLB_STAT_DECAP);
+	return XDP_PASS;
+refuse:
+	/* passed untouched: with no tunnel device the kernel drops it, as it should */
+	xlb_count(XLB_STAT_DECAP_REFUSED);
+	return XDP_PASS;
+}
+
+static __always_inline int xlb_process_ipv4(struct xdp_md *ctx, struct xlb_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_addr *addr;
+	struct xlb_vip *vip;
+	int rc;
+
+	if (xlb_parse_ipv4(data, data_end, pkt) != XLB_PARSE_OK)
+		goto malformed;
+	addr = xlb_vip_addr(pkt->key.dst, XLB_FAMILY_V4);
+	if (!addr) {
+		if (xlb_inner_family(pkt->l4_proto)) {
+			rc = xlb_decap_inline(ctx, pkt);
+			if (rc >= 0)
+				return rc;
+		}
+		goto not_vip;
+	}
+	if (pkt->frag) {
+		xlb_count(XLB_STAT_PASS_FRAGMENT);
+		return XDP_PASS;
+	}
+	if (pkt->l4_proto == IPPROTO_ICMP)
+		return xlb_icmp4_in(ctx, pkt);
+	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
+		goto not_vip;
+	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
+		goto malformed;
+	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, XLB_FAMILY_V4,
+			   addr->flags);
+	if (vip)
+		return xlb_balance(ctx, pkt, vip);
+not_vip:
+	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+malformed:
+	xlb_count(XLB_STAT_PASS_MALFORMED);
+	return XDP_PASS;
+}
+
+static __always_inline int xlb_process_ipv6(struct xdp_md *ctx, struct xlb_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_addr *addr;
+	struct xlb_vip *vip;
+	int rc;
+
+	if (xlb_parse_ipv6(data, data_end, pkt) != XLB_PARSE_OK)
+		goto malformed;
+	if (pkt->l4_proto == IPPROTO_ICMPV6 && !pkt->frag) {
+		/* solicitations go to a multicast address: look at them before the VIP check */
+		rc = xlb_ns_reply(ctx, pkt);
+		if (rc >= 0)
+			return rc;
+	}
+	addr = xlb_vip_addr(pkt->key.dst, XLB_FAMILY_V6);
+	if (!addr) {
+		if (xlb_inner_family(pkt->l4_proto)) {
+			rc = xlb_decap_inline(ctx, pkt);
+			if (rc >= 0)
+				return rc;
+		}
+		goto not_vip;
+	}
+	if (pkt->frag) {
+		xlb_count(XLB_STAT_PASS_FRAGMENT);
+		return XDP_PASS;
+	}
+	if (pkt->l4_proto == IPPROTO_ICMPV6)
+		return xlb_icmp6_in(ctx, pkt);
+	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
+		goto not_vip;
+	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
+		goto malformed;
+	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, XLB_FAMILY_V6,
+			   addr->flags);
+	if (vip)
+		return xlb_balance(ctx, pkt, vip);
+not_vip:
+	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+malformed:
+	xlb_count(XLB_STAT_PASS_MALFORMED);
+	return XDP_PASS;
+}
+
+/* Everything the balancer does with one frame (the program entry and the benchmark wrapper
+ * both call this, so what is measured is what runs). */
+static __always_inline int xlb_handle_frame(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt pkt = {};
+	__be16 proto = xlb_parse_eth(data, data_end, &pkt.l3_off);
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return xlb_process_ipv4(ctx, &pkt);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return xlb_process_ipv6(ctx, &pkt);
+	if (proto == bpf_htons(ETH_P_ARP))
+		return xlb_arp_reply(ctx, pkt.l3_off);
+	xlb_count(proto ? XLB_STAT_PASS_NOT_VIP : XLB_STAT_PASS_MALFORMED);
+	return XDP_PASS;
+}
+
+#endif /* XLB_BALANCE_H */

@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* encap.h: pushing and popping outer IPv4/IPv6 headers, and sending a frame towards its
+ * next hop (cached MACs and interface, else the kernel's FIB). */
+#ifndef XLB_ENCAP_H
+#define XLB_ENCAP_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "csum.h"
+#include "parse.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+#define XLB_IPV4_HLEN ((int)sizeof(struct iphdr))
+#define XLB_IPV6_HLEN ((int)sizeof(struct ipv6hdr))
+
+/* The outer IPv4 source: the configured prefix, its host bits taken from the flow hash so
+ * a receiver's RSS spreads flows over its queues. 0 if no prefix is configured. */
+static __always_inline __be32 xlb_outer_src4(const struct xlb_config *cfg, __u32 hash)
+{
+	__u32 prefix, mask;
+
+	__builtin_memcpy(&prefix, cfg->src4, 4);
+	if (!prefix)
+		return 0;
+	prefix = bpf_ntohl(prefix);
+	mask = cfg->src4_plen >= 32 ? 0xffffffff : cfg->src4_plen == 0 ? 0 :
+	       ~((1u << (32 - cfg->src4_plen)) - 1);
+	return bpf_htonl((prefix & mask) | (hash & ~mask));
+}
+
+/* The outer IPv6 source: the prefix with (at most) its last 32 host bits from the hash.
+ * Returns 0 if no prefix is configured. */
+static __always_inline int xlb_outer_src6(const struct xlb_config *cfg, __u32 hash,
+					  __u32 out[4])
+{
+	__u32 last, mask;
+
+	__builtin_memcpy(out, cfg->src6, 16);
+	if (!(out[0] | out[1] | out[2] | out[3]))
+		return 0;
+	last = bpf_ntohl(out[3]);
+	mask = cfg->src6_plen >= 128 ? 0xffffffff : cfg->src6_plen <= 96 ? 0 :
+	       ~((1u << (128 - cfg->src6_plen)) - 1);
+	out[3] = bpf_htonl((last & mask) | (hash & ~mask));
+	return 1;
+}
+
+/* Move the Ethernet header (and its VLAN tag) from `from` to `to` bytes into the frame,
+ * then set the L3 protocol it announces. Constant sizes keep the verifier simple. */
+static __always_inline int xlb_move_eth(void *data, void *data_end, int from, int to,
+					__u16 l3_off, __be16 proto)
+{
+	struct ethhdr eth;
+	struct xlb_vlan_hdr vlan;
+
+	if (from < 0 || from > 64 || to < 0 || to > 64)
+		return -1;
+	if (data + from + ETH_HLEN + sizeof(vlan) > data_end ||
+	    data + to + ETH_HLEN + sizeof(vlan) > data_end)
+		return -1;
+	__builtin_memcpy(&eth, data + from, ETH_HLEN);
+	if (l3_off == ETH_HLEN) {
+		eth.h_proto = proto;
+		__builtin_memcpy(data + to, &eth, ETH_HLEN);
+		return 0;
+	}
+	__builtin_memcpy(&vlan, data + from + ETH_HLEN, sizeof(vlan));
+	vlan.proto = proto;
+	__builtin_memcpy(data + to, &eth, ETH_HLEN);
+	__builtin_memcpy(data + to + ETH_HLEN, &vlan, sizeof(vlan));
+	return 0;
+}
+
+/* Prepend an outer IPv4 header (protocol IPIP, or IPv6 is not supported inside IPv4). */
+static __always_inline int xlb_push_ipv4(struct xdp_md *ctx, __u16 l3_off, __be32 saddr,
+					 __be32 daddr, __u32 inner_len, __u8 tos, __u8 df)
+{
+	void *data, *data_end;
+	struct iphdr *iph;
+
+	if (bpf_xdp_adjust_head(ctx, -XLB_IPV4_HLEN))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (xlb_move_eth(data, data_end, XLB_IPV4_HLEN, 0, l3_off, bpf_htons(ETH_P_IP)))
+		return -1;
+	iph = data + (l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	iph->version = 4;
+	iph->ihl = 5;
+	iph->tos = tos;
+	iph->tot_len = bpf_htons(inner_len + XLB_IPV4_HLEN);
+	iph->id = 0;
+	iph->frag_off = df ? bpf_htons(XLB_IP_DF) : 0;
+	iph->ttl = XLB_TTL;
+	iph->protocol = IPPROTO_IPIP;
+	iph->check = 0;
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	iph->check = xlb_ipv4_csum(iph);
+	return 0;
+}
+
+/* Prepend an outer IPv6 header; nexthdr IPPROTO_IPV6 (IP6IP6) or IPPROTO_IPIP (4in6). */
+static __always_inline int xlb_push_ipv6(struct xdp_md *ctx, __u16 l3_off, const __u32 *saddr,
+					 const __u8 *daddr, __u32 inner_len, __u8 nexthdr,
+					 __u8 tclass, __u32 flowlabel)
+{
+	void *data, *data_end;
+	struct ipv6hdr *ip6h;
+
+	if (bpf_xdp_adjust_head(ctx, -XLB_IPV6_HLEN))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (xlb_move_eth(data, data_end, XLB_IPV6_HLEN, 0, l3_off, bpf_htons(ETH_P_IPV6)))
+		return -1;
+	ip6h = data + (l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
+	if ((void *)(ip6h + 1) > data_end)
+		return -1;
+	ip6h->version = 6;
+	ip6h->priority = tclass >> 4;
+	ip6h->flow_lbl[0] = ((tclass & 0xf) << 4) | ((flowlabel >> 16) & 0xf);
+	ip6h->flow_lbl[1] = (flowlabel >> 8) & 0xff;
+	ip6h->flow_lbl[2] = flowlabel & 0xff;
+	ip6h->payload_len = bpf_htons(inner_len);
+	ip6h->nexthdr = nexthdr;
+	ip6h->hop_limit = XLB_TTL;
+	__builtin_memcpy(&ip6h->saddr, saddr, 16);
+	__builtin_memcpy(&ip6h->daddr, daddr, 16);
+	return 0;
+}
+
+/* Strip an outer header of `outer_len` bytes that sits at l3_off; the inner packet's
+ * protocol goes into the Ethernet header. */
+static __always_inline int xlb_pop_outer(struct xdp_md *ctx, __u16 l3_off, int outer_len,
+					 __be16 inner_proto)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	/* two constant-size cases: the verifier checks a constant offset, not a variable one */
+	if (outer_len == XLB_IPV4_HLEN) {
+		if (xlb_move_eth(data, data_end, 0, XLB_IPV4_HLEN, l3_off, inner_proto))
+			return -1;
+		return bpf_xdp_adjust_head(ctx, XLB_IPV4_HLEN) ? -1 : 0;
+	}
+	if (outer_len == XLB_IPV6_HLEN) {
+		if (xlb_move_eth(data, data_end, 0, XLB_IPV6_HLEN, l3_off, inner_proto))
+			return -1;
+		return bpf_xdp_adjust_head(ctx, XLB_IPV6_HLEN) ? -1 : 0;
+	}
+	return -1;
+}
+
+/* Send the frame towards backend `backend_id`: MACs and interface from the next-hop cache,
+ * else from the FIB (outer addresses given). The caller counts nothing: this does. */
+static __always_inline int xlb_send(struct xdp_md *ctx, const struct xlb_nexthop *nh,
+				   int family, const void *saddr, const void *daddr,
+				   __u32 tot_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup fib = {};
+	struct ethhdr *eth = data;
+	__u32 ifindex;
+	int rc;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	if (nh && nh->ifindex) {
+		__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+		ifindex = nh->ifindex;
+	} else {
+		/* no cached next hop: ask the FIB (dearer, so only on a cache miss) */
+		fib.ifindex = ctx->ingress_ifindex;
+		fib.tot_len = tot_len;
+		if (family == XLB_FAMILY_V4) {
+			fib.family = AF_INET;
+			__builtin_memcpy(&fib.ipv4_src, saddr, 4);
+			__builtin_memcpy(&fib.ipv4_dst, daddr, 4);
+		} else {
+			fib.family = AF_INET6;
+			__builtin_memcpy(fib.ipv6_src, saddr, 16);
+			__builtin_memcpy(fib.ipv6_dst, daddr, 16);
+		}
+		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+			/* the kernel forwards this one and resolves the neighbour on the way */
+			xlb_count(XLB_STAT_PASS_NO_NEIGH);
+			return XDP_PASS;
+		}
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+			xlb_count(XLB_STAT_DROP_NO_ROUTE);
+			return XDP_DROP;
+		}
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+		if ((void *)(eth + 1) > data_end)
+			return XDP_DROP;
+		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+		ifindex = fib.ifindex;
+	}
+	if (ifindex == ctx->ingress_ifindex) {
+		xlb_count(XLB_STAT_TX);
+		return XDP_TX;
+	}
+	xlb_count(XLB_STAT_REDIRECT);
+	return bpf_redirect(ifindex, 0);
+}
+
+#endif /* XLB_ENCAP_H */

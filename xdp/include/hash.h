@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* hash.h: the flow hash. Every LB node must compute the same value for the same flow, and
+ * pyxlb/model.py recomputes it in Python: change both together. */
+#ifndef XLB_HASH_H
+#define XLB_HASH_H
+
+#include <linux/types.h>
+
+#include "structs.h"
+
+/*
+ * Murmur3-style mixing of 32-bit words read in host order from the flow key, seeded with
+ * the cluster-wide seed. Normal flows hash the whole 5-tuple (10 words of struct
+ * xlb_flow_key); ClientIP affinity hashes the source address and the family only, so one
+ * client lands on one backend whatever its ports.
+ */
+static __always_inline __u32 xlb_rotl32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 xlb_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = xlb_rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = xlb_rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 xlb_fmix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *key, __u32 seed,
+					   int src_only)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 h = seed;
+
+	/* words 0-3: source address */
+	h = xlb_mix(h, w[0]);
+	h = xlb_mix(h, w[1]);
+	h = xlb_mix(h, w[2]);
+	h = xlb_mix(h, w[3]);
+	if (src_only) {
+		h = xlb_mix(h, key->family);
+		return xlb_fmix(h ^ 20);
+	}
+	/* words 4-7: destination, 8: ports, 9: protocol, family and (zero) padding */
+	h = xlb_mix(h, w[4]);
+	h = xlb_mix(h, w[5]);
+	h = xlb_mix(h, w[6]);
+	h = xlb_mix(h, w[7]);
+	h = xlb_mix(h, w[8]);
+	h = xlb_mix(h, w[9]);
+	return xlb_fmix(h ^ 40);
+}
+
+#endif /* XLB_HASH_H */
