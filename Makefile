@@ -15,7 +15,7 @@ system:
 
 $(VENV)/.venv-ok:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel 'Cython>=3.0'
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel 'Cython>=3.0'
 	touch $@
 
 # --no-build-isolation: the venv already holds the build requirements, so rebuilds are quick.
