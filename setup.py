@@ -65,7 +65,8 @@ def preflight():
 
 
 class BuildExt(build_ext):
-    """build_ext that first compiles every xdp/*.bpf.c into pyxlb/bpf/*.o."""
+    """build_ext that first compiles every xdp/*.bpf.c into pyxlb/bpf/*.o (and the
+    benchmark-only xdp/bench/*.bpf.c into pyxlb/bpf/bench_*.o)."""
 
     def run(self):
         self.build_bpf()
@@ -73,6 +74,8 @@ class BuildExt(build_ext):
 
     def build_bpf(self):
         sources = sorted(glob.glob(os.path.join(XDP_DIR, "*.bpf.c")))
+        # benchmark-only objects (bench/datapath.py): xdp/bench/NAME.bpf.c -> bench_NAME.o
+        bench_sources = sorted(glob.glob(os.path.join(XDP_DIR, "bench", "*.bpf.c")))
         headers = glob.glob(os.path.join(XDP_INCLUDE, "*.h"))
         flags = ["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-I", XDP_INCLUDE]
         arch_inc = multiarch_include()
@@ -80,8 +83,9 @@ class BuildExt(build_ext):
             flags += ["-I", arch_inc]
         os.makedirs(BPF_OUT, exist_ok=True)
         targets = []
-        for src in sources:
-            obj = os.path.join(BPF_OUT, os.path.basename(src)[: -len(".bpf.c")] + ".o")
+        for src in sources + bench_sources:
+            prefix = "bench_" if src in bench_sources else ""
+            obj = os.path.join(BPF_OUT, prefix + os.path.basename(src)[: -len(".bpf.c")] + ".o")
             targets.append(obj)
             newest_input = max(os.path.getmtime(p) for p in [src, *headers])
             if os.path.exists(obj) and os.path.getmtime(obj) >= newest_input and not self.force:
@@ -109,6 +113,7 @@ def extensions():
     exts = [
         Extension("pyxlb._bpf", ["ext/bpf.pyx"], libraries=libraries, **common),
         Extension("pyxlb._maglev", ["ext/maglev.pyx"], **common),
+        Extension("pyxlb._layouts", ["ext/layouts.pyx"], **common),
     ]
     return cythonize(exts, language_level=3, include_path=["ext"],
                      compiler_directives={"boundscheck": False, "wraparound": False,

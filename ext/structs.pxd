@@ -1,27 +1,143 @@
-# The structs shared with the XDP programs, taken from xdp/include/structs.h (never retyped:
-# only the field names Python touches are listed; sizes and layout come from the header).
-from libc.stdint cimport uint8_t, uint16_t, uint64_t
+# The structs and constants shared with the XDP programs, taken from xdp/include/structs.h
+# and consts.h (never retyped: sizes, offsets and values come from the headers; only the
+# names are listed here). Fields typed __be16 in C are uint16_t here: they hold network
+# order, the caller converts.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "consts.h":
     enum:
+        # address families as stored in map keys
         XLB_FAMILY_V4
         XLB_FAMILY_V6
+        # map sizes (the defaults the objects are compiled with)
         XLB_MAX_VIPS
         XLB_MAX_BACKENDS
         XLB_MAX_RINGS
         XLB_MAX_FLOWS
+        XLB_MAX_LOCAL_ADDRS
+        XLB_MAX_SOURCE_PREFIXES
+        # Maglev rings
         XLB_RING_SIZE_DEFAULT
+        XLB_RING_SIZE_MAX
+        # struct xlb_vip.mode
+        XLB_MODE_IPIP
+        XLB_MODE_L2
+        XLB_MODE_LOCAL
+        # struct xlb_vip.flags
+        XLB_VIP_NO_FLOW_TABLE
+        XLB_VIP_AFFINITY_SRC
+        # struct xlb_addr.flags
+        XLB_ADDR_PORTS
+        XLB_ADDR_ALL_PORTS
+        XLB_ADDR_ANNOUNCE
+        # struct xlb_backend.state and .flags
+        XLB_BACKEND_ACTIVE
+        XLB_BACKEND_DRAINING
+        XLB_BACKEND_LOCAL
+        # struct xlb_config.flags
+        XLB_CFG_DECAP_CHECK_SOURCE
+        # packet limits
+        XLB_MTU_DEFAULT
+        XLB_IPV6_EXT_MAX
+        XLB_TTL
+        XLB_ICMP4_QUOTE
+        XLB_ICMP6_QUOTE
+
+    # 0xFFFFFFFFu: typed, so Python sees 4294967295 and not an int's -1
+    const uint32_t XLB_RING_EMPTY
+
+    enum xlb_stat:
+        XLB_STAT_PASS_NOT_VIP
+        XLB_STAT_PASS_LOCAL
+        XLB_STAT_PASS_FRAGMENT
+        XLB_STAT_PASS_MALFORMED
+        XLB_STAT_PASS_NO_NEIGH
+        XLB_STAT_TX
+        XLB_STAT_REDIRECT
+        XLB_STAT_DROP_NO_BACKEND
+        XLB_STAT_DROP_TOO_BIG
+        XLB_STAT_DROP_UNSUPPORTED
+        XLB_STAT_DROP_NO_ROUTE
+        XLB_STAT_DROP_INTERNAL
+        XLB_STAT_FLOW_HIT
+        XLB_STAT_FLOW_MISS
+        XLB_STAT_FLOW_STALE
+        XLB_STAT_ICMP_SENT
+        XLB_STAT_ICMP_STEERED
+        XLB_STAT_ARP_REPLY
+        XLB_STAT_NDP_REPLY
+        XLB_STAT_DECAP
+        XLB_STAT_DECAP_REFUSED
+        XLB_STAT_MAX
 
 
 cdef extern from "structs.h":
     struct xlb_vip_key:
         uint8_t addr[16]
-        uint16_t port
+        uint16_t port           # network order
         uint8_t proto
         uint8_t family
+
+    struct xlb_vip:
+        uint32_t vip_id
+        uint32_t ring_id
+        uint32_t ring_size
+        uint16_t flags
+        uint8_t mode
+        uint8_t pad
+
+    struct xlb_addr_key:
+        uint8_t addr[16]
+        uint8_t family
+        uint8_t pad[3]
+
+    struct xlb_addr:
+        uint32_t flags
+        uint32_t ifindex
+        uint8_t mac[6]
+        uint8_t pad[2]
+
+    struct xlb_backend:
+        uint8_t addr[16]
+        uint8_t family
+        uint8_t state
+        uint16_t flags
+        uint32_t gen
+
+    struct xlb_nexthop:
+        uint8_t dmac[6]
+        uint8_t smac[6]
+        uint32_t ifindex
+
+    struct xlb_flow_key:
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport          # network order
+        uint16_t dport          # network order
+        uint8_t proto
+        uint8_t family
+        uint8_t pad[2]
+
+    struct xlb_flow:
+        uint32_t backend_id
+        uint32_t gen
 
     struct xlb_counters:
         uint64_t packets
         uint64_t bytes
         uint64_t new_flows
+
+    struct xlb_lpm_key:
+        uint32_t prefixlen
+        uint8_t addr[16]
+
+    struct xlb_config:
+        uint32_t seed
+        uint16_t mtu
+        uint16_t flags
+        uint8_t src4[4]
+        uint8_t src4_plen
+        uint8_t src6_plen
+        uint8_t pad[2]
+        uint8_t src6[16]

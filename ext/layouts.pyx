@@ -1,0 +1,500 @@
+# cython: language_level=3
+"""pyxlb._layouts: the bytes of every struct shared with the XDP programs.
+
+Each ``pack_<struct>`` fills the C struct of xdp/include/structs.h (declared in
+ext/structs.pxd) and returns its bytes; each ``unpack_<struct>`` copies bytes into the C
+struct and returns its fields as a dict whose keys are ``pack_<struct>``'s parameters, so
+``pack_x(**unpack_x(b)) == b`` whenever the padding of ``b`` is zero. Offsets and sizes
+therefore come from the header as the host compiler lays it out; a datapath test checks
+them against the BTF of the BPF objects.
+
+Conventions:
+
+- Addresses are 16 bytes in network order; an IPv4 address takes the first 4 and the
+  other 12 must be zero (``pyxlb.addr`` makes them). Families are ``FAMILY_V4`` /
+  ``FAMILY_V6``.
+- Ports are given and returned in host order; they are stored in network order.
+- Every other integer is stored in host order, as the header says.
+- Padding is written as zero and ignored when read.
+
+A value outside its C type's range, an address that breaks the convention, or bytes of
+the wrong length raise ValueError; a value of the wrong type raises TypeError.
+
+Module attributes: ``SIZES`` (sizeof of each struct, by C name), every constant of
+consts.h that user space needs under its name without the ``XLB_`` prefix
+(``MODE_IPIP``, ``RING_EMPTY``, ``STAT_TX``, ...) and ``STAT_NAMES``, the lowercase names
+of ``enum xlb_stat`` indexed by value (``STAT_NAMES[STAT_PASS_NOT_VIP] == "pass_not_vip"``).
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from structs cimport *
+
+
+cdef extern from "arpa/inet.h" nogil:
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+
+# -- constants (values from consts.h) ----------------------------------------------------
+
+FAMILY_V4 = XLB_FAMILY_V4
+FAMILY_V6 = XLB_FAMILY_V6
+
+MAX_VIPS = XLB_MAX_VIPS
+MAX_BACKENDS = XLB_MAX_BACKENDS
+MAX_RINGS = XLB_MAX_RINGS
+MAX_FLOWS = XLB_MAX_FLOWS
+MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
+MAX_SOURCE_PREFIXES = XLB_MAX_SOURCE_PREFIXES
+
+RING_SIZE_DEFAULT = XLB_RING_SIZE_DEFAULT
+RING_SIZE_MAX = XLB_RING_SIZE_MAX
+RING_EMPTY = XLB_RING_EMPTY
+
+MODE_IPIP = XLB_MODE_IPIP
+MODE_L2 = XLB_MODE_L2
+MODE_LOCAL = XLB_MODE_LOCAL
+MODES = (MODE_IPIP, MODE_L2, MODE_LOCAL)
+
+VIP_NO_FLOW_TABLE = XLB_VIP_NO_FLOW_TABLE
+VIP_AFFINITY_SRC = XLB_VIP_AFFINITY_SRC
+
+ADDR_PORTS = XLB_ADDR_PORTS
+ADDR_ALL_PORTS = XLB_ADDR_ALL_PORTS
+ADDR_ANNOUNCE = XLB_ADDR_ANNOUNCE
+
+BACKEND_ACTIVE = XLB_BACKEND_ACTIVE
+BACKEND_DRAINING = XLB_BACKEND_DRAINING
+BACKEND_LOCAL = XLB_BACKEND_LOCAL
+
+CFG_DECAP_CHECK_SOURCE = XLB_CFG_DECAP_CHECK_SOURCE
+
+MTU_DEFAULT = XLB_MTU_DEFAULT
+IPV6_EXT_MAX = XLB_IPV6_EXT_MAX
+TTL = XLB_TTL
+ICMP4_QUOTE = XLB_ICMP4_QUOTE
+ICMP6_QUOTE = XLB_ICMP6_QUOTE
+
+STAT_PASS_NOT_VIP = XLB_STAT_PASS_NOT_VIP
+STAT_PASS_LOCAL = XLB_STAT_PASS_LOCAL
+STAT_PASS_FRAGMENT = XLB_STAT_PASS_FRAGMENT
+STAT_PASS_MALFORMED = XLB_STAT_PASS_MALFORMED
+STAT_PASS_NO_NEIGH = XLB_STAT_PASS_NO_NEIGH
+STAT_TX = XLB_STAT_TX
+STAT_REDIRECT = XLB_STAT_REDIRECT
+STAT_DROP_NO_BACKEND = XLB_STAT_DROP_NO_BACKEND
+STAT_DROP_TOO_BIG = XLB_STAT_DROP_TOO_BIG
+STAT_DROP_UNSUPPORTED = XLB_STAT_DROP_UNSUPPORTED
+STAT_DROP_NO_ROUTE = XLB_STAT_DROP_NO_ROUTE
+STAT_DROP_INTERNAL = XLB_STAT_DROP_INTERNAL
+STAT_FLOW_HIT = XLB_STAT_FLOW_HIT
+STAT_FLOW_MISS = XLB_STAT_FLOW_MISS
+STAT_FLOW_STALE = XLB_STAT_FLOW_STALE
+STAT_ICMP_SENT = XLB_STAT_ICMP_SENT
+STAT_ICMP_STEERED = XLB_STAT_ICMP_STEERED
+STAT_ARP_REPLY = XLB_STAT_ARP_REPLY
+STAT_NDP_REPLY = XLB_STAT_NDP_REPLY
+STAT_DECAP = XLB_STAT_DECAP
+STAT_DECAP_REFUSED = XLB_STAT_DECAP_REFUSED
+STAT_MAX = XLB_STAT_MAX
+
+
+def _stat_names():
+    # The index is the C enum's value; only the spelling lives here. An enum member added
+    # to consts.h but not to this table shows up as "stat_<n>" (and fails a unit test).
+    named = {
+        XLB_STAT_PASS_NOT_VIP: "pass_not_vip",
+        XLB_STAT_PASS_LOCAL: "pass_local",
+        XLB_STAT_PASS_FRAGMENT: "pass_fragment",
+        XLB_STAT_PASS_MALFORMED: "pass_malformed",
+        XLB_STAT_PASS_NO_NEIGH: "pass_no_neigh",
+        XLB_STAT_TX: "tx",
+        XLB_STAT_REDIRECT: "redirect",
+        XLB_STAT_DROP_NO_BACKEND: "drop_no_backend",
+        XLB_STAT_DROP_TOO_BIG: "drop_too_big",
+        XLB_STAT_DROP_UNSUPPORTED: "drop_unsupported",
+        XLB_STAT_DROP_NO_ROUTE: "drop_no_route",
+        XLB_STAT_DROP_INTERNAL: "drop_internal",
+        XLB_STAT_FLOW_HIT: "flow_hit",
+        XLB_STAT_FLOW_MISS: "flow_miss",
+        XLB_STAT_FLOW_STALE: "flow_stale",
+        XLB_STAT_ICMP_SENT: "icmp_sent",
+        XLB_STAT_ICMP_STEERED: "icmp_steered",
+        XLB_STAT_ARP_REPLY: "arp_reply",
+        XLB_STAT_NDP_REPLY: "ndp_reply",
+        XLB_STAT_DECAP: "decap",
+        XLB_STAT_DECAP_REFUSED: "decap_refused",
+    }
+    return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
+
+
+STAT_NAMES = _stat_names()
+
+SIZES = {
+    "xlb_vip_key": sizeof(xlb_vip_key),
+    "xlb_vip": sizeof(xlb_vip),
+    "xlb_addr_key": sizeof(xlb_addr_key),
+    "xlb_addr": sizeof(xlb_addr),
+    "xlb_backend": sizeof(xlb_backend),
+    "xlb_nexthop": sizeof(xlb_nexthop),
+    "xlb_flow_key": sizeof(xlb_flow_key),
+    "xlb_flow": sizeof(xlb_flow),
+    "xlb_counters": sizeof(xlb_counters),
+    "xlb_lpm_key": sizeof(xlb_lpm_key),
+    "xlb_config": sizeof(xlb_config),
+}
+
+
+# -- checks -----------------------------------------------------------------------------
+
+cdef object _uint(object value, int bits, str name):
+    """`value` as a Python int in 0 .. 2**bits - 1, else TypeError / ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0 or value >> bits:
+        raise ValueError(f"{name}={value} is out of range for a {bits}-bit unsigned field")
+    return int(value)
+
+
+cdef bytes _fixed(object value, Py_ssize_t size, str name):
+    """`value` (bytes-like) as bytes of exactly `size`."""
+    if isinstance(value, str) or isinstance(value, int):
+        raise TypeError(f"{name} must be {size} bytes, not {type(value).__name__}")
+    try:
+        data = bytes(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {size} bytes, not {type(value).__name__}") from None
+    if len(data) != size:
+        raise ValueError(f"{name} must be {size} bytes, got {len(data)}")
+    return data
+
+
+cdef int _family(object family, bint allow_unset=False) except -1:
+    fam = _uint(family, 8, "family")
+    if fam == XLB_FAMILY_V4 or fam == XLB_FAMILY_V6 or (allow_unset and fam == 0):
+        return fam
+    raise ValueError(f"family must be FAMILY_V4 ({XLB_FAMILY_V4}) or FAMILY_V6 "
+                     f"({XLB_FAMILY_V6}), not {family!r}")
+
+
+cdef bytes _addr(object value, int family, str name):
+    """A 16-byte address obeying the IPv4 convention (first 4 bytes, the rest zero)."""
+    data = _fixed(value, 16, name)
+    if family == XLB_FAMILY_V4 and data[4:] != bytes(12):
+        raise ValueError(f"{name}: an IPv4 address uses the first 4 of its 16 bytes, "
+                         f"the other 12 must be zero")
+    if family == 0 and data != bytes(16):
+        raise ValueError(f"{name} must be zero when family is 0")
+    return data
+
+
+cdef const uint8_t *_input(object data, Py_ssize_t size, str struct_name) except NULL:
+    if not isinstance(data, bytes):
+        raise TypeError(f"{struct_name}: expected bytes, not {type(data).__name__}")
+    if len(data) != size:
+        raise ValueError(f"{struct_name} is {size} bytes, got {len(data)}")
+    return <const uint8_t *><const char *>data
+
+
+cdef inline void _put(uint8_t *dst, bytes src):
+    memcpy(dst, <const char *>src, len(src))
+
+
+cdef inline bytes _out(const void *p, size_t size):
+    return PyBytes_FromStringAndSize(<const char *>p, size)
+
+
+cdef inline bytes _b(const uint8_t *p, size_t size):
+    return PyBytes_FromStringAndSize(<const char *>p, size)
+
+
+def _as_bytes(data):
+    """bytes-like -> bytes, so unpack_* accept bytearray and memoryview too."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return data
+
+
+# -- struct xlb_vip_key -----------------------------------------------------------------
+
+def pack_vip_key(addr, port, proto, family):
+    """struct xlb_vip_key: (address, port in host order (0: every port), IP protocol, family)."""
+    cdef xlb_vip_key k
+    cdef int fam = _family(family)
+    memset(&k, 0, sizeof(k))
+    _put(k.addr, _addr(addr, fam, "addr"))
+    k.port = htons(<uint16_t>_uint(port, 16, "port"))
+    k.proto = _uint(proto, 8, "proto")
+    k.family = fam
+    return _out(&k, sizeof(k))
+
+
+def unpack_vip_key(data):
+    cdef xlb_vip_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_vip_key"), sizeof(k))
+    return {"addr": _b(k.addr, 16), "port": ntohs(k.port), "proto": k.proto,
+            "family": k.family}
+
+
+# -- struct xlb_vip ---------------------------------------------------------------------
+
+def pack_vip(vip_id, ring_id, ring_size, mode, flags=0):
+    """struct xlb_vip: the VIP's counter index, its ring and ring size, mode and flags."""
+    cdef xlb_vip v
+    memset(&v, 0, sizeof(v))
+    v.vip_id = _uint(vip_id, 32, "vip_id")
+    v.ring_id = _uint(ring_id, 32, "ring_id")
+    v.ring_size = _uint(ring_size, 32, "ring_size")
+    v.mode = _uint(mode, 8, "mode")
+    v.flags = _uint(flags, 16, "flags")
+    return _out(&v, sizeof(v))
+
+
+def unpack_vip(data):
+    cdef xlb_vip v
+    data = _as_bytes(data)
+    memcpy(&v, _input(data, sizeof(v), "xlb_vip"), sizeof(v))
+    return {"vip_id": v.vip_id, "ring_id": v.ring_id, "ring_size": v.ring_size,
+            "mode": v.mode, "flags": v.flags}
+
+
+# -- struct xlb_addr_key ----------------------------------------------------------------
+
+def pack_addr_key(addr, family):
+    """struct xlb_addr_key: an address of xlb_vip_addrs, xlb_local_addrs, xlb_decap_vips."""
+    cdef xlb_addr_key k
+    cdef int fam = _family(family)
+    memset(&k, 0, sizeof(k))
+    _put(k.addr, _addr(addr, fam, "addr"))
+    k.family = fam
+    return _out(&k, sizeof(k))
+
+
+def unpack_addr_key(data):
+    cdef xlb_addr_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_addr_key"), sizeof(k))
+    return {"addr": _b(k.addr, 16), "family": k.family}
+
+
+# -- struct xlb_addr --------------------------------------------------------------------
+
+def pack_addr(flags, ifindex=0, mac=bytes(6)):
+    """struct xlb_addr: what an address is to this node (ADDR_*), and how to announce it."""
+    cdef xlb_addr a
+    memset(&a, 0, sizeof(a))
+    a.flags = _uint(flags, 32, "flags")
+    a.ifindex = _uint(ifindex, 32, "ifindex")
+    _put(a.mac, _fixed(mac, 6, "mac"))
+    return _out(&a, sizeof(a))
+
+
+def unpack_addr(data):
+    cdef xlb_addr a
+    data = _as_bytes(data)
+    memcpy(&a, _input(data, sizeof(a), "xlb_addr"), sizeof(a))
+    return {"flags": a.flags, "ifindex": a.ifindex, "mac": _b(a.mac, 6)}
+
+
+# -- struct xlb_backend -----------------------------------------------------------------
+
+def pack_backend(addr, family, state, flags=0, gen=0):
+    """struct xlb_backend. family 0 (with a zero address) marks an unused id."""
+    cdef xlb_backend b
+    cdef int fam = _family(family, True)
+    memset(&b, 0, sizeof(b))
+    _put(b.addr, _addr(addr, fam, "addr"))
+    b.family = fam
+    b.state = _uint(state, 8, "state")
+    b.flags = _uint(flags, 16, "flags")
+    b.gen = _uint(gen, 32, "gen")
+    return _out(&b, sizeof(b))
+
+
+def unpack_backend(data):
+    cdef xlb_backend b
+    data = _as_bytes(data)
+    memcpy(&b, _input(data, sizeof(b), "xlb_backend"), sizeof(b))
+    return {"addr": _b(b.addr, 16), "family": b.family, "state": b.state,
+            "flags": b.flags, "gen": b.gen}
+
+
+# -- struct xlb_nexthop -----------------------------------------------------------------
+
+def pack_nexthop(dmac, smac, ifindex):
+    """struct xlb_nexthop: next hop's MAC, egress interface's MAC and index (0: none)."""
+    cdef xlb_nexthop n
+    memset(&n, 0, sizeof(n))
+    _put(n.dmac, _fixed(dmac, 6, "dmac"))
+    _put(n.smac, _fixed(smac, 6, "smac"))
+    n.ifindex = _uint(ifindex, 32, "ifindex")
+    return _out(&n, sizeof(n))
+
+
+def unpack_nexthop(data):
+    cdef xlb_nexthop n
+    data = _as_bytes(data)
+    memcpy(&n, _input(data, sizeof(n), "xlb_nexthop"), sizeof(n))
+    return {"dmac": _b(n.dmac, 6), "smac": _b(n.smac, 6), "ifindex": n.ifindex}
+
+
+# -- struct xlb_flow_key ----------------------------------------------------------------
+
+def pack_flow_key(src, dst, sport, dport, proto, family):
+    """struct xlb_flow_key: the 5-tuple and family; ports in host order."""
+    cdef xlb_flow_key k
+    cdef int fam = _family(family)
+    memset(&k, 0, sizeof(k))
+    _put(k.src, _addr(src, fam, "src"))
+    _put(k.dst, _addr(dst, fam, "dst"))
+    k.sport = htons(<uint16_t>_uint(sport, 16, "sport"))
+    k.dport = htons(<uint16_t>_uint(dport, 16, "dport"))
+    k.proto = _uint(proto, 8, "proto")
+    k.family = fam
+    return _out(&k, sizeof(k))
+
+
+def unpack_flow_key(data):
+    cdef xlb_flow_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_flow_key"), sizeof(k))
+    return {"src": _b(k.src, 16), "dst": _b(k.dst, 16), "sport": ntohs(k.sport),
+            "dport": ntohs(k.dport), "proto": k.proto, "family": k.family}
+
+
+# -- struct xlb_flow --------------------------------------------------------------------
+
+def pack_flow(backend_id, gen):
+    """struct xlb_flow: the backend a flow is pinned to, and that backend's generation."""
+    cdef xlb_flow f
+    memset(&f, 0, sizeof(f))
+    f.backend_id = _uint(backend_id, 32, "backend_id")
+    f.gen = _uint(gen, 32, "gen")
+    return _out(&f, sizeof(f))
+
+
+def unpack_flow(data):
+    cdef xlb_flow f
+    data = _as_bytes(data)
+    memcpy(&f, _input(data, sizeof(f), "xlb_flow"), sizeof(f))
+    return {"backend_id": f.backend_id, "gen": f.gen}
+
+
+# -- struct xlb_counters ----------------------------------------------------------------
+
+def pack_counters(packets=0, bytes=0, new_flows=0):
+    """struct xlb_counters (one CPU's share)."""
+    cdef xlb_counters c
+    memset(&c, 0, sizeof(c))
+    c.packets = _uint(packets, 64, "packets")
+    c.bytes = _uint(bytes, 64, "bytes")
+    c.new_flows = _uint(new_flows, 64, "new_flows")
+    return _out(&c, sizeof(c))
+
+
+def unpack_counters(data):
+    cdef xlb_counters c
+    data = _as_bytes(data)
+    memcpy(&c, _input(data, sizeof(c), "xlb_counters"), sizeof(c))
+    return {"packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows}
+
+
+def sum_counters(data, int ncpus):
+    """Sum a per-CPU read of struct xlb_counters (as Map.lookup returns it: `ncpus` values,
+    each padded to a multiple of 8 bytes) into one dict."""
+    cdef Py_ssize_t stride = (sizeof(xlb_counters) + 7) // 8 * 8
+    cdef xlb_counters c
+    cdef uint64_t packets = 0, nbytes = 0, new_flows = 0
+    cdef int cpu
+    if ncpus <= 0:
+        raise ValueError("ncpus must be > 0")
+    data = _as_bytes(data)
+    cdef const uint8_t *p = _input(data, stride * ncpus, "per-CPU xlb_counters")
+    for cpu in range(ncpus):
+        memcpy(&c, p + cpu * stride, sizeof(c))
+        packets += c.packets
+        nbytes += c.bytes
+        new_flows += c.new_flows
+    return {"packets": packets, "bytes": nbytes, "new_flows": new_flows}
+
+
+# -- struct xlb_lpm_key -----------------------------------------------------------------
+
+def pack_lpm_key(prefixlen, addr):
+    """struct xlb_lpm_key: an LPM-trie key (IPv4 as ::ffff:a.b.c.d with prefixlen 96 + n;
+    pyxlb.addr.to_lpm makes it)."""
+    cdef xlb_lpm_key k
+    plen = _uint(prefixlen, 32, "prefixlen")
+    if plen > 128:
+        raise ValueError(f"prefixlen={plen} is longer than 128 bits")
+    memset(&k, 0, sizeof(k))
+    k.prefixlen = plen
+    _put(k.addr, _fixed(addr, 16, "addr"))
+    return _out(&k, sizeof(k))
+
+
+def unpack_lpm_key(data):
+    cdef xlb_lpm_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_lpm_key"), sizeof(k))
+    return {"prefixlen": k.prefixlen, "addr": _b(k.addr, 16)}
+
+
+# -- struct xlb_config ------------------------------------------------------------------
+
+def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0,
+                src6=bytes(16), src6_plen=0):
+    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes."""
+    cdef xlb_config c
+    memset(&c, 0, sizeof(c))
+    c.seed = _uint(seed, 32, "seed")
+    c.mtu = _uint(mtu, 16, "mtu")
+    c.flags = _uint(flags, 16, "flags")
+    _put(c.src4, _fixed(src4, 4, "src4"))
+    p4 = _uint(src4_plen, 8, "src4_plen")
+    if p4 > 32:
+        raise ValueError(f"src4_plen={p4} is longer than 32 bits")
+    c.src4_plen = p4
+    _put(c.src6, _fixed(src6, 16, "src6"))
+    p6 = _uint(src6_plen, 8, "src6_plen")
+    if p6 > 128:
+        raise ValueError(f"src6_plen={p6} is longer than 128 bits")
+    c.src6_plen = p6
+    return _out(&c, sizeof(c))
+
+
+def unpack_config(data):
+    cdef xlb_config c
+    data = _as_bytes(data)
+    memcpy(&c, _input(data, sizeof(c), "xlb_config"), sizeof(c))
+    return {"seed": c.seed, "mtu": c.mtu, "flags": c.flags, "src4": _b(c.src4, 4),
+            "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen}
+
+
+# -- scans over many keys (no Python object per entry) ----------------------------------
+
+def vip_ports_on(keys, addr, family):
+    """[(port, proto), ...] of the VIP keys in `keys` (contiguous struct xlb_vip_key, as
+    Map.lookup_batch returns them) whose address is (`addr`, `family`); ports in host order.
+    The scan runs in C: a Python object is made only for the matches."""
+    cdef int fam = _family(family)
+    cdef bytes a = _addr(addr, fam, "addr")
+    cdef bytes buf = bytes(keys)
+    cdef Py_ssize_t n = len(buf), i
+    cdef const uint8_t *p = <const uint8_t *><const char *>buf
+    cdef xlb_vip_key k
+    if n % sizeof(xlb_vip_key):
+        raise ValueError(f"keys buffer of {n} bytes is not a multiple of the "
+                         f"{sizeof(xlb_vip_key)}-byte xlb_vip_key")
+    found = []
+    for i in range(0, n, sizeof(xlb_vip_key)):
+        memcpy(&k, p + i, sizeof(k))
+        if k.family == fam and memcmp(k.addr, <const char *>a, 16) == 0:
+            found.append((ntohs(k.port), k.proto))
+    return found

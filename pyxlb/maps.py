@@ -1,0 +1,71 @@
+"""Names of the BPF maps (xdp/include/maps.h), and which object holds which.
+
+The only place these strings are written in Python. A map whose layout changes gets a new
+name in maps.h (``xlb_backends_v2``) and here, so an old pinned map is never misread.
+Pinned maps live at ``<pin dir>/<map name>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+# In both objects.
+STATS = "xlb_stats"                  # global outcome counters (enum xlb_stat), per CPU
+CONFIG = "xlb_config"                # the one struct xlb_config
+DECAP_SOURCES = "xlb_decap_sources"  # LPM trie of outer sources allowed to tunnel to us
+
+# Balancer only.
+VIPS = "xlb_vips"                    # xlb_vip_key -> xlb_vip
+VIP_ADDRS = "xlb_vip_addrs"          # xlb_addr_key -> xlb_addr (kinds of VIP, announce)
+LOCAL_ADDRS = "xlb_local_addrs"      # xlb_addr_key -> u32: this node's own addresses
+RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend id)
+BACKENDS = "xlb_backends"            # backend id -> xlb_backend
+NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
+FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU)
+VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
+BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
+
+# Decap only.
+DECAP_VIPS = "xlb_decap_vips"        # xlb_addr_key -> u32: VIPs a backend accepts tunnelled
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One compiled object: its file name in pyxlb/bpf, its XDP program, and its maps as
+    {attribute name: map name} (the attribute under which Datapath.maps exposes it)."""
+
+    object: str
+    program: str
+    maps: Mapping[str, str]
+
+
+BALANCER = ObjectSpec(
+    object="balancer",
+    program="xlb_balancer",
+    maps={
+        "stats": STATS,
+        "config": CONFIG,
+        "decap_sources": DECAP_SOURCES,
+        "vips": VIPS,
+        "vip_addrs": VIP_ADDRS,
+        "local_addrs": LOCAL_ADDRS,
+        "rings": RINGS,
+        "backends": BACKENDS,
+        "nexthops": NEXTHOPS,
+        "flows": FLOWS,
+        "vip_stats": VIP_STATS,
+        "backend_stats": BACKEND_STATS,
+    },
+)
+
+DECAP = ObjectSpec(
+    object="decap",
+    program="xlb_decap",
+    maps={
+        "stats": STATS,
+        "config": CONFIG,
+        "decap_sources": DECAP_SOURCES,
+        "decap_vips": DECAP_VIPS,
+    },
+)

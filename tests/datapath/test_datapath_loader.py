@@ -1,0 +1,437 @@
+"""pyxlb.datapath against the kernel: loading, pinning and adoption, and each writer's
+effect on its map (read back through pyxlb._layouts). Packets are the business of the
+test_packets* tables; here a packet is sent only to check run() and stats() plumbing."""
+
+import os
+import socket
+import time
+from array import array
+
+import pytest
+
+from scapy.layers.inet import IP
+from scapy.layers.inet import UDP as Udp
+from scapy.layers.l2 import Ether
+
+from pyxlb import _bpf
+from pyxlb import _layouts as L
+from pyxlb import maps
+from pyxlb.addr import lpm_prefix, parse_addr
+from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.errors import PyxlbError
+
+TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+SMALL = {maps.FLOWS: 1024, maps.BACKENDS: 256, maps.NEXTHOPS: 256, maps.BACKEND_STATS: 256,
+         maps.VIPS: 64, maps.VIP_ADDRS: 64, maps.VIP_STATS: 64, maps.RINGS: 64}
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
+
+@pytest.fixture
+def dp():
+    d = Datapath.load(map_sizes=SMALL)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def decap():
+    d = DecapPath.load()
+    yield d
+    d.close()
+
+
+def vip_key(addr, port, proto):
+    fam, a = parse_addr(addr)
+    return L.pack_vip_key(a, port, proto, fam)
+
+
+def addr_key(addr):
+    fam, a = parse_addr(addr)
+    return L.pack_addr_key(a, fam)
+
+
+def addr_flags(dp, addr):
+    entry = dp.vip_addr(addr)
+    return None if entry is None else entry["flags"]
+
+
+def add_vip(dp, addr, port, proto=TCP, vip_id=1):
+    dp.set_vip(addr, port, proto, vip_id=vip_id, ring_id=vip_id, ring_size=7,
+               mode=L.MODE_IPIP)
+
+
+# -- load, close, pin ----------------------------------------------------------------------
+
+def test_load_and_close():
+    dp = Datapath.load()
+    assert dp.prog.name == maps.BALANCER.program and not dp.closed
+    assert sorted(dp.maps.names()) == sorted(maps.BALANCER.maps.values())
+    for attr, name in maps.BALANCER.maps.items():
+        assert getattr(dp.maps, attr) is dp.maps[name]
+        assert getattr(dp.maps, attr).name == name
+    dp.close()
+    assert dp.closed
+    with pytest.raises(ValueError):
+        dp.maps.vips.lookup(bytes(L.SIZES["xlb_vip_key"]))
+    dp.close()      # twice is harmless
+
+
+def test_context_manager_and_decap():
+    with DecapPath.load() as d:
+        assert d.prog.name == maps.DECAP.program
+        assert sorted(d.maps.names()) == sorted(maps.DECAP.maps.values())
+    assert d.closed
+
+
+def test_map_sizes():
+    with Datapath.load(map_sizes={maps.FLOWS: 4096, maps.VIPS: 8}) as dp:
+        assert dp.maps.flows.max_entries == 4096
+        assert dp.maps.vips.max_entries == 8
+    with pytest.raises(ValueError, match="xlb_nope"):
+        Datapath.load(map_sizes={"xlb_nope": 1})
+    with pytest.raises(ValueError, match=maps.VIPS):
+        DecapPath.load(map_sizes={maps.VIPS: 8})
+
+
+def test_a_fresh_config_gets_the_defaults(dp):
+    assert dp.config() == L.unpack_config(L.pack_config())
+    assert dp.config()["mtu"] == L.MTU_DEFAULT
+
+
+def test_pinned_load_adopts_the_same_maps(bpffs_dir):
+    pins = os.path.join(bpffs_dir, "pyxlb")     # created by load
+    first = Datapath.load(pin_dir=pins, map_sizes=SMALL)
+    ids = {m.name: m.id for m in first.maps}
+    assert sorted(os.listdir(pins)) == sorted(maps.BALANCER.maps.values())
+    add_vip(first, "192.0.2.1", 80)
+    first.set_config(seed=1234, mtu=1400)
+    first.close()
+
+    with Datapath.load(pin_dir=pins, map_sizes=SMALL) as second:
+        assert {m.name: m.id for m in second.maps} == ids
+        assert vip_key("192.0.2.1", 80, TCP) in second.maps.vips
+        # an adopted config is left as it was, not reset to the defaults
+        assert (second.config()["seed"], second.config()["mtu"]) == (1234, 1400)
+
+    # a map pinned with another size cannot be adopted
+    with pytest.raises(OSError):
+        Datapath.load(pin_dir=pins, map_sizes={**SMALL, maps.FLOWS: 2048})
+
+
+def test_balancer_and_decap_share_pinned_common_maps(bpffs_dir):
+    with Datapath.load(pin_dir=bpffs_dir, map_sizes=SMALL) as dp, \
+            DecapPath.load(pin_dir=bpffs_dir) as d:
+        for name in (maps.STATS, maps.CONFIG, maps.DECAP_SOURCES):
+            assert dp.maps[name].id == d.maps[name].id
+        dp.set_config(seed=7, mtu=9000)
+        d.set_config(check_source=True)
+        cfg = dp.config()
+        assert (cfg["seed"], cfg["mtu"]) == (7, 9000)     # decap changed its flag only
+        assert cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE
+        d.set_config(check_source=False)
+        assert dp.config()["flags"] == 0 and dp.config()["seed"] == 7
+
+
+def test_pin_dir_must_be_on_bpffs(tmp_path):
+    with pytest.raises(PyxlbError, match="bpffs"):
+        Datapath.load(pin_dir=str(tmp_path / "pins"))
+
+
+# -- config --------------------------------------------------------------------------------
+
+def test_set_config(dp):
+    dp.set_config(seed=0xC0FFEE, mtu=9000, src4="10.255.0.0/16", src6="fd00:ff::/64",
+                  decap_check_source=True)
+    assert dp.config() == {
+        "seed": 0xC0FFEE, "mtu": 9000, "flags": L.CFG_DECAP_CHECK_SOURCE,
+        "src4": bytes([10, 255, 0, 0]), "src4_plen": 16,
+        "src6": bytes.fromhex("fd0000ff") + bytes(12), "src6_plen": 64,
+    }
+    dp.set_config()
+    assert dp.config() == L.unpack_config(L.pack_config())
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(src4="fd00::/64"), dict(src6="10.0.0.0/8"), dict(src4="10.0.0.1/8"),
+    dict(mtu=70000), dict(seed=-1),
+])
+def test_set_config_rejects(dp, kwargs):
+    with pytest.raises(ValueError):
+        dp.set_config(**kwargs)
+
+
+# -- VIPs and the address map --------------------------------------------------------------
+
+def test_set_vip_writes_the_vip(dp):
+    dp.set_vip("192.0.2.1", 443, "tcp", vip_id=3, ring_id=5, ring_size=65537,
+               mode=L.MODE_L2, flags=L.VIP_AFFINITY_SRC)
+    assert L.unpack_vip(dp.maps.vips.lookup(vip_key("192.0.2.1", 443, TCP))) == {
+        "vip_id": 3, "ring_id": 5, "ring_size": 65537, "mode": L.MODE_L2,
+        "flags": L.VIP_AFFINITY_SRC}
+    # changing it in place
+    dp.set_vip("192.0.2.1", 443, TCP, vip_id=3, ring_id=6, ring_size=7, mode=L.MODE_IPIP)
+    assert L.unpack_vip(dp.maps.vips.lookup(vip_key("192.0.2.1", 443, TCP)))["ring_id"] == 6
+    assert dp.maps.vips.count() == 1
+
+
+def test_vip_addrs_flags_for_a_shared_address(dp):
+    a = "192.0.2.1"
+    add_vip(dp, a, 80, TCP)
+    assert addr_flags(dp, a) == L.ADDR_PORTS
+    add_vip(dp, a, 443, TCP, vip_id=2)
+    add_vip(dp, a, 80, UDP, vip_id=3)
+    assert addr_flags(dp, a) == L.ADDR_PORTS
+    add_vip(dp, a, 0, UDP, vip_id=4)
+    assert addr_flags(dp, a) == L.ADDR_PORTS | L.ADDR_ALL_PORTS
+
+    # another address and the other family are separate entries
+    add_vip(dp, "192.0.2.2", 0, TCP, vip_id=5)
+    add_vip(dp, "2001:db8::1", 80, TCP, vip_id=6)
+    assert addr_flags(dp, "192.0.2.2") == L.ADDR_ALL_PORTS
+    assert addr_flags(dp, "2001:db8::1") == L.ADDR_PORTS
+
+    dp.del_vip(a, 80, TCP)
+    dp.del_vip(a, 443, TCP)
+    assert addr_flags(dp, a) == L.ADDR_PORTS | L.ADDR_ALL_PORTS    # 80/udp is left
+    dp.del_vip(a, 80, UDP)
+    assert addr_flags(dp, a) == L.ADDR_ALL_PORTS
+    dp.del_vip(a, 0, UDP)
+    assert addr_flags(dp, a) is None
+    assert addr_key(a) not in dp.maps.vip_addrs
+
+    assert addr_flags(dp, "192.0.2.2") == L.ADDR_ALL_PORTS
+    assert addr_flags(dp, "2001:db8::1") == L.ADDR_PORTS
+    with pytest.raises(KeyError):
+        dp.del_vip(a, 80, TCP)
+
+
+def test_announce_keeps_the_vip_flags(dp):
+    a = "198.51.100.7"
+    dp.announce(a, ifindex=3, mac=MAC_A)
+    assert dp.vip_addr(a) == {"flags": L.ADDR_ANNOUNCE, "ifindex": 3,
+                              "mac": bytes.fromhex("02000000000a")}
+    add_vip(dp, a, 80)
+    assert dp.vip_addr(a) == {"flags": L.ADDR_ANNOUNCE | L.ADDR_PORTS, "ifindex": 3,
+                              "mac": bytes.fromhex("02000000000a")}
+    dp.announce(a, mac=MAC_B)                  # re-announce: new MAC, any interface
+    assert dp.vip_addr(a)["ifindex"] == 0 and dp.vip_addr(a)["mac"][-1] == 0x0B
+    dp.del_vip(a, 80, TCP)
+    assert dp.vip_addr(a)["flags"] == L.ADDR_ANNOUNCE                # still announced
+    add_vip(dp, a, 0)
+    dp.unannounce(a)
+    assert dp.vip_addr(a) == {"flags": L.ADDR_ALL_PORTS, "ifindex": 0, "mac": bytes(6)}
+    with pytest.raises(KeyError):
+        dp.unannounce(a)
+    dp.del_vip(a, 0, TCP)
+    assert dp.vip_addr(a) is None
+    with pytest.raises(ValueError, match="MAC"):
+        dp.announce(a)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(mode=0), dict(mode=9), dict(ring_size=0), dict(ring_size=L.RING_SIZE_MAX + 1),
+    dict(vip_id=SMALL[maps.VIP_STATS]), dict(ring_id=SMALL[maps.RINGS]), dict(vip_id=-1),
+    dict(port=65536), dict(proto="sctp"), dict(proto=256), dict(addr="192.0.2.300"),
+    dict(flags=1 << 16),
+])
+def test_set_vip_rejects(dp, kwargs):
+    args = dict(addr="192.0.2.1", port=80, proto=TCP, vip_id=1, ring_id=1, ring_size=7,
+                mode=L.MODE_IPIP)
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        dp.set_vip(args.pop("addr"), args.pop("port"), args.pop("proto"), **args)
+    assert dp.maps.vips.count() == 0 and dp.maps.vip_addrs.count() == 0
+
+
+# -- backends and next hops ----------------------------------------------------------------
+
+def test_backends(dp):
+    dp.set_backend(7, "203.0.113.9", state=L.BACKEND_DRAINING, flags=L.BACKEND_LOCAL, gen=4)
+    fam, a = parse_addr("203.0.113.9")
+    assert L.unpack_backend(dp.maps.backends.lookup(7)) == {
+        "addr": a, "family": fam, "state": L.BACKEND_DRAINING, "flags": L.BACKEND_LOCAL,
+        "gen": 4}
+    dp.set_backend(8, "2001:db8::9")
+    assert L.unpack_backend(dp.maps.backends.lookup(8))["state"] == L.BACKEND_ACTIVE
+    dp.del_backend(7)
+    assert dp.maps.backends.lookup(7) == bytes(L.SIZES["xlb_backend"])
+    with pytest.raises(ValueError):
+        dp.set_backend(SMALL[maps.BACKENDS], "203.0.113.9")
+    with pytest.raises(ValueError):
+        dp.set_backend(1, "203.0.113.9", state=0)
+
+
+def test_nexthops(dp):
+    dp.set_nexthop(5, MAC_A, MAC_B, 2)
+    assert L.unpack_nexthop(dp.maps.nexthops.lookup(5)) == {
+        "dmac": bytes.fromhex("02000000000a"), "smac": bytes.fromhex("02000000000b"),
+        "ifindex": 2}
+    dp.del_nexthop(5)
+    assert dp.maps.nexthops.lookup(5) == bytes(L.SIZES["xlb_nexthop"])
+    with pytest.raises(ValueError):
+        dp.set_nexthop(5, MAC_A, MAC_B, 0)
+    with pytest.raises(ValueError):
+        dp.set_nexthop(5, "02:00", MAC_B, 1)
+
+
+# -- rings ---------------------------------------------------------------------------------
+
+def wait_gone(map_id, timeout=10.0):
+    """True once no map has `map_id` (the kernel frees a replaced inner map after a grace
+    period, not at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _bpf.Map.from_id(map_id).close()
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_set_ring_swaps_a_new_inner_map(dp):
+    first = dp.set_ring(3, array("I", [1, 2, 3, 4, 5, 6, 7]))
+    assert dp.maps.rings.inner_id(3) == first
+    assert list(dp.ring(3)) == [1, 2, 3, 4, 5, 6, 7]
+
+    second = dp.set_ring(3, [9] * 7)
+    assert second != first
+    assert dp.maps.rings.inner_id(3) == second
+    assert list(dp.ring(3)) == [9] * 7          # nothing of the old ring is visible
+    assert wait_gone(first), "the replaced ring was not freed"
+
+    with _bpf.Map.from_id(second) as inner:
+        assert inner.flags & _bpf.MAP_F_INNER_MAP
+        assert (inner.key_size, inner.value_size, inner.max_entries) == (4, 4, 7)
+
+
+def test_rings_of_different_sizes(dp):
+    dp.set_ring(0, [L.RING_EMPTY] * 7)
+    dp.set_ring(1, array("I", range(L.RING_SIZE_DEFAULT)))
+    dp.set_ring(2, array("I", [5]) * L.RING_SIZE_MAX)       # larger than the template
+    assert list(dp.ring(0)) == [L.RING_EMPTY] * 7
+    assert dp.ring(1) == array("I", range(L.RING_SIZE_DEFAULT))
+    assert len(dp.ring(2)) == L.RING_SIZE_MAX
+    dp.set_ring(1, [1, 2, 3])                               # a ring may shrink
+    assert list(dp.ring(1)) == [1, 2, 3]
+
+
+def test_del_ring(dp):
+    dp.set_ring(4, [1] * 7)
+    dp.del_ring(4)
+    with pytest.raises(KeyError):
+        dp.ring(4)
+    with pytest.raises(KeyError):
+        dp.del_ring(4)
+
+
+@pytest.mark.parametrize("ring_id,table,exc", [
+    (0, [], ValueError),
+    (0, array("I", [1]) * (L.RING_SIZE_MAX + 1), ValueError),
+    (0, [-1, 2], ValueError),
+    (0, [2 ** 32], ValueError),
+    (SMALL[maps.RINGS], [1], ValueError),
+    (0, "abc", TypeError),
+])
+def test_set_ring_rejects(dp, ring_id, table, exc):
+    with pytest.raises(exc):
+        dp.set_ring(ring_id, table)
+    with pytest.raises(KeyError):
+        dp.maps.rings.inner_id(0)
+
+
+# -- local addresses and decap sources -----------------------------------------------------
+
+def test_local_addrs(dp):
+    dp.add_local_addr("10.0.0.5")
+    dp.add_local_addr("fd00::5")
+    assert addr_key("10.0.0.5") in dp.maps.local_addrs
+    assert addr_key("fd00::5") in dp.maps.local_addrs
+    dp.del_local_addr("10.0.0.5")
+    assert addr_key("10.0.0.5") not in dp.maps.local_addrs
+    with pytest.raises(KeyError):
+        dp.del_local_addr("10.0.0.5")
+
+
+def lpm_hit(m, addr):
+    """Whether the trie matches a host address (a full-length key is a longest-prefix
+    lookup)."""
+    plen, a = lpm_prefix(addr)
+    return L.pack_lpm_key(plen, a) in m
+
+
+def test_decap_sources(dp):
+    dp.add_decap_source("10.255.0.0/16")
+    dp.add_decap_source("fd00:ff::/64")
+    assert lpm_hit(dp.maps.decap_sources, "10.255.3.4")
+    assert not lpm_hit(dp.maps.decap_sources, "10.254.3.4")
+    assert lpm_hit(dp.maps.decap_sources, "fd00:ff::1234")
+    # aff::1 begins with the bytes 10.255: the IPv4-mapped convention keeps it out
+    assert not lpm_hit(dp.maps.decap_sources, "aff::1")
+    dp.del_decap_source("10.255.0.0/16")
+    assert not lpm_hit(dp.maps.decap_sources, "10.255.3.4")
+    with pytest.raises(ValueError):
+        dp.add_decap_source("10.255.0.1/16")
+
+
+def test_decap_path_writers(decap):
+    decap.add_vip("192.0.2.1")
+    decap.add_vip("2001:db8::1")
+    assert addr_key("192.0.2.1") in decap.maps.decap_vips
+    decap.del_vip("192.0.2.1")
+    assert addr_key("192.0.2.1") not in decap.maps.decap_vips
+    assert addr_key("2001:db8::1") in decap.maps.decap_vips
+    decap.add_source("10.255.0.0/16")
+    assert lpm_hit(decap.maps.decap_sources, "10.255.0.1")
+    decap.del_source("10.255.0.0/16")
+    assert not lpm_hit(decap.maps.decap_sources, "10.255.0.1")
+    decap.set_config(check_source=True)
+    assert decap.config()["flags"] == L.CFG_DECAP_CHECK_SOURCE
+    assert decap.config()["mtu"] == L.MTU_DEFAULT
+
+
+# -- readers -------------------------------------------------------------------------------
+
+def test_stats_names_match_the_enum(dp, decap):
+    for d in (dp, decap):
+        stats = d.stats()
+        assert list(stats) == L.STAT_NAMES
+        assert len(stats) == L.STAT_MAX
+        assert set(stats.values()) == {0}
+
+
+def test_stats_sum_every_cpu(dp):
+    ncpus = dp.maps.stats.ncpus
+    dp.maps.stats.update(L.STAT_TX, array("Q", [3]).tobytes())     # copied to every CPU
+    assert dp.stats()["tx"] == 3 * ncpus
+
+
+def test_counters(dp):
+    zero = {"packets": 0, "bytes": 0, "new_flows": 0}
+    assert dp.vip_counters(1) == zero and dp.backend_counters(1) == zero
+    ncpus = dp.maps.vip_stats.ncpus
+    dp.maps.vip_stats.update(2, L.pack_counters(1, 100, 1))         # copied to every CPU
+    assert dp.vip_counters(2) == {"packets": ncpus, "bytes": 100 * ncpus, "new_flows": ncpus}
+    dp.maps.backend_stats.update(3, L.pack_counters(2, 0, 0))
+    assert dp.backend_counters(3)["packets"] == 2 * ncpus
+    with pytest.raises(ValueError):
+        dp.vip_counters(SMALL[maps.VIP_STATS])
+
+
+def test_flows(dp):
+    assert dp.flows() == []
+    fam, src = parse_addr("198.51.100.1")
+    _, dst = parse_addr("192.0.2.1")
+    dp.maps.flows.update(L.pack_flow_key(src, dst, 40000, 80, TCP, fam), L.pack_flow(7, 2))
+    assert dp.flows() == [({"src": "198.51.100.1", "dst": "192.0.2.1", "sport": 40000,
+                            "dport": 80, "proto": TCP, "family": fam},
+                           {"backend_id": 7, "gen": 2})]
+
+
+def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):
+    pkt = bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="198.51.100.1", dst="203.0.113.1")
+                / Udp(sport=1234, dport=53) / (b"x" * 20))
+    action, out = dp.run(pkt)
+    assert action == _bpf.XDP_PASS
+    assert out == pkt
+    assert dp.stats()["pass_not_vip"] == 1

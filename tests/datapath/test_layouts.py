@@ -1,0 +1,95 @@
+"""Host and BPF layouts agree: every struct's size as the host compiler sees structs.h
+(pyxlb._layouts.SIZES) equals the key or value size of the map that uses it in the objects
+clang -target bpf built (their BTF, as the kernel reports it after load).
+
+The objects must exist: a missing one is an error here, never a skip.
+"""
+
+import pytest
+
+from pyxlb import _layouts as L
+from pyxlb import maps
+from pyxlb.datapath import Datapath, DecapPath
+
+# (map, "key" or "value", struct)
+BALANCER_USES = [
+    (maps.VIPS, "key", "xlb_vip_key"),
+    (maps.VIPS, "value", "xlb_vip"),
+    (maps.VIP_ADDRS, "key", "xlb_addr_key"),
+    (maps.VIP_ADDRS, "value", "xlb_addr"),
+    (maps.LOCAL_ADDRS, "key", "xlb_addr_key"),
+    (maps.BACKENDS, "value", "xlb_backend"),
+    (maps.NEXTHOPS, "value", "xlb_nexthop"),
+    (maps.FLOWS, "key", "xlb_flow_key"),
+    (maps.FLOWS, "value", "xlb_flow"),
+    (maps.VIP_STATS, "value", "xlb_counters"),
+    (maps.BACKEND_STATS, "value", "xlb_counters"),
+    (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),
+    (maps.CONFIG, "value", "xlb_config"),
+]
+DECAP_USES = [
+    (maps.DECAP_VIPS, "key", "xlb_addr_key"),
+    (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),
+    (maps.CONFIG, "value", "xlb_config"),
+]
+
+
+@pytest.fixture(scope="module")
+def balancer():
+    dp = Datapath.load()
+    yield dp
+    dp.close()
+
+
+@pytest.fixture(scope="module")
+def decap():
+    dp = DecapPath.load()
+    yield dp
+    dp.close()
+
+
+def test_every_struct_is_checked():
+    assert {s for _, _, s in BALANCER_USES + DECAP_USES} == set(L.SIZES)
+
+
+@pytest.mark.parametrize("map_name,side,struct", BALANCER_USES,
+                         ids=[f"{m}.{s}" for m, s, _ in BALANCER_USES])
+def test_balancer_sizes(balancer, map_name, side, struct):
+    m = balancer.maps[map_name]
+    assert getattr(m, f"{side}_size") == L.SIZES[struct]
+
+
+@pytest.mark.parametrize("map_name,side,struct", DECAP_USES,
+                         ids=[f"{m}.{s}" for m, s, _ in DECAP_USES])
+def test_decap_sizes(decap, map_name, side, struct):
+    m = decap.maps[map_name]
+    assert getattr(m, f"{side}_size") == L.SIZES[struct]
+
+
+def test_scalar_maps(balancer, decap):
+    for dp in (balancer, decap):
+        assert dp.maps.stats.max_entries == L.STAT_MAX      # one counter per enum xlb_stat
+        assert (dp.maps.stats.key_size, dp.maps.stats.value_size) == (4, 8)
+        assert dp.maps.config.max_entries == 1
+    assert balancer.maps.rings.key_size == 4
+
+
+def test_default_map_sizes_follow_consts_h(balancer):
+    assert balancer.maps.vips.max_entries == L.MAX_VIPS
+    assert balancer.maps.vip_stats.max_entries == L.MAX_VIPS
+    assert balancer.maps.backends.max_entries == L.MAX_BACKENDS
+    assert balancer.maps.rings.max_entries == L.MAX_RINGS
+    assert balancer.maps.flows.max_entries == L.MAX_FLOWS
+    assert balancer.maps.local_addrs.max_entries == L.MAX_LOCAL_ADDRS
+    assert balancer.maps.decap_sources.max_entries == L.MAX_SOURCE_PREFIXES
+
+
+def test_objects_hold_exactly_the_maps_of_maps_py():
+    from pyxlb import _bpf
+    from pyxlb.bpf import object_path
+
+    for spec in (maps.BALANCER, maps.DECAP):
+        with _bpf.BpfObject.open(object_path(spec.object)) as obj:
+            declared = {n for n in obj.map_names() if n.startswith("xlb_")}
+            assert declared == set(spec.maps.values())
+            assert spec.program in obj.program_names()
