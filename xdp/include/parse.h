@@ -138,6 +138,10 @@ static __always_inline int xlb_parse_ipv6(void *data, void *data_end, struct xlb
 		nexthdr = ext[0];
 		off += (ext[1] + 1) * 8;
 	}
+	/* more extension headers than we walk: the transport header is unknown */
+	if (!pkt->frag && (nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+			   nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT))
+		return XLB_PARSE_MALFORMED;
 	if (off > pkt->l3_off + pkt->l3_len)
 		return XLB_PARSE_MALFORMED;
 	pkt->l4_off = off;
