@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Everything the build reads: a change to any of these rebuilds the package in the venv.
-BUILD_INPUTS := $(wildcard xdp/*.c xdp/include/*.h ext/*.pyx ext/*.pxd ext/includes/*.pxd) setup.py pyproject.toml
+BUILD_INPUTS := $(wildcard xdp/*.c xdp/bench/*.c xdp/include/*.h ext/*.pyx ext/*.pxd ext/includes/*.pxd) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
 .PHONY: setup system build test demo bench clean
@@ -35,6 +35,7 @@ demo: build
 bench: build
 	$(PY) bench/maglev.py
 	$(PY) bench/ring_write.py
+	$(PY) bench/datapath.py
 
 clean:
 	rm -rf build pyxlb/bpf/*.o pyxlb/*.so pyxlb/*.c ext/*.c ext/*.html *.egg-info

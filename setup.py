@@ -101,7 +101,8 @@ class BuildExt(build_ext):
             dest = os.path.join(self.build_lib, BPF_OUT)
             os.makedirs(dest, exist_ok=True)
             for obj in targets:
-                shutil.copy2(obj, dest)
+                if not os.path.basename(obj).startswith("bench_"):   # benchmarks stay out
+                    shutil.copy2(obj, dest)
 
 
 def extensions():

@@ -1,0 +1,534 @@
+"""Nanoseconds per packet through the XDP balancer (BPF_PROG_TEST_RUN), beside an empty program.
+
+Run as root: `make bench` (or .venv/bin/python bench/datapath.py [--quick]).
+Prints a table and writes bench/results/datapath.json.
+
+The programs are the entries of xdp/bench/bench.bpf.c (built into pyxlb/bpf/bench_bench.o),
+which includes the balancer's headers unchanged and has its own copy of the balancer's maps:
+
+  bench_direct    xlb_handle_frame(), as balancer.bpf.c's entry runs it
+  bench_balancer  the same, with the first 128 bytes of the frame saved before and put back
+                  after (head adjustment undone), so `repeat=N` forwards N identical packets
+  bench_wrapper   that save and restore around a call that does nothing
+  bench_empty     return XDP_PASS
+
+Packets the balancer passes untouched (not a VIP) are timed through bench_direct. Packets it
+encapsulates are timed through bench_balancer; their "net" figure subtracts the wrapper's
+overhead (bench_wrapper minus bench_empty, paired within each round). Ratios are to
+bench_empty of the same round. Rounds run every case once, in turn, so slow drift of the
+machine touches all cases alike; a figure is the median over rounds.
+
+Every timed run is checked before its number is kept: the action; the buffer after the
+last iteration (the input packet: untouched, or restored); and the counters, which must
+have moved by exactly N (xlb_stats, per-VIP and per-backend), nothing else moving. Before
+timing, one run of bench_direct per case must produce the exact packet that this script
+builds itself with scapy (outer header from its own copy of the flow hash). A case failing
+a check gets no number.
+"""
+
+import argparse
+import dataclasses
+import os
+import socket
+import statistics
+import struct
+import sys
+import time
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import machine_info, write_results  # noqa: E402
+
+from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
+from scapy.layers.inet6 import IPv6  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
+from pyxlb import _bpf, maps  # noqa: E402
+from pyxlb import _layouts as L  # noqa: E402
+from pyxlb.addr import parse_addr  # noqa: E402
+from pyxlb.bpf import object_path  # noqa: E402
+from pyxlb.datapath import Datapath  # noqa: E402
+from pyxlb.maglev import build_table  # noqa: E402
+
+BENCH_OBJECT = "bench_bench"
+FRAME_LEN = 128             # = BENCH_SAVE in bench.bpf.c: the wrapper restores all of it
+RING_SIZE = L.RING_SIZE_DEFAULT
+SEED = 0x5EED1234
+SRC4 = "10.255.0.0/16"      # outer sources: the flow hash fills the host bits
+SRC6 = "2001:db8:ffff::/96"
+CLIENT_MAC, LB_MAC, NEXT_HOP_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"
+# BPF_PROG_TEST_RUN without a ctx runs as if received on the loopback device (ifindex 1):
+# a next hop on ifindex 1 is "out of the receiving interface", i.e. XDP_TX.
+TEST_RUN_IFINDEX = 1
+
+CLIENT4, VIP4, OTHER4 = "198.51.100.7", "192.0.2.10", "192.0.2.99"
+CLIENT6, VIP6, OTHER6 = "2001:db8:1::7", "2001:db8:100::10", "2001:db8:100::99"
+BACKENDS4 = {i: f"10.1.0.{i}" for i in range(1, 9)}
+BACKENDS6 = {i: f"2001:db8:200::{i - 10:x}" for i in range(11, 19)}
+RING4, RING6 = 1, 2
+
+TARGETS = {"not_vip": 3.0, "established_v4": 8.0, "new_flow": 10.0}
+# Figures of a widely used XDP balancer measured on this kind of VM (ns per packet).
+REFERENCE = {"empty": 12, "not-a-VIP": 73, "established TCP": 150, "UDP": 188}
+
+XDP_NAMES = {_bpf.XDP_ABORTED: "XDP_ABORTED", _bpf.XDP_DROP: "XDP_DROP",
+             _bpf.XDP_PASS: "XDP_PASS", _bpf.XDP_TX: "XDP_TX",
+             _bpf.XDP_REDIRECT: "XDP_REDIRECT"}
+
+
+class CheckFailed(Exception):
+    """A case did not do what it should: no number is printed for it."""
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+class _BenchDatapath(Datapath):
+    """The production loader and writers, pointed (through SPEC, which is what a subclass
+    of Datapath sets) at the bench object's wrapper entry. Nothing else is overridden."""
+
+    SPEC = dataclasses.replace(maps.BALANCER, object=BENCH_OBJECT, program="bench_balancer")
+
+
+def load():
+    """The bench object loaded twice over one set of balancer maps: once through Datapath
+    (the writers fill its maps; its program is bench_balancer), once more for the other
+    entries, reusing those maps so bench_direct sees the same VIPs, flows and counters."""
+    dp = _BenchDatapath.load()
+    progs = {"balancer": dp.prog}
+    obj = _bpf.BpfObject.open(object_path(BENCH_OBJECT))
+    try:
+        for name in maps.BALANCER.maps.values():
+            obj.reuse_map(name, dp.maps[name])
+        obj.load()
+        for short in ("direct", "wrapper", "empty"):
+            progs[short] = obj.program(f"bench_{short}")
+    finally:
+        obj.close()
+    return dp, progs
+
+
+# -- the flow hash and the packets we expect -----------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def _mix(h: int, k: int) -> int:
+    k = _rotl((k * 0xCC9E2D51) & _M32, 15) * 0x1B873593 & _M32
+    return (_rotl(h ^ k, 13) * 5 + 0xE6546B64) & _M32
+
+
+def _fmix(h: int) -> int:
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & _M32
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & _M32
+    return h ^ (h >> 16)
+
+
+def flow_hash(key: bytes, seed: int) -> int:
+    """xlb_flow_hash() of xdp/include/hash.h for a whole 5-tuple (no affinity): the ten
+    32-bit words of struct xlb_flow_key, read in host order."""
+    h = seed
+    for word in struct.unpack("=10I", key):
+        h = _mix(h, word)
+    return _fmix(h ^ 40)
+
+
+def outer_src4(hash_: int) -> str:
+    net = IPv4Network(SRC4)
+    host_mask = (1 << (32 - net.prefixlen)) - 1
+    return str(ip_address(int(net.network_address) | (hash_ & host_mask)))
+
+
+def outer_src6(hash_: int) -> str:
+    net = IPv6Network(SRC6)
+    host_mask = (1 << min(32, 128 - net.prefixlen)) - 1
+    return str(ip_address(int(net.network_address) | (hash_ & host_mask)))
+
+
+def client_frame(src: str, dst: str, l4) -> bytes:
+    """Client -> destination, padded to FRAME_LEN with payload (not Ethernet padding)."""
+    ip = IP(src=src, dst=dst, flags="DF", ttl=64) if ":" not in dst else IPv6(src=src, dst=dst)
+    pkt = Ether(src=CLIENT_MAC, dst=LB_MAC) / ip / l4
+    frame = bytes(pkt / Raw(b"\x00" * (FRAME_LEN - len(pkt))))
+    assert len(frame) == FRAME_LEN
+    return frame
+
+
+def expected_encap(frame: bytes, backend: str, hash_: int) -> bytes:
+    """The frame as the balancer sends it to `backend`: IPIP, IP6IP6 or IPv4-in-IPv6 with
+    the next hop's MACs; outer source and IPv6 flow label from the flow hash."""
+    inner = frame[14:]
+    v4_inner = inner[0] >> 4 == 4
+    eth = Ether(src=LB_MAC, dst=NEXT_HOP_MAC)
+    if ":" not in backend:
+        outer = IP(src=outer_src4(hash_), dst=backend, proto=socket.IPPROTO_IPIP, ttl=L.TTL,
+                   id=0, tos=inner[1], flags="DF" if inner[6] & 0x40 else 0)
+    else:
+        tclass = inner[1] if v4_inner else ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
+        outer = IPv6(src=outer_src6(hash_), dst=backend, hlim=L.TTL, tc=tclass,
+                     fl=hash_ & 0xFFFFF,
+                     nh=socket.IPPROTO_IPIP if v4_inner else socket.IPPROTO_IPV6)
+    return bytes(eth / outer / Raw(inner))
+
+
+# -- cases ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Case:
+    key: str
+    label: str
+    prog: str                       # "direct", "balancer" (wrapped), "wrapper", "empty"
+    frame: bytes
+    action: int
+    stats: Dict[str, int]           # xlb_stats moves per packet (all others must stay)
+    vip_id: Optional[int] = None    # its counters move by one packet per packet
+    backend_id: Optional[int] = None
+    new_flow: bool = False          # per-VIP / per-backend new_flows move too
+    target: Optional[str] = None    # key of TARGETS
+    expected_out: Optional[bytes] = None    # what one bench_direct run sends
+    samples: List[int] = dataclasses.field(default_factory=list)       # ns per packet
+    moved: Dict[str, int] = dataclasses.field(default_factory=dict)    # over timed runs
+    iterations: int = 0
+    error: Optional[str] = None
+
+    @property
+    def l3_len(self) -> int:
+        return len(self.frame) - 14
+
+
+@dataclasses.dataclass
+class Vip:
+    vip_id: int
+    addr: str
+    port: int
+    proto: int
+    ring: int
+    flags: int = 0
+
+
+VIPS = {
+    "tcp4": Vip(1, VIP4, 80, socket.IPPROTO_TCP, RING4),
+    "tcp4_nft": Vip(2, VIP4, 8080, socket.IPPROTO_TCP, RING4, L.VIP_NO_FLOW_TABLE),
+    "udp4": Vip(3, VIP4, 53, socket.IPPROTO_UDP, RING4),
+    "tcp6": Vip(4, VIP6, 80, socket.IPPROTO_TCP, RING6),
+    "tcp6_nft": Vip(5, VIP6, 8080, socket.IPPROTO_TCP, RING6, L.VIP_NO_FLOW_TABLE),
+}
+
+
+def configure(dp: Datapath) -> dict:
+    """Config, backends, next hops, rings and VIPs, all through Datapath's writers."""
+    dp.set_config(seed=SEED, src4=SRC4, src6=SRC6)
+    rings = {}
+    for ring_id, backends in ((RING4, BACKENDS4), (RING6, BACKENDS6)):
+        for bid, addr in backends.items():
+            dp.set_backend(bid, addr)
+            dp.set_nexthop(bid, NEXT_HOP_MAC, LB_MAC, TEST_RUN_IFINDEX)
+        rings[ring_id] = build_table([(addr, 1, bid) for bid, addr in backends.items()],
+                                     size=RING_SIZE)
+        dp.set_ring(ring_id, rings[ring_id])
+    for v in VIPS.values():
+        dp.set_vip(v.addr, v.port, v.proto, vip_id=v.vip_id, ring_id=v.ring,
+                   ring_size=RING_SIZE, mode=L.MODE_IPIP, flags=v.flags)
+    return rings
+
+
+def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
+    """A case the balancer encapsulates: the backend is what the ring says for the hash."""
+    frame = client_frame(src, vip.addr, l4)
+    family, src_b = parse_addr(src)
+    _, dst_b = parse_addr(vip.addr)
+    hash_ = flow_hash(L.pack_flow_key(src_b, dst_b, sport, vip.port, vip.proto, family), SEED)
+    bid = rings[vip.ring][hash_ % RING_SIZE]
+    backend = {**BACKENDS4, **BACKENDS6}[bid]
+    no_table = bool(vip.flags & L.VIP_NO_FLOW_TABLE)
+    stats = {"tx": 1} if no_table else {"tx": 1, "flow_hit": 1}
+    return Case(key, label, "balancer", frame, _bpf.XDP_TX, stats, vip_id=vip.vip_id,
+                backend_id=bid, new_flow=no_table, target=target,
+                expected_out=expected_encap(frame, backend, hash_))
+
+
+def build_cases(rings) -> List[Case]:
+    tcp = dict(flags="A", seq=1, ack=1)
+    return [
+        Case("empty", "empty XDP program", "empty", client_frame(CLIENT4, OTHER4, TCP(dport=80)),
+             _bpf.XDP_PASS, {}),
+        Case("wrapper", "wrapper alone (save+restore)", "wrapper",
+             client_frame(CLIENT4, VIP4, TCP(dport=80)), _bpf.XDP_PASS, {}),
+        Case("not_vip_v4", "not-a-VIP IPv4", "direct",
+             client_frame(CLIENT4, OTHER4, TCP(sport=40000, dport=80, **tcp)), _bpf.XDP_PASS,
+             {"pass_not_vip": 1}, target="not_vip"),
+        Case("not_vip_v6", "not-a-VIP IPv6", "direct",
+             client_frame(CLIENT6, OTHER6, TCP(sport=40000, dport=80, **tcp)), _bpf.XDP_PASS,
+             {"pass_not_vip": 1}, target="not_vip"),
+        forwarded("established_tcp_v4", "established TCP IPv4 (flow hit)", VIPS["tcp4"],
+                  CLIENT4, 40001, TCP(sport=40001, dport=80, **tcp), rings,
+                  target="established_v4"),
+        forwarded("established_tcp_v6", "established TCP IPv6 (flow hit)", VIPS["tcp6"],
+                  CLIENT6, 40001, TCP(sport=40001, dport=80, **tcp), rings),
+        forwarded("new_flow_v4", "new flow IPv4 (hash+ring+encap)", VIPS["tcp4_nft"], CLIENT4,
+                  40002, TCP(sport=40002, dport=8080, flags="S", seq=1), rings,
+                  target="new_flow"),
+        forwarded("new_flow_v6", "new flow IPv6 (hash+ring+encap)", VIPS["tcp6_nft"], CLIENT6,
+                  40002, TCP(sport=40002, dport=8080, flags="S", seq=1), rings,
+                  target="new_flow"),
+        forwarded("established_udp_v4", "UDP IPv4 (established)", VIPS["udp4"], CLIENT4, 40003,
+                  UDP(sport=40003, dport=53), rings),
+    ]
+
+
+# -- running and checking -------------------------------------------------------------------
+
+def counters(dp: Datapath, case: Case) -> Dict[str, int]:
+    out = dict(dp.stats())
+    if case.vip_id is not None:
+        out.update({f"vip {case.vip_id} {k}": v for k, v in dp.vip_counters(case.vip_id).items()})
+    if case.backend_id is not None:
+        out.update({f"backend {case.backend_id} {k}": v
+                    for k, v in dp.backend_counters(case.backend_id).items()})
+    return out
+
+
+def expected_moves(case: Case, n: int) -> Dict[str, int]:
+    moves = {name: per * n for name, per in case.stats.items()}
+    for who, ident in (("vip", case.vip_id), ("backend", case.backend_id)):
+        if ident is not None:
+            moves[f"{who} {ident} packets"] = n
+            moves[f"{who} {ident} bytes"] = n * case.l3_len
+            moves[f"{who} {ident} new_flows"] = n if case.new_flow else 0
+    return moves
+
+
+def run_checked(dp, progs, case: Case, n: int, prog: Optional[str] = None):
+    """One test run of `n` iterations, checked (see the module docstring). Returns the
+    output buffer, the kernel's ns per packet and the counters that moved."""
+    prog = prog or case.prog
+    before = counters(dp, case)
+    action, out, ns = progs[prog].test_run(case.frame, repeat=n)
+    after = counters(dp, case)
+    check(action == case.action, f"bench_{prog} returned {XDP_NAMES.get(action, action)}, "
+                                 f"expected {XDP_NAMES[case.action]}")
+    moved = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    want = {k: v for k, v in expected_moves(case, n).items() if v}
+    check(moved == want, f"counters after {n} iterations of bench_{prog}: moved {moved}, "
+                         f"expected {want}")
+    return out, ns, moved
+
+
+def verify_single(dp, progs, case: Case) -> None:
+    """Before timing: what one packet does, through bench_direct and through the wrapper."""
+    if case.prog in ("empty", "wrapper"):
+        out, *_ = run_checked(dp, progs, case, 1)
+        check(out == case.frame, f"bench_{case.prog} changed the frame")
+        return
+    if case.expected_out is None:       # passed untouched
+        out, *_ = run_checked(dp, progs, case, 1)
+        check(out == case.frame, "a packet passed as not-a-VIP was modified")
+        return
+    if "flow_hit" in case.stats:
+        # the first packet of the flow is a miss that fills the flow table
+        first = dataclasses.replace(case, stats={"tx": 1, "flow_miss": 1}, new_flow=True)
+        out, *_ = run_checked(dp, progs, first, 1, prog="direct")
+        check(out == case.expected_out, "first packet: not the expected encapsulated packet")
+    out, *_ = run_checked(dp, progs, case, 1, prog="direct")
+    check(out == case.expected_out, "bench_direct output is not the expected encapsulated "
+                                    f"packet:\n  got      {out.hex()}\n  expected "
+                                    f"{case.expected_out.hex()}")
+    out, *_ = run_checked(dp, progs, case, 1, prog="balancer")
+    check(out == case.frame, "bench_balancer did not restore the frame")
+
+
+def flow_entries(dp: Datapath) -> int:
+    return len(dp.flows())
+
+
+def measure(dp, progs, cases: List[Case], runs: int, iterations: int) -> None:
+    for case in cases:
+        try:
+            verify_single(dp, progs, case)
+            run_checked(dp, progs, case, min(iterations, 100_000))      # warm-up, checked
+        except CheckFailed as exc:
+            case.error = str(exc)
+    flows_before = flow_entries(dp)
+    for _ in range(runs):
+        for case in cases:
+            if case.error:
+                continue
+            try:
+                out, ns, moved = run_checked(dp, progs, case, iterations)
+                check(out == case.frame, f"after {iterations} iterations the buffer is not "
+                                         f"the input frame (not restored?)")
+            except CheckFailed as exc:
+                case.error = str(exc)
+                continue
+            case.samples.append(ns)
+            case.iterations += iterations
+            for k, v in moved.items():
+                case.moved[k] = case.moved.get(k, 0) + v
+    # timed runs hit known flows or bypass the table: they must have added no flow
+    if flow_entries(dp) != flows_before:
+        for case in cases:
+            if case.new_flow and not case.error:
+                case.error = "the flow table grew during timed runs"
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def summarise(cases: List[Case]) -> dict:
+    by = {c.key: c for c in cases}
+    empty, wrapper = by["empty"], by["wrapper"]
+    if empty.error or wrapper.error:
+        raise SystemExit(f"baseline failed: {empty.error or wrapper.error}")
+    rounds = len(empty.samples)
+    overhead = [wrapper.samples[i] - empty.samples[i] for i in range(rounds)]
+    rows = []
+    for c in cases:
+        row = {"case": c.key, "label": c.label, "program": f"bench_{c.prog}",
+               "frame_bytes": len(c.frame), "target_ratio": TARGETS.get(c.target)}
+        if c.error or len(c.samples) != rounds:
+            row.update(error=c.error or "missing samples", result="REFUSED")
+            rows.append(row)
+            continue
+        s = c.samples
+        net = [s[i] - overhead[i] if c.prog == "balancer" else s[i] for i in range(rounds)]
+        ratio = statistics.median(s[i] / empty.samples[i] for i in range(rounds))
+        net_ratio = statistics.median(net[i] / empty.samples[i] for i in range(rounds))
+        row.update(
+            ns_median=statistics.median(s), ns_min=min(s), ns_max=max(s), ns_samples=s,
+            ratio_to_empty=round(ratio, 2),
+            net_ns_median=statistics.median(net), net_ratio_to_empty=round(net_ratio, 2),
+            iterations_timed=c.iterations, counters_moved=c.moved)
+        if c.target:
+            limit = TARGETS[c.target]
+            row["result"] = "pass" if net_ratio <= limit else "FAIL"
+            row["raw_ratio_within_target"] = ratio <= limit
+        rows.append(row)
+    return {"rows": rows, "wrapper_overhead_ns_median": statistics.median(overhead),
+            "wrapper_overhead_ns_samples": overhead}
+
+
+def _n(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else "-"
+
+
+def print_table(summary: dict) -> None:
+    head = (f"{'case':<34} {'program':<15} {'ns/pkt med':>10} {'min':>5} {'max':>5} "
+            f"{'x empty':>7} {'net ns':>6} {'net x':>6} {'target':>7}  result")
+    print(head)
+    print("-" * len(head))
+    for r in summary["rows"]:
+        if "error" in r:
+            print(f"{r['label']:<34} {r['program']:<15} REFUSED: {r['error']}")
+            continue
+        direct = r["program"] != "bench_balancer"
+        target = f"<= {r['target_ratio']:g}x" if r["target_ratio"] else ""
+        print(f"{r['label']:<34} {r['program']:<15} {_n(r['ns_median']):>10} "
+              f"{r['ns_min']:>5} {r['ns_max']:>5} "
+              f"{r['ratio_to_empty']:>6.2f}x {'' if direct else _n(r['net_ns_median']):>6} "
+              f"{'' if direct else format(r['net_ratio_to_empty'], '.2f') + 'x':>6} "
+              f"{target:>7}  {r.get('result', '')}")
+    print(f"\nwrapper overhead (bench_wrapper - bench_empty, per round): "
+          f"median {_n(summary['wrapper_overhead_ns_median'])} ns "
+          f"(rounds: {summary['wrapper_overhead_ns_samples']})")
+    print("net = wrapped figure minus that overhead; for bench_direct rows the figure is net.")
+    print("Targets are judged on the net ratio; 'x empty' is the raw ratio.")
+    e = REFERENCE["empty"]
+    refs = ", ".join(f"{k} ~ {v} ns" + ("" if k == "empty" else f" ({v / e:.1f}x)")
+                     for k, v in REFERENCE.items())
+    print(f"\nfor reference, a widely used XDP balancer on this kind of VM: {refs}")
+    print("\ncounters moved over the timed runs (checked run by run: exactly N per run):")
+    for r in summary["rows"]:
+        if "counters_moved" in r:
+            moved = ", ".join(f"{k} +{v}" for k, v in sorted(r["counters_moved"].items())
+                              if not k.endswith(" bytes"))
+            print(f"  {r['case']:<20} {r['iterations_timed']:>10} packets: {moved or 'none'}")
+
+
+def cpu_busy(interval: float = 0.5) -> Dict[int, float]:
+    """Fraction of the last `interval` each CPU we may run on spent busy (from /proc/stat)."""
+    def sample():
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    ticks = [int(x) for x in fields]
+                    out[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])   # idle + iowait
+        return out
+    a = sample()
+    time.sleep(interval)
+    b = sample()
+    busy = {}
+    for cpu in os.sched_getaffinity(0):
+        total = b[cpu][0] - a[cpu][0]
+        busy[cpu] = 1 - (b[cpu][1] - a[cpu][1]) / total if total else 0.0
+    return busy
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    args = parser.parse_args()
+    runs, iterations = (5, 200_000) if args.quick else (15, 2_000_000)
+
+    # one CPU for the whole run (per-CPU state stays warm, no migration): the idlest one.
+    # Other work on it does not enter the kernel's figure directly (time given to other
+    # tasks is left out) but it evicts caches, which the balancer's lookups feel.
+    busy = cpu_busy()
+    cpu = min(busy, key=lambda c: (busy[c], -c))
+    os.sched_setaffinity(0, {cpu})
+    if busy[cpu] > 0.2:
+        print(f"warning: CPU {cpu}, the idlest, was {busy[cpu]:.0%} busy before the run: "
+              f"expect noisy, high figures", file=sys.stderr)
+
+    t0 = time.monotonic()
+    dp, progs = load()
+    try:
+        rings = configure(dp)
+        cases = build_cases(rings)
+        measure(dp, progs, cases, runs, iterations)
+    finally:
+        for p in progs.values():
+            p.close()
+        dp.close()
+    summary = summarise(cases)
+    print(f"BPF_PROG_TEST_RUN, {runs} rounds x {iterations} iterations a case, "
+          f"{FRAME_LEN}-byte frames, CPU {cpu} ({busy[cpu]:.0%} busy before the run)\n")
+    print_table(summary)
+    elapsed = time.monotonic() - t0
+    path = write_results("datapath", {
+        "machine": machine_info(), "quick": args.quick, "runs": runs,
+        "iterations_per_run": iterations, "frame_bytes": FRAME_LEN, "cpu": cpu,
+        "ring_size": RING_SIZE,
+        "cpu_busy_before": {str(c): round(b, 2) for c, b in busy.items()},
+        "targets_ratio_to_empty": TARGETS,
+        "reference_ns": REFERENCE, "elapsed_s": round(elapsed, 1),
+        "notes": [
+            "ns from BPF_PROG_TEST_RUN's duration (integer ns per iteration, median over "
+            "rounds). Wall-clock time around the syscall is no substitute: each call with "
+            "repeat > 1 also pays ~15 ms of fixed cost here (apparently the XDP "
+            "dispatcher update the kernel makes for repeat > 1)",
+            "bench_balancer figures include the wrapper; net subtracts the wrapper "
+            "overhead measured in the same round",
+            "loaded through a Datapath subclass whose SPEC names the bench object",
+        ],
+        **summary})
+    print(f"\nresults: {path} ({elapsed:.0f} s)")
+    if any("error" in r for r in summary["rows"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
