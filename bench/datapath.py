@@ -196,7 +196,7 @@ class Case:
     stats: Dict[str, int]           # xlb_stats moves per packet (all others must stay)
     vip_id: Optional[int] = None    # its counters move by one packet per packet
     backend_id: Optional[int] = None
-    new_flow: bool = False          # per-VIP / per-backend new_flows move too
+    new_flow: bool = False          # per-VIP / per-backend new_flows move too (flow-table inserts)
     target: Optional[str] = None    # key of TARGETS
     expected_out: Optional[bytes] = None    # what one bench_direct run sends
     samples: List[int] = dataclasses.field(default_factory=list)       # ns per packet
@@ -256,7 +256,7 @@ def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
     no_table = bool(vip.flags & L.VIP_NO_FLOW_TABLE)
     stats = {"tx": 1} if no_table else {"tx": 1, "flow_hit": 1}
     return Case(key, label, "balancer", frame, _bpf.XDP_TX, stats, vip_id=vip.vip_id,
-                backend_id=bid, new_flow=no_table, target=target,
+                backend_id=bid, target=target,
                 expected_out=expected_encap(frame, backend, hash_))
 
 

@@ -48,6 +48,7 @@ MAX_BACKENDS = XLB_MAX_BACKENDS
 MAX_RINGS = XLB_MAX_RINGS
 MAX_FLOWS = XLB_MAX_FLOWS
 MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
+MAX_MEMBERS = XLB_MAX_MEMBERS
 MAX_SOURCE_PREFIXES = XLB_MAX_SOURCE_PREFIXES
 
 RING_SIZE_DEFAULT = XLB_RING_SIZE_DEFAULT
@@ -61,6 +62,7 @@ MODES = (MODE_IPIP, MODE_L2, MODE_LOCAL)
 
 VIP_NO_FLOW_TABLE = XLB_VIP_NO_FLOW_TABLE
 VIP_AFFINITY_SRC = XLB_VIP_AFFINITY_SRC
+VIP_ANNOUNCE = XLB_VIP_ANNOUNCE
 
 ADDR_PORTS = XLB_ADDR_PORTS
 ADDR_ALL_PORTS = XLB_ADDR_ALL_PORTS
@@ -142,6 +144,8 @@ SIZES = {
     "xlb_nexthop": sizeof(xlb_nexthop),
     "xlb_flow_key": sizeof(xlb_flow_key),
     "xlb_flow": sizeof(xlb_flow),
+    "xlb_member_key": sizeof(xlb_member_key),
+    "xlb_member": sizeof(xlb_member),
     "xlb_counters": sizeof(xlb_counters),
     "xlb_lpm_key": sizeof(xlb_lpm_key),
     "xlb_config": sizeof(xlb_config),
@@ -304,7 +308,7 @@ def unpack_addr(data):
 
 # -- struct xlb_backend -----------------------------------------------------------------
 
-def pack_backend(addr, family, state, flags=0, gen=0):
+def pack_backend(addr, family, state, flags=0, gen=0, mac=b"\0" * 6):
     """struct xlb_backend. family 0 (with a zero address) marks an unused id."""
     cdef xlb_backend b
     cdef int fam = _family(family, True)
@@ -314,6 +318,7 @@ def pack_backend(addr, family, state, flags=0, gen=0):
     b.state = _uint(state, 8, "state")
     b.flags = _uint(flags, 16, "flags")
     b.gen = _uint(gen, 32, "gen")
+    _put(b.mac, _fixed(mac, 6, "mac"))
     return _out(&b, sizeof(b))
 
 
@@ -322,7 +327,7 @@ def unpack_backend(data):
     data = _as_bytes(data)
     memcpy(&b, _input(data, sizeof(b), "xlb_backend"), sizeof(b))
     return {"addr": _b(b.addr, 16), "family": b.family, "state": b.state,
-            "flags": b.flags, "gen": b.gen}
+            "flags": b.flags, "gen": b.gen, "mac": _b(b.mac, 6)}
 
 
 # -- struct xlb_nexthop -----------------------------------------------------------------
@@ -370,12 +375,14 @@ def unpack_flow_key(data):
 
 # -- struct xlb_flow --------------------------------------------------------------------
 
-def pack_flow(backend_id, gen):
-    """struct xlb_flow: the backend a flow is pinned to, and that backend's generation."""
+def pack_flow(backend_id, gen, hash=0):
+    """struct xlb_flow: the backend a flow is pinned to, that backend's generation, and
+    the flow's hash."""
     cdef xlb_flow f
     memset(&f, 0, sizeof(f))
     f.backend_id = _uint(backend_id, 32, "backend_id")
     f.gen = _uint(gen, 32, "gen")
+    f.hash = _uint(hash, 32, "hash")
     return _out(&f, sizeof(f))
 
 
@@ -383,7 +390,41 @@ def unpack_flow(data):
     cdef xlb_flow f
     data = _as_bytes(data)
     memcpy(&f, _input(data, sizeof(f), "xlb_flow"), sizeof(f))
-    return {"backend_id": f.backend_id, "gen": f.gen}
+    return {"backend_id": f.backend_id, "gen": f.gen, "hash": f.hash}
+
+
+# -- struct xlb_member_key / xlb_member -------------------------------------------------
+
+def pack_member_key(vip_id, backend_id):
+    """struct xlb_member_key: one backend of one VIP."""
+    cdef xlb_member_key k
+    memset(&k, 0, sizeof(k))
+    k.vip_id = _uint(vip_id, 32, "vip_id")
+    k.backend_id = _uint(backend_id, 32, "backend_id")
+    return _out(&k, sizeof(k))
+
+
+def unpack_member_key(data):
+    cdef xlb_member_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_member_key"), sizeof(k))
+    return {"vip_id": k.vip_id, "backend_id": k.backend_id}
+
+
+def pack_member(weight, state):
+    """struct xlb_member: the control plane's record of a VIP's backend."""
+    cdef xlb_member m
+    memset(&m, 0, sizeof(m))
+    m.weight = _uint(weight, 32, "weight")
+    m.state = _uint(state, 8, "state")
+    return _out(&m, sizeof(m))
+
+
+def unpack_member(data):
+    cdef xlb_member m
+    data = _as_bytes(data)
+    memcpy(&m, _input(data, sizeof(m), "xlb_member"), sizeof(m))
+    return {"weight": m.weight, "state": m.state}
 
 
 # -- struct xlb_counters ----------------------------------------------------------------

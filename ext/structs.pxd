@@ -16,6 +16,7 @@ cdef extern from "consts.h":
         XLB_MAX_RINGS
         XLB_MAX_FLOWS
         XLB_MAX_LOCAL_ADDRS
+        XLB_MAX_MEMBERS
         XLB_MAX_SOURCE_PREFIXES
         # Maglev rings
         XLB_RING_SIZE_DEFAULT
@@ -27,6 +28,7 @@ cdef extern from "consts.h":
         # struct xlb_vip.flags
         XLB_VIP_NO_FLOW_TABLE
         XLB_VIP_AFFINITY_SRC
+        XLB_VIP_ANNOUNCE
         # struct xlb_addr.flags
         XLB_ADDR_PORTS
         XLB_ADDR_ALL_PORTS
@@ -104,6 +106,7 @@ cdef extern from "structs.h":
         uint8_t state
         uint16_t flags
         uint32_t gen
+        uint8_t mac[6]
 
     struct xlb_nexthop:
         uint8_t dmac[6]
@@ -122,6 +125,15 @@ cdef extern from "structs.h":
     struct xlb_flow:
         uint32_t backend_id
         uint32_t gen
+        uint32_t hash
+
+    struct xlb_member_key:
+        uint32_t vip_id
+        uint32_t backend_id
+
+    struct xlb_member:
+        uint32_t weight
+        uint8_t state
 
     struct xlb_counters:
         uint64_t packets

@@ -298,15 +298,17 @@ class Datapath(_LoadedObject):
     # -- backends and next hops ----------------------------------------------------------
 
     def set_backend(self, backend_id: int, addr: Address, *, state: int = L.BACKEND_ACTIVE,
-                    flags: int = 0, gen: int = 1) -> None:
+                    flags: int = 0, gen: int = 1, mac=None) -> None:
         """Write backend `backend_id`. state: BACKEND_ACTIVE or BACKEND_DRAINING (gone is
-        del_backend); gen must change whenever the id goes to a different backend."""
+        del_backend); gen must change whenever the id goes to a different backend; mac:
+        the MAC the operator gave for it (L2 mode), kept for reading the state back."""
         _index(self.maps.backends, backend_id, "backend_id")
         if state not in (L.BACKEND_ACTIVE, L.BACKEND_DRAINING):
             raise ValueError(f"state must be BACKEND_ACTIVE or BACKEND_DRAINING, not {state!r} "
                              f"(del_backend() marks a backend gone)")
         family, a = parse_addr(addr)
-        self.maps.backends.update(backend_id, L.pack_backend(a, family, state, flags, gen))
+        self.maps.backends.update(backend_id, L.pack_backend(
+            a, family, state, flags, gen, parse_mac(mac) if mac is not None else bytes(6)))
 
     def del_backend(self, backend_id: int) -> None:
         """Mark the id gone (all zero): flows pinned to it are re-hashed."""

@@ -22,6 +22,7 @@ LOCAL_ADDRS = "xlb_local_addrs"      # xlb_addr_key -> u32: this node's own addr
 RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend id)
 BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
+MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control plane's record)
 FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU)
 VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
 BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
@@ -53,6 +54,7 @@ BALANCER = ObjectSpec(
         "rings": RINGS,
         "backends": BACKENDS,
         "nexthops": NEXTHOPS,
+        "members": MEMBERS,
         "flows": FLOWS,
         "vip_stats": VIP_STATS,
         "backend_stats": BACKEND_STATS,

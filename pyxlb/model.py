@@ -243,7 +243,7 @@ class Model:
 
     ``vips``: (family, 16-byte addr, port, proto) -> Vip; ``backends``: id -> Backend;
     ``nexthops``: id -> (dmac, smac, ifindex); ``rings``: ring id -> sequence of backend
-    ids; ``flows``: FlowKey -> (backend id, gen); ``config``: Config. ``ingress_ifindex``
+    ids; ``flows``: FlowKey -> (backend id, gen, hash); ``config``: Config. ``ingress_ifindex``
     is the interface packets arrive on (TEST_RUN_IFINDEX under BPF_PROG_TEST_RUN).
     """
 
@@ -252,7 +252,7 @@ class Model:
         self.backends: Dict[int, Backend] = {}
         self.nexthops: Dict[int, Tuple[bytes, bytes, int]] = {}
         self.rings: Dict[int, Sequence[int]] = {}
-        self.flows: Dict[FlowKey, Tuple[int, int]] = {}
+        self.flows: Dict[FlowKey, Tuple[int, int, int]] = {}
         self.config = Config()
         self.ingress_ifindex = ingress_ifindex
 
@@ -312,11 +312,11 @@ class Model:
         return any(f == family and a == addr for f, a, _, _ in self.vips)
 
     def pick(self, key: FlowKey, vip: Vip, hash_: int,
-             insert: bool = True) -> Tuple[Optional[int], Optional[str], bool]:
+             insert: bool = True) -> Tuple[Optional[int], Optional[str], bool, int]:
         """xlb_pick: (backend id or None for "no backend", the flow counter bumped,
-        new_flow). A live flow-table entry of the same generation wins (draining backends
-        keep their flows); otherwise the ring decides and, with a flow table, the choice is
-        remembered."""
+        new_flow, the flow hash). A live flow-table entry of the same generation wins
+        (draining backends keep their flows) with the hash it stored; otherwise the ring
+        decides and, with a flow table, the choice (and hash) is remembered."""
         use_flows = not vip.flags & L.VIP_NO_FLOW_TABLE
         flow_stat = None
         if use_flows:
@@ -324,24 +324,24 @@ class Model:
             if entry is None:
                 flow_stat = "flow_miss"
             else:
-                backend_id, gen = entry
+                backend_id, gen, stored_hash = entry
                 be = self.backends.get(backend_id)
                 if be is not None and be.gen == gen:
-                    return backend_id, "flow_hit", False
+                    return backend_id, "flow_hit", False, stored_hash
                 flow_stat = "flow_stale"
         ring = self.rings.get(vip.ring_id)
         if ring is None or not vip.ring_size:
-            return None, flow_stat, False
+            return None, flow_stat, False, hash_
         slot = hash_ % vip.ring_size
         # the ring's inner map may be smaller than ring_size: a lookup past it fails
         backend_id = ring[slot] if slot < len(ring) else L.RING_EMPTY
         if backend_id == L.RING_EMPTY or backend_id not in self.backends:
-            return None, flow_stat, False
+            return None, flow_stat, False, hash_
         if use_flows and insert:
-            self.flows[key] = (backend_id, self.backends[backend_id].gen)
-        # the C sets new_flow = insert even without a flow table: every packet of a
-        # NO_FLOW_TABLE VIP counts as a new flow
-        return backend_id, flow_stat, insert
+            self.flows[key] = (backend_id, self.backends[backend_id].gen, hash_)
+            return backend_id, flow_stat, True, hash_
+        # without a flow table no packet is known to start a flow: none counts as new
+        return backend_id, flow_stat, False, hash_
 
     def forward(self, key: FlowKey, vip: Vip, backend_id: int, l3_len: int,
                 df: bool, hash_: int) -> Tuple[int, str]:
@@ -395,7 +395,7 @@ class Model:
             # one flow-table entry per client and VIP port
             key = FlowKey(key.src, key.dst, 0, key.dport, key.proto, key.family)
         hash_ = flow_hash(key, self.config.seed, src_only)
-        backend_id, flow_stat, new_flow = self.pick(key, vip, hash_)
+        backend_id, flow_stat, new_flow, hash_ = self.pick(key, vip, hash_)
         if backend_id is None:
             return Decision(XDP_DROP, "drop_no_backend", flow_stat, vip.vip_id, None,
                             new_flow, hash_)

@@ -250,7 +250,7 @@ def test_backends(dp):
     fam, a = parse_addr("203.0.113.9")
     assert L.unpack_backend(dp.maps.backends.lookup(7)) == {
         "addr": a, "family": fam, "state": L.BACKEND_DRAINING, "flags": L.BACKEND_LOCAL,
-        "gen": 4}
+        "gen": 4, "mac": bytes(6)}
     dp.set_backend(8, "2001:db8::9")
     assert L.unpack_backend(dp.maps.backends.lookup(8))["state"] == L.BACKEND_ACTIVE
     dp.del_backend(7)
@@ -422,10 +422,10 @@ def test_flows(dp):
     assert dp.flows() == []
     fam, src = parse_addr("198.51.100.1")
     _, dst = parse_addr("192.0.2.1")
-    dp.maps.flows.update(L.pack_flow_key(src, dst, 40000, 80, TCP, fam), L.pack_flow(7, 2))
+    dp.maps.flows.update(L.pack_flow_key(src, dst, 40000, 80, TCP, fam), L.pack_flow(7, 2, 99))
     assert dp.flows() == [({"src": "198.51.100.1", "dst": "192.0.2.1", "sport": 40000,
                             "dport": 80, "proto": TCP, "family": fam},
-                           {"backend_id": 7, "gen": 2})]
+                           {"backend_id": 7, "gen": 2, "hash": 99})]
 
 
 def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):

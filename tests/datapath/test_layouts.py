@@ -22,6 +22,8 @@ BALANCER_USES = [
     (maps.NEXTHOPS, "value", "xlb_nexthop"),
     (maps.FLOWS, "key", "xlb_flow_key"),
     (maps.FLOWS, "value", "xlb_flow"),
+    (maps.MEMBERS, "key", "xlb_member_key"),
+    (maps.MEMBERS, "value", "xlb_member"),
     (maps.VIP_STATS, "value", "xlb_counters"),
     (maps.BACKEND_STATS, "value", "xlb_counters"),
     (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),

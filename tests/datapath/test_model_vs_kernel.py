@@ -255,7 +255,8 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     for key, value in dp.flows():
         family, src = parse_addr(key["src"])
         kernel_flows[FlowKey(src, parse_addr(key["dst"])[1], key["sport"], key["dport"],
-                             key["proto"], family)] = (value["backend_id"], value["gen"])
+                             key["proto"], family)] = (value["backend_id"], value["gen"],
+                                                       value["hash"])
     assert kernel_flows == model.flows
 
 

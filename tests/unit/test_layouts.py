@@ -43,7 +43,8 @@ def addr_keys(draw):
 def backends(draw):
     fam = draw(st.sampled_from([0, L.FAMILY_V4, L.FAMILY_V6]))
     a = bytes(16) if fam == 0 else draw(addr_for(fam))
-    return dict(addr=a, family=fam, state=draw(u8), flags=draw(u16), gen=draw(u32))
+    return dict(addr=a, family=fam, state=draw(u8), flags=draw(u16), gen=draw(u32),
+                mac=draw(mac))
 
 
 @st.composite
@@ -62,7 +63,9 @@ STRATEGIES = {
     "backend": backends(),
     "nexthop": st.fixed_dictionaries(dict(dmac=mac, smac=mac, ifindex=u32)),
     "flow_key": flow_keys(),
-    "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32)),
+    "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32, hash=u32)),
+    "member_key": st.fixed_dictionaries(dict(vip_id=u32, backend_id=u32)),
+    "member": st.fixed_dictionaries(dict(weight=u32, state=u8)),
     "counters": st.fixed_dictionaries(dict(packets=u64, bytes=u64, new_flows=u64)),
     "lpm_key": st.fixed_dictionaries(dict(prefixlen=st.integers(0, 128),
                                           addr=st.binary(min_size=16, max_size=16))),
@@ -128,7 +131,8 @@ def test_flow_key_bytes():
 
 def test_host_order_fields():
     assert L.pack_vip(1, 2, 65537, L.MODE_L2, 0x0102)[:12] == struct.pack("=III", 1, 2, 65537)
-    assert L.pack_flow(7, 9) == struct.pack("=II", 7, 9)
+    assert L.pack_flow(7, 9, 11) == struct.pack("=III", 7, 9, 11)
+    assert L.pack_member_key(3, 4) == struct.pack("=II", 3, 4)
     assert L.pack_counters(1, 2, 3) == struct.pack("=QQQ", 1, 2, 3)
     assert L.pack_lpm_key(112, V6)[:4] == struct.pack("=I", 112)
     cfg = L.pack_config(seed=0xDEADBEEF, mtu=9000, flags=L.CFG_DECAP_CHECK_SOURCE)

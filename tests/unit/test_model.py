@@ -129,13 +129,20 @@ def test_empty_ring_drops(model):
                                                              None)
 
 
-def test_no_flow_table_counts_every_packet_as_new(model):
+def test_no_flow_table_counts_no_new_flows(model):
     model.set_vip(VIP4, 80, "tcp", vip_id=1, ring_id=1, ring_size=7, mode=L.MODE_IPIP,
                   flags=L.VIP_NO_FLOW_TABLE)
     for _ in range(2):
         d = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40))
-        assert (d.flow, d.new_flow) == (None, True)
+        assert (d.flow, d.new_flow) == (None, False)
     assert model.flows == {}
+
+
+def test_a_flow_hit_uses_the_hash_it_stored(model):
+    d1 = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40))
+    model.set_config(seed=99)      # a different seed would give another hash
+    d2 = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40))
+    assert d2.flow == "flow_hit" and d2.hash == d1.hash and d2.backend_id == d1.backend_id
 
 
 def test_affinity_ignores_the_source_port(model):

@@ -72,7 +72,8 @@ static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes
  * XLB_RING_EMPTY when the VIP has no backend.
  */
 static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
-				      __u32 hash, int insert, struct xlb_backend **out, int *new_flow)
+				      __u32 *hash, __u32 seed, int src_only, int insert,
+				      struct xlb_backend **out, int *new_flow)
 {
 	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
 	struct xlb_backend *be;
@@ -90,6 +91,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 			/* draining backends keep their flows; gone or re-used ids do not */
 			if (be && be->state && be->gen == flow->gen) {
 				xlb_count(XLB_STAT_FLOW_HIT);
+				*hash = flow->hash;
 				*out = be;
 				return id;
 			}
@@ -98,10 +100,11 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 			xlb_count(XLB_STAT_FLOW_MISS);
 		}
 	}
+	*hash = xlb_flow_hash(key, seed, src_only);
 	ring = bpf_map_lookup_elem(&xlb_rings, &vip->ring_id);
 	if (!ring || !vip->ring_size)
 		return XLB_RING_EMPTY;
-	slot = hash % vip->ring_size;
+	slot = *hash % vip->ring_size;
 	ring_slot = bpf_map_lookup_elem(ring, &slot);
 	if (!ring_slot || *ring_slot == XLB_RING_EMPTY)
 		return XLB_RING_EMPTY;
@@ -110,11 +113,11 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	if (!be || !be->state)
 		return XLB_RING_EMPTY;
 	if (use_flows && insert) {
-		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen };
+		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen, .hash = *hash };
 
 		bpf_map_update_elem(&xlb_flows, key, &fresh, BPF_ANY);
+		*new_flow = 1;	/* without a flow table no packet is known to start a flow */
 	}
-	*new_flow = insert;
 	*out = be;
 	return id;
 }
@@ -201,7 +204,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 {
 	struct xlb_config *cfg;
 	struct xlb_backend *be = NULL;
-	__u32 zero = 0, hash, id, vip_id = vip->vip_id;
+	__u32 zero = 0, hash = 0, id, vip_id = vip->vip_id;
 	int src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	int new_flow;
 
@@ -212,8 +215,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	}
 	if (src_only)
 		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
-	hash = xlb_flow_hash(&pkt->key, cfg->seed, src_only);
-	id = xlb_pick(&pkt->key, vip, hash, 1, &be, &new_flow);
+	id = xlb_pick(&pkt->key, vip, &hash, cfg->seed, src_only, 1, &be, &new_flow);
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_vip_stats, &vip_id), pkt->l3_len, new_flow);
 	if (id == XLB_RING_EMPTY || !be) {
 		xlb_count(XLB_STAT_DROP_NO_BACKEND);
@@ -238,7 +240,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	struct xlb_backend *be = NULL;
 	struct xlb_addr *addr;
 	struct xlb_vip *vip;
-	__u32 zero = 0, hash, id, l4;
+	__u32 zero = 0, hash = 0, id, l4;
 	__u16 *ports;
 	int src_only, new_flow;
 
@@ -286,8 +288,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	if (src_only)
 		key.sport = 0;
-	hash = xlb_flow_hash(&key, cfg->seed, src_only);
-	id = xlb_pick(&key, vip, hash, 0, &be, &new_flow);
+	id = xlb_pick(&key, vip, &hash, cfg->seed, src_only, 0, &be, &new_flow);
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);

@@ -20,6 +20,9 @@
 #ifndef XLB_MAX_FLOWS
 #define XLB_MAX_FLOWS (1 << 20)
 #endif
+#ifndef XLB_MAX_MEMBERS
+#define XLB_MAX_MEMBERS (1 << 18)
+#endif
 #ifndef XLB_MAX_LOCAL_ADDRS
 #define XLB_MAX_LOCAL_ADDRS 256
 #endif
@@ -42,6 +45,7 @@
 /* struct xlb_vip.flags */
 #define XLB_VIP_NO_FLOW_TABLE (1 << 0)	/* pure Maglev: no flow-table lookup or insert */
 #define XLB_VIP_AFFINITY_SRC (1 << 1)	/* hash the source address only (ClientIP) */
+#define XLB_VIP_ANNOUNCE (1 << 2)	/* announced (the address entry says so to the datapath) */
 
 /* struct xlb_addr.flags: what a destination address is to this node. */
 #define XLB_ADDR_PORTS (1 << 0)		/* some VIP on this address has a port */

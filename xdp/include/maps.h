@@ -103,6 +103,16 @@ struct {
 	__type(value, struct xlb_nexthop);
 } xlb_nexthops SEC(".maps");
 
+/* (VIP id, backend id) -> weight and state: the control plane's record of each VIP's
+ * backends, read back by a restarted agent. The datapath never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_MEMBERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xlb_member_key);
+	__type(value, struct xlb_member);
+} xlb_members SEC(".maps");
+
 /* 5-tuple -> pinned backend; least recently used flows are evicted when full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

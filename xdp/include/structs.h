@@ -52,6 +52,8 @@ struct xlb_backend {
 	__u8 state;		/* XLB_BACKEND_ACTIVE / _DRAINING; 0: gone */
 	__u16 flags;		/* host order; XLB_BACKEND_* */
 	__u32 gen;		/* host order; changes whenever the id is given to a new backend */
+	__u8 mac[6];		/* the MAC the operator gave (L2 mode); zero if none */
+	__u8 pad[2];
 };
 
 /* Value of xlb_nexthops, indexed by backend id: the cached next hop towards it. */
@@ -76,6 +78,21 @@ struct xlb_flow_key {
 struct xlb_flow {
 	__u32 backend_id;	/* host order */
 	__u32 gen;		/* host order; must equal the backend's gen, else re-hash */
+	__u32 hash;		/* host order; the flow hash, kept so a hit need not recompute it */
+};
+
+/* Key of xlb_members: one backend of one VIP. */
+struct xlb_member_key {
+	__u32 vip_id;		/* host order */
+	__u32 backend_id;	/* host order */
+};
+
+/* Value of xlb_members: the control plane's record of a VIP's backend (the datapath does
+ * not read it: the ring says who gets new flows). */
+struct xlb_member {
+	__u32 weight;		/* host order */
+	__u8 state;		/* XLB_BACKEND_ACTIVE / _DRAINING */
+	__u8 pad[3];
 };
 
 /* Per-CPU traffic counters, per VIP and per backend: user space sums the CPUs. */
