@@ -20,18 +20,23 @@ the same directory share xlb_stats, xlb_config and xlb_decap_sources.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from array import array
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
-from pyxlb import _bpf, bpffs
+from pyxlb import _bpf, bpffs, netlink
 from pyxlb import _layouts as L
-from pyxlb.addr import Address, Prefix, format_addr, lpm_prefix, parse_addr, parse_mac, parse_prefix
+from pyxlb import plan as plan_mod
+from pyxlb.addr import (Address, Prefix, format_addr, format_mac, lpm_prefix, parse_addr,
+                        parse_mac, parse_prefix)
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
+from pyxlb.state import DesiredState, StateError, VipKey
 from pyxlb.maps import BALANCER, DECAP, ObjectSpec
 
+DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxlb"
 _CONFIG_KEY = 0
 _PRESENT = 1        # value of the u32-valued set-like maps (only presence is read)
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -85,6 +90,10 @@ class _LoadedObject:
         self.prog = prog
         self.maps = maps
         self.pin_dir = pin_dir
+        self._layout = None          # Datapath: what the maps hold, once read back
+        self.last_apply_seconds = None
+        self.on_apply = None         # called with each apply's duration (metrics)
+        self.announce_mac = None     # MAC for announced VIPs when no interface is attached
 
     @classmethod
     def load(cls, pin_dir: Optional[str] = None,
@@ -129,6 +138,128 @@ class _LoadedObject:
         self = cls(prog, MapSet(spec, handles), pin_dir)
         self._init_config()
         return self
+
+    # -- a pinned datapath: create, adopt, attach, detach ------------------------------------
+
+    @classmethod
+    def prog_pin(cls, pin_dir: str) -> str:
+        """Where the program is pinned, beside its maps."""
+        return os.path.join(pin_dir, f"prog_{cls.SPEC.object}")
+
+    @classmethod
+    def exists(cls, pin_dir: str = DEFAULT_PIN_DIR) -> bool:
+        return os.path.exists(cls.prog_pin(os.path.abspath(pin_dir)))
+
+    @classmethod
+    def open(cls, pin_dir: str = DEFAULT_PIN_DIR):
+        """Adopt the datapath pinned at `pin_dir`: its maps and its program, exactly as a
+        previous process left them (nothing is reset). PyxlbError if there is none."""
+        pin_dir = os.path.abspath(pin_dir)
+        if pin_dir.startswith(bpffs.BPFFS_ROOT):
+            bpffs.ensure_mounted()
+        if not cls.exists(pin_dir):
+            raise PyxlbError(f"no {cls.SPEC.object} datapath at {pin_dir} "
+                             f"(attach it to an interface first)")
+        handles: Dict[str, _bpf.Map] = {}
+        try:
+            for attr, name in cls.SPEC.maps.items():
+                try:
+                    handles[attr] = _bpf.Map.from_pinned(os.path.join(pin_dir, name))
+                except FileNotFoundError:
+                    raise PyxlbError(f"the datapath at {pin_dir} has no map {name}: it was "
+                                     f"made by another version; detach it and attach again")
+            prog = _bpf.Program.from_pinned(cls.prog_pin(pin_dir))
+        except BaseException:
+            for m in handles.values():
+                m.close()
+            raise
+        return cls(prog, MapSet(cls.SPEC, handles), pin_dir)
+
+    @classmethod
+    def create(cls, pin_dir: str = DEFAULT_PIN_DIR,
+               map_sizes: Optional[Mapping[str, int]] = None):
+        """Adopt the datapath at `pin_dir`, or load a new one and pin its maps and program
+        there."""
+        if cls.exists(pin_dir):
+            return cls.open(pin_dir)
+        self = cls.load(pin_dir=pin_dir, map_sizes=map_sizes)
+        try:
+            self.prog.pin(cls.prog_pin(self.pin_dir))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def interfaces(self) -> List[dict]:
+        """The interfaces (of the calling thread's network namespace) running this
+        program: [{name, ifindex, mode}]."""
+        out = []
+        for index, name in socket.if_nameindex():
+            try:
+                info = _bpf.XdpLink.query(index)
+            except OSError:
+                continue
+            for mode in ("native", "generic"):
+                if info[f"{mode}_prog_id"] == self.prog.id:
+                    out.append({"name": name, "ifindex": index, "mode": mode})
+        return out
+
+    def attach(self, iface: str, mode: str = "native") -> dict:
+        """Run the program on `iface`. Already there: nothing changes. An older pyxlb
+        program of the same kind there: replaced atomically. Any other XDP program: left
+        alone, PyxlbError."""
+        index = netlink.ifindex(iface)
+        if mode not in ("native", "generic"):
+            raise PyxlbError(f"XDP mode must be native or generic, not {mode!r}")
+        info = _bpf.XdpLink.query(index)
+        current = info[f"{mode}_prog_id"]
+        other = info["generic_prog_id" if mode == "native" else "native_prog_id"]
+        if current == self.prog.id:
+            return {"name": iface, "ifindex": index, "mode": mode, "changed": False}
+        if other:
+            raise PyxlbError(f"{iface} already runs XDP program {other} in "
+                             f"{'generic' if mode == 'native' else 'native'} mode")
+        if current:
+            with _bpf.Program.from_id(current) as running:
+                if running.name != self.SPEC.program[:15]:
+                    raise PyxlbError(f"{iface} already runs another XDP program "
+                                     f"({running.name!r}, id {current}); pyxlb leaves it alone")
+            _bpf.XdpLink.current(index, mode).replace(self.prog)
+        else:
+            try:
+                _bpf.XdpLink.attach(index, self.prog, mode=mode)
+            except OSError as exc:
+                raise PyxlbError(f"cannot attach to {iface} in {mode} mode: "
+                                 f"{exc.strerror or exc}") from None
+        return {"name": iface, "ifindex": index, "mode": mode, "changed": True}
+
+    def detach(self, iface: str) -> bool:
+        """Take the program off `iface`. When no interface runs it any more, its pins
+        (maps and program) are removed too: this is the one thing that deletes a
+        datapath. Returns True when the datapath was removed."""
+        index = netlink.ifindex(iface)
+        mine = [i for i in self.interfaces() if i["ifindex"] == index]
+        if not mine:
+            raise PyxlbError(f"{iface} does not run this datapath's program")
+        _bpf.XdpLink.current(index, mine[0]["mode"]).detach()
+        if self.interfaces():
+            return False
+        self.destroy()
+        return True
+
+    def destroy(self) -> None:
+        """Remove the pins (maps and program); the kernel frees what nothing else holds."""
+        if not self.pin_dir:
+            return
+        for name in [*self.SPEC.maps.values(), os.path.basename(self.prog_pin(self.pin_dir))]:
+            try:
+                os.unlink(os.path.join(self.pin_dir, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.pin_dir)
+        except OSError:
+            pass        # something else lives there (e.g. the other kind of datapath)
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -411,6 +542,304 @@ class Datapath(_LoadedObject):
             key["dst"] = format_addr(key["family"], key["dst"])
             out.append((key, L.unpack_flow(values[i * vsz:(i + 1) * vsz])))
         return out
+
+
+    # -- the control plane: configure, read back, apply ------------------------------------
+
+    def configure(self, *, seed: Optional[int] = None, mtu: Optional[int] = None,
+                  src4: Optional[Prefix] = None, src6: Optional[Prefix] = None) -> dict:
+        """Change some fields of the config record (None: keep); returns the new record."""
+        cfg = self.config()
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF:
+                raise PyxlbError(f"seed must be an integer 0..4294967295, not {seed!r}")
+            cfg["seed"] = seed
+        if mtu is not None:
+            if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+                raise PyxlbError(f"mtu must be 576..65535, not {mtu!r}")
+            cfg["mtu"] = mtu
+        for prefix, fam, field in ((src4, L.FAMILY_V4, "src4"), (src6, L.FAMILY_V6, "src6")):
+            if prefix is not None:
+                addr, plen = _prefix_of(prefix, fam, "encap source")
+                cfg[field] = addr[:4] if fam == L.FAMILY_V4 else addr
+                cfg[f"{field}_plen"] = plen
+        self.maps.config.update(_CONFIG_KEY, L.pack_config(**cfg))
+        return cfg
+
+    def layout(self) -> "plan_mod.Layout":
+        """What the maps hold, read back (once; apply keeps it current afterwards)."""
+        if self._layout is None:
+            self._layout = self._read_layout()
+        return self._layout
+
+    def current_state(self) -> "DesiredState":
+        """The DesiredState the maps implement (what `pyxlb vip list` shows)."""
+        return self.layout().state
+
+    def _read_layout(self) -> "plan_mod.Layout":
+        ksz, vsz = L.SIZES["xlb_vip_key"], L.SIZES["xlb_vip"]
+        keys, values, n = self.maps.vips.lookup_batch()
+        vips = {}
+        for i in range(n):
+            k = L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz])
+            v = L.unpack_vip(values[i * vsz:(i + 1) * vsz])
+            proto = {6: "tcp", 17: "udp"}.get(k["proto"])
+            if proto is None:
+                raise PyxlbError(f"the VIP map holds protocol {k['proto']}, which pyxlb "
+                                 f"does not write: the maps were not made by pyxlb apply")
+            key = VipKey(format_addr(k["family"], k["addr"]), k["port"], proto)
+            vips[key] = plan_mod.VipRecord(v["vip_id"], v["ring_id"], v["ring_size"],
+                                           v["mode"], v["flags"])
+        ksz, vsz = L.SIZES["xlb_member_key"], L.SIZES["xlb_member"]
+        keys, values, n = self.maps.members.lookup_batch()
+        members = {}
+        for i in range(n):
+            k = L.unpack_member_key(keys[i * ksz:(i + 1) * ksz])
+            v = L.unpack_member(values[i * vsz:(i + 1) * vsz])
+            members[(k["vip_id"], k["backend_id"])] = (v["weight"], v["state"])
+        bsz = L.SIZES["xlb_backend"]
+        _, values, n = self.maps.backends.lookup_batch()
+        backends = {}
+        for i in range(n):
+            raw = values[i * bsz:(i + 1) * bsz]
+            if raw == bytes(bsz):
+                continue
+            b = L.unpack_backend(raw)
+            if b["state"]:
+                backends[i] = plan_mod.BackendRecord(
+                    ipaddress.ip_address(format_addr(b["family"], b["addr"])), b["state"],
+                    bool(b["flags"] & L.BACKEND_LOCAL),
+                    None if b["mac"] == bytes(6) else format_mac(b["mac"]), b["gen"])
+            else:       # a freed id: only its generation matters
+                backends[i] = plan_mod.BackendRecord(None, 0, False, None, b["gen"])
+        live = {i: r for i, r in backends.items() if r.state}
+        layout = plan_mod.rebuild_state(vips, members, live)
+        layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})
+        return layout
+
+    def _limits(self) -> "plan_mod.Limits":
+        return plan_mod.Limits(vips=min(self.maps.vips.max_entries,
+                                        self.maps.vip_stats.max_entries),
+                               backends=self.maps.backends.max_entries,
+                               rings=self.maps.rings.max_entries)
+
+    def apply(self, state: "DesiredState", *, dry_run: bool = False) -> "plan_mod.Plan":
+        """Make the maps implement `state`, writing only the difference.
+
+        All or nothing: a state that is inconsistent or does not fit raises StateError
+        before anything is written; a kernel error half-way rolls back every write done so
+        far and re-raises, so the previous state is still what packets see. With
+        dry_run, only the plan is returned. Re-applying the state in force writes nothing.
+        """
+        import time
+
+        started = time.perf_counter()
+        plan = plan_mod.make_plan(self.layout(), state, self._limits())
+        if dry_run or plan.empty:
+            return plan
+        announce_as = self._announce_as(plan)
+        tx = _Transaction()
+        try:
+            self._execute(plan, tx, announce_as)
+        except BaseException:
+            tx.rollback()
+            raise
+        self._layout = plan.new
+        self._purge_moved_flows(plan)
+        self.refresh_nexthops(plan.new_backend_ids | set(plan.backend_writes))
+        self.last_apply_seconds = time.perf_counter() - started
+        if self.on_apply is not None:
+            self.on_apply(self.last_apply_seconds)
+        return plan
+
+    def _announce_as(self, plan) -> Tuple[int, bytes]:
+        """(ifindex, MAC) that ARP/NDP answers for announced VIPs carry: the first
+        interface running the balancer."""
+        if not any(f & L.ADDR_ANNOUNCE for f in plan.addr_flags.values()):
+            return 0, bytes(6)
+        for iface in self.interfaces():
+            mac = netlink.link_mac(iface["ifindex"])
+            if mac:
+                return iface["ifindex"], parse_mac(mac)
+        if self.announce_mac is not None:
+            return 0, parse_mac(self.announce_mac)
+        raise StateError("announcing a VIP needs the balancer attached to an interface "
+                         "with a MAC address")
+
+    def _execute(self, plan, tx: "_Transaction", announce_as: Tuple[int, bytes]) -> None:
+        """The writes, in an order that keeps each packet's view whole: what new things
+        need (backends, rings, members) exists before a VIP points at it, and what old
+        things used goes only once no VIP points at it."""
+        m = self.maps
+        zero_counters = bytes(m.vip_stats.percpu_value_size * m.vip_stats.ncpus)
+        for bid in sorted(plan.new_backend_ids):
+            tx.update(m.backend_stats, bid, zero_counters)
+            tx.update(m.nexthops, bid, bytes(L.SIZES["xlb_nexthop"]))
+        for bid, rec in sorted(plan.backend_writes.items()):
+            family, a = parse_addr(rec.address)
+            tx.update(m.backends, bid, L.pack_backend(
+                a, family, rec.state, L.BACKEND_LOCAL if rec.local else 0, rec.gen,
+                parse_mac(rec.mac) if rec.mac else bytes(6)))
+        for rid, table in sorted(plan.ring_writes.items()):
+            tx.set_ring(m.rings, rid, table)
+        for (vid, bid), (weight, st) in sorted(plan.member_writes.items()):
+            tx.update(m.members, L.pack_member_key(vid, bid), L.pack_member(weight, st))
+        for vid in sorted(plan.new_vip_ids):
+            tx.update(m.vip_stats, vid, zero_counters)
+        for key, rec in sorted(plan.vip_writes.items(), key=lambda kv: str(kv[0])):
+            tx.update(m.vips, _vip_key_bytes(key),
+                      L.pack_vip(rec.vip_id, rec.ring_id, rec.ring_size, rec.mode, rec.flags))
+        for addr, flags in sorted(plan.addr_flags.items(), key=lambda kv: str(kv[0])):
+            family, a = parse_addr(addr)
+            key = L.pack_addr_key(a, family)
+            if flags:
+                ifindex, mac = announce_as if flags & L.ADDR_ANNOUNCE else (0, bytes(6))
+                tx.update(m.vip_addrs, key, L.pack_addr(flags, ifindex, mac))
+            else:
+                tx.delete(m.vip_addrs, key)
+        for key in sorted(plan.vip_deletes, key=str):
+            tx.delete(m.vips, _vip_key_bytes(key))
+        for vid, bid in sorted(plan.member_deletes):
+            tx.delete(m.members, L.pack_member_key(vid, bid))
+        for rid in sorted(plan.ring_deletes):
+            tx.delete(m.rings, rid)
+        for bid, gen in sorted(plan.backend_frees.items()):
+            # gone: flows pinned to it re-hash; the generation stays for the next holder
+            tx.update(m.backends, bid, L.pack_backend(bytes(16), 0, 0, 0, gen))
+            tx.update(m.nexthops, bid, bytes(L.SIZES["xlb_nexthop"]))
+
+    def _purge_moved_flows(self, plan) -> int:
+        """Forget the flows of a VIP that were pinned to a backend the VIP no longer has,
+        while that backend lives on for other VIPs (its id stays valid, so the datapath
+        alone would keep sending them there). Returns how many were removed."""
+        gone = {}   # vip key -> backend ids removed from it but still alive
+        live = set(plan.new.backend_ids.values())
+        for old_vip, new_vip in plan.changed:
+            old_ids = {plan.old.backend_ids[b.address] for b in old_vip.backends}
+            new_ids = {plan.new.backend_ids[b.address] for b in new_vip.backends}
+            moved = (old_ids - new_ids) & live
+            if moved:
+                gone[new_vip.key] = moved
+        if not gone:
+            return 0
+        ksz, vsz = L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
+        keys, values, n = self.maps.flows.lookup_batch()
+        by_addr = {}
+        for key, ids in gone.items():
+            by_addr.setdefault((key.address, key.protocol), []).append((key.port, ids))
+        removed = 0
+        for i in range(n):
+            raw = keys[i * ksz:(i + 1) * ksz]
+            k = L.unpack_flow_key(raw)
+            proto = {6: "tcp", 17: "udp"}.get(k["proto"])
+            entries = by_addr.get((ipaddress.ip_address(format_addr(k["family"], k["dst"])),
+                                   proto))
+            if not entries:
+                continue
+            bid = L.unpack_flow(values[i * vsz:(i + 1) * vsz])["backend_id"]
+            if any((port == 0 or port == k["dport"]) and bid in ids for port, ids in entries):
+                try:
+                    self.maps.flows.delete(raw)
+                    removed += 1
+                except KeyError:
+                    pass
+        return removed
+
+    def refresh_nexthops(self, backend_ids=None) -> int:
+        """Fill the next-hop cache from the kernel's route and neighbour tables (and the
+        MACs given for L2 backends). Unresolved backends are left to the datapath's FIB
+        fallback, which lets the kernel resolve them. Returns how many were written."""
+        layout = self.layout()
+        records = layout.backend_records()
+        ids = set(records) if backend_ids is None else set(backend_ids) & set(records)
+        written = 0
+        for bid in sorted(ids):
+            rec = records[bid]
+            if rec.local:
+                continue
+            hop = None
+            if rec.mac:
+                oif = netlink.egress(rec.address)
+                smac = netlink.link_mac(oif) if oif else None
+                if oif and smac:
+                    hop = netlink.NextHop(rec.mac, smac, oif)
+            else:
+                hop = netlink.resolve(rec.address)
+            if hop is not None:
+                self.set_nexthop(bid, hop.dmac, hop.smac, hop.ifindex)
+                written += 1
+        return written
+
+    def counters(self) -> List[dict]:
+        """Per VIP: {vip, vip_id, packets, bytes, new_flows, backends: [{address, backend_id,
+        packets, bytes, new_flows}]}, summed over CPUs."""
+        layout = self.layout()
+        out = []
+        for vip in layout.state:
+            vid = layout.vip_ids[vip.key]
+            row = {"vip": str(vip.key), "vip_id": vid, **self.vip_counters(vid),
+                   "backends": []}
+            for b in vip.backends:
+                bid = layout.backend_ids[b.address]
+                row["backends"].append({"address": str(b.address), "backend_id": bid,
+                                        "state": b.state, **self.backend_counters(bid)})
+            out.append(row)
+        return out
+
+    def flow_count(self) -> int:
+        return self.maps.flows.count()
+
+
+class _Transaction:
+    """Map writes with an undo log: rollback() puts every touched entry back."""
+
+    def __init__(self):
+        self._undo = []
+
+    def update(self, m: "_bpf.Map", key, value) -> None:
+        prev = m.get(key)
+        m.update(key, value)
+        self._undo.append((m, key, prev))
+
+    def delete(self, m: "_bpf.Map", key) -> None:
+        prev = m.get(key)
+        if prev is None:
+            return
+        m.delete(key)
+        self._undo.append((m, key, prev))
+
+    def set_ring(self, outer: "_bpf.Map", ring_id: int, table) -> None:
+        prev_id = outer.get(ring_id)
+        inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, 4, len(table),
+                                name=f"xlb_ring_{ring_id}", flags=_bpf.MAP_F_INNER_MAP)
+        try:
+            inner.write_array(_u32_array(table))
+            outer.set_inner(ring_id, inner)
+        finally:
+            inner.close()
+        self._undo.append((outer, ring_id, ("ring", prev_id)))
+
+    def rollback(self) -> None:
+        for m, key, prev in reversed(self._undo):
+            try:
+                if isinstance(prev, tuple) and prev and prev[0] == "ring":
+                    if prev[1] is None:
+                        m.delete(key)
+                    else:
+                        with _bpf.Map.from_id(prev[1]) as old:
+                            m.set_inner(key, old)
+                elif prev is None:
+                    m.delete(key)
+                else:
+                    m.update(key, prev)
+            except (OSError, KeyError):
+                pass        # best effort: keep undoing the rest
+        self._undo.clear()
+
+
+def _vip_key_bytes(key: "VipKey") -> bytes:
+    family, a = parse_addr(key.address)
+    return L.pack_vip_key(a, key.port, _PROTOS[key.protocol], family)
 
 
 class DecapPath(_LoadedObject):
