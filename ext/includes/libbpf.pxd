@@ -27,6 +27,7 @@ cdef extern from "linux/bpf.h" nogil:
         BPF_EXIST
         BPF_F_NO_PREALLOC
         BPF_F_INNER_MAP
+        BPF_F_MMAPABLE
         BPF_OBJ_NAME_LEN
 
     struct bpf_map_info:

@@ -70,11 +70,12 @@ struct {
 	__type(value, __u32);
 } xlb_local_addrs SEC(".maps");
 
-/* Template of a Maglev ring: slot -> backend id. BPF_F_INNER_MAP lets rings differ in size. */
+/* Template of a Maglev ring: slot -> backend id. BPF_F_INNER_MAP lets rings differ in size;
+ * BPF_F_MMAPABLE lets user space fill a new ring with one memcpy. */
 struct xlb_ring {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XLB_RING_SIZE_DEFAULT);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
 };
