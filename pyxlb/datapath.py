@@ -643,7 +643,11 @@ class Datapath(_LoadedObject):
             raise
         self._layout = plan.new
         self._purge_moved_flows(plan)
-        self.refresh_nexthops(plan.new_backend_ids | set(plan.backend_writes))
+        old_records = plan.old.backend_records()
+        self.refresh_nexthops({bid for bid, rec in plan.backend_writes.items()
+                               if bid not in old_records
+                               or old_records[bid].mac != rec.mac
+                               or old_records[bid].local != rec.local})
         self.last_apply_seconds = time.perf_counter() - started
         # from the start of apply until every changed VIP pointed at its new ring: what a
         # client sees; freeing old rings afterwards waits for the kernel's RCU grace period

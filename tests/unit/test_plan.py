@@ -1,0 +1,180 @@
+"""The planner without a kernel: ids, shared rings, copy on write, recycling, limits."""
+
+import ipaddress
+
+import pytest
+
+from pyxlb import _layouts as L
+from pyxlb.maglev import build_table
+from pyxlb.plan import Layout, Limits, make_plan, rebuild_state, ring_key
+from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
+
+
+def vip(text, *backends, **kw):
+    return Vip(VipKey.parse(text), backends=tuple(
+        b if isinstance(b, Backend) else Backend(b) for b in backends), **kw)
+
+
+def ip(text):
+    return ipaddress.ip_address(text)
+
+
+WEB = ("10.0.1.1", "10.0.1.2", "10.0.1.3")
+STATE = DesiredState((vip("192.0.2.10:80/tcp", *WEB, ring_size=13),
+                      vip("192.0.2.10:443/tcp", *WEB, ring_size=13)))
+
+
+def applied(state, old=None, limits=Limits()):
+    return make_plan(old or Layout(), state, limits)
+
+
+def test_first_plan_shares_one_ring_between_identical_vips():
+    plan = applied(STATE)
+    assert len(plan.ring_writes) == 1 and len(plan.vip_writes) == 2
+    assert set(plan.new.vip_ids.values()) == {0, 1}
+    assert set(plan.new.backend_ids.values()) == {0, 1, 2}
+    (rid, table), = plan.ring_writes.items()
+    ids = plan.new.backend_ids
+    assert list(table) == list(build_table([(a, 1, ids[ip(a)]) for a in WEB], 13))
+    assert {r.ring_id for r in plan.vip_writes.values()} == {rid}
+    assert plan.addr_flags == {ip("192.0.2.10"): L.ADDR_PORTS}
+    assert len(plan.member_writes) == 6 and plan.new_backend_ids == {0, 1, 2}
+    assert {r.gen for r in plan.backend_writes.values()} == {1}
+
+
+def test_same_state_is_an_empty_plan():
+    first = applied(STATE)
+    again = make_plan(first.new, STATE)
+    assert again.empty and again.describe()[-1].startswith("maps: 0 VIP writes")
+
+
+def test_changing_one_of_two_sharing_vips_copies_its_ring():
+    first = applied(STATE)
+    changed = STATE.with_vip(vip("192.0.2.10:443/tcp", *WEB, "10.0.1.4", ring_size=13))
+    plan = make_plan(first.new, changed)
+    assert len(plan.ring_writes) == 1 and not plan.ring_deletes     # the :80 VIP keeps it
+    assert list(plan.vip_writes) == [VipKey.parse("192.0.2.10:443/tcp")]
+    assert plan.new_backend_ids == {3} and set(plan.backend_writes) == {3}
+    assert plan.member_writes == {(1, 3): (1, L.BACKEND_ACTIVE)} and not plan.member_deletes
+    # the existing backends keep their ids: their pinned flows stay valid
+    assert {a: i for a, i in plan.new.backend_ids.items() if str(a) in WEB} == \
+        first.new.backend_ids
+    # and when the other VIP follows, the old ring is freed
+    both = changed.with_vip(vip("192.0.2.10:80/tcp", *WEB, "10.0.1.4", ring_size=13))
+    plan2 = make_plan(plan.new, both)
+    assert not plan2.ring_writes and plan2.ring_deletes == set(first.ring_writes)
+
+
+def test_removed_backend_is_freed_and_its_id_recycled_with_a_new_generation():
+    first = applied(STATE)
+    smaller = DesiredState(tuple(v.replace(backends=v.backends[:2]) for v in STATE))
+    plan = make_plan(first.new, smaller)
+    freed_id = first.new.backend_ids[ip("10.0.1.3")]
+    assert plan.backend_frees == {freed_id: 1}
+    assert len(plan.member_deletes) == 2 and len(plan.ring_deletes) == 1
+    bigger = DesiredState(tuple(v.replace(backends=v.backends + (Backend("10.0.9.9"),))
+                                for v in smaller))
+    plan2 = make_plan(plan.new, bigger)
+    assert plan2.new.backend_ids[ip("10.0.9.9")] == freed_id
+    assert plan2.backend_writes[freed_id].gen == 2       # flows pinned to the old one re-hash
+
+
+def test_an_id_freed_by_a_plan_is_not_handed_out_by_the_same_plan():
+    first = applied(STATE)
+    swapped = DesiredState(tuple(v.replace(backends=v.backends[:2] + (Backend("10.0.9.9"),))
+                                 for v in STATE))
+    plan = make_plan(first.new, swapped)
+    old_id = first.new.backend_ids[ip("10.0.1.3")]
+    assert plan.new.backend_ids[ip("10.0.9.9")] != old_id
+    assert old_id in plan.backend_frees
+    # VIP and ring ids likewise
+    renamed = DesiredState((vip("192.0.2.11:80/tcp", *WEB, ring_size=11),))
+    plan = make_plan(first.new, renamed)
+    assert set(plan.new.vip_ids.values()).isdisjoint(first.new.vip_ids.values())
+    assert set(plan.ring_writes).isdisjoint(first.ring_writes)
+
+
+def test_draining_backend_leaves_the_ring_not_the_vip():
+    first = applied(STATE)
+    drained = DesiredState(tuple(
+        v.replace(backends=tuple(b if str(b.address) != "10.0.1.2" else
+                                 Backend(b.address, state="draining") for b in v.backends))
+        for v in STATE))
+    plan = make_plan(first.new, drained)
+    bid = first.new.backend_ids[ip("10.0.1.2")]
+    (rid, table), = plan.ring_writes.items()
+    assert bid not in set(table)
+    assert plan.backend_writes[bid].state == L.BACKEND_DRAINING
+    assert {k: v for k, v in plan.member_writes.items()} == {
+        (0, bid): (1, L.BACKEND_DRAINING), (1, bid): (1, L.BACKEND_DRAINING)}
+    assert not plan.backend_frees
+
+
+def test_backend_active_anywhere_is_active():
+    s = DesiredState((vip("192.0.2.1:80/tcp", Backend("10.0.0.1", state="draining")),
+                      vip("192.0.2.2:80/tcp", "10.0.0.1")))
+    plan = applied(s)
+    assert plan.backend_writes[0].state == L.BACKEND_ACTIVE
+
+
+def test_vip_flags_and_address_flags():
+    s = DesiredState((vip("192.0.2.1:0/udp", "10.0.0.1", flow_table=False,
+                          affinity="client-ip", announce=True, mode="l2"),
+                      vip("192.0.2.1:53/tcp", "10.0.0.1")))
+    plan = applied(s)
+    rec = plan.vip_writes[VipKey.parse("192.0.2.1:0/udp")]
+    assert rec.flags == L.VIP_NO_FLOW_TABLE | L.VIP_AFFINITY_SRC | L.VIP_ANNOUNCE
+    assert rec.mode == L.MODE_L2
+    assert plan.addr_flags == {ip("192.0.2.1"): L.ADDR_PORTS | L.ADDR_ALL_PORTS |
+                               L.ADDR_ANNOUNCE}
+    gone = make_plan(plan.new, DesiredState())
+    assert gone.addr_flags == {ip("192.0.2.1"): 0} and len(gone.vip_deletes) == 2
+
+
+def test_inconsistent_backends_are_refused():
+    with pytest.raises(StateError, match="local in one VIP"):
+        applied(DesiredState((vip("192.0.2.1:80/tcp", Backend("10.0.0.1", local=True)),
+                              vip("192.0.2.2:80/tcp", "10.0.0.1"))))
+    with pytest.raises(StateError, match="MAC"):
+        applied(DesiredState((vip("192.0.2.1:80/tcp", Backend("10.0.0.1", mac="02:00:00:00:00:01")),
+                              vip("192.0.2.2:80/tcp", "10.0.0.1"))))
+
+
+def test_limits_are_checked_before_anything_is_written():
+    with pytest.raises(StateError, match="VIP map"):
+        applied(STATE, limits=Limits(vips=1))
+    with pytest.raises(StateError, match="no free backend id"):
+        applied(STATE, limits=Limits(backends=2))
+    with pytest.raises(StateError, match="no free ring id"):
+        applied(DesiredState((vip("192.0.2.1:80/tcp", "10.0.0.1"),
+                              vip("192.0.2.2:80/tcp", "10.0.0.2"))), limits=Limits(rings=1))
+
+
+def test_rebuild_state_is_the_inverse_of_a_plan():
+    plan = applied(DesiredState((
+        vip("192.0.2.1:80/tcp", "10.0.0.1", Backend("10.0.0.2", 3, "draining"), ring_size=13),
+        vip("[2001:db8::1]:0/udp", Backend("2001:db8::a", mac="02:00:00:00:00:0a", local=True),
+            mode="l2", announce=True, affinity="client-ip", flow_table=False))))
+    members = {k: v for k, v in plan.member_writes.items()}
+    layout = rebuild_state(plan.vip_writes, members, plan.backend_writes)
+    assert layout.state == plan.new.state
+    assert layout.vip_ids == plan.new.vip_ids and layout.backend_ids == plan.new.backend_ids
+    assert layout.ring_ids == plan.new.ring_ids
+    assert make_plan(layout, plan.new.state).empty
+
+
+def test_describe_names_the_changes():
+    first = applied(STATE)
+    s = STATE.with_vip(vip("192.0.2.10:80/tcp", "10.0.1.1", Backend("10.0.1.2", 5),
+                           ring_size=13)).with_vip(vip("192.0.2.20:80/tcp"))
+    lines = make_plan(first.new, s).describe()
+    assert "+ vip 192.0.2.20:80/tcp (ipip, 0 backends)" in lines
+    assert "~ vip 192.0.2.10:80/tcp" in lines
+    assert "    - backend 10.0.1.3" in lines
+    assert "    ~ backend 10.0.1.2: weight 1 -> 5" in lines
+
+
+def test_ring_key_ignores_draining_and_zero_weight_backends():
+    a = vip("192.0.2.1:80/tcp", "10.0.0.1", Backend("10.0.0.2", state="draining"))
+    b = vip("192.0.2.2:80/tcp", "10.0.0.1", Backend("10.0.0.3", weight=0))
+    assert ring_key(a) == ring_key(b)
