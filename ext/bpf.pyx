@@ -525,7 +525,10 @@ cdef class Map:
         """Remove `key` (KeyError if absent)."""
         cdef int fd = self._get_fd()
         cdef bytes k = self._key(key)
-        cdef int ret = bpf_map_delete_elem(fd, PyBytes_AS_STRING(k))
+        cdef const char *kp = PyBytes_AS_STRING(k)
+        cdef int ret
+        with nogil:     # a map-of-maps delete waits for an RCU grace period
+            ret = bpf_map_delete_elem(fd, kp)
         if ret == -ENOENT:
             raise KeyError(key)
         _check(ret, f"delete in {self.name}")
@@ -695,8 +698,36 @@ cdef class Map:
             raise TypeError(f"map {self.name!r} is not a map-of-maps")
         cdef bytes k = self._key(key)
         cdef uint32_t inner_fd = inner._get_fd()
-        _check(bpf_map_update_elem(fd, PyBytes_AS_STRING(k), &inner_fd, flags),
-               f"set inner map in {self.name}")
+        cdef const char *kp = PyBytes_AS_STRING(k)
+        cdef int ret
+        # the kernel waits for an RCU grace period after updating a map-of-maps (ms): let
+        # other threads run meanwhile
+        with nogil:
+            ret = bpf_map_update_elem(fd, kp, &inner_fd, flags)
+        _check(ret, f"set inner map in {self.name}")
+
+    def set_inner_batch(self, keys, inners):
+        """Point many slots at inner maps in one system call (and one RCU grace period):
+        keys[i] gets inners[i]. Each slot changes atomically; the batch as a whole does
+        not."""
+        cdef int fd = self._get_fd()
+        if not self.is_outer:
+            raise TypeError(f"map {self.name!r} is not a map-of-maps")
+        keys, inners = list(keys), list(inners)
+        if len(keys) != len(inners) or not keys:
+            raise ValueError("set_inner_batch needs as many inner maps as keys (at least one)")
+        kbuf = b"".join(self._key(k) for k in keys)
+        vbuf = b"".join(_struct.pack("=I", (<Map?>m)._get_fd()) for m in inners)
+        cdef const char *kp = kbuf
+        cdef const char *vp = vbuf
+        cdef uint32_t count = len(keys)
+        cdef bpf_map_batch_opts opts
+        memset(&opts, 0, sizeof(opts))
+        opts.sz = sizeof(opts)
+        cdef int ret
+        with nogil:
+            ret = bpf_map_update_batch(fd, kp, vp, &count, &opts)
+        _check(ret, f"batch set inner maps in {self.name} (stopped after {count})")
 
     def inner_id(self, key):
         """The kernel id of the inner map at `key` (KeyError if the slot is empty)."""

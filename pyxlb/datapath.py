@@ -24,9 +24,11 @@ import ipaddress
 import mmap
 import os
 import socket
+import threading
 import time
 from array import array
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from pyxlb import _bpf, bpffs, netlink
 from pyxlb import _layouts as L
@@ -641,6 +643,7 @@ class Datapath(_LoadedObject):
         except BaseException:
             tx.rollback()
             raise
+        tx.commit()
         self._layout = plan.new
         self._purge_moved_flows(plan)
         old_records = plan.old.backend_records()
@@ -684,8 +687,9 @@ class Datapath(_LoadedObject):
             tx.update(m.backends, bid, L.pack_backend(
                 a, family, rec.state, L.BACKEND_LOCAL if rec.local else 0, rec.gen,
                 parse_mac(rec.mac) if rec.mac else bytes(6)))
-        for rid, table in sorted(plan.ring_writes.items()):
-            tx.set_ring(m.rings, rid, table)
+        # new rings go in with one batch update; its RCU grace period (ms) runs in the
+        # background while the rest is written: the rings are visible before it ends
+        finish_rings = tx.add_rings(m.rings, plan.ring_writes)
         for (vid, bid), (weight, st) in sorted(plan.member_writes.items()):
             tx.update(m.members, L.pack_member_key(vid, bid), L.pack_member(weight, st))
         for vid in sorted(plan.new_vip_ids):
@@ -704,10 +708,10 @@ class Datapath(_LoadedObject):
                 tx.delete(m.vip_addrs, key)
         for key in sorted(plan.vip_deletes, key=str):
             tx.delete(m.vips, _vip_key_bytes(key))
+        finish_rings()
         for vid, bid in sorted(plan.member_deletes):
             tx.delete(m.members, L.pack_member_key(vid, bid))
-        for rid in sorted(plan.ring_deletes):
-            tx.delete(m.rings, rid)
+        tx.delete_rings(m.rings, sorted(plan.ring_deletes))
         for bid, gen in sorted(plan.backend_frees.items()):
             # gone: flows pinned to it re-hash; the generation stays for the next holder
             tx.update(m.backends, bid, L.pack_backend(bytes(16), 0, 0, 0, gen))
@@ -754,22 +758,17 @@ class Datapath(_LoadedObject):
         """Fill the next-hop cache from the kernel's route and neighbour tables (and the
         MACs given for L2 backends). Unresolved backends are left to the datapath's FIB
         fallback, which lets the kernel resolve them. Returns how many were written."""
-        layout = self.layout()
-        records = layout.backend_records()
-        ids = set(records) if backend_ids is None else set(backend_ids) & set(records)
+        if backend_ids is not None and not backend_ids:
+            return 0
+        records = self.layout().backend_records()
+        ids = records.keys() if backend_ids is None else set(backend_ids) & records.keys()
+        resolver = netlink.Resolver()
         written = 0
         for bid in sorted(ids):
             rec = records[bid]
             if rec.local:
                 continue
-            hop = None
-            if rec.mac:
-                oif = netlink.egress(rec.address)
-                smac = netlink.link_mac(oif) if oif else None
-                if oif and smac:
-                    hop = netlink.NextHop(rec.mac, smac, oif)
-            else:
-                hop = netlink.resolve(rec.address)
+            hop = resolver.resolve(rec.address, rec.mac)
             if hop is not None:
                 self.set_nexthop(bid, hop.dmac, hop.smac, hop.ifindex)
                 written += 1
@@ -792,7 +791,8 @@ class Datapath(_LoadedObject):
         return out
 
     def flow_count(self) -> int:
-        return self.maps.flows.count()
+        """Entries in the flow table (read in batches)."""
+        return self.maps.flows.lookup_batch()[2]
 
 
 class _Transaction:
@@ -800,6 +800,7 @@ class _Transaction:
 
     def __init__(self):
         self._undo = []
+        self._keep = []     # inner maps removed from xlb_rings, held until commit for undo
 
     def update(self, m: "_bpf.Map", key, value) -> None:
         prev = m.get(key)
@@ -813,21 +814,79 @@ class _Transaction:
         m.delete(key)
         self._undo.append((m, key, prev))
 
-    def set_ring(self, outer: "_bpf.Map", ring_id: int, table) -> None:
-        prev_id = outer.get(ring_id)
-        inner = _new_ring(ring_id, table)
+    def add_rings(self, outer: "_bpf.Map", tables) -> "Callable[[], None]":
+        """Install new rings (ring id -> table) with one batch update of the outer map,
+        made in a thread: the kernel publishes the slots at once, then waits for an RCU
+        grace period before the call returns. This returns as soon as every slot shows its
+        ring; the returned function waits for the call (and raises its error)."""
+        if not tables:
+            return lambda: None
+        rids = sorted(tables)
+        inners = []
         try:
-            outer.set_inner(ring_id, inner)
-        finally:
-            inner.close()
-        self._undo.append((outer, ring_id, ("ring", prev_id)))
+            for rid in rids:
+                inners.append(_new_ring(rid, tables[rid]))
+        except BaseException:
+            for m in inners:
+                m.close()
+            raise
+        for rid in rids:
+            self._undo.append((outer, rid, ("ring", outer.get(rid) and outer.inner_id(rid))))
+        failure = []
+
+        def install():
+            try:
+                outer.set_inner_batch(rids, inners)
+            except BaseException as exc:        # reported by finish()
+                failure.append(exc)
+
+        worker = threading.Thread(target=install, name="pyxlb-rings", daemon=True)
+        worker.start()
+        wanted = {rid: m.id for rid, m in zip(rids, inners)}
+
+        def visible():
+            return all(outer.get(rid) is not None and outer.inner_id(rid) == mid
+                       for rid, mid in wanted.items())
+
+        while worker.is_alive() and not visible():
+            time.sleep(0.0002)
+
+        def finish():
+            worker.join()
+            for m in inners:
+                m.close()
+            if failure:
+                raise failure[0]
+        if failure:
+            finish()
+        return finish
+
+    def delete_rings(self, outer: "_bpf.Map", rids) -> None:
+        """Empty ring slots, in parallel: each delete waits for its own RCU grace period,
+        and the waits overlap. The old rings stay open until commit, for rollback."""
+        present = [rid for rid in rids if outer.get(rid) is not None]
+        for rid in present:
+            old = outer.inner_map(rid)
+            self._keep.append(old)
+            self._undo.append((outer, rid, ("ring", old.id)))
+        if not present:
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(present))) as pool:
+            list(pool.map(outer.delete, present))
+
+    def commit(self) -> None:
+        for m in self._keep:
+            m.close()
+        self._keep.clear()
+        self._undo.clear()
 
     def rollback(self) -> None:
         for m, key, prev in reversed(self._undo):
             try:
                 if isinstance(prev, tuple) and prev and prev[0] == "ring":
-                    if prev[1] is None:
-                        m.delete(key)
+                    if not prev[1]:
+                        if m.get(key) is not None:
+                            m.delete(key)
                     else:
                         with _bpf.Map.from_id(prev[1]) as old:
                             m.set_inner(key, old)
@@ -838,6 +897,9 @@ class _Transaction:
             except (OSError, KeyError):
                 pass        # best effort: keep undoing the rest
         self._undo.clear()
+        for m in self._keep:
+            m.close()
+        self._keep.clear()
 
 
 def _new_ring(ring_id: int, table) -> "_bpf.Map":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from pyroute2 import IPRoute
 
@@ -54,45 +54,60 @@ def addresses(index: int) -> List[ipaddress._BaseAddress]:
     return sorted(out, key=lambda a: (a.version, a))
 
 
-def resolve(addr) -> Optional[NextHop]:
-    """The next hop the kernel would use towards `addr`: the route's egress interface and
-    the gateway's (or the address's own) neighbour entry. None while the neighbour is not
-    resolved (the datapath then lets the kernel forward, which resolves it)."""
-    addr = ipaddress.ip_address(str(addr))
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(addr))
-        except Exception:       # no route: pyroute2 raises NetlinkError(ENETUNREACH)
-            return None
-        if not routes:
-            return None
-        oif = routes[0].get("RTA_OIF")
-        hop = routes[0].get("RTA_GATEWAY") or str(addr)
-        if not oif:
-            return None
-        smac = link_mac(oif)
-        family = socket.AF_INET if ipaddress.ip_address(hop).version == 4 else socket.AF_INET6
-        for n in ipr.get_neighbours(family=family, ifindex=oif):
-            if _same(n.get("NDA_DST"), hop) and n.get("NDA_LLADDR") and \
-                    n["state"] & _NUD_USABLE:
-                if smac is None:
-                    return None
-                return NextHop(n.get("NDA_LLADDR"), smac, oif)
-    return None
+class Resolver:
+    """Next hops for many addresses at once, from one dump of the main routing table, the
+    neighbour table and the links (a route lookup per address would cost a netlink round
+    trip each: seconds for ten thousand backends). Policy routing is not followed: an
+    address this cannot resolve is left to the datapath's FIB lookup."""
 
+    RT_TABLE_MAIN = 254
+    RTN_UNICAST = 1
 
-def _same(a, b) -> bool:
-    try:
-        return a is not None and ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
+    def __init__(self):
+        self.routes = []        # (network, priority, oif, gateway)
+        self.neigh = {}         # (ifindex, address) -> MAC
+        self.macs = {}          # ifindex -> MAC
+        with IPRoute() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.get_routes(family=family):
+                    table = r.get("RTA_TABLE") or r["table"]
+                    if table != self.RT_TABLE_MAIN or r["type"] != self.RTN_UNICAST:
+                        continue
+                    oif = r.get("RTA_OIF")
+                    if not oif:
+                        continue        # multipath and blackhole routes: left to the FIB
+                    dst = r.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                    net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
+                    self.routes.append((net, r.get("RTA_PRIORITY") or 0, oif,
+                                        r.get("RTA_GATEWAY")))
+            for n in ipr.get_neighbours():
+                mac, dst = n.get("NDA_LLADDR"), n.get("NDA_DST")
+                if mac and dst and n["state"] & _NUD_USABLE:
+                    self.neigh[(n["ifindex"], ipaddress.ip_address(dst))] = mac
+            for link in ipr.get_links():
+                mac = link.get("IFLA_ADDRESS")
+                if mac and mac != "00:00:00:00:00:00":
+                    self.macs[link["index"]] = mac
+        # most specific first, then the lowest metric
+        self.routes.sort(key=lambda r: (-r[0].prefixlen, r[1]))
 
+    def route(self, addr) -> Optional[Tuple[int, ipaddress._BaseAddress]]:
+        """(egress ifindex, next-hop address) for `addr`, or None."""
+        addr = ipaddress.ip_address(str(addr))
+        for net, _, oif, gateway in self.routes:
+            if net.version == addr.version and addr in net:
+                return oif, ipaddress.ip_address(gateway) if gateway else addr
+        return None
 
-def egress(addr) -> Optional[int]:
-    """The interface index a route to `addr` leaves by (None without a route)."""
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(addr))
-        except Exception:
+    def resolve(self, addr, mac: Optional[str] = None) -> Optional[NextHop]:
+        """The next hop towards `addr`; with `mac` (an L2 backend's MAC given by the
+        operator) only the egress interface is looked up."""
+        found = self.route(addr)
+        if found is None:
             return None
-    return routes[0].get("RTA_OIF") if routes else None
+        oif, hop = found
+        smac = self.macs.get(oif)
+        dmac = mac or self.neigh.get((oif, hop))
+        if not smac or not dmac:
+            return None
+        return NextHop(dmac, smac, oif)

@@ -85,9 +85,109 @@ class Layout:
     backend_ids: Dict[IPAddress, int] = dataclasses.field(default_factory=dict)
     gens: Dict[int, int] = dataclasses.field(default_factory=dict)   # last gen of each id
     ring_ids: Dict[RingKey, int] = dataclasses.field(default_factory=dict)
+    # derived from the above; built once, then carried from plan to plan
+    _index: Optional["_Index"] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def index(self) -> "_Index":
+        if self._index is None:
+            self._index = _Index.build(self)
+        return self._index
 
     def backend_records(self) -> Dict[int, BackendRecord]:
-        return _backend_records(self.state, self.backend_ids, self.gens)
+        """{backend id: what xlb_backends holds for it} (do not modify)."""
+        return self.index().records
+
+
+class _Index:
+    """What a Layout implies, kept so that planning costs what changed, not the whole
+    state: per backend address, how many VIPs list it and how many put it in a ring, and
+    the attributes they agree on; the backend records; each VIP's members; how many VIPs
+    use each ring; per VIP address, how many VIPs of each kind it carries."""
+
+    def __init__(self):
+        self.refs: Dict[IPAddress, int] = {}
+        self.active: Dict[IPAddress, int] = {}
+        self.attrs: Dict[IPAddress, Backend] = {}
+        self.records: Dict[int, BackendRecord] = {}
+        self.members: Dict[int, Dict[int, Tuple[int, int]]] = {}   # vip id -> {bid: (w, st)}
+        self.ring_refs: Dict[RingKey, int] = {}
+        self.kinds: Dict[IPAddress, Tuple[int, int, int]] = {}  # (ports, all ports, announce)
+
+    @classmethod
+    def build(cls, layout: "Layout") -> "_Index":
+        idx = cls()
+        for vip in layout.state:
+            idx.add_vip(vip)
+            idx.members[layout.vip_ids[vip.key]] = {
+                layout.backend_ids[b.address]: (b.weight, STATE_CODES[b.state])
+                for b in vip.backends}
+        for addr in idx.refs:
+            idx.records[layout.backend_ids[addr]] = idx.record(addr, layout.backend_ids,
+                                                               layout.gens)
+        return idx
+
+    def copy(self) -> "_Index":
+        new = _Index()
+        for name, value in self.__dict__.items():
+            setattr(new, name, dict(value))
+        return new
+
+    def add_vip(self, vip: Vip) -> None:
+        for b in vip.backends:
+            a = b.address
+            if self.refs.get(a, 0):
+                other = self.attrs[a]
+                if other.local != b.local:
+                    raise StateError(f"backend {a} is local in one VIP and not in another "
+                                     f"({vip.key} disagrees): it is one node")
+                if other.mac != b.mac:
+                    raise StateError(f"backend {a} has MAC {other.mac} in one VIP but "
+                                     f"{b.mac} in {vip.key}")
+            else:
+                self.attrs[a] = b
+            self.refs[a] = self.refs.get(a, 0) + 1
+            if b.in_ring:
+                self.active[a] = self.active.get(a, 0) + 1
+        key = ring_key(vip)
+        self.ring_refs[key] = self.ring_refs.get(key, 0) + 1
+        self._kind(vip, +1)
+
+    def remove_vip(self, vip: Vip) -> None:
+        for b in vip.backends:
+            a = b.address
+            self.refs[a] -= 1
+            if not self.refs[a]:
+                del self.refs[a]
+                del self.attrs[a]
+            if b.in_ring:
+                self.active[a] -= 1
+                if not self.active[a]:
+                    del self.active[a]
+        key = ring_key(vip)
+        self.ring_refs[key] -= 1
+        if not self.ring_refs[key]:
+            del self.ring_refs[key]
+        self._kind(vip, -1)
+
+    def _kind(self, vip: Vip, delta: int) -> None:
+        ports, every, announce = self.kinds.get(vip.key.address, (0, 0, 0))
+        ports += delta if vip.key.port else 0
+        every += 0 if vip.key.port else delta
+        announce += delta if vip.announce else 0
+        if ports or every or announce:
+            self.kinds[vip.key.address] = (ports, every, announce)
+        else:
+            self.kinds.pop(vip.key.address, None)
+
+    def flags(self, addr: IPAddress) -> int:
+        ports, every, announce = self.kinds.get(addr, (0, 0, 0))
+        return ((L.ADDR_PORTS if ports else 0) | (L.ADDR_ALL_PORTS if every else 0)
+                | (L.ADDR_ANNOUNCE if announce else 0))
+
+    def record(self, addr: IPAddress, ids, gens) -> BackendRecord:
+        b = self.attrs[addr]
+        return BackendRecord(addr, L.BACKEND_ACTIVE if self.active.get(addr) else
+                             L.BACKEND_DRAINING, b.local, b.mac, gens[ids[addr]])
 
 
 @dataclasses.dataclass
@@ -161,148 +261,140 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
     return out
 
 
-def _backend_attrs(state: DesiredState) -> Dict[IPAddress, Backend]:
-    """One Backend per address, checking that every VIP agrees on what the address is."""
-    seen: Dict[IPAddress, Tuple[Backend, VipKey]] = {}
-    for vip in state:
-        for b in vip.backends:
-            prev = seen.get(b.address)
-            if prev is None:
-                seen[b.address] = (b, vip.key)
-                continue
-            other, where = prev
-            if other.local != b.local:
-                raise StateError(f"backend {b.address} is local in one VIP and not in another "
-                                 f"({where} and {vip.key}): it is one node")
-            if other.mac != b.mac:
-                raise StateError(f"backend {b.address} has MAC {other.mac} in {where} but "
-                                 f"{b.mac} in {vip.key}")
-    return {addr: b for addr, (b, _) in seen.items()}
+class _Ids:
+    """Hands out the lowest free ids of one kind, never one in `taken`."""
+
+    def __init__(self, taken, limit: int, what: str):
+        self._taken = set(taken)
+        self._next = 0
+        self._limit = limit
+        self._what = what
+
+    def take(self) -> int:
+        while self._next < self._limit and self._next in self._taken:
+            self._next += 1
+        if self._next >= self._limit:
+            raise StateError(f"no free {self._what} id: all {self._limit} are in use "
+                             f"(the map is full)")
+        self._taken.add(self._next)
+        return self._next
 
 
-def _backend_records(state: DesiredState, ids: Dict[IPAddress, int],
-                     gens: Dict[int, int]) -> Dict[int, BackendRecord]:
-    active = {b.address for v in state for b in v.backends if b.in_ring}
-    out = {}
-    for addr, b in _backend_attrs(state).items():
-        bid = ids[addr]
-        out[bid] = BackendRecord(addr, L.BACKEND_ACTIVE if addr in active
-                                 else L.BACKEND_DRAINING, b.local, b.mac, gens[bid])
-    return out
-
-
-def _lowest_free(used, limit: int, what: str) -> int:
-    for i in range(limit):
-        if i not in used:
-            return i
-    raise StateError(f"no free {what} id: all {limit} are in use (the map is full)")
-
-
-def _addr_flags(state: DesiredState) -> Dict[IPAddress, int]:
-    flags: Dict[IPAddress, int] = {}
-    for v in state:
-        f = L.ADDR_PORTS if v.key.port else L.ADDR_ALL_PORTS
-        if v.announce:
-            f |= L.ADDR_ANNOUNCE
-        flags[v.key.address] = flags.get(v.key.address, 0) | f
-    return flags
+def _same(a: Vip, b: Vip) -> bool:
+    return a is b or a == b
 
 
 def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> Plan:
     """The writes from `old` to `desired`; StateError (before anything is written) when
-    the state is inconsistent or does not fit the maps."""
+    the state is inconsistent or does not fit the maps. Costs what changed: VIPs equal in
+    both states (the same objects, when a state is derived from the last) are skipped."""
     if len(desired) > limits.vips:
         raise StateError(f"{len(desired)} VIPs do not fit the VIP map ({limits.vips})")
-    attrs = _backend_attrs(desired)
-    old_records = old.backend_records()
     old_by_key, new_by_key = old.state.by_key(), desired.by_key()
+    added = tuple(v for k, v in new_by_key.items() if k not in old_by_key)
+    removed = tuple(v for k, v in old_by_key.items() if k not in new_by_key)
+    changed = tuple((old_by_key[k], v) for k, v in new_by_key.items()
+                    if k in old_by_key and not _same(old_by_key[k], v))
+    gone = removed + tuple(o for o, _ in changed)
+    coming = added + tuple(n for _, n in changed)
+
+    old_idx = old.index()
+    idx = old_idx.copy()
+    for vip in gone:
+        idx.remove_vip(vip)
+    for vip in coming:
+        idx.add_vip(vip)
 
     # Ids are kept for what stays and handed out (lowest free first) for what is new. An id
     # freed by this plan is not handed out again by it: until the plan's last step the old
     # holder may still be in use, so reusing it at once could send its packets astray.
-    backend_ids = {a: i for a, i in old.backend_ids.items() if a in attrs}
+    touched = {b.address for v in gone + coming for b in v.backends}
+    backend_ids = dict(old.backend_ids)
     gens = dict(old.gens)
     new_backend_ids = set()
-    used = set(old.backend_ids.values())
-    for addr in sorted(attrs.keys() - backend_ids.keys(), key=lambda a: (a.version, a)):
-        bid = _lowest_free(used, limits.backends, "backend")
-        used.add(bid)
-        backend_ids[addr] = bid
-        gens[bid] = gens.get(bid, 0) % GEN_MAX + 1
-        new_backend_ids.add(bid)
+    ids = _Ids(old.backend_ids.values(), limits.backends, "backend")
+    for addr in sorted(touched, key=lambda a: (a.version, a)):
+        if addr in idx.refs and addr not in backend_ids:
+            bid = ids.take()
+            backend_ids[addr] = bid
+            gens[bid] = gens.get(bid, 0) % GEN_MAX + 1
+            new_backend_ids.add(bid)
+    backend_writes, backend_frees = {}, {}
+    for addr in touched:
+        if addr in idx.refs:
+            rec = idx.record(addr, backend_ids, gens)
+            bid = backend_ids[addr]
+            if old_idx.records.get(bid) != rec:
+                backend_writes[bid] = rec
+            idx.records[bid] = rec
+        elif addr in backend_ids:
+            bid = backend_ids.pop(addr)
+            idx.records.pop(bid, None)
+            backend_frees[bid] = gens[bid]
 
-    # VIP ids
-    vip_ids = {k: i for k, i in old.vip_ids.items() if k in new_by_key}
-    used = set(old.vip_ids.values())
+    vip_ids = dict(old.vip_ids)
+    for vip in removed:
+        del vip_ids[vip.key]
+    ids = _Ids(old.vip_ids.values(), limits.vips, "VIP")
     new_vip_ids = set()
-    for vip in desired:
-        if vip.key not in vip_ids:
-            vid = _lowest_free(used, limits.vips, "VIP")
-            used.add(vid)
-            vip_ids[vip.key] = vid
-            new_vip_ids.add(vid)
+    for vip in added:
+        vip_ids[vip.key] = ids.take()
+        new_vip_ids.add(vip_ids[vip.key])
 
     # rings: one per distinct ring key; existing rings keep their ids and contents
-    wanted = {ring_key(v) for v in desired}
-    ring_ids = {k: i for k, i in old.ring_ids.items() if k in wanted}
-    used = set(old.ring_ids.values())
+    ring_ids = {k: i for k, i in old.ring_ids.items() if k in idx.ring_refs}
+    ids = _Ids(old.ring_ids.values(), limits.rings, "ring")
     ring_writes: Dict[int, array] = {}
-    for key in sorted(wanted - ring_ids.keys()):
-        rid = _lowest_free(used, limits.rings, "ring")
-        used.add(rid)
+    for key in sorted({ring_key(v) for v in coming} - ring_ids.keys()):
+        rid = ids.take()
         ring_ids[key] = rid
         size, members = key
         ring_writes[rid] = build_table(
-            [(addr, weight, backend_ids[ipaddress.ip_address(addr)]) for addr, weight in members],
-            size)
+            [(addr, weight, backend_ids[ipaddress.ip_address(addr)])
+             for addr, weight in members], size)
+    ring_deletes = set(old.ring_ids.values()) - set(ring_ids.values())
 
-    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids)
-    plan = Plan(old=old, new=new, ring_writes=ring_writes, new_vip_ids=new_vip_ids,
-                new_backend_ids=new_backend_ids)
-    plan.ring_deletes = set(old.ring_ids.values()) - set(ring_ids.values())
-
-    new_records = new.backend_records()
-    plan.backend_writes = {i: r for i, r in new_records.items() if old_records.get(i) != r}
-    plan.backend_frees = {i: gens[i] for i in old_records.keys() - new_records.keys()}
-
-    for key, vip in new_by_key.items():
-        rec = VipRecord(vip_ids[key], ring_ids[ring_key(vip)], vip.ring_size,
-                        MODE_CODES[vip.mode], vip_flags(vip))
-        prev = old_by_key.get(key)
-        prev_rec = None if prev is None else VipRecord(
-            old.vip_ids[key], old.ring_ids[ring_key(prev)], prev.ring_size,
-            MODE_CODES[prev.mode], vip_flags(prev))
-        if rec != prev_rec:
-            plan.vip_writes[key] = rec
-    plan.vip_deletes = old_by_key.keys() - new_by_key.keys()
-
-    old_members = _members(old.state, old.vip_ids, old.backend_ids)
-    new_members = _members(desired, vip_ids, backend_ids)
-    plan.member_writes = {k: v for k, v in new_members.items() if old_members.get(k) != v}
-    plan.member_deletes = old_members.keys() - new_members.keys()
-
-    old_flags, new_flags = _addr_flags(old.state), _addr_flags(desired)
-    for addr in old_flags.keys() | new_flags.keys():
-        if old_flags.get(addr) != new_flags.get(addr):
-            plan.addr_flags[addr] = new_flags.get(addr, 0)
-
-    added = tuple(v for k, v in new_by_key.items() if k not in old_by_key)
-    removed = tuple(v for k, v in old_by_key.items() if k not in new_by_key)
-    changed = tuple((old_by_key[k], v) for k, v in new_by_key.items()
-                    if k in old_by_key and old_by_key[k] != v)
-    plan.added, plan.removed, plan.changed = added, removed, changed
-    return plan
-
-
-def _members(state: DesiredState, vip_ids: Dict[VipKey, int],
-             backend_ids: Dict[IPAddress, int]) -> Dict[Tuple[int, int], Tuple[int, int]]:
-    """{(vip id, backend id): (weight, state code)} of every VIP's backends."""
-    out = {}
-    for vip in state:
+    # members and VIP records of the VIPs that went, came or changed
+    member_writes, member_deletes = {}, set()
+    vip_writes = {}
+    for vip in removed:
+        vid = old.vip_ids[vip.key]
+        member_deletes.update((vid, bid) for bid in idx.members.pop(vid, {}))
+    for vip in coming:
         vid = vip_ids[vip.key]
-        for b in vip.backends:
-            out[(vid, backend_ids[b.address])] = (b.weight, STATE_CODES[b.state])
-    return out
+        before = old_idx.members.get(vid, {})
+        after = {backend_ids[b.address]: (b.weight, STATE_CODES[b.state]) for b in vip.backends}
+        idx.members[vid] = after
+        member_writes.update(((vid, bid), v) for bid, v in after.items() if before.get(bid) != v)
+        member_deletes.update((vid, bid) for bid in before.keys() - after.keys())
+        rec = VipRecord(vid, ring_ids[ring_key(vip)], vip.ring_size, MODE_CODES[vip.mode],
+                        vip_flags(vip))
+        prev = old_by_key.get(vip.key)
+        if prev is None or rec != VipRecord(vid, old.ring_ids[ring_key(prev)],
+                                            prev.ring_size, MODE_CODES[prev.mode],
+                                            vip_flags(prev)):
+            vip_writes[vip.key] = rec
+
+    addr_flags = {}
+    for addr in {v.key.address for v in gone + coming}:
+        before, after = old_idx.flags(addr), idx.flags(addr)
+        if before != after:
+            addr_flags[addr] = after
+
+    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
+    return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
+                ring_writes=ring_writes, ring_deletes=ring_deletes,
+                member_writes=member_writes, member_deletes=member_deletes,
+                vip_writes=vip_writes, vip_deletes={v.key for v in removed},
+                addr_flags=addr_flags, new_vip_ids=new_vip_ids,
+                new_backend_ids=new_backend_ids,
+                added=tuple(sorted(added, key=lambda v: _key_order(v.key))),
+                removed=tuple(sorted(removed, key=lambda v: _key_order(v.key))),
+                changed=tuple(sorted(changed, key=lambda p: _key_order(p[0].key))))
+
+
+def _key_order(key: VipKey):
+    return (key.address.version, key.address, key.port, key.protocol)
 
 
 def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], Tuple[int, int]],

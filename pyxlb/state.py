@@ -180,8 +180,13 @@ class Vip:
         return next((b for b in self.backends if b.address == address), None)
 
     def ring_members(self) -> Tuple[Tuple[str, int], ...]:
-        """(address, weight) of the backends in the ring: what the Maglev table depends on."""
-        return tuple((str(b.address), b.weight) for b in self.backends if b.in_ring)
+        """(address, weight) of the backends in the ring: what the Maglev table depends on.
+        (Computed once per Vip: a Vip never changes.)"""
+        cached = self.__dict__.get("_ring_members")
+        if cached is None:
+            cached = tuple((str(b.address), b.weight) for b in self.backends if b.in_ring)
+            self.__dict__["_ring_members"] = cached
+        return cached
 
     def replace(self, **changes) -> "Vip":
         return dataclasses.replace(self, **changes)
@@ -215,7 +220,12 @@ class DesiredState:
         return len(self.vips)
 
     def by_key(self) -> Dict[VipKey, Vip]:
-        return {v.key: v for v in self.vips}
+        """{key: Vip} (computed once per state: a state never changes; do not modify it)."""
+        cached = self.__dict__.get("_by_key")
+        if cached is None:
+            cached = {v.key: v for v in self.vips}
+            self.__dict__["_by_key"] = cached
+        return cached
 
     def vip(self, key) -> Optional[Vip]:
         key = key if isinstance(key, VipKey) else VipKey.parse(key)
