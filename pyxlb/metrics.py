@@ -1,0 +1,225 @@
+"""Prometheus metrics of a running datapath, read from its maps when scraped.
+
+No polling loop: each scrape reads the per-CPU counters, sums them over CPUs and reports
+the totals, so a scrape sees what the kernel counted up to that moment. Which VIP and
+backend an id stands for is read from xlb_vips / xlb_backends at the same time, never from
+a cached layout: another process (`pyxlb apply`, the agent) may have changed the maps since
+this one started.
+
+The only metric that is not in the maps is `pyxlb_apply_duration_seconds`, observed through
+`Datapath.on_apply`: it has samples only in the process that calls `apply` (the agent), not
+in an exporter that just reads a pinned datapath. docs/metrics.md lists every metric.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Iterator, Tuple
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pyxlb import _layouts as L
+from pyxlb.addr import format_addr
+from pyxlb.errors import PyxlbError
+
+# The outcomes of enum xlb_stat, {stat name: (XDP action, reason)}: each frame is counted
+# under one of them. tests/unit/test_metrics_names.py checks that every name of
+# _layouts.STAT_NAMES is in one of the tables below.
+XDP_ACTIONS: Dict[str, Tuple[str, str]] = {
+    "pass_not_vip": ("pass", "not_vip"),
+    "pass_local": ("pass", "local"),
+    "pass_fragment": ("pass", "fragment"),
+    "pass_malformed": ("pass", "malformed"),
+    "pass_no_neigh": ("pass", "no_neigh"),
+    "decap": ("pass", "decap"),
+    "decap_refused": ("pass", "decap_refused"),
+    "tx": ("tx", "forwarded"),
+    "redirect": ("redirect", "forwarded"),
+    "icmp_sent": ("tx", "icmp_too_big"),
+    "arp_reply": ("tx", "arp_reply"),
+    "ndp_reply": ("tx", "ndp_reply"),
+    "drop_no_backend": ("drop", "no_backend"),
+    "drop_too_big": ("drop", "too_big"),
+    "drop_unsupported": ("drop", "unsupported"),
+    "drop_no_route": ("drop", "no_route"),
+    "drop_internal": ("drop", "internal"),
+}
+# Counted on the way to an outcome, not instead of one.
+FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_stale": "stale"}
+ICMP_STEERED = "icmp_steered"   # also counted under the action its forwarding took
+UNKNOWN_ACTION = "unknown"      # a stat this table does not know yet: reason = its name
+
+APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                 10.0, 30.0)
+
+_PROTO_NAMES = {6: "tcp", 17: "udp"}
+_VIP_HELP = {
+    "packets": "Packets that matched each VIP (those dropped for want of a backend too)",
+    "bytes": "Bytes (IP header and payload, no link-layer header) that matched each VIP",
+    "new_flows": "Flows each VIP added to the flow table (none without a flow table)",
+}
+_BACKEND_HELP = {
+    "packets": "Packets sent to each backend address",
+    "bytes": "Bytes (IP header and payload of the client's packet, before encapsulation) "
+             "sent to each backend address",
+    "new_flows": "Flows pinned to each backend address (flow-table inserts)",
+}
+_SHARED = (". A backend address has one id and one set of counters however many VIPs list "
+           "it: this is its total over all of them")
+
+
+def action_of(stat: str) -> Tuple[str, str]:
+    """(action, reason) labels of a stat name; unknown names keep their name as reason."""
+    return XDP_ACTIONS.get(stat, (UNKNOWN_ACTION, stat))
+
+
+def vip_label(family: int, addr: bytes, port: int, proto: int) -> str:
+    """A VIP as pyxlb writes it everywhere: ``192.0.2.10:80/tcp``, ``[2001:db8::10]:443/udp``."""
+    host = format_addr(family, addr)
+    if family == L.FAMILY_V6:
+        host = f"[{host}]"
+    return f"{host}:{port}/{_PROTO_NAMES.get(proto, str(proto))}"
+
+
+class DatapathCollector(Collector):
+    """Reads a Datapath's counters at each scrape (see the module docstring)."""
+
+    def __init__(self, dp):
+        self.dp = dp
+
+    def collect(self) -> Iterator[Metric]:
+        dp = self.dp
+        yield from stat_families(dp.stats())
+        vips = _vips(dp)
+        backends = _backends(dp)
+        yield from _per_id("vip", _VIP_HELP, vips, dp.vip_counters)
+        yield from _per_id("backend", {c: h + _SHARED for c, h in _BACKEND_HELP.items()},
+                           {bid: addr for bid, (addr, _) in backends.items()},
+                           dp.backend_counters)
+
+        g = GaugeMetricFamily("pyxlb_vips", "VIPs in the datapath (address, port, protocol)")
+        g.add_metric([], len(vips))
+        yield g
+        g = GaugeMetricFamily("pyxlb_backends", "Distinct backend addresses in the datapath, "
+                              "by state (draining: out of every ring, keeping its flows)",
+                              labels=["state"])
+        states = [s for _, s in backends.values()]
+        for state in ("active", "draining"):
+            g.add_metric([state], states.count(state))
+        yield g
+        g = GaugeMetricFamily("pyxlb_flow_table_entries", "Flows in the flow table (LRU)")
+        g.add_metric([], dp.flow_count())
+        yield g
+        g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow table; "
+                              "when full, the least recently used flows are evicted")
+        g.add_metric([], dp.maps.flows.max_entries)
+        yield g
+
+
+def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
+    """The global counters (xlb_stats), split into three families."""
+    actions = CounterMetricFamily(
+        "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
+        "(reason); each frame is counted once", labels=["action", "reason"])
+    lookups = CounterMetricFamily(
+        "pyxlb_flow_lookups", "Flow-table lookups of VIP packets: hit, miss (Maglev chose), "
+        "stale (the flow's backend is gone or its id was reused: chosen again)",
+        labels=["result"])
+    steered = CounterMetricFamily(
+        "pyxlb_icmp_steered", "ICMP fragmentation-needed / packet-too-big errors about a VIP "
+        "flow, sent on to that flow's backend (their frames are also counted in "
+        "pyxlb_xdp_actions_total)")
+    for name, value in sorted(stats.items()):
+        if name in FLOW_LOOKUPS:
+            lookups.add_metric([FLOW_LOOKUPS[name]], value)
+        elif name == ICMP_STEERED:
+            steered.add_metric([], value)
+        else:
+            actions.add_metric(list(action_of(name)), value)
+    yield actions
+    yield lookups
+    yield steered
+
+
+def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> Iterator[Metric]:
+    """pyxlb_<kind>_{packets,bytes,new_flows}_total labelled <kind>=name, one sample per id
+    of `names`, with the counters read(id) returns."""
+    families = {c: CounterMetricFamily(f"pyxlb_{kind}_{c}", helps[c], labels=[kind])
+                for c in ("packets", "bytes", "new_flows")}
+    for ident, name in sorted(names.items(), key=lambda kv: kv[1]):
+        counters = read(ident)
+        for c, family in families.items():
+            family.add_metric([name], counters[c])
+    yield from families.values()
+
+
+def _vips(dp) -> Dict[int, str]:
+    """{VIP id: label} of every VIP in xlb_vips now."""
+    ksz, vsz = L.SIZES["xlb_vip_key"], L.SIZES["xlb_vip"]
+    keys, values, n = dp.maps.vips.lookup_batch()
+    out = {}
+    for i in range(n):
+        k = L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz])
+        vid = L.unpack_vip(values[i * vsz:(i + 1) * vsz])["vip_id"]
+        out[vid] = vip_label(k["family"], k["addr"], k["port"], k["proto"])
+    return out
+
+
+def _backends(dp) -> Dict[int, Tuple[str, str]]:
+    """{backend id: (address, "active" | "draining")} of every id in use now."""
+    size = L.SIZES["xlb_backend"]
+    _, values, n = dp.maps.backends.lookup_batch()
+    empty = bytes(size)
+    out = {}
+    for i in range(n):
+        raw = values[i * size:(i + 1) * size]
+        if raw == empty:
+            continue
+        b = L.unpack_backend(raw)
+        if b["state"] == L.BACKEND_ACTIVE:
+            out[i] = (format_addr(b["family"], b["addr"]), "active")
+        elif b["state"] == L.BACKEND_DRAINING:
+            out[i] = (format_addr(b["family"], b["addr"]), "draining")
+    return out
+
+
+def make_registry(dp) -> CollectorRegistry:
+    """A registry holding the datapath's metrics, and the apply-duration histogram fed by
+    `dp.on_apply` (a hook already there is still called)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatapathCollector(dp))
+    hist = Histogram("pyxlb_apply_duration_seconds", "Duration of Datapath.apply calls that "
+                     "wrote something, observed in this process only", buckets=APPLY_BUCKETS,
+                     registry=registry)
+    previous = dp.on_apply
+
+    def on_apply(seconds: float) -> None:
+        hist.observe(seconds)
+        if previous is not None:
+            previous(seconds)
+
+    dp.on_apply = on_apply
+    return registry
+
+
+def serve(dp, host: str, port: int) -> None:
+    """Serve the metrics of `dp` over HTTP on host:port (an IPv4 or IPv6 address, or a
+    name) until KeyboardInterrupt."""
+    try:
+        server, thread = start_http_server(port, addr=host, registry=make_registry(dp))
+    except OSError as exc:      # port taken, address not ours, name not resolved
+        raise PyxlbError(f"cannot serve metrics on {host}:{port}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"pyxlb: metrics on http://{shown}:{bound_port}/metrics", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
