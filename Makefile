@@ -29,13 +29,17 @@ test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: build
-	@echo "pyxlb: the namespace lab (pyxlb lab demo) is not built yet; see issues." >&2
-	@exit 1
+	$(VENV)/bin/pyxlb lab demo
 
+# bench/lab_throughput.py also needs matplotlib (the bench extra); make setup installs
+# iptables and nftables.
 bench: build
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q --no-build-isolation -e '.[test,bench]'
 	$(PY) bench/maglev.py
 	$(PY) bench/ring_write.py
 	$(PY) bench/datapath.py
+	$(PY) bench/lab_throughput.py
+	$(PY) bench/apply.py
 
 clean:
 	rm -rf build pyxlb/bpf/*.o pyxlb/*.so pyxlb/*.c ext/*.c ext/*.html *.egg-info

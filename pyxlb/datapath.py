@@ -257,7 +257,14 @@ class _LoadedObject:
         """Remove the pins (maps and program); the kernel frees what nothing else holds."""
         if not self.pin_dir:
             return
+        # a balancer and a decapsulator pinned in one directory share some maps: those
+        # stay while the other kind is still there
+        shared = {name for kind in _LoadedObject.__subclasses__()
+                  if kind.SPEC is not self.SPEC and kind.exists(self.pin_dir)
+                  for name in kind.SPEC.maps.values()}
         for name in [*self.SPEC.maps.values(), os.path.basename(self.prog_pin(self.pin_dir))]:
+            if name in shared:
+                continue
             try:
                 os.unlink(os.path.join(self.pin_dir, name))
             except FileNotFoundError:
@@ -567,9 +574,10 @@ class Datapath(_LoadedObject):
         self.maps.config.update(_CONFIG_KEY, L.pack_config(**cfg))
         return cfg
 
-    def layout(self) -> "plan_mod.Layout":
-        """What the maps hold, read back (once; apply keeps it current afterwards)."""
-        if self._layout is None:
+    def layout(self, refresh: bool = False) -> "plan_mod.Layout":
+        """What the maps hold, read back once (apply keeps it current afterwards); with
+        refresh, read again (another process may have applied since)."""
+        if self._layout is None or refresh:
             self._layout = self._read_layout()
         return self._layout
 

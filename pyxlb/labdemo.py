@@ -62,11 +62,10 @@ class Demo:
         self.step(1, "Build the lab: client, router, two LB nodes, three backends")
         lab.up(log=lambda m: self.say(f"    {m}"))
 
-        self.step(2, "Add VIP 10.77.100.10:80/tcp with backends be1, be2, be3 (IPIP) on both "
-                     "LB nodes, through Datapath.apply as the CLI does")
+        self.step(2, "Add VIP 10.77.100.10:80/tcp -> be1, be2, be3 (IPIP) on both LB nodes")
         three = DesiredState((lab.vip(4),))
         lab.apply(three)
-        self.say("    the router sends VIP traffic to lb1")
+        self.say("    through Datapath.apply, as the CLI does; the router sends VIP traffic to lb1")
 
         self.step(3, f"{FLOWS} real TCP connections from {FLOWS} client ports through lb1")
         via_lb1 = self.flows()
@@ -91,10 +90,10 @@ class Demo:
         after = self.flows()
         moved = [p for p in via_lb2 if via_lb2[p] != after[p]]
         on_be3 = [p for p in via_lb2 if via_lb2[p] == "be3"]
-        self.say(_table([[f"{len(moved)}", f"{100 * len(moved) / FLOWS:.1f}%",
+        self.say(_table([["without be3", f"{len(moved)}", f"{100 * len(moved) / FLOWS:.1f}%",
                           f"{100 * len(on_be3) / FLOWS:.1f}%", "33.3%",
                           sum(1 for p in moved if via_lb2[p] != "be3")]],
-                        ["moved", "of all", "had been on be3", "ideal 1/N",
+                        ["", "moved", "of all", "had been on be3", "ideal 1/N",
                          "moved from be1/be2"]))
         self.say("    Only be3's connections moved: the flow table keeps every other one on "
                  "its backend,\n    and be3's were spread over be1 and be2.")

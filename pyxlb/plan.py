@@ -141,8 +141,8 @@ class _Index:
                     raise StateError(f"backend {a} is local in one VIP and not in another "
                                      f"({vip.key} disagrees): it is one node")
                 if other.mac != b.mac:
-                    raise StateError(f"backend {a} has MAC {other.mac} in one VIP but "
-                                     f"{b.mac} in {vip.key}")
+                    raise StateError(f"backend {a} has {_mac_text(other.mac)} in one VIP but "
+                                     f"{_mac_text(b.mac)} in {vip.key}")
             else:
                 self.attrs[a] = b
             self.refs[a] = self.refs.get(a, 0) + 1
@@ -259,6 +259,10 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
                        if getattr(ob[addr], f) != getattr(nb[addr], f)]
             out.append(f"~ backend {addr}: {', '.join(changes)}")
     return out
+
+
+def _mac_text(mac: Optional[str]) -> str:
+    return f"MAC {mac}" if mac else "no MAC"
 
 
 class _Ids:

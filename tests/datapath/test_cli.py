@@ -1,0 +1,494 @@
+"""The `pyxlb` command end to end: a real balancer attached to a veth pair in a namespace
+made by the test (tests/conftest.py), driven through click's CliRunner in-process, and a
+few runs of the installed entry point as a subprocess.
+
+Every failure must exit 2 with exactly one line on stderr and leave the state as it was
+(`vip list --json` before and after). Pins live in the bpffs_dir fixture and the programs
+on the namespace's veths; both fixtures remove them, and `cli` detaches on its own way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyxlb import _bpf, config, netlink, netns
+from pyxlb import _layouts as L
+from pyxlb.cli import cli
+from pyxlb.datapath import Datapath, DecapPath
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "lb.yaml"
+PYXLB = Path(sys.executable).with_name("pyxlb")
+
+V4_VIP, V6_VIP = "192.0.2.10:80/tcp", "[2001:db8::53]:0/udp"
+
+
+class Cli:
+    """Runs `pyxlb --pin-dir PIN --netns NS ARGS...` in-process."""
+
+    def __init__(self, ns: str, pin_dir: str):
+        self.ns, self.pin_dir = ns, pin_dir
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True, input: str = None, netns_opt=True):
+        prefix = ["--pin-dir", self.pin_dir] + (["--netns", self.ns] if netns_opt else [])
+        result = self.runner.invoke(cli, prefix + list(args), input=input,
+                                    prog_name="pyxlb")
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        if ok:
+            assert result.exit_code == 0, (args, result.stdout, result.stderr)
+        return result
+
+    def fails(self, *args: str, match: str = "", **kw):
+        """Run a command that must fail: exit 2, one `pyxlb: error:` line on stderr."""
+        result = self(*args, ok=False, **kw)
+        assert result.exit_code == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("pyxlb: error: "), lines
+        assert match in lines[0], (match, lines[0])
+        return lines[0]
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+    def state(self):
+        return self.json("vip", "list")
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+def cleanup(ns: str, pin_dir: str) -> None:
+    """Detach whatever the test left attached and remove the pins, failures or not."""
+    for kind in (DecapPath, Datapath):
+        with contextlib.suppress(Exception), netns.enter(ns), kind.open(pin_dir) as d:
+            for i in d.interfaces():
+                _bpf.XdpLink.current(i["ifindex"], i["mode"]).detach()
+            d.destroy()
+
+
+@pytest.fixture
+def run(netns, bpffs_dir):
+    """A Cli for the namespace (veth0: 10.99.0.1/24, fd99::1/64) and a fresh pin dir,
+    nothing attached yet."""
+    ip("-n", netns, "addr", "add", "10.99.0.1/24", "dev", "veth0")
+    ip("-n", netns, "addr", "add", "fd99::1/64", "dev", "veth0", "nodad")
+    pin_dir = os.path.join(bpffs_dir, "lb")
+    try:
+        yield Cli(netns, pin_dir)
+    finally:
+        cleanup(netns, pin_dir)
+
+
+@pytest.fixture
+def lb(run):
+    """The balancer attached to veth0 with an IPv4 and an IPv6 VIP and their backends."""
+    run("attach", "veth0")
+    run("vip", "add", V4_VIP)
+    run("backend", "add", V4_VIP, "10.0.1.1")
+    run("backend", "add", V4_VIP, "10.0.1.2", "--weight", "2")
+    run("vip", "add", V6_VIP, "--mode", "l2", "--affinity", "client-ip")
+    run("backend", "add", V6_VIP, "2001:db8::a", "--mac", "02:00:00:00:0A:01")
+    run("vip", "add", "192.0.2.11:0/tcp", "--mode", "local")
+    return run
+
+
+# -- attach, status, detach ----------------------------------------------------------------
+
+
+def test_attach_status_detach(run):
+    out = run("attach", "veth0").stdout
+    assert "created the datapath" in out and "attached to veth0 (native mode" in out
+    assert "encap source 10.99.0.1/32, fd99::1/128" in out
+    link = ip("-n", run.ns, "link", "show", "veth0")
+    assert " xdp " in link and "xlb_balancer" in link
+    assert Datapath.exists(run.pin_dir)
+
+    st = run.json("status")
+    assert st["pin_dir"] == run.pin_dir and st["program_id"] > 0
+    assert [(i["name"], i["mode"]) for i in st["interfaces"]] == [("veth0", "native")]
+    assert st["config"] == {"seed": 0, "mtu": 1500, "encap_source4": "10.99.0.1/32",
+                            "encap_source6": "fd99::1/128", "decap_check_source": False}
+    assert (st["vips"], st["backends"], st["rings"], st["flows"], st["decap"]) == \
+        (0, 0, 0, 0, None)
+    assert st["maps"]["xlb_local_addrs"] == {"entries": 2, "max_entries": 256}
+    assert set(st["maps"]) >= {"xlb_vips", "xlb_vip_addrs", "xlb_flows", "xlb_members",
+                               "xlb_backends", "xlb_rings", "xlb_decap_sources"}
+    human = run("status").stdout
+    assert "veth0 (native)" in human and "xlb_flows" in human and "MAX" in human
+
+    # attaching again changes nothing
+    assert "already attached to veth0" in run("attach", "veth0").stdout
+
+    out = run("detach", "veth0").stdout
+    assert "detached from veth0" in out and "removed the datapath" in out
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
+    assert not os.path.exists(run.pin_dir)
+    run.fails("status", match="no balancer datapath")
+
+
+def test_attach_options_and_two_interfaces(run):
+    out = run("attach", "veth1", "--mode", "generic", "--encap-source", "10.255.0.0/24",
+              "--encap-source", "fd00:255::/64", "--seed", "42", "--mtu", "9000").stdout
+    assert "generic mode" in out
+    assert "xdpgeneric" in ip("-n", run.ns, "link", "show", "veth1")
+    # veth0's addresses become local; its first addresses are not the encap sources,
+    # since both families have one already
+    run("attach", "veth0")
+    st = run.json("status")
+    assert st["config"] == {"seed": 42, "mtu": 9000, "encap_source4": "10.255.0.0/24",
+                            "encap_source6": "fd00:255::/64", "decap_check_source": False}
+    assert sorted((i["name"], i["mode"]) for i in st["interfaces"]) == \
+        [("veth0", "native"), ("veth1", "generic")]
+    assert st["maps"]["xlb_local_addrs"]["entries"] == 2
+
+    out = run("detach", "veth0").stdout
+    assert "removed" not in out and Datapath.exists(run.pin_dir)
+    st = run.json("status")
+    assert [i["name"] for i in st["interfaces"]] == ["veth1"]
+    assert st["maps"]["xlb_local_addrs"]["entries"] == 0    # veth0's addresses went with it
+    run("detach", "veth1")
+    assert not os.path.exists(run.pin_dir)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["attach", "nosuch"], "no interface named 'nosuch'"),
+    (["attach", "veth0", "--encap-source", "10.0.0.0/8", "--encap-source", "10.1.0.0/16"],
+     "one prefix per address family"),
+    (["attach", "veth0", "--encap-source", "10.0.0.1/8"], "not a valid prefix"),
+    (["attach", "veth0", "--mtu", "100"], "mtu must be"),
+    (["attach", "veth0", "--seed", "-1"], "seed must be"),
+    (["attach", "veth0", "--mode", "offload"], "'offload' is not one of"),
+])
+def test_a_failed_attach_leaves_nothing_behind(run, args, match):
+    run.fails(*args, match=match)
+    assert not Datapath.exists(run.pin_dir)
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
+
+
+def test_a_failed_attach_keeps_an_existing_config(run):
+    run("attach", "veth0", "--seed", "7")
+    before = run.json("status")
+    run.fails("attach", "veth1", "--seed", "8", "--mtu", "99999", match="mtu must be")
+    run.fails("attach", "nosuch", "--seed", "8", match="no interface")
+    assert run.json("status") == before
+
+
+# -- VIPs and backends ---------------------------------------------------------------------
+
+
+def test_vips_and_backends(lb):
+    state = lb.state()
+    assert state == {"vips": [
+        {"vip": "192.0.2.10:80/tcp", "mode": "ipip", "flow_table": True, "affinity": "none",
+         "announce": False, "ring_size": 65537,
+         "backends": [{"address": "10.0.1.1", "weight": 1, "state": "active"},
+                      {"address": "10.0.1.2", "weight": 2, "state": "active"}]},
+        {"vip": "192.0.2.11:0/tcp", "mode": "local", "flow_table": True, "affinity": "none",
+         "announce": False, "ring_size": 65537, "backends": []},
+        {"vip": "[2001:db8::53]:0/udp", "mode": "l2", "flow_table": True,
+         "affinity": "client-ip", "announce": False, "ring_size": 65537,
+         "backends": [{"address": "2001:db8::a", "weight": 1, "state": "active",
+                       "mac": "02:00:00:00:0a:01"}]},
+    ]}
+    table = lb("vip", "list").stdout
+    assert table.splitlines()[0].split()[:3] == ["VIP", "MODE", "FLOW"]
+    assert "[2001:db8::53]:0/udp  l2" in table
+
+    out = lb("backend", "drain", V4_VIP, "10.0.1.2").stdout
+    assert "~ backend 10.0.1.2: state active -> draining" in out
+    assert lb.json("backend", "list", V4_VIP) == {"vip": V4_VIP, "backends": [
+        {"address": "10.0.1.1", "weight": 1, "state": "active"},
+        {"address": "10.0.1.2", "weight": 2, "state": "draining"}]}
+    assert "draining" in lb("backend", "list", V4_VIP).stdout
+    assert "nothing to change" in lb("backend", "drain", V4_VIP, "10.0.1.2").stdout
+
+    out = lb("backend", "del", V4_VIP, "10.0.1.2").stdout
+    assert "- backend 10.0.1.2" in out and "applied in" in out
+    assert [b["address"] for b in lb.json("backend", "list", V4_VIP)["backends"]] == \
+        ["10.0.1.1"]
+    assert "- vip 192.0.2.11:0/tcp" in lb("vip", "del", "192.0.2.11:0/tcp").stdout
+    lb("vip", "add", "192.0.2.12:53/udp", "--no-flow-table", "--ring-size", "251",
+       "--announce")
+    v = next(v for v in lb.state()["vips"] if v["vip"] == "192.0.2.12:53/udp")
+    assert (v["flow_table"], v["ring_size"], v["announce"]) == (False, 251, True)
+    assert lb.json("status")["vips"] == 3
+
+
+BAD_INPUT = [
+    # (command, what the error line says)
+    (["vip", "add", V4_VIP], "already exists"),
+    (["vip", "add", "192.0.2.300:80/tcp"], "not an IPv4 or IPv6 address"),
+    (["vip", "add", "2001:db8::1:80/tcp"], "[ADDR]:PORT/PROTO"),
+    (["vip", "add", "192.0.2.1:80/icmp"], "protocol must be tcp or udp"),
+    (["vip", "add", "192.0.2.1:70000/tcp"], "outside 0-65535"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--ring-size", "100"], "must be a prime"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--mode", "nat"], "'nat' is not one of"),
+    (["vip", "del", "192.0.2.99:80/tcp"], "no VIP 192.0.2.99:80/tcp"),
+    (["backend", "add", "192.0.2.99:80/tcp", "10.0.1.9"], "no VIP 192.0.2.99:80/tcp"),
+    (["backend", "add", V4_VIP, "10.0.1.1"], "duplicate backend"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--weight", "-1"], "weight -1"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--weight", "70000"], "weight 70000"),
+    (["backend", "add", V4_VIP, "10.0.1.x"], "not an IPv4 or IPv6 address"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--mac", "02:00:00:00:00"], "not a MAC"),
+    (["backend", "add", V6_VIP, "10.0.1.9"], "L2 mode needs IPv6 backends"),
+    (["backend", "add", "192.0.2.11:0/tcp", "10.0.1.9"], "takes no backends"),
+    (["backend", "drain", V4_VIP, "10.0.1.9"], "has no backend 10.0.1.9"),
+    (["backend", "del", V4_VIP, "10.0.1.9"], "has no backend 10.0.1.9"),
+    (["backend", "list", "192.0.2.99:80/tcp"], "no VIP"),
+    (["backend", "add", V4_VIP], "Missing argument 'ADDR'"),
+    (["detach", "veth1"], "veth1 does not run this datapath's program"),
+    (["detach", "nosuch"], "no interface named 'nosuch'"),
+    (["apply", "-f", "/nonexistent/lb.yaml"], "No such file or directory"),
+    (["metrics", "--listen", "nonsense"], "is not ADDR:PORT"),
+    (["metrics", "--listen", "::1:9100"], "is not ADDR:PORT"),
+    (["metrics", "--listen", "127.0.0.1:"], "is not ADDR:PORT"),
+    (["metrics", "--listen", "127.0.0.1:65536"], "is not ADDR:PORT"),
+    (["metrics", "--listen", "[127.0.0.1]:9100"], "is not an IPv6 address"),
+    (["metrics", "--listen", "localhost:9100"], "is not an IPv4 address"),
+    (["metrics"], "Missing option '--listen'"),
+    (["stats", "--count", "0"], "--count"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["vip"], "missing command, one of: add, del, list"),
+    ([], "missing command, one of: apply, attach"),
+]
+
+
+@pytest.mark.parametrize("args, match", BAD_INPUT, ids=[" ".join(a) or "(none)"
+                                                        for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_changes_nothing(lb, args, match):
+    before = lb.state()
+    lb.fails(*args, match=match)
+    assert lb.state() == before
+    assert [i["name"] for i in lb.json("status")["interfaces"]] == ["veth0"]
+
+
+BAD_FILES = [
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    backend: [10.0.0.1]\n",
+     "Additional properties are not allowed"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    backends: [{address: 10.0.0.1, weight: -2}]\n",
+     "vips[0].backends[0]"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n  - vip: 192.0.2.1:80/tcp\n", "defined twice"),
+    ("vips:\n  - vip: '[2001:db8::1]:80/tcp'\n    mode: l2\n    backends: [10.0.0.1]\n",
+     "L2 mode needs IPv6 backends"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    ring_size: 100\n", "must be a prime"),
+    ("vips: [\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, match", BAD_FILES)
+def test_apply_of_a_file_with_errors_changes_nothing(lb, tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    before = lb.state()
+    line = lb.fails("apply", "-f", str(path), match=match)
+    assert str(path) in line
+    assert lb.state() == before
+
+
+def test_apply_a_file(lb, tmp_path):
+    want = config.load_file(str(EXAMPLE)).to_dict()
+    before = lb.state()
+    out = lb("apply", "-f", str(EXAMPLE), "--dry-run").stdout
+    assert "+ vip 192.0.2.10:443/tcp" in out and "- vip 192.0.2.11:0/tcp" in out
+    assert "dry run: nothing was written" in out
+    assert lb.state() == before
+
+    out = lb("apply", "-f", str(EXAMPLE)).stdout
+    assert "+ vip [2001:db8::53]:0/udp" not in out     # it existed: it changed
+    assert "~ vip [2001:db8::53]:0/udp" in out and "applied in" in out
+    assert lb.state() == want
+    assert lb("apply", "-f", str(EXAMPLE)).stdout.strip() == "nothing to change"
+
+    # the JSON of vip list is a state file too, and - reads it from stdin
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(before))
+    lb("apply", "-f", str(saved))
+    assert lb.state() == before
+    lb("apply", "-f", "-", input=EXAMPLE.read_text())
+    assert lb.state() == want
+    lb("apply", "-f", "-", input="vips: []\n")
+    assert lb.state() == {"vips": []}
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def send_udp(ns: str, dst: str, dport: int, count: int = 3) -> None:
+    """Frames from veth1 into veth0, where the balancer sees them."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    with netns.enter(ns):
+        mac = netlink.link_mac(netlink.ifindex("veth0"))
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind(("veth1", 0))
+            for sport in range(40000, 40000 + count):
+                s.send(bytes(Ether(dst=mac) / IP(src="10.99.0.2", dst=dst) /
+                             UDP(sport=sport, dport=dport) / (b"x" * 10)))
+
+
+def test_stats(lb):
+    lb("vip", "add", "192.0.2.20:53/udp")
+    lb("backend", "add", "192.0.2.20:53/udp", "10.99.0.7")
+    send_udp(lb.ns, "192.0.2.20", 53, count=3)
+
+    doc = lb.json("stats")
+    assert set(doc) == {"time", "interval", "vips", "outcomes", "outcome_rates", "flows"}
+    assert doc["interval"] is None and doc["outcome_rates"] is None
+    assert set(doc["outcomes"]) == set(L.STAT_NAMES)
+    assert doc["outcomes"]["flow_miss"] == 3 and doc["flows"] == 3
+    row = next(v for v in doc["vips"] if v["vip"] == "192.0.2.20:53/udp")
+    assert (row["packets"], row["bytes"], row["new_flows"]) == (3, 3 * 38, 3)
+    assert row["rates"] is None
+    assert row["backends"][0]["address"] == "10.99.0.7"
+    assert row["backends"][0]["packets"] == 3
+    assert [v["vip"] for v in doc["vips"]] == [v["vip"] for v in lb.state()["vips"]]
+
+    human = lb("stats").stdout
+    assert "192.0.2.20:53/udp" in human and "  10.99.0.7" in human
+    assert "flow table: 3 entries" in human and "flow_miss 3" in human
+
+    out = lb("stats", "--count", "2", "--interval", "0.2").stdout
+    assert out.count("every 0.2s") == 2 and out.count("PKT/S") == 2
+
+    lines = lb("stats", "--json", "--watch", "--count", "2", "--interval", "0.2") \
+        .stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        doc = json.loads(line)
+        assert 0.15 < doc["interval"] < 1
+        assert set(doc["vips"][0]["rates"]) == {"packets", "bytes", "new_flows"}
+        assert doc["outcome_rates"]["flow_miss"] == 0
+
+
+# -- decap ---------------------------------------------------------------------------------
+
+
+def test_decap_attach_detach(run):
+    pin = run.pin_dir
+    out = run("decap", "attach", "veth1", "--vip", "192.0.2.10", "--vip", "2001:db8::10",
+              "--allow-source", "10.99.0.0/24", "--allow-source", "fd99::1").stdout
+    assert "attached to veth1" in out and "10.99.0.0/24, fd99::1/128" in out
+    assert "xlb_decap" in ip("-n", run.ns, "link", "show", "veth1")
+    with DecapPath.open(pin) as d:
+        assert d.maps.decap_vips.count() == 2 and d.maps.decap_sources.count() == 2
+        assert d.config()["flags"] & L.CFG_DECAP_CHECK_SOURCE
+    run.fails("status", match="no balancer datapath")     # a decapsulator alone
+    run.fails("decap", "detach", "veth0", match="does not run")
+    run.fails("decap", "attach", "veth0", match="Missing option '--vip'")
+    run.fails("decap", "attach", "veth0", "--vip", "192.0.2.1:80", match="not an IPv4")
+
+    out = run("decap", "detach", "veth1").stdout
+    assert "removed its pins" in out
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth1")
+    assert not DecapPath.exists(pin)
+
+
+def test_a_failed_decap_attach_leaves_the_balancer_alone(lb):
+    before = (lb.state(), lb.json("status"))
+    lb.fails("decap", "attach", "veth0", "--vip", "192.0.2.10", match="already runs")
+    assert (lb.state(), lb.json("status")) == before
+    assert "xlb_balancer" in ip("-n", lb.ns, "link", "show", "veth0")
+
+
+def test_a_failed_attach_leaves_the_decapsulator_alone(run):
+    run("decap", "attach", "veth1", "--vip", "192.0.2.10")
+    run.fails("attach", "veth1", match="already runs")
+    with DecapPath.open(run.pin_dir) as d:       # its maps are all still pinned
+        assert d.maps.decap_vips.count() == 1
+    assert "xlb_decap" in ip("-n", run.ns, "link", "show", "veth1")
+
+
+def test_decap_beside_the_balancer(lb):
+    lb("decap", "attach", "veth1", "--vip", "192.0.2.10")
+    st = lb.json("status")
+    assert st["decap"]["vips"] == 1 and st["decap"]["interfaces"][0]["name"] == "veth1"
+    lb("decap", "detach", "veth1")
+    assert lb.json("status")["decap"] is None      # the balancer keeps its shared maps
+
+
+# -- the namespace option, help, completion, the real entry point ---------------------------
+
+
+def thread_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def test_netns_option_restores_the_thread_namespace(run):
+    home = thread_netns()
+    run("attach", "veth0")
+    assert thread_netns() == home
+    run.fails("detach", "veth1")
+    assert thread_netns() == home
+    run.fails("--netns", "xlbt-does-not-exist", "status", netns_opt=False,
+              match="no network namespace named 'xlbt-does-not-exist'")
+    # without --netns, the test's own namespace has no veth0
+    run.fails("detach", "veth0", netns_opt=False, match="no interface named 'veth0'")
+    assert thread_netns() == home
+
+
+COMMANDS = [[], ["attach"], ["detach"], ["status"], ["vip"], ["vip", "add"], ["vip", "del"],
+            ["vip", "list"], ["backend"], ["backend", "add"], ["backend", "drain"],
+            ["backend", "del"], ["backend", "list"], ["apply"], ["stats"], ["decap"],
+            ["decap", "attach"], ["decap", "detach"], ["metrics"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(c) or "pyxlb" for c in COMMANDS])
+def test_help(cmd):
+    result = CliRunner().invoke(cli, cmd + ["--help"], prog_name="pyxlb")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Usage: pyxlb {' '.join(cmd)}".rstrip())
+    if cmd not in (["vip"], ["backend"], ["decap"]):      # groups: their commands have one
+        assert "Example:" in result.stdout
+
+
+def pyxlb(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PYXLB), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60, **kw)
+
+
+def test_the_entry_point(run):
+    assert PYXLB.exists()
+    base = ["--pin-dir", run.pin_dir, "--netns", run.ns]
+    p = pyxlb(*base, "attach", "veth0")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    p = pyxlb(*base, "vip", "add", V4_VIP)
+    assert p.returncode == 0, p.stderr
+    p = pyxlb(*base, "vip", "list", "--json")
+    assert [v["vip"] for v in json.loads(p.stdout)["vips"]] == [V4_VIP]
+
+    for args in (["vip", "add", V4_VIP], ["vip", "add", "nonsense"], ["bogus"],
+                 ["backend", "add", V4_VIP, "10.0.0.1", "--weight", "-5"]):
+        p = pyxlb(*base, *args)
+        assert p.returncode == 2 and p.stdout == ""
+        assert len(p.stderr.splitlines()) == 1 and p.stderr.startswith("pyxlb: error: ")
+    # the pin dir from the environment
+    p = pyxlb("--netns", run.ns, "status", "--json", env={"PYXLB_PIN_DIR": run.pin_dir})
+    assert json.loads(p.stdout)["vips"] == 1
+
+    p = subprocess.run([sys.executable, "-m", "pyxlb", "--pin-dir", run.pin_dir,
+                        "vip", "list"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and V4_VIP in p.stdout
+
+
+def test_shell_completion(run):
+    run("attach", "veth0")
+    run("vip", "add", V4_VIP)
+    p = pyxlb(env={"_PYXLB_COMPLETE": "bash_source"})
+    assert p.returncode == 0 and "_pyxlb_completion" in p.stdout
+    comp = {"_PYXLB_COMPLETE": "bash_complete", "COMP_CWORD": "1", "COMP_WORDS": "pyxlb ba"}
+    assert pyxlb(env=comp).stdout.split() == ["plain,backend"]
+    comp.update(COMP_CWORD="5", COMP_WORDS=f"pyxlb --pin-dir {run.pin_dir} vip del ")
+    assert pyxlb(env=comp).stdout.split() == [f"plain,{V4_VIP}"]
