@@ -86,9 +86,8 @@ from common import RESULTS_DIR, machine_info, write_results  # noqa: E402
 
 from pyroute2 import IPRoute, NFCTSocket  # noqa: E402
 from pyroute2 import netns as pr_netns  # noqa: E402
-from pyroute2.ethtool import Ethtool  # noqa: E402
 
-from pyxlb import _bpf, bpffs, netns  # noqa: E402
+from pyxlb import _bpf, bpffs, netlink, netns  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
 from pyxlb.datapath import Datapath  # noqa: E402
 from pyxlb.state import Backend, DesiredState, Vip, VipKey  # noqa: E402
@@ -397,7 +396,7 @@ class Lab:
             with netns.enter(ns):
                 with IPRoute() as ipr:
                     ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
-                _tx_checksum_off(ifname)
+                netlink.tx_checksum_off(ifname)
             # transmit queue i -> CPU i (a CPU beyond the queues keeps the default)
             cmds = [f"echo {1 << c:x} > /sys/class/net/{ifname}/queues/tx-{c}/xps_cpus"
                     for c in range(2) if c < os.cpu_count()]
@@ -555,20 +554,6 @@ class Lab:
                 done.append(f"namespace {name}")
         self.made_ns.clear()
         return done
-
-
-def _tx_checksum_off(ifname: str) -> None:
-    """A veth hands packets on with the checksum still to be filled in; after an XDP_TX on
-    the way that promise is lost (LAB-NOTES): no transmit checksum offload in the lab."""
-    e = Ethtool()
-    try:
-        features = e.get_features(ifname)
-        for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4", "tx-checksum-ipv6"):
-            if name in features.features:
-                features.features[name].enable = False
-        e.set_features(ifname, features)
-    finally:
-        e.close()
 
 
 # -- the generator ------------------------------------------------------------------------

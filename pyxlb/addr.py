@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 from pyxlb._layouts import FAMILY_V4, FAMILY_V6
 
@@ -151,3 +151,14 @@ def format_mac(mac: bytes) -> str:
     if len(mac) != 6:
         raise ValueError(f"a MAC is 6 bytes, got {len(mac)}")
     return ":".join(f"{b:02x}" for b in mac)
+
+
+def prefix_or_none(prefix: Optional[Prefix], family: int, what: str = "prefix") -> Tuple[bytes, int]:
+    """(16-byte address, length) of a prefix that must be of `family`; None gives the
+    all-zero "no prefix" (as xlb_config stores an unset outer source)."""
+    if prefix is None:
+        return bytes(16), 0
+    fam, addr, plen = parse_prefix(prefix)
+    if fam != family:
+        raise ValueError(f"{what} must be an IPv{family} prefix, not {prefix!r}")
+    return addr, plen

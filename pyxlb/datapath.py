@@ -34,7 +34,7 @@ from pyxlb import _bpf, bpffs, netlink
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
 from pyxlb.addr import (Address, Prefix, format_addr, format_mac, lpm_prefix, parse_addr,
-                        parse_mac, parse_prefix)
+                        parse_mac, prefix_or_none)
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 from pyxlb.state import DesiredState, StateError, VipKey
@@ -358,8 +358,8 @@ class Datapath(_LoadedObject):
                    src6: Optional[Prefix] = None, decap_check_source: bool = False) -> None:
         """Write the whole config record. src4 / src6 are the outer source prefixes
         ("10.255.0.0/16"; the flow hash fills the host bits), None for none."""
-        src4_addr, src4_plen = _prefix_of(src4, L.FAMILY_V4, "src4")
-        src6_addr, src6_plen = _prefix_of(src6, L.FAMILY_V6, "src6")
+        src4_addr, src4_plen = prefix_or_none(src4, L.FAMILY_V4, "src4")
+        src6_addr, src6_plen = prefix_or_none(src6, L.FAMILY_V6, "src6")
         flags = L.CFG_DECAP_CHECK_SOURCE if decap_check_source else 0
         self.maps.config.update(_CONFIG_KEY, L.pack_config(
             seed=seed, mtu=mtu, flags=flags, src4=src4_addr[:4], src4_plen=src4_plen,
@@ -568,7 +568,7 @@ class Datapath(_LoadedObject):
             cfg["mtu"] = mtu
         for prefix, fam, field in ((src4, L.FAMILY_V4, "src4"), (src6, L.FAMILY_V6, "src6")):
             if prefix is not None:
-                addr, plen = _prefix_of(prefix, fam, "encap source")
+                addr, plen = prefix_or_none(prefix, fam, "encap source")
                 cfg[field] = addr[:4] if fam == L.FAMILY_V4 else addr
                 cfg[f"{field}_plen"] = plen
         self.maps.config.update(_CONFIG_KEY, L.pack_config(**cfg))
@@ -976,15 +976,6 @@ def _prepare_pin_dir(pin_dir: str) -> None:
     os.makedirs(pin_dir, exist_ok=True)
     if not bpffs.is_bpffs(pin_dir):
         raise PyxlbError(f"cannot pin maps in {pin_dir}: it is not on a bpffs mount")
-
-
-def _prefix_of(prefix: Optional[Prefix], family: int, what: str) -> Tuple[bytes, int]:
-    if prefix is None:
-        return bytes(16), 0
-    fam, addr, plen = parse_prefix(prefix)
-    if fam != family:
-        raise ValueError(f"{what} must be an IPv{family} prefix, not {prefix!r}")
-    return addr, plen
 
 
 def _u32(value: int) -> bytes:

@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
-from . import _bpf, bpffs, netns
+from . import _bpf, bpffs, netlink, netns
 from .bpf import object_path
 from .datapath import DecapPath, Datapath
 from .errors import PyxlbError
@@ -217,7 +217,8 @@ class Lab:
                 nb.link("set", index=ib, master=nb.link_lookup(ifname=master)[0])
             nb.link("set", index=ib, mtu=mtu, state="up")
         for node, ifname in ((a, a_if), (b, b_if)):
-            _tx_checksum_off(self.ns(node), ifname)
+            with netns.enter(self.ns(node)):
+                netlink.tx_checksum_off(ifname)
 
     def _address(self, node: str, ifname: str, net: Addr) -> None:
         with NetNS(self.ns(node)) as n:
@@ -401,23 +402,6 @@ class Lab:
 def _sysctl(path: str, value) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(str(value))
-
-
-def _tx_checksum_off(ns: str, ifname: str) -> None:
-    """Turn off transmit checksum offload: a veth hands packets on with the checksum still
-    to be filled in, and an XDP_TX on the way loses that promise."""
-    from pyroute2.ethtool import Ethtool
-
-    with netns.enter(ns):
-        e = Ethtool()
-        try:
-            features = e.get_features(ifname)
-            for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4", "tx-checksum-ipv6"):
-                if name in features.features:
-                    features.features[name].enable = False
-            e.set_features(ifname, features)
-        finally:
-            e.close()
 
 
 def _pids_in(inodes: Dict[int, str]) -> List[int]:

@@ -31,7 +31,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from pyxlb import _layouts as L
 from pyxlb._bpf import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from pyxlb.addr import Address, Prefix, parse_addr, parse_mac, parse_prefix
+from pyxlb.addr import Address, Prefix, parse_addr, parse_mac, prefix_or_none
 
 __all__ = ["TEST_RUN_IFINDEX", "Decision", "FlowKey", "Model", "NotModelled", "Packet",
            "flow_hash", "outer_source4", "outer_source6"]
@@ -229,15 +229,6 @@ def _proto(proto) -> int:
     return _PROTOS[proto.lower()] if isinstance(proto, str) else proto
 
 
-def _prefix(prefix: Optional[Prefix], family: int) -> Tuple[bytes, int]:
-    if prefix is None:
-        return bytes(16), 0
-    fam, addr, plen = parse_prefix(prefix)
-    if fam != family:
-        raise ValueError(f"{prefix!r} is not an IPv{family} prefix")
-    return addr, plen
-
-
 class Model:
     """The balancer's maps as Python values, and its decision over them.
 
@@ -261,8 +252,8 @@ class Model:
     def set_config(self, seed: int = 0, mtu: int = L.MTU_DEFAULT,
                    src4: Optional[Prefix] = None, src6: Optional[Prefix] = None,
                    decap_check_source: bool = False) -> None:
-        src4_addr, src4_plen = _prefix(src4, L.FAMILY_V4)
-        src6_addr, src6_plen = _prefix(src6, L.FAMILY_V6)
+        src4_addr, src4_plen = prefix_or_none(src4, L.FAMILY_V4)
+        src6_addr, src6_plen = prefix_or_none(src6, L.FAMILY_V6)
         self.config = Config(seed, mtu, src4_addr[:4], src4_plen, src6_addr, src6_plen)
 
     def set_vip(self, addr: Address, port: int, proto, *, vip_id: int, ring_id: int,

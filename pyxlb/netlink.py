@@ -111,3 +111,20 @@ class Resolver:
         if not smac or not dmac:
             return None
         return NextHop(dmac, smac, oif)
+
+
+def tx_checksum_off(ifname: str) -> None:
+    """Turn off transmit checksum offload on `ifname` (this thread's namespace). A veth
+    hands packets on with the checksum still to be filled in, and an XDP_TX on the way
+    loses that promise: lab links carry full checksums instead."""
+    from pyroute2.ethtool import Ethtool
+
+    e = Ethtool()
+    try:
+        features = e.get_features(ifname)
+        for name in ("tx-checksum-ip-generic", "tx-checksum-ipv4", "tx-checksum-ipv6"):
+            if name in features.features:
+                features.features[name].enable = False
+        e.set_features(ifname, features)
+    finally:
+        e.close()
