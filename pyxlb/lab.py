@@ -111,6 +111,8 @@ class Lab:
             raise PyxlbError(f"lab {self.prefix!r} exists already: `pyxlb lab down "
                              f"--prefix {self.prefix}` removes it")
         bpffs.ensure_mounted()
+        for node in NODES:      # pins a crashed lab left behind would be adopted: clear them
+            shutil.rmtree(self.pin_dir(node), ignore_errors=True)
         try:
             self._build(log)
         except BaseException:
@@ -300,6 +302,8 @@ class Lab:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 removed.append(f"process {pid}")
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)      # a server this process started: reap it
         for node in NODES:
             path = self.pin_dir(node)
             if os.path.isdir(path):
@@ -393,9 +397,10 @@ class Lab:
             raise PyxlbError(f"unexpected reply: {head[:60]!r}")
         return payload
 
-    def who(self, family: int = 4, sport: int = 0, port: int = HTTP_PORT) -> Tuple[str, str]:
+    def who(self, family: int = 4, sport: int = 0, port: int = HTTP_PORT,
+            timeout: float = 5.0) -> Tuple[str, str]:
         """(backend name, client address the backend saw) for one request."""
-        name, addr, _ = self.request(family, sport, port=port).decode().split()
+        name, addr, _ = self.request(family, sport, port=port, timeout=timeout).decode().split()
         return name, addr
 
 

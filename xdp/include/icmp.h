@@ -16,6 +16,7 @@
 #include "consts.h"
 #include "csum.h"
 #include "encap.h"
+#include "maps.h"
 #include "parse.h"
 
 #define XLB_ICMP_HLEN 8
@@ -71,24 +72,24 @@ static __always_inline int xlb_icmp4_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	__u64 sum;
 
 	if (hlen < 20 || hlen > 60)
-		return XDP_DROP;
+		return xlb_internal_drop();
 	__builtin_memcpy(&client, pkt->key.src, 4);
 	__builtin_memcpy(&vip, pkt->key.dst, 4);
 	if (xlb_truncate(ctx, pkt->l3_off + quote))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	if (bpf_xdp_adjust_head(ctx, -(XLB_IPV4_HLEN + XLB_ICMP_HLEN)))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (xlb_move_eth(data, data_end, XLB_IPV4_HLEN + XLB_ICMP_HLEN, 0, pkt->l3_off,
 			 bpf_htons(ETH_P_IP)))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	if (xlb_eth_reverse(data, data_end))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	iph = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	icmp = (void *)(iph + 1);
 	if ((void *)(icmp + 1) > data_end)
-		return XDP_DROP;
+		return xlb_internal_drop();
 	iph->version = 4;
 	iph->ihl = 5;
 	iph->tos = 0;
@@ -130,20 +131,20 @@ static __always_inline int xlb_icmp6_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	__builtin_memcpy(client, pkt->key.src, 16);
 	__builtin_memcpy(vip, pkt->key.dst, 16);
 	if (xlb_truncate(ctx, pkt->l3_off + quote))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	if (bpf_xdp_adjust_head(ctx, -(XLB_IPV6_HLEN + XLB_ICMP_HLEN)))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (xlb_move_eth(data, data_end, XLB_IPV6_HLEN + XLB_ICMP_HLEN, 0, pkt->l3_off,
 			 bpf_htons(ETH_P_IPV6)))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	if (xlb_eth_reverse(data, data_end))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	ip6h = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	icmp6 = (void *)(ip6h + 1);
 	if ((void *)(icmp6 + 1) > data_end)
-		return XDP_DROP;
+		return xlb_internal_drop();
 	ip6h->version = 6;
 	ip6h->priority = 0;
 	ip6h->flow_lbl[0] = 0;

@@ -44,6 +44,13 @@ static __always_inline void xlb_count(__u32 stat)
 		*n += 1;
 }
 
+/* A helper failed (headroom, tail, a write): drop the frame, and say so. */
+static __always_inline int xlb_internal_drop(void)
+{
+	xlb_count(XLB_STAT_DROP_INTERNAL);
+	return XDP_DROP;
+}
+
 #ifdef XLB_BALANCER_MAPS
 
 /* VIP (address, port, protocol, family) -> its ring, mode and flags. */

@@ -83,7 +83,7 @@ static __always_inline int xlb_arp_reply(struct xdp_md *ctx, __u16 l3_off)
 	__u8 vip[4];
 
 	if (l3_off != ETH_HLEN && l3_off != ETH_HLEN + 4)
-		return XDP_PASS;
+		goto pass;
 	arp = data + l3_off;
 	if ((void *)(arp + 1) > data_end || (void *)(eth + 1) > data_end) {
 		xlb_count(XLB_STAT_PASS_MALFORMED);
@@ -145,16 +145,16 @@ static __always_inline int xlb_ns_reply(struct xdp_md *ctx, struct xlb_pkt *pkt)
 
 	if (xlb_truncate(ctx, pkt->l3_off + XLB_IPV6_HLEN + XLB_NS_MIN_LEN) == 0 &&
 	    bpf_xdp_adjust_tail(ctx, sizeof(struct xlb_nd) - XLB_NS_MIN_LEN))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (xlb_eth_reverse(data, data_end))
-		return XDP_DROP;
+		return xlb_internal_drop();
 	__builtin_memcpy(((struct ethhdr *)data)->h_source, mac, ETH_ALEN);
 	ip6h = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	nd = (void *)(ip6h + 1);
 	if ((void *)(nd + 1) > data_end)
-		return XDP_DROP;
+		return xlb_internal_drop();
 	ip6h->priority = 0;
 	ip6h->flow_lbl[0] = 0;
 	ip6h->flow_lbl[1] = 0;
