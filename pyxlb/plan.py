@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from . import _layouts as L
 from .maglev import build_table
-from .state import Backend, DesiredState, IPAddress, StateError, Vip, VipKey
+from .state import Backend, DesiredState, IPAddress, StateError, Vip, VipKey, key_order
 
 MODE_CODES = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2, "local": L.MODE_LOCAL}
 MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
@@ -392,13 +392,9 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
                 vip_writes=vip_writes, vip_deletes={v.key for v in removed},
                 addr_flags=addr_flags, new_vip_ids=new_vip_ids,
                 new_backend_ids=new_backend_ids,
-                added=tuple(sorted(added, key=lambda v: _key_order(v.key))),
-                removed=tuple(sorted(removed, key=lambda v: _key_order(v.key))),
-                changed=tuple(sorted(changed, key=lambda p: _key_order(p[0].key))))
-
-
-def _key_order(key: VipKey):
-    return (key.address.version, key.address, key.port, key.protocol)
+                added=tuple(sorted(added, key=lambda v: key_order(v.key))),
+                removed=tuple(sorted(removed, key=lambda v: key_order(v.key))),
+                changed=tuple(sorted(changed, key=lambda p: key_order(p[0].key))))
 
 
 def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], Tuple[int, int]],

@@ -211,7 +211,7 @@ class DesiredState:
             if v.key in seen:
                 raise StateError(f"VIP {v.key} is defined twice")
             seen.add(v.key)
-        object.__setattr__(self, "vips", tuple(sorted(vips, key=lambda v: _key_order(v.key))))
+        object.__setattr__(self, "vips", tuple(sorted(vips, key=lambda v: key_order(v.key))))
 
     def __iter__(self) -> Iterator[Vip]:
         return iter(self.vips)
@@ -252,7 +252,8 @@ class DesiredState:
         return cls(tuple(vip_from_dict(v) for v in data.get("vips") or ()))
 
 
-def _key_order(key: VipKey):
+def key_order(key: VipKey):
+    """The order VIPs are listed in: IPv4 first, then by address, port, protocol."""
     return (key.address.version, key.address, key.port, key.protocol)
 
 
@@ -279,16 +280,3 @@ def vip_from_dict(d: Mapping) -> Vip:
                flow_table=d.get("flow_table", True), affinity=d.get("affinity", "none"),
                announce=d.get("announce", False),
                ring_size=d.get("ring_size", RING_SIZE_DEFAULT))
-
-
-def diff(old: DesiredState, new: DesiredState) -> Tuple[Tuple[Vip, ...], Tuple[Vip, ...],
-                                                          Tuple[Tuple[Vip, Vip], ...]]:
-    """(added, removed, changed as (old, new)) between two states, by VIP key."""
-    a, b = old.by_key(), new.by_key()
-    added = tuple(b[k] for k in b.keys() - a.keys())
-    removed = tuple(a[k] for k in a.keys() - b.keys())
-    changed = tuple((a[k], b[k]) for k in a.keys() & b.keys() if a[k] != b[k])
-    return (tuple(sorted(added, key=lambda v: _key_order(v.key))),
-            tuple(sorted(removed, key=lambda v: _key_order(v.key))),
-            tuple(sorted(changed, key=lambda p: _key_order(p[0].key))))
-

@@ -5,8 +5,7 @@ import ipaddress
 import pytest
 
 from pyxlb import _layouts as L
-from pyxlb.state import (RING_SIZE_MAX, Backend, DesiredState, StateError, Vip, VipKey,
-                         diff)
+from pyxlb.state import RING_SIZE_MAX, Backend, DesiredState, StateError, Vip, VipKey
 
 
 @pytest.mark.parametrize("text,addr,port,proto", [
@@ -95,12 +94,3 @@ def test_state_edits_and_round_trip():
     with pytest.raises(StateError, match="no VIP"):
         s.without_vip("192.0.2.11:80/tcp")
     assert len(s.without_vip("192.0.2.10:80/tcp")) == 0
-
-
-def test_diff():
-    a = Vip(VipKey.parse("192.0.2.1:80/tcp"))
-    b = Vip(VipKey.parse("192.0.2.2:80/tcp"))
-    b2 = b.replace(backends=(Backend("10.0.0.1"),))
-    c = Vip(VipKey.parse("192.0.2.3:80/tcp"))
-    added, removed, changed = diff(DesiredState((a, b)), DesiredState((b2, c)))
-    assert added == (c,) and removed == (a,) and changed == ((b, b2),)
