@@ -27,8 +27,7 @@ int xlb_decap(struct xdp_md *ctx)
 	struct xlb_pkt outer = {}, inner = {};
 	struct xlb_addr_key vip = {};
 	__be16 proto = xlb_parse_eth(data, data_end, &outer.l3_off);
-	__u8 family;
-	int rc, outer_len;
+	int rc;
 
 	if (proto == bpf_htons(ETH_P_IP))
 		rc = xlb_parse_ipv4(data, data_end, &outer);
@@ -40,27 +39,16 @@ int xlb_decap(struct xdp_md *ctx)
 		xlb_count(XLB_STAT_PASS_MALFORMED);
 		return XDP_PASS;
 	}
-	family = xlb_inner_family(outer.l4_proto);
-	if (!family)
+	if (!xlb_inner_family(outer.l4_proto))
 		goto not_tunnel;
-	outer_len = outer.l4_off - outer.l3_off;
-	if (outer.frag || outer_len != (outer.key.family == XLB_FAMILY_V4 ? XLB_IPV4_HLEN :
-					XLB_IPV6_HLEN))
+	if (!xlb_decap_acceptable(data, data_end, &outer, &inner))
 		goto refuse;
-	if (!xlb_source_allowed(&outer.key))
-		goto refuse;
-	if (xlb_parse_inner(data, data_end, &outer, &inner, family) != XLB_PARSE_OK ||
-	    inner.frag)
-		goto refuse;
+	/* a backend-only host is given VIP addresses, not ports */
 	__builtin_memcpy(vip.addr, inner.key.dst, 16);
 	vip.family = inner.key.family;
 	if (!bpf_map_lookup_elem(&xlb_decap_vips, &vip))
 		goto refuse;
-	if (xlb_pop_outer(ctx, outer.l3_off, outer_len,
-			  family == XLB_FAMILY_V4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6)))
-		goto refuse;
-	xlb_count(XLB_STAT_DECAP);
-	return XDP_PASS;
+	return xlb_strip_outer(ctx, &outer);
 refuse:
 	xlb_count(XLB_STAT_DECAP_REFUSED);
 	return XDP_PASS;

@@ -355,20 +355,12 @@ static __always_inline int xlb_decap_inline(struct xdp_md *ctx, struct xlb_pkt *
 	struct xlb_pkt inner = {};
 	struct xlb_addr_key local = {};
 	struct xlb_addr *addr;
-	__u8 family = xlb_inner_family(outer->l4_proto);
-	int outer_len = outer->l4_off - outer->l3_off;
 
 	__builtin_memcpy(local.addr, outer->key.dst, 16);
 	local.family = outer->key.family;
 	if (!bpf_map_lookup_elem(&xlb_local_addrs, &local))
 		return -1;
-	/* only the headers we send: no IPv4 options, no IPv6 extension headers, no fragments */
-	if (outer->frag || outer_len != (outer->key.family == XLB_FAMILY_V4 ? XLB_IPV4_HLEN :
-					 XLB_IPV6_HLEN))
-		goto refuse;
-	if (!xlb_source_allowed(&outer->key))
-		goto refuse;
-	if (xlb_parse_inner(data, data_end, outer, &inner, family) != XLB_PARSE_OK || inner.frag)
+	if (!xlb_decap_acceptable(data, data_end, outer, &inner))
 		goto refuse;
 	addr = xlb_vip_addr(inner.key.dst, inner.key.family);
 	if (!addr)
@@ -378,18 +370,20 @@ static __always_inline int xlb_decap_inline(struct xdp_md *ctx, struct xlb_pkt *
 	    !xlb_find_vip(inner.key.dst, inner.key.dport, inner.l4_proto, inner.key.family,
 			  addr->flags))
 		goto refuse;
-	if (xlb_pop_outer(ctx, outer->l3_off, outer_len,
-			  family == XLB_FAMILY_V4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6)))
-		goto refuse;
-	xlb_count(XLB_STAT_DECAP);
-	return XDP_PASS;
+	return xlb_strip_outer(ctx, outer);
 refuse:
 	/* passed untouched: with no tunnel device the kernel drops it, as it should */
 	xlb_count(XLB_STAT_DECAP_REFUSED);
 	return XDP_PASS;
 }
 
-static __always_inline int xlb_process_ipv4(struct xdp_md *ctx, struct xlb_pkt *pkt)
+/*
+ * An IPv4 or IPv6 packet (`family` is a constant at each call, so each copy is specialised):
+ * neighbour solicitations, then the VIP-address check that most packets stop at, tunnelled
+ * packets for this node, fragments, ICMP about VIP flows, and TCP/UDP to balance.
+ */
+static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pkt,
+					  const int family)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -397,56 +391,17 @@ static __always_inline int xlb_process_ipv4(struct xdp_md *ctx, struct xlb_pkt *
 	struct xlb_vip *vip;
 	int rc;
 
-	if (xlb_parse_ipv4(data, data_end, pkt) != XLB_PARSE_OK)
+	rc = family == XLB_FAMILY_V4 ? xlb_parse_ipv4(data, data_end, pkt) :
+				       xlb_parse_ipv6(data, data_end, pkt);
+	if (rc != XLB_PARSE_OK)
 		goto malformed;
-	addr = xlb_vip_addr(pkt->key.dst, XLB_FAMILY_V4);
-	if (!addr) {
-		if (xlb_inner_family(pkt->l4_proto)) {
-			rc = xlb_decap_inline(ctx, pkt);
-			if (rc >= 0)
-				return rc;
-		}
-		goto not_vip;
-	}
-	if (pkt->frag) {
-		xlb_count(XLB_STAT_PASS_FRAGMENT);
-		return XDP_PASS;
-	}
-	if (pkt->l4_proto == IPPROTO_ICMP)
-		return xlb_icmp4_in(ctx, pkt);
-	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
-		goto not_vip;
-	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
-		goto malformed;
-	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, XLB_FAMILY_V4,
-			   addr->flags);
-	if (vip)
-		return xlb_balance(ctx, pkt, vip);
-not_vip:
-	xlb_count(XLB_STAT_PASS_NOT_VIP);
-	return XDP_PASS;
-malformed:
-	xlb_count(XLB_STAT_PASS_MALFORMED);
-	return XDP_PASS;
-}
-
-static __always_inline int xlb_process_ipv6(struct xdp_md *ctx, struct xlb_pkt *pkt)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct xlb_addr *addr;
-	struct xlb_vip *vip;
-	int rc;
-
-	if (xlb_parse_ipv6(data, data_end, pkt) != XLB_PARSE_OK)
-		goto malformed;
-	if (pkt->l4_proto == IPPROTO_ICMPV6 && !pkt->frag) {
+	if (family == XLB_FAMILY_V6 && pkt->l4_proto == IPPROTO_ICMPV6 && !pkt->frag) {
 		/* solicitations go to a multicast address: look at them before the VIP check */
 		rc = xlb_ns_reply(ctx, pkt);
 		if (rc >= 0)
 			return rc;
 	}
-	addr = xlb_vip_addr(pkt->key.dst, XLB_FAMILY_V6);
+	addr = xlb_vip_addr(pkt->key.dst, family);
 	if (!addr) {
 		if (xlb_inner_family(pkt->l4_proto)) {
 			rc = xlb_decap_inline(ctx, pkt);
@@ -459,14 +414,15 @@ static __always_inline int xlb_process_ipv6(struct xdp_md *ctx, struct xlb_pkt *
 		xlb_count(XLB_STAT_PASS_FRAGMENT);
 		return XDP_PASS;
 	}
-	if (pkt->l4_proto == IPPROTO_ICMPV6)
+	if (family == XLB_FAMILY_V4 && pkt->l4_proto == IPPROTO_ICMP)
+		return xlb_icmp4_in(ctx, pkt);
+	if (family == XLB_FAMILY_V6 && pkt->l4_proto == IPPROTO_ICMPV6)
 		return xlb_icmp6_in(ctx, pkt);
 	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
 		goto not_vip;
 	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
 		goto malformed;
-	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, XLB_FAMILY_V6,
-			   addr->flags);
+	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, family, addr->flags);
 	if (vip)
 		return xlb_balance(ctx, pkt, vip);
 not_vip:
@@ -487,9 +443,9 @@ static __always_inline int xlb_handle_frame(struct xdp_md *ctx)
 	__be16 proto = xlb_parse_eth(data, data_end, &pkt.l3_off);
 
 	if (proto == bpf_htons(ETH_P_IP))
-		return xlb_process_ipv4(ctx, &pkt);
+		return xlb_process_ip(ctx, &pkt, XLB_FAMILY_V4);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return xlb_process_ipv6(ctx, &pkt);
+		return xlb_process_ip(ctx, &pkt, XLB_FAMILY_V6);
 	if (proto == bpf_htons(ETH_P_ARP))
 		return xlb_arp_reply(ctx, pkt.l3_off);
 	xlb_count(proto ? XLB_STAT_PASS_NOT_VIP : XLB_STAT_PASS_MALFORMED);

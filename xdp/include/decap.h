@@ -5,13 +5,16 @@
 #define XLB_DECAP_H
 
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/in.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "consts.h"
 #include "structs.h"
 #include "maps.h"
 #include "parse.h"
+#include "encap.h"
 
 /* Is the outer source allowed to tunnel to us? Always, unless the check is configured. */
 static __always_inline int xlb_source_allowed(const struct xlb_flow_key *outer)
@@ -69,6 +72,39 @@ static __always_inline int xlb_parse_inner(void *data, void *data_end,
 	if (inner->l4_proto == IPPROTO_TCP || inner->l4_proto == IPPROTO_UDP)
 		return xlb_parse_ports(data, data_end, inner);
 	return XLB_PARSE_OK;
+}
+
+/* What both programs require before decapsulating: only the headers a balancer sends (no
+ * IPv4 options, no IPv6 extension headers, no fragment), an allowed outer source, and a
+ * well-formed, unfragmented inner packet, which is parsed into `inner`. */
+static __always_inline int xlb_decap_acceptable(void *data, void *data_end,
+						const struct xlb_pkt *outer, struct xlb_pkt *inner)
+{
+	__u8 family = xlb_inner_family(outer->l4_proto);
+	int outer_len = outer->l4_off - outer->l3_off;
+
+	if (!family || outer->frag ||
+	    outer_len != (outer->key.family == XLB_FAMILY_V4 ? XLB_IPV4_HLEN : XLB_IPV6_HLEN))
+		return 0;
+	if (!xlb_source_allowed(&outer->key))
+		return 0;
+	return xlb_parse_inner(data, data_end, outer, inner, family) == XLB_PARSE_OK &&
+	       !inner->frag;
+}
+
+/* Strip the outer header of an accepted packet and pass the inner one up. */
+static __always_inline int xlb_strip_outer(struct xdp_md *ctx,
+					   const struct xlb_pkt *outer)
+{
+	__be16 proto = xlb_inner_family(outer->l4_proto) == XLB_FAMILY_V4 ?
+		       bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+
+	if (xlb_pop_outer(ctx, outer->l3_off, outer->l4_off - outer->l3_off, proto)) {
+		xlb_count(XLB_STAT_DECAP_REFUSED);
+		return XDP_PASS;
+	}
+	xlb_count(XLB_STAT_DECAP);
+	return XDP_PASS;
 }
 
 #endif /* XLB_DECAP_H */
