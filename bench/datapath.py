@@ -31,7 +31,6 @@ import dataclasses
 import os
 import socket
 import statistics
-import struct
 import sys
 import time
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -51,6 +50,7 @@ from pyxlb import _layouts as L  # noqa: E402
 from pyxlb.addr import parse_addr  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
 from pyxlb.datapath import Datapath  # noqa: E402
+from pyxlb.model import FlowKey, flow_hash  # noqa: E402
 from pyxlb.maglev import build_table  # noqa: E402
 
 BENCH_OBJECT = "bench_bench"
@@ -116,35 +116,6 @@ def load():
 
 
 # -- the flow hash and the packets we expect -----------------------------------------------
-
-_M32 = 0xFFFFFFFF
-
-
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _M32
-
-
-def _mix(h: int, k: int) -> int:
-    k = _rotl((k * 0xCC9E2D51) & _M32, 15) * 0x1B873593 & _M32
-    return (_rotl(h ^ k, 13) * 5 + 0xE6546B64) & _M32
-
-
-def _fmix(h: int) -> int:
-    h ^= h >> 16
-    h = h * 0x85EBCA6B & _M32
-    h ^= h >> 13
-    h = h * 0xC2B2AE35 & _M32
-    return h ^ (h >> 16)
-
-
-def flow_hash(key: bytes, seed: int) -> int:
-    """xlb_flow_hash() of xdp/include/hash.h for a whole 5-tuple (no affinity): the ten
-    32-bit words of struct xlb_flow_key, read in host order."""
-    h = seed
-    for word in struct.unpack("=10I", key):
-        h = _mix(h, word)
-    return _fmix(h ^ 40)
-
 
 def outer_src4(hash_: int) -> str:
     net = IPv4Network(SRC4)
@@ -250,7 +221,7 @@ def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
     frame = client_frame(src, vip.addr, l4)
     family, src_b = parse_addr(src)
     _, dst_b = parse_addr(vip.addr)
-    hash_ = flow_hash(L.pack_flow_key(src_b, dst_b, sport, vip.port, vip.proto, family), SEED)
+    hash_ = flow_hash(FlowKey(src_b, dst_b, sport, vip.port, vip.proto, family), SEED)
     bid = rings[vip.ring][hash_ % RING_SIZE]
     backend = {**BACKENDS4, **BACKENDS6}[bid]
     no_table = bool(vip.flags & L.VIP_NO_FLOW_TABLE)

@@ -38,6 +38,10 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import hexdump
 
+from pyxlb.addr import parse_addr
+from pyxlb.model import FlowKey
+from pyxlb.model import flow_hash as model_flow_hash
+
 # -- the test world ------------------------------------------------------------------------
 
 SEED = 0x5EED                        # xlb_config.seed in every balancer test
@@ -386,57 +390,7 @@ def describe(frame: bytes) -> str:
     return Ether(frame).show2(dump=True) + hexdump(frame, dump=True)
 
 
-# -- the flow hash (docs/datapath.md "Flow hash", hash.h) -------------------------------------
-
-_M32 = 0xFFFFFFFF
-
-
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _M32
-
-
-def _mix(h: int, k: int) -> int:
-    k = (k * 0xCC9E2D51) & _M32
-    k = _rotl(k, 15)
-    k = (k * 0x1B873593) & _M32
-    h ^= k
-    h = _rotl(h, 13)
-    return (h * 5 + 0xE6546B64) & _M32
-
-
-def _fmix(h: int) -> int:
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    return h
-
-
-def _addr16(addr: str) -> bytes:
-    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
-
-
-def flow_key(src: str, dst: str, sport: int, dport: int, proto: int) -> bytes:
-    """struct xlb_flow_key as the datapath fills it: addresses in 16 bytes (IPv4 in the
-    first 4), ports in network order, protocol, family (4 / 6), two zero bytes."""
-    family = ipaddress.ip_address(src).version
-    return _addr16(src) + _addr16(dst) + struct.pack("!HHBB2x", sport, dport, proto, family)
-
-
-def hash_key(key: bytes, seed: int = SEED, affinity: bool = False) -> int:
-    """Murmur3-style mix of the key's ten 32-bit words, read in host (little-endian)
-    order; affinity mixes the source words and the family byte only."""
-    words = struct.unpack("<10I", key)
-    h = seed
-    for w in words[:4]:
-        h = _mix(h, w)
-    if affinity:
-        family = key[37]            # after src, dst (16 each), ports (2 + 2), proto
-        return _fmix(_mix(h, family) ^ 20)
-    for w in words[4:]:
-        h = _mix(h, w)
-    return _fmix(h ^ 40)
+# -- the flow hash: pyxlb.model's copy of hash.h (checked against the kernel there) ---------
 
 
 def five_tuple(frame: Frame) -> Tuple[str, str, int, int, int]:
@@ -452,9 +406,10 @@ def five_tuple(frame: Frame) -> Tuple[str, str, int, int, int]:
 def flow_hash(frame: Frame, seed: int = SEED, affinity: bool = False) -> int:
     """The hash the balancer computes for a client's TCP/UDP frame."""
     src, dst, sport, dport, proto = five_tuple(frame)
-    if affinity:
-        sport = 0
-    return hash_key(flow_key(src, dst, sport, dport, proto), seed, affinity)
+    family, src16 = parse_addr(src)
+    _, dst16 = parse_addr(dst)
+    key = FlowKey(src16, dst16, 0 if affinity else sport, dport, proto, family)
+    return model_flow_hash(key, seed, affinity)
 
 
 def ring_slot(frame: Frame, ring_size: int = RING_SIZE, affinity: bool = False) -> int:
@@ -475,7 +430,7 @@ def outer_src6(flow_hash_value: int, prefix: str = SRC6) -> str:
     """The configured prefix with at most its last 32 host bits taken from the flow hash
     (host bits above those stay as the prefix has them: zero)."""
     net = ipaddress.IPv6Network(prefix)
-    host = flow_hash_value & int(net.hostmask) & _M32
+    host = flow_hash_value & int(net.hostmask) & 0xFFFFFFFF
     return str(ipaddress.IPv6Address(int(net.network_address) | host))
 
 
