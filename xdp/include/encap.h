@@ -85,6 +85,41 @@ static __always_inline int xlb_move_eth(void *data, void *data_end, int from, in
 	return 0;
 }
 
+/* Write a whole IPv4 header without options (TTL XLB_TTL, id 0), checksum included. */
+static __always_inline void xlb_write_ipv4(struct iphdr *iph, __u8 tos, __u16 tot_len, __u8 df,
+					   __u8 protocol, __be32 saddr, __be32 daddr)
+{
+	iph->version = 4;
+	iph->ihl = 5;
+	iph->tos = tos;
+	iph->tot_len = bpf_htons(tot_len);
+	iph->id = 0;
+	iph->frag_off = df ? bpf_htons(XLB_IP_DF) : 0;
+	iph->ttl = XLB_TTL;
+	iph->protocol = protocol;
+	iph->check = 0;
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	iph->check = xlb_ipv4_csum(iph);
+}
+
+/* Write a whole IPv6 header (hop limit XLB_TTL). */
+static __always_inline void xlb_write_ipv6(struct ipv6hdr *ip6h, __u8 tclass, __u32 flowlabel,
+					   __u16 payload_len, __u8 nexthdr, const void *saddr,
+					   const void *daddr)
+{
+	ip6h->version = 6;
+	ip6h->priority = tclass >> 4;
+	ip6h->flow_lbl[0] = ((tclass & 0xf) << 4) | ((flowlabel >> 16) & 0xf);
+	ip6h->flow_lbl[1] = (flowlabel >> 8) & 0xff;
+	ip6h->flow_lbl[2] = flowlabel & 0xff;
+	ip6h->payload_len = bpf_htons(payload_len);
+	ip6h->nexthdr = nexthdr;
+	ip6h->hop_limit = XLB_TTL;
+	__builtin_memcpy(&ip6h->saddr, saddr, 16);
+	__builtin_memcpy(&ip6h->daddr, daddr, 16);
+}
+
 /* Prepend an outer IPv4 header (protocol IPIP, or IPv6 is not supported inside IPv4). */
 static __always_inline int xlb_push_ipv4(struct xdp_md *ctx, __u16 l3_off, __be32 saddr,
 					 __be32 daddr, __u32 inner_len, __u8 tos, __u8 df)
@@ -101,18 +136,7 @@ static __always_inline int xlb_push_ipv4(struct xdp_md *ctx, __u16 l3_off, __be3
 	iph = data + (l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	if ((void *)(iph + 1) > data_end)
 		return -1;
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = tos;
-	iph->tot_len = bpf_htons(inner_len + XLB_IPV4_HLEN);
-	iph->id = 0;
-	iph->frag_off = df ? bpf_htons(XLB_IP_DF) : 0;
-	iph->ttl = XLB_TTL;
-	iph->protocol = IPPROTO_IPIP;
-	iph->check = 0;
-	iph->saddr = saddr;
-	iph->daddr = daddr;
-	iph->check = xlb_ipv4_csum(iph);
+	xlb_write_ipv4(iph, tos, inner_len + XLB_IPV4_HLEN, df, IPPROTO_IPIP, saddr, daddr);
 	return 0;
 }
 
@@ -133,16 +157,7 @@ static __always_inline int xlb_push_ipv6(struct xdp_md *ctx, __u16 l3_off, const
 	ip6h = data + (l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	if ((void *)(ip6h + 1) > data_end)
 		return -1;
-	ip6h->version = 6;
-	ip6h->priority = tclass >> 4;
-	ip6h->flow_lbl[0] = ((tclass & 0xf) << 4) | ((flowlabel >> 16) & 0xf);
-	ip6h->flow_lbl[1] = (flowlabel >> 8) & 0xff;
-	ip6h->flow_lbl[2] = flowlabel & 0xff;
-	ip6h->payload_len = bpf_htons(inner_len);
-	ip6h->nexthdr = nexthdr;
-	ip6h->hop_limit = XLB_TTL;
-	__builtin_memcpy(&ip6h->saddr, saddr, 16);
-	__builtin_memcpy(&ip6h->daddr, daddr, 16);
+	xlb_write_ipv6(ip6h, tclass, flowlabel, inner_len, nexthdr, saddr, daddr);
 	return 0;
 }
 

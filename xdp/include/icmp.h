@@ -90,18 +90,7 @@ static __always_inline int xlb_icmp4_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	icmp = (void *)(iph + 1);
 	if ((void *)(icmp + 1) > data_end)
 		return xlb_internal_drop();
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = 0;
-	iph->tot_len = bpf_htons(XLB_IPV4_HLEN + XLB_ICMP_HLEN + quote);
-	iph->id = 0;
-	iph->frag_off = 0;
-	iph->ttl = XLB_TTL;
-	iph->protocol = IPPROTO_ICMP;
-	iph->check = 0;
-	iph->saddr = vip;
-	iph->daddr = client;
-	iph->check = xlb_ipv4_csum(iph);
+	xlb_write_ipv4(iph, 0, XLB_IPV4_HLEN + XLB_ICMP_HLEN + quote, 0, IPPROTO_ICMP, vip, client);
 
 	icmp->type = XLB_ICMP_DEST_UNREACH;
 	icmp->code = XLB_ICMP_FRAG_NEEDED;
@@ -145,16 +134,7 @@ static __always_inline int xlb_icmp6_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	icmp6 = (void *)(ip6h + 1);
 	if ((void *)(icmp6 + 1) > data_end)
 		return xlb_internal_drop();
-	ip6h->version = 6;
-	ip6h->priority = 0;
-	ip6h->flow_lbl[0] = 0;
-	ip6h->flow_lbl[1] = 0;
-	ip6h->flow_lbl[2] = 0;
-	ip6h->payload_len = bpf_htons(XLB_ICMP_HLEN + quote);
-	ip6h->nexthdr = IPPROTO_ICMPV6;
-	ip6h->hop_limit = XLB_TTL;
-	__builtin_memcpy(&ip6h->saddr, vip, 16);
-	__builtin_memcpy(&ip6h->daddr, client, 16);
+	xlb_write_ipv6(ip6h, 0, 0, XLB_ICMP_HLEN + quote, IPPROTO_ICMPV6, vip, client);
 
 	icmp6->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp6->icmp6_code = 0;
