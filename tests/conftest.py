@@ -49,3 +49,16 @@ def netns():
         yield name
     finally:
         _ip("netns", "del", name, check=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def nothing_left_on_bpffs():
+    """A test that pins outside its own directory leaves something behind: fail loudly."""
+    from pyxlb import bpffs
+
+    root = bpffs.BPFFS_ROOT
+    before = set(os.listdir(root)) if bpffs.is_bpffs(root) else set()
+    yield
+    after = set(os.listdir(root)) if bpffs.is_bpffs(root) else set()
+    left = sorted(name for name in after - before if name.startswith(("xlb", "pyxlb")))
+    assert not left, f"tests left pins in {root}: {left}"

@@ -281,13 +281,13 @@ def test_pin_by_name_is_adopted_by_a_second_load(bpffs_dir):
 
 def test_set_pin_path_pins_then_adopts(bpffs_dir):
     path = os.path.join(bpffs_dir, "hash")
-    with _bpf.BpfObject.open(SELFTEST) as first:
+    with _bpf.BpfObject.open(SELFTEST, pin_root_path=bpffs_dir) as first:
         first.set_pin_path("xlb_test_hash", path)
         assert first.pin_path("xlb_test_hash") == path
         first.load()
         first.map("xlb_test_hash")[vip_key(1)] = u64(5)
         first_id = first.map("xlb_test_hash").id
-    with _bpf.BpfObject.open(SELFTEST) as second:
+    with _bpf.BpfObject.open(SELFTEST, pin_root_path=bpffs_dir) as second:
         second.set_pin_path("xlb_test_hash", path)
         second.load()
         assert second.map("xlb_test_hash").id == first_id
@@ -297,7 +297,7 @@ def test_set_pin_path_pins_then_adopts(bpffs_dir):
 def test_incompatible_pinned_map_fails_load(bpffs_dir):
     path = os.path.join(bpffs_dir, "hash")
     _bpf.Map.create(_bpf.MAP_TYPE_HASH, 4, 8, 64, "other").pin(path)
-    with _bpf.BpfObject.open(SELFTEST) as obj:
+    with _bpf.BpfObject.open(SELFTEST, pin_root_path=bpffs_dir) as obj:
         obj.set_pin_path("xlb_test_hash", path)
         with pytest.raises(OSError) as exc:
             obj.load()
