@@ -16,6 +16,7 @@ cdef extern from "consts.h":
         XLB_MAX_RINGS
         XLB_MAX_FLOWS
         XLB_MAX_LOCAL_ADDRS
+        XLB_ADDR_FILTER_BITS
         XLB_MAX_MEMBERS
         XLB_MAX_SOURCE_PREFIXES
         # Maglev rings

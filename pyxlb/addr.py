@@ -12,6 +12,7 @@ Everything here is pure; bad input raises ValueError (a wrong type, TypeError).
 from __future__ import annotations
 
 import ipaddress
+import struct
 import string
 from typing import Optional, Tuple, Union
 
@@ -162,3 +163,11 @@ def prefix_or_none(prefix: Optional[Prefix], family: int, what: str = "prefix") 
     if fam != family:
         raise ValueError(f"{what} must be an IPv{family} prefix, not {prefix!r}")
     return addr, plen
+
+
+def filter_slot(addr16: bytes, bits: int) -> int:
+    """The slot of a 16-byte map address in xlb_addr_filter (xlb_addr_slot in hash.h): its
+    four 32-bit words in host order XORed, folded to 16 bits, modulo `bits`."""
+    w0, w1, w2, w3 = struct.unpack("=4I", bytes(addr16))
+    x = w0 ^ w1 ^ w2 ^ w3
+    return (x ^ (x >> 16)) & (bits - 1)

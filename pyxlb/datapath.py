@@ -33,8 +33,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from pyxlb import _bpf, bpffs, netlink
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
-from pyxlb.addr import (Address, Prefix, format_addr, format_mac, lpm_prefix, parse_addr,
-                        parse_mac, prefix_or_none)
+from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, lpm_prefix,
+                        parse_addr, parse_mac, prefix_or_none)
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 from pyxlb.state import DesiredState, StateError, VipKey
@@ -438,6 +438,10 @@ class Datapath(_LoadedObject):
             m.update(key, L.pack_addr(**entry))
         elif raw is not None:
             m.delete(key)
+        keys, _, n = m.lookup_batch()
+        ksz = L.SIZES["xlb_addr_key"]
+        self.maps.addr_filter.update(0, addr_filter(
+            L.unpack_addr_key(keys[i * ksz:(i + 1) * ksz])["addr"] for i in range(n)))
 
     # -- backends and next hops ----------------------------------------------------------
 
@@ -714,6 +718,10 @@ class Datapath(_LoadedObject):
                 tx.update(m.vip_addrs, key, L.pack_addr(flags, ifindex, mac))
             else:
                 tx.delete(m.vip_addrs, key)
+        if plan.addr_flags:
+            bits = addr_filter(parse_addr(a)[1] for a in plan.new.index().kinds)
+            if m.addr_filter.lookup(0) != bits:
+                tx.update(m.addr_filter, 0, bits)
         for key in sorted(plan.vip_deletes, key=str):
             tx.delete(m.vips, _vip_key_bytes(key))
         finish_rings()
@@ -908,6 +916,15 @@ class _Transaction:
         for m in self._keep:
             m.close()
         self._keep.clear()
+
+
+def addr_filter(addresses) -> bytes:
+    """The xlb_addr_filter bitmap with the slot of every address (16-byte map form) set."""
+    bits = bytearray(L.ADDR_FILTER_BITS // 8)
+    for a in addresses:
+        slot = filter_slot(a, L.ADDR_FILTER_BITS)
+        bits[slot >> 3] |= 1 << (slot & 7)
+    return bytes(bits)
 
 
 def _new_ring(ring_id: int, table) -> "_bpf.Map":

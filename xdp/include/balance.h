@@ -46,11 +46,16 @@ static __always_inline struct xlb_vip *xlb_find_vip(const __u8 *addr, __be16 por
 	return NULL;
 }
 
-/* The address-map entry for a destination (NULL: not a VIP address: the common case). */
+/* The address-map entry for a destination (NULL: not a VIP address: the common case, which
+ * the filter answers without a hash lookup). */
 static __always_inline struct xlb_addr *xlb_vip_addr(const __u8 *addr, __u8 family)
 {
 	struct xlb_addr_key key = {};
+	__u32 zero = 0, slot = xlb_addr_slot(addr);
+	__u8 *filter = bpf_map_lookup_elem(&xlb_addr_filter, &zero);
 
+	if (!filter || !(filter[slot >> 3] & (1 << (slot & 7))))
+		return NULL;
 	__builtin_memcpy(key.addr, addr, 16);
 	key.family = family;
 	return bpf_map_lookup_elem(&xlb_vip_addrs, &key);

@@ -30,6 +30,9 @@
 #define XLB_MAX_SOURCE_PREFIXES 1024
 #endif
 
+/* Bits of xlb_addr_filter: one per slot an address folds to (see hash.h). */
+#define XLB_ADDR_FILTER_BITS (1 << 16)
+
 /* Maglev ring size: prime, per the paper; 65537 slots of 4 bytes = 256 KiB a ring. */
 #define XLB_RING_SIZE_DEFAULT 65537
 /* Largest ring a VIP may use (also the inner-map template's size). */

@@ -27,6 +27,13 @@ static __always_inline __u16 xlb_ipv4_csum(const void *iph)
 	return xlb_csum_fold(sum);
 }
 
+/*
+ * Hide a pointer's value from the compiler. After xlb_csum_add() walked a header, clang may
+ * reuse the loop's "past the end" pointer to store the checksum, and the verifier rejects
+ * the store on that path; a fresh copy, bounds-checked again, keeps the two apart.
+ */
+#define xlb_barrier_var(var) asm volatile("" : "+r"(var))
+
 /* Add `len` bytes (even, at most `max` bytes) at `p` to `sum`, checking every word against
  * data_end: the loop bound is a constant so the verifier accepts it. */
 static __always_inline __u64 xlb_csum_add(__u64 sum, const void *p, __u32 len,

@@ -6,6 +6,7 @@
 
 #include <linux/types.h>
 
+#include "consts.h"
 #include "structs.h"
 
 /*
@@ -37,6 +38,16 @@ static __always_inline __u32 xlb_fmix(__u32 h)
 	h *= 0xc2b2ae35;
 	h ^= h >> 16;
 	return h;
+}
+
+/* The slot of a 16-byte address in xlb_addr_filter: its four 32-bit words (host order)
+ * XORed, then folded to 16 bits. pyxlb/datapath.py computes the same. */
+static __always_inline __u32 xlb_addr_slot(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+	__u32 x = w[0] ^ w[1] ^ w[2] ^ w[3];
+
+	return (x ^ (x >> 16)) & (XLB_ADDR_FILTER_BITS - 1);
 }
 
 static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *key, __u32 seed,

@@ -98,6 +98,9 @@ static __always_inline int xlb_icmp4_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	icmp->unused = 0;
 	icmp->mtu = bpf_htons(mtu);
 	sum = xlb_csum_add(0, icmp, XLB_ICMP_HLEN + quote, data_end, XLB_ICMP_HLEN + 68);
+	xlb_barrier_var(icmp);
+	if ((void *)(icmp + 1) > data_end)
+		return xlb_internal_drop();
 	icmp->checksum = xlb_csum_fold(sum);
 	xlb_count(XLB_STAT_ICMP_SENT);
 	return XDP_TX;
@@ -143,6 +146,9 @@ static __always_inline int xlb_icmp6_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	sum = xlb_csum_pseudo6(vip, client, XLB_ICMP_HLEN + quote, IPPROTO_ICMPV6);
 	sum = xlb_csum_add(sum, icmp6, XLB_ICMP_HLEN + quote, data_end,
 			   XLB_ICMP_HLEN + XLB_ICMP6_QUOTE);
+	xlb_barrier_var(icmp6);
+	if ((void *)(icmp6 + 1) > data_end)
+		return xlb_internal_drop();
 	icmp6->icmp6_cksum = xlb_csum_fold(sum);
 	xlb_count(XLB_STAT_ICMP_SENT);
 	return XDP_TX;

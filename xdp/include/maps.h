@@ -61,6 +61,15 @@ struct {
 	__type(value, struct xlb_vip);
 } xlb_vips SEC(".maps");
 
+/* A bit per address slot (hash.h): clear means no VIP address falls in that slot, so most
+ * packets are known not to be VIP traffic without a hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, XLB_ADDR_FILTER_BITS / 8);
+} xlb_addr_filter SEC(".maps");
+
 /* VIP address -> which kinds of VIP it carries, and whether we announce it (ARP/NDP). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

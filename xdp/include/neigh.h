@@ -174,6 +174,9 @@ static __always_inline int xlb_ns_reply(struct xdp_md *ctx, struct xlb_pkt *pkt)
 	__builtin_memcpy(nd->opt_mac, mac, ETH_ALEN);
 	sum = xlb_csum_pseudo6(target, asker, sizeof(*nd), IPPROTO_ICMPV6);
 	sum = xlb_csum_add(sum, nd, sizeof(*nd), data_end, sizeof(struct xlb_nd));
+	xlb_barrier_var(nd);
+	if ((void *)(nd + 1) > data_end)
+		return xlb_internal_drop();
 	nd->csum = xlb_csum_fold(sum);
 	xlb_count(XLB_STAT_NDP_REPLY);
 	return XDP_TX;
