@@ -404,11 +404,13 @@ def test_two_nodes_pick_the_same_backend_without_shared_state():
 MIN_SWAPS = 20
 
 
-def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float = 10.0):
+def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float = 10.0,
+                   pin_first: bool = False):
     """Packets (cycling over `flows` distinct flows) through one thread while another
     swaps the VIP's ring between backend sets A and B, until `packets` are sent and
-    MIN_SWAPS swaps done, or `seconds` pass. Returns (A, B, [(flow index, action,
-    backend)], swaps)."""
+    MIN_SWAPS swaps done, or `seconds` pass. With pin_first, half the flows start under
+    ring A and half under ring B before the swapping begins (so both sets are in use
+    whatever the timing). Returns (A, B, [(flow index, action, backend)], swaps)."""
     set_a, set_b = v4_backends(range(1, 5), 1), v4_backends(range(11, 15), 2)
     every = {**set_a, **set_b}
     by_addr = addr_index(every)
@@ -424,6 +426,15 @@ def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float 
             dp.set_ring(1, ring_a)
             swaps[0] += 2
 
+    if pin_first:
+        half = len(frames) // 2
+        for ring, part in ((ring_a, range(half)), (ring_b, range(half, len(frames)))):
+            dp.set_ring(1, ring)
+            for index in part:
+                action, out = dp.run(frames[index])
+                seen.append((index, action,
+                             backend_of(out, by_addr) if action == XDP_TX else None))
+        dp.set_ring(1, ring_a)
     thread = threading.Thread(target=swapper)
     deadline = time.monotonic() + seconds
     thread.start()
@@ -461,7 +472,7 @@ def test_ring_swap_under_load_pure_maglev():
 def test_ring_swap_under_load_with_flow_table():
     """Each flow comes back: a new flow follows the ring in place when it starts; from then
     on the flow table keeps it on that backend whatever the ring says."""
-    set_a, set_b, seen, swaps = run_ring_swaps(0, flows=5000)
+    set_a, set_b, seen, swaps = run_ring_swaps(0, flows=5000, pin_first=True)
     check_swaps(set_a, set_b, seen, swaps)
     first: Dict[int, int] = {}
     for index, _, backend in seen:
