@@ -13,6 +13,7 @@ in an exporter that just reads a pinned datapath. docs/metrics.md lists every me
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Dict, Iterator, Tuple
 
@@ -206,20 +207,28 @@ def make_registry(dp) -> CollectorRegistry:
 
 def serve(dp, host: str, port: int) -> None:
     """Serve the metrics of `dp` over HTTP on host:port (an IPv4 or IPv6 address, or a
-    name) until KeyboardInterrupt."""
+    name) until interrupted: Ctrl-C, or SIGTERM (how a container is stopped), both end it
+    cleanly."""
     try:
         server, thread = start_http_server(port, addr=host, registry=make_registry(dp))
     except OSError as exc:      # port taken, address not ours, name not resolved
         raise PyxlbError(f"cannot serve metrics on {host}:{port}: "
                          f"{exc.strerror or exc}") from None
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         bound_host, bound_port = server.server_address[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         print(f"pyxlb: metrics on http://{shown}:{bound_port}/metrics", flush=True)
-        threading.Event().wait()
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         server.shutdown()
         server.server_close()
         thread.join()

@@ -240,7 +240,9 @@ SERVE = textwrap.dedent("""
 """)
 
 
-def test_serve_on_ipv6_until_interrupted(bpffs_dir):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_serve_on_ipv6_until_interrupted(bpffs_dir, stop):
+    """Ctrl-C, or SIGTERM (how a container is stopped), ends the exporter cleanly."""
     with Datapath.create(bpffs_dir, map_sizes=SMALL) as dp:
         dp.apply(load_text(STATE))
         proc = subprocess.Popen([sys.executable, "-c", SERVE, bpffs_dir, "::1"],
@@ -252,7 +254,7 @@ def test_serve_on_ipv6_until_interrupted(bpffs_dir):
             url = line.split(" on ", 1)[1]
             got = samples(scrape(url))
             assert value(got, "pyxlb_vips") == 4
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             out, err = proc.communicate(timeout=10)
             assert proc.returncode == 0, err
             assert "Traceback" not in err
