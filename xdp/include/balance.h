@@ -300,47 +300,28 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	return xlb_forward(ctx, pkt, vip, id, be, hash);
 }
 
-/* ICMPv4 to a VIP address: steer "fragmentation needed" about a VIP flow, pass the rest. */
-static __always_inline int xlb_icmp4_in(struct xdp_md *ctx, struct xlb_pkt *pkt)
+/*
+ * ICMP to a VIP address (`family` is a constant at each call): steer an ICMPv4
+ * "fragmentation needed" or an ICMPv6 "packet too big" about a VIP flow to that flow's
+ * backend; pass the rest. Both ICMP headers are 8 bytes, type and code first.
+ */
+static __always_inline int xlb_icmp_in(struct xdp_md *ctx, struct xlb_pkt *pkt, const int family)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct xlb_icmphdr *icmp;
-	int rc;
+	int too_big, rc;
 
-	if (pkt->l4_off > 512)
-		return XDP_PASS;
 	icmp = data + pkt->l4_off;
-	if ((void *)(icmp + 1) > data_end) {
+	if (pkt->l4_off > 512 || (void *)(icmp + 1) > data_end) {
 		xlb_count(XLB_STAT_PASS_MALFORMED);
 		return XDP_PASS;
 	}
-	if (icmp->type == XLB_ICMP_DEST_UNREACH && icmp->code == XLB_ICMP_FRAG_NEEDED) {
+	too_big = family == XLB_FAMILY_V4 ?
+		  icmp->type == XLB_ICMP_DEST_UNREACH && icmp->code == XLB_ICMP_FRAG_NEEDED :
+		  icmp->type == ICMPV6_PKT_TOOBIG;
+	if (too_big) {
 		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp));
-		if (rc >= 0)
-			return rc;
-	}
-	xlb_count(XLB_STAT_PASS_NOT_VIP);
-	return XDP_PASS;
-}
-
-/* ICMPv6 to a VIP address: steer "packet too big" about a VIP flow, pass the rest. */
-static __always_inline int xlb_icmp6_in(struct xdp_md *ctx, struct xlb_pkt *pkt)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct icmp6hdr *icmp6;
-	int rc;
-
-	if (pkt->l4_off > 512)
-		return XDP_PASS;
-	icmp6 = data + pkt->l4_off;
-	if ((void *)(icmp6 + 1) > data_end) {
-		xlb_count(XLB_STAT_PASS_MALFORMED);
-		return XDP_PASS;
-	}
-	if (icmp6->icmp6_type == ICMPV6_PKT_TOOBIG) {
-		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp6));
 		if (rc >= 0)
 			return rc;
 	}
@@ -419,10 +400,8 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 		xlb_count(XLB_STAT_PASS_FRAGMENT);
 		return XDP_PASS;
 	}
-	if (family == XLB_FAMILY_V4 && pkt->l4_proto == IPPROTO_ICMP)
-		return xlb_icmp4_in(ctx, pkt);
-	if (family == XLB_FAMILY_V6 && pkt->l4_proto == IPPROTO_ICMPV6)
-		return xlb_icmp6_in(ctx, pkt);
+	if (pkt->l4_proto == (family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
+		return xlb_icmp_in(ctx, pkt, family);
 	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
 		goto not_vip;
 	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
