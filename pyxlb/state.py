@@ -19,6 +19,7 @@ from .errors import PyxlbError
 from .maglev import DEFAULT_SIZE as RING_SIZE_DEFAULT, is_prime
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 PROTOCOLS = {"tcp": 6, "udp": 17}
 MODES = ("ipip", "l2", "local")
@@ -135,6 +136,9 @@ class Vip:
     affinity: str = "none"
     announce: bool = False
     ring_size: int = RING_SIZE_DEFAULT
+    # client prefixes allowed to reach the VIP (Kubernetes' loadBalancerSourceRanges);
+    # empty: every client. Only prefixes of the VIP's own family.
+    source_ranges: Tuple[IPNetwork, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.key, VipKey):
@@ -174,6 +178,7 @@ class Vip:
                              f"({self.ring_size})")
         # a canonical order, so that equal states compare equal
         object.__setattr__(self, "backends", tuple(sorted(backends, key=_addr_order)))
+        object.__setattr__(self, "source_ranges", _source_ranges(self.source_ranges, self.key))
 
     def backend(self, address) -> Optional[Backend]:
         address = _ip(address, "backend address")
@@ -190,6 +195,23 @@ class Vip:
 
     def replace(self, **changes) -> "Vip":
         return dataclasses.replace(self, **changes)
+
+
+def _source_ranges(ranges, key: VipKey) -> Tuple[IPNetwork, ...]:
+    if isinstance(ranges, (str, bytes)):
+        raise StateError(f"VIP {key}: source ranges must be a list of prefixes")
+    out = set()
+    for r in ranges:
+        try:
+            net = ipaddress.ip_network(str(r).strip(), strict=False)
+        except ValueError:
+            raise StateError(f"VIP {key}: not a source prefix: {r!r} "
+                             f"(write e.g. 192.0.2.0/24 or 2001:db8::/32)") from None
+        if net.version != key.family:
+            raise StateError(f"VIP {key}: source range {net} is IPv{net.version}, the VIP "
+                             f"IPv{key.family}")
+        out.add(net)
+    return tuple(sorted(out, key=lambda n: (n.network_address, n.prefixlen)))
 
 
 def _addr_order(b: Backend):
@@ -261,6 +283,8 @@ def vip_to_dict(v: Vip) -> dict:
     out = {"vip": str(v.key), "mode": v.mode, "flow_table": v.flow_table,
            "affinity": v.affinity, "announce": v.announce, "ring_size": v.ring_size,
            "backends": []}
+    if v.source_ranges:
+        out["source_ranges"] = [str(n) for n in v.source_ranges]
     for b in v.backends:
         d = {"address": str(b.address), "weight": b.weight, "state": b.state}
         if b.mac:
@@ -279,4 +303,5 @@ def vip_from_dict(d: Mapping) -> Vip:
     return Vip(key=VipKey.parse(d["vip"]), backends=backends, mode=d.get("mode", "ipip"),
                flow_table=d.get("flow_table", True), affinity=d.get("affinity", "none"),
                announce=d.get("announce", False),
-               ring_size=d.get("ring_size", RING_SIZE_DEFAULT))
+               ring_size=d.get("ring_size", RING_SIZE_DEFAULT),
+               source_ranges=tuple(d.get("source_ranges") or ()))

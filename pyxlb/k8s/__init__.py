@@ -1,0 +1,1 @@
+"""Kubernetes: watching the API, translating objects to DesiredState, allocating IPs."""
