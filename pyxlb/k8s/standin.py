@@ -1,0 +1,1348 @@
+"""A local Kubernetes API stand-in: enough of the REST API for lightkube, with real list/watch.
+
+Kubernetes cannot run where the tests run, so the agent and the IP-allocation controller are
+tested against this in-process HTTP server (stdlib only, plain http on 127.0.0.1). It speaks
+the API's JSON over the API's URLs, so the real client library works against it unchanged.
+
+What it implements, as the real API server does:
+
+- The kinds in ``KINDS`` (Service, Node, EndpointSlice, both Events, Lease, ConfigMap, IPPool,
+  BGPPeer), core (``/api/v1``) and grouped (``/apis/{group}/{version}``), namespaced and
+  cluster-scoped, with the all-namespaces form of list and watch.
+- One global resourceVersion, bumped by every write and stamped on the object; uid,
+  creationTimestamp, generation (bumped when anything outside metadata and status changes).
+- get, create (409 AlreadyExists), update (409 Conflict on a stale resourceVersion), patch
+  (JSON merge patch; JSON patch with add/remove/replace/move/copy/test), delete. An update or
+  patch that changes nothing is not a write: no new resourceVersion, no event.
+- The status subresource: writes to the main resource keep the stored status, writes to
+  ``/status`` change only the status. Creating a Service or a custom resource drops the
+  status it was given; creating a Node keeps it.
+- Finalizers: deleting an object that has some only sets deletionTimestamp; the update that
+  removes the last one deletes it; adding a finalizer to an object being deleted is refused.
+- list with labelSelector (``=``, ``==``, ``!=``, ``in``, ``notin``, ``key``, ``!key``,
+  ``>``, ``<``), fieldSelector (metadata.name, metadata.namespace) and limit/continue
+  (pages come from one snapshot, so a paged list is consistent).
+- watch: from a resourceVersion (every later event, in order) or from nothing/"0" (ADDED for
+  what exists, then live events); a label-filtered watch sees an object that stops matching
+  as DELETED and one that starts matching as ADDED; BOOKMARK events when asked; timeoutSeconds;
+  a resourceVersion older than the kept history answers 200 with one ERROR event holding a
+  410 Expired Status, then ends. Streams are chunked, so a dropped connection is an error to
+  the client while a stream the server ends is a clean end.
+- Errors are Status objects with the HTTP code and reason the real server uses.
+
+What it does not: authentication, authorisation, admission, defaulting, schema validation
+(nothing is checked beyond what is listed above), namespaces as objects (any namespace
+name is accepted), server-side apply, dry run, deletecollection, delete preconditions and
+grace periods, HTTP/2, discovery. A strategic merge patch is applied as a JSON merge patch:
+lists are replaced whole, never merged by key, and ``$patch`` directives are not understood.
+Updates without a resourceVersion are accepted for every kind (the real server requires one
+for custom resources).
+
+Tests drive it over HTTP through the real client, and also directly (``create``, ``get``,
+``update``, ``patch``, ``delete``, ``list``: an administrator's writes, with the same events),
+and inject faults (``drop_watches``, ``compact``, ``set_down``, ``fail_next``).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import PyxlbError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Kind:
+    """One resource type the stand-in serves: how it is named, addressed and written.
+    Compared by identity: each lives once, in KINDS."""
+
+    kind: str
+    group: str                  # "" for the core group (/api/v1)
+    version: str
+    plural: str
+    namespaced: bool
+    status: bool = False        # has a /status subresource
+    create_keeps_status: bool = False   # POST keeps the status it is given (Node does)
+    # Top-level fields the real server writes even when empty (Go fields without
+    # omitempty); a BOOKMARK object carries them so a typed client can decode it.
+    zero_fields: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+# Adding a kind is one line here.
+KINDS: Tuple[Kind, ...] = (
+    Kind("Service", "", "v1", "services", namespaced=True, status=True),
+    Kind("Node", "", "v1", "nodes", namespaced=False, status=True, create_keeps_status=True),
+    Kind("ConfigMap", "", "v1", "configmaps", namespaced=True),
+    Kind("Event", "", "v1", "events", namespaced=True, zero_fields=(("involvedObject", {}),)),
+    Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", namespaced=True,
+         zero_fields=(("addressType", ""), ("endpoints", None))),
+    Kind("Event", "events.k8s.io", "v1", "events", namespaced=True,
+         zero_fields=(("eventTime", None),)),
+    Kind("Lease", "coordination.k8s.io", "v1", "leases", namespaced=True),
+    Kind("IPPool", "pyxlb.io", "v1alpha1", "ippools", namespaced=False, status=True),
+    Kind("BGPPeer", "pyxlb.io", "v1alpha1", "bgppeers", namespaced=False, status=True),
+)
+
+DEFAULT_NAMESPACE = "default"
+WRITE_VERBS = ("create", "update", "patch", "delete")
+
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+    405: "MethodNotAllowed", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType",
+    422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class StandInError(PyxlbError):
+    """A request refused as the API server would refuse it: the HTTP code, the Status reason
+    and a message naming the object and the fault."""
+
+    def __init__(self, code: int, message: str, reason: Optional[str] = None,
+                 kind: Optional[Kind] = None, name: Optional[str] = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason or _REASONS.get(code, "Unknown")
+        self.message = message
+        self.kind = kind
+        self.name = name
+
+    def status(self) -> dict:
+        """The Status object the API server answers with."""
+        status: Dict[str, Any] = {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code,
+        }
+        if self.kind is not None or self.name is not None:
+            details: Dict[str, Any] = {}
+            if self.name is not None:
+                details["name"] = self.name
+            if self.kind is not None:
+                details["group"] = self.kind.group
+                details["kind"] = self.kind.plural
+            status["details"] = details
+        return status
+
+
+def _not_found(kind: Kind, name: str) -> StandInError:
+    return StandInError(404, f'{kind.plural} "{name}" not found', kind=kind, name=name)
+
+
+def _conflict(kind: Kind, name: str) -> StandInError:
+    return StandInError(
+        409, f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has been '
+             f"modified; please apply your changes to the latest version and try again",
+        reason="Conflict", kind=kind, name=name)
+
+
+def _invalid(kind: Kind, name: str, what: str) -> StandInError:
+    return StandInError(422, f'{kind.kind} "{name}" is invalid: {what}', kind=kind, name=name)
+
+
+def _bad_request(message: str) -> StandInError:
+    return StandInError(400, message)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _copy(obj: Any) -> Any:
+    """A deep copy of a JSON value (a JSON round trip: several times faster than deepcopy)."""
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as exc:
+        raise _bad_request(f"not a JSON value ({exc}): {str(obj)[:80]}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Selectors
+
+
+_SET_RE = re.compile(r"^\s*([^\s!=<>(),]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
+_OP_RE = re.compile(r"^\s*([^\s!=<>(),]+)\s*(==|=|!=|>|<)\s*([^\s!=<>(),]*)\s*$")
+_KEY_RE = re.compile(r"^\s*(!?)\s*([^\s!=<>(),]+)\s*$")
+
+
+def _split_top(text: str) -> List[str]:
+    """Split a selector at the commas that are not inside a parenthesised value set."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def parse_label_selector(text: str) -> Callable[[Dict[str, str]], bool]:
+    """A predicate on a labels dict, from a label selector in the API's string syntax."""
+    tests: List[Callable[[Dict[str, str]], bool]] = []
+    for req in _split_top(text):
+        m = _SET_RE.match(req)
+        if m:
+            key, op = m.group(1), m.group(2)
+            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
+            if op == "in":
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            continue
+        m = _OP_RE.match(req)
+        if m:
+            key, op, value = m.groups()
+            if op in ("=", "=="):
+                tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            elif op == "!=":
+                tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+            else:
+                try:
+                    bound = int(value)
+                except ValueError:
+                    raise _bad_request(f"unable to parse requirement {req.strip()!r}: "
+                                       f"{op} needs an integer value") from None
+                tests.append(lambda labels, k=key, b=bound, gt=(op == ">"):
+                             _int_compare(labels.get(k), b, gt))
+            continue
+        m = _KEY_RE.match(req)
+        if m:
+            negate, key = m.groups()
+            if negate:
+                tests.append(lambda labels, k=key: k not in labels)
+            else:
+                tests.append(lambda labels, k=key: k in labels)
+            continue
+        raise _bad_request(f"unable to parse requirement {req.strip()!r} in labelSelector {text!r}")
+    return lambda labels: all(t(labels) for t in tests)
+
+
+def _int_compare(value: Optional[str], bound: int, greater: bool) -> bool:
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return False
+    if number is None:
+        return False
+    return number > bound if greater else number < bound
+
+
+_FIELDS = {"metadata.name": "name", "metadata.namespace": "namespace"}
+
+
+def parse_field_selector(text: str) -> Callable[[dict], bool]:
+    """A predicate on an object's metadata, from a field selector (metadata.name and
+    metadata.namespace, with =, == and !=: the fields every kind supports)."""
+    tests: List[Callable[[dict], bool]] = []
+    for req in _split_top(text):
+        m = _OP_RE.match(req)
+        if not m or m.group(2) not in ("=", "==", "!="):
+            raise _bad_request(f"invalid field selector requirement {req.strip()!r}")
+        path, op, value = m.groups()
+        if path not in _FIELDS:
+            raise _bad_request(f'field label not supported: "{path}" (the stand-in knows '
+                               f"metadata.name and metadata.namespace)")
+        key = _FIELDS[path]
+        if op == "!=":
+            tests.append(lambda meta, k=key, v=value: (meta.get(k) or "") != v)
+        else:
+            tests.append(lambda meta, k=key, v=value: (meta.get(k) or "") == v)
+    return lambda meta: all(t(meta) for t in tests)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """Which objects of a kind a list or a watch sees."""
+
+    namespace: Optional[str] = None
+    labels: Optional[Callable[[Dict[str, str]], bool]] = None
+    fields: Optional[Callable[[dict], bool]] = None
+
+    @classmethod
+    def from_query(cls, namespace: Optional[str], query: Dict[str, str]) -> "_Filter":
+        labels = query.get("labelSelector")
+        fields = query.get("fieldSelector")
+        return cls(namespace,
+                   parse_label_selector(labels) if labels else None,
+                   parse_field_selector(fields) if fields else None)
+
+    def matches(self, obj: dict) -> bool:
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        if self.labels is not None and not self.labels(meta.get("labels") or {}):
+            return False
+        if self.fields is not None and not self.fields(meta):
+            return False
+        return True
+
+
+# ---------------------------------------------------------------------------------------
+# Patches
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null removes, anything else
+    (lists included) replaces. Returns a new value; neither argument is changed."""
+    if not isinstance(patch, dict):
+        return _copy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class _PatchFailed(Exception):
+    """A JSON patch operation that cannot apply to the document (-> 422)."""
+
+
+def _pointer(path: Any) -> List[str]:
+    if not isinstance(path, str) or (path and not path.startswith("/")):
+        raise _PatchFailed(f"invalid JSON pointer {path!r}")
+    if path == "":
+        return []
+    return [tok.replace("~1", "/").replace("~0", "~") for tok in path[1:].split("/")]
+
+
+def _index(container: list, token: str, allow_end: bool) -> int:
+    if token == "-" and allow_end:
+        return len(container)
+    if not token.isdigit() or (len(token) > 1 and token.startswith("0")):
+        raise _PatchFailed(f"invalid array index {token!r}")
+    idx = int(token)
+    if idx > len(container) or (idx == len(container) and not allow_end):
+        raise _PatchFailed(f"array index {idx} out of range")
+    return idx
+
+
+def _walk(doc: Any, tokens: List[str]) -> Any:
+    node = doc
+    for tok in tokens:
+        if isinstance(node, dict):
+            if tok not in node:
+                raise _PatchFailed(f"path element {tok!r} not found")
+            node = node[tok]
+        elif isinstance(node, list):
+            node = node[_index(node, tok, allow_end=False)]
+        else:
+            raise _PatchFailed(f"path element {tok!r} is inside a scalar")
+    return node
+
+
+def _json_patch_add(doc: Any, tokens: List[str], value: Any) -> Any:
+    if not tokens:
+        return value
+    parent = _walk(doc, tokens[:-1])
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent.insert(_index(parent, last, allow_end=True), value)
+    else:
+        raise _PatchFailed(f"cannot add {last!r} to a scalar")
+    return doc
+
+
+def _json_patch_remove(doc: Any, tokens: List[str]) -> Tuple[Any, Any]:
+    if not tokens:
+        raise _PatchFailed("cannot remove the whole document")
+    parent = _walk(doc, tokens[:-1])
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise _PatchFailed(f"path element {last!r} not found")
+        return doc, parent.pop(last)
+    if isinstance(parent, list):
+        return doc, parent.pop(_index(parent, last, allow_end=False))
+    raise _PatchFailed(f"cannot remove {last!r} from a scalar")
+
+
+def json_patch(doc: Any, ops: Any) -> Any:
+    """RFC 6902 JSON patch (add, remove, replace, move, copy, test), applied to `doc` in
+    place and returned. A malformed patch is a 400; one that cannot apply (a missing path,
+    a failed test) raises _PatchFailed, a 422."""
+    if not isinstance(ops, list):
+        raise _bad_request("a JSON patch must be a list of operations")
+    for op in ops:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str) or "path" not in op:
+            raise _bad_request(f"malformed JSON patch operation {op!r}")
+        name, tokens = op["op"], _pointer(op["path"])
+        if name in ("add", "replace", "test") and "value" not in op:
+            raise _bad_request(f"JSON patch operation {name} at {op['path']!r} has no value")
+        if name == "add":
+            doc = _json_patch_add(doc, tokens, _copy(op["value"]))
+        elif name == "remove":
+            doc, _ = _json_patch_remove(doc, tokens)
+        elif name == "replace":
+            doc, _ = _json_patch_remove(doc, tokens) if tokens else (doc, None)
+            doc = _json_patch_add(doc, tokens, _copy(op["value"]))
+        elif name in ("move", "copy"):
+            source = _pointer(op.get("from"))
+            if name == "move":
+                doc, value = _json_patch_remove(doc, source)
+            else:
+                value = _copy(_walk(doc, source))
+            doc = _json_patch_add(doc, tokens, value)
+        elif name == "test":
+            if _walk(doc, tokens) != op["value"]:
+                raise _PatchFailed(f"test failed at {op['path']!r}")
+        else:
+            raise _bad_request(f"unknown JSON patch operation {name!r}")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------
+# The store
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A stored object and its JSON. Never changed once stored: readers share it freely."""
+
+    obj: dict
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class _Event:
+    rv: int
+    kind: Kind
+    type: str                   # ADDED, MODIFIED, DELETED
+    old: Optional[_Record]      # the state before (for label-filtered watches)
+    new: _Record
+
+
+_DROP = object()                # queue sentinel: end the stream abruptly
+
+
+class _Watcher:
+    """One open watch: its filter, its connection and a queue of encoded lines to send."""
+
+    def __init__(self, kind: Kind, flt: _Filter, bookmarks: bool, conn: socket.socket,
+                 after: int):
+        self.kind = kind
+        self.after = after      # events at or before this resourceVersion are not sent
+        self.filter = flt
+        self.bookmarks = bookmarks
+        self.conn = conn
+        self.queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.dropped = False
+
+    def line_for(self, ev: _Event) -> Optional[bytes]:
+        """The line this watcher sees for an event, or None. A filtered watch sees an
+        object entering its selection as ADDED and one leaving it as DELETED."""
+        new_in = self.filter.matches(ev.new.obj)
+        if ev.type == "MODIFIED":
+            old_in = ev.old is not None and self.filter.matches(ev.old.obj)
+            if old_in and new_in:
+                etype = "MODIFIED"
+            elif new_in:
+                etype = "ADDED"
+            elif old_in:
+                etype = "DELETED"
+            else:
+                return None
+        elif new_in:
+            etype = ev.type
+        else:
+            return None
+        return _event_line(etype, ev.new.raw)
+
+
+def _event_line(etype: str, raw: bytes) -> bytes:
+    return b'{"type":"' + etype.encode() + b'","object":' + raw + b"}\n"
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    code: int
+    kind: Optional[str]
+    verb: str
+
+
+@dataclass
+class _Snapshot:
+    """The records of a paged list, kept so every page comes from the same moment."""
+
+    rv: int
+    records: List[_Record]
+    kind: Kind
+
+
+class ApiStandIn:
+    """The stand-in server and its store. Start it (or use it as a context manager), point
+    a lightkube Client at ``url`` (``client()`` makes one), and inspect or change the store
+    directly with the administrator methods. Every method is thread-safe."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 10000,
+                 bookmark_interval: float = 1.0):
+        if history < 0:
+            raise StandInError(400, f"history must be >= 0, not {history}")
+        if bookmark_interval <= 0:
+            raise StandInError(400, f"bookmark_interval must be > 0, not {bookmark_interval}")
+        self.host = host
+        self.port = port
+        self.bookmark_interval = bookmark_interval
+        self._history_limit = history
+        self._lock = threading.RLock()
+        self._objects: Dict[Kind, Dict[Tuple[str, str], _Record]] = {k: {} for k in KINDS}
+        self._rv = 1
+        self._floor = 1                 # every event after this rv is still in _history
+        self._history: "collections.deque[_Event]" = collections.deque()
+        self._watchers: set = set()
+        self._faults: List[_Fault] = []
+        self._snapshots: "OrderedDict[int, _Snapshot]" = OrderedDict()
+        self._snapshot_ids = 0
+        self._generated = 0
+        self._down = False
+        self._stopping = False
+        self._by_api = {(k.api_version, k.kind): k for k in KINDS}
+        self._by_path = {(k.group, k.version, k.plural): k for k in KINDS}
+        self._by_name: Dict[str, List[Kind]] = {}
+        for k in KINDS:
+            self._by_name.setdefault(k.kind, []).append(k)
+        self.requests: collections.Counter = collections.Counter()
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+        self._clients: list = []
+        self.url = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "ApiStandIn":
+        """Bind and serve in a background thread; ``url`` is valid afterwards."""
+        if self._server is not None:
+            raise StandInError(400, f"the API stand-in at {self.url} is already started")
+        server = _Server((self.host, self.port), self)
+        self._server = server
+        host, port = server.server_address[:2]
+        self.port = port
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"api-standin-{port}", daemon=True)
+        self._thread.start()
+        with self._lock:
+            self._stopping = False
+        return self
+
+    def stop(self) -> None:
+        """Close the clients made by ``client()``, every connection and the listening
+        socket, and wait for the server's threads to end."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception:  # a client the test already broke: nothing left to release
+                pass
+        self._clients.clear()
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            self._stopping = True
+            for w in self._watchers:
+                w.dropped = True
+                w.queue.put(_DROP)
+        server.close_all(join=True)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> "ApiStandIn":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(self, **kwargs: Any):
+        """A new real lightkube Client for this server (closed by ``stop()``). Keyword
+        arguments go to ``lightkube.Client``; proxies from the environment are ignored.
+
+        The config names an empty user: lightkube 1.0.1 asserts that a user is present, so
+        ``KubeConfig.from_server(url)`` alone cannot make a Client."""
+        import lightkube
+        from lightkube.config.models import Cluster, User
+
+        if not self.url:
+            raise StandInError(400, "the API stand-in is not started: no URL to connect to")
+        kwargs.setdefault("trust_env", False)
+        config = lightkube.KubeConfig.from_one(cluster=Cluster(server=self.url), user=User())
+        client = lightkube.Client(config=config, **kwargs)
+        self._clients.append(client)
+        return client
+
+    # -- administrator access --------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def kind_of(self, kind: str, api_version: Optional[str] = None) -> Kind:
+        """The Kind named `kind` ("Service"; "Event" is the core one unless `api_version`
+        says "events.k8s.io/v1")."""
+        if api_version is not None:
+            found = self._by_api.get((api_version, kind))
+            if found is None:
+                raise StandInError(404, f"unknown kind {api_version}/{kind}: the stand-in "
+                                        f"serves {_kind_names()}")
+            return found
+        kinds = self._by_name.get(kind)
+        if not kinds:
+            raise StandInError(404, f"unknown kind {kind!r}: the stand-in serves {_kind_names()}")
+        return kinds[0]
+
+    def create(self, obj: dict) -> dict:
+        """Create `obj` (apiVersion, kind, metadata.name and, if namespaced, namespace or
+        "default"), status included. Returns the stored object."""
+        kind = self._kind_of_obj(obj)
+        body = _copy(obj)
+        ns = (body.get("metadata") or {}).get("namespace") if kind.namespaced else None
+        return json.loads(self._create(kind, ns or DEFAULT_NAMESPACE, body, keep_status=True).raw)
+
+    def get(self, kind: str, name: str, namespace: Optional[str] = None, *,
+            api_version: Optional[str] = None) -> Optional[dict]:
+        """A deep copy of the stored object, or None."""
+        k = self.kind_of(kind, api_version)
+        with self._lock:
+            rec = self._objects[k].get(self._key(k, namespace, name))
+        return json.loads(rec.raw) if rec is not None else None
+
+    def update(self, obj: dict) -> dict:
+        """Replace a stored object, status included; 409 if obj carries a stale
+        resourceVersion. Finalizer rules apply as over HTTP."""
+        kind = self._kind_of_obj(obj)
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            raise _bad_request(f"cannot update a {kind.kind} without metadata.name")
+        return json.loads(self._update(kind, meta.get("namespace"), name, _copy(obj),
+                                       part="all").raw)
+
+    def patch(self, kind: str, name: str, patch: dict, namespace: Optional[str] = None, *,
+              api_version: Optional[str] = None) -> dict:
+        """Apply a JSON merge patch to a stored object, status included."""
+        k = self.kind_of(kind, api_version)
+        if not isinstance(patch, dict):
+            raise _bad_request(f"a merge patch for {k.plural} {name!r} must be an object")
+        return json.loads(self._patch(k, namespace, name, lambda doc: merge_patch(doc, patch),
+                                      part="all").raw)
+
+    def delete(self, kind: str, name: str, namespace: Optional[str] = None, *,
+               api_version: Optional[str] = None) -> None:
+        """Delete an object, or only mark it (deletionTimestamp) while it has finalizers."""
+        k = self.kind_of(kind, api_version)
+        self._delete(k, namespace, name)
+
+    def list(self, kind: str, namespace: Optional[str] = None, *,
+             api_version: Optional[str] = None) -> List[dict]:
+        """Deep copies of the stored objects of a kind (of every apiVersion named so, when
+        none is given: ``list("Event")`` returns both Event kinds), in one namespace or all."""
+        if api_version is not None:
+            kinds = [self.kind_of(kind, api_version)]
+        else:
+            kinds = self._by_name.get(kind) or [self.kind_of(kind)]
+        with self._lock:
+            records = [rec for k in kinds for key, rec in sorted(self._objects[k].items())
+                       if namespace is None or key[0] == namespace]
+        return [json.loads(rec.raw) for rec in records]
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def drop_watches(self) -> int:
+        """Abruptly close every open watch connection (no end of stream: the client sees a
+        broken transfer). Returns how many were closed."""
+        with self._lock:
+            watchers = [w for w in self._watchers if not w.dropped]
+            for w in watchers:
+                w.dropped = True
+                _shutdown(w.conn)
+                w.queue.put(_DROP)
+        return len(watchers)
+
+    def compact(self) -> None:
+        """Forget the event history and every paging snapshot: a watch resumed from any
+        older resourceVersion gets 410 Expired, as after an etcd compaction."""
+        with self._lock:
+            self._history.clear()
+            self._floor = self._rv
+            self._snapshots.clear()
+
+    def set_down(self, down: bool) -> None:
+        """While down, every connection is closed as soon as it is accepted and every open
+        connection (watches included) is cut: clients see connection errors."""
+        server = self._server
+        with self._lock:
+            self._down = bool(down)
+            if down:
+                for w in self._watchers:
+                    w.dropped = True
+                    w.queue.put(_DROP)
+        if down and server is not None:
+            server.close_all(join=False)
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def fail_next(self, n: int, code: int = 409, kind: Optional[str] = None,
+                  verb: str = "update") -> None:
+        """Answer the next `n` HTTP writes matching `verb` (create, update, patch, delete or
+        "any") and `kind` (a Kind name, or None for every kind) with a Status of `code`,
+        without performing them. Direct administrator writes are never failed."""
+        if verb != "any" and verb not in WRITE_VERBS:
+            raise StandInError(400, f"fail_next: verb must be one of {', '.join(WRITE_VERBS)} "
+                                    f"or 'any', not {verb!r}")
+        if kind is not None:
+            self.kind_of(kind)
+        if n < 0 or not 400 <= code <= 599:
+            raise StandInError(400, f"fail_next: need n >= 0 and an error code, not n={n} code={code}")
+        with self._lock:
+            self._faults.append(_Fault(n, code, kind, verb))
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
+        """Poll `predicate` until it is true or `timeout` seconds pass; its last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            if time.monotonic() >= deadline:
+                return bool(predicate())
+            time.sleep(0.01)
+
+    # -- internals: the store ----------------------------------------------------------------
+
+    def _kind_of_obj(self, obj: dict) -> Kind:
+        if not isinstance(obj, dict) or not obj.get("kind"):
+            raise _bad_request(f"an object needs kind and apiVersion: {str(obj)[:80]}")
+        return self.kind_of(obj["kind"], obj.get("apiVersion"))
+
+    @staticmethod
+    def _key(kind: Kind, namespace: Optional[str], name: str) -> Tuple[str, str]:
+        return ((namespace or DEFAULT_NAMESPACE) if kind.namespaced else "", name)
+
+    def _commit(self, kind: Kind, etype: str, old: Optional[_Record], obj: dict) -> _Record:
+        """Stamp a new resourceVersion on `obj`, store it (or remove it: DELETED), record the
+        event and hand it to every watcher of the kind. Caller holds the lock."""
+        self._rv += 1
+        meta = obj["metadata"]
+        meta["resourceVersion"] = str(self._rv)
+        rec = _Record(obj, _dumps(obj))
+        key = (meta.get("namespace", ""), meta["name"])
+        if etype == "DELETED":
+            self._objects[kind].pop(key, None)
+        else:
+            self._objects[kind][key] = rec
+        ev = _Event(self._rv, kind, etype, old, rec)
+        self._history.append(ev)
+        while len(self._history) > self._history_limit:
+            self._floor = self._history.popleft().rv
+        for w in self._watchers:
+            if w.kind is kind and not w.dropped and ev.rv > w.after:
+                line = w.line_for(ev)
+                if line is not None:
+                    w.queue.put(line)
+        return rec
+
+    def _create(self, kind: Kind, namespace: Optional[str], obj: dict, keep_status: bool) -> _Record:
+        if not isinstance(obj, dict):
+            raise _bad_request(f"the body of a {kind.kind} create must be a JSON object")
+        self._check_type(kind, obj)
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = obj["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise _bad_request(f"{kind.kind}: metadata must be an object")
+        if kind.namespaced:
+            if meta.get("namespace") and meta["namespace"] != namespace:
+                raise _bad_request(f"the namespace of the provided object ({meta['namespace']}) "
+                                   f"does not match the namespace sent on the request ({namespace})")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        with self._lock:
+            if not meta.get("name") and meta.get("generateName"):
+                self._generated += 1
+                meta["name"] = f"{meta['generateName']}{_suffix(self._generated)}"
+            name = meta.get("name")
+            if not name or not isinstance(name, str):
+                raise _invalid(kind, "", "metadata.name: Required value: name or generateName "
+                                         "is required")
+            if meta.get("resourceVersion"):
+                raise StandInError(500, f'{kind.plural} "{name}": resourceVersion should not be '
+                                        f"set on objects to be created", kind=kind, name=name)
+            if self._key(kind, namespace, name) in self._objects[kind]:
+                raise StandInError(409, f'{kind.plural} "{name}" already exists',
+                                   reason="AlreadyExists", kind=kind, name=name)
+            obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            meta["generation"] = 1
+            meta.pop("deletionTimestamp", None)
+            meta.pop("deletionGracePeriodSeconds", None)
+            if kind.status and not keep_status:
+                obj.pop("status", None)
+            return self._commit(kind, "ADDED", None, obj)
+
+    def _check_type(self, kind: Kind, obj: dict) -> None:
+        if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (None, kind.api_version):
+            raise _bad_request(f"the object's type {obj.get('apiVersion')}/{obj.get('kind')} does "
+                               f"not match the request's {kind.api_version}/{kind.kind}")
+
+    def _update(self, kind: Kind, namespace: Optional[str], name: str, obj: dict, part: str) -> _Record:
+        """PUT: `part` is "main" (status kept), "status" (only status taken) or "all"."""
+        if not isinstance(obj, dict):
+            raise _bad_request(f"the body of a {kind.kind} update must be a JSON object")
+        self._check_type(kind, obj)
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise _bad_request(f"{kind.kind} {name}: metadata must be an object")
+        if meta.get("name") not in (None, name):
+            raise _bad_request(f"the name of the object ({meta['name']}) does not match the name "
+                               f"on the URL ({name})")
+        if kind.namespaced and meta.get("namespace") not in (None, "", namespace or DEFAULT_NAMESPACE):
+            raise _bad_request(f"the namespace of the object ({meta['namespace']}) does not match "
+                               f"the namespace on the URL ({namespace or DEFAULT_NAMESPACE})")
+        with self._lock:
+            old = self._objects[kind].get(self._key(kind, namespace, name))
+            if old is None:
+                raise _not_found(kind, name)
+            given = meta.get("resourceVersion")
+            if given and given != old.obj["metadata"]["resourceVersion"]:
+                raise _conflict(kind, name)
+            return self._replace(kind, old, obj, part)
+
+    def _patch(self, kind: Kind, namespace: Optional[str], name: str,
+               apply: Callable[[dict], Any], part: str) -> _Record:
+        """PATCH: `apply` turns a fresh copy of the stored object into the patched one."""
+        with self._lock:
+            old = self._objects[kind].get(self._key(kind, namespace, name))
+            if old is None:
+                raise _not_found(kind, name)
+            try:
+                new = apply(json.loads(old.raw))
+            except _PatchFailed as exc:
+                raise _invalid(kind, name, f"the patch cannot be applied: {exc}") from None
+            if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
+                raise _invalid(kind, name, "the patched object is not an object with metadata")
+            given = new["metadata"].get("resourceVersion")
+            if given and given != old.obj["metadata"]["resourceVersion"]:
+                raise _conflict(kind, name)
+            return self._replace(kind, old, new, part)
+
+    def _replace(self, kind: Kind, old: _Record, new: dict, part: str) -> _Record:
+        """Write `new` over `old`, keeping what the server owns. Caller holds the lock."""
+        old_obj, old_meta = old.obj, old.obj["metadata"]
+        if part == "status":
+            result = json.loads(old.raw)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+        else:
+            result = new
+            if part == "main" and kind.status:
+                if "status" in old_obj:
+                    result["status"] = _copy(old_obj["status"])
+                else:
+                    result.pop("status", None)
+        meta = result.get("metadata")
+        if not isinstance(meta, dict):
+            meta = result["metadata"] = {}
+        for key in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
+                    "deletionGracePeriodSeconds", "generation"):
+            if key in old_meta:
+                meta[key] = old_meta[key]
+            else:
+                meta.pop(key, None)
+        result["apiVersion"], result["kind"] = kind.api_version, kind.kind
+        if _spec_of(result) != _spec_of(old_obj):
+            meta["generation"] = int(old_meta.get("generation") or 0) + 1
+        deleting = "deletionTimestamp" in old_meta
+        if deleting:
+            added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
+            if added:
+                raise _invalid(kind, meta["name"], "metadata.finalizers: Forbidden: no new "
+                               f"finalizers can be added if the object is being deleted, found "
+                               f"new finalizers {sorted(added)}")
+        meta["resourceVersion"] = old_meta["resourceVersion"]
+        if result == old_obj:
+            return old      # nothing changed: not a write, no event
+        if deleting and not meta.get("finalizers"):
+            meta.pop("finalizers", None)
+            return self._commit(kind, "DELETED", old, result)
+        return self._commit(kind, "MODIFIED", old, result)
+
+    def _delete(self, kind: Kind, namespace: Optional[str], name: str) -> _Record:
+        with self._lock:
+            old = self._objects[kind].get(self._key(kind, namespace, name))
+            if old is None:
+                raise _not_found(kind, name)
+            meta = old.obj["metadata"]
+            if "deletionTimestamp" in meta:
+                return old  # already being deleted: waiting for its finalizers
+            obj = json.loads(old.raw)
+            if meta.get("finalizers"):
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["deletionGracePeriodSeconds"] = 0
+                return self._commit(kind, "MODIFIED", old, obj)
+            return self._commit(kind, "DELETED", old, obj)
+
+    def _select(self, kind: Kind, flt: _Filter) -> List[_Record]:
+        """Matching records in key order (namespace, name), as etcd lists them. Caller holds
+        the lock."""
+        store = self._objects[kind]
+        return [store[key] for key in sorted(store) if flt.matches(store[key].obj)]
+
+    def _list_page(self, kind: Kind, flt: _Filter, query: Dict[str, str]) -> bytes:
+        limit = _int_param(query, "limit", 0)
+        token = query.get("continue")
+        with self._lock:
+            if token:
+                snap_id, offset = _parse_continue(token)
+                snap = self._snapshots.get(snap_id)
+                if snap is None or snap.kind is not kind:
+                    raise StandInError(410, "the provided continue parameter is too old to display "
+                                            "a consistent list result: start a new list",
+                                       reason="Expired", kind=kind)
+                rv, records = snap.rv, snap.records
+            else:
+                snap_id, offset = None, 0
+                rv, records = self._rv, self._select(kind, flt)
+            end = len(records) if limit <= 0 else min(offset + limit, len(records))
+            meta: Dict[str, Any] = {"resourceVersion": str(rv)}
+            if end < len(records):
+                if snap_id is None:
+                    self._snapshot_ids += 1
+                    snap_id = self._snapshot_ids
+                    self._snapshots[snap_id] = _Snapshot(rv, records, kind)
+                    while len(self._snapshots) > 32:
+                        self._snapshots.popitem(last=False)
+                meta["continue"] = _make_continue(snap_id, end)
+                meta["remainingItemCount"] = len(records) - end
+            elif snap_id is not None:
+                self._snapshots.pop(snap_id, None)
+            page = records[offset:end]
+        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta})
+        return head[:-1] + b',"items":[' + b",".join(r.raw for r in page) + b"]}"
+
+    def _open_watch(self, kind: Kind, flt: _Filter, query: Dict[str, str],
+                    conn: socket.socket) -> Tuple[Optional[_Watcher], List[bytes]]:
+        """Register a watcher and return it with the lines it must send first; (None,
+        [ERROR line]) when the resourceVersion is older than the kept history."""
+        since = query.get("resourceVersion") or "0"
+        try:
+            since_rv = int(since)
+        except ValueError:
+            raise _bad_request(f"resourceVersion {since!r} is not a number") from None
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        with self._lock:
+            w = _Watcher(kind, flt, bookmarks, conn, after=max(since_rv, self._rv))
+            if since_rv == 0:
+                backlog = [_event_line("ADDED", rec.raw) for rec in self._select(kind, flt)]
+            elif since_rv < self._floor:
+                err = StandInError(410, f"too old resource version: {since_rv} ({self._floor})",
+                                   reason="Expired")
+                return None, [_event_line("ERROR", _dumps(err.status()))]
+            else:
+                events = []
+                for ev in reversed(self._history):
+                    if ev.rv <= since_rv:
+                        break
+                    if ev.kind is kind:
+                        events.append(ev)
+                backlog = [line for line in (w.line_for(ev) for ev in reversed(events)) if line]
+            if self._down or self._stopping:
+                w.dropped = True
+                w.queue.put(_DROP)
+            self._watchers.add(w)
+        return w, backlog
+
+    def _close_watch(self, w: _Watcher) -> None:
+        with self._lock:
+            self._watchers.discard(w)
+
+    def _bookmark(self, w: _Watcher) -> Optional[bytes]:
+        """A BOOKMARK line at the current resourceVersion, or None while events for this
+        watcher are still queued (a bookmark must never pass an event it would cover)."""
+        with self._lock:
+            if not w.queue.empty():
+                return None
+            obj: Dict[str, Any] = {"kind": w.kind.kind, "apiVersion": w.kind.api_version,
+                                   "metadata": {"resourceVersion": str(self._rv)}}
+            for key, value in w.kind.zero_fields:
+                obj[key] = _copy(value)
+        return _event_line("BOOKMARK", _dumps(obj))
+
+    def _take_fault(self, verb: str, kind: Kind) -> Optional[int]:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and fault.verb in ("any", verb) \
+                        and fault.kind in (None, kind.kind):
+                    fault.remaining -= 1
+                    code = fault.code
+                    self._faults = [f for f in self._faults if f.remaining > 0]
+                    return code
+        return None
+
+    def _count(self, verb: str, kind: Kind) -> None:
+        with self._lock:
+            self.requests[(verb, kind.kind)] += 1
+
+    def _route(self, path: str) -> Tuple[Kind, Optional[str], Optional[str], Optional[str]]:
+        """(kind, namespace, name, subresource) for an API path; 404 for anything else."""
+        parts = [unquote(p) for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise StandInError(404, "the server could not find the requested resource")
+        namespace = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        kind = self._by_path.get((group, version, rest[0])) if 1 <= len(rest) <= 3 else None
+        if kind is None:
+            raise StandInError(404, "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if (namespace is not None and not kind.namespaced) \
+                or (kind.namespaced and namespace is None and name is not None) \
+                or (sub is not None and (sub != "status" or not kind.status)):
+            raise StandInError(404, "the server could not find the requested resource")
+        return kind, namespace, name, sub
+
+
+def _kind_names() -> str:
+    return ", ".join(sorted({f"{k.kind} ({k.api_version})" for k in KINDS}))
+
+
+def _spec_of(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+def _suffix(n: int) -> str:
+    """A five-character name suffix for generateName (deterministic, unlike the server's)."""
+    digits = "bcdfghjklmnpqrstvwxz2456789"
+    out = ""
+    for _ in range(5):
+        n, r = divmod(n, len(digits))
+        out = digits[r] + out
+    return out
+
+
+def _int_param(query: Dict[str, str], name: str, default: int) -> int:
+    value = query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise _bad_request(f"{name}={value!r} is not an integer") from None
+
+
+def _make_continue(snap_id: int, offset: int) -> str:
+    return base64.urlsafe_b64encode(_dumps({"s": snap_id, "o": offset})).decode()
+
+
+def _parse_continue(token: str) -> Tuple[int, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["s"]), int(data["o"])
+    except (ValueError, KeyError, TypeError):
+        raise _bad_request(f"continue token {token[:40]!r} is not one this server gave") from None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:     # already closed by the peer or by us
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its connections, so they can be cut (faults, stop)."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: Tuple[str, int], standin: ApiStandIn):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.standin = standin
+        self._conns: Dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        with self._conns_lock:
+            if self.standin.down:
+                _shutdown(request)
+                request.close()
+                return
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t = threading.Thread(target=self._serve, args=(request, client_address), daemon=True,
+                                 name="api-standin-conn")
+            self._conns[request] = t
+        t.start()
+
+    def _serve(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except OSError:     # the client went away, or a fault cut the connection
+            pass
+        except Exception:
+            log.exception("API stand-in: connection from %s failed", client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._conns_lock:
+                self._conns.pop(request, None)
+
+    def close_all(self, join: bool) -> None:
+        """Cut every open connection; with `join`, wait for their threads to end."""
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for sock, _ in conns:
+            _shutdown(sock)
+        if join:
+            for _, t in conns:
+                t.join(timeout=5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests: routes them to the store and writes the answers."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+        log.debug("API stand-in: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        si = self.server.standin
+        if si.down:
+            self.close_connection = True    # no answer at all: a dead server
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            if url.path in ("/healthz", "/readyz", "/livez"):
+                self._send(200, b"ok", "text/plain")
+                return
+            if url.path == "/version":
+                self._send_json(200, _dumps({"major": "1", "minor": "33",
+                                             "gitVersion": "v1.33.0-pyxlb-standin"}))
+                return
+            kind, namespace, name, sub = si._route(url.path)
+            verb = _verb(method, name, sub, query)
+            if verb is None or (verb == "create" and kind.namespaced and namespace is None):
+                raise StandInError(405, f"the server does not allow this method on the "
+                                        f"requested resource ({method} {url.path})")
+            si._count(verb, kind)
+            if "dryRun" in query:
+                raise _bad_request("dryRun is not supported by the API stand-in")
+            if verb in WRITE_VERBS:
+                code = si._take_fault(verb, kind)
+                if code is not None:
+                    raise StandInError(code, f"injected fault: {verb} {kind.plural}"
+                                             f"{' ' + name if name else ''} answers {code}",
+                                       kind=kind, name=name)
+            if verb == "watch":
+                self._watch(kind, _Filter.from_query(namespace, query), query)
+                return
+            if verb == "list":
+                self._send_json(200, si._list_page(kind, _Filter.from_query(namespace, query), query))
+                return
+            if verb == "get":
+                with si._lock:
+                    rec = si._objects[kind].get(si._key(kind, namespace, name))  # type: ignore[arg-type]
+                if rec is None:
+                    raise _not_found(kind, name)  # type: ignore[arg-type]
+                self._send_json(200, rec.raw)
+                return
+            if verb == "delete":
+                self._send_json(200, si._delete(kind, namespace, name).raw)  # type: ignore[arg-type]
+                return
+            doc = _parse_body(body)
+            part = "status" if sub == "status" else "main"
+            if verb == "create":
+                rec = si._create(kind, namespace, doc, keep_status=kind.create_keeps_status or not kind.status)
+                self._send_json(201, rec.raw)
+            elif verb == "update":
+                self._send_json(200, si._update(kind, namespace, name, doc, part).raw)  # type: ignore[arg-type]
+            else:
+                self._send_json(200, si._patch(kind, namespace, name,  # type: ignore[arg-type]
+                                               _patcher(self.headers.get("Content-Type"), doc),
+                                               part).raw)
+        except StandInError as exc:
+            self._send_json(exc.code, _dumps(exc.status()))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:
+            log.exception("API stand-in: %s %s failed", method, self.path)
+            err = StandInError(500, f"API stand-in internal error: {type(exc).__name__}: {exc}")
+            self._send_json(500, _dumps(err.status()))
+
+    def _send(self, code: int, raw: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _send_json(self, code: int, raw: bytes) -> None:
+        # exactly "application/json": lightkube turns an error into ApiError only then
+        self._send(code, raw, "application/json")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _watch(self, kind: Kind, flt: _Filter, query: Dict[str, str]) -> None:
+        """Stream a watch: the backlog, then live events, bookmarks when asked, until the
+        timeout (clean end), a fault (abrupt end) or the client leaves."""
+        si = self.server.standin
+        timeout = _int_param(query, "timeoutSeconds", 0)
+        w, backlog = si._open_watch(kind, flt, query, self.connection)
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if w is None:   # expired: one ERROR event, then a clean end, as the real server does
+                self._chunk(b"".join(backlog))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self._stream(si, w, backlog, timeout)
+        except OSError:     # the client left, or a fault cut the socket under us
+            pass
+        finally:
+            if w is not None:
+                si._close_watch(w)
+
+    def _stream(self, si: ApiStandIn, w: _Watcher, backlog: List[bytes], timeout: int) -> None:
+        for start in range(0, len(backlog), 256):
+            self._chunk(b"".join(backlog[start:start + 256]))
+        now = time.monotonic()
+        deadline = now + timeout if timeout > 0 else None
+        next_bookmark = now + si.bookmark_interval if w.bookmarks else None
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if next_bookmark is not None and now >= next_bookmark:
+                line = si._bookmark(w)
+                if line is not None:
+                    self._chunk(line)
+                    next_bookmark = now + si.bookmark_interval
+            waits = [t - now for t in (deadline, next_bookmark) if t is not None]
+            try:
+                item = w.queue.get(timeout=max(0.0, min(waits)) if waits else None)
+            except queue.Empty:
+                continue
+            batch: List[bytes] = []
+            size = 0
+            while item is not _DROP:
+                batch.append(item)
+                size += len(item)
+                if size >= 1 << 18:
+                    break
+                try:
+                    item = w.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._chunk(b"".join(batch))
+            if item is _DROP:
+                _shutdown(self.connection)
+                return
+
+
+def _verb(method: str, name: Optional[str], sub: Optional[str], query: Dict[str, str]) -> Optional[str]:
+    if name is None:
+        if method == "GET":
+            return "watch" if query.get("watch") in ("true", "1") else "list"
+        return "create" if method == "POST" else None
+    verbs = {"GET": "get", "PUT": "update", "PATCH": "patch"}
+    if sub is None:
+        verbs["DELETE"] = "delete"
+    return verbs.get(method)
+
+
+def _parse_body(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError as exc:
+        raise _bad_request(f"the request body is not JSON: {exc}") from None
+
+
+def _patcher(content_type: Optional[str], patch: Any) -> Callable[[dict], Any]:
+    ctype = (content_type or "").split(";")[0].strip()
+    if ctype in (MERGE_PATCH, STRATEGIC_PATCH):
+        if not isinstance(patch, dict):
+            raise _bad_request("a merge patch must be a JSON object")
+        return lambda doc: merge_patch(doc, patch)
+    if ctype == JSON_PATCH:
+        if not isinstance(patch, list):
+            raise _bad_request("a JSON patch must be a list of operations")
+        return lambda doc: json_patch(doc, patch)
+    raise StandInError(415, f"the API stand-in does not support patch type {ctype!r} (it takes "
+                            f"{MERGE_PATCH}, {STRATEGIC_PATCH} as a merge patch, and {JSON_PATCH})")
