@@ -15,8 +15,8 @@ What it implements, as the real API server does:
   (JSON merge patch; JSON patch with add/remove/replace/move/copy/test), delete. An update or
   patch that changes nothing is not a write: no new resourceVersion, no event.
 - The status subresource: writes to the main resource keep the stored status, writes to
-  ``/status`` change only the status. Creating a Service or a custom resource drops the
-  status it was given; creating a Node keeps it.
+  ``/status`` change only the status. A Service or custom resource created over HTTP loses
+  the status it was given, a Node keeps it (the administrator's ``create`` keeps it always).
 - Finalizers: deleting an object that has some only sets deletionTimestamp; the update that
   removes the last one deletes it; adding a finalizer to an object being deleted is refused.
 - list with labelSelector (``=``, ``==``, ``!=``, ``in``, ``notin``, ``key``, ``!key``,
@@ -58,7 +58,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import PyxlbError
@@ -731,7 +731,8 @@ class ApiStandIn:
         if kind is not None:
             self.kind_of(kind)
         if n < 0 or not 400 <= code <= 599:
-            raise StandInError(400, f"fail_next: need n >= 0 and an error code, not n={n} code={code}")
+            raise StandInError(400, f"fail_next: need n >= 0 and an error code, "
+                                    f"not n={n} code={code}")
         with self._lock:
             self._faults.append(_Fault(n, code, kind, verb))
 
@@ -779,7 +780,8 @@ class ApiStandIn:
                     w.queue.put(line)
         return rec
 
-    def _create(self, kind: Kind, namespace: Optional[str], obj: dict, keep_status: bool) -> _Record:
+    def _create(self, kind: Kind, namespace: Optional[str], obj: Any,
+                keep_status: bool) -> _Record:
         if not isinstance(obj, dict):
             raise _bad_request(f"the body of a {kind.kind} create must be a JSON object")
         self._check_type(kind, obj)
@@ -790,8 +792,9 @@ class ApiStandIn:
             raise _bad_request(f"{kind.kind}: metadata must be an object")
         if kind.namespaced:
             if meta.get("namespace") and meta["namespace"] != namespace:
-                raise _bad_request(f"the namespace of the provided object ({meta['namespace']}) "
-                                   f"does not match the namespace sent on the request ({namespace})")
+                raise _bad_request(f"the namespace of the provided object "
+                                   f"({meta['namespace']}) does not match the namespace sent "
+                                   f"on the request ({namespace})")
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
@@ -820,11 +823,13 @@ class ApiStandIn:
             return self._commit(kind, "ADDED", None, obj)
 
     def _check_type(self, kind: Kind, obj: dict) -> None:
-        if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (None, kind.api_version):
+        if obj.get("kind") not in (None, kind.kind) \
+                or obj.get("apiVersion") not in (None, kind.api_version):
             raise _bad_request(f"the object's type {obj.get('apiVersion')}/{obj.get('kind')} does "
                                f"not match the request's {kind.api_version}/{kind.kind}")
 
-    def _update(self, kind: Kind, namespace: Optional[str], name: str, obj: dict, part: str) -> _Record:
+    def _update(self, kind: Kind, namespace: Optional[str], name: str, obj: Any,
+                part: str) -> _Record:
         """PUT: `part` is "main" (status kept), "status" (only status taken) or "all"."""
         if not isinstance(obj, dict):
             raise _bad_request(f"the body of a {kind.kind} update must be a JSON object")
@@ -835,9 +840,10 @@ class ApiStandIn:
         if meta.get("name") not in (None, name):
             raise _bad_request(f"the name of the object ({meta['name']}) does not match the name "
                                f"on the URL ({name})")
-        if kind.namespaced and meta.get("namespace") not in (None, "", namespace or DEFAULT_NAMESPACE):
+        url_ns = namespace or DEFAULT_NAMESPACE
+        if kind.namespaced and meta.get("namespace") not in (None, "", url_ns):
             raise _bad_request(f"the namespace of the object ({meta['namespace']}) does not match "
-                               f"the namespace on the URL ({namespace or DEFAULT_NAMESPACE})")
+                               f"the namespace on the URL ({url_ns})")
         with self._lock:
             old = self._objects[kind].get(self._key(kind, namespace, name))
             if old is None:
@@ -958,7 +964,8 @@ class ApiStandIn:
             elif snap_id is not None:
                 self._snapshots.pop(snap_id, None)
             page = records[offset:end]
-        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": meta})
+        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                       "metadata": meta})
         return head[:-1] + b',"items":[' + b",".join(r.raw for r in page) + b"]}"
 
     def _open_watch(self, kind: Kind, flt: _Filter, query: Dict[str, str],
@@ -1008,6 +1015,31 @@ class ApiStandIn:
             for key, value in w.kind.zero_fields:
                 obj[key] = _copy(value)
         return _event_line("BOOKMARK", _dumps(obj))
+
+    def _answer(self, verb: str, kind: Kind, namespace: Optional[str], name: Optional[str],
+                sub: Optional[str], query: Dict[str, str], body: bytes,
+                content_type: Optional[str]) -> Tuple[int, bytes]:
+        """The HTTP code and JSON body for every request but a watch."""
+        if verb == "list":
+            return 200, self._list_page(kind, _Filter.from_query(namespace, query), query)
+        if verb == "create":
+            keep = kind.create_keeps_status or not kind.status
+            return 201, self._create(kind, namespace, _parse_body(body), keep_status=keep).raw
+        if name is None:
+            raise StandInError(405, f"{verb} needs an object name")
+        if verb == "get":
+            with self._lock:
+                rec = self._objects[kind].get(self._key(kind, namespace, name))
+            if rec is None:
+                raise _not_found(kind, name)
+            return 200, rec.raw
+        if verb == "delete":
+            return 200, self._delete(kind, namespace, name).raw
+        part = "status" if sub == "status" else "main"
+        if verb == "update":
+            return 200, self._update(kind, namespace, name, _parse_body(body), part).raw
+        patcher = _patcher(content_type, _parse_body(body))
+        return 200, self._patch(kind, namespace, name, patcher, part).raw
 
     def _take_fault(self, verb: str, kind: Kind) -> Optional[int]:
         with self._lock:
@@ -1206,30 +1238,9 @@ class _Handler(BaseHTTPRequestHandler):
             if verb == "watch":
                 self._watch(kind, _Filter.from_query(namespace, query), query)
                 return
-            if verb == "list":
-                self._send_json(200, si._list_page(kind, _Filter.from_query(namespace, query), query))
-                return
-            if verb == "get":
-                with si._lock:
-                    rec = si._objects[kind].get(si._key(kind, namespace, name))  # type: ignore[arg-type]
-                if rec is None:
-                    raise _not_found(kind, name)  # type: ignore[arg-type]
-                self._send_json(200, rec.raw)
-                return
-            if verb == "delete":
-                self._send_json(200, si._delete(kind, namespace, name).raw)  # type: ignore[arg-type]
-                return
-            doc = _parse_body(body)
-            part = "status" if sub == "status" else "main"
-            if verb == "create":
-                rec = si._create(kind, namespace, doc, keep_status=kind.create_keeps_status or not kind.status)
-                self._send_json(201, rec.raw)
-            elif verb == "update":
-                self._send_json(200, si._update(kind, namespace, name, doc, part).raw)  # type: ignore[arg-type]
-            else:
-                self._send_json(200, si._patch(kind, namespace, name,  # type: ignore[arg-type]
-                                               _patcher(self.headers.get("Content-Type"), doc),
-                                               part).raw)
+            code, raw = si._answer(verb, kind, namespace, name, sub, query, body,
+                                   self.headers.get("Content-Type"))
+            self._send_json(code, raw)
         except StandInError as exc:
             self._send_json(exc.code, _dumps(exc.status()))
         except (BrokenPipeError, ConnectionResetError):
@@ -1316,7 +1327,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
 
-def _verb(method: str, name: Optional[str], sub: Optional[str], query: Dict[str, str]) -> Optional[str]:
+def _verb(method: str, name: Optional[str], sub: Optional[str],
+          query: Dict[str, str]) -> Optional[str]:
     if name is None:
         if method == "GET":
             return "watch" if query.get("watch") in ("true", "1") else "list"
