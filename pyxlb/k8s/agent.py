@@ -1,0 +1,299 @@
+"""The node agent: Kubernetes objects in, this node's datapath out.
+
+Every node runs one. It keeps informers on Services, EndpointSlices and Nodes; each change
+marks the Services it touches dirty; a reconcile loop, debounced so a burst of changes
+costs one apply, recomputes the VIPs of the dirty Services (translation is a pure function,
+cached per Service), combines them into one `DesiredState` and hands it to
+`Datapath.apply`, which writes only the difference.
+
+Fail static: until every informer has listed once, nothing is applied (a restarted agent
+with the API down keeps forwarding from the pinned maps); when the API goes away later, the
+informers keep their caches and retry, and the datapath stays as it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from ..datapath import Datapath
+from ..errors import PyxlbError
+from . import translate as tr
+from .health import Prober
+from .informer import Informer
+from .kube import EndpointSlice, Node, Service
+
+log = logging.getLogger("pyxlb.k8s")
+
+
+@dataclass
+class AgentSettings:
+    """Everything `pyxlb agent` can be told (see its --help for each)."""
+
+    node_name: str
+    lb_class: str = "pyxlb.io/lb"
+    default_class: bool = False
+    ring_size: int = 65537
+    debounce: float = 0.02           # seconds to gather a burst of changes into one apply
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    health_rise: int = 2
+    health_fall: int = 3
+    watch_timeout: int = 60
+
+    def translate_settings(self) -> "tr.Settings":
+        return tr.Settings(node_name=self.node_name, lb_class=self.lb_class,
+                           default_class=self.default_class, ring_size=self.ring_size)
+
+
+def _node_view(node: Optional[dict]):
+    """The part of a Node that translation reads: heartbeats change the object every few
+    seconds, and must not cost a recomputation of every Service."""
+    if node is None:
+        return None
+    meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
+    ready = next((c.get("status") for c in status.get("conditions") or ()
+                  if c.get("type") == "Ready"), None)
+    addrs = tuple(sorted((a.get("type"), a.get("address")) for a in status.get("addresses") or ()))
+    labels = tuple(sorted((meta.get("labels") or {}).items()))
+    return (ready, bool(spec.get("unschedulable")), addrs, labels,
+            bool(meta.get("deletionTimestamp")))
+
+
+@dataclass
+class AgentStatus:
+    synced: bool = False              # every informer listed once
+    applied: int = 0                  # applies that wrote something
+    reconciles: int = 0
+    last_error: Optional[str] = None
+    last_reconcile: float = 0.0       # time.monotonic() of the last completed reconcile
+    problems: Tuple = ()
+
+
+class Agent:
+    """Informers + debounced reconcile into one Datapath. `connect()` returns a new
+    lightkube Client (each informer gets its own: a watch holds its connection)."""
+
+    def __init__(self, settings: AgentSettings, datapath: Datapath,
+                 connect: Callable[[], object], *, metrics=None,
+                 on_service_change: Optional[Callable[[str, Optional[dict], Optional[dict]], None]] = None,
+                 prober: Optional[Prober] = None):
+        self.settings = settings
+        self.tsettings = settings.translate_settings()
+        self.dp = datapath
+        self.metrics = metrics
+        self.status = AgentStatus()
+        self.on_service_change = on_service_change
+        self.on_problems: Optional[Callable[[Tuple], None]] = None   # the leader posts Events
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._dirty: Set[str] = set()
+        self._all_dirty = True
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._results: Dict[str, tr.ServiceResult] = {}
+        self._slices: Dict[str, Dict[str, dict]] = {}      # service -> {slice key: slice}
+        self._nodes_changed = True
+        self._node_index: Optional[tr.NodeIndex] = None
+        self._health_targets: Dict[str, Dict[str, Tuple[str, int]]] = {}
+        self._local_addrs: Set[str] = set()
+        self.prober = prober if prober is not None else Prober(
+            self._on_health_flip, interval=settings.health_interval,
+            timeout=settings.health_timeout, rise=settings.health_rise,
+            fall=settings.health_fall)
+        if prober is not None:
+            prober.on_flip = self._on_health_flip
+        kw = dict(watch_timeout=settings.watch_timeout, metrics=metrics)
+        self.services = Informer(connect, Service, self._on_change, **kw)
+        self.slices = Informer(connect, EndpointSlice, self._on_change, **kw)
+        self.nodes = Informer(connect, Node, self._on_change, **kw)
+        self.informers: List[Informer] = [self.services, self.slices, self.nodes]
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> "Agent":
+        for inf in self.informers:
+            inf.start()
+        self.prober.start()
+        self._thread = threading.Thread(target=self._run, name="agent-reconcile", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for inf in self.informers:
+            inf.stop()
+        self.prober.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    @property
+    def ready(self) -> bool:
+        """Listed everything once and applied the result: the readiness probe."""
+        return self.status.synced and self.status.reconciles > 0
+
+    @property
+    def api_up(self) -> bool:
+        return all(inf.connected for inf in self.informers)
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.ready:
+                return True
+            time.sleep(0.01)
+        return self.ready
+
+    # -- change intake (informer threads) -----------------------------------------------------
+
+    def _on_change(self, kind: str, key: str, old: Optional[dict], new: Optional[dict]) -> None:
+        with self._cond:
+            if kind == "Service":
+                self._dirty.add(key)
+            elif kind == "EndpointSlice":
+                for obj in (old, new):
+                    if obj is None:
+                        continue
+                    svc = tr.slice_service(obj)
+                    if svc is None:
+                        continue
+                    self._dirty.add(svc)
+                    group = self._slices.setdefault(svc, {})
+                    if obj is new:
+                        group[key] = new
+                    elif new is None or tr.slice_service(new) != svc:
+                        group.pop(key, None)
+                        if not group:
+                            del self._slices[svc]
+            elif kind == "Node":
+                if _node_view(old) == _node_view(new):
+                    return
+                self._nodes_changed = True
+                self._all_dirty = True
+            self._cond.notify()
+        if kind == "Service" and self.on_service_change is not None:
+            self.on_service_change(key, old, new)
+
+    def _on_health_flip(self, target, healthy: bool) -> None:
+        with self._cond:
+            for svc, nodes in self._health_targets.items():
+                if target in nodes.values():
+                    self._dirty.add(svc)
+            self._cond.notify()
+
+    def poke(self) -> None:
+        """Reconcile everything soon (e.g. after a restart of the datapath)."""
+        with self._cond:
+            self._all_dirty = True
+            self._cond.notify()
+
+    # -- the reconcile loop -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        # fail static: nothing is applied before every informer has a complete list
+        while not self._stop.is_set():
+            if all(inf.synced.wait(0.1) for inf in self.informers):
+                break
+        self.status.synced = True
+        log.info("listed Services, EndpointSlices and Nodes: reconciling")
+        while not self._stop.is_set():
+            with self._cond:
+                while not (self._dirty or self._all_dirty) and not self._stop.is_set():
+                    self._cond.wait(1.0)
+            if self._stop.is_set():
+                break
+            if self.settings.debounce > 0:
+                self._stop.wait(self.settings.debounce)
+            try:
+                self.reconcile()
+            except Exception as exc:  # keep the loop alive; the next change retries
+                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reconcile failed (the datapath keeps its previous state)")
+                if self.metrics is not None:
+                    self.metrics.reconciles.labels("error").inc()
+                with self._cond:
+                    self._all_dirty = True
+                self._stop.wait(1.0)
+
+    def reconcile(self) -> None:
+        """Recompute the dirty Services and apply the node's state."""
+        started = time.perf_counter()
+        with self._cond:
+            dirty, self._dirty = self._dirty, set()
+            all_dirty, self._all_dirty = self._all_dirty, False
+            nodes_changed, self._nodes_changed = self._nodes_changed, False
+        services = self.services.snapshot()
+        if nodes_changed or self._node_index is None:
+            self._node_index = tr.NodeIndex.build(self.nodes.snapshot().values())
+            self._sync_local_addrs()
+        if all_dirty:
+            dirty = set(services) | set(self._results)
+        health = self._health()
+        for key in dirty:
+            svc = services.get(key)
+            if svc is None or not tr.is_ours(svc, self.tsettings):
+                self._results.pop(key, None)
+                self._health_targets.pop(key, None)
+                continue
+            with self._lock:
+                slices = list(self._slices.get(key, {}).values())
+            self._results[key] = tr.service_vips(svc, slices, self._node_index,
+                                                 self.tsettings, health)
+            targets = tr.health_targets(svc, slices, self._node_index)
+            if targets:
+                self._health_targets[key] = {n: (str(a), p) for n, (a, p) in targets.items()}
+            else:
+                self._health_targets.pop(key, None)
+        self.prober.set_targets({t for nodes in self._health_targets.values()
+                                 for t in nodes.values()})
+        state, problems = tr.combine(self._results, services)
+        for p in problems:
+            if p not in self.status.problems:
+                log.warning("%s: %s: %s", p.service, p.reason, p.message)
+        if self.on_problems is not None:
+            self.on_problems(problems)
+        plan = self.dp.apply(state)
+        if not plan.empty:
+            self.status.applied += 1
+        self.status.problems = tuple(problems)
+        self.status.reconciles += 1
+        self.status.last_error = None
+        self.status.last_reconcile = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.reconciles.labels("ok").inc()
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+            self.metrics.services.set(len(self._results))
+
+    def _health(self) -> Dict[Tuple[str, str], bool]:
+        down = self.prober.unhealthy()
+        if not down:
+            return {}
+        return {(svc, node): False for svc, nodes in self._health_targets.items()
+                for node, target in nodes.items() if target in down}
+
+    def _sync_local_addrs(self) -> None:
+        """This node's InternalIPs are where tunnelled VIP packets for it arrive: the
+        balancer decapsulates those itself (`xlb_local_addrs`)."""
+        want = set()
+        for fam in (4, 6):
+            a = self._node_index.address(self.settings.node_name, fam)
+            if a is not None:
+                want.add(str(a))
+        for a in want - self._local_addrs:
+            self.dp.add_local_addr(ipaddress.ip_address(a))
+        for a in self._local_addrs - want:
+            try:
+                self.dp.del_local_addr(ipaddress.ip_address(a))
+            except KeyError:
+                pass
+        self._local_addrs = want
+
+
+class AgentError(PyxlbError):
+    """The agent cannot start as configured."""

@@ -1,0 +1,110 @@
+"""The `pyxlb agent` command (registered on the `pyxlb` group in pyxlb/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import click
+
+from ..errors import PyxlbError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _opt(*names, env: str, **kw):
+    return click.option(*names, envvar=env, show_envvar=True, **kw)
+
+
+@click.command("agent")
+@_opt("--node-name", env="NODE_NAME", metavar="NAME",
+      help="This node's name in Kubernetes (required; the DaemonSet passes spec.nodeName).")
+@_opt("--interface", "interfaces", env="PYXLB_INTERFACE", metavar="IFACE[,IFACE...]",
+      help="Uplink(s) to run the balancer on, comma-separated. Default: the interface of the "
+           "default route.")
+@_opt("--xdp-mode", env="PYXLB_XDP_MODE", type=click.Choice(["native", "generic"]),
+      default="native", show_default=True,
+      help="XDP mode: native (in the driver; most NICs and veth) or generic (any interface).")
+@_opt("--kubeconfig", env="KUBECONFIG", type=click.Path(dir_okay=False),
+      help="Kubeconfig file. Default: the in-cluster service account, else ~/.kube/config.")
+@_opt("--server", env="PYXLB_API_SERVER", metavar="URL",
+      help="API server URL, overriding the kubeconfig (plain http: for local stand-ins).")
+@_opt("--lb-class", env="PYXLB_LB_CLASS", default="pyxlb.io/lb", show_default=True,
+      help="spec.loadBalancerClass of the Services pyxlb implements.")
+@_opt("--default-class/--no-default-class", env="PYXLB_DEFAULT_CLASS", default=False,
+      show_default=True,
+      help="Also implement LoadBalancer Services that name no class. Turn on only where no "
+           "other load-balancer implementation runs.")
+@_opt("--controller/--no-controller", env="PYXLB_CONTROLLER", default=True, show_default=True,
+      help="Take part in the IP-allocation election (one agent allocates at a time).")
+@_opt("--namespace", env="POD_NAMESPACE", default="pyxlb-system", show_default=True,
+      help="Namespace of the election Lease.")
+@_opt("--lease-name", env="PYXLB_LEASE_NAME", default="pyxlb-controller", show_default=True,
+      help="Name of the election Lease.")
+@_opt("--lease-duration", env="PYXLB_LEASE_DURATION", type=click.FloatRange(1, 3600),
+      default=15.0, show_default=True,
+      help="Seconds a leader may go without renewing before a standby takes over.")
+@_opt("--health-interval", env="PYXLB_HEALTH_INTERVAL", type=click.FloatRange(0.1, 600),
+      default=2.0, show_default=True,
+      help="Seconds between probes of each Local Service's healthCheckNodePort on each node "
+           "it points at. A node leaves the ring after 3 failures in a row, returns after 2 "
+           "successes.")
+@_opt("--health-timeout", env="PYXLB_HEALTH_TIMEOUT", type=click.FloatRange(0.05, 60),
+      default=1.0, show_default=True, help="Seconds a health probe may take.")
+@_opt("--seed", env="PYXLB_SEED", type=click.IntRange(0, 0xFFFFFFFF),
+      help="Flow-hash seed. Must be the same on every node, so every node picks the same "
+           "backend for a flow. Default: keep (0 for a new datapath).")
+@_opt("--mtu", env="PYXLB_MTU", type=click.IntRange(576, 65535),
+      help="Largest packet after encapsulation; larger ones get an ICMP error. Default: keep "
+           "(1500 for a new datapath).")
+@_opt("--listen", env="PYXLB_LISTEN", default="::", show_default=True,
+      help="Address for the metrics and probe endpoints.")
+@_opt("--metrics-port", env="PYXLB_METRICS_PORT", type=click.IntRange(0, 65535), default=9742,
+      show_default=True, help="Prometheus /metrics port (0: off).")
+@_opt("--probe-port", env="PYXLB_PROBE_PORT", type=click.IntRange(0, 65535), default=9743,
+      show_default=True, help="Port of /healthz (liveness) and /readyz (readiness) (0: off).")
+@_opt("--log-level", env="PYXLB_LOG_LEVEL", type=click.Choice(LOG_LEVELS), default="info",
+      show_default=True, help="Log verbosity.")
+@click.pass_context
+def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str],
+          xdp_mode: str, kubeconfig: Optional[str], server: Optional[str], lb_class: str,
+          default_class: bool, controller: bool, namespace: str, lease_name: str,
+          lease_duration: float, health_interval: float, health_timeout: float,
+          seed: Optional[int], mtu: Optional[int], listen: str, metrics_port: int,
+          probe_port: int, log_level: str) -> None:
+    """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
+
+    Attaches the balancer to the uplink (adopting the datapath pinned under --pin-dir, so
+    forwarding goes on across restarts), watches Services, EndpointSlices and Nodes, and
+    keeps the node's VIPs and backends equal to what they say: with
+    externalTrafficPolicy Local the backends are the nodes holding ready endpoints, weighted
+    by how many; with Cluster, every ready node. One agent at a time (elected through a
+    Lease) allocates external IPs from IPPools and writes Service status.
+
+    While the API server is unreachable the datapath keeps its last state. SIGTERM stops the
+    agent and leaves the datapath forwarding. Every option can also be set by the
+    environment variable shown (the DaemonSet's ConfigMap sets them). See docs/kubernetes.md.
+    """
+    from ..cli import Fail, one_line, _Options
+    from .run import AgentNode, Options
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_dir = ctx.find_object(_Options).pin_dir
+    ifaces = tuple(i.strip() for i in (interfaces or "").split(",") if i.strip())
+    opts = Options(node_name=node_name or "", interfaces=ifaces, xdp_mode=xdp_mode,
+                   pin_dir=pin_dir, server=server, kubeconfig=kubeconfig, lb_class=lb_class,
+                   default_class=default_class, controller=controller, namespace=namespace,
+                   lease_name=lease_name, lease_duration=lease_duration,
+                   health_interval=health_interval, health_timeout=health_timeout,
+                   seed=seed, mtu=mtu, listen=listen, metrics_port=metrics_port,
+                   probe_port=probe_port)
+    node = AgentNode(opts)
+    try:
+        node.start()
+    except (PyxlbError, OSError, ValueError) as exc:
+        node.stop()
+        raise Fail(one_line(exc)) from None
+    click.echo(f"pyxlb agent: node {node_name}, datapath at {pin_dir}; "
+               f"metrics on port {metrics_port}, probes on port {probe_port}", err=True)
+    node.wait()

@@ -1,0 +1,221 @@
+"""Informers: a local cache of one kind of object, kept current by list + watch.
+
+The protocol, as Kubernetes' own informers follow it:
+
+1. **list** every object; the list's resourceVersion says which moment the cache shows;
+2. **watch** from that resourceVersion with bookmarks on, so a quiet stream still moves the
+   resourceVersion forward (a resumed watch then starts close to now, not from history the
+   server may have compacted);
+3. a dropped connection or a server-side timeout resumes the watch from the last
+   resourceVersion seen: no change is missed and none is delivered twice;
+4. **410 Gone** (the server no longer has history that old) → list again. The fresh list
+   is compared with the cache, so an object deleted while we were away is reported
+   deleted, and one that changed is reported changed;
+5. errors (API server down, 5xx) → retry with capped exponential backoff and jitter. The
+   cache stays as it was meanwhile: the agent keeps the datapath in its last state.
+
+Each informer runs in its own thread and calls `on_change(kind, key, old, new)` (old or
+new None for add / delete) from that thread; consumers hand the work to their own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from lightkube.types import on_error_raise
+
+from .kube import TRANSIENT, ApiError, key_of, to_dict
+
+log = logging.getLogger("pyxlb.k8s")
+
+OnChange = Callable[[str, str, Optional[dict], Optional[dict]], None]
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: the n-th retry waits a random time in
+    [base·2^n / 2, base·2^n], capped, so many agents that lost the API together do not
+    return together."""
+
+    def __init__(self, base: float = 0.2, cap: float = 10.0, rng: Optional[random.Random] = None):
+        self.base, self.cap, self.failures = base, cap, 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** self.failures))
+        self.failures += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Informer:
+    """List + watch one resource kind (all namespaces) into `cache` ({key: object dict})."""
+
+    def __init__(self, connect: Callable[[], "object"], resource, on_change: OnChange, *,
+                 kind: Optional[str] = None, watch_timeout: int = 60,
+                 backoff: Optional[Backoff] = None, metrics=None):
+        self._connect = connect
+        self.resource = resource
+        self.kind = kind or resource.__name__
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff or Backoff()
+        self.metrics = metrics
+        self.cache: Dict[str, dict] = {}
+        self.resource_version: Optional[str] = None
+        self.synced = threading.Event()        # set after the first complete list
+        self.connected = False                 # the last request to the API succeeded
+        self.lists = 0                         # how many complete lists (1 + relists)
+        self._stop = threading.Event()
+        self._client = None
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> "Informer":
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.kind}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._close_client()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def snapshot(self) -> Dict[str, dict]:
+        with self._lock:
+            return dict(self.cache)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                if need_list:
+                    self._list()
+                    need_list = False
+                self._watch()
+                # the server ended the stream (timeoutSeconds): resume from where we are
+                self._restarted("timeout")
+            except ApiError as exc:
+                if self._stop.is_set():
+                    break
+                code = getattr(exc.status, "code", None)
+                if code == 410:
+                    log.info("%s: resourceVersion %s expired (410 Gone), listing again",
+                             self.kind, self.resource_version)
+                    self._restarted("gone")
+                    need_list = True
+                    continue
+                self._failed(f"API error {code}: {getattr(exc.status, 'message', exc)}")
+                need_list = need_list or code in (400, 404)
+            except TRANSIENT as exc:
+                if self._stop.is_set():
+                    break
+                self._failed(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug or an unexpected reply: log, back off, go on
+                if self._stop.is_set():
+                    break
+                log.exception("%s informer: unexpected error", self.kind)
+                self._failed(f"{type(exc).__name__}: {exc}")
+                need_list = True
+
+    def _failed(self, why: str) -> None:
+        self.connected = False
+        self._restarted("error")
+        delay = self.backoff.next()
+        log.warning("%s: %s; retrying in %.1fs (the datapath keeps its state)",
+                    self.kind, why, delay)
+        self._close_client()
+        self._stop.wait(delay)
+
+    def _restarted(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_restarts.labels(self.kind, reason).inc()
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def _list(self) -> None:
+        items = self._client.list(self.resource)
+        fresh = {}
+        for obj in items:
+            d = to_dict(obj)
+            fresh[key_of(d)] = d
+        rv = items.resourceVersion if fresh else self._list_rv(items)
+        self.connected = True
+        self.backoff.reset()
+        with self._lock:
+            old = self.cache
+            self.cache = fresh
+            self.resource_version = rv
+            self.lists += 1
+        # report the difference: after a relist this is exactly what changed while away
+        for key in old.keys() - fresh.keys():
+            self.on_change(self.kind, key, old[key], None)
+        for key, obj in fresh.items():
+            prev = old.get(key)
+            if prev is None or _rv(prev) != _rv(obj):
+                self.on_change(self.kind, key, prev, obj)
+        self.synced.set()
+
+    @staticmethod
+    def _list_rv(items) -> Optional[str]:
+        try:
+            return items.resourceVersion
+        except Exception:   # an empty list that was never iterated far enough
+            return None
+
+    def _watch(self) -> None:
+        br = self._client._client.prepare_request(
+            "list", res=self.resource, watch=True,
+            params={"timeoutSeconds": self.watch_timeout,
+                    "resourceVersion": self.resource_version,
+                    "allowWatchBookmarks": "true"})
+        # a stalled stream (half-open TCP) must end too: a little past the server's timeout
+        gen = self._client._client
+        gen._watch_timeout.read = self.watch_timeout + 15
+        for etype, obj in gen.watch(br, on_error=on_error_raise):
+            if self._stop.is_set():
+                return
+            self.connected = True
+            self.backoff.reset()
+            d = to_dict(obj)
+            rv = _rv(d)
+            if etype == "BOOKMARK":
+                self.resource_version = rv or self.resource_version
+                continue
+            key = key_of(d)
+            with self._lock:
+                prev = self.cache.get(key)
+                if etype == "DELETED":
+                    self.cache.pop(key, None)
+                else:
+                    self.cache[key] = d
+                self.resource_version = rv or self.resource_version
+            if etype == "DELETED":
+                self.on_change(self.kind, key, prev, None)
+            else:
+                self.on_change(self.kind, key, prev, d)
+            # lightkube re-requests by itself when the server ends the stream; that is our
+            # "timeout" restart, counted once per stream end by the caller's loop instead
+
+
+def _rv(obj: dict) -> Optional[str]:
+    return (obj.get("metadata") or {}).get("resourceVersion")

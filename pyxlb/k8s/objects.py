@@ -1,0 +1,105 @@
+"""Kubernetes objects in the API's JSON shape, as a cluster would hold them.
+
+Used where pyxlb plays the cluster itself: the Kubernetes lab, the agent benchmarks and the
+agent tests (all against the API stand-in). Only the fields pyxlb reads, and the ones the
+API server would always fill (ipFamilies, protocol, conditions).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+LB_CLASS = "pyxlb.io/lb"
+
+
+def node(name: str, addresses: Sequence[str], *, ready: bool = True,
+         unschedulable: bool = False, labels: Optional[Dict[str, str]] = None) -> dict:
+    addrs = [{"type": "InternalIP", "address": str(a)} for a in addresses]
+    addrs.append({"type": "Hostname", "address": name})
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name,
+                         "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "spec": {"unschedulable": True} if unschedulable else {},
+            "status": {"addresses": addrs,
+                       "conditions": [{"type": "Ready",
+                                       "status": "True" if ready else "False"}]}}
+
+
+def service(name: str, namespace: str = "default", *, ports: Iterable = ((80, "TCP"),),
+            policy: str = "Local", lb_class: Optional[str] = LB_CLASS,
+            families: Sequence[str] = ("IPv4",), load_balancer_ip: Optional[str] = None,
+            annotations: Optional[Dict[str, str]] = None, health_port: Optional[int] = None,
+            affinity: Optional[str] = None, source_ranges: Sequence[str] = (),
+            labels: Optional[Dict[str, str]] = None, type_: str = "LoadBalancer") -> dict:
+    spec = {"type": type_, "externalTrafficPolicy": policy,
+            "ports": [{"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto,
+                       "targetPort": port} for port, proto in ports],
+            "ipFamilies": list(families),
+            "ipFamilyPolicy": "RequireDualStack" if len(families) > 1 else "SingleStack",
+            "selector": {"app": name}}
+    if lb_class:
+        spec["loadBalancerClass"] = lb_class
+    if load_balancer_ip:
+        spec["loadBalancerIP"] = load_balancer_ip
+    if policy == "Local" and health_port:
+        spec["healthCheckNodePort"] = health_port
+    if affinity:
+        spec["sessionAffinity"] = affinity
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    meta = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+def endpoint(address: str, node_name: str, *, ready: bool = True, serving: Optional[bool] = None,
+             terminating: bool = False) -> dict:
+    return {"addresses": [str(address)], "nodeName": node_name,
+            "conditions": {"ready": ready,
+                           "serving": ready if serving is None else serving,
+                           "terminating": terminating},
+            "targetRef": {"kind": "Pod", "name": f"pod-{address}"}}
+
+
+def endpoint_slice(service_name: str, endpoints: Sequence[dict], *, namespace: str = "default",
+                   name: Optional[str] = None, family: str = "IPv4",
+                   ports: Iterable = ((80, "TCP"),)) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name or f"{service_name}-{family.lower()}",
+                         "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service_name,
+                                    "endpointslice.kubernetes.io/managed-by":
+                                        "endpointslice-controller.k8s.io"}},
+            "addressType": family,
+            "endpoints": list(endpoints),
+            "ports": [{"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto}
+                      for port, proto in ports]}
+
+
+def spread(service_name: str, per_node: Dict[str, int], *, base: str = "10.244.0.0",
+           namespace: str = "default", name: Optional[str] = None) -> dict:
+    """An EndpointSlice with `per_node[node]` ready pods on each node."""
+    eps, n = [], 1
+    start = ipaddress.ip_address(base)
+    for node_name, count in sorted(per_node.items()):
+        for _ in range(count):
+            eps.append(endpoint(str(start + n), node_name))
+            n += 1
+    return endpoint_slice(service_name, eps, namespace=namespace, name=name)
+
+
+def ip_pool(name: str, addresses: Sequence[str], *, auto_assign: bool = True,
+            selector: Optional[dict] = None) -> dict:
+    spec = {"addresses": list(addresses), "autoAssign": auto_assign}
+    if selector:
+        spec["serviceSelector"] = selector
+    return {"apiVersion": "pyxlb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+            "spec": spec}
+
+
+def ingress(svc: dict) -> List[str]:
+    """The IPs in a Service's status."""
+    return [i.get("ip") for i in ((svc or {}).get("status") or {}).get("loadBalancer", {})
+            .get("ingress") or ()]

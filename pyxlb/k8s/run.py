@@ -1,0 +1,294 @@
+"""`pyxlb agent`: the process a DaemonSet runs on every node.
+
+It attaches the balancer to the node's uplink (adopting the pinned datapath a previous agent
+left, so forwarding never stops across restarts), runs the node agent (informers →
+translation → `Datapath.apply`), the IP-allocation controller (acting only while it holds
+the Lease), health probes of healthCheckNodePorts, and two small HTTP endpoints: Prometheus
+metrics, and liveness/readiness for the kubelet.
+
+Stopping (SIGTERM, as the kubelet does) gives the Lease up and leaves the datapath attached
+and forwarding: the next agent adopts it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import List, Optional, Sequence, Tuple
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from .. import metrics as dp_metrics
+from .. import netlink
+from ..datapath import DEFAULT_PIN_DIR, Datapath
+from ..errors import PyxlbError
+from . import kube
+from .agent import Agent, AgentSettings
+from .controller import Controller, default_identity
+
+log = logging.getLogger("pyxlb.k8s")
+
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class AgentMetrics:
+    """The agent's own metrics, beside the datapath's (docs/metrics.md lists them all)."""
+
+    def __init__(self, registry):
+        self.reconciles = Counter("pyxlb_agent_reconciles", "Reconciles of the node's "
+                                  "datapath with the Kubernetes objects, by result",
+                                  ["result"], registry=registry)
+        self.reconcile_seconds = Histogram("pyxlb_agent_reconcile_seconds", "Duration of a "
+                                           "reconcile: translation plus Datapath.apply",
+                                           buckets=RECONCILE_BUCKETS, registry=registry)
+        self.services = Gauge("pyxlb_agent_services", "LoadBalancer Services this agent "
+                              "serves", registry=registry)
+        self.watch_restarts = Counter("pyxlb_agent_watch_restarts", "Restarts of a watch, "
+                                      "by resource and reason (gone: 410, relisted; error: "
+                                      "API unreachable or failing)", ["resource", "reason"],
+                                      registry=registry)
+        self.api_up = Gauge("pyxlb_agent_api_up", "1 while every watch is connected to the "
+                            "API server", registry=registry)
+        self.leader = Gauge("pyxlb_agent_leader", "1 while this agent holds the IP "
+                            "allocation Lease", registry=registry)
+        self.ipam_in_use = Gauge("pyxlb_ipam_addresses_in_use", "Addresses of each IPPool "
+                                 "held by Services (reported by the leader)", ["pool"],
+                                 registry=registry)
+        self.node_health = Gauge("pyxlb_agent_node_health", "healthCheckNodePort verdict per "
+                                 "probed node (1 healthy, 0 failing)", ["node"],
+                                 registry=registry)
+
+
+@dataclass
+class Options:
+    """Every setting of `pyxlb agent` (the click command fills it; tests build it)."""
+
+    node_name: str
+    interfaces: Tuple[str, ...] = ()
+    xdp_mode: str = "native"
+    pin_dir: str = DEFAULT_PIN_DIR
+    server: Optional[str] = None
+    kubeconfig: Optional[str] = None
+    lb_class: str = "pyxlb.io/lb"
+    default_class: bool = False
+    controller: bool = True
+    namespace: str = "pyxlb-system"
+    lease_name: str = "pyxlb-controller"
+    lease_duration: float = 15.0
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    seed: Optional[int] = None
+    mtu: Optional[int] = None
+    listen: str = "::"
+    metrics_port: int = 9742
+    probe_port: int = 9743
+    identity: Optional[str] = None
+    debounce: float = 0.02
+    attach: bool = True              # tests of the control plane alone load without attaching
+
+
+def default_interface() -> str:
+    """The interface of the default route (IPv4, else IPv6) of this network namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for family in (2, 10):
+            for route in ipr.get_default_routes(family=family):
+                oif = route.get_attr("RTA_OIF")
+                if oif:
+                    return ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
+    raise PyxlbError("no default route to find the uplink by: give --interface")
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    node: "AgentNode" = None
+
+    def do_GET(self):
+        if self.path.startswith("/healthz"):
+            ok, why = self.node.alive()
+        elif self.path.startswith("/readyz"):
+            ok, why = self.node.ready()
+        else:
+            self.send_error(404)
+            return
+        body = (why + "\n").encode()
+        self.send_response(200 if ok else 503)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _DualStackServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        import socket
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+    def server_bind(self):
+        import socket
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class AgentNode:
+    """One node's agent process: datapath, agent, controller, metrics and probes."""
+
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.dp: Optional[Datapath] = None
+        self.agent: Optional[Agent] = None
+        self.controller: Optional[Controller] = None
+        self._servers = []
+        self._stopped = threading.Event()
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> "AgentNode":
+        o = self.opts
+        if not o.node_name:
+            raise PyxlbError("the node name is required: --node-name or $NODE_NAME")
+        connect = lambda: kube.connect(o.server, o.kubeconfig)   # noqa: E731
+        connect().close()      # a bad kubeconfig fails now, in one line; a down API does not
+        self.dp = self._datapath()
+        registry = dp_metrics.make_registry(self.dp)
+        self.metrics = AgentMetrics(registry)
+        settings = AgentSettings(node_name=o.node_name, lb_class=o.lb_class,
+                                 default_class=o.default_class,
+                                 health_interval=o.health_interval,
+                                 health_timeout=o.health_timeout, debounce=o.debounce)
+        self.agent = Agent(settings, self.dp, connect, metrics=self.metrics)
+        if o.controller:
+            self.controller = Controller(connect, self.agent.services.snapshot,
+                                         settings.translate_settings(), namespace=o.namespace,
+                                         lease_name=o.lease_name,
+                                         lease_duration=o.lease_duration,
+                                         identity=o.identity or f"{o.node_name}_{default_identity()}",
+                                         metrics=self.metrics)
+            self.agent.on_service_change = self.controller.service_changed
+            self.agent.on_problems = self.controller.post_problems
+        self.agent.prober.on_flip = self._on_flip
+        if o.metrics_port:
+            try:
+                server, _thread = start_http_server(o.metrics_port, addr=o.listen,
+                                                    registry=registry)
+            except OSError as exc:
+                raise PyxlbError(f"cannot serve metrics on {o.listen}:{o.metrics_port}: "
+                                 f"{exc.strerror or exc}") from None
+            self._servers.append(server)
+        if o.probe_port:
+            handler = type("ProbeHandler", (_ProbeHandler,), {"node": self})
+            try:
+                probe = _DualStackServer((o.listen, o.probe_port), handler)
+            except OSError as exc:
+                raise PyxlbError(f"cannot serve probes on {o.listen}:{o.probe_port}: "
+                                 f"{exc.strerror or exc}") from None
+            threading.Thread(target=probe.serve_forever, name="probes", daemon=True).start()
+            self._servers.append(probe)
+        self.agent.start()
+        if self.controller is not None:
+            self.controller.start()
+        threading.Thread(target=self._gauges, name="agent-gauges", daemon=True).start()
+        return self
+
+    def _datapath(self) -> Datapath:
+        o = self.opts
+        created = not Datapath.exists(o.pin_dir)
+        dp = Datapath.create(o.pin_dir)
+        try:
+            if o.attach:
+                ifaces = list(o.interfaces) or [default_interface()]
+                src = {}
+                for iface in ifaces:
+                    for a in netlink.addresses(netlink.ifindex(iface)):
+                        src.setdefault(a.version, f"{a}/{a.max_prefixlen}")
+                cfg = dp.config()
+                dp.configure(seed=o.seed, mtu=o.mtu,
+                             src4=None if cfg["src4_plen"] else src.get(4),
+                             src6=None if cfg["src6_plen"] else src.get(6))
+                for iface in ifaces:
+                    link = dp.attach(iface, o.xdp_mode)
+                    log.info("balancer %s %s (%s mode)",
+                             "attached to" if link["changed"] else "already on", iface,
+                             o.xdp_mode)
+            else:
+                dp.configure(seed=o.seed, mtu=o.mtu)
+        except BaseException:
+            if created:
+                dp.destroy()
+            else:
+                dp.close()
+            raise
+        return dp
+
+    def _on_flip(self, target, healthy: bool) -> None:
+        self.agent._on_health_flip(target, healthy)
+
+    def _gauges(self) -> None:
+        while not self._stopped.wait(1.0):
+            self.metrics.api_up.set(1 if self.agent.api_up else 0)
+            names = {}
+            for nodes in list(self.agent._health_targets.values()):
+                for node, target in nodes.items():
+                    names[node] = target
+            for node, target in names.items():
+                self.metrics.node_health.labels(node).set(
+                    1 if self.agent.prober.healthy(target) else 0)
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def alive(self) -> Tuple[bool, str]:
+        threads = [self.agent._thread] + [i._thread for i in self.agent.informers]
+        if self.controller is not None:
+            threads.append(self.controller._thread)
+        dead = [t.name for t in threads if t is None or not t.is_alive()]
+        if dead:
+            return False, f"stopped: {', '.join(dead)}"
+        return True, "ok"
+
+    def ready(self) -> Tuple[bool, str]:
+        if not self.agent.ready:
+            return False, "not synced with the API server yet"
+        return True, "ok"
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything but the datapath: it keeps forwarding for the next agent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.controller is not None:
+            self.controller.stop()
+        if self.agent is not None:
+            self.agent.stop()
+        for s in self._servers:
+            s.shutdown()
+            s.server_close()
+        if self.dp is not None:
+            self.dp.close()
+
+    def wait(self) -> None:
+        """Block until SIGTERM or SIGINT, then stop."""
+        done = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: done.set())
+                    for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not done.wait(0.5):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            log.info("stopping (the datapath stays attached)")
+            self.stop()
