@@ -64,7 +64,8 @@ class Addr:
 # Client link, server segment (all nodes but the client), per-LB outer source prefixes.
 CLIENT_NET = Addr("10.77.1.0/24", "fd77:1::/64")
 SEGMENT_NET = Addr("10.77.2.0/24", "fd77:2::/64")
-HOST = {CLIENT: 2, ROUTER: 1, "lb1": 11, "lb2": 12, "be1": 21, "be2": 22, "be3": 23}
+HOST = {CLIENT: 2, ROUTER: 1, "lb1": 11, "lb2": 12, "be1": 21, "be2": 22, "be3": 23,
+        "n1": 31, "n2": 32, "n3": 33}      # n1-n3: the Kubernetes lab's nodes (k8slab)
 ENCAP_SOURCE = {"lb1": Addr("10.77.3.0/24", "fd77:3::/112"),
                 "lb2": Addr("10.77.4.0/24", "fd77:4::/112")}
 
@@ -79,6 +80,8 @@ def node_addr(node: str, family: int, net: Optional[Addr] = None) -> ipaddress._
 
 class Lab:
     """One lab, identified by its name prefix."""
+
+    NODES: Tuple[str, ...] = NODES      # a variant of the lab (k8slab) names its own
 
     def __init__(self, prefix: str = "xlb"):
         if not prefix or len(prefix) > 8 or not prefix.replace("-", "").isalnum():
@@ -96,7 +99,7 @@ class Lab:
     def existing(self) -> List[str]:
         """This lab's namespaces that exist now."""
         present = set(pr_netns.listnetns())
-        return [self.ns(n) for n in NODES if self.ns(n) in present]
+        return [self.ns(n) for n in self.NODES if self.ns(n) in present]
 
     def exists(self) -> bool:
         return bool(self.existing())
@@ -111,7 +114,7 @@ class Lab:
             raise PyxlbError(f"lab {self.prefix!r} exists already: `pyxlb lab down "
                              f"--prefix {self.prefix}` removes it")
         bpffs.ensure_mounted()
-        for node in NODES:      # pins a crashed lab left behind would be adopted: clear them
+        for node in self.NODES:  # pins a crashed lab left behind would be adopted: clear them
             shutil.rmtree(self.pin_dir(node), ignore_errors=True)
         try:
             self._build(log)
@@ -255,9 +258,9 @@ class Lab:
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, close_fds=True)
 
-    def _wait_http(self, timeout: float = 10.0) -> None:
+    def _wait_http(self, timeout: float = 10.0, nodes: Tuple[str, ...] = BACKENDS) -> None:
         deadline = time.monotonic() + timeout
-        for node in BACKENDS:
+        for node in nodes:
             while True:
                 with netns.enter(self.ns(node)):
                     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -304,7 +307,7 @@ class Lab:
                 removed.append(f"process {pid}")
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)      # a server this process started: reap it
-        for node in NODES:
+        for node in self.NODES:
             path = self.pin_dir(node)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -320,7 +323,7 @@ class Lab:
     def status(self) -> Dict[str, dict]:
         out = {}
         present = set(self.existing())
-        for node in NODES:
+        for node in self.NODES:
             ns = self.ns(node)
             row = {"namespace": ns, "exists": ns in present}
             if ns in present:

@@ -1,0 +1,210 @@
+"""The Kubernetes variant of the namespace lab: three "nodes" that each run `pyxlb agent`.
+
+    client ── router ══ br0 ══╦═ n1   (agent: balancer + inline decap; "pods" = HTTP server)
+     (eth0)   (eth0)           ╠═ n2
+              API stand-in     ╚═ n3
+
+Each node is what a Kubernetes node is to pyxlb: its agent attaches the balancer to eth0,
+watches the API (here the project's API stand-in, listening on the router's segment address
+inside the lab), and applies the VIPs it derives. A node's "pods" and "service proxy" are
+one HTTP server bound to the VIP on its loopback: a tunnelled packet the balancer
+decapsulates is delivered to it, as kube-proxy would deliver it to a local pod, and it
+answers the client directly (DSR) with the client's own address in the body.
+
+The router sends VIP traffic to n1 (what an announcement would do); n1's balancer spreads it
+over the nodes by their weights — all Maglev, all real packets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+from pyroute2 import NetNS
+from pyroute2 import netns as pr_netns
+
+from . import _bpf, bpffs, netns
+from .bpf import object_path
+from .datapath import Datapath
+from .errors import PyxlbError
+from .lab import (CLIENT, CLIENT_NET, HTTP_PORT, IFA_F_NODAD, ROUTER, SEED, SEGMENT_MTU,
+                  SEGMENT_NET, VIP4, VIP6, Lab, _sysctl, node_addr)
+
+KNODES = ("n1", "n2", "n3")
+
+
+class KubeLab(Lab):
+    """client, router and three agent nodes; `prefix` names its namespaces."""
+
+    NODES = (CLIENT, ROUTER, *KNODES)
+
+    def __init__(self, prefix: str = "xlbk"):
+        super().__init__(prefix)
+        self.agents: Dict[str, subprocess.Popen] = {}
+        self.logs: Dict[str, str] = {}
+        self._logdir = tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-")
+
+    def _build(self, log) -> None:
+        for node in self.NODES:
+            pr_netns.create(self.ns(node))
+            with netns.enter(self.ns(node)):
+                _sysctl("net/ipv6/conf/all/accept_dad", 0)
+                _sysctl("net/ipv6/conf/default/accept_dad", 0)
+            with NetNS(self.ns(node)) as n:
+                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        with NetNS(self.ns(ROUTER)) as r:
+            r.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
+            r.link("set", index=r.link_lookup(ifname="br0")[0], mtu=SEGMENT_MTU)
+        self._veth(CLIENT, "eth0", ROUTER, "eth0", mtu=1500)
+        for node in KNODES:
+            self._veth(node, "eth0", ROUTER, f"p-{node}", mtu=SEGMENT_MTU, master="br0")
+        with NetNS(self.ns(ROUTER)) as r:
+            r.link("set", index=r.link_lookup(ifname="br0")[0], state="up")
+        self._address(CLIENT, "eth0", CLIENT_NET)
+        self._address(ROUTER, "eth0", CLIENT_NET)
+        self._address(ROUTER, "br0", SEGMENT_NET)
+        for node in KNODES:
+            self._address(node, "eth0", SEGMENT_NET)
+        with NetNS(self.ns(CLIENT)) as c:
+            self._default_route(c, CLIENT_NET)
+        for node in KNODES:
+            with NetNS(self.ns(node)) as n:
+                self._default_route(n, SEGMENT_NET)
+        for node in (ROUTER, *KNODES):
+            with netns.enter(self.ns(node)):
+                _sysctl("net/ipv4/ip_forward", 1)
+                _sysctl("net/ipv6/conf/all/forwarding", 1)
+        self.route_via("n1")
+        for node in KNODES:
+            with netns.enter(self.ns(node)):
+                _sysctl("net/ipv4/conf/all/arp_ignore", 1)
+                _sysctl("net/ipv4/conf/all/arp_announce", 2)
+                _sysctl("net/ipv4/conf/all/rp_filter", 0)
+            with NetNS(self.ns(node)) as n:
+                lo = n.link_lookup(ifname="lo")[0]
+                n.addr("add", index=lo, address=str(VIP4), prefixlen=32)
+                n.addr("add", index=lo, address=str(VIP6), prefixlen=128, flags=IFA_F_NODAD)
+            self._start_http(node)
+        # a node's XDP_TX reaches the router's port only if that port runs XDP too
+        for node in KNODES:
+            with netns.enter(self.ns(ROUTER)):
+                with _bpf.BpfObject.open(object_path("pass")) as obj:
+                    obj.load()
+                    prog = obj.program("xlb_pass")
+                    _bpf.XdpLink.attach(f"p-{node}", prog, mode="native")
+                    prog.close()
+        self._warm()
+        self._wait_http(nodes=KNODES)
+        log(f"Kubernetes lab {self.prefix}: client, router, nodes {', '.join(KNODES)}")
+
+    def _warm(self) -> None:
+        """Every node resolves every other node's MAC (one datagram each to the discard
+        port), so the balancers' next-hop caches fill on the first apply."""
+        import socket
+        for node in KNODES:
+            with netns.enter(self.ns(node)):
+                for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+                    s = socket.socket(af, socket.SOCK_DGRAM)
+                    try:
+                        for other in KNODES:
+                            if other != node:
+                                s.sendto(b"", (str(node_addr(other, fam)), 9))
+                    finally:
+                        s.close()
+        time.sleep(0.2)
+
+    # -- the API stand-in's place, and the agents ----------------------------------------------
+
+    @property
+    def api_host(self) -> str:
+        """Where the API stand-in listens: the router's address on the nodes' segment."""
+        return str(node_addr(ROUTER, 4))
+
+    @contextlib.contextmanager
+    def in_router(self):
+        """Run code in the router's namespace (a server socket made here listens there)."""
+        with netns.enter(self.ns(ROUTER)):
+            yield
+
+    def start_agent(self, node: str, server: str, *extra: str) -> subprocess.Popen:
+        """Run `pyxlb agent` as its own process inside `node`'s namespace."""
+        if node in self.agents and self.agents[node].poll() is None:
+            raise PyxlbError(f"the agent of {node} runs already")
+        target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
+
+        def enter():
+            fd = os.open(target, os.O_RDONLY)
+            netns._setns(fd)
+            os.close(fd)
+
+        logpath = os.path.join(self._logdir, f"agent-{node}.log")
+        self.logs[node] = logpath
+        out = open(logpath, "ab")
+        cmd = [sys.executable, "-m", "pyxlb", "--pin-dir", self.pin_dir(node), "agent",
+               "--node-name", node, "--server", server, "--interface", "eth0",
+               "--seed", str(SEED), "--mtu", str(SEGMENT_MTU), "--metrics-port", "0",
+               "--probe-port", "0", *extra]
+        try:
+            proc = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=out, close_fds=True,
+                                    start_new_session=True)
+        finally:
+            out.close()
+        self.agents[node] = proc
+        return proc
+
+    def stop_agent(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        proc = self.agents.pop(node, None)
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log_of(self, node: str) -> str:
+        try:
+            with open(self.logs[node], errors="replace") as f:
+                return f.read()
+        except (KeyError, OSError):
+            return ""
+
+    @contextlib.contextmanager
+    def datapath(self, node: str):
+        with netns.enter(self.ns(node)):
+            dp = Datapath.open(self.pin_dir(node))
+            try:
+                yield dp
+            finally:
+                dp.close()
+
+    def node_objects(self) -> List[dict]:
+        """The Node objects a cluster would have for n1-n3 (Ready, InternalIPs)."""
+        out = []
+        for node in KNODES:
+            out.append({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+                        "spec": {},
+                        "status": {"addresses": [
+                            {"type": "InternalIP", "address": str(node_addr(node, 4))},
+                            {"type": "InternalIP", "address": str(node_addr(node, 6))},
+                            {"type": "Hostname", "address": node}],
+                            "conditions": [{"type": "Ready", "status": "True"}]}})
+        return out
+
+    def down(self) -> List[str]:
+        for node in list(self.agents):
+            with contextlib.suppress(Exception):
+                self.stop_agent(node, signal.SIGKILL, timeout=5)
+        return super().down()
