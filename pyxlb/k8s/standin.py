@@ -535,6 +535,7 @@ class ApiStandIn:
         self._by_name: Dict[str, List[Kind]] = {}
         for k in KINDS:
             self._by_name.setdefault(k.kind, []).append(k)
+        # (verb, Kind name) -> HTTP requests seen; writes to /status count under their kind
         self.requests: collections.Counter = collections.Counter()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
