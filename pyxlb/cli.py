@@ -1144,3 +1144,10 @@ def lab_demo(prefix: str, keep: bool) -> None:
         labdemo.run(prefix, keep=keep, out=click.echo)
     except FAILURES as exc:
         raise Fail(one_line(exc)) from None
+
+
+# -- the Kubernetes agent ------------------------------------------------------------------
+
+from pyxlb.k8s.command import agent as _agent_command  # noqa: E402
+
+cli.add_command(_agent_command)
