@@ -51,6 +51,8 @@ unweighted algorithm, and backend ``i`` ends up with between ``k * w_i`` and
 
 from __future__ import annotations
 
+import functools
+
 import math
 import operator
 from array import array
@@ -128,8 +130,10 @@ def name_hash(name: Name) -> Tuple[int, int]:
 
 # --- validation -------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def is_prime(n: int) -> bool:
-    """Trial division; fine for n <= MAX_SIZE (at most ~2,000 divisions)."""
+    """Trial division; fine for n <= MAX_SIZE (at most ~2,000 divisions). Cached: every Vip
+    checks its ring size, and a cluster uses one or two sizes."""
     if n < 2:
         return False
     if n % 2 == 0:

@@ -45,7 +45,7 @@ def _ip(value, what: str) -> IPAddress:
 _VIP_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\[\]]+)):(?P<port>[^/]+)/(?P<proto>.+)$")
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class VipKey:
     """What a VIP answers to: address, port (0: every port), protocol ("tcp"/"udp")."""
 
@@ -64,6 +64,22 @@ class VipKey:
             raise StateError(f"VIP {self.address}:{self.port}: protocol must be tcp or udp, "
                              f"not {self.protocol!r}")
         object.__setattr__(self, "protocol", proto)
+        # what sorting and hashing read, computed once: states of thousands of VIPs are
+        # built, sorted and diffed on every change the agent sees
+        order = (self.address.version, int(self.address), self.port, proto)
+        object.__setattr__(self, "_order", order)
+        object.__setattr__(self, "_hash", hash(order))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not VipKey:
+            return NotImplemented
+        return self._order == other._order
+
+    def __lt__(self, other: "VipKey") -> bool:
+        return self._order < other._order
 
     @classmethod
     def parse(cls, text: str) -> "VipKey":
@@ -276,7 +292,7 @@ class DesiredState:
 
 def key_order(key: VipKey):
     """The order VIPs are listed in: IPv4 first, then by address, port, protocol."""
-    return (key.address.version, key.address, key.port, key.protocol)
+    return key._order
 
 
 def vip_to_dict(v: Vip) -> dict:

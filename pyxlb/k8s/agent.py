@@ -38,7 +38,8 @@ class AgentSettings:
     lb_class: str = "pyxlb.io/lb"
     default_class: bool = False
     ring_size: int = 65537
-    debounce: float = 0.02           # seconds to gather a burst of changes into one apply
+    debounce: float = 0.02           # a burst within this many seconds of a reconcile waits
+                                     # for it, to be applied as one
     health_interval: float = 2.0
     health_timeout: float = 1.0
     health_rise: int = 2
@@ -95,6 +96,7 @@ class Agent:
         self._all_dirty = True
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._last_end = 0.0
         self._results: Dict[str, tr.ServiceResult] = {}
         self._slices: Dict[str, Dict[str, dict]] = {}      # service -> {slice key: slice}
         self._nodes_changed = True
@@ -208,10 +210,15 @@ class Agent:
                     self._cond.wait(1.0)
             if self._stop.is_set():
                 break
-            if self.settings.debounce > 0:
-                self._stop.wait(self.settings.debounce)
+            # debounce on the trailing edge only: a change after a quiet spell is applied
+            # at once; changes arriving within `debounce` of the last reconcile (a burst)
+            # wait for it and go together
+            quiet = time.monotonic() - self._last_end
+            if quiet < self.settings.debounce:
+                self._stop.wait(self.settings.debounce - quiet)
             try:
                 self.reconcile()
+                self._last_end = time.monotonic()
             except Exception as exc:  # keep the loop alive; the next change retries
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("reconcile failed (the datapath keeps its previous state)")

@@ -57,6 +57,14 @@ def _opt(*names, env: str, **kw):
 @_opt("--mtu", env="PYXLB_MTU", type=click.IntRange(576, 65535),
       help="Largest packet after encapsulation; larger ones get an ICMP error. Default: keep "
            "(1500 for a new datapath).")
+@_opt("--ring-size", env="PYXLB_RING_SIZE", type=int, default=65537, show_default=True,
+      help="Slots in each VIP's Maglev ring, a prime above 100 x the largest backend count "
+           "(65537 serves up to ~650 nodes; each distinct ring costs ring-size x 8 bytes of "
+           "kernel memory, so clusters with thousands of Local Services want e.g. 1021).")
+@_opt("--max-vips", env="PYXLB_MAX_VIPS", type=click.IntRange(1, 1 << 20), default=4096,
+      show_default=True,
+      help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
+           "datapath is created.")
 @_opt("--listen", env="PYXLB_LISTEN", default="::", show_default=True,
       help="Address for the metrics and probe endpoints.")
 @_opt("--metrics-port", env="PYXLB_METRICS_PORT", type=click.IntRange(0, 65535), default=9742,
@@ -70,7 +78,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           xdp_mode: str, kubeconfig: Optional[str], server: Optional[str], lb_class: str,
           default_class: bool, controller: bool, namespace: str, lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
-          seed: Optional[int], mtu: Optional[int], listen: str, metrics_port: int,
+          seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
+          listen: str, metrics_port: int,
           probe_port: int, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
 
@@ -97,7 +106,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    default_class=default_class, controller=controller, namespace=namespace,
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
-                   seed=seed, mtu=mtu, listen=listen, metrics_port=metrics_port,
+                   seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,
+                   listen=listen, metrics_port=metrics_port,
                    probe_port=probe_port)
     node = AgentNode(opts)
     try:

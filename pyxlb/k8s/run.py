@@ -33,6 +33,11 @@ from .controller import Controller, default_identity
 
 log = logging.getLogger("pyxlb.k8s")
 
+# maps with one entry per VIP (or ring): sized together by --max-vips
+VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_range_drops",
+            "xlb_decap_vips")
+MAX_VIPS_DEFAULT = 4096
+
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -64,6 +69,17 @@ class AgentMetrics:
                                  registry=registry)
 
 
+def datapath_sizes(max_vips: int) -> dict:
+    """map_sizes for a balancer holding up to `max_vips` VIPs (one per Service port and
+    ingress IP)."""
+    names = set(Datapath.SPEC.maps.values())
+    sizes = {m: max_vips for m in VIP_MAPS if m in names}
+    # a changed VIP gets its new ring before the old one is freed: room for both (an
+    # unused slot of the outer map costs 8 bytes)
+    sizes["xlb_rings"] = 2 * max_vips
+    return sizes
+
+
 @dataclass
 class Options:
     """Every setting of `pyxlb agent` (the click command fills it; tests build it)."""
@@ -89,6 +105,8 @@ class Options:
     probe_port: int = 9743
     identity: Optional[str] = None
     debounce: float = 0.02
+    ring_size: int = 65537
+    max_vips: int = MAX_VIPS_DEFAULT
     attach: bool = True              # tests of the control plane alone load without attaching
 
 
@@ -167,7 +185,8 @@ class AgentNode:
         settings = AgentSettings(node_name=o.node_name, lb_class=o.lb_class,
                                  default_class=o.default_class,
                                  health_interval=o.health_interval,
-                                 health_timeout=o.health_timeout, debounce=o.debounce)
+                                 health_timeout=o.health_timeout, debounce=o.debounce,
+                                 ring_size=o.ring_size)
         self.agent = Agent(settings, self.dp, connect, metrics=self.metrics)
         if o.controller:
             self.controller = Controller(connect, self.agent.services.snapshot,
@@ -205,7 +224,11 @@ class AgentNode:
     def _datapath(self) -> Datapath:
         o = self.opts
         created = not Datapath.exists(o.pin_dir)
-        dp = Datapath.create(o.pin_dir)
+        dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips))
+        if not created and dp.maps.vips.max_entries != o.max_vips:
+            log.warning("the pinned datapath holds %d VIPs, not --max-vips %d: it keeps its "
+                        "size until it is detached and attached again",
+                        dp.maps.vips.max_entries, o.max_vips)
         try:
             if o.attach:
                 ifaces = list(o.interfaces) or [default_interface()]
