@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import threading
 import time
@@ -23,8 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from .. import bpffs, netlink
 from .. import metrics as dp_metrics
-from .. import netlink
 from ..datapath import DEFAULT_PIN_DIR, Datapath
 from ..errors import PyxlbError
 from . import kube
@@ -223,6 +224,13 @@ class AgentNode:
 
     def _datapath(self) -> Datapath:
         o = self.opts
+        parent = os.path.dirname(os.path.abspath(o.pin_dir))
+        if not bpffs.is_bpffs(parent):
+            # mounting one here would pin into this container's own mount: the datapath
+            # would die with the pod instead of outliving it
+            raise PyxlbError(f"{parent} is not a BPF filesystem: mount one on the host "
+                             f"(mount -t bpf bpf /sys/fs/bpf) and give the agent the host's "
+                             f"directory, so the datapath outlives agent restarts")
         created = not Datapath.exists(o.pin_dir)
         dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips))
         if not created and dp.maps.vips.max_entries != o.max_vips:

@@ -326,3 +326,37 @@ def test_a_new_leader_rebuilds_from_statuses(run):
     second = eventually(lambda: svc_ips(api, "new"))
     assert first != second, "the new leader knew the old Service's address"
     assert c2.allocator.owners(ipaddress.ip_address(first[0])) == frozenset({"default/old"})
+
+
+# -- health: healthCheckNodePort probes take a node out of the ring ---------------------------
+
+def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(api, healthz):
+    # nodes on loopback addresses, each with a real /healthz on the Service's health port
+    addrs = {"h1": "127.0.0.11", "h2": "127.0.0.12", "h3": "127.0.0.13"}
+    first = healthz(addrs["h2"], 0)
+    checks = {"h2": first, "h3": healthz(addrs["h3"], first.port)}
+    for name, addr in addrs.items():
+        api.create(o.node(name, [addr]))
+    r = Running(api)
+    try:
+        agent = r.agent("h1", health_interval=0.05, health_timeout=0.5)
+        svc = o.service("web", health_port=first.port)
+        api.create(svc)
+        live = api.get("Service", "web", "default")
+        live["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
+        api.update(live)
+        api.create(o.spread("web", {"h2": 1, "h3": 1}))
+        vip = "192.0.2.1:80/tcp"
+        both = {"127.0.0.12": (1, "active", False), "127.0.0.13": (1, "active", False)}
+        assert eventually(lambda: backends(agent.dp, vip) == both)
+
+        checks["h3"].status = 503           # kube-proxy on h3 says: no local endpoint
+        assert eventually(lambda: backends(agent.dp, vip) == {
+            "127.0.0.12": (1, "active", False)}, what="h3 to leave the ring")
+        checks["h3"].status = 200
+        assert eventually(lambda: backends(agent.dp, vip) == both, what="h3 to come back")
+        checks["h2"].close()                # nothing answers on h2 at all
+        assert eventually(lambda: backends(agent.dp, vip) == {
+            "127.0.0.13": (1, "active", False)}, what="h2 to leave the ring")
+    finally:
+        r.stop()

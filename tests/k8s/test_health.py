@@ -3,56 +3,10 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pyxlb.k8s.health import Prober, probe
-
-
-class Healthz:
-    """A /healthz endpoint on 127.0.0.1 whose answer the test sets (like kube-proxy's)."""
-
-    def __init__(self):
-        self.status = 200
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                code = outer.status if self.path == "/healthz" else 404
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def target(self):
-        return ("127.0.0.1", self.port)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def healthz():
-    servers = []
-
-    def make():
-        s = Healthz()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 def test_probe_reads_the_status_code(healthz):
