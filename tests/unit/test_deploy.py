@@ -75,6 +75,8 @@ AGENT_ENV = {
     "PYXLB_HEALTH_TIMEOUT": _number(0.05, 60),
     "PYXLB_SEED": _int(0, 0xFFFFFFFF),
     "PYXLB_MTU": _int(576, 65535),
+    "PYXLB_RING_SIZE": _int(2, 655373),
+    "PYXLB_MAX_VIPS": _int(1, 1 << 20),
     "PYXLB_LISTEN": lambda v: ipaddress.ip_address(v) is not None,
     "PYXLB_METRICS_PORT": _int(0, 65535),
     "PYXLB_PROBE_PORT": _int(0, 65535),
@@ -537,3 +539,14 @@ def test_install_doc_names_each_capability():
     for cap in agent_container()["securityContext"]["capabilities"]["add"]:
         assert f"CAP_{cap}" in text, f"docs/deploy.md does not explain CAP_{cap}"
     assert "kubectl apply -k deploy/" in text
+
+
+def test_the_settings_list_is_pyxlb_agents_own():
+    """AGENT_ENV above is exactly the environment `pyxlb agent` reads (plus the global
+    --pin-dir's): a new option needs a line there, and a renamed one fails here."""
+    from pyxlb.cli import cli
+    from pyxlb.k8s.command import agent
+
+    names = {p.envvar for p in agent.params if getattr(p, "envvar", None)}
+    names |= {p.envvar for p in cli.params if getattr(p, "envvar", None)}
+    assert names == set(AGENT_ENV)
