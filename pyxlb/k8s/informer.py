@@ -105,9 +105,9 @@ class Informer:
                 if need_list:
                     self._list()
                     need_list = False
+                # returns only when stopping: lightkube re-requests by itself when the
+                # server ends a stream (timeoutSeconds), from the last resourceVersion
                 self._watch()
-                # the server ended the stream (timeoutSeconds): resume from where we are
-                self._restarted("timeout")
             except ApiError as exc:
                 if self._stop.is_set():
                     break
@@ -158,7 +158,7 @@ class Informer:
         for obj in items:
             d = to_dict(obj)
             fresh[key_of(d)] = d
-        rv = items.resourceVersion if fresh else self._list_rv(items)
+        rv = self._list_rv(items)
         self.connected = True
         self.backoff.reset()
         with self._lock:
@@ -209,12 +209,7 @@ class Informer:
                 else:
                     self.cache[key] = d
                 self.resource_version = rv or self.resource_version
-            if etype == "DELETED":
-                self.on_change(self.kind, key, prev, None)
-            else:
-                self.on_change(self.kind, key, prev, d)
-            # lightkube re-requests by itself when the server ends the stream; that is our
-            # "timeout" restart, counted once per stream end by the caller's loop instead
+            self.on_change(self.kind, key, prev, None if etype == "DELETED" else d)
 
 
 def _rv(obj: dict) -> Optional[str]:
