@@ -360,3 +360,19 @@ def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(api, 
             "127.0.0.13": (1, "active", False)}, what="h2 to leave the ring")
     finally:
         r.stop()
+
+
+def test_a_service_that_stops_being_a_load_balancer_gives_its_ip_back(run):
+    api = run.api
+    agent = run.agent("n1")
+    run.controller(agent, "c1")
+    api.create(o.service("web"))
+    ip = eventually(lambda: svc_ips(api, "web"))[0]
+    assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is not None)
+    api.patch("Service", "web", {"spec": {"type": "ClusterIP"}}, "default")
+    assert eventually(lambda: svc_ips(api, "web") == [], what="the status to be cleared")
+    svc = api.get("Service", "web", "default")
+    assert FINALIZER not in (svc["metadata"].get("finalizers") or [])
+    assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is None)
+    api.create(o.service("other"))
+    assert eventually(lambda: svc_ips(api, "other")) == [ip], "the address is free again"
