@@ -51,6 +51,7 @@ MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
 ADDR_FILTER_BITS = XLB_ADDR_FILTER_BITS
 MAX_MEMBERS = XLB_MAX_MEMBERS
 MAX_SOURCE_PREFIXES = XLB_MAX_SOURCE_PREFIXES
+MAX_SOURCE_RANGES = XLB_MAX_SOURCE_RANGES
 
 RING_SIZE_DEFAULT = XLB_RING_SIZE_DEFAULT
 RING_SIZE_MAX = XLB_RING_SIZE_MAX
@@ -64,6 +65,8 @@ MODES = (MODE_IPIP, MODE_L2, MODE_LOCAL)
 VIP_NO_FLOW_TABLE = XLB_VIP_NO_FLOW_TABLE
 VIP_AFFINITY_SRC = XLB_VIP_AFFINITY_SRC
 VIP_ANNOUNCE = XLB_VIP_ANNOUNCE
+VIP_SOURCE_RANGES = XLB_VIP_SOURCE_RANGES
+SRC_RANGE_PLEN_MAX = XLB_SRC_RANGE_PLEN_MAX
 
 ADDR_PORTS = XLB_ADDR_PORTS
 ADDR_ALL_PORTS = XLB_ADDR_ALL_PORTS
@@ -102,6 +105,7 @@ STAT_ARP_REPLY = XLB_STAT_ARP_REPLY
 STAT_NDP_REPLY = XLB_STAT_NDP_REPLY
 STAT_DECAP = XLB_STAT_DECAP
 STAT_DECAP_REFUSED = XLB_STAT_DECAP_REFUSED
+STAT_DROP_SOURCE_RANGE = XLB_STAT_DROP_SOURCE_RANGE
 STAT_MAX = XLB_STAT_MAX
 
 
@@ -130,6 +134,7 @@ def _stat_names():
         XLB_STAT_NDP_REPLY: "ndp_reply",
         XLB_STAT_DECAP: "decap",
         XLB_STAT_DECAP_REFUSED: "decap_refused",
+        XLB_STAT_DROP_SOURCE_RANGE: "drop_source_range",
     }
     return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
 
@@ -149,6 +154,7 @@ SIZES = {
     "xlb_member": sizeof(xlb_member),
     "xlb_counters": sizeof(xlb_counters),
     "xlb_lpm_key": sizeof(xlb_lpm_key),
+    "xlb_src_range_key": sizeof(xlb_src_range_key),
     "xlb_config": sizeof(xlb_config),
 }
 
@@ -486,6 +492,31 @@ def unpack_lpm_key(data):
     data = _as_bytes(data)
     memcpy(&k, _input(data, sizeof(k), "xlb_lpm_key"), sizeof(k))
     return {"prefixlen": k.prefixlen, "addr": _b(k.addr, 16)}
+
+
+# -- struct xlb_src_range_key -----------------------------------------------------------
+
+def pack_src_range_key(vip_id, prefixlen, addr):
+    """struct xlb_src_range_key: one client prefix of VIP `vip_id` in xlb_source_ranges.
+    `prefixlen` counts the VIP id's 32 bits too: 32 + the LPM-trie length of the address
+    prefix (IPv4 as ::ffff:a.b.c.d with 96 + n; pyxlb.addr.to_lpm makes that part)."""
+    cdef xlb_src_range_key k
+    plen = _uint(prefixlen, 32, "prefixlen")
+    if not 32 <= plen <= XLB_SRC_RANGE_PLEN_MAX:
+        raise ValueError(f"prefixlen={plen} is outside 32..{XLB_SRC_RANGE_PLEN_MAX} (the VIP "
+                         f"id's 32 bits, then up to 128 address bits)")
+    memset(&k, 0, sizeof(k))
+    k.prefixlen = plen
+    k.vip_id = _uint(vip_id, 32, "vip_id")
+    _put(k.addr, _fixed(addr, 16, "addr"))
+    return _out(&k, sizeof(k))
+
+
+def unpack_src_range_key(data):
+    cdef xlb_src_range_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_src_range_key"), sizeof(k))
+    return {"vip_id": k.vip_id, "prefixlen": k.prefixlen, "addr": _b(k.addr, 16)}
 
 
 # -- struct xlb_config ------------------------------------------------------------------

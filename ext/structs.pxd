@@ -19,6 +19,7 @@ cdef extern from "consts.h":
         XLB_ADDR_FILTER_BITS
         XLB_MAX_MEMBERS
         XLB_MAX_SOURCE_PREFIXES
+        XLB_MAX_SOURCE_RANGES
         # Maglev rings
         XLB_RING_SIZE_DEFAULT
         XLB_RING_SIZE_MAX
@@ -30,6 +31,8 @@ cdef extern from "consts.h":
         XLB_VIP_NO_FLOW_TABLE
         XLB_VIP_AFFINITY_SRC
         XLB_VIP_ANNOUNCE
+        XLB_VIP_SOURCE_RANGES
+        XLB_SRC_RANGE_PLEN_MAX
         # struct xlb_addr.flags
         XLB_ADDR_PORTS
         XLB_ADDR_ALL_PORTS
@@ -72,6 +75,7 @@ cdef extern from "consts.h":
         XLB_STAT_NDP_REPLY
         XLB_STAT_DECAP
         XLB_STAT_DECAP_REFUSED
+        XLB_STAT_DROP_SOURCE_RANGE
         XLB_STAT_MAX
 
 
@@ -143,6 +147,11 @@ cdef extern from "structs.h":
 
     struct xlb_lpm_key:
         uint32_t prefixlen
+        uint8_t addr[16]
+
+    struct xlb_src_range_key:
+        uint32_t prefixlen
+        uint32_t vip_id
         uint8_t addr[16]
 
     struct xlb_config:

@@ -33,8 +33,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from pyxlb import _bpf, bpffs, netlink
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
-from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, lpm_prefix,
-                        parse_addr, parse_mac, prefix_or_none)
+from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, format_prefix,
+                        from_lpm, lpm_prefix, parse_addr, parse_mac, prefix_or_none)
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 from pyxlb.state import DesiredState, StateError, VipKey
@@ -530,7 +530,42 @@ class Datapath(_LoadedObject):
     def del_decap_source(self, prefix: Prefix) -> None:
         self._del_source(prefix)
 
+    # -- source ranges (LPM trie) --------------------------------------------------------
+
+    def add_source_range(self, vip_id: int, prefix: Prefix) -> None:
+        """Let clients in `prefix` reach VIP `vip_id` (checked while its record carries
+        VIP_SOURCE_RANGES; the prefix should be of the VIP's family)."""
+        self.maps.source_ranges.update(_range_key(vip_id, prefix), _u32(_PRESENT))
+
+    def del_source_range(self, vip_id: int, prefix: Prefix) -> None:
+        """Remove one prefix of VIP `vip_id` (KeyError if it has no such entry)."""
+        self.maps.source_ranges.delete(_range_key(vip_id, prefix))
+
+    def source_ranges(self) -> Dict[int, List[str]]:
+        """Every entry of xlb_source_ranges: {VIP id: [prefix, ...]} (a walk of the trie:
+        LPM tries have no batch read). The trie keeps IPv4 as ::ffff:a.b.c.d, so an IPv6
+        prefix inside ::ffff:0:0/96 reads as IPv4 here; current_state() knows each VIP's
+        family and gives it back as written."""
+        out: Dict[int, List[str]] = {}
+        for vid, net in self._range_entries():
+            out.setdefault(vid, []).append(str(net))
+        return {vid: sorted(nets) for vid, nets in sorted(out.items())}
+
+    def _range_entries(self) -> "frozenset":
+        entries = set()
+        for raw in self.maps.source_ranges.keys():
+            k = L.unpack_src_range_key(raw)
+            family, addr, plen = from_lpm(k["prefixlen"] - 32, k["addr"])
+            entries.add((k["vip_id"], ipaddress.ip_network(format_prefix(family, addr, plen))))
+        return frozenset(entries)
+
     # -- readers -------------------------------------------------------------------------
+
+    def vip_range_drops(self, vip_id: int) -> int:
+        """Packets VIP `vip_id` dropped for a client outside its source ranges, summed over
+        CPUs."""
+        m = self.maps.vip_range_drops
+        return m.lookup_percpu_sum(_index(m, vip_id, "vip_id"))[0]
 
     def vip_counters(self, vip_id: int) -> Dict[str, int]:
         """{packets, bytes, new_flows} of a VIP, summed over CPUs."""
@@ -950,6 +985,17 @@ def _new_ring(ring_id: int, table) -> "_bpf.Map":
         inner.close()
         raise
     return inner
+
+
+def _range_key(vip_id: int, prefix: Prefix) -> bytes:
+    """The xlb_source_ranges key of one client prefix of a VIP."""
+    plen, addr = lpm_prefix(prefix)
+    return L.pack_src_range_key(vip_id, 32 + plen, addr)
+
+
+def _range_order(entry):
+    vid, net = entry
+    return (vid, net.version, net.network_address.packed, net.prefixlen)
 
 
 def _vip_key_bytes(key: "VipKey") -> bytes:

@@ -27,6 +27,8 @@ MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control pla
 FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU)
 VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
 BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
+SOURCE_RANGES = "xlb_source_ranges"  # LPM trie: xlb_src_range_key -> u32, clients VIPs admit
+VIP_RANGE_DROPS = "xlb_vip_range_drops"  # vip id -> u64 refused by source range, per CPU
 
 # Decap only.
 DECAP_VIPS = "xlb_decap_vips"        # xlb_addr_key -> u32: VIPs a backend accepts tunnelled
@@ -60,6 +62,8 @@ BALANCER = ObjectSpec(
         "flows": FLOWS,
         "vip_stats": VIP_STATS,
         "backend_stats": BACKEND_STATS,
+        "source_ranges": SOURCE_RANGES,
+        "vip_range_drops": VIP_RANGE_DROPS,
     },
 )
 

@@ -46,6 +46,7 @@ XDP_ACTIONS: Dict[str, Tuple[str, str]] = {
     "drop_unsupported": ("drop", "unsupported"),
     "drop_no_route": ("drop", "no_route"),
     "drop_internal": ("drop", "internal"),
+    "drop_source_range": ("drop", "source_range"),
 }
 # Counted on the way to an outcome, not instead of one.
 FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_stale": "stale"}
@@ -93,9 +94,18 @@ class DatapathCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         dp = self.dp
         yield from stat_families(dp.stats())
-        vips = _vips(dp)
+        vip_records = _vips(dp)
+        vips = {vid: label for vid, (label, _) in vip_records.items()}
         backends = _backends(dp)
         yield from _per_id("vip", _VIP_HELP, vips, dp.vip_counters)
+        drops = CounterMetricFamily(
+            "pyxlb_vip_source_range_drops", "Packets to each VIP with source ranges dropped "
+            "because the client is in none of them (not in pyxlb_vip_packets_total)",
+            labels=["vip"])
+        for vid, (name, flags) in sorted(vip_records.items(), key=lambda kv: kv[1]):
+            if flags & L.VIP_SOURCE_RANGES:
+                drops.add_metric([name], dp.vip_range_drops(vid))
+        yield drops
         yield from _per_id("backend", {c: h + _SHARED for c, h in _BACKEND_HELP.items()},
                            {bid: addr for bid, (addr, _) in backends.items()},
                            dp.backend_counters)
@@ -156,15 +166,16 @@ def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> It
     yield from families.values()
 
 
-def _vips(dp) -> Dict[int, str]:
-    """{VIP id: label} of every VIP in xlb_vips now."""
+def _vips(dp) -> Dict[int, Tuple[str, int]]:
+    """{VIP id: (label, VIP_* flags)} of every VIP in xlb_vips now."""
     ksz, vsz = L.SIZES["xlb_vip_key"], L.SIZES["xlb_vip"]
     keys, values, n = dp.maps.vips.lookup_batch()
     out = {}
     for i in range(n):
         k = L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz])
-        vid = L.unpack_vip(values[i * vsz:(i + 1) * vsz])["vip_id"]
-        out[vid] = vip_label(k["family"], k["addr"], k["port"], k["proto"])
+        v = L.unpack_vip(values[i * vsz:(i + 1) * vsz])
+        out[v["vip_id"]] = (vip_label(k["family"], k["addr"], k["port"], k["proto"]),
+                            v["flags"])
     return out
 
 

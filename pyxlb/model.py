@@ -5,12 +5,15 @@ It mirrors, function by function, what xdp/include/ decides for a TCP or UDP pac
 - ``flow_hash``                        xlb_flow_hash, xlb_mix, xlb_fmix (hash.h)
 - ``outer_source4`` / ``outer_source6``  xlb_outer_src4 / xlb_outer_src6 (encap.h)
 - ``Model.find_vip``                   xlb_vip_addr + xlb_find_vip (balance.h)
+- ``Model.admits``                     xlb_source_admitted (balance.h): the LPM lookup
 - ``Model.pick``                       xlb_pick (balance.h)
 - ``Model.forward``                    xlb_forward and the next-hop cache branch of xlb_send
-- ``Model.decide``                     xlb_process_ipv4/6 for TCP/UDP, then xlb_balance
+- ``Model.decide``                     xlb_process_ip for TCP/UDP (the source-range check
+                                       included), then xlb_balance
 
 ``Model`` takes the same writer calls as ``pyxlb.datapath.Datapath`` (``set_config``,
-``set_vip``, ``set_backend``, ``set_nexthop``, ``set_ring``, ...), so a test applies one
+``set_vip``, ``set_backend``, ``set_nexthop``, ``set_ring``, ``add_source_range``, ...), so a
+test applies one
 list of calls to both and then compares, packet by packet, the kernel's action and output
 with ``Model.decide``. ``decide`` updates the model's flow table exactly as the kernel
 updates xlb_flows, so both must see the same packets in the same order.
@@ -27,11 +30,11 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 from pyxlb import _layouts as L
 from pyxlb._bpf import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from pyxlb.addr import Address, Prefix, parse_addr, parse_mac, prefix_or_none
+from pyxlb.addr import Address, Prefix, lpm_prefix, parse_addr, parse_mac, prefix_or_none
 
 __all__ = ["TEST_RUN_IFINDEX", "Decision", "FlowKey", "Model", "NotModelled", "Packet",
            "flow_hash", "outer_source4", "outer_source6"]
@@ -40,6 +43,7 @@ _M32 = 0xFFFFFFFF
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _IPV4_HLEN = 20
 _IPV6_HLEN = 40
+_V4_MAPPED = bytes(10) + b"\xff\xff"     # how the source-range trie keys IPv4
 #: BPF_PROG_TEST_RUN without a context runs the program as if it arrived on the loopback
 #: device of the calling namespace: ifindex 1.
 TEST_RUN_IFINDEX = 1
@@ -176,10 +180,12 @@ class Decision:
 
     ``action``: the XDP action. ``outcome``: the name (pyxlb._layouts.STAT_NAMES) of the
     global counter that ends the packet's path. ``flow``: the flow-table counter it bumped
-    (``flow_hit`` / ``flow_miss`` / ``flow_stale``), None when the VIP has no flow table
-    or the packet is not for a VIP. ``vip_id`` / ``backend_id``: whose counters it adds
-    to (None: none). ``new_flow``: counted as a new flow. ``hash``: the flow hash (None
-    for a packet not balanced), from which the outer source and flow label come.
+    (``flow_hit`` / ``flow_miss`` / ``flow_stale``), None when the VIP has no flow table,
+    the packet is not for a VIP or its client was refused. ``vip_id`` / ``backend_id``:
+    whose counters it adds to (None: none); a packet refused by source range
+    (``drop_source_range``) adds to its VIP's refused count (xlb_vip_range_drops), not to
+    the VIP's traffic counters. ``new_flow``: counted as a new flow. ``hash``: the flow hash
+    (None for a packet not balanced), from which the outer source and flow label come.
     """
 
     action: int
@@ -234,8 +240,10 @@ class Model:
 
     ``vips``: (family, 16-byte addr, port, proto) -> Vip; ``backends``: id -> Backend;
     ``nexthops``: id -> (dmac, smac, ifindex); ``rings``: ring id -> sequence of backend
-    ids; ``flows``: FlowKey -> (backend id, gen, hash); ``config``: Config. ``ingress_ifindex``
-    is the interface packets arrive on (TEST_RUN_IFINDEX under BPF_PROG_TEST_RUN).
+    ids; ``flows``: FlowKey -> (backend id, gen, hash); ``source_ranges``: VIP id -> set of
+    (LPM prefix length, 16-byte address) as the trie keys them (IPv4 as ::ffff:a.b.c.d);
+    ``config``: Config. ``ingress_ifindex`` is the interface packets arrive on
+    (TEST_RUN_IFINDEX under BPF_PROG_TEST_RUN).
     """
 
     def __init__(self, ingress_ifindex: int = TEST_RUN_IFINDEX):
@@ -244,6 +252,7 @@ class Model:
         self.nexthops: Dict[int, Tuple[bytes, bytes, int]] = {}
         self.rings: Dict[int, Sequence[int]] = {}
         self.flows: Dict[FlowKey, Tuple[int, int, int]] = {}
+        self.source_ranges: Dict[int, Set[Tuple[int, bytes]]] = {}
         self.config = Config()
         self.ingress_ifindex = ingress_ifindex
 
@@ -286,6 +295,12 @@ class Model:
     def del_ring(self, ring_id: int) -> None:
         del self.rings[ring_id]
 
+    def add_source_range(self, vip_id: int, prefix: Prefix) -> None:
+        self.source_ranges.setdefault(vip_id, set()).add(lpm_prefix(prefix))
+
+    def del_source_range(self, vip_id: int, prefix: Prefix) -> None:
+        self.source_ranges[vip_id].remove(lpm_prefix(prefix))
+
     # -- the decision -------------------------------------------------------------------
 
     def find_vip(self, key: FlowKey) -> Optional[Vip]:
@@ -301,6 +316,17 @@ class Model:
         """xlb_vip_addr: is there an entry in xlb_vip_addrs (some VIP on this address)?
         Addresses only announced, with no VIP, are not modelled."""
         return any(f == family and a == addr for f, a, _, _ in self.vips)
+
+    def admits(self, vip: Vip, key: FlowKey) -> bool:
+        """xlb_source_admitted: is some prefix of the VIP's id a prefix of the client's
+        address, taken as the trie takes it (IPv4 as ::ffff:a.b.c.d, 128 bits)?"""
+        client = (_V4_MAPPED + key.src[:4]) if key.family == L.FAMILY_V4 else key.src
+        value = int.from_bytes(client, "big")
+        for plen, addr in self.source_ranges.get(vip.vip_id, ()):
+            shift = 128 - plen
+            if value >> shift == int.from_bytes(addr, "big") >> shift:
+                return True
+        return False
 
     def pick(self, key: FlowKey, vip: Vip, hash_: int,
              insert: bool = True) -> Tuple[Optional[int], Optional[str], bool, int]:
@@ -381,6 +407,8 @@ class Model:
         vip = self.find_vip(key)
         if vip is None:
             return Decision(XDP_PASS, "pass_not_vip")
+        if vip.flags & L.VIP_SOURCE_RANGES and not self.admits(vip, key):
+            return Decision(XDP_DROP, "drop_source_range", vip_id=vip.vip_id)
         src_only = bool(vip.flags & L.VIP_AFFINITY_SRC)
         if src_only:
             # one flow-table entry per client and VIP port

@@ -374,6 +374,36 @@ def test_decap_sources(dp):
         dp.add_decap_source("10.255.0.1/16")
 
 
+def range_hit(m, vip_id, addr):
+    """Whether the source-range trie admits a client address to VIP `vip_id`."""
+    plen, a = lpm_prefix(addr)
+    return L.pack_src_range_key(vip_id, 32 + plen, a) in m
+
+
+def test_source_ranges(dp):
+    dp.add_source_range(1, "198.51.100.0/24")
+    dp.add_source_range(1, "2001:db8::/32")
+    dp.add_source_range(2, "0.0.0.0/0")
+    m = dp.maps.source_ranges
+    assert range_hit(m, 1, "198.51.100.9") and not range_hit(m, 1, "198.51.101.9")
+    assert range_hit(m, 1, "2001:db8::9")
+    # the VIP id leads the key: VIP 2's 0.0.0.0/0 admits nobody to VIP 3, nor IPv6 to 2
+    assert range_hit(m, 2, "203.0.113.1") and not range_hit(m, 3, "203.0.113.1")
+    assert not range_hit(m, 2, "2001:db8::9")
+    assert dp.source_ranges() == {1: ["198.51.100.0/24", "2001:db8::/32"], 2: ["0.0.0.0/0"]}
+    dp.del_source_range(1, "198.51.100.0/24")
+    assert not range_hit(m, 1, "198.51.100.9")
+    with pytest.raises(KeyError):
+        dp.del_source_range(1, "198.51.100.0/24")
+    with pytest.raises(ValueError, match="host bits"):
+        dp.add_source_range(1, "10.0.0.1/8")
+    with pytest.raises(ValueError, match="vip_id"):
+        dp.add_source_range(2 ** 32, "10.0.0.0/8")
+    assert dp.vip_range_drops(1) == 0
+    with pytest.raises(ValueError, match="vip_id"):
+        dp.vip_range_drops(L.MAX_VIPS)
+
+
 def test_decap_path_writers(decap):
     decap.add_vip("192.0.2.1")
     decap.add_vip("2001:db8::1")

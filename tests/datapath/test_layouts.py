@@ -7,6 +7,7 @@ The objects must exist: a missing one is an error here, never a skip.
 
 import pytest
 
+from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import maps
 from pyxlb.datapath import Datapath, DecapPath
@@ -27,6 +28,7 @@ BALANCER_USES = [
     (maps.VIP_STATS, "value", "xlb_counters"),
     (maps.BACKEND_STATS, "value", "xlb_counters"),
     (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),
+    (maps.SOURCE_RANGES, "key", "xlb_src_range_key"),
     (maps.CONFIG, "value", "xlb_config"),
 ]
 DECAP_USES = [
@@ -74,6 +76,9 @@ def test_scalar_maps(balancer, decap):
         assert (dp.maps.stats.key_size, dp.maps.stats.value_size) == (4, 8)
         assert dp.maps.config.max_entries == 1
     assert balancer.maps.rings.key_size == 4
+    assert (balancer.maps.source_ranges.value_size, balancer.maps.vip_range_drops.value_size) \
+        == (4, 8)
+    assert balancer.maps.source_ranges.type == _bpf.MAP_TYPE_LPM_TRIE
 
 
 def test_default_map_sizes_follow_consts_h(balancer):
@@ -84,6 +89,8 @@ def test_default_map_sizes_follow_consts_h(balancer):
     assert balancer.maps.flows.max_entries == L.MAX_FLOWS
     assert balancer.maps.local_addrs.max_entries == L.MAX_LOCAL_ADDRS
     assert balancer.maps.decap_sources.max_entries == L.MAX_SOURCE_PREFIXES
+    assert balancer.maps.source_ranges.max_entries == L.MAX_SOURCE_RANGES
+    assert balancer.maps.vip_range_drops.max_entries == L.MAX_VIPS
 
 
 def test_objects_hold_exactly_the_maps_of_maps_py():

@@ -1,10 +1,11 @@
 """The kernel's balancer against the pure model (pyxlb/model.py), and consistent hashing
 observed end to end through BPF_PROG_TEST_RUN.
 
-- Random VIP and backend sets and random packets: for every packet the kernel's action,
-  backend (read off the output: outer destination for IPIP, destination MAC for L2 DSR)
-  and outer source equal the model's; after each batch the global counters, the per-VIP
-  and per-backend counters and the whole flow table equal the model's too.
+- Random VIP and backend sets (some VIPs with source ranges) and random packets: for every
+  packet the kernel's action, backend (read off the output: outer destination for IPIP,
+  destination MAC for L2 DSR) and outer source equal the model's; after each batch the
+  global counters, the per-VIP (traffic and source-range drops) and per-backend counters
+  and the whole flow table equal the model's too.
 - Two LB nodes (two separate loads, nothing shared) with one seed pick the same backend
   for every flow; another seed picks differently.
 - Ring swaps under load never send a packet outside the two backend sets, nor drop one.
@@ -96,6 +97,14 @@ RING_SIZES = [11, 13, 251, 1021]  # Maglev needs more slots than backends (at mo
 PAYLOADS = [0, 0, 0, 0, 100, 1400, 1432, 1440, 1452, 1460]
 MODES = [L.MODE_IPIP] * 5 + [L.MODE_L2, L.MODE_LOCAL]
 KEEP, DRAIN, REMOVE, REUSE = "keep", "drain", "remove", "reuse"
+# Source ranges around the clients (198.51.100.1-6, 2001:db8:c::1-6): all of them, one, two,
+# some, none; nested and overlapping when several are drawn. Nets of the other family
+# never reach a VIP: the control plane refuses them.
+RANGES = {False: ["198.51.100.0/24", "198.51.100.2/32", "198.51.100.4/31", "198.51.100.0/30",
+                  "0.0.0.0/0", "10.0.0.0/8", "198.51.100.6/32", "198.51.0.0/16"],
+          True: ["2001:db8:c::/64", "2001:db8:c::2/128", "2001:db8:c::4/127",
+                 "2001:db8:c::/126", "::/0", "2001:db8:d::/48", "2001:db8:c::6/128",
+                 "2001:db8::/32"]}
 
 
 @dataclass
@@ -123,6 +132,8 @@ class VipSpec:
     ring_size: int
     members: List[int]          # indices into the scenario's backends
     has_ring: bool
+    ranges: Optional[List[str]] = None      # None: no VIP_SOURCE_RANGES; []: admits nobody
+    toggle: Optional[str] = None            # a range added (or removed) between phases
 
 
 def backend_addr(index: int, v6: bool, generation: int) -> str:
@@ -151,7 +162,10 @@ def scenarios(draw):
                        | draw(st.sampled_from([0, 0, L.VIP_AFFINITY_SRC]))),
                 ring_size=draw(st.sampled_from(RING_SIZES)),
                 members=[i for i in range(n) if draw(st.integers(0, 3))],
-                has_ring=draw(st.integers(0, 9)) > 0)
+                has_ring=draw(st.integers(0, 9)) > 0,
+                ranges=draw(st.one_of(st.none(), st.none(), st.lists(
+                    st.sampled_from(RANGES[":" in addr]), max_size=3, unique=True))),
+                toggle=draw(st.one_of(st.none(), st.sampled_from(RANGES[":" in addr]))))
         for addr, port, proto in keys]
     config = dict(seed=draw(st.integers(0, 2**32 - 1)),
                   mtu=draw(st.sampled_from([1500, 1500, 1480])),
@@ -242,11 +256,15 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     stats.update(Counter(d.outcome for d in decisions))
     stats.update(Counter(d.flow for d in decisions if d.flow))
     assert dp.stats() == stats
+    refused = Counter(d.vip_id for d in decisions if d.outcome == "drop_source_range")
+    assert {vid: dp.vip_range_drops(vid) for vid in vip_ids} == \
+        {vid: refused[vid] for vid in vip_ids}
     for attr, reader, owners in (("vip_id", dp.vip_counters, vip_ids),
                                  ("backend_id", dp.backend_counters, backend_ids)):
         want = {owner: Counter() for owner in owners}
         for d, n in zip(decisions, lengths):
-            if getattr(d, attr) is not None:
+            # a refused packet is in its VIP's refused count only (checked above)
+            if getattr(d, attr) is not None and d.outcome != "drop_source_range":
                 want[getattr(d, attr)].update(packets=1, bytes=n, new_flows=int(d.new_flow))
         for owner, counts in want.items():
             assert reader(owner) == {k: counts[k] for k in ("packets", "bytes", "new_flows")}, \
@@ -276,8 +294,11 @@ def test_kernel_decides_like_the_model(scenario, phase1, phase2):
             both.set_backend(b.backend_id, b.addr, state=b.state, flags=b.flags, gen=b.gen)
             both.set_nexthop(b.backend_id, b.mac, LB_MAC, b.ifindex)
         for ring_id, v in enumerate(vips, start=1):
+            flags = v.flags | (L.VIP_SOURCE_RANGES if v.ranges is not None else 0)
             both.set_vip(v.addr, v.port, v.proto, vip_id=ring_id, ring_id=ring_id,
-                         ring_size=v.ring_size, mode=v.mode, flags=v.flags)
+                         ring_size=v.ring_size, mode=v.mode, flags=flags)
+            for prefix in v.ranges or ():
+                both.add_source_range(ring_id, prefix)
         install_rings(both, backends, vips, [True] * len(vips))
 
         decisions, lengths = [], []
@@ -310,6 +331,14 @@ def test_kernel_decides_like_the_model(scenario, phase1, phase2):
                 b.state = L.BACKEND_ACTIVE
                 both.set_backend(b.backend_id, b.addr, state=b.state, flags=b.flags, gen=b.gen)
         install_rings(both, backends, vips, rebuild)
+        # and a source range comes or goes (the flag stays as it was)
+        for vip_id, v in enumerate(vips, start=1):
+            if v.toggle is None:
+                continue
+            if v.toggle in (v.ranges or ()):
+                both.del_source_range(vip_id, v.toggle)
+            else:
+                both.add_source_range(vip_id, v.toggle)
         run(phase2)
 
 

@@ -59,6 +59,8 @@ NO_BACKEND = {"flow_miss": 1, "drop_no_backend": 1}
 UNSUPPORTED = {"flow_miss": 1, "drop_unsupported": 1}
 DECAP = {"decap": 1}
 REFUSED = {"decap_refused": 1}
+SRC_REFUSED = {"drop_source_range": 1}
+SR = L.VIP_SOURCE_RANGES
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,14 @@ def decap_source(prefix: str):
     return lambda dp: dp.add_decap_source(prefix)
 
 
+def ranges(vip_id: int, *prefixes: str):
+    """Client prefixes VIP `vip_id` admits (they count only with VIP_SOURCE_RANGES set)."""
+    def step(dp):
+        for prefix in prefixes:
+            dp.add_source_range(vip_id, prefix)
+    return step
+
+
 def announce(addr: str, ifindex: int = 0):
     return lambda dp: dp.announce(addr, ifindex, P.ANNOUNCE_MAC)
 
@@ -227,6 +237,19 @@ def flows_are(*expected: Tuple[int, int, int]):
         got = sorted((k["sport"], v["backend_id"], v["gen"]) for k, v in dp.flows())
         assert got == sorted(expected), f"flow table: {dp.flows()}"
     return check
+
+
+def range_drops(vip_id: int, n: int):
+    """VIP `vip_id` counted `n` packets refused by source range."""
+    def check(dp, out, case):
+        assert dp.vip_range_drops(vip_id) == n, f"VIP {vip_id} source-range drops"
+    return check
+
+
+def refused(vip_id: int):
+    """One packet refused by source range: counted for the VIP as refused, not in its
+    traffic counters, and no flow (the check comes before the flow table)."""
+    return all_of(range_drops(vip_id, 1), counted(vip_id, None, 0, 0, 0), flows_are())
 
 
 def all_of(*checks):
@@ -428,6 +451,100 @@ CASES = [
          (vip(P.VIP4, 80, backends=(1,)), vip(P.VIP4, 0, backends=(2,), vip_id=2, ring_id=2)),
          TX, tunnelled(P.tcp4(dport=81), 2), MISS_TX,
          check=counted(2, 2, 1, ip_len(P.tcp4(dport=81)), 1)),
+
+    # source ranges (Kubernetes' loadBalancerSourceRanges): P.CLIENT4 is 198.51.100.1,
+    # P.CLIENT6 2001:db8:1::1
+    Case("src_range_v4_admitted", T4, (vip(P.VIP4, flags=SR), ranges(1, "198.51.100.0/24")),
+         TX, tunnelled(T4, 1), MISS_TX,
+         check=all_of(outer_sane, counted(1, 1, 1, ip_len(T4), 1), range_drops(1, 0))),
+    Case("src_range_v4_refused", T4, (vip(P.VIP4, flags=SR), ranges(1, "203.0.113.0/24")),
+         DROP, None, SRC_REFUSED, check=refused(1)),
+    Case("src_range_v4_udp_refused", U4,
+         (vip(P.VIP4, 53, "udp", flags=SR), ranges(1, "203.0.113.0/24")), DROP, None,
+         SRC_REFUSED, check=refused(1)),
+    Case("src_range_v6_admitted", T6,
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "2001:db8:1::/48")), TX,
+         tunnelled(T6, 11), MISS_TX, check=all_of(outer_sane, range_drops(1, 0))),
+    Case("src_range_v6_refused", T6,
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "2001:db8:2::/48")), DROP, None,
+         SRC_REFUSED, check=refused(1)),
+    # without the flag the trie is not consulted, whatever it holds for the VIP's id
+    Case("src_range_unflagged_vip_admits_all", T4,
+         (vip(P.VIP4), ranges(1, "203.0.113.0/24")), TX, tunnelled(T4, 1), MISS_TX,
+         check=range_drops(1, 0)),
+    Case("src_range_flag_without_entries_refuses_all", T4, (vip(P.VIP4, flags=SR),), DROP,
+         None, SRC_REFUSED, check=refused(1)),
+    Case("src_range_port0_vip_admitted", P.tcp4(dport=8443),
+         (vip(P.VIP4, 0, flags=SR), ranges(1, "198.51.100.1/32")), TX,
+         tunnelled(P.tcp4(dport=8443), 1), MISS_TX),
+    Case("src_range_port0_vip_refused", P.tcp4(dport=8443),
+         (vip(P.VIP4, 0, flags=SR), ranges(1, "198.51.100.2/32")), DROP, None, SRC_REFUSED,
+         check=refused(1)),
+    # nested: the longest prefix holding the client answers, and any answer admits
+    Case("src_range_nested_outer_admits", T4,
+         (vip(P.VIP4, flags=SR), ranges(1, "198.51.0.0/16", "198.51.100.128/25")), TX,
+         tunnelled(T4, 1), MISS_TX),
+    Case("src_range_nested_inner_admits", P.tcp4(src="198.51.100.200"),
+         (vip(P.VIP4, flags=SR), ranges(1, "198.51.0.0/16", "198.51.100.128/25")), TX,
+         tunnelled(P.tcp4(src="198.51.100.200"), 1), MISS_TX),
+    Case("src_range_v6_nested_inner_admits", T6,
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "2001:db8::/32", "2001:db8:1::/64")),
+         TX, tunnelled(T6, 11), MISS_TX),
+    Case("src_range_neighbours_refused", T4,
+         (vip(P.VIP4, flags=SR), ranges(1, "198.51.100.128/25", "198.51.100.64/26",
+                                        "198.51.101.0/24", "198.51.100.0/32")),
+         DROP, None, SRC_REFUSED, check=refused(1)),
+    Case("src_range_v4_slash0_admits_all", P.tcp4(src="203.0.113.77"),
+         (vip(P.VIP4, flags=SR), ranges(1, "0.0.0.0/0")), TX,
+         tunnelled(P.tcp4(src="203.0.113.77"), 1), MISS_TX),
+    Case("src_range_v6_slash0_admits_all", P.tcp6(src="2001:db8:ee::7"),
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "::/0")), TX,
+         tunnelled(P.tcp6(src="2001:db8:ee::7"), 11), MISS_TX),
+    Case("src_range_v4_slash32_exact", T4, (vip(P.VIP4, flags=SR), ranges(1, "198.51.100.1/32")),
+         TX, tunnelled(T4, 1), MISS_TX),
+    Case("src_range_v6_slash128_exact", T6,
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "2001:db8:1::1/128")), TX,
+         tunnelled(T6, 11), MISS_TX),
+    Case("src_range_v6_slash128_neighbour_refused", T6,
+         (vip(P.VIP6, backends=(11,), flags=SR), ranges(1, "2001:db8:1::/128",
+                                                       "2001:db8:1::2/127")),
+         DROP, None, SRC_REFUSED, check=refused(1)),
+    # the VIP id leads the key: a prefix of one VIP admits nobody to another
+    Case("src_range_of_other_vip_does_not_admit", T4,
+         (vip(P.VIP4, 80, flags=SR), ranges(1, "203.0.113.0/24"),
+          vip(P.VIP4, 443, backends=(2,), vip_id=2, ring_id=2, flags=SR),
+          ranges(2, "198.51.100.0/24", "0.0.0.0/0")),
+         DROP, None, SRC_REFUSED, check=all_of(refused(1), range_drops(2, 0))),
+    Case("src_range_other_family_vip_does_not_admit", T4,
+         (vip(P.VIP4, flags=SR), vip(P.VIP6, backends=(11,), vip_id=2, ring_id=2, flags=SR),
+          ranges(2, "::/0", "::ffff:0:0/96")),
+         DROP, None, SRC_REFUSED, check=refused(1)),
+    Case("src_range_refused_in_local_mode", T4,
+         (vip(P.VIP4, mode=L.MODE_LOCAL, flags=SR), ranges(1, "203.0.113.0/24")), DROP, None,
+         SRC_REFUSED, check=refused(1)),
+    Case("src_range_refused_with_affinity_no_flow", AFF_SECOND,
+         (vip(P.VIP4, flags=SR | L.VIP_AFFINITY_SRC), ranges(1, "203.0.113.0/24")), DROP,
+         None, SRC_REFUSED, check=refused(1)),
+    # checked before the flow table: a client whose range went keeps no established flow
+    Case("src_range_refused_despite_established_flow", T4,
+         (vip(P.VIP4), send(T4), vip(P.VIP4, flags=SR, ring=False),
+          ranges(1, "203.0.113.0/24")),
+         DROP, None, SRC_REFUSED,
+         check=all_of(range_drops(1, 1), counted(1, 1, 1, ip_len(T4), 1),
+                      flows_are((P.CLIENT_PORT, 1, 1)))),
+    # ICMP errors about VIP flows (from routers on the path) and ARP/NDP are not filtered
+    Case("src_range_icmp4_steering_not_filtered", ICMP4_STEER,
+         (vip(P.VIP4, flags=SR), ranges(1, "203.0.113.0/24")), TX,
+         tunnelled(ICMP4_STEER, 1, flow_of=T4), {"flow_miss": 1, "icmp_steered": 1, "tx": 1},
+         check=range_drops(1, 0)),
+    Case("src_range_icmp6_steering_not_filtered", ICMP6_STEER,
+         (vip(P.VIP6, backends=(11,), flags=SR),), TX,
+         tunnelled(ICMP6_STEER, 11, flow_of=T6), {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("src_range_arp_not_filtered", ARP_REQ, (vip(P.VIP4, flags=SR), announce(P.VIP4)), TX,
+         P.arp_reply(ARP_REQ), {"arp_reply": 1}),
+    Case("src_range_ns_not_filtered", NS,
+         (vip(P.VIP6, backends=(11,), flags=SR), announce(P.VIP6)), TX,
+         P.neighbour_advert(NS), {"ndp_reply": 1}),
 
     # malformed and truncated: passed untouched, never balanced
     # BPF_PROG_TEST_RUN refuses frames under 14 bytes, but (Linux 6.18 here) takes a ctx

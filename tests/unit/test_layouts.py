@@ -69,6 +69,8 @@ STRATEGIES = {
     "counters": st.fixed_dictionaries(dict(packets=u64, bytes=u64, new_flows=u64)),
     "lpm_key": st.fixed_dictionaries(dict(prefixlen=st.integers(0, 128),
                                           addr=st.binary(min_size=16, max_size=16))),
+    "src_range_key": st.fixed_dictionaries(dict(
+        vip_id=u32, prefixlen=st.integers(32, 160), addr=st.binary(min_size=16, max_size=16))),
     "config": st.fixed_dictionaries(dict(
         seed=u32, mtu=u16, flags=u16, src4=st.binary(min_size=4, max_size=4),
         src4_plen=st.integers(0, 32), src6=st.binary(min_size=16, max_size=16),
@@ -139,6 +141,13 @@ def test_host_order_fields():
     assert cfg[:8] == struct.pack("=IHH", 0xDEADBEEF, 9000, L.CFG_DECAP_CHECK_SOURCE)
 
 
+def test_src_range_key_bytes():
+    # the VIP id leads the matched data, so every trie prefix is "this VIP, then addresses"
+    data = L.pack_src_range_key(7, 32 + 96 + 24, bytes(10) + b"\xff\xff" + bytes([10, 1, 2, 0]))
+    assert data == struct.pack("=II", 152, 7) + bytes(10) + b"\xff\xff\x0a\x01\x02\x00"
+    assert L.SRC_RANGE_PLEN_MAX == 160
+
+
 def test_padding_is_zero_and_ignored():
     key = L.pack_addr_key(V4, L.FAMILY_V4)
     assert key[17:] == bytes(3)
@@ -176,6 +185,10 @@ def test_defaults():
     lambda: L.pack_counters(packets=2 ** 64),
     lambda: L.pack_lpm_key(129, V6),
     lambda: L.pack_lpm_key(8, V6[:4]),
+    lambda: L.pack_src_range_key(1, 31, V6),      # the VIP id is always matched whole
+    lambda: L.pack_src_range_key(1, 161, V6),
+    lambda: L.pack_src_range_key(2 ** 32, 40, V6),
+    lambda: L.pack_src_range_key(1, 40, V6[:4]),
     lambda: L.pack_config(mtu=65536),
     lambda: L.pack_config(src4_plen=33),
     lambda: L.pack_config(src6_plen=129),
@@ -248,10 +261,13 @@ def test_constants_from_consts_h():
     assert L.RING_SIZE_DEFAULT == 65537 and L.RING_SIZE_MAX >= L.RING_SIZE_DEFAULT
     assert L.MTU_DEFAULT == 1500
     assert len(set(L.MODES)) == 3 and 0 not in L.MODES
-    for group in ([L.VIP_NO_FLOW_TABLE, L.VIP_AFFINITY_SRC],
+    for group in ([L.VIP_NO_FLOW_TABLE, L.VIP_AFFINITY_SRC, L.VIP_ANNOUNCE,
+                   L.VIP_SOURCE_RANGES],
                   [L.ADDR_PORTS, L.ADDR_ALL_PORTS, L.ADDR_ANNOUNCE],
                   [L.BACKEND_LOCAL], [L.CFG_DECAP_CHECK_SOURCE]):
         assert all(f > 0 and f & (f - 1) == 0 for f in group)      # one bit each
         assert len(set(group)) == len(group)
     assert {L.BACKEND_ACTIVE, L.BACKEND_DRAINING} == {1, 2}
     assert L.MAX_RINGS >= 1 and L.MAX_VIPS >= 1 and L.MAX_BACKENDS >= 1
+    assert L.MAX_SOURCE_RANGES >= L.MAX_VIPS
+    assert L.STAT_NAMES[L.STAT_DROP_SOURCE_RANGE] == "drop_source_range"

@@ -13,7 +13,8 @@ import pytest
 
 from pyxlb import _layouts as L
 from pyxlb._bpf import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from pyxlb.model import Model, NotModelled, Packet, flow_hash, outer_source4, outer_source6
+from pyxlb.model import (Decision, Model, NotModelled, Packet, flow_hash, outer_source4,
+                         outer_source6)
 
 # (src, dst, sport, dport, proto, seed, affinity) -> xlb_flow_hash from the kernel
 KNOWN_HASHES = [
@@ -173,3 +174,60 @@ def test_next_hop_decides_tx_or_redirect(model):
     model.del_nexthop(1)
     with pytest.raises(NotModelled):
         model.decide(Packet(CLIENT4, VIP4, 2, 80, 6, 40))
+
+
+# -- source ranges ------------------------------------------------------------------------
+
+
+def ranged_model(*prefixes, vip=VIP4, flags=L.VIP_SOURCE_RANGES):
+    m = Model()
+    m.set_config(seed=1, src4="10.255.0.0/16", src6="fd00:ff::/96")
+    m.set_backend(1, "10.0.0.1" if ":" not in vip else "fd00::1")
+    m.set_nexthop(1, "02:00:00:00:00:01", "02:00:00:00:00:02", 1)
+    m.set_vip(vip, 80, "tcp", vip_id=3, ring_id=1, ring_size=7, mode=L.MODE_IPIP,
+              flags=flags)
+    m.set_ring(1, [1] * 7)
+    for p in prefixes:
+        m.add_source_range(3, p)
+    return m
+
+
+@pytest.mark.parametrize("prefixes,client,admitted", [
+    (("198.51.100.0/24",), "198.51.100.7", True),
+    (("198.51.100.0/25",), "198.51.100.200", False),
+    (("198.51.0.0/16", "198.51.100.128/25"), "198.51.100.7", True),
+    (("198.51.100.6/32", "198.51.100.8/29"), "198.51.100.7", False),
+    (("198.51.100.7/32",), "198.51.100.7", True),
+    (("0.0.0.0/0",), "203.0.113.1", True),
+    ((), "198.51.100.7", False),                       # flagged, no entries: nobody
+    # the trie keys IPv4 as ::ffff:a.b.c.d: a mapped IPv6 prefix covers IPv4 clients
+    (("::ffff:0:0/96",), "198.51.100.7", True),
+    (("::/0",), "198.51.100.7", True),
+    (("2001:db8::/32",), "198.51.100.7", False),
+])
+def test_source_ranges_v4(prefixes, client, admitted):
+    m = ranged_model(*prefixes)
+    d = m.decide(Packet(client, VIP4, 40000, 80, 6, l3_len=40))
+    if admitted:
+        assert (d.action, d.outcome, d.flow) == (XDP_TX, "tx", "flow_miss")
+    else:
+        assert d == Decision(XDP_DROP, "drop_source_range", vip_id=3)
+        assert m.flows == {}
+
+
+def test_source_ranges_v6_and_the_flag():
+    m = ranged_model("2001:db8::/32", "2001:db8:0:1::/64", vip=VIP6)
+    assert m.decide(Packet("2001:db8::7", VIP6, 1, 80, 6, 60)).outcome == "tx"
+    assert m.decide(Packet("2001:db9::7", VIP6, 1, 80, 6, 60)).outcome == "drop_source_range"
+    m.del_source_range(3, "2001:db8::/32")
+    assert m.decide(Packet("2001:db8::8", VIP6, 1, 80, 6, 60)).outcome == "drop_source_range"
+    assert m.decide(Packet("2001:db8:0:1::8", VIP6, 1, 80, 6, 60)).outcome == "tx"
+    # without the flag the prefixes are not consulted
+    m.set_vip(VIP6, 80, "tcp", vip_id=3, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
+    assert m.decide(Packet("2001:db9::7", VIP6, 1, 80, 6, 60)).outcome == "tx"
+
+
+def test_a_range_of_another_vip_id_does_not_admit():
+    m = ranged_model()
+    m.add_source_range(4, "0.0.0.0/0")
+    assert m.decide(Packet(CLIENT4, VIP4, 1, 80, 6, 40)).outcome == "drop_source_range"

@@ -203,6 +203,40 @@ internal:
 	return XDP_DROP;
 }
 
+/*
+ * Does `vip` (flagged XLB_VIP_SOURCE_RANGES) admit the client of `pkt`? One LPM lookup keyed
+ * by the VIP id and the client's address at full length; the longest match is any of the
+ * VIP's prefixes that holds the address. `family` is a constant at each call.
+ */
+static __always_inline int xlb_source_admitted(const struct xlb_pkt *pkt, __u32 vip_id,
+					       const int family)
+{
+	struct xlb_src_range_key key = {};
+
+	key.prefixlen = XLB_SRC_RANGE_PLEN_MAX;
+	key.vip_id = vip_id;
+	if (family == XLB_FAMILY_V4) {
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], pkt->key.src, 4);
+	} else {
+		__builtin_memcpy(key.addr, pkt->key.src, 16);
+	}
+	return bpf_map_lookup_elem(&xlb_source_ranges, &key) != NULL;
+}
+
+/* Drop a packet whose client the VIP does not admit: counted globally and for the VIP (not
+ * in its traffic counters: the packet never reached a backend or the flow table). */
+static __always_inline int xlb_refuse_source(__u32 vip_id)
+{
+	__u64 *n = bpf_map_lookup_elem(&xlb_vip_range_drops, &vip_id);
+
+	if (n)
+		*n += 1;
+	xlb_count(XLB_STAT_DROP_SOURCE_RANGE);
+	return XDP_DROP;
+}
+
 /* Balance a parsed TCP/UDP packet for `vip`: count, pick, forward. */
 static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				       const struct xlb_vip *vip)
@@ -407,8 +441,12 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
 		goto malformed;
 	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, family, addr->flags);
-	if (vip)
-		return xlb_balance(ctx, pkt, vip);
+	if (!vip)
+		goto not_vip;
+	/* before the flow table and the ring: a refused client leaves no flow behind */
+	if ((vip->flags & XLB_VIP_SOURCE_RANGES) && !xlb_source_admitted(pkt, vip->vip_id, family))
+		return xlb_refuse_source(vip->vip_id);
+	return xlb_balance(ctx, pkt, vip);
 not_vip:
 	xlb_count(XLB_STAT_PASS_NOT_VIP);
 	return XDP_PASS;

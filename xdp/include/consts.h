@@ -29,6 +29,10 @@
 #ifndef XLB_MAX_SOURCE_PREFIXES
 #define XLB_MAX_SOURCE_PREFIXES 1024
 #endif
+/* Client prefixes of every VIP together (xlb_source_ranges). */
+#ifndef XLB_MAX_SOURCE_RANGES
+#define XLB_MAX_SOURCE_RANGES 16384
+#endif
 
 /* Bits of xlb_addr_filter: one per slot an address folds to (see hash.h). */
 #define XLB_ADDR_FILTER_BITS (1 << 16)
@@ -49,6 +53,11 @@
 #define XLB_VIP_NO_FLOW_TABLE (1 << 0)	/* pure Maglev: no flow-table lookup or insert */
 #define XLB_VIP_AFFINITY_SRC (1 << 1)	/* hash the source address only (ClientIP) */
 #define XLB_VIP_ANNOUNCE (1 << 2)	/* announced (the address entry says so to the datapath) */
+#define XLB_VIP_SOURCE_RANGES (1 << 3)	/* only clients in its xlb_source_ranges entries */
+
+/* Prefix length of a struct xlb_src_range_key that names one client exactly: the VIP id's
+ * 32 bits, then 128 address bits (IPv4 as ::ffff:a.b.c.d, so an IPv4 /n is 32 + 96 + n). */
+#define XLB_SRC_RANGE_PLEN_MAX (32 + 128)
 
 /* struct xlb_addr.flags: what a destination address is to this node. */
 #define XLB_ADDR_PORTS (1 << 0)		/* some VIP on this address has a port */
@@ -95,6 +104,7 @@ enum xlb_stat {
 	XLB_STAT_NDP_REPLY,		/* neighbour solicitation answered */
 	XLB_STAT_DECAP,			/* tunnelled VIP packet decapsulated and passed up */
 	XLB_STAT_DECAP_REFUSED,		/* tunnelled packet not for a known VIP or source */
+	XLB_STAT_DROP_SOURCE_RANGE,	/* client outside the VIP's source ranges */
 	XLB_STAT_MAX,
 };
 

@@ -138,6 +138,24 @@ struct {
 	__type(value, struct xlb_flow);
 } xlb_flows SEC(".maps");
 
+/* (VIP id, client prefix) -> 1: the clients a VIP flagged XLB_VIP_SOURCE_RANGES admits
+ * (Kubernetes' loadBalancerSourceRanges). One trie for every VIP: the id leads the key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XLB_MAX_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xlb_src_range_key);
+	__type(value, __u32);
+} xlb_source_ranges SEC(".maps");
+
+/* Per-VIP count of packets dropped for a client outside its source ranges, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u64);
+} xlb_vip_range_drops SEC(".maps");
+
 /* Per-VIP counters by vip_id, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -108,6 +108,14 @@ struct xlb_lpm_key {
 	__u8 addr[16];		/* network order */
 };
 
+/* Key of xlb_source_ranges (LPM trie): a client prefix that one VIP admits. The VIP id is
+ * the first 32 bits of every prefix, so one trie serves all VIPs and both families. */
+struct xlb_src_range_key {
+	__u32 prefixlen;	/* host order; 32 + 96 + n (IPv4 /n) or 32 + n (IPv6 /n) */
+	__u32 vip_id;		/* host order (always matched whole, so its byte order is moot) */
+	__u8 addr[16];		/* network order; IPv4 as ::ffff:a.b.c.d */
+};
+
 /* The single value of xlb_config. */
 struct xlb_config {
 	__u32 seed;		/* host order; flow-hash seed, the same on every LB node */
