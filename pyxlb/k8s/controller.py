@@ -210,6 +210,8 @@ class Controller:
         self._backoff: Dict[str, Backoff] = {}
         self.leading = False
         self._took_over = False           # the allocator was rebuilt for this leadership
+        self._problems: Tuple = ()
+        self._problems_new = False
         self.pool_problems: Tuple[str, ...] = ()
 
     # the agent calls this for every Service change it sees
@@ -219,10 +221,22 @@ class Controller:
             self._cond.notify()
 
     def post_problems(self, problems) -> None:
-        """Translation problems (SCTP ports, bad source ranges, ...) as Events on their
-        Services; only the leader posts them, so a cluster posts each once."""
-        if not self.leading:
-            return
+        """Translation problems (SCTP ports, bad source ranges, ...) to post as Events on
+        their Services. Called from the agent's reconcile loop, so it only hands them over:
+        the controller's thread posts them, and only while leading (a cluster posts each
+        once, and a slow API server never holds up the datapath)."""
+        with self._cond:
+            if tuple(problems) != self._problems:
+                self._problems = tuple(problems)
+                self._problems_new = True
+                self._cond.notify()
+
+    def _post_problems(self) -> None:
+        with self._cond:
+            if not self._problems_new:
+                return
+            self._problems_new = False
+            problems = self._problems
         services = self._services()
         for p in problems:
             svc = services.get(p.service)
@@ -268,16 +282,19 @@ class Controller:
                     self.metrics.leader.set(1 if self.leading else 0)
                 if not self.leading:
                     self._took_over = False
-                elif not self._took_over:
+                elif not self._took_over and self.pools.synced.is_set():
+                    # (the pools must be known first: restoring against no pools would
+                    # hand every Service a new address once they arrive)
                     try:
                         self._take_over()
                         self._took_over = True
                     except Exception:
                         log.exception("IP allocation: rebuilding from Service statuses "
                                       "failed; trying again")
-            if self.leading and self._took_over and self.pools.synced.is_set():
+            if self.leading and self._took_over:
                 try:
                     self._work()
+                    self._post_problems()
                 except TRANSIENT as exc:
                     log.warning("IP allocation paused: API unreachable (%s)", exc)
                     self._stop.wait(1.0)
@@ -285,7 +302,9 @@ class Controller:
                     log.exception("IP allocation")
                     self._stop.wait(1.0)
             with self._cond:
-                if not self._queue and not self._pools_dirty:
+                busy = self.leading and self._took_over and (
+                    self._queue or self._pools_dirty or self._problems_new)
+                if not busy:
                     timeout = max(0.0, next_tick - time.monotonic())
                     due = [t for t in self._retry.values()]
                     if due:
@@ -294,7 +313,6 @@ class Controller:
 
     def _take_over(self) -> None:
         """Rebuild the allocator from the Services' statuses, oldest Service first."""
-        self.pools.synced.wait(10)
         self._load_pools()
         fresh = ipam.Allocator(self.allocator_pools)
         services = self._services()
