@@ -661,15 +661,17 @@ class Datapath(_LoadedObject):
             else:       # a freed id: only its generation matters
                 backends[i] = plan_mod.BackendRecord(None, 0, False, None, b["gen"])
         live = {i: r for i, r in backends.items() if r.state}
-        layout = plan_mod.rebuild_state(vips, members, live)
+        layout = plan_mod.rebuild_state(vips, members, live, self._range_entries())
         layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})
         return layout
 
     def _limits(self) -> "plan_mod.Limits":
         return plan_mod.Limits(vips=min(self.maps.vips.max_entries,
-                                        self.maps.vip_stats.max_entries),
+                                        self.maps.vip_stats.max_entries,
+                                        self.maps.vip_range_drops.max_entries),
                                backends=self.maps.backends.max_entries,
-                               rings=self.maps.rings.max_entries)
+                               rings=self.maps.rings.max_entries,
+                               source_ranges=self.maps.source_ranges.max_entries)
 
     def apply(self, state: "DesiredState", *, dry_run: bool = False) -> "plan_mod.Plan":
         """Make the maps implement `state`, writing only the difference.
@@ -726,6 +728,9 @@ class Datapath(_LoadedObject):
         things used goes only once no VIP points at it."""
         m = self.maps
         zero_counters = bytes(m.vip_stats.percpu_value_size * m.vip_stats.ncpus)
+        # stray trie entries: no VIP record consults them, so they may go before anything
+        for vid, net in sorted(plan.stray_deletes, key=_range_order):
+            tx.remove(m.source_ranges, _range_key(vid, net), _u32(_PRESENT))
         for bid in sorted(plan.new_backend_ids):
             tx.update(m.backend_stats, bid, zero_counters)
             tx.update(m.nexthops, bid, bytes(L.SIZES["xlb_nexthop"]))
@@ -739,8 +744,13 @@ class Datapath(_LoadedObject):
         finish_rings = tx.add_rings(m.rings, plan.ring_writes)
         for (vid, bid), (weight, st) in sorted(plan.member_writes.items()):
             tx.update(m.members, L.pack_member_key(vid, bid), L.pack_member(weight, st))
+        zero_drops = bytes(m.vip_range_drops.percpu_value_size * m.vip_range_drops.ncpus)
         for vid in sorted(plan.new_vip_ids):
             tx.update(m.vip_stats, vid, zero_counters)
+            tx.update(m.vip_range_drops, vid, zero_drops)
+        # a VIP's client prefixes are in the trie before its record says to look there
+        for vid, net in sorted(plan.range_writes, key=_range_order):
+            tx.insert(m.source_ranges, _range_key(vid, net), _u32(_PRESENT))
         for key, rec in sorted(plan.vip_writes.items(), key=lambda kv: str(kv[0])):
             tx.update(m.vips, _vip_key_bytes(key),
                       L.pack_vip(rec.vip_id, rec.ring_id, rec.ring_size, rec.mode, rec.flags))
@@ -759,6 +769,9 @@ class Datapath(_LoadedObject):
                 tx.update(m.addr_filter, 0, bits)
         for key in sorted(plan.vip_deletes, key=str):
             tx.delete(m.vips, _vip_key_bytes(key))
+        # ... and leave once no record (or only one without the flag) points there
+        for vid, net in sorted(plan.range_deletes, key=_range_order):
+            tx.remove(m.source_ranges, _range_key(vid, net), _u32(_PRESENT))
         finish_rings()
         for vid, bid in sorted(plan.member_deletes):
             tx.delete(m.members, L.pack_member_key(vid, bid))
@@ -864,6 +877,24 @@ class _Transaction:
             return
         m.delete(key)
         self._undo.append((m, key, prev))
+
+    # An LPM trie's lookup answers with the longest prefix that covers the key, not the
+    # key's own entry, so update() and delete() cannot read what to undo: the planner,
+    # which knows which entries exist, says so instead.
+
+    def insert(self, m: "_bpf.Map", key, value) -> None:
+        """Add an entry the caller knows is absent (undo: delete it)."""
+        m.update(key, value)
+        self._undo.append((m, key, None))
+
+    def remove(self, m: "_bpf.Map", key, value) -> None:
+        """Delete an entry the caller knows holds `value` (undo: put it back); one already
+        gone is skipped."""
+        try:
+            m.delete(key)
+        except KeyError:
+            return
+        self._undo.append((m, key, value))
 
     def add_rings(self, outer: "_bpf.Map", tables) -> "Callable[[], None]":
         """Install new rings (ring id -> table) with one batch update of the outer map,

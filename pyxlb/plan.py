@@ -16,6 +16,10 @@ Identities:
   members change moves to another ring (copy on write); a ring nobody uses is freed.
 - Membership (VIP id, backend id) is what lets a flow stay on a draining backend while a
   backend removed from one VIP, but still serving others, loses that VIP's flows.
+- Source ranges are (VIP id, prefix) entries of one LPM trie; a VIP with any carries
+  VIP_SOURCE_RANGES in its record. A VIP's entries go in before its record (so the flag
+  never meets a trie that lacks them) and leave after it (so clearing the flag comes
+  first); while ranges change, the old and the new both admit for a moment.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from array import array
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import _layouts as L
 from .maglev import build_table
-from .state import Backend, DesiredState, IPAddress, StateError, Vip, VipKey, key_order
+from .state import (Backend, DesiredState, IPAddress, IPNetwork, StateError, Vip, VipKey,
+                    key_order)
 
 MODE_CODES = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2, "local": L.MODE_LOCAL}
 MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
@@ -37,6 +42,8 @@ GEN_MAX = 0xFFFFFFFF
 
 # A ring's identity: its size and its members as ((address, weight), ...) in address order.
 RingKey = Tuple[int, Tuple[Tuple[str, int], ...]]
+# One entry of xlb_source_ranges: (VIP id, client prefix).
+RangeEntry = Tuple[int, IPNetwork]
 
 
 def ring_key(vip: Vip) -> RingKey:
@@ -51,6 +58,8 @@ def vip_flags(vip: Vip) -> int:
         flags |= L.VIP_AFFINITY_SRC
     if vip.announce:
         flags |= L.VIP_ANNOUNCE
+    if vip.source_ranges:
+        flags |= L.VIP_SOURCE_RANGES
     return flags
 
 
@@ -85,6 +94,9 @@ class Layout:
     backend_ids: Dict[IPAddress, int] = dataclasses.field(default_factory=dict)
     gens: Dict[int, int] = dataclasses.field(default_factory=dict)   # last gen of each id
     ring_ids: Dict[RingKey, int] = dataclasses.field(default_factory=dict)
+    # xlb_source_ranges entries that no VIP's record accounts for (an apply that was killed
+    # half-way leaves them): the next plan deletes them
+    stray_ranges: FrozenSet[RangeEntry] = frozenset()
     # derived from the above; built once, then carried from plan to plan
     _index: Optional["_Index"] = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -112,6 +124,7 @@ class _Index:
         self.members: Dict[int, Dict[int, Tuple[int, int]]] = {}   # vip id -> {bid: (w, st)}
         self.ring_refs: Dict[RingKey, int] = {}
         self.kinds: Dict[IPAddress, Tuple[int, int, int]] = {}  # (ports, all ports, announce)
+        self.counts: Dict[str, int] = {"source_ranges": 0}      # entries, all VIPs together
 
     @classmethod
     def build(cls, layout: "Layout") -> "_Index":
@@ -151,6 +164,7 @@ class _Index:
         key = ring_key(vip)
         self.ring_refs[key] = self.ring_refs.get(key, 0) + 1
         self._kind(vip, +1)
+        self.counts["source_ranges"] += len(vip.source_ranges)
 
     def remove_vip(self, vip: Vip) -> None:
         for b in vip.backends:
@@ -168,6 +182,7 @@ class _Index:
         if not self.ring_refs[key]:
             del self.ring_refs[key]
         self._kind(vip, -1)
+        self.counts["source_ranges"] -= len(vip.source_ranges)
 
     def _kind(self, vip: Vip, delta: int) -> None:
         ports, every, announce = self.kinds.get(vip.key.address, (0, 0, 0))
@@ -197,6 +212,7 @@ class Limits:
     vips: int = L.MAX_VIPS
     backends: int = L.MAX_BACKENDS
     rings: int = L.MAX_RINGS
+    source_ranges: int = L.MAX_SOURCE_RANGES
 
 
 @dataclasses.dataclass
@@ -214,6 +230,9 @@ class Plan:
     vip_writes: Dict[VipKey, VipRecord] = dataclasses.field(default_factory=dict)
     vip_deletes: Set[VipKey] = dataclasses.field(default_factory=set)
     addr_flags: Dict[IPAddress, int] = dataclasses.field(default_factory=dict)  # 0: delete
+    range_writes: Set[RangeEntry] = dataclasses.field(default_factory=set)
+    range_deletes: Set[RangeEntry] = dataclasses.field(default_factory=set)
+    stray_deletes: Set[RangeEntry] = dataclasses.field(default_factory=set)  # done first
     new_vip_ids: Set[int] = dataclasses.field(default_factory=set)
     new_backend_ids: Set[int] = dataclasses.field(default_factory=set)
     added: Tuple[Vip, ...] = ()
@@ -224,7 +243,8 @@ class Plan:
     def empty(self) -> bool:
         return not (self.backend_writes or self.backend_frees or self.ring_writes
                     or self.ring_deletes or self.member_writes or self.member_deletes
-                    or self.vip_writes or self.vip_deletes or self.addr_flags)
+                    or self.vip_writes or self.vip_deletes or self.addr_flags
+                    or self.range_writes or self.range_deletes or self.stray_deletes)
 
     def describe(self) -> List[str]:
         """The plan for a person: one line per VIP added, removed or changed."""
@@ -237,6 +257,9 @@ class Plan:
                      f"deletes, {len(self.ring_writes)} new rings, {len(self.ring_deletes)} "
                      f"rings freed, {len(self.backend_writes)} backend writes, "
                      f"{len(self.backend_frees)} backends freed")
+        if self.range_writes or self.range_deletes or self.stray_deletes:
+            lines[-1] += (f", {len(self.range_writes)} source ranges added, "
+                          f"{len(self.range_deletes) + len(self.stray_deletes)} removed")
         return lines
 
 
@@ -246,6 +269,8 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
         a, b = getattr(old, field), getattr(new, field)
         if a != b:
             out.append(f"{field}: {a} -> {b}")
+    if old.source_ranges != new.source_ranges:
+        out.append(f"source ranges: {_ranges_text(old)} -> {_ranges_text(new)}")
     ob = {b.address: b for b in old.backends}
     nb = {b.address: b for b in new.backends}
     for addr in sorted(nb.keys() - ob.keys(), key=lambda a: (a.version, a)):
@@ -259,6 +284,10 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
                        if getattr(ob[addr], f) != getattr(nb[addr], f)]
             out.append(f"~ backend {addr}: {', '.join(changes)}")
     return out
+
+
+def _ranges_text(vip: Vip) -> str:
+    return ", ".join(str(n) for n in vip.source_ranges) if vip.source_ranges else "any client"
 
 
 def _mac_text(mac: Optional[str]) -> str:
@@ -308,6 +337,9 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
         idx.remove_vip(vip)
     for vip in coming:
         idx.add_vip(vip)
+    if idx.counts["source_ranges"] > limits.source_ranges:
+        raise StateError(f"{idx.counts['source_ranges']} source ranges (all VIPs together) "
+                         f"do not fit the source-range map ({limits.source_ranges})")
 
     # Ids are kept for what stays and handed out (lowest free first) for what is new. An id
     # freed by this plan is not handed out again by it: until the plan's last step the old
@@ -385,22 +417,71 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
         if before != after:
             addr_flags[addr] = after
 
+    # source ranges of the VIPs that went, came or changed (a changed VIP keeps its id);
+    # entries a killed apply left behind go too, unless wanted again (then they stay)
+    range_writes: Set[RangeEntry] = set()
+    range_deletes: Set[RangeEntry] = set()
+    for vip in removed:
+        vid = old.vip_ids[vip.key]
+        range_deletes.update((vid, net) for net in vip.source_ranges)
+    for vip in coming:
+        vid = vip_ids[vip.key]
+        prev = old_by_key.get(vip.key)
+        before = set(prev.source_ranges) if prev is not None else set()
+        after = set(vip.source_ranges)
+        range_writes.update((vid, net) for net in after - before)
+        range_deletes.update((vid, net) for net in before - after)
+    # a stray entry is never consulted (its VIP id has no record, or a record without the
+    # flag), so it can go before anything else; one that is wanted again just stays
+    kept = old.stray_ranges & range_writes
+    range_writes -= kept
+    stray_deletes = set(old.stray_ranges - kept)
+    peak = old_idx.counts["source_ranges"] + len(kept) + len(range_writes)
+    if peak > limits.source_ranges:
+        raise StateError(f"the source-range map holds {limits.source_ranges} entries, and "
+                         f"this change needs {peak} at once (new ranges go in before old "
+                         f"ones leave): apply the removals first")
+
     new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
     return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
                 ring_writes=ring_writes, ring_deletes=ring_deletes,
                 member_writes=member_writes, member_deletes=member_deletes,
                 vip_writes=vip_writes, vip_deletes={v.key for v in removed},
-                addr_flags=addr_flags, new_vip_ids=new_vip_ids,
+                addr_flags=addr_flags, range_writes=range_writes,
+                range_deletes=range_deletes, stray_deletes=stray_deletes,
+                new_vip_ids=new_vip_ids,
                 new_backend_ids=new_backend_ids,
                 added=tuple(sorted(added, key=lambda v: key_order(v.key))),
                 removed=tuple(sorted(removed, key=lambda v: key_order(v.key))),
                 changed=tuple(sorted(changed, key=lambda p: key_order(p[0].key))))
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _in_family(net: IPNetwork, family: int) -> Optional[IPNetwork]:
+    """A prefix read back from the trie, as a prefix of a VIP of `family`. The trie keeps
+    IPv4 as ::ffff:a.b.c.d, so what reads back as IPv4 may be an IPv6 VIP's prefix inside
+    ::ffff:0:0/96; an IPv6 prefix is never an IPv4 VIP's. None: not this family's."""
+    if net.version == family:
+        return net
+    if family == 6:
+        return ipaddress.IPv6Network((_V4_MAPPED + net.network_address.packed,
+                                      96 + net.prefixlen))
+    return None
+
+
 def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], Tuple[int, int]],
-                  backends: Dict[int, BackendRecord]) -> Layout:
+                  backends: Dict[int, BackendRecord],
+                  ranges: FrozenSet[RangeEntry] = frozenset()) -> Layout:
     """The Layout (and so the DesiredState) that map contents describe: what a restarted
-    process reads back before its first apply. Inverse of what apply writes."""
+    process reads back before its first apply. Inverse of what apply writes. `ranges` are
+    the xlb_source_ranges entries: a VIP whose record has VIP_SOURCE_RANGES admits those of
+    its id; the others are strays, which the next plan deletes."""
+    by_range: Dict[int, List[IPNetwork]] = {}
+    for vid, net in ranges:
+        by_range.setdefault(vid, []).append(net)
+    stray: Set[RangeEntry] = set(ranges)
     by_vip: Dict[int, List[Tuple[int, int, int]]] = {}
     for (vid, bid), (weight, st) in members.items():
         by_vip.setdefault(vid, []).append((bid, weight, st))
@@ -415,14 +496,23 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], 
                                  f"the maps are inconsistent")
             bks.append(Backend(br.address, weight, STATE_NAMES.get(st, "active"), br.mac,
                                br.local))
+        nets: List[IPNetwork] = []
+        if rec.flags & L.VIP_SOURCE_RANGES:
+            for net in by_range.get(rec.vip_id, ()):
+                mine = _in_family(net, key.family)
+                if mine is not None:
+                    nets.append(mine)
+                    stray.discard((rec.vip_id, net))
         vip = Vip(key=key, backends=tuple(bks), mode=MODE_NAMES[rec.mode],
                   flow_table=not rec.flags & L.VIP_NO_FLOW_TABLE,
                   affinity="client-ip" if rec.flags & L.VIP_AFFINITY_SRC else "none",
-                  announce=bool(rec.flags & L.VIP_ANNOUNCE), ring_size=rec.ring_size)
+                  announce=bool(rec.flags & L.VIP_ANNOUNCE), ring_size=rec.ring_size,
+                  source_ranges=tuple(nets))
         out_vips.append(vip)
         ring_ids[ring_key(vip)] = rec.ring_id
     state = DesiredState(tuple(out_vips))
     backend_ids = {br.address: bid for bid, br in backends.items() if br.state}
     gens = {bid: br.gen for bid, br in backends.items() if br.gen}
-    return Layout(state, {k: r.vip_id for k, r in vips.items()}, backend_ids, gens, ring_ids)
+    return Layout(state, {k: r.vip_id for k, r in vips.items()}, backend_ids, gens, ring_ids,
+                  stray_ranges=frozenset(stray))
 

@@ -15,6 +15,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from pyxlb import _bpf
+from pyxlb import _layouts as L
 from pyxlb import datapath as datapath_mod
 from pyxlb.datapath import Datapath
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
@@ -68,8 +69,8 @@ def dp():
 
 
 class Recorder:
-    """Records every map write apply makes: (map name, "update"/"delete"/"add_rings"/
-    "delete_rings")."""
+    """Records every map write apply makes: (map name, "update"/"delete"/"insert"/"remove"/
+    "add_rings"/"delete_rings")."""
 
     def __init__(self, monkeypatch, fail_after=None):
         self.ops = []
@@ -89,7 +90,7 @@ class Recorder:
                 return orig(self_, m, *args)
             monkeypatch.setattr(tx, name, call)
 
-        for name in ("update", "delete", "add_rings", "delete_rings"):
+        for name in ("update", "delete", "insert", "remove", "add_rings", "delete_rings"):
             wrap(name)
 
     def maps(self):
@@ -102,6 +103,7 @@ def dump(dp):
     for name in ("xlb_vips", "xlb_vip_addrs", "xlb_members", "xlb_backends", "xlb_nexthops"):
         m = dp.maps[name]
         out[name] = dict(m.items())
+    out["xlb_source_ranges"] = set(dp.maps.source_ranges.keys())
     rings = {}
     for rid in range(dp.maps.rings.max_entries):
         try:
@@ -306,3 +308,183 @@ def test_restart_loses_nothing(bpffs_dir):
         assert dp.stats()["flow_hit"] == len(results) - len(first)
         dp.destroy()
     prog.close()
+
+
+# -- source ranges ----------------------------------------------------------------------------
+
+CLIENT = "198.51.100.7"             # frame()'s IPv4 source
+RANGED = DesiredState((
+    vip("192.0.2.10:80/tcp", *WEB, ring_size=13, source_ranges=("198.51.100.0/24",)),
+    vip("192.0.2.10:443/tcp", *WEB, ring_size=13),
+    vip("[2001:db8::10]:80/tcp", "2001:db8:1::1", "2001:db8:1::2",
+        source_ranges=("2001:db8:9::/48", "::ffff:198.51.100.0/120"))))
+
+
+def ranges_in_maps(dp):
+    """{VIP key text: [prefix, ...]} from the trie, through the VIP ids of the layout."""
+    by_id = {i: str(k) for k, i in dp.layout().vip_ids.items()}
+    return {by_id.get(vid, vid): nets for vid, nets in dp.source_ranges().items()}
+
+
+def admitted(dp, sport, **kw):
+    """True when the packet is balanced, False when refused by source range."""
+    before = dp.stats()["drop_source_range"]
+    action, _ = dp.run(frame(sport, **kw))
+    if action == _bpf.XDP_DROP:
+        assert dp.stats()["drop_source_range"] == before + 1, "dropped for another reason"
+        return False
+    assert action == _bpf.XDP_TX, action
+    return True
+
+
+def test_ranges_added_changed_removed(dp, monkeypatch):
+    dp.apply(STATE)
+    prepare(dp)
+    assert admitted(dp, 100) and dp.source_ranges() == {}
+    # add: the trie gets the prefixes, the VIP record the flag
+    dp.apply(RANGED)
+    # (the trie keeps IPv4 as ::ffff:a.b.c.d, so the IPv6 VIP's mapped prefix reads as IPv4
+    # at this level; current_state() gives it back as written)
+    assert ranges_in_maps(dp) == {
+        "192.0.2.10:80/tcp": ["198.51.100.0/24"],
+        "[2001:db8::10]:80/tcp": ["198.51.100.0/24", "2001:db8:9::/48"]}
+    assert dp.layout(refresh=True).state == RANGED
+    assert admitted(dp, 101)
+    assert not admitted(dp, 102, src="203.0.113.5")
+    assert admitted(dp, 103, src="203.0.113.5", dport=443)       # the other port: no ranges
+    assert admitted(dp, 104, dst="2001:db8::10")                   # 2001:db8:9::7 is in
+    # change: one prefix replaced; only the trie is written (the flag stays)
+    rec = Recorder(monkeypatch)
+    changed = RANGED.with_vip(RANGED.vip("192.0.2.10:80/tcp").replace(
+        source_ranges=("203.0.113.0/24",)))
+    plan = dp.apply(changed)
+    assert sorted(rec.ops) == [("xlb_source_ranges", "insert"), ("xlb_source_ranges", "remove")]
+    assert "source ranges: 198.51.100.0/24 -> 203.0.113.0/24" in "\n".join(plan.describe())
+    monkeypatch.undo()
+    assert not admitted(dp, 105) and admitted(dp, 106, src="203.0.113.5")
+    # remove: the flag goes, then the entries; every client is admitted again
+    dp.apply(STATE)
+    assert dp.source_ranges() == {}
+    assert admitted(dp, 107, src="203.0.113.9") and admitted(dp, 108, dst="2001:db8::10")
+    assert dp.current_state() == STATE
+
+
+def test_ranges_reapplied_write_nothing_and_read_back(bpffs_dir, monkeypatch):
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as first:
+        first.apply(RANGED)
+        rec = Recorder(monkeypatch)
+        assert first.apply(RANGED).empty and rec.ops == []
+        monkeypatch.undo()
+    with Datapath.open(bpffs_dir) as second:
+        # the IPv6 VIP's ::ffff:198.51.100.0/120 reads back as the IPv6 prefix it was
+        assert second.current_state() == RANGED
+        rec = Recorder(monkeypatch)
+        assert second.apply(RANGED).empty and rec.ops == []
+        second.destroy()
+
+
+def test_ranges_roll_back_on_failure(dp, monkeypatch):
+    changed = DesiredState((
+        vip("192.0.2.10:80/tcp", *WEB, ring_size=13, source_ranges=("203.0.113.0/24",)),
+        vip("192.0.2.10:443/tcp", *WEB, ring_size=13, source_ranges=("10.9.0.0/16",)),
+        vip("192.0.2.20:80/tcp", "10.0.1.9", source_ranges=("198.51.100.7/32",))))
+    # the writes this change makes, learnt on a twin datapath
+    with Datapath.load(map_sizes=SMALL) as twin:
+        twin.apply(RANGED)
+        rec = Recorder(monkeypatch)
+        twin.apply(changed)
+        monkeypatch.undo()
+    ops = rec.ops
+    first_insert = ops.index(("xlb_source_ranges", "insert"))
+    first_remove = ops.index(("xlb_source_ranges", "remove"))
+    assert first_insert < ops.index(("xlb_vips", "update")) < first_remove < len(ops) - 1
+    dp.apply(RANGED)
+    prepare(dp)
+    snapshot = dump(dp)
+    # fail just after the first trie insert, just after the first removal, and at the last
+    # write: each time every write made so far is undone
+    for fail_after in (first_insert + 1, first_remove + 1, len(ops) - 1):
+        Recorder(monkeypatch, fail_after=fail_after)
+        with pytest.raises(OSError) as exc:
+            dp.apply(changed)
+        monkeypatch.undo()
+        assert exc.value.errno == errno.E2BIG
+        assert dump(dp) == snapshot, f"not rolled back after {fail_after} writes"
+        assert dp.current_state() == RANGED
+        assert admitted(dp, 200) and not admitted(dp, 201, src="203.0.113.5")
+    dp.apply(changed)
+    assert dp.layout(refresh=True).state == changed
+    assert admitted(dp, 202, src="203.0.113.5") and not admitted(dp, 203)
+
+
+def test_a_really_full_trie_rolls_back():
+    """The kernel refuses an entry past max_entries: the entries already written go."""
+    with Datapath.load(map_sizes={**SMALL, "xlb_source_ranges": 4}) as d:
+        d.apply(RANGED)                 # 3 entries
+        snapshot = dump(d)
+        # 4 in total fits the planner's limit; the kernel is given a smaller trie by hand
+        bigger = RANGED.with_vip(vip("192.0.2.30:80/tcp", "10.0.1.1",
+                                     source_ranges=("10.8.0.0/16",)))
+        d.maps.source_ranges.update(L.pack_src_range_key(999, 32, bytes(16)), bytes(4))
+        with pytest.raises(OSError) as exc:
+            d.apply(bigger)
+        assert exc.value.errno == errno.ENOSPC      # what a full LPM trie answers
+        d.maps.source_ranges.delete(L.pack_src_range_key(999, 32, bytes(16)))
+        assert dump(d) == snapshot
+        assert d.layout(refresh=True).state == RANGED
+
+
+def test_too_many_ranges_is_a_state_error_before_any_write(monkeypatch):
+    with Datapath.load(map_sizes={**SMALL, "xlb_source_ranges": 4}) as d:
+        d.apply(RANGED)
+        rec = Recorder(monkeypatch)
+        five = tuple(f"10.{i}.0.0/16" for i in range(2))
+        with pytest.raises(StateError, match=r"5 source ranges .* do not fit the source-range "
+                                             r"map \(4\)"):
+            d.apply(RANGED.with_vip(vip("192.0.2.30:80/tcp", "10.0.1.1", source_ranges=five)))
+        # 4 fit, but old and new together (3 + 3) would not while they change
+        swap = DesiredState(tuple(v.replace(source_ranges=()) for v in RANGED)).with_vip(
+            vip("192.0.2.30:80/tcp", "10.0.1.1", source_ranges=("10.0.0.0/16", "10.1.0.0/16",
+                                                                "10.2.0.0/16")))
+        with pytest.raises(StateError, match="needs 6 at once"):
+            d.apply(swap)
+        assert rec.ops == []
+        assert d.current_state() == RANGED
+
+
+def test_stray_entries_are_removed_and_never_admit(dp):
+    """Entries no VIP record accounts for (an apply killed half-way leaves them) are read
+    back as strays: the next apply deletes them, first, and keeps those wanted again."""
+    dp.apply(STATE)
+    prepare(dp)
+    ids = dp.layout().vip_ids
+    v80, v443 = ids[VipKey.parse("192.0.2.10:80/tcp")], ids[VipKey.parse("192.0.2.10:443/tcp")]
+    dp.add_source_range(v80, "203.0.113.0/24")          # a VIP without the flag
+    dp.add_source_range(v443, "198.51.100.0/24")
+    dp.add_source_range(77, "10.0.0.0/8")               # an id no VIP holds
+    layout = dp.layout(refresh=True)
+    assert layout.state == STATE and len(layout.stray_ranges) == 3
+    assert admitted(dp, 300, src="198.51.100.9")        # the flagless VIP admits everyone
+    wanted = STATE.with_vip(vip("192.0.2.10:443/tcp", *WEB, ring_size=13,
+                                source_ranges=("198.51.100.0/24",)))
+    plan = dp.apply(wanted)
+    assert not plan.range_writes and len(plan.stray_deletes) == 2
+    assert dp.source_ranges() == {v443: ["198.51.100.0/24"]}
+    assert not admitted(dp, 301, src="203.0.113.9", dport=443)
+    assert dp.layout(refresh=True).stray_ranges == frozenset()
+    assert dp.apply(wanted).empty
+
+
+def test_removed_vip_takes_its_ranges_and_a_recycled_id_starts_clean(dp):
+    dp.apply(RANGED)
+    prepare(dp)
+    assert not admitted(dp, 400, src="203.0.113.1")
+    vid = dp.layout().vip_ids[VipKey.parse("192.0.2.10:80/tcp")]
+    dp.apply(RANGED.without_vip("192.0.2.10:80/tcp"))
+    assert vid not in dp.source_ranges()
+    again = RANGED.without_vip("192.0.2.10:80/tcp").with_vip(
+        vip("192.0.2.10:80/tcp", *WEB, ring_size=13))
+    dp.apply(again)
+    assert dp.layout().vip_ids[VipKey.parse("192.0.2.10:80/tcp")] == vid     # id reused
+    assert dp.vip_range_drops(vid) == 0                 # its refused count starts at zero
+    assert admitted(dp, 401, src="203.0.113.1")

@@ -56,6 +56,7 @@ COUNTER_FAMILIES = {
     "pyxlb_backend_packets": {"backend"},
     "pyxlb_backend_bytes": {"backend"},
     "pyxlb_backend_new_flows": {"backend"},
+    "pyxlb_vip_source_range_drops": {"vip"},
 }
 GAUGE_FAMILIES = {
     "pyxlb_vips": set(),
@@ -191,6 +192,26 @@ def test_counters_move_by_the_packets_sent(exporter):
     want[("pyxlb_flow_lookups_total", (("result", "hit"),))] += 2
     want[("pyxlb_flow_table_entries", ())] += 4
     assert moved(before, after) == dict(want)
+
+
+def test_source_range_drops(exporter):
+    dp, url = exporter
+    state = load_text(STATE)
+    dp.apply(state.with_vip(state.vip(WEB80).replace(source_ranges=("198.51.100.0/24",))))
+    _hop_everything_to_lo(dp)
+    before = samples(scrape(url))
+    # only VIPs with source ranges have the per-VIP family
+    assert {k[1] for k in before if k[0] == "pyxlb_vip_source_range_drops_total"} == \
+        {(("vip", WEB80),)}
+    stranger = P.tcp4(src="203.0.113.9", sport=40010)
+    for _ in range(2):
+        assert dp.run(stranger)[0] == _bpf.XDP_DROP
+    assert dp.run(P.tcp4(sport=40011))[0] == _bpf.XDP_TX        # 198.51.100.1 is in
+    got = moved(before, samples(scrape(url)))
+    assert got[("pyxlb_xdp_actions_total", (("action", "drop"), ("reason", "source_range")))] \
+        == 2
+    assert got[("pyxlb_vip_source_range_drops_total", (("vip", WEB80),))] == 2
+    assert got[("pyxlb_vip_packets_total", (("vip", WEB80),))] == 1    # the admitted one
 
 
 def test_apply_durations_are_observed(exporter):

@@ -178,3 +178,100 @@ def test_ring_key_ignores_draining_and_zero_weight_backends():
     a = vip("192.0.2.1:80/tcp", "10.0.0.1", Backend("10.0.0.2", state="draining"))
     b = vip("192.0.2.2:80/tcp", "10.0.0.1", Backend("10.0.0.3", weight=0))
     assert ring_key(a) == ring_key(b)
+
+
+# -- source ranges ----------------------------------------------------------------------------
+
+def net(text):
+    return ipaddress.ip_network(text)
+
+
+RANGED = DesiredState((vip("192.0.2.10:80/tcp", *WEB, ring_size=13,
+                           source_ranges=("198.51.100.0/24", "203.0.113.0/24")),
+                       vip("192.0.2.10:443/tcp", *WEB, ring_size=13),
+                       vip("[2001:db8::1]:80/tcp", "2001:db8:1::1",
+                           source_ranges=("::ffff:198.51.100.0/120", "2001:db8:9::/48"))))
+
+
+def test_ranges_go_in_with_the_flag_and_come_back_from_the_maps():
+    plan = applied(RANGED)
+    ids = plan.new.vip_ids
+    v80, v443, v6 = (ids[VipKey.parse(t)] for t in
+                     ("192.0.2.10:80/tcp", "192.0.2.10:443/tcp", "[2001:db8::1]:80/tcp"))
+    assert plan.range_writes == {(v80, net("198.51.100.0/24")), (v80, net("203.0.113.0/24")),
+                                 (v6, net("::ffff:198.51.100.0/120")),
+                                 (v6, net("2001:db8:9::/48"))}
+    assert not plan.range_deletes and not plan.stray_deletes
+    flags = {k: r.flags for k, r in plan.vip_writes.items()}
+    assert flags[VipKey.parse("192.0.2.10:80/tcp")] == L.VIP_SOURCE_RANGES
+    assert flags[VipKey.parse("192.0.2.10:443/tcp")] == 0
+    # the trie keeps IPv4 as ::ffff:a.b.c.d: read back through it, the IPv6 VIP's mapped
+    # prefix is an IPv4 prefix, and the VIP's family turns it back
+    trie = frozenset((vid, net("198.51.100.0/24") if n == net("::ffff:198.51.100.0/120") else n)
+                     for vid, n in plan.range_writes)
+    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes, trie)
+    assert layout.state == RANGED and layout.stray_ranges == frozenset()
+    assert make_plan(layout, RANGED).empty
+
+
+def test_changed_ranges_write_and_delete_only_the_difference():
+    first = applied(RANGED)
+    v80 = first.new.vip_ids[VipKey.parse("192.0.2.10:80/tcp")]
+    changed = RANGED.with_vip(RANGED.vip("192.0.2.10:80/tcp").replace(
+        source_ranges=("198.51.100.0/24", "192.0.2.0/25")))
+    plan = make_plan(first.new, changed)
+    assert plan.range_writes == {(v80, net("192.0.2.0/25"))}
+    assert plan.range_deletes == {(v80, net("203.0.113.0/24"))}
+    assert not plan.vip_writes              # the flag was already there
+    assert "    source ranges: 198.51.100.0/24, 203.0.113.0/24 -> 192.0.2.0/25, " \
+           "198.51.100.0/24" in plan.describe()
+    assert plan.describe()[-1].endswith("1 source ranges added, 1 removed")
+    # all ranges gone: the flag goes from the record, the entries from the trie
+    cleared = changed.with_vip(changed.vip("192.0.2.10:80/tcp").replace(source_ranges=()))
+    plan2 = make_plan(plan.new, cleared)
+    assert plan2.vip_writes[VipKey.parse("192.0.2.10:80/tcp")].flags == 0
+    assert plan2.range_deletes == {(v80, net("198.51.100.0/24")), (v80, net("192.0.2.0/25"))}
+    assert "any client" in "\n".join(plan2.describe())
+    # a removed VIP takes its entries along
+    plan3 = make_plan(plan2.new, cleared.without_vip("[2001:db8::1]:80/tcp"))
+    v6 = first.new.vip_ids[VipKey.parse("[2001:db8::1]:80/tcp")]
+    assert plan3.range_deletes == {(v6, net("::ffff:198.51.100.0/120")),
+                                   (v6, net("2001:db8:9::/48"))}
+
+
+def test_stray_entries_are_deleted_first_unless_wanted():
+    plan = applied(RANGED)
+    ids = plan.new.vip_ids
+    v443 = ids[VipKey.parse("192.0.2.10:443/tcp")]
+    v80 = ids[VipKey.parse("192.0.2.10:80/tcp")]
+    trie = set(plan.range_writes) | {(v443, net("10.0.0.0/8")), (v80, net("2001:db8::/32")),
+                                     (99, net("10.1.0.0/16"))}
+    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes,
+                           frozenset(trie))
+    # a prefix of a VIP without the flag, one of the wrong family, one of an id not in use
+    assert layout.stray_ranges == {(v443, net("10.0.0.0/8")), (v80, net("2001:db8::/32")),
+                                   (99, net("10.1.0.0/16"))}
+    assert layout.state == RANGED
+    again = make_plan(layout, RANGED)
+    assert not again.empty and again.stray_deletes == layout.stray_ranges
+    assert not again.range_writes and not again.range_deletes and not again.vip_writes
+    assert make_plan(again.new, RANGED).empty
+    # a stray that the state wants is kept as it is, not written again
+    wanted = RANGED.with_vip(vip("192.0.2.10:443/tcp", *WEB, ring_size=13,
+                                 source_ranges=("10.0.0.0/8",)))
+    plan2 = make_plan(layout, wanted)
+    assert (v443, net("10.0.0.0/8")) not in plan2.range_writes | plan2.stray_deletes
+    assert plan2.vip_writes[VipKey.parse("192.0.2.10:443/tcp")].flags == L.VIP_SOURCE_RANGES
+
+
+def test_range_limits_are_checked_before_anything_is_written():
+    with pytest.raises(StateError, match=r"4 source ranges \(all VIPs together\) do not fit "
+                                         r"the source-range map \(3\)"):
+        applied(RANGED, limits=Limits(source_ranges=3))
+    first = applied(RANGED, limits=Limits(source_ranges=4))
+    # 4 entries are in; replacing two of them needs 6 while old and new coexist
+    swapped = RANGED.with_vip(RANGED.vip("192.0.2.10:80/tcp").replace(
+        source_ranges=("10.1.0.0/16", "10.2.0.0/16")))
+    with pytest.raises(StateError, match="needs 6 at once"):
+        make_plan(first.new, swapped, Limits(source_ranges=4))
+    assert not make_plan(first.new, swapped, Limits(source_ranges=6)).empty
