@@ -60,6 +60,12 @@ SCHEMA = {
                     "announce": {"type": "boolean"},
                     "ring_size": {"type": "integer", "minimum": 2, "maximum": RING_SIZE_MAX},
                     "backends": {"type": "array", "items": _BACKEND},
+                    "source_ranges": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "client prefixes allowed to reach the VIP (same "
+                                       "family as the VIP); absent or empty: every client",
+                    },
                 },
             },
         },
@@ -116,7 +122,8 @@ def _vip(v: Mapping) -> Vip:
     return Vip(key=VipKey.parse(v["vip"]), backends=tuple(backends),
                mode=v.get("mode", "ipip"), flow_table=v.get("flow_table", True),
                affinity=v.get("affinity", "none"), announce=v.get("announce", False),
-               ring_size=v.get("ring_size", RING_SIZE_DEFAULT))
+               ring_size=v.get("ring_size", RING_SIZE_DEFAULT),
+               source_ranges=tuple(v.get("source_ranges") or ()))
 
 
 def load_file(path: str) -> DesiredState:

@@ -64,6 +64,14 @@ def test_the_documented_example_loads():
     ("vipz: []", r"\(top level\): .*'vipz' was unexpected"),
     ("vips: [", r"not valid YAML \(line"),
     ("- a\n- b", r"\(top level\): .* is not of type 'object'"),
+    ("vips: [{vip: 192.0.2.1:80/tcp, source_ranges: 10.0.0.0/8}]",
+     r"vips\[0\]\.source_ranges: '10.0.0.0/8' is not of type 'array'"),
+    ("vips: [{vip: 192.0.2.1:80/tcp, source_ranges: [8]}]",
+     r"vips\[0\]\.source_ranges\[0\]: 8 is not of type 'string'"),
+    ("vips: [{vip: 192.0.2.1:80/tcp, source_ranges: [10.0.0.0/33]}]",
+     r"vips\[0\]: VIP 192.0.2.1:80/tcp: not a source prefix: '10.0.0.0/33'"),
+    ("vips: [{vip: 192.0.2.1:80/tcp, source_ranges: ['2001:db8::/32']}]",
+     r"vips\[0\]: VIP 192.0.2.1:80/tcp: source range 2001:db8::/32 is IPv6, the VIP IPv4"),
 ])
 def test_errors_are_one_line_naming_the_field(text, message):
     with pytest.raises(ConfigError, match=message) as exc:
@@ -80,3 +88,24 @@ def test_dump_is_the_schema_form():
     state = DesiredState((Vip(VipKey.parse("192.0.2.1:0/udp"), backends=(Backend("10.0.0.1", local=True),)),))
     assert "local: true" in dump(state)
     assert load_text(dump(state)) == state
+
+
+def test_source_ranges():
+    state = load_text("""
+vips:
+  - vip: 192.0.2.10:443/tcp
+    source_ranges: [203.0.113.0/24, 198.51.100.7, 198.51.100.0/24, 203.0.113.0/24]
+  - vip: "[2001:db8::10]:443/tcp"
+    source_ranges: ["2001:db8:9::/48"]
+  - vip: 192.0.2.10:80/tcp
+    source_ranges: []
+""")
+    v = state.vip("192.0.2.10:443/tcp")
+    # canonical: sorted, duplicates gone, a bare address a host prefix
+    assert [str(n) for n in v.source_ranges] == ["198.51.100.0/24", "198.51.100.7/32",
+                                                 "203.0.113.0/24"]
+    assert [str(n) for n in state.vip("[2001:db8::10]:443/tcp").source_ranges] == \
+        ["2001:db8:9::/48"]
+    assert state.vip("192.0.2.10:80/tcp").source_ranges == ()      # every client
+    text = dump(state)
+    assert "source_ranges" in text and load_text(text) == state
