@@ -595,8 +595,11 @@ def vip(ctx: click.Context) -> None:
 @click.option("--announce", is_flag=True,
               help="Answer ARP/NDP for the VIP address on the attached interface (L2 "
                    "announcement). Needs the balancer attached to an interface with a MAC.")
+@click.option("--source-range", "source_ranges", type=PREFIX, multiple=True,
+              help="Admit only clients in PREFIX (repeatable; the VIP's family); others are "
+                   "dropped and counted (drop_source_range). None given: every client.")
 def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_size: int,
-            announce: bool) -> None:
+            announce: bool, source_ranges: Sequence[str]) -> None:
     """Add a VIP, with no backends yet.
 
     The VIP is ADDR:PORT/PROTO, with tcp or udp; port 0 takes every port of the address
@@ -609,6 +612,7 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_siz
     Example:
       pyxlb vip add 192.0.2.10:80/tcp
       pyxlb vip add '[2001:db8::53]:0/udp' --mode l2 --affinity client-ip --announce
+      pyxlb vip add 192.0.2.10:443/tcp --source-range 198.51.100.0/24 --source-range 203.0.113.7
     """
     from pyxlb.state import Vip
     with opened() as dp:
@@ -616,7 +620,7 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_siz
         if state.vip(key) is not None:
             raise Fail(f"VIP {key} already exists (remove it first, or use apply -f)")
         new = Vip(key=key, mode=mode, flow_table=not no_flow_table, affinity=affinity,
-                  announce=announce, ring_size=ring_size)
+                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges))
         apply_state(dp, state.with_vip(new))
 
 
@@ -640,9 +644,10 @@ def vip_del(key: VipKey) -> None:
 def vip_list(as_json: bool) -> None:
     """List the VIPs, with their settings.
 
-    One row per VIP: mode, flow table, affinity, announcement, ring size and how many of
-    its backends are active. --json prints the whole state, backends included, in the
-    format `apply -f` reads.
+    One row per VIP: mode, flow table, affinity, announcement, ring size, how many of its
+    backends are active, and the client prefixes it admits ("any" when it has no source
+    ranges). --json prints the whole state, backends and every source range included, in
+    the format `apply -f` reads.
 
     \b
     Example:
@@ -661,9 +666,18 @@ def vip_list(as_json: bool) -> None:
         active = sum(1 for b in v.backends if b.state == "active")
         rows.append((str(v.key), v.mode, _on_off(v.flow_table), v.affinity,
                      "yes" if v.announce else "no", v.ring_size,
-                     f"{active}/{len(v.backends)}"))
+                     f"{active}/{len(v.backends)}", _ranges_cell(v.source_ranges)))
     click.echo(table(("VIP", "MODE", "FLOW TABLE", "AFFINITY", "ANNOUNCE", "RING",
-                      "BACKENDS (ACTIVE/ALL)"), rows, right=(5, 6)))
+                      "BACKENDS (ACTIVE/ALL)", "SOURCE RANGES"), rows, right=(5, 6)))
+
+
+def _ranges_cell(ranges, shown: int = 3) -> str:
+    """A VIP's source ranges for a table cell: "any" for none; past `shown`, a count of
+    the rest (--json lists them all)."""
+    if not ranges:
+        return "any"
+    text = ",".join(str(n) for n in ranges[:shown])
+    return text + (f" (+{len(ranges) - shown} more)" if len(ranges) > shown else "")
 
 
 # -- backends --------------------------------------------------------------------------

@@ -227,6 +227,34 @@ def test_vips_and_backends(lb):
     assert lb.json("status")["vips"] == 3
 
 
+def test_vip_source_ranges(lb):
+    out = lb("vip", "add", "192.0.2.20:443/tcp", "--source-range", "203.0.113.0/24",
+             "--source-range", "198.51.100.7", "--source-range", "198.51.100.0/24").stdout
+    assert "+ vip 192.0.2.20:443/tcp" in out and "3 source ranges added, 0 removed" in out
+    v = next(v for v in lb.state()["vips"] if v["vip"] == "192.0.2.20:443/tcp")
+    assert v["source_ranges"] == ["198.51.100.0/24", "198.51.100.7/32", "203.0.113.0/24"]
+    lb("vip", "add", "[2001:db8::20]:443/tcp", *[a for i in range(5) for a in
+                                                 ("--source-range", f"2001:db8:{i}::/48")])
+    rows = {line.split()[0]: line for line in lb("vip", "list").stdout.splitlines()}
+    assert rows["VIP"].endswith("SOURCE RANGES")
+    assert rows["192.0.2.20:443/tcp"].endswith(
+        "198.51.100.0/24,198.51.100.7/32,203.0.113.0/24")
+    assert rows["[2001:db8::20]:443/tcp"].endswith(
+        "2001:db8::/48,2001:db8:1::/48,2001:db8:2::/48 (+2 more)")
+    assert rows[V4_VIP].endswith(" any")
+    # what the maps hold, read back by another process, is what the JSON says
+    with netns.enter(lb.ns), Datapath.open(lb.pin_dir) as dp:
+        assert sum(len(n) for n in dp.source_ranges().values()) == 8
+        flags = {L.unpack_vip(v)["vip_id"]: L.unpack_vip(v)["flags"]
+                 for _, v in dp.maps.vips.items()}
+        ids = {str(k): i for k, i in dp.layout().vip_ids.items()}
+        assert flags[ids["192.0.2.20:443/tcp"]] & L.VIP_SOURCE_RANGES
+        assert not flags[ids[V4_VIP]] & L.VIP_SOURCE_RANGES
+    # the JSON is what apply -f reads: applying it again changes nothing
+    state = json.dumps(lb.state())
+    assert "nothing to change" in lb("apply", "-f", "-", input=state).stdout
+
+
 BAD_INPUT = [
     # (command, what the error line says)
     (["vip", "add", V4_VIP], "already exists"),
@@ -236,6 +264,10 @@ BAD_INPUT = [
     (["vip", "add", "192.0.2.1:70000/tcp"], "outside 0-65535"),
     (["vip", "add", "192.0.2.1:80/tcp", "--ring-size", "100"], "must be a prime"),
     (["vip", "add", "192.0.2.1:80/tcp", "--mode", "nat"], "'nat' is not one of"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--source-range", "2001:db8::/32"],
+     "VIP 192.0.2.1:80/tcp: source range 2001:db8::/32 is IPv6, the VIP IPv4"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--source-range", "10.0.0.1/8"], "host bits set"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--source-range", "banana"], "not a valid prefix"),
     (["vip", "del", "192.0.2.99:80/tcp"], "no VIP 192.0.2.99:80/tcp"),
     (["backend", "add", "192.0.2.99:80/tcp", "10.0.1.9"], "no VIP 192.0.2.99:80/tcp"),
     (["backend", "add", V4_VIP, "10.0.1.1"], "duplicate backend"),
@@ -262,7 +294,7 @@ BAD_INPUT = [
     (["stats", "--count", "0"], "--count"),
     (["frobnicate"], "No such command 'frobnicate'"),
     (["vip"], "missing command, one of: add, del, list"),
-    ([], "missing command, one of: apply, attach"),
+    ([], "missing command, one of: agent, apply, attach"),
 ]
 
 
@@ -284,6 +316,8 @@ BAD_FILES = [
     ("vips:\n  - vip: '[2001:db8::1]:80/tcp'\n    mode: l2\n    backends: [10.0.0.1]\n",
      "L2 mode needs IPv6 backends"),
     ("vips:\n  - vip: 192.0.2.1:80/tcp\n    ring_size: 100\n", "must be a prime"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    source_ranges: [fd00::/8]\n",
+     "vips[0]: VIP 192.0.2.1:80/tcp: source range fd00::/8 is IPv6"),
     ("vips: [\n", "not valid YAML"),
 ]
 
