@@ -196,7 +196,12 @@ VIPS = {
     "udp4": Vip(3, VIP4, 53, socket.IPPROTO_UDP, RING4),
     "tcp6": Vip(4, VIP6, 80, socket.IPPROTO_TCP, RING6),
     "tcp6_nft": Vip(5, VIP6, 8080, socket.IPPROTO_TCP, RING6, L.VIP_NO_FLOW_TABLE),
+    "tcp4_ranged": Vip(6, VIP4, 8443, socket.IPPROTO_TCP, RING4, L.VIP_SOURCE_RANGES),
 }
+# The ranged VIP's client prefixes: a Kubernetes-sized list, the client's own /24 among
+# prefixes that are near it (they share trie nodes with it) and far from it.
+SOURCE_RANGES = ([f"198.51.{i}.0/24" for i in range(90, 110)] + ["203.0.113.0/24", "10.0.0.0/8"]
+                 + [f"192.0.2.{i * 16}/28" for i in range(10)])
 
 
 def configure(dp: Datapath) -> dict:
@@ -211,6 +216,9 @@ def configure(dp: Datapath) -> dict:
                                      size=RING_SIZE)
         dp.set_ring(ring_id, rings[ring_id])
     for v in VIPS.values():
+        if v.flags & L.VIP_SOURCE_RANGES:
+            for prefix in SOURCE_RANGES:
+                dp.add_source_range(v.vip_id, prefix)
         dp.set_vip(v.addr, v.port, v.proto, vip_id=v.vip_id, ring_id=v.ring,
                    ring_size=RING_SIZE, mode=L.MODE_IPIP, flags=v.flags)
     return rings
@@ -257,6 +265,9 @@ def build_cases(rings) -> List[Case]:
                   target="new_flow"),
         forwarded("established_udp_v4", "UDP IPv4 (established)", VIPS["udp4"], CLIENT4, 40003,
                   UDP(sport=40003, dport=53), rings),
+        forwarded("established_tcp_v4_ranged", "established IPv4, 32 source ranges",
+                  VIPS["tcp4_ranged"], CLIENT4, 40004,
+                  TCP(sport=40004, dport=8443, **tcp), rings),
     ]
 
 
