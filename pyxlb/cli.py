@@ -1165,3 +1165,7 @@ def lab_demo(prefix: str, keep: bool) -> None:
 from pyxlb.k8s.command import agent as _agent_command  # noqa: E402
 
 cli.add_command(_agent_command)
+
+from pyxlb.announce.command import announce as _announce_command  # noqa: E402
+
+cli.add_command(_announce_command)

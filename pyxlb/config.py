@@ -40,12 +40,42 @@ _BACKEND = {
     ]
 }
 
+_ANNOUNCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["mode"],
+    "description": "how `pyxlb announce` makes the network send the VIPs here",
+    "properties": {
+        "mode": {"enum": ["l2", "bgp"]},
+        "node": {"type": "string", "minLength": 1,
+                 "description": "this node's name among the announcers (default: host name)"},
+        "interface": {"type": "string", "minLength": 1,
+                      "description": "where ARP/NDP is answered and gratuitous ARP sent "
+                                     "(default: the first interface the balancer runs on)"},
+        "l2": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "peers": {"type": "object", "additionalProperties": {"type": "string"},
+                          "description": "the other announcers: name -> address"},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+                "dead_after": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                "key": {"type": "string", "minLength": 1},
+            },
+        },
+        "bgp": {"type": "object",
+                "description": "BGP speaker settings (checked by pyxlb.announce.bgp)"},
+    },
+}
+
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "pyxlb desired state",
     "type": "object",
     "additionalProperties": False,
     "properties": {
+        "announce": _ANNOUNCE,
         "vips": {
             "type": "array",
             "items": {
@@ -128,23 +158,36 @@ def _vip(v: Mapping) -> Vip:
 
 def load_file(path: str) -> DesiredState:
     """Read a YAML (or JSON) state file; every failure is one ConfigError line."""
+    return load_text(_read(path), source=path)
+
+
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-    return load_text(text, source=path)
 
 
-def load_text(text: str, source: str = "config") -> DesiredState:
+def _parse(text: str, source: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    return state_from_data(data, source)
+
+
+def load_text(text: str, source: str = "config") -> DesiredState:
+    return state_from_data(_parse(text, source), source)
+
+
+def load_announce(path: str):
+    """(DesiredState, the `announce` section or None) of a file, for `pyxlb announce`."""
+    data = _parse(_read(path), path)
+    state = state_from_data(data, path)
+    return state, (data or {}).get("announce")
 
 
 def dump(state: DesiredState) -> str:

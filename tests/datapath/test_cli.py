@@ -294,7 +294,7 @@ BAD_INPUT = [
     (["stats", "--count", "0"], "--count"),
     (["frobnicate"], "No such command 'frobnicate'"),
     (["vip"], "missing command, one of: add, del, list"),
-    ([], "missing command, one of: agent, apply, attach"),
+    ([], "missing command, one of: agent, announce, apply, attach"),
 ]
 
 
