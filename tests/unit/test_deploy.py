@@ -151,7 +151,7 @@ def settings() -> Dict[str, str]:
 
 
 def crd_schema() -> dict:
-    (version,) = one("CustomResourceDefinition")["spec"]["versions"]
+    (version,) = one("CustomResourceDefinition", "ippools.pyxlb.io")["spec"]["versions"]
     return version["schema"]["openAPIV3Schema"]
 
 
@@ -220,7 +220,7 @@ def _walk(schema: dict, where: str = "") -> Iterator[Tuple[str, dict]]:
 
 
 def test_crd_names_and_columns():
-    crd = one("CustomResourceDefinition")
+    crd = one("CustomResourceDefinition", "ippools.pyxlb.io")
     spec = crd["spec"]
     assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}" \
         == "ippools.pyxlb.io"
@@ -229,8 +229,8 @@ def test_crd_names_and_columns():
     (version,) = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Addresses": ".spec.addresses", "Auto Assign": ".spec.autoAssign",
-                       "Age": ".metadata.creationTimestamp"}
+    assert columns == {"Addresses": ".spec.addresses", "Announce": ".spec.announce",
+                       "Auto Assign": ".spec.autoAssign", "Age": ".metadata.creationTimestamp"}
 
 
 def test_crd_schema_is_structural():
@@ -242,8 +242,9 @@ def test_crd_schema_is_structural():
         if "default" in node:
             jsonschema.validate(node["default"], node)
     spec = crd_schema()["properties"]["spec"]
-    assert set(spec["properties"]) == {"addresses", "autoAssign", "avoidBuggyIPs",
+    assert set(spec["properties"]) == {"addresses", "announce", "autoAssign", "avoidBuggyIPs",
                                        "serviceSelector"}
+    assert spec["properties"]["announce"]["default"] == "l2"
     assert spec["required"] == ["addresses"]
     assert spec["properties"]["autoAssign"]["default"] is True
     assert spec["properties"]["avoidBuggyIPs"]["default"] is False
@@ -259,7 +260,7 @@ def _pool_entry_ok(text: str) -> bool:
 
 def test_example_ippool_matches_the_crd():
     (pool,) = docs_of(DEPLOY / "examples" / "ippool.yaml")
-    crd = one("CustomResourceDefinition")
+    crd = one("CustomResourceDefinition", "ippools.pyxlb.io")
     assert pool["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
     assert pool["kind"] == crd["spec"]["names"]["kind"]
     jsonschema.validate(pool, crd_schema())
@@ -550,3 +551,29 @@ def test_the_settings_list_is_pyxlb_agents_own():
     names = {p.envvar for p in agent.params if getattr(p, "envvar", None)}
     names |= {p.envvar for p in cli.params if getattr(p, "envvar", None)}
     assert names == set(AGENT_ENV)
+
+
+def bgppeer_schema() -> dict:
+    (version,) = one("CustomResourceDefinition", "bgppeers.pyxlb.io")["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_bgppeer_crd_is_structural_and_takes_what_the_agent_reads():
+    crd = one("CustomResourceDefinition", "bgppeers.pyxlb.io")
+    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["names"]["kind"] == "BGPPeer"
+    for where, node in _walk(bgppeer_schema()):
+        assert node.get("type") in ("object", "array", "string", "boolean", "integer",
+                                    "number"), f"{where} has no type"
+        if "default" in node:
+            jsonschema.validate(node["default"], node)
+    peer = {"apiVersion": "pyxlb.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "tor"},
+            "spec": {"peerAddress": "10.0.0.1", "peerASN": 64512, "myASN": 64513,
+                     "bfd": True, "holdTime": 3, "communities": ["64512:100"],
+                     "nodeSelector": {"matchLabels": {"rack": "r1"}}}}
+    jsonschema.validate(peer, bgppeer_schema())
+    for bad in ({"peerAddress": "10.0.0.1", "peerASN": 64512},          # no myASN
+                {"peerAddress": "10.0.0.1", "peerASN": 0, "myASN": 1},
+                {"peerAddress": "10.0.0.1", "peerASN": 1, "myASN": 1, "holdTime": 1},
+                {"peerAddress": "10.0.0.1", "peerASN": 1, "myASN": 1, "communities": ["x"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**peer, "spec": bad}, bgppeer_schema())
