@@ -92,11 +92,11 @@ def _bool(value: Any, where: str) -> bool:
 
 
 def _hold_time(value: Any, where: str) -> int:
-    hold = _int(value, where, 0, 65535, "0 (no keepalives) or seconds")
-    if 0 < hold < 3:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 65535 \
+            or 0 < value < 3:
         raise BgpError(f"{where}: must be 0 (no keepalives) or 3-65535 seconds (BGP's "
-                       f"minimum is 3), not {hold}")
-    return hold
+                       f"minimum is 3), not {value!r}")
+    return value
 
 
 def _address(value: Any, where: str) -> IPAddress:
@@ -180,6 +180,8 @@ class BgpPeer:
     keepalive: Optional[int] = None     # BIRD's default: a third of the hold time
     multihop: int = 0                   # 0: directly connected; else the TTL
     communities: Tuple[Community, ...] = ()     # for this peer, beside the global ones
+    source_address: Optional[IPAddress] = None  # our end of the session (default: BIRD's
+                                                # choice, from the route to the peer)
 
     def __post_init__(self):
         where = f"BGP peer {self.address}"
@@ -196,6 +198,15 @@ class BgpPeer:
                                f"than the hold time ({self.hold_time} s)")
         object.__setattr__(self, "communities",
                            _communities(self.communities, f"{where} communities"))
+        if self.source_address is not None:
+            source = _address(self.source_address, f"{where} source_address")
+            if source.version != self.address.version:
+                raise BgpError(f"{where}: source_address {source} is not of the peer's "
+                               f"address family")
+            object.__setattr__(self, "source_address", source)
+        elif self.multihop and self.bfd:
+            raise BgpError(f"{where}: BFD on a multihop session needs source_address (the "
+                           f"local address of the session; BIRD cannot choose it)")
 
     @property
     def family(self) -> int:
@@ -210,9 +221,9 @@ class BgpPeer:
 
 
 _PEER_KEYS = {"address", "asn", "password", "bfd", "hold_time", "keepalive", "multihop",
-              "communities"}
+              "communities", "source_address"}
 _CRD_NAMES = {"address": "peerAddress", "asn": "peerASN", "hold_time": "holdTime",
-              "multihop": "ebgpMultihop"}
+              "multihop": "ebgpMultihop", "source_address": "bfd"}
 _SETTINGS_KEYS = {"asn", "router_id", "peers", "communities", "state_dir", "bird", "birdc",
                   "bfd_interval_ms", "bfd_multiplier"}
 
@@ -305,10 +316,16 @@ class BgpSettings:
     @classmethod
     def from_crd(cls, specs: Sequence[Mapping[str, Any]], node: str = "",
                  router_id: Any = None, interface: Optional[str] = None,
-                 state_dir: str = DEFAULT_STATE_DIR) -> "BgpSettings":
+                 state_dir: str = DEFAULT_STATE_DIR,
+                 local_addresses: Iterable[Any] = ()) -> "BgpSettings":
         """Settings from the specs of the BGPPeer objects that select this node (the caller
         applies their nodeSelector). Every BGPPeer names our ASN (myASN): they must agree.
-        Communities are per peer there."""
+        Communities are per peer there. `local_addresses` (the node's own addresses) give
+        multihop sessions their source address, one per family."""
+        sources = {}
+        for a in local_addresses:
+            a = _address(a, "local address")
+            sources.setdefault(a.version, a)
         if not specs:
             raise BgpError("BGPPeer: no BGPPeer selects this node")
         asns = {s.get("myASN") for s in specs}
@@ -324,13 +341,24 @@ class BgpSettings:
                 "password": spec.get("password"), "bfd": spec.get("bfd", False),
                 "hold_time": spec.get("holdTime", DEFAULT_HOLD_TIME),
                 "multihop": spec.get("ebgpMultihop", 0),
-                "communities": spec.get("communities") or []}, where, _CRD_NAMES)
+                "communities": spec.get("communities") or [],
+                "source_address": (sources.get(ipaddress.ip_address(spec["peerAddress"]).version)
+                                   if spec.get("ebgpMultihop") and _is_ip(spec.get("peerAddress"))
+                                   else None)}, where, _CRD_NAMES)
             if any(p.address == peer.address for p in peers):
                 raise BgpError(f"{where}.peerAddress: {peer.address} is named by two BGPPeers")
             peers.append(peer)
         rid = (_router_id(router_id, "router_id") if router_id is not None
                else _interface_router_id(interface))
         return cls(asn=asn, router_id=rid, peers=tuple(peers), node=node, state_dir=state_dir)
+
+
+def _is_ip(value: Any) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+        return True
+    except ValueError:
+        return False
 
 
 def _peer_from_dict(data: Any, where: str,
@@ -357,12 +385,22 @@ def _peer_from_dict(data: Any, where: str,
         if hold and keepalive >= hold:
             raise BgpError(f"{at('keepalive')}: {keepalive} s must be shorter than the hold "
                            f"time ({hold} s)")
+    bfd = _bool(data.get("bfd", False), at("bfd"))
+    multihop = _int(data.get("multihop", 0), at("multihop"), 0, 255)
+    source = data.get("source_address")
+    if source is not None:
+        source = _address(source, at("source_address"))
+        if source.version != address.version:
+            raise BgpError(f"{at('source_address')}: {source} is not of the family of the "
+                           f"peer's address {address}")
+    elif bfd and multihop:
+        raise BgpError(f"{at('source_address')}: BFD on a multihop session needs the "
+                       f"session's local address (BIRD cannot choose it)")
     return BgpPeer(address=address, asn=_asn(data["asn"], at("asn")),
                    password=_password(data.get("password"), at("password")),
-                   bfd=_bool(data.get("bfd", False), at("bfd")),
-                   hold_time=hold, keepalive=keepalive,
-                   multihop=_int(data.get("multihop", 0), at("multihop"), 0, 255),
-                   communities=_communities(data.get("communities"), at("communities")))
+                   bfd=bfd, hold_time=hold, keepalive=keepalive, multihop=multihop,
+                   communities=_communities(data.get("communities"), at("communities")),
+                   source_address=source)
 
 
 def _interface_router_id(interface: Optional[str]) -> ipaddress.IPv4Address:
@@ -455,7 +493,8 @@ def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
         lines += [
             f"protocol bgp {peer.protocol} {{",
             f'  description "pyxlb: router {peer.address} AS {peer.asn}";',
-            f"  local as {settings.asn};",
+            (f"  local {peer.source_address.compressed} as {settings.asn};"
+             if peer.source_address is not None else f"  local as {settings.asn};"),
             f"  neighbor {peer.address.compressed} as {peer.asn};",
             "  direct;" if peer.multihop == 0 else f"  multihop {peer.multihop};",
             f"  hold time {peer.hold_time};",
@@ -671,6 +710,7 @@ class BirdSpeaker:
         """Make the daemon run `config`: check it (`bird -p`), write it atomically, then
         `birdc configure` the live daemon or start one. Returns whether a daemon was
         started. BirdError on any refusal (retry=False: the configuration is at fault)."""
+        _binary(self.bird), _binary(self.birdc)      # both there, before anything changes
         pid = self.pid()
         self._write(config)
         if pid is None:
@@ -823,6 +863,7 @@ class BgpAnnouncer(Announcer):
         self._refused: Set[IPAddress] = set()       # wanted, but of a family no peer has
         self._vips: FrozenSet[IPAddress] = frozenset()
         self._current = False           # the daemon runs bird_config(settings, _vips)
+        self._gave_up: Optional[FrozenSet[IPAddress]] = None
         try:
             running = self.speaker.running_config()
         except BirdError as exc:
@@ -865,10 +906,12 @@ class BgpAnnouncer(Announcer):
         target = frozenset(a for a in wanted_set if a.version in self.settings.families)
         before = self._vips
         result, worked = self._apply(target)
-        if before != target:
+        if not worked:      # in force already, or given up on before: nothing new to say
+            touched: FrozenSet[IPAddress] = frozenset()
+        elif before != target:
             touched = before ^ target
         else:               # the same set; a daemon restarted or reconfigured re-announced it
-            touched = target if worked else frozenset()
+            touched = target
         for a in sorted(touched, key=_order):
             out[a] = result
         return out
@@ -878,15 +921,8 @@ class BgpAnnouncer(Announcer):
         `terminate`, also stop the daemon. Neither: leave it announcing (an agent that
         restarts, and adopts it)."""
         if withdraw:
-            try:
-                alive = self.speaker.running()
-            except BirdError as exc:
-                alive = False
-                log.warning("bgp: %s", exc)
-            if alive:
-                self._apply(frozenset())
-            else:
-                self._vips = frozenset()        # nothing runs: nothing is announced
+            self._gave_up = None
+            self._apply(frozenset())
         if terminate:
             self.speaker.stop()
             self._current = False
@@ -899,21 +935,31 @@ class BgpAnnouncer(Announcer):
         return Result.GIVE_UP
 
     def _apply(self, vips: FrozenSet[IPAddress]) -> Tuple[Result, bool]:
-        """(result, whether the daemon was reconfigured or started)."""
+        """(result, whether the daemon was asked: reconfigured or started). A set that
+        was given up on is not tried again until the set changes."""
         vips = frozenset(vips)
+        if vips == self._gave_up:
+            return Result.GIVE_UP, False
         try:
-            if vips == self._vips and self._current and self.speaker.running():
+            running = self.speaker.running()
+            if vips == self._vips and self._current and running:
+                return Result.OK, False
+            if not vips and not running:
+                self._vips = vips          # no daemon is needed to announce nothing
                 return Result.OK, False
             self.speaker.apply(bird_config(self.settings, vips))
         except BirdError as exc:
             self._current = False
             self.last_error = str(exc)
             log.warning("bgp: %s", exc)
-            return (Result.RETRY if exc.retry else Result.GIVE_UP), True
+            if not exc.retry:
+                self._gave_up = vips
+                return Result.GIVE_UP, True
+            return Result.RETRY, True
         except OSError as exc:          # the state directory cannot be written
             self._current = False
             self.last_error = f"{self.speaker.state_dir}: {exc.strerror or exc}"
             log.warning("bgp: %s", self.last_error)
             return Result.RETRY, True
-        self._vips, self._current, self.last_error = vips, True, None
+        self._vips, self._current, self.last_error, self._gave_up = vips, True, None, None
         return Result.OK, True
