@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the Debian packages pyxlb builds and tests with; installs only what is missing.
 set -eu
-# libcap2-bin (capsh) and util-linux (nsenter): the DaemonSet capability test
-PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev libcap2-bin util-linux"
+# libcap2-bin (capsh) and util-linux (nsenter): the DaemonSet capability test; bird2: the
+# BGP speaker of `announce: bgp` (and the router of the BGP lab tests)
+PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev libcap2-bin util-linux bird2"
 missing=""
 for p in $PACKAGES; do
 	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
