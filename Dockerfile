@@ -18,11 +18,12 @@ RUN python3 -m venv /opt/pyxlb \
     && /opt/pyxlb/bin/pip install --no-cache-dir --no-index --find-links /wheels pyxlb
 
 FROM debian:bookworm-slim AS runtime
-# libbpf1 (with libelf1 and zlib) for pyxlb._bpf; iproute2 to inspect a node from the pod
+# libbpf1 (with libelf1 and zlib) for pyxlb._bpf; bird2: the BGP speaker of `announce: bgp`
+# pools; iproute2 to inspect a node from the pod
 # (`ip link` shows the attached XDP program)
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 libbpf1 libelf1 iproute2 \
+        python3 libbpf1 libelf1 iproute2 bird2 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/pyxlb /opt/pyxlb
 ENV PATH=/opt/pyxlb/bin:$PATH \
