@@ -226,10 +226,7 @@ class Liveness:
         if not 0 < self.incarnation <= _U64:
             raise L2Error(f"incarnation must be 1..2**64-1, not {self.incarnation}")
         self._peers: Dict[str, _Peer] = {}
-        for name in peers:
-            _name_bytes(name, "peer name")
-            if name == me:
-                raise L2Error(f"peer {name!r} is this node itself")
+        for name in self._check_peers(peers):
             self._peers[name] = _Peer()
         self._seq = 0
         self._started = now
@@ -238,9 +235,24 @@ class Liveness:
         self.counters: Counter = Counter()
         self.last_rejected = ""     # why the last refused datagram was refused
 
+    def _check_peers(self, peers: Iterable[str]) -> List[str]:
+        names = list(peers)
+        for name in names:
+            _name_bytes(name, "peer name")
+            if name == self.me:
+                raise L2Error(f"peer {name!r} is this node itself")
+        return names
+
     def start(self, now: float) -> None:
         """Count the settling time from `now` (when heartbeats really begin to flow)."""
         self._started = now
+
+    def set_peers(self, peers: Iterable[str], now: float) -> List[Event]:
+        """Change the peer set in place (nodes joined or left the cluster): kept peers keep
+        their state, new ones are dead until heard, removed ones are forgotten."""
+        names = self._check_peers(peers)
+        self._peers = {n: self._peers.get(n) or _Peer() for n in names}
+        return self._settle(now)
 
     def alive(self) -> FrozenSet[str]:
         return frozenset([self.me, *(n for n, p in self._peers.items() if p.alive)])
@@ -366,13 +378,13 @@ class Membership:
             raise L2Error(f"dead_after ({dead_after} s) must be longer than the heartbeat "
                           f"interval ({interval} s); three intervals or more is sensible")
         self.me = me
-        self.peers = {n: _peer_addr(n, a) for n, a in dict(peers).items()}
+        peers = {n: _peer_addr(n, a) for n, a in dict(peers).items()}
         self.port, self.interval, self.dead_after = port, float(interval), float(dead_after)
         self.clock = clock
         self.on_change, self.on_seen_by = on_change, on_seen_by
         self._lock = threading.Lock()
-        self._state = Liveness(me, self.peers, dead_after=dead_after, key=key, now=clock())
-        six = any(a.version == 6 for a in self.peers.values())
+        self._state = Liveness(me, peers, dead_after=dead_after, key=key, now=clock())
+        six = any(a.version == 6 for a in peers.values())
         if bind is None:
             self.family = socket.AF_INET6 if six else socket.AF_INET
             self.bind = "::" if six else "0.0.0.0"
@@ -382,14 +394,8 @@ class Membership:
                 raise L2Error(f"bind address {bind} is IPv4, but some peers are IPv6")
             self.family = socket.AF_INET if b.version == 4 else socket.AF_INET6
             self.bind = str(b)
-        # where each peer's heartbeats go, in the socket's family
-        self._dest: Dict[str, Tuple] = {}
-        for n, a in self.peers.items():
-            if self.family == socket.AF_INET6:
-                text = str(a) if a.version == 6 else f"::ffff:{a}"
-                self._dest[n] = (text, port, 0, 0)
-            else:
-                self._dest[n] = (str(a), port)
+        self.peers: Dict[str, IPAddress] = peers
+        self._dest = self._destinations(peers)
         self._sock: Optional[socket.socket] = None
         self._wake_r = self._wake_w = None
         self._stopping = threading.Event()
@@ -397,6 +403,29 @@ class Membership:
         self._events: "queue.Queue[Optional[Event]]" = queue.Queue()
         self._threads: List[threading.Thread] = []
         self.send_errors = 0
+
+    def _destinations(self, peers: Mapping[str, IPAddress]) -> Dict[str, Tuple]:
+        """Where each peer's heartbeats go, in the socket's family."""
+        out: Dict[str, Tuple] = {}
+        for n, a in peers.items():
+            if self.family == socket.AF_INET6:
+                out[n] = (str(a) if a.version == 6 else f"::ffff:{a}", self.port, 0, 0)
+            elif a.version == 6:
+                raise L2Error(f"peer {n}: {a} is IPv6, but the heartbeat socket is IPv4 "
+                              f"(bind it to an IPv6 address, or '::')")
+            else:
+                out[n] = (str(a), self.port)
+        return out
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Change the peers without a restart (this node keeps its incarnation, the others
+        keep their state): for a cluster whose nodes come and go."""
+        parsed = {n: _peer_addr(n, a) for n, a in dict(peers).items()}
+        dest = self._destinations(parsed)
+        with self._lock:
+            events = self._state.set_peers(parsed, self.clock())
+            self.peers, self._dest = parsed, dest
+            self._emit(events)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -442,7 +471,7 @@ class Membership:
             return
         if leave and self._sock is not None:
             with self._lock:
-                msgs = self._state.goodbye()
+                msgs = [(self._dest[n], data) for n, data in self._state.goodbye()]
             self._send(msgs)
         self._stopping.set()
         if self._wake_w is not None:
@@ -467,9 +496,15 @@ class Membership:
     # -- reading ------------------------------------------------------------------------
 
     def alive(self) -> FrozenSet[str]:
-        """The live nodes, this one included."""
+        """The live nodes, this one included. Before `settled`, only those heard so far:
+        acting on it then would take over every address for a moment."""
         with self._lock:
             return self._state.alive()
+
+    @property
+    def settled(self) -> bool:
+        """Every peer has been heard, or dead_after has passed since start()."""
+        return self._settled.is_set()
 
     @property
     def incarnation(self) -> int:
@@ -486,15 +521,15 @@ class Membership:
 
     # -- threads ------------------------------------------------------------------------
 
-    def _send(self, msgs: Sequence[Tuple[str, bytes]]) -> None:
-        for name, data in msgs:
+    def _send(self, msgs: Sequence[Tuple[Tuple, bytes]]) -> None:
+        for dest, data in msgs:
             try:
-                self._sock.sendto(data, self._dest[name])
+                self._sock.sendto(data, dest)
             except OSError as exc:      # unreachable, link down, buffer full: next round
                 self.send_errors += 1
                 if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
-                    log.warning("l2 heartbeat to %s (%s): %s (%d send errors so far)", name,
-                                self._dest[name][0], exc.strerror or exc, self.send_errors)
+                    log.warning("l2 heartbeat to %s: %s (%d send errors so far)", dest[0],
+                                exc.strerror or exc, self.send_errors)
 
     def _emit(self, events: List[Event]) -> None:
         for ev in events:
@@ -528,7 +563,7 @@ class Membership:
             if now >= next_send:
                 with self._lock:
                     self._emit(self._state.tick(now))
-                    msgs = self._state.outgoing(now)
+                    msgs = [(self._dest[n], data) for n, data in self._state.outgoing(now)]
                 self._send(msgs)
                 next_send += self.interval
                 if next_send <= now:

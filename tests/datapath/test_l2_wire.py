@@ -173,6 +173,19 @@ def test_after_a_partition_each_side_learns_the_other_hears_it_again(ns):
             assert [alive for _, alive in ra.changes] == [{"a", "b"}]
 
 
+def test_peers_join_and_leave_without_a_restart(ns):
+    with member(ns, "a", "127.0.0.1", {}) as (a, ra):
+        ra.wait_for({"a"}, 2)
+        with member(ns, "b", "127.0.0.2", {"a": "127.0.0.1"}) as (b, rb):
+            a.set_peers({"b": "127.0.0.2"})
+            ra.wait_for({"a", "b"}, 2)
+            incarnation = a.incarnation
+            a.set_peers({})
+            ra.wait_for({"a"}, 1)
+            rb.wait_for({"b"}, DEAD_AFTER + 1)      # a no longer sends to b
+            assert a.incarnation == incarnation
+
+
 def test_the_port_in_use_is_one_clear_error(ns):
     with member(ns, "a", "127.0.0.1", {"b": "127.0.0.2"}):
         twin = Membership("a", {"b": "127.0.0.2"}, bind="127.0.0.1")

@@ -264,6 +264,17 @@ def test_outgoing_acks_the_peers_we_hear():
     assert decode(bye["c"], KEY) == Heartbeat("a", 1000, 3, 0, leaving=True)
 
 
+def test_peers_change_in_place():
+    lv, runs = settled(peers=("b", "c"))
+    assert lv.set_peers(["b", "d"], 0.1) == [Change(frozenset({"a", "b"}))]
+    assert lv.receive(runs["c"](), 0.2) == [] and lv.counters["unknown"] == 1
+    assert lv.receive(hb("d"), 0.3) == [Change(frozenset({"a", "b", "d"}))]
+    assert lv.receive(runs["b"](), 0.4) == []       # b kept its state: no restart, no flap
+    assert lv.counters["restarts"] == 0
+    with pytest.raises(L2Error, match="this node itself"):
+        lv.set_peers(["a"], 0.5)
+
+
 @pytest.mark.parametrize("kw,fault", [
     ({"me": "a", "peers": ["a"]}, "this node itself"),
     ({"me": "", "peers": []}, "non-empty"),
@@ -291,6 +302,13 @@ def test_membership_settings_are_checked(kw, fault):
     peers = kw.pop("peers")
     with pytest.raises(L2Error, match=fault):
         Membership("a", peers, **kw)
+
+
+def test_an_ipv6_peer_needs_an_ipv6_socket():
+    m = Membership("a", {"b": "10.0.0.2"})
+    with pytest.raises(L2Error, match="peer c: fd00::3 is IPv6, but the heartbeat socket is IPv4"):
+        m.set_peers({"b": "10.0.0.2", "c": "fd00::3"})
+    assert set(m.peers) == {"b"}
 
 
 def test_default_timers():
