@@ -68,9 +68,13 @@ class Runner:
             if self.node in peers:
                 raise PyxlbError(f"announce.l2.peers names this node ({self.node}) itself")
             kw = {k: l2[k] for k in ("port", "interval", "dead_after", "key") if k in l2}
-            self.membership = Membership(self.node, peers, on_change=self._poke, **kw)
-            self.peers = frozenset(peers)
             self.announcer = L2Announcer(self.interface)
+            # a peer that hears us again after a partition may have taken our VIPs:
+            # announce them again so its neighbours' caches come back to us
+            self.membership = Membership(self.node, peers, on_change=self._poke,
+                                         on_seen_by=lambda _peer: self.announcer.refresh(),
+                                         **kw)
+            self.peers = frozenset(peers)
         elif self.mode == "bgp":
             from .bgp import BgpAnnouncer, BgpSettings
             settings = BgpSettings.from_dict(section.get("bgp") or {}, node=self.node,
@@ -144,11 +148,12 @@ class Runner:
         self._wake.set()
 
     def close(self) -> None:
-        """Withdraw everything; the VIPs stay in the datapath, unannounced."""
+        """Withdraw everything; the VIPs stay in the datapath, unannounced. L2: the peers
+        are told first, so they take over at once rather than after dead_after."""
         try:
-            self.announcer.close(withdraw=True)
-        finally:
             if self.membership is not None:
-                self.membership.stop()
+                self.membership.stop(leave=True)
             if self.mode == "l2":
                 self.dp.apply(with_announce(self.state, ()))
+        finally:
+            self.announcer.close(withdraw=True)

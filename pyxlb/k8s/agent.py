@@ -25,7 +25,7 @@ from ..errors import PyxlbError
 from . import translate as tr
 from .health import Prober
 from .informer import Informer
-from .kube import EndpointSlice, Node, Service
+from .kube import BGPPeer, EndpointSlice, IPPool, Node, Service
 
 log = logging.getLogger("pyxlb.k8s")
 
@@ -82,7 +82,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, datapath: Datapath,
                  connect: Callable[[], object], *, metrics=None,
                  on_service_change: Optional[Callable[[str, Optional[dict], Optional[dict]], None]] = None,
-                 prober: Optional[Prober] = None):
+                 prober: Optional[Prober] = None, announcer=None):
         self.settings = settings
         self.tsettings = settings.translate_settings()
         self.dp = datapath
@@ -114,6 +114,16 @@ class Agent:
         self.slices = Informer(connect, EndpointSlice, self._on_change, **kw)
         self.nodes = Informer(connect, Node, self._on_change, **kw)
         self.informers: List[Informer] = [self.services, self.slices, self.nodes]
+        # announcement (pyxlb.k8s.announcing.ClusterAnnouncer): IPPools say each address's
+        # mode, BGPPeers where BGP goes; heartbeats of the L2 peers wake the loop
+        self.announcer = announcer
+        self._announce_config = True
+        self._announce_dirty = False
+        if announcer is not None:
+            announcer.on_change = self.poke_announce
+            self.pools = Informer(connect, IPPool, self._on_change, kind="IPPool", **kw)
+            self.bgp_peers = Informer(connect, BGPPeer, self._on_change, kind="BGPPeer", **kw)
+            self.informers += [self.pools, self.bgp_peers]
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -134,6 +144,11 @@ class Agent:
         self.prober.stop()
         if self._thread is not None:
             self._thread.join(10)
+        if self.announcer is not None:
+            try:
+                self.announcer.close(withdraw=True)
+            except Exception:
+                log.exception("withdrawing announcements")
 
     @property
     def ready(self) -> bool:
@@ -178,6 +193,10 @@ class Agent:
                     return
                 self._nodes_changed = True
                 self._all_dirty = True
+                self._announce_config = True
+            elif kind in ("IPPool", "BGPPeer"):
+                self._announce_config = True
+                self._announce_dirty = True
             self._cond.notify()
         if kind == "Service" and self.on_service_change is not None:
             self.on_service_change(key, old, new)
@@ -187,6 +206,12 @@ class Agent:
             for svc, nodes in self._health_targets.items():
                 if target in nodes.values():
                     self._dirty.add(svc)
+            self._cond.notify()
+
+    def poke_announce(self) -> None:
+        """The set of live L2 peers changed: recompute who announces what."""
+        with self._cond:
+            self._announce_dirty = True
             self._cond.notify()
 
     def poke(self) -> None:
@@ -206,7 +231,8 @@ class Agent:
         log.info("listed Services, EndpointSlices and Nodes: reconciling")
         while not self._stop.is_set():
             with self._cond:
-                while not (self._dirty or self._all_dirty) and not self._stop.is_set():
+                while not (self._dirty or self._all_dirty or self._announce_dirty) \
+                        and not self._stop.is_set():
                     self._cond.wait(1.0)
             if self._stop.is_set():
                 break
@@ -235,6 +261,8 @@ class Agent:
             dirty, self._dirty = self._dirty, set()
             all_dirty, self._all_dirty = self._all_dirty, False
             nodes_changed, self._nodes_changed = self._nodes_changed, False
+            announce_config, self._announce_config = self._announce_config, False
+            self._announce_dirty = False
         services = self.services.snapshot()
         if nodes_changed or self._node_index is None:
             self._node_index = tr.NodeIndex.build(self.nodes.snapshot().values())
@@ -265,7 +293,18 @@ class Agent:
                 log.warning("%s: %s: %s", p.service, p.reason, p.message)
         if self.on_problems is not None:
             self.on_problems(problems)
+        wanted = None
+        if self.announcer is not None:
+            if announce_config:
+                self.announcer.configure(self.pools.snapshot().values(),
+                                         self.bgp_peers.snapshot().values(),
+                                         self.nodes.snapshot().values())
+            state, l2, bgp = self.announcer.desired(state, attached=bool(self.dp.interfaces()))
+            wanted = (l2, bgp)
         plan = self.dp.apply(state)
+        if wanted is not None:
+            # after apply: the XDP responder answers before a gratuitous ARP draws traffic
+            self.announcer.sync(*wanted)
         if not plan.empty:
             self.status.applied += 1
         self.status.problems = tuple(problems)

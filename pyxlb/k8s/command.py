@@ -65,6 +65,20 @@ def _opt(*names, env: str, **kw):
       show_default=True,
       help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
            "datapath is created.")
+@_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
+      help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
+           "--no-announce leaves routing the addresses to you.")
+@_opt("--l2-port", env="PYXLB_L2_PORT", type=click.IntRange(1, 65535), default=9744,
+      show_default=True, help="UDP port of the L2 heartbeats between agents.")
+@_opt("--l2-interval", env="PYXLB_L2_INTERVAL", type=click.FloatRange(0.01, 10),
+      default=0.2, show_default=True, help="Seconds between L2 heartbeats.")
+@_opt("--l2-dead-after", env="PYXLB_L2_DEAD_AFTER", type=click.FloatRange(0.05, 60),
+      default=1.0, show_default=True,
+      help="Seconds without a heartbeat before a node's L2 addresses move to another node.")
+@_opt("--l2-key", env="PYXLB_L2_KEY", metavar="SECRET",
+      help="Shared key authenticating the L2 heartbeats (HMAC); the same on every node.")
+@_opt("--bird-dir", env="PYXLB_BIRD_DIR", default="/run/pyxlb/bird", show_default=True,
+      help="State directory of the node's BIRD (config, control socket, pid file).")
 @_opt("--listen", env="PYXLB_LISTEN", default="::", show_default=True,
       help="Address for the metrics and probe endpoints.")
 @_opt("--metrics-port", env="PYXLB_METRICS_PORT", type=click.IntRange(0, 65535), default=9742,
@@ -79,7 +93,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           default_class: bool, controller: bool, namespace: str, lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
-          listen: str, metrics_port: int,
+          announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
+          l2_key: Optional[str], bird_dir: str, listen: str, metrics_port: int,
           probe_port: int, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
 
@@ -107,6 +122,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
                    seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,
+                   announce=announce, l2_port=l2_port, l2_interval=l2_interval,
+                   l2_dead_after=l2_dead_after, l2_key=l2_key, bird_dir=bird_dir,
                    listen=listen, metrics_port=metrics_port,
                    probe_port=probe_port)
     node = AgentNode(opts)

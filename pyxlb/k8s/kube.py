@@ -21,6 +21,7 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 from ..errors import PyxlbError
 
 IPPool = create_global_resource("pyxlb.io", "v1alpha1", "IPPool", "ippools")
+BGPPeer = create_global_resource("pyxlb.io", "v1alpha1", "BGPPeer", "bgppeers")
 
 FIELD_MANAGER = "pyxlb"
 FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
@@ -28,7 +29,7 @@ FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 # Failures that mean "the API server is not answering now": retry later, keep the datapath.
 TRANSIENT = (httpx2.TransportError, httpx2.TimeoutException)
 
-__all__ = ["ApiError", "Client", "EndpointSlice", "Event", "IPPool", "Lease", "Node",
+__all__ = ["ApiError", "BGPPeer", "Client", "EndpointSlice", "Event", "IPPool", "Lease", "Node",
            "Service", "TRANSIENT", "FINALIZER", "connect", "to_dict", "key_of"]
 
 

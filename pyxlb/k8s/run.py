@@ -108,6 +108,12 @@ class Options:
     debounce: float = 0.02
     ring_size: int = 65537
     max_vips: int = MAX_VIPS_DEFAULT
+    announce: bool = True
+    l2_port: int = 9744
+    l2_interval: float = 0.2
+    l2_dead_after: float = 1.0
+    l2_key: Optional[str] = None
+    bird_dir: str = "/run/pyxlb/bird"
     attach: bool = True              # tests of the control plane alone load without attaching
 
 
@@ -188,7 +194,15 @@ class AgentNode:
                                  health_interval=o.health_interval,
                                  health_timeout=o.health_timeout, debounce=o.debounce,
                                  ring_size=o.ring_size)
-        self.agent = Agent(settings, self.dp, connect, metrics=self.metrics)
+        announcer = None
+        if o.announce:
+            from .announcing import AnnounceSettings, ClusterAnnouncer
+            iface = (list(o.interfaces) or [i["name"] for i in self.dp.interfaces()] or [""])[0]
+            announcer = ClusterAnnouncer(o.node_name, AnnounceSettings(
+                interface=iface, l2_port=o.l2_port, l2_interval=o.l2_interval,
+                l2_dead_after=o.l2_dead_after, l2_key=o.l2_key, bird_dir=o.bird_dir))
+        self.agent = Agent(settings, self.dp, connect, metrics=self.metrics,
+                           announcer=announcer)
         if o.controller:
             self.controller = Controller(connect, self.agent.services.snapshot,
                                          settings.translate_settings(), namespace=o.namespace,

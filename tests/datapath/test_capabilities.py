@@ -102,6 +102,10 @@ def agent_settings() -> dict:
 
 
 CAPS = daemonset_caps()
+# what announcing needs beside the datapath: an AF_PACKET socket for gratuitous ARP / NA
+# (L2), and BGP's port 179 for the node's BIRD
+ANNOUNCE_CAPS = frozenset({"net_raw", "net_bind_service"})
+DATAPATH_CAPS = CAPS - ANNOUNCE_CAPS
 
 
 def run_with(caps, ns: str, pin_dir: str) -> dict:
@@ -134,7 +138,7 @@ def test_the_daemonset_capabilities_run_the_datapath(netns, bpffs_dir):
     assert len(report["done"]) == ALL_STEPS, report
 
 
-@pytest.mark.parametrize("missing", sorted(CAPS))
+@pytest.mark.parametrize("missing", sorted(DATAPATH_CAPS))
 def test_each_capability_is_needed(netns, bpffs_dir, missing):
     report = run_with(CAPS - {missing}, netns, f"{bpffs_dir}/pyxlb")
     assert "failed" in report, (f"the datapath runs without CAP_{missing.upper()}: remove it "
@@ -151,7 +155,7 @@ def test_sys_admin_is_needed_only_for_opening_by_id(netns, bpffs_dir):
     does to replace and remove rings. When that changes, this set is the one to grant."""
     report = run_with(BPF_ONLY, netns, f"{bpffs_dir}/pyxlb")
     if "failed" not in report:
-        assert CAPS == BPF_ONLY, (f"BPF, PERFMON and NET_ADMIN now run the whole datapath: "
+        assert DATAPATH_CAPS == BPF_ONLY, (f"BPF, PERFMON and NET_ADMIN now run the whole datapath: "
                                   f"grant those instead of {sorted(CAPS)} in "
                                   f"{DAEMONSET.relative_to(ROOT)}")
         return
@@ -160,3 +164,41 @@ def test_sys_admin_is_needed_only_for_opening_by_id(netns, bpffs_dir):
                                   "apply new rings"], report
     assert report["failed"] == "apply changed and removed rings", report
     assert "open map id" in report["error"] and "Operation not permitted" in report["error"]
+
+
+ANNOUNCE_CHILD = r"""
+import json, socket, sys
+what = sys.argv[1]
+try:
+    if what == "raw":
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        s.bind(("veth0", 0))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 179))
+    s.close()
+    print(json.dumps({"ok": True}))
+except OSError as exc:
+    print(json.dumps({"ok": False, "error": exc.strerror}))
+"""
+
+
+@pytest.mark.parametrize("what, cap", [("raw", "net_raw"), ("bgp", "net_bind_service")])
+def test_announcing_needs_raw_sockets_and_the_bgp_port(netns, what, cap):
+    assert cap in CAPS, f"{DAEMONSET.relative_to(ROOT)} lacks {cap.upper()}"
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+
+    def run(caps):
+        drop = ",".join(f"cap_{n}" for n in CAP_NAMES[:last + 1] if n not in caps)
+        proc = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "capsh",
+                               f"--drop={drop}", f"--shell={sys.executable}", "--", "-c",
+                               ANNOUNCE_CHILD, what], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert run(CAPS)["ok"], f"the DaemonSet's capabilities cannot {what}"
+    refused = run(CAPS - {cap})
+    assert not refused["ok"] and refused["error"] in ("Operation not permitted",
+                                                    "Permission denied"), refused

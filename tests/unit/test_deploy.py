@@ -76,6 +76,12 @@ AGENT_ENV = {
     "PYXLB_SEED": _int(0, 0xFFFFFFFF),
     "PYXLB_MTU": _int(576, 65535),
     "PYXLB_RING_SIZE": _int(2, 655373),
+    "PYXLB_ANNOUNCE": _bool,
+    "PYXLB_L2_PORT": _int(1, 65535),
+    "PYXLB_L2_INTERVAL": _number(0.01, 10),
+    "PYXLB_L2_DEAD_AFTER": _number(0.05, 60),
+    "PYXLB_L2_KEY": lambda v: bool(v),
+    "PYXLB_BIRD_DIR": lambda v: v.startswith("/"),
     "PYXLB_MAX_VIPS": _int(1, 1 << 20),
     "PYXLB_LISTEN": lambda v: ipaddress.ip_address(v) is not None,
     "PYXLB_METRICS_PORT": _int(0, 65535),
@@ -305,7 +311,8 @@ def test_daemonset_privileges():
     assert sc["capabilities"]["drop"] == ["ALL"]
     added = sc["capabilities"]["add"]
     # which of these, tests/datapath/test_capabilities.py decides against the kernel
-    assert added and set(added) <= {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"}, added
+    assert added and set(added) <= {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "NET_RAW",
+                                    "NET_BIND_SERVICE"}, added
     if "SYS_ADMIN" not in added:
         assert sc.get("allowPrivilegeEscalation") is False
     assert sc["readOnlyRootFilesystem"] is True
