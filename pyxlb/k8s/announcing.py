@@ -123,9 +123,10 @@ class ClusterAnnouncer:
             self.l2 = L2Announcer(self.settings.interface)
         if want == self._peers and self.membership is not None:
             return
-        if self.membership is not None:
-            self.membership.stop()
         self._peers = want
+        if self.membership is not None:
+            self.membership.set_peers(want)     # nodes came or went: nothing restarts
+            return
         s = self.settings
         self.membership = Membership(self.node, want, port=s.l2_port, interval=s.l2_interval,
                                      dead_after=s.l2_dead_after, key=s.l2_key,
