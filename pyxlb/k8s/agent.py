@@ -233,7 +233,10 @@ class Agent:
             with self._cond:
                 while not (self._dirty or self._all_dirty or self._announce_dirty) \
                         and not self._stop.is_set():
-                    self._cond.wait(1.0)
+                    if not self._cond.wait(1.0) and self.announcer is not None:
+                        # a quiet second: look again at what to announce (the interface,
+                        # the speaker, L2 peers that settled without a change to report)
+                        self._announce_dirty = True
             if self._stop.is_set():
                 break
             # debounce on the trailing edge only: a change after a quiet spell is applied

@@ -179,8 +179,13 @@ class ClusterAnnouncer:
         bgp = {a for a, n in eligible.items() if self.mode_of(a) == "bgp" and self.node in n}
         if not attached:
             return with_announce_on(state, (), l2), set(), set()
-        alive = self.membership.alive() if self.membership is not None else {self.node}
-        mine = owned(l2, alive, self.node) if l2 else set()
+        if self.membership is not None and not self.membership.settled:
+            # until every peer was heard or dead_after passed, alive() lacks peers that
+            # are alive: claiming now could take their addresses for a moment
+            mine = set(self.l2.announced()) & set(l2) if self.l2 is not None else set()
+        else:
+            alive = self.membership.alive() if self.membership is not None else {self.node}
+            mine = owned(l2, alive, self.node) if l2 else set()
         return with_announce_on(state, mine, l2), set(mine), bgp
 
     def sync(self, l2: Set[IPAddress], bgp: Set[IPAddress]) -> Dict[IPAddress, Result]:

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 from collections import Counter
 
 import pytest
+from pyroute2 import NetNS
 
 from pyxlb.k8s import objects as o
 from pyxlb.k8s.standin import ApiStandIn
 from pyxlb.k8slab import KNODES, KubeLab
-from pyxlb.lab import CLIENT, VIP4, node_addr
+from pyxlb.lab import CLIENT, IFA_F_NODAD, ROUTER, VIP4, node_addr
 
 CONNECTIONS = 300
 FIRST_PORT = 33000          # client source ports of this module (outside the other tests')
@@ -107,3 +110,90 @@ def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     _wait(moved, 20, "the restarted agent to follow the EndpointSlice", lab)
     after = Counter(lab.who(4, sport=FIRST_PORT + CONNECTIONS + i)[0] for i in range(30))
     assert after == Counter({"n3": 30})
+
+
+# -- L2 announcement by the agents ------------------------------------------------------------
+
+def _sh(*args):
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def _mac(lab, node):
+    with NetNS(lab.ns(node)) as n:
+        return n.get_links(n.link_lookup(ifname="eth0")[0])[0].get_attr("IFLA_ADDRESS")
+
+
+def _router_mac(lab):
+    out = _sh("ip", "-n", lab.ns(ROUTER), "neigh", "show", str(VIP4), "dev", "br0").split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+
+def _flood(lab, on):
+    # veths take frames for any MAC: with flooding, a node would balance frames still
+    # addressed to a dead owner's MAC, hiding a failover that did not happen
+    for node in KNODES:
+        _sh("ip", "netns", "exec", lab.ns(ROUTER), "bridge", "link", "set", "dev", f"p-{node}",
+            "flood", "on" if on else "off")
+
+
+def _answers(lab, n):
+    out = []
+    for _ in range(n):
+        try:
+            out.append(lab.who(4, timeout=1.0)[0])
+        except Exception:           # a flow to the dead node: no answer
+            out.append(None)
+    return out
+
+
+def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
+    """The lab's pool announces by L2 (the IPPool default). The router reaches the VIP
+    on-link: it ARPs, and exactly one agent's balancer answers — never n3, which holds no
+    pod of the Service. The owner's node dies (agent killed, link down): another node with
+    pods answers within seconds and requests flow again."""
+    lab, api = klab
+    api.update(o.spread("web", {"n1": 1, "n2": 1}, name="web-ipv4"))
+    macs = {node: _mac(lab, node) for node in KNODES}
+    dead = None
+    try:
+        _flood(lab, False)
+        with NetNS(lab.ns(ROUTER)) as r:
+            r.route("replace", dst=f"{VIP4}/32", oif=r.link_lookup(ifname="br0")[0])
+        _sh("ip", "-n", lab.ns(ROUTER), "neigh", "flush", "to", str(VIP4))
+
+        def owner():
+            # a request makes the router resolve the VIP; whose MAC answered?
+            lab.who(4, timeout=1.0)
+            mac = _router_mac(lab)
+            return next((n for n, m in macs.items() if m == mac), None)
+
+        _wait(lambda: owner() in ("n1", "n2"), 20, "an owner among n1 and n2", lab)
+        first = owner()
+        for _ in range(20):
+            assert owner() == first, "ownership moved with nothing failing"
+        dead = first
+        lab.stop_agent(dead, signal.SIGKILL)
+        with NetNS(lab.ns(dead)) as n:
+            n.link("set", index=n.link_lookup(ifname="eth0")[0], state="down")
+        survivor = "n2" if dead == "n1" else "n1"
+        _wait(lambda: owner() == survivor, 15, f"{survivor} to take the VIP over", lab)
+        # the dead node's pods stay in the EndpointSlice until Kubernetes notices (or its
+        # healthCheckNodePort fails): flows hashed to it fail meanwhile, the others flow
+        assert survivor in _answers(lab, 10)
+        api.update(o.spread("web", {survivor: 1}, name="web-ipv4"))   # the node controller
+        _wait(lambda: _answers(lab, 10) == [survivor] * 10, 15, "every request to flow", lab)
+    finally:
+        if dead is not None:
+            with NetNS(lab.ns(dead)) as n:
+                idx = n.link_lookup(ifname="eth0")[0]
+                n.link("set", index=idx, state="up")
+                if not any(a.get_attr("IFA_ADDRESS") == str(node_addr(dead, 6))
+                           for a in n.get_addr(index=idx, family=socket.AF_INET6)):
+                    n.addr("add", index=idx, address=str(node_addr(dead, 6)), prefixlen=64,
+                           flags=IFA_F_NODAD)
+                n.route("replace", dst="0.0.0.0/0", gateway=str(node_addr(ROUTER, 4)))
+                n.route("replace", dst="::/0", gateway=str(node_addr(ROUTER, 6)),
+                        family=socket.AF_INET6)
+            lab.start_agent(dead, api.url, "--lease-duration", "2")
+        lab.route_via("n1")
+        _flood(lab, True)
