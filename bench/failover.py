@@ -371,7 +371,276 @@ def l2_print(rows: List[Row], data: Dict[str, object]) -> None:
         print(f"  {line}")
 
 
-SECTIONS = {"l2": (l2_section, l2_print)}
+# -- BGP -----------------------------------------------------------------------------------
+#
+# Section "bgp": the router runs BIRD (pyxlb.announce.bgp.upstream_router_config: ECMP with
+# `merge paths`, the L4 multipath hash policy) and peers with lb1 and lb2, whose speakers
+# are BgpAnnouncers (BIRD too), both announcing the VIP (IPIP to be1-3). Two modes: every
+# session with BFD (100 ms x 3), and without (hold time 3 s). As for L2, unknown unicast is
+# not flooded to the LB ports. Each trial: both nodes announce and the router has both
+# next hops; CONNECTIONS uploads are opened through the VIP and held half-sent; the L2
+# client's requests run, each noting the router's next hops when it starts. Then lb1 fails:
+#
+#   kill   its BIRD gets SIGKILL (the node and its XDP stay up; the router sees the TCP
+#          session close at once)
+#   hung   its BIRD gets SIGSTOP (idem; only BFD or the hold timer can tell)
+#   link   its eth0 goes down (a dead node, seen the same way)
+#
+# "failover" is the time from the failure until the first request that started with the
+# route through lb2 alone has completed. With ECMP the other node's share never stops, so
+# instead of an outage the section reports the requests that failed (lb1's share of new
+# connections while lb1 was dead and still in the route) and how long after the failure
+# the last of them started. Then the held uploads are finished (one that fails or is
+# answered wrongly was reset): half of them crossed lb1 and continue through lb2, which
+# never saw them (Maglev). Every trial restores the lab: BIRD continued or started again,
+# link up with its addresses and routes, both next hops back.
+
+BGP_ROUTER_ASN, BGP_NODE_ASN = 64512, 64513
+BGP_MODES = (("bgp+bfd", True), ("bgp hold3", False))   # (row name, BFD on every session)
+BGP_FAILURES = ("kill", "hung", "link")
+BGP_FAILED, BGP_SURVIVOR = "lb1", "lb2"
+BGP_CONNECTIONS = 8         # uploads held open across each failure (about half cross lb1)
+BGP_SETTLE_S = 15.0         # bound on re-establishing both sessions between trials
+BGP_SYSCTLS = ("net/ipv4/fib_multipath_hash_policy", "net/ipv6/fib_multipath_hash_policy")
+
+
+def bgp_next_hops(lab: Lab, family: int) -> frozenset[str]:
+    """The LB nodes the router's VIP route goes through now."""
+    vip = VIP4 if family == 4 else VIP6
+    out = _sh("ip", f"-{family}", "-j", "-n", lab.ns(ROUTER), "route", "show", "exact",
+              f"{vip}/{vip.max_prefixlen}")
+    routes = json.loads(out or "[]")
+    if not routes:
+        return frozenset()
+    names = {str(node_addr(lb, family)): lb for lb in LBS}
+    return frozenset(names.get(h.get("gateway"), "?")
+                     for h in routes[0].get("nexthops", [routes[0]]))
+
+
+def bgp_wait_hops(lab: Lab, family: int, want, timeout: float = BGP_SETTLE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while bgp_next_hops(lab, family) != frozenset(want):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the router's route goes via {sorted(bgp_next_hops(lab, family))}"
+                               f" after {timeout} s, not {sorted(want)}")
+        time.sleep(0.02)
+
+
+class BgpClient(L2Client):
+    """The L2 client's requests, each noting the router's next hops for the VIP when it
+    starts (instead of its ARP entry)."""
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            self.pool.submit(self._one, bgp_next_hops(self.lab, self.family))
+            next_at += L2_PACE_S
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def failed(self, since: float) -> List[float]:
+        """Start times of the requests started after `since` that failed."""
+        with self.lock:
+            return sorted(s for s, d, _ in self.records if s >= since and d is None)
+
+    def withdrawn_at(self, node: str, since: float) -> Optional[float]:
+        """When the first request started that saw `node` out of the route."""
+        with self.lock:
+            starts = [s for s, _, via in self.records if s >= since and node not in via]
+        return min(starts) if starts else None
+
+
+class BgpNodes:
+    """The router's BIRD and the LB nodes' BgpAnnouncers, with state under a temporary
+    directory; close() kills every daemon (by its pid file) and restores the router."""
+
+    def __init__(self, lab: Lab, family: int):
+        import tempfile
+
+        from pyxlb import netns
+        from pyxlb.announce.bgp import BirdSpeaker
+        self.lab, self.family, self.netns = lab, family, netns
+        self.vip = VIP4 if family == 4 else VIP6
+        self.base = tempfile.mkdtemp(prefix="pyxlb-failover-bgp-", dir="/tmp")
+        self.router = BirdSpeaker(os.path.join(self.base, "router"))
+        self.speakers = {lb: BirdSpeaker(os.path.join(self.base, lb), timeout=2.0)
+                         for lb in LBS}
+        self.announcers: Dict[str, object] = {}
+        self.saved: Dict[str, str] = {}
+        with netns.enter(lab.ns(ROUTER)):
+            for path in BGP_SYSCTLS:
+                with open(f"/proc/sys/{path}") as f:
+                    self.saved[path] = f.read().strip()
+                with open(f"/proc/sys/{path}", "w") as f:
+                    f.write("1")
+        for fam in (4, 6):
+            v = VIP4 if fam == 4 else VIP6
+            _sh("ip", f"-{fam}", "-n", lab.ns(ROUTER), "route", "del", f"{v}/{v.max_prefixlen}",
+                check=False)
+
+    def mode(self, bfd: bool) -> None:
+        """(Re)configure the router and both nodes with BFD on or off; both announce."""
+        from pyxlb.announce.bgp import (BgpAnnouncer, BgpPeer, BgpSettings,
+                                        upstream_router_config)
+        fam = self.family
+        with self.netns.enter(self.lab.ns(ROUTER)):
+            self.router.apply(upstream_router_config(
+                node_addr(ROUTER, 4), BGP_ROUTER_ASN,
+                [(node_addr(lb, fam), BGP_NODE_ASN) for lb in LBS], bfd=bfd))
+        for lb in LBS:
+            settings = BgpSettings(asn=BGP_NODE_ASN, router_id=node_addr(lb, 4), node=lb,
+                                   state_dir=self.speakers[lb].state_dir,
+                                   peers=(BgpPeer(node_addr(ROUTER, fam), BGP_ROUTER_ASN,
+                                                  bfd=bfd, hold_time=3),))
+            with self.netns.enter(self.lab.ns(lb)):
+                self.announcers[lb] = BgpAnnouncer(settings, self.speakers[lb])
+        self.announce()
+
+    def announce(self) -> None:
+        """Both nodes announce the VIP (a dead speaker is started again); wait for ECMP."""
+        for lb in LBS:
+            with self.netns.enter(self.lab.ns(lb)):
+                result = self.announcers[lb].sync([self.vip])
+                if any(r.value != "ok" for r in result.values()):
+                    raise RuntimeError(f"{lb}: {self.announcers[lb].last_error}")
+        bgp_wait_hops(self.lab, self.family, LBS)
+
+    def pid(self, lb: str) -> int:
+        with self.netns.enter(self.lab.ns(lb)):
+            pid = self.speakers[lb].pid()
+        if pid is None:
+            raise RuntimeError(f"{lb}: no BIRD runs")
+        return pid
+
+    def close(self) -> None:
+        import shutil
+        for speaker, ns in [(s, lb) for lb, s in self.speakers.items()] + \
+                           [(self.router, ROUTER)]:
+            with contextlib.suppress(Exception):
+                with open(speaker.pid_path) as f:
+                    pid = int(f.read().strip())
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                with self.netns.enter(self.lab.ns(ns)):
+                    deadline = time.monotonic() + 5
+                    while speaker.pid() is not None and time.monotonic() < deadline:
+                        time.sleep(0.01)        # also reaps the daemons this process started
+        with self.netns.enter(self.lab.ns(ROUTER)):
+            for path, value in self.saved.items():
+                with open(f"/proc/sys/{path}", "w") as f:
+                    f.write(value)
+        self.lab.route_via("lb1")           # the route BIRD's kernel protocol left is replaced
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def bgp_trial(lab: Lab, nodes: BgpNodes, failure: str) -> Dict[str, object]:
+    """lb1 fails while both announce; the lab is as before afterwards."""
+    family = nodes.family
+    nodes.announce()
+    held: List[L2Held] = []
+    pid = nodes.pid(BGP_FAILED)
+    try:
+        held = [L2Held(lab, family) for _ in range(BGP_CONNECTIONS)]
+        with BgpClient(lab, family, nodes.vip) as client:
+            time.sleep(0.3)
+            failed = time.monotonic()
+            if failure == "kill":
+                os.kill(pid, signal.SIGKILL)
+            elif failure == "hung":
+                os.kill(pid, signal.SIGSTOP)
+            else:
+                l2_set_link(lab, BGP_FAILED, False)
+            survivor = frozenset({BGP_SURVIVOR})
+            while client.recovered_at(survivor, failed) is None:
+                if time.monotonic() - failed > L2_GIVE_UP_S:
+                    raise RuntimeError(f"{failure}: no traffic via {BGP_SURVIVOR} alone after "
+                                       f"{L2_GIVE_UP_S} s")
+                time.sleep(0.02)
+            time.sleep(0.3)
+        resets = sum(1 for h in held if not h.finish())
+        lost = client.failed(failed)
+        return {"failure": failure,
+                "failover_s": round(client.recovered_at(survivor, failed) - failed, 3),
+                "withdraw_s": round(client.withdrawn_at(BGP_FAILED, failed) - failed, 3),
+                "failed_requests": len(lost),
+                "lost_s": round(lost[-1] - failed, 3) if lost else 0.0,
+                "resets": resets, "connections": len(held)}
+    finally:
+        for h in held:
+            h.sock.close()
+        if failure == "hung":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        elif failure == "link":
+            l2_restore_link(lab, BGP_FAILED)
+
+
+def bgp_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
+    """Every (mode, failure), args.trials times each, in rounds."""
+    lab.apply(DesiredState((lab.vip(args.family),)))
+    # frames for a node whose link is down would be flooded to the other, whose veth (unlike
+    # a NIC) hands them to XDP: the dead node would seem to keep forwarding
+    l2_flood_to_lbs(lab, False)
+    nodes = BgpNodes(lab, args.family)
+    trials: List[Dict[str, object]] = []
+    try:
+        for mode, bfd in BGP_MODES:
+            nodes.mode(bfd)
+            for round_no in range(args.trials):
+                for failure in BGP_FAILURES:
+                    t = bgp_trial(lab, nodes, failure)
+                    t.update(mode=mode, round=round_no)
+                    trials.append(t)
+                    print(f"  {mode} {failure:<5} round {round_no + 1}: failover "
+                          f"{t['failover_s']:.2f} s (route withdrawn {t['withdraw_s']:.2f} s), "
+                          f"{t['failed_requests']} requests failed, the last "
+                          f"{t['lost_s']:.2f} s after the failure, resets {t['resets']}/"
+                          f"{t['connections']}", flush=True)
+    finally:
+        nodes.close()
+        l2_flood_to_lbs(lab, True)
+    rows: List[Row] = []
+    summary: Dict[str, Dict[str, object]] = {}
+    for mode, _ in BGP_MODES:
+        for failure in BGP_FAILURES:
+            mine = [t for t in trials if t["mode"] == mode and t["failure"] == failure]
+            fo = [t["failover_s"] for t in mine]
+            rows.append((mode, failure, len(mine), statistics.median(fo), max(fo),
+                         max(t["resets"] for t in mine)))
+            summary[f"{mode} {failure}"] = {
+                "failover_median_s": statistics.median(fo), "failover_max_s": max(fo),
+                "withdraw_median_s": statistics.median(t["withdraw_s"] for t in mine),
+                "lost_median_s": statistics.median(t["lost_s"] for t in mine),
+                "lost_max_s": max(t["lost_s"] for t in mine),
+                "failed_requests_total": sum(t["failed_requests"] for t in mine),
+                "requests_every_s": L2_PACE_S,
+                "resets_max": max(t["resets"] for t in mine),
+                "resets_total": sum(t["resets"] for t in mine),
+                "connections_total": sum(t["connections"] for t in mine)}
+    return rows, {"settings": {"family": args.family, "hold_time_s": 3,
+                               "bfd": "100 ms x 3", "connections": BGP_CONNECTIONS,
+                               "request_every_s": L2_PACE_S,
+                               "request_timeout_s": L2_REQUEST_TIMEOUT_S},
+                  "rows": [dict(zip(("mode", "failure", "trials", "median_s", "max_s",
+                                     "resets"), r)) for r in rows],
+                  "summary": summary, "trials": trials}
+
+
+def bgp_print(rows: List[Row], data: Dict[str, object]) -> None:
+    s = data["settings"]
+    print(f"\nBGP failover (BIRD on the router and both LB nodes, ECMP; hold time "
+          f"{s['hold_time_s']} s, BFD {s['bfd']}; IPv{s['family']}; lb1 fails): seconds "
+          f"until traffic flows via lb2 alone")
+    print(format_rows(rows))
+    print("requests that failed (new connections of lb1's share, black-holed until the "
+          "route moved), in all trials; the last one's start after the failure, median / "
+          "max s:")
+    for k, v in data["summary"].items():
+        print(f"  {k:<15} {v['failed_requests_total']:>4} failed   "
+              f"{v['lost_median_s']:.2f} / {v['lost_max_s']:.2f}")
+    print(f"resets: most of the {s['connections']} held connections reset in one event")
+
+
+SECTIONS = {"l2": (l2_section, l2_print), "bgp": (bgp_section, bgp_print)}
 
 
 def main(argv=None) -> int:
