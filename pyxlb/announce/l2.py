@@ -708,6 +708,7 @@ class L2Announcer(Announcer):
             sock.close()
             raise L2Error(f"{iface} is not an Ethernet interface: cannot announce on it")
         self.mac = _mac_bytes(mac) if mac is not None else bytes(own_mac)
+        sock.setblocking(False)     # a full device queue costs a frame, never a wait
         self._sock = sock
         self._vips: Set[IPAddress] = set()
         self._due: List[Tuple[float, int, IPAddress]] = []    # heap: (time, seq, vip)
@@ -785,14 +786,16 @@ class L2Announcer(Announcer):
                 if self._closing:
                     return
                 _, _, addr = heapq.heappop(self._due)
-            for frame in announcement_frames(self.mac, addr):
-                try:
-                    self._sock.send(frame)
-                    self.sent += 1
-                except OSError as exc:      # link down, device gone: counted, not fatal
-                    self.send_errors += 1
-                    log.warning("l2 announcement of %s on %s: %s", addr, self.iface,
-                                exc.strerror or exc)
+                # sent under the lock (microseconds): once withdraw() returns, nothing more
+                # goes out for the address
+                for frame in announcement_frames(self.mac, addr):
+                    try:
+                        self._sock.send(frame)
+                        self.sent += 1
+                    except OSError as exc:  # link down, queue full, device gone: counted
+                        self.send_errors += 1
+                        log.warning("l2 announcement of %s on %s: %s", addr, self.iface,
+                                    exc.strerror or exc)
 
     def close(self, withdraw: bool = True) -> None:
         if withdraw:
