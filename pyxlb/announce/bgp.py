@@ -761,16 +761,23 @@ class BirdSpeaker:
             if child.poll() is not None:
                 raise BirdError(f"bird exited at start (status {child.returncode}): "
                                 f"{_one_line(self._log_tail()) or 'no message'}")
-            if self._answers():
-                break
+            if self._pid_file_names(child.pid) and self._answers():
+                break       # both: a later pid() must find it, or a second one would start
             if time.monotonic() > deadline:
                 child.kill()
                 child.wait()
-                raise BirdError(f"bird did not open {self.socket_path} within "
-                                f"{self.timeout} s")
+                raise BirdError(f"bird did not write {self.pid_path} and open "
+                                f"{self.socket_path} within {self.timeout} s")
             time.sleep(0.01)
         self._child = child
         log.info("started bird (pid %d) in %s", child.pid, self.state_dir)
+
+    def _pid_file_names(self, pid: int) -> bool:
+        try:
+            with open(self.pid_path) as f:
+                return f.read().strip() == str(pid)
+        except OSError:
+            return False
 
     def _log_tail(self, size: int = 2000) -> str:
         try:
