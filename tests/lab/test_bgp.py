@@ -19,11 +19,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Dict, Iterator, List, Set
 
 import pytest
+import yaml
 
 from pyxlb import netns
 from pyxlb.announce import Result
@@ -360,3 +362,80 @@ def test_clean_stop_withdraws_then_terminates(lab_session, nodes):
     assert not os.path.exists(node.announcer.speaker.pid_path)
     assert not os.path.exists(node.announcer.speaker.socket_path)
     assert next_hops(lab, 4) == {"lb1"}
+
+
+def _announce_file(lab: Lab, node: Node, tmp_path) -> str:
+    """A `pyxlb announce -f` file for `node` in BGP mode: the lab's IPv4 VIP, the router as
+    the one peer, no router_id (taken from eth0), BIRD's files in the node's state dir."""
+    vip4 = lab.vip(4)
+    doc = {"announce": {"mode": "bgp", "node": node.name, "interface": "eth0",
+                        "bgp": {"asn": NODE_ASN, "state_dir": node.settings.state_dir,
+                                "peers": [{"address": str(node_addr(ROUTER, 4)),
+                                           "asn": ROUTER_ASN, "bfd": True,
+                                           "password": PASSWORD}]}},
+           "vips": [{"vip": str(vip4.key), "mode": vip4.mode,
+                     "backends": [str(b.address) for b in vip4.backends]}]}
+    path = tmp_path / f"{node.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def _start_announce(lab: Lab, node: str, path: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyxlb", "--netns", lab.ns(node),
+                             "--pin-dir", lab.pin_dir(node), "announce", "-f", path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _stays(lab: Lab, want: Set[str], seconds: float) -> None:
+    """The router's IPv4 VIP route goes via `want` throughout the next `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert next_hops(lab, 4) == want
+        time.sleep(0.05)
+
+
+def test_announce_command_keeps_routes_through_an_agent_crash(lab_session, nodes, router,
+                                                              tmp_path):
+    """`pyxlb announce -f FILE` in BGP mode on both LB nodes: the router gets both next
+    hops. SIGKILL of lb1's announce process (the agent crashing) leaves its BIRD
+    announcing: the route does not change. A new `pyxlb announce` adopts that BIRD (same
+    pid, the BGP session not restarted). SIGTERM then withdraws lb1's route, and its
+    BIRD stays up for the next start."""
+    lab = lab_session
+    files = {lb: _announce_file(lab, nodes[lb], tmp_path) for lb in LBS}
+    procs: Dict[str, subprocess.Popen] = {}
+    try:
+        for lb in LBS:
+            procs[lb] = _start_announce(lab, lb, files[lb])
+        wait_hops(lab, 4, set(LBS))
+        pid = nodes["lb1"].pid()
+        since = _session_since(lab, router, "lb1")
+        config = os.stat(nodes["lb1"].announcer.speaker.config_path).st_ino
+
+        procs["lb1"].kill()
+        procs["lb1"].wait(timeout=10)
+        _stays(lab, set(LBS), 1.5)                  # over a tick of the survivor's loop
+        assert nodes["lb1"].pid() == pid
+
+        procs["lb1"] = _start_announce(lab, "lb1", files["lb1"])
+        deadline = time.monotonic() + WAIT
+        # the adopting announcer's first sync loads the configuration once (a new file)
+        while os.stat(nodes["lb1"].announcer.speaker.config_path).st_ino == config:
+            assert procs["lb1"].poll() is None, procs["lb1"].stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the new announcer never reconfigured BIRD"
+            time.sleep(0.05)
+        _stays(lab, set(LBS), 0.5)
+        assert nodes["lb1"].pid() == pid
+        assert _session_since(lab, router, "lb1") == since, "the BGP session restarted"
+
+        procs["lb1"].send_signal(signal.SIGTERM)
+        assert procs["lb1"].wait(timeout=10) == 0, procs["lb1"].stderr.read()[-2000:]
+        assert wait_hops(lab, 4, {"lb2"}) < 1.0
+        assert nodes["lb1"].pid() == pid
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
