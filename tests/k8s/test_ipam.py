@@ -763,7 +763,8 @@ class AllocatorHistory(RuleBasedStateMachine):
     @rule(data=st.data())
     def request_an_address_in_use(self, data):
         """Ask for an address someone holds: sharing, or AddressInUse."""
-        held = sorted({a for s in self.alloc.services() for a in self.alloc.assigned(s)})
+        held = sorted({a for s in self.alloc.services() for a in self.alloc.assigned(s)},
+                      key=lambda a: (a.version, int(a)))
         if not held:
             return
         addr = data.draw(st.sampled_from(held))
