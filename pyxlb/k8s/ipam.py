@@ -599,9 +599,11 @@ class Allocator:
                  and self._spans[p.name][version]]
         fam = _family_name(version)
         if not pools:
-            raise AllocationError("NoPool", f"{req.service}: no IPPool can give it an {fam} "
-                                  f"address automatically (none with {fam} addresses, "
-                                  f"autoAssign on and a serviceSelector that matches)")
+            why = (f"IPPool {req.pool!r} has no {fam} addresses" if req.pool is not None else
+                   f"no IPPool with {fam} addresses, autoAssign on and a serviceSelector "
+                   f"that matches")
+            raise AllocationError("NoPool", f"{req.service}: cannot choose an {fam} address: "
+                                  f"{why}")
         if req.share_key is not None:
             names = [p.name for p in pools]
             shared = set()

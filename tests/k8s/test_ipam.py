@@ -233,6 +233,12 @@ def test_auto_assign_off_only_for_services_that_ask():
     assert alloc.assign(Request("ns/asked", requested=("10.0.0.3",))) == ips("10.0.0.3")
 
 
+def test_named_pool_without_the_family_is_no_pool():
+    alloc = Allocator([Pool.parse("v4", ["10.0.0.0/30"]), Pool.parse("v6", ["2001:db8::/64"])])
+    msg = refused(alloc, Request("ns/x", families=(4, 6), pool="v4"), "NoPool")
+    assert "IPPool 'v4' has no IPv6 addresses" in msg
+
+
 def test_named_pool_is_the_only_pool_used():
     alloc = Allocator([Pool.parse("a", ["10.0.0.0/32"]), Pool.parse("b", ["10.0.1.0/31"])])
     assert alloc.assign(Request("ns/x", pool="b")) == ips("10.0.1.0")
