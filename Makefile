@@ -41,6 +41,7 @@ bench: build
 	$(PY) bench/lab_throughput.py
 	$(PY) bench/apply.py
 	$(PY) bench/k8s_sync.py
+	$(PY) bench/failover.py
 
 clean:
 	rm -rf build pyxlb/bpf/*.o pyxlb/*.so pyxlb/*.c ext/*.c ext/*.html *.egg-info

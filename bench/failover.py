@@ -1,9 +1,9 @@
 """Failover: seconds from a failure of the announcing LB node to traffic flowing via
 another, and the established connections each failure resets.
 
-Run as root: .venv/bin/python bench/failover.py [--trials N] [--section l2]
+Run as root: .venv/bin/python bench/failover.py [--trials N] [--section l2|bgp]
 Prints a table per section and writes bench/results/failover.json, one key per section
-("l2" here; a section that is not run keeps what the file held).
+("l2", "bgp"; a section that is not run keeps what the file held).
 
 The lab is pyxlb's namespace lab (pyxlb/lab.py), built by this script under its own
 prefix and removed at the end, also on failure or Ctrl-C.
@@ -34,6 +34,30 @@ client notices (for kill and hung the old node's XDP keeps forwarding meanwhile,
 is none). Then the held uploads are finished: one that fails or is answered wrongly was
 reset. Every trial restores the lab: announcers stopped, link up with its addresses and
 routes, announce flags off, the router's entry flushed.
+
+## BGP (section "bgp")
+
+Section "bgp": the router runs BIRD (pyxlb.announce.bgp.upstream_router_config: ECMP with
+`merge paths`, the L4 multipath hash policy) and peers with lb1 and lb2, whose speakers
+are BgpAnnouncers (BIRD too), both announcing the VIP (IPIP to be1-3). Two modes: every
+session with BFD (100 ms x 3), and without (hold time 3 s). As for L2, unknown unicast is
+not flooded to the LB ports. Each trial: both nodes announce and the router has both
+next hops; CONNECTIONS uploads are opened through the VIP and held half-sent; the L2
+client's requests run, each noting the router's next hops when it starts. Then lb1 fails:
+
+  kill   its BIRD gets SIGKILL (the node and its XDP stay up; the router sees the TCP
+         session close at once)
+  hung   its BIRD gets SIGSTOP (idem; only BFD or the hold timer can tell)
+  link   its eth0 goes down (a dead node, seen the same way)
+
+"failover" is the time from the failure until the first request that started with the
+route through lb2 alone has completed. With ECMP the other node's share never stops, so
+instead of an outage the section reports the requests that failed (lb1's share of new
+connections while lb1 was dead and still in the route) and how long after the failure
+the last of them started. Then the held uploads are finished (one that fails or is
+answered wrongly was reset): half of them crossed lb1 and continue through lb2, which
+never saw them (Maglev). Every trial restores the lab: BIRD continued or started again,
+link up with its addresses and routes, both next hops back.
 """
 
 from __future__ import annotations
@@ -371,29 +395,7 @@ def l2_print(rows: List[Row], data: Dict[str, object]) -> None:
         print(f"  {line}")
 
 
-# -- BGP -----------------------------------------------------------------------------------
-#
-# Section "bgp": the router runs BIRD (pyxlb.announce.bgp.upstream_router_config: ECMP with
-# `merge paths`, the L4 multipath hash policy) and peers with lb1 and lb2, whose speakers
-# are BgpAnnouncers (BIRD too), both announcing the VIP (IPIP to be1-3). Two modes: every
-# session with BFD (100 ms x 3), and without (hold time 3 s). As for L2, unknown unicast is
-# not flooded to the LB ports. Each trial: both nodes announce and the router has both
-# next hops; CONNECTIONS uploads are opened through the VIP and held half-sent; the L2
-# client's requests run, each noting the router's next hops when it starts. Then lb1 fails:
-#
-#   kill   its BIRD gets SIGKILL (the node and its XDP stay up; the router sees the TCP
-#          session close at once)
-#   hung   its BIRD gets SIGSTOP (idem; only BFD or the hold timer can tell)
-#   link   its eth0 goes down (a dead node, seen the same way)
-#
-# "failover" is the time from the failure until the first request that started with the
-# route through lb2 alone has completed. With ECMP the other node's share never stops, so
-# instead of an outage the section reports the requests that failed (lb1's share of new
-# connections while lb1 was dead and still in the route) and how long after the failure
-# the last of them started. Then the held uploads are finished (one that fails or is
-# answered wrongly was reset): half of them crossed lb1 and continue through lb2, which
-# never saw them (Maglev). Every trial restores the lab: BIRD continued or started again,
-# link up with its addresses and routes, both next hops back.
+# -- BGP (the docstring says what it measures) -----------------------------------------
 
 BGP_ROUTER_ASN, BGP_NODE_ASN = 64512, 64513
 BGP_MODES = (("bgp+bfd", True), ("bgp hold3", False))   # (row name, BFD on every session)

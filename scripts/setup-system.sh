@@ -2,8 +2,9 @@
 # Install the Debian packages pyxlb builds and tests with; installs only what is missing.
 set -eu
 # libcap2-bin (capsh) and util-linux (nsenter): the DaemonSet capability test; bird2: the
-# BGP speaker of `announce: bgp` (and the router of the BGP lab tests)
-PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev libcap2-bin util-linux bird2"
+# BGP speaker of `announce: bgp` (and the router of the BGP lab tests); vagrant and
+# shellcheck: the Vagrant lab's static checks (vagrant validate, shellcheck)
+PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev libcap2-bin util-linux bird2 vagrant shellcheck"
 missing=""
 for p in $PACKAGES; do
 	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
