@@ -140,7 +140,7 @@ def test_a_service_gets_an_ip_and_its_nodes_become_backends(run):
     svc = api.get("Service", "web", "default")
     assert FINALIZER in svc["metadata"]["finalizers"]
     assert svc["status"]["loadBalancer"]["ingress"][0]["ipMode"] == "VIP"
-    assert events(api, "IPAllocated")
+    assert eventually(lambda: events(api, "IPAllocated"), what="an IPAllocated event")
 
     vip = f"{ip}:80/tcp"
     # Local: the nodes holding ready endpoints, weighted by how many; n1 is this node
