@@ -203,7 +203,8 @@ class Agent:
 
     def _on_health_flip(self, target, healthy: bool) -> None:
         with self._cond:
-            for svc, nodes in self._health_targets.items():
+            # (a copy: the reconcile thread replaces entries while probes report)
+            for svc, nodes in list(self._health_targets.items()):
                 if target in nodes.values():
                     self._dirty.add(svc)
             self._cond.notify()
