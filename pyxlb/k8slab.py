@@ -18,23 +18,22 @@ over the nodes by their weights — all Maglev, all real packets.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
-from . import _bpf, bpffs, netns
+from . import _bpf, netns
 from .bpf import object_path
 from .datapath import Datapath
 from .errors import PyxlbError
-from .lab import (CLIENT, CLIENT_NET, HTTP_PORT, IFA_F_NODAD, ROUTER, SEED, SEGMENT_MTU,
+from .lab import (CLIENT, CLIENT_NET, IFA_F_NODAD, ROUTER, SEED, SEGMENT_MTU,
                   SEGMENT_NET, VIP4, VIP6, Lab, _sysctl, node_addr)
 
 KNODES = ("n1", "n2", "n3")

@@ -17,11 +17,10 @@ import ipaddress
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..datapath import Datapath
-from ..errors import PyxlbError
 from . import translate as tr
 from .health import Prober
 from .informer import Informer
@@ -158,14 +157,6 @@ class Agent:
     @property
     def api_up(self) -> bool:
         return all(inf.connected for inf in self.informers)
-
-    def wait_ready(self, timeout: float = 10.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.ready:
-                return True
-            time.sleep(0.01)
-        return self.ready
 
     # -- change intake (informer threads) -----------------------------------------------------
 
@@ -344,6 +335,3 @@ class Agent:
                 pass
         self._local_addrs = want
 
-
-class AgentError(PyxlbError):
-    """The agent cannot start as configured."""

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 log = logging.getLogger("pyxlb.k8s")
 
@@ -139,11 +139,3 @@ class Prober:
             self._wake.wait(self.interval)
             self._wake.clear()
 
-
-def health_map(targets: Mapping[str, Mapping[str, Target]], prober: Prober
-               ) -> Dict[Tuple[str, str], bool]:
-    """{(service, node): False} for every probed node whose damped state is down: the
-    `health` argument of translation (missing means healthy)."""
-    down = prober.unhealthy()
-    return {(svc, node): False for svc, nodes in targets.items()
-            for node, target in nodes.items() if target in down}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from typing import Callable, Dict, Optional
 
 from lightkube.types import on_error_raise

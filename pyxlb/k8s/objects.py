@@ -8,7 +8,7 @@ API server would always fill (ipFamilies, protocol, conditions).
 from __future__ import annotations
 
 import ipaddress
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 LB_CLASS = "pyxlb.io/lb"
 

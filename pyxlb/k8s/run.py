@@ -12,15 +12,13 @@ and forwarding: the next agent adopts it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
