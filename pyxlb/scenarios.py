@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import PyxlbError
 
@@ -263,29 +263,52 @@ def measure(answers: Sequence[Answer], failed: int, *, pods: Mapping[str, int], 
 
 # -- the echo pods' server --------------------------------------------------------------------
 
-def serve(name: str, port: int) -> None:
-    """pyxlb.labhttp's server (the namespace lab's backends), logging whom each request
-    came from, so `kubectl logs` shows the client address a pod saw."""
+def make_server(name: str, port: int, host: str = "::"):
+    """pyxlb.labhttp's server (the namespace lab's backends) answering as `name`, logging
+    whom each request came from, so `kubectl logs` shows the client address a pod saw.
+    On "::" it takes IPv4 and IPv6 on one socket, or IPv4 alone in a pod without IPv6."""
     from . import labhttp
 
     class Logged(labhttp.Handler):
         def log_message(self, fmt: str, *args) -> None:
-            host, port_ = self.client_address[:2]
-            if host.startswith("::ffff:"):
-                host = host[7:]
-            print(f"{name}: {host} port {port_}: {fmt % args}", flush=True)
+            peer, peer_port = self.client_address[:2]
+            if peer.startswith("::ffff:"):
+                peer = peer[7:]
+            print(f"{name}: {peer} port {peer_port}: {fmt % args}", flush=True)
 
-    try:
-        server = labhttp.DualStackServer(("::", port), Logged)
-    except OSError:                  # a pod without IPv6
-        server = labhttp.ThreadingHTTPServer(("0.0.0.0", port), Logged)
+    server: Any
+    if host == "::":
+        try:
+            server = labhttp.DualStackServer(("::", port), Logged)
+        except OSError:
+            host = "0.0.0.0"
+    if host != "::":
+        server = labhttp.ThreadingHTTPServer((host, port), Logged)
         server.daemon_threads = True
     server.name = name
-    print(f"{name}: listening on port {port}", flush=True)
+    return server
+
+
+def serve(name: str, port: int) -> None:
+    """The echo pods' process: serve until killed."""
+    server = make_server(name, port)
+    print(f"{name}: listening on port {server.server_address[1]}", flush=True)
     server.serve_forever()
 
 
 # -- the command line -------------------------------------------------------------------------
+
+def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser raising ScenarioError (argparse reports only its own
+    error types as a usage error)."""
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ScenarioError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
 
 def _node_asn(text: str) -> Tuple[str, int]:
     address, sep, asn = text.partition("=")
@@ -302,11 +325,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m.add_argument("--vip", required=True)
     m.add_argument("--port", type=int, default=80)
     m.add_argument("--count", type=int, default=300)
-    m.add_argument("--pods", required=True, type=parse_counts,
+    m.add_argument("--pods", required=True, type=_arg(parse_counts),
                    help="ready pods per node: node1=2,node2=1,node3=0")
     m.add_argument("--policy", choices=POLICIES, default="Local")
     m.add_argument("--client", help="this machine's address, as the pods should see it")
-    m.add_argument("--entries", type=parse_networks,
+    m.add_argument("--entries", type=_arg(parse_networks),
                    help="Cluster: each eligible node's SNAT networks: node1=10.42.0.0/24+...")
     m.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     m.add_argument("--interval", type=float, default=0.0, help="seconds between connections")

@@ -85,8 +85,8 @@ sum=$(cd /vagrant && find Dockerfile .dockerignore pyproject.toml setup.py READM
     -type f ! -name '*.pyc' ! -name '*.so' ! -name '*.o' | LC_ALL=C sort | xargs sha256sum |
     sha256sum | cut -d' ' -f1)
 stamp=/var/lib/pyxlb-lab/image.sum
-if ! k3s ctr -n k8s.io images ls -q | grep -qx "$image" ||
-    [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+built=$(cat "$stamp" 2>/dev/null || true)
+if [ "$built" != "$sum" ] || ! k3s ctr -n k8s.io images ls -q | grep -qx "$image"; then
     log "building $image from /vagrant/Dockerfile (a few minutes)"
     mkdir -p /var/lib/pyxlb-lab
     # short names (FROM debian:bookworm) resolve on Docker Hub, without a prompt
