@@ -69,7 +69,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -85,7 +84,7 @@ from pyroute2 import NetNS  # noqa: E402
 
 from pyxlb import _layouts as L  # noqa: E402
 from pyxlb.announce import rendezvous  # noqa: E402
-from pyxlb.lab import (BACKENDS, HTTP_PORT, IFA_F_NODAD, LBS, ROUTER, VIP4,  # noqa: E402
+from pyxlb.lab import (BACKENDS, HTTP_PORT, LBS, ROUTER, VIP4,  # noqa: E402
                        VIP6, Lab, node_addr)
 from pyxlb.state import DesiredState  # noqa: E402
 
@@ -174,31 +173,6 @@ def l2_mac(lab: Lab, node: str) -> str:
 def l2_router_mac(lab: Lab, vip) -> Optional[str]:
     out = _sh("ip", "-n", lab.ns(ROUTER), "neigh", "show", str(vip), "dev", "br0").split()
     return out[out.index("lladdr") + 1] if "lladdr" in out else None
-
-
-def l2_set_link(lab: Lab, lb: str, up: bool) -> None:
-    with NetNS(lab.ns(lb)) as n:
-        n.link("set", index=n.link_lookup(ifname="eth0")[0], state="up" if up else "down")
-
-
-def l2_restore_link(lab: Lab, lb: str) -> None:
-    """Link up, with the IPv6 address and the default routes a link going down removes."""
-    l2_set_link(lab, lb, True)
-    with NetNS(lab.ns(lb)) as n:
-        idx = n.link_lookup(ifname="eth0")[0]
-        if not any(a.get_attr("IFA_ADDRESS") == str(node_addr(lb, 6))
-                   for a in n.get_addr(index=idx, family=socket.AF_INET6)):
-            n.addr("add", index=idx, address=str(node_addr(lb, 6)), prefixlen=64,
-                   flags=IFA_F_NODAD)
-        n.route("replace", dst="0.0.0.0/0", gateway=str(node_addr(ROUTER, 4)))
-        n.route("replace", dst="::/0", gateway=str(node_addr(ROUTER, 6)),
-                family=socket.AF_INET6)
-
-
-def l2_flood_to_lbs(lab: Lab, on: bool) -> None:
-    for lb in LBS:
-        _sh("ip", "netns", "exec", lab.ns(ROUTER), "bridge", "link", "set", "dev", f"p-{lb}",
-            "flood", "on" if on else "off")
 
 
 class L2Held:
@@ -314,7 +288,7 @@ def l2_trial(lab: Lab, failure: str, family: int, interval: float,
             elif failure == "hung":
                 procs[owner].proc.send_signal(signal.SIGSTOP)
             else:
-                l2_set_link(lab, owner, False)
+                lab.set_link(owner, False)
             while client.recovered_at(survivor_mac, failed) is None:
                 if time.monotonic() - failed > L2_GIVE_UP_S:
                     raise RuntimeError(f"{failure}: no traffic via {other} after "
@@ -331,7 +305,7 @@ def l2_trial(lab: Lab, failure: str, family: int, interval: float,
             h.sock.close()
         for p in procs.values():
             p.close()
-        l2_restore_link(lab, owner)
+        lab.restore_link(owner)
         lab.apply(plain)
         _sh("ip", "-n", lab.ns(ROUTER), "neigh", "flush", "to", str(vip), "dev", "br0")
         with lab.datapath(owner) as dp:
@@ -344,7 +318,7 @@ def l2_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
     vip = VIP4 if args.family == 4 else VIP6
     _sh("ip", "-n", lab.ns(ROUTER), "route", "replace", f"{vip}/{vip.max_prefixlen}",
         "dev", "br0")
-    l2_flood_to_lbs(lab, False)
+    lab.flood(LBS, False)
     trials: List[Dict[str, object]] = []
     try:
         for round_no in range(args.trials):
@@ -356,7 +330,7 @@ def l2_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
                       f"outage {t['outage_s']:.2f} s, resets {t['resets']}/{t['connections']}",
                       flush=True)
     finally:
-        l2_flood_to_lbs(lab, True)
+        lab.flood(LBS, True)
         lab.route_via("lb1")
     rows: List[Row] = []
     summary = {}
@@ -550,7 +524,7 @@ def bgp_trial(lab: Lab, nodes: BgpNodes, failure: str) -> Dict[str, object]:
             elif failure == "hung":
                 os.kill(pid, signal.SIGSTOP)
             else:
-                l2_set_link(lab, BGP_FAILED, False)
+                lab.set_link(BGP_FAILED, False)
             survivor = frozenset({BGP_SURVIVOR})
             while client.recovered_at(survivor, failed) is None:
                 if time.monotonic() - failed > L2_GIVE_UP_S:
@@ -573,7 +547,7 @@ def bgp_trial(lab: Lab, nodes: BgpNodes, failure: str) -> Dict[str, object]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         elif failure == "link":
-            l2_restore_link(lab, BGP_FAILED)
+            lab.restore_link(BGP_FAILED)
 
 
 def bgp_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
@@ -581,7 +555,7 @@ def bgp_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
     lab.apply(DesiredState((lab.vip(args.family),)))
     # frames for a node whose link is down would be flooded to the other, whose veth (unlike
     # a NIC) hands them to XDP: the dead node would seem to keep forwarding
-    l2_flood_to_lbs(lab, False)
+    lab.flood(LBS, False)
     nodes = BgpNodes(lab, args.family)
     trials: List[Dict[str, object]] = []
     try:
@@ -599,7 +573,7 @@ def bgp_section(lab: Lab, args) -> Tuple[List[Row], Dict[str, object]]:
                           f"{t['connections']}", flush=True)
     finally:
         nodes.close()
-        l2_flood_to_lbs(lab, True)
+        lab.flood(LBS, True)
     rows: List[Row] = []
     summary: Dict[str, Dict[str, object]] = {}
     for mode, _ in BGP_MODES:

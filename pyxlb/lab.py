@@ -245,6 +245,34 @@ class Lab:
             r.route("replace", dst=f"{VIP6}/128", gateway=str(node_addr(lb, 6)),
                     family=socket.AF_INET6)
 
+    def set_link(self, node: str, up: bool) -> None:
+        """Take a node's eth0 (its link to the router) down or up: a failing node."""
+        with NetNS(self.ns(node)) as n:
+            n.link("set", index=n.link_lookup(ifname="eth0")[0], state="up" if up else "down")
+
+    def restore_link(self, node: str) -> None:
+        """Bring a node's eth0 back as the lab built it: a link going down takes its IPv6
+        address (keep_addr_on_down is 0) and the routes through it along."""
+        self.set_link(node, True)
+        with NetNS(self.ns(node)) as n:
+            idx = n.link_lookup(ifname="eth0")[0]
+            if not any(a.get_attr("IFA_ADDRESS") == str(node_addr(node, 6))
+                       for a in n.get_addr(index=idx, family=socket.AF_INET6)):
+                n.addr("add", index=idx, address=str(node_addr(node, 6)), prefixlen=64,
+                       flags=IFA_F_NODAD)
+            n.route("replace", dst="0.0.0.0/0", gateway=str(node_addr(ROUTER, 4)))
+            n.route("replace", dst="::/0", gateway=str(node_addr(ROUTER, 6)),
+                    family=socket.AF_INET6)
+
+    def flood(self, nodes, on: bool) -> None:
+        """Whether the router's bridge floods unknown unicast to these nodes' ports. Real
+        NICs drop frames for another MAC before XDP sees them, veths do not: failover tests
+        turn flooding off, or a node would balance frames still addressed to a dead one."""
+        for node in nodes:
+            subprocess.run(["ip", "netns", "exec", self.ns(ROUTER), "bridge", "link", "set",
+                            "dev", f"p-{node}", "flood", "on" if on else "off"],
+                           check=True, capture_output=True)
+
     def _start_http(self, node: str) -> None:
         target = pr_netns.NETNS_RUN_DIR + "/" + self.ns(node)
 

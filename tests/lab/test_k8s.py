@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ from pyxlb import scenarios
 from pyxlb.k8s import objects as o
 from pyxlb.k8s.standin import ApiStandIn
 from pyxlb.k8slab import KNODES, KubeLab
-from pyxlb.lab import CLIENT, IFA_F_NODAD, ROUTER, VIP4, node_addr
+from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr
 
 CONNECTIONS = 300
 FIRST_PORT = 33000          # client source ports of this module (outside the other tests')
@@ -129,14 +128,6 @@ def _router_mac(lab):
     return out[out.index("lladdr") + 1] if "lladdr" in out else None
 
 
-def _flood(lab, on):
-    # veths take frames for any MAC: with flooding, a node would balance frames still
-    # addressed to a dead owner's MAC, hiding a failover that did not happen
-    for node in KNODES:
-        _sh("ip", "netns", "exec", lab.ns(ROUTER), "bridge", "link", "set", "dev", f"p-{node}",
-            "flood", "on" if on else "off")
-
-
 def _answers(lab, n):
     out = []
     for _ in range(n):
@@ -157,7 +148,7 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
     macs = {node: _mac(lab, node) for node in KNODES}
     dead = None
     try:
-        _flood(lab, False)
+        lab.flood(KNODES, False)
         with NetNS(lab.ns(ROUTER)) as r:
             r.route("replace", dst=f"{VIP4}/32", oif=r.link_lookup(ifname="br0")[0])
         _sh("ip", "-n", lab.ns(ROUTER), "neigh", "flush", "to", str(VIP4))
@@ -174,8 +165,7 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
             assert owner() == first, "ownership moved with nothing failing"
         dead = first
         lab.stop_agent(dead, signal.SIGKILL)
-        with NetNS(lab.ns(dead)) as n:
-            n.link("set", index=n.link_lookup(ifname="eth0")[0], state="down")
+        lab.set_link(dead, False)
         survivor = "n2" if dead == "n1" else "n1"
         _wait(lambda: owner() == survivor, 15, f"{survivor} to take the VIP over", lab)
         # the dead node's pods stay in the EndpointSlice until Kubernetes notices (or its
@@ -185,16 +175,7 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
         _wait(lambda: _answers(lab, 10) == [survivor] * 10, 15, "every request to flow", lab)
     finally:
         if dead is not None:
-            with NetNS(lab.ns(dead)) as n:
-                idx = n.link_lookup(ifname="eth0")[0]
-                n.link("set", index=idx, state="up")
-                if not any(a.get_attr("IFA_ADDRESS") == str(node_addr(dead, 6))
-                           for a in n.get_addr(index=idx, family=socket.AF_INET6)):
-                    n.addr("add", index=idx, address=str(node_addr(dead, 6)), prefixlen=64,
-                           flags=IFA_F_NODAD)
-                n.route("replace", dst="0.0.0.0/0", gateway=str(node_addr(ROUTER, 4)))
-                n.route("replace", dst="::/0", gateway=str(node_addr(ROUTER, 6)),
-                        family=socket.AF_INET6)
+            lab.restore_link(dead)
             lab.start_agent(dead, api.url, "--lease-duration", "2")
         lab.route_via("n1")
-        _flood(lab, True)
+        lab.flood(KNODES, True)

@@ -12,7 +12,6 @@ with everything else they change (links, addresses, routes, announce flags)."""
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pyroute2 import NetNS
 
 from pyxlb import _layouts as L
 from pyxlb.announce import rendezvous
-from pyxlb.lab import IFA_F_NODAD, LBS, ROUTER, VIP4, VIP6, node_addr
+from pyxlb.lab import LBS, ROUTER, VIP4, VIP6, node_addr
 
 from .helpers import ask, state
 
@@ -110,30 +109,8 @@ def announced_by(lab, lb, vip):
     return bool(entry and entry["flags"] & L.ADDR_ANNOUNCE)
 
 
-def set_link(lab, lb, up):
-    with NetNS(lab.ns(lb)) as n:
-        n.link("set", index=n.link_lookup(ifname="eth0")[0], state="up" if up else "down")
-
-
-def restore_link(lab, lb):
-    """Bring an LB's eth0 back as the lab built it: a link going down takes its IPv6
-    addresses (keep_addr_on_down is 0) and the routes through it along."""
-    set_link(lab, lb, True)
-    with NetNS(lab.ns(lb)) as n:
-        idx = n.link_lookup(ifname="eth0")[0]
-        if not any(a.get_attr("IFA_ADDRESS") == str(node_addr(lb, 6))
-                   for a in n.get_addr(index=idx, family=socket.AF_INET6)):
-            n.addr("add", index=idx, address=str(node_addr(lb, 6)), prefixlen=64,
-                   flags=IFA_F_NODAD)
-        n.route("replace", dst="0.0.0.0/0", gateway=str(node_addr(ROUTER, 4)))
-        n.route("replace", dst="::/0", gateway=str(node_addr(ROUTER, 6)),
-                family=socket.AF_INET6)
-
-
 def flood_to_lbs(lab, on):
-    for lb in LBS:
-        sh("ip", "netns", "exec", lab.ns(ROUTER), "bridge", "link", "set", "dev", f"p-{lb}",
-           "flood", "on" if on else "off")
+    lab.flood(LBS, on)
 
 
 def until(check, timeout, what):
@@ -174,7 +151,7 @@ def l2_lab(lab, family):
         for p in procs.values():
             p.close()
         for lb in LBS:
-            restore_link(lab, lb)
+            lab.restore_link(lb)
         flood_to_lbs(lab, True)
         lab.route_via("lb1")
         sh("ip", "-n", lab.ns(ROUTER), "neigh", "flush", "to", str(vip), "dev", "br0")
@@ -211,7 +188,7 @@ def test_the_owner_answers_and_a_dead_owner_is_replaced(lab, family):
         # the owner's agent dies and its link goes down
         mark = len(procs[other].events)
         procs[owner].signal(signal.SIGKILL)
-        set_link(lab, owner, False)
+        lab.set_link(owner, False)
         failed = time.monotonic()
         until(lambda: request_via(lab, family, vip, mac[other]), RECOVERY_S,
               f"traffic via {other}")
@@ -222,7 +199,7 @@ def test_the_owner_answers_and_a_dead_owner_is_replaced(lab, family):
 
         # it comes back: rendezvous gives it its address again
         procs[owner].close()
-        restore_link(lab, owner)
+        lab.restore_link(owner)
         mark = len(procs[other].events)
         start(owner)
         procs[owner].owns(LBS, [vip])
