@@ -26,15 +26,12 @@ import tempfile
 import time
 from typing import Dict, List
 
-from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
-from . import _bpf, netns
-from .bpf import object_path
+from . import netns
 from .datapath import Datapath
 from .errors import PyxlbError
-from .lab import (CLIENT, CLIENT_NET, IFA_F_NODAD, ROUTER, SEED, SEGMENT_MTU,
-                  SEGMENT_NET, VIP4, VIP6, Lab, _sysctl, node_addr)
+from .lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
 
 KNODES = ("n1", "n2", "n3")
 
@@ -51,54 +48,13 @@ class KubeLab(Lab):
         self._logdir = tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-")
 
     def _build(self, log) -> None:
-        for node in self.NODES:
-            pr_netns.create(self.ns(node))
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv6/conf/all/accept_dad", 0)
-                _sysctl("net/ipv6/conf/default/accept_dad", 0)
-            with NetNS(self.ns(node)) as n:
-                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
-        with NetNS(self.ns(ROUTER)) as r:
-            r.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
-            r.link("set", index=r.link_lookup(ifname="br0")[0], mtu=SEGMENT_MTU)
-        self._veth(CLIENT, "eth0", ROUTER, "eth0", mtu=1500)
-        for node in KNODES:
-            self._veth(node, "eth0", ROUTER, f"p-{node}", mtu=SEGMENT_MTU, master="br0")
-        with NetNS(self.ns(ROUTER)) as r:
-            r.link("set", index=r.link_lookup(ifname="br0")[0], state="up")
-        self._address(CLIENT, "eth0", CLIENT_NET)
-        self._address(ROUTER, "eth0", CLIENT_NET)
-        self._address(ROUTER, "br0", SEGMENT_NET)
-        for node in KNODES:
-            self._address(node, "eth0", SEGMENT_NET)
-        with NetNS(self.ns(CLIENT)) as c:
-            self._default_route(c, CLIENT_NET)
-        for node in KNODES:
-            with NetNS(self.ns(node)) as n:
-                self._default_route(n, SEGMENT_NET)
-        for node in (ROUTER, *KNODES):
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv4/ip_forward", 1)
-                _sysctl("net/ipv6/conf/all/forwarding", 1)
+        self._namespaces()
+        self._wire(KNODES)
+        self._addresses(KNODES, forwarding=(ROUTER, *KNODES))
         self.route_via("n1")
         for node in KNODES:
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv4/conf/all/arp_ignore", 1)
-                _sysctl("net/ipv4/conf/all/arp_announce", 2)
-                _sysctl("net/ipv4/conf/all/rp_filter", 0)
-            with NetNS(self.ns(node)) as n:
-                lo = n.link_lookup(ifname="lo")[0]
-                n.addr("add", index=lo, address=str(VIP4), prefixlen=32)
-                n.addr("add", index=lo, address=str(VIP6), prefixlen=128, flags=IFA_F_NODAD)
-            self._start_http(node)
-        # a node's XDP_TX reaches the router's port only if that port runs XDP too
-        for node in KNODES:
-            with netns.enter(self.ns(ROUTER)):
-                with _bpf.BpfObject.open(object_path("pass")) as obj:
-                    obj.load()
-                    prog = obj.program("xlb_pass")
-                    _bpf.XdpLink.attach(f"p-{node}", prog, mode="native")
-                    prog.close()
+            self._serve_vip(node)
+        self._pass_on_router_ports(KNODES)
         self._warm()
         self._wait_http(nodes=KNODES)
         log(f"Kubernetes lab {self.prefix}: client, router, nodes {', '.join(KNODES)}")

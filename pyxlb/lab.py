@@ -123,65 +123,19 @@ class Lab:
             raise
 
     def _build(self, log) -> None:
-        for node in NODES:
-            pr_netns.create(self.ns(node))
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv6/conf/all/accept_dad", 0)
-                _sysctl("net/ipv6/conf/default/accept_dad", 0)
-            with NetNS(self.ns(node)) as n:
-                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        servers = (*LBS, *BACKENDS)
+        self._namespaces()
         log(f"namespaces: {', '.join(self.ns(n) for n in NODES)}")
-
-        with NetNS(self.ns(ROUTER)) as r:
-            r.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
-            br = r.link_lookup(ifname="br0")[0]
-            r.link("set", index=br, mtu=SEGMENT_MTU)
-        # client <-> router
-        self._veth(CLIENT, "eth0", ROUTER, "eth0", mtu=1500)
-        # every other node's eth0 <-> a port of br0
-        for node in (*LBS, *BACKENDS):
-            self._veth(node, "eth0", ROUTER, f"p-{node}", mtu=SEGMENT_MTU, master="br0")
-        with NetNS(self.ns(ROUTER)) as r:
-            r.link("set", index=r.link_lookup(ifname="br0")[0], state="up")
+        self._wire(servers)
         log("links: client-router veth; lb1, lb2, be1-3 on bridge br0 (MTU 1600)")
-
-        self._address(CLIENT, "eth0", CLIENT_NET)
-        self._address(ROUTER, "eth0", CLIENT_NET)
-        self._address(ROUTER, "br0", SEGMENT_NET)
-        for node in (*LBS, *BACKENDS):
-            self._address(node, "eth0", SEGMENT_NET)
-        with NetNS(self.ns(CLIENT)) as c:
-            self._default_route(c, CLIENT_NET)
-        for node in (*LBS, *BACKENDS):
-            with NetNS(self.ns(node)) as n:
-                self._default_route(n, SEGMENT_NET)
-        for node in (ROUTER, *LBS):
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv4/ip_forward", 1)
-                _sysctl("net/ipv6/conf/all/forwarding", 1)
+        self._addresses(servers, forwarding=(ROUTER, *LBS))
         self.route_via("lb1")
         log("addresses: client 10.77.1.2, router .1, segment 10.77.2.0/24 (+ IPv6)")
-
         for node in BACKENDS:
-            with netns.enter(self.ns(node)):
-                _sysctl("net/ipv4/conf/all/arp_ignore", 1)
-                _sysctl("net/ipv4/conf/all/arp_announce", 2)
-                _sysctl("net/ipv4/conf/all/rp_filter", 0)
-            with NetNS(self.ns(node)) as n:
-                lo = n.link_lookup(ifname="lo")[0]
-                n.addr("add", index=lo, address=str(VIP4), prefixlen=32)
-                n.addr("add", index=lo, address=str(VIP6), prefixlen=128, flags=IFA_F_NODAD)
-            self._start_http(node)
+            self._serve_vip(node)
         log(f"backends: VIP {VIP4} / {VIP6} on lo, HTTP server on port {HTTP_PORT}")
 
-        # the router's side of each LB link must run XDP to receive the LB's XDP_TX
-        for node in LBS:
-            with netns.enter(self.ns(ROUTER)):
-                with _bpf.BpfObject.open(object_path("pass")) as obj:
-                    obj.load()
-                    prog = obj.program("xlb_pass")
-                    _bpf.XdpLink.attach(f"p-{node}", prog, mode="native")
-                    prog.close()
+        self._pass_on_router_ports(LBS)
         for node in LBS:
             with netns.enter(self.ns(node)):
                 dp = Datapath.create(self.pin_dir(node))
@@ -209,6 +163,68 @@ class Lab:
         log("XDP: balancer on lb1/lb2 eth0, decap on be1-3 eth0, pass on the router's LB ports")
         self._warm_neighbours()
         self._wait_http()
+
+    # -- building blocks (shared with the Kubernetes lab, pyxlb.k8slab) --------------------
+
+    def _namespaces(self) -> None:
+        for node in self.NODES:
+            pr_netns.create(self.ns(node))
+            with netns.enter(self.ns(node)):
+                _sysctl("net/ipv6/conf/all/accept_dad", 0)
+                _sysctl("net/ipv6/conf/default/accept_dad", 0)
+            with NetNS(self.ns(node)) as n:
+                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+
+    def _wire(self, servers: Tuple[str, ...]) -> None:
+        """The client's veth to the router, and each server's eth0 on the router's bridge."""
+        with NetNS(self.ns(ROUTER)) as r:
+            r.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
+            r.link("set", index=r.link_lookup(ifname="br0")[0], mtu=SEGMENT_MTU)
+        self._veth(CLIENT, "eth0", ROUTER, "eth0", mtu=1500)
+        for node in servers:
+            self._veth(node, "eth0", ROUTER, f"p-{node}", mtu=SEGMENT_MTU, master="br0")
+        with NetNS(self.ns(ROUTER)) as r:
+            r.link("set", index=r.link_lookup(ifname="br0")[0], state="up")
+
+    def _addresses(self, servers: Tuple[str, ...], forwarding: Tuple[str, ...]) -> None:
+        """Addresses and default routes; IP forwarding on the `forwarding` nodes."""
+        self._address(CLIENT, "eth0", CLIENT_NET)
+        self._address(ROUTER, "eth0", CLIENT_NET)
+        self._address(ROUTER, "br0", SEGMENT_NET)
+        for node in servers:
+            self._address(node, "eth0", SEGMENT_NET)
+        with NetNS(self.ns(CLIENT)) as c:
+            self._default_route(c, CLIENT_NET)
+        for node in servers:
+            with NetNS(self.ns(node)) as n:
+                self._default_route(n, SEGMENT_NET)
+        for node in forwarding:
+            with netns.enter(self.ns(node)):
+                _sysctl("net/ipv4/ip_forward", 1)
+                _sysctl("net/ipv6/conf/all/forwarding", 1)
+
+    def _serve_vip(self, node: str) -> None:
+        """The VIP on the node's loopback (answering no ARP for it), and its HTTP server."""
+        with netns.enter(self.ns(node)):
+            _sysctl("net/ipv4/conf/all/arp_ignore", 1)
+            _sysctl("net/ipv4/conf/all/arp_announce", 2)
+            _sysctl("net/ipv4/conf/all/rp_filter", 0)
+        with NetNS(self.ns(node)) as n:
+            lo = n.link_lookup(ifname="lo")[0]
+            n.addr("add", index=lo, address=str(VIP4), prefixlen=32)
+            n.addr("add", index=lo, address=str(VIP6), prefixlen=128, flags=IFA_F_NODAD)
+        self._start_http(node)
+
+    def _pass_on_router_ports(self, nodes) -> None:
+        """A veth delivers XDP_TX'd frames only to a peer running native XDP: the router's
+        side of each balancing node's link runs the pass program."""
+        for node in nodes:
+            with netns.enter(self.ns(ROUTER)):
+                with _bpf.BpfObject.open(object_path("pass")) as obj:
+                    obj.load()
+                    prog = obj.program("xlb_pass")
+                    _bpf.XdpLink.attach(f"p-{node}", prog, mode="native")
+                    prog.close()
 
     def _veth(self, a: str, a_if: str, b: str, b_if: str, mtu: int, master=None) -> None:
         with NetNS(self.ns(a)) as na:
