@@ -378,6 +378,15 @@ class Controller:
                     self._retry[key] = time.monotonic() + b.next()
                 if exc.status.code != 409:
                     log.warning("Service %s: %s", key, exc.status.message)
+            except TRANSIENT:
+                with self._cond:           # the API went away: this one and the rest later
+                    self._queue.update(k for k in queue if k not in self._retry)
+                raise
+            except Exception:              # a bug or an unreadable object: the others go on
+                log.exception("Service %s: allocation failed", key)
+                b = self._backoff.setdefault(key, Backoff(0.05, 5.0))
+                with self._cond:
+                    self._retry[key] = time.monotonic() + b.next()
         if self.metrics is not None:
             for pool, (used, _size) in self.allocator.usage().items():
                 self.metrics.ipam_in_use.labels(pool).set(used)
