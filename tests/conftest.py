@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -23,7 +24,8 @@ def bpffs_dir():
     from pyxlb import bpffs
 
     bpffs.ensure_mounted()
-    path = os.path.join(bpffs.BPFFS_ROOT, f"pyxlb-test-{uuid.uuid4().hex[:12]}")
+    # the process id in the name: the leak check below tells ours from another run's
+    path = os.path.join(bpffs.BPFFS_ROOT, f"pyxlb-test-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     os.mkdir(path)
     try:
         yield path
@@ -60,5 +62,7 @@ def nothing_left_on_bpffs():
     before = set(os.listdir(root)) if bpffs.is_bpffs(root) else set()
     yield
     after = set(os.listdir(root)) if bpffs.is_bpffs(root) else set()
-    left = sorted(name for name in after - before if name.startswith(("xlb", "pyxlb")))
+    others = re.compile(r"pyxlb-test-(\d+)-")       # another test run's fixture directory
+    left = sorted(name for name in after - before if name.startswith(("xlb", "pyxlb"))
+                  and not (others.match(name) and others.match(name).group(1) != str(os.getpid())))
     assert not left, f"tests left pins in {root}: {left}"
