@@ -52,6 +52,7 @@ ADDR_FILTER_BITS = XLB_ADDR_FILTER_BITS
 MAX_MEMBERS = XLB_MAX_MEMBERS
 MAX_SOURCE_PREFIXES = XLB_MAX_SOURCE_PREFIXES
 MAX_SOURCE_RANGES = XLB_MAX_SOURCE_RANGES
+IF_MAC_SLOTS = XLB_IF_MAC_SLOTS
 
 RING_SIZE_DEFAULT = XLB_RING_SIZE_DEFAULT
 RING_SIZE_MAX = XLB_RING_SIZE_MAX
@@ -106,6 +107,7 @@ STAT_NDP_REPLY = XLB_STAT_NDP_REPLY
 STAT_DECAP = XLB_STAT_DECAP
 STAT_DECAP_REFUSED = XLB_STAT_DECAP_REFUSED
 STAT_DROP_SOURCE_RANGE = XLB_STAT_DROP_SOURCE_RANGE
+STAT_PASS_NOT_OURS = XLB_STAT_PASS_NOT_OURS
 STAT_MAX = XLB_STAT_MAX
 
 
@@ -135,6 +137,7 @@ def _stat_names():
         XLB_STAT_DECAP: "decap",
         XLB_STAT_DECAP_REFUSED: "decap_refused",
         XLB_STAT_DROP_SOURCE_RANGE: "drop_source_range",
+        XLB_STAT_PASS_NOT_OURS: "pass_not_ours",
     }
     return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
 
@@ -148,6 +151,7 @@ SIZES = {
     "xlb_addr": sizeof(xlb_addr),
     "xlb_backend": sizeof(xlb_backend),
     "xlb_nexthop": sizeof(xlb_nexthop),
+    "xlb_if_mac": sizeof(xlb_if_mac),
     "xlb_flow_key": sizeof(xlb_flow_key),
     "xlb_flow": sizeof(xlb_flow),
     "xlb_member_key": sizeof(xlb_member_key),
@@ -354,6 +358,24 @@ def unpack_nexthop(data):
     data = _as_bytes(data)
     memcpy(&n, _input(data, sizeof(n), "xlb_nexthop"), sizeof(n))
     return {"dmac": _b(n.dmac, 6), "smac": _b(n.smac, 6), "ifindex": n.ifindex}
+
+
+# -- struct xlb_if_mac ------------------------------------------------------------------
+
+def pack_if_mac(ifindex, mac):
+    """struct xlb_if_mac: an interface the balancer runs on (0: empty slot) and its MAC."""
+    cdef xlb_if_mac m
+    memset(&m, 0, sizeof(m))
+    m.ifindex = _uint(ifindex, 32, "ifindex")
+    _put(m.mac, _fixed(mac, 6, "mac"))
+    return _out(&m, sizeof(m))
+
+
+def unpack_if_mac(data):
+    cdef xlb_if_mac m
+    data = _as_bytes(data)
+    memcpy(&m, _input(data, sizeof(m), "xlb_if_mac"), sizeof(m))
+    return {"ifindex": m.ifindex, "mac": _b(m.mac, 6)}
 
 
 # -- struct xlb_flow_key ----------------------------------------------------------------

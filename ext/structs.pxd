@@ -20,6 +20,7 @@ cdef extern from "consts.h":
         XLB_MAX_MEMBERS
         XLB_MAX_SOURCE_PREFIXES
         XLB_MAX_SOURCE_RANGES
+        XLB_IF_MAC_SLOTS
         # Maglev rings
         XLB_RING_SIZE_DEFAULT
         XLB_RING_SIZE_MAX
@@ -76,6 +77,7 @@ cdef extern from "consts.h":
         XLB_STAT_DECAP
         XLB_STAT_DECAP_REFUSED
         XLB_STAT_DROP_SOURCE_RANGE
+        XLB_STAT_PASS_NOT_OURS
         XLB_STAT_MAX
 
 
@@ -117,6 +119,11 @@ cdef extern from "structs.h":
         uint8_t dmac[6]
         uint8_t smac[6]
         uint32_t ifindex
+
+    struct xlb_if_mac:
+        uint32_t ifindex
+        uint8_t mac[6]
+        uint8_t pad[2]
 
     struct xlb_flow_key:
         uint8_t src[16]

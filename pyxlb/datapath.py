@@ -352,6 +352,39 @@ class Datapath(_LoadedObject):
 
     SPEC = BALANCER
 
+    # -- interfaces: the balancer also learns each one's MAC -------------------------------
+
+    def attach(self, iface: str, mode: str = "native") -> dict:
+        """As for every program; and the interface's MAC is registered, so a VIP frame
+        addressed to another host (a promiscuous NIC, a veth or a flooding bridge hand XDP
+        those) is left to the kernel, which drops it, rather than balanced a second time."""
+        link = super().attach(iface, mode)
+        mac = netlink.link_mac(link["ifindex"])
+        if mac is not None:
+            self.set_if_mac(link["ifindex"], mac)
+        return link
+
+    def detach(self, iface: str) -> bool:
+        index = netlink.ifindex(iface)
+        if any(i["ifindex"] == index for i in self.interfaces()):
+            self.del_if_mac(index)
+        return super().detach(iface)
+
+    detach.__doc__ = _LoadedObject.detach.__doc__
+
+    def set_if_mac(self, ifindex: int, mac) -> None:
+        """Check VIP frames arriving on `ifindex` against `mac` (slot ifindex % 256)."""
+        if isinstance(ifindex, bool) or not isinstance(ifindex, int) or ifindex <= 0:
+            raise ValueError(f"ifindex must be a positive int, not {ifindex!r}")
+        self.maps.if_macs.update(ifindex % L.IF_MAC_SLOTS, L.pack_if_mac(ifindex,
+                                                                          parse_mac(mac)))
+
+    def del_if_mac(self, ifindex: int) -> None:
+        """Stop checking frames on `ifindex` (its slot is cleared only if it is its own)."""
+        slot = ifindex % L.IF_MAC_SLOTS
+        if L.unpack_if_mac(self.maps.if_macs.lookup(slot))["ifindex"] == ifindex:
+            self.maps.if_macs.update(slot, bytes(L.SIZES["xlb_if_mac"]))
+
     # -- config --------------------------------------------------------------------------
 
     def set_config(self, seed: int = 0, mtu: int = L.MTU_DEFAULT, src4: Optional[Prefix] = None,

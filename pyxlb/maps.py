@@ -20,6 +20,7 @@ VIPS = "xlb_vips"                    # xlb_vip_key -> xlb_vip
 ADDR_FILTER = "xlb_addr_filter"      # one bit per address slot: "may be a VIP address"
 VIP_ADDRS = "xlb_vip_addrs"          # xlb_addr_key -> xlb_addr (kinds of VIP, announce)
 LOCAL_ADDRS = "xlb_local_addrs"      # xlb_addr_key -> u32: this node's own addresses
+IF_MACS = "xlb_if_macs"              # ifindex % slots -> xlb_if_mac: MACs of our interfaces
 RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend id)
 BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
@@ -55,6 +56,7 @@ BALANCER = ObjectSpec(
         "addr_filter": ADDR_FILTER,
         "vip_addrs": VIP_ADDRS,
         "local_addrs": LOCAL_ADDRS,
+        "if_macs": IF_MACS,
         "rings": RINGS,
         "backends": BACKENDS,
         "nexthops": NEXTHOPS,

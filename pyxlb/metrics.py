@@ -34,6 +34,7 @@ XDP_ACTIONS: Dict[str, Tuple[str, str]] = {
     "pass_fragment": ("pass", "fragment"),
     "pass_malformed": ("pass", "malformed"),
     "pass_no_neigh": ("pass", "no_neigh"),
+    "pass_not_ours": ("pass", "not_ours"),
     "decap": ("pass", "decap"),
     "decap_refused": ("pass", "decap_refused"),
     "tx": ("tx", "forwarded"),

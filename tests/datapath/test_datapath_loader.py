@@ -465,3 +465,28 @@ def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):
     assert action == _bpf.XDP_PASS
     assert out == pkt
     assert dp.stats()["pass_not_vip"] == 1
+
+
+def test_attach_registers_the_interface_mac_and_detach_clears_it(netns, bpffs_dir):
+    """What the destination-MAC check compares with: attach writes the interface's MAC in
+    its slot, detach takes it out (test_packets has what the program does with it)."""
+    from pyxlb import netlink
+    from pyxlb import netns as pyxlb_netns
+
+    with pyxlb_netns.enter(netns):
+        dp = Datapath.create(f"{bpffs_dir}/pyxlb")
+        try:
+            link = dp.attach("veth0", "generic")
+            slot = link["ifindex"] % L.IF_MAC_SLOTS
+            entry = L.unpack_if_mac(dp.maps.if_macs.lookup(slot))
+            assert entry["ifindex"] == link["ifindex"]
+            assert ":".join(f"{b:02x}" for b in entry["mac"]) == netlink.link_mac(link["ifindex"])
+            dp.attach("veth1", "generic")
+            dp.detach("veth0")
+            assert L.unpack_if_mac(dp.maps.if_macs.lookup(slot))["ifindex"] == 0
+            other = L.unpack_if_mac(dp.maps.if_macs.lookup(
+                netlink.ifindex("veth1") % L.IF_MAC_SLOTS))
+            assert other["ifindex"] == netlink.ifindex("veth1")
+            assert dp.detach("veth1") is True       # the last one: the datapath goes
+        finally:
+            dp.close()

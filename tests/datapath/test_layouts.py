@@ -21,6 +21,7 @@ BALANCER_USES = [
     (maps.LOCAL_ADDRS, "key", "xlb_addr_key"),
     (maps.BACKENDS, "value", "xlb_backend"),
     (maps.NEXTHOPS, "value", "xlb_nexthop"),
+    (maps.IF_MACS, "value", "xlb_if_mac"),
     (maps.FLOWS, "key", "xlb_flow_key"),
     (maps.FLOWS, "value", "xlb_flow"),
     (maps.MEMBERS, "key", "xlb_member_key"),

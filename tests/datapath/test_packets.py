@@ -158,6 +158,16 @@ def announce(addr: str, ifindex: int = 0):
     return lambda dp: dp.announce(addr, ifindex, P.ANNOUNCE_MAC)
 
 
+def if_mac(ifindex: int, mac: str = P.LB_MAC):
+    """Attach registers the interface's MAC: VIP frames for another MAC are not ours."""
+    return lambda dp: dp.set_if_mac(ifindex, mac)
+
+
+def to_mac(frame: bytes, mac: str) -> bytes:
+    """The frame addressed to another destination MAC."""
+    return bytes.fromhex(mac.replace(":", "")) + frame[6:]
+
+
 def d_vip(addr: str):
     return lambda dp: dp.add_vip(addr)
 
@@ -783,6 +793,23 @@ CASES = [
     Case("dcp_not_ip", P.non_ip(), (d_vip(P.VIP4),), PASS, UNTOUCHED, NOT_VIP, prog="decap"),
     Case("dcp_malformed_outer", P.tunnel4(T4, len=300), (d_vip(P.VIP4),), PASS, UNTOUCHED,
          MALFORMED, prog="decap"),
+    # the destination MAC: a VIP frame for another host is the kernel's to drop (attach
+    # registers the interface's MAC; a veth, a promiscuous NIC or a bridge hand XDP those)
+    Case("mac_ours_is_balanced", T4, (vip(P.VIP4), if_mac(1)), TX, tunnelled(T4, 1), MISS_TX,
+         ingress=1),
+    Case("mac_other_host_is_not_ours", to_mac(T4, "02:00:00:00:00:cc"), (vip(P.VIP4), if_mac(1)),
+         PASS, UNTOUCHED, {"pass_not_ours": 1}, ingress=1,
+         check=flows_are()),
+    Case("mac_other_host_is_not_ours_v6", to_mac(T6, "02:00:00:00:00:cc"),
+         (vip(P.VIP6, backends=(11,)), if_mac(1)), PASS, UNTOUCHED, {"pass_not_ours": 1},
+         ingress=1),
+    Case("mac_broadcast_is_balanced", to_mac(T4, "ff:ff:ff:ff:ff:ff"), (vip(P.VIP4), if_mac(1)),
+         TX, tunnelled(to_mac(T4, "ff:ff:ff:ff:ff:ff"), 1), MISS_TX, ingress=1),
+    Case("mac_slot_of_another_interface_is_unchecked", to_mac(T4, "02:00:00:00:00:cc"),
+         (vip(P.VIP4), if_mac(1 + L.IF_MAC_SLOTS)), TX,
+         tunnelled(to_mac(T4, "02:00:00:00:00:cc"), 1), MISS_TX, ingress=1),
+    Case("mac_not_a_vip_stays_not_vip", to_mac(P.tcp4(dst="10.0.0.99"), "02:00:00:00:00:cc"),
+         (vip(P.VIP4), if_mac(1)), PASS, UNTOUCHED, NOT_VIP, ingress=1),
 ]
 
 

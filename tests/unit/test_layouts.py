@@ -62,6 +62,7 @@ STRATEGIES = {
     "addr": st.fixed_dictionaries(dict(flags=u32, ifindex=u32, mac=mac)),
     "backend": backends(),
     "nexthop": st.fixed_dictionaries(dict(dmac=mac, smac=mac, ifindex=u32)),
+    "if_mac": st.fixed_dictionaries(dict(ifindex=u32, mac=mac)),
     "flow_key": flow_keys(),
     "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32, hash=u32)),
     "member_key": st.fixed_dictionaries(dict(vip_id=u32, backend_id=u32)),

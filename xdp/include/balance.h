@@ -398,6 +398,28 @@ refuse:
 }
 
 /*
+ * Is the frame addressed to the interface it arrived on (or to a group)? An interface
+ * whose MAC attach did not register (a test run, another loader) is not checked.
+ */
+static __always_inline int xlb_frame_for_us(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 slot = ifindex & (XLB_IF_MAC_SLOTS - 1);
+	struct ethhdr *eth = data;
+	struct xlb_if_mac *own;
+
+	if ((void *)(eth + 1) > data_end || (eth->h_dest[0] & 1))
+		return 1;	/* (parsed already) / broadcast or multicast */
+	own = bpf_map_lookup_elem(&xlb_if_macs, &slot);
+	if (!own || !own->ifindex || own->ifindex != ifindex)
+		return 1;
+	return *(__u32 *)eth->h_dest == *(__u32 *)own->mac &&
+	       *(__u16 *)(eth->h_dest + 4) == *(__u16 *)(own->mac + 4);
+}
+
+/*
  * An IPv4 or IPv6 packet (`family` is a constant at each call, so each copy is specialised):
  * neighbour solicitations, then the VIP-address check that most packets stop at, tunnelled
  * packets for this node, fragments, ICMP about VIP flows, and TCP/UDP to balance.
@@ -429,6 +451,10 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 				return rc;
 		}
 		goto not_vip;
+	}
+	if (!xlb_frame_for_us(ctx)) {
+		xlb_count(XLB_STAT_PASS_NOT_OURS);
+		return XDP_PASS;
 	}
 	if (pkt->frag) {
 		xlb_count(XLB_STAT_PASS_FRAGMENT);

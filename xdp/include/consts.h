@@ -23,6 +23,9 @@
 #ifndef XLB_MAX_MEMBERS
 #define XLB_MAX_MEMBERS (1 << 18)
 #endif
+/* Slots of xlb_if_macs: an interface's MAC sits at ifindex % XLB_IF_MAC_SLOTS (a power of
+ * two). Two attached interfaces in one slot: the later one is checked, the other not. */
+#define XLB_IF_MAC_SLOTS 256
 #ifndef XLB_MAX_LOCAL_ADDRS
 #define XLB_MAX_LOCAL_ADDRS 256
 #endif
@@ -105,6 +108,7 @@ enum xlb_stat {
 	XLB_STAT_DECAP,			/* tunnelled VIP packet decapsulated and passed up */
 	XLB_STAT_DECAP_REFUSED,		/* tunnelled packet not for a known VIP or source */
 	XLB_STAT_DROP_SOURCE_RANGE,	/* client outside the VIP's source ranges */
+	XLB_STAT_PASS_NOT_OURS,		/* VIP frame addressed to another host's MAC */
 	XLB_STAT_MAX,
 };
 

@@ -78,6 +78,16 @@ struct {
 	__type(value, struct xlb_addr);
 } xlb_vip_addrs SEC(".maps");
 
+/* ifindex % XLB_IF_MAC_SLOTS -> the MAC of the interface the balancer runs on, written by
+ * attach: a VIP frame addressed to another host (a promiscuous NIC, a veth, a flooding
+ * bridge hand XDP those) is passed to the kernel, which drops it, not balanced twice. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_IF_MAC_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xlb_if_mac);
+} xlb_if_macs SEC(".maps");
+
 /* This node's own addresses: tunnelled packets to them are decapsulated inline. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -63,6 +63,13 @@ struct xlb_nexthop {
 	__u32 ifindex;		/* host order; egress interface; 0: no entry (use the FIB) */
 };
 
+/* Value of xlb_if_macs: the MAC of an interface the balancer runs on. */
+struct xlb_if_mac {
+	__u32 ifindex;		/* host order; the interface (0: empty slot) */
+	__u8 mac[6];		/* its MAC: only frames addressed to it (or to a group) balance */
+	__u8 pad[2];
+};
+
 /* Key of xlb_flows: the 5-tuple (ports zero for ClientIP affinity). */
 struct xlb_flow_key {
 	__u8 src[16];		/* network order */
