@@ -657,13 +657,18 @@ class Datapath(_LoadedObject):
         """The DesiredState the maps implement (what `pyxlb vip list` shows)."""
         return self.layout().state
 
-    def _read_layout(self) -> "plan_mod.Layout":
+    def vip_records(self) -> Iterator[Tuple[dict, dict]]:
+        """(xlb_vip_key, xlb_vip) of every entry of xlb_vips now, unpacked, in one batch
+        read."""
         ksz, vsz = L.SIZES["xlb_vip_key"], L.SIZES["xlb_vip"]
         keys, values, n = self.maps.vips.lookup_batch()
-        vips = {}
         for i in range(n):
-            k = L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz])
-            v = L.unpack_vip(values[i * vsz:(i + 1) * vsz])
+            yield (L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz]),
+                   L.unpack_vip(values[i * vsz:(i + 1) * vsz]))
+
+    def _read_layout(self) -> "plan_mod.Layout":
+        vips = {}
+        for k, v in self.vip_records():
             proto = {6: "tcp", 17: "udp"}.get(k["proto"])
             if proto is None:
                 raise PyxlbError(f"the VIP map holds protocol {k['proto']}, which pyxlb "

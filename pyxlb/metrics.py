@@ -169,12 +169,8 @@ def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> It
 
 def _vips(dp) -> Dict[int, Tuple[str, int]]:
     """{VIP id: (label, VIP_* flags)} of every VIP in xlb_vips now."""
-    ksz, vsz = L.SIZES["xlb_vip_key"], L.SIZES["xlb_vip"]
-    keys, values, n = dp.maps.vips.lookup_batch()
     out = {}
-    for i in range(n):
-        k = L.unpack_vip_key(keys[i * ksz:(i + 1) * ksz])
-        v = L.unpack_vip(values[i * vsz:(i + 1) * vsz])
+    for k, v in dp.vip_records():
         out[v["vip_id"]] = (vip_label(k["family"], k["addr"], k["port"], k["proto"]),
                             v["flags"])
     return out
