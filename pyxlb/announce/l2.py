@@ -469,11 +469,14 @@ class Membership:
         runs once this is called."""
         if self._stopping.is_set():
             return
-        if leave and self._sock is not None:
-            with self._lock:
+        msgs = []
+        with self._lock:
+            # stopping and the goodbye under one lock: the I/O thread makes no heartbeat
+            # after it, whose higher sequence number would make the peers drop the goodbye
+            self._stopping.set()
+            if leave and self._sock is not None:
                 msgs = [(self._dest[n], data) for n, data in self._state.goodbye()]
-            self._send(msgs)
-        self._stopping.set()
+        self._send(msgs)
         if self._wake_w is not None:
             try:
                 self._wake_w.send(b"x")
@@ -562,6 +565,8 @@ class Membership:
             now = self.clock()
             if now >= next_send:
                 with self._lock:
+                    if self._stopping.is_set():
+                        break
                     self._emit(self._state.tick(now))
                     msgs = [(self._dest[n], data) for n, data in self._state.outgoing(now)]
                 self._send(msgs)
