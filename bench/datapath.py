@@ -50,7 +50,7 @@ from pyxlb import _layouts as L  # noqa: E402
 from pyxlb.addr import parse_addr  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
 from pyxlb.datapath import Datapath  # noqa: E402
-from pyxlb.model import FlowKey, flow_hash  # noqa: E402
+from pyxlb.model import FlowKey, flow_hash, ring_slot  # noqa: E402
 from pyxlb.maglev import build_table  # noqa: E402
 
 BENCH_OBJECT = "bench_bench"
@@ -230,7 +230,7 @@ def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
     family, src_b = parse_addr(src)
     _, dst_b = parse_addr(vip.addr)
     hash_ = flow_hash(FlowKey(src_b, dst_b, sport, vip.port, vip.proto, family), SEED)
-    bid = rings[vip.ring][hash_ % RING_SIZE]
+    bid = rings[vip.ring][ring_slot(hash_, RING_SIZE)]
     backend = {**BACKENDS4, **BACKENDS6}[bid]
     no_table = bool(vip.flags & L.VIP_NO_FLOW_TABLE)
     stats = {"tx": 1} if no_table else {"tx": 1, "flow_hit": 1}

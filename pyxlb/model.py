@@ -100,11 +100,20 @@ class FlowKey:
 
 def flow_hash(key: FlowKey, seed: int, src_only: bool = False) -> int:
     """xlb_flow_hash: Murmur3-style mixing of the key's 32-bit words, read in host byte
-    order (the native ``=`` struct format), seeded with ``seed``. Normal flows mix all ten
-    words and finalise with 40; ``src_only`` (ClientIP affinity) mixes the four source
-    words and the family byte and finalises with 20."""
+    order (the native ``=`` struct format), seeded with ``seed``. IPv6 flows mix all ten
+    words and finalise with 40 (``src_only``, ClientIP affinity: the four source words and
+    the family byte, finalised with 20). IPv4 flows mix words 0, 4, 8 and 9 (source,
+    destination, ports, protocol and family) and finalise with 16 (``src_only``: word 0
+    and the family byte, finalised with 8)."""
     words = struct.unpack("=10I", key.pack())
     h = seed & _M32
+    if key.family == L.FAMILY_V4:
+        h = _mix(h, words[0])
+        if src_only:
+            return _fmix(_mix(h, key.family) ^ 8)
+        for w in (words[4], words[8], words[9]):
+            h = _mix(h, w)
+        return _fmix(h ^ 16)
     for w in words[:4]:
         h = _mix(h, w)
     if src_only:
@@ -113,6 +122,12 @@ def flow_hash(key: FlowKey, seed: int, src_only: bool = False) -> int:
     for w in words[4:]:
         h = _mix(h, w)
     return _fmix(h ^ 40)
+
+
+def ring_slot(hash_: int, ring_size: int) -> int:
+    """xlb_ring_slot: the ring slot of a flow hash, hash * ring_size / 2^32 (no division in
+    the datapath; as even a spread as hash % ring_size)."""
+    return (hash_ * ring_size) >> 32
 
 
 # -- encap.h ------------------------------------------------------------------------------
@@ -349,7 +364,7 @@ class Model:
         ring = self.rings.get(vip.ring_id)
         if ring is None or not vip.ring_size:
             return None, flow_stat, False, hash_
-        slot = hash_ % vip.ring_size
+        slot = ring_slot(hash_, vip.ring_size)
         # the ring's inner map may be smaller than ring_size: a lookup past it fails
         backend_id = ring[slot] if slot < len(ring) else L.RING_EMPTY
         if backend_id == L.RING_EMPTY or backend_id not in self.backends:

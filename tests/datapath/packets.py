@@ -41,6 +41,7 @@ from scapy.utils import hexdump
 from pyxlb.addr import parse_addr
 from pyxlb.model import FlowKey
 from pyxlb.model import flow_hash as model_flow_hash
+from pyxlb.model import ring_slot as model_ring_slot
 
 # -- the test world ------------------------------------------------------------------------
 
@@ -413,7 +414,7 @@ def flow_hash(frame: Frame, seed: int = SEED, affinity: bool = False) -> int:
 
 
 def ring_slot(frame: Frame, ring_size: int = RING_SIZE, affinity: bool = False) -> int:
-    return flow_hash(frame, affinity=affinity) % ring_size
+    return model_ring_slot(flow_hash(frame, affinity=affinity), ring_size)
 
 
 # -- expected outputs --------------------------------------------------------------------------

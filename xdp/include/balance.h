@@ -46,19 +46,32 @@ static __always_inline struct xlb_vip *xlb_find_vip(const __u8 *addr, __be16 por
 	return NULL;
 }
 
-/* The address-map entry for a destination (NULL: not a VIP address: the common case, which
- * the filter answers without a hash lookup). */
-static __always_inline struct xlb_addr *xlb_vip_addr(const __u8 *addr, __u8 family)
+/* May `addr` be a VIP address? A clear bit in the filter says no without a hash lookup:
+ * the answer for most packets. */
+static __always_inline int xlb_maybe_vip_addr(const __u8 *addr)
 {
-	struct xlb_addr_key key = {};
 	__u32 zero = 0, slot = xlb_addr_slot(addr);
 	__u8 *filter = bpf_map_lookup_elem(&xlb_addr_filter, &zero);
 
-	if (!filter || !(filter[slot >> 3] & (1 << (slot & 7))))
-		return NULL;
+	return filter && (filter[slot >> 3] & (1 << (slot & 7)));
+}
+
+/* The address-map entry of a destination the filter let through (NULL: not a VIP). */
+static __always_inline struct xlb_addr *xlb_lookup_addr(const __u8 *addr, __u8 family)
+{
+	struct xlb_addr_key key = {};
+
 	__builtin_memcpy(key.addr, addr, 16);
 	key.family = family;
 	return bpf_map_lookup_elem(&xlb_vip_addrs, &key);
+}
+
+/* The address-map entry for a destination (NULL: not a VIP address). */
+static __always_inline struct xlb_addr *xlb_vip_addr(const __u8 *addr, __u8 family)
+{
+	if (!xlb_maybe_vip_addr(addr))
+		return NULL;
+	return xlb_lookup_addr(addr, family);
 }
 
 static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes, int new_flow)
@@ -72,7 +85,7 @@ static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes
 
 /*
  * Pick the backend of a flow: the flow table's answer if it still names a live backend of
- * the same generation, else the VIP's Maglev ring at hash % ring_size. A new choice is
+ * the same generation, else the VIP's Maglev ring at xlb_ring_slot(). A new choice is
  * remembered when `insert` (ICMP errors look up, never insert). Returns the backend id, or
  * XLB_RING_EMPTY when the VIP has no backend.
  */
@@ -109,7 +122,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	ring = bpf_map_lookup_elem(&xlb_rings, &vip->ring_id);
 	if (!ring || !vip->ring_size)
 		return XLB_RING_EMPTY;
-	slot = *hash % vip->ring_size;
+	slot = xlb_ring_slot(*hash, vip->ring_size);
 	ring_slot = bpf_map_lookup_elem(ring, &slot);
 	if (!ring_slot || *ring_slot == XLB_RING_EMPTY)
 		return XLB_RING_EMPTY;
@@ -443,19 +456,28 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 		if (rc >= 0)
 			return rc;
 	}
-	addr = xlb_vip_addr(pkt->key.dst, family);
-	if (!addr) {
-		if (xlb_inner_family(pkt->l4_proto)) {
-			rc = xlb_decap_inline(ctx, pkt);
-			if (rc >= 0)
-				return rc;
+	if (!xlb_maybe_vip_addr(pkt->key.dst))
+		goto not_vip_addr;
+	/*
+	 * The common VIP packet, TCP or UDP to a VIP with its own port, is found with one
+	 * lookup in xlb_vips; everything else (port-0 VIPs, ICMP, fragments, a malformed or
+	 * unknown packet to a VIP address) is sorted out below with the address entry.
+	 */
+	if ((pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP) && !pkt->frag &&
+	    xlb_parse_ports(data, data_end, pkt) == XLB_PARSE_OK) {
+		vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, family,
+				   XLB_ADDR_PORTS);
+		if (vip) {
+			if (!xlb_frame_for_us(ctx))
+				goto not_ours;
+			goto balance;
 		}
-		goto not_vip;
 	}
-	if (!xlb_frame_for_us(ctx)) {
-		xlb_count(XLB_STAT_PASS_NOT_OURS);
-		return XDP_PASS;
-	}
+	addr = xlb_lookup_addr(pkt->key.dst, family);
+	if (!addr)
+		goto not_vip_addr;
+	if (!xlb_frame_for_us(ctx))
+		goto not_ours;
 	if (pkt->frag) {
 		xlb_count(XLB_STAT_PASS_FRAGMENT);
 		return XDP_PASS;
@@ -466,15 +488,28 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 		goto not_vip;
 	if (xlb_parse_ports(data, data_end, pkt) != XLB_PARSE_OK)
 		goto malformed;
-	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, family, addr->flags);
+	/* the exact port was looked up above: only a port-0 VIP is left to find */
+	vip = xlb_find_vip(pkt->key.dst, pkt->key.dport, pkt->l4_proto, family,
+			   addr->flags & XLB_ADDR_ALL_PORTS);
 	if (!vip)
 		goto not_vip;
+balance:
 	/* before the flow table and the ring: a refused client leaves no flow behind */
 	if ((vip->flags & XLB_VIP_SOURCE_RANGES) && !xlb_source_admitted(pkt, vip->vip_id, family))
 		return xlb_refuse_source(vip->vip_id);
 	return xlb_balance(ctx, pkt, vip);
+not_vip_addr:
+	/* a tunnelled packet for this node (the inner packet's VIP is checked there) */
+	if (xlb_inner_family(pkt->l4_proto)) {
+		rc = xlb_decap_inline(ctx, pkt);
+		if (rc >= 0)
+			return rc;
+	}
 not_vip:
 	xlb_count(XLB_STAT_PASS_NOT_VIP);
+	return XDP_PASS;
+not_ours:
+	xlb_count(XLB_STAT_PASS_NOT_OURS);
 	return XDP_PASS;
 malformed:
 	xlb_count(XLB_STAT_PASS_MALFORMED);
