@@ -100,27 +100,22 @@ class FlowKey:
 
 def flow_hash(key: FlowKey, seed: int, src_only: bool = False) -> int:
     """xlb_flow_hash: Murmur3-style mixing of the key's 32-bit words, read in host byte
-    order (the native ``=`` struct format), seeded with ``seed``. IPv6 flows mix all ten
-    words and finalise with 40 (``src_only``, ClientIP affinity: the four source words and
-    the family byte, finalised with 20). IPv4 flows mix words 0, 4, 8 and 9 (source,
-    destination, ports, protocol and family) and finalise with 16 (``src_only``: word 0
-    and the family byte, finalised with 8)."""
+    order (the native ``=`` struct format), seeded with ``seed``: the source address
+    (IPv4: word 0; IPv6: words 0^2 and 1^3), then the ports word and the
+    protocol-and-family word, finalised with 40. The destination is not mixed (a ring
+    serves one VIP). ``src_only`` (ClientIP affinity): the source words, then the family
+    byte, finalised with 20."""
     words = struct.unpack("=10I", key.pack())
     h = seed & _M32
     if key.family == L.FAMILY_V4:
         h = _mix(h, words[0])
-        if src_only:
-            return _fmix(_mix(h, key.family) ^ 8)
-        for w in (words[4], words[8], words[9]):
-            h = _mix(h, w)
-        return _fmix(h ^ 16)
-    for w in words[:4]:
-        h = _mix(h, w)
+    else:
+        h = _mix(h, words[0] ^ words[2])
+        h = _mix(h, words[1] ^ words[3])
     if src_only:
-        h = _mix(h, key.family)
-        return _fmix(h ^ 20)
-    for w in words[4:]:
-        h = _mix(h, w)
+        return _fmix(_mix(h, key.family) ^ 20)
+    h = _mix(h, words[8])
+    h = _mix(h, words[9])
     return _fmix(h ^ 40)
 
 

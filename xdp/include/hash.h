@@ -11,10 +11,11 @@
 
 /*
  * Murmur3-style mixing of 32-bit words read in host order from the flow key, seeded with
- * the cluster-wide seed. IPv6 flows hash the whole 5-tuple (10 words of struct
- * xlb_flow_key); IPv4 flows skip the address words that are always zero (4 words: source,
- * destination, ports, protocol and family). ClientIP affinity hashes the source address
- * and the family only, so one client lands on one backend whatever its ports.
+ * the cluster-wide seed: the source address (IPv4: its one word; IPv6: folded to 64 bits,
+ * its two halves XORed), then the ports word and the protocol-and-family word. The
+ * destination is left out: a ring serves one VIP, so within a ring it is the same for
+ * every flow and would only cost mixing. ClientIP affinity hashes the source address and
+ * the family only, so one client lands on one backend whatever its ports.
  */
 static __always_inline __u32 xlb_rotl32(__u32 x, int r)
 {
@@ -57,32 +58,18 @@ static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *key, __u32
 	const __u32 *w = (const __u32 *)key;
 	__u32 h = seed;
 
+	/* words 0-3: the source address (IPv4: word 0, the rest zero) */
 	if (key->family == XLB_FAMILY_V4) {
-		/* word 0: the source; 4: the destination; 8: ports; 9: protocol and family */
 		h = xlb_mix(h, w[0]);
-		if (src_only) {
-			h = xlb_mix(h, key->family);
-			return xlb_fmix(h ^ 8);
-		}
-		h = xlb_mix(h, w[4]);
-		h = xlb_mix(h, w[8]);
-		h = xlb_mix(h, w[9]);
-		return xlb_fmix(h ^ 16);
+	} else {
+		h = xlb_mix(h, w[0] ^ w[2]);
+		h = xlb_mix(h, w[1] ^ w[3]);
 	}
-	/* words 0-3: source address */
-	h = xlb_mix(h, w[0]);
-	h = xlb_mix(h, w[1]);
-	h = xlb_mix(h, w[2]);
-	h = xlb_mix(h, w[3]);
 	if (src_only) {
 		h = xlb_mix(h, key->family);
 		return xlb_fmix(h ^ 20);
 	}
-	/* words 4-7: destination, 8: ports, 9: protocol, family and (zero) padding */
-	h = xlb_mix(h, w[4]);
-	h = xlb_mix(h, w[5]);
-	h = xlb_mix(h, w[6]);
-	h = xlb_mix(h, w[7]);
+	/* word 8: the ports; 9: protocol, family and (zero) padding */
 	h = xlb_mix(h, w[8]);
 	h = xlb_mix(h, w[9]);
 	return xlb_fmix(h ^ 40);
