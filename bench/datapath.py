@@ -221,6 +221,9 @@ def configure(dp: Datapath) -> dict:
                 dp.add_source_range(v.vip_id, prefix)
         dp.set_vip(v.addr, v.port, v.proto, vip_id=v.vip_id, ring_id=v.ring,
                    ring_size=RING_SIZE, mode=L.MODE_IPIP, flags=v.flags)
+    # as apply leaves it: every VIP in the index (set_vip alone sends lookups to xlb_vips)
+    held = dp.rebuild_vip_index()
+    assert held == len(VIPS), f"the VIP index holds {held} of {len(VIPS)} VIPs"
     return rings
 
 

@@ -53,6 +53,10 @@ MAX_MEMBERS = XLB_MAX_MEMBERS
 MAX_SOURCE_PREFIXES = XLB_MAX_SOURCE_PREFIXES
 MAX_SOURCE_RANGES = XLB_MAX_SOURCE_RANGES
 IF_MAC_SLOTS = XLB_IF_MAC_SLOTS
+VIP_INDEX_BITS = XLB_VIP_INDEX_BITS
+VIP_INDEX_SLOTS = XLB_VIP_INDEX_SLOTS
+SLOT_VIP = XLB_SLOT_VIP
+SLOT_MORE = XLB_SLOT_MORE
 
 RING_SIZE_DEFAULT = XLB_RING_SIZE_DEFAULT
 RING_SIZE_MAX = XLB_RING_SIZE_MAX
@@ -147,6 +151,7 @@ STAT_NAMES = _stat_names()
 SIZES = {
     "xlb_vip_key": sizeof(xlb_vip_key),
     "xlb_vip": sizeof(xlb_vip),
+    "xlb_vip_slot": sizeof(xlb_vip_slot),
     "xlb_addr_key": sizeof(xlb_addr_key),
     "xlb_addr": sizeof(xlb_addr),
     "xlb_backend": sizeof(xlb_backend),
@@ -277,6 +282,30 @@ def unpack_vip(data):
     memcpy(&v, _input(data, sizeof(v), "xlb_vip"), sizeof(v))
     return {"vip_id": v.vip_id, "ring_id": v.ring_id, "ring_size": v.ring_size,
             "mode": v.mode, "flags": v.flags}
+
+
+# -- struct xlb_vip_slot -----------------------------------------------------------------
+
+def pack_vip_slot(key, flags, vip):
+    """struct xlb_vip_slot: a slot of the VIP index: a packed xlb_vip_key, SLOT_* flags and
+    a packed xlb_vip."""
+    cdef xlb_vip_slot s
+    cdef bytes k = _fixed(key, sizeof(s.key), "key")
+    cdef bytes v = _fixed(vip, sizeof(s.vip), "vip")
+    memset(&s, 0, sizeof(s))
+    memcpy(&s.key, <const char *>k, sizeof(s.key))
+    s.flags = _uint(flags, 32, "flags")
+    memcpy(&s.vip, <const char *>v, sizeof(s.vip))
+    return _out(&s, sizeof(s))
+
+
+def unpack_vip_slot(data):
+    cdef xlb_vip_slot s
+    data = _as_bytes(data)
+    memcpy(&s, _input(data, sizeof(s), "xlb_vip_slot"), sizeof(s))
+    return {"key": PyBytes_FromStringAndSize(<const char *>&s.key, sizeof(s.key)),
+            "flags": s.flags,
+            "vip": PyBytes_FromStringAndSize(<const char *>&s.vip, sizeof(s.vip))}
 
 
 # -- struct xlb_addr_key ----------------------------------------------------------------

@@ -21,6 +21,11 @@ cdef extern from "consts.h":
         XLB_MAX_SOURCE_PREFIXES
         XLB_MAX_SOURCE_RANGES
         XLB_IF_MAC_SLOTS
+        # the VIP index
+        XLB_VIP_INDEX_BITS
+        XLB_VIP_INDEX_SLOTS
+        XLB_SLOT_VIP
+        XLB_SLOT_MORE
         # Maglev rings
         XLB_RING_SIZE_DEFAULT
         XLB_RING_SIZE_MAX
@@ -95,6 +100,11 @@ cdef extern from "structs.h":
         uint16_t flags
         uint8_t mode
         uint8_t pad
+
+    struct xlb_vip_slot:
+        xlb_vip_key key
+        uint32_t flags
+        xlb_vip vip
 
     struct xlb_addr_key:
         uint8_t addr[16]

@@ -30,7 +30,7 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from pyxlb import _bpf, bpffs, netlink
+from pyxlb import _bpf, bpffs, netlink, vipindex
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
 from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, format_prefix,
@@ -95,6 +95,7 @@ class _LoadedObject:
         self.maps = maps
         self.pin_dir = pin_dir
         self._layout = None          # Datapath: what the maps hold, once read back
+        self._vip_index = None       # Datapath: image of the live VIP index (None: unknown)
         self.last_apply_seconds = None
         self.last_apply_live_seconds = None
         self._live_at = None
@@ -415,6 +416,7 @@ class Datapath(_LoadedObject):
         key = L.pack_vip_key(a, port, _proto(proto), family)
         value = L.pack_vip(vip_id, ring_id, ring_size, mode, flags)
         self.maps.vips.update(key, value)
+        self._vip_written(key)
         self._update_addr(family, a, set_flags=L.ADDR_PORTS if port else L.ADDR_ALL_PORTS)
 
     def del_vip(self, addr: Address, port: int, proto) -> None:
@@ -422,7 +424,9 @@ class Datapath(_LoadedObject):
         ALL_PORTS from the VIPs left on it; the address entry goes when nothing (no VIP,
         no announcement) is left."""
         family, a = parse_addr(addr)
-        self.maps.vips.delete(L.pack_vip_key(a, port, _proto(proto), family))
+        key = L.pack_vip_key(a, port, _proto(proto), family)
+        self.maps.vips.delete(key)
+        self._vip_written(key)
         keys, _, _ = self.maps.vips.lookup_batch()
         left = L.vip_ports_on(keys, a, family)
         kinds = 0
@@ -431,6 +435,32 @@ class Datapath(_LoadedObject):
         if any(p == 0 for p, _ in left):
             kinds |= L.ADDR_ALL_PORTS
         self._update_addr(family, a, set_flags=kinds, clear_flags=_VIP_KINDS & ~kinds)
+
+    def _vip_written(self, key: bytes) -> None:
+        """After a write to xlb_vips outside apply: the live index must not answer for that
+        key from its copy, so its slot sends lookups to xlb_vips; the next apply builds a
+        whole index again from the map."""
+        vipindex.demote(self.maps.vip_index, key)
+        self._vip_index = None
+
+    def rebuild_vip_index(self) -> int:
+        """Build the VIP index again from the whole of xlb_vips and swap it in. apply does
+        this itself; after set_vip / del_vip the index sends their keys to xlb_vips (a hash
+        lookup more a packet) until this or the next apply. Returns how many VIPs the index
+        holds (the rest share a slot and are found through xlb_vips)."""
+        self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
+        with self._vip_index.new_map() as inner:
+            self.maps.vip_index.set_inner(0, inner)
+        return len(self._vip_index) - self._vip_index.shared()
+
+    def _next_vip_index(self, writes: Dict[bytes, bytes], deletes) -> "_bpf.Map":
+        """A new VIP index for what xlb_vips holds once this apply's VIP writes are done:
+        the kept image with the changes, or the whole map read back."""
+        if self._vip_index is None:
+            self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
+        else:
+            self._vip_index.update(writes, deletes)
+        return self._vip_index.new_map()
 
     def vip_addr(self, addr: Address) -> Optional[dict]:
         """The xlb_vip_addrs entry of addr (flags, ifindex, mac), None if there is none."""
@@ -729,6 +759,7 @@ class Datapath(_LoadedObject):
             self._execute(plan, tx, announce_as)
         except BaseException:
             tx.rollback()
+            self._vip_index = None      # read back from the maps by the next apply
             raise
         tx.commit()
         self._layout = plan.new
@@ -789,10 +820,12 @@ class Datapath(_LoadedObject):
         # a VIP's client prefixes are in the trie before its record says to look there
         for vid, net in sorted(plan.range_writes, key=_range_order):
             tx.insert(m.source_ranges, _range_key(vid, net), _u32(_PRESENT))
+        vip_writes = {}
         for key, rec in sorted(plan.vip_writes.items(), key=lambda kv: str(kv[0])):
-            tx.update(m.vips, _vip_key_bytes(key),
-                      L.pack_vip(rec.vip_id, rec.ring_id, rec.ring_size, rec.mode, rec.flags))
-        self._live_at = time.perf_counter()     # every VIP now uses its new ring
+            kb = _vip_key_bytes(key)
+            vip_writes[kb] = L.pack_vip(rec.vip_id, rec.ring_id, rec.ring_size, rec.mode,
+                                        rec.flags)
+            tx.update(m.vips, kb, vip_writes[kb])
         for addr, flags in sorted(plan.addr_flags.items(), key=lambda kv: str(kv[0])):
             family, a = parse_addr(addr)
             key = L.pack_addr_key(a, family)
@@ -807,10 +840,19 @@ class Datapath(_LoadedObject):
                 tx.update(m.addr_filter, 0, bits)
         for key in sorted(plan.vip_deletes, key=str):
             tx.delete(m.vips, _vip_key_bytes(key))
+        # the datapath reads VIPs from the index, a copy: a new one, with the writes and
+        # deletes above, goes in with one swap, before any ring or backend they used goes
+        finish_index = lambda: None     # noqa: E731
+        if vip_writes or plan.vip_deletes:
+            finish_index = tx.add_inners(
+                m.vip_index, {0: self._next_vip_index(
+                    vip_writes, [_vip_key_bytes(k) for k in plan.vip_deletes])}, keep_old=True)
+        self._live_at = time.perf_counter()     # every VIP now uses its new ring
         # ... and leave once no record (or only one without the flag) points there
         for vid, net in sorted(plan.range_deletes, key=_range_order):
             tx.remove(m.source_ranges, _range_key(vid, net), _u32(_PRESENT))
         finish_rings()
+        finish_index()
         for vid, bid in sorted(plan.member_deletes):
             tx.delete(m.members, L.pack_member_key(vid, bid))
         tx.delete_rings(m.rings, sorted(plan.ring_deletes))
@@ -935,10 +977,7 @@ class _Transaction:
         self._undo.append((m, key, value))
 
     def add_rings(self, outer: "_bpf.Map", tables) -> "Callable[[], None]":
-        """Install new rings (ring id -> table) with one batch update of the outer map,
-        made in a thread: the kernel publishes the slots at once, then waits for an RCU
-        grace period before the call returns. This returns as soon as every slot shows its
-        ring; the returned function waits for the call (and raises its error)."""
+        """Install new rings (ring id -> table): see add_inners."""
         if not tables:
             return lambda: None
         rids = sorted(tables)
@@ -950,8 +989,31 @@ class _Transaction:
             for m in inners:
                 m.close()
             raise
-        for rid in rids:
-            self._undo.append((outer, rid, ("ring", outer.get(rid) and outer.inner_id(rid))))
+        return self.add_inners(outer, dict(zip(rids, inners)))
+
+    def add_inners(self, outer: "_bpf.Map", new: Dict[int, "_bpf.Map"], *,
+                   keep_old: bool = False) -> "Callable[[], None]":
+        """Point slots of a map-of-maps at new inner maps (slot -> map, handles this takes
+        over) with one batch update made in a thread: the kernel publishes the slots at
+        once, then waits for an RCU grace period before the call returns. This returns as
+        soon as every slot shows its map; the returned function waits for the call (and
+        raises its error). keep_old: hold the maps replaced until commit, so a rollback
+        can put them back (rollback otherwise finds them by id, if they still exist)."""
+        rids = sorted(new)
+        inners = [new[rid] for rid in rids]
+        try:
+            for rid in rids:
+                present = outer.get(rid) is not None
+                if present and keep_old:
+                    old = outer.inner_map(rid)
+                    self._keep.append(old)
+                    self._undo.append((outer, rid, ("ring", old.id)))
+                else:
+                    self._undo.append((outer, rid, ("ring", present and outer.inner_id(rid))))
+        except BaseException:
+            for m in inners:
+                m.close()
+            raise
         failure = []
 
         def install():

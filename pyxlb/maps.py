@@ -17,6 +17,7 @@ DECAP_SOURCES = "xlb_decap_sources"  # LPM trie of outer sources allowed to tunn
 
 # Balancer only.
 VIPS = "xlb_vips"                    # xlb_vip_key -> xlb_vip
+VIP_INDEX = "xlb_vip_index"          # 0 -> inner array (slot -> xlb_vip_slot): VIPs, no hash
 ADDR_FILTER = "xlb_addr_filter"      # one bit per address slot: "may be a VIP address"
 VIP_ADDRS = "xlb_vip_addrs"          # xlb_addr_key -> xlb_addr (kinds of VIP, announce)
 LOCAL_ADDRS = "xlb_local_addrs"      # xlb_addr_key -> u32: this node's own addresses
@@ -53,6 +54,7 @@ BALANCER = ObjectSpec(
         "config": CONFIG,
         "decap_sources": DECAP_SOURCES,
         "vips": VIPS,
+        "vip_index": VIP_INDEX,
         "addr_filter": ADDR_FILTER,
         "vip_addrs": VIP_ADDRS,
         "local_addrs": LOCAL_ADDRS,

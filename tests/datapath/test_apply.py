@@ -81,16 +81,22 @@ class Recorder:
         def wrap(name):
             orig = getattr(tx, name)
 
-            def call(self_, m, *args):
+            def call(self_, m, *args, **kw):
                 if name.endswith("_rings") and not args[0]:
-                    return orig(self_, m, *args)        # nothing to do: not a write
+                    return orig(self_, m, *args, **kw)  # nothing to do: not a write
+                if name == "add_inners" and m.name == "xlb_rings":
+                    return orig(self_, m, *args, **kw)  # add_rings', recorded as that
                 if rec.fail_after is not None and len(rec.ops) >= rec.fail_after:
+                    if name == "add_inners":
+                        for inner in args[0].values():
+                            inner.close()           # as add_inners does when it fails
                     raise OSError(errno.E2BIG, "injected: map full")
                 rec.ops.append((m.name, name))
-                return orig(self_, m, *args)
+                return orig(self_, m, *args, **kw)
             monkeypatch.setattr(tx, name, call)
 
-        for name in ("update", "delete", "insert", "remove", "add_rings", "delete_rings"):
+        for name in ("update", "delete", "insert", "remove", "add_rings", "delete_rings",
+                     "add_inners"):
             wrap(name)
 
     def maps(self):
@@ -111,6 +117,8 @@ def dump(dp):
         except KeyError:
             pass
     out["rings"] = rings
+    # the VIP index: which inner array is live (a rollback puts the very same one back)
+    out["vip_index"] = dp.maps.vip_index.get(0) and dp.maps.vip_index.inner_id(0)
     return out
 
 
@@ -135,7 +143,7 @@ def test_one_backend_added_touches_only_that_vip(dp, monkeypatch):
     plan = dp.apply(new)
     # one new backend (record, counters, next hop reset), one new ring, one member, one VIP
     assert rec.maps() == ["xlb_backend_stats", "xlb_backends", "xlb_members", "xlb_nexthops",
-                          "xlb_rings", "xlb_vips"]
+                          "xlb_rings", "xlb_vip_index", "xlb_vips"]
     assert sum(1 for n, op in rec.ops if n == "xlb_vips") == 1
     assert sum(1 for n, op in rec.ops if op == "add_rings") == 1
     assert not plan.ring_deletes            # the :80 VIP still uses the shared ring

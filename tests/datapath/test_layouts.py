@@ -53,8 +53,28 @@ def decap():
     dp.close()
 
 
+# inner maps of a map-of-maps: their value size is the template's, which the kernel checks
+# when an inner map is put in (the outer map's own value is a map fd)
+INNER_USES = [(maps.VIP_INDEX, "xlb_vip_slot")]
+
+
 def test_every_struct_is_checked():
-    assert {s for _, _, s in BALANCER_USES + DECAP_USES} == set(L.SIZES)
+    assert ({s for _, _, s in BALANCER_USES + DECAP_USES} | {s for _, s in INNER_USES}
+            == set(L.SIZES))
+
+
+@pytest.mark.parametrize("map_name,struct", INNER_USES, ids=[m for m, _ in INNER_USES])
+def test_inner_map_sizes(balancer, map_name, struct):
+    """The kernel takes an inner array of the host's struct size and refuses one a word
+    larger: the template in the object has the same size."""
+    outer = balancer.maps[map_name]
+    flags = _bpf.MAP_F_INNER_MAP | _bpf.MAP_F_MMAPABLE
+    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES[struct], 16, flags=flags) as inner:
+        outer.set_inner(0, inner)
+    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES[struct] + 8, 16, flags=flags) as inner:
+        with pytest.raises(OSError):
+            outer.set_inner(0, inner)
+    outer.delete(0)
 
 
 @pytest.mark.parametrize("map_name,side,struct", BALANCER_USES,

@@ -58,6 +58,8 @@ STRATEGIES = {
     "vip_key": vip_keys(),
     "vip": st.fixed_dictionaries(dict(vip_id=u32, ring_id=u32, ring_size=u32, mode=u8,
                                       flags=u16)),
+    "vip_slot": st.fixed_dictionaries(dict(key=st.binary(min_size=20, max_size=20), flags=u32,
+                                           vip=st.binary(min_size=16, max_size=16))),
     "addr_key": addr_keys(),
     "addr": st.fixed_dictionaries(dict(flags=u32, ifindex=u32, mac=mac)),
     "backend": backends(),

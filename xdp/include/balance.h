@@ -23,26 +23,57 @@
 #include "decap.h"
 #include "neigh.h"
 
-/* The VIP for (dst, dport, proto, family) of `key`: exact port first, then port 0. */
-static __always_inline struct xlb_vip *xlb_find_vip(const __u8 *addr, __be16 port,
-						    __u8 proto, __u8 family, __u32 addr_flags)
+/*
+ * The record of the VIP (addr, port, proto, family): from its slot of the VIP index when
+ * the slot holds it (an array lookup and a compare, all in registers), from xlb_vips when
+ * the slot says another VIP shares it or there is no index yet. An empty slot means no
+ * such VIP. `addr` is 16 bytes on the stack, 4-byte aligned (a flow key's address).
+ */
+static __always_inline struct xlb_vip *xlb_lookup_vip(const __u8 *addr, __be16 port,
+						      __u8 proto, __u8 family)
 {
+	const __u32 *a = (const __u32 *)addr;
+	__u32 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+	__u32 last = xlb_vip_key_word(port, proto, family);
+	__u32 zero = 0, slot = xlb_vip_index_slot(a0 ^ a1 ^ a2 ^ a3, last);
 	struct xlb_vip_key vk = {};
-	struct xlb_vip *vip;
+	struct xlb_vip_slot *s;
+	const __u32 *k;
+	void *index;
 
+	index = bpf_map_lookup_elem(&xlb_vip_index, &zero);
+	if (!index)
+		goto hash;
+	s = bpf_map_lookup_elem(index, &slot);
+	if (!s)
+		goto hash;
+	k = (const __u32 *)&s->key;
+	if ((s->flags & XLB_SLOT_VIP) && k[0] == a0 && k[1] == a1 && k[2] == a2 && k[3] == a3 &&
+	    k[4] == last)
+		return &s->vip;
+	if (!(s->flags & XLB_SLOT_MORE))
+		return NULL;
+hash:
 	__builtin_memcpy(vk.addr, addr, 16);
 	vk.port = port;
 	vk.proto = proto;
 	vk.family = family;
+	return bpf_map_lookup_elem(&xlb_vips, &vk);
+}
+
+/* The VIP for (dst, dport, proto, family) of `key`: exact port first, then port 0. */
+static __always_inline struct xlb_vip *xlb_find_vip(const __u8 *addr, __be16 port,
+						    __u8 proto, __u8 family, __u32 addr_flags)
+{
+	struct xlb_vip *vip;
+
 	if (addr_flags & XLB_ADDR_PORTS) {
-		vip = bpf_map_lookup_elem(&xlb_vips, &vk);
+		vip = xlb_lookup_vip(addr, port, proto, family);
 		if (vip)
 			return vip;
 	}
-	if (addr_flags & XLB_ADDR_ALL_PORTS) {
-		vk.port = 0;
-		return bpf_map_lookup_elem(&xlb_vips, &vk);
-	}
+	if (addr_flags & XLB_ADDR_ALL_PORTS)
+		return xlb_lookup_vip(addr, 0, proto, family);
 	return NULL;
 }
 
@@ -145,12 +176,11 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
  * pass up when it is served here, rewrite MACs for L2 DSR, else encapsulate.
  */
 static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
-				       const struct xlb_vip *vip, __u32 id,
-				       const struct xlb_backend *be, __u32 hash)
+				       const struct xlb_config *cfg, const struct xlb_vip *vip,
+				       __u32 id, const struct xlb_backend *be, __u32 hash)
 {
-	struct xlb_config *cfg;
 	struct xlb_nexthop *nh;
-	__u32 zero = 0, src6[4];
+	__u32 src6[4];
 	__be32 src4, dst4;
 	__u32 tot;
 
@@ -164,11 +194,6 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 			return xlb_send(ctx, nh, XLB_FAMILY_V4, pkt->key.src, be->addr,
 					pkt->l3_len);
 		return xlb_send(ctx, nh, XLB_FAMILY_V6, pkt->key.src, be->addr, pkt->l3_len);
-	}
-	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
-	if (!cfg) {
-		xlb_count(XLB_STAT_DROP_INTERNAL);
-		return XDP_DROP;
 	}
 	if (be->family == XLB_FAMILY_V4) {
 		/* IPv6 inside IPv4 is not a mode we offer: the control plane refuses it too */
@@ -274,7 +299,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return XDP_DROP;
 	}
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_backend_stats, &id), pkt->l3_len, new_flow);
-	return xlb_forward(ctx, pkt, vip, id, be, hash);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash);
 }
 
 /*
@@ -287,7 +312,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct xlb_flow_key key = {};
+	struct xlb_flow_key key __attribute__((aligned(8))) = {};
 	struct xlb_config *cfg;
 	struct xlb_backend *be = NULL;
 	struct xlb_addr *addr;
@@ -344,7 +369,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);
-	return xlb_forward(ctx, pkt, vip, id, be, hash);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash);
 }
 
 /*

@@ -40,6 +40,14 @@
 /* Bits of xlb_addr_filter: one per slot an address folds to (see hash.h). */
 #define XLB_ADDR_FILTER_BITS (1 << 16)
 
+/* Slots of the VIP index (a power of two; the slot of a VIP key: hash.h). 40 bytes a slot,
+ * 2.5 MiB an index. */
+#define XLB_VIP_INDEX_BITS 16
+#define XLB_VIP_INDEX_SLOTS (1 << XLB_VIP_INDEX_BITS)
+/* struct xlb_vip_slot.flags */
+#define XLB_SLOT_VIP (1 << 0)	/* the slot holds a VIP: its key and a copy of its record */
+#define XLB_SLOT_MORE (1 << 1)	/* another VIP has this slot: look in xlb_vips */
+
 /* Maglev ring size: prime, per the paper; 65537 slots of 4 bytes = 256 KiB a ring. */
 #define XLB_RING_SIZE_DEFAULT 65537
 /* Largest ring a VIP may use (also the inner-map template's size). */

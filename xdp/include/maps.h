@@ -96,6 +96,29 @@ struct {
 	__type(value, __u32);
 } xlb_local_addrs SEC(".maps");
 
+/* Template of the VIP index: slot (hash.h) -> struct xlb_vip_slot. User space fills a new
+ * index whole (one memcpy, BPF_F_MMAPABLE) and swaps it in; it never writes one in place. */
+struct xlb_vip_index_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_VIP_INDEX_SLOTS);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	/* by size: BTF would carry the struct only as a forward declaration here */
+	__uint(value_size, sizeof(struct xlb_vip_slot));
+};
+
+/*
+ * Slot 0 -> the VIP index: every VIP of xlb_vips, or (slot flag XLB_SLOT_MORE) the word to
+ * look there, so most VIP packets are matched without a hash lookup (~9 ns here). Empty
+ * (before the first index is written) -> every lookup goes to xlb_vips.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct xlb_vip_index_inner);
+} xlb_vip_index SEC(".maps");
+
 /* Template of a Maglev ring: slot -> backend id. BPF_F_INNER_MAP lets rings differ in size;
  * BPF_F_MMAPABLE lets user space fill a new ring with one memcpy. */
 struct xlb_ring {

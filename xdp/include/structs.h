@@ -30,6 +30,16 @@ struct xlb_vip {
 	__u8 pad;
 };
 
+/*
+ * Value of the VIP index's inner array (maps.h), by slot: a VIP's key and a copy of its
+ * xlb_vips record, found with an array lookup instead of a hash lookup.
+ */
+struct xlb_vip_slot {
+	struct xlb_vip_key key;
+	__u32 flags;		/* host order; XLB_SLOT_* (0: no VIP has this slot) */
+	struct xlb_vip vip;
+};
+
 /* Key of the address maps (xlb_vip_addrs, xlb_local_addrs, xlb_decap_vips). */
 struct xlb_addr_key {
 	__u8 addr[16];		/* network order */

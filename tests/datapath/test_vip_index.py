@@ -1,0 +1,264 @@
+"""The VIP index (pyxlb/vipindex.py, xlb_vip_index): what apply puts in it, that the kernel
+reads VIPs from it (and from xlb_vips only where a slot says so), shared slots, writes
+outside apply, rollback and restart."""
+
+import errno
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from pyxlb import _bpf
+from pyxlb import _layouts as L
+from pyxlb import datapath as datapath_mod
+from pyxlb import vipindex
+from pyxlb.addr import parse_addr
+from pyxlb.datapath import Datapath
+from pyxlb.state import Backend, DesiredState, Vip, VipKey
+
+SMALL = {"xlb_flows": 4096}
+ADDR = "192.0.2.10"
+
+
+def vip(text, *backends, **kw):
+    return Vip(VipKey.parse(text), backends=tuple(Backend(b) for b in backends), **kw)
+
+
+def key_bytes(text):
+    k = VipKey.parse(text)
+    family, a = parse_addr(k.address)
+    return L.pack_vip_key(a, k.port, {"tcp": 6, "udp": 17}[k.protocol], family)
+
+
+def shared_ports(n=2):
+    """Ports of ADDR/tcp whose VIP keys fall in one index slot (found by search)."""
+    seen = {}
+    for port in range(1, 65536):
+        slot = vipindex.slot_of(key_bytes(f"{ADDR}:{port}/tcp"))
+        seen.setdefault(slot, []).append(port)
+        if len(seen[slot]) == n:
+            return seen[slot]
+    raise AssertionError("no shared slot among 65535 ports")
+
+
+def frame(dport, sport=40000):
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+                 IP(src="198.51.100.7", dst=ADDR) / TCP(sport=sport, dport=dport))
+
+
+def send(dp, dport, sport=40000):
+    """(action, outer destination or None)."""
+    action, out = dp.run(frame(dport, sport))
+    pkt = Ether(out)
+    return action, (pkt[IP].dst if action == _bpf.XDP_TX else None)
+
+
+def prepare(dp):
+    dp.configure(src4="10.255.0.0/16")
+    for bid in dp.layout().backend_records():
+        dp.set_nexthop(bid, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+
+
+def live_image(dp) -> bytes:
+    """The bytes of the live index, slot by slot (lookups through the inner array)."""
+    size = vipindex.SLOT_SIZE
+    with dp.maps.vip_index.inner_map(0) as inner:
+        assert inner.max_entries == L.VIP_INDEX_SLOTS and inner.value_size == size
+        _, values, n = inner.lookup_batch()
+        return bytes(values[:n * size])
+
+
+def held(dp, text):
+    """(flags, key, record) of the slot of VIP `text` in the live index."""
+    kb = key_bytes(text)
+    with dp.maps.vip_index.inner_map(0) as inner:
+        s = L.unpack_vip_slot(inner.lookup(vipindex.slot_of(kb)))
+    return s["flags"], s["key"], s["vip"]
+
+
+@pytest.fixture
+def dp():
+    d = Datapath.load(map_sizes=SMALL)
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("text", ["192.0.2.10:80/tcp", "192.0.2.10:443/udp",
+                                  "203.0.113.255:1/tcp", "[2001:db8::10]:8080/tcp",
+                                  "[2001:db8:ffff::1]:65535/udp"])
+def test_slot_of_matches_the_kernel(dp, text):
+    """The kernel finds a VIP at the slot Python computed for it: a VIP whose record is only
+    in the index (deleted from xlb_vips behind apply's back) is still balanced."""
+    k = VipKey.parse(text)
+    v6 = k.family == 6
+    backend = "2001:db8:1::1" if v6 else "10.0.1.1"
+    dp.apply(DesiredState((Vip(k, backends=(Backend(backend),)),)))
+    dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
+    for bid in dp.layout().backend_records():
+        dp.set_nexthop(bid, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    ip = (IPv6(src="2001:db8:9::7", dst=str(k.address)) if v6
+          else IP(src="198.51.100.7", dst=str(k.address)))
+    l4 = (TCP if k.protocol == "tcp" else UDP)(sport=40000, dport=k.port)
+    pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / l4)
+    assert dp.run(pkt)[0] == _bpf.XDP_TX
+    dp.maps.vips.delete(key_bytes(text))
+    assert dp.run(pkt)[0] == _bpf.XDP_TX
+    assert dp.stats()["tx"] == 2
+
+
+def test_apply_puts_every_vip_in_its_slot(dp):
+    state = DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1", "10.0.1.2"),
+                          vip(f"{ADDR}:53/udp", "10.0.1.3"),
+                          vip("[2001:db8::10]:443/tcp", "2001:db8:1::1")))
+    dp.apply(state)
+    slots = {}
+    for k, rec in dp.maps.vips.items():
+        slots.setdefault(vipindex.slot_of(k), []).append((k, rec))
+    assert all(len(v) == 1 for v in slots.values())
+    for text in (f"{ADDR}:80/tcp", f"{ADDR}:53/udp", "[2001:db8::10]:443/tcp"):
+        flags, k, rec = held(dp, text)
+        assert (flags, k, rec) == (L.SLOT_VIP, key_bytes(text), dp.maps.vips.get(k))
+    image = live_image(dp)
+    assert sum(1 for i in range(L.VIP_INDEX_SLOTS)
+               if image[i * vipindex.SLOT_SIZE:(i + 1) * vipindex.SLOT_SIZE]
+               != bytes(vipindex.SLOT_SIZE)) == 3
+
+
+def test_an_empty_slot_is_no_vip(dp):
+    """The kernel trusts an empty slot: with the VIP in xlb_vips but an index without it,
+    the packet is not balanced; swapping the right index back balances it again."""
+    dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
+    prepare(dp)
+    with dp.maps.vip_index.inner_map(0) as right:
+        with vipindex.VipIndex().new_map() as empty:
+            dp.maps.vip_index.set_inner(0, empty)
+        assert send(dp, 80) == (_bpf.XDP_PASS, None)
+        assert dp.stats()["pass_not_vip"] == 1
+        dp.maps.vip_index.set_inner(0, right)
+    assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.1")
+
+
+def test_no_index_yet_means_xlb_vips(dp):
+    """A datapath whose VIPs were written without apply has no index: the hash map serves."""
+    assert dp.maps.vip_index.get(0) is None
+    dp.set_backend(1, "10.0.1.9")
+    dp.set_nexthop(1, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    dp.set_ring(1, [1] * 7)
+    dp.configure(src4="10.255.0.0/16")
+    dp.set_vip(ADDR, 80, "tcp", vip_id=1, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
+    assert dp.maps.vip_index.get(0) is None
+    assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.9")
+
+
+def test_vips_sharing_a_slot(dp):
+    """Two VIPs in one slot: one is held (flags VIP|MORE), the other found in xlb_vips; both
+    balance to their own backends. When the held one goes, the other takes the slot."""
+    p1, p2 = shared_ports()
+    state = DesiredState((vip(f"{ADDR}:{p1}/tcp", "10.0.1.1"),
+                          vip(f"{ADDR}:{p2}/tcp", "10.0.1.2")))
+    dp.apply(state)
+    prepare(dp)
+    flags, k, _ = held(dp, f"{ADDR}:{p1}/tcp")
+    assert flags == L.SLOT_VIP | L.SLOT_MORE
+    assert k == min(key_bytes(f"{ADDR}:{p1}/tcp"), key_bytes(f"{ADDR}:{p2}/tcp"))
+    assert send(dp, p1) == (_bpf.XDP_TX, "10.0.1.1")
+    assert send(dp, p2) == (_bpf.XDP_TX, "10.0.1.2")
+    holder = p1 if k == key_bytes(f"{ADDR}:{p1}/tcp") else p2
+    other = p2 if holder == p1 else p1
+    dp.apply(DesiredState(tuple(v for v in state.vips if v.key.port == other)))
+    assert held(dp, f"{ADDR}:{other}/tcp")[:2] == (L.SLOT_VIP, key_bytes(f"{ADDR}:{other}/tcp"))
+    assert send(dp, other, sport=40001)[0] == _bpf.XDP_TX
+    assert send(dp, holder) == (_bpf.XDP_PASS, None)
+
+
+def test_changes_keep_the_image_equal_to_a_fresh_build(dp):
+    """Apply after apply, the kept image (updated slot by slot) is what a build from the whole
+    of xlb_vips gives, and what the kernel holds."""
+    p1, p2, p3 = shared_ports(3)
+    states = [
+        [f"{ADDR}:80/tcp", f"{ADDR}:{p1}/tcp", "[2001:db8::10]:443/tcp"],
+        [f"{ADDR}:80/tcp", f"{ADDR}:{p1}/tcp", f"{ADDR}:{p2}/tcp", f"{ADDR}:{p3}/tcp"],
+        [f"{ADDR}:{p2}/tcp", f"{ADDR}:53/udp"],
+        [f"{ADDR}:{p2}/tcp", f"{ADDR}:53/udp", f"{ADDR}:{p1}/tcp"],
+        [],
+    ]
+    for i, texts in enumerate(states):
+        dp.apply(DesiredState(tuple(
+            vip(t, f"10.0.{i}.1", "10.0.9.9") if "[" not in t else vip(t, f"2001:db8:{i}::1")
+            for t in texts)))
+        fresh = vipindex.VipIndex.from_batch(*dp.maps.vips.lookup_batch())
+        assert dp._vip_index is not None
+        assert dp._vip_index.image() == fresh.image() == live_image(dp), f"state {i}"
+        assert len(fresh) == len(texts)
+
+
+def test_a_write_outside_apply_is_not_hidden_by_the_copy(dp):
+    """set_vip / del_vip change xlb_vips alone: the slot is turned to 'look in xlb_vips' at
+    once, so the packet sees the new record, not the index's old copy."""
+    dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
+    prepare(dp)
+    rec = L.unpack_vip(dp.maps.vips.get(key_bytes(f"{ADDR}:80/tcp")))
+    dp.set_vip(ADDR, 80, "tcp", vip_id=rec["vip_id"], ring_id=rec["ring_id"],
+               ring_size=rec["ring_size"], mode=L.MODE_LOCAL)
+    assert held(dp, f"{ADDR}:80/tcp")[0] == L.SLOT_MORE
+    assert send(dp, 80) == (_bpf.XDP_PASS, None)
+    assert dp.stats()["pass_local"] == 1
+    dp.del_vip(ADDR, 80, "tcp")
+    assert send(dp, 80) == (_bpf.XDP_PASS, None)
+    assert dp.stats()["pass_not_vip"] == 1
+    # the next apply builds the index from the map again
+    dp._layout = None
+    dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),)))
+    prepare(dp)
+    assert held(dp, f"{ADDR}:80/tcp")[0] == L.SLOT_VIP
+    assert send(dp, 80, sport=40002) == (_bpf.XDP_TX, "10.0.1.2")
+
+
+def test_a_failed_apply_puts_the_old_index_back(dp, monkeypatch):
+    dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
+    prepare(dp)
+    before = dp.maps.vip_index.inner_id(0)
+
+    def fail(self, outer, rids):
+        raise OSError(errno.EIO, "injected after the index swap")
+    monkeypatch.setattr(datapath_mod._Transaction, "delete_rings", fail)
+    with pytest.raises(OSError, match="injected"):
+        dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),
+                               vip(f"{ADDR}:81/tcp", "10.0.1.3"))))
+    monkeypatch.undo()
+    assert dp.maps.vip_index.inner_id(0) == before
+    assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.1")
+    assert send(dp, 81) == (_bpf.XDP_PASS, None)
+    # and the next apply starts from the maps, not from the image of the failed one
+    assert dp._vip_index is None
+    dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),)))
+    assert live_image(dp) == vipindex.VipIndex.from_batch(*dp.maps.vips.lookup_batch()).image()
+
+
+def test_a_restarted_owner_keeps_the_index_and_rebuilds_it_from_the_maps(bpffs_dir):
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as first:
+        first.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
+        live = first.maps.vip_index.inner_id(0)
+    with Datapath.open(bpffs_dir) as second:
+        assert second.maps.vip_index.inner_id(0) == live
+        second.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),
+                                   vip(f"{ADDR}:443/tcp", "10.0.1.1"))))
+        assert live_image(second) == vipindex.VipIndex.from_batch(
+            *second.maps.vips.lookup_batch()).image()
+        assert held(second, f"{ADDR}:443/tcp")[0] == L.SLOT_VIP
+        second.destroy()
+
+
+def test_rebuild_after_direct_writes(dp):
+    """rebuild_vip_index puts what set_vip wrote into the index (the benchmark's setup)."""
+    dp.set_backend(1, "10.0.1.9")
+    dp.set_nexthop(1, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    dp.set_ring(1, [1] * 7)
+    dp.configure(src4="10.255.0.0/16")
+    for port in (80, 81):
+        dp.set_vip(ADDR, port, "tcp", vip_id=port, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
+    assert dp.rebuild_vip_index() == 2
+    assert held(dp, f"{ADDR}:81/tcp")[0] == L.SLOT_VIP
+    dp.maps.vips.delete(key_bytes(f"{ADDR}:81/tcp"))     # only the index has it now
+    assert send(dp, 81) == (_bpf.XDP_TX, "10.0.1.9")
