@@ -14,8 +14,8 @@ VIP per backend set would be 100,000 addresses: more than the 65,536 backend ids
 
 For each: the initial apply (and the part of it spent planning and refreshing next hops),
 the process's VmRSS before, after and at its peak, and the kernel memory of the maps (``memlock`` in
-/proc/self/fdinfo, every ring's inner map included). Then one VIP has one backend drained
-and re-activated in turn, CHANGES applies or CHANGE_BUDGET_S seconds, whichever comes
+/proc/self/fdinfo, every ring's inner map and the VIP index's included). Then one VIP has one
+backend drained and re-activated in turn, CHANGES applies or CHANGE_BUDGET_S seconds, whichever comes
 first: the apply duration (``last_apply_seconds``) and the time until the changed VIP used
 its new ring (``last_apply_live_seconds``). In the shared layout draining writes a new ring
 (the VIP leaves its service's ring) while re-activating points the VIP back at the
@@ -56,7 +56,7 @@ SERVICES, PORTS, BACKENDS = 100, 10, 100
 CHANGES = 200
 CHANGE_BUDGET_S = 40.0
 RCU_REPEATS = 20
-MAP_SIZES = {"xlb_flows": 65536}     # flows play no part here
+MAP_SIZES = {"xlb_flows": 65536, "xlb_flows4": 65536}     # flows play no part here
 TARGETS = {"initial_apply_s": 5.0, "change_live_ms_median": 10.0}
 
 ROUTER = ("10.63.0.1", "02:00:5e:00:53:01")
@@ -143,13 +143,17 @@ def memlock(fd: int) -> int:
 
 
 def kernel_memory(dp: Datapath) -> dict:
-    """Bytes of kernel memory per map (memlock), the inner ring maps summed as 'rings'."""
+    """Bytes of kernel memory per map (memlock), the inner ring maps summed as 'rings', and
+    the live VIP index's inner array."""
     out = {m.name: memlock(m.fd) for m in dp.maps}
     rings = 0
     for rid in dp.layout().ring_ids.values():
         with _bpf.Map.from_id(dp.maps.rings.inner_id(rid)) as inner:
             rings += memlock(inner.fd)
     out["rings (inner maps)"] = rings
+    if dp.maps.vip_index.get(0) is not None:
+        with dp.maps.vip_index.inner_map(0) as inner:
+            out["VIP index (inner map)"] = memlock(inner.fd)
     return out
 
 

@@ -676,7 +676,7 @@ def fill_flow_tables(lab: Lab, cpus: List[int]) -> None:
     for f in FORWARDERS:
         dp = lab.datapaths.get(f.key)
         if dp is not None:
-            per_thread = int(dp.maps.flows.max_entries * 1.1) // len(cpus) + 1
+            per_thread = int(dp.maps.flows4.max_entries * 1.1) // len(cpus) + 1   # IPv4
             generate(lab, f, cpus, per_thread, timeout=60)
 
 

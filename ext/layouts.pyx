@@ -46,7 +46,8 @@ FAMILY_V6 = XLB_FAMILY_V6
 MAX_VIPS = XLB_MAX_VIPS
 MAX_BACKENDS = XLB_MAX_BACKENDS
 MAX_RINGS = XLB_MAX_RINGS
-MAX_FLOWS = XLB_MAX_FLOWS
+MAX_FLOWS = XLB_MAX_FLOWS          # IPv4 flows (xlb_flows4)
+MAX_FLOWS6 = XLB_MAX_FLOWS6        # IPv6 flows (xlb_flows)
 MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
 ADDR_FILTER_BITS = XLB_ADDR_FILTER_BITS
 MAX_MEMBERS = XLB_MAX_MEMBERS
@@ -158,6 +159,7 @@ SIZES = {
     "xlb_nexthop": sizeof(xlb_nexthop),
     "xlb_if_mac": sizeof(xlb_if_mac),
     "xlb_flow_key": sizeof(xlb_flow_key),
+    "xlb_flow4_key": sizeof(xlb_flow4_key),
     "xlb_flow": sizeof(xlb_flow),
     "xlb_member_key": sizeof(xlb_member_key),
     "xlb_member": sizeof(xlb_member),
@@ -429,6 +431,37 @@ def unpack_flow_key(data):
     memcpy(&k, _input(data, sizeof(k), "xlb_flow_key"), sizeof(k))
     return {"src": _b(k.src, 16), "dst": _b(k.dst, 16), "sport": ntohs(k.sport),
             "dport": ntohs(k.dport), "proto": k.proto, "family": k.family}
+
+
+# -- struct xlb_flow4_key ---------------------------------------------------------------
+
+def pack_flow4_key(src, dst, sport, dport, proto, family=XLB_FAMILY_V4):
+    """struct xlb_flow4_key: an IPv4 flow of xlb_flows4. Addresses in the 16-byte map form
+    (as pack_flow_key takes them); family must be FAMILY_V4."""
+    cdef xlb_flow4_key k
+    if _family(family) != XLB_FAMILY_V4:
+        raise ValueError("xlb_flow4_key holds IPv4 flows only (family FAMILY_V4)")
+    cdef bytes s = _addr(src, XLB_FAMILY_V4, "src")
+    cdef bytes d = _addr(dst, XLB_FAMILY_V4, "dst")
+    memset(&k, 0, sizeof(k))
+    memcpy(&k.src, <const char *>s, 4)
+    memcpy(&k.dst, <const char *>d, 4)
+    k.sport = htons(<uint16_t>_uint(sport, 16, "sport"))
+    k.dport = htons(<uint16_t>_uint(dport, 16, "dport"))
+    k.proto = _uint(proto, 8, "proto")
+    k.family = XLB_FAMILY_V4
+    return _out(&k, sizeof(k))
+
+
+def unpack_flow4_key(data):
+    """As unpack_flow_key gives it: addresses in the 16-byte map form."""
+    cdef xlb_flow4_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_flow4_key"), sizeof(k))
+    return {"src": _b(<const uint8_t *>&k.src, 4) + bytes(12),
+            "dst": _b(<const uint8_t *>&k.dst, 4) + bytes(12),
+            "sport": ntohs(k.sport), "dport": ntohs(k.dport), "proto": k.proto,
+            "family": k.family}
 
 
 # -- struct xlb_flow --------------------------------------------------------------------

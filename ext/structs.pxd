@@ -15,6 +15,7 @@ cdef extern from "consts.h":
         XLB_MAX_BACKENDS
         XLB_MAX_RINGS
         XLB_MAX_FLOWS
+        XLB_MAX_FLOWS6
         XLB_MAX_LOCAL_ADDRS
         XLB_ADDR_FILTER_BITS
         XLB_MAX_MEMBERS
@@ -138,6 +139,15 @@ cdef extern from "structs.h":
     struct xlb_flow_key:
         uint8_t src[16]
         uint8_t dst[16]
+        uint16_t sport          # network order
+        uint16_t dport          # network order
+        uint8_t proto
+        uint8_t family
+        uint8_t pad[2]
+
+    struct xlb_flow4_key:
+        uint32_t src            # network order
+        uint32_t dst            # network order
         uint16_t sport          # network order
         uint16_t dport          # network order
         uint8_t proto

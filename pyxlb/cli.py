@@ -30,7 +30,7 @@ from pyxlb import netlink, netns
 from pyxlb.addr import format_mac, format_prefix, parse_mac, parse_prefix
 from pyxlb.datapath import DEFAULT_PIN_DIR, Datapath, DecapPath
 from pyxlb.errors import PyxlbError
-from pyxlb.maps import BACKENDS, FLOWS, RINGS
+from pyxlb.maps import BACKENDS, FLOWS, FLOWS4, RINGS
 from pyxlb.state import (AFFINITIES, MODES, RING_SIZE_DEFAULT, Backend, DesiredState,
                          StateError, VipKey, vip_to_dict)
 
@@ -557,7 +557,7 @@ def _status(dp: Datapath) -> dict:
         "vips": len(layout.state),
         "backends": len(layout.backend_ids),
         "rings": len(layout.ring_ids),
-        "flows": maps[FLOWS]["entries"],
+        "flows": maps[FLOWS4]["entries"] + maps[FLOWS]["entries"],
         "maps": dict(sorted(maps.items())),
         "decap": decap,
     }

@@ -640,17 +640,26 @@ class Datapath(_LoadedObject):
         m = self.maps.backend_stats
         return L.sum_counters(m.lookup(_index(m, backend_id, "backend_id")), m.ncpus)
 
+    def _flow_entries(self) -> Iterator[Tuple["_bpf.Map", bytes, dict, bytes]]:
+        """Every entry of both flow tables (IPv4: xlb_flows4, IPv6: xlb_flows), each map
+        read in batches: (map, raw key, key unpacked with 16-byte addresses, raw value)."""
+        vsz = L.SIZES["xlb_flow"]
+        for m, struct, unpack in ((self.maps.flows4, "xlb_flow4_key", L.unpack_flow4_key),
+                                  (self.maps.flows, "xlb_flow_key", L.unpack_flow_key)):
+            ksz = L.SIZES[struct]
+            keys, values, count = m.lookup_batch()
+            for i in range(count):
+                raw = bytes(keys[i * ksz:(i + 1) * ksz])
+                yield m, raw, unpack(raw), values[i * vsz:(i + 1) * vsz]
+
     def flows(self) -> List[Tuple[dict, dict]]:
-        """The flow table: [(key, value)], key {src, dst (str), sport, dport (host order),
-        proto, family}, value {backend_id, gen}."""
-        keys, values, count = self.maps.flows.lookup_batch()
-        ksz, vsz = L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
+        """The flow tables, IPv4 then IPv6: [(key, value)], key {src, dst (str), sport,
+        dport (host order), proto, family}, value {backend_id, gen, hash}."""
         out = []
-        for i in range(count):
-            key = L.unpack_flow_key(keys[i * ksz:(i + 1) * ksz])
+        for _, _, key, value in self._flow_entries():
             key["src"] = format_addr(key["family"], key["src"])
             key["dst"] = format_addr(key["family"], key["dst"])
-            out.append((key, L.unpack_flow(values[i * vsz:(i + 1) * vsz])))
+            out.append((key, L.unpack_flow(value)))
         return out
 
 
@@ -875,24 +884,20 @@ class Datapath(_LoadedObject):
                 gone[new_vip.key] = moved
         if not gone:
             return 0
-        ksz, vsz = L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
-        keys, values, n = self.maps.flows.lookup_batch()
         by_addr = {}
         for key, ids in gone.items():
             by_addr.setdefault((key.address, key.protocol), []).append((key.port, ids))
         removed = 0
-        for i in range(n):
-            raw = keys[i * ksz:(i + 1) * ksz]
-            k = L.unpack_flow_key(raw)
+        for m, raw, k, value in self._flow_entries():
             proto = {6: "tcp", 17: "udp"}.get(k["proto"])
             entries = by_addr.get((ipaddress.ip_address(format_addr(k["family"], k["dst"])),
                                    proto))
             if not entries:
                 continue
-            bid = L.unpack_flow(values[i * vsz:(i + 1) * vsz])["backend_id"]
+            bid = L.unpack_flow(value)["backend_id"]
             if any((port == 0 or port == k["dport"]) and bid in ids for port, ids in entries):
                 try:
-                    self.maps.flows.delete(raw)
+                    m.delete(raw)
                     removed += 1
                 except KeyError:
                     pass
@@ -935,8 +940,12 @@ class Datapath(_LoadedObject):
         return out
 
     def flow_count(self) -> int:
-        """Entries in the flow table (read in batches)."""
-        return self.maps.flows.lookup_batch()[2]
+        """Entries in the flow tables, IPv4 and IPv6 (read in batches)."""
+        return self.maps.flows4.lookup_batch()[2] + self.maps.flows.lookup_batch()[2]
+
+    def flow_capacity(self) -> int:
+        """Flows the two tables hold before evicting (IPv4 and IPv6 together)."""
+        return self.maps.flows4.max_entries + self.maps.flows.max_entries
 
 
 class _Transaction:

@@ -26,7 +26,8 @@ RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend i
 BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
 MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control plane's record)
-FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU)
+FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU): IPv6 flows
+FLOWS4 = "xlb_flows4"                # xlb_flow4_key -> xlb_flow (LRU): IPv4 flows
 VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
 BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
 SOURCE_RANGES = "xlb_source_ranges"  # LPM trie: xlb_src_range_key -> u32, clients VIPs admit
@@ -64,6 +65,7 @@ BALANCER = ObjectSpec(
         "nexthops": NEXTHOPS,
         "members": MEMBERS,
         "flows": FLOWS,
+        "flows4": FLOWS4,
         "vip_stats": VIP_STATS,
         "backend_stats": BACKEND_STATS,
         "source_ranges": SOURCE_RANGES,

@@ -121,12 +121,14 @@ class DatapathCollector(Collector):
         for state in ("active", "draining"):
             g.add_metric([state], states.count(state))
         yield g
-        g = GaugeMetricFamily("pyxlb_flow_table_entries", "Flows in the flow table (LRU)")
+        g = GaugeMetricFamily("pyxlb_flow_table_entries", "Flows in the flow tables (LRU; "
+                              "IPv4 and IPv6)")
         g.add_metric([], dp.flow_count())
         yield g
-        g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow table; "
-                              "when full, the least recently used flows are evicted")
-        g.add_metric([], dp.maps.flows.max_entries)
+        g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow tables "
+                              "(IPv4 and IPv6); when one is full, its least recently used "
+                              "flows are evicted")
+        g.add_metric([], dp.flow_capacity())
         yield g
 
 

@@ -16,7 +16,7 @@ It mirrors, function by function, what xdp/include/ decides for a TCP or UDP pac
 test applies one
 list of calls to both and then compares, packet by packet, the kernel's action and output
 with ``Model.decide``. ``decide`` updates the model's flow table exactly as the kernel
-updates xlb_flows, so both must see the same packets in the same order.
+updates the flow tables, so both must see the same packets in the same order.
 
 Out of scope (a test that needs them extends the model first): parsing failures,
 fragments, ICMP (steering and ARP/NDP), inline decapsulation, and backends without a

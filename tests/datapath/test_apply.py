@@ -20,7 +20,7 @@ from pyxlb import datapath as datapath_mod
 from pyxlb.datapath import Datapath
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
-SMALL = {"xlb_flows": 4096}
+SMALL = {"xlb_flows": 4096, "xlb_flows4": 4096}
 WEB = ("10.0.1.1", "10.0.1.2", "10.0.1.3")
 
 
@@ -263,7 +263,7 @@ RESTART_CHILD = textwrap.dedent("""
     from pyxlb.datapath import Datapath
     from pyxlb.config import load_text
     state = load_text(sys.stdin.read())
-    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096})
+    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flows4": 4096})
     dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     plan = dp.apply(state)
     for bid in dp.layout().backend_records():
@@ -496,3 +496,19 @@ def test_removed_vip_takes_its_ranges_and_a_recycled_id_starts_clean(dp):
     assert dp.layout().vip_ids[VipKey.parse("192.0.2.10:80/tcp")] == vid     # id reused
     assert dp.vip_range_drops(vid) == 0                 # its refused count starts at zero
     assert admitted(dp, 401, src="203.0.113.1")
+
+
+def test_each_family_has_its_flow_table(dp):
+    """IPv4 flows are pinned in xlb_flows4 (16-byte keys), IPv6 flows in xlb_flows; a flow of
+    either family is found again there (a hit, the same backend)."""
+    dp.apply(STATE)
+    prepare(dp)
+    b4 = send(dp, 5000)
+    assert (dp.maps.flows4.count(), dp.maps.flows.count()) == (1, 0)
+    b6 = send(dp, 5000, dst="2001:db8::10")
+    assert (dp.maps.flows4.count(), dp.maps.flows.count()) == (1, 1)
+    assert (send(dp, 5000), send(dp, 5000, dst="2001:db8::10")) == (b4, b6)
+    assert dp.stats()["flow_hit"] == 2 and dp.stats()["flow_miss"] == 2
+    keys = {k["family"]: k for k, _ in dp.flows()}
+    assert keys[L.FAMILY_V4]["dst"] == "192.0.2.10" and keys[L.FAMILY_V4]["sport"] == 5000
+    assert keys[L.FAMILY_V6]["dst"] == "2001:db8::10"

@@ -84,8 +84,9 @@ def test_context_manager_and_decap():
 
 
 def test_map_sizes():
-    with Datapath.load(map_sizes={maps.FLOWS: 4096, maps.VIPS: 8}) as dp:
+    with Datapath.load(map_sizes={maps.FLOWS: 4096, maps.FLOWS4: 2048, maps.VIPS: 8}) as dp:
         assert dp.maps.flows.max_entries == 4096
+        assert dp.maps.flows4.max_entries == 2048
         assert dp.maps.vips.max_entries == 8
     with pytest.raises(ValueError, match="xlb_nope"):
         Datapath.load(map_sizes={"xlb_nope": 1})
@@ -449,13 +450,23 @@ def test_counters(dp):
 
 
 def test_flows(dp):
-    assert dp.flows() == []
+    """Both tables, IPv4 (xlb_flows4) first, in one shape."""
+    assert dp.flows() == [] and dp.flow_count() == 0
     fam, src = parse_addr("198.51.100.1")
     _, dst = parse_addr("192.0.2.1")
-    dp.maps.flows.update(L.pack_flow_key(src, dst, 40000, 80, TCP, fam), L.pack_flow(7, 2, 99))
+    fam6, src6 = parse_addr("2001:db8::1")
+    _, dst6 = parse_addr("2001:db8:f::1")
+    dp.maps.flows.update(L.pack_flow_key(src6, dst6, 40001, 443, TCP, fam6),
+                         L.pack_flow(8, 1, 98))
+    dp.maps.flows4.update(L.pack_flow4_key(src, dst, 40000, 80, TCP), L.pack_flow(7, 2, 99))
     assert dp.flows() == [({"src": "198.51.100.1", "dst": "192.0.2.1", "sport": 40000,
                             "dport": 80, "proto": TCP, "family": fam},
-                           {"backend_id": 7, "gen": 2, "hash": 99})]
+                           {"backend_id": 7, "gen": 2, "hash": 99}),
+                          ({"src": "2001:db8::1", "dst": "2001:db8:f::1", "sport": 40001,
+                            "dport": 443, "proto": TCP, "family": fam6},
+                           {"backend_id": 8, "gen": 1, "hash": 98})]
+    assert dp.flow_count() == 2
+    assert dp.flow_capacity() == dp.maps.flows4.max_entries + dp.maps.flows.max_entries
 
 
 def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):

@@ -24,6 +24,8 @@ BALANCER_USES = [
     (maps.IF_MACS, "value", "xlb_if_mac"),
     (maps.FLOWS, "key", "xlb_flow_key"),
     (maps.FLOWS, "value", "xlb_flow"),
+    (maps.FLOWS4, "key", "xlb_flow4_key"),
+    (maps.FLOWS4, "value", "xlb_flow"),
     (maps.MEMBERS, "key", "xlb_member_key"),
     (maps.MEMBERS, "value", "xlb_member"),
     (maps.VIP_STATS, "value", "xlb_counters"),
@@ -107,7 +109,8 @@ def test_default_map_sizes_follow_consts_h(balancer):
     assert balancer.maps.vip_stats.max_entries == L.MAX_VIPS
     assert balancer.maps.backends.max_entries == L.MAX_BACKENDS
     assert balancer.maps.rings.max_entries == L.MAX_RINGS
-    assert balancer.maps.flows.max_entries == L.MAX_FLOWS
+    assert balancer.maps.flows4.max_entries == L.MAX_FLOWS
+    assert balancer.maps.flows.max_entries == L.MAX_FLOWS6
     assert balancer.maps.local_addrs.max_entries == L.MAX_LOCAL_ADDRS
     assert balancer.maps.decap_sources.max_entries == L.MAX_SOURCE_PREFIXES
     assert balancer.maps.source_ranges.max_entries == L.MAX_SOURCE_RANGES

@@ -29,7 +29,8 @@ from pyxlb.datapath import Datapath
 
 from . import packets as P
 
-SMALL = {maps.FLOWS: 1024, maps.BACKENDS: 64, maps.NEXTHOPS: 64, maps.BACKEND_STATS: 64}
+SMALL = {maps.FLOWS: 1024, maps.FLOWS4: 2048, maps.BACKENDS: 64, maps.NEXTHOPS: 64,
+         maps.BACKEND_STATS: 64}
 
 WEB80, WEB443, WEB6, DNS = ("10.0.0.10:80/tcp", "10.0.0.10:443/tcp", "[fd00::10]:80/tcp",
                             "10.0.0.20:53/udp")
@@ -141,7 +142,7 @@ def test_families_types_and_labels(exporter):
     assert value(got, "pyxlb_backends", state="active") == 3
     assert value(got, "pyxlb_backends", state="draining") == 1
     assert value(got, "pyxlb_flow_table_entries") == 0
-    assert value(got, "pyxlb_flow_table_max_entries") == SMALL[maps.FLOWS]
+    assert value(got, "pyxlb_flow_table_max_entries") == SMALL[maps.FLOWS] + SMALL[maps.FLOWS4]
     assert value(got, "pyxlb_apply_duration_seconds_count") == 1
 
     # every global counter is exported once, and nothing has counted yet

@@ -66,6 +66,9 @@ STRATEGIES = {
     "nexthop": st.fixed_dictionaries(dict(dmac=mac, smac=mac, ifindex=u32)),
     "if_mac": st.fixed_dictionaries(dict(ifindex=u32, mac=mac)),
     "flow_key": flow_keys(),
+    "flow4_key": st.fixed_dictionaries(dict(
+        src=addr_for(L.FAMILY_V4), dst=addr_for(L.FAMILY_V4), sport=u16, dport=u16, proto=u8,
+        family=st.just(L.FAMILY_V4))),
     "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32, hash=u32)),
     "member_key": st.fixed_dictionaries(dict(vip_id=u32, backend_id=u32)),
     "member": st.fixed_dictionaries(dict(weight=u32, state=u8)),

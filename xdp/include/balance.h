@@ -114,6 +114,44 @@ static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes
 	c->new_flows += new_flow;
 }
 
+/* The IPv4 flow-table key of a parsed flow: its words 0, 4, 8 and 9, copied as words. */
+static __always_inline void xlb_flow4_key(const struct xlb_flow_key *key,
+					  struct xlb_flow4_key *k4)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 *out = (__u32 *)k4;
+
+	out[0] = w[0];
+	out[1] = w[4];
+	out[2] = w[8];
+	out[3] = w[9];
+}
+
+/* The flow-table entry of a flow: xlb_flows4 for IPv4, xlb_flows for IPv6. */
+static __always_inline struct xlb_flow *xlb_flow_lookup(const struct xlb_flow_key *key)
+{
+	struct xlb_flow4_key k4 __attribute__((aligned(8)));
+
+	if (key->family == XLB_FAMILY_V4) {
+		xlb_flow4_key(key, &k4);
+		return bpf_map_lookup_elem(&xlb_flows4, &k4);
+	}
+	return bpf_map_lookup_elem(&xlb_flows, key);
+}
+
+static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
+					    const struct xlb_flow *flow)
+{
+	struct xlb_flow4_key k4 __attribute__((aligned(8)));
+
+	if (key->family == XLB_FAMILY_V4) {
+		xlb_flow4_key(key, &k4);
+		bpf_map_update_elem(&xlb_flows4, &k4, flow, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
+}
+
 /*
  * Pick the backend of a flow: the flow table's answer if it still names a live backend of
  * the same generation, else the VIP's Maglev ring at xlb_ring_slot(). A new choice is
@@ -133,7 +171,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 
 	*new_flow = 0;
 	if (use_flows) {
-		flow = bpf_map_lookup_elem(&xlb_flows, key);
+		flow = xlb_flow_lookup(key);
 		if (flow) {
 			id = flow->backend_id;
 			be = bpf_map_lookup_elem(&xlb_backends, &id);
@@ -164,7 +202,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	if (use_flows && insert) {
 		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen, .hash = *hash };
 
-		bpf_map_update_elem(&xlb_flows, key, &fresh, BPF_ANY);
+		xlb_flow_insert(key, &fresh);
 		*new_flow = 1;	/* without a flow table no packet is known to start a flow */
 	}
 	*out = be;

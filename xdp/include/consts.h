@@ -17,8 +17,11 @@
 #ifndef XLB_MAX_RINGS
 #define XLB_MAX_RINGS XLB_MAX_VIPS
 #endif
-#ifndef XLB_MAX_FLOWS
+#ifndef XLB_MAX_FLOWS		/* IPv4 flows (xlb_flows4) */
 #define XLB_MAX_FLOWS (1 << 20)
+#endif
+#ifndef XLB_MAX_FLOWS6		/* IPv6 flows (xlb_flows): their entries are 24 bytes larger */
+#define XLB_MAX_FLOWS6 (1 << 18)
 #endif
 #ifndef XLB_MAX_MEMBERS
 #define XLB_MAX_MEMBERS (1 << 18)

@@ -163,10 +163,18 @@ struct {
 	__type(value, struct xlb_member);
 } xlb_members SEC(".maps");
 
-/* 5-tuple -> pinned backend; least recently used flows are evicted when full. */
+/* IPv4 5-tuple -> pinned backend; least recently used flows are evicted when full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XLB_MAX_FLOWS);
+	__type(key, struct xlb_flow4_key);
+	__type(value, struct xlb_flow);
+} xlb_flows4 SEC(".maps");
+
+/* IPv6 5-tuple -> pinned backend; least recently used flows are evicted when full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XLB_MAX_FLOWS6);
 	__type(key, struct xlb_flow_key);
 	__type(value, struct xlb_flow);
 } xlb_flows SEC(".maps");
