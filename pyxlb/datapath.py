@@ -96,6 +96,7 @@ class _LoadedObject:
         self.pin_dir = pin_dir
         self._layout = None          # Datapath: what the maps hold, once read back
         self._vip_index = None       # Datapath: image of the live VIP index (None: unknown)
+        self._vip_index_id = None    # the kernel id of the index array this object put in
         self.last_apply_seconds = None
         self.last_apply_live_seconds = None
         self._live_at = None
@@ -451,16 +452,23 @@ class Datapath(_LoadedObject):
         self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
         with self._vip_index.new_map() as inner:
             self.maps.vip_index.set_inner(0, inner)
+            self._vip_index_id = inner.id
         return len(self._vip_index) - self._vip_index.shared()
 
     def _next_vip_index(self, writes: Dict[bytes, bytes], deletes) -> "_bpf.Map":
         """A new VIP index for what xlb_vips holds once this apply's VIP writes are done:
-        the kept image with the changes, or the whole map read back."""
-        if self._vip_index is None:
+        the kept image with the changes, or the whole map read back when there is no image,
+        or when the live index is not the one this object put in (another process, the
+        CLI beside the agent, applied since: its VIPs are in xlb_vips, not in our image)."""
+        outer = self.maps.vip_index
+        live = outer.inner_id(0) if outer.get(0) is not None else None
+        if self._vip_index is None or live != self._vip_index_id:
             self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
         else:
             self._vip_index.update(writes, deletes)
-        return self._vip_index.new_map()
+        inner = self._vip_index.new_map()
+        self._vip_index_id = inner.id
+        return inner
 
     def vip_addr(self, addr: Address) -> Optional[dict]:
         """The xlb_vip_addrs entry of addr (flags, ifindex, mac), None if there is none."""

@@ -262,3 +262,25 @@ def test_rebuild_after_direct_writes(dp):
     assert held(dp, f"{ADDR}:81/tcp")[0] == L.SLOT_VIP
     dp.maps.vips.delete(key_bytes(f"{ADDR}:81/tcp"))     # only the index has it now
     assert send(dp, 81) == (_bpf.XDP_TX, "10.0.1.9")
+
+
+def test_another_writer_between_applies(bpffs_dir):
+    """The agent and the CLI may both apply to one pinned datapath. A VIP the other process
+    added is in xlb_vips but not in this process's image of the index: the next index this
+    process builds must still hold it (it reads the map again when the live index is not
+    the one it put in)."""
+    one = DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),))
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as agent:
+        agent.apply(one)
+        with Datapath.open(bpffs_dir) as cli:
+            cli.apply(DesiredState(one.vips + (vip(f"{ADDR}:81/tcp", "10.0.1.2"),)))
+        # the agent reads the maps again (its layout; apply's plan needs that anyway) but
+        # its image of the index is from before the CLI's apply
+        agent.layout(refresh=True)
+        agent.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.3"),
+                                  vip(f"{ADDR}:81/tcp", "10.0.1.2"))))
+        prepare(agent)
+        assert held(agent, f"{ADDR}:81/tcp")[0] == L.SLOT_VIP
+        assert send(agent, 81) == (_bpf.XDP_TX, "10.0.1.2")
+        assert send(agent, 80) == (_bpf.XDP_TX, "10.0.1.3")
+        agent.destroy()
