@@ -615,7 +615,7 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_siz
       pyxlb vip add 192.0.2.10:443/tcp --source-range 198.51.100.0/24 --source-range 203.0.113.7
     """
     from pyxlb.state import Vip
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         state = dp.current_state()
         if state.vip(key) is not None:
             raise Fail(f"VIP {key} already exists (remove it first, or use apply -f)")
@@ -635,7 +635,7 @@ def vip_del(key: VipKey) -> None:
     Example:
       pyxlb vip del 192.0.2.10:80/tcp
     """
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         apply_state(dp, dp.current_state().without_vip(key))
 
 
@@ -720,7 +720,7 @@ def backend_add(key: VipKey, address, weight: int, mac: Optional[str]) -> None:
     Example:
       pyxlb backend add 192.0.2.10:80/tcp 10.0.1.3 --weight 2
     """
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         state = dp.current_state()
         v = _vip_of(state, key)
         if v.backend(address) is not None:
@@ -742,7 +742,7 @@ def backend_drain(key: VipKey, address) -> None:
     Example:
       pyxlb backend drain 192.0.2.10:80/tcp 10.0.1.3
     """
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         state = dp.current_state()
         v = _vip_of(state, key)
         b = v.backend(address)
@@ -766,7 +766,7 @@ def backend_del(key: VipKey, address) -> None:
     Example:
       pyxlb backend del 192.0.2.10:80/tcp 10.0.1.3
     """
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         state = dp.current_state()
         v = _vip_of(state, key)
         if v.backend(address) is None:
@@ -825,7 +825,7 @@ def apply_cmd(path: str, dry_run: bool) -> None:
       pyxlb apply -f docs/examples/lb.yaml
     """
     from pyxlb import config
-    with opened() as dp:
+    with opened() as dp, dp.editing():
         if path == "-":
             state = config.load_text(sys.stdin.read(), source="<stdin>")
         else:

@@ -20,10 +20,13 @@ the same directory share xlb_stats, xlb_config and xlb_decap_sources.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import mmap
 import os
 import socket
+import struct
 import threading
 import time
 from array import array
@@ -97,6 +100,8 @@ class _LoadedObject:
         self._layout = None          # Datapath: what the maps hold, once read back
         self._vip_index = None       # Datapath: image of the live VIP index (None: unknown)
         self._vip_index_id = None    # the kernel id of the index array this object put in
+        self._epoch = None           # xlb_epoch when this object last read or wrote the maps
+        self._lock_depth = 0         # _apply_lock held (re-entered by apply inside editing)
         self.last_apply_seconds = None
         self.last_apply_live_seconds = None
         self._live_at = None
@@ -697,8 +702,49 @@ class Datapath(_LoadedObject):
         """What the maps hold, read back once (apply keeps it current afterwards); with
         refresh, read again (another process may have applied since)."""
         if self._layout is None or refresh:
+            self._epoch = self._epoch_now()     # before: an apply meanwhile shows later
             self._layout = self._read_layout()
         return self._layout
+
+    def _epoch_now(self) -> int:
+        return struct.unpack("=Q", self.maps.epoch.lookup(0))[0]
+
+    @contextlib.contextmanager
+    def _apply_lock(self):
+        """Applies to one pinned datapath, from any process, one at a time: an exclusive
+        flock on the pin directory (released when its descriptor closes). Re-entrant
+        within this object: apply inside editing() does not wait for itself."""
+        if self.pin_dir is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            yield
+        finally:
+            self._lock_depth = 0
+            os.close(fd)
+
+    def _sync_with_maps(self) -> None:
+        """Forget what this object knows of the maps if another process applied since it
+        last read or wrote them (the epoch moved)."""
+        if self._layout is not None and self._epoch_now() != self._epoch:
+            self._layout = None
+            self._vip_index = None
+
+    @contextlib.contextmanager
+    def editing(self):
+        """Hold the apply lock across a read, edit and apply (the CLI's `vip add`, ...):
+        no other process applies between this one reading the state and applying the
+        edited one. Inside, current_state() is what the maps hold now."""
+        with self._apply_lock():
+            self._sync_with_maps()
+            yield self
 
     def current_state(self) -> "DesiredState":
         """The DesiredState the maps implement (what `pyxlb vip list` shows)."""
@@ -765,7 +811,17 @@ class Datapath(_LoadedObject):
         before anything is written; a kernel error half-way rolls back every write done so
         far and re-raises, so the previous state is still what packets see. With
         dry_run, only the plan is returned. Re-applying the state in force writes nothing.
+
+        Several processes may apply to one pinned datapath (the agent, the CLI by hand).
+        Their applies take turns (a lock on the pin directory), and one that finds that
+        another applied since this object last read the maps reads them again first, so
+        ids are never handed out twice. Each apply sets the whole state: the last one wins.
         """
+        with self._apply_lock():
+            self._sync_with_maps()
+            return self._apply(state, dry_run)
+
+    def _apply(self, state: "DesiredState", dry_run: bool) -> "plan_mod.Plan":
         started = time.perf_counter()
         plan = plan_mod.make_plan(self.layout(), state, self._limits())
         if dry_run or plan.empty:
@@ -780,6 +836,8 @@ class Datapath(_LoadedObject):
             raise
         tx.commit()
         self._layout = plan.new
+        self._epoch = self._epoch_now() + 1
+        self.maps.epoch.update(0, struct.pack("=Q", self._epoch))
         self._purge_moved_flows(plan)
         old_records = plan.old.backend_records()
         self.refresh_nexthops({bid for bid, rec in plan.backend_writes.items()

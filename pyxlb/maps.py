@@ -25,6 +25,7 @@ IF_MACS = "xlb_if_macs"              # ifindex % slots -> xlb_if_mac: MACs of ou
 RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend id)
 BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
+EPOCH = "xlb_epoch"                  # u64 bumped by every apply (control plane only)
 MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control plane's record)
 FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU): IPv6 flows
 FLOWS4 = "xlb_flows4"                # xlb_flow4_key -> xlb_flow (LRU): IPv4 flows
@@ -64,6 +65,7 @@ BALANCER = ObjectSpec(
         "backends": BACKENDS,
         "nexthops": NEXTHOPS,
         "members": MEMBERS,
+        "epoch": EPOCH,
         "flows": FLOWS,
         "flows4": FLOWS4,
         "vip_stats": VIP_STATS,

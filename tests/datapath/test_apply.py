@@ -512,3 +512,69 @@ def test_each_family_has_its_flow_table(dp):
     keys = {k["family"]: k for k, _ in dp.flows()}
     assert keys[L.FAMILY_V4]["dst"] == "192.0.2.10" and keys[L.FAMILY_V4]["sport"] == 5000
     assert keys[L.FAMILY_V6]["dst"] == "2001:db8::10"
+
+
+def test_two_processes_apply_in_turn_without_clashing_ids(bpffs_dir):
+    """The agent and the CLI on one pinned datapath: the CLI's apply comes between two of
+    the agent's. The agent reads the maps again before planning (the epoch moved): its
+    state replaces the CLI's whole (the CLI's VIP goes), and the backend it adds does not
+    take the id the CLI gave another backend, which would leave the CLI's VIP sending its
+    packets to the agent's backend."""
+    agent = Datapath.create(bpffs_dir, map_sizes=SMALL)
+    try:
+        agent.apply(DesiredState((vip("192.0.2.10:80/tcp", "10.0.1.1"),)))
+        with Datapath.open(bpffs_dir) as cli:
+            cli.apply(DesiredState((vip("192.0.2.10:80/tcp", "10.0.1.1"),
+                                    vip("192.0.2.10:81/tcp", "10.0.1.2"))))
+        final = DesiredState((vip("192.0.2.10:80/tcp", "10.0.1.3"),))
+        agent.apply(final)
+        with Datapath.open(bpffs_dir) as reader:
+            assert reader.current_state() == final
+        prepare(agent)
+        assert send(agent, 1000) == "10.0.1.3"
+        action, _ = agent.run(frame(1000, dport=81))
+        assert action == _bpf.XDP_PASS
+    finally:
+        agent.destroy()
+        agent.close()
+
+
+def test_the_epoch_moves_once_per_apply_that_writes(dp):
+    def epoch():
+        return int.from_bytes(dp.maps.epoch.lookup(0), sys.byteorder)
+    assert epoch() == 0
+    dp.apply(STATE)
+    assert epoch() == 1
+    dp.apply(STATE)                                     # nothing to write
+    dp.apply(STATE.with_vip(vip("192.0.2.40:80/tcp", "10.0.1.1")), dry_run=True)
+    assert epoch() == 1
+    dp.apply(STATE.with_vip(vip("192.0.2.40:80/tcp", "10.0.1.1")))
+    assert epoch() == 2
+
+
+def test_applies_to_one_pinned_datapath_take_turns(bpffs_dir):
+    """editing() holds the lock across read, edit and apply (as the CLI's edits do): another
+    handle's apply waits for it, and the edit sees what the maps held when it began."""
+    first = Datapath.create(bpffs_dir, map_sizes=SMALL)
+    second = Datapath.open(bpffs_dir)
+    try:
+        first.apply(STATE)
+        second.apply(STATE.without_vip(VipKey.parse("192.0.2.10:443/tcp")))
+        done = threading.Event()
+
+        def apply():
+            second.apply(STATE)
+            done.set()
+        with first.editing():
+            assert first.current_state() == second.current_state()   # read again
+            worker = threading.Thread(target=apply)
+            worker.start()
+            edited = first.current_state().with_vip(vip("192.0.2.50:80/tcp", "10.0.1.1"))
+            first.apply(edited)                 # the lock is this object's: no wait
+            assert not done.wait(0.3), "an apply ran while another held the lock"
+        worker.join(10)
+        assert done.is_set() and first.layout(refresh=True).state == STATE
+    finally:
+        second.close()
+        first.destroy()
+        first.close()

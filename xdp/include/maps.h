@@ -153,6 +153,16 @@ struct {
 	__type(value, struct xlb_nexthop);
 } xlb_nexthops SEC(".maps");
 
+/* The apply epoch: every apply that writes bumps it, so a process about to apply learns
+ * whether another (the CLI beside the agent) applied since it last read the maps. The
+ * datapath never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} xlb_epoch SEC(".maps");
+
 /* (VIP id, backend id) -> weight and state: the control plane's record of each VIP's
  * backends, read back by a restarted agent. The datapath never reads it. */
 struct {
