@@ -65,6 +65,13 @@ def _opt(*names, env: str, **kw):
       show_default=True,
       help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
            "datapath is created.")
+@_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
+      default=1 << 20, show_default=True,
+      help="IPv4 flows the flow table pins before evicting the least recently used (96 bytes "
+           "of kernel memory each, taken when the datapath is created, which fixes it).")
+@_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
+      default=1 << 18, show_default=True,
+      help="The same for IPv6 flows (120 bytes each).")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")
@@ -93,7 +100,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           default_class: bool, controller: bool, namespace: str, lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
-          announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
+          max_flows: int, max_flows6: int, announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
           l2_key: Optional[str], bird_dir: str, listen: str, metrics_port: int,
           probe_port: int, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
@@ -122,7 +129,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
                    seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,
-                   announce=announce, l2_port=l2_port, l2_interval=l2_interval,
+                   max_flows=max_flows, max_flows6=max_flows6, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
                    l2_dead_after=l2_dead_after, l2_key=l2_key, bird_dir=bird_dir,
                    listen=listen, metrics_port=metrics_port,
                    probe_port=probe_port)

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from .. import bpffs, netlink
+from .. import bpffs, maps, netlink
 from .. import metrics as dp_metrics
 from ..datapath import DEFAULT_PIN_DIR, Datapath
 from ..errors import PyxlbError
@@ -68,14 +68,19 @@ class AgentMetrics:
                                  registry=registry)
 
 
-def datapath_sizes(max_vips: int) -> dict:
+def datapath_sizes(max_vips: int, max_flows: Optional[int] = None,
+                   max_flows6: Optional[int] = None) -> dict:
     """map_sizes for a balancer holding up to `max_vips` VIPs (one per Service port and
-    ingress IP)."""
+    ingress IP) and, when given, that many IPv4 and IPv6 flows."""
     names = set(Datapath.SPEC.maps.values())
     sizes = {m: max_vips for m in VIP_MAPS if m in names}
     # a changed VIP gets its new ring before the old one is freed: room for both (an
     # unused slot of the outer map costs 8 bytes)
     sizes["xlb_rings"] = 2 * max_vips
+    if max_flows is not None:
+        sizes[maps.FLOWS4] = max_flows
+    if max_flows6 is not None:
+        sizes[maps.FLOWS] = max_flows6
     return sizes
 
 
@@ -106,6 +111,8 @@ class Options:
     debounce: float = 0.02
     ring_size: int = 65537
     max_vips: int = MAX_VIPS_DEFAULT
+    max_flows: Optional[int] = None     # None: the object's default (xlb_flows4)
+    max_flows6: Optional[int] = None    # None: the object's default (xlb_flows)
     announce: bool = True
     l2_port: int = 9744
     l2_interval: float = 0.2
@@ -244,11 +251,16 @@ class AgentNode:
                              f"(mount -t bpf bpf /sys/fs/bpf) and give the agent the host's "
                              f"directory, so the datapath outlives agent restarts")
         created = not Datapath.exists(o.pin_dir)
-        dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips))
-        if not created and dp.maps.vips.max_entries != o.max_vips:
-            log.warning("the pinned datapath holds %d VIPs, not --max-vips %d: it keeps its "
-                        "size until it is detached and attached again",
-                        dp.maps.vips.max_entries, o.max_vips)
+        dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips, o.max_flows,
+                                                                 o.max_flows6))
+        if not created:
+            for what, m, want in (("VIPs", dp.maps.vips, o.max_vips),
+                                  ("IPv4 flows", dp.maps.flows4, o.max_flows),
+                                  ("IPv6 flows", dp.maps.flows, o.max_flows6)):
+                if want is not None and m.max_entries != want:
+                    log.warning("the pinned datapath holds %d %s, not the %d asked for: it "
+                                "keeps its size until it is detached and attached again",
+                                m.max_entries, what, want)
         try:
             if o.attach:
                 ifaces = list(o.interfaces) or [default_interface()]

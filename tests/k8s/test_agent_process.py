@@ -47,7 +47,8 @@ def node(api, bpffs_dir):
     api.create(o.ip_pool("public", ["192.0.2.0/29"]))
     opts = Options(node_name="n1", pin_dir=f"{bpffs_dir}/pyxlb", server=api.url,
                    listen="127.0.0.1", metrics_port=free_port(), probe_port=free_port(),
-                   lease_duration=1.0, attach=False)
+                   lease_duration=1.0, attach=False, max_vips=64, max_flows=4096,
+                   max_flows6=2048)
     api.set_down(True)           # start with the API away: not ready, but alive
     n = AgentNode(opts).start()
     try:
@@ -78,6 +79,14 @@ def test_probes_follow_the_sync_and_metrics_carry_the_agent(node):
                  'pyxlb_ipam_addresses_in_use{pool="public"} 1.0', "pyxlb_vips "):
         assert line in text, line
     assert until(lambda: "pyxlb_agent_api_up 1.0" in metrics(), 5)
+
+
+def test_the_datapath_has_the_sizes_asked_for(node):
+    """--max-vips, --max-flows and --max-flows6 size the datapath the agent creates."""
+    n, _ = node
+    with Datapath.open(n.opts.pin_dir) as dp:
+        assert (dp.maps.vips.max_entries, dp.maps.rings.max_entries) == (64, 128)
+        assert (dp.maps.flows4.max_entries, dp.maps.flows.max_entries) == (4096, 2048)
 
 
 def test_a_node_name_is_required(api, bpffs_dir):

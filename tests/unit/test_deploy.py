@@ -83,6 +83,8 @@ AGENT_ENV = {
     "PYXLB_L2_KEY": lambda v: bool(v),
     "PYXLB_BIRD_DIR": lambda v: v.startswith("/"),
     "PYXLB_MAX_VIPS": _int(1, 1 << 20),
+    "PYXLB_MAX_FLOWS": _int(1024, 1 << 26),
+    "PYXLB_MAX_FLOWS6": _int(1024, 1 << 26),
     "PYXLB_LISTEN": lambda v: ipaddress.ip_address(v) is not None,
     "PYXLB_METRICS_PORT": _int(0, 65535),
     "PYXLB_PROBE_PORT": _int(0, 65535),
