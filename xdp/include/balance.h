@@ -523,8 +523,9 @@ static __always_inline int xlb_process_ip(struct xdp_md *ctx, struct xlb_pkt *pk
 		goto not_vip_addr;
 	/*
 	 * The common VIP packet, TCP or UDP to a VIP with its own port, is found with one
-	 * lookup in xlb_vips; everything else (port-0 VIPs, ICMP, fragments, a malformed or
-	 * unknown packet to a VIP address) is sorted out below with the address entry.
+	 * lookup (the VIP index, or xlb_vips); everything else (port-0 VIPs, ICMP, fragments,
+	 * a malformed or unknown packet to a VIP address) is sorted out below with the
+	 * address entry.
 	 */
 	if ((pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP) && !pkt->frag &&
 	    xlb_parse_ports(data, data_end, pkt) == XLB_PARSE_OK) {
