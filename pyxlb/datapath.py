@@ -99,7 +99,6 @@ class _LoadedObject:
         self.pin_dir = pin_dir
         self._layout = None          # Datapath: what the maps hold, once read back
         self._vip_index = None       # Datapath: image of the live VIP index (None: unknown)
-        self._vip_index_id = None    # the kernel id of the index array this object put in
         self._epoch = None           # xlb_epoch when this object last read or wrote the maps
         self._lock_depth = 0         # _apply_lock held (re-entered by apply inside editing)
         self.last_apply_seconds = None
@@ -448,6 +447,7 @@ class Datapath(_LoadedObject):
         whole index again from the map."""
         vipindex.demote(self.maps.vip_index, key)
         self._vip_index = None
+        self._bump_epoch()      # other processes' images of the index no longer hold
 
     def rebuild_vip_index(self) -> int:
         """Build the VIP index again from the whole of xlb_vips and swap it in. apply does
@@ -457,23 +457,17 @@ class Datapath(_LoadedObject):
         self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
         with self._vip_index.new_map() as inner:
             self.maps.vip_index.set_inner(0, inner)
-            self._vip_index_id = inner.id
         return len(self._vip_index) - self._vip_index.shared()
 
     def _next_vip_index(self, writes: Dict[bytes, bytes], deletes) -> "_bpf.Map":
         """A new VIP index for what xlb_vips holds once this apply's VIP writes are done:
-        the kept image with the changes, or the whole map read back when there is no image,
-        or when the live index is not the one this object put in (another process, the
-        CLI beside the agent, applied since: its VIPs are in xlb_vips, not in our image)."""
-        outer = self.maps.vip_index
-        live = outer.inner_id(0) if outer.get(0) is not None else None
-        if self._vip_index is None or live != self._vip_index_id:
+        the kept image with the changes, or the whole map read back when there is no image
+        (none yet, or dropped because another process wrote since: see _sync_with_maps)."""
+        if self._vip_index is None:
             self._vip_index = vipindex.VipIndex.from_batch(*self.maps.vips.lookup_batch())
         else:
             self._vip_index.update(writes, deletes)
-        inner = self._vip_index.new_map()
-        self._vip_index_id = inner.id
-        return inner
+        return self._vip_index.new_map()
 
     def vip_addr(self, addr: Address) -> Optional[dict]:
         """The xlb_vip_addrs entry of addr (flags, ifindex, mac), None if there is none."""
@@ -702,12 +696,20 @@ class Datapath(_LoadedObject):
         """What the maps hold, read back once (apply keeps it current afterwards); with
         refresh, read again (another process may have applied since)."""
         if self._layout is None or refresh:
-            self._epoch = self._epoch_now()     # before: an apply meanwhile shows later
+            now = self._epoch_now()     # read before: an apply meanwhile shows later
+            if now != self._epoch:
+                self._vip_index = None  # another process wrote: the image may be stale too
+            self._epoch = now
             self._layout = self._read_layout()
         return self._layout
 
     def _epoch_now(self) -> int:
         return struct.unpack("=Q", self.maps.epoch.lookup(0))[0]
+
+    def _bump_epoch(self) -> None:
+        """Tell other processes that this one wrote the maps (it stays in step itself)."""
+        self._epoch = self._epoch_now() + 1
+        self.maps.epoch.update(0, struct.pack("=Q", self._epoch))
 
     @contextlib.contextmanager
     def _apply_lock(self):
@@ -731,8 +733,9 @@ class Datapath(_LoadedObject):
             os.close(fd)
 
     def _sync_with_maps(self) -> None:
-        """Forget what this object knows of the maps if another process applied since it
-        last read or wrote them (the epoch moved)."""
+        """Forget what this object knows of the maps (the layout, the image of the VIP
+        index) if another process wrote them since it last read or wrote them (the epoch
+        moved)."""
         if self._layout is not None and self._epoch_now() != self._epoch:
             self._layout = None
             self._vip_index = None
@@ -836,8 +839,7 @@ class Datapath(_LoadedObject):
             raise
         tx.commit()
         self._layout = plan.new
-        self._epoch = self._epoch_now() + 1
-        self.maps.epoch.update(0, struct.pack("=Q", self._epoch))
+        self._bump_epoch()
         self._purge_moved_flows(plan)
         old_records = plan.old.backend_records()
         self.refresh_nexthops({bid for bid, rec in plan.backend_writes.items()

@@ -267,8 +267,8 @@ def test_rebuild_after_direct_writes(dp):
 def test_another_writer_between_applies(bpffs_dir):
     """The agent and the CLI may both apply to one pinned datapath. A VIP the other process
     added is in xlb_vips but not in this process's image of the index: the next index this
-    process builds must still hold it (it reads the map again when the live index is not
-    the one it put in)."""
+    process builds must still hold it (it reads the map again once it sees the epoch moved,
+    here when it reads its layout again)."""
     one = DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),))
     with Datapath.create(bpffs_dir, map_sizes=SMALL) as agent:
         agent.apply(one)
