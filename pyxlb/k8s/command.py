@@ -66,12 +66,14 @@ def _opt(*names, env: str, **kw):
       help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
            "datapath is created.")
 @_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
-      default=1 << 20, show_default=True,
-      help="IPv4 flows the flow table pins before evicting the least recently used (96 bytes "
-           "of kernel memory each, taken when the datapath is created, which fixes it).")
+      default=1_200_000, show_default=True,
+      help="IPv4 flows the flow table pins before evicting the least recently used (108 "
+           "bytes of kernel memory each at the default, taken when the datapath is created, "
+           "which fixes it). A size just above a power of two answers fastest: the kernel "
+           "gives the table the next power of two of buckets.")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
-      default=1 << 18, show_default=True,
-      help="The same for IPv6 flows (120 bytes each).")
+      default=300_000, show_default=True,
+      help="The same for IPv6 flows (132 bytes each at the default).")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")

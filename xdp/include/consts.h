@@ -17,11 +17,17 @@
 #ifndef XLB_MAX_RINGS
 #define XLB_MAX_RINGS XLB_MAX_VIPS
 #endif
-#ifndef XLB_MAX_FLOWS		/* IPv4 flows (xlb_flows4) */
-#define XLB_MAX_FLOWS (1 << 20)
+/* Flow capacities. The kernel gives a hash map as many buckets as the power of two at or
+ * above its capacity, and every lookup walks its bucket's chain (a new entry goes to the
+ * head, so a long-lived flow sits behind the flows that came after it). A capacity a
+ * little above a power of two holds a full table at 0.57 entries a bucket instead of 1,
+ * for 16 bytes a bucket: in the lab, new flows 8-17% and long-lived flows 7-12% faster
+ * than at 1,048,576 (docs/datapath.md). */
+#ifndef XLB_MAX_FLOWS		/* IPv4 flows (xlb_flows4): 2 Mi buckets */
+#define XLB_MAX_FLOWS 1200000
 #endif
-#ifndef XLB_MAX_FLOWS6		/* IPv6 flows (xlb_flows): their entries are 24 bytes larger */
-#define XLB_MAX_FLOWS6 (1 << 18)
+#ifndef XLB_MAX_FLOWS6		/* IPv6 flows (xlb_flows), entries 24 bytes larger: 512 Ki buckets */
+#define XLB_MAX_FLOWS6 300000
 #endif
 #ifndef XLB_MAX_MEMBERS
 #define XLB_MAX_MEMBERS (1 << 18)
