@@ -975,8 +975,13 @@ def main():
                         help="shorter measurements (about a minute in all)")
     parser.add_argument("--duration", type=float, help="seconds a measurement (default 2, "
                         "--quick 0.5)")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements a case (median)")
+    parser.add_argument("--rounds", type=int, help="measurements a case, of which the "
+                        "median is reported (default 5, --quick 3)")
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
+    if args.rounds < 1:
+        sys.exit("lab_throughput: --rounds must be at least 1")
     duration = args.duration or (0.5 if args.quick else 2.0)
     if os.geteuid() != 0:
         sys.exit("lab_throughput: needs root (namespaces, XDP, iptables)")
