@@ -28,7 +28,7 @@ from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import netlink, netns
 from pyxlb.addr import format_mac, format_prefix, parse_mac, parse_prefix
-from pyxlb.datapath import DEFAULT_PIN_DIR, Datapath, DecapPath
+from pyxlb.datapath import DEFAULT_PIN_DIR, Datapath, DecapPath, map_sizes
 from pyxlb.errors import PyxlbError
 from pyxlb.maps import BACKENDS, FLOWS, FLOWS4, RINGS
 from pyxlb.state import (AFFINITIES, MODES, RING_SIZE_DEFAULT, Backend, DesiredState,
@@ -65,13 +65,15 @@ def one_line(error) -> str:
 
 
 @contextlib.contextmanager
-def opened(kind=Datapath, *, create: bool = False):
+def opened(kind=Datapath, *, create: bool = False, sizes=None):
     """The datapath (or, with kind=DecapPath, the decapsulator) pinned at --pin-dir, closed
-    afterwards. Any PyxlbError, OSError or ValueError inside the block becomes a one-line
-    failure with exit status 2."""
+    afterwards; `create` makes one when there is none (`sizes`: its map sizes). Any
+    PyxlbError, OSError or ValueError inside the block becomes a one-line failure with exit
+    status 2."""
     pin_dir = click.get_current_context().find_object(_Options).pin_dir
     try:
-        with (kind.create if create else kind.open)(pin_dir) as dp:
+        with (kind.create(pin_dir, **({"map_sizes": sizes} if sizes else {}))
+              if create else kind.open(pin_dir)) as dp:
             yield dp
     except BrokenPipeError:
         raise       # `pyxlb ... | head`: click exits quietly
@@ -361,8 +363,20 @@ def main() -> None:
 @click.option("--mtu", type=int,
               help="Largest packet after encapsulation, towards backends; a packet that "
                    "would be larger gets an ICMP error. Default: keep (1500 when new).")
+@click.option("--max-vips", type=click.IntRange(1, 1 << 20),
+              help="VIPs (address, port and protocol) the datapath holds. Like the two "
+                   "below, only for a datapath this command creates: sizes are fixed then. "
+                   "[default: 4096]")
+@click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
+              help="IPv4 flows the flow table pins before evicting the least recently used "
+                   "(108 bytes of kernel memory each at the default). A size just above a "
+                   "power of two answers fastest. [default: 1200000]")
+@click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
+              help="The same for IPv6 flows (132 bytes each at the default). "
+                   "[default: 300000]")
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
-           mtu: Optional[int]) -> None:
+           mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
+           max_flows6: Optional[int]) -> None:
     """Run the balancer on interface IFACE.
 
     Creates the datapath under --pin-dir if there is none (an existing one is adopted
@@ -384,7 +398,7 @@ def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[i
         src[family] = prefix
     pin_dir = click.get_current_context().find_object(_Options).pin_dir
     created = not Datapath.exists(pin_dir)
-    with opened(create=True) as dp:
+    with opened(create=True, sizes=map_sizes(max_vips, max_flows, max_flows6)) as dp:
         before = dp.config()
         try:
             addrs = netlink.addresses(ifindex)
@@ -404,6 +418,9 @@ def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[i
             raise
         if created:
             click.echo(f"created the datapath pinned at {dp.pin_dir}")
+        else:
+            for text in dp.size_mismatches(max_vips, max_flows, max_flows6):
+                click.echo(f"note: {text}")
         if link["changed"]:
             click.echo(f"attached to {iface} ({mode} mode, program id {dp.prog.id})")
         else:

@@ -33,7 +33,7 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from pyxlb import _bpf, bpffs, netlink, vipindex
+from pyxlb import _bpf, bpffs, maps, netlink, vipindex
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
 from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, format_prefix,
@@ -1015,6 +1015,21 @@ class Datapath(_LoadedObject):
         """Flows the two tables hold before evicting (IPv4 and IPv6 together)."""
         return self.maps.flows4.max_entries + self.maps.flows.max_entries
 
+    def size_mismatches(self, max_vips: Optional[int] = None, max_flows: Optional[int] = None,
+                        max_flows6: Optional[int] = None) -> List[str]:
+        """How this datapath's sizes differ from those asked for (None: not asked), one
+        sentence each. Sizes are fixed when a datapath is created: an adopted one keeps
+        its own until it is removed (detached from every interface) and made again."""
+        out = []
+        for what, m, want in (("VIPs", self.maps.vips, max_vips),
+                              ("IPv4 flows", self.maps.flows4, max_flows),
+                              ("IPv6 flows", self.maps.flows, max_flows6)):
+            if want is not None and m.max_entries != want:
+                out.append(f"the pinned datapath holds {m.max_entries} {what}, not the "
+                           f"{want} asked for: it keeps its size until it is detached from "
+                           f"every interface and attached again")
+        return out
+
 
 class _Transaction:
     """Map writes with an undo log: rollback() puts every touched entry back."""
@@ -1159,6 +1174,30 @@ class _Transaction:
         for m in self._keep:
             m.close()
         self._keep.clear()
+
+
+# maps with one entry per VIP (or ring): sized together by a VIP capacity
+VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_range_drops",
+            "xlb_decap_vips")
+
+
+def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
+              max_flows6: Optional[int] = None) -> Dict[str, int]:
+    """map_sizes (for Datapath.load/create) of a balancer holding up to `max_vips` VIPs
+    (one per address, port and protocol), `max_flows` IPv4 and `max_flows6` IPv6 flows;
+    None keeps the object's default for that part."""
+    sizes: Dict[str, int] = {}
+    if max_vips is not None:
+        names = set(Datapath.SPEC.maps.values())
+        sizes.update({m: max_vips for m in VIP_MAPS if m in names})
+        # a changed VIP gets its new ring before the old one is freed: room for both (an
+        # unused slot of the outer map costs 8 bytes)
+        sizes["xlb_rings"] = 2 * max_vips
+    if max_flows is not None:
+        sizes[maps.FLOWS4] = max_flows
+    if max_flows6 is not None:
+        sizes[maps.FLOWS] = max_flows6
+    return sizes
 
 
 def addr_filter(addresses) -> bytes:

@@ -22,9 +22,9 @@ from typing import Optional, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from .. import bpffs, maps, netlink
+from .. import bpffs, netlink
 from .. import metrics as dp_metrics
-from ..datapath import DEFAULT_PIN_DIR, Datapath
+from ..datapath import DEFAULT_PIN_DIR, Datapath, map_sizes
 from ..errors import PyxlbError
 from . import kube
 from .agent import Agent, AgentSettings
@@ -32,9 +32,6 @@ from .controller import Controller, default_identity
 
 log = logging.getLogger("pyxlb.k8s")
 
-# maps with one entry per VIP (or ring): sized together by --max-vips
-VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_range_drops",
-            "xlb_decap_vips")
 MAX_VIPS_DEFAULT = 4096
 
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -72,16 +69,7 @@ def datapath_sizes(max_vips: int, max_flows: Optional[int] = None,
                    max_flows6: Optional[int] = None) -> dict:
     """map_sizes for a balancer holding up to `max_vips` VIPs (one per Service port and
     ingress IP) and, when given, that many IPv4 and IPv6 flows."""
-    names = set(Datapath.SPEC.maps.values())
-    sizes = {m: max_vips for m in VIP_MAPS if m in names}
-    # a changed VIP gets its new ring before the old one is freed: room for both (an
-    # unused slot of the outer map costs 8 bytes)
-    sizes["xlb_rings"] = 2 * max_vips
-    if max_flows is not None:
-        sizes[maps.FLOWS4] = max_flows
-    if max_flows6 is not None:
-        sizes[maps.FLOWS] = max_flows6
-    return sizes
+    return map_sizes(max_vips, max_flows, max_flows6)
 
 
 @dataclass
@@ -254,13 +242,8 @@ class AgentNode:
         dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips, o.max_flows,
                                                                  o.max_flows6))
         if not created:
-            for what, m, want in (("VIPs", dp.maps.vips, o.max_vips),
-                                  ("IPv4 flows", dp.maps.flows4, o.max_flows),
-                                  ("IPv6 flows", dp.maps.flows, o.max_flows6)):
-                if want is not None and m.max_entries != want:
-                    log.warning("the pinned datapath holds %d %s, not the %d asked for: it "
-                                "keeps its size until it is detached and attached again",
-                                m.max_entries, what, want)
+            for text in dp.size_mismatches(o.max_vips, o.max_flows, o.max_flows6):
+                log.warning("%s", text)
         try:
             if o.attach:
                 ifaces = list(o.interfaces) or [default_interface()]

@@ -163,8 +163,38 @@ def test_attach_options_and_two_interfaces(run):
     assert not os.path.exists(run.pin_dir)
 
 
+def test_attach_sizes_a_new_datapath_and_keeps_an_existing_ones(run):
+    out = run("attach", "veth0", "--max-vips", "64", "--max-flows", "5000",
+              "--max-flows6", "3000").stdout
+    assert "note:" not in out
+    sizes = run.json("status")["maps"]
+    assert sizes["xlb_flows4"]["max_entries"] == 5000
+    assert sizes["xlb_flows"]["max_entries"] == 3000
+    assert sizes["xlb_vips"]["max_entries"] == 64
+    assert sizes["xlb_rings"]["max_entries"] == 128     # room for a changed VIP's new ring
+    # adopted as it is: sizes asked for again change nothing, and a different one says so
+    out = run("attach", "veth1", "--max-flows", "5000", "--max-flows6", "9000").stdout
+    assert out.count("note:") == 1
+    assert "holds 3000 IPv6 flows, not the 9000 asked for" in out
+    assert run.json("status")["maps"] == sizes | {
+        "xlb_local_addrs": run.json("status")["maps"]["xlb_local_addrs"]}
+
+
+def test_default_flow_tables_are_just_above_a_power_of_two(run):
+    """The kernel gives a hash map the power of two at or above its size of buckets; the
+    defaults keep a full table at most 0.6 entries a bucket (docs/datapath.md)."""
+    run("attach", "veth0")
+    sizes = run.json("status")["maps"]
+    for name in ("xlb_flows4", "xlb_flows"):
+        n = sizes[name]["max_entries"]
+        buckets = 1 << (n - 1).bit_length()
+        assert n >= 250_000 and n / buckets <= 0.6, (name, n)
+
+
 @pytest.mark.parametrize("args, match", [
     (["attach", "nosuch"], "no interface named 'nosuch'"),
+    (["attach", "veth0", "--max-flows", "100"], "'--max-flows'"),
+    (["attach", "veth0", "--max-vips", "0"], "'--max-vips'"),
     (["attach", "veth0", "--encap-source", "10.0.0.0/8", "--encap-source", "10.1.0.0/16"],
      "one prefix per address family"),
     (["attach", "veth0", "--encap-source", "10.0.0.1/8"], "not a valid prefix"),
