@@ -118,7 +118,7 @@ def make_agent(url: str, max_vips: int):
     from pyxlb.datapath import Datapath
 
     dp = Datapath.load(map_sizes={**datapath_sizes(max_vips), "xlb_flows": 65536,
-                                  "xlb_flows4": 65536})
+                                  "xlb_flowsets4": 16384})
     settings = AgentSettings(node_name="n0", ring_size=RING, watch_timeout=300)
     agent = Agent(settings, dp, lambda: connect(url))
     return agent, dp

@@ -57,9 +57,9 @@ ceiling's path: the forwarder's own work.
 
 Each measurement: a warm-up (flows known to every forwarder, rate estimated), then one
 generator call per thread sized to last --duration seconds (bounded in packets; a
-watchdog interrupts a call that overruns). Before the first one pyxlb's flow tables are
-brought to a long-running node's state: full (an LRU map: new flows evict), with the
-established flows behind newer entries in the hash chains (see fill_flow_tables). For
+watchdog interrupts a call that overruns). Before the first one pyxlb's IPv4 flow table is
+brought to a long-running node's state: full, so every new flow pushes an older one out
+of its set (see fill_flow_tables). For
 new flows through conntrack the count is capped so that its table never fills
 (nf_conntrack_max is global and read-only inside a namespace); conntrack is flushed
 before and after. Rounds run every case in turn, so drift touches all alike; a figure is
@@ -670,26 +670,18 @@ def set_traffic(lab: Lab, traffic: str, ncpus: int) -> None:
 
 
 def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> None:
-    """Bring every pyxlb node to the steady state of a node that has been up a while:
-    its flow tables (LRU maps) full, so new flows evict old ones, and the established
-    flows older than most entries. The kernel's hash table puts a new entry at the head of
-    its bucket's chain, so a long-lived flow sits behind the flows that came after it,
-    and every lookup of it walks past them; a flow inserted just before a measurement
-    would be found first and measure faster than a node in service does (by about a
-    quarter, measured). So: fill, let the established flows in, fill again."""
+    """Bring every pyxlb node to the state of a node that has been up a while: its IPv4
+    flow table full of other flows (twice its capacity of new flows went through), so a new
+    flow pushes the oldest flow of its set out. Where in its set a flow sits costs nothing
+    (a set is two cache lines, read together); the established flows go in during each
+    measurement's warm-up."""
     cpus = core_sets[max(core_sets)]
+    set_traffic(lab, "new", len(cpus))
     for f in FORWARDERS:
         dp = lab.datapaths.get(f.key)
-        if dp is None:
-            continue
-        per_thread = int(dp.maps.flows4.max_entries * 1.1) // len(cpus) + 1   # IPv4
-        set_traffic(lab, "new", len(cpus))
-        generate(lab, f, cpus, per_thread, timeout=60)
-        for n in sorted(core_sets):      # each core count's set of established flows
-            set_traffic(lab, "established", n)
-            generate(lab, f, core_sets[n], 20_000, timeout=30)
-        set_traffic(lab, "new", len(cpus))
-        generate(lab, f, cpus, per_thread, timeout=60)
+        if dp is not None:
+            per_thread = 2 * dp.flow_capacities()[0] // len(cpus) + 1     # IPv4
+            generate(lab, f, cpus, per_thread, timeout=60)
 
 
 # -- one measurement ---------------------------------------------------------------------
@@ -1014,8 +1006,8 @@ def main():
         print(f"measuring: {args.rounds} rounds x {len(FORWARDERS)} forwarders x "
               f"{len(TRAFFIC)} traffic kinds x {len(core_counts)} core counts, "
               f"{duration:g} s each", flush=True)
-        print("filling pyxlb's flow tables (steady state: full, new flows evict, the "
-              "established flows behind newer ones)...",
+        print("filling pyxlb's flow tables (steady state: full, new flows push old ones "
+              "out)...",
               flush=True)
         fill_flow_tables(lab, core_sets)
         for rnd in range(args.rounds):
@@ -1071,10 +1063,9 @@ def main():
             "softirq time of those CPUs (/proc/stat), where the forwarder and the sink run",
             "ns_over_ceiling = (1/mpps - 1/mpps of the ceiling) x cores: CPU time per "
             "packet beyond the bare redirect's path, i.e. the forwarder's own work",
-            "pyxlb's IPv4 flow table (LRU) is filled before the first measurement, then "
-            "the established flows go in, then it is filled again: new flows evict old "
-            "ones and the established flows sit behind newer entries in the hash chains, "
-            "as on a node that has run a while",
+            "pyxlb's IPv4 flow table (2 Mi flows in sets of 4) takes twice its capacity "
+            "of new flows before the first measurement: full, as on a node that has run a "
+            "while, every new flow pushes an older one out of its set",
             "established flows are flows the forwarder already knows (pyxlb's flow table, a "
             "conntrack entry); no replies flow, so conntrack keeps them unreplied",
             "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node (a NIC would "

@@ -46,7 +46,8 @@ FAMILY_V6 = XLB_FAMILY_V6
 MAX_VIPS = XLB_MAX_VIPS
 MAX_BACKENDS = XLB_MAX_BACKENDS
 MAX_RINGS = XLB_MAX_RINGS
-MAX_FLOWS = XLB_MAX_FLOWS          # IPv4 flows (xlb_flows4)
+FLOW4_WAYS = XLB_FLOW4_WAYS        # IPv4 flows: ways a set of xlb_flowsets4
+FLOW4_SETS = XLB_FLOW4_SETS        # and its sets (a power of two) by default
 MAX_FLOWS6 = XLB_MAX_FLOWS6        # IPv6 flows (xlb_flows)
 MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
 ADDR_FILTER_BITS = XLB_ADDR_FILTER_BITS
@@ -161,6 +162,8 @@ SIZES = {
     "xlb_flow_key": sizeof(xlb_flow_key),
     "xlb_flow4_key": sizeof(xlb_flow4_key),
     "xlb_flow": sizeof(xlb_flow),
+    "xlb_flow4_way": sizeof(xlb_flow4_way),
+    "xlb_flowset4": sizeof(xlb_flowset4),
     "xlb_member_key": sizeof(xlb_member_key),
     "xlb_member": sizeof(xlb_member),
     "xlb_counters": sizeof(xlb_counters),
@@ -464,6 +467,62 @@ def unpack_flow4_key(data):
             "family": k.family}
 
 
+# -- struct xlb_flow4_way: IPv4 flows in the sets of xlb_flowsets4 ------------------------
+
+cdef inline uint32_t _rotl32(uint32_t x, int r):
+    return (x << r) | (x >> (32 - r))
+
+
+cdef uint32_t _flow4_check(const xlb_flow4_way *w):
+    """xlb_flow4_check() of balance.h: the other seven words mixed, never 0."""
+    cdef uint32_t k[4]
+    memcpy(k, &w.key, 16)
+    cdef uint32_t x = (k[0] ^ _rotl32(k[1], 7) ^ _rotl32(k[2], 13) ^ _rotl32(k[3], 19)
+                       ^ _rotl32(w.flow.backend_id, 3) ^ _rotl32(w.flow.gen, 11)
+                       ^ _rotl32(w.flow.hash, 23))
+    return (x * <uint32_t>0x9e3779b1) | 1
+
+
+def pack_flow4_way(key, flow):
+    """struct xlb_flow4_way: `key` (pack_flow4_key) and `flow` (pack_flow) with the check
+    word the datapath verifies."""
+    cdef xlb_flow4_way w
+    memset(&w, 0, sizeof(w))
+    memcpy(&w.key, _input(_as_bytes(key), sizeof(w.key), "xlb_flow4_key"), sizeof(w.key))
+    memcpy(&w.flow, _input(_as_bytes(flow), sizeof(w.flow), "xlb_flow"), sizeof(w.flow))
+    w.check = _flow4_check(&w)
+    return _out(&w, sizeof(w))
+
+
+def flow4_ways(sets, bint count_only=False, backend_ids=None):
+    """The IPv4 flows in `sets` (a buffer of whole struct xlb_flowset4, as xlb_flowsets4's
+    mmap holds them): [(way number, raw key, raw flow)] for every way that holds a flow (its
+    check word non-zero and right), way number = set * FLOW4_WAYS + way; with backend_ids
+    (a set), only the flows pinned to one of them. With count_only, just how many. The scan
+    runs in C; a Python object is made per flow found."""
+    cdef const uint8_t[::1] buf = memoryview(sets).cast("B")
+    cdef Py_ssize_t n = buf.shape[0], i, ways
+    cdef const xlb_flow4_way *w
+    cdef Py_ssize_t found = 0
+    if n % sizeof(xlb_flowset4):
+        raise ValueError(f"buffer of {n} bytes is not a multiple of the "
+                         f"{sizeof(xlb_flowset4)}-byte xlb_flowset4")
+    ways = n // sizeof(xlb_flow4_way)
+    out = []
+    if ways == 0:
+        return 0 if count_only else out
+    w = <const xlb_flow4_way *>&buf[0]
+    for i in range(ways):
+        if w[i].check == 0 or w[i].check != _flow4_check(&w[i]):
+            continue
+        if backend_ids is not None and w[i].flow.backend_id not in backend_ids:
+            continue
+        found += 1
+        if not count_only:
+            out.append((i, _out(&w[i].key, sizeof(w[i].key)), _out(&w[i].flow, sizeof(w[i].flow))))
+    return found if count_only else out
+
+
 # -- struct xlb_flow --------------------------------------------------------------------
 
 def pack_flow(backend_id, gen, hash=0):
@@ -606,8 +665,9 @@ def unpack_src_range_key(data):
 # -- struct xlb_config ------------------------------------------------------------------
 
 def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0,
-                src6=bytes(16), src6_plen=0):
-    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes."""
+                src6=bytes(16), src6_plen=0, flow4_bits=0):
+    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, and the
+    log2 of the number of sets in xlb_flowsets4."""
     cdef xlb_config c
     memset(&c, 0, sizeof(c))
     c.seed = _uint(seed, 32, "seed")
@@ -623,6 +683,10 @@ def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0
     if p6 > 128:
         raise ValueError(f"src6_plen={p6} is longer than 128 bits")
     c.src6_plen = p6
+    bits = _uint(flow4_bits, 8, "flow4_bits")
+    if bits > 31:
+        raise ValueError(f"flow4_bits={bits} is more than 31")
+    c.flow4_bits = bits
     return _out(&c, sizeof(c))
 
 
@@ -631,7 +695,8 @@ def unpack_config(data):
     data = _as_bytes(data)
     memcpy(&c, _input(data, sizeof(c), "xlb_config"), sizeof(c))
     return {"seed": c.seed, "mtu": c.mtu, "flags": c.flags, "src4": _b(c.src4, 4),
-            "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen}
+            "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen,
+            "flow4_bits": c.flow4_bits}
 
 
 # -- scans over many keys (no Python object per entry) ----------------------------------

@@ -14,7 +14,8 @@ cdef extern from "consts.h":
         XLB_MAX_VIPS
         XLB_MAX_BACKENDS
         XLB_MAX_RINGS
-        XLB_MAX_FLOWS
+        XLB_FLOW4_WAYS
+        XLB_FLOW4_SETS
         XLB_MAX_FLOWS6
         XLB_MAX_LOCAL_ADDRS
         XLB_ADDR_FILTER_BITS
@@ -159,6 +160,14 @@ cdef extern from "structs.h":
         uint32_t gen
         uint32_t hash
 
+    struct xlb_flow4_way:
+        xlb_flow4_key key
+        xlb_flow flow
+        uint32_t check
+
+    struct xlb_flowset4:
+        xlb_flow4_way way[1]    # XLB_FLOW4_WAYS of them: sizeof() comes from the header
+
     struct xlb_member_key:
         uint32_t vip_id
         uint32_t backend_id
@@ -188,5 +197,6 @@ cdef extern from "structs.h":
         uint8_t src4[4]
         uint8_t src4_plen
         uint8_t src6_plen
-        uint8_t pad[2]
+        uint8_t flow4_bits
+        uint8_t pad
         uint8_t src6[16]

@@ -368,12 +368,12 @@ def main() -> None:
                    "below, only for a datapath this command creates: sizes are fixed then. "
                    "[default: 4096]")
 @click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
-              help="IPv4 flows the flow table pins before evicting the least recently used "
-                   "(108 bytes of kernel memory each at the default). A size just above a "
-                   "power of two answers fastest. [default: 1200000]")
+              help="IPv4 flows the flow table pins (32 bytes of kernel memory each), rounded "
+                   "up to a power of two of sets of 4. [default: 2097152]")
 @click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
-              help="The same for IPv6 flows (132 bytes each at the default). "
-                   "[default: 300000]")
+              help="IPv6 flows the flow table pins before evicting the least recently used "
+                   "(132 bytes of kernel memory each at the default); a size just above a "
+                   "power of two answers fastest. [default: 300000]")
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
            max_flows6: Optional[int]) -> None:
@@ -555,7 +555,9 @@ def _status(dp: Datapath) -> dict:
         m = dp.maps[name]
         if m.type in _COUNTED_TYPES:
             maps[name] = {"entries": m.count(), "max_entries": m.max_entries}
-    # arrays hold every index: count the ids in use instead
+    # arrays hold every index: count the ids in use instead (and the IPv4 flows, in ways)
+    (n4, _), (cap4, _) = dp.flow_counts(), dp.flow_capacities()
+    maps[FLOWS4] = {"entries": n4, "max_entries": cap4}
     maps[BACKENDS] = {"entries": len(layout.backend_ids),
                       "max_entries": dp.maps.backends.max_entries}
     maps[RINGS] = {"entries": len(layout.ring_ids), "max_entries": dp.maps.rings.max_entries}

@@ -123,6 +123,9 @@ class _LoadedObject:
         if unknown:
             raise ValueError(f"map_sizes names maps {spec.object}.o does not have: "
                              f"{', '.join(sorted(unknown))}")
+        sets = sizes.get(maps.FLOWS4)
+        if sets is not None and (sets < 1 or sets & (sets - 1)):
+            raise ValueError(f"{maps.FLOWS4} needs a power of two of sets, not {sets}")
         if pin_dir is not None:
             pin_dir = os.path.abspath(pin_dir)
             _prepare_pin_dir(pin_dir)
@@ -149,7 +152,11 @@ class _LoadedObject:
 
         self = cls(prog, MapSet(spec, handles), pin_dir)
         self._init_config()
+        self._after_load()
         return self
+
+    def _after_load(self) -> None:
+        """What a kind of object sets up once its maps are loaded."""
 
     # -- a pinned datapath: create, adopt, attach, detach ------------------------------------
 
@@ -311,6 +318,12 @@ class _LoadedObject:
         if self.maps.config.lookup(_CONFIG_KEY) == bytes(L.SIZES["xlb_config"]):
             self.maps.config.update(_CONFIG_KEY, L.pack_config())
 
+    def _write_config(self, **fields) -> None:
+        """Write the config record with `fields`; flow4_bits (the balancer's, set at load)
+        is kept unless given."""
+        fields.setdefault("flow4_bits", self.config()["flow4_bits"])
+        self.maps.config.update(_CONFIG_KEY, L.pack_config(**fields))
+
     def config(self) -> dict:
         """The config record, as pyxlb._layouts.unpack_config reads it."""
         return L.unpack_config(self.maps.config.lookup(_CONFIG_KEY))
@@ -318,7 +331,7 @@ class _LoadedObject:
     def _set_config_flag(self, flag: int, on: bool) -> None:
         cfg = self.config()
         cfg["flags"] = (cfg["flags"] | flag) if on else (cfg["flags"] & ~flag)
-        self.maps.config.update(_CONFIG_KEY, L.pack_config(**cfg))
+        self._write_config(**cfg)
 
     # -- decap sources (LPM trie) --------------------------------------------------------
 
@@ -357,6 +370,14 @@ class Datapath(_LoadedObject):
     """The XDP balancer and its maps (see the module docstring)."""
 
     SPEC = BALANCER
+
+    def _after_load(self) -> None:
+        """Tell the program how many sets xlb_flowsets4 has (a power of two: load checks
+        map_sizes), through the config record's flow4_bits."""
+        bits = self.maps.flows4.max_entries.bit_length() - 1
+        cfg = self.config()
+        if cfg["flow4_bits"] != bits:
+            self._write_config(**{**cfg, "flow4_bits": bits})
 
     # -- interfaces: the balancer also learns each one's MAC -------------------------------
 
@@ -400,9 +421,8 @@ class Datapath(_LoadedObject):
         src4_addr, src4_plen = prefix_or_none(src4, L.FAMILY_V4, "src4")
         src6_addr, src6_plen = prefix_or_none(src6, L.FAMILY_V6, "src6")
         flags = L.CFG_DECAP_CHECK_SOURCE if decap_check_source else 0
-        self.maps.config.update(_CONFIG_KEY, L.pack_config(
-            seed=seed, mtu=mtu, flags=flags, src4=src4_addr[:4], src4_plen=src4_plen,
-            src6=src6_addr, src6_plen=src6_plen))
+        self._write_config(seed=seed, mtu=mtu, flags=flags, src4=src4_addr[:4],
+                           src4_plen=src4_plen, src6=src6_addr, src6_plen=src6_plen)
 
     # -- VIPs and their addresses --------------------------------------------------------
 
@@ -647,23 +667,55 @@ class Datapath(_LoadedObject):
         m = self.maps.backend_stats
         return L.sum_counters(m.lookup(_index(m, backend_id, "backend_id")), m.ncpus)
 
-    def _flow_entries(self) -> Iterator[Tuple["_bpf.Map", bytes, dict, bytes]]:
-        """Every entry of both flow tables (IPv4: xlb_flows4, IPv6: xlb_flows), each map
-        read in batches: (map, raw key, key unpacked with 16-byte addresses, raw value)."""
-        vsz = L.SIZES["xlb_flow"]
-        for m, struct, unpack in ((self.maps.flows4, "xlb_flow4_key", L.unpack_flow4_key),
-                                  (self.maps.flows, "xlb_flow_key", L.unpack_flow_key)):
-            ksz = L.SIZES[struct]
-            keys, values, count = m.lookup_batch()
-            for i in range(count):
-                raw = bytes(keys[i * ksz:(i + 1) * ksz])
-                yield m, raw, unpack(raw), values[i * vsz:(i + 1) * vsz]
+    def _flowsets4(self) -> mmap.mmap:
+        """xlb_flowsets4 mapped into this process, to read and to clear ways."""
+        m = self.maps.flows4
+        length = m.max_entries * L.SIZES["xlb_flowset4"]
+        length = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
+        return mmap.mmap(m.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    @staticmethod
+    def _forget_way4(mem: mmap.mmap, way: int, raw_key: bytes) -> bool:
+        """Empty IPv4 way `way` if it still holds the flow `raw_key`: its check word goes to
+        0 in one aligned 4-byte store, which the datapath reads as "no flow" whatever it is
+        doing to the set. (A packet may put another flow in that way between the compare
+        and the store; that flow is then forgotten and balanced again by Maglev.)"""
+        off = way * L.SIZES["xlb_flow4_way"]
+        if mem[off:off + len(raw_key)] != raw_key:
+            return False
+        struct.pack_into("=I", mem, off + L.SIZES["xlb_flow4_way"] - 4, 0)
+        return True
+
+    @staticmethod
+    def _forget_flow6(m: "_bpf.Map", raw_key: bytes) -> bool:
+        try:
+            m.delete(raw_key)
+        except KeyError:
+            return False
+        return True
+
+    def _flow_entries(self, backend_ids=None) -> Iterator[Tuple[Callable[[], bool], dict,
+                                                                  bytes]]:
+        """Every flow of both flow tables (IPv4: the ways of xlb_flowsets4, read through
+        mmap; IPv6: xlb_flows, read in batches): (forget, key unpacked with 16-byte
+        addresses, raw xlb_flow). forget() removes that flow; False if it was gone. With
+        backend_ids, the IPv4 scan passes on only the flows pinned to those backends."""
+        with self._flowsets4() as mem:
+            for way, raw_key, raw_flow in L.flow4_ways(mem, backend_ids=backend_ids):
+                yield (lambda way=way, raw_key=raw_key: self._forget_way4(mem, way, raw_key),
+                       L.unpack_flow4_key(raw_key), raw_flow)
+        m, ksz, vsz = self.maps.flows, L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
+        keys, values, count = m.lookup_batch()
+        for i in range(count):
+            raw = bytes(keys[i * ksz:(i + 1) * ksz])
+            yield (lambda raw=raw: self._forget_flow6(m, raw), L.unpack_flow_key(raw),
+                   values[i * vsz:(i + 1) * vsz])
 
     def flows(self) -> List[Tuple[dict, dict]]:
         """The flow tables, IPv4 then IPv6: [(key, value)], key {src, dst (str), sport,
         dport (host order), proto, family}, value {backend_id, gen, hash}."""
         out = []
-        for _, _, key, value in self._flow_entries():
+        for _, key, value in self._flow_entries():
             key["src"] = format_addr(key["family"], key["src"])
             key["dst"] = format_addr(key["family"], key["dst"])
             out.append((key, L.unpack_flow(value)))
@@ -689,7 +741,7 @@ class Datapath(_LoadedObject):
                 addr, plen = prefix_or_none(prefix, fam, "encap source")
                 cfg[field] = addr[:4] if fam == L.FAMILY_V4 else addr
                 cfg[f"{field}_plen"] = plen
-        self.maps.config.update(_CONFIG_KEY, L.pack_config(**cfg))
+        self._write_config(**cfg)
         return cfg
 
     def layout(self, refresh: bool = False) -> "plan_mod.Layout":
@@ -956,7 +1008,8 @@ class Datapath(_LoadedObject):
         for key, ids in gone.items():
             by_addr.setdefault((key.address, key.protocol), []).append((key.port, ids))
         removed = 0
-        for m, raw, k, value in self._flow_entries():
+        moved = set().union(*gone.values())
+        for forget, k, value in self._flow_entries(backend_ids=moved):
             proto = {6: "tcp", 17: "udp"}.get(k["proto"])
             entries = by_addr.get((ipaddress.ip_address(format_addr(k["family"], k["dst"])),
                                    proto))
@@ -964,11 +1017,7 @@ class Datapath(_LoadedObject):
                 continue
             bid = L.unpack_flow(value)["backend_id"]
             if any((port == 0 or port == k["dport"]) and bid in ids for port, ids in entries):
-                try:
-                    m.delete(raw)
-                    removed += 1
-                except KeyError:
-                    pass
+                removed += forget()
         return removed
 
     def refresh_nexthops(self, backend_ids=None) -> int:
@@ -1007,13 +1056,24 @@ class Datapath(_LoadedObject):
             out.append(row)
         return out
 
+    def flow_counts(self) -> Tuple[int, int]:
+        """Flows in the IPv4 table (its ways scanned through mmap, about 10 ms for 2 Mi
+        ways) and in the IPv6 one (read in batches)."""
+        with self._flowsets4() as mem:
+            n4 = L.flow4_ways(mem, True)
+        return n4, self.maps.flows.lookup_batch()[2]
+
     def flow_count(self) -> int:
-        """Entries in the flow tables, IPv4 and IPv6 (read in batches)."""
-        return self.maps.flows4.lookup_batch()[2] + self.maps.flows.lookup_batch()[2]
+        """Flows in the flow tables, IPv4 and IPv6."""
+        return sum(self.flow_counts())
+
+    def flow_capacities(self) -> Tuple[int, int]:
+        """Flows the IPv4 table (sets x ways) and the IPv6 one hold."""
+        return self.maps.flows4.max_entries * L.FLOW4_WAYS, self.maps.flows.max_entries
 
     def flow_capacity(self) -> int:
         """Flows the two tables hold before evicting (IPv4 and IPv6 together)."""
-        return self.maps.flows4.max_entries + self.maps.flows.max_entries
+        return sum(self.flow_capacities())
 
     def size_mismatches(self, max_vips: Optional[int] = None, max_flows: Optional[int] = None,
                         max_flows6: Optional[int] = None) -> List[str]:
@@ -1021,13 +1081,16 @@ class Datapath(_LoadedObject):
         sentence each. Sizes are fixed when a datapath is created: an adopted one keeps
         its own until it is removed (detached from every interface) and made again."""
         out = []
-        for what, m, want in (("VIPs", self.maps.vips, max_vips),
-                              ("IPv4 flows", self.maps.flows4, max_flows),
-                              ("IPv6 flows", self.maps.flows, max_flows6)):
-            if want is not None and m.max_entries != want:
-                out.append(f"the pinned datapath holds {m.max_entries} {what}, not the "
-                           f"{want} asked for: it keeps its size until it is detached from "
-                           f"every interface and attached again")
+        if max_flows is not None:
+            max_flows = flow4_sets(max_flows) * L.FLOW4_WAYS
+        have4, have6 = self.flow_capacities()
+        for what, have, want in (("VIPs", self.maps.vips.max_entries, max_vips),
+                                 ("IPv4 flows", have4, max_flows),
+                                 ("IPv6 flows", have6, max_flows6)):
+            if want is not None and have != want:
+                out.append(f"the pinned datapath holds {have} {what}, not the {want} asked "
+                           f"for: it keeps its size until it is detached from every "
+                           f"interface and attached again")
         return out
 
 
@@ -1181,6 +1244,15 @@ VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_
             "xlb_decap_vips")
 
 
+def flow4_sets(max_flows: int) -> int:
+    """Sets of xlb_flowsets4 for at least `max_flows` IPv4 flows: a power of two (the
+    datapath picks a set by masking a hash), so capacity = sets x FLOW4_WAYS rounds up."""
+    if max_flows < 1:
+        raise ValueError(f"max_flows must be positive, not {max_flows}")
+    need = -(-max_flows // L.FLOW4_WAYS)
+    return 1 << (need - 1).bit_length()
+
+
 def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
               max_flows6: Optional[int] = None) -> Dict[str, int]:
     """map_sizes (for Datapath.load/create) of a balancer holding up to `max_vips` VIPs
@@ -1194,7 +1266,7 @@ def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
         # unused slot of the outer map costs 8 bytes)
         sizes["xlb_rings"] = 2 * max_vips
     if max_flows is not None:
-        sizes[maps.FLOWS4] = max_flows
+        sizes[maps.FLOWS4] = flow4_sets(max_flows)
     if max_flows6 is not None:
         sizes[maps.FLOWS] = max_flows6
     return sizes

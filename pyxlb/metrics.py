@@ -121,13 +121,14 @@ class DatapathCollector(Collector):
         for state in ("active", "draining"):
             g.add_metric([state], states.count(state))
         yield g
-        g = GaugeMetricFamily("pyxlb_flow_table_entries", "Flows in the flow tables (LRU; "
-                              "IPv4 and IPv6)")
+        g = GaugeMetricFamily("pyxlb_flow_table_entries", "Flows in the flow tables (IPv4 "
+                              "and IPv6)")
         g.add_metric([], dp.flow_count())
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow tables "
-                              "(IPv4 and IPv6); when one is full, its least recently used "
-                              "flows are evicted")
+                              "(IPv4 and IPv6); a new flow pushes out the oldest quiet flow "
+                              "of its IPv4 set, or the least recently used IPv6 flow of a "
+                              "full IPv6 table")
         g.add_metric([], dp.flow_capacity())
         yield g
 

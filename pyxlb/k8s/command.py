@@ -66,14 +66,15 @@ def _opt(*names, env: str, **kw):
       help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
            "datapath is created.")
 @_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
-      default=1_200_000, show_default=True,
-      help="IPv4 flows the flow table pins before evicting the least recently used (108 "
-           "bytes of kernel memory each at the default, taken when the datapath is created, "
-           "which fixes it). A size just above a power of two answers fastest: the kernel "
-           "gives the table the next power of two of buckets.")
+      default=2_097_152, show_default=True,
+      help="IPv4 flows the flow table pins (32 bytes of kernel memory each, taken when the "
+           "datapath is created, which fixes it), rounded up to a power of two of sets of "
+           "4; a new flow pushes the oldest quiet flow of its set out.")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
       default=300_000, show_default=True,
-      help="The same for IPv6 flows (132 bytes each at the default).")
+      help="IPv6 flows the flow table pins before evicting the least recently used (132 "
+           "bytes of kernel memory each at the default); a size just above a power of two "
+           "answers fastest: the kernel gives the table the next power of two of buckets.")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")

@@ -99,7 +99,7 @@ class Options:
     debounce: float = 0.02
     ring_size: int = 65537
     max_vips: int = MAX_VIPS_DEFAULT
-    max_flows: Optional[int] = None     # None: the object's default (xlb_flows4)
+    max_flows: Optional[int] = None     # None: the object's default (xlb_flowsets4)
     max_flows6: Optional[int] = None    # None: the object's default (xlb_flows)
     announce: bool = True
     l2_port: int = 9744

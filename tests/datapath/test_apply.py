@@ -2,6 +2,7 @@
 draining, read-back, and a restart that loses nothing."""
 
 import errno
+import ipaddress
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pyxlb import datapath as datapath_mod
 from pyxlb.datapath import Datapath
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
-SMALL = {"xlb_flows": 4096, "xlb_flows4": 4096}
+SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1024}
 WEB = ("10.0.1.1", "10.0.1.2", "10.0.1.3")
 
 
@@ -263,7 +264,7 @@ RESTART_CHILD = textwrap.dedent("""
     from pyxlb.datapath import Datapath
     from pyxlb.config import load_text
     state = load_text(sys.stdin.read())
-    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flows4": 4096})
+    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1024})
     dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     plan = dp.apply(state)
     for bid in dp.layout().backend_records():
@@ -499,19 +500,81 @@ def test_removed_vip_takes_its_ranges_and_a_recycled_id_starts_clean(dp):
 
 
 def test_each_family_has_its_flow_table(dp):
-    """IPv4 flows are pinned in xlb_flows4 (16-byte keys), IPv6 flows in xlb_flows; a flow of
-    either family is found again there (a hit, the same backend)."""
+    """IPv4 flows are pinned in the sets of xlb_flowsets4, IPv6 flows in xlb_flows; a flow
+    of either family is found again there (a hit, the same backend)."""
     dp.apply(STATE)
     prepare(dp)
     b4 = send(dp, 5000)
-    assert (dp.maps.flows4.count(), dp.maps.flows.count()) == (1, 0)
+    assert dp.flow_counts() == (1, 0)
     b6 = send(dp, 5000, dst="2001:db8::10")
-    assert (dp.maps.flows4.count(), dp.maps.flows.count()) == (1, 1)
+    assert dp.flow_counts() == (1, 1)
     assert (send(dp, 5000), send(dp, 5000, dst="2001:db8::10")) == (b4, b6)
     assert dp.stats()["flow_hit"] == 2 and dp.stats()["flow_miss"] == 2
     keys = {k["family"]: k for k, _ in dp.flows()}
     assert keys[L.FAMILY_V4]["dst"] == "192.0.2.10" and keys[L.FAMILY_V4]["sport"] == 5000
     assert keys[L.FAMILY_V6]["dst"] == "2001:db8::10"
+
+
+@pytest.fixture
+def one_set():
+    """A balancer whose IPv4 flow table is one set: every IPv4 flow shares it."""
+    d = Datapath.load(map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1})
+    d.apply(STATE)
+    prepare(d)
+    yield d
+    d.close()
+
+
+def ways(d):
+    return [k["sport"] for k, _ in d.flows()]
+
+
+def test_a_set_keeps_its_newest_flows_and_those_that_keep_sending(one_set):
+    """A new IPv4 flow goes to the front of its set and pushes the last way out; a flow found
+    in the back half of its set moves to the front, so a flow that keeps sending outlives
+    newer flows that went quiet. A pushed-out flow is balanced again (a miss)."""
+    d = one_set
+    for p in (7001, 7002, 7003, 7004):
+        send(d, p)
+    assert ways(d) == [7004, 7003, 7002, 7001]
+    send(d, 7002)           # way 2: to the front
+    assert ways(d) == [7002, 7004, 7003, 7001]
+    send(d, 7004)           # way 1: stays
+    assert ways(d) == [7002, 7004, 7003, 7001]
+    send(d, 7001)           # way 3: to the front
+    assert ways(d) == [7001, 7002, 7004, 7003]
+    send(d, 7005)           # new: 7003 goes
+    assert ways(d) == [7005, 7001, 7002, 7004]
+    before = d.stats()
+    send(d, 7003)
+    assert d.stats()["flow_miss"] == before["flow_miss"] + 1
+    assert ways(d) == [7003, 7005, 7001, 7002]
+    assert d.flow_counts() == (4, 0) and d.flow_capacities()[0] == 4
+
+
+def test_the_datapath_takes_a_way_only_when_its_check_holds(one_set):
+    """A way written from Python with the check made by pack_flow4_way pins its flow; the
+    same way with one bit of its check wrong (as a way torn by two writers would read) is
+    no flow: a miss, and the flow gets a way of its own."""
+    d = one_set
+    b = send(d, 7100)
+    addr_of = {bid: str(a) for a, bid in d.layout().backend_ids.items()}
+    other = next(bid for bid, a in sorted(addr_of.items()) if a != b and a in WEB)
+    gen = L.unpack_backend(d.maps.backends.lookup(other))["gen"]
+    src = ipaddress.ip_address("198.51.100.7").packed + bytes(12)
+    dst = ipaddress.ip_address("192.0.2.10").packed + bytes(12)
+    way = L.pack_flow4_way(L.pack_flow4_key(src, dst, 7100, 80, 6), L.pack_flow(other, gen, 1))
+    wsz, ssz = L.SIZES["xlb_flow4_way"], L.SIZES["xlb_flowset4"]
+    d.maps.flows4.update(0, way + bytes(ssz - wsz))
+    before = d.stats()
+    assert send(d, 7100) == addr_of[other]
+    assert d.stats()["flow_hit"] == before["flow_hit"] + 1
+    torn = way[:-1] + bytes([way[-1] ^ 0x80])
+    d.maps.flows4.update(0, torn + bytes(ssz - wsz))
+    assert d.flows() == []
+    assert send(d, 7100) == b                   # Maglev's choice again
+    assert d.stats()["flow_miss"] == before["flow_miss"] + 1
+    assert ways(d) == [7100]
 
 
 def test_two_processes_apply_in_turn_without_clashing_ids(bpffs_dir):

@@ -17,7 +17,7 @@ from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import maps
 from pyxlb.addr import lpm_prefix, parse_addr
-from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.datapath import Datapath, DecapPath, flow4_sets, map_sizes
 from pyxlb.errors import PyxlbError
 
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
@@ -88,14 +88,29 @@ def test_map_sizes():
         assert dp.maps.flows.max_entries == 4096
         assert dp.maps.flows4.max_entries == 2048
         assert dp.maps.vips.max_entries == 8
+        assert dp.flow_capacities() == (2048 * L.FLOW4_WAYS, 4096)
+        assert dp.config()["flow4_bits"] == 11      # the program masks its set hash so
+        dp.configure(seed=5, mtu=9000)              # ... and a config change keeps it
+        assert dp.config()["flow4_bits"] == 11
     with pytest.raises(ValueError, match="xlb_nope"):
         Datapath.load(map_sizes={"xlb_nope": 1})
+    with pytest.raises(ValueError, match="power of two"):
+        Datapath.load(map_sizes={maps.FLOWS4: 3000})
     with pytest.raises(ValueError, match=maps.VIPS):
         DecapPath.load(map_sizes={maps.VIPS: 8})
 
 
+@pytest.mark.parametrize("flows, sets", [(1, 1), (4, 1), (5, 2), (4096, 1024), (5000, 2048),
+                                         (2_000_000, 1 << 19)])
+def test_flow4_sets_round_up_to_a_power_of_two(flows, sets):
+    assert flow4_sets(flows) == sets
+    assert map_sizes(max_flows=flows) == {maps.FLOWS4: sets}
+
+
 def test_a_fresh_config_gets_the_defaults(dp):
-    assert dp.config() == L.unpack_config(L.pack_config())
+    # and the balancer's flow4_bits: xlb_flowsets4 has 2^bits sets
+    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19)) == \
+        L.unpack_config(L.pack_config(flow4_bits=(L.FLOW4_SETS - 1).bit_length()))
     assert dp.config()["mtu"] == L.MTU_DEFAULT
 
 
@@ -147,9 +162,10 @@ def test_set_config(dp):
         "seed": 0xC0FFEE, "mtu": 9000, "flags": L.CFG_DECAP_CHECK_SOURCE,
         "src4": bytes([10, 255, 0, 0]), "src4_plen": 16,
         "src6": bytes.fromhex("fd0000ff") + bytes(12), "src6_plen": 64,
+        "flow4_bits": dp.maps.flows4.max_entries.bit_length() - 1,   # kept from load
     }
     dp.set_config()
-    assert dp.config() == L.unpack_config(L.pack_config())
+    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -450,7 +466,7 @@ def test_counters(dp):
 
 
 def test_flows(dp):
-    """Both tables, IPv4 (xlb_flows4) first, in one shape."""
+    """Both tables, IPv4 (the ways of xlb_flowsets4) first, in one shape."""
     assert dp.flows() == [] and dp.flow_count() == 0
     fam, src = parse_addr("198.51.100.1")
     _, dst = parse_addr("192.0.2.1")
@@ -458,7 +474,13 @@ def test_flows(dp):
     _, dst6 = parse_addr("2001:db8:f::1")
     dp.maps.flows.update(L.pack_flow_key(src6, dst6, 40001, 443, TCP, fam6),
                          L.pack_flow(8, 1, 98))
-    dp.maps.flows4.update(L.pack_flow4_key(src, dst, 40000, 80, TCP), L.pack_flow(7, 2, 99))
+    # a set holding one flow in its third way (its check made as the datapath makes it)
+    # and, in its last, a way whose check is wrong (torn): no flow
+    way = L.pack_flow4_way(L.pack_flow4_key(src, dst, 40000, 80, TCP), L.pack_flow(7, 2, 99))
+    torn = way[:-4] + bytes([way[-4] ^ 1]) + way[-3:]
+    wsz = L.SIZES["xlb_flow4_way"]
+    dp.maps.flows4.update(5, bytes(2 * wsz) + way + torn[:wsz] + bytes(L.SIZES["xlb_flowset4"]
+                                                                   - 4 * wsz))
     assert dp.flows() == [({"src": "198.51.100.1", "dst": "192.0.2.1", "sport": 40000,
                             "dport": 80, "proto": TCP, "family": fam},
                            {"backend_id": 7, "gen": 2, "hash": 99}),
@@ -466,7 +488,9 @@ def test_flows(dp):
                             "dport": 443, "proto": TCP, "family": fam6},
                            {"backend_id": 8, "gen": 1, "hash": 98})]
     assert dp.flow_count() == 2
-    assert dp.flow_capacity() == dp.maps.flows4.max_entries + dp.maps.flows.max_entries
+    assert dp.flow_counts() == (1, 1)
+    assert dp.flow_capacity() == dp.maps.flows4.max_entries * L.FLOW4_WAYS \
+        + dp.maps.flows.max_entries
 
 
 def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):

@@ -24,8 +24,7 @@ BALANCER_USES = [
     (maps.IF_MACS, "value", "xlb_if_mac"),
     (maps.FLOWS, "key", "xlb_flow_key"),
     (maps.FLOWS, "value", "xlb_flow"),
-    (maps.FLOWS4, "key", "xlb_flow4_key"),
-    (maps.FLOWS4, "value", "xlb_flow"),
+    (maps.FLOWS4, "value", "xlb_flowset4"),
     (maps.MEMBERS, "key", "xlb_member_key"),
     (maps.MEMBERS, "value", "xlb_member"),
     (maps.VIP_STATS, "value", "xlb_counters"),
@@ -58,11 +57,21 @@ def decap():
 # inner maps of a map-of-maps: their value size is the template's, which the kernel checks
 # when an inner map is put in (the outer map's own value is a map fd)
 INNER_USES = [(maps.VIP_INDEX, "xlb_vip_slot")]
+# parts of a map's value, checked through it
+PARTS = {"xlb_flow4_way", "xlb_flow4_key"}
 
 
 def test_every_struct_is_checked():
     assert ({s for _, _, s in BALANCER_USES + DECAP_USES} | {s for _, s in INNER_USES}
-            == set(L.SIZES))
+            | PARTS == set(L.SIZES))
+
+
+def test_a_flow_set_is_its_ways():
+    """A set of xlb_flowsets4 is its ways, back to back; a way is a key, a flow and the
+    check word, which comes last (Datapath clears a way by zeroing its last 4 bytes)."""
+    assert L.SIZES["xlb_flowset4"] == L.FLOW4_WAYS * L.SIZES["xlb_flow4_way"]
+    assert L.SIZES["xlb_flow4_way"] == L.SIZES["xlb_flow4_key"] + L.SIZES["xlb_flow"] + 4
+    assert L.SIZES["xlb_flow4_way"] * 2 == 64       # two ways a cache line
 
 
 @pytest.mark.parametrize("map_name,struct", INNER_USES, ids=[m for m, _ in INNER_USES])
@@ -109,7 +118,7 @@ def test_default_map_sizes_follow_consts_h(balancer):
     assert balancer.maps.vip_stats.max_entries == L.MAX_VIPS
     assert balancer.maps.backends.max_entries == L.MAX_BACKENDS
     assert balancer.maps.rings.max_entries == L.MAX_RINGS
-    assert balancer.maps.flows4.max_entries == L.MAX_FLOWS
+    assert balancer.maps.flows4.max_entries == L.FLOW4_SETS
     assert balancer.maps.flows.max_entries == L.MAX_FLOWS6
     assert balancer.maps.local_addrs.max_entries == L.MAX_LOCAL_ADDRS
     assert balancer.maps.decap_sources.max_entries == L.MAX_SOURCE_PREFIXES

@@ -142,7 +142,8 @@ def test_families_types_and_labels(exporter):
     assert value(got, "pyxlb_backends", state="active") == 3
     assert value(got, "pyxlb_backends", state="draining") == 1
     assert value(got, "pyxlb_flow_table_entries") == 0
-    assert value(got, "pyxlb_flow_table_max_entries") == SMALL[maps.FLOWS] + SMALL[maps.FLOWS4]
+    assert value(got, "pyxlb_flow_table_max_entries") == \
+        SMALL[maps.FLOWS] + SMALL[maps.FLOWS4] * L.FLOW4_WAYS
     assert value(got, "pyxlb_apply_duration_seconds_count") == 1
 
     # every global counter is exported once, and nothing has counted yet

@@ -35,7 +35,7 @@ from pyxlb.datapath import Datapath
 from pyxlb.maglev import build_table
 from pyxlb.model import FlowKey, Model, Packet, outer_source4, outer_source6
 
-MAP_SIZES = {"xlb_flows": 65536, "xlb_flows4": 65536, "xlb_vips": 64, "xlb_vip_addrs": 64,
+MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": 16384, "xlb_vips": 64, "xlb_vip_addrs": 64,
              "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
              "xlb_backend_stats": 1024}
 CLIENT_MAC, LB_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:01"

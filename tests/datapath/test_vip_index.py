@@ -17,7 +17,7 @@ from pyxlb.addr import parse_addr
 from pyxlb.datapath import Datapath
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
-SMALL = {"xlb_flows": 4096, "xlb_flows4": 4096}
+SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1024}
 ADDR = "192.0.2.10"
 
 

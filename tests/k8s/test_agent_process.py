@@ -86,7 +86,7 @@ def test_the_datapath_has_the_sizes_asked_for(node):
     n, _ = node
     with Datapath.open(n.opts.pin_dir) as dp:
         assert (dp.maps.vips.max_entries, dp.maps.rings.max_entries) == (64, 128)
-        assert (dp.maps.flows4.max_entries, dp.maps.flows.max_entries) == (4096, 2048)
+        assert dp.flow_capacities() == (4096, 2048)     # 1024 sets of 4 ways, IPv6 as asked
 
 
 def test_a_node_name_is_required(api, bpffs_dir):

@@ -384,6 +384,17 @@ def test_agent_settings_are_agent_options():
         assert isinstance(value, str) and AGENT_ENV[key](value), f"{key}: {value!r}"
 
 
+def test_flow_table_sizes_are_the_datapaths_defaults():
+    """The ConfigMap and `pyxlb agent` ask for the flow tables the object is built with."""
+    from pyxlb import _layouts as L
+    from pyxlb.k8s.command import agent
+    defaults = {p.envvar: p.default for p in agent.params if p.envvar}
+    want = {"PYXLB_MAX_FLOWS": L.FLOW4_SETS * L.FLOW4_WAYS, "PYXLB_MAX_FLOWS6": L.MAX_FLOWS6}
+    for key, value in want.items():
+        assert defaults[key] == value
+        assert int(settings()[key]) == value
+
+
 def test_identity_and_image():
     pod = one("DaemonSet")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one("ServiceAccount")["metadata"]["name"]

@@ -127,29 +127,126 @@ static __always_inline void xlb_flow4_key(const struct xlb_flow_key *key,
 	out[3] = w[9];
 }
 
-/* The flow-table entry of a flow: xlb_flows4 for IPv4, xlb_flows for IPv6. */
-static __always_inline struct xlb_flow *xlb_flow_lookup(const struct xlb_flow_key *key)
+/* The set of an IPv4 flow in xlb_flowsets4 (of 2^bits sets): a multiply-xor hash of its
+ * key words, seeded. It only spreads flows over sets; the backend comes from the flow
+ * hash. */
+static __always_inline __u32 xlb_flow4_set(const __u32 *k, __u32 seed, __u32 bits)
 {
-	struct xlb_flow4_key k4 __attribute__((aligned(8)));
+	__u32 h = (k[0] ^ seed) * 0x9e3779b1 ^ k[1] * 0x85ebca77 ^ k[2] * 0xc2b2ae3d ^ k[3];
 
-	if (key->family == XLB_FAMILY_V4) {
-		xlb_flow4_key(key, &k4);
-		return bpf_map_lookup_elem(&xlb_flows4, &k4);
-	}
-	return bpf_map_lookup_elem(&xlb_flows, key);
+	h ^= h >> 15;
+	h *= 0x2c1b3c6d;
+	h ^= h >> 13;
+	return h & ((1u << (bits & 31)) - 1);
 }
 
+/* The check word of an xlb_flow4_way: its other seven words mixed, never 0. */
+static __always_inline __u32 xlb_flow4_check(const struct xlb_flow4_way *w)
+{
+	const __u32 *k = (const __u32 *)&w->key;
+	__u32 x = k[0] ^ xlb_rotl32(k[1], 7) ^ xlb_rotl32(k[2], 13) ^ xlb_rotl32(k[3], 19) ^
+		  xlb_rotl32(w->flow.backend_id, 3) ^ xlb_rotl32(w->flow.gen, 11) ^
+		  xlb_rotl32(w->flow.hash, 23);
+
+	return (x * 0x9e3779b1) | 1;
+}
+
+static __always_inline int xlb_flow4_match(const struct xlb_flow4_way *w, const __u32 *k)
+{
+	const __u32 *wk = (const __u32 *)&w->key;
+
+	return wk[0] == k[0] && wk[1] == k[1] && wk[2] == k[2] && wk[3] == k[3] &&
+	       w->check == xlb_flow4_check(w);
+}
+
+/*
+ * The flow-table entry of a flow, copied into *out: 1 when there is one. IPv4 flows are in
+ * a set of xlb_flowsets4: each way is copied before it is checked (another CPU may be
+ * writing the set), and a flow found in the back half of its set moves to the front, so a
+ * flow that keeps sending stays while new flows push idle ones out. IPv6 flows are in the
+ * LRU map xlb_flows.
+ */
+static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
+					   const struct xlb_config *cfg, struct xlb_flow *out)
+{
+	struct xlb_flow4_key k4 __attribute__((aligned(8)));
+	const __u32 *k = (const __u32 *)&k4;
+	struct xlb_flowset4 *set;
+	struct xlb_flow4_way w;
+	struct xlb_flow *f;
+	__u32 idx;
+	int i;
+
+	if (key->family != XLB_FAMILY_V4) {
+		f = bpf_map_lookup_elem(&xlb_flows, key);
+		if (!f)
+			return 0;
+		*out = *f;
+		return 1;
+	}
+	xlb_flow4_key(key, &k4);
+	idx = xlb_flow4_set(k, cfg->seed, cfg->flow4_bits);
+	set = bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	if (!set)
+		return 0;
+#pragma unroll
+	for (i = 0; i < XLB_FLOW4_WAYS; i++) {
+		__builtin_memcpy(&w, &set->way[i], sizeof(w));
+		if (!xlb_flow4_match(&w, k))
+			continue;
+		if (i >= XLB_FLOW4_WAYS / 2) {
+			int j;
+
+#pragma unroll
+			for (j = XLB_FLOW4_WAYS - 1; j > 0; j--)
+				if (j <= i)
+					set->way[j] = set->way[j - 1];
+			set->way[0] = w;
+		}
+		*out = w.flow;
+		return 1;
+	}
+	return 0;
+}
+
+/* Remember a flow's backend: IPv4 at the front of its set (the same flow's older way, if
+ * any, or else the last way, makes room), IPv6 in xlb_flows. */
 static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
+					    const struct xlb_config *cfg,
 					    const struct xlb_flow *flow)
 {
 	struct xlb_flow4_key k4 __attribute__((aligned(8)));
+	const __u32 *k = (const __u32 *)&k4;
+	struct xlb_flowset4 *set;
+	struct xlb_flow4_way w;
+	__u32 idx;
+	int i, last = XLB_FLOW4_WAYS - 1;
 
-	if (key->family == XLB_FAMILY_V4) {
-		xlb_flow4_key(key, &k4);
-		bpf_map_update_elem(&xlb_flows4, &k4, flow, BPF_ANY);
+	if (key->family != XLB_FAMILY_V4) {
+		bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
 		return;
 	}
-	bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
+	xlb_flow4_key(key, &k4);
+	idx = xlb_flow4_set(k, cfg->seed, cfg->flow4_bits);
+	set = bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	if (!set)
+		return;
+#pragma unroll
+	for (i = 0; i < XLB_FLOW4_WAYS - 1; i++) {
+		__builtin_memcpy(&w, &set->way[i], sizeof(w));
+		if (xlb_flow4_match(&w, k)) {
+			last = i;
+			break;
+		}
+	}
+#pragma unroll
+	for (i = XLB_FLOW4_WAYS - 1; i > 0; i--)
+		if (i <= last)
+			set->way[i] = set->way[i - 1];
+	__builtin_memcpy(&w.key, &k4, sizeof(k4));
+	w.flow = *flow;
+	w.check = xlb_flow4_check(&w);
+	set->way[0] = w;
 }
 
 /*
@@ -159,26 +256,26 @@ static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
  * XLB_RING_EMPTY when the VIP has no backend.
  */
 static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
-				      __u32 *hash, __u32 seed, int src_only, int insert,
+				      __u32 *hash, const struct xlb_config *cfg, int src_only,
+				      int insert,
 				      struct xlb_backend **out, int *new_flow)
 {
 	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
 	struct xlb_backend *be;
-	struct xlb_flow *flow;
+	struct xlb_flow flow;
 	__u32 slot, id;
 	__u32 *ring_slot;
 	void *ring;
 
 	*new_flow = 0;
 	if (use_flows) {
-		flow = xlb_flow_lookup(key);
-		if (flow) {
-			id = flow->backend_id;
+		if (xlb_flow_lookup(key, cfg, &flow)) {
+			id = flow.backend_id;
 			be = bpf_map_lookup_elem(&xlb_backends, &id);
 			/* draining backends keep their flows; gone or re-used ids do not */
-			if (be && be->state && be->gen == flow->gen) {
+			if (be && be->state && be->gen == flow.gen) {
 				xlb_count(XLB_STAT_FLOW_HIT);
-				*hash = flow->hash;
+				*hash = flow.hash;
 				*out = be;
 				return id;
 			}
@@ -187,7 +284,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 			xlb_count(XLB_STAT_FLOW_MISS);
 		}
 	}
-	*hash = xlb_flow_hash(key, seed, src_only);
+	*hash = xlb_flow_hash(key, cfg->seed, src_only);
 	ring = bpf_map_lookup_elem(&xlb_rings, &vip->ring_id);
 	if (!ring || !vip->ring_size)
 		return XLB_RING_EMPTY;
@@ -202,7 +299,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	if (use_flows && insert) {
 		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen, .hash = *hash };
 
-		xlb_flow_insert(key, &fresh);
+		xlb_flow_insert(key, cfg, &fresh);
 		*new_flow = 1;	/* without a flow table no packet is known to start a flow */
 	}
 	*out = be;
@@ -330,7 +427,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	}
 	if (src_only)
 		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
-	id = xlb_pick(&pkt->key, vip, &hash, cfg->seed, src_only, 1, &be, &new_flow);
+	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, &be, &new_flow);
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_vip_stats, &vip_id), pkt->l3_len, new_flow);
 	if (id == XLB_RING_EMPTY || !be) {
 		xlb_count(XLB_STAT_DROP_NO_BACKEND);
@@ -403,7 +500,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	if (src_only)
 		key.sport = 0;
-	id = xlb_pick(&key, vip, &hash, cfg->seed, src_only, 0, &be, &new_flow);
+	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, &be, &new_flow);
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);

@@ -17,16 +17,19 @@
 #ifndef XLB_MAX_RINGS
 #define XLB_MAX_RINGS XLB_MAX_VIPS
 #endif
-/* Flow capacities. The kernel gives a hash map as many buckets as the power of two at or
- * above its capacity, and every lookup walks its bucket's chain (a new entry goes to the
- * head, so a long-lived flow sits behind the flows that came after it). A capacity a
- * little above a power of two holds a full table at 0.57 entries a bucket instead of 1,
- * for 16 bytes a bucket: in the lab, new flows 8-17% and long-lived flows 7-12% faster
- * than at 1,048,576 (docs/datapath.md). */
-#ifndef XLB_MAX_FLOWS		/* IPv4 flows (xlb_flows4): 2 Mi buckets */
-#define XLB_MAX_FLOWS 1200000
+/* IPv4 flows: xlb_flowsets4 holds XLB_FLOW4_SETS sets (a power of two) of XLB_FLOW4_WAYS
+ * flows, 32 bytes each: 4 ways are two cache lines (docs/datapath.md, "Flow tables"). */
+#ifndef XLB_FLOW4_WAYS
+#define XLB_FLOW4_WAYS 4
 #endif
-#ifndef XLB_MAX_FLOWS6		/* IPv6 flows (xlb_flows), entries 24 bytes larger: 512 Ki buckets */
+#ifndef XLB_FLOW4_SETS
+#define XLB_FLOW4_SETS (1 << 19)
+#endif
+/* IPv6 flows (xlb_flows, an LRU hash). The kernel gives a hash map as many buckets as the
+ * power of two at or above its capacity, and a lookup walks its bucket's chain: a capacity
+ * a little above a power of two holds a full table at 0.57 entries a bucket instead of 1
+ * (512 Ki buckets here), for 16 bytes a bucket. */
+#ifndef XLB_MAX_FLOWS6
 #define XLB_MAX_FLOWS6 300000
 #endif
 #ifndef XLB_MAX_MEMBERS

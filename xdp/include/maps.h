@@ -173,13 +173,16 @@ struct {
 	__type(value, struct xlb_member);
 } xlb_members SEC(".maps");
 
-/* IPv4 5-tuple -> pinned backend; least recently used flows are evicted when full. */
+/* IPv4 flows -> pinned backend: a set-associative table. A flow lives in one set, chosen
+ * by xlb_flow4_set(); a new flow goes to the set's first way and pushes the others down,
+ * the last one out. Userspace reads and clears ways through mmap (docs/datapath.md). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, XLB_MAX_FLOWS);
-	__type(key, struct xlb_flow4_key);
-	__type(value, struct xlb_flow);
-} xlb_flows4 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, XLB_FLOW4_SETS);
+	__type(key, __u32);
+	__type(value, struct xlb_flowset4);
+} xlb_flowsets4 SEC(".maps");
 
 /* IPv6 5-tuple -> pinned backend; least recently used flows are evicted when full. */
 struct {

@@ -92,9 +92,9 @@ struct xlb_flow_key {
 	__u8 pad[2];
 };
 
-/* Key of xlb_flows4: an IPv4 flow, the four words of its xlb_flow_key that are not always
- * zero (0: source, 4: destination, 8: ports, 9: protocol and family), in that order. A
- * 16-byte key hashes and compares in about 4 ns less than the 40-byte one. */
+/* An IPv4 flow as xlb_flowsets4 keeps it: the four words of its xlb_flow_key that are not
+ * always zero (0: source, 4: destination, 8: ports, 9: protocol and family), in that
+ * order. */
 struct xlb_flow4_key {
 	__be32 src;		/* network order */
 	__be32 dst;		/* network order */
@@ -105,11 +105,25 @@ struct xlb_flow4_key {
 	__u8 pad[2];
 };
 
-/* Value of xlb_flows and xlb_flows4: the backend a flow is pinned to. */
+/* Value of xlb_flows (and part of an xlb_flow4_way): the backend a flow is pinned to. */
 struct xlb_flow {
 	__u32 backend_id;	/* host order */
 	__u32 gen;		/* host order; must equal the backend's gen, else re-hash */
 	__u32 hash;		/* host order; the flow hash, kept so a hit need not recompute it */
+};
+
+/* One IPv4 flow in a set of xlb_flowsets4. `check` is xlb_flow4_check() of the other
+ * seven words, never 0: 0 marks an empty way, and a way read while another CPU was
+ * writing it (sets are written without a lock) fails the check and counts as absent. */
+struct xlb_flow4_way {
+	struct xlb_flow4_key key;
+	struct xlb_flow flow;
+	__u32 check;
+};
+
+/* Value of xlb_flowsets4: the ways of one set, most recently inserted first. */
+struct xlb_flowset4 {
+	struct xlb_flow4_way way[XLB_FLOW4_WAYS];
 };
 
 /* Key of xlb_members: one backend of one VIP. */
@@ -155,7 +169,8 @@ struct xlb_config {
 	__u8 src4[4];		/* network order; outer IPv4 source prefix */
 	__u8 src4_plen;		/* its length: the flow hash fills the host bits */
 	__u8 src6_plen;		/* length of src6 */
-	__u8 pad[2];
+	__u8 flow4_bits;	/* xlb_flowsets4 holds 2^flow4_bits sets (set at load) */
+	__u8 pad;
 	__u8 src6[16];		/* network order; outer IPv6 source prefix */
 };
 
