@@ -366,14 +366,15 @@ def main() -> None:
 @click.option("--max-vips", type=click.IntRange(1, 1 << 20),
               help="VIPs (address, port and protocol) the datapath holds. Like the two "
                    "below, only for a datapath this command creates: sizes are fixed then. "
-                   "[default: 4096]")
+                   f"[default: {L.MAX_VIPS}]")
 @click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
               help="IPv4 flows the flow table pins (32 bytes of kernel memory each), rounded "
-                   "up to a power of two of sets of 4. [default: 2097152]")
+                   f"up to a power of two of sets of {L.FLOW4_WAYS}. "
+                   f"[default: {L.FLOW4_SETS * L.FLOW4_WAYS}]")
 @click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
               help="IPv6 flows the flow table pins before evicting the least recently used "
                    "(132 bytes of kernel memory each at the default); a size just above a "
-                   "power of two answers fastest. [default: 300000]")
+                   f"power of two answers fastest. [default: {L.MAX_FLOWS6}]")
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
            max_flows6: Optional[int]) -> None:
