@@ -439,7 +439,8 @@ def unpack_flow_key(data):
 # -- struct xlb_flow4_key ---------------------------------------------------------------
 
 def pack_flow4_key(src, dst, sport, dport, proto, family=XLB_FAMILY_V4):
-    """struct xlb_flow4_key: an IPv4 flow of xlb_flows4. Addresses in the 16-byte map form
+    """struct xlb_flow4_key: an IPv4 flow's key as a way of xlb_flowsets4 holds it (see
+    pack_flow4_way). Addresses in the 16-byte map form
     (as pack_flow_key takes them); family must be FAMILY_V4."""
     cdef xlb_flow4_key k
     if _family(family) != XLB_FAMILY_V4:

@@ -151,6 +151,19 @@ static __always_inline __u32 xlb_flow4_check(const struct xlb_flow4_way *w)
 	return (x * 0x9e3779b1) | 1;
 }
 
+/* The set of xlb_flowsets4 that holds (or will hold) an IPv4 flow, with the flow's key
+ * words written to *k4; NULL only if flow4_bits and the map disagree. */
+static __always_inline struct xlb_flowset4 *xlb_flow4_set_of(const struct xlb_flow_key *key,
+							   const struct xlb_config *cfg,
+							   struct xlb_flow4_key *k4)
+{
+	__u32 idx;
+
+	xlb_flow4_key(key, k4);
+	idx = xlb_flow4_set((const __u32 *)k4, cfg->seed, cfg->flow4_bits);
+	return bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+}
+
 static __always_inline int xlb_flow4_match(const struct xlb_flow4_way *w, const __u32 *k)
 {
 	const __u32 *wk = (const __u32 *)&w->key;
@@ -174,7 +187,6 @@ static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
 	struct xlb_flowset4 *set;
 	struct xlb_flow4_way w;
 	struct xlb_flow *f;
-	__u32 idx;
 	int i;
 
 	if (key->family != XLB_FAMILY_V4) {
@@ -184,9 +196,7 @@ static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
 		*out = *f;
 		return 1;
 	}
-	xlb_flow4_key(key, &k4);
-	idx = xlb_flow4_set(k, cfg->seed, cfg->flow4_bits);
-	set = bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	set = xlb_flow4_set_of(key, cfg, &k4);
 	if (!set)
 		return 0;
 #pragma unroll
@@ -219,16 +229,13 @@ static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
 	const __u32 *k = (const __u32 *)&k4;
 	struct xlb_flowset4 *set;
 	struct xlb_flow4_way w;
-	__u32 idx;
 	int i, last = XLB_FLOW4_WAYS - 1;
 
 	if (key->family != XLB_FAMILY_V4) {
 		bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
 		return;
 	}
-	xlb_flow4_key(key, &k4);
-	idx = xlb_flow4_set(k, cfg->seed, cfg->flow4_bits);
-	set = bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	set = xlb_flow4_set_of(key, cfg, &k4);
 	if (!set)
 		return;
 #pragma unroll
