@@ -666,9 +666,10 @@ def unpack_src_range_key(data):
 # -- struct xlb_config ------------------------------------------------------------------
 
 def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0,
-                src6=bytes(16), src6_plen=0, flow4_bits=0):
-    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, and the
-    log2 of the number of sets in xlb_flowsets4."""
+                src6=bytes(16), src6_plen=0, flow4_bits=0, flow4_seed=0):
+    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, and
+    xlb_flowsets4's geometry: the log2 of its number of sets and the seed of its set
+    hash."""
     cdef xlb_config c
     memset(&c, 0, sizeof(c))
     c.seed = _uint(seed, 32, "seed")
@@ -688,6 +689,7 @@ def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0
     if bits > 31:
         raise ValueError(f"flow4_bits={bits} is more than 31")
     c.flow4_bits = bits
+    c.flow4_seed = _uint(flow4_seed, 32, "flow4_seed")
     return _out(&c, sizeof(c))
 
 
@@ -697,7 +699,7 @@ def unpack_config(data):
     memcpy(&c, _input(data, sizeof(c), "xlb_config"), sizeof(c))
     return {"seed": c.seed, "mtu": c.mtu, "flags": c.flags, "src4": _b(c.src4, 4),
             "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen,
-            "flow4_bits": c.flow4_bits}
+            "flow4_bits": c.flow4_bits, "flow4_seed": c.flow4_seed}
 
 
 # -- scans over many keys (no Python object per entry) ----------------------------------

@@ -200,3 +200,4 @@ cdef extern from "structs.h":
         uint8_t flow4_bits
         uint8_t pad
         uint8_t src6[16]
+        uint32_t flow4_seed

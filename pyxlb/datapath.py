@@ -45,6 +45,9 @@ from pyxlb.maps import BALANCER, DECAP, ObjectSpec
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxlb"
 _CONFIG_KEY = 0
+# the config fields that describe xlb_flowsets4 rather than configure the node: set at load
+_FLOW_TABLE_FIELDS = ("flow4_bits", "flow4_seed")
+
 _PRESENT = 1        # value of the u32-valued set-like maps (only presence is read)
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _VIP_KINDS = L.ADDR_PORTS | L.ADDR_ALL_PORTS
@@ -66,6 +69,14 @@ class MapSet:
 
     def names(self) -> List[str]:
         return list(self._by_name)
+
+
+def _random_seed() -> int:
+    """A random 32-bit seed, never 0 (0 marks "not set")."""
+    while True:
+        seed = int.from_bytes(os.urandom(4), "little")
+        if seed:
+            return seed
 
 
 def _proto(proto) -> int:
@@ -319,9 +330,11 @@ class _LoadedObject:
             self.maps.config.update(_CONFIG_KEY, L.pack_config())
 
     def _write_config(self, **fields) -> None:
-        """Write the config record with `fields`; flow4_bits (the balancer's, set at load)
-        is kept unless given."""
-        fields.setdefault("flow4_bits", self.config()["flow4_bits"])
+        """Write the config record with `fields`; the flow table's geometry (flow4_bits and
+        flow4_seed, the balancer's, set at load) is kept unless given."""
+        cfg = self.config()
+        for name in _FLOW_TABLE_FIELDS:
+            fields.setdefault(name, cfg[name])
         self.maps.config.update(_CONFIG_KEY, L.pack_config(**fields))
 
     def config(self) -> dict:
@@ -373,11 +386,15 @@ class Datapath(_LoadedObject):
 
     def _after_load(self) -> None:
         """Tell the program how many sets xlb_flowsets4 has (a power of two: load checks
-        map_sizes), through the config record's flow4_bits."""
-        bits = self.maps.flows4.max_entries.bit_length() - 1
+        map_sizes), through the config record's flow4_bits; and give a new flow table its
+        set-hash seed, random and this node's own (flow4_seed; 0 means not yet given). An
+        adopted table keeps its seed: another would put its flows in other sets, where
+        lookups would not find them."""
         cfg = self.config()
-        if cfg["flow4_bits"] != bits:
-            self._write_config(**{**cfg, "flow4_bits": bits})
+        want = {"flow4_bits": self.maps.flows4.max_entries.bit_length() - 1,
+                "flow4_seed": cfg["flow4_seed"] or _random_seed()}
+        if any(cfg[k] != v for k, v in want.items()):
+            self._write_config(**{**cfg, **want})
 
     # -- interfaces: the balancer also learns each one's MAC -------------------------------
 

@@ -515,6 +515,30 @@ def test_each_family_has_its_flow_table(dp):
     assert keys[L.FAMILY_V6]["dst"] == "2001:db8::10"
 
 
+def test_a_new_cluster_seed_keeps_every_pinned_flow(dp):
+    """Changing the flow-hash seed re-deals new flows, but flows already in the table stay
+    where they are: the IPv4 sets are found by the table's own seed, not the cluster's."""
+    dp.apply(STATE)
+    prepare(dp)
+    ports = range(6000, 6200)
+    before = {(p, d): send(dp, p, dst=d) for p in ports for d in ("192.0.2.10", "2001:db8::10")}
+    hits = dp.stats()["flow_hit"]
+    dp.configure(seed=0x5EED)
+    assert {(p, d): send(dp, p, dst=d) for p, d in before} == before
+    assert dp.stats()["flow_hit"] == hits + len(before)
+    with Datapath.load(map_sizes=SMALL) as other:      # a node that had the new seed
+        other.apply(STATE)
+        prepare(other)
+        other.configure(seed=0x5EED)
+        # it deals many of the pinned flows elsewhere: only the table kept them
+        moved = sum(send(other, p, dst=d) != b for (p, d), b in before.items())
+        assert moved > len(before) // 3
+        # and new flows follow the new seed: dealt as that node deals them
+        fresh = [(p, d) for p in range(7000, 7100) for d in ("192.0.2.10", "2001:db8::10")]
+        assert [send(dp, p, dst=d) for p, d in fresh] == [send(other, p, dst=d)
+                                                          for p, d in fresh]
+
+
 @pytest.fixture
 def one_set():
     """A balancer whose IPv4 flow table is one set: every IPv4 flow shares it."""

@@ -108,10 +108,36 @@ def test_flow4_sets_round_up_to_a_power_of_two(flows, sets):
 
 
 def test_a_fresh_config_gets_the_defaults(dp):
-    # and the balancer's flow4_bits: xlb_flowsets4 has 2^bits sets
-    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19)) == \
-        L.unpack_config(L.pack_config(flow4_bits=(L.FLOW4_SETS - 1).bit_length()))
+    # and the balancer's flow-table geometry: xlb_flowsets4 has 2^bits sets, and its set
+    # hash a seed of its own
+    seed = dp.config()["flow4_seed"]
+    assert seed != 0
+    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19, flow4_seed=seed)) == \
+        L.unpack_config(L.pack_config(flow4_bits=(L.FLOW4_SETS - 1).bit_length(),
+                                      flow4_seed=seed))
     assert dp.config()["mtu"] == L.MTU_DEFAULT
+
+
+def test_each_new_flow_table_gets_its_own_random_set_seed(bpffs_dir):
+    """The set hash's seed is drawn at load, per node: unlike the cluster's flow-hash seed
+    (0 unless configured, and the same everywhere), nobody outside can know it. An adopted
+    datapath keeps it, and neither the cluster seed nor any other config change moves it."""
+    pins = os.path.join(bpffs_dir, "pyxlb")
+    seeds = set()
+    for _ in range(3):
+        with Datapath.load(map_sizes=SMALL) as dp:
+            seeds.add(dp.config()["flow4_seed"])
+    assert len(seeds) == 3 and 0 not in seeds
+    with Datapath.load(pin_dir=pins, map_sizes=SMALL) as first:
+        seed = first.config()["flow4_seed"]
+        first.set_config(seed=99, mtu=1400)
+        first.configure(seed=100)
+        assert first.config()["flow4_seed"] == seed
+    with Datapath.load(pin_dir=pins, map_sizes=SMALL) as again, \
+            DecapPath.load(pin_dir=pins) as decap:
+        decap.set_config(check_source=True)
+        assert again.config()["flow4_seed"] == seed
+        assert again.config()["seed"] == 100
 
 
 def test_pinned_load_adopts_the_same_maps(bpffs_dir):
@@ -156,6 +182,7 @@ def test_pin_dir_must_be_on_bpffs(tmp_path):
 # -- config --------------------------------------------------------------------------------
 
 def test_set_config(dp):
+    seed = dp.config()["flow4_seed"]
     dp.set_config(seed=0xC0FFEE, mtu=9000, src4="10.255.0.0/16", src6="fd00:ff::/64",
                   decap_check_source=True)
     assert dp.config() == {
@@ -163,9 +190,10 @@ def test_set_config(dp):
         "src4": bytes([10, 255, 0, 0]), "src4_plen": 16,
         "src6": bytes.fromhex("fd0000ff") + bytes(12), "src6_plen": 64,
         "flow4_bits": dp.maps.flows4.max_entries.bit_length() - 1,   # kept from load
+        "flow4_seed": seed,
     }
     dp.set_config()
-    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19))
+    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19, flow4_seed=seed))
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -80,7 +80,7 @@ STRATEGIES = {
     "config": st.fixed_dictionaries(dict(
         seed=u32, mtu=u16, flags=u16, src4=st.binary(min_size=4, max_size=4),
         src4_plen=st.integers(0, 32), src6=st.binary(min_size=16, max_size=16),
-        src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31))),
+        src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31), flow4_seed=u32)),
 }
 # made from packed parts and read by a scan (tests below), not packed field by field
 WHOLE = {"xlb_flow4_way", "xlb_flowset4"}

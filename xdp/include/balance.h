@@ -129,7 +129,9 @@ static __always_inline void xlb_flow4_key(const struct xlb_flow_key *key,
 
 /* The set of an IPv4 flow in xlb_flowsets4 (of 2^bits sets): a multiply-xor hash of its
  * key words, seeded. It only spreads flows over sets; the backend comes from the flow
- * hash. */
+ * hash. The seed is the node's own flow4_seed, not the cluster's flow-hash seed: one that
+ * nobody outside knows (so no one can aim flows at a set), and one that stays put when the
+ * cluster's seed is changed (which must not move flows the table pins). */
 static __always_inline __u32 xlb_flow4_set(const __u32 *k, __u32 seed, __u32 bits)
 {
 	__u32 h = (k[0] ^ seed) * 0x9e3779b1 ^ k[1] * 0x85ebca77 ^ k[2] * 0xc2b2ae3d ^ k[3];
@@ -160,7 +162,7 @@ static __always_inline struct xlb_flowset4 *xlb_flow4_set_of(const struct xlb_fl
 	__u32 idx;
 
 	xlb_flow4_key(key, k4);
-	idx = xlb_flow4_set((const __u32 *)k4, cfg->seed, cfg->flow4_bits);
+	idx = xlb_flow4_set((const __u32 *)k4, cfg->flow4_seed, cfg->flow4_bits);
 	return bpf_map_lookup_elem(&xlb_flowsets4, &idx);
 }
 

@@ -172,6 +172,8 @@ struct xlb_config {
 	__u8 flow4_bits;	/* xlb_flowsets4 holds 2^flow4_bits sets (set at load) */
 	__u8 pad;
 	__u8 src6[16];		/* network order; outer IPv6 source prefix */
+	__u32 flow4_seed;	/* host order; seed of the set hash: random, this node's own,
+				 * set at load and kept while the flow table lives */
 };
 
 #endif /* XLB_STRUCTS_H */
