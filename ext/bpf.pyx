@@ -234,6 +234,12 @@ cdef class BpfObject:
     def max_entries(self, name):
         return bpf_map__max_entries(self._find_map(name))
 
+    def map_shape(self, name):
+        """(type, key_size, value_size) the object declares for map `name`: what a map
+        pinned by another build must match to be used with this one."""
+        cdef bpf_map *m = self._find_map(name)
+        return (<uint32_t>bpf_map__type(m), bpf_map__key_size(m), bpf_map__value_size(m))
+
     def set_pin_path(self, name, path):
         """Pin a map at `path` on load; if a compatible map is already pinned there, the
         object adopts it instead of creating a new one (a restarted process takes over a
@@ -815,6 +821,31 @@ cdef class Program:
     @property
     def closed(self):
         return self._fd < 0
+
+    def map_ids(self):
+        """The ids of the maps the program uses (as the verifier recorded them)."""
+        cdef int fd = self._get_fd()
+        cdef bpf_prog_info info
+        cdef uint32_t info_len = sizeof(info)
+        cdef uint32_t n, i
+        cdef uint32_t *ids
+        memset(&info, 0, sizeof(info))
+        _check(bpf_obj_get_info_by_fd(fd, &info, &info_len), "program info")
+        n = info.nr_map_ids
+        if n == 0:
+            return []
+        ids = <uint32_t *>malloc(n * sizeof(uint32_t))
+        if ids == NULL:
+            raise MemoryError()
+        try:
+            memset(&info, 0, sizeof(info))
+            info.nr_map_ids = n
+            info.map_ids = <uint64_t><size_t>ids
+            info_len = sizeof(info)
+            _check(bpf_obj_get_info_by_fd(fd, &info, &info_len), "program map ids")
+            return [ids[i] for i in range(min(n, info.nr_map_ids))]
+        finally:
+            free(ids)
 
     def test_run(self, data, int repeat=1, ctx=None, uint32_t flags=0,
                  uint32_t batch_size=0):

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import os
 import re
 import socket
 import sys
@@ -28,7 +29,7 @@ from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import netlink, netns
 from pyxlb.addr import format_mac, format_prefix, parse_mac, parse_prefix
-from pyxlb.datapath import DEFAULT_PIN_DIR, Datapath, DecapPath, map_sizes
+from pyxlb.datapath import DEFAULT_PIN_DIR, Datapath, DecapPath, ForeignDatapath, map_sizes
 from pyxlb.errors import PyxlbError
 from pyxlb.maps import BACKENDS, FLOWS, FLOWS4, RINGS
 from pyxlb.state import (AFFINITIES, MODES, RING_SIZE_DEFAULT, Backend, DesiredState,
@@ -476,13 +477,18 @@ def detach(iface: str) -> None:
 
     IFACE's addresses stop being treated as this node's own. When no interface runs the
     balancer any more, the datapath itself is removed: its pinned maps and program go,
-    with every VIP, backend, flow and counter in them.
+    with every VIP, backend, flow and counter in them. This works on a datapath left by
+    another version of pyxlb too, which the other commands refuse to read.
 
     \b
     Example:
       pyxlb detach eth0
     """
     ifindex = _ifindex(iface)
+    if _took_off_foreign(Datapath, iface, f"detached from {iface}",
+                         "no interface runs the balancer any more: removed the datapath "
+                         "pinned at {pin_dir}"):
+        return
     with opened() as dp:
         addrs = netlink.addresses(ifindex)
         removed = dp.detach(iface)
@@ -496,6 +502,28 @@ def detach(iface: str) -> None:
             if a not in still:
                 with contextlib.suppress(KeyError):
                     dp.del_local_addr(a)
+
+
+def _took_off_foreign(kind, iface: str, detached: str, gone: str) -> bool:
+    """If the `kind` datapath at --pin-dir was made by another version (no command can
+    read its maps), take it off `iface` all the same, removing it with its last interface;
+    say so (`gone` may name {pin_dir}) and return True. False: this version can read it."""
+    pin_dir = os.path.abspath(click.get_current_context().find_object(_Options).pin_dir)
+    try:
+        kind.open(pin_dir).close()
+        return False
+    except ForeignDatapath:
+        pass
+    except FAILURES:
+        return False        # opened() reports it
+    try:
+        removed = kind.detach_foreign(iface, pin_dir)
+    except FAILURES as exc:
+        raise Fail(one_line(exc)) from None
+    click.echo(f"{detached} (a datapath made by another version of pyxlb)")
+    if removed:
+        click.echo(gone.format(pin_dir=pin_dir))
+    return True
 
 
 # -- status ----------------------------------------------------------------------------
@@ -1048,13 +1076,17 @@ def decap_attach(iface: str, vips, sources: Sequence[str], mode: str) -> None:
 def decap_detach(iface: str) -> None:
     """Take the decapsulator off IFACE.
 
-    When no interface runs it any more, its pinned program and maps are removed.
+    When no interface runs it any more, its pinned program and maps are removed. This
+    works on a decapsulator left by another version of pyxlb too.
 
     \b
     Example:
       pyxlb decap detach eth0
     """
     _ifindex(iface)
+    if _took_off_foreign(DecapPath, iface, f"detached the decapsulator from {iface}",
+                         "no interface runs it any more: removed its pins from {pin_dir}"):
+        return
     with opened(DecapPath) as dc:
         removed = dc.detach(iface)
         click.echo(f"detached the decapsulator from {iface}")

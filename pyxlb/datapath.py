@@ -71,12 +71,31 @@ class MapSet:
         return list(self._by_name)
 
 
+class ForeignDatapath(PyxlbError):
+    """A pinned datapath this version cannot read: made by another version of pyxlb."""
+
+
 def _random_seed() -> int:
     """A random 32-bit seed, never 0 (0 marks "not set")."""
     while True:
         seed = int.from_bytes(os.urandom(4), "little")
         if seed:
             return seed
+
+
+def _interfaces_running(prog_id: int) -> List[dict]:
+    """The interfaces (of the calling thread's network namespace) running XDP program
+    `prog_id`: [{name, ifindex, mode}]."""
+    out = []
+    for index, name in socket.if_nameindex():
+        try:
+            info = _bpf.XdpLink.query(index)
+        except OSError:
+            continue
+        for mode in ("native", "generic"):
+            if info[f"{mode}_prog_id"] == prog_id:
+                out.append({"name": name, "ifindex": index, "mode": mode})
+    return out
 
 
 def _proto(proto) -> int:
@@ -196,14 +215,35 @@ class _LoadedObject:
                 try:
                     handles[attr] = _bpf.Map.from_pinned(os.path.join(pin_dir, name))
                 except FileNotFoundError:
-                    raise PyxlbError(f"the datapath at {pin_dir} has no map {name}: it was "
-                                     f"made by another version; detach it and attach again")
+                    raise ForeignDatapath(
+                        f"the datapath at {pin_dir} has no map {name}: it was made by "
+                        f"another version; detach it and attach again")
+            cls._check_shapes(pin_dir, handles)
             prog = _bpf.Program.from_pinned(cls.prog_pin(pin_dir))
         except BaseException:
             for m in handles.values():
                 m.close()
             raise
         return cls(prog, MapSet(cls.SPEC, handles), pin_dir)
+
+    @classmethod
+    def _check_shapes(cls, pin_dir: str, handles: Mapping[str, "_bpf.Map"]) -> None:
+        """PyxlbError unless every pinned map has the type, key and value sizes this
+        version's object declares: a datapath left by a version whose records differ would
+        be misread (and misread us), not merely refused later on some lookup."""
+        obj = _bpf.BpfObject.open(object_path(cls.SPEC.object))
+        try:
+            for attr, name in cls.SPEC.maps.items():
+                m = handles[attr]
+                want = obj.map_shape(name)
+                if (m.type, m.key_size, m.value_size) != want:
+                    raise ForeignDatapath(
+                        f"the datapath at {pin_dir} has map {name} of type {m.type} with "
+                        f"{m.key_size}-byte keys and {m.value_size}-byte values, where this "
+                        f"version has type {want[0]}, {want[1]} and {want[2]}: it was made "
+                        f"by another version; detach it and attach again")
+        finally:
+            obj.close()
 
     @classmethod
     def create(cls, pin_dir: str = DEFAULT_PIN_DIR,
@@ -223,16 +263,7 @@ class _LoadedObject:
     def interfaces(self) -> List[dict]:
         """The interfaces (of the calling thread's network namespace) running this
         program: [{name, ifindex, mode}]."""
-        out = []
-        for index, name in socket.if_nameindex():
-            try:
-                info = _bpf.XdpLink.query(index)
-            except OSError:
-                continue
-            for mode in ("native", "generic"):
-                if info[f"{mode}_prog_id"] == self.prog.id:
-                    out.append({"name": name, "ifindex": index, "mode": mode})
-        return out
+        return _interfaces_running(self.prog.id)
 
     def attach(self, iface: str, mode: str = "native") -> dict:
         """Run the program on `iface`. Already there: nothing changes. An older pyxlb
@@ -275,6 +306,48 @@ class _LoadedObject:
         if self.interfaces():
             return False
         self.destroy()
+        return True
+
+    @classmethod
+    def detach_foreign(cls, iface: str, pin_dir: str = DEFAULT_PIN_DIR) -> bool:
+        """detach() for a datapath that open() refuses (ForeignDatapath: another version
+        made it), so that the new version can remove what the old one left. It relies only
+        on what every version pins alike: the program, at prog_pin(). When no interface
+        runs it any more, every pyxlb map (xlb_*, as every version names them) pinned in
+        `pin_dir` goes with it, except those of the other kind of datapath pinned there (by
+        name, or used by its program). Returns True when the datapath was removed."""
+        pin_dir = os.path.abspath(pin_dir)
+        index = netlink.ifindex(iface)
+        if not cls.exists(pin_dir):
+            raise PyxlbError(f"no {cls.SPEC.object} datapath at {pin_dir}")
+        with _bpf.Program.from_pinned(cls.prog_pin(pin_dir)) as prog:
+            mine = [i for i in _interfaces_running(prog.id) if i["ifindex"] == index]
+            if not mine:
+                raise PyxlbError(f"{iface} does not run this datapath's program")
+            _bpf.XdpLink.current(index, mine[0]["mode"]).detach()
+            if _interfaces_running(prog.id):
+                return False
+        others = [kind for kind in _LoadedObject.__subclasses__()
+                  if kind.SPEC is not cls.SPEC and kind.exists(pin_dir)]
+        keep_names = {name for kind in others for name in kind.SPEC.maps.values()}
+        keep_ids = set()
+        for kind in others:
+            with _bpf.Program.from_pinned(kind.prog_pin(pin_dir)) as other:
+                keep_ids.update(other.map_ids())
+        os.unlink(cls.prog_pin(pin_dir))
+        for name in os.listdir(pin_dir):
+            if not name.startswith("xlb_") or name in keep_names:
+                continue
+            path = os.path.join(pin_dir, name)
+            try:
+                with _bpf.Map.from_pinned(path) as m:
+                    if m.id in keep_ids:
+                        continue
+            except OSError:
+                continue        # not a pinned map: not ours to remove
+            os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(pin_dir)
         return True
 
     def destroy(self) -> None:

@@ -43,6 +43,8 @@ cdef extern from "linux/bpf.h" nogil:
         uint32_t type
         uint32_t id
         char name[16]
+        uint32_t nr_map_ids
+        uint64_t map_ids
 
 
 cdef extern from "linux/if_link.h" nogil:

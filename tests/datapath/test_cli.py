@@ -24,6 +24,7 @@ from pyxlb import _bpf, config, netlink, netns
 from pyxlb import _layouts as L
 from pyxlb.cli import cli
 from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.maps import DECAP_VIPS, FLOWS4
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "lb.yaml"
@@ -137,6 +138,41 @@ def test_attach_status_detach(run):
     assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
     assert not os.path.exists(run.pin_dir)
     run.fails("status", match="no balancer datapath")
+
+
+def test_detach_removes_a_datapath_left_by_another_version(run):
+    """The remedy the refusal names works: `pyxlb detach` takes a balancer this version
+    cannot read off its interface and removes its pins, old-only maps included, leaving a
+    decapsulator pinned beside it whole; `decap detach` does the same for a decapsulator."""
+    pins = run.pin_dir
+    run("attach", "veth0")
+    run("decap", "attach", "veth1", "--vip", "192.0.2.10")
+    # what a version from before the set table left: xlb_flows4, no xlb_flowsets4
+    os.rename(os.path.join(pins, FLOWS4), os.path.join(pins, "xlb_flows4"))
+    run.fails("status", match=f"has no map {FLOWS4}: it was made by another version; "
+                              f"detach it and attach again")
+    run.fails("detach", "veth1", match="veth1 does not run this datapath's program")
+    out = run("detach", "veth0").stdout.splitlines()
+    assert out == ["detached from veth0 (a datapath made by another version of pyxlb)",
+                   f"no interface runs the balancer any more: removed the datapath pinned "
+                   f"at {pins}"]
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
+    assert not Datapath.exists(pins)
+    with DecapPath.open(pins) as dc:                   # the decapsulator kept every map
+        assert sorted(os.listdir(pins)) == sorted([*dc.SPEC.maps.values(), "prog_decap"])
+        assert dc.maps.decap_vips.count() == 1
+    assert "xlb_decap" in ip("-n", run.ns, "link", "show", "veth1")
+    # a decapsulator whose VIP records have another size
+    vips = os.path.join(pins, DECAP_VIPS)
+    os.unlink(vips)
+    with _bpf.Map.create(_bpf.MAP_TYPE_HASH, 20, 8, 16, name=DECAP_VIPS) as old:
+        old.pin(vips)
+    run.fails("decap", "attach", "veth0", "--vip", "192.0.2.10", match="another version")
+    out = run("decap", "detach", "veth1").stdout
+    assert "detached the decapsulator from veth1 (a datapath made by another version" in out
+    assert f"removed its pins from {pins}" in out
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth1")
+    assert not os.path.exists(pins)
 
 
 def test_attach_options_and_two_interfaces(run):

@@ -140,6 +140,27 @@ def test_each_new_flow_table_gets_its_own_random_set_seed(bpffs_dir):
         assert again.config()["seed"] == 100
 
 
+def test_a_datapath_left_by_another_version_is_refused_with_a_reason(bpffs_dir):
+    """Adopting a pinned datapath whose maps this version does not know (one missing, one
+    with records of another size) fails at once with one clear message, rather than with
+    a misread record later on."""
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    pin = os.path.join(bpffs_dir, maps.CONFIG)
+    want = L.SIZES["xlb_config"]
+    os.unlink(pin)
+    with pytest.raises(PyxlbError, match=f"has no map {maps.CONFIG}: it was made by another "
+                                         f"version; detach it and attach again"):
+        Datapath.open(bpffs_dir)
+    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, want - 4, 1, name=maps.CONFIG) as old:
+        old.pin(pin)
+    pins = sorted(os.listdir(bpffs_dir))
+    with pytest.raises(PyxlbError, match=rf"{maps.CONFIG} of type 2 with 4-byte keys and "
+                                         rf"{want - 4}-byte values, where this version has type "
+                                         rf"2, 4 and {want}: it was made by another version"):
+        Datapath.open(bpffs_dir)
+    assert sorted(os.listdir(bpffs_dir)) == pins        # refused, and left as it was
+
+
 def test_pinned_load_adopts_the_same_maps(bpffs_dir):
     pins = os.path.join(bpffs_dir, "pyxlb")     # created by load
     first = Datapath.load(pin_dir=pins, map_sizes=SMALL)
