@@ -94,8 +94,7 @@ class VipIndex:
     def new_map(self) -> "_bpf.Map":
         """A new inner array holding the image, not yet in xlb_vip_index."""
         inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, SLOT_SIZE, L.VIP_INDEX_SLOTS,
-                                name="xlb_vip_index", flags=_bpf.MAP_F_INNER_MAP
-                                | _bpf.MAP_F_MMAPABLE)
+                                name="xlb_vip_index", flags=_bpf.MAP_F_MMAPABLE)
         try:
             length = -(-len(self._image) // mmap.PAGESIZE) * mmap.PAGESIZE
             with mmap.mmap(inner.fd, length, mmap.MAP_SHARED,

@@ -77,14 +77,18 @@ def test_a_flow_set_is_its_ways():
 @pytest.mark.parametrize("map_name,struct", INNER_USES, ids=[m for m, _ in INNER_USES])
 def test_inner_map_sizes(balancer, map_name, struct):
     """The kernel takes an inner array of the host's struct size and refuses one a word
-    larger: the template in the object has the same size."""
+    larger: the template in the object has the same size. The VIP index's template has no
+    BPF_F_INNER_MAP (so the verifier inlines its lookup): its slot count is fixed too."""
     outer = balancer.maps[map_name]
-    flags = _bpf.MAP_F_INNER_MAP | _bpf.MAP_F_MMAPABLE
-    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES[struct], 16, flags=flags) as inner:
+    flags, n = _bpf.MAP_F_MMAPABLE, L.VIP_INDEX_SLOTS
+    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES[struct], n, flags=flags) as inner:
         outer.set_inner(0, inner)
-    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES[struct] + 8, 16, flags=flags) as inner:
-        with pytest.raises(OSError):
-            outer.set_inner(0, inner)
+    for size, count, extra in ((L.SIZES[struct] + 8, n, 0), (L.SIZES[struct], n // 2, 0),
+                               (L.SIZES[struct], n, _bpf.MAP_F_INNER_MAP)):
+        with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, size, count,
+                             flags=flags | extra) as inner:
+            with pytest.raises(OSError):
+                outer.set_inner(0, inner)
     outer.delete(0)
 
 

@@ -97,11 +97,13 @@ struct {
 } xlb_local_addrs SEC(".maps");
 
 /* Template of the VIP index: slot (hash.h) -> struct xlb_vip_slot. User space fills a new
- * index whole (one memcpy, BPF_F_MMAPABLE) and swaps it in; it never writes one in place. */
+ * index whole (one memcpy, BPF_F_MMAPABLE) and swaps it in; it never writes one in place.
+ * Every index has the template's size, so no BPF_F_INNER_MAP: without it the verifier
+ * inlines the lookup (an address computation) instead of calling array_map_lookup_elem. */
 struct xlb_vip_index_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XLB_VIP_INDEX_SLOTS);
-	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	/* by size: BTF would carry the struct only as a forward declaration here */
 	__uint(value_size, sizeof(struct xlb_vip_slot));
