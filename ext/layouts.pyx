@@ -114,6 +114,7 @@ STAT_DECAP = XLB_STAT_DECAP
 STAT_DECAP_REFUSED = XLB_STAT_DECAP_REFUSED
 STAT_DROP_SOURCE_RANGE = XLB_STAT_DROP_SOURCE_RANGE
 STAT_PASS_NOT_OURS = XLB_STAT_PASS_NOT_OURS
+STAT_FLOW_MISS_MIDSTREAM = XLB_STAT_FLOW_MISS_MIDSTREAM
 STAT_MAX = XLB_STAT_MAX
 
 
@@ -144,6 +145,7 @@ def _stat_names():
         XLB_STAT_DECAP_REFUSED: "decap_refused",
         XLB_STAT_DROP_SOURCE_RANGE: "drop_source_range",
         XLB_STAT_PASS_NOT_OURS: "pass_not_ours",
+        XLB_STAT_FLOW_MISS_MIDSTREAM: "flow_miss_midstream",
     }
     return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
 

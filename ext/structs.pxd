@@ -85,6 +85,7 @@ cdef extern from "consts.h":
         XLB_STAT_DECAP_REFUSED
         XLB_STAT_DROP_SOURCE_RANGE
         XLB_STAT_PASS_NOT_OURS
+        XLB_STAT_FLOW_MISS_MIDSTREAM
         XLB_STAT_MAX
 
 

@@ -52,6 +52,7 @@ XDP_ACTIONS: Dict[str, Tuple[str, str]] = {
 # Counted on the way to an outcome, not instead of one.
 FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_stale": "stale"}
 ICMP_STEERED = "icmp_steered"   # also counted under the action its forwarding took
+MIDSTREAM_MISSES = "flow_miss_midstream"    # a subset of the flow_miss lookups
 UNKNOWN_ACTION = "unknown"      # a stat this table does not know yet: reason = its name
 
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -134,7 +135,7 @@ class DatapathCollector(Collector):
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
-    """The global counters (xlb_stats), split into three families."""
+    """The global counters (xlb_stats), split into four families."""
     actions = CounterMetricFamily(
         "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
         "(reason); each frame is counted once", labels=["action", "reason"])
@@ -146,16 +147,24 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
         "pyxlb_icmp_steered", "ICMP fragmentation-needed / packet-too-big errors about a VIP "
         "flow, sent on to that flow's backend (their frames are also counted in "
         "pyxlb_xdp_actions_total)")
+    midstream = CounterMetricFamily(
+        "pyxlb_flow_midstream_misses", "TCP segments without SYN that found no flow (also "
+        "counted as pyxlb_flow_lookups_total{result=\"miss\"}): connections the flow table "
+        "had forgotten (too small for the live flows: raise --max-flows) or that came from "
+        "another LB node or one that restarted")
     for name, value in sorted(stats.items()):
         if name in FLOW_LOOKUPS:
             lookups.add_metric([FLOW_LOOKUPS[name]], value)
         elif name == ICMP_STEERED:
             steered.add_metric([], value)
+        elif name == MIDSTREAM_MISSES:
+            midstream.add_metric([], value)
         else:
             actions.add_metric(list(action_of(name)), value)
     yield actions
     yield lookups
     yield steered
+    yield midstream
 
 
 def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> Iterator[Metric]:

@@ -166,7 +166,8 @@ def outer_source6(prefix: bytes, plen: int, hash_: int) -> Optional[bytes]:
 @dataclass(frozen=True)
 class Packet:
     """The fields of a TCP/UDP packet the decision reads (struct xlb_pkt): addresses as
-    strings, ports in host order, the IP length, IPv4 DF (IPv6 packets: always True)."""
+    strings, ports in host order, the IP length, IPv4 DF (IPv6 packets: always True), and
+    for TCP whether SYN is set."""
 
     src: str
     dst: str
@@ -175,6 +176,7 @@ class Packet:
     proto: int
     l3_len: int
     df: bool = True
+    syn: bool = True
 
     def key(self) -> FlowKey:
         family, src = parse_addr(self.src)
@@ -196,6 +198,7 @@ class Decision:
     (``drop_source_range``) adds to its VIP's refused count (xlb_vip_range_drops), not to
     the VIP's traffic counters. ``new_flow``: counted as a new flow. ``hash``: the flow hash
     (None for a packet not balanced), from which the outer source and flow label come.
+    ``midstream``: a miss that is a TCP segment without SYN (``flow_miss_midstream``).
     """
 
     action: int
@@ -205,6 +208,7 @@ class Decision:
     backend_id: Optional[int] = None
     new_flow: bool = False
     hash: Optional[int] = None
+    midstream: bool = False
 
 
 @dataclass
@@ -425,8 +429,11 @@ class Model:
             key = FlowKey(key.src, key.dst, 0, key.dport, key.proto, key.family)
         hash_ = flow_hash(key, self.config.seed, src_only)
         backend_id, flow_stat, new_flow, hash_ = self.pick(key, vip, hash_)
+        midstream = (flow_stat == "flow_miss" and pkt.proto == _PROTOS["tcp"]
+                     and not pkt.syn)
         if backend_id is None:
             return Decision(XDP_DROP, "drop_no_backend", flow_stat, vip.vip_id, None,
-                            new_flow, hash_)
+                            new_flow, hash_, midstream)
         action, outcome = self.forward(key, vip, backend_id, pkt.l3_len, pkt.df, hash_)
-        return Decision(action, outcome, flow_stat, vip.vip_id, backend_id, new_flow, hash_)
+        return Decision(action, outcome, flow_stat, vip.vip_id, backend_id, new_flow, hash_,
+                        midstream)

@@ -134,11 +134,14 @@ def _ip4(src: str, dst: str, ip: dict, options) -> Packet:
 
 def tcp4(src: str = CLIENT4, dst: str = VIP4, sport: int = CLIENT_PORT, dport: int = 80, *,
          vlan: Optional[int] = None, service_tag: bool = False,
-         payload: bytes = b"GET / HTTP/1.0\r\n\r\n", options=None, **ip) -> Frame:
-    """A client's IPv4 TCP segment (PSH|ACK with a little payload). Extra keywords are
-    fields of the IP header (tos, flags, frag, len, ihl, version, ...)."""
+         payload: bytes = b"GET / HTTP/1.0\r\n\r\n", options=None, tcp_flags: str = "S",
+         **ip) -> Frame:
+    """A client's IPv4 TCP segment with a little payload: by default a SYN, as the first
+    packet of a flow is (tcp_flags="PA": one from the middle of a connection). Extra
+    keywords are fields of the IP header (tos, flags, frag, len, ihl, version, ...)."""
     return bytes(ether(vlan=vlan, service_tag=service_tag) / _ip4(src, dst, ip, options)
-                 / TCP(sport=sport, dport=dport, flags="PA", seq=1000, ack=2000) / payload)
+                 / TCP(sport=sport, dport=dport, flags=tcp_flags, seq=1000, ack=2000)
+                 / payload)
 
 
 def udp4(src: str = CLIENT4, dst: str = VIP4, sport: int = CLIENT_PORT, dport: int = 53, *,
@@ -165,11 +168,13 @@ def _ip6(src: str, dst: str, ext: Sequence[Packet], ip: dict) -> Packet:
 
 def tcp6(src: str = CLIENT6, dst: str = VIP6, sport: int = CLIENT_PORT, dport: int = 80, *,
          vlan: Optional[int] = None, payload: bytes = b"GET / HTTP/1.0\r\n\r\n",
-         ext: Sequence[Packet] = (), **ip) -> Frame:
-    """A client's IPv6 TCP segment, after the extension headers in `ext`. Extra keywords are
-    fields of the IPv6 header (tc, fl, plen, version, ...)."""
+         ext: Sequence[Packet] = (), tcp_flags: str = "S", **ip) -> Frame:
+    """A client's IPv6 TCP segment, after the extension headers in `ext`; a SYN unless
+    tcp_flags says otherwise (as tcp4). Extra keywords are fields of the IPv6 header (tc,
+    fl, plen, version, ...)."""
     return bytes(ether(vlan=vlan) / _ip6(src, dst, ext, ip)
-                 / TCP(sport=sport, dport=dport, flags="PA", seq=1000, ack=2000) / payload)
+                 / TCP(sport=sport, dport=dport, flags=tcp_flags, seq=1000, ack=2000)
+                 / payload)
 
 
 def udp6(src: str = CLIENT6, dst: str = VIP6, sport: int = CLIENT_PORT, dport: int = 53, *,

@@ -51,6 +51,7 @@ COUNTER_FAMILIES = {
     "pyxlb_xdp_actions": {"action", "reason"},
     "pyxlb_flow_lookups": {"result"},
     "pyxlb_icmp_steered": set(),
+    "pyxlb_flow_midstream_misses": set(),
     "pyxlb_vip_packets": {"vip"},
     "pyxlb_vip_bytes": {"vip"},
     "pyxlb_vip_new_flows": {"vip"},
@@ -149,7 +150,8 @@ def test_families_types_and_labels(exporter):
     # every global counter is exported once, and nothing has counted yet
     stat_samples = [k for k in got if k[0] in ("pyxlb_xdp_actions_total",
                                                "pyxlb_flow_lookups_total",
-                                               "pyxlb_icmp_steered_total")]
+                                               "pyxlb_icmp_steered_total",
+                                               "pyxlb_flow_midstream_misses_total")]
     assert len(stat_samples) == len(L.STAT_NAMES)
     assert not any(got[k] for k in got if k[0].endswith("_total"))
 
@@ -161,6 +163,7 @@ def test_counters_move_by_the_packets_sent(exporter):
         P.tcp4(sport=40002, dport=443): 1,          # WEB443: two flows
         P.tcp4(sport=40003, dport=443): 1,
         P.tcp6(sport=40004): 1,                     # WEB6
+        P.tcp4(sport=40005, tcp_flags="A"): 2,      # WEB80: mid-connection, unknown here
     }
     dropped = P.udp4(dst="10.0.0.20", dport=53)     # DNS: its only backend is draining
     passed = P.tcp4(dst="10.0.0.99")                # not a VIP
@@ -177,9 +180,9 @@ def test_counters_move_by_the_packets_sent(exporter):
     # which backend each flow went to, from the flow table
     by_port = {k["sport"]: v["backend_id"] for k, v in dp.flows()}
     address = {bid: str(addr) for addr, bid in dp.layout().backend_ids.items()}
-    vip_of = {40001: WEB80, 40002: WEB443, 40003: WEB443, 40004: WEB6}
+    vip_of = {40001: WEB80, 40002: WEB443, 40003: WEB443, 40004: WEB6, 40005: WEB80}
     want: Samples = Counter()
-    for (frame, times), sport in zip(flows.items(), (40001, 40002, 40003, 40004)):
+    for (frame, times), sport in zip(flows.items(), vip_of):
         for kind, label, who in (("vip", "vip", vip_of[sport]),
                                  ("backend", "backend", address[by_port[sport]])):
             want[(f"pyxlb_{kind}_packets_total", ((label, who),))] += times
@@ -187,12 +190,13 @@ def test_counters_move_by_the_packets_sent(exporter):
             want[(f"pyxlb_{kind}_new_flows_total", ((label, who),))] += 1
     want[("pyxlb_vip_packets_total", (("vip", DNS),))] += 1
     want[("pyxlb_vip_bytes_total", (("vip", DNS),))] += ip_len(dropped)
-    want[("pyxlb_xdp_actions_total", (("action", "tx"), ("reason", "forwarded")))] += 6
+    want[("pyxlb_xdp_actions_total", (("action", "tx"), ("reason", "forwarded")))] += 8
     want[("pyxlb_xdp_actions_total", (("action", "drop"), ("reason", "no_backend")))] += 1
     want[("pyxlb_xdp_actions_total", (("action", "pass"), ("reason", "not_vip")))] += 1
-    want[("pyxlb_flow_lookups_total", (("result", "miss"),))] += 5
-    want[("pyxlb_flow_lookups_total", (("result", "hit"),))] += 2
-    want[("pyxlb_flow_table_entries", ())] += 4
+    want[("pyxlb_flow_lookups_total", (("result", "miss"),))] += 6
+    want[("pyxlb_flow_lookups_total", (("result", "hit"),))] += 3
+    want[("pyxlb_flow_midstream_misses_total", ())] += 1    # its first segment only
+    want[("pyxlb_flow_table_entries", ())] += 5
     assert moved(before, after) == dict(want)
 
 

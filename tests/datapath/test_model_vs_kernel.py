@@ -61,7 +61,8 @@ def frame(pkt: Packet, payload: int = 0) -> bytes:
     v6 = ":" in pkt.src
     ip = (IPv6(src=pkt.src, dst=pkt.dst) if v6 else
           IP(src=pkt.src, dst=pkt.dst, flags="DF" if pkt.df else 0))
-    l4 = (TCP if pkt.proto == 6 else UDP)(sport=pkt.sport, dport=pkt.dport)
+    l4 = (TCP(sport=pkt.sport, dport=pkt.dport, flags="S" if pkt.syn else "A")
+          if pkt.proto == 6 else UDP(sport=pkt.sport, dport=pkt.dport))
     data = bytes(Ether(src=CLIENT_MAC, dst=LB_MAC) / ip / l4 / Raw(b"\x00" * payload))
     assert len(data) - 14 == pkt.l3_len, "Packet.l3_len does not match the frame"
     return data
@@ -178,17 +179,18 @@ def scenarios(draw):
     return config, backends, vips, changes, rebuild
 
 
-# (target, client, source port, payload index, DF). Target 0-7: VIP number target %
+# (target, client, source port, payload index, DF, SYN). Target 0-7: VIP number target %
 # len(vips) (any port for a port-0 VIP); 8: the first VIP's address on some other port
-# (a port-0 VIP may take it); 9: an address that is no VIP.
+# (a port-0 VIP may take it); 9: an address that is no VIP. SYN: TCP's flags are SYN, or
+# else ACK (a segment from the middle of a connection).
 packet_draws = st.tuples(st.integers(0, 9), st.integers(0, 5),
                          st.one_of(st.sampled_from([1000, 2000]), st.integers(1, 65535)),
                          st.integers(0, len(PAYLOADS) - 1),
-                         st.sampled_from([True, True, True, False]))
+                         st.sampled_from([True, True, True, False]), st.booleans())
 
 
 def make_packet(vips: List[VipSpec], draw) -> tuple:
-    target, client, sport, payload_index, df = draw
+    target, client, sport, payload_index, df, syn = draw
     if target < 8:
         vip = vips[target % len(vips)]
         dst, proto = vip.addr, vip.proto
@@ -200,7 +202,7 @@ def make_packet(vips: List[VipSpec], draw) -> tuple:
     v6 = ":" in dst
     src = f"2001:db8:c::{client + 1:x}" if v6 else f"198.51.100.{client + 1}"
     payload = PAYLOADS[payload_index]
-    pkt = Packet(src, dst, sport, dport, proto, l3_len(v6, proto, payload), df or v6)
+    pkt = Packet(src, dst, sport, dport, proto, l3_len(v6, proto, payload), df or v6, syn)
     return pkt, frame(pkt, payload)
 
 
@@ -255,6 +257,7 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     stats = {name: 0 for name in L.STAT_NAMES}
     stats.update(Counter(d.outcome for d in decisions))
     stats.update(Counter(d.flow for d in decisions if d.flow))
+    stats["flow_miss_midstream"] = sum(d.midstream for d in decisions)
     assert dp.stats() == stats
     refused = Counter(d.vip_id for d in decisions if d.outcome == "drop_source_range")
     assert {vid: dp.vip_range_drops(vid) for vid in vip_ids} == \

@@ -51,6 +51,7 @@ MAP_SIZES = {"xlb_flows": 4096, "xlb_flowsets4": 1024, "xlb_backends": 64, "xlb_
 # the counters a row expects most often
 MISS_TX = {"flow_miss": 1, "tx": 1}
 HIT_TX = {"flow_hit": 1, "tx": 1}
+MIDSTREAM_TX = {"flow_miss": 1, "flow_miss_midstream": 1, "tx": 1}
 NOT_VIP = {"pass_not_vip": 1}
 MALFORMED = {"pass_malformed": 1}
 FRAGMENT = {"pass_fragment": 1}
@@ -280,6 +281,8 @@ U4 = P.udp4()
 T6 = P.tcp6()
 U6 = P.udp6()
 T4_OTHER = P.tcp4(sport=P.CLIENT_PORT + 1)
+T4_ACK = P.tcp4(tcp_flags="A")          # the same flow as T4, mid-connection
+T6_RST = P.tcp6(tcp_flags="R")
 RING7 = (1, 2, 3, 4, 5, 6, 7)
 
 
@@ -633,6 +636,20 @@ CASES = [
          (vip(P.VIP4), send(T4), backend(1, "10.1.0.9", gen=2)), TX,
          tunnelled(T4, 1, addr="10.1.0.9"), {"flow_stale": 1, "tx": 1},
          check=flows_are((P.CLIENT_PORT, 1, 2))),
+    # a TCP segment without SYN that finds no flow: a connection this table did not know
+    Case("midstream_miss_counted_v4", T4_ACK, (vip(P.VIP4),), TX, tunnelled(T4_ACK, 1),
+         MIDSTREAM_TX, check=flows_are((P.CLIENT_PORT, 1, 1))),
+    Case("midstream_miss_counted_v6", T6_RST, (vip(P.VIP6, backends=(11,)),), TX,
+         tunnelled(T6_RST, 11), MIDSTREAM_TX),
+    Case("midstream_hit_not_counted", T4_ACK, (vip(P.VIP4), send(T4)), TX,
+         tunnelled(T4_ACK, 1), HIT_TX),
+    Case("midstream_stale_not_counted", T4_ACK, (vip(P.VIP4), send(T4), gone(1), ring(2)),
+         TX, tunnelled(T4_ACK, 2), {"flow_stale": 1, "tx": 1}),
+    Case("midstream_no_flow_table_not_counted", T4_ACK,
+         (vip(P.VIP4, flags=L.VIP_NO_FLOW_TABLE),), TX, tunnelled(T4_ACK, 1), {"tx": 1}),
+    Case("midstream_miss_no_backend_counted", T4_ACK,
+         (vip(P.VIP4, backends=(L.RING_EMPTY,)),), DROP, None,
+         {**NO_BACKEND, "flow_miss_midstream": 1}),
     Case("affinity_same_client_other_port", AFF_SECOND,
          (vip(P.VIP4, backends=RING7, flags=L.VIP_AFFINITY_SRC), send(AFF_FIRST)), TX,
          tunnelled(AFF_SECOND, AFF_BACKEND, affinity=True), HIT_TX,

@@ -211,7 +211,7 @@ def tcp_counters(lab: Lab, node: str) -> Dict[str, int]:
 
 # xlb_stats entries that are not the outcome of a packet but extra facts about one (a flow
 # table lookup; an ICMP error steered, which is then also forwarded)
-NOT_OUTCOMES = ("flow_hit", "flow_miss", "flow_stale", "icmp_steered")
+NOT_OUTCOMES = ("flow_hit", "flow_miss", "flow_stale", "icmp_steered", "flow_miss_midstream")
 
 
 def lb_counters(lab: Lab, lb: str) -> Dict[str, int]:

@@ -103,6 +103,20 @@ def test_new_flow_is_remembered_then_hit(model):
                                                               False)
 
 
+def test_a_miss_without_syn_is_midstream(model):
+    """A TCP segment without SYN that misses is flagged midstream; a SYN, a hit and UDP
+    are not."""
+    ack = Packet(CLIENT4, VIP4, 1000, 80, 6, 40, syn=False)
+    first = model.decide(ack)
+    assert (first.flow, first.midstream) == ("flow_miss", True)
+    again = model.decide(ack)
+    assert (again.flow, again.midstream) == ("flow_hit", False)
+    assert not model.decide(Packet(CLIENT4, VIP4, 1001, 80, 6, 40)).midstream
+    model.set_vip(VIP4, 53, "udp", vip_id=3, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
+    udp = model.decide(Packet(CLIENT4, VIP4, 1002, 53, 17, 28, syn=False))
+    assert (udp.flow, udp.midstream) == ("flow_miss", False)
+
+
 def test_port_zero_vip_catches_other_ports(model):
     model.set_vip(VIP4, 0, "tcp", vip_id=2, ring_id=1, ring_size=7, mode=L.MODE_LOCAL)
     assert model.decide(Packet(CLIENT4, VIP4, 1, 8080, 6, 40)).vip_id == 2

@@ -262,12 +262,13 @@ static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
  * Pick the backend of a flow: the flow table's answer if it still names a live backend of
  * the same generation, else the VIP's Maglev ring at xlb_ring_slot(). A new choice is
  * remembered when `insert` (ICMP errors look up, never insert). Returns the backend id, or
- * XLB_RING_EMPTY when the VIP has no backend.
+ * XLB_RING_EMPTY when the VIP has no backend. *missed: the flow table did not have the flow
+ * (a stale entry is not a miss).
  */
 static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
 				      __u32 *hash, const struct xlb_config *cfg, int src_only,
 				      int insert,
-				      struct xlb_backend **out, int *new_flow)
+				      struct xlb_backend **out, int *new_flow, int *missed)
 {
 	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
 	struct xlb_backend *be;
@@ -277,6 +278,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	void *ring;
 
 	*new_flow = 0;
+	*missed = 0;
 	if (use_flows) {
 		if (xlb_flow_lookup(key, cfg, &flow)) {
 			id = flow.backend_id;
@@ -291,6 +293,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 			xlb_count(XLB_STAT_FLOW_STALE);
 		} else {
 			xlb_count(XLB_STAT_FLOW_MISS);
+			*missed = 1;
 		}
 	}
 	*hash = xlb_flow_hash(key, cfg->seed, src_only);
@@ -427,7 +430,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	struct xlb_backend *be = NULL;
 	__u32 zero = 0, hash = 0, id, vip_id = vip->vip_id;
 	int src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
-	int new_flow;
+	int new_flow, missed;
 
 	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
 	if (!cfg) {
@@ -436,7 +439,10 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	}
 	if (src_only)
 		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
-	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, &be, &new_flow);
+	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, &be, &new_flow, &missed);
+	/* a TCP segment without SYN is part of a connection: one the table should have had */
+	if (missed && pkt->l4_proto == IPPROTO_TCP && !xlb_tcp_syn(ctx, pkt))
+		xlb_count(XLB_STAT_FLOW_MISS_MIDSTREAM);
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_vip_stats, &vip_id), pkt->l3_len, new_flow);
 	if (id == XLB_RING_EMPTY || !be) {
 		xlb_count(XLB_STAT_DROP_NO_BACKEND);
@@ -463,7 +469,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	struct xlb_vip *vip;
 	__u32 zero = 0, hash = 0, id, l4;
 	__u16 *ports;
-	int src_only, new_flow;
+	int src_only, new_flow, missed;
 
 	if (inner > 256)
 		return -1;
@@ -509,7 +515,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	if (src_only)
 		key.sport = 0;
-	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, &be, &new_flow);
+	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, &be, &new_flow, &missed);
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);

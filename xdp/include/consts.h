@@ -129,6 +129,9 @@ enum xlb_stat {
 	XLB_STAT_DECAP_REFUSED,		/* tunnelled packet not for a known VIP or source */
 	XLB_STAT_DROP_SOURCE_RANGE,	/* client outside the VIP's source ranges */
 	XLB_STAT_PASS_NOT_OURS,		/* VIP frame addressed to another host's MAC */
+	XLB_STAT_FLOW_MISS_MIDSTREAM,	/* a flow_miss that is a TCP segment without SYN: a
+					 * connection the table forgot, or that came from
+					 * another LB node */
 	XLB_STAT_MAX,
 };
 

@@ -183,4 +183,20 @@ static __always_inline int xlb_parse_ports(void *data, void *data_end, struct xl
 	return XLB_PARSE_OK;
 }
 
+/* Whether a parsed TCP packet has SYN set (xlb_parse_ports checked its header is whole;
+ * the verifier wants the bound again). */
+static __always_inline int xlb_tcp_syn(struct xdp_md *ctx, const struct xlb_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th;
+
+	if (pkt->l4_off > 512)
+		return 0;
+	th = data + pkt->l4_off;
+	if ((void *)(th + 1) > data_end)
+		return 0;
+	return th->syn;
+}
+
 #endif /* XLB_PARSE_H */
