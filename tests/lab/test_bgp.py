@@ -253,7 +253,8 @@ def test_open_connections_survive_a_dead_node(lab_session, nodes, ports, family)
     BIRD is killed (SIGKILL, as when the node dies); the router withdraws lb1's route;
     the rest of every upload then goes through lb2, which never saw those flows, and
     reaches the backend holding the connection: every reply arrives complete, no
-    connection is reset, and lb1 forwards nothing more."""
+    connection is reset, and lb1 forwards nothing more. lb2 counts each connection it took
+    over once as a mid-connection miss (its first segment without SYN), and no other."""
     lab = lab_session
     announce_both(lab, nodes, family)
     sports = ports.take(40)
@@ -274,6 +275,9 @@ def test_open_connections_survive_a_dead_node(lab_session, nodes, ports, family)
     assert not wrong, f"replies from the wrong backend or short: {wrong}"
     assert delta(lb_counters(lab, "lb1"), after_kill["lb1"])["vip_packets"] == 0
     assert delta(lb_counters(lab, "lb2"), after_kill["lb2"])["vip_packets"] > 0
+    taken_over = delta(lb_counters(lab, "lb2"), before["lb2"])["flow_miss_midstream"]
+    assert taken_over == opened["lb1"], \
+        f"lb2 counted {taken_over} mid-connection misses for {opened['lb1']} moved connections"
     client = delta(tcp_counters(lab, "client"), client_before)
     assert client["EstabResets"] == 0 and client["OutRsts"] == 0, \
         f"connections were reset (withdrawn after {seconds:.2f} s): {client}"
