@@ -175,6 +175,21 @@ def test_detach_removes_a_datapath_left_by_another_version(run):
     assert not os.path.exists(pins)
 
 
+def test_a_datapath_of_another_version_goes_with_its_last_interface(run):
+    pins = run.pin_dir
+    run("attach", "veth0")
+    run("attach", "veth1")
+    os.rename(os.path.join(pins, FLOWS4), os.path.join(pins, "xlb_flows4"))
+    out = run("detach", "veth0").stdout.splitlines()
+    assert out == ["detached from veth0 (a datapath made by another version of pyxlb)"]
+    assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
+    assert "xlb_balancer" in ip("-n", run.ns, "link", "show", "veth1")
+    assert Datapath.exists(pins) and "xlb_flows4" in os.listdir(pins)
+    run.fails("detach", "veth0", match="veth0 does not run this datapath's program")
+    assert "removed the datapath" in run("detach", "veth1").stdout
+    assert not os.path.exists(pins)
+
+
 def test_attach_options_and_two_interfaces(run):
     out = run("attach", "veth1", "--mode", "generic", "--encap-source", "10.255.0.0/24",
               "--encap-source", "fd00:255::/64", "--seed", "42", "--mtu", "9000").stdout
