@@ -58,8 +58,8 @@ ceiling's path: the forwarder's own work.
 Each measurement: a warm-up (flows known to every forwarder, rate estimated), then one
 generator call per thread sized to last --duration seconds (bounded in packets; a
 watchdog interrupts a call that overruns). Before the first one pyxlb's IPv4 flow table is
-brought to a long-running node's state: full, so every new flow pushes an older one out
-of its set (see fill_flow_tables). For
+brought to a long-running node's state: where new flows go (each set's back half) full,
+so every new flow pushes an older one out of its set (see fill_flow_tables). For
 new flows through conntrack the count is capped so that its table never fills
 (nf_conntrack_max is global and read-only inside a namespace); conntrack is flushed
 before and after. Rounds run every case in turn, so drift touches all alike; a figure is
@@ -670,11 +670,12 @@ def set_traffic(lab: Lab, traffic: str, ncpus: int) -> None:
 
 
 def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> None:
-    """Bring every pyxlb node to the state of a node that has been up a while: its IPv4
-    flow table full of other flows (twice its capacity of new flows went through), so a new
-    flow pushes the oldest flow of its set out. Where in its set a flow sits costs nothing
-    (a set is two cache lines, read together); the established flows go in during each
-    measurement's warm-up."""
+    """Bring every pyxlb node to the state of a node that has been up a while: where a new
+    IPv4 flow goes, the back half of its set, full of other flows (twice the table's
+    capacity of new flows went through), so a new flow pushes the oldest flow there out.
+    The front halves hold flows that sent a second packet: here the established flows,
+    which go in during each measurement's warm-up. Where in its set a flow sits costs
+    nothing (a set is two cache lines, read together; a lookup compares all four ways)."""
     cpus = core_sets[max(core_sets)]
     set_traffic(lab, "new", len(cpus))
     for f in FORWARDERS:
@@ -1006,8 +1007,7 @@ def main():
         print(f"measuring: {args.rounds} rounds x {len(FORWARDERS)} forwarders x "
               f"{len(TRAFFIC)} traffic kinds x {len(core_counts)} core counts, "
               f"{duration:g} s each", flush=True)
-        print("filling pyxlb's flow tables (steady state: full, new flows push old ones "
-              "out)...",
+        print("filling pyxlb's flow tables (steady state: new flows push old ones out)...",
               flush=True)
         fill_flow_tables(lab, core_sets)
         for rnd in range(args.rounds):
@@ -1064,8 +1064,9 @@ def main():
             "ns_over_ceiling = (1/mpps - 1/mpps of the ceiling) x cores: CPU time per "
             "packet beyond the bare redirect's path, i.e. the forwarder's own work",
             "pyxlb's IPv4 flow table (2 Mi flows in sets of 4) takes twice its capacity "
-            "of new flows before the first measurement: full, as on a node that has run a "
-            "while, every new flow pushes an older one out of its set",
+            "of new flows before the first measurement: as on a node that has run a while, "
+            "the back half of every set, where new flows go, is full, and every new flow "
+            "pushes an older one out of its set",
             "established flows are flows the forwarder already knows (pyxlb's flow table, a "
             "conntrack entry); no replies flow, so conntrack keeps them unreplied",
             "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node (a NIC would "

@@ -127,9 +127,10 @@ class DatapathCollector(Collector):
         g.add_metric([], dp.flow_count())
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow tables "
-                              "(IPv4 and IPv6); a new flow pushes out the oldest quiet flow "
-                              "of its IPv4 set, or the least recently used IPv6 flow of a "
-                              "full IPv6 table")
+                              "(IPv4 and IPv6); a new IPv4 flow pushes out the oldest flow "
+                              "of its set's back half (flows that send again move to the "
+                              "front half), a new IPv6 flow the least recently used flow of "
+                              "a full IPv6 table")
         g.add_metric([], dp.flow_capacity())
         yield g
 

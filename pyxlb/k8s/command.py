@@ -69,7 +69,8 @@ def _opt(*names, env: str, **kw):
       default=2_097_152, show_default=True,
       help="IPv4 flows the flow table pins (32 bytes of kernel memory each, taken when the "
            "datapath is created, which fixes it), rounded up to a power of two of sets of "
-           "4; a new flow pushes the oldest quiet flow of its set out.")
+           "4; a new flow enters the back half of its set and pushes the oldest flow "
+           "there out; a flow that sends again moves to the front half.")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
       default=300_000, show_default=True,
       help="IPv6 flows the flow table pins before evicting the least recently used (132 "

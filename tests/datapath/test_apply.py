@@ -66,6 +66,16 @@ def send(dp, sport, **kw):
     return backend_of(out)
 
 
+def open_flow(dp, sport, **kw):
+    """A connection's first two packets: the first pins the flow in the back half of its
+    set, the second moves it to the front half, where later new flows do not push it out
+    (test_new_flows_enter_the_back_half_and_a_second_packet_moves_them_up). Returns the
+    backend, the same for both."""
+    first = send(dp, sport, **kw)
+    assert send(dp, sport, **kw) == first
+    return first
+
+
 @pytest.fixture
 def dp():
     d = Datapath.load(map_sizes=SMALL)
@@ -130,7 +140,7 @@ def dump(dp):
 def test_apply_then_reapply_writes_nothing(dp, monkeypatch):
     dp.apply(STATE)
     prepare(dp)
-    before = {p: send(dp, p) for p in range(1000, 1100)}
+    before = {p: open_flow(dp, p) for p in range(1000, 1100)}
     counters = dp.counters()
     rec = Recorder(monkeypatch)
     plan = dp.apply(STATE)
@@ -138,7 +148,7 @@ def test_apply_then_reapply_writes_nothing(dp, monkeypatch):
     # nothing reset, nothing flushed: same backends, counters went on
     assert {p: send(dp, p) for p in range(1000, 1100)} == before
     assert dp.counters()[0]["packets"] == counters[0]["packets"] + 100
-    assert dp.stats()["flow_hit"] == 100
+    assert dp.stats()["flow_hit"] == 200       # each flow's second packet, then these
 
 
 def test_one_backend_added_touches_only_that_vip(dp, monkeypatch):
@@ -158,7 +168,7 @@ def test_one_backend_added_touches_only_that_vip(dp, monkeypatch):
 def test_failure_half_way_leaves_the_previous_state(dp, monkeypatch):
     dp.apply(STATE)
     prepare(dp)
-    served = {p: send(dp, p) for p in range(2000, 2050)}
+    served = {p: open_flow(dp, p) for p in range(2000, 2050)}
     snapshot = dump(dp)
     changed = DesiredState((vip("192.0.2.10:80/tcp", "10.0.2.1", "10.0.2.2", ring_size=13),
                             vip("192.0.2.30:80/tcp", "10.0.2.3")))
@@ -197,7 +207,7 @@ def test_bad_state_writes_nothing(dp, monkeypatch):
 def test_recycled_backend_id_never_inherits_flows(dp):
     dp.apply(STATE)
     prepare(dp)
-    on = {p: send(dp, p) for p in range(3000, 3200)}
+    on = {p: open_flow(dp, p) for p in range(3000, 3200)}
     victim_flows = [p for p, b in on.items() if b == "10.0.1.3"]
     assert victim_flows
     old_id = dp.layout().backend_ids[Backend("10.0.1.3").address]
@@ -220,7 +230,7 @@ def test_recycled_backend_id_never_inherits_flows(dp):
 def test_drain_keeps_flows_and_takes_no_new_ones(dp):
     dp.apply(STATE)
     prepare(dp)
-    on = {p: send(dp, p) for p in range(4000, 4300)}
+    on = {p: open_flow(dp, p) for p in range(4000, 4300)}
     drained = DesiredState(tuple(v.replace(backends=tuple(
         Backend(b.address, state="draining") if str(b.address) == "10.0.1.2" else b
         for b in v.backends)) for v in STATE))
@@ -233,8 +243,8 @@ def test_drain_keeps_flows_and_takes_no_new_ones(dp):
 def test_backend_removed_from_one_vip_loses_only_that_vips_flows(dp):
     dp.apply(STATE)
     prepare(dp)
-    on80 = {p: send(dp, p) for p in range(6000, 6200)}
-    on443 = {p: send(dp, p, dport=443) for p in range(6000, 6200)}
+    on80 = {p: open_flow(dp, p) for p in range(6000, 6200)}
+    on443 = {p: open_flow(dp, p, dport=443) for p in range(6000, 6200)}
     # 10.0.1.3 leaves :80 but still serves :443
     dp.apply(STATE.with_vip(vip("192.0.2.10:80/tcp", "10.0.1.1", "10.0.1.2", ring_size=13)))
     after80 = {p: send(dp, p) for p in range(6000, 6200)}
@@ -268,7 +278,7 @@ RESTART_CHILD = textwrap.dedent("""
     from pyxlb.datapath import Datapath
     from pyxlb.config import load_text
     state = load_text(sys.stdin.read())
-    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1 << 16})
+    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1 << 18})
     dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     plan = dp.apply(state)
     for bid in dp.layout().backend_records():
@@ -525,7 +535,8 @@ def test_a_new_cluster_seed_keeps_every_pinned_flow(dp):
     dp.apply(STATE)
     prepare(dp)
     ports = range(6000, 6200)
-    before = {(p, d): send(dp, p, dst=d) for p in ports for d in ("192.0.2.10", "2001:db8::10")}
+    before = {(p, d): open_flow(dp, p, dst=d)
+              for p in ports for d in ("192.0.2.10", "2001:db8::10")}
     hits = dp.stats()["flow_hit"]
     dp.configure(seed=0x5EED)
     assert {(p, d): send(dp, p, dst=d) for p, d in before} == before
@@ -557,26 +568,42 @@ def ways(d):
     return [k["sport"] for k, _ in d.flows()]
 
 
-def test_a_set_keeps_its_newest_flows_and_those_that_keep_sending(one_set):
-    """A new IPv4 flow goes to the front of its set and pushes the last way out; a flow found
-    in the back half of its set moves to the front, so a flow that keeps sending outlives
-    newer flows that went quiet. A pushed-out flow is balanced again (a miss)."""
+def positions(d):
+    """The one set's ways in order: each flow's source port, None for an empty way."""
+    out = [None] * L.FLOW4_WAYS
+    for way, raw_key, _ in L.flow4_ways(d.maps.flows4.lookup(0)):
+        out[way] = L.unpack_flow4_key(raw_key)["sport"]
+    return out
+
+
+def test_new_flows_enter_the_back_half_and_a_second_packet_moves_them_up(one_set):
+    """A new IPv4 flow enters its set at way 2, the head of the back half; only a second
+    packet moves it to the front half (a hit in ways 2-3 goes to way 0). Flows that send
+    once, as in a SYN flood from forged sources, churn the back half and leave the front
+    half's flows alone. A pushed-out flow is balanced again (a miss)."""
     d = one_set
-    for p in (7001, 7002, 7003, 7004):
+    _ = None
+    send(d, 7001)
+    assert positions(d) == [_, _, 7001, _]
+    send(d, 7002)                       # the back half moves down
+    assert positions(d) == [_, _, 7002, 7001]
+    send(d, 7003)                       # 7001 goes, though the front half is empty
+    assert positions(d) == [_, _, 7003, 7002]
+    send(d, 7002)                       # a second packet: to the front
+    assert positions(d) == [7002, _, _, 7003]
+    send(d, 7004)                       # into the empty way 2: nothing moves, nothing goes
+    assert positions(d) == [7002, _, 7004, 7003]
+    send(d, 7004)
+    assert positions(d) == [7004, 7002, _, 7003]
+    for p in (7005, 7006, 7007):        # a flood of one-packet flows
         send(d, p)
-    assert ways(d) == [7004, 7003, 7002, 7001]
-    send(d, 7002)           # way 2: to the front
-    assert ways(d) == [7002, 7004, 7003, 7001]
-    send(d, 7004)           # way 1: stays
-    assert ways(d) == [7002, 7004, 7003, 7001]
-    send(d, 7001)           # way 3: to the front
-    assert ways(d) == [7001, 7002, 7004, 7003]
-    send(d, 7005)           # new: 7003 goes
-    assert ways(d) == [7005, 7001, 7002, 7004]
+    assert positions(d) == [7004, 7002, 7007, 7006]
+    send(d, 7002)                       # a hit in the front half moves nothing
+    assert positions(d) == [7004, 7002, 7007, 7006]
     before = d.stats()
-    send(d, 7003)
+    send(d, 7003)                       # pushed out by the flood: a miss
     assert d.stats()["flow_miss"] == before["flow_miss"] + 1
-    assert ways(d) == [7003, 7005, 7001, 7002]
+    assert positions(d) == [7004, 7002, 7003, 7007]
     assert d.flow_counts() == (4, 0) and d.flow_capacities()[0] == 4
 
 

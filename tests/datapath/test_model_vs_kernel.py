@@ -35,7 +35,11 @@ from pyxlb.datapath import Datapath
 from pyxlb.maglev import build_table
 from pyxlb.model import FlowKey, Model, Packet, outer_source4, outer_source6
 
-MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": 16384, "xlb_vips": 64, "xlb_vip_addrs": 64,
+# The default 2^19 IPv4 sets: the model's flow table forgets nothing, and in the kernel's a
+# new flow is pushed out when two more land in its set's back half before its second packet
+# (with the set seed random, by chance: for 100 flows about 1 in 10^6).
+MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
+             "xlb_vip_addrs": 64,
              "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
              "xlb_backend_stats": 1024}
 CLIENT_MAC, LB_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:01"
@@ -425,7 +429,9 @@ def test_two_nodes_pick_the_same_backend_without_shared_state():
         picks_a = route(node_a, frames, by_addr)
         assert None not in picks_a
         assert route(node_b, frames, by_addr) == picks_a
-        assert len(node_b.flows()) == len(frames)       # each node learnt them on its own
+        # each node learnt them on its own (a flow sends once here: a few share their
+        # set's back half with two later ones and are pushed out again)
+        assert node_b.flow_counts()[0] >= 0.99 * len(frames)
         picks_other = route(other_seed, frames, by_addr)
         moved = sum(a != b for a, b in zip(picks_a, picks_other)) / len(frames)
         assert moved > 0.7, f"another seed moved only {moved:.1%} of the flows"
@@ -447,9 +453,10 @@ def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float 
     set_a, set_b = v4_backends(range(1, 5), 1), v4_backends(range(11, 15), 2)
     every = {**set_a, **set_b}
     by_addr = addr_index(every)
-    # the default 2^19 IPv4 sets: the set hash's seed is random, and with 5,000 flows the
-    # odds that some set gets more than 4 (and forgets one) are then about 1 in 3 million
-    dp = ipip_node(7, every, flags, {**MAP_SIZES, "xlb_flowsets4": L.FLOW4_SETS})
+    # the default 2^19 IPv4 sets: the set hash's seed is random, and with 5,000 flows (each
+    # opened with two packets, so in the front half) the odds that some set gets more than
+    # 4 and forgets one are about 1 in 3 million
+    dp = ipip_node(7, every, flags)
     ring_a, ring_b = ring_of(set_a), ring_of(set_b)
     dp.set_ring(1, ring_a)
     frames = FlowFrames(flows, random.Random(2)).frames()
@@ -466,9 +473,10 @@ def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float 
         for ring, part in ((ring_a, range(half)), (ring_b, range(half, len(frames)))):
             dp.set_ring(1, ring)
             for index in part:
-                action, out = dp.run(frames[index])
-                seen.append((index, action,
-                             backend_of(out, by_addr) if action == XDP_TX else None))
+                for _ in range(2):      # a second packet: to the front half of its set
+                    action, out = dp.run(frames[index])
+                    seen.append((index, action,
+                                 backend_of(out, by_addr) if action == XDP_TX else None))
         dp.set_ring(1, ring_a)
         assert dp.flow_counts()[0] == len(frames), "the flow table forgot flows already"
     thread = threading.Thread(target=swapper)

@@ -178,8 +178,8 @@ static __always_inline int xlb_flow4_match(const struct xlb_flow4_way *w, const 
  * The flow-table entry of a flow, copied into *out: 1 when there is one. IPv4 flows are in
  * a set of xlb_flowsets4: each way is copied before it is checked (another CPU may be
  * writing the set), and a flow found in the back half of its set moves to the front, so a
- * flow that keeps sending stays while new flows push idle ones out. IPv6 flows are in the
- * LRU map xlb_flows.
+ * flow that keeps sending stays while new flows push idle ones out (a new flow starts in
+ * the back half: xlb_flow_insert). IPv6 flows are in the LRU map xlb_flows.
  */
 static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
 					   const struct xlb_config *cfg, struct xlb_flow *out)
@@ -221,8 +221,15 @@ static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
 	return 0;
 }
 
-/* Remember a flow's backend: IPv4 at the front of its set (the same flow's older way, if
- * any, or else the last way, makes room), IPv6 in xlb_flows. */
+/*
+ * Remember a flow's backend; IPv6 in xlb_flows. IPv4: a flow its set still holds (a stale
+ * entry, re-hashed) is rewritten in its way. A new flow enters at the head of the set's
+ * back half (way XLB_FLOW4_WAYS / 2): the back half's ways move down one as far as its first
+ * empty way, or else the last way is pushed out. It reaches the front half only when a
+ * second packet finds it there (xlb_flow_lookup). So flows that send one packet and no more
+ * (a SYN flood from forged sources, one-datagram UDP) churn the back half and never push
+ * out the front half's flows, those that kept sending.
+ */
 static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
 					    const struct xlb_config *cfg,
 					    const struct xlb_flow *flow)
@@ -231,7 +238,7 @@ static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
 	const __u32 *k = (const __u32 *)&k4;
 	struct xlb_flowset4 *set;
 	struct xlb_flow4_way w;
-	int i, last = XLB_FLOW4_WAYS - 1;
+	int i, at = -1, hole = -1;
 
 	if (key->family != XLB_FAMILY_V4) {
 		bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
@@ -241,21 +248,31 @@ static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
 	if (!set)
 		return;
 #pragma unroll
-	for (i = 0; i < XLB_FLOW4_WAYS - 1; i++) {
+	for (i = 0; i < XLB_FLOW4_WAYS; i++) {
 		__builtin_memcpy(&w, &set->way[i], sizeof(w));
 		if (xlb_flow4_match(&w, k)) {
-			last = i;
+			at = i;
 			break;
 		}
+		if (i >= XLB_FLOW4_WAYS / 2 && !w.check && hole < 0)
+			hole = i;	/* empty: never written, or forgotten by user space */
 	}
+	if (at < 0) {
+		if (hole < 0)
+			hole = XLB_FLOW4_WAYS - 1;
 #pragma unroll
-	for (i = XLB_FLOW4_WAYS - 1; i > 0; i--)
-		if (i <= last)
-			set->way[i] = set->way[i - 1];
+		for (i = XLB_FLOW4_WAYS - 1; i > XLB_FLOW4_WAYS / 2; i--)
+			if (i <= hole)
+				set->way[i] = set->way[i - 1];
+		at = XLB_FLOW4_WAYS / 2;
+	}
 	__builtin_memcpy(&w.key, &k4, sizeof(k4));
 	w.flow = *flow;
 	w.check = xlb_flow4_check(&w);
-	set->way[0] = w;
+#pragma unroll
+	for (i = 0; i < XLB_FLOW4_WAYS; i++)
+		if (i == at)
+			set->way[i] = w;
 }
 
 /*
