@@ -115,7 +115,8 @@ DATAPATH_METRICS = {
     "pyxlb_vip_packets_total", "pyxlb_vip_bytes_total", "pyxlb_vip_new_flows_total",
     "pyxlb_backend_packets_total", "pyxlb_backend_bytes_total",
     "pyxlb_backend_new_flows_total", "pyxlb_xdp_actions_total", "pyxlb_flow_lookups_total",
-    "pyxlb_icmp_steered_total", "pyxlb_flow_midstream_misses_total", "pyxlb_vips", "pyxlb_backends", "pyxlb_flow_table_entries",
+    "pyxlb_icmp_steered_total", "pyxlb_flow_midstream_misses_total",
+    "pyxlb_vips", "pyxlb_backends", "pyxlb_flow_table_entries",
     "pyxlb_flow_table_max_entries",
 }
 AGENT_METRICS = {
