@@ -306,7 +306,7 @@ def test_restart_loses_nothing(bpffs_dir):
         deadline = time.monotonic() + 20
         i = 0
         while not stop.is_set() and time.monotonic() < deadline and i < 200000:
-            sport = 7000 + i % 200
+            sport = 7000 + (i // 2) % 200     # two packets in a row: each flow opens
             action, out, _ = prog.test_run(frame(sport))
             results.append((sport, action, backend_of(out) if action == _bpf.XDP_TX else None))
             i += 1

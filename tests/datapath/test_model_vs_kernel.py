@@ -37,7 +37,8 @@ from pyxlb.model import FlowKey, Model, Packet, outer_source4, outer_source6
 
 # The default 2^19 IPv4 sets: the model's flow table forgets nothing, and in the kernel's a
 # new flow is pushed out when two more land in its set's back half before its second packet
-# (with the set seed random, by chance: for 100 flows about 1 in 10^6).
+# (with the set seed random, by chance: for 100 flows about 1 in 10^6 an example, so about
+# 1 in 10^4 for a whole run of the property test).
 MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
              "xlb_vip_addrs": 64,
              "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
