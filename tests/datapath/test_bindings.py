@@ -54,6 +54,21 @@ def test_struct_sizes_agree_with_the_bpf_object(loaded):
     assert loaded.map("xlb_test_counters").value_size == sizes["xlb_counters"] == 24
 
 
+def test_map_shapes_and_the_maps_a_program_uses(loaded):
+    """map_shape: what the object declares, which is what the kernel made; map_ids: the
+    maps the verifier saw the program use (not the two it declares and never touches)."""
+    names = ("xlb_test_hash", "xlb_test_array", "xlb_test_counters", "xlb_test_rings",
+             "xlb_test_pinned")
+    for name in names:
+        m = loaded.map(name)
+        assert loaded.map_shape(name) == (m.type, m.key_size, m.value_size)
+    assert loaded.map_shape("xlb_test_counters")[2] == _bpf.struct_sizes()["xlb_counters"]
+    ids = loaded.program("xlb_selftest").map_ids()
+    assert len(ids) == len(set(ids))
+    assert {n for n in names if loaded.map(n).id in ids} == \
+        {"xlb_test_array", "xlb_test_counters", "xlb_test_rings"}
+
+
 def test_constants_come_from_consts_h():
     assert _bpf.CONSTANTS["XLB_RING_SIZE_DEFAULT"] == 65537
     assert _bpf.CONSTANTS["XLB_FAMILY_V4"] == 4 and _bpf.CONSTANTS["XLB_FAMILY_V6"] == 6
