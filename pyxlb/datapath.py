@@ -74,6 +74,8 @@ class MapSet:
 class ForeignDatapath(PyxlbError):
     """A pinned datapath this version cannot read: made by another version of pyxlb."""
 
+    REMEDY = "it was made by another version; detach it and attach again"
+
 
 def _random_seed() -> int:
     """A random 32-bit seed, never 0 (0 marks "not set")."""
@@ -215,9 +217,8 @@ class _LoadedObject:
                 try:
                     handles[attr] = _bpf.Map.from_pinned(os.path.join(pin_dir, name))
                 except FileNotFoundError:
-                    raise ForeignDatapath(
-                        f"the datapath at {pin_dir} has no map {name}: it was made by "
-                        f"another version; detach it and attach again")
+                    raise ForeignDatapath(f"the datapath at {pin_dir} has no map {name}: "
+                                          f"{ForeignDatapath.REMEDY}")
             cls._check_shapes(pin_dir, handles)
             prog = _bpf.Program.from_pinned(cls.prog_pin(pin_dir))
         except BaseException:
@@ -228,9 +229,9 @@ class _LoadedObject:
 
     @classmethod
     def _check_shapes(cls, pin_dir: str, handles: Mapping[str, "_bpf.Map"]) -> None:
-        """PyxlbError unless every pinned map has the type, key and value sizes this
+        """ForeignDatapath unless every pinned map has the type, key and value sizes this
         version's object declares: a datapath left by a version whose records differ would
-        be misread (and misread us), not merely refused later on some lookup."""
+        be misread, not merely refused later on some lookup."""
         obj = _bpf.BpfObject.open(object_path(cls.SPEC.object))
         try:
             for attr, name in cls.SPEC.maps.items():
@@ -240,8 +241,8 @@ class _LoadedObject:
                     raise ForeignDatapath(
                         f"the datapath at {pin_dir} has map {name} of type {m.type} with "
                         f"{m.key_size}-byte keys and {m.value_size}-byte values, where this "
-                        f"version has type {want[0]}, {want[1]} and {want[2]}: it was made "
-                        f"by another version; detach it and attach again")
+                        f"version has type {want[0]}, {want[1]} and {want[2]}: "
+                        f"{ForeignDatapath.REMEDY}")
         finally:
             obj.close()
 
