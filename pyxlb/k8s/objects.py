@@ -1,8 +1,11 @@
-"""Kubernetes objects in the API's JSON shape, as a cluster would hold them.
+"""Kubernetes objects in the API's JSON shape, as their writers write them.
 
 Used where pyxlb plays the cluster itself: the Kubernetes lab, the agent benchmarks and the
-agent tests (all against the API stand-in). Only the fields pyxlb reads, and the ones the
-API server would always fill (ipFamilies, protocol, conditions).
+agent tests (all against the API stand-in). A Service is what a user writes: what the API
+server fills in (ipFamilies, ipFamilyPolicy, externalTrafficPolicy, targetPort, clusterIP,
+node ports...) is left to the server, here the stand-in's admission
+(pyxlb.k8s.standin_admission), unless the caller asks for a value. Nodes and EndpointSlices
+are what the kubelet and the EndpointSlice controller write (addresses, conditions).
 """
 
 from __future__ import annotations
@@ -26,18 +29,36 @@ def node(name: str, addresses: Sequence[str], *, ready: bool = True,
                                        "status": "True" if ready else "False"}]}}
 
 
+def namespace(name: str, labels: Optional[Dict[str, str]] = None) -> dict:
+    """A Namespace as kubectl create namespace writes it (the server adds the rest)."""
+    meta: dict = {"name": name}
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
 def service(name: str, namespace: str = "default", *, ports: Iterable = ((80, "TCP"),),
-            policy: str = "Local", lb_class: Optional[str] = LB_CLASS,
-            families: Sequence[str] = ("IPv4",), load_balancer_ip: Optional[str] = None,
+            policy: Optional[str] = None, lb_class: Optional[str] = LB_CLASS,
+            families: Optional[Sequence[str]] = None, family_policy: Optional[str] = None,
+            load_balancer_ip: Optional[str] = None,
             annotations: Optional[Dict[str, str]] = None, health_port: Optional[int] = None,
             affinity: Optional[str] = None, source_ranges: Sequence[str] = (),
             labels: Optional[Dict[str, str]] = None, type_: str = "LoadBalancer") -> dict:
-    spec = {"type": type_, "externalTrafficPolicy": policy,
-            "ports": [{"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto,
-                       "targetPort": port} for port, proto in ports],
-            "ipFamilies": list(families),
-            "ipFamilyPolicy": "RequireDualStack" if len(families) > 1 else "SingleStack",
-            "selector": {"app": name}}
+    """A Service as a user writes it: only what is asked for. `policy` is the
+    externalTrafficPolicy (None: the server's default, Cluster); `families` the ipFamilies,
+    with `family_policy` the ipFamilyPolicy (None: RequireDualStack when two families are
+    asked for, since the server refuses two under its default SingleStack; else unset);
+    `health_port` a healthCheckNodePort asked for (Local policy only)."""
+    spec: dict = {"type": type_,
+                  "ports": [{"name": f"p{port}-{proto.lower()}", "port": port, "protocol": proto}
+                            for port, proto in ports],
+                  "selector": {"app": name}}
+    if policy:
+        spec["externalTrafficPolicy"] = policy
+    if families:
+        spec["ipFamilies"] = list(families)
+    if family_policy or (families and len(families) > 1):
+        spec["ipFamilyPolicy"] = family_policy or "RequireDualStack"
     if lb_class:
         spec["loadBalancerClass"] = lb_class
     if load_balancer_ip:

@@ -1,8 +1,9 @@
 """A local Kubernetes API stand-in: enough of the REST API for lightkube, with real list/watch.
 
 Kubernetes cannot run where the tests run, so the agent and the IP-allocation controller are
-tested against this in-process HTTP server (stdlib only, plain http on 127.0.0.1). It speaks
-the API's JSON over the API's URLs, so the real client library works against it unchanged.
+tested against this in-process HTTP server (stdlib; plain http on 127.0.0.1 unless TLS is
+asked for). It speaks the API's JSON over the API's URLs, so the real client library works
+against it unchanged, in-cluster configuration included.
 
 What it implements, as the real API server does:
 
@@ -29,18 +30,74 @@ What it implements, as the real API server does:
   410 Expired Status, then ends. Streams are chunked, so a dropped connection is an error to
   the client while a stream the server ends is a clean end.
 - Errors are Status objects with the HTTP code and reason the real server uses.
+- Admission as kube-apiserver 1.33 does it (``standin_admission``), for HTTP and
+  administrator writes alike, before anything is stored:
 
-What it does not: authentication, authorisation, admission, defaulting, schema validation
-(nothing is checked beyond what is listed above), namespaces as objects (any namespace
-name is accepted), server-side apply, dry run, deletecollection, delete preconditions and
-grace periods, HTTP/2, discovery. A strategic merge patch is applied as a JSON merge patch:
-lists are replaced whole, never merged by key, and ``$patch`` directives are not understood.
-Updates without a resourceVersion are accepted for every kind (the real server requires one
-for custom resources).
+  - Namespaces are objects. default, kube-system, kube-public and kube-node-lease exist from
+    the start (phase Active, spec.finalizers ["kubernetes"], the kubernetes.io/metadata.name
+    label, as every Namespace gets). Creating a namespaced object in a namespace that does
+    not exist is 404 (``namespaces "x" not found``), in a terminating one 403. Deleting a
+    Namespace marks it Terminating, deletes what it holds (objects with finalizers are only
+    marked, and the Namespace carries the namespace controller's conditions naming them) and
+    removes it once empty; default, kube-system and kube-public cannot be deleted.
+  - Services are defaulted (type, sessionAffinity, protocol, targetPort, traffic policies,
+    allocateLoadBalancerNodePorts, status.loadBalancer, ingress ipMode) and given cluster IPs
+    from ``service_cidrs`` (dual-stack, IPv4 first, by default; ipFamilyPolicy and
+    ipFamilies decide how many and which), node ports and health check node ports from
+    ``node_ports`` (30000-32767), unique across the cluster; addresses and ports asked for
+    are reserved or refused. An update keeps the allocated values it leaves out, and drops
+    (and frees) what a type or policy change no longer needs, the LoadBalancer status
+    included; deleting a Service frees what it held.
+  - Validation, with the real messages and Status details (causes): object names by kind
+    (``Kind.names``: DNS-1035 labels for Services, DNS-1123 labels for Namespaces, path
+    segments for RBAC kinds, DNS-1123 subdomains for the rest); Service ports, types,
+    affinity, cluster IPs and IP families, external IPs, source ranges, traffic policies,
+    load balancer class and status ingress, and what may not change (cluster IPs, the
+    primary IP family, loadBalancerClass, healthCheckNodePort); EndpointSlice addressType
+    (required, immutable), its addresses and ports (ports default to protocol TCP, endpoint
+    conditions are never defaulted: nil means unknown); a Namespace's phase.
+- HTTPS (``tls=True``): a fresh CA and a server certificate valid a day, naming the bound
+  address, loopback, ``localhost`` and ``kubernetes[.default[.svc[.cluster.local]]]``, so
+  ``KubeConfig.from_service_account`` verifies it (``ca_pem``, ``ca_file``). A failed
+  handshake ends that connection only.
+- Authentication, on every path: ``Authorization: Bearer`` tokens from ``issue_token`` (a
+  ServiceAccount's user and groups; the token dies with the ServiceAccount object or by
+  ``revoke_token``) and ``admin_token`` (``kubernetes-admin``, ``system:masters``); an unknown
+  or dead token is 401 with the real Status; no credentials is ``system:anonymous``.
+  ``write_service_account`` and ``rotate_service_account`` write and atomically replace the
+  files the kubelet mounts in a pod (lightkube re-reads the token file on a 401).
+- Authorization (``authorization="RBAC"``; the default "AlwaysAllow" allows every
+  authenticated request): every request is checked, before routing as on the real server,
+  against the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings stored at that moment;
+  a refusal is the real 403 Status, message and details. The rules, and what is left out
+  (aggregationRule, the bootstrap roles other than the public health/version and discovery
+  grants), are in ``standin_auth``, whose ``authorize`` also works offline.
+- ``audit``: every resource request that reached authorization (user, groups, verb, group,
+  resource, subresource, namespace, name, allowed, the code answered), and every 401.
+- ``apply_manifests``: the documents of a YAML file whose kind is served, created as the
+  administrator (``deploy/namespace.yaml``, ``deploy/rbac.yaml``); the rest are returned.
+- Request bodies with Content-Length or ``Transfer-Encoding: chunked`` (kubectl's).
 
-Tests drive it over HTTP through the real client, and also directly (``create``, ``get``,
-``update``, ``patch``, ``delete``, ``list``: an administrator's writes, with the same events),
-and inject faults (``drop_watches``, ``compact``, ``set_down``, ``fail_next``).
+What it does not: validation or defaulting beyond the above (labels, annotations, finalizer
+and owner references are not checked; unknown fields are kept, not pruned; kinds other than
+Service, EndpointSlice and Namespace are checked for their names only; an EndpointSlice's
+address is not checked against the loopback and link-local ranges), admission plugins other
+than namespace lifecycle (quota, limit ranges, webhooks...), the ``kubernetes`` Service and
+Endpoints objects, ServiceCIDR and IPAddress objects (allocation state is internal, and
+addresses and ports are handed out in order where the real allocators pick at random), the
+namespace controller's delay (a Namespace's content goes within the delete request) and the
+/finalize subresource, server-side apply, dry run, deletecollection, delete preconditions and
+grace periods, HTTP/2, discovery, client certificates, JWT tokens (tokens are opaque random
+strings), impersonation, ClusterRole ``aggregationRule``. Open watches are not cut when
+their token is revoked. A strategic merge patch is applied as a JSON merge patch: lists are
+replaced whole, never merged by key, and ``$patch`` directives are not understood. Updates
+without a resourceVersion are accepted for every kind (the real server requires one for
+custom resources).
+
+Tests drive it over HTTP through the real client (``client()`` as the administrator,
+``client_for(token)`` as anyone), and also directly (``create``, ``get``, ``update``,
+``patch``, ``delete``, ``list``: an administrator's writes, with the same events), and
+inject faults (``drop_watches``, ``compact``, ``set_down``, ``fail_next``).
 """
 
 from __future__ import annotations
@@ -49,21 +106,35 @@ import base64
 import collections
 import json
 import logging
+import os
 import queue
 import re
+import shutil
 import socket
+import ssl
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import PyxlbError
+from . import standin_auth as auth
+from .standin_auth import AuditRecord, RequestAttributes, UserInfo
 
 log = logging.getLogger(__name__)
+
+
+# Kind.names: the rule an object name must follow (the API server's ValidateObjectMeta)
+DNS1035_LABEL = "dns1035-label"          # Services: a name is a DNS label starting with a letter
+DNS1123_LABEL = "dns1123-label"          # Namespaces
+DNS1123_SUBDOMAIN = "dns1123-subdomain"  # most kinds, custom resources included
+PATH_SEGMENT = "path-segment"            # RBAC kinds ("system:controller:x" is a valid name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +152,7 @@ class Kind:
     # Top-level fields the real server writes even when empty (Go fields without
     # omitempty); a BOOKMARK object carries them so a typed client can decode it.
     zero_fields: Tuple[Tuple[str, Any], ...] = ()
+    names: str = DNS1123_SUBDOMAIN      # the rule its object names follow
 
     @property
     def api_version(self) -> str:
@@ -89,7 +161,7 @@ class Kind:
 
 # Adding a kind is one line here.
 KINDS: Tuple[Kind, ...] = (
-    Kind("Service", "", "v1", "services", namespaced=True, status=True),
+    Kind("Service", "", "v1", "services", namespaced=True, status=True, names=DNS1035_LABEL),
     Kind("Node", "", "v1", "nodes", namespaced=False, status=True, create_keeps_status=True),
     Kind("ConfigMap", "", "v1", "configmaps", namespaced=True),
     Kind("Event", "", "v1", "events", namespaced=True, zero_fields=(("involvedObject", {}),)),
@@ -100,9 +172,21 @@ KINDS: Tuple[Kind, ...] = (
     Kind("Lease", "coordination.k8s.io", "v1", "leases", namespaced=True),
     Kind("IPPool", "pyxlb.io", "v1alpha1", "ippools", namespaced=False, status=True),
     Kind("BGPPeer", "pyxlb.io", "v1alpha1", "bgppeers", namespaced=False, status=True),
+    Kind("Namespace", "", "v1", "namespaces", namespaced=False, status=True,
+         names=DNS1123_LABEL),
+    Kind("ServiceAccount", "", "v1", "serviceaccounts", namespaced=True),
+    Kind("ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", namespaced=False,
+         names=PATH_SEGMENT),
+    Kind("ClusterRoleBinding", "rbac.authorization.k8s.io", "v1", "clusterrolebindings",
+         namespaced=False, names=PATH_SEGMENT),
+    Kind("Role", "rbac.authorization.k8s.io", "v1", "roles", namespaced=True,
+         names=PATH_SEGMENT),
+    Kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", namespaced=True,
+         names=PATH_SEGMENT),
 )
 
 DEFAULT_NAMESPACE = "default"
+AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
 WRITE_VERBS = ("create", "update", "patch", "delete")
 
 _REASONS = {
@@ -122,13 +206,15 @@ class StandInError(PyxlbError):
     and a message naming the object and the fault."""
 
     def __init__(self, code: int, message: str, reason: Optional[str] = None,
-                 kind: Optional[Kind] = None, name: Optional[str] = None):
+                 kind: Optional[Kind] = None, name: Optional[str] = None,
+                 details: Optional[Dict[str, Any]] = None):
         super().__init__(message)
         self.code = code
         self.reason = reason or _REASONS.get(code, "Unknown")
         self.message = message
         self.kind = kind
         self.name = name
+        self.details = details      # given whole (a refusal of a resource not served here)
 
     def status(self) -> dict:
         """The Status object the API server answers with."""
@@ -136,7 +222,9 @@ class StandInError(PyxlbError):
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.message, "reason": self.reason, "code": self.code,
         }
-        if self.kind is not None or self.name is not None:
+        if self.details is not None:
+            status["details"] = dict(self.details)
+        elif self.kind is not None or self.name is not None:
             details: Dict[str, Any] = {}
             if self.name is not None:
                 details["name"] = self.name
@@ -506,21 +594,55 @@ class _Snapshot:
 class ApiStandIn:
     """The stand-in server and its store. Start it (or use it as a context manager), point
     a lightkube Client at ``url`` (``client()`` makes one), and inspect or change the store
-    directly with the administrator methods. Every method is thread-safe."""
+    directly with the administrator methods. Every method is thread-safe.
+
+    ``tls=True`` serves https with a certificate from a fresh CA (``ca_pem``, ``ca_file``);
+    ``authorization="RBAC"`` checks every request against the RBAC objects in the store, as
+    a real cluster does ("AlwaysAllow", the default, allows every authenticated request).
+    Bearer tokens are always checked: see ``issue_token`` and ``admin_token``.
+
+    ``service_cidrs`` and ``node_ports`` are the cluster's --service-cluster-ip-range (one
+    CIDR: a single-stack cluster; one per family, the first primary; default
+    ``("10.96.0.0/12", "fd00:10:96::/108")``) and --service-node-port-range (default
+    30000-32767): where Services get their cluster IPs and node ports."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 10000,
-                 bookmark_interval: float = 1.0):
+                 bookmark_interval: float = 1.0, tls: bool = False,
+                 authorization: str = "AlwaysAllow",
+                 service_cidrs: Optional[Sequence[str]] = None,
+                 node_ports: Optional[Tuple[int, int]] = None):
         if history < 0:
             raise StandInError(400, f"history must be >= 0, not {history}")
         if bookmark_interval <= 0:
             raise StandInError(400, f"bookmark_interval must be > 0, not {bookmark_interval}")
+        if authorization not in AUTHORIZATION_MODES:
+            raise StandInError(400, f"authorization must be one of "
+                                    f"{', '.join(AUTHORIZATION_MODES)}, not {authorization!r}")
+        self.tls = tls
+        self.authorization = authorization
+        self._tokens = auth.TokenRegistry()
+        # The cluster administrator (kubeadm's admin.conf): system:masters passes every check.
+        self.admin_token = self._tokens.issue(
+            UserInfo(auth.ADMIN_USER, (auth.MASTERS, auth.AUTHENTICATED)))
+        self._audit_lock = threading.Lock()
+        # Every request that reached authorization, and every 401, in arrival order.
+        self.audit: List[AuditRecord] = []
+        self.ca_pem: Optional[bytes] = None
+        self.ca_file: Optional[str] = None
+        self._tls_dir: Optional[str] = None
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
         self._history_limit = history
         self._lock = threading.RLock()
         self._objects: Dict[Kind, Dict[Tuple[str, str], _Record]] = {k: {} for k in KINDS}
+        # The API server's part of every write: defaulting, allocation, validation, namespace
+        # lifecycle. Imported here: standin_admission builds on this module's names.
+        from .standin_admission import Admission
+        self._admission = Admission(service_cidrs, node_ports)
+        self._namespaces = next(k for k in KINDS if k.kind == "Namespace" and not k.group)
         self._rv = 1
+        self._seed(self._namespaces, self._admission.initial_namespaces())
         self._floor = 1                 # every event after this rv is still in _history
         self._history: "collections.deque[_Event]" = collections.deque()
         self._watchers: set = set()
@@ -549,10 +671,17 @@ class ApiStandIn:
         if self._server is not None:
             raise StandInError(400, f"the API stand-in at {self.url} is already started")
         server = _Server((self.host, self.port), self)
-        self._server = server
         host, port = server.server_address[:2]
+        if self.tls:
+            try:
+                server.ssl_context = self._make_tls(host)
+            except BaseException:
+                server.server_close()
+                raise
+        self._server = server
         self.port = port
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"api-standin-{port}", daemon=True)
         self._thread.start()
@@ -583,6 +712,9 @@ class ApiStandIn:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._tls_dir = None
 
     def __enter__(self) -> "ApiStandIn":
         return self.start()
@@ -590,22 +722,222 @@ class ApiStandIn:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def client(self, **kwargs: Any):
-        """A new real lightkube Client for this server (closed by ``stop()``). Keyword
-        arguments go to ``lightkube.Client``; proxies from the environment are ignored.
+    def _make_tls(self, host: str) -> ssl.SSLContext:
+        """A new CA and server certificate for `host` (the bound address), written to a
+        temporary directory (``ssl`` loads a certificate chain only from files)."""
+        material = auth.make_tls_material([host, self.host])
+        tls_dir = tempfile.mkdtemp(prefix="pyxlb-standin-tls-")
+        try:
+            ca_file = os.path.join(tls_dir, "ca.crt")
+            cert_file = os.path.join(tls_dir, "server.crt")
+            key_file = os.path.join(tls_dir, "server.key")
+            _write_file(ca_file, material.ca_pem, 0o644)
+            _write_file(cert_file, material.cert_pem, 0o644)
+            _write_file(key_file, material.key_pem, 0o600)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cert_file, key_file)
+            ctx.set_alpn_protocols(["http/1.1"])
+        except BaseException:
+            shutil.rmtree(tls_dir, ignore_errors=True)
+            raise
+        if self._tls_dir is not None:       # a restart: the old CA goes
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+        self._tls_dir, self.ca_file, self.ca_pem = tls_dir, ca_file, material.ca_pem
+        return ctx
 
-        The config names an empty user: lightkube 1.0.1 asserts that a user is present, so
-        ``KubeConfig.from_server(url)`` alone cannot make a Client."""
+    def client(self, **kwargs: Any):
+        """A new real lightkube Client for this server (closed by ``stop()``), as the cluster
+        administrator: it sends ``admin_token`` (so it passes RBAC) and, with TLS, trusts
+        the stand-in's CA. Keyword arguments go to ``lightkube.Client``; proxies from the
+        environment are ignored."""
+        return self.client_for(self.admin_token, **kwargs)
+
+    def client_for(self, token: Optional[str], **kwargs: Any):
+        """A new real lightkube Client (closed by ``stop()``) sending bearer `token`, or
+        no credentials at all when `token` is None (the anonymous user).
+
+        The config always names a user, if empty: lightkube 1.0.1 asserts that one is
+        present, so ``KubeConfig.from_server(url)`` alone cannot make a Client."""
         import lightkube
         from lightkube.config.models import Cluster, User
 
         if not self.url:
             raise StandInError(400, "the API stand-in is not started: no URL to connect to")
         kwargs.setdefault("trust_env", False)
-        config = lightkube.KubeConfig.from_one(cluster=Cluster(server=self.url), user=User())
+        cluster = Cluster(server=self.url, certificate_auth=self.ca_file if self.tls else None)
+        config = lightkube.KubeConfig.from_one(cluster=cluster, user=User(token=token))
         client = lightkube.Client(config=config, **kwargs)
         self._clients.append(client)
         return client
+
+    # -- identities ------------------------------------------------------------------------
+
+    def issue_token(self, namespace: str, service_account: str) -> str:
+        """A bearer token for an existing ServiceAccount: the user
+        ``system:serviceaccount:<namespace>:<name>`` in the groups ``system:serviceaccounts``,
+        ``system:serviceaccounts:<namespace>`` and ``system:authenticated``. It dies with
+        the ServiceAccount object (as bound tokens do) or by ``revoke_token``. The token is an
+        opaque random string; a real one is a signed JWT."""
+        kind = self.kind_of("ServiceAccount")
+        with self._lock:
+            rec = self._objects[kind].get(self._key(kind, namespace, service_account))
+        if rec is None:
+            raise StandInError(404, f'serviceaccounts "{service_account}" not found in namespace '
+                                    f'"{namespace}": tokens are issued only for an existing '
+                                    f"ServiceAccount (create it, or apply deploy/rbac.yaml)",
+                               kind=kind, name=service_account)
+        uid = rec.obj["metadata"]["uid"]
+        return self._tokens.issue(auth.service_account_user(namespace, service_account),
+                                  (namespace, service_account, uid))
+
+    def revoke_token(self, token: str) -> None:
+        """Stop accepting `token`: its next request gets 401."""
+        if not self._tokens.revoke(token):
+            raise StandInError(404, "revoke_token: that token was never issued by this stand-in")
+
+    def write_service_account(self, directory: Union[str, os.PathLike], namespace: str,
+                              name: str) -> str:
+        """Write what the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount
+        for a pod of ServiceAccount `namespace`/`name`: ``token`` (a new token, mode 0600),
+        ``namespace`` and, with TLS, ``ca.crt`` (0644). Returns the directory, ready for
+        ``KubeConfig.from_service_account`` (which also needs KUBERNETES_SERVICE_HOST/PORT:
+        ``service_env()``)."""
+        token = self.issue_token(namespace, name)
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            if self.ca_pem is None:
+                raise StandInError(400, "write_service_account: start the stand-in first (the "
+                                        "CA is made when it starts)")
+            _write_file(str(path / "ca.crt"), self.ca_pem, 0o644)
+        _write_file(str(path / "namespace"), namespace.encode(), 0o644)
+        _replace_file(path / "token", token.encode(), 0o600)
+        return str(path)
+
+    def rotate_service_account(self, directory: Union[str, os.PathLike], *,
+                               revoke_old: bool = True) -> str:
+        """Do what the kubelet does when a projected token nears expiry: issue a new token
+        for the same ServiceAccount and swap it into ``directory/token`` atomically (a
+        reader sees the old file or the new one, never a partial one). The old token is
+        revoked unless `revoke_old` is false. Returns the new token."""
+        token_file = Path(directory) / "token"
+        try:
+            old = token_file.read_text().strip()
+        except FileNotFoundError:
+            raise StandInError(404, f"rotate_service_account: no token file in {directory} "
+                                    f"(write_service_account writes one)") from None
+        account = self._tokens.account_of(old)
+        if account is None:
+            raise StandInError(400, f"rotate_service_account: the token in {token_file} is not "
+                                    f"a ServiceAccount token issued by this stand-in")
+        token = self.issue_token(account[0], account[1])
+        _replace_file(token_file, token.encode(), 0o600)
+        if revoke_old:
+            self._tokens.revoke(old)
+        return token
+
+    def service_env(self) -> Dict[str, str]:
+        """KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT as a pod would have them,
+        pointing at this stand-in."""
+        if not self.url:
+            raise StandInError(400, "the API stand-in is not started: no address yet")
+        host = urlsplit(self.url).hostname or self.host
+        return {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(self.port)}
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def clear_audit(self) -> None:
+        """Forget the recorded requests."""
+        with self._audit_lock:
+            del self.audit[:]
+
+    def _record(self, record: AuditRecord) -> AuditRecord:
+        with self._audit_lock:
+            self.audit.append(record)
+        return record
+
+    def rbac_objects(self) -> List[dict]:
+        """Copies of the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings stored now
+        (what ``standin_auth.authorize`` takes)."""
+        return [json.loads(rec.raw) for rec in self._rbac_records()]
+
+    def _rbac_records(self) -> List[_Record]:
+        with self._lock:
+            return [rec for k in KINDS if k.group == auth.RBAC_GROUP
+                    for _, rec in sorted(self._objects[k].items())]
+
+    def _authenticate(self, header: Optional[str], attrs: RequestAttributes) -> UserInfo:
+        """The user of a request; a bad token is recorded and answered 401 (the real
+        server's Status: message and reason "Unauthorized", no details)."""
+        try:
+            return self._tokens.authenticate(header, self._account_uid)
+        except auth.Unauthenticated:
+            self._record(AuditRecord.of(None, attrs, None)).code = 401
+            raise StandInError(401, "Unauthorized") from None
+
+    def _account_uid(self, namespace: str, name: str) -> Optional[str]:
+        """The uid of a live ServiceAccount (None once deleted or being deleted)."""
+        kind = self.kind_of("ServiceAccount")
+        with self._lock:
+            rec = self._objects[kind].get(self._key(kind, namespace, name))
+        if rec is None or "deletionTimestamp" in rec.obj["metadata"]:
+            return None
+        return rec.obj["metadata"]["uid"]
+
+    def _authorize(self, user: UserInfo, attrs: RequestAttributes) -> Optional[AuditRecord]:
+        """Allow the request or raise the 403 the real server answers. Resource requests are
+        recorded in ``audit`` (the returned record gets its HTTP code when answered)."""
+        if self.authorization == "RBAC":
+            decision = auth.authorize((rec.obj for rec in self._rbac_records()),
+                                      user.name, user.groups, attrs)
+        else:
+            decision = auth.Decision(True, via="AlwaysAllow")
+        record = self._record(AuditRecord.of(user, attrs, decision)) \
+            if attrs.resource_request else None
+        if not decision.allowed:
+            status = auth.forbidden_status(user.name, attrs, decision.reason)
+            if record is not None:
+                record.code = 403
+            raise StandInError(403, status["message"], reason="Forbidden",
+                               details=status["details"])
+        return record
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def apply_manifests(self, source: Union[str, os.PathLike]) -> List[dict]:
+        """Create, as the administrator (``create()``), every document of a YAML file (a path)
+        or text whose kind the stand-in serves, in order. Returns the documents skipped
+        because their kind is not served (DaemonSet, CustomResourceDefinition, ...); empty
+        documents are dropped silently. An object that already exists is a 409, as
+        ``kubectl create`` would answer."""
+        import yaml
+
+        one_line = isinstance(source, str) and "\n" not in source
+        if isinstance(source, os.PathLike) or (one_line and os.path.isfile(source)) \
+                or (one_line and str(source).endswith((".yaml", ".yml"))):
+            try:
+                text = Path(source).read_text()
+            except OSError as exc:
+                raise StandInError(404, f"apply_manifests: cannot read {source}: {exc}") from None
+        else:
+            text = str(source)
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            raise _bad_request(f"apply_manifests: not YAML: {exc}") from None
+        skipped: List[dict] = []
+        for doc in docs:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise _bad_request(f"apply_manifests: a document is not an object: "
+                                   f"{str(doc)[:80]}")
+            if (doc.get("apiVersion"), doc.get("kind")) not in self._by_api:
+                skipped.append(doc)
+                continue
+            self.create(doc)
+        return skipped
 
     # -- administrator access --------------------------------------------------------------
 
@@ -770,6 +1102,8 @@ class ApiStandIn:
             self._objects[kind].pop(key, None)
         else:
             self._objects[kind][key] = rec
+        self._admission.stored(kind, old.obj if old is not None else None,
+                               None if etype == "DELETED" else obj)
         ev = _Event(self._rv, kind, etype, old, rec)
         self._history.append(ev)
         while len(self._history) > self._history_limit:
@@ -800,6 +1134,10 @@ class ApiStandIn:
         else:
             meta.pop("namespace", None)
         with self._lock:
+            if kind.namespaced:
+                ns = self._objects[self._namespaces].get(("", namespace or DEFAULT_NAMESPACE))
+                self._admission.check_create_in(kind, namespace or DEFAULT_NAMESPACE, meta,
+                                                self._namespaces, ns.obj if ns else None)
             if not meta.get("name") and meta.get("generateName"):
                 self._generated += 1
                 meta["name"] = f"{meta['generateName']}{_suffix(self._generated)}"
@@ -810,9 +1148,6 @@ class ApiStandIn:
             if meta.get("resourceVersion"):
                 raise StandInError(500, f'{kind.plural} "{name}": resourceVersion should not be '
                                         f"set on objects to be created", kind=kind, name=name)
-            if self._key(kind, namespace, name) in self._objects[kind]:
-                raise StandInError(409, f'{kind.plural} "{name}" already exists',
-                                   reason="AlreadyExists", kind=kind, name=name)
             obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = _now()
@@ -821,6 +1156,11 @@ class ApiStandIn:
             meta.pop("deletionGracePeriodSeconds", None)
             if kind.status and not keep_status:
                 obj.pop("status", None)
+            # defaults, allocation, validation: refused writes change nothing
+            self._admission.create(kind, obj)
+            if self._key(kind, namespace, name) in self._objects[kind]:
+                raise StandInError(409, f'{kind.plural} "{name}" already exists',
+                                   reason="AlreadyExists", kind=kind, name=name)
             return self._commit(kind, "ADDED", None, obj)
 
     def _check_type(self, kind: Kind, obj: dict) -> None:
@@ -898,6 +1238,9 @@ class ApiStandIn:
             else:
                 meta.pop(key, None)
         result["apiVersion"], result["kind"] = kind.api_version, kind.kind
+        # defaults, carried-over allocations, validation (before comparing: a write that
+        # leaves out only what the server filled in changes nothing)
+        self._admission.update(kind, old_obj, result, part)
         if _spec_of(result) != _spec_of(old_obj):
             meta["generation"] = int(old_meta.get("generation") or 0) + 1
         deleting = "deletionTimestamp" in old_meta
@@ -910,13 +1253,16 @@ class ApiStandIn:
         meta["resourceVersion"] = old_meta["resourceVersion"]
         if result == old_obj:
             return old      # nothing changed: not a write, no event
-        if deleting and not meta.get("finalizers"):
+        if deleting and not meta.get("finalizers") and self._finalized(kind, result):
             meta.pop("finalizers", None)
-            return self._commit(kind, "DELETED", old, result)
+            rec = self._commit(kind, "DELETED", old, result)
+            self._gone(kind, result)
+            return rec
         return self._commit(kind, "MODIFIED", old, result)
 
     def _delete(self, kind: Kind, namespace: Optional[str], name: str) -> _Record:
         with self._lock:
+            self._admission.check_delete(kind, name)
             old = self._objects[kind].get(self._key(kind, namespace, name))
             if old is None:
                 raise _not_found(kind, name)
@@ -924,11 +1270,104 @@ class ApiStandIn:
             if "deletionTimestamp" in meta:
                 return old  # already being deleted: waiting for its finalizers
             obj = json.loads(old.raw)
+            if kind is self._namespaces:
+                return self._terminate(old, obj)
             if meta.get("finalizers"):
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["deletionGracePeriodSeconds"] = 0
                 return self._commit(kind, "MODIFIED", old, obj)
-            return self._commit(kind, "DELETED", old, obj)
+            rec = self._commit(kind, "DELETED", old, obj)
+            self._gone(kind, obj)
+            return rec
+
+    def _seed(self, kind: Kind, objs: List[dict]) -> None:
+        """Store what a cluster has from its start (the initial Namespaces): at the first
+        resourceVersion, with no event, as if they predated every watch."""
+        for obj in objs:
+            meta = obj["metadata"]
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1,
+                        resourceVersion=str(self._rv))
+            self._objects[kind][self._key(kind, None, meta["name"])] = _Record(obj, _dumps(obj))
+
+    @staticmethod
+    def _finalized(kind: Kind, obj: dict) -> bool:
+        """Whether nothing but metadata.finalizers holds an object being deleted: a Namespace
+        also waits for its spec.finalizers (the namespace controller's "kubernetes")."""
+        if kind.kind == "Namespace" and not kind.group:
+            return not (obj.get("spec") or {}).get("finalizers")
+        return True
+
+    def _terminate(self, old: _Record, obj: dict) -> _Record:
+        """Delete a Namespace: mark it Terminating, delete everything in it (what has
+        finalizers is only marked), and remove it once it is empty, as the namespace
+        controller does. Answers the Terminating Namespace, as the API server does.
+        Caller holds the lock."""
+        obj["metadata"]["deletionTimestamp"] = _now()
+        obj["status"] = dict(obj.get("status") or {}, phase="Terminating")
+        rec = self._commit(self._namespaces, "MODIFIED", old, obj)
+        name = obj["metadata"]["name"]
+        for kind in KINDS:
+            if not kind.namespaced:
+                continue
+            for key in sorted(k for k in self._objects[kind] if k[0] == name):
+                content = self._objects[kind][key]
+                if "deletionTimestamp" in content.obj["metadata"]:
+                    continue
+                gone = json.loads(content.raw)
+                if gone["metadata"].get("finalizers"):
+                    gone["metadata"]["deletionTimestamp"] = _now()
+                    gone["metadata"]["deletionGracePeriodSeconds"] = 0
+                    self._commit(kind, "MODIFIED", content, gone)
+                else:
+                    self._commit(kind, "DELETED", content, gone)
+        self._settle(name)
+        return rec
+
+    def _gone(self, kind: Kind, obj: dict) -> None:
+        """An object was deleted: if its Namespace is terminating, it may now be empty."""
+        if not kind.namespaced:
+            return
+        ns = self._objects[self._namespaces].get(("", obj["metadata"].get("namespace") or ""))
+        if ns is not None and "deletionTimestamp" in ns.obj["metadata"]:
+            self._settle(ns.obj["metadata"]["name"])
+
+    def _settle(self, name: str) -> None:
+        """A terminating Namespace: say what still holds it (the namespace controller's
+        conditions), or, once it is empty, drop its "kubernetes" finalizer and remove it
+        (unless metadata.finalizers still hold it). Caller holds the lock."""
+        rec = self._objects[self._namespaces].get(("", name))
+        if rec is None or "deletionTimestamp" not in rec.obj["metadata"]:
+            return
+        remaining: Dict[str, int] = {}
+        finalizers: Dict[str, int] = collections.Counter()
+        for kind in KINDS:
+            if not kind.namespaced:
+                continue
+            held = [r for key, r in self._objects[kind].items() if key[0] == name]
+            if held:
+                remaining[f"{kind.plural}.{kind.group}"] = len(held)   # "services." for core
+            for r in held:
+                finalizers.update(r.obj["metadata"].get("finalizers") or ())
+        obj = json.loads(rec.raw)
+        if remaining:
+            status = obj.setdefault("status", {})
+            before = {c.get("type"): c for c in status.get("conditions") or ()}
+            conditions = self._admission.namespace_conditions(remaining, dict(finalizers),
+                                                              _now())
+            for cond in conditions:       # an unchanged condition keeps its transition time
+                prior = before.get(cond["type"])
+                if prior is not None and prior.get("status") == cond["status"]:
+                    cond["lastTransitionTime"] = prior.get("lastTransitionTime")
+            status["conditions"] = conditions
+            if obj != rec.obj:
+                self._commit(self._namespaces, "MODIFIED", rec, obj)
+            return
+        obj["spec"] = {k: v for k, v in (obj.get("spec") or {}).items() if k != "finalizers"}
+        if obj["metadata"].get("finalizers"):
+            if obj != rec.obj:
+                self._commit(self._namespaces, "MODIFIED", rec, obj)
+            return
+        self._commit(self._namespaces, "DELETED", rec, obj)
 
     def _select(self, kind: Kind, flt: _Filter) -> List[_Record]:
         """Matching records in key order (namespace, name), as etcd lists them. Caller holds
@@ -1067,7 +1506,10 @@ class ApiStandIn:
         else:
             raise StandInError(404, "the server could not find the requested resource")
         namespace = None
-        if len(rest) >= 3 and rest[0] == "namespaces":
+        # /api/v1/namespaces/NAME/status is the Namespace's own subresource, not a
+        # resource "status" inside namespace NAME (the real server decides it so too)
+        if len(rest) >= 3 and rest[0] == "namespaces" \
+                and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
         kind = self._by_path.get((group, version, rest[0])) if 1 <= len(rest) <= 3 else None
         if kind is None:
@@ -1123,9 +1565,33 @@ def _parse_continue(token: str) -> Tuple[int, int]:
 
 def _shutdown(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would drop
+        # its TLS state under a thread still writing to it.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:     # already closed by the peer or by us
         pass
+
+
+def _write_file(path: str, data: bytes, mode: int) -> None:
+    """Write a whole file with exactly `mode` (whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace a file atomically: write a temporary file beside it, then rename it over."""
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -1142,6 +1608,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: Tuple[str, int], standin: ApiStandIn):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.standin = standin
+        self.ssl_context: Optional[ssl.SSLContext] = None     # set: serve TLS
         self._conns: Dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -1159,16 +1626,47 @@ class _Server(ThreadingHTTPServer):
         t.start()
 
     def _serve(self, request: socket.socket, client_address: Any) -> None:
+        conn: socket.socket = request
         try:
-            self.finish_request(request, client_address)
+            if self.ssl_context is not None:
+                tls = self._handshake(request)
+                if tls is None:
+                    return
+                conn = tls
+            self.finish_request(conn, client_address)
         except OSError:     # the client went away, or a fault cut the connection
             pass
         except Exception:
             log.exception("API stand-in: connection from %s failed", client_address)
         finally:
-            self.shutdown_request(request)
+            self.shutdown_request(conn)
             with self._conns_lock:
+                self._conns.pop(conn, None)
                 self._conns.pop(request, None)
+
+    def _handshake(self, request: socket.socket) -> Optional[ssl.SSLSocket]:
+        """The TLS side of an accepted connection, handshaken in the connection's own
+        thread (a slow or failing client never holds up the others); None when the
+        handshake fails, which ends only this connection."""
+        assert self.ssl_context is not None
+        try:
+            request.settimeout(10)
+            conn = self.ssl_context.wrap_socket(request, server_side=True)
+            conn.settimeout(None)
+        except (OSError, ValueError) as exc:    # ssl.SSLError is an OSError
+            log.debug("API stand-in: TLS handshake failed: %s", exc)
+            _shutdown(request)
+            request.close()
+            return None
+        with self._conns_lock:
+            # wrapping detached the plain socket: cut through the TLS one from now on
+            thread = self._conns.pop(request, None)
+            if thread is not None:
+                self._conns[conn] = thread
+            cut = thread is None or self.standin.down or self.standin._stopping
+        if cut:     # close_all or set_down ran during the handshake
+            _shutdown(conn)
+        return conn
 
     def close_all(self, join: bool) -> None:
         """Cut every open connection; with `join`, wait for their threads to end."""
@@ -1210,11 +1708,21 @@ class _Handler(BaseHTTPRequestHandler):
         if si.down:
             self.close_connection = True    # no answer at all: a dead server
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        try:
+            body = self._read_body()
+        except StandInError as exc:     # a malformed body: the connection cannot go on
+            self.close_connection = True
+            self._send_json(exc.code, _dumps(exc.status()))
+            return
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        record: Optional[AuditRecord] = None
         try:
+            # As the real server: authenticate (every path), authorize (before routing, so a
+            # refused request for a resource not served here is 403, not 404), then serve.
+            attrs = auth.request_attributes(method, url.path, query)
+            user = si._authenticate(self.headers.get("Authorization"), attrs)
+            record = si._authorize(user, attrs)
             if url.path in ("/healthz", "/readyz", "/livez"):
                 self._send(200, b"ok", "text/plain")
                 return
@@ -1237,19 +1745,56 @@ class _Handler(BaseHTTPRequestHandler):
                                              f"{' ' + name if name else ''} answers {code}",
                                        kind=kind, name=name)
             if verb == "watch":
-                self._watch(kind, _Filter.from_query(namespace, query), query)
+                self._watch(kind, _Filter.from_query(namespace, query), query, record)
                 return
             code, raw = si._answer(verb, kind, namespace, name, sub, query, body,
                                    self.headers.get("Content-Type"))
+            self._answered(record, code)
             self._send_json(code, raw)
         except StandInError as exc:
+            self._answered(record, exc.code)
             self._send_json(exc.code, _dumps(exc.status()))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:
             log.exception("API stand-in: %s %s failed", method, self.path)
             err = StandInError(500, f"API stand-in internal error: {type(exc).__name__}: {exc}")
+            self._answered(record, 500)
             self._send_json(500, _dumps(err.status()))
+
+    @staticmethod
+    def _answered(record: Optional[AuditRecord], code: int) -> None:
+        if record is not None and record.code is None:
+            record.code = code
+
+    def _read_body(self) -> bytes:
+        """The request body: Content-Length bytes, or a chunked body (kubectl sends those),
+        which wins when both are given, as HTTP/1.1 says."""
+        encoding = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" not in encoding:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise _bad_request("Content-Length is not a number") from None
+            return self.rfile.read(length) if length > 0 else b""
+        parts: List[bytes] = []
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _bad_request(f"malformed chunk size line {line[:40]!r}") from None
+            if size < 0:
+                raise _bad_request(f"malformed chunk size line {line[:40]!r}")
+            if size == 0:
+                break
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.readline(1024) not in (b"\r\n", b"\n"):
+                raise _bad_request("a chunk of the request body is cut short")
+            parts.append(data)
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass    # trailer fields: nothing here reads them
+        return b"".join(parts)
 
     def _send(self, code: int, raw: bytes, content_type: str) -> None:
         self.send_response(code)
@@ -1265,13 +1810,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-    def _watch(self, kind: Kind, flt: _Filter, query: Dict[str, str]) -> None:
+    def _watch(self, kind: Kind, flt: _Filter, query: Dict[str, str],
+               record: Optional[AuditRecord] = None) -> None:
         """Stream a watch: the backlog, then live events, bookmarks when asked, until the
         timeout (clean end), a fault (abrupt end) or the client leaves."""
         si = self.server.standin
         timeout = _int_param(query, "timeoutSeconds", 0)
         w, backlog = si._open_watch(kind, flt, query, self.connection)
         self.close_connection = True
+        self._answered(record, 200)
         try:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -19,6 +19,7 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType, on_error_raise
 
 from pyxlb.errors import PyxlbError
+from pyxlb.k8s import objects
 from pyxlb.k8s.standin import KINDS, ApiStandIn, StandInError
 
 IPPool = create_global_resource("pyxlb.io", "v1alpha1", "IPPool", "ippools")
@@ -152,6 +153,7 @@ def test_service_crud_and_server_owned_fields(api):
 
 def test_node_endpointslice_lease_ippool_crud(api):
     c = api.client()
+    api.create(objects.namespace("prod"))
     node = c.create(Node(metadata=ObjectMeta(name="n1", labels={"zone": "a"}),
                          status=NodeStatus(addresses=[{"type": "InternalIP",
                                                        "address": "10.0.0.1"}])))
@@ -241,7 +243,8 @@ def test_status_subresource_is_separate(api):
     svc = service("web")
     svc.status = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
     created = c.create(svc)
-    assert created.status is None, "a created Service drops the status it was given"
+    assert created.status.loadBalancer.ingress is None, \
+        "a created Service drops the status it was given"
 
     ingress = {"loadBalancer": {"ingress": [{"ip": "192.0.2.7", "ipMode": "VIP"}]}}
     c.patch(ServiceStatus, "web", {"status": ingress, "spec": {"type": "ClusterIP"},
@@ -253,19 +256,20 @@ def test_status_subresource_is_separate(api):
     assert "labels" not in got["metadata"]
 
     main = c.get(Service, "web")
-    main.spec.type = "NodePort"
+    main.spec.sessionAffinity = "ClientIP"
     main.status = {"loadBalancer": {}}
     c.replace(main)
     got = api.get("Service", "web")
-    assert got["spec"]["type"] == "NodePort"
+    assert got["spec"]["sessionAffinity"] == "ClientIP"
     assert got["status"] == ingress, "the main resource keeps the stored status"
 
     as_status = ServiceStatus.from_dict(api.get("Service", "web"))
     as_status.status.loadBalancer.ingress = []
-    as_status.spec.type = "LoadBalancer"
+    as_status.spec.sessionAffinity = "None"
     c.replace(as_status)
     got = api.get("Service", "web")
-    assert got["status"]["loadBalancer"]["ingress"] == [] and got["spec"]["type"] == "NodePort"
+    assert got["status"]["loadBalancer"]["ingress"] == []
+    assert got["spec"]["sessionAffinity"] == "ClientIP"
 
     pool = c.create(IPPool(metadata=ObjectMeta(name="p"), spec={"addresses": []},
                            status={"dropped": True}))
@@ -317,7 +321,8 @@ def test_finalizers_block_deletion_until_the_last_is_removed(api, watch):
 
 def test_admin_delete_and_update_honour_finalizers(api):
     api.create({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web", "namespace": "default", "finalizers": ["a/b"]}})
+                "metadata": {"name": "web", "namespace": "default", "finalizers": ["a/b"]},
+                "spec": {"ports": [{"port": 80}]}})
     api.delete("Service", "web")
     obj = api.get("Service", "web")
     assert obj["metadata"]["deletionTimestamp"]
@@ -340,7 +345,9 @@ def test_watch_from_a_list_gets_exactly_the_later_events_in_order(api, watch):
     assert int(since) == api.resource_version
 
     c.patch(Service, "a", {"metadata": {"labels": {"v": "2"}}})
-    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c", "namespace": "x"}})
+    api.create(objects.namespace("x"))
+    api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c", "namespace": "x"},
+                "spec": {"ports": [{"port": 80}]}})
     c.create(configmap("also-unrelated"))
     c.delete(Service, "b")
 
@@ -350,12 +357,14 @@ def test_watch_from_a_list_gets_exactly_the_later_events_in_order(api, watch):
                                                        ("DELETED", "b")]
     rvs = [rv_of(o) for _, o in got]
     assert rvs == sorted(rvs) and rvs[0] > int(since)
-    api.patch("Service", "c", {"spec": {"type": "ClusterIP"}}, namespace="x")
+    api.patch("Service", "c", {"spec": {"type": "NodePort"}}, namespace="x")
     assert events.take_names() == [("MODIFIED", "c")], "then live events, nothing else"
 
 
 def test_watch_without_resource_version_starts_with_what_exists(api, watch):
     c = api.client()
+    for ns in ("one", "two"):
+        api.create(objects.namespace(ns))
     c.create(service("a", namespace="one"))
     c.create(service("b", namespace="two"))
     events = watch(c.watch(Service, namespace="*"))
@@ -544,7 +553,8 @@ def test_down_means_connection_errors_then_recovery(api, watch):
     with pytest.raises(httpx2.TransportError):
         api.client().list(Service).__iter__().__next__()
     api.create({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "while-down", "namespace": "default"}})
+                "metadata": {"name": "while-down", "namespace": "default"},
+                "spec": {"ports": [{"port": 80}]}})
 
     api.set_down(False)
     assert c.get(Service, "web").metadata.name == "web"
@@ -588,6 +598,7 @@ def test_fail_next_answers_writes_with_the_given_code(api):
 
 
 def test_pagination_with_lightkube_chunks(api):
+    api.create(objects.namespace("ns"))
     for i in range(25):
         api.create({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": f"cm-{i:02d}", "namespace": "ns"}})
@@ -622,6 +633,8 @@ def test_pages_come_from_one_snapshot(api):
 def test_label_and_field_selectors(api):
     labels = {"a": {"app": "web", "tier": "front"}, "b": {"app": "db", "tier": "back"},
               "c": {"app": "web"}, "d": {}}
+    for ns in ("one", "two"):
+        api.create(objects.namespace(ns))
     for name, lab in labels.items():
         api.create({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": name, "namespace": "one" if name != "d" else "two",
@@ -717,25 +730,28 @@ def test_errors_are_status_objects(api):
                     ("Status", "Failure", reason, code), (method, path)
         listed = h.get("/apis/discovery.k8s.io/v1/endpointslices").json()
         assert (listed["kind"], listed["apiVersion"]) == ("EndpointSliceList", "discovery.k8s.io/v1")
-        assert listed["items"] == [] and listed["metadata"]["resourceVersion"] == "1"
+        assert listed["items"] == []
+        assert listed["metadata"]["resourceVersion"] == str(api.resource_version)
 
 
 def test_admin_api(api):
-    made = api.create({"apiVersion": "v1", "kind": "Service",
-                       "metadata": {"name": "web"}, "status": {"kept": True}})
-    assert made["metadata"]["namespace"] == "default" and made["status"] == {"kept": True}
+    made = api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                       "spec": {"ports": [{"port": 80}]}, "status": {"kept": True}})
+    assert made["metadata"]["namespace"] == "default"
+    assert made["status"] == {"kept": True, "loadBalancer": {}}, "status kept (and defaulted)"
     copy = api.get("Service", "web")
-    copy["spec"] = {"mutated": True}
-    assert "spec" not in api.get("Service", "web"), "get returns a copy"
+    copy["spec"]["ports"][0]["port"] = 81
+    assert api.get("Service", "web")["spec"]["ports"][0]["port"] == 80, "get returns a copy"
 
     stale = dict(copy, metadata=dict(copy["metadata"], resourceVersion="1"))
     with pytest.raises(StandInError) as err:
         api.update(stale)
     assert err.value.code == 409 and isinstance(err.value, PyxlbError)
     updated = api.update(copy)
-    assert updated["spec"] == {"mutated": True} and "status" in updated
+    assert updated["spec"]["ports"][0]["port"] == 81 and updated["status"]["kept"] is True
     assert api.patch("Service", "web", {"status": None})["metadata"]["name"] == "web"
-    assert "status" not in api.get("Service", "web")
+    assert api.get("Service", "web")["status"] == {"loadBalancer": {}}, \
+        "a Service's status is never absent"
 
     api.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"},
                 "involvedObject": {"kind": "Service", "name": "web"}})
@@ -752,22 +768,30 @@ def test_admin_api(api):
         api.delete("Service", "missing")
     assert err.value.code == 404 and 'services "missing" not found' in str(err.value)
     with pytest.raises(StandInError) as err:
-        api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}})
+        api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                    "spec": {"ports": [{"port": 80}]}})
     assert err.value.code == 409
 
 
 def test_every_kind_round_trips_over_http(api):
+    api.create(objects.namespace("ns"))
+    # what the API server requires of the kinds that have required fields
+    required = {"Service": {"spec": {"ports": [{"port": 80}]}},
+                "EndpointSlice": {"addressType": "IPv4"}}
+    before = {k: api.list(k.kind, api_version=k.api_version) for k in KINDS}
     with httpx2.Client(base_url=api.url, trust_env=False) as h:
         for kind in KINDS:
             base = f"/api/{kind.version}" if not kind.group else f"/apis/{kind.group}/{kind.version}"
             coll = f"{base}/namespaces/ns/{kind.plural}" if kind.namespaced else f"{base}/{kind.plural}"
-            body = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"name": "x"}}
+            body = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"name": "x"},
+                    **required.get(kind.kind, {})}
             assert h.post(coll, json=body).status_code == 201, kind
             got = h.get(f"{coll}/x").json()
             assert (got["kind"], got["apiVersion"]) == (kind.kind, kind.api_version)
-            assert h.get(f"{base}/{kind.plural}").json()["items"][0]["metadata"]["name"] == "x"
+            listed = h.get(f"{base}/{kind.plural}").json()["items"]
+            assert "x" in [o["metadata"]["name"] for o in listed]
             assert h.delete(f"{coll}/x").status_code == 200
-    assert all(not api.list(k.kind, api_version=k.api_version) for k in KINDS)
+    assert all(api.list(k.kind, api_version=k.api_version) == before[k] for k in KINDS)
 
 
 def test_stop_leaves_no_threads_or_connections():
