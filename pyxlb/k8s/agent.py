@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from ..datapath import Datapath
 from . import translate as tr
 from .health import Prober
-from .informer import Informer
+from .informer import ALL_NAMESPACES, Informer, InformerGroup
 from .kube import BGPPeer, EndpointSlice, IPPool, Node, Service
 
 log = logging.getLogger("pyxlb.k8s")
@@ -35,7 +35,9 @@ class AgentSettings:
 
     node_name: str
     lb_class: str = "pyxlb.io/lb"
-    default_class: bool = False
+    default_class: bool = True
+    namespaces: Tuple[str, ...] = ()   # where Services and EndpointSlices are watched;
+                                       # empty: every namespace
     ring_size: int = 65537
     debounce: float = 0.02           # a burst within this many seconds of a reconcile waits
                                      # for it, to be applied as one
@@ -109,10 +111,17 @@ class Agent:
         if prober is not None:
             prober.on_flip = self._on_health_flip
         kw = dict(watch_timeout=settings.watch_timeout, metrics=metrics)
-        self.services = Informer(connect, Service, self._on_change, **kw)
-        self.slices = Informer(connect, EndpointSlice, self._on_change, **kw)
+        # one list+watch of each kind across all namespaces, or one per namespace served
+        # (an operator may grant the agent Roles in those namespaces only)
+        where = settings.namespaces or (ALL_NAMESPACES,)
+        self.services = InformerGroup([Informer(connect, Service, self._on_change,
+                                                namespace=ns, **kw) for ns in where])
+        self.slices = InformerGroup([Informer(connect, EndpointSlice, self._on_change,
+                                              namespace=ns, **kw) for ns in where])
         self.nodes = Informer(connect, Node, self._on_change, **kw)
-        self.informers: List[Informer] = [self.services, self.slices, self.nodes]
+        self.informers: List[Informer] = [*self.services.informers, *self.slices.informers,
+                                          self.nodes]
+        self._ignored_class: Set[str] = set()    # Services left to another implementation
         # announcement (pyxlb.k8s.announcing.ClusterAnnouncer): IPPools say each address's
         # mode, BGPPeers where BGP goes; heartbeats of the L2 peers wake the loop
         self.announcer = announcer
@@ -270,6 +279,7 @@ class Agent:
             if svc is None or not tr.is_ours(svc, self.tsettings):
                 self._results.pop(key, None)
                 self._health_targets.pop(key, None)
+                self._note_not_ours(key, svc)
                 continue
             with self._lock:
                 slices = list(self._slices.get(key, {}).values())
@@ -310,6 +320,19 @@ class Agent:
             self.metrics.reconciles.labels("ok").inc()
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
             self.metrics.services.set(len(self._results))
+
+    def _note_not_ours(self, key: str, svc: Optional[dict]) -> None:
+        """Say once, at debug level, that a LoadBalancer Service is left alone because of
+        its class: it belongs to another implementation, so no Event (that one may post
+        its own), and no repeat on every reconcile."""
+        cls = tr.foreign_class(svc, self.tsettings) if svc is not None else None
+        if cls is None:
+            self._ignored_class.discard(key)
+        elif key not in self._ignored_class:
+            self._ignored_class.add(key)
+            log.debug("Service %s: left alone, its loadBalancerClass is %s (pyxlb serves %s%s)",
+                      key, cls, self.tsettings.lb_class,
+                      " and Services without a class" if self.tsettings.default_class else "")
 
     def _health(self) -> Dict[Tuple[str, str], bool]:
         down = self.prober.unhealthy()

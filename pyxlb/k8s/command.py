@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from ..errors import PyxlbError
+from .kube import SERVICE_ACCOUNT_DIR
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -26,19 +27,29 @@ def _opt(*names, env: str, **kw):
       default="native", show_default=True,
       help="XDP mode: native (in the driver; most NICs and veth) or generic (any interface).")
 @_opt("--kubeconfig", env="KUBECONFIG", type=click.Path(dir_okay=False),
-      help="Kubeconfig file. Default: the in-cluster service account, else ~/.kube/config.")
+      help="Kubeconfig file. Default: in a pod, its service account (token, CA and "
+           "KUBERNETES_SERVICE_HOST/PORT, as client-go does); else ~/.kube/config.")
+@_opt("--service-account-dir", env="PYXLB_SERVICE_ACCOUNT_DIR", metavar="DIR",
+      default=SERVICE_ACCOUNT_DIR, show_default=True,
+      help="Where the pod's service account is mounted (token, ca.crt, namespace); the token "
+           "is read again whenever the API server answers 401, so rotation needs no restart.")
 @_opt("--server", env="PYXLB_API_SERVER", metavar="URL",
       help="API server URL, overriding the kubeconfig (plain http: for local stand-ins).")
 @_opt("--lb-class", env="PYXLB_LB_CLASS", default="pyxlb.io/lb", show_default=True,
       help="spec.loadBalancerClass of the Services pyxlb implements.")
-@_opt("--default-class/--no-default-class", env="PYXLB_DEFAULT_CLASS", default=False,
+@_opt("--default-class/--no-default-class", env="PYXLB_DEFAULT_CLASS", default=True,
       show_default=True,
-      help="Also implement LoadBalancer Services that name no class. Turn on only where no "
-           "other load-balancer implementation runs.")
+      help="Also implement LoadBalancer Services that name no loadBalancerClass (what "
+           "`kubectl expose --type=LoadBalancer` makes). Turn off where another "
+           "implementation (MetalLB, a cloud's) takes class-less Services.")
+@_opt("--namespaces", env="PYXLB_NAMESPACES", metavar="NS[,NS...]",
+      help="Serve Services in these namespaces only, comma-separated. Default: every "
+           "namespace.")
 @_opt("--controller/--no-controller", env="PYXLB_CONTROLLER", default=True, show_default=True,
       help="Take part in the IP-allocation election (one agent allocates at a time).")
-@_opt("--namespace", env="POD_NAMESPACE", default="pyxlb-system", show_default=True,
-      help="Namespace of the election Lease.")
+@_opt("--lease-namespace", env="POD_NAMESPACE", metavar="NS",
+      help="Namespace of the election Lease. Default: the pod's own (the service account's "
+           "namespace file), else pyxlb-system.")
 @_opt("--lease-name", env="PYXLB_LEASE_NAME", default="pyxlb-controller", show_default=True,
       help="Name of the election Lease.")
 @_opt("--lease-duration", env="PYXLB_LEASE_DURATION", type=click.FloatRange(1, 3600),
@@ -101,7 +112,8 @@ def _opt(*names, env: str, **kw):
 @click.pass_context
 def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str],
           xdp_mode: str, kubeconfig: Optional[str], server: Optional[str], lb_class: str,
-          default_class: bool, controller: bool, namespace: str, lease_name: str,
+          service_account_dir: str, default_class: bool, namespaces: Optional[str],
+          controller: bool, lease_namespace: Optional[str], lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
           max_flows: int, max_flows6: int, announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
@@ -127,9 +139,12 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_dir = ctx.find_object(_Options).pin_dir
     ifaces = tuple(i.strip() for i in (interfaces or "").split(",") if i.strip())
+    served = tuple(dict.fromkeys(n.strip() for n in (namespaces or "").split(",") if n.strip()))
     opts = Options(node_name=node_name or "", interfaces=ifaces, xdp_mode=xdp_mode,
                    pin_dir=pin_dir, server=server, kubeconfig=kubeconfig, lb_class=lb_class,
-                   default_class=default_class, controller=controller, namespace=namespace,
+                   default_class=default_class, controller=controller,
+                   namespaces=served, service_account=service_account_dir,
+                   lease_namespace=lease_namespace,
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
                    seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,

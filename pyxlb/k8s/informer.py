@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from lightkube.types import on_error_raise
 
@@ -52,15 +52,27 @@ class Backoff:
         self.failures = 0
 
 
+ALL_NAMESPACES = "*"
+
+
 class Informer:
-    """List + watch one resource kind (all namespaces) into `cache` ({key: object dict})."""
+    """List + watch one resource kind into `cache` ({key: object dict}).
+
+    `namespace` says where, for a namespaced kind: "*" (the default) is every namespace,
+    a name is that namespace alone. It must be given: left to the client, lightkube would
+    use the client's own namespace (the agent's pod's), and the agent would serve no one
+    else's Services. Cluster-scoped kinds ignore it."""
 
     def __init__(self, connect: Callable[[], "object"], resource, on_change: OnChange, *,
-                 kind: Optional[str] = None, watch_timeout: int = 60,
-                 backoff: Optional[Backoff] = None, metrics=None):
+                 kind: Optional[str] = None, namespace: str = ALL_NAMESPACES,
+                 watch_timeout: int = 60, backoff: Optional[Backoff] = None, metrics=None):
+        if not namespace:
+            raise ValueError("an informer needs a namespace, or '*' for all of them")
         self._connect = connect
         self.resource = resource
         self.kind = kind or resource.__name__
+        # a namespaced kind is listed in `namespace`; None for a cluster-scoped one
+        self.namespace: Optional[str] = namespace if _namespaced(resource) else None
         self.on_change = on_change
         self.watch_timeout = watch_timeout
         self.backoff = backoff or Backoff()
@@ -152,7 +164,7 @@ class Informer:
                 pass
 
     def _list(self) -> None:
-        items = self._client.list(self.resource)
+        items = self._client.list(self.resource, namespace=self.namespace)
         fresh = {}
         for obj in items:
             d = to_dict(obj)
@@ -183,7 +195,7 @@ class Informer:
 
     def _watch(self) -> None:
         br = self._client._client.prepare_request(
-            "list", res=self.resource, watch=True,
+            "list", res=self.resource, namespace=self.namespace, watch=True,
             params={"timeoutSeconds": self.watch_timeout,
                     "resourceVersion": self.resource_version,
                     "allowWatchBookmarks": "true"})
@@ -209,6 +221,43 @@ class Informer:
                     self.cache[key] = d
                 self.resource_version = rv or self.resource_version
             self.on_change(self.kind, key, prev, None if etype == "DELETED" else d)
+
+
+class InformerGroup:
+    """Several informers of one kind (one per namespace served) seen as one: the merged
+    cache, synced when all are, connected when all are. Keys are "namespace/name", so the
+    caches of different namespaces never collide."""
+
+    def __init__(self, informers: List[Informer]):
+        if not informers:
+            raise ValueError("an informer group needs at least one informer")
+        self.informers = list(informers)
+        self.kind = informers[0].kind
+
+    def snapshot(self) -> Dict[str, dict]:
+        out: Dict[str, dict] = {}
+        for inf in self.informers:
+            out.update(inf.snapshot())
+        return out
+
+    @property
+    def connected(self) -> bool:
+        return all(inf.connected for inf in self.informers)
+
+    @property
+    def lists(self) -> int:
+        """Complete lists made by the group's informers (each: 1 + its relists)."""
+        return sum(inf.lists for inf in self.informers)
+
+    def is_synced(self) -> bool:
+        return all(inf.synced.is_set() for inf in self.informers)
+
+
+def _namespaced(resource) -> bool:
+    """Whether a lightkube resource class lives in namespaces."""
+    from lightkube.core.resource import NamespacedResource, NamespacedSubResource
+
+    return issubclass(resource, (NamespacedResource, NamespacedSubResource))
 
 
 def _rv(obj: dict) -> Optional[str]:

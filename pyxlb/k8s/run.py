@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from .controller import Controller, default_identity
 log = logging.getLogger("pyxlb.k8s")
 
 MAX_VIPS_DEFAULT = 4096
+
+# a namespace's name: an RFC 1123 label
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -83,9 +87,11 @@ class Options:
     server: Optional[str] = None
     kubeconfig: Optional[str] = None
     lb_class: str = "pyxlb.io/lb"
-    default_class: bool = False
+    default_class: bool = True
+    namespaces: Tuple[str, ...] = ()      # Services served: () every namespace, else these
+    service_account: str = kube.SERVICE_ACCOUNT_DIR   # in-cluster credentials
     controller: bool = True
-    namespace: str = "pyxlb-system"
+    lease_namespace: Optional[str] = None   # None: the pod's own namespace, else pyxlb-system
     lease_name: str = "pyxlb-controller"
     lease_duration: float = 15.0
     health_interval: float = 2.0
@@ -177,13 +183,19 @@ class AgentNode:
         o = self.opts
         if not o.node_name:
             raise PyxlbError("the node name is required: --node-name or $NODE_NAME")
-        connect = lambda: kube.connect(o.server, o.kubeconfig)   # noqa: E731
+        for ns in o.namespaces:
+            if not _DNS_LABEL.fullmatch(ns):
+                raise PyxlbError(f"--namespaces: {ns!r} is not a namespace name (lower-case "
+                                 f"letters, digits and '-', at most 63)")
+        connect = lambda: kube.connect(o.server, o.kubeconfig,   # noqa: E731
+                                       service_account=o.service_account)
         connect().close()      # a bad kubeconfig fails now, in one line; a down API does not
+        self.lease_namespace = o.lease_namespace or kube.pod_namespace(o.service_account)
         self.dp = self._datapath()
         registry = dp_metrics.make_registry(self.dp)
         self.metrics = AgentMetrics(registry)
         settings = AgentSettings(node_name=o.node_name, lb_class=o.lb_class,
-                                 default_class=o.default_class,
+                                 default_class=o.default_class, namespaces=o.namespaces,
                                  health_interval=o.health_interval,
                                  health_timeout=o.health_timeout, debounce=o.debounce,
                                  ring_size=o.ring_size)
@@ -198,7 +210,8 @@ class AgentNode:
                            announcer=announcer)
         if o.controller:
             self.controller = Controller(connect, self.agent.services.snapshot,
-                                         settings.translate_settings(), namespace=o.namespace,
+                                         settings.translate_settings(),
+                                         namespace=self.lease_namespace,
                                          lease_name=o.lease_name,
                                          lease_duration=o.lease_duration,
                                          identity=o.identity or f"{o.node_name}_{default_identity()}",

@@ -55,7 +55,7 @@ class Settings:
 
     node_name: str
     lb_class: str = "pyxlb.io/lb"
-    default_class: bool = False        # also take LoadBalancer Services with no loadBalancerClass
+    default_class: bool = True         # also take LoadBalancer Services with no loadBalancerClass
     ring_size: int = RING_SIZE_DEFAULT
     flow_table: bool = True
 
@@ -163,6 +163,17 @@ def is_ours(service: dict, settings: Settings) -> bool:
     if cls is None:
         return settings.default_class
     return cls == settings.lb_class
+
+
+def foreign_class(service: dict, settings: Settings) -> Optional[str]:
+    """Why a LoadBalancer Service is not ours, when its class is the reason: the class it
+    names ("no class" when it names none and default-class mode is off). None for a
+    Service that is ours, or not of type LoadBalancer."""
+    spec = _dict(_dict(service).get("spec"))
+    if spec.get("type") != "LoadBalancer" or is_ours(service, settings):
+        return None
+    cls = spec.get("loadBalancerClass")
+    return "no class" if cls is None else repr(cls)
 
 
 def _policy_local(spec: dict) -> bool:

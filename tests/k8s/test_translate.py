@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pyxlb.k8s.translate import (
     NodeIndex, Problem, ServiceResult, Settings, SettingsError, Translation, combine,
-    health_targets, is_ours, service_key, service_vips, slice_service, translate,
+    foreign_class, health_targets, is_ours, service_key, service_vips, slice_service, translate,
     wanted_ports)
 from pyxlb.state import DesiredState, VipKey
 
@@ -110,12 +110,14 @@ ROWS = [
       "[2001:db8::61]:443/tcp": "fd00::1 w1 local, fd00::2 w1, fd00::3 w1",
       "192.0.2.62:443/tcp": CLUSTER_FROM_A, "192.0.2.63:443/tcp": CLUSTER_FROM_A},
      [("secure/field", "NoSourceRangeForFamily"), ("secure/invalid", "InvalidSourceRange")]),
-    ("class-ours-only", "classes.json", {}, None, {"192.0.2.70:80/tcp": CLUSTER_FROM_A}, []),
-    ("class-unset-taken-in-default-mode", "classes.json", {"default_class": True}, None,
+    ("class-ours-only", "classes.json", {"default_class": False}, None,
+     {"192.0.2.70:80/tcp": CLUSTER_FROM_A}, []),
+    ("class-unset-taken-by-default", "classes.json", {}, None,
      {"192.0.2.70:80/tcp": CLUSTER_FROM_A, "192.0.2.72:80/tcp": CLUSTER_FROM_A}, []),
-    ("class-configured", "classes.json", {"lb_class": "example.com/other-lb"}, None,
+    ("class-configured", "classes.json",
+     {"lb_class": "example.com/other-lb", "default_class": False}, None,
      {"192.0.2.71:80/tcp": CLUSTER_FROM_A}, []),
-    ("other-types-ignored", "types.json", {"default_class": True}, None, {}, []),
+    ("other-types-ignored", "types.json", {}, None, {}, []),
     ("no-ingress-yet", "pending.json", {}, None, {}, []),
     ("ipv6-vip-needs-ipv6-node", "single-family-nodes.json", {}, None,
      {"192.0.2.80:443/tcp": "10.0.1.1 w1, fd00:1::1 w1",
@@ -331,10 +333,16 @@ def test_keys_and_class():
         "classes/ours", "classes/other", "classes/unset", "shop/web"]
     assert {slice_service(s) for s in slices} == {"shop/web"}
     assert slice_service({"metadata": {"namespace": "x", "labels": {}}}) is None
-    cfg, dflt = Settings("node-a"), Settings("node-a", default_class=True)
-    assert [is_ours(s, cfg) for s in services] == [True, False, False, True]
+    only, dflt = Settings("node-a", default_class=False), Settings("node-a")
+    assert [is_ours(s, only) for s in services] == [True, False, False, True]
     assert [is_ours(s, dflt) for s in services] == [True, False, True, True]
     assert not any(is_ours(s, dflt) for s in load("types.json"))
+    # why a LoadBalancer Service is left alone, when its class is the reason
+    assert [foreign_class(s, only) for s in services] == [
+        None, "'example.com/other-lb'", "no class", None]
+    assert [foreign_class(s, dflt) for s in services] == [
+        None, "'example.com/other-lb'", None, None]
+    assert not any(foreign_class(s, dflt) for s in load("types.json"))
 
 
 def test_wanted_ports():
