@@ -9,7 +9,9 @@ watches the API (here the project's API stand-in, listening on the router's segm
 inside the lab), and applies the VIPs it derives. A node's "pods" and "service proxy" are
 one HTTP server bound to the VIP on its loopback: a tunnelled packet the balancer
 decapsulates is delivered to it, as kube-proxy would deliver it to a local pod, and it
-answers the client directly (DSR) with the client's own address in the body.
+answers the client directly (DSR) with the client's own address in the body. A second one
+answers GET /healthz on HEALTH_CHECK_PORT, kube-proxy's health check node port: a Local
+Service asks the API for that port, and the agents probe it on the nodes with its pods.
 
 The router sends VIP traffic to n1 (what an announcement would do); n1's balancer spreads it
 over the nodes by their weights — all Maglev, all real packets.
@@ -34,6 +36,9 @@ from .errors import PyxlbError
 from .lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
 
 KNODES = ("n1", "n2", "n3")
+# The healthCheckNodePort the lab's Local Services ask for (in the API's node port range):
+# every node answers 200 there, as kube-proxy does on a node with ready local endpoints.
+HEALTH_CHECK_PORT = 32000
 
 
 class KubeLab(Lab):
@@ -54,10 +59,26 @@ class KubeLab(Lab):
         self.route_via("n1")
         for node in KNODES:
             self._serve_vip(node)
+            self._serve_health_check(node)
         self._pass_on_router_ports(KNODES)
         self._warm()
         self._wait_http(nodes=KNODES)
         log(f"Kubernetes lab {self.prefix}: client, router, nodes {', '.join(KNODES)}")
+
+    def _serve_health_check(self, node: str) -> None:
+        """kube-proxy's /healthz on HEALTH_CHECK_PORT (the lab's HTTP server answers every
+        GET with 200), on every address of the node; ended by ``down`` with the rest."""
+        target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
+
+        def enter():
+            fd = os.open(target, os.O_RDONLY)
+            netns._setns(fd)
+            os.close(fd)
+
+        subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,
+                          "--port", str(HEALTH_CHECK_PORT)], preexec_fn=enter,
+                         start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
 
     def _warm(self) -> None:
         """Every node resolves every other node's MAC (one datagram each to the discard

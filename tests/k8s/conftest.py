@@ -5,14 +5,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pyxlb.k8s import objects
 from pyxlb.k8s.standin import ApiStandIn
 
 
 @pytest.fixture
 def api():
     """A started API stand-in on 127.0.0.1 (``api.url``, ``api.client()``), stopped afterwards
-    with its connections and the clients it made."""
+    with its connections and the clients it made. Namespace pyxlb-system exists, as after
+    an install (deploy/namespace.yaml): the agent's Lease lives there."""
     with ApiStandIn() as server:
+        server.create(objects.namespace("pyxlb-system"))
         yield server
 
 

@@ -29,6 +29,7 @@ POOL = "192.0.2.0/29"
 @pytest.fixture
 def api():
     server = ApiStandIn(bookmark_interval=0.2).start()
+    server.create(o.namespace("pyxlb-system"))      # as deploy/namespace.yaml does
     try:
         yield server
     finally:
@@ -61,6 +62,9 @@ class Running:
         return dp
 
     def agent(self, node="n1", dp=None, **kw) -> Agent:
+        # no kube-proxy answers the healthCheckNodePort the API gives a Local Service here
+        # (the nodes' addresses are not even local): failing probes would empty the rings
+        kw.setdefault("health_fall", 1_000_000)
         settings = AgentSettings(node_name=node, debounce=0.01, watch_timeout=5, **kw)
         agent = Agent(settings, dp or self.datapath(), self.connect)
         self.things.append(agent)
@@ -131,7 +135,7 @@ def test_a_service_gets_an_ip_and_its_nodes_become_backends(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    api.create(o.service("web"))
+    api.create(o.service("web", policy="Local"))
     api.create(o.spread("web", {"n1": 2, "n2": 1}))
 
     ip = eventually(lambda: svc_ips(api, "web"), what="an ingress IP")[0]
@@ -210,7 +214,7 @@ def test_dropped_watches_and_410_converge_without_a_missed_change(run):
     agent = run.agent("n1")
     run.controller(agent, "c1")
     for name in ("a", "b"):
-        api.create(o.service(name))
+        api.create(o.service(name, policy="Local"))
         api.create(o.spread(name, {"n2": 1}))
     ips = {n: eventually(lambda n=n: svc_ips(api, n))[0] for n in ("a", "b")}
     assert eventually(lambda: all(backends(agent.dp, f"{ip}:80/tcp") for ip in ips.values()))
@@ -248,7 +252,7 @@ def test_restart_with_the_api_down_keeps_the_pinned_state(cluster, bpffs_dir):
     try:
         agent = first.agent("n1", dp=first.datapath(bpffs_dir))
         first.controller(agent, "c1")
-        api.create(o.service("web"))
+        api.create(o.service("web", policy="Local"))
         api.create(o.spread("web", {"n1": 1, "n2": 2}))
         ip = eventually(lambda: svc_ips(api, "web"))[0]
         want = {"10.0.0.1": (1, "active", True), "10.0.0.2": (2, "active", False)}
@@ -332,15 +336,14 @@ def test_a_new_leader_rebuilds_from_statuses(run):
 def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(api, healthz):
     # nodes on loopback addresses, each with a real /healthz on the Service's health port
     addrs = {"h1": "127.0.0.11", "h2": "127.0.0.12", "h3": "127.0.0.13"}
-    first = healthz(addrs["h2"], 0)
-    checks = {"h2": first, "h3": healthz(addrs["h3"], first.port)}
     for name, addr in addrs.items():
         api.create(o.node(name, [addr]))
     r = Running(api)
     try:
-        agent = r.agent("h1", health_interval=0.05, health_timeout=0.5)
-        svc = o.service("web", health_port=first.port)
-        api.create(svc)
+        agent = r.agent("h1", health_interval=0.05, health_timeout=0.5, health_fall=3)
+        # the API server allocates the healthCheckNodePort; kube-proxy serves it on each node
+        port = api.create(o.service("web", policy="Local"))["spec"]["healthCheckNodePort"]
+        checks = {"h2": healthz(addrs["h2"], port), "h3": healthz(addrs["h3"], port)}
         live = api.get("Service", "web", "default")
         live["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
         api.update(live)
@@ -370,8 +373,10 @@ def test_a_service_that_stops_being_a_load_balancer_gives_its_ip_back(run):
     assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is not None)
     api.patch("Service", "web", {"spec": {"type": "ClusterIP"}}, "default")
     assert eventually(lambda: svc_ips(api, "web") == [], what="the status to be cleared")
-    svc = api.get("Service", "web", "default")
-    assert FINALIZER not in (svc["metadata"].get("finalizers") or [])
+    # (the API server clears the status itself on the type change: wait for the controller)
+    assert eventually(lambda: FINALIZER not in (
+        api.get("Service", "web", "default")["metadata"].get("finalizers") or []),
+        what="the finalizer to be removed")
     assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is None)
     api.create(o.service("other"))
     assert eventually(lambda: svc_ips(api, "other")) == [ip], "the address is free again"

@@ -21,7 +21,7 @@ from pyroute2 import NetNS
 from pyxlb import scenarios
 from pyxlb.k8s import objects as o
 from pyxlb.k8s.standin import ApiStandIn
-from pyxlb.k8slab import KNODES, KubeLab
+from pyxlb.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab
 from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr
 
 CONNECTIONS = 300
@@ -50,6 +50,7 @@ def klab():
         lab.up()
         with lab.in_router():          # the stand-in listens inside the lab, on the router
             api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0).start()
+        api.create(o.namespace("pyxlb-system"))     # as deploy/namespace.yaml does
         for node in lab.node_objects():
             api.create(node)
         api.create(o.ip_pool("lab", [f"{VIP4}/32"]))
@@ -64,7 +65,8 @@ def klab():
 
 def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     lab, api = klab
-    api.create(o.service("web", load_balancer_ip=str(VIP4)))
+    api.create(o.service("web", policy="Local", health_port=HEALTH_CHECK_PORT,
+                         load_balancer_ip=str(VIP4)))
     api.create(o.spread("web", {"n1": 2, "n2": 1}))
     _wait(lambda: o.ingress(api.get("Service", "web", "default")) == [str(VIP4)], 20,
           "the Service's status to carry the VIP", lab)
