@@ -187,9 +187,11 @@ class Controller:
     def __init__(self, connect: Callable[[], object], services: Callable[[], Dict[str, dict]],
                  settings: "tr.Settings", *, namespace: str = "pyxlb-system",
                  lease_name: str = "pyxlb-controller", lease_duration: float = 15.0,
-                 identity: Optional[str] = None, metrics=None, watch_timeout: int = 60):
+                 identity: Optional[str] = None, metrics=None, watch_timeout: int = 60,
+                 namespaces: Tuple[str, ...] = ()):
         self._connect = connect
         self._services = services
+        self.namespaces = tuple(namespaces)     # the agent's: () every namespace
         self.settings = settings
         self.metrics = metrics
         self.client = connect()
@@ -254,6 +256,8 @@ class Controller:
         return self
 
     def stop(self, release: bool = True) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -311,11 +315,17 @@ class Controller:
                     self._cond.wait(timeout)
 
     def _take_over(self) -> None:
-        """Rebuild the allocator from the Services' statuses, oldest Service first."""
+        """Rebuild the allocator from the Services' statuses, oldest Service first.
+
+        The statuses come from a fresh list, not from the agent's cache: a watch may lag
+        (and with --namespaces each namespace has its own), so the cache may not show an
+        address the previous leader wrote just before it died, and handing that address
+        out again would put two Services on one VIP. The cache still drives the work: a
+        Service the cache does not know yet is queued when its watch delivers it."""
         self._load_pools()
         fresh = ipam.Allocator(self.allocator_pools)
-        services = self._services()
-        for svc in sorted(services.values(), key=_created):
+        listed = self._list_services()
+        for svc in sorted(listed, key=_created):
             ips = ingress_ips(svc)
             if not ips or not self._managed(svc):
                 continue
@@ -326,10 +336,17 @@ class Controller:
                 self._event(svc, "Warning", exc.reason,
                             f"status IPs {', '.join(map(str, ips))} conflict: {exc}")
         self.allocator = fresh
+        services = self._services()
         with self._cond:
             self._queue.update(services)
         log.info("IP allocation: leading, %d Services hold addresses",
                  len(fresh.services()))
+
+    def _list_services(self) -> List[dict]:
+        out: List[dict] = []
+        for ns in self.namespaces or ("*",):
+            out.extend(svc.to_dict() for svc in self.client.list(Service, namespace=ns))
+        return out
 
     def _managed(self, svc: dict) -> bool:
         fins = (svc.get("metadata") or {}).get("finalizers") or ()

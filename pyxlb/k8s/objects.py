@@ -112,8 +112,10 @@ def spread(service_name: str, per_node: Dict[str, int], *, base: str = "10.244.0
 
 
 def ip_pool(name: str, addresses: Sequence[str], *, auto_assign: bool = True,
-            selector: Optional[dict] = None) -> dict:
+            selector: Optional[dict] = None, announce: Optional[str] = None) -> dict:
     spec = {"addresses": list(addresses), "autoAssign": auto_assign}
+    if announce is not None:
+        spec["announce"] = announce
     if selector:
         spec["serviceSelector"] = selector
     return {"apiVersion": "pyxlb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name},

@@ -214,6 +214,7 @@ class AgentNode:
                                          namespace=self.lease_namespace,
                                          lease_name=o.lease_name,
                                          lease_duration=o.lease_duration,
+                                         namespaces=o.namespaces,
                                          identity=o.identity or f"{o.node_name}_{default_identity()}",
                                          metrics=self.metrics)
             self.agent.on_service_change = self.controller.service_changed

@@ -97,7 +97,8 @@ custom resources).
 Tests drive it over HTTP through the real client (``client()`` as the administrator,
 ``client_for(token)`` as anyone), and also directly (``create``, ``get``, ``update``,
 ``patch``, ``delete``, ``list``: an administrator's writes, with the same events), and
-inject faults (``drop_watches``, ``compact``, ``set_down``, ``fail_next``).
+inject faults (``drop_watches``, ``compact``, ``set_down``, ``fail_next``, and
+``stall_watches``: a lagging watch, for one client or for all).
 """
 
 from __future__ import annotations
@@ -540,8 +541,10 @@ class _Watcher:
     """One open watch: its filter, its connection and a queue of encoded lines to send."""
 
     def __init__(self, kind: Kind, flt: _Filter, bookmarks: bool, conn: socket.socket,
-                 after: int):
+                 after: int, token: Optional[str] = None):
         self.kind = kind
+        self.token = token      # the bearer token the watch was opened with
+        self.held: List[bytes] = []     # lines kept back while the watch is stalled
         self.after = after      # events at or before this resourceVersion are not sent
         self.filter = flt
         self.bookmarks = bookmarks
@@ -572,6 +575,18 @@ class _Watcher:
 
 def _event_line(etype: str, raw: bytes) -> bytes:
     return b'{"type":"' + etype.encode() + b'","object":' + raw + b"}\n"
+
+
+@dataclass(frozen=True)
+class _Stall:
+    kind: str
+    namespace: Optional[str]
+    token: Optional[str]
+
+    def covers(self, w: "_Watcher") -> bool:
+        return (w.kind.kind == self.kind
+                and (self.namespace is None or w.filter.namespace == self.namespace)
+                and (self.token is None or w.token == self.token))
 
 
 @dataclass
@@ -647,6 +662,7 @@ class ApiStandIn:
         self._history: "collections.deque[_Event]" = collections.deque()
         self._watchers: set = set()
         self._faults: List[_Fault] = []
+        self._stalls: List[_Stall] = []
         self._snapshots: "OrderedDict[int, _Snapshot]" = OrderedDict()
         self._snapshot_ids = 0
         self._generated = 0
@@ -1053,6 +1069,34 @@ class ApiStandIn:
     def down(self) -> bool:
         return self._down
 
+    def stall_watches(self, kind: str, namespace: Optional[str] = None,
+                      token: Optional[str] = None) -> None:
+        """Make matching watches slow, as a watch behind a congested link or a lagging
+        server is: their streams stay open but deliver nothing (no bookmarks either) until
+        ``resume_watches``, while lists and writes go on. Matching: the Kind name, the
+        namespace the watch was opened on (None: any) and the bearer token it was opened with
+        (None: any client; with per-pod tokens this stalls one agent). Watches opened while
+        stalled are stalled too."""
+        self.kind_of(kind)
+        with self._lock:
+            self._stalls.append(_Stall(kind, namespace, token))
+
+    def resume_watches(self) -> int:
+        """End every stall: each stalled watch sends what it kept back, in order. Returns
+        the number of events released."""
+        released = 0
+        with self._lock:
+            self._stalls.clear()
+            for w in self._watchers:
+                for line in w.held:
+                    w.queue.put(line)
+                released += len(w.held)
+                w.held = []
+        return released
+
+    def _stalled(self, w: _Watcher) -> bool:
+        return any(s.covers(w) for s in self._stalls)
+
     def fail_next(self, n: int, code: int = 409, kind: Optional[str] = None,
                   verb: str = "update") -> None:
         """Answer the next `n` HTTP writes matching `verb` (create, update, patch, delete or
@@ -1111,7 +1155,11 @@ class ApiStandIn:
         for w in self._watchers:
             if w.kind is kind and not w.dropped and ev.rv > w.after:
                 line = w.line_for(ev)
-                if line is not None:
+                if line is None:
+                    pass
+                elif w.held or self._stalled(w):
+                    w.held.append(line)
+                else:
                     w.queue.put(line)
         return rec
 
@@ -1409,7 +1457,8 @@ class ApiStandIn:
         return head[:-1] + b',"items":[' + b",".join(r.raw for r in page) + b"]}"
 
     def _open_watch(self, kind: Kind, flt: _Filter, query: Dict[str, str],
-                    conn: socket.socket) -> Tuple[Optional[_Watcher], List[bytes]]:
+                    conn: socket.socket, token: Optional[str] = None
+                    ) -> Tuple[Optional[_Watcher], List[bytes]]:
         """Register a watcher and return it with the lines it must send first; (None,
         [ERROR line]) when the resourceVersion is older than the kept history."""
         since = query.get("resourceVersion") or "0"
@@ -1419,7 +1468,7 @@ class ApiStandIn:
             raise _bad_request(f"resourceVersion {since!r} is not a number") from None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         with self._lock:
-            w = _Watcher(kind, flt, bookmarks, conn, after=max(since_rv, self._rv))
+            w = _Watcher(kind, flt, bookmarks, conn, after=max(since_rv, self._rv), token=token)
             if since_rv == 0:
                 backlog = [_event_line("ADDED", rec.raw) for rec in self._select(kind, flt)]
             elif since_rv < self._floor:
@@ -1437,6 +1486,8 @@ class ApiStandIn:
             if self._down or self._stopping:
                 w.dropped = True
                 w.queue.put(_DROP)
+            elif self._stalled(w):
+                w.held, backlog = backlog, []
             self._watchers.add(w)
         return w, backlog
 
@@ -1448,7 +1499,7 @@ class ApiStandIn:
         """A BOOKMARK line at the current resourceVersion, or None while events for this
         watcher are still queued (a bookmark must never pass an event it would cover)."""
         with self._lock:
-            if not w.queue.empty():
+            if not w.queue.empty() or w.held or self._stalled(w):
                 return None
             obj: Dict[str, Any] = {"kind": w.kind.kind, "apiVersion": w.kind.api_version,
                                    "metadata": {"resourceVersion": str(self._rv)}}
@@ -1816,7 +1867,8 @@ class _Handler(BaseHTTPRequestHandler):
         timeout (clean end), a fault (abrupt end) or the client leaves."""
         si = self.server.standin
         timeout = _int_param(query, "timeoutSeconds", 0)
-        w, backlog = si._open_watch(kind, flt, query, self.connection)
+        w, backlog = si._open_watch(kind, flt, query, self.connection,
+                                    auth.bearer_token(self.headers.get("Authorization")))
         self.close_connection = True
         self._answered(record, 200)
         try:

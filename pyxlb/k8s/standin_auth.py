@@ -130,7 +130,7 @@ class TokenRegistry:
         """The user of a request from its Authorization header. No bearer token is the
         anonymous user; an unknown, revoked or orphaned one raises Unauthenticated.
         `account_uid(namespace, name)` is the uid of the live ServiceAccount, or None."""
-        token = _bearer_token(authorization)
+        token = bearer_token(authorization)
         if token is None:
             return ANONYMOUS_USER
         with self._lock:
@@ -144,7 +144,7 @@ class TokenRegistry:
         return entry.user
 
 
-def _bearer_token(header: Optional[str]) -> Optional[str]:
+def bearer_token(header: Optional[str]) -> Optional[str]:
     """The token of an ``Authorization: Bearer`` header, or None when there is none (another
     scheme, or an empty token, is no credential at all, as the real bearer authenticator
     treats it)."""

@@ -97,13 +97,14 @@ AGENT_ENV = {
 NOT_IN_CLUSTER = {"KUBECONFIG", "PYXLB_API_SERVER"}
 
 # Every grant the agent needs, and all it may have: (API group, resource, verb, name or "").
+# (tests/k8s/test_in_cluster.py checks these against what a running agent really asks for)
 CLUSTER_GRANTS = {
-    *(("", "services", v, "") for v in ("get", "list", "watch", "update", "patch")),
-    *(("", "services/status", v, "") for v in ("update", "patch")),
-    *(("discovery.k8s.io", "endpointslices", v, "") for v in ("get", "list", "watch")),
-    *(("", "nodes", v, "") for v in ("get", "list", "watch")),
-    *(("pyxlb.io", r, v, "") for r in ("ippools", "bgppeers") for v in ("get", "list", "watch")),
-    *((g, "events", v, "") for g in ("", "events.k8s.io") for v in ("create", "patch")),
+    *(("", "services", v, "") for v in ("list", "watch", "patch")),
+    ("", "services/status", "patch", ""),
+    *(("discovery.k8s.io", "endpointslices", v, "") for v in ("list", "watch")),
+    *(("", "nodes", v, "") for v in ("list", "watch")),
+    *(("pyxlb.io", r, v, "") for r in ("ippools", "bgppeers") for v in ("list", "watch")),
+    ("", "events", "create", ""),
 }
 LEASE = "pyxlb-controller"
 NAMESPACE_GRANTS = {
