@@ -24,12 +24,28 @@ from pyxlb.k8s.standin import ApiStandIn
 
 NODES = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
 POOL = "192.0.2.0/29"
+# Services live where users put them: two namespaces, neither the agent's (pyxlb-system)
+SHOP, BLOG = "shop", "blog"
+
+
+def service(name, ns=SHOP, **kw):
+    return o.service(name, ns, **kw)
+
+
+def spread(service_name, per_node, ns=SHOP, **kw):
+    return o.spread(service_name, per_node, namespace=ns, **kw)
+
+
+def endpoint_slice(service_name, endpoints, ns=SHOP, **kw):
+    return o.endpoint_slice(service_name, endpoints, namespace=ns, **kw)
 
 
 @pytest.fixture
 def api():
     server = ApiStandIn(bookmark_interval=0.2).start()
     server.create(o.namespace("pyxlb-system"))      # as deploy/namespace.yaml does
+    for ns in (SHOP, BLOG):
+        server.create(o.namespace(ns))
     try:
         yield server
     finally:
@@ -120,8 +136,8 @@ def backends(dp, vip: str):
     return {str(b.address): (b.weight, b.state, b.local) for b in v.backends}
 
 
-def svc_ips(api, name):
-    return o.ingress(api.get("Service", name, "default"))
+def svc_ips(api, name, ns=SHOP):
+    return o.ingress(api.get("Service", name, ns))
 
 
 def events(api, reason=None):
@@ -135,12 +151,19 @@ def test_a_service_gets_an_ip_and_its_nodes_become_backends(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    api.create(o.service("web", policy="Local"))
-    api.create(o.spread("web", {"n1": 2, "n2": 1}))
+    api.create(service("web", policy="Local"))
+    api.create(spread("web", {"n1": 2, "n2": 1}))
+    # the same name in another namespace: another Service, its own address and ring
+    api.create(service("web", BLOG, policy="Local"))
+    api.create(spread("web", {"n3": 1}, BLOG))
 
     ip = eventually(lambda: svc_ips(api, "web"), what="an ingress IP")[0]
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(POOL)
-    svc = api.get("Service", "web", "default")
+    other = eventually(lambda: svc_ips(api, "web", BLOG), what="blog/web's IP")[0]
+    assert other != ip
+    blog_vip, blog_ring = f"{other}:80/tcp", {"10.0.0.3": (1, "active", False)}
+    assert eventually(lambda: backends(agent.dp, blog_vip) == blog_ring)
+    svc = api.get("Service", "web", SHOP)
     assert FINALIZER in svc["metadata"]["finalizers"]
     assert svc["status"]["loadBalancer"]["ingress"][0]["ipMode"] == "VIP"
     assert eventually(lambda: events(api, "IPAllocated"), what="an IPAllocated event")
@@ -152,7 +175,7 @@ def test_a_service_gets_an_ip_and_its_nodes_become_backends(run):
     assert agent.ready
 
     # an endpoint appears on n3, one on n2 starts terminating: the maps follow
-    api.update(o.endpoint_slice("web", [
+    api.update(endpoint_slice("web", [
         o.endpoint("10.244.0.2", "n1"), o.endpoint("10.244.0.3", "n1"),
         o.endpoint("10.244.0.4", "n2", ready=False, serving=True, terminating=True),
         o.endpoint("10.244.0.5", "n3")], name="web-ipv4"))
@@ -161,34 +184,37 @@ def test_a_service_gets_an_ip_and_its_nodes_become_backends(run):
         "10.0.0.3": (1, "active", False)}, what="the changed backends")
 
     # Cluster policy: every ready node, weight 1
-    api.patch("Service", "web", {"spec": {"externalTrafficPolicy": "Cluster"}}, "default")
+    api.patch("Service", "web", {"spec": {"externalTrafficPolicy": "Cluster"}}, SHOP)
     assert eventually(lambda: backends(agent.dp, vip) == {
         "10.0.0.1": (1, "active", True), "10.0.0.2": (1, "active", False),
         "10.0.0.3": (1, "active", False)}, what="Cluster backends")
+    assert backends(agent.dp, blog_vip) == blog_ring, "blog/web followed shop/web"
 
     # deletion: the finalizer holds the object until the IP is released, then it goes
-    api.delete("Service", "web", "default")
-    assert eventually(lambda: api.get("Service", "web", "default") is None,
+    api.delete("Service", "web", SHOP)
+    assert eventually(lambda: api.get("Service", "web", SHOP) is None,
                       what="the Service to be deleted")
     assert eventually(lambda: backends(agent.dp, vip) is None, what="the VIP to go")
     assert eventually(lambda: events(api, "IPReleased"), what="an IPReleased event")
+    assert backends(agent.dp, blog_vip) == blog_ring and svc_ips(api, "web", BLOG) == [other]
     # the address is free again: the next Service gets the same one
-    api.create(o.service("next"))
-    assert eventually(lambda: svc_ips(api, "next"), what="an IP for the next Service") == [ip]
+    api.create(service("next", BLOG))
+    assert eventually(lambda: svc_ips(api, "next", BLOG),
+                      what="an IP for the next Service") == [ip]
 
 
 def test_refusals_are_events_and_write_no_status(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    api.create(o.service("outside", load_balancer_ip="198.51.100.7"))
-    api.create(o.service("dns", ports=((53, "UDP"), (5353, "SCTP"))))
+    api.create(service("outside", load_balancer_ip="198.51.100.7"))
+    api.create(service("dns", BLOG, ports=((53, "UDP"), (5353, "SCTP"))))
     ev = eventually(lambda: events(api, "NotInPool"), what="a NotInPool event")
     assert ev[0]["involvedObject"]["name"] == "outside"
     assert "198.51.100.7" in ev[0]["message"]
     assert svc_ips(api, "outside") == []
     # the SCTP port is refused with an Event; the UDP port is served
-    ip = eventually(lambda: svc_ips(api, "dns"), what="an IP for dns")[0]
+    ip = eventually(lambda: svc_ips(api, "dns", BLOG), what="an IP for dns")[0]
     sctp = eventually(lambda: events(api, "UnsupportedProtocol"), what="the SCTP event")
     assert sctp[0]["involvedObject"]["name"] == "dns"
     assert eventually(lambda: agent.dp.layout(refresh=True).state.vip(f"{ip}:53/udp"))
@@ -199,11 +225,11 @@ def test_a_service_of_another_class_is_left_alone(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    api.create(o.service("theirs", lb_class="example.com/other"))
-    api.create(o.service("mine"))
+    api.create(service("theirs", BLOG, lb_class="example.com/other"))
+    api.create(service("mine"))
     eventually(lambda: svc_ips(api, "mine"), what="our Service's IP")
     time.sleep(0.2)
-    theirs = api.get("Service", "theirs", "default")
+    theirs = api.get("Service", "theirs", BLOG)
     assert o.ingress(theirs) == [] and not theirs["metadata"].get("finalizers")
 
 
@@ -213,15 +239,16 @@ def test_dropped_watches_and_410_converge_without_a_missed_change(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    for name in ("a", "b"):
-        api.create(o.service(name, policy="Local"))
-        api.create(o.spread(name, {"n2": 1}))
-    ips = {n: eventually(lambda n=n: svc_ips(api, n))[0] for n in ("a", "b")}
+    where = {"a": SHOP, "b": BLOG}
+    for name, ns in where.items():
+        api.create(service(name, ns, policy="Local"))
+        api.create(spread(name, {"n2": 1}, ns))
+    ips = {n: eventually(lambda n=n: svc_ips(api, n, where[n]))[0] for n in where}
     assert eventually(lambda: all(backends(agent.dp, f"{ip}:80/tcp") for ip in ips.values()))
 
     # connections drop; a change lands meanwhile; the watches resume from their version
     assert api.drop_watches() >= 3
-    api.update(o.spread("a", {"n2": 1, "n3": 3}, name="a-ipv4"))
+    api.update(spread("a", {"n2": 1, "n3": 3}, name="a-ipv4"))
     assert eventually(lambda: backends(agent.dp, f"{ips['a']}:80/tcp") == {
         "10.0.0.2": (1, "active", False), "10.0.0.3": (3, "active", False)})
 
@@ -230,7 +257,7 @@ def test_dropped_watches_and_410_converge_without_a_missed_change(run):
     lists_before = agent.services.lists
     api.set_down(True)
     time.sleep(0.3)
-    api.delete("EndpointSlice", "b-ipv4", "default")
+    api.delete("EndpointSlice", "b-ipv4", BLOG)
     api.update(o.node("n3", [NODES["n3"]], ready=False))
     api.compact()
     assert backends(agent.dp, f"{ips['a']}:80/tcp") is not None, "fail static while down"
@@ -241,7 +268,7 @@ def test_dropped_watches_and_410_converge_without_a_missed_change(run):
     assert eventually(lambda: agent.services.lists > lists_before,
                       what="410 Gone to make the Service informer list again")
     # Local policy ignores node readiness (the endpoints say where pods are), Cluster not
-    api.patch("Service", "a", {"spec": {"externalTrafficPolicy": "Cluster"}}, "default")
+    api.patch("Service", "a", {"spec": {"externalTrafficPolicy": "Cluster"}}, SHOP)
     assert eventually(lambda: backends(agent.dp, f"{ips['a']}:80/tcp") == {
         "10.0.0.1": (1, "active", True), "10.0.0.2": (1, "active", False)})
 
@@ -252,8 +279,8 @@ def test_restart_with_the_api_down_keeps_the_pinned_state(cluster, bpffs_dir):
     try:
         agent = first.agent("n1", dp=first.datapath(bpffs_dir))
         first.controller(agent, "c1")
-        api.create(o.service("web", policy="Local"))
-        api.create(o.spread("web", {"n1": 1, "n2": 2}))
+        api.create(service("web", policy="Local"))
+        api.create(spread("web", {"n1": 1, "n2": 2}))
         ip = eventually(lambda: svc_ips(api, "web"))[0]
         want = {"10.0.0.1": (1, "active", True), "10.0.0.2": (2, "active", False)}
         assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") == want)
@@ -282,9 +309,9 @@ def test_conflicts_are_retried_from_the_fresh_object(run):
     agent = run.agent("n1")
     run.controller(agent, "c1")
     api.fail_next(3, code=409, kind="Service", verb="patch")
-    api.create(o.service("web"))
+    api.create(service("web"))
     assert eventually(lambda: svc_ips(api, "web"), what="the status after conflicts")
-    assert FINALIZER in api.get("Service", "web", "default")["metadata"]["finalizers"]
+    assert FINALIZER in api.get("Service", "web", SHOP)["metadata"]["finalizers"]
 
 
 def test_two_controllers_one_allocator_and_handover_on_lease_expiry(run):
@@ -292,10 +319,12 @@ def test_two_controllers_one_allocator_and_handover_on_lease_expiry(run):
     a1, a2 = run.agent("n1"), run.agent("n2")
     c1 = run.controller(a1, "c1", lease=1.0)
     c2 = run.controller(a2, "c2", lease=1.0)
+    def ns(i):
+        return (SHOP, BLOG)[i % 2]
     for i in range(3):
-        api.create(o.service(f"s{i}"))
+        api.create(service(f"s{i}", ns(i)))
     for i in range(3):
-        eventually(lambda i=i: svc_ips(api, f"s{i}"))
+        eventually(lambda i=i: svc_ips(api, f"s{i}", ns(i)))
     assert eventually(lambda: c1.leading != c2.leading, what="exactly one leader")
     leader, standby = (c1, c2) if c1.leading else (c2, c1)
     lease = api.get("Lease", "pyxlb-controller", "pyxlb-system")
@@ -310,8 +339,8 @@ def test_two_controllers_one_allocator_and_handover_on_lease_expiry(run):
     assert lease["spec"]["holderIdentity"] == standby.identity
     assert lease["spec"]["leaseTransitions"] >= 1
     for i in range(3, 6):
-        api.create(o.service(f"s{i}"))
-    got = [eventually(lambda i=i: svc_ips(api, f"s{i}"))[0] for i in range(6)]
+        api.create(service(f"s{i}", ns(i)))
+    got = [eventually(lambda i=i: svc_ips(api, f"s{i}", ns(i)))[0] for i in range(6)]
     assert len(set(got)) == 6, f"an address was handed out twice: {got}"
 
 
@@ -319,16 +348,16 @@ def test_a_new_leader_rebuilds_from_statuses(run):
     api = run.api
     a1 = run.agent("n1")
     c1 = run.controller(a1, "c1", lease=1.0)
-    api.create(o.service("old"))
+    api.create(service("old"))
     first = eventually(lambda: svc_ips(api, "old"))
     c1.stop()               # gives the Lease up: the next one leads at once
     a2 = run.agent("n2")
     c2 = run.controller(a2, "c2", lease=1.0)
     assert eventually(lambda: c2.leading)
-    api.create(o.service("new"))
-    second = eventually(lambda: svc_ips(api, "new"))
+    api.create(service("new", BLOG))
+    second = eventually(lambda: svc_ips(api, "new", BLOG))
     assert first != second, "the new leader knew the old Service's address"
-    assert c2.allocator.owners(ipaddress.ip_address(first[0])) == frozenset({"default/old"})
+    assert c2.allocator.owners(ipaddress.ip_address(first[0])) == frozenset({"shop/old"})
 
 
 # -- health: healthCheckNodePort probes take a node out of the ring ---------------------------
@@ -342,12 +371,12 @@ def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(api, 
     try:
         agent = r.agent("h1", health_interval=0.05, health_timeout=0.5, health_fall=3)
         # the API server allocates the healthCheckNodePort; kube-proxy serves it on each node
-        port = api.create(o.service("web", policy="Local"))["spec"]["healthCheckNodePort"]
+        port = api.create(service("web", policy="Local"))["spec"]["healthCheckNodePort"]
         checks = {"h2": healthz(addrs["h2"], port), "h3": healthz(addrs["h3"], port)}
-        live = api.get("Service", "web", "default")
+        live = api.get("Service", "web", SHOP)
         live["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
         api.update(live)
-        api.create(o.spread("web", {"h2": 1, "h3": 1}))
+        api.create(spread("web", {"h2": 1, "h3": 1}))
         vip = "192.0.2.1:80/tcp"
         both = {"127.0.0.12": (1, "active", False), "127.0.0.13": (1, "active", False)}
         assert eventually(lambda: backends(agent.dp, vip) == both)
@@ -368,15 +397,15 @@ def test_a_service_that_stops_being_a_load_balancer_gives_its_ip_back(run):
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
-    api.create(o.service("web"))
+    api.create(service("web"))
     ip = eventually(lambda: svc_ips(api, "web"))[0]
     assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is not None)
-    api.patch("Service", "web", {"spec": {"type": "ClusterIP"}}, "default")
+    api.patch("Service", "web", {"spec": {"type": "ClusterIP"}}, SHOP)
     assert eventually(lambda: svc_ips(api, "web") == [], what="the status to be cleared")
     # (the API server clears the status itself on the type change: wait for the controller)
     assert eventually(lambda: FINALIZER not in (
-        api.get("Service", "web", "default")["metadata"].get("finalizers") or []),
+        api.get("Service", "web", SHOP)["metadata"].get("finalizers") or []),
         what="the finalizer to be removed")
     assert eventually(lambda: backends(agent.dp, f"{ip}:80/tcp") is None)
-    api.create(o.service("other"))
-    assert eventually(lambda: svc_ips(api, "other")) == [ip], "the address is free again"
+    api.create(service("other", BLOG))
+    assert eventually(lambda: svc_ips(api, "other", BLOG)) == [ip], "the address is free again"

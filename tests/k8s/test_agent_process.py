@@ -66,8 +66,9 @@ def test_probes_follow_the_sync_and_metrics_carry_the_agent(node):
     assert status == 503 and "not synced" in body
     api.set_down(False)
     assert until(lambda: get(opts.probe_port, "/readyz")[0] == 200), "ready once synced"
-    api.create(o.service("web"))
-    assert until(lambda: o.ingress(api.get("Service", "web", "default")))
+    api.create(o.namespace("shop"))
+    api.create(o.service("web", "shop"))
+    assert until(lambda: o.ingress(api.get("Service", "web", "shop")))
     assert get(opts.probe_port, "/nothing")[0] == 404
 
     def metrics():
