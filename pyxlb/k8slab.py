@@ -12,6 +12,12 @@ decapsulates is delivered to it, as kube-proxy would deliver it to a local pod, 
 answers the client directly (DSR) with the client's own address in the body. A second one
 answers GET /healthz on HEALTH_CHECK_PORT, kube-proxy's health check node port: a Local
 Service asks the API for that port, and the agents probe it on the nodes with its pods.
+``serve_service`` adds a Service whose port differs from its pods' (targetPort): pods on
+the target port, and kube-proxy's DNAT from the Service port to it (nftables).
+
+Agents run as in a pod when the stand-in speaks HTTPS (``start_agent``): in-cluster
+configuration from a service account directory, with the permissions the stand-in's RBAC
+objects grant (the tests apply deploy/rbac.yaml).
 
 The router sends VIP traffic to n1 (what an announcement would do); n1's balancer spreads it
 over the nodes by their weights — all Maglev, all real packets.
@@ -26,8 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+import ipaddress
+from typing import Dict, List, Set, Tuple
 
+from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
 from . import netns
@@ -39,6 +47,11 @@ KNODES = ("n1", "n2", "n3")
 # The healthCheckNodePort the lab's Local Services ask for (in the API's node port range):
 # every node answers 200 there, as kube-proxy does on a node with ready local endpoints.
 HEALTH_CHECK_PORT = 32000
+# Where deploy/rbac.yaml puts the agent's ServiceAccount.
+AGENT_NAMESPACE, AGENT_ACCOUNT = "pyxlb-system", "pyxlb-agent"
+# The address the lab's automatic pool hands out (VIP4 itself is asked for by name): both
+# are on every node's loopback and routed by the router to n1, like VIP4.
+AUTO_VIP4 = ipaddress.ip_address("10.77.100.11")
 
 
 class KubeLab(Lab):
@@ -50,6 +63,7 @@ class KubeLab(Lab):
         super().__init__(prefix)
         self.agents: Dict[str, subprocess.Popen] = {}
         self.logs: Dict[str, str] = {}
+        self._pods: Set[Tuple[str, int]] = set()
         self._logdir = tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-")
 
     def _build(self, log) -> None:
@@ -59,11 +73,36 @@ class KubeLab(Lab):
         self.route_via("n1")
         for node in KNODES:
             self._serve_vip(node)
+            with NetNS(self.ns(node)) as n:
+                n.addr("add", index=n.link_lookup(ifname="lo")[0], address=str(AUTO_VIP4),
+                       prefixlen=32)
             self._serve_health_check(node)
         self._pass_on_router_ports(KNODES)
         self._warm()
         self._wait_http(nodes=KNODES)
         log(f"Kubernetes lab {self.prefix}: client, router, nodes {', '.join(KNODES)}")
+
+    def route_via(self, lb: str) -> None:
+        super().route_via(lb)
+        with NetNS(self.ns(ROUTER)) as r:
+            r.route("replace", dst=f"{AUTO_VIP4}/32", gateway=str(node_addr(lb, 4)))
+
+    def serve_service(self, address, port: int, target_port: int) -> None:
+        """What kube-proxy and a Deployment's pods do for a Service with `port` and
+        `targetPort`, on every node: an HTTP server (the pods) on `target_port`, and a DNAT
+        of `address`:`port` to it (nftables, in the node's namespace). Idempotent."""
+        rules = (f"table ip pyxlb-lab-proxy {{\n"
+                 f"  chain prerouting {{\n"
+                 f"    type nat hook prerouting priority dstnat; policy accept;\n"
+                 f"    ip daddr {address} tcp dport {port} dnat to :{target_port}\n"
+                 f"  }}\n}}\n")
+        for node in KNODES:
+            if (node, target_port) not in self._pods:
+                self._start_http(node, target_port)
+                self._pods.add((node, target_port))
+            subprocess.run(["ip", "netns", "exec", self.ns(node), "nft", "-f", "-"],
+                           input=rules, text=True, check=True, capture_output=True)
+        self._wait_http(nodes=KNODES, port=target_port)
 
     def _serve_health_check(self, node: str) -> None:
         """kube-proxy's /healthz on HEALTH_CHECK_PORT (the lab's HTTP server answers every
@@ -109,8 +148,12 @@ class KubeLab(Lab):
         with netns.enter(self.ns(ROUTER)):
             yield
 
-    def start_agent(self, node: str, server: str, *extra: str) -> subprocess.Popen:
-        """Run `pyxlb agent` as its own process inside `node`'s namespace."""
+    def start_agent(self, node: str, api, *extra: str) -> subprocess.Popen:
+        """Run `pyxlb agent` as its own process inside `node`'s namespace, against `api`
+        (an ApiStandIn). Over HTTPS the agent runs as in a pod: no --server, the
+        environment's KUBERNETES_SERVICE_HOST/PORT, and a service account directory as the
+        kubelet mounts it (token of ServiceAccount pyxlb-system/pyxlb-agent, the CA, the
+        namespace), so it has exactly the permissions the stand-in's RBAC objects give."""
         if node in self.agents and self.agents[node].poll() is None:
             raise PyxlbError(f"the agent of {node} runs already")
         target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
@@ -120,17 +163,26 @@ class KubeLab(Lab):
             netns._setns(fd)
             os.close(fd)
 
+        env = {k: v for k, v in os.environ.items()
+               if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+        if api.tls:
+            sa = api.write_service_account(os.path.join(self._logdir, f"sa-{node}"),
+                                           AGENT_NAMESPACE, AGENT_ACCOUNT)
+            env.update(api.service_env())
+            where = ["--service-account-dir", sa]
+        else:
+            where = ["--server", api.url]
         logpath = os.path.join(self._logdir, f"agent-{node}.log")
         self.logs[node] = logpath
         out = open(logpath, "ab")
         cmd = [sys.executable, "-m", "pyxlb", "--pin-dir", self.pin_dir(node), "agent",
-               "--node-name", node, "--server", server, "--interface", "eth0",
+               "--node-name", node, *where, "--interface", "eth0",
                "--seed", str(SEED), "--mtu", str(SEGMENT_MTU), "--metrics-port", "0",
                "--probe-port", "0", *extra]
         try:
             proc = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=out, close_fds=True,
-                                    start_new_session=True)
+                                    start_new_session=True, env=env)
         finally:
             out.close()
         self.agents[node] = proc

@@ -289,7 +289,7 @@ class Lab:
                             "dev", f"p-{node}", "flood", "on" if on else "off"],
                            check=True, capture_output=True)
 
-    def _start_http(self, node: str) -> None:
+    def _start_http(self, node: str, port: int = HTTP_PORT) -> None:
         target = pr_netns.NETNS_RUN_DIR + "/" + self.ns(node)
 
         def enter():
@@ -298,11 +298,12 @@ class Lab:
             os.close(fd)
 
         subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,
-                          "--port", str(HTTP_PORT)], preexec_fn=enter, start_new_session=True,
+                          "--port", str(port)], preexec_fn=enter, start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, close_fds=True)
 
-    def _wait_http(self, timeout: float = 10.0, nodes: Tuple[str, ...] = BACKENDS) -> None:
+    def _wait_http(self, timeout: float = 10.0, nodes: Tuple[str, ...] = BACKENDS,
+                   port: int = HTTP_PORT) -> None:
         deadline = time.monotonic() + timeout
         for node in nodes:
             while True:
@@ -310,7 +311,7 @@ class Lab:
                     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
                 try:
                     s.settimeout(0.5)
-                    s.connect(("::1", HTTP_PORT))
+                    s.connect(("::1", port))
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -415,16 +416,16 @@ class Lab:
                                  socket.SOCK_STREAM)
 
     def request(self, family: int = 4, sport: int = 0, path: str = "/", body: bytes = None,
-                timeout: float = 5.0, port: int = HTTP_PORT) -> bytes:
-        """One HTTP/1.0 request from the client to the VIP (from source port `sport`, 0:
-        any); returns the response body."""
+                timeout: float = 5.0, port: int = HTTP_PORT, vip=None) -> bytes:
+        """One HTTP/1.0 request from the client to the VIP (or to `vip`), from source port
+        `sport` (0: any); returns the response body."""
         s = self.client_socket(family)
         try:
             s.settimeout(timeout)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if sport:
                 s.bind(("0.0.0.0" if family == 4 else "::", sport))
-            s.connect((str(VIP4 if family == 4 else VIP6), port))
+            s.connect((str(vip or (VIP4 if family == 4 else VIP6)), port))
             method = "POST" if body is not None else "GET"
             head = f"{method} {path} HTTP/1.0\r\nHost: vip\r\n"
             if body is not None:
@@ -445,9 +446,10 @@ class Lab:
         return payload
 
     def who(self, family: int = 4, sport: int = 0, port: int = HTTP_PORT,
-            timeout: float = 5.0) -> Tuple[str, str]:
+            timeout: float = 5.0, vip=None) -> Tuple[str, str]:
         """(backend name, client address the backend saw) for one request."""
-        name, addr, _ = self.request(family, sport, port=port, timeout=timeout).decode().split()
+        name, addr, _ = self.request(family, sport, port=port, timeout=timeout,
+                                     vip=vip).decode().split()
         return name, addr
 
 

@@ -1,10 +1,14 @@
 """Kubernetes, end to end: three nodes, each running a real `pyxlb agent` process against the
-API stand-in, and real TCP connections from the client through the XDP balancers.
+API stand-in, and real TCP connections from the client through the XDP balancers. The agents
+run as a cluster runs them: in-cluster configuration (service account token and CA, HTTPS),
+with exactly the permissions of deploy/rbac.yaml, enforced by the stand-in, and Services in
+namespaces other than the agents' own.
 
 A Local Service has its pods spread 2/1/0 over n1/n2/n3. The agents allocate its IP (one of
 them, elected), derive the backends from the EndpointSlice and program their balancers.
 Connections land on the nodes in a 2:1:0 ratio, and each node sees the client's own address
-(the whole point of Local: no SNAT, and no imbalance).
+(the whole point of Local: no SNAT, and no imbalance). The Kubernetes docs' own example
+(`kubectl expose ... --type=LoadBalancer`, no class) gets an address and serves on its port.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from pyroute2 import NetNS
@@ -21,8 +26,12 @@ from pyroute2 import NetNS
 from pyxlb import scenarios
 from pyxlb.k8s import objects as o
 from pyxlb.k8s.standin import ApiStandIn
-from pyxlb.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab
+from pyxlb.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab
 from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = "system:serviceaccount:pyxlb-system:pyxlb-agent"
+SHOP = "shop"               # the Local Service's namespace (the docs' example: default)
 
 CONNECTIONS = 300
 FIRST_PORT = 33000          # client source ports of this module (outside the other tests')
@@ -49,26 +58,43 @@ def klab():
     try:
         lab.up()
         with lab.in_router():          # the stand-in listens inside the lab, on the router
-            api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0).start()
-        api.create(o.namespace("pyxlb-system"))     # as deploy/namespace.yaml does
+            api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0, tls=True,
+                             authorization="RBAC").start()
+        # installed as docs/deploy.md says: the namespace, then the agent's RBAC
+        assert api.apply_manifests(ROOT / "deploy" / "namespace.yaml") == []
+        assert api.apply_manifests(ROOT / "deploy" / "rbac.yaml") == []
+        api.create(o.namespace(SHOP))
         for node in lab.node_objects():
             api.create(node)
-        api.create(o.ip_pool("lab", [f"{VIP4}/32"]))
+        # VIP4 only to whoever asks for it by name; every other Service gets AUTO_VIP4
+        api.create(o.ip_pool("lab", [f"{VIP4}/32"], auto_assign=False))
+        api.create(o.ip_pool("lab-auto", [f"{AUTO_VIP4}/32"]))
         for node in KNODES:
-            lab.start_agent(node, api.url, "--lease-duration", "2")
+            lab.start_agent(node, api, "--lease-duration", "2")
         yield lab, api
+        refused = [r.attributes.describe() for r in api.audit
+                   if r.user == AGENT and not r.allowed]
+        assert refused == [], f"deploy/rbac.yaml refused the agents: {refused}"
     finally:
         if api is not None:
             api.stop()
         lab.down()
 
 
+def ensure_web(api):
+    """shop/web: a Local Service on VIP4 (each test that uses it makes it if missing)."""
+    if api.get("Service", "web", SHOP) is None:
+        api.create(o.service("web", SHOP, policy="Local", health_port=HEALTH_CHECK_PORT,
+                             load_balancer_ip=str(VIP4)))
+    if api.get("EndpointSlice", "web-ipv4", SHOP) is None:
+        api.create(o.spread("web", {"n1": 1}, namespace=SHOP))
+
+
 def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     lab, api = klab
-    api.create(o.service("web", policy="Local", health_port=HEALTH_CHECK_PORT,
-                         load_balancer_ip=str(VIP4)))
-    api.create(o.spread("web", {"n1": 2, "n2": 1}))
-    _wait(lambda: o.ingress(api.get("Service", "web", "default")) == [str(VIP4)], 20,
+    ensure_web(api)
+    api.update(o.spread("web", {"n1": 2, "n2": 1}, namespace=SHOP, name="web-ipv4"))
+    _wait(lambda: o.ingress(api.get("Service", "web", SHOP)) == [str(VIP4)], 20,
           "the Service's status to carry the VIP", lab)
 
     def programmed(node):
@@ -101,8 +127,8 @@ def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     assert sum(again.values()) == 60 and set(again) <= {"n1", "n2"}
 
     # a restarted agent adopts the pinned datapath, and follows a change: pods move to n3
-    lab.start_agent("n1", api.url, "--lease-duration", "2")
-    api.update(o.spread("web", {"n3": 2}, name="web-ipv4"))
+    lab.start_agent("n1", api, "--lease-duration", "2")
+    api.update(o.spread("web", {"n3": 2}, namespace=SHOP, name="web-ipv4"))
 
     def moved():
         with lab.datapath("n1") as dp:
@@ -112,6 +138,43 @@ def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     _wait(moved, 20, "the restarted agent to follow the EndpointSlice", lab)
     after = Counter(lab.who(4, sport=FIRST_PORT + CONNECTIONS + i)[0] for i in range(30))
     assert after == Counter({"n3": 30})
+
+
+def test_the_docs_kubectl_expose_example_serves_on_its_port(klab):
+    """The Kubernetes docs' example, on a default install: `kubectl expose deployment
+    example --port=8765 --target-port=9376 --name=example-service --type=LoadBalancer`.
+    No loadBalancerClass, the default namespace, Cluster policy (the API server's default):
+    it gets the automatic pool's address and serves on 8765, its pods listening on 9376."""
+    lab, api = klab
+    lab.serve_service(AUTO_VIP4, 8765, 9376)        # the Deployment's pods and kube-proxy
+    # what that kubectl command sends (the Deployment's labels become the selector)
+    api.create({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "example-service", "namespace": "default",
+                             "labels": {"app": "example"}},
+                "spec": {"ports": [{"port": 8765, "protocol": "TCP", "targetPort": 9376}],
+                         "selector": {"app": "example"}, "type": "LoadBalancer"}})
+    api.create(o.endpoint_slice("example-service", [
+        o.endpoint(f"10.244.{i}.2", node) for i, node in enumerate(KNODES, 1)],
+        ports=((9376, "TCP"),)))
+    _wait(lambda: o.ingress(api.get("Service", "example-service", "default")) ==
+          [str(AUTO_VIP4)], 20, "example-service's address", lab)
+    svc = api.get("Service", "example-service", "default")
+    assert svc["spec"]["externalTrafficPolicy"] == "Cluster"
+    assert "loadBalancerClass" not in svc["spec"]
+
+    def programmed(node):
+        """The VIP on port 8765 with every node as a backend (Cluster policy)."""
+        with lab.datapath(node) as dp:
+            v = dp.layout(refresh=True).state.vip(f"{AUTO_VIP4}:8765/tcp")
+        return v is not None and {str(b.address) for b in v.backends} == {
+            str(node_addr(n, 4)) for n in KNODES}
+
+    # (until n1's balancer holds the VIP, n1's own stack would answer: wait for all)
+    for node in KNODES:
+        _wait(lambda node=node: programmed(node), 20, f"{node}'s balancer to hold it", lab)
+    seen = Counter(lab.who(4, sport=FIRST_PORT + 2 * CONNECTIONS + i, port=8765,
+                           vip=AUTO_VIP4)[0] for i in range(60))
+    assert sum(seen.values()) == 60 and set(seen) == set(KNODES), seen   # every ready node
 
 
 # -- L2 announcement by the agents ------------------------------------------------------------
@@ -146,7 +209,8 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
     pod of the Service. The owner's node dies (agent killed, link down): another node with
     pods answers within seconds and requests flow again."""
     lab, api = klab
-    api.update(o.spread("web", {"n1": 1, "n2": 1}, name="web-ipv4"))
+    ensure_web(api)
+    api.update(o.spread("web", {"n1": 1, "n2": 1}, namespace=SHOP, name="web-ipv4"))
     macs = {node: _mac(lab, node) for node in KNODES}
     dead = None
     try:
@@ -173,11 +237,12 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
         # the dead node's pods stay in the EndpointSlice until Kubernetes notices (or its
         # healthCheckNodePort fails): flows hashed to it fail meanwhile, the others flow
         assert survivor in _answers(lab, 10)
-        api.update(o.spread("web", {survivor: 1}, name="web-ipv4"))   # the node controller
+        api.update(o.spread("web", {survivor: 1}, namespace=SHOP,      # the node controller
+                            name="web-ipv4"))
         _wait(lambda: _answers(lab, 10) == [survivor] * 10, 15, "every request to flow", lab)
     finally:
         if dead is not None:
             lab.restore_link(dead)
-            lab.start_agent(dead, api.url, "--lease-duration", "2")
+            lab.start_agent(dead, api, "--lease-duration", "2")
         lab.route_via("n1")
         lab.flood(KNODES, True)
