@@ -11,6 +11,7 @@ Service releases its IP and its finalizer.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 
 import pytest
@@ -221,16 +222,25 @@ def test_refusals_are_events_and_write_no_status(run):
     assert agent.dp.layout().state.vip(f"{ip}:5353/udp") is None
 
 
-def test_a_service_of_another_class_is_left_alone(run):
+def test_a_service_of_another_class_is_left_alone(run, caplog):
+    """Another implementation's Service: no address, no finalizer, no Event; one debug
+    line says why, however often it changes. A class-less one is ours (the default)."""
+    caplog.set_level(logging.DEBUG, logger="pyxlb.k8s")
     api = run.api
     agent = run.agent("n1")
     run.controller(agent, "c1")
     api.create(service("theirs", BLOG, lb_class="example.com/other"))
-    api.create(service("mine"))
+    api.create(service("mine", lb_class=None))
     eventually(lambda: svc_ips(api, "mine"), what="our Service's IP")
-    time.sleep(0.2)
+    for n in range(3):       # changes to it bring no new line
+        api.patch("Service", "theirs", {"metadata": {"labels": {"n": str(n)}}}, BLOG)
+    time.sleep(0.3)
     theirs = api.get("Service", "theirs", BLOG)
     assert o.ingress(theirs) == [] and not theirs["metadata"].get("finalizers")
+    assert [e for e in events(api) if e["involvedObject"]["name"] == "theirs"] == []
+    said = [r for r in caplog.records if "blog/theirs: left alone" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.DEBUG
+    assert "example.com/other" in said[0].getMessage()
 
 
 # -- watch faults: dropped connections, 410 Gone, API down --------------------------------------
