@@ -811,3 +811,37 @@ def test_stop_leaves_no_threads_or_connections():
     assert ours() == []
     with pytest.raises(httpx2.TransportError):
         httpx2.get(url + "/healthz", trust_env=False)
+
+
+def test_a_stalled_watch_holds_its_events_in_order_until_resumed():
+    """stall_watches: the matching watch (this client's token, this namespace) delivers
+    nothing, bookmarks included, while another client's watch and the slow client's other
+    watches go on; resume_watches sends what was held, in order."""
+    with ApiStandIn(bookmark_interval=0.05) as api:
+        for name in ("slow", "fast"):
+            api.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": name, "namespace": "default"}})
+        api.create(objects.namespace("shop"))
+        slow_token = api.issue_token("default", "slow")
+        slow, fast = api.client_for(slow_token), api.client_for(api.issue_token("default", "fast"))
+        api.stall_watches("Service", namespace="shop", token=slow_token)
+        stalled = Collector(bookmark_watch(slow, Service, namespace="shop"))
+        other_ns = Collector(slow.watch(Service, namespace="default"))
+        other = Collector(fast.watch(Service, namespace="shop"))
+        time.sleep(0.2)
+        admin = api.client()
+        for name in ("a", "b"):
+            admin.create(service(name, "shop"))
+        admin.create(service("c"))
+        assert other.take_names(2) == [("ADDED", "a"), ("ADDED", "b")]
+        assert other_ns.take_names() == [("ADDED", "c")]
+        time.sleep(0.3)
+        assert stalled.events.empty(), "a stalled watch sent something (a bookmark?)"
+
+        assert api.resume_watches() == 2
+        # (no bookmark can pass them: one is sent only when nothing is queued)
+        assert stalled.take_names(2) == [("ADDED", "a"), ("ADDED", "b")]
+        assert api.drop_watches() == 3
+        for c in (stalled, other_ns, other):
+            c.ending()
+            c.thread.join(timeout=5)
