@@ -31,7 +31,7 @@ import threading
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from pyxlb import _bpf, bpffs, maps, netlink, vipindex
 from pyxlb import _layouts as L
@@ -1083,33 +1083,65 @@ class Datapath(_LoadedObject):
             tx.update(m.nexthops, bid, bytes(L.SIZES["xlb_nexthop"]))
 
     def _purge_moved_flows(self, plan) -> int:
-        """Forget the flows of a VIP that were pinned to a backend the VIP no longer has,
-        while that backend lives on for other VIPs (its id stays valid, so the datapath
-        alone would keep sending them there). Returns how many were removed."""
-        gone = {}   # vip key -> backend ids removed from it but still alive
+        """Forget the flows (ClientIP affinity pins included) that the VIP serving them
+        after this apply would not send where they are pinned: a backend the VIP no longer
+        has, a VIP that went (it may come back with other backends: Kubernetes reuses
+        addresses), or a packet another VIP now takes (a port-0 VIP taking the address of
+        a removed port, a port's own VIP added under a port-0 one). Only pins to backends
+        that live on need this: a freed backend's id changes generation, and the datapath
+        re-balances its flows by itself. Returns how many were removed."""
+        old_by_key, new_by_key = plan.old.state.by_key(), plan.new.state.by_key()
         live = set(plan.new.backend_ids.values())
-        for old_vip, new_vip in plan.changed:
-            old_ids = {plan.old.backend_ids[b.address] for b in old_vip.backends}
-            new_ids = {plan.new.backend_ids[b.address] for b in new_vip.backends}
-            moved = (old_ids - new_ids) & live
-            if moved:
-                gone[new_vip.key] = moved
-        if not gone:
+
+        def ids_of(layout, vip) -> Set[int]:
+            return {layout.backend_ids[b.address] for b in vip.backends}
+
+        # which (address, protocol) may hold such flows, pinned to which ids: scanning the
+        # flow tables costs milliseconds, so only when an apply can have made any
+        touched: Set[Tuple[object, str]] = set()
+        pinned: Set[int] = set()
+        for old in plan.removed:
+            touched.add((old.key.address, old.key.protocol))
+            pinned |= ids_of(plan.old, old)
+        for old, new in plan.changed:
+            moved = ids_of(plan.old, old) - ids_of(plan.new, new)
+            if moved & live:
+                touched.add((old.key.address, old.key.protocol))
+                pinned |= moved
+        for new in plan.added:
+            under = old_by_key.get(VipKey(new.key.address, 0, new.key.protocol))
+            if new.key.port and under is not None:      # takes packets the port-0 VIP had
+                touched.add((new.key.address, new.key.protocol))
+                pinned |= ids_of(plan.old, under)
+        pinned &= live
+        if not pinned:
             return 0
-        by_addr = {}
-        for key, ids in gone.items():
-            by_addr.setdefault((key.address, key.protocol), []).append((key.port, ids))
+        keep: Dict[VipKey, Set[int]] = {}    # new VIP -> the ids its flows may stay on
+
+        def serving(by_key, address, port: int, proto: str):
+            return by_key.get(VipKey(address, port, proto)) or \
+                by_key.get(VipKey(address, 0, proto))
+
         removed = 0
-        moved = set().union(*gone.values())
-        for forget, k, value in self._flow_entries(backend_ids=moved):
+        for forget, k, value in self._flow_entries(backend_ids=pinned):
             proto = {6: "tcp", 17: "udp"}.get(k["proto"])
-            entries = by_addr.get((ipaddress.ip_address(format_addr(k["family"], k["dst"])),
-                                   proto))
-            if not entries:
+            if proto is None:
+                continue
+            address = ipaddress.ip_address(format_addr(k["family"], k["dst"]))
+            if (address, proto) not in touched:
                 continue
             bid = L.unpack_flow(value)["backend_id"]
-            if any((port == 0 or port == k["dport"]) and bid in ids for port, ids in entries):
-                removed += forget()
+            if bid not in pinned:
+                continue
+            now = serving(new_by_key, address, k["dport"], proto)
+            if now is not None:
+                ids = keep.get(now.key)
+                if ids is None:
+                    ids = keep[now.key] = {plan.new.backend_ids[b.address]
+                                           for b in now.backends}
+                if bid in ids:
+                    continue
+            removed += forget()
         return removed
 
     def refresh_nexthops(self, backend_ids=None) -> int:

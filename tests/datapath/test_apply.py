@@ -254,6 +254,70 @@ def test_backend_removed_from_one_vip_loses_only_that_vips_flows(dp):
     assert after443 == on443
 
 
+def _without(state, text):
+    key = VipKey.parse(text)
+    return DesiredState(tuple(v for v in state if v.key != key))
+
+
+OTHERS = ("10.0.2.1", "10.0.2.2", "10.0.2.3")
+
+
+def test_a_vip_removed_and_added_back_forgets_its_flows(dp):
+    """Kubernetes reuses pool addresses: a VIP that goes and comes back with other
+    backends must not send its old flows to the old backends, even while those still
+    serve another VIP (their ids stay valid, so the pins would)."""
+    dp.apply(STATE)
+    prepare(dp)
+    on80 = {p: open_flow(dp, p) for p in range(7000, 7100)}
+    on443 = {p: open_flow(dp, p, dport=443) for p in range(7000, 7100)}
+    dp.apply(_without(STATE, "192.0.2.10:80/tcp"))
+    assert dp.run(frame(7000))[0] == _bpf.XDP_PASS, "the VIP is gone"
+    dp.apply(STATE.with_vip(vip("192.0.2.10:80/tcp", *OTHERS, ring_size=13)))
+    prepare(dp)
+    assert {send(dp, p) for p in on80} <= set(OTHERS)
+    assert {p: send(dp, p, dport=443) for p in on443} == on443, ":443 kept its flows"
+
+
+def test_clientip_affinity_does_not_outlive_its_vip(dp):
+    """The same with ClientIP affinity: every new connection of a client that had one
+    follows the affinity pin, so a stale one would take them all to the old backend."""
+    sticky = STATE.with_vip(vip("192.0.2.10:80/tcp", *WEB, ring_size=13,
+                                affinity="client-ip"))
+    dp.apply(sticky)
+    prepare(dp)
+    clients = [f"198.51.100.{i}" for i in range(1, 61)]
+    before = {c: open_flow(dp, 9000, src=c) for c in clients}
+    assert set(before.values()) <= set(WEB)
+    dp.apply(_without(sticky, "192.0.2.10:80/tcp"))
+    dp.apply(sticky.with_vip(vip("192.0.2.10:80/tcp", *OTHERS, ring_size=13,
+                                 affinity="client-ip")))
+    prepare(dp)
+    assert {send(dp, 9001, src=c) for c in clients} <= set(OTHERS)
+
+
+def test_a_port_zero_vip_taking_the_address_forgets_the_old_ports_flows(dp):
+    """192.0.2.10:80 goes and a port-0 VIP on the address (other backends) takes its
+    packets; and the other way round, a specific port added under a port-0 VIP takes its
+    own packets away from the port-0 VIP's pins."""
+    dp.apply(STATE)
+    prepare(dp)
+    on80 = {p: open_flow(dp, p) for p in range(7200, 7300)}
+    on443 = {p: open_flow(dp, p, dport=443) for p in range(7200, 7300)}
+    wildcard = _without(STATE, "192.0.2.10:80/tcp").with_vip(
+        vip("192.0.2.10:0/tcp", *OTHERS, ring_size=13))
+    dp.apply(wildcard)
+    prepare(dp)
+    assert {send(dp, p) for p in on80} <= set(OTHERS)
+    assert {p: send(dp, p, dport=443) for p in on443} == on443, ":443 kept its flows"
+    # port 8080 is served by the port-0 VIP; then a VIP of its own takes it over
+    on8080 = {p: open_flow(dp, p, dport=8080) for p in range(7300, 7400)}
+    assert set(on8080.values()) <= set(OTHERS)
+    dp.apply(wildcard.with_vip(vip("192.0.2.10:8080/tcp", *WEB, ring_size=13)))
+    prepare(dp)
+    assert {send(dp, p, dport=8080) for p in on8080} <= set(WEB)
+    assert {send(dp, p) for p in on80} <= set(OTHERS), "the port-0 VIP's own flows stay"
+
+
 def test_ids_and_state_read_back_from_pinned_maps(bpffs_dir):
     with Datapath.create(bpffs_dir, map_sizes=SMALL) as first:
         first.apply(STATE)
