@@ -7,7 +7,8 @@ It mirrors, function by function, what xdp/include/ decides for a TCP or UDP pac
 - ``Model.find_vip``                   xlb_vip_addr + xlb_find_vip (balance.h)
 - ``Model.admits``                     xlb_source_admitted (balance.h): the LPM lookup
 - ``Model.pick``                       xlb_pick (balance.h)
-- ``Model.forward``                    xlb_forward and the next-hop cache branch of xlb_send
+- ``Model.forward``                    xlb_forward, xlb_tunnel and the next-hop cache branch
+                                       of xlb_send
 - ``Model.decide``                     xlb_process_ip for TCP/UDP (the source-range check
                                        included), then xlb_balance
 
@@ -20,7 +21,9 @@ updates the flow tables, so both must see the same packets in the same order.
 
 Out of scope (a test that needs them extends the model first): parsing failures,
 fragments, ICMP (steering and ARP/NDP), inline decapsulation, and backends without a
-next-hop cache entry, whose fate the kernel's FIB decides (``decide`` raises NotModelled).
+next-hop cache entry, whose fate the kernel's FIB decides (``decide`` raises NotModelled;
+that includes an L2 VIP's packet tunnelled and passed up for want of a neighbour entry,
+and its MTU check).
 
 Imports no kernel: only the struct layouts (pyxlb._layouts) and the XDP action numbers.
 """
@@ -376,8 +379,10 @@ class Model:
 
     def forward(self, key: FlowKey, vip: Vip, backend_id: int, l3_len: int,
                 df: bool, hash_: int) -> Tuple[int, str]:
-        """xlb_forward (and the cached-next-hop branch of xlb_send): (XDP action, outcome
-        counter) for a packet sent to `backend_id` by the VIP's mode."""
+        """xlb_forward and xlb_tunnel (and the cached-next-hop branch of xlb_send): (XDP
+        action, outcome counter) for a packet sent to `backend_id` by the VIP's mode. An L2
+        VIP's packet is tunnelled only when the FIB has no neighbour for its backend, which
+        the model leaves to the kernel (_send raises NotModelled)."""
         be = self.backends[backend_id]
         if be.flags & L.BACKEND_LOCAL or vip.mode == L.MODE_LOCAL:
             return XDP_PASS, "pass_local"

@@ -220,28 +220,38 @@ def big(proto_frame, size: int, **kw) -> Frame:
     return proto_frame(payload=bytes((i * 7) & 0xFF for i in range(size - l3)), **kw)
 
 
+def _reply_bytes(size: int) -> bytes:
+    """`size` bytes of a reply's payload (a pattern, so a cut in the wrong place shows)."""
+    return bytes((i * 13 + 5) & 0xFF for i in range(max(0, size)))
+
+
 def reply_quote4(client: str = CLIENT4, vip: str = VIP4, client_port: int = CLIENT_PORT,
-                 vip_port: int = 80, length: int = 1500) -> bytes:
+                 vip_port: int = 80, length: int = 1500, size: int = 28) -> bytes:
     """What a router quotes of a backend's reply that was too big for the next link (the
-    reply went VIP -> client): its IPv4 header and the first 8 bytes (RFC 792)."""
+    reply went VIP -> client): its IPv4 header and the first 8 bytes (RFC 792), or the
+    first `size` bytes (RFC 1812 routers quote as much as fits in 576)."""
     reply = IP(src=vip, dst=client, len=length, flags="DF", id=0x4321, ttl=60) \
-        / TCP(sport=vip_port, dport=client_port, flags="A", seq=5000, ack=1018)
-    return bytes(reply)[:28]
+        / TCP(sport=vip_port, dport=client_port, flags="A", seq=5000, ack=1018) \
+        / _reply_bytes(size - 40)
+    return bytes(reply)[:size]
 
 
 def reply_quote6(client: str = CLIENT6, vip: str = VIP6, client_port: int = CLIENT_PORT,
-                 vip_port: int = 80) -> bytes:
-    """What an IPv6 router quotes of a too-big reply from the VIP (as much as fits; 64
-    bytes here)."""
+                 vip_port: int = 80, size: int = 64) -> bytes:
+    """What an IPv6 router quotes of a too-big reply from the VIP: as much as fits
+    (RFC 4443 2.4: the error no larger than 1,280 bytes); 64 bytes unless `size` says."""
     reply = IPv6(src=vip, dst=client, plen=1460, hlim=60) \
-        / TCP(sport=vip_port, dport=client_port, flags="A", seq=5000, ack=1018) / bytes(4)
-    return bytes(reply)
+        / TCP(sport=vip_port, dport=client_port, flags="A", seq=5000, ack=1018) \
+        / _reply_bytes(size - 60)
+    return bytes(reply)[:size]
 
 
-def frag_needed(quote: bytes, mtu: int = 1400, dst: str = VIP4) -> Frame:
-    """ICMPv4 3/4 from a router on the client's path, about a reply from the VIP."""
-    return bytes(ether() / IP(src=FAR_ROUTER4, dst=dst, id=0x777, ttl=250)
-                 / ICMP(type=3, code=4, nexthopmtu=mtu) / Raw(quote))
+def frag_needed(quote: bytes, mtu: int = 1400, dst: str = VIP4, **ip) -> Frame:
+    """ICMPv4 3/4 from a router on the client's path, about a reply from the VIP. Extra
+    keywords are fields of its IP header (flags="DF", ...)."""
+    fields = dict(src=FAR_ROUTER4, dst=dst, id=0x777, ttl=250)
+    fields.update(ip)
+    return bytes(ether() / IP(**fields) / ICMP(type=3, code=4, nexthopmtu=mtu) / Raw(quote))
 
 
 def packet_too_big(quote: bytes, mtu: int = 1400, dst: str = VIP6) -> Frame:
@@ -276,15 +286,19 @@ def solicited_node(target: str) -> Tuple[str, str]:
 
 def neighbour_solicit(target: str = VIP6, *, src: str = ROUTER6, hlim: int = 255,
                       code: int = 0, vlan: Optional[int] = None, lladdr: bool = True,
-                      ext: Sequence[Packet] = ()) -> Frame:
+                      ext: Sequence[Packet] = (), plen: Optional[int] = None) -> Frame:
     """A neighbour solicitation for `target`, to its solicited-node group, with the asker's
     link-layer address option unless `lladdr` is false or the source is `::` (duplicate
-    address detection carries none)."""
+    address detection carries none). `plen`: an IPv6 payload length of its own (the whole
+    solicitation stays in the frame)."""
     group, group_mac = solicited_node(target)
     ns = ICMPv6ND_NS(tgt=target, code=code)
     if lladdr and src != "::":
         ns = ns / ICMPv6NDOptSrcLLAddr(lladdr=ROUTER_MAC)
-    ip = _ip6(src, group, ext, dict(hlim=hlim, fl=0))
+    fields = dict(hlim=hlim, fl=0)
+    if plen is not None:
+        fields["plen"] = plen
+    ip = _ip6(src, group, ext, fields)
     return bytes(ether(vlan=vlan, dst=group_mac) / ip / ns)
 
 
@@ -526,6 +540,34 @@ def decapsulated(frame: Frame) -> Frame:
         inner = outer[40:]
     ethertype = ETH_P_IP if _family_of_ip(inner) == 4 else ETH_P_IPV6
     return bytes(_l2_of(frame, ethertype) / Raw(inner))
+
+
+def with_trailer(frame: Frame, trailer: bytes) -> Frame:
+    """`frame` with bytes after its IP packet: Ethernet padding, or anything a sender left
+    there. Only the IP lengths say where the packet ends."""
+    return frame + trailer
+
+
+def shortened_error(frame: Frame, quote: int = 128) -> Frame:
+    """An ICMPv4 "fragmentation needed" or ICMPv6 "packet too big" with its quote cut to
+    its first `quote` bytes: the IP length and both checksums computed afresh, every other
+    header field as it came."""
+    l3 = ip_packet(frame)
+    if _family_of_ip(l3) == 4:
+        hlen = (l3[0] & 0xF) * 4
+        ip = IP(l3[:hlen])
+        ip.len = None
+        ip.chksum = None
+        icmp = ICMP(l3[hlen:hlen + 8])
+        icmp.chksum = None
+        body = l3[hlen + 8:hlen + 8 + quote]
+        return bytes(_l2_of(frame, ETH_P_IP) / ip / icmp / Raw(body))
+    ip6 = IPv6(l3[:40])
+    ip6.plen = None
+    ptb = ICMPv6PacketTooBig(l3[40:48])
+    ptb.cksum = None
+    body = l3[48:48 + quote]
+    return bytes(_l2_of(frame, ETH_P_IPV6) / ip6 / ptb / Raw(body))
 
 
 def with_padding(frame: Frame, total: int = 60) -> Frame:

@@ -302,6 +302,20 @@ AFF_FIRST, AFF_SECOND, AFF_BACKEND = _affinity_pair()
 
 ICMP4_STEER = P.frag_needed(P.reply_quote4())
 ICMP6_STEER = P.packet_too_big(P.reply_quote6())
+# ICMP errors too big to tunnel at a small MTU: 576 bytes (20 + 8 + 548) at mtu 576, and a
+# 1,280-byte "packet too big" (40 + 8 + 1232) at mtu 1300
+FRAG_576 = P.frag_needed(P.reply_quote4(size=548), mtu=556, flags="DF")
+FRAG_576_NO_DF = P.frag_needed(P.reply_quote4(size=548), mtu=556)
+PTB_1280 = P.packet_too_big(P.reply_quote6(size=1232), mtu=1280)
+# quotes that end before the ports, the ports (VIP port 80, the client's port) in bytes
+# after the IP packet; and a quote that ends inside the quoted IPv4 header
+PORTS_AFTER = struct.pack("!HH", 80, P.CLIENT_PORT) + bytes(4)
+ICMP4_QUOTE_NO_PORTS = P.with_trailer(P.frag_needed(P.reply_quote4(size=20)), PORTS_AFTER)
+ICMP4_QUOTE_CUT_HEADER = P.with_trailer(P.frag_needed(P.reply_quote4(size=12)),
+                                        P.reply_quote4()[12:])
+ICMP6_QUOTE_NO_PORTS = P.with_trailer(P.packet_too_big(P.reply_quote6(size=40)), PORTS_AFTER)
+ICMP6_QUOTE_CUT_HEADER = P.with_trailer(P.packet_too_big(P.reply_quote6(size=24)),
+                                        P.reply_quote6()[24:])
 
 BIG4_DF = P.big(P.tcp4, 1481, flags="DF")           # 1481 + 20 > 1500
 FIT4_DF = P.big(P.tcp4, 1480, flags="DF")           # 1480 + 20 == 1500: still fits
@@ -680,6 +694,44 @@ CASES = [
          (vip(P.VIP4),), PASS, UNTOUCHED, NOT_VIP),
     Case("icmp6_quoting_non_vip_flow", P.packet_too_big(P.reply_quote6(vip="fd00::99")),
          (vip(P.VIP6, backends=(11,)),), PASS, UNTOUCHED, NOT_VIP),
+    # an ICMP error about an ICMP error is never sent (RFC 1122 3.2.2, RFC 4443 2.4): an
+    # error too big to tunnel goes to the backend with its quote cut to 128 bytes
+    Case("icmp6_too_big_too_big_to_tunnel_shortened", PTB_1280,
+         (config(mtu=1300), vip(P.VIP6, backends=(11,))), TX,
+         tunnelled(P.shortened_error(PTB_1280), 11, flow_of=T6),
+         {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("icmp4_frag_needed_too_big_to_tunnel_shortened", FRAG_576,
+         (config(mtu=576), vip(P.VIP4)), TX,
+         tunnelled(P.shortened_error(FRAG_576), 1, flow_of=T4),
+         {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("icmp4_frag_needed_no_df_too_big_shortened", FRAG_576_NO_DF,
+         (config(mtu=576), vip(P.VIP4)), TX,
+         tunnelled(P.shortened_error(FRAG_576_NO_DF), 1, flow_of=T4),
+         {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("icmp4_frag_needed_4in6_too_big_shortened", FRAG_576,
+         (config(mtu=576), vip(P.VIP4, backends=(12,))), TX,
+         tunnelled(P.shortened_error(FRAG_576), 12, flow_of=T4),
+         {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("icmp4_frag_needed_padded_too_big_shortened",
+         P.with_trailer(FRAG_576, bytes(6)), (config(mtu=576), vip(P.VIP4)), TX,
+         tunnelled(P.shortened_error(FRAG_576), 1, flow_of=T4),
+         {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    # ... only when it is tunnelled: an L2 send changes the MACs alone
+    Case("icmp6_too_big_l2_not_shortened", PTB_1280,
+         (config(mtu=1300), vip(P.VIP6, mode=L.MODE_L2, backends=(11,))), TX,
+         P.rewritten_macs(PTB_1280), {"flow_miss": 1, "icmp_steered": 1, "tx": 1}),
+    Case("icmp_error_too_big_even_shortened_dropped", FRAG_576,
+         (config(mtu=150), vip(P.VIP4)), DROP, None,
+         {"flow_miss": 1, "icmp_steered": 1, "drop_too_big": 1}),
+    # the quote is read within the IP packet, never from bytes after it
+    Case("icmp4_quote_without_ports_not_steered", ICMP4_QUOTE_NO_PORTS, (vip(P.VIP4),),
+         PASS, UNTOUCHED, NOT_VIP),
+    Case("icmp4_quote_cut_in_header_not_steered", ICMP4_QUOTE_CUT_HEADER, (vip(P.VIP4),),
+         PASS, UNTOUCHED, NOT_VIP),
+    Case("icmp6_quote_without_ports_not_steered", ICMP6_QUOTE_NO_PORTS,
+         (vip(P.VIP6, backends=(11,)),), PASS, UNTOUCHED, NOT_VIP),
+    Case("icmp6_quote_cut_in_header_not_steered", ICMP6_QUOTE_CUT_HEADER,
+         (vip(P.VIP6, backends=(11,)),), PASS, UNTOUCHED, NOT_VIP),
 
     # too big once encapsulated
     Case("too_big_v4_df_frag_needed", BIG4_DF, (vip(P.VIP4),), TX,
@@ -737,6 +789,12 @@ CASES = [
          UNTOUCHED, NOT_VIP, ingress=1),
     Case("ns_vlan_tag_kept", P.neighbour_solicit(vlan=7), (announce(P.VIP6),), TX,
          P.neighbour_advert(P.neighbour_solicit(vlan=7)), {"ndp_reply": 1}),
+    # RFC 4861 7.1.1: an ICMP length under 24 bytes is no solicitation, whatever the frame
+    # holds after the IPv6 payload
+    Case("ns_payload_length_1_not_answered", P.neighbour_solicit(plen=1), (announce(P.VIP6),),
+         PASS, UNTOUCHED, NOT_VIP),
+    Case("ns_payload_length_23_not_answered", P.neighbour_solicit(lladdr=False, plen=23),
+         (announce(P.VIP6),), PASS, UNTOUCHED, NOT_VIP),
 
     # inline decapsulation in the balancer
     Case("decap_ipip_to_local_addr", TUN4, (vip(P.VIP4), local(P.LOCAL4)), PASS,
@@ -882,10 +940,21 @@ def test_packet(case: Case):
 #
 # BPF_PROG_TEST_RUN's bpf_fib_lookup looks in the network namespace of the calling thread,
 # from the ctx's ingress interface; each row gets a fresh namespace (the `netns` fixture)
-# set up as P.FIB_LINKS says, and the packet runs from inside it.
+# set up as P.FIB_LINKS says, and the packet runs from inside it. The lookup also reads that
+# namespace's forwarding sysctls (off: BPF_FIB_LKUP_RET_FWD_DISABLED), and a new namespace
+# starts with the IPv4 ones copied from the host's: every row sets both, on or off.
+#
+# A backend whose neighbour the FIB does not know yet: the packet is tunnelled to it (IPIP
+# mode, and an L2 VIP's packet too) and passed up, Ethernet header as it came, so the
+# kernel forwards it to the backend and resolves the neighbour on the way. Its outer
+# source is the configured prefix's; in IPv4, not one of this node's own addresses (the
+# kernel drops a forwarded packet from one as a martian), and for an L2 VIP without a
+# prefix: the client's address.
 
 FIB = 21                            # a backend id with no entry in xlb_nexthops
 VETH0_MAC = P.FIB_LINKS["veth0"][0]
+VETH0_ADDR4 = P.FIB_LINKS["veth0"][1].split("/")[0]     # this node's own addresses
+VETH0_ADDR6 = P.FIB_LINKS["veth0"][2].split("/")[0]
 
 
 @dataclass(frozen=True)
@@ -899,18 +968,27 @@ class FibCase:
     expect: object                  # bytes, UNTOUCHED, or None
     stats: Dict[str, int]
     forwarding: bool = True         # IPv4 / IPv6 forwarding on in the namespace
+    state: Tuple[Callable, ...] = ()    # more steps, after the service's
 
 
 def via_fib(frame: bytes, backend: str, *, dmac: str = P.FIB_NEIGH_MAC,
-            smac: str = VETH0_MAC) -> bytes:
-    """`frame` encapsulated to `backend` with the MACs the FIB lookup returns."""
-    return P.encapsulated(frame, backend, P.flow_hash(frame), dmac=dmac, smac=smac)
+            smac: str = VETH0_MAC, flow_of: Optional[bytes] = None, **kw) -> bytes:
+    """`frame` encapsulated to `backend` with the MACs the FIB lookup returns; the outer
+    source and flow label from the hash of `flow_of` (default: `frame`)."""
+    return P.encapsulated(frame, backend, P.flow_hash(flow_of or frame), dmac=dmac, smac=smac,
+                          **kw)
 
 
-def unresolved(frame: bytes, backend: str) -> bytes:
+def unresolved(frame: bytes, backend: str, **kw) -> bytes:
     """Encapsulated, but the Ethernet header as it came: the kernel forwards it."""
-    return via_fib(frame, backend, dmac=P.LB_MAC, smac=P.ROUTER_MAC)
+    return via_fib(frame, backend, dmac=P.LB_MAC, smac=P.ROUTER_MAC, **kw)
 
+
+L2_V4 = vip(P.VIP4, mode=L.MODE_L2, backends=(FIB,))
+L2_V6 = vip(P.VIP6, mode=L.MODE_L2, backends=(FIB,))
+NO_NEIGH = {"flow_miss": 1, "pass_no_neigh": 1}
+CLIENT4_SRC = f"{P.CLIENT4}/32"     # the client's address as the outer source
+CLIENT6_SRC = f"{P.CLIENT6}/128"
 
 FIB_CASES = [
     FibCase("fib_ipip_tx", T4, P.FIB_NEIGH4, vip(P.VIP4, backends=(FIB,)), "veth0", TX,
@@ -918,8 +996,7 @@ FIB_CASES = [
     FibCase("fib_ipip_redirect", T4, P.FIB_NEIGH4, vip(P.VIP4, backends=(FIB,)), "veth1",
             REDIRECT, via_fib(T4, P.FIB_NEIGH4), {"flow_miss": 1, "redirect": 1}),
     FibCase("fib_ipip_no_neigh_passed", T4, P.FIB_UNRESOLVED4, vip(P.VIP4, backends=(FIB,)),
-            "veth0", PASS, unresolved(T4, P.FIB_UNRESOLVED4),
-            {"flow_miss": 1, "pass_no_neigh": 1}),
+            "veth0", PASS, unresolved(T4, P.FIB_UNRESOLVED4), NO_NEIGH),
     FibCase("fib_ipip_no_route_dropped", T4, P.FIB_UNROUTED4, vip(P.VIP4, backends=(FIB,)),
             "veth0", DROP, None, {"flow_miss": 1, "drop_no_route": 1}),
     FibCase("fib_ip6ip6_tx", T6, P.FIB_NEIGH6, vip(P.VIP6, backends=(FIB,)), "veth0", TX,
@@ -927,19 +1004,68 @@ FIB_CASES = [
     FibCase("fib_ip6ip6_redirect", T6, P.FIB_NEIGH6, vip(P.VIP6, backends=(FIB,)), "veth1",
             REDIRECT, via_fib(T6, P.FIB_NEIGH6), {"flow_miss": 1, "redirect": 1}),
     FibCase("fib_ip6ip6_no_neigh_passed", T6, P.FIB_UNRESOLVED6, vip(P.VIP6, backends=(FIB,)),
-            "veth0", PASS, unresolved(T6, P.FIB_UNRESOLVED6),
-            {"flow_miss": 1, "pass_no_neigh": 1}),
+            "veth0", PASS, unresolved(T6, P.FIB_UNRESOLVED6), NO_NEIGH),
     FibCase("fib_ip6ip6_no_route_dropped", T6, P.FIB_UNROUTED6, vip(P.VIP6, backends=(FIB,)),
             "veth0", DROP, None, {"flow_miss": 1, "drop_no_route": 1}),
     FibCase("fib_4in6_tx", U4, P.FIB_NEIGH6, vip(P.VIP4, 53, "udp", backends=(FIB,)), "veth0",
             TX, via_fib(U4, P.FIB_NEIGH6), MISS_TX),
-    FibCase("fib_l2_tx", T4, P.FIB_NEIGH4, vip(P.VIP4, mode=L.MODE_L2, backends=(FIB,)),
-            "veth0", TX, P.rewritten_macs(T4, P.FIB_NEIGH_MAC, VETH0_MAC), MISS_TX),
-    FibCase("fib_l2_v6_no_neigh_passed", T6, P.FIB_UNRESOLVED6,
-            vip(P.VIP6, mode=L.MODE_L2, backends=(FIB,)), "veth0", PASS, UNTOUCHED,
-            {"flow_miss": 1, "pass_no_neigh": 1}),
+    FibCase("fib_l2_tx", T4, P.FIB_NEIGH4, L2_V4, "veth0", TX,
+            P.rewritten_macs(T4, P.FIB_NEIGH_MAC, VETH0_MAC), MISS_TX),
+    FibCase("fib_l2_v6_tx", T6, P.FIB_NEIGH6, L2_V6, "veth0", TX,
+            P.rewritten_macs(T6, P.FIB_NEIGH_MAC, VETH0_MAC), MISS_TX),
+    FibCase("fib_l2_redirect", T4, P.FIB_NEIGH4, L2_V4, "veth1", REDIRECT,
+            P.rewritten_macs(T4, P.FIB_NEIGH_MAC, VETH0_MAC), {"flow_miss": 1, "redirect": 1}),
+    # an L2 VIP's backend without a neighbour entry: tunnelled and passed up, never the
+    # unchanged packet (the kernel would route that by the VIP and never ask for the MAC)
+    FibCase("fib_l2_no_neigh_tunnelled", T4, P.FIB_UNRESOLVED4, L2_V4, "veth0", PASS,
+            unresolved(T4, P.FIB_UNRESOLVED4), NO_NEIGH),
+    FibCase("fib_l2_v6_no_neigh_tunnelled", T6, P.FIB_UNRESOLVED6, L2_V6, "veth0", PASS,
+            unresolved(T6, P.FIB_UNRESOLVED6), NO_NEIGH),
+    FibCase("fib_l2_udp_vlan_no_neigh_tunnelled", P.udp4(vlan=5), P.FIB_UNRESOLVED4,
+            vip(P.VIP4, 53, "udp", mode=L.MODE_L2, backends=(FIB,)), "veth0", PASS,
+            unresolved(P.udp4(vlan=5), P.FIB_UNRESOLVED4), NO_NEIGH),
+    FibCase("fib_l2_no_neigh_no_prefix_client_source", T4, P.FIB_UNRESOLVED4, L2_V4, "veth0",
+            PASS, unresolved(T4, P.FIB_UNRESOLVED4, src4=CLIENT4_SRC), NO_NEIGH,
+            state=(config(src4=None),)),
+    FibCase("fib_l2_v6_no_neigh_no_prefix_client_source", T6, P.FIB_UNRESOLVED6, L2_V6,
+            "veth0", PASS, unresolved(T6, P.FIB_UNRESOLVED6, src6=CLIENT6_SRC), NO_NEIGH,
+            state=(config(src6=None),)),
+    FibCase("fib_l2_no_neigh_own_source_client_source", T4, P.FIB_UNRESOLVED4, L2_V4,
+            "veth0", PASS, unresolved(T4, P.FIB_UNRESOLVED4, src4=CLIENT4_SRC), NO_NEIGH,
+            state=(config(src4=f"{VETH0_ADDR4}/32"), local(VETH0_ADDR4))),
+    FibCase("fib_ipip_no_neigh_own_source_client_source", T4, P.FIB_UNRESOLVED4,
+            vip(P.VIP4, backends=(FIB,)), "veth0", PASS,
+            unresolved(T4, P.FIB_UNRESOLVED4, src4=CLIENT4_SRC), NO_NEIGH,
+            state=(config(src4=f"{VETH0_ADDR4}/32"), local(VETH0_ADDR4))),
+    # ... a resolved backend keeps the node's own address as the source
+    FibCase("fib_ipip_own_source_tx", T4, P.FIB_NEIGH4, vip(P.VIP4, backends=(FIB,)),
+            "veth0", TX, via_fib(T4, P.FIB_NEIGH4, src4=f"{VETH0_ADDR4}/32"), MISS_TX,
+            state=(config(src4=f"{VETH0_ADDR4}/32"), local(VETH0_ADDR4))),
+    # ... and IPv6 forwards a packet from one of its own addresses: the source stays
+    FibCase("fib_l2_v6_no_neigh_own_source_kept", T6, P.FIB_UNRESOLVED6, L2_V6, "veth0",
+            PASS, unresolved(T6, P.FIB_UNRESOLVED6, src6=f"{VETH0_ADDR6}/128"), NO_NEIGH,
+            state=(config(src6=f"{VETH0_ADDR6}/128"), local(VETH0_ADDR6))),
+    # too big to tunnel: dropped, never an ICMP error (the L2 path itself has the room)
+    FibCase("fib_l2_no_neigh_too_big_dropped", BIG4_DF, P.FIB_UNRESOLVED4, L2_V4, "veth0",
+            DROP, None, {"flow_miss": 1, "drop_too_big": 1}),
+    FibCase("fib_l2_v6_no_neigh_too_big_dropped", BIG6, P.FIB_UNRESOLVED6, L2_V6, "veth0",
+            DROP, None, {"flow_miss": 1, "drop_too_big": 1}),
+    FibCase("fib_l2_no_neigh_mtu_exactly_fits", FIT4_DF, P.FIB_UNRESOLVED4, L2_V4, "veth0",
+            PASS, unresolved(FIT4_DF, P.FIB_UNRESOLVED4), NO_NEIGH),
+    # an ICMP error about an L2 flow whose backend is unresolved: tunnelled too, and cut
+    # to fit when it would not
+    FibCase("fib_l2_no_neigh_icmp_steered", ICMP4_STEER, P.FIB_UNRESOLVED4, L2_V4, "veth0",
+            PASS, unresolved(ICMP4_STEER, P.FIB_UNRESOLVED4, flow_of=T4),
+            {"flow_miss": 1, "icmp_steered": 1, "pass_no_neigh": 1}),
+    FibCase("fib_l2_v6_no_neigh_icmp_too_big_shortened", PTB_1280, P.FIB_UNRESOLVED6, L2_V6,
+            "veth0", PASS,
+            unresolved(P.shortened_error(PTB_1280), P.FIB_UNRESOLVED6, flow_of=T6),
+            {"flow_miss": 1, "icmp_steered": 1, "pass_no_neigh": 1},
+            state=(config(mtu=1300),)),
     # a node that does not forward cannot send to a backend through the FIB either
     FibCase("fib_forwarding_off_dropped", T4, P.FIB_NEIGH4, vip(P.VIP4, backends=(FIB,)),
+            "veth0", DROP, None, {"flow_miss": 1, "drop_no_route": 1}, forwarding=False),
+    FibCase("fib_forwarding_off_v6_dropped", T6, P.FIB_NEIGH6, vip(P.VIP6, backends=(FIB,)),
             "veth0", DROP, None, {"flow_miss": 1, "drop_no_route": 1}, forwarding=False),
 ]
 
@@ -949,8 +1075,9 @@ def _ip(*args: str) -> str:
 
 
 def _fib_namespace(name: str, forwarding: bool) -> Dict[str, int]:
-    """Addresses, MACs and neighbours of P.FIB_LINKS in namespace `name`; returns
-    {interface name: ifindex}."""
+    """Addresses, MACs and neighbours of P.FIB_LINKS in namespace `name`, and forwarding
+    on or off there whatever the host has (a new namespace copies the host's IPv4
+    forwarding); returns {interface name: ifindex}."""
     for dev, (mac, addr4, addr6) in P.FIB_LINKS.items():
         _ip("-n", name, "link", "set", dev, "address", mac)
         _ip("-n", name, "addr", "add", addr4, "dev", dev)
@@ -958,21 +1085,36 @@ def _fib_namespace(name: str, forwarding: bool) -> Dict[str, int]:
     for addr in (P.FIB_NEIGH4, P.FIB_NEIGH6):
         _ip("-n", name, "neigh", "add", addr, "lladdr", P.FIB_NEIGH_MAC, "dev", "veth0",
             "nud", "permanent")
-    if forwarding:
-        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                        "net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"],
-                       check=True)
+    on = int(forwarding)
+    # "all" carries the value to every interface that exists (veth0 and veth1 do)
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                    f"net.ipv4.conf.all.forwarding={on}", f"net.ipv6.conf.all.forwarding={on}"],
+                   check=True)
     return {link["ifname"]: link["ifindex"]
             for link in json.loads(_ip("-n", name, "-j", "link", "show"))}
+
+
+def _forwarding_of(name: str) -> Dict[str, str]:
+    """The forwarding sysctls of P.FIB_LINKS' interfaces in namespace `name`."""
+    out = {}
+    for dev in P.FIB_LINKS:
+        for family in ("ipv4", "ipv6"):
+            key = f"net.{family}.conf.{dev}.forwarding"
+            out[key] = subprocess.run(["ip", "netns", "exec", name, "sysctl", "-n", key],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+    return out
 
 
 @pytest.mark.parametrize("case", FIB_CASES, ids=[c.name for c in FIB_CASES])
 def test_fib_fallback(netns, case: FibCase):
     ifindex = _fib_namespace(netns, case.forwarding)
+    assert set(_forwarding_of(netns).values()) == {str(int(case.forwarding))}
     with Datapath.load(map_sizes=MAP_SIZES) as dp:
         world(dp)
         dp.set_backend(FIB, case.backend)
         case.service(dp)
+        for step in case.state:
+            step(dp)
         before = dp.stats()
         with enter_netns(netns):
             action, out = dp.run(case.packet, ctx=P.xdp_md(len(case.packet),

@@ -22,11 +22,12 @@ from pyroute2 import NetNS
 
 from pyxlb import _layouts as L
 from pyxlb.announce import rendezvous
-from pyxlb.lab import LBS, ROUTER, VIP4, VIP6, node_addr
+from pyxlb.lab import BACKENDS, LBS, ROUTER, VIP4, VIP6, node_addr
 
-from .helpers import ask, state
+from .helpers import ask, delta, lb_counters, state
 
 RECOVERY_S = 10.0       # bound for "recovers"; bench/failover.py measures the seconds
+NEIGH_RECOVERY_S = 1.0  # an L2 VIP whose LB node lost its neighbours serves again within
 IPV = pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 
 
@@ -264,3 +265,87 @@ def test_a_clean_stop_hands_over_without_waiting(lab):
         assert not announced_by(lab, owner, vip) and announced_by(lab, other, vip)
         until(lambda: request_via(lab, family, vip, mac_of(lab, other)), RECOVERY_S,
               f"traffic via {other}")
+
+
+# -- an L2 VIP whose LB node has no neighbour entry for a backend --------------------------
+
+
+def backend_neighbours(lab, lb, family):
+    """The backends `lb` has a usable neighbour entry for (not FAILED or INCOMPLETE)."""
+    out = sh("ip", f"-{family}", "-n", lab.ns(lb), "-j", "neigh", "show", "dev", "eth0")
+    usable = {e["dst"] for e in json.loads(out or "[]") if "lladdr" in e
+              and not set(e.get("state", [])) & {"FAILED", "INCOMPLETE"}}
+    return {be for be in BACKENDS if str(node_addr(be, family)) in usable}
+
+
+def cached_backends(lab, lb):
+    """The backends the balancer of `lb` has a cached next hop for (xlb_nexthops)."""
+    names = {node_addr(be, fam): be for be in BACKENDS for fam in (4, 6)}
+    with lab.datapath(lb) as dp:
+        records = dp.layout(refresh=True).backend_records()
+        return {names[rec.address] for bid, rec in records.items()
+                if L.unpack_nexthop(dp.maps.nexthops.lookup(bid))["ifindex"]}
+
+
+def forget_neighbours(lab, lb, how):
+    """`lb` loses its neighbour entries: flushed, or its link goes down and up (which
+    flushes them too)."""
+    if how == "flush":
+        sh("ip", "-n", lab.ns(lb), "neigh", "flush", "dev", "eth0")
+    else:
+        lab.set_link(lb, False)
+        lab.restore_link(lb)
+
+
+def first_answer(lab, family, within):
+    """Requests, one after the other, until one is answered: the seconds that took. Fails
+    if none is answered within `within` s (each request gets what is left of it)."""
+    start = time.monotonic()
+    errors = []
+    while True:
+        left = start + within - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no request answered within {within} s: {errors}")
+        try:
+            ask(lab, family, timeout=left)
+            return time.monotonic() - start
+        except OSError as exc:
+            errors.append(repr(exc))
+
+
+@IPV
+@pytest.mark.parametrize("how", ["flush", "link_flap"])
+def test_an_l2_vip_serves_again_within_a_second_when_the_lb_loses_its_neighbours(lab, family,
+                                                                                how):
+    """The backends of an L2 VIP come (back) while lb1 has no neighbour entry for them
+    (after `ip neigh flush`, or a link flap, which flushes them), so the next-hop cache
+    cannot be filled and the FIB says "no neighbour". The datapath tunnels those packets
+    to the backend and passes them up: the kernel forwards them and resolves the MAC, the
+    backends' decapsulators deliver even the first ones, and the packets after take the L2
+    path. Without that the unchanged packet went up, the kernel routed it by the VIP, and
+    the MAC was never asked for: no request was ever answered."""
+    l2 = state(lab.vip(family, mode="l2"))
+    try:
+        lab.apply(state())          # the backends leave the datapath, and their next hops
+        forget_neighbours(lab, "lb1", how)
+        lab.apply(l2)               # ... and come back while nothing is resolved
+        assert not backend_neighbours(lab, "lb1", family), "lb1 still has neighbours"
+        assert not cached_backends(lab, "lb1"), "the next-hop cache was filled: no test"
+        before = lb_counters(lab, "lb1")
+
+        recovered = first_answer(lab, family, NEIGH_RECOVERY_S)
+        served = [ask(lab, family, timeout=1.0)[0] for _ in range(20)]
+        moved = delta(lb_counters(lab, "lb1"), before)
+
+        assert moved["pass_no_neigh"] > 0, f"no packet took the fallback: {moved}"
+        assert moved["tx"] > 0, f"no packet took the L2 path afterwards: {moved}"
+        assert set(served) <= set(BACKENDS) and len(served) == 20
+        assert backend_neighbours(lab, "lb1", family), "lb1 resolved no backend"
+        print(f"IPv{family} {how}: the first request, with no neighbour resolved, answered "
+              f"in {recovered * 1000:.1f} ms; {moved['pass_no_neigh']} packets tunnelled and "
+              f"passed up, {moved['tx']} sent by MAC")
+    finally:
+        if how == "link_flap":
+            lab.restore_link("lb1")
+        lab._warm_neighbours()      # whatever happened, the next test finds them resolved
+        lab.apply(l2)

@@ -335,18 +335,165 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	return id;
 }
 
+/* Handed to the kernel, tunnelled to its backend, to forward: the FIB has no neighbour. */
+static __always_inline int xlb_pass_no_neigh(void)
+{
+	xlb_count(XLB_STAT_PASS_NO_NEIGH);
+	return XDP_PASS;
+}
+
 /*
- * Send a VIP packet (or an ICMP error about a VIP flow) to backend `id` by the VIP's mode:
- * pass up when it is served here, rewrite MACs for L2 DSR, else encapsulate.
+ * The outer IPv4 source of a tunnelled packet handed to the kernel to forward (its
+ * backend's neighbour unresolved): `src4`, the configured one, unless that is one of this
+ * node's own addresses (xlb_local_addrs; `attach` and the agent default to the interface's
+ * address): Linux drops a packet it is to forward whose source is its own as a martian, so
+ * the neighbour would never be resolved. Then, and when no prefix is configured (0), the
+ * packet's own source (the client's; a router's for a steered ICMP error), which it came
+ * from anyway. (IPv6 forwards such packets.)
+ */
+static __always_inline __be32 xlb_passable_src4(__be32 src4, const struct xlb_pkt *pkt)
+{
+	struct xlb_addr_key own = {};
+	__be32 client;
+
+	if (src4) {
+		__builtin_memcpy(own.addr, &src4, 4);
+		own.family = XLB_FAMILY_V4;
+		if (!bpf_map_lookup_elem(&xlb_local_addrs, &own))
+			return src4;
+	}
+	__builtin_memcpy(&client, pkt->key.src, 4);
+	return client;
+}
+
+/*
+ * The packet would exceed the MTU once tunnelled, with `room` bytes left for it. Returns
+ * the action to end with, or -1 when it fits now. A steered ICMP error (`steered`: its
+ * family) is cut to fit (xlb_shorten_error): the backend needs only its quoted headers, and
+ * no ICMP error is ever sent about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4). Else an
+ * IPv4 packet with DF or an IPv6 packet gets a too-big error back; the rest is dropped: an
+ * IPv4 packet without DF, and a packet on its way to the kernel in place of an L2 send
+ * (`unresolved`): the L2 path has the room, so the client must not learn a smaller MTU
+ * from a moment without a neighbour.
+ */
+static __always_inline int xlb_too_big(struct xdp_md *ctx, struct xlb_pkt *pkt, int room,
+				       const int steered, const int unresolved)
+{
+	int rc;
+
+	if (steered) {
+		rc = xlb_shorten_error(ctx, pkt, room, steered);
+		if (rc == 0)
+			return -1;
+		if (rc < 0)
+			return xlb_internal_drop();
+	} else if (!unresolved && (pkt->key.family != XLB_FAMILY_V4 || pkt->df)) {
+		if (pkt->key.family == XLB_FAMILY_V4)
+			return xlb_icmp4_too_big(ctx, pkt, room);
+		return xlb_icmp6_too_big(ctx, pkt, room);
+	}
+	xlb_count(XLB_STAT_DROP_TOO_BIG);
+	return XDP_DROP;
+}
+
+/*
+ * Tunnel the packet to backend `be`: IPIP, IP6IP6 or IPv4-in-IPv6 by the two families, then
+ * send it by `nh` or the FIB. Where the FIB has no neighbour for the backend yet, or
+ * `unresolved` says the caller's L2 send found none, the tunnelled packet is passed up:
+ * it is addressed to the backend, so the kernel forwards it there and resolves the
+ * neighbour on the way (the next packets find it), and a backend that decapsulates serves
+ * even this one. `steered`: an ICMP error about a VIP flow, its family (xlb_too_big).
+ */
+static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
+				      const struct xlb_config *cfg, const struct xlb_backend *be,
+				      const struct xlb_nexthop *nh, __u32 hash, const int steered,
+				      const int unresolved)
+{
+	__u32 src6[4];
+	__be32 src4, dst4, pass4;
+	__u32 tot;
+	int rc;
+
+	if (be->family == XLB_FAMILY_V4) {
+		/* IPv6 inside IPv4 is not a mode we offer: the control plane refuses it too */
+		if (pkt->key.family != XLB_FAMILY_V4)
+			goto unsupported;
+		if (pkt->l3_len + XLB_IPV4_HLEN > cfg->mtu) {
+			rc = xlb_too_big(ctx, pkt, (int)cfg->mtu - XLB_IPV4_HLEN, steered,
+					 unresolved);
+			if (rc >= 0)
+				return rc;
+		}
+		tot = pkt->l3_len + XLB_IPV4_HLEN;
+		src4 = xlb_outer_src4(cfg, hash);
+		if (unresolved)
+			src4 = xlb_passable_src4(src4, pkt);
+		if (!src4)
+			goto unsupported;
+		__builtin_memcpy(&dst4, be->addr, 4);
+		if (xlb_push_ipv4(ctx, pkt->l3_off, src4, dst4, pkt->l3_len, pkt->tos, pkt->df))
+			goto internal;
+		if (unresolved)
+			return xlb_pass_no_neigh();
+		rc = xlb_send(ctx, nh, XLB_FAMILY_V4, &src4, &dst4, tot);
+		if (rc != XLB_NO_NEIGH)
+			return rc;
+		pass4 = xlb_passable_src4(src4, pkt);
+		if (pass4 != src4) {
+			void *data = (void *)(long)ctx->data;
+			void *data_end = (void *)(long)ctx->data_end;
+			struct iphdr *outer = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN :
+								      ETH_HLEN + 4);
+
+			if ((void *)(outer + 1) > data_end)
+				goto internal;
+			xlb_write_ipv4(outer, pkt->tos, tot, pkt->df, IPPROTO_IPIP, pass4, dst4);
+		}
+		return xlb_pass_no_neigh();
+	}
+	if (pkt->l3_len + XLB_IPV6_HLEN > cfg->mtu) {
+		rc = xlb_too_big(ctx, pkt, (int)cfg->mtu - XLB_IPV6_HLEN, steered, unresolved);
+		if (rc >= 0)
+			return rc;
+	}
+	tot = pkt->l3_len + XLB_IPV6_HLEN;
+	if (!xlb_outer_src6(cfg, hash, src6)) {
+		/* an L2 VIP's packet needs no prefix: the client's address (see above) */
+		if (!unresolved || pkt->key.family != XLB_FAMILY_V6)
+			goto unsupported;
+		__builtin_memcpy(src6, pkt->key.src, 16);
+	}
+	if (xlb_push_ipv6(ctx, pkt->l3_off, src6, be->addr, pkt->l3_len,
+			  pkt->key.family == XLB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6,
+			  pkt->tos, hash & 0xfffff))
+		goto internal;
+	if (unresolved)
+		return xlb_pass_no_neigh();
+	rc = xlb_send(ctx, nh, XLB_FAMILY_V6, src6, be->addr, tot);
+	if (rc != XLB_NO_NEIGH)
+		return rc;
+	return xlb_pass_no_neigh();
+unsupported:
+	xlb_count(XLB_STAT_DROP_UNSUPPORTED);
+	return XDP_DROP;
+internal:
+	return xlb_internal_drop();
+}
+
+/*
+ * Send a VIP packet (or an ICMP error about a VIP flow: `steered`, its family, a constant)
+ * to backend `id` by the VIP's mode: pass up when it is served here, rewrite MACs for L2
+ * DSR, else tunnel. An L2 VIP's backend whose neighbour the FIB does not know is tunnelled
+ * to as well, and the packet passed up: passed as it came, the kernel would route it by
+ * the VIP and never ask for the backend's MAC (xlb_tunnel).
  */
 static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				       const struct xlb_config *cfg, const struct xlb_vip *vip,
-				       __u32 id, const struct xlb_backend *be, __u32 hash)
+				       __u32 id, const struct xlb_backend *be, __u32 hash,
+				       const int steered)
 {
 	struct xlb_nexthop *nh;
-	__u32 src6[4];
-	__be32 src4, dst4;
-	__u32 tot;
+	int rc;
 
 	if ((be->flags & XLB_BACKEND_LOCAL) || vip->mode == XLB_MODE_LOCAL) {
 		xlb_count(XLB_STAT_PASS_LOCAL);
@@ -355,54 +502,14 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	nh = bpf_map_lookup_elem(&xlb_nexthops, &id);
 	if (vip->mode == XLB_MODE_L2) {
 		if (be->family == XLB_FAMILY_V4)
-			return xlb_send(ctx, nh, XLB_FAMILY_V4, pkt->key.src, be->addr,
-					pkt->l3_len);
-		return xlb_send(ctx, nh, XLB_FAMILY_V6, pkt->key.src, be->addr, pkt->l3_len);
+			rc = xlb_send(ctx, nh, XLB_FAMILY_V4, pkt->key.src, be->addr, pkt->l3_len);
+		else
+			rc = xlb_send(ctx, nh, XLB_FAMILY_V6, pkt->key.src, be->addr, pkt->l3_len);
+		if (rc != XLB_NO_NEIGH)
+			return rc;
+		return xlb_tunnel(ctx, pkt, cfg, be, NULL, hash, steered, 1);
 	}
-	if (be->family == XLB_FAMILY_V4) {
-		/* IPv6 inside IPv4 is not a mode we offer: the control plane refuses it too */
-		if (pkt->key.family != XLB_FAMILY_V4)
-			goto unsupported;
-		tot = pkt->l3_len + XLB_IPV4_HLEN;
-		if (tot > cfg->mtu) {
-			if (!pkt->df) {
-				xlb_count(XLB_STAT_DROP_TOO_BIG);
-				return XDP_DROP;
-			}
-			return xlb_icmp4_too_big(ctx, pkt, cfg->mtu - XLB_IPV4_HLEN);
-		}
-		src4 = xlb_outer_src4(cfg, hash);
-		if (!src4)
-			goto unsupported;
-		__builtin_memcpy(&dst4, be->addr, 4);
-		if (xlb_push_ipv4(ctx, pkt->l3_off, src4, dst4, pkt->l3_len, pkt->tos, pkt->df))
-			goto internal;
-		return xlb_send(ctx, nh, XLB_FAMILY_V4, &src4, &dst4, tot);
-	}
-	tot = pkt->l3_len + XLB_IPV6_HLEN;
-	if (tot > cfg->mtu) {
-		if (pkt->key.family == XLB_FAMILY_V4) {
-			if (!pkt->df) {
-				xlb_count(XLB_STAT_DROP_TOO_BIG);
-				return XDP_DROP;
-			}
-			return xlb_icmp4_too_big(ctx, pkt, cfg->mtu - XLB_IPV6_HLEN);
-		}
-		return xlb_icmp6_too_big(ctx, pkt, cfg->mtu - XLB_IPV6_HLEN);
-	}
-	if (!xlb_outer_src6(cfg, hash, src6))
-		goto unsupported;
-	if (xlb_push_ipv6(ctx, pkt->l3_off, src6, be->addr, pkt->l3_len,
-			  pkt->key.family == XLB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6,
-			  pkt->tos, hash & 0xfffff))
-		goto internal;
-	return xlb_send(ctx, nh, XLB_FAMILY_V6, src6, be->addr, tot);
-unsupported:
-	xlb_count(XLB_STAT_DROP_UNSUPPORTED);
-	return XDP_DROP;
-internal:
-	xlb_count(XLB_STAT_DROP_INTERNAL);
-	return XDP_DROP;
+	return xlb_tunnel(ctx, pkt, cfg, be, nh, hash, steered, 0);
 }
 
 /*
@@ -466,16 +573,19 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return XDP_DROP;
 	}
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_backend_stats, &id), pkt->l3_len, new_flow);
-	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, 0);
 }
 
 /*
  * An ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to a VIP address is about
  * a reply the backend sent (source VIP, destination client). Send it to that flow's backend
  * so its path MTU learns. `inner` is the offset of the quoted IP header. Returns -1 when
- * the quote is not a VIP flow (the caller passes the packet).
+ * the quote is not a VIP flow (the caller passes the packet). The quote ends where the ICMP
+ * packet's IP length says, not at the end of the frame: bytes after it (Ethernet padding)
+ * are not ports.
  */
-static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u32 inner)
+static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u32 inner,
+					  const int family)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -484,16 +594,16 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	struct xlb_backend *be = NULL;
 	struct xlb_addr *addr;
 	struct xlb_vip *vip;
-	__u32 zero = 0, hash = 0, id, l4;
+	__u32 zero = 0, hash = 0, id, l4, end = pkt->l3_off + pkt->l3_len;
 	__u16 *ports;
 	int src_only, new_flow, missed;
 
 	if (inner > 256)
 		return -1;
-	if (pkt->key.family == XLB_FAMILY_V4) {
+	if (family == XLB_FAMILY_V4) {
 		struct iphdr *q = data + inner;
 
-		if ((void *)(q + 1) > data_end || q->ihl < 5)
+		if ((void *)(q + 1) > data_end || inner + sizeof(*q) > end || q->ihl < 5)
 			return -1;
 		l4 = inner + q->ihl * 4;
 		key.proto = q->protocol;
@@ -503,7 +613,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	} else {
 		struct ipv6hdr *q = data + inner;
 
-		if ((void *)(q + 1) > data_end)
+		if ((void *)(q + 1) > data_end || inner + sizeof(*q) > end)
 			return -1;
 		l4 = inner + XLB_IPV6_HLEN;
 		key.proto = q->nexthdr;
@@ -512,12 +622,13 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	}
 	if (key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
 		return -1;
-	if (l4 > 512)
+	/* both ports inside the quote (the packet's IP length), not just inside the frame */
+	if (l4 > 512 || l4 + 4 > end)
 		return -1;
 	ports = data + l4;
 	if ((void *)(ports + 2) > data_end)
 		return -1;
-	key.family = pkt->key.family;
+	key.family = family;
 	key.sport = ports[1];
 	key.dport = ports[0];
 	addr = xlb_vip_addr(key.dst, key.family);
@@ -536,7 +647,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);
-	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, family);
 }
 
 /*
@@ -560,7 +671,7 @@ static __always_inline int xlb_icmp_in(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 		  icmp->type == XLB_ICMP_DEST_UNREACH && icmp->code == XLB_ICMP_FRAG_NEEDED :
 		  icmp->type == ICMPV6_PKT_TOOBIG;
 	if (too_big) {
-		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp));
+		rc = xlb_steer_icmp(ctx, pkt, pkt->l4_off + sizeof(*icmp), family);
 		if (rc >= 0)
 			return rc;
 	}

@@ -103,6 +103,8 @@
 #define XLB_TTL 64		/* TTL / hop limit of outer headers and ICMP errors */
 #define XLB_ICMP4_QUOTE 28	/* bytes of the offending packet an ICMPv4 error quotes */
 #define XLB_ICMP6_QUOTE 128	/* ... and an ICMPv6 one (at most; less if shorter) */
+#define XLB_STEER_QUOTE 128	/* a steered ICMP error too big to tunnel keeps this much
+				 * of its quote */
 
 /* Global outcome counters: index of xlb_stats. */
 enum xlb_stat {
@@ -110,7 +112,9 @@ enum xlb_stat {
 	XLB_STAT_PASS_LOCAL,		/* VIP served here (local mode or local backend) */
 	XLB_STAT_PASS_FRAGMENT,		/* IP fragment: passed, never balanced */
 	XLB_STAT_PASS_MALFORMED,	/* truncated or bad lengths: passed to the kernel */
-	XLB_STAT_PASS_NO_NEIGH,		/* next hop unresolved: the kernel resolves it */
+	XLB_STAT_PASS_NO_NEIGH,		/* next hop unresolved: tunnelled to the backend
+					 * (any mode) and passed up; the kernel forwards it
+					 * and resolves the neighbour */
 	XLB_STAT_TX,			/* XDP_TX out of the receiving interface */
 	XLB_STAT_REDIRECT,		/* redirected to another interface */
 	XLB_STAT_DROP_NO_BACKEND,	/* VIP with an empty ring */

@@ -200,8 +200,16 @@ static __always_inline int xlb_pop_outer(struct xdp_md *ctx, __u16 l3_off, int o
 	return -1;
 }
 
-/* Send the frame towards backend `backend_id`: MACs and interface from the next-hop cache,
- * else from the FIB (outer addresses given). The caller counts nothing: this does. */
+/* xlb_send's answer when the FIB knows the route but not the next hop's MAC yet. */
+#define XLB_NO_NEIGH (-1)
+
+/*
+ * Send the frame towards a backend: MACs and interface from the next-hop cache `nh`, else
+ * from the FIB (the addresses of the header the frame carries outermost given). Counts
+ * what it returns, except XLB_NO_NEIGH: the FIB has a route but no neighbour entry, the
+ * frame is unchanged, and the caller decides (xlb_tunnel: hand it to the kernel, which
+ * resolves the neighbour on the way).
+ */
 static __always_inline int xlb_send(struct xdp_md *ctx, const struct xlb_nexthop *nh,
 				   int family, const void *saddr, const void *daddr,
 				   __u32 tot_len)
@@ -234,11 +242,8 @@ static __always_inline int xlb_send(struct xdp_md *ctx, const struct xlb_nexthop
 			__builtin_memcpy(fib.ipv6_dst, daddr, 16);
 		}
 		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-			/* the kernel forwards this one and resolves the neighbour on the way */
-			xlb_count(XLB_STAT_PASS_NO_NEIGH);
-			return XDP_PASS;
-		}
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			return XLB_NO_NEIGH;
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 			xlb_count(XLB_STAT_DROP_NO_ROUTE);
 			return XDP_DROP;

@@ -154,4 +154,80 @@ static __always_inline int xlb_icmp6_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	return XDP_TX;
 }
 
+/* The sum of XLB_ICMP_HLEN + XLB_STEER_QUOTE bytes at `p` (the caller checked they are
+ * there): a constant length, unrolled, one bounds check instead of one a word. */
+static __always_inline __u64 xlb_csum_steer_quote(__u64 sum, const void *p)
+{
+	const __u16 *w = p;
+
+#pragma unroll
+	for (int i = 0; i < (XLB_ICMP_HLEN + XLB_STEER_QUOTE) / 2; i++)
+		sum += w[i];
+	return sum;
+}
+
+/*
+ * Cut a steered ICMPv4 "fragmentation needed" / ICMPv6 "packet too big" (the packet in
+ * `pkt`, its ICMP header at l4_off; `family` a constant at each call) to its IP header(s),
+ * the ICMP header and the first XLB_STEER_QUOTE bytes of its quote, so that it is at most
+ * `room` bytes: then it can be tunnelled to the backend, which needs only the quoted
+ * headers and ports to find the connection. The IP length and the checksums are written
+ * afresh (a header checksum that was wrong is right afterwards, as an error we sent would
+ * be); pkt->l3_len follows. Returns 0 when cut, 1 when it cannot be made to fit (the caller
+ * drops it: an error about an error is never sent), -1 on a failed helper.
+ */
+static __always_inline int xlb_shorten_error(struct xdp_md *ctx, struct xlb_pkt *pkt, int room,
+					     const int family)
+{
+	__u32 hlen = pkt->l4_off - pkt->l3_off;
+	__u32 len = hlen + XLB_ICMP_HLEN + XLB_STEER_QUOTE;
+	__u32 addrs[8];
+	void *data, *data_end;
+	__u64 sum;
+
+	if (hlen > 512 || (int)len > room || len >= pkt->l3_len)
+		return 1;
+	__builtin_memcpy(addrs, pkt->key.src, 16);	/* ICMPv6's pseudo-header */
+	__builtin_memcpy(&addrs[4], pkt->key.dst, 16);
+	if (xlb_truncate(ctx, pkt->l3_off + len))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (family == XLB_FAMILY_V4) {
+		struct iphdr *iph = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
+		struct xlb_icmphdr *icmp;
+
+		/* the frame now holds more than 60 bytes after the IPv4 header's start */
+		if (hlen < 20 || hlen > 60 || (void *)iph + 60 > data_end)
+			return -1;
+		iph->tot_len = bpf_htons(len);
+		iph->check = 0;
+		/* options and all: a helper sums a length the verifier knows only as a range
+		 * at the cost of one call, where a loop would be walked once per length */
+		sum = (__u32)bpf_csum_diff(NULL, 0, (void *)iph, hlen & 0x3c, 0);
+		iph->check = xlb_csum_fold(sum);
+		icmp = (void *)iph + hlen;
+		if ((void *)icmp + XLB_ICMP_HLEN + XLB_STEER_QUOTE > data_end)
+			return -1;
+		icmp->checksum = 0;
+		icmp->checksum = xlb_csum_fold(xlb_csum_steer_quote(0, icmp));
+	} else {
+		struct ipv6hdr *ip6h = data + (pkt->l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
+		struct icmp6hdr *icmp6;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return -1;
+		ip6h->payload_len = bpf_htons(len - XLB_IPV6_HLEN);
+		icmp6 = (void *)ip6h + hlen;
+		if ((void *)icmp6 + XLB_ICMP_HLEN + XLB_STEER_QUOTE > data_end)
+			return -1;
+		icmp6->icmp6_cksum = 0;
+		sum = xlb_csum_pseudo6(addrs, &addrs[4], XLB_ICMP_HLEN + XLB_STEER_QUOTE,
+				       IPPROTO_ICMPV6);
+		icmp6->icmp6_cksum = xlb_csum_fold(xlb_csum_steer_quote(sum, icmp6));
+	}
+	pkt->l3_len = len;
+	return 0;
+}
+
 #endif /* XLB_ICMP_H */

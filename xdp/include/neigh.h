@@ -126,7 +126,10 @@ static __always_inline int xlb_ns_reply(struct xdp_md *ctx, struct xlb_pkt *pkt)
 	__u8 mac[ETH_ALEN];
 	__u64 sum;
 
-	if (pkt->l4_off != pkt->l3_off + XLB_IPV6_HLEN)
+	/* no extension headers, and an ICMP length of at least 24 (RFC 4861 7.1.1) by the
+	 * IPv6 payload length: what the frame holds after it is not the solicitation's */
+	if (pkt->l4_off != pkt->l3_off + XLB_IPV6_HLEN ||
+	    pkt->l3_len < XLB_IPV6_HLEN + XLB_NS_MIN_LEN)
 		return -1;
 	if ((void *)(ip6h + 1) > data_end || (void *)nd + XLB_NS_MIN_LEN > data_end)
 		return -1;
