@@ -10,10 +10,17 @@ observed end to end through BPF_PROG_TEST_RUN.
   for every flow; another seed picks differently.
 - Ring swaps under load never send a packet outside the two backend sets, nor drop one.
 - Removing one of ten backends moves few flows more than the removed backend's.
+
+Size: the property test sends ``PYXLB_MODEL_PACKETS`` packets (default 5,000: 50 examples
+of 100 packets, about 20 s here; ``make fuzz`` sends 100,000). With
+``PYXLB_FUZZ_REPORT=path.json`` the packets sent and the model's outcomes are merged into
+that file (bench/fuzz.py reads it).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import threading
 import time
@@ -21,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
@@ -44,6 +52,11 @@ MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
              "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
              "xlb_backend_stats": 1024}
 CLIENT_MAC, LB_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:01"
+# Two phases of 50 packets an example; PYXLB_MODEL_PACKETS sets how many examples.
+PHASE = 50
+MODEL_PACKETS = int(os.environ.get("PYXLB_MODEL_PACKETS", "5000"))
+EXAMPLES = max(1, -(-MODEL_PACKETS // (2 * PHASE)))
+OUTCOMES: Counter = Counter()       # the model's outcome of every packet sent, for reports
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 
 
@@ -229,6 +242,7 @@ def check_packet(dp: Datapath, model: Model, pkt: Packet, data: bytes,
     vip = model.find_vip(pkt.key())
     want = model.decide(pkt)
     action, out = dp.run(data)
+    OUTCOMES[want.outcome] += 1
     assert action == want.action, explain(data, out, want)
     if want.outcome in ("tx", "redirect") and vip.mode == L.MODE_L2:
         assert out[12:] == data[12:], explain(data, out, want)
@@ -286,11 +300,33 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     assert kernel_flows == model.flows
 
 
-@settings(max_examples=50, deadline=None,
+@pytest.fixture(scope="module", autouse=True)
+def outcome_report():
+    """With PYXLB_FUZZ_REPORT set, merge the packets sent and their outcomes into it."""
+    OUTCOMES.clear()
+    started = time.monotonic()
+    yield
+    path = os.environ.get("PYXLB_FUZZ_REPORT")
+    if not path or not OUTCOMES:
+        return
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        data = {}
+    data["model_vs_kernel"] = {"packets": sum(OUTCOMES.values()), "max_examples": EXAMPLES,
+                               "seconds": round(time.monotonic() - started, 1),
+                               "outcomes": dict(OUTCOMES.most_common())}
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scenario=scenarios(),
-       phase1=st.lists(packet_draws, min_size=50, max_size=50),
-       phase2=st.lists(packet_draws, min_size=50, max_size=50))
+       phase1=st.lists(packet_draws, min_size=PHASE, max_size=PHASE),
+       phase2=st.lists(packet_draws, min_size=PHASE, max_size=PHASE))
 def test_kernel_decides_like_the_model(scenario, phase1, phase2):
     config, backends, vips, changes, rebuild = scenario
     backends = [replace(b) for b in backends]   # churned below; the drawn example stays
