@@ -153,7 +153,53 @@ class MacType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+class DecimalType(click.ParamType):
+    """An integer in ASCII decimal digits, optionally negative: what int() takes besides
+    ("８０", "8_0", "+80", " 80") is refused. `low`: the least accepted; other ranges are
+    checked where the number is used (DesiredState, for weights and ring sizes)."""
+
+    name = "integer"
+    _RE = re.compile(r"-?[0-9]{1,20}")
+
+    def __init__(self, low: Optional[int] = None):
+        self.low = low
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and self._RE.fullmatch(value):
+            number = int(value)
+        else:
+            self.fail(f"{value!r} is not a decimal integer (ASCII digits)", param, ctx)
+        if self.low is not None and number < self.low:
+            self.fail(f"{number} is less than {self.low}", param, ctx)
+        return number
+
+
+class SecondsType(click.ParamType):
+    """A duration in seconds, in ASCII decimal (2, 0.5, .25), from `low` to `high`: no
+    nan, inf, exponent or other spelling float() would take."""
+
+    name = "SECONDS"
+    _RE = re.compile(r"(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})")
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and self._RE.fullmatch(value):
+            seconds = float(value)
+        else:
+            self.fail(f"{value!r} is not a number of seconds (decimal, e.g. 2 or 0.5)",
+                      param, ctx)
+        if not self.low <= seconds <= self.high:
+            self.fail(f"{value} is outside {self.low:g}-{self.high:g} seconds", param, ctx)
+        return seconds
+
+
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})$")
 
 
 class ListenType(click.ParamType):
@@ -198,6 +244,8 @@ class _IfaceType(click.ParamType):
 
 VIP, ADDRESS, PREFIX, MAC, LISTEN, IFACE = (VipType(), AddressType(), PrefixType(), MacType(),
                                             ListenType(), _IfaceType())
+DECIMAL = DecimalType()
+STATS_INTERVAL = SecondsType(0.05, 86400.0)     # a refresh at most a day apart
 
 
 @contextlib.contextmanager
@@ -637,7 +685,7 @@ def vip(ctx: click.Context) -> None:
 @click.option("--affinity", type=click.Choice(AFFINITIES), default="none", show_default=True,
               help="client-ip: hash the client address only, so one client sticks to one "
                    "backend whatever its ports.")
-@click.option("--ring-size", type=int, default=RING_SIZE_DEFAULT, show_default=True,
+@click.option("--ring-size", type=DECIMAL, default=RING_SIZE_DEFAULT, show_default=True,
               help="Maglev ring slots: a prime, well above 100 x the number of backends "
                    "for an even spread.")
 @click.option("--announce", is_flag=True,
@@ -663,12 +711,15 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_siz
       pyxlb vip add 192.0.2.10:443/tcp --source-range 198.51.100.0/24 --source-range 203.0.113.7
     """
     from pyxlb.state import Vip
+    try:        # checked before the datapath is opened and locked
+        new = Vip(key=key, mode=mode, flow_table=not no_flow_table, affinity=affinity,
+                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges))
+    except StateError as exc:
+        raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
         state = dp.current_state()
         if state.vip(key) is not None:
             raise Fail(f"VIP {key} already exists (remove it first, or use apply -f)")
-        new = Vip(key=key, mode=mode, flow_table=not no_flow_table, affinity=affinity,
-                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges))
         apply_state(dp, state.with_vip(new))
 
 
@@ -752,7 +803,7 @@ def _vip_of(state: DesiredState, key: VipKey):
 @backend.command("add")
 @click.argument("key", metavar="VIP", type=VIP)
 @click.argument("address", metavar="ADDR", type=ADDRESS)
-@click.option("--weight", type=int, default=1, show_default=True,
+@click.option("--weight", type=DECIMAL, default=1, show_default=True,
               help="Share of the VIP's new flows, relative to the other backends (0-65535; "
                    "0 keeps the backend out of the ring).")
 @click.option("--mac", type=MAC,
@@ -768,12 +819,15 @@ def backend_add(key: VipKey, address, weight: int, mac: Optional[str]) -> None:
     Example:
       pyxlb backend add 192.0.2.10:80/tcp 10.0.1.3 --weight 2
     """
+    try:        # the backend alone is checked before the datapath is opened and locked;
+        b = Backend(address=address, weight=weight, mac=mac)    # with its VIP, inside
+    except StateError as exc:
+        raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
         state = dp.current_state()
         v = _vip_of(state, key)
         if v.backend(address) is not None:
             raise Fail(f"duplicate backend: {address} is already a backend of VIP {key}")
-        b = Backend(address=address, weight=weight, mac=mac)
         apply_state(dp, state.with_vip(v.replace(backends=v.backends + (b,))))
 
 
@@ -859,7 +913,10 @@ def backend_list(key: VipKey, as_json: bool) -> None:
                    "Format: docs/config.md.")
 @click.option("--dry-run", is_flag=True,
               help="Print what would change, write nothing.")
-def apply_cmd(path: str, dry_run: bool) -> None:
+@click.option("--allow-empty", is_flag=True,
+              help="Accept a state of no VIPs (`vips: []`), which removes every VIP. "
+                   "Without it that is refused; an empty file or stdin always is.")
+def apply_cmd(path: str, dry_run: bool, allow_empty: bool) -> None:
     """Apply a whole desired state from a file.
 
     The datapath then serves exactly the state in FILE: VIPs missing from the file are
@@ -867,17 +924,33 @@ def apply_cmd(path: str, dry_run: bool) -> None:
     any error changes nothing; applying the same file again writes nothing. --dry-run
     prints the same summary without writing.
 
+    FILE is read and checked in full before the datapath is touched, so a slow or bad
+    input never holds up other writers. Emptiness must be explicit: a file or stdin with
+    no document, or a document without `vips`, is an error; `vips: []` removes every VIP
+    only with --allow-empty.
+
     \b
     Example:
       pyxlb apply -f docs/examples/lb.yaml --dry-run
       pyxlb apply -f docs/examples/lb.yaml
+      pyxlb vip list --json | pyxlb apply -f - --dry-run
     """
     from pyxlb import config
-    with opened() as dp, dp.editing():
+    source = "<stdin>" if path == "-" else path
+    try:        # read, parse and check before the datapath is opened and locked
         if path == "-":
-            state = config.load_text(sys.stdin.read(), source="<stdin>")
+            stdin = getattr(sys.stdin, "buffer", None)     # None: started with it closed
+            if stdin is None:
+                raise Fail("<stdin>: there is no standard input to read")
+            state = config.load_stream(stdin, source)
         else:
             state = config.load_file(path)
+    except config.ConfigError as exc:
+        raise Fail(one_line(exc)) from None
+    if not len(state) and not allow_empty:
+        raise Fail(f"{source}: `vips: []` would remove every VIP: pass --allow-empty if "
+                   f"that is meant")
+    with opened() as dp:
         apply_state(dp, state, dry_run=dry_run)
 
 
@@ -962,9 +1035,9 @@ def _print_stats(doc: dict) -> None:
 @click.option("--watch", is_flag=True,
               help="Refresh every --interval seconds with per-second rates, until Ctrl-C "
                    "or --count refreshes. Implied by --interval and --count.")
-@click.option("--interval", type=click.FloatRange(min=0.05), metavar="SECONDS",
-              help="Seconds between refreshes (default 1).")
-@click.option("--count", type=click.IntRange(min=1), metavar="N",
+@click.option("--interval", type=STATS_INTERVAL, metavar="SECONDS",
+              help="Seconds between refreshes, 0.05 to 86400 (default 1).")
+@click.option("--count", type=DecimalType(low=1), metavar="N",
               help="Stop after N refreshes.")
 def stats(as_json: bool, watch: bool, interval: Optional[float], count: Optional[int]) -> None:
     """Show traffic per VIP and per backend.

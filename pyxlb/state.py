@@ -6,6 +6,12 @@ touches the kernel or Kubernetes: it is validated, compared and serialised in pu
 
 A VIP is written ``192.0.2.10:80/tcp`` or ``[2001:db8::10]:443/udp``; port 0 means every
 port of the address (a "port-0 VIP": the datapath tries the exact port first).
+
+Addresses that cannot be right (`address_fault`: unspecified, broadcast, multicast,
+loopback, IPv4-mapped, scoped), a backend that is its VIP's own address and a backend MAC
+that is not one host's (`mac_fault`) are refused when the Vip or Backend is made: this is
+the one place, so the CLI, a state file and the Kubernetes agent refuse them alike. A
+VipKey alone is not checked, so a key can still name a VIP to look up or delete.
 """
 
 from __future__ import annotations
@@ -42,7 +48,46 @@ def _ip(value, what: str) -> IPAddress:
         raise StateError(f"{what}: not an IPv4 or IPv6 address: {value!r}") from None
 
 
-_VIP_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\[\]]+)):(?P<port>[^/]+)/(?P<proto>.+)$")
+_BROADCAST4 = ipaddress.IPv4Address("255.255.255.255")
+
+
+def address_fault(address: IPAddress) -> Optional[str]:
+    """Why `address` can be neither a VIP nor a backend, as the end of a sentence ("is the
+    unspecified address"), or None when it can be either: unspecified, limited broadcast,
+    multicast, loopback, an IPv6 address with a zone, or an IPv4-mapped IPv6 address
+    (which never appears on the wire; the IPv4 address is meant)."""
+    if address.version == 6:
+        if address.scope_id:
+            return f"scoped (%{address.scope_id}): a VIP or backend needs an address " \
+                   f"without a zone"
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return f"IPv4-mapped, an address that never appears on the wire: write {mapped}"
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address == _BROADCAST4:
+        return "the broadcast address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_loopback:
+        return "a loopback address"
+    return None
+
+
+def mac_fault(mac: bytes) -> Optional[str]:
+    """Why a backend cannot have this MAC (6 bytes), or None: all zeros (what the maps
+    store for "no MAC"), broadcast or multicast (not one host)."""
+    if mac == bytes(6):
+        return "all zeros (leave the MAC out to have it looked up)"
+    if mac == b"\xff" * 6:
+        return "the broadcast MAC"
+    if mac[0] & 1:
+        return "a multicast MAC (the low bit of its first octet is set)"
+    return None
+
+
+_VIP_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\[\]]+)):(?P<port>[^/]*)/(?P<proto>.+)$")
+_PORT_RE = re.compile(r"[0-9]{1,5}")        # ASCII digits: int() would take "８０", "8_0", "+80"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,11 +137,17 @@ class VipKey:
             raise StateError(f"not a VIP: {text!r} (write ADDR:PORT/PROTO, e.g. "
                              f"192.0.2.10:80/tcp or [2001:db8::10]:443/tcp)")
         addr = m.group("v6") or m.group("v4")
-        try:
-            port = int(m.group("port"))
-        except ValueError:
-            raise StateError(f"not a VIP: {text!r} (port {m.group('port')!r} is not a number)") from None
-        return cls(_ip(addr, "VIP address"), port, m.group("proto"))
+        port = m.group("port")
+        if not _PORT_RE.fullmatch(port):
+            if port.isascii() and port.isdigit():
+                raise StateError(f"VIP {addr}: port {port} is outside 0-65535")
+            raise StateError(f"not a VIP: {text!r} (port {port!r} is not a number of "
+                             f"ASCII digits 0-65535)")
+        address = _ip(addr, "VIP address")
+        if m.group("v6") and address.version == 4:
+            raise StateError(f"not a VIP: {text!r} (brackets are for an IPv6 address: write "
+                             f"{address}:{port}/...)")
+        return cls(address, int(port), m.group("proto"))
 
     @property
     def family(self) -> int:
@@ -131,9 +182,13 @@ class Backend:
         if self.mac is not None:
             from .addr import format_mac, parse_mac
             try:
-                object.__setattr__(self, "mac", format_mac(parse_mac(self.mac)))
+                raw = parse_mac(self.mac)
             except (ValueError, TypeError) as exc:
                 raise StateError(f"backend {self.address}: {exc}") from None
+            object.__setattr__(self, "mac", format_mac(raw))
+            fault = mac_fault(raw)
+            if fault is not None:
+                raise StateError(f"backend {self.address}: MAC {self.mac} is {fault}")
 
     @property
     def in_ring(self) -> bool:
@@ -160,6 +215,10 @@ class Vip:
         if not isinstance(self.key, VipKey):
             object.__setattr__(self, "key", VipKey.parse(self.key))
         where = f"VIP {self.key}"
+        fault = address_fault(self.key.address)
+        if fault is not None:
+            raise StateError(f"{where}: {self.key.address} is {fault}; a VIP must be a "
+                             f"unicast address that clients can reach")
         if self.mode not in MODES:
             raise StateError(f"{where}: mode must be one of {', '.join(MODES)}, "
                              f"not {self.mode!r}")
@@ -180,6 +239,12 @@ class Vip:
             if b.address in seen:
                 raise StateError(f"{where}: backend {b.address} is listed twice")
             seen.add(b.address)
+            fault = address_fault(b.address)
+            if fault is not None:
+                raise StateError(f"{where}: backend {b.address} is {fault}")
+            if b.address == self.key.address:
+                raise StateError(f"{where}: backend {b.address} is the VIP's own address "
+                                 f"(its packets would come back here)")
             if self.mode == "l2" and b.address.version != self.key.family:
                 raise StateError(f"{where}: L2 mode needs IPv{self.key.family} backends, "
                                  f"{b.address} is IPv{b.address.version}")

@@ -33,7 +33,10 @@ def announce(path: str, log_level: str) -> None:
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state, section = config.load_announce(path)
+    try:
+        state, section = config.load_announce(path)
+    except config.ConfigError as exc:
+        raise Fail(one_line(exc)) from None
     if section is None:
         raise Fail(f"{path}: no `announce` section (see docs/announce.md)")
     with opened() as dp:

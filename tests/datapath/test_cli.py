@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -370,6 +371,46 @@ BAD_INPUT = [
     (["metrics", "--listen", "localhost:9100"], "is not an IPv4 address"),
     (["metrics"], "Missing option '--listen'"),
     (["stats", "--count", "0"], "--count"),
+    # addresses that cannot be right (issue item 6): the one-line error DesiredState gives
+    (["vip", "add", "0.0.0.0:80/tcp"], "0.0.0.0 is the unspecified address"),
+    (["vip", "add", "255.255.255.255:80/tcp"], "is the broadcast address"),
+    (["vip", "add", "224.0.0.1:80/udp"], "224.0.0.1 is a multicast address"),
+    (["vip", "add", "[::]:80/tcp"], ":: is the unspecified address"),
+    (["vip", "add", "127.0.0.1:80/tcp"], "127.0.0.1 is a loopback address"),
+    (["vip", "add", "[::1]:53/udp", "--mode", "local"], "::1 is a loopback address"),
+    (["vip", "add", "[ff02::1]:80/udp"], "is a multicast address"),
+    (["vip", "add", "[::ffff:192.0.2.1]:80/tcp"], "IPv4-mapped"),
+    (["backend", "add", V4_VIP, "0.0.0.0"], "backend 0.0.0.0 is the unspecified address"),
+    (["backend", "add", V4_VIP, "255.255.255.255"], "is the broadcast address"),
+    (["backend", "add", V4_VIP, "239.1.1.1"], "backend 239.1.1.1 is a multicast address"),
+    (["backend", "add", V4_VIP, "127.0.0.1"], "backend 127.0.0.1 is a loopback address"),
+    (["backend", "add", V4_VIP, "::1"], "backend ::1 is a loopback address"),
+    (["backend", "add", V4_VIP, "192.0.2.10"], "backend 192.0.2.10 is the VIP's own address"),
+    (["backend", "add", V6_VIP, "2001:db8::53"], "is the VIP's own address"),
+    (["backend", "add", V6_VIP, "2001:db8::b", "--mac", "ff:ff:ff:ff:ff:ff"],
+     "MAC ff:ff:ff:ff:ff:ff is the broadcast MAC"),
+    (["backend", "add", V6_VIP, "2001:db8::b", "--mac", "33:33:00:00:00:01"],
+     "is a multicast MAC"),
+    (["backend", "add", V6_VIP, "2001:db8::b", "--mac", "00:00:00:00:00:00"], "all zeros"),
+    # numbers are ASCII decimal (issue item 5)
+    (["vip", "add", "192.0.2.1:８０/tcp"], "is not a number of ASCII digits"),
+    (["vip", "add", "192.0.2.1:8_0/tcp"], "is not a number of ASCII digits"),
+    (["vip", "add", "192.0.2.1:+80/tcp"], "is not a number of ASCII digits"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--weight", "８"], "is not a decimal integer"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--weight", "1_0"], "is not a decimal integer"),
+    (["backend", "add", V4_VIP, "10.0.1.9", "--weight", "+2"], "is not a decimal integer"),
+    (["vip", "add", "192.0.2.1:80/tcp", "--ring-size", "0x1f"], "is not a decimal integer"),
+    # stats --interval: finite, 0.05 s to a day (issue item 7); --count ends a run that
+    # would otherwise go on, so an interval taken by mistake shows as a success
+    (["stats", "--count", "2", "--interval", "nan"], "is not a number of seconds"),
+    (["stats", "--count", "2", "--interval", "inf"], "is not a number of seconds"),
+    (["stats", "--count", "2", "--interval", "1e308"], "is not a number of seconds"),
+    (["stats", "--count", "2", "--interval", "-1"], "is not a number of seconds"),
+    (["stats", "--count", "2", "--interval", "0"], "0 is outside 0.05-86400 seconds"),
+    (["stats", "--count", "2", "--interval", "99999999999"], "outside 0.05-86400 seconds"),
+    (["stats", "--count", "2", "--interval", "１"], "is not a number of seconds"),
+    (["stats", "--count", "８", "--interval", "0.1"], "is not a decimal integer"),
+
     (["frobnicate"], "No such command 'frobnicate'"),
     (["vip"], "missing command, one of: add, del, list"),
     ([], "missing command, one of: agent, announce, apply, attach"),
@@ -396,7 +437,33 @@ BAD_FILES = [
     ("vips:\n  - vip: 192.0.2.1:80/tcp\n    ring_size: 100\n", "must be a prime"),
     ("vips:\n  - vip: 192.0.2.1:80/tcp\n    source_ranges: [fd00::/8]\n",
      "vips[0]: VIP 192.0.2.1:80/tcp: source range fd00::/8 is IPv6"),
-    ("vips: [\n", "not valid YAML"),
+    ("vips: [\n", "line 2, column 1: not valid YAML"),
+    # YAML surprises (issue item 5): a second key is not a silent override, numbers are
+    # plain ASCII decimal
+    (EXAMPLE.read_text() + "vips: []\n",
+     f"line {len(EXAMPLE.read_text().splitlines()) + 1}, column 1: duplicate key 'vips' "
+     f"(first at line 3, column 1)"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    backends: [{address: 10.0.0.1, weight: 1:30}]\n",
+     "line 3, column 44: '1:30' is a base-60 number in YAML 1.1"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    flow_table: off\n", "'off' is a boolean in "
+                                                               "YAML 1.1"),
+    ("vips:\n  - {vip: 192.0.2.1:80/tcp, ring_size: 0x1f}\n", "is a hexadecimal"),
+    ("vips:\n  - vip: 192.0.2.1:８０/tcp\n", "not a number of ASCII digits"),
+    ("vips:\n  - vip: 192.0.2.1:8_0/tcp\n", "not a number of ASCII digits"),
+    ("vips:\n  - vip: 192.0.2.1:+80/tcp\n", "not a number of ASCII digits"),
+    # addresses that cannot be right (issue item 6), refused as by `vip add`
+    ("vips:\n  - vip: 0.0.0.0:80/tcp\n", "line 2, column 5: vips[0]: VIP 0.0.0.0:80/tcp: "
+                                         "0.0.0.0 is the unspecified address"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    backends: [192.0.2.1]\n",
+     "backend 192.0.2.1 is the VIP's own address"),
+    ("vips:\n  - vip: 192.0.2.1:80/tcp\n    backends: [127.0.0.1]\n",
+     "backend 127.0.0.1 is a loopback address"),
+    ("vips:\n  - vip: '[2001:db8::1]:80/tcp'\n    mode: l2\n"
+     "    backends: [{address: '2001:db8::2', mac: '01:00:5e:00:00:01'}]\n",
+     "MAC 01:00:5e:00:00:01 is a multicast MAC"),
+    # too deep for Python's recursion, once a traceback of 3,000 lines (issue item 7)
+    ("[" * 3000 + "]" * 3000, "line 1, column"),
+    ("vips: " + "[" * 100 + "]" * 100, "nested deeper than 32 levels"),
 ]
 
 
@@ -431,8 +498,226 @@ def test_apply_a_file(lb, tmp_path):
     assert lb.state() == before
     lb("apply", "-f", "-", input=EXAMPLE.read_text())
     assert lb.state() == want
-    lb("apply", "-f", "-", input="vips: []\n")
+    # the empty state takes saying so twice: `vips: []` and --allow-empty
+    lb.fails("apply", "-f", "-", input="vips: []\n",
+             match="<stdin>: `vips: []` would remove every VIP: pass --allow-empty if that "
+                   "is meant")
+    assert lb.state() == want
+    lb("apply", "-f", "-", "--allow-empty", input="vips: []\n")
     assert lb.state() == {"vips": []}
+
+
+# Nothing in these says which state is wanted: applying one used to remove every VIP with
+# exit status 0, so that a failed `generate | pyxlb apply -f -` took the node's traffic down.
+EMPTY_INPUTS = {
+    "an empty file": "", "blank lines": "\n \n", "only comments": "# nothing yet\n",
+    "---": "---\n", "--- ...": "---\n...\n", "~": "~\n", "null": "null",
+}
+
+
+@pytest.mark.parametrize("text", EMPTY_INPUTS.values(), ids=EMPTY_INPUTS.keys())
+def test_an_empty_input_is_refused_and_changes_nothing(lb, tmp_path, text):
+    path = tmp_path / "state.yaml"
+    path.write_text(text)
+    before = lb.state()
+    empty = ": empty: no document, so no `vips` list (to remove every VIP, write `vips: []`)"
+    for allow in ([], ["--allow-empty"]):            # the flag does not make them a state
+        lb.fails("apply", "-f", str(path), *allow, match=f"{path}{empty}")
+        lb.fails("apply", "-f", "-", *allow, input=text, match=f"<stdin>{empty}")
+        lb.fails("apply", "-f", "-", "--dry-run", *allow, input=text, match=empty)
+    assert lb.state() == before
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{}\n", "<stdin>: line 1, column 1: no `vips` list"),
+    ("announce: {mode: l2}\n", "<stdin>: line 1, column 1: no `vips` list"),
+    ("vips:\n", "<stdin>: line 1, column 6: vips: None is not of type 'array'"),
+    ("vi", "<stdin>: line 1, column 1: (top level): 'vi' is not of type 'object'"),
+    ("vips: []\n", "<stdin>: `vips: []` would remove every VIP: pass --allow-empty"),
+    ('{"vips": []}', "<stdin>: `vips: []` would remove every VIP: pass --allow-empty"),
+])
+def test_an_empty_state_must_be_said(lb, text, match):
+    """A document without `vips` (a truncated file may be one) is refused; `vips: []` is the
+    empty state, applied only with --allow-empty."""
+    before = lb.state()
+    lb.fails("apply", "-f", "-", input=text, match=match)
+    lb.fails("apply", "-f", "-", "--dry-run", input=text, match=match)
+    assert lb.state() == before
+
+
+def test_truncated_files_fail_or_apply_what_they_say(lb, tmp_path):
+    """The example cut at every line end: each prefix is refused in one line, or is a
+    smaller state that applies; never an empty one."""
+    text = EXAMPLE.read_text()
+    path = tmp_path / "cut.yaml"
+    cuts = sorted({i for i, c in enumerate(text) if c == "\n"} | {0, 5, len(text) // 2})
+    for cut in cuts:
+        path.write_text(text[:cut])
+        result = lb("apply", "-f", str(path), "--dry-run", ok=False)
+        if result.exit_code:
+            assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, \
+                (cut, result.stderr)
+        else:
+            assert config.load_file(str(path)).vips, cut
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    """The process sleeps in read(0, ...) (x86-64: syscall 0; arm64: 63)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] in ("0", "63") and fields[1] == "0x0"
+
+
+def test_apply_reads_and_checks_its_input_before_taking_the_lock(lb):
+    """`apply -f -` whose stdin stays open used to hold the apply lock while it waited,
+    so every other writer (the agent too) waited with it. Now it waits alone."""
+    base = ["--pin-dir", lb.pin_dir, "--netns", lb.ns]
+    text = EXAMPLE.read_text()
+    proc = subprocess.Popen([str(PYXLB), *base, "apply", "-f", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write(text[:100])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not _blocked_reading_stdin(proc.pid):
+            assert time.monotonic() < deadline and proc.poll() is None, "apply never read"
+            time.sleep(0.05)
+        started = time.monotonic()
+        try:
+            p = subprocess.run([str(PYXLB), *base, "vip", "add", "192.0.2.30:80/tcp"],
+                               capture_output=True, text=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("vip add waited 15 s for the lock that apply -f - held while reading")
+        assert p.returncode == 0, p.stderr
+        assert time.monotonic() - started < 10
+        assert "192.0.2.30:80/tcp" in [v["vip"] for v in lb.state()["vips"]]
+        proc.stdin.write(text[100:])
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert lb.state() == config.load_file(str(EXAMPLE)).to_dict()
+
+
+def alias_bomb() -> str:
+    """The 574-byte "billion laughs": nine levels of nine aliases to the level before."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, match", [
+    (alias_bomb(), "more than 1,000,000 nodes with every alias expanded"),
+    ("vips: &v [" + ", ".join(["*v"] * 3) + "]\n", "alias *v is inside the node it names"),
+    ("vips: []\n" + "#" * (9 << 20), "larger than 8 MiB"),
+])
+def test_input_is_bounded(lb, tmp_path, text, match):
+    """An alias bomb took 45-55 s, a 10 MB file up to 49 s, holding the lock: now each is
+    refused at once, before the datapath is touched."""
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    before = lb.state()
+    started = time.monotonic()
+    lb.fails("apply", "-f", str(path), match=match)
+    lb.fails("apply", "-f", "-", input=text, match=match)
+    assert time.monotonic() - started < 10
+    assert lb.state() == before
+
+
+def test_apply_with_stdin_closed_is_one_line(run):
+    p = subprocess.run([str(PYXLB), "--pin-dir", run.pin_dir, "apply", "-f", "-"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: os.close(0))
+    assert (p.returncode, p.stdout, p.stderr) == \
+        (2, "", "pyxlb: error: <stdin>: there is no standard input to read\n")
+
+
+def test_deep_nesting_is_one_line_from_the_entry_point(run, tmp_path):
+    """YAML nested 3,000 deep was a RecursionError of some 3,000 lines on stderr."""
+    path = tmp_path / "deep.yaml"
+    for text in ("[" * 3000 + "]" * 3000, "vips:\n" + "".join(f"{'  ' * i}- \n"
+                                                              for i in range(1, 200))):
+        path.write_text(text)
+        p = pyxlb("--pin-dir", run.pin_dir, "apply", "-f", str(path))
+        assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
+        assert len(p.stderr.splitlines()) == 1 and p.stderr.startswith(
+            f"pyxlb: error: {path}: line "), p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, ": No such file or directory"),
+    ("vips: [\n", ": line 2, column 1: not valid YAML"),
+    ("", ": empty: no document, so no `vips` list"),
+    ("announce: {mode: l2}\nannounce: {mode: bgp}\nvips: []\n", ": line 2, column 1: "
+                                                                "duplicate key 'announce'"),
+    ("announce: {mode: l2}\nvips: [{vip: 127.0.0.1:80/tcp}]\n", "is a loopback address"),
+])
+def test_announce_with_a_missing_or_bad_file_is_one_line(lb, tmp_path, text, match):
+    """`announce -f` let the loader's ConfigError out as a traceback. It runs until
+    stopped when the file is good, so it runs as a process with a deadline here."""
+    path = tmp_path / "announce.yaml"
+    if text is not None:
+        path.write_text(text)
+    before = lb.state()
+    try:
+        p = pyxlb("--pin-dir", lb.pin_dir, "--netns", lb.ns, "announce", "-f", str(path),
+                  timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("announce took the file and ran")
+    assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith(f"pyxlb: error: {path}: ") and match in lines[0], lines
+    assert lb.state() == before
+
+
+@pytest.mark.parametrize("args, match", [
+    *((["stats", "--interval", value], f"Invalid value for '--interval': {message}")
+      for value, message in [("86401", "86401 is outside 0.05-86400 seconds"),
+                             ("0.04", "0.04 is outside 0.05-86400 seconds"),
+                             ("1e3", "'1e3' is not a number of seconds"),
+                             ("0x10", "'0x10' is not a number"), ("1_0", "'1_0' is not a number"),
+                             ("+1", "'+1' is not a number"), ("NaN", "'NaN' is not a number"),
+                             ("-inf", "'-inf' is not a number")]),
+    (["metrics", "--listen", "127.0.0.1:９１００"], "'127.0.0.1:９１００' is not ADDR:PORT"),
+])
+def test_options_are_checked_before_the_datapath_is_opened(tmp_path, args, match):
+    """No datapath at the pin dir: a value taken by mistake would say so instead. (Taken,
+    a day-long --interval slept a day, a full-width --listen port served on 9100.)"""
+    result = CliRunner().invoke(cli, ["--pin-dir", str(tmp_path / "none"), *args],
+                                prog_name="pyxlb")
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pyxlb: error: ") and match in lines[0], lines
+
+
+def test_vip_add_backend_add_and_apply_refuse_an_address_alike(lb):
+    """One rule, in DesiredState: the command and the file give the same reason."""
+    for vip, backend, why in [("127.0.0.1:80/tcp", None, "127.0.0.1 is a loopback address"),
+                              ("192.0.2.20:80/tcp", "224.0.0.9", "backend 224.0.0.9 is a "
+                                                                 "multicast address"),
+                              ("192.0.2.20:80/tcp", "192.0.2.20", "backend 192.0.2.20 is the "
+                                                                  "VIP's own address")]:
+        before = lb.state()
+        doc = {"vips": before["vips"] + [{"vip": vip, "backends": [backend] if backend else []}]}
+        from_file = lb.fails("apply", "-f", "-", input=json.dumps(doc), match=why)
+        if backend is None:
+            by_hand = lb.fails("vip", "add", vip, match=why)
+        else:
+            lb("vip", "add", vip)
+            by_hand = lb.fails("backend", "add", vip, backend, match=why)
+            lb("vip", "del", vip)
+        assert by_hand.split(f"VIP {vip}: ", 1)[1] == from_file.split(f"VIP {vip}: ", 1)[1]
+        assert lb.state() == before
 
 
 # -- stats ---------------------------------------------------------------------------------
@@ -566,9 +851,9 @@ def test_help(cmd):
         assert "Example:" in result.stdout
 
 
-def pyxlb(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
+def pyxlb(*args: str, env=None, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(PYXLB), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60, **kw)
+                          env={**os.environ, **(env or {})}, timeout=timeout, **kw)
 
 
 def test_the_entry_point(run):

@@ -1,6 +1,7 @@
 """DesiredState and VipKey: parsing, validation, canonical order, plain-data round trip."""
 
 import ipaddress
+import re
 
 import pytest
 
@@ -28,6 +29,7 @@ def test_vip_key_parse_and_format(text, addr, port, proto):
     ("192.0.2.10:80/sctp", "tcp or udp"),
     ("2001:db8::10:80/tcp", r"\[ADDR\]:PORT/PROTO"),
     ("example.com:80/tcp", "not an IPv4 or IPv6 address"),
+    ("[192.0.2.10]:80/tcp", r"brackets are for an IPv6 address: write 192.0.2.10:80/\.\.\."),
     ("", "ADDR:PORT/PROTO"),
 ])
 def test_vip_key_errors_are_one_line(text, message):
@@ -94,3 +96,89 @@ def test_state_edits_and_round_trip():
     with pytest.raises(StateError, match="no VIP"):
         s.without_vip("192.0.2.11:80/tcp")
     assert len(s.without_vip("192.0.2.10:80/tcp")) == 0
+
+
+# -- addresses and MACs that cannot be right -------------------------------------------------
+
+K4, K6 = VipKey.parse("192.0.2.10:80/tcp"), VipKey.parse("[2001:db8::10]:80/tcp")
+
+REFUSED = [
+    ("0.0.0.0", "the unspecified address"), ("::", "the unspecified address"),
+    ("255.255.255.255", "the broadcast address"),
+    ("224.0.0.1", "a multicast address"), ("239.255.255.250", "a multicast address"),
+    ("ff02::1", "a multicast address"), ("ff0e::1", "a multicast address"),
+    ("127.0.0.1", "a loopback address"), ("127.1.2.3", "a loopback address"),
+    ("::1", "a loopback address"),
+    ("::ffff:127.0.0.1", "IPv4-mapped"), ("::ffff:0.0.0.0", "IPv4-mapped"),
+    ("::ffff:192.0.2.1", "IPv4-mapped, an address that never appears on the wire: write "
+                         "192.0.2.1"),
+    ("fe80::1%eth0", "scoped"),
+]
+
+
+@pytest.mark.parametrize("addr,why", REFUSED)
+def test_vip_addresses_that_cannot_be_right(addr, why):
+    key = VipKey(ipaddress.ip_address(addr), 80, "tcp")      # a key, for lookups, parses
+    shown = re.escape(str(key.address))      # ::ffff:7f00:1 before Python 3.13
+    with pytest.raises(StateError, match=rf"^VIP .*: {shown} is {re.escape(why)}"):
+        Vip(key)
+    with pytest.raises(StateError, match=re.escape(why)):
+        Vip(key, mode="local")
+
+
+@pytest.mark.parametrize("addr,why", REFUSED)
+def test_backend_addresses_that_cannot_be_right(addr, why):
+    key = K4 if "." in addr and ":" not in addr else K6
+    shown = re.escape(str(ipaddress.ip_address(addr)))
+    with pytest.raises(StateError, match=rf"^VIP {re.escape(str(key))}: backend "
+                                         rf"{shown} is {re.escape(why)}"):
+        Vip(key, backends=(Backend(addr),))
+
+
+def test_a_backend_is_not_its_vip():
+    for key, addr in ((K4, "192.0.2.10"), (K6, "2001:db8::10")):
+        with pytest.raises(StateError, match=rf"backend {addr} is the VIP's own address"):
+            Vip(key, backends=(Backend(addr),))
+    # the same address on another VIP is a backend like any other
+    assert Vip(VipKey.parse("192.0.2.11:80/tcp"), backends=(Backend("192.0.2.10"),))
+
+
+@pytest.mark.parametrize("addr", ["10.77.100.10", "10.77.1.1", "fd77:100::10", "192.0.2.1",
+                                  "2001:db8::1", "10.0.0.0", "172.16.0.255", "169.254.1.1",
+                                  "fe80::1", "100.64.0.1", "1.1.1.1", "::2", "fd00::ffff:1"])
+def test_ordinary_addresses_are_fine(addr):
+    a = ipaddress.ip_address(addr)
+    key = VipKey(a, 80, "tcp")
+    other = "192.0.2.99" if a.version == 4 else "2001:db8::99"
+    assert Vip(key, backends=(Backend(other),)).key.address == a
+    assert Vip(VipKey(ipaddress.ip_address(other), 80, "tcp"), backends=(Backend(addr),))
+
+
+@pytest.mark.parametrize("mac,why", [
+    ("ff:ff:ff:ff:ff:ff", "the broadcast MAC"), ("01:00:5e:00:00:fb", "a multicast MAC"),
+    ("33:33:ff:00:00:01", "a multicast MAC"), ("03:00:00:00:00:00", "a multicast MAC"),
+    ("00:00:00:00:00:00", "all zeros"), ("0-0-0-0-0-0", "all zeros"),
+])
+def test_backend_macs_that_cannot_be_right(mac, why):
+    with pytest.raises(StateError, match=rf"^backend 10.0.0.1: MAC [0-9a-f:]+ is {why}"):
+        Backend("10.0.0.1", mac=mac)
+
+
+@pytest.mark.parametrize("mac", ["02:00:00:00:00:01", "00:00:00:00:00:01", "fe:ff:ff:ff:ff:ff",
+                                 "52:54:00:12:34:56"])
+def test_unicast_macs_are_fine(mac):
+    assert Backend("10.0.0.1", mac=mac).mac == mac
+
+
+@pytest.mark.parametrize("text", ["192.0.2.10:８０/tcp", "192.0.2.10:8_0/tcp",
+                                  "192.0.2.10:+80/tcp", "192.0.2.10: 80/tcp",
+                                  "192.0.2.10:80 /tcp", "192.0.2.10:/tcp", "192.0.2.10:0x50/tcp",
+                                  "192.0.2.10:٨٠/tcp"])
+def test_a_vip_port_is_ascii_decimal(text):
+    with pytest.raises(StateError, match=r"is not a number of ASCII digits"):
+        VipKey.parse(text)
+
+
+def test_a_long_port_is_out_of_range():
+    with pytest.raises(StateError, match=r"^VIP 192.0.2.10: port 9999999 is outside 0-65535$"):
+        VipKey.parse("192.0.2.10:9999999/tcp")
