@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 from ..errors import PyxlbError
 from ..maglev import is_prime
 from ..state import (MAX_WEIGHT, RING_SIZE_DEFAULT, RING_SIZE_MAX, Backend, DesiredState,
-                     IPAddress, IPNetwork, StateError, Vip, VipKey, key_order)
+                     IPAddress, IPNetwork, StateError, Vip, VipKey, address_fault, key_order)
 
 __all__ = [
     "Settings", "SettingsError", "Problem", "ServiceResult", "NodeIndex", "ClusterBackends",
@@ -237,6 +237,8 @@ def _read_node(obj: dict) -> Tuple[Optional[str], Optional[_Node]]:
             ip = ipaddress.ip_address(a["address"].strip())
         except ValueError:
             continue
+        if address_fault(ip) is not None:
+            continue        # loopback, multicast...: no backend address, whatever the node says
         # the first InternalIP of each family, as the kubelet lists the preferred one first
         if ip.version == 4 and v4 is None:
             v4 = ip

@@ -56,7 +56,8 @@ default run takes a few seconds; ``make fuzz`` runs millions (bench/fuzz.py).
 A violation does not stop the run: all are collected and the test fails at the end
 listing the first ones, each with the seed, the mutation index, the ingress and the frame
 in hex, and a command that replays that one frame in a fresh world
-(``PYXLB_FUZZ_REPLAY=program:ingress:hex``, test ``test_replay``; the flow table is then
+(``PYXLB_FUZZ_REPLAY=program:ingress:hex``, test ``test_replay``, which otherwise replays
+the frames the fuzzer once found violating, kept in ``FOUND``; the flow table is then
 empty, so a violation that needed an earlier flow may not show again).
 ``PYXLB_FUZZ_REPORT=path.json``: counts per outcome, action and seed corpus entry are
 merged into that file (bench/fuzz.py reads it).
@@ -1248,10 +1249,24 @@ def test_decap_mutations(corpora):
     assert not missing or run.mutations < 2000, f"the fuzzer never reached {sorted(missing)}"
 
 
-@pytest.mark.skipif(not REPLAY, reason="PYXLB_FUZZ_REPLAY=program:ingress:hex not set")
-def test_replay(netns):
-    """One frame (as a violation message prints it) through a fresh world, every check."""
-    prog, ingress, hexframe = REPLAY.split(":")
+# Frames this fuzzer once found violating (kept as regressions; each replays as
+# PYXLB_FUZZ_REPLAY would): an ICMP error whose quoted ports lay in Ethernet padding, one
+# whose quoted IP header did, and an NDP solicitation with IPv6 payload length 0.
+FOUND = (
+    "balancer:lo:0200000000aa02000000000108004500003007770000fa01ed4ac00002010a00000a0304f7"
+    "8300000578450005dc432140003c06c1bc0a00000ac633640100509c40000013880000000000000000",
+    "balancer:veth0:0200000000aaffffffffffff08004500002807770000fa01ed42c00002010a00000a03"
+    "042bdc000005784500001c00014000401106920a00000ac633640100359c4000082f2a0000",
+    "balancer:lo:3333ff00001002000000000186dd6000000000003afffd00000000000000000000000000"
+    "0001ff0200000000000000000001ff0000108700808500000000fd000000000000000000000000000010",
+)
+
+
+@pytest.mark.parametrize("replay", (REPLAY,) if REPLAY else FOUND)
+def test_replay(netns, replay):
+    """One frame (as a violation message prints it) through a fresh world, every check:
+    the frames in FOUND, or the one PYXLB_FUZZ_REPLAY names."""
+    prog, ingress, hexframe = replay.split(":")
     f = bytes.fromhex(hexframe)
     ifindex = fib_namespace(netns) if prog == "balancer" else {}
     with enter_netns(netns):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import subprocess
 import time
 
 import pytest
 
+from pyxlb import netns as nsmod
 from pyxlb.datapath import Datapath
 from pyxlb.k8s import objects as o
 from pyxlb.k8s.agent import Agent, AgentSettings
@@ -372,35 +374,49 @@ def test_a_new_leader_rebuilds_from_statuses(run):
 
 # -- health: healthCheckNodePort probes take a node out of the ring ---------------------------
 
-def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(api, healthz):
-    # nodes on loopback addresses, each with a real /healthz on the Service's health port
-    addrs = {"h1": "127.0.0.11", "h2": "127.0.0.12", "h3": "127.0.0.13"}
-    for name, addr in addrs.items():
-        api.create(o.node(name, [addr]))
-    r = Running(api)
-    try:
-        agent = r.agent("h1", health_interval=0.05, health_timeout=0.5, health_fall=3)
-        # the API server allocates the healthCheckNodePort; kube-proxy serves it on each node
-        port = api.create(service("web", policy="Local"))["spec"]["healthCheckNodePort"]
-        checks = {"h2": healthz(addrs["h2"], port), "h3": healthz(addrs["h3"], port)}
-        live = api.get("Service", "web", SHOP)
-        live["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
-        api.update(live)
-        api.create(spread("web", {"h2": 1, "h3": 1}))
-        vip = "192.0.2.1:80/tcp"
-        both = {"127.0.0.12": (1, "active", False), "127.0.0.13": (1, "active", False)}
-        assert eventually(lambda: backends(agent.dp, vip) == both)
+def test_a_node_failing_its_health_check_leaves_the_ring_until_it_recovers(netns, healthz):
+    """Nodes whose addresses are on the loopback of a namespace of this test's own, each with
+    a real /healthz on the Service's health port; the API stand-in and the agent run in that
+    namespace too (threads started there stay there)."""
+    addrs = {"h1": "10.99.0.11", "h2": "10.99.0.12", "h3": "10.99.0.13"}
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    for addr in addrs.values():
+        subprocess.run(["ip", "-n", netns, "addr", "add", f"{addr}/32", "dev", "lo"],
+                       check=True)
+    with nsmod.enter(netns):
+        api = ApiStandIn(bookmark_interval=0.2).start()
+        r = Running(api)
+        try:
+            api.create(o.namespace(SHOP))
+            for name, addr in addrs.items():
+                api.create(o.node(name, [addr]))
+            _health_check_scenario(api, r, addrs, healthz)
+        finally:
+            r.stop()
+            api.stop()
 
-        checks["h3"].status = 503           # kube-proxy on h3 says: no local endpoint
-        assert eventually(lambda: backends(agent.dp, vip) == {
-            "127.0.0.12": (1, "active", False)}, what="h3 to leave the ring")
-        checks["h3"].status = 200
-        assert eventually(lambda: backends(agent.dp, vip) == both, what="h3 to come back")
-        checks["h2"].close()                # nothing answers on h2 at all
-        assert eventually(lambda: backends(agent.dp, vip) == {
-            "127.0.0.13": (1, "active", False)}, what="h2 to leave the ring")
-    finally:
-        r.stop()
+
+def _health_check_scenario(api, r, addrs, healthz):
+    agent = r.agent("h1", health_interval=0.05, health_timeout=0.5, health_fall=3)
+    # the API server allocates the healthCheckNodePort; kube-proxy serves it on each node
+    port = api.create(service("web", policy="Local"))["spec"]["healthCheckNodePort"]
+    checks = {"h2": healthz(addrs["h2"], port), "h3": healthz(addrs["h3"], port)}
+    live = api.get("Service", "web", SHOP)
+    live["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]}}
+    api.update(live)
+    api.create(spread("web", {"h2": 1, "h3": 1}))
+    vip = "192.0.2.1:80/tcp"
+    both = {addrs["h2"]: (1, "active", False), addrs["h3"]: (1, "active", False)}
+    assert eventually(lambda: backends(agent.dp, vip) == both)
+
+    checks["h3"].status = 503           # kube-proxy on h3 says: no local endpoint
+    assert eventually(lambda: backends(agent.dp, vip) == {
+        addrs["h2"]: (1, "active", False)}, what="h3 to leave the ring")
+    checks["h3"].status = 200
+    assert eventually(lambda: backends(agent.dp, vip) == both, what="h3 to come back")
+    checks["h2"].close()                # nothing answers on h2 at all
+    assert eventually(lambda: backends(agent.dp, vip) == {
+        addrs["h3"]: (1, "active", False)}, what="h2 to leave the ring")
 
 
 def test_a_service_that_stops_being_a_load_balancer_gives_its_ip_back(run):

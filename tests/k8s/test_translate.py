@@ -370,6 +370,19 @@ def test_node_index():
     assert index.cluster_backends(6, "node-b") is v6                 # computed once
 
 
+def test_node_addresses_that_cannot_be_backends_are_skipped():
+    """A loopback or multicast InternalIP is not a tunnel destination: the next usable one
+    of the family is taken, and a node with none has no address (its Services' other
+    nodes are still served; the VIP does not fail as a whole)."""
+    from pyxlb.k8s import objects as o
+    index = NodeIndex.build([o.node("odd", ["127.0.0.5", "10.0.0.9", "ff02::1"]),
+                             o.node("lo", ["127.0.0.6"]), o.node("ok", ["10.0.0.7"])])
+    assert index.address("odd", 4) == ipaddress.ip_address("10.0.0.9")
+    assert index.address("odd", 6) is None and index.address("lo", 4) is None
+    assert [str(b.address) for b in index.cluster_backends(4, "ok").backends] == \
+        ["10.0.0.7", "10.0.0.9"]
+
+
 def test_node_index_equality_ignores_heartbeats():
     nodes = load("nodes.json")
     beat = copy.deepcopy(nodes)
