@@ -17,8 +17,10 @@ Four parts:
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
-from typing import Optional, Sequence, Tuple
+import subprocess
+from typing import Dict, Optional, Sequence, Tuple
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.inet6 import (
@@ -584,3 +586,27 @@ def xdp_md(size: int, ingress_ifindex: int = 0, linear: Optional[int] = None) ->
 
 def in_prefix(addr: str, prefix: str) -> bool:
     return ipaddress.ip_address(addr) in ipaddress.ip_network(prefix)
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+def fib_namespace(name: str, forwarding: bool = True) -> Dict[str, int]:
+    """Addresses, MACs and neighbours of FIB_LINKS in namespace `name` (one resolved
+    neighbour per family), and forwarding on or off there whatever the host has (a new
+    namespace copies the host's IPv4 forwarding); returns {interface name: ifindex}."""
+    for dev, (mac, addr4, addr6) in FIB_LINKS.items():
+        _ip("-n", name, "link", "set", dev, "address", mac)
+        _ip("-n", name, "addr", "add", addr4, "dev", dev)
+        _ip("-n", name, "addr", "add", addr6, "dev", dev, "nodad")
+    for addr in (FIB_NEIGH4, FIB_NEIGH6):
+        _ip("-n", name, "neigh", "add", addr, "lladdr", FIB_NEIGH_MAC, "dev", "veth0",
+            "nud", "permanent")
+    on = int(forwarding)
+    # "all" carries the value to every interface that exists (veth0 and veth1 do)
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                    f"net.ipv4.conf.all.forwarding={on}", f"net.ipv6.conf.all.forwarding={on}"],
+                   check=True)
+    return {link["ifname"]: link["ifindex"]
+            for link in json.loads(_ip("-n", name, "-j", "link", "show"))}

@@ -23,7 +23,6 @@ network namespace with routes and neighbours of its own.
 from __future__ import annotations
 
 import ipaddress
-import json
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -1070,30 +1069,6 @@ FIB_CASES = [
 ]
 
 
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
-
-
-def _fib_namespace(name: str, forwarding: bool) -> Dict[str, int]:
-    """Addresses, MACs and neighbours of P.FIB_LINKS in namespace `name`, and forwarding
-    on or off there whatever the host has (a new namespace copies the host's IPv4
-    forwarding); returns {interface name: ifindex}."""
-    for dev, (mac, addr4, addr6) in P.FIB_LINKS.items():
-        _ip("-n", name, "link", "set", dev, "address", mac)
-        _ip("-n", name, "addr", "add", addr4, "dev", dev)
-        _ip("-n", name, "addr", "add", addr6, "dev", dev, "nodad")
-    for addr in (P.FIB_NEIGH4, P.FIB_NEIGH6):
-        _ip("-n", name, "neigh", "add", addr, "lladdr", P.FIB_NEIGH_MAC, "dev", "veth0",
-            "nud", "permanent")
-    on = int(forwarding)
-    # "all" carries the value to every interface that exists (veth0 and veth1 do)
-    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                    f"net.ipv4.conf.all.forwarding={on}", f"net.ipv6.conf.all.forwarding={on}"],
-                   check=True)
-    return {link["ifname"]: link["ifindex"]
-            for link in json.loads(_ip("-n", name, "-j", "link", "show"))}
-
-
 def _forwarding_of(name: str) -> Dict[str, str]:
     """The forwarding sysctls of P.FIB_LINKS' interfaces in namespace `name`."""
     out = {}
@@ -1107,7 +1082,7 @@ def _forwarding_of(name: str) -> Dict[str, str]:
 
 @pytest.mark.parametrize("case", FIB_CASES, ids=[c.name for c in FIB_CASES])
 def test_fib_fallback(netns, case: FibCase):
-    ifindex = _fib_namespace(netns, case.forwarding)
+    ifindex = P.fib_namespace(netns, case.forwarding)
     assert set(_forwarding_of(netns).values()) == {str(int(case.forwarding))}
     with Datapath.load(map_sizes=MAP_SIZES) as dp:
         world(dp)

@@ -71,7 +71,6 @@ import os
 import random
 import re
 import struct
-import subprocess
 import time
 from array import array
 from collections import Counter
@@ -281,27 +280,6 @@ def build_decap() -> DecapPath:
         dp.add_source(prefix)
     dp.set_config(check_source=True)
     return dp
-
-
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
-
-
-def fib_namespace(name: str) -> Dict[str, int]:
-    """P.FIB_LINKS in namespace `name` (addresses, MACs, one resolved neighbour per family,
-    forwarding on): {interface name: ifindex}."""
-    for dev, (mac, addr4, addr6) in P.FIB_LINKS.items():
-        _ip("-n", name, "link", "set", dev, "address", mac)
-        _ip("-n", name, "addr", "add", addr4, "dev", dev)
-        _ip("-n", name, "addr", "add", addr6, "dev", dev, "nodad")
-    for addr in (P.FIB_NEIGH4, P.FIB_NEIGH6):
-        _ip("-n", name, "neigh", "add", addr, "lladdr", P.FIB_NEIGH_MAC, "dev", "veth0",
-            "nud", "permanent")
-    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                    "net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"],
-                   check=True)
-    return {link["ifname"]: link["ifindex"]
-            for link in json.loads(_ip("-n", name, "-j", "link", "show"))}
 
 
 # -- the seed corpus ---------------------------------------------------------------------
@@ -1203,7 +1181,7 @@ def corpora():
 def test_corpus_is_valid_traffic(netns, corpora):
     """Every seed frame, unmutated, from both interfaces: no invariant broken, and the
     corpus reaches the outcomes it was written for (so the mutations start from there)."""
-    ifindex = fib_namespace(netns)
+    ifindex = P.fib_namespace(netns)
     seen: Counter = Counter()
     broken = []
     with enter_netns(netns):
@@ -1229,7 +1207,7 @@ def test_corpus_is_valid_traffic(netns, corpora):
 
 
 def test_balancer_mutations(netns, corpora):
-    ifindex = fib_namespace(netns)
+    ifindex = P.fib_namespace(netns)
     with enter_netns(netns):
         dp = build_balancer(ifindex)
         with dp:
@@ -1268,7 +1246,7 @@ def test_replay(netns, replay):
     the frames in FOUND, or the one PYXLB_FUZZ_REPLAY names."""
     prog, ingress, hexframe = replay.split(":")
     f = bytes.fromhex(hexframe)
-    ifindex = fib_namespace(netns) if prog == "balancer" else {}
+    ifindex = P.fib_namespace(netns) if prog == "balancer" else {}
     with enter_netns(netns):
         dp = build_balancer(ifindex) if prog == "balancer" else build_decap()
         with dp:
