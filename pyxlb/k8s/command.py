@@ -125,8 +125,9 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
     forwarding goes on across restarts), watches Services and EndpointSlices (in every
     namespace, or those of --namespaces) and Nodes, and keeps the node's VIPs and backends
     equal to what they say: with externalTrafficPolicy Local the backends are the nodes
-    holding ready endpoints, weighted by how many; with Cluster, every ready node. One agent at a time (elected through a
-    Lease) allocates external IPs from IPPools and writes Service status.
+    holding ready endpoints, weighted by how many; with Cluster, every ready node. One agent
+    at a time (elected through a Lease) allocates external IPs from IPPools and writes
+    Service status.
 
     While the API server is unreachable the datapath keeps its last state. SIGTERM stops the
     agent and leaves the datapath forwarding. Every option can also be set by the

@@ -30,7 +30,7 @@ from lightkube.types import PatchType
 
 from . import ipam
 from . import translate as tr
-from .informer import Backoff, Informer
+from .informer import ALL_NAMESPACES, Backoff, Informer
 from .kube import FINALIZER, TRANSIENT, ApiError, Event, IPPool, Lease, Service, key_of
 
 log = logging.getLogger("pyxlb.k8s")
@@ -344,7 +344,7 @@ class Controller:
 
     def _list_services(self) -> List[dict]:
         out: List[dict] = []
-        for ns in self.namespaces or ("*",):
+        for ns in self.namespaces or (ALL_NAMESPACES,):
             out.extend(svc.to_dict() for svc in self.client.list(Service, namespace=ns))
         return out
 

@@ -225,14 +225,13 @@ class Informer:
 
 class InformerGroup:
     """Several informers of one kind (one per namespace served) seen as one: the merged
-    cache, synced when all are, connected when all are. Keys are "namespace/name", so the
-    caches of different namespaces never collide."""
+    cache and the count of lists. Keys are "namespace/name", so the caches of different
+    namespaces never collide."""
 
     def __init__(self, informers: List[Informer]):
         if not informers:
             raise ValueError("an informer group needs at least one informer")
         self.informers = list(informers)
-        self.kind = informers[0].kind
 
     def snapshot(self) -> Dict[str, dict]:
         out: Dict[str, dict] = {}
@@ -241,16 +240,9 @@ class InformerGroup:
         return out
 
     @property
-    def connected(self) -> bool:
-        return all(inf.connected for inf in self.informers)
-
-    @property
     def lists(self) -> int:
         """Complete lists made by the group's informers (each: 1 + its relists)."""
         return sum(inf.lists for inf in self.informers)
-
-    def is_synced(self) -> bool:
-        return all(inf.synced.is_set() for inf in self.informers)
 
 
 def _namespaced(resource) -> bool:

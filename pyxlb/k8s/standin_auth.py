@@ -405,13 +405,6 @@ class _Rbac:
                                  role_name, role_ns, index), rule)
 
 
-def matching_grants(rbac_objects: Iterable[Mapping[str, Any]], user: str,
-                    groups: Sequence[str], attrs: RequestAttributes) -> List[Grant]:
-    """Every RBAC rule that allows the request (``authorize`` stops at the first)."""
-    return [item[0] for item in _Rbac(rbac_objects).visit(user, groups, attrs.namespace)
-            if not isinstance(item, str) and rule_allows(item[1], attrs)]
-
-
 def authorize(rbac_objects: Iterable[Mapping[str, Any]], user: str, groups: Sequence[str],
               attrs: RequestAttributes) -> Decision:
     """Whether kube-apiserver (authorization modes RBAC, with the default non-resource
@@ -735,7 +728,7 @@ __all__ = [
     "ADMIN_USER", "ANONYMOUS", "ANONYMOUS_USER", "AUTHENTICATED", "AuditRecord", "Decision",
     "Grant", "MASTERS", "Permission", "RBAC_KINDS", "Request", "RequestAttributes",
     "TlsMaterial", "TokenRegistry", "UNAUTHENTICATED", "Unauthenticated", "UserInfo",
-    "authorize", "forbidden_message", "forbidden_status", "make_tls_material",
-    "matching_grants", "permissions_of", "request_attributes", "rule_allows",
+    "authorize", "bearer_token", "forbidden_message", "forbidden_status", "make_tls_material",
+    "permissions_of", "request_attributes", "rule_allows",
     "service_account_user", "unused_permissions", "without_permission",
 ]
