@@ -111,7 +111,7 @@ class KubeLab(Lab):
 
         def enter():
             fd = os.open(target, os.O_RDONLY)
-            netns._setns(fd)
+            netns.setns(fd)
             os.close(fd)
 
         subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,
@@ -160,7 +160,7 @@ class KubeLab(Lab):
 
         def enter():
             fd = os.open(target, os.O_RDONLY)
-            netns._setns(fd)
+            netns.setns(fd)
             os.close(fd)
 
         env = {k: v for k, v in os.environ.items()

@@ -294,7 +294,7 @@ class Lab:
 
         def enter():
             fd = os.open(target, os.O_RDONLY)
-            netns._setns(fd)
+            netns.setns(fd)
             os.close(fd)
 
         subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,

@@ -16,7 +16,9 @@ NETNS_RUN_DIR = "/var/run/netns"
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at `fd` (for a process
+    that moves once, before it starts any thread, so that every thread lives there)."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
@@ -44,11 +46,11 @@ def enter(name: str):
         os.close(target)
         raise
     try:
-        _setns(target)
+        setns(target)
         try:
             yield
         finally:
-            _setns(home)
+            setns(home)
     finally:
         os.close(target)
         os.close(home)

@@ -938,7 +938,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .. import netns
             fd = os.open(netns.path_of(args.netns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                netns._setns(fd)    # before any thread exists: all of them live there
+                netns.setns(fd)    # before any thread exists: all of them live there
             finally:
                 os.close(fd)
         tool = _Tool(args)
