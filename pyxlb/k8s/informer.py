@@ -25,8 +25,7 @@ import random
 import threading
 from typing import Callable, Dict, List, Optional
 
-from lightkube.types import on_error_raise
-
+from . import lightkube_adapter
 from .kube import TRANSIENT, ApiError, key_of, to_dict
 
 log = logging.getLogger("pyxlb.k8s")
@@ -72,7 +71,8 @@ class Informer:
         self.resource = resource
         self.kind = kind or resource.__name__
         # a namespaced kind is listed in `namespace`; None for a cluster-scoped one
-        self.namespace: Optional[str] = namespace if _namespaced(resource) else None
+        self.namespace: Optional[str] = (namespace if lightkube_adapter.is_namespaced(resource)
+                                         else None)
         self.on_change = on_change
         self.watch_timeout = watch_timeout
         self.backoff = backoff or Backoff()
@@ -164,12 +164,11 @@ class Informer:
                 pass
 
     def _list(self) -> None:
-        items = self._client.list(self.resource, namespace=self.namespace)
+        items, rv = lightkube_adapter.list_objects(self._client, self.resource, self.namespace)
         fresh = {}
         for obj in items:
             d = to_dict(obj)
             fresh[key_of(d)] = d
-        rv = self._list_rv(items)
         self.connected = True
         self.backoff.reset()
         with self._lock:
@@ -186,23 +185,10 @@ class Informer:
                 self.on_change(self.kind, key, prev, obj)
         self.synced.set()
 
-    @staticmethod
-    def _list_rv(items) -> Optional[str]:
-        try:
-            return items.resourceVersion
-        except Exception:   # an empty list that was never iterated far enough
-            return None
-
     def _watch(self) -> None:
-        br = self._client._client.prepare_request(
-            "list", res=self.resource, namespace=self.namespace, watch=True,
-            params={"timeoutSeconds": self.watch_timeout,
-                    "resourceVersion": self.resource_version,
-                    "allowWatchBookmarks": "true"})
-        # a stalled stream (half-open TCP) must end too: a little past the server's timeout
-        gen = self._client._client
-        gen._watch_timeout.read = self.watch_timeout + 15
-        for etype, obj in gen.watch(br, on_error=on_error_raise):
+        for etype, obj in lightkube_adapter.watch(self._client, self.resource, self.namespace,
+                                                  server_timeout=self.watch_timeout,
+                                                  resource_version=self.resource_version):
             if self._stop.is_set():
                 return
             self.connected = True
@@ -243,13 +229,6 @@ class InformerGroup:
     def lists(self) -> int:
         """Complete lists made by the group's informers (each: 1 + its relists)."""
         return sum(inf.lists for inf in self.informers)
-
-
-def _namespaced(resource) -> bool:
-    """Whether a lightkube resource class lives in namespaces."""
-    from lightkube.core.resource import NamespacedResource, NamespacedSubResource
-
-    return issubclass(resource, (NamespacedResource, NamespacedSubResource))
 
 
 def _rv(obj: dict) -> Optional[str]:
