@@ -38,6 +38,7 @@ from yaml.constructor import BaseConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 
+from .announce.bgp import schema as bgp_schema
 from .errors import PyxlbError
 from .state import (AFFINITIES, BACKEND_STATES, MAX_WEIGHT, MODES, RING_SIZE_DEFAULT,
                     RING_SIZE_MAX, Backend, DesiredState, StateError, Vip, VipKey)
@@ -100,8 +101,7 @@ _ANNOUNCE = {
                 "key": {"type": "string", "minLength": 1},
             },
         },
-        "bgp": {"type": "object",
-                "description": "BGP speaker settings (checked by pyxlb.announce.bgp)"},
+        "bgp": bgp_schema.SCHEMA,
     },
 }
 
@@ -561,7 +561,11 @@ def state_from_data(data: Any, source: str = "config",
             known = err.schema.get("properties", {})
             extra = next((k for k in err.instance if k not in known), None)
             at = _key_node(at, extra) or at
-        raise ConfigError(f"{_at(source, at)}: {_where(path)}: {_short(err)}")
+        message = _short(err)
+        if path[:2] == ["announce", "bgp"]:     # the section's own messages (docs/announce.md)
+            more, message = bgp_schema.explain(err)
+            path += more
+        raise ConfigError(f"{_at(source, at)}: {_where(path)}: {message}")
     if "vips" not in data:
         raise ConfigError(f"{_at(source, node)}: no `vips` list (to remove every VIP, write "
                           f"`vips: []`)")

@@ -1,6 +1,6 @@
 """Announcing VIPs: making the network send a VIP's packets to this node.
 
-One small interface, two implementations (STYLE §12, after MetalLB's `Protocol`):
+One small interface, `Announcer` (after MetalLB's `Protocol`), two implementations:
 
 - **L2** (`pyxlb.announce.l2`): exactly one node per VIP answers ARP / neighbour
   solicitations for it (from XDP: the balancer's responder) and sends gratuitous ARP /
@@ -63,9 +63,9 @@ class Announcer(abc.ABC):
         address touched."""
         wanted = set(wanted)
         out: Dict[IPAddress, Result] = {}
-        for vip in sorted(self.announced() - wanted, key=_order):
+        for vip in sorted(self.announced() - wanted, key=address_order):
             out[vip] = self.withdraw(vip)
-        for vip in sorted(wanted - self.announced(), key=_order):
+        for vip in sorted(wanted - self.announced(), key=address_order):
             out[vip] = self.announce(vip)
         return out
 
@@ -75,7 +75,8 @@ class Announcer(abc.ABC):
             self.sync(())
 
 
-def _order(a: IPAddress):
+def address_order(a: IPAddress):
+    """Sort key of addresses: IPv4 before IPv6, then by value."""
     return (a.version, int(a))
 
 

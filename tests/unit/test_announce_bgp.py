@@ -11,9 +11,10 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from pyxlb import config
 from pyxlb.announce import Result
 from pyxlb.announce.bgp import (BgpAnnouncer, BgpError, BgpPeer, BgpSettings, BirdSpeaker,
-                                announced_in, bird_config, upstream_router_config)
+                                announced_in, bird_config, schema, upstream_router_config)
 
 V4 = ipaddress.ip_address("192.0.2.10")
 V6 = ipaddress.ip_address("2001:db8::10")
@@ -271,6 +272,29 @@ def test_each_bad_field_is_one_line_naming_it(data, message):
     text = str(caught.value)
     assert "\n" not in text
     assert re.match(message, text), text
+
+
+@pytest.mark.parametrize("data,message", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_the_config_file_is_refused_in_the_same_words(data, message):
+    """pyxlb/config.py checks the section with the same schema: what the schema refuses,
+    both refuse with one message; the rest (an address that does not parse, keepalive
+    above the hold time...) is left to BgpSettings."""
+    with pytest.raises(BgpError) as caught:
+        BgpSettings.from_dict(data)
+    doc = {"announce": {"mode": "bgp", "bgp": data}, "vips": []}
+    if schema.problem(data) is None:
+        assert config.state_from_data(doc, "lb.yaml") == config.state_from_data({"vips": []})
+    else:
+        with pytest.raises(config.ConfigError) as refused:
+            config.state_from_data(doc, "lb.yaml")
+        assert str(refused.value) == f"lb.yaml: announce.{caught.value}"
+
+
+def test_an_integer_written_as_a_float_is_refused():
+    with pytest.raises(BgpError, match=r"^bgp\.peers\[0\]\.hold_time: must be 0 .*not 3\.0$"):
+        BgpSettings.from_dict(_with(["peers", 0, "hold_time"], 3.0))
+    with pytest.raises(BgpError, match=r"^BGP peer 10\.0\.0\.1 asn: must be an AS number"):
+        BgpPeer(ipaddress.ip_address("10.0.0.1"), 64512.0)
 
 
 def test_settings_from_bgppeer_specs():

@@ -307,6 +307,29 @@ def test_errors_name_line_and_column():
         load_text(text.replace("-2", "2").replace("192.0.2.11", "192.0.2.10"), "lb.yaml")
 
 
+def test_the_bgp_section_is_checked_in_its_own_words():
+    """`announce.bgp` is checked with the schema of pyxlb/announce/bgp/schema.py, whose
+    messages are those of BgpSettings.from_dict (docs/announce.md), with a line and column."""
+    text = ("announce:\n"
+            "  mode: bgp\n"
+            "  bgp:\n"
+            "    asn: 64513\n"
+            "    peers:\n"
+            "      - {address: 10.0.0.1, asn: 64512, hold_time: 2}\n"
+            "vips: []\n")
+    with pytest.raises(ConfigError, match=r"^lb.yaml: line 6, column 52: announce\.bgp\.peers"
+                                          r"\[0\]\.hold_time: must be 0 \(no keepalives\) or "
+                                          r"3-65535 seconds \(BGP's minimum is 3\), not 2$"):
+        load_text(text, "lb.yaml")
+    with pytest.raises(ConfigError, match=r"^lb.yaml: line 4, column 5: announce\.bgp\.asns: "
+                                          r"unknown setting \(known: asn, bfd_interval_ms, "):
+        load_text(text.replace("asn: 64513", "asns: 64513"), "lb.yaml")
+    with pytest.raises(ConfigError, match=r"^lb.yaml: line 4, column 5: announce\.bgp\.asn: "
+                                          r"missing \(this node's AS number\)$"):
+        load_text(text.replace("    asn: 64513\n", "    communities: []\n"), "lb.yaml")
+    assert len(load_text(text.replace("hold_time: 2", "hold_time: 0"), "lb.yaml")) == 0
+
+
 # -- addresses that cannot be right ----------------------------------------------------------
 
 @pytest.mark.parametrize("vip,why", [
