@@ -16,8 +16,8 @@ For each: the initial apply (and the part of it spent planning and refreshing ne
 the process's VmRSS before, after and at its peak, and the kernel memory of the maps (``memlock`` in
 /proc/self/fdinfo, every ring's inner map and the VIP index's included). Then one VIP has one
 backend drained and re-activated in turn, CHANGES applies or CHANGE_BUDGET_S seconds, whichever comes
-first: the apply duration (``last_apply_seconds``) and the time until the changed VIP used
-its new ring (``last_apply_live_seconds``). In the shared layout draining writes a new ring
+first: the apply duration (``ApplyResult.seconds``) and the time until the changed VIP used
+its new ring (``ApplyResult.live_seconds``). In the shared layout draining writes a new ring
 (the VIP leaves its service's ring) while re-activating points the VIP back at the
 service's ring and frees the other; in the distinct layout both write a ring.
 
@@ -50,6 +50,7 @@ from common import machine_info, write_results  # noqa: E402
 from pyxlb import _bpf, netns  # noqa: E402
 from pyxlb import plan as plan_mod  # noqa: E402
 from pyxlb.datapath import Datapath  # noqa: E402
+from pyxlb.datapath import apply as apply_mod  # noqa: E402
 from pyxlb.state import Backend, DesiredState, Vip, VipKey  # noqa: E402
 
 SERVICES, PORTS, BACKENDS = 100, 10, 100
@@ -205,17 +206,18 @@ def run_layout(name: str, distinct: bool, args) -> dict:
     dp = Datapath.load(map_sizes=MAP_SIZES)
     try:
         with watch.timing(plan_mod, "make_plan", "plan"), \
-                watch.timing(dp, "refresh_nexthops", "nexthops"):
-            plan = dp.apply(state)
+                watch.timing(apply_mod, "refresh_nexthops", "nexthops"):
+            result = dp.apply(state)
+            plan = result.plan
             parts = watch.take()
             initial = {
-                "apply_s": round(dp.last_apply_seconds, 3),
-                "live_s": round(dp.last_apply_live_seconds, 3),
+                "apply_s": round(result.seconds, 3),
+                "live_s": round(result.live_seconds, 3),
                 "plan_s": round(parts.get("plan", 0.0), 3),
                 "nexthop_refresh_s": round(parts.get("nexthops", 0.0), 3),
             }
             rings_written = len(plan.ring_writes)
-            del plan        # it holds every new ring's table
+            del plan, result    # they hold every new ring's table
             gc.collect()
             rss = {"before": round(rss_before, 1), "after": round(vm_mb(), 1),
                    "peak": round(vm_mb("VmHWM"), 1)}
@@ -231,10 +233,11 @@ def run_layout(name: str, distinct: bool, args) -> dict:
                 if time.perf_counter() - started > args.budget:
                     break
                 kind, target = ("drain", other) if i % 2 == 0 else ("re-activate", state)
-                plan = dp.apply(target)
+                result = dp.apply(target)
+                plan = result.plan
                 parts = watch.take()
-                steps[kind].append({"apply": dp.last_apply_seconds,
-                                    "live": dp.last_apply_live_seconds,
+                steps[kind].append({"apply": result.seconds,
+                                    "live": result.live_seconds,
                                     "plan": parts.get("plan", 0.0),
                                     "nexthops": parts.get("nexthops", 0.0),
                                     "ring_writes": len(plan.ring_writes),

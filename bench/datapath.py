@@ -37,6 +37,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.support
 
 from common import machine_info, write_results  # noqa: E402
 
@@ -45,13 +46,17 @@ from scapy.layers.inet6 import IPv6  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from pyxlb import _bpf, maps  # noqa: E402
+from pyxlb import _bpf  # noqa: E402
 from pyxlb import _layouts as L  # noqa: E402
 from pyxlb.addr import parse_addr  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
-from pyxlb.datapath import Datapath  # noqa: E402
-from pyxlb.model import FlowKey, flow_hash, ring_slot  # noqa: E402
+from pyxlb.datapath import Datapath, maps  # noqa: E402
+from pyxlb.datapath.vipindex import VipIndex  # noqa: E402
 from pyxlb.maglev import build_table  # noqa: E402
+from pyxlb.plan import BackendRecord, VipRecord  # noqa: E402
+from pyxlb.state import VipKey  # noqa: E402
+
+from tests.support.model import FlowKey, flow_hash, ring_slot  # noqa: E402
 
 BENCH_OBJECT = "bench_bench"
 FRAME_LEN = 128             # = BENCH_SAVE in bench.bpf.c: the wrapper restores all of it
@@ -69,6 +74,7 @@ CLIENT6, VIP6, OTHER6 = "2001:db8:1::7", "2001:db8:100::10", "2001:db8:100::99"
 BACKENDS4 = {i: f"10.1.0.{i}" for i in range(1, 9)}
 BACKENDS6 = {i: f"2001:db8:200::{i - 10:x}" for i in range(11, 19)}
 RING4, RING6 = 1, 2
+PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
 TARGETS = {"not_vip": 3.0, "established_v4": 8.0, "new_flow": 10.0}
 # Figures of a widely used XDP balancer measured on this kind of VM (ns per packet).
@@ -91,15 +97,16 @@ def check(ok: bool, message: str) -> None:
 # -- loading ------------------------------------------------------------------------------
 
 class _BenchDatapath(Datapath):
-    """The production loader and writers, pointed (through SPEC, which is what a subclass
-    of Datapath sets) at the bench object's wrapper entry. Nothing else is overridden."""
+    """The production loader and map accessors, pointed (through SPEC, which is what a
+    subclass of Datapath sets) at the bench object's wrapper entry. Nothing else is
+    overridden."""
 
     SPEC = dataclasses.replace(maps.BALANCER, object=BENCH_OBJECT, program="bench_balancer")
 
 
 def load():
     """The bench object loaded twice over one set of balancer maps: once through Datapath
-    (the writers fill its maps; its program is bench_balancer), once more for the other
+    (its accessors fill the maps; its program is bench_balancer), once more for the other
     entries, reusing those maps so bench_direct sees the same VIPs, flows and counters."""
     dp = _BenchDatapath.load()
     progs = {"balancer": dp.prog}
@@ -204,25 +211,32 @@ SOURCE_RANGES = ([f"198.51.{i}.0/24" for i in range(90, 110)] + ["203.0.113.0/24
                  + [f"192.0.2.{i * 16}/28" for i in range(10)])
 
 
-def configure(dp: Datapath) -> dict:
-    """Config, backends, next hops, rings and VIPs, all through Datapath's writers."""
-    dp.set_config(seed=SEED, src4=SRC4, src6=SRC6)
+def raw_configure(dp: Datapath) -> dict:
+    """Config, backends, next hops, rings and VIPs, written raw through Datapath's map
+    accessors (the ids are the benchmark's own, as its checks name them)."""
+    t = dp.tables
+    t.config.write(seed=SEED, src4=SRC4, src6=SRC6)
     rings = {}
     for ring_id, backends in ((RING4, BACKENDS4), (RING6, BACKENDS6)):
         for bid, addr in backends.items():
-            dp.set_backend(bid, addr)
-            dp.set_nexthop(bid, NEXT_HOP_MAC, LB_MAC, TEST_RUN_IFINDEX)
+            t.backends.put(bid, BackendRecord(addr, L.BACKEND_ACTIVE, False, None, 1))
+            t.nexthops.put(bid, NEXT_HOP_MAC, LB_MAC, TEST_RUN_IFINDEX)
         rings[ring_id] = build_table([(addr, 1, bid) for bid, addr in backends.items()],
                                      size=RING_SIZE)
-        dp.set_ring(ring_id, rings[ring_id])
+        t.rings.put(ring_id, rings[ring_id])
     for v in VIPS.values():
         if v.flags & L.VIP_SOURCE_RANGES:
             for prefix in SOURCE_RANGES:
-                dp.add_source_range(v.vip_id, prefix)
-        dp.set_vip(v.addr, v.port, v.proto, vip_id=v.vip_id, ring_id=v.ring,
-                   ring_size=RING_SIZE, mode=L.MODE_IPIP, flags=v.flags)
-    # as apply leaves it: every VIP in the index (set_vip alone sends lookups to xlb_vips)
-    held = dp.rebuild_vip_index()
+                t.source_ranges.add(v.vip_id, prefix)
+        t.vips.put(VipKey(v.addr, v.port, PROTO_NAMES[v.proto]),
+                   VipRecord(v.vip_id, v.ring, RING_SIZE, L.MODE_IPIP, v.flags))
+    for addr in {v.addr for v in VIPS.values()}:
+        t.vip_addrs.put(addr, L.ADDR_PORTS)
+    t.vip_addrs.write_filter(t.vip_addrs.addresses())
+    # as apply leaves it: every VIP in the index
+    index = VipIndex(t.vips.packed())
+    t.vip_index.install(index)()
+    held = len(index) - index.shared()
     assert held == len(VIPS), f"the VIP index holds {held} of {len(VIPS)} VIPs"
     return rings
 
@@ -486,7 +500,7 @@ def main():
     t0 = time.monotonic()
     dp, progs = load()
     try:
-        rings = configure(dp)
+        rings = raw_configure(dp)
         cases = build_cases(rings)
         measure(dp, progs, cases, runs, iterations)
     finally:

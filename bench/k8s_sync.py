@@ -34,6 +34,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.support
 
 from common import machine_info, write_results  # noqa: E402
 
@@ -69,7 +70,8 @@ def extra_node(i: int) -> str:
 
 def serve(services: int) -> None:
     from pyxlb.k8s import objects as o
-    from pyxlb.k8s.standin import ApiStandIn
+
+    from tests.support.standin import ApiStandIn
 
     # 10,000 Local LoadBalancer Services hold 20,000 node ports (a node port and a health
     # check node port each): more than the default range has, as on a real cluster, so
@@ -141,10 +143,10 @@ class AllHealthy:
 def make_agent(url: str, max_vips: int):
     from pyxlb.k8s.agent import Agent, AgentSettings
     from pyxlb.k8s.kube import connect
-    from pyxlb.k8s.run import datapath_sizes
+    from pyxlb.datapath import map_sizes
     from pyxlb.datapath import Datapath
 
-    dp = Datapath.load(map_sizes={**datapath_sizes(max_vips), "xlb_flows": 65536,
+    dp = Datapath.load(map_sizes={**map_sizes(max_vips), "xlb_flows": 65536,
                                   "xlb_flowsets4": 16384})
     settings = AgentSettings(node_name="n0", ring_size=RING, watch_timeout=300)
     agent = Agent(settings, dp, lambda: connect(url), prober=AllHealthy())
@@ -193,14 +195,13 @@ def change_latency(services: int, changes: int) -> dict:
         want = {}
         seen = threading.Event()
 
-        def on_apply(_seconds):
+        def on_apply(result):
             v = dp.layout().state.vip(want["key"])
             if v is not None and (ipaddress.ip_address(want["addr"]) in
                                   {b.address for b in v.backends}) == want["present"]:
                 # live: when the VIP pointed at its new ring, inside apply (which goes on to
                 # free the old ring after an RCU grace period, and to refresh next hops)
-                want["t"] = time.perf_counter() - (dp.last_apply_seconds
-                                                   - dp.last_apply_live_seconds)
+                want["t"] = time.perf_counter() - (result.seconds - result.live_seconds)
                 seen.set()
 
         dp.on_apply = on_apply

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_info, write_results  # noqa: E402
 
 from pyxlb import _bpf  # noqa: E402
-from pyxlb.datapath import _new_ring  # noqa: E402
+from pyxlb.datapath.maps import new_ring  # noqa: E402
 from pyxlb.maglev import build_table  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main():
                 update(i, raw[4 * i: 4 * i + 4])
 
         def mmapped():      # a new mmap-able ring filled by memcpy, as Datapath.apply does
-            _new_ring(0, table).close()
+            new_ring(0, table).close()
 
         mmap_ms = time_call(mmapped, repeats)
         batch_ms = time_call(batch, repeats)

@@ -183,7 +183,7 @@ def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> It
 def _vips(dp) -> Dict[int, Tuple[str, int]]:
     """{VIP id: (label, VIP_* flags)} of every VIP in xlb_vips now."""
     out = {}
-    for k, v in dp.vip_records():
+    for k, v in dp.tables.vips.records():
         out[v["vip_id"]] = (vip_label(k["family"], k["addr"], k["port"], k["proto"]),
                             v["flags"])
     return out
@@ -191,25 +191,14 @@ def _vips(dp) -> Dict[int, Tuple[str, int]]:
 
 def _backends(dp) -> Dict[int, Tuple[str, str]]:
     """{backend id: (address, "active" | "draining")} of every id in use now."""
-    size = L.SIZES["xlb_backend"]
-    _, values, n = dp.maps.backends.lookup_batch()
-    empty = bytes(size)
-    out = {}
-    for i in range(n):
-        raw = values[i * size:(i + 1) * size]
-        if raw == empty:
-            continue
-        b = L.unpack_backend(raw)
-        if b["state"] == L.BACKEND_ACTIVE:
-            out[i] = (format_addr(b["family"], b["addr"]), "active")
-        elif b["state"] == L.BACKEND_DRAINING:
-            out[i] = (format_addr(b["family"], b["addr"]), "draining")
-    return out
+    states = {L.BACKEND_ACTIVE: "active", L.BACKEND_DRAINING: "draining"}
+    return {bid: (str(rec.address), states[rec.state])
+            for bid, rec in dp.tables.backends.read().items() if rec.state in states}
 
 
 def make_registry(dp) -> CollectorRegistry:
     """A registry holding the datapath's metrics, and the apply-duration histogram fed by
-    `dp.on_apply` (a hook already there is still called)."""
+    `dp.on_apply` (called with each ApplyResult; a hook already there is still called)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatapathCollector(dp))
     hist = Histogram("pyxlb_apply_duration_seconds", "Duration of Datapath.apply calls that "
@@ -217,10 +206,10 @@ def make_registry(dp) -> CollectorRegistry:
                      registry=registry)
     previous = dp.on_apply
 
-    def on_apply(seconds: float) -> None:
-        hist.observe(seconds)
+    def on_apply(result) -> None:
+        hist.observe(result.seconds)
         if previous is not None:
-            previous(seconds)
+            previous(result)
 
     dp.on_apply = on_apply
     return registry

@@ -167,6 +167,18 @@ class Agent:
     def api_up(self) -> bool:
         return all(inf.connected for inf in self.informers)
 
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The reconcile loop's thread (None before start)."""
+        return self._thread
+
+    def health_targets(self) -> Dict[str, Tuple[str, int]]:
+        """{node: (address, port)} of every node probed for a Service's health check."""
+        out: Dict[str, Tuple[str, int]] = {}
+        for nodes in list(self._health_targets.values()):   # (the loop replaces entries)
+            out.update(nodes)
+        return out
+
     # -- change intake (informer threads) -----------------------------------------------------
 
     def _on_change(self, kind: str, key: str, old: Optional[dict], new: Optional[dict]) -> None:
@@ -306,7 +318,7 @@ class Agent:
                                          self.nodes.snapshot().values())
             state, l2, bgp = self.announcer.desired(state, attached=bool(self.dp.interfaces()))
             wanted = (l2, bgp)
-        plan = self.dp.apply(state)
+        plan = self.dp.apply(state).plan
         if wanted is not None:
             # after apply: the XDP responder answers before a gratuitous ARP draws traffic
             self.announcer.sync(*wanted)

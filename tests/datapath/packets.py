@@ -41,9 +41,10 @@ from scapy.packet import Packet, Raw
 from scapy.utils import hexdump
 
 from pyxlb.addr import parse_addr
-from pyxlb.model import FlowKey
-from pyxlb.model import flow_hash as model_flow_hash
-from pyxlb.model import ring_slot as model_ring_slot
+
+from tests.support.model import FlowKey
+from tests.support.model import flow_hash as model_flow_hash
+from tests.support.model import ring_slot as model_ring_slot
 
 # -- the test world ------------------------------------------------------------------------
 
@@ -412,7 +413,7 @@ def describe(frame: bytes) -> str:
     return Ether(frame).show2(dump=True) + hexdump(frame, dump=True)
 
 
-# -- the flow hash: pyxlb.model's copy of hash.h (checked against the kernel there) ---------
+# -- the flow hash: tests.support.model's copy of hash.h (checked against the kernel there) -
 
 
 def five_tuple(frame: Frame) -> Tuple[str, str, int, int, int]:

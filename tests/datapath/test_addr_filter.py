@@ -14,6 +14,8 @@ from pyxlb.addr import filter_slot, parse_addr
 from pyxlb.datapath import Datapath, addr_filter
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
+from .raw import raw_nexthops
+
 VIP4, VIP6 = "192.0.2.10", "2001:db8::10"
 
 
@@ -42,8 +44,7 @@ def dp():
     d.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     d.apply(DesiredState((Vip(VipKey.parse(f"{VIP4}:80/tcp"), (Backend("10.0.1.1"),)),
                           Vip(VipKey.parse(f"[{VIP6}]:80/tcp"), (Backend("2001:db8:1::1"),)))))
-    for bid in d.layout().backend_records():
-        d.set_nexthop(bid, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    raw_nexthops(d)
     yield d
     d.close()
 
@@ -54,11 +55,12 @@ def test_the_filter_holds_exactly_the_vip_addresses(dp):
     assert sum(bin(b).count("1") for b in bits) == 2
 
 
-def test_a_cleared_bit_means_not_a_vip(dp):
+def test_raw_cleared_bits_mean_not_a_vip(dp):
     """Proof that the datapath consults the filter: with the bits cleared, VIP packets
     pass as not-VIP traffic (a state apply never leaves)."""
     assert dp.run(frame(VIP4))[0] == _bpf.XDP_TX
-    dp.maps.addr_filter.update(0, bytes(L.ADDR_FILTER_BITS // 8))
+    dp.tables.vip_addrs.write_filter([])
+    assert dp.maps.addr_filter.lookup(0) == bytes(L.ADDR_FILTER_BITS // 8)
     before = dp.stats()["pass_not_vip"]
     assert dp.run(frame(VIP4))[0] == _bpf.XDP_PASS
     assert dp.run(frame(VIP6))[0] == _bpf.XDP_PASS
@@ -81,9 +83,13 @@ def test_apply_keeps_the_filter_current(dp):
     assert dp.maps.addr_filter.lookup(0) == bytes(L.ADDR_FILTER_BITS // 8)
 
 
-def test_the_thin_writers_keep_it_too(dp):
-    dp.del_vip(VIP4, 80, "tcp")
-    assert dp.maps.addr_filter.lookup(0) == addr_filter([parse_addr(VIP6)[1]])
-    dp.set_vip(VIP4, 80, "tcp", vip_id=9, ring_id=9, ring_size=7, mode=L.MODE_IPIP)
-    assert dp.maps.addr_filter.lookup(0) == addr_filter([parse_addr(VIP4)[1],
-                                                         parse_addr(VIP6)[1]])
+def test_raw_filter_rebuilt_from_the_address_map(dp):
+    """What raw writers do after changing xlb_vip_addrs: the filter made again from every
+    address the map holds is the one apply wrote."""
+    vip_addrs = dp.tables.vip_addrs
+    bits = vip_addrs.filter_bits()
+    vip_addrs.write_filter([])
+    assert sorted(vip_addrs.addresses()) == sorted([parse_addr(VIP4)[1], parse_addr(VIP6)[1]])
+    vip_addrs.write_filter(vip_addrs.addresses())
+    assert vip_addrs.filter_bits() == bits == addr_filter([parse_addr(VIP4)[1],
+                                                           parse_addr(VIP6)[1]])

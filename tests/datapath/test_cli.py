@@ -23,9 +23,9 @@ from click.testing import CliRunner
 
 from pyxlb import _bpf, config, netlink, netns
 from pyxlb import _layouts as L
-from pyxlb.cli import cli
+from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath, DecapPath
-from pyxlb.maps import DECAP_VIPS, FLOWS4
+from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "lb.yaml"

@@ -9,8 +9,7 @@ import pytest
 
 from pyxlb import _bpf
 from pyxlb import _layouts as L
-from pyxlb import maps
-from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.datapath import Datapath, DecapPath, maps
 
 # (map, "key" or "value", struct)
 BALANCER_USES = [

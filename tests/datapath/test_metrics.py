@@ -22,12 +22,13 @@ import pytest
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyxlb import _bpf, maps, metrics
+from pyxlb import _bpf, metrics
 from pyxlb import _layouts as L
 from pyxlb.config import load_text
-from pyxlb.datapath import Datapath
+from pyxlb.datapath import Datapath, maps
 
 from . import packets as P
+from .raw import raw_nexthops
 
 SMALL = {maps.FLOWS: 1024, maps.FLOWS4: 2048, maps.BACKENDS: 64, maps.NEXTHOPS: 64,
          maps.BACKEND_STATS: 64}
@@ -70,9 +71,8 @@ GAUGE_FAMILIES = {
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
 
-def _hop_everything_to_lo(dp: Datapath) -> None:
-    for bid in dp.layout().backend_ids.values():
-        dp.set_nexthop(bid, P.NEXTHOP_MAC, P.EGRESS_MAC, 1)
+def _raw_hop_everything_to_lo(dp: Datapath) -> None:
+    raw_nexthops(dp, dmac=P.NEXTHOP_MAC, smac=P.EGRESS_MAC)
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def exporter():
         dp.configure(seed=P.SEED, src4=P.SRC4, src6=P.SRC6)
         registry = metrics.make_registry(dp)
         dp.apply(load_text(STATE))
-        _hop_everything_to_lo(dp)
+        _raw_hop_everything_to_lo(dp)
         server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
         yield dp, f"http://127.0.0.1:{server.server_address[1]}/metrics"
     finally:
@@ -204,7 +204,7 @@ def test_source_range_drops(exporter):
     dp, url = exporter
     state = load_text(STATE)
     dp.apply(state.with_vip(state.vip(WEB80).replace(source_ranges=("198.51.100.0/24",))))
-    _hop_everything_to_lo(dp)
+    _raw_hop_everything_to_lo(dp)
     before = samples(scrape(url))
     # only VIPs with source ranges have the per-VIP family
     assert {k[1] for k in before if k[0] == "pyxlb_vip_source_range_drops_total"} == \

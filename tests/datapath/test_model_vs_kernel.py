@@ -1,4 +1,4 @@
-"""The kernel's balancer against the pure model (pyxlb/model.py), and consistent hashing
+"""The kernel's balancer against the pure model (tests/support/model.py), and consistent hashing
 observed end to end through BPF_PROG_TEST_RUN.
 
 - Random VIP and backend sets (some VIPs with source ranges) and random packets: for every
@@ -41,7 +41,10 @@ from pyxlb._bpf import XDP_PASS, XDP_TX
 from pyxlb.addr import parse_addr
 from pyxlb.datapath import Datapath
 from pyxlb.maglev import build_table
-from pyxlb.model import FlowKey, Model, Packet, outer_source4, outer_source6
+
+from .raw import raw_backend, raw_vip
+
+from tests.support.model import FlowKey, Model, Packet, outer_source4, outer_source6
 
 # The default 2^19 IPv4 sets: the model's flow table forgets nothing, and in the kernel's a
 # new flow is pushed out when two more land in its set's back half before its second packet
@@ -60,9 +63,44 @@ OUTCOMES: Counter = Counter()       # the model's outcome of every packet sent, 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 
 
+class RawKernel:
+    """The model's writer calls (Model.set_vip, set_backend, ...), made on the kernel's
+    datapath as raw writes through its accessors: the test picks every id, flag and ring."""
+
+    def __init__(self, dp: Datapath):
+        self.dp = dp
+        self.t = dp.tables
+
+    def set_config(self, **fields) -> None:
+        self.t.config.write(**fields)
+
+    def set_backend(self, backend_id: int, addr: str, *, state: int = L.BACKEND_ACTIVE,
+                    flags: int = 0, gen: int = 1) -> None:
+        raw_backend(self.dp, backend_id, addr, state=state,
+                    local=bool(flags & L.BACKEND_LOCAL), gen=gen)
+
+    def del_backend(self, backend_id: int) -> None:
+        self.t.backends.free(backend_id)
+
+    def set_nexthop(self, backend_id: int, dmac, smac, ifindex: int) -> None:
+        self.t.nexthops.put(backend_id, dmac, smac, ifindex)
+
+    def set_vip(self, addr: str, port: int, proto, **record) -> None:
+        raw_vip(self.dp, addr, port, proto, **record)
+
+    def set_ring(self, ring_id: int, table) -> None:
+        self.t.rings.put(ring_id, table)
+
+    def add_source_range(self, vip_id: int, prefix: str) -> None:
+        self.t.source_ranges.add(vip_id, prefix)
+
+    def del_source_range(self, vip_id: int, prefix: str) -> None:
+        self.t.source_ranges.remove(vip_id, prefix)
+
+
 class Both:
-    """Applies every writer call (set_vip, set_backend, ...) to the kernel's datapath and
-    to the model alike."""
+    """Applies every writer call (set_vip, set_backend, ...) to the kernel's datapath (a
+    RawKernel) and to the model alike."""
 
     def __init__(self, *targets):
         self._targets = targets
@@ -332,7 +370,7 @@ def test_kernel_decides_like_the_model(scenario, phase1, phase2):
     backends = [replace(b) for b in backends]   # churned below; the drawn example stays
     model = Model()
     with Datapath.load(map_sizes=MAP_SIZES) as dp:
-        both = Both(dp, model)
+        both = Both(RawKernel(dp), model)
         both.set_config(**config)
         for b in backends:
             both.set_backend(b.backend_id, b.addr, state=b.state, flags=b.flags, gen=b.gen)
@@ -391,17 +429,19 @@ def test_kernel_decides_like_the_model(scenario, phase1, phase2):
 VIP = "192.0.2.10"
 
 
-def ipip_node(seed: int, backends: Dict[int, str], flags: int = 0,
+def raw_ipip_node(seed: int, backends: Dict[int, str], flags: int = 0,
               sizes: Dict[str, int] = MAP_SIZES) -> Datapath:
-    """A balancer with one IPv4 TCP VIP on port 80 over `backends` (id -> IPv4 address)."""
+    """A balancer with one IPv4 TCP VIP on port 80 over `backends` (id -> IPv4 address),
+    written raw (ids of the test's choosing)."""
     dp = Datapath.load(map_sizes=sizes)
-    dp.set_config(seed=seed, src4="10.255.0.0/16")
+    kernel = RawKernel(dp)
+    kernel.set_config(seed=seed, src4="10.255.0.0/16")
     for bid, addr in backends.items():
-        dp.set_backend(bid, addr)
-        dp.set_nexthop(bid, "02:00:00:00:00:02", LB_MAC, 1)
-    dp.set_vip(VIP, 80, "tcp", vip_id=1, ring_id=1, ring_size=L.RING_SIZE_DEFAULT,
-               mode=L.MODE_IPIP, flags=flags)
-    dp.set_ring(1, ring_of(backends))
+        kernel.set_backend(bid, addr)
+        kernel.set_nexthop(bid, "02:00:00:00:00:02", LB_MAC, 1)
+    kernel.set_vip(VIP, 80, "tcp", vip_id=1, ring_id=1, ring_size=L.RING_SIZE_DEFAULT,
+                   mode=L.MODE_IPIP, flags=flags)
+    kernel.set_ring(1, ring_of(backends))
     return dp
 
 
@@ -458,8 +498,9 @@ def test_two_nodes_pick_the_same_backend_without_shared_state():
     backends = v4_backends(range(1, 11))
     by_addr = addr_index(backends)
     frames = FlowFrames(2500, random.Random(1)).frames()
-    node_a, node_b, other_seed = (ipip_node(0x5EED, backends), ipip_node(0x5EED, backends),
-                                  ipip_node(0x5EED + 1, backends))
+    node_a, node_b, other_seed = (raw_ipip_node(0x5EED, backends),
+                                  raw_ipip_node(0x5EED, backends),
+                                  raw_ipip_node(0x5EED + 1, backends))
     try:
         for name in ("flows", "rings", "backends", "config"):
             assert getattr(node_a.maps, name).id != getattr(node_b.maps, name).id
@@ -480,7 +521,7 @@ def test_two_nodes_pick_the_same_backend_without_shared_state():
 MIN_SWAPS = 20
 
 
-def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float = 10.0,
+def run_raw_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float = 10.0,
                    pin_first: bool = False):
     """Packets (cycling over `flows` distinct flows) through one thread while another
     swaps the VIP's ring between backend sets A and B, until `packets` are sent and
@@ -493,28 +534,29 @@ def run_ring_swaps(flags: int, flows: int, packets: int = 20000, seconds: float 
     # the default 2^19 IPv4 sets: the set hash's seed is random, and with 5,000 flows (each
     # opened with two packets, so in the front half) the odds that some set gets more than
     # 4 and forgets one are about 1 in 3 million
-    dp = ipip_node(7, every, flags)
+    dp = raw_ipip_node(7, every, flags)
     ring_a, ring_b = ring_of(set_a), ring_of(set_b)
-    dp.set_ring(1, ring_a)
+    rings = dp.tables.rings
+    rings.put(1, ring_a)
     frames = FlowFrames(flows, random.Random(2)).frames()
     seen, swaps, stop = [], [0], threading.Event()
 
     def swapper():
         while not stop.is_set():
-            dp.set_ring(1, ring_b)
-            dp.set_ring(1, ring_a)
+            rings.put(1, ring_b)
+            rings.put(1, ring_a)
             swaps[0] += 2
 
     if pin_first:
         half = len(frames) // 2
         for ring, part in ((ring_a, range(half)), (ring_b, range(half, len(frames)))):
-            dp.set_ring(1, ring)
+            rings.put(1, ring)
             for index in part:
                 for _ in range(2):      # a second packet: to the front half of its set
                     action, out = dp.run(frames[index])
                     seen.append((index, action,
                                  backend_of(out, by_addr) if action == XDP_TX else None))
-        dp.set_ring(1, ring_a)
+        rings.put(1, ring_a)
         assert dp.flow_counts()[0] == len(frames), "the flow table forgot flows already"
     thread = threading.Thread(target=swapper)
     deadline = time.monotonic() + seconds
@@ -546,14 +588,14 @@ def check_swaps(set_a, set_b, seen, swaps):
 
 def test_ring_swap_under_load_pure_maglev():
     """Every packet a new flow, each consulting whichever ring is in place."""
-    set_a, set_b, seen, swaps = run_ring_swaps(L.VIP_NO_FLOW_TABLE, flows=20000)
+    set_a, set_b, seen, swaps = run_raw_ring_swaps(L.VIP_NO_FLOW_TABLE, flows=20000)
     check_swaps(set_a, set_b, seen, swaps)
 
 
 def test_ring_swap_under_load_with_flow_table():
     """Each flow comes back: a new flow follows the ring in place when it starts; from then
     on the flow table keeps it on that backend whatever the ring says."""
-    set_a, set_b, seen, swaps = run_ring_swaps(0, flows=5000, pin_first=True)
+    set_a, set_b, seen, swaps = run_raw_ring_swaps(0, flows=5000, pin_first=True)
     check_swaps(set_a, set_b, seen, swaps)
     first: Dict[int, int] = {}
     for index, _, backend in seen:
@@ -566,12 +608,12 @@ def test_removing_a_backend_moves_few_other_flows():
     backends = v4_backends(range(1, n + 1))
     by_addr = addr_index(backends)
     frames = FlowFrames(3000, random.Random(3)).frames()
-    dp = ipip_node(11, backends, L.VIP_NO_FLOW_TABLE)
+    dp = raw_ipip_node(11, backends, L.VIP_NO_FLOW_TABLE)
     try:
         before = route(dp, frames, by_addr)
         removed = 4
-        dp.del_backend(removed)
-        dp.set_ring(1, ring_of({b: a for b, a in backends.items() if b != removed}))
+        dp.tables.backends.free(removed)
+        dp.tables.rings.put(1, ring_of({b: a for b, a in backends.items() if b != removed}))
         after = route(dp, frames, by_addr)
     finally:
         dp.close()

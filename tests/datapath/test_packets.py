@@ -1,7 +1,8 @@
-"""The datapath's packet table (STYLE §14): named frames through BPF_PROG_TEST_RUN.
+"""The datapath's packet table: named frames through BPF_PROG_TEST_RUN.
 
-Each row is one case of docs/datapath.md: a name, the input frame, the state (map writes
-through Datapath / DecapPath, and for some rows earlier packets), the XDP action expected,
+Each row is one case of docs/datapath.md: a name, the input frame, the state (raw map
+writes through the accessors of ``dp.tables``, with ids picked by the row, see raw.py; and
+for some rows earlier packets), the XDP action expected,
 the output frame expected, and the exact change of the global counters (``stats()``; every
 counter not named must stay where it was). Some rows add a check of their own (flow
 table, per-VIP and per-backend counters, the outer header taken apart).
@@ -38,6 +39,7 @@ from pyxlb.datapath import Datapath, DecapPath
 from pyxlb.netns import enter as enter_netns
 
 from . import packets as P
+from .raw import raw_announce, raw_backend, raw_vip
 
 PASS, TX, DROP, REDIRECT = _bpf.XDP_PASS, _bpf.XDP_TX, _bpf.XDP_DROP, _bpf.XDP_REDIRECT
 ACTION_NAMES = {_bpf.XDP_ABORTED: "XDP_ABORTED", DROP: "XDP_DROP", PASS: "XDP_PASS",
@@ -81,17 +83,17 @@ class Case:
 
 
 def world(dp: Datapath) -> None:
-    dp.set_config(seed=P.SEED, src4=P.SRC4, src6=P.SRC6)
+    dp.tables.config.write(seed=P.SEED, src4=P.SRC4, src6=P.SRC6)
     for backend_id, addr in P.BACKENDS.items():
-        dp.set_backend(backend_id, addr)
-        dp.set_nexthop(backend_id, P.NEXTHOP_MAC, P.EGRESS_MAC, 1)
+        raw_backend(dp, backend_id, addr)
+        dp.tables.nexthops.put(backend_id, P.NEXTHOP_MAC, P.EGRESS_MAC, 1)
 
 
 def config(**changes):
     """Rewrite the config record: the world's values with `changes`."""
     values = dict(seed=P.SEED, src4=P.SRC4, src6=P.SRC6)
     values.update(changes)
-    return lambda dp: dp.set_config(**values)
+    return lambda dp: dp.tables.config.write(**values)
 
 
 def slots(*backend_ids: int) -> list:
@@ -107,27 +109,28 @@ def vip(addr: str, port: int = 80, proto: str = "tcp", *, mode: int = L.MODE_IPI
         ring: bool = True):
     """A VIP with its own ring (`backends` as in slots()); ring=False installs none."""
     def step(dp):
-        dp.set_vip(addr, port, proto, vip_id=vip_id, ring_id=ring_id, ring_size=P.RING_SIZE,
-                   mode=mode, flags=flags)
+        raw_vip(dp, addr, port, proto, vip_id=vip_id, ring_id=ring_id, ring_size=P.RING_SIZE,
+                mode=mode, flags=flags)
         if ring:
-            dp.set_ring(ring_id, slots(*backends))
+            dp.tables.rings.put(ring_id, slots(*backends))
     return step
 
 
 def ring(*backend_ids: int, ring_id: int = 1):
-    return lambda dp: dp.set_ring(ring_id, slots(*backend_ids))
+    return lambda dp: dp.tables.rings.put(ring_id, slots(*backend_ids))
 
 
 def backend(backend_id: int, addr: Optional[str] = None, **kw):
-    return lambda dp: dp.set_backend(backend_id, addr or P.BACKENDS[backend_id], **kw)
+    """Backend `backend_id` (P.BACKENDS' address unless given); keywords as raw_backend's."""
+    return lambda dp: raw_backend(dp, backend_id, addr or P.BACKENDS[backend_id], **kw)
 
 
 def gone(backend_id: int):
-    return lambda dp: dp.del_backend(backend_id)
+    return lambda dp: dp.tables.backends.free(backend_id)
 
 
 def nexthop(backend_id: int, ifindex: int):
-    return lambda dp: dp.set_nexthop(backend_id, P.NEXTHOP_MAC, P.EGRESS_MAC, ifindex)
+    return lambda dp: dp.tables.nexthops.put(backend_id, P.NEXTHOP_MAC, P.EGRESS_MAC, ifindex)
 
 
 def send(frame: bytes, action: int = TX):
@@ -143,24 +146,24 @@ def local(addr: str):
 
 
 def decap_source(prefix: str):
-    return lambda dp: dp.add_decap_source(prefix)
+    return lambda dp: dp.tables.decap_sources.add(prefix)
 
 
 def ranges(vip_id: int, *prefixes: str):
     """Client prefixes VIP `vip_id` admits (they count only with VIP_SOURCE_RANGES set)."""
     def step(dp):
         for prefix in prefixes:
-            dp.add_source_range(vip_id, prefix)
+            dp.tables.source_ranges.add(vip_id, prefix)
     return step
 
 
 def announce(addr: str, ifindex: int = 0):
-    return lambda dp: dp.announce(addr, ifindex, P.ANNOUNCE_MAC)
+    return lambda dp: raw_announce(dp, addr, ifindex, P.ANNOUNCE_MAC)
 
 
 def if_mac(ifindex: int, mac: str = P.LB_MAC):
     """Attach registers the interface's MAC: VIP frames for another MAC are not ours."""
-    return lambda dp: dp.set_if_mac(ifindex, mac)
+    return lambda dp: dp.tables.if_macs.put(ifindex, mac)
 
 
 def to_mac(frame: bytes, mac: str) -> bytes:
@@ -374,9 +377,9 @@ CASES = [
     Case("local_v6_udp", U6, (vip(P.VIP6, 53, "udp", mode=L.MODE_LOCAL, backends=(11,)),),
          PASS, UNTOUCHED, LOCAL),
     Case("local_backend_ipip_vip", T4,
-         (backend(1, flags=L.BACKEND_LOCAL), vip(P.VIP4)), PASS, UNTOUCHED, LOCAL),
+         (backend(1, local=True), vip(P.VIP4)), PASS, UNTOUCHED, LOCAL),
     Case("local_backend_l2_vip_v6", T6,
-         (backend(11, flags=L.BACKEND_LOCAL), vip(P.VIP6, mode=L.MODE_L2, backends=(11,))),
+         (backend(11, local=True), vip(P.VIP6, mode=L.MODE_L2, backends=(11,))),
          PASS, UNTOUCHED, LOCAL),
     Case("ipip_tos_and_df_copied", P.tcp4(tos=0xB8, flags="DF"), (vip(P.VIP4),), TX,
          tunnelled(P.tcp4(tos=0xB8, flags="DF"), 1), MISS_TX, check=outer_sane),
@@ -1086,7 +1089,7 @@ def test_fib_fallback(netns, case: FibCase):
     assert set(_forwarding_of(netns).values()) == {str(int(case.forwarding))}
     with Datapath.load(map_sizes=MAP_SIZES) as dp:
         world(dp)
-        dp.set_backend(FIB, case.backend)
+        raw_backend(dp, FIB, case.backend)
         case.service(dp)
         for step in case.state:
             step(dp)

@@ -1,6 +1,6 @@
-"""The VIP index (pyxlb/vipindex.py, xlb_vip_index): what apply puts in it, that the kernel
-reads VIPs from it (and from xlb_vips only where a slot says so), shared slots, writes
-outside apply, rollback and restart."""
+"""The VIP index (pyxlb/datapath/vipindex.py, xlb_vip_index): what apply puts in it, that
+the kernel reads VIPs from it (and from xlb_vips only where a slot says so), shared slots,
+raw writes outside apply, rollback and restart."""
 
 import errno
 
@@ -11,11 +11,13 @@ from scapy.layers.l2 import Ether
 
 from pyxlb import _bpf
 from pyxlb import _layouts as L
-from pyxlb import datapath as datapath_mod
-from pyxlb import vipindex
-from pyxlb.addr import parse_addr
-from pyxlb.datapath import Datapath
+from pyxlb.datapath import Datapath, vipindex
+from pyxlb.datapath.apply import Transaction
+from pyxlb.datapath.maps import Vips
+from pyxlb.datapath.vipindex import VipIndex
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
+
+from .raw import raw_backend, raw_index, raw_nexthops, raw_unvip, raw_vip
 
 SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1024}
 ADDR = "192.0.2.10"
@@ -26,9 +28,7 @@ def vip(text, *backends, **kw):
 
 
 def key_bytes(text):
-    k = VipKey.parse(text)
-    family, a = parse_addr(k.address)
-    return L.pack_vip_key(a, k.port, {"tcp": 6, "udp": 17}[k.protocol], family)
+    return Vips.key(VipKey.parse(text))
 
 
 def shared_ports(n=2):
@@ -56,8 +56,7 @@ def send(dp, dport, sport=40000):
 
 def prepare(dp):
     dp.configure(src4="10.255.0.0/16")
-    for bid in dp.layout().backend_records():
-        dp.set_nexthop(bid, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    raw_nexthops(dp)
 
 
 def live_image(dp) -> bytes:
@@ -71,9 +70,7 @@ def live_image(dp) -> bytes:
 
 def held(dp, text):
     """(flags, key, record) of the slot of VIP `text` in the live index."""
-    kb = key_bytes(text)
-    with dp.maps.vip_index.inner_map(0) as inner:
-        s = L.unpack_vip_slot(inner.lookup(vipindex.slot_of(kb)))
+    s = dp.tables.vip_index.slot(key_bytes(text))
     return s["flags"], s["key"], s["vip"]
 
 
@@ -87,7 +84,7 @@ def dp():
 @pytest.mark.parametrize("text", ["192.0.2.10:80/tcp", "192.0.2.10:443/udp",
                                   "203.0.113.255:1/tcp", "[2001:db8::10]:8080/tcp",
                                   "[2001:db8:ffff::1]:65535/udp"])
-def test_slot_of_matches_the_kernel(dp, text):
+def test_raw_delete_shows_slot_of_matches_the_kernel(dp, text):
     """The kernel finds a VIP at the slot Python computed for it: a VIP whose record is only
     in the index (deleted from xlb_vips behind apply's back) is still balanced."""
     k = VipKey.parse(text)
@@ -95,14 +92,13 @@ def test_slot_of_matches_the_kernel(dp, text):
     backend = "2001:db8:1::1" if v6 else "10.0.1.1"
     dp.apply(DesiredState((Vip(k, backends=(Backend(backend),)),)))
     dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
-    for bid in dp.layout().backend_records():
-        dp.set_nexthop(bid, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    raw_nexthops(dp)
     ip = (IPv6(src="2001:db8:9::7", dst=str(k.address)) if v6
           else IP(src="198.51.100.7", dst=str(k.address)))
     l4 = (TCP if k.protocol == "tcp" else UDP)(sport=40000, dport=k.port)
     pkt = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / l4)
     assert dp.run(pkt)[0] == _bpf.XDP_TX
-    dp.maps.vips.delete(key_bytes(text))
+    dp.tables.vips.delete(k)
     assert dp.run(pkt)[0] == _bpf.XDP_TX
     assert dp.stats()["tx"] == 2
 
@@ -125,28 +121,31 @@ def test_apply_puts_every_vip_in_its_slot(dp):
                != bytes(vipindex.SLOT_SIZE)) == 3
 
 
-def test_an_empty_slot_is_no_vip(dp):
+def test_raw_empty_slot_is_no_vip(dp):
     """The kernel trusts an empty slot: with the VIP in xlb_vips but an index without it,
-    the packet is not balanced; swapping the right index back balances it again."""
+    the packet is not balanced; the index built again from xlb_vips balances it again."""
     dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
     prepare(dp)
-    with dp.maps.vip_index.inner_map(0) as right:
-        with vipindex.VipIndex().new_map() as empty:
-            dp.maps.vip_index.set_inner(0, empty)
-        assert send(dp, 80) == (_bpf.XDP_PASS, None)
-        assert dp.stats()["pass_not_vip"] == 1
-        dp.maps.vip_index.set_inner(0, right)
+    dp.tables.vip_index.install(VipIndex())()
+    assert send(dp, 80) == (_bpf.XDP_PASS, None)
+    assert dp.stats()["pass_not_vip"] == 1
+    assert raw_index(dp) == 1
     assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.1")
 
 
-def test_no_index_yet_means_xlb_vips(dp):
+def raw_one_backend(dp):
+    """Backend 1 (10.0.1.9), its next hop out of the test run's interface, ring 1 all of it."""
+    raw_backend(dp, 1, "10.0.1.9")
+    dp.tables.nexthops.put(1, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
+    dp.tables.rings.put(1, [1] * 7)
+    dp.configure(src4="10.255.0.0/16")
+
+
+def test_raw_vips_and_no_index_yet_means_xlb_vips(dp):
     """A datapath whose VIPs were written without apply has no index: the hash map serves."""
     assert dp.maps.vip_index.get(0) is None
-    dp.set_backend(1, "10.0.1.9")
-    dp.set_nexthop(1, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
-    dp.set_ring(1, [1] * 7)
-    dp.configure(src4="10.255.0.0/16")
-    dp.set_vip(ADDR, 80, "tcp", vip_id=1, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
+    raw_one_backend(dp)
+    raw_vip(dp, ADDR, 80, "tcp", vip_id=1, ring_id=1, ring_size=7)
     assert dp.maps.vip_index.get(0) is None
     assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.9")
 
@@ -187,28 +186,27 @@ def test_changes_keep_the_image_equal_to_a_fresh_build(dp):
         dp.apply(DesiredState(tuple(
             vip(t, f"10.0.{i}.1", "10.0.9.9") if "[" not in t else vip(t, f"2001:db8:{i}::1")
             for t in texts)))
-        fresh = vipindex.VipIndex.from_batch(*dp.maps.vips.lookup_batch())
-        assert dp._vip_index is not None
-        assert dp._vip_index.image() == fresh.image() == live_image(dp), f"state {i}"
+        fresh = VipIndex(dp.tables.vips.packed())
+        assert dp.applier.image is not None
+        assert dp.applier.image.image() == fresh.image() == live_image(dp), f"state {i}"
         assert len(fresh) == len(texts)
 
 
-def test_a_write_outside_apply_is_not_hidden_by_the_copy(dp):
-    """set_vip / del_vip change xlb_vips alone: the slot is turned to 'look in xlb_vips' at
-    once, so the packet sees the new record, not the index's old copy."""
+def test_raw_write_outside_apply_is_not_hidden_by_the_copy(dp):
+    """A raw write changes xlb_vips alone: the slot is turned to 'look in xlb_vips' at once
+    (VipIndexMap.demote), so the packet sees the new record, not the index's old copy."""
     dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),)))
     prepare(dp)
-    rec = L.unpack_vip(dp.maps.vips.get(key_bytes(f"{ADDR}:80/tcp")))
-    dp.set_vip(ADDR, 80, "tcp", vip_id=rec["vip_id"], ring_id=rec["ring_id"],
-               ring_size=rec["ring_size"], mode=L.MODE_LOCAL)
+    rec = dp.tables.vips.get(VipKey.parse(f"{ADDR}:80/tcp"))
+    raw_vip(dp, ADDR, 80, "tcp", vip_id=rec.vip_id, ring_id=rec.ring_id,
+            ring_size=rec.ring_size, mode=L.MODE_LOCAL)
     assert held(dp, f"{ADDR}:80/tcp")[0] == L.SLOT_MORE
     assert send(dp, 80) == (_bpf.XDP_PASS, None)
     assert dp.stats()["pass_local"] == 1
-    dp.del_vip(ADDR, 80, "tcp")
+    raw_unvip(dp, ADDR, 80, "tcp")
     assert send(dp, 80) == (_bpf.XDP_PASS, None)
     assert dp.stats()["pass_not_vip"] == 1
-    # the next apply builds the index from the map again
-    dp._layout = None
+    # the epoch moved: the next apply reads the maps back and builds the index from them
     dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),)))
     prepare(dp)
     assert held(dp, f"{ADDR}:80/tcp")[0] == L.SLOT_VIP
@@ -222,7 +220,7 @@ def test_a_failed_apply_puts_the_old_index_back(dp, monkeypatch):
 
     def fail(self, outer, rids):
         raise OSError(errno.EIO, "injected after the index swap")
-    monkeypatch.setattr(datapath_mod._Transaction, "delete_rings", fail)
+    monkeypatch.setattr(Transaction, "delete_inners", fail)
     with pytest.raises(OSError, match="injected"):
         dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),
                                vip(f"{ADDR}:81/tcp", "10.0.1.3"))))
@@ -231,9 +229,9 @@ def test_a_failed_apply_puts_the_old_index_back(dp, monkeypatch):
     assert send(dp, 80) == (_bpf.XDP_TX, "10.0.1.1")
     assert send(dp, 81) == (_bpf.XDP_PASS, None)
     # and the next apply starts from the maps, not from the image of the failed one
-    assert dp._vip_index is None
+    assert dp.applier.image is None
     dp.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.2"),)))
-    assert live_image(dp) == vipindex.VipIndex.from_batch(*dp.maps.vips.lookup_batch()).image()
+    assert live_image(dp) == VipIndex(dp.tables.vips.packed()).image()
 
 
 def test_a_restarted_owner_keeps_the_index_and_rebuilds_it_from_the_maps(bpffs_dir):
@@ -244,23 +242,20 @@ def test_a_restarted_owner_keeps_the_index_and_rebuilds_it_from_the_maps(bpffs_d
         assert second.maps.vip_index.inner_id(0) == live
         second.apply(DesiredState((vip(f"{ADDR}:80/tcp", "10.0.1.1"),
                                    vip(f"{ADDR}:443/tcp", "10.0.1.1"))))
-        assert live_image(second) == vipindex.VipIndex.from_batch(
-            *second.maps.vips.lookup_batch()).image()
+        assert live_image(second) == VipIndex(second.tables.vips.packed()).image()
         assert held(second, f"{ADDR}:443/tcp")[0] == L.SLOT_VIP
         second.destroy()
 
 
-def test_rebuild_after_direct_writes(dp):
-    """rebuild_vip_index puts what set_vip wrote into the index (the benchmark's setup)."""
-    dp.set_backend(1, "10.0.1.9")
-    dp.set_nexthop(1, "02:00:00:00:00:aa", "02:00:00:00:00:bb", 1)
-    dp.set_ring(1, [1] * 7)
-    dp.configure(src4="10.255.0.0/16")
+def test_raw_index_after_raw_writes(dp):
+    """An index built from the whole of xlb_vips holds what raw writes put there (the
+    benchmark's setup)."""
+    raw_one_backend(dp)
     for port in (80, 81):
-        dp.set_vip(ADDR, port, "tcp", vip_id=port, ring_id=1, ring_size=7, mode=L.MODE_IPIP)
-    assert dp.rebuild_vip_index() == 2
+        raw_vip(dp, ADDR, port, "tcp", vip_id=port, ring_id=1, ring_size=7)
+    assert raw_index(dp) == 2
     assert held(dp, f"{ADDR}:81/tcp")[0] == L.SLOT_VIP
-    dp.maps.vips.delete(key_bytes(f"{ADDR}:81/tcp"))     # only the index has it now
+    dp.tables.vips.delete(VipKey.parse(f"{ADDR}:81/tcp"))   # only the index has it now
     assert send(dp, 81) == (_bpf.XDP_TX, "10.0.1.9")
 
 

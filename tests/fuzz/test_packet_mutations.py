@@ -84,6 +84,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from datapath import packets as P
+from datapath.raw import raw_announce, raw_backend, raw_index, raw_vip
 from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import metrics
@@ -242,30 +243,32 @@ def admitted(vip: Vip, src: bytes) -> bool:
 
 
 def build_balancer(ifindex: Dict[str, int]) -> Datapath:
+    """The world above, written raw through the accessors (ids and rings picked here)."""
     dp = Datapath.load(map_sizes=MAP_SIZES)
+    t = dp.tables
     try:
-        dp.set_config(seed=P.SEED, mtu=MTU, src4=ENCAP_SRC4, src6=P.SRC6,
-                      decap_check_source=True)
+        t.config.write(seed=P.SEED, mtu=MTU, src4=ENCAP_SRC4, src6=P.SRC6,
+                       decap_check_source=True)
         for b in BACKENDS.values():
-            dp.set_backend(b.bid, b.addr, flags=b.flags)
+            raw_backend(dp, b.bid, b.addr, local=bool(b.flags & L.BACKEND_LOCAL))
             if b.cached:
-                dp.set_nexthop(b.bid, b.mac, EGRESS_MAC, b.cached)
+                t.nexthops.put(b.bid, b.mac, EGRESS_MAC, b.cached)
         for v in VIPS:
-            dp.set_vip(v.addr, v.port, v.proto, vip_id=v.vid, ring_id=v.vid, ring_size=RING,
-                       mode=v.mode, flags=v.flags)
+            raw_vip(dp, v.addr, v.port, v.proto, vip_id=v.vid, ring_id=v.vid, ring_size=RING,
+                    mode=v.mode, flags=v.flags)
             for prefix in v.ranges:
-                dp.add_source_range(v.vid, prefix)
+                t.source_ranges.add(v.vid, prefix)
             if v.ring is not None:
-                dp.set_ring(v.vid, list(v.ring))
-        dp.rebuild_vip_index()
+                t.rings.put(v.vid, list(v.ring))
+        raw_index(dp)
         for addr, iface in ANNOUNCED.items():
-            dp.announce(addr, ifindex[iface] if iface else 0, ANNOUNCE_MAC)
+            raw_announce(dp, addr, ifindex[iface] if iface else 0, ANNOUNCE_MAC)
         for addr in (P.LOCAL4, P.LOCAL6):
             dp.add_local_addr(addr)
         for prefix in (P.SRC4, P.SRC6):
-            dp.add_decap_source(prefix)
+            t.decap_sources.add(prefix)
         if "veth0" in ifindex:
-            dp.set_if_mac(ifindex["veth0"], LB_MAC)
+            t.if_macs.put(ifindex["veth0"], LB_MAC)
     except BaseException:
         dp.close()
         raise

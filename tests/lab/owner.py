@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     desired = config.load_text(sys.stdin.read(), source="stdin")
     with netns.enter(args.netns):
         dp = Datapath.open(args.pin_dir)
-        plan = dp.apply(desired)
+        plan = dp.apply(desired).plan
         dp.refresh_nexthops()
         print(json.dumps({"ready": True, "plan_empty": plan.empty,
                           "changes": plan.describe()}), flush=True)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* hash.h: the flow hash. Every LB node must compute the same value for the same flow, and
- * pyxlb/model.py recomputes it in Python: change both together. */
+ * tests/support/model.py recomputes it in Python: change both together. */
 #ifndef XLB_HASH_H
 #define XLB_HASH_H
 
@@ -43,7 +43,7 @@ static __always_inline __u32 xlb_fmix(__u32 h)
 }
 
 /* The slot of a 16-byte address in xlb_addr_filter: its four 32-bit words (host order)
- * XORed, then folded to 16 bits. pyxlb/datapath.py computes the same. */
+ * XORed, then folded to 16 bits. pyxlb/addr.py computes the same (filter_slot). */
 static __always_inline __u32 xlb_addr_slot(const __u8 *addr)
 {
 	const __u32 *w = (const __u32 *)addr;
@@ -92,7 +92,7 @@ static __always_inline __u32 xlb_vip_key_word(__be16 port, __u8 proto, __u8 fami
 /*
  * The VIP-index slot of a VIP key, from its words in host order: the address's four words
  * XORed (`addr_xor`), times a golden-ratio constant, the last word mixed in, the top
- * XLB_VIP_INDEX_BITS bits. pyxlb/vipindex.py computes the same (slot_of).
+ * XLB_VIP_INDEX_BITS bits. pyxlb/datapath/vipindex.py computes the same (slot_of).
  */
 static __always_inline __u32 xlb_vip_index_slot(__u32 addr_xor, __u32 last_word)
 {
@@ -105,7 +105,7 @@ static __always_inline __u32 xlb_vip_index_slot(__u32 addr_xor, __u32 last_word)
 /*
  * The ring slot of a flow hash: hash * ring_size / 2^32, which spreads hashes over the slots
  * as evenly as hash % ring_size does, without a division (~25 cycles here, on every new
- * flow). pyxlb/model.py's ring_slot() is the same.
+ * flow). tests/support/model.py's ring_slot() is the same.
  */
 static __always_inline __u32 xlb_ring_slot(__u32 hash, __u32 ring_size)
 {

@@ -8,18 +8,21 @@ several VIPs share a slot, one is held and the slot is flagged ``SLOT_MORE``: th
 then looks in xlb_vips for the others. An empty slot means "no such VIP".
 
 The array is never written in place, where a reader could see half a record: a new one is
-filled whole (mmap, one copy) and swapped into xlb_vip_index with one update. ``VipIndex``
-keeps the image between applies, so an apply re-renders only the slots it touched.
+filled whole (mmap, one copy) and swapped into xlb_vip_index with one update
+(``VipIndexMap.install``). ``VipIndex`` is the image: apply keeps it between applies, so
+an apply re-renders only the slots it touched.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from typing import Dict, Iterable, Mapping
+from typing import Callable, Dict, Iterable, Mapping
 
 from pyxlb import _bpf
 from pyxlb import _layouts as L
+
+from .maps import DIRECT
 
 SLOT_SIZE = L.SIZES["xlb_vip_slot"]
 KEY_SIZE = L.SIZES["xlb_vip_key"]
@@ -39,18 +42,13 @@ def slot_of(key: bytes) -> int:
 
 
 class VipIndex:
-    """The image of an index: {slot: {key: record}} and the bytes the array gets."""
+    """The image of an index: {slot: {key: record}} and the bytes the array gets. Built
+    from packed xlb_vips entries ({xlb_vip_key: xlb_vip}, as Vips.packed reads them)."""
 
     def __init__(self, records: Mapping[bytes, bytes] = None):
         self._slots: Dict[int, Dict[bytes, bytes]] = {}
         self._image = bytearray(SLOT_SIZE * L.VIP_INDEX_SLOTS)
         self.update(records or {}, ())
-
-    @classmethod
-    def from_batch(cls, keys: bytes, values: bytes, n: int) -> "VipIndex":
-        """From a batch read of xlb_vips (Map.lookup_batch)."""
-        return cls({bytes(keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]):
-                    bytes(values[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]) for i in range(n)})
 
     def update(self, writes: Mapping[bytes, bytes], deletes: Iterable[bytes]) -> None:
         """Add or change the VIPs in `writes` ({key: record}), drop those in `deletes`."""
@@ -106,15 +104,34 @@ class VipIndex:
         return inner
 
 
-def demote(outer: "_bpf.Map", key: bytes) -> None:
-    """Make the live index send lookups of `key` to xlb_vips, in place: its slot keeps its
-    bytes but for the flags, which become SLOT_MORE (a reader sees the old flags or the new,
-    and either is right once xlb_vips holds what it should). For writers that change
-    xlb_vips without an apply; the next apply swaps in a whole new index."""
-    if outer.get(0) is None:
-        return
-    slot = slot_of(key)
-    with outer.inner_map(0) as inner:
-        held = L.unpack_vip_slot(inner.lookup(slot))
-        if held["flags"] != L.SLOT_MORE:
-            inner.update(slot, L.pack_vip_slot(held["key"], L.SLOT_MORE, held["vip"]))
+class VipIndexMap:
+    """xlb_vip_index: slot 0 holds the live index (an inner array of struct xlb_vip_slot),
+    or nothing: then the datapath finds every VIP in xlb_vips."""
+
+    def __init__(self, outer: "_bpf.Map", writer=DIRECT):
+        self.map = outer
+        self._w = writer
+
+    def install(self, index: VipIndex) -> Callable[[], None]:
+        """Swap in a new array holding `index`'s image (the writer's add_inners: a
+        transaction keeps the old array for a rollback); returns the function that waits
+        for the swap to end."""
+        return self._w.add_inners(self.map, {0: index.new_map()}, keep_old=True)
+
+    def demote(self, key: bytes) -> None:
+        """Make the live index send lookups of `key` (a packed xlb_vip_key) to xlb_vips, in
+        place: its slot keeps its bytes but for the flags, which become SLOT_MORE (a reader
+        sees the old flags or the new, and either is right once xlb_vips holds what it
+        should). For a write of xlb_vips that no new index follows at once."""
+        if self.map.get(0) is None:
+            return
+        slot = slot_of(key)
+        with self.map.inner_map(0) as inner:
+            held = L.unpack_vip_slot(inner.lookup(slot))
+            if held["flags"] != L.SLOT_MORE:
+                inner.update(slot, L.pack_vip_slot(held["key"], L.SLOT_MORE, held["vip"]))
+
+    def slot(self, key: bytes) -> dict:
+        """{key, flags, vip} (packed key and record) of the live index's slot for `key`."""
+        with self.map.inner_map(0) as inner:
+            return L.unpack_vip_slot(inner.lookup(slot_of(key)))
