@@ -5,7 +5,7 @@ Run as root: .venv/bin/python bench/failover.py [--trials N] [--section l2|bgp]
 Prints a table per section and writes bench/results/failover.json, one key per section
 ("l2", "bgp"; a section that is not run keeps what the file held).
 
-The lab is pyxlb's namespace lab (pyxlb/lab.py), built by this script under its own
+The lab is pyxlb's namespace lab (pyxlb/lab/), built by this script under its own
 prefix and removed at the end, also on failure or Ctrl-C.
 
 ## L2 (section "l2")

@@ -9,7 +9,7 @@ environment variables (two at a time by default, one per vCPU):
 - mutations: tests/fuzz/test_packet_mutations.py, PYXLB_FUZZ_MUTATIONS mutated frames
   (default 2,000,000: 1,500,000 through the balancer, 500,000 through the decapsulator),
   seed PYXLB_FUZZ_SEED (default: a fresh random one, printed and saved);
-- model: the kernel against pyxlb/model.py (tests/datapath/test_model_vs_kernel.py,
+- model: the kernel against tests/support/model.py (tests/datapath/test_model_vs_kernel.py,
   test_kernel_decides_like_the_model), PYXLB_MODEL_PACKETS random packets (default
   100,000);
 - cli: tests/fuzz/test_cli_inputs.py, the CLI's bad-input corpus, PYXLB_FUZZ_CLI_CASES

@@ -3,8 +3,9 @@
 set -eu
 # libcap2-bin (capsh) and util-linux (nsenter): the DaemonSet capability test; bird2: the
 # BGP speaker of `announce: bgp` (and the router of the BGP lab tests); vagrant and
-# shellcheck: the Vagrant lab's static checks (vagrant validate, shellcheck)
-PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev libcap2-bin util-linux bird2 vagrant shellcheck"
+# shellcheck: the Vagrant lab's static checks (vagrant validate, shellcheck);
+# python3-jsonschema: the lab router's config, generated with Debian's python3 as its VM does
+PACKAGES="clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config iproute2 ethtool iptables nftables python3-venv python3-dev python3-jsonschema libcap2-bin util-linux bird2 vagrant shellcheck"
 missing=""
 for p in $PACKAGES; do
 	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -249,6 +249,11 @@ class Controller:
             self._pools_dirty = True
             self._cond.notify()
 
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The controller loop's thread (None before start)."""
+        return self._thread
+
     def start(self) -> "Controller":
         self.pools.start()
         self._thread = threading.Thread(target=self._run, name="ipam-controller", daemon=True)

@@ -101,6 +101,11 @@ class Informer:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The list + watch loop's thread (None before start)."""
+        return self._thread
+
     def snapshot(self) -> Dict[str, dict]:
         with self._lock:
             return dict(self.cache)

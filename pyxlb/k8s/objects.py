@@ -4,8 +4,9 @@ Used where pyxlb plays the cluster itself: the Kubernetes lab, the agent benchma
 agent tests (all against the API stand-in). A Service is what a user writes: what the API
 server fills in (ipFamilies, ipFamilyPolicy, externalTrafficPolicy, targetPort, clusterIP,
 node ports...) is left to the server, here the stand-in's admission
-(pyxlb.k8s.standin_admission), unless the caller asks for a value. Nodes and EndpointSlices
-are what the kubelet and the EndpointSlice controller write (addresses, conditions).
+(tests/support/standin_admission.py), unless the caller asks for a value. Nodes and
+EndpointSlices are what the kubelet and the EndpointSlice controller write (addresses,
+conditions).
 """
 
 from __future__ import annotations

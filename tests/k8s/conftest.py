@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pyxlb.k8s import objects
-from pyxlb.k8s.standin import ApiStandIn
+
+from tests.support.standin import ApiStandIn
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from pyxlb.k8s import objects as o
 from pyxlb.k8s.agent import Agent, AgentSettings
 from pyxlb.k8s.controller import Controller
 from pyxlb.k8s.kube import FINALIZER, connect
-from pyxlb.k8s.standin import ApiStandIn
+
+from tests.support.standin import ApiStandIn
 
 NODES = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
 POOL = "192.0.2.0/29"

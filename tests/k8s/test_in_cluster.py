@@ -20,10 +20,11 @@ import yaml
 
 from pyxlb.datapath import Datapath
 from pyxlb.k8s import objects as o
-from pyxlb.k8s import standin_auth as auth
 from pyxlb.k8s.kube import FINALIZER
 from pyxlb.k8s.run import AgentNode, Options
-from pyxlb.k8s.standin import ApiStandIn
+
+from tests.support import standin_auth as auth
+from tests.support.standin import ApiStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
 NS, SA = "pyxlb-system", "pyxlb-agent"

@@ -20,7 +20,8 @@ from lightkube.types import PatchType, on_error_raise
 
 from pyxlb.errors import PyxlbError
 from pyxlb.k8s import objects
-from pyxlb.k8s.standin import KINDS, ApiStandIn, StandInError
+
+from tests.support.standin import KINDS, ApiStandIn, StandInError
 
 IPPool = create_global_resource("pyxlb.io", "v1alpha1", "IPPool", "ippools")
 

@@ -1,4 +1,4 @@
-"""The API stand-in's admission (pyxlb.k8s.standin_admission) through the real lightkube
+"""The API stand-in's admission (tests.support.standin_admission) through the real lightkube
 client over HTTP: what kube-apiserver 1.33 fills in on a Service (defaults, cluster IPs,
 node ports, health check node port), what it carries over and drops on an update, what it
 refuses (with its messages), and namespaces as objects (missing, terminating, deleted with
@@ -15,8 +15,9 @@ from lightkube.resources.rbac_authorization_v1 import Role
 from lightkube.types import PatchType
 
 from pyxlb.k8s import objects
-from pyxlb.k8s.standin import ApiStandIn, StandInError
-from pyxlb.k8s.standin_admission import default_service
+
+from tests.support.standin import ApiStandIn, StandInError
+from tests.support.standin_admission import default_service
 
 V4, V6 = ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00:10:96::/108")
 CLEANUP = "service.kubernetes.io/load-balancer-cleanup"      # the finalizer pyxlb sets

@@ -24,9 +24,9 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ConfigMap, Node, Secret, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 
-from pyxlb.k8s import standin_auth as auth
-from pyxlb.k8s.standin import ApiStandIn, StandInError
-from pyxlb.k8s.standin_auth import RequestAttributes, authorize, request_attributes
+from tests.support import standin_auth as auth
+from tests.support.standin import ApiStandIn, StandInError
+from tests.support.standin_auth import RequestAttributes, authorize, request_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC_YAML = ROOT / "deploy" / "rbac.yaml"

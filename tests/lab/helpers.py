@@ -24,7 +24,7 @@ from pyxlb._layouts import STAT_NAMES
 from pyxlb.lab import BACKENDS, CLIENT, HTTP_PORT, VIP4, VIP6, Lab, node_addr
 from pyxlb.state import DesiredState, Vip
 
-# One scenario, four ways (STYLE §17): every lab test that makes sense for both address
+# One scenario, four ways: every lab test that makes sense for both address
 # families and both DSR modes takes (family, mode) from @DSR (ids "ipv4-ipip", ...).
 CASES = ((4, "ipip"), (4, "l2"), (6, "ipip"), (6, "l2"))
 DSR = pytest.mark.parametrize("family,mode", [pytest.param(family, mode, id=f"ipv{family}-{mode}")
@@ -113,8 +113,8 @@ def state(*vips: Vip) -> DesiredState:
 
 class HeldPost:
     """A POST /echo sent as headers and the first half of its body; the connection stays
-    open until finish() sends the rest. labhttp answers only once it has the whole body,
-    with the name of the backend that read it."""
+    open until finish() sends the rest. The lab's HTTP server (pyxlb/lab/http.py) answers
+    only once it has the whole body, with the name of the backend that read it."""
 
     SIZE = 4000
 

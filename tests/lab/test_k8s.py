@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
-from pyxlb import scenarios
 from pyxlb.k8s import objects as o
-from pyxlb.k8s.standin import ApiStandIn
-from pyxlb.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab
-from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr
+from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr, scenarios
+
+from tests.support.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab
+from tests.support.standin import ApiStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = "system:serviceaccount:pyxlb-system:pyxlb-agent"
@@ -50,8 +50,14 @@ def _wait(check, timeout, what, lab=None):
     raise AssertionError(f"timed out waiting for {what}{logs}")
 
 
+def start_agent(lab, api, node):
+    lab.start_agent(node, api, "--lease-duration", "2")
+
+
 @pytest.fixture(scope="module")
-def klab():
+def klab_module():
+    """The module's lab, built once: the stand-in on the router, installed as docs/deploy.md
+    says, and an agent on every node. Tests take it through `klab`."""
     assert os.geteuid() == 0, "the lab tests need root (namespaces, XDP, bpffs)"
     lab = KubeLab(f"k{os.getpid() % 100000}")
     api = None
@@ -70,7 +76,7 @@ def klab():
         api.create(o.ip_pool("lab", [f"{VIP4}/32"], auto_assign=False))
         api.create(o.ip_pool("lab-auto", [f"{AUTO_VIP4}/32"]))
         for node in KNODES:
-            lab.start_agent(node, api, "--lease-duration", "2")
+            start_agent(lab, api, node)
         yield lab, api
         refused = [r.attributes.describe() for r in api.audit
                    if r.user == AGENT and not r.allowed]
@@ -79,6 +85,21 @@ def klab():
         if api is not None:
             api.stop()
         lab.down()
+
+
+@pytest.fixture
+def klab(klab_module):
+    """The module's lab as the module built it, whatever a test before this one did (or
+    failed to undo): every agent running, every node's link up and its port flooded to, VIP
+    traffic routed to n1."""
+    lab, api = klab_module
+    for node in KNODES:
+        lab.restore_link(node)
+        if not lab.agent_runs(node):
+            start_agent(lab, api, node)
+    lab.flood(KNODES, True)
+    lab.route_via("n1")
+    return lab, api
 
 
 def ensure_web(api):
@@ -116,7 +137,7 @@ def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
         seen[name] += 1
         clients.add(client)
     assert clients == {str(node_addr(CLIENT, 4))}, "the nodes see the client's own address"
-    # the Vagrant lab's check (pyxlb/scenarios.py): 2:1 within 10 points, n3 exactly 0
+    # the Vagrant lab's check (pyxlb/lab/scenarios.py): 2:1 within 10 points, n3 exactly 0
     shares = scenarios.compare(scenarios.pod_shares({"n1": 2, "n2": 1, "n3": 0}), seen,
                                tolerance=0.10)
     assert shares.ok, shares.table()
@@ -127,7 +148,7 @@ def test_local_service_traffic_lands_on_nodes_by_their_pods(klab):
     assert sum(again.values()) == 60 and set(again) <= {"n1", "n2"}
 
     # a restarted agent adopts the pinned datapath, and follows a change: pods move to n3
-    lab.start_agent("n1", api, "--lease-duration", "2")
+    start_agent(lab, api, "n1")
     api.update(o.spread("web", {"n3": 2}, namespace=SHOP, name="web-ipv4"))
 
     def moved():
@@ -243,6 +264,6 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
     finally:
         if dead is not None:
             lab.restore_link(dead)
-            lab.start_agent(dead, api, "--lease-duration", "2")
+            start_agent(lab, api, dead)
         lab.route_via("n1")
         lab.flood(KNODES, True)

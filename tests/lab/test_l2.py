@@ -347,5 +347,5 @@ def test_an_l2_vip_serves_again_within_a_second_when_the_lb_loses_its_neighbours
     finally:
         if how == "link_flap":
             lab.restore_link("lb1")
-        lab._warm_neighbours()      # whatever happened, the next test finds them resolved
+        lab.warm_neighbours()       # whatever happened, the next test finds them resolved
         lab.apply(l2)

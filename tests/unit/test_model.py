@@ -1,4 +1,4 @@
-"""The pure model of the balancer's decision (pyxlb/model.py), without a kernel.
+"""The pure model of the balancer's decision (tests/support/model.py), without a kernel.
 
 The flow-hash values below were computed once by the kernel (balancer.o, read back as the
 last 32 bits of an IP6IP6 outer source with a /96 source prefix) and pinned here: with
@@ -13,8 +13,9 @@ import pytest
 
 from pyxlb import _layouts as L
 from pyxlb._bpf import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from pyxlb.model import (Decision, Model, NotModelled, Packet, flow_hash, outer_source4,
-                         outer_source6, ring_slot)
+
+from tests.support.model import (Decision, Model, NotModelled, Packet, flow_hash,
+                                 outer_source4, outer_source6, ring_slot)
 
 # (src, dst, sport, dport, proto, seed, affinity) -> xlb_flow_hash from the kernel
 KNOWN_HASHES = [

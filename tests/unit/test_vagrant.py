@@ -1,5 +1,5 @@
 """The Vagrant lab (vagrant/), checked without VMs, and the scenario logic it shares with the
-namespace lab (pyxlb/scenarios.py).
+namespace lab (pyxlb/lab/scenarios.py).
 
 VMs cannot run here, so this is what can be proven statically: `vagrant validate` accepts
 the Vagrantfile (and it is really evaluated: a bad setting is refused), shellcheck passes on
@@ -28,10 +28,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pyxlb import scenarios
 from pyxlb.announce.bgp import upstream_router_config
-from pyxlb.lab import CLIENT, CLIENT_NET, HOST, ROUTER, SEGMENT_NET, VIP4, node_addr
-from pyxlb.scenarios import Answer, ScenarioError
+from pyxlb.lab import CLIENT, CLIENT_NET, HOST, ROUTER, SEGMENT_NET, VIP4, node_addr, scenarios
+from pyxlb.lab.scenarios import Answer, ScenarioError
 
 ROOT = Path(__file__).resolve().parents[2]
 VAGRANT = ROOT / "vagrant"
@@ -133,7 +132,7 @@ def test_address_plan_is_the_namespace_labs():
         assert ipaddress.ip_address(ip) in ipaddress.ip_network(SEGMENT_NET.v4), name
         assert ip == str(node_addr(f"n{i}", 4)), (name, ip, HOST[f"n{i}"])
     assert VIP4 in ipaddress.ip_network(c["VIP_POOL"])
-    # the scenarios tell pyxlb.scenarios which address the pods should see
+    # the scenarios tell pyxlb.lab.scenarios which address the pods should see
     assert f"\nCLIENT_IP={c['CLIENT_IP']}\n" in (VAGRANT / "scenarios/lib/common.sh").read_text()
 
 
@@ -200,7 +199,7 @@ def test_echo_workload_is_two_one_zero_under_local():
         # the image the nodes imported (no registry): the DaemonSet's, with kustomize's tag
         assert container["image"] == f"pyxlb:{kust['images'][0]['newTag']}"
         assert container["imagePullPolicy"] == "Never"
-        assert container["command"] == ["python3", "-m", "pyxlb.scenarios"]
+        assert container["command"] == ["python3", "-m", "pyxlb.lab.scenarios"]
         assert container["args"][:3] == ["serve", "--name", "$(POD_NAME)@$(NODE_NAME)"]
         assert container["ports"][0]["containerPort"] == int(container["args"][4])
     assert placement == {"node1": 2, "node2": 1}
@@ -345,11 +344,11 @@ def test_router_provisioning_forwards_by_the_l4_hash():
     for setting in ("net.ipv4.ip_forward = 1", "net.ipv4.fib_multipath_hash_policy = 1",
                     "net.ipv6.fib_multipath_hash_policy = 1"):
         assert setting in text
-    assert "python3 -m pyxlb.scenarios router-config" in text
+    assert "python3 -m pyxlb.lab.scenarios router-config" in text
 
 
 def test_router_config_is_pyxlbs_upstream_config(capsys):
-    """router.sh writes what `pyxlb.scenarios router-config` prints for the Vagrantfile's
+    """router.sh writes what `pyxlb.lab.scenarios router-config` prints for the Vagrantfile's
     nodes: upstream_router_config's BIRD file (merge paths, host routes from each node)."""
     c = _constants()
     nodes = [(ip, int(c["NODE_ASN"])) for ip in _nodes().values()]
@@ -364,7 +363,7 @@ def test_router_config_is_pyxlbs_upstream_config(capsys):
         assert f"neighbor {ip} as {c['NODE_ASN']};" in out
 
 
-# -- pyxlb.scenarios: the expected-vs-actual table --------------------------------------------
+# -- pyxlb.lab.scenarios: the expected-vs-actual table ----------------------------------------
 
 def test_pod_shares_follow_pods_not_nodes():
     assert scenarios.pod_shares({"n1": 2, "n2": 1, "n3": 0}) == \
@@ -532,7 +531,7 @@ def test_main_counts_refused_connections_and_reports_bad_arguments(capsys):
         capsys.readouterr().err
     assert scenarios.main(["measure", "--vip", "127.0.0.1", "--pods", "n=1", "--count",
                            "0"]) == 2
-    assert "pyxlb.scenarios: error: --count 0: at least one connection" in \
+    assert "pyxlb.lab.scenarios: error: --count 0: at least one connection" in \
         capsys.readouterr().err
 
 
@@ -542,7 +541,7 @@ def test_scenarios_module_needs_only_the_standard_library():
     python = shutil.which("python3", path="/usr/bin")
     assert python, "Debian's /usr/bin/python3 is missing"
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r});"
-            "import pyxlb.scenarios, pyxlb.labhttp, pyxlb.announce.bgp;"
+            "import pyxlb.lab.scenarios, pyxlb.lab.http, pyxlb.announce.bgp;"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('pyroute2', 'lightkube', 'click', 'yaml', 'jsonschema', 'prometheus_client') or "
             "m.startswith('pyxlb._'));"
@@ -550,3 +549,28 @@ def test_scenarios_module_needs_only_the_standard_library():
     done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_router_config_runs_on_debians_python():
+    """What router.sh runs, run the same way: Debian's python3 with the Debian packages
+    router.sh installs (python3-jsonschema checks the settings), from the checkout."""
+    python = shutil.which("python3", path="/usr/bin")
+    assert python, "Debian's /usr/bin/python3 is missing"
+    c = _constants()
+    nodes = [(ip, int(c["NODE_ASN"])) for ip in _nodes().values()]
+    args = ["router-config", "--router-id", c["ROUTER_IP"], "--asn", c["ROUTER_ASN"]]
+    for ip, asn in nodes:
+        args += ["--node", f"{ip}={asn}"]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r});"
+            f"from pyxlb.lab.scenarios import main; sys.exit(main({args!r}))")
+    done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == upstream_router_config(c["ROUTER_IP"], int(c["ROUTER_ASN"]),
+                                                 nodes) + "\n"
+    bad = args[:-1] + [f"{nodes[-1][0]}=0"]
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r});"
+            f"from pyxlb.lab.scenarios import main; sys.exit(main({bad!r}))")
+    refused = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                             timeout=30)
+    assert refused.returncode != 0 and "AS" in refused.stderr, refused.stderr

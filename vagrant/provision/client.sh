@@ -1,6 +1,6 @@
 #!/bin/sh
 # The client: outside the cluster, behind the router. It reaches the VIPs (and the nodes)
-# through the router, with curl and with python3 for `python3 -m pyxlb.scenarios`, which
+# through the router, with curl and with python3 for `python3 -m pyxlb.lab.scenarios`, which
 # runs from the synced checkout without building anything. Environment (from the
 # Vagrantfile): ROUTER_CLIENT_IP, VIP_POOL, SEGMENT_NET.
 set -eu

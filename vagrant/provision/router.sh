@@ -10,7 +10,8 @@ set -eu
 # shellcheck source=vagrant/provision/common.sh
 . /vagrant/vagrant/provision/common.sh
 
-need bird2 python3 tcpdump
+# python3-jsonschema: the router config's settings are checked with pyxlb's BGP schema
+need bird2 python3 python3-jsonschema tcpdump
 
 # Forwarding, and ECMP by the 5-tuple: with the default policy 0 every flow from the client
 # to a VIP would take the same node.
@@ -29,7 +30,7 @@ for ip in $NODE_IPS; do
     nodes="$nodes --node $ip=$NODE_ASN"
 done
 # shellcheck disable=SC2086  # one word per option
-conf=$(cd /vagrant && python3 -m pyxlb.scenarios router-config --router-id "$ROUTER_IP" \
+conf=$(cd /vagrant && python3 -m pyxlb.lab.scenarios router-config --router-id "$ROUTER_IP" \
     --asn "$ROUTER_ASN" $nodes)
 if printf '%s\n' "$conf" | put /etc/bird/bird.conf 0640; then
     chown bird:bird /etc/bird/bird.conf

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-import jsonschema
-
 DEFAULT_STATE_DIR = "/run/pyxlb/bird"
 DEFAULT_HOLD_TIME = 3
 BFD_INTERVAL_MS = 100
@@ -112,6 +110,10 @@ _VALIDATORS: Dict[int, Any] = {}
 
 
 def _validator(schema: dict):
+    # imported when first needed: the Vagrant lab's router imports this package with
+    # Debian's python3 and its python3-jsonschema, and only to validate, never at import
+    import jsonschema
+
     v = _VALIDATORS.get(id(schema))
     if v is None:
         v = _VALIDATORS[id(schema)] = jsonschema.Draft202012Validator(schema)
@@ -192,6 +194,8 @@ def _whole_numbers(data: Any, schema: dict, path: List[Any]) -> Optional[Tuple[L
 def problem(data: Any, schema: dict = SCHEMA) -> Optional[Tuple[List[Any], str]]:
     """(path of the field at fault, its message) for the first thing in `data` that
     `schema` (SCHEMA or a part of it) refuses, or None."""
+    import jsonschema.exceptions
+
     errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)

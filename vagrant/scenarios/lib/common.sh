@@ -23,7 +23,7 @@ kube() {
 }
 
 # measure POLICY COUNT [OPTION...]: connect COUNT times from the client VM to the echo
-# Service's external IP and print expected beside actual (python3 -m pyxlb.scenarios).
+# Service's external IP and print expected beside actual (python3 -m pyxlb.lab.scenarios).
 # VIP and PODS, when set, save asking node1 (a few seconds each).
 measure() {
     policy=$1
@@ -31,7 +31,7 @@ measure() {
     shift 2
     vip=${VIP:-$(kube vip)}
     pods=${PODS:-$(kube pods)}
-    on client "cd /vagrant && python3 -m pyxlb.scenarios measure --vip $vip --pods $pods \
+    on client "cd /vagrant && python3 -m pyxlb.lab.scenarios measure --vip $vip --pods $pods \
         --policy $policy --client $CLIENT_IP --count $count $*"
 }
 

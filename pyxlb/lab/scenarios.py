@@ -2,14 +2,14 @@
 (vagrant/scenarios/*.sh): what share of connections each node should get, what it got, and a
 table of both with OK/FAIL.
 
-Standard library only (and `pyxlb.labhttp`, itself standard library only), so the client VM
+Standard library only (and `pyxlb.lab.http`, itself standard library only), so the client VM
 runs it straight from the synced checkout without building pyxlb:
 
-    python3 -m pyxlb.scenarios measure --vip 10.77.100.0 --pods node1=2,node2=1,node3=0 \\
+    python3 -m pyxlb.lab.scenarios measure --vip 10.77.100.0 --pods node1=2,node2=1,node3=0 \\
         --policy Local --client 10.77.1.2
-    python3 -m pyxlb.scenarios serve --name web-1@node1 --port 8080     # in the echo pods
-    python3 -m pyxlb.scenarios router-config --router-id 10.77.2.1 --asn 64512 \\
-        --node 10.77.2.31=64513 ...                                     # the router's BIRD
+    python3 -m pyxlb.lab.scenarios serve --name web-1@node1 --port 8080  # in the echo pods
+    python3 -m pyxlb.lab.scenarios router-config --router-id 10.77.2.1 --asn 64512 \\
+        --node 10.77.2.31=64513 ...                                  # the router's BIRD
 
 A share is a fraction of all connections. A row passes when its actual share is within the
 tolerance of the expected one, except that a row expected to get nothing must get exactly
@@ -27,7 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import PyxlbError
+from ..errors import PyxlbError
+from ..numbers import int_in
 
 DEFAULT_TOLERANCE = 0.10
 POLICIES = ("Local", "Cluster")
@@ -80,7 +81,7 @@ class Comparison:
 
 def _check_counts(counts: Mapping[str, int], what: str) -> None:
     for name, n in counts.items():
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if not int_in(n, 0):
             raise ScenarioError(f"{what} of {name!r} is {n!r}: it must be a whole number >= 0")
 
 
@@ -179,7 +180,7 @@ def owner(address: str, networks: Mapping[str, Sequence[ipaddress._BaseNetwork]]
 
 @dataclass(frozen=True)
 class Answer:
-    """One connection's answer, in pyxlb.labhttp's format "<name> <client> <port>": the
+    """One connection's answer, in pyxlb.lab.http's format "<name> <client> <port>": the
     echo pods name themselves POD@NODE; the namespace lab's backends by their node."""
 
     pod: str
@@ -264,12 +265,12 @@ def measure(answers: Sequence[Answer], failed: int, *, pods: Mapping[str, int], 
 # -- the echo pods' server --------------------------------------------------------------------
 
 def make_server(name: str, port: int, host: str = "::"):
-    """pyxlb.labhttp's server (the namespace lab's backends) answering as `name`, logging
+    """pyxlb.lab.http's server (the namespace lab's backends) answering as `name`, logging
     whom each request came from, so `kubectl logs` shows the client address a pod saw.
     On "::" it takes IPv4 and IPv6 on one socket, or IPv4 alone in a pod without IPv6."""
-    from . import labhttp
+    from . import http as lab_http
 
-    class Logged(labhttp.Handler):
+    class Logged(lab_http.Handler):
         def log_message(self, fmt: str, *args) -> None:
             peer, peer_port = self.client_address[:2]
             if peer.startswith("::ffff:"):
@@ -279,11 +280,11 @@ def make_server(name: str, port: int, host: str = "::"):
     server: Any
     if host == "::":
         try:
-            server = labhttp.DualStackServer(("::", port), Logged)
+            server = lab_http.DualStackServer(("::", port), Logged)
         except OSError:
             host = "0.0.0.0"
     if host != "::":
-        server = labhttp.ThreadingHTTPServer((host, port), Logged)
+        server = lab_http.ThreadingHTTPServer((host, port), Logged)
         server.daemon_threads = True
     server.name = name
     return server
@@ -318,7 +319,7 @@ def _node_asn(text: str) -> Tuple[str, int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m pyxlb.scenarios",
+    parser = argparse.ArgumentParser(prog="python3 -m pyxlb.lab.scenarios",
                                      description="pyxlb lab scenarios: expected beside actual")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="connect COUNT times to the VIP and compare")
@@ -348,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             serve(args.name, args.port)
             return 0
         if args.command == "router-config":
-            from .announce.bgp import upstream_router_config
+            from ..announce.bgp import upstream_router_config
             print(upstream_router_config(args.router_id, args.asn, args.node))
             return 0
         if args.count < 1:
@@ -363,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("RESULT: " + ("OK" if ok else "FAIL"))
         return 0 if ok else 1
     except PyxlbError as exc:
-        print(f"pyxlb.scenarios: error: {exc}", file=sys.stderr)
+        print(f"pyxlb.lab.scenarios: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -5,7 +5,7 @@ allocates cluster IPs and node ports, refuses what does not validate, and refuse
 namespaces that do not exist or are being deleted. pyxlb reads the objects that come out of
 that (ipFamilies, externalTrafficPolicy, healthCheckNodePort, addressType, ...), so a stand-in
 that stored bodies as given let tests pass on objects no cluster would hold. This module is
-that step, called by the stand-in's store (``pyxlb.k8s.standin``) on every create, update,
+that step, called by the stand-in's store (``tests.support.standin``) on every create, update,
 patch and delete, for HTTP and administrator writes alike:
 
 - Namespace lifecycle (the NamespaceLifecycle admission plugin): a namespaced object can only
@@ -40,6 +40,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from pyxlb.numbers import int_in
 
 from .standin import (DNS1035_LABEL, DNS1123_LABEL, DNS1123_SUBDOMAIN, PATH_SEGMENT, Kind,
                       StandInError)
@@ -343,7 +345,7 @@ def _port_range_error(lo: int, hi: int) -> str:
 
 
 def _valid_port(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+    return int_in(value, 1, 65535)
 
 
 _IP_EXAMPLE = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
@@ -503,7 +505,7 @@ def _type_ok(value: Any, want: str) -> bool:
     if want == _STR:
         return isinstance(value, str)
     if want == _INT:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return int_in(value)
     if want == _BOOL:
         return isinstance(value, bool)
     if want == _LIST:

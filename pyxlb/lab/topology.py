@@ -12,7 +12,7 @@ node; the LB tunnels it (IPIP / IP6IP6) or re-addresses it (L2) to a backend, wh
 answers the client directly through the router (direct server return). Every address is
 inside the lab's own namespaces, so two labs with different prefixes coexist.
 
-Facts this kernel needs (see shared LAB-NOTES): a veth delivers XDP_TX'd frames only to a
+Facts this kernel needs (docs/lab.md): a veth delivers XDP_TX'd frames only to a
 peer that runs a native XDP program (the router's side of each LB link runs pass.o); veth
 checksum offload does not survive XDP_TX (transmit checksumming is off on the lab's
 links); the server segment has MTU 1600 so a full 1500-byte client packet still fits once
@@ -36,11 +36,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from pyroute2 import NetNS
 from pyroute2 import netns as pr_netns
 
-from . import _bpf, bpffs, netlink, netns
-from .bpf import object_path
-from .datapath import DecapPath, Datapath
-from .errors import PyxlbError
-from .state import Backend, DesiredState, Vip, VipKey
+from .. import _bpf, bpffs, netlink, netns
+from ..bpf import object_path
+from .. import node as node_mod
+from ..datapath import Datapath
+from ..errors import PyxlbError
+from ..state import Backend, DesiredState, Vip, VipKey
 
 CLIENT, ROUTER = "client", "router"
 LBS = ("lb1", "lb2")
@@ -65,7 +66,7 @@ class Addr:
 CLIENT_NET = Addr("10.77.1.0/24", "fd77:1::/64")
 SEGMENT_NET = Addr("10.77.2.0/24", "fd77:2::/64")
 HOST = {CLIENT: 2, ROUTER: 1, "lb1": 11, "lb2": 12, "be1": 21, "be2": 22, "be3": 23,
-        "n1": 31, "n2": 32, "n3": 33}      # n1-n3: the Kubernetes lab's nodes (k8slab)
+        "n1": 31, "n2": 32, "n3": 33}      # n1-n3: the Kubernetes lab's nodes
 ENCAP_SOURCE = {"lb1": Addr("10.77.3.0/24", "fd77:3::/112"),
                 "lb2": Addr("10.77.4.0/24", "fd77:4::/112")}
 
@@ -81,7 +82,7 @@ def node_addr(node: str, family: int, net: Optional[Addr] = None) -> ipaddress._
 class Lab:
     """One lab, identified by its name prefix."""
 
-    NODES: Tuple[str, ...] = NODES      # a variant of the lab (k8slab) names its own
+    NODES: Tuple[str, ...] = NODES      # a variant of the lab names its own
 
     def __init__(self, prefix: str = "xlb"):
         if not prefix or len(prefix) > 8 or not prefix.replace("-", "").isalnum():
@@ -117,56 +118,45 @@ class Lab:
         for node in self.NODES:  # pins a crashed lab left behind would be adopted: clear them
             shutil.rmtree(self.pin_dir(node), ignore_errors=True)
         try:
-            self._build(log)
+            self.build(log)
         except BaseException:
             self.down()
             raise
 
-    def _build(self, log) -> None:
+    def build(self, log) -> None:
+        """What `up` builds once its checks passed: a variant of the lab builds its own."""
         servers = (*LBS, *BACKENDS)
-        self._namespaces()
+        self.create_namespaces()
         log(f"namespaces: {', '.join(self.ns(n) for n in NODES)}")
-        self._wire(servers)
+        self.wire(servers)
         log("links: client-router veth; lb1, lb2, be1-3 on bridge br0 (MTU 1600)")
-        self._addresses(servers, forwarding=(ROUTER, *LBS))
+        self.add_addresses(servers, forwarding=(ROUTER, *LBS))
         self.route_via("lb1")
         log("addresses: client 10.77.1.2, router .1, segment 10.77.2.0/24 (+ IPv6)")
         for node in BACKENDS:
-            self._serve_vip(node)
+            self.serve_vip(node)
         log(f"backends: VIP {VIP4} / {VIP6} on lo, HTTP server on port {HTTP_PORT}")
 
-        self._pass_on_router_ports(LBS)
+        self.pass_on_router_ports(LBS)
         for node in LBS:
+            src = ENCAP_SOURCE[node]
             with netns.enter(self.ns(node)):
-                dp = Datapath.create(self.pin_dir(node))
-                try:
-                    src = ENCAP_SOURCE[node]
-                    dp.configure(seed=SEED, mtu=SEGMENT_MTU, src4=src.v4, src6=src.v6)
-                    dp.attach("eth0", "native")
-                    for fam in (4, 6):
-                        dp.add_local_addr(node_addr(node, fam))
-                finally:
-                    dp.close()
+                up = node_mod.bring_up(self.pin_dir(node), node_mod.NodeSettings(
+                    interfaces=("eth0",), seed=SEED, mtu=SEGMENT_MTU,
+                    encap_sources={4: src.v4, 6: src.v6}))
+                up.dp.close()
+        sources = [p for src in ENCAP_SOURCE.values() for p in (src.v4, src.v6)]
         for node in BACKENDS:
             with netns.enter(self.ns(node)):
-                dec = DecapPath.create(self.pin_dir(node))
-                try:
-                    dec.add_vip(VIP4)
-                    dec.add_vip(VIP6)
-                    for src in ENCAP_SOURCE.values():
-                        dec.add_source(src.v4)
-                        dec.add_source(src.v6)
-                    dec.set_config(check_source=True)
-                    dec.attach("eth0", "native")
-                finally:
-                    dec.close()
+                node_mod.bring_up_decap(self.pin_dir(node), ("eth0",), (VIP4, VIP6),
+                                        sources).dp.close()
         log("XDP: balancer on lb1/lb2 eth0, decap on be1-3 eth0, pass on the router's LB ports")
-        self._warm_neighbours()
-        self._wait_http()
+        self.warm_neighbours()
+        self.wait_http()
 
-    # -- building blocks (shared with the Kubernetes lab, pyxlb.k8slab) --------------------
+    # -- building blocks (a variant of the lab builds from them too) ------------------------
 
-    def _namespaces(self) -> None:
+    def create_namespaces(self) -> None:
         for node in self.NODES:
             pr_netns.create(self.ns(node))
             with netns.enter(self.ns(node)):
@@ -175,7 +165,7 @@ class Lab:
             with NetNS(self.ns(node)) as n:
                 n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
 
-    def _wire(self, servers: Tuple[str, ...]) -> None:
+    def wire(self, servers: Tuple[str, ...]) -> None:
         """The client's veth to the router, and each server's eth0 on the router's bridge."""
         with NetNS(self.ns(ROUTER)) as r:
             r.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
@@ -186,7 +176,7 @@ class Lab:
         with NetNS(self.ns(ROUTER)) as r:
             r.link("set", index=r.link_lookup(ifname="br0")[0], state="up")
 
-    def _addresses(self, servers: Tuple[str, ...], forwarding: Tuple[str, ...]) -> None:
+    def add_addresses(self, servers: Tuple[str, ...], forwarding: Tuple[str, ...]) -> None:
         """Addresses and default routes; IP forwarding on the `forwarding` nodes."""
         self._address(CLIENT, "eth0", CLIENT_NET)
         self._address(ROUTER, "eth0", CLIENT_NET)
@@ -203,7 +193,7 @@ class Lab:
                 _sysctl("net/ipv4/ip_forward", 1)
                 _sysctl("net/ipv6/conf/all/forwarding", 1)
 
-    def _serve_vip(self, node: str) -> None:
+    def serve_vip(self, node: str) -> None:
         """The VIP on the node's loopback (answering no ARP for it), and its HTTP server."""
         with netns.enter(self.ns(node)):
             _sysctl("net/ipv4/conf/all/arp_ignore", 1)
@@ -213,9 +203,9 @@ class Lab:
             lo = n.link_lookup(ifname="lo")[0]
             n.addr("add", index=lo, address=str(VIP4), prefixlen=32)
             n.addr("add", index=lo, address=str(VIP6), prefixlen=128, flags=IFA_F_NODAD)
-        self._start_http(node)
+        self.start_http(node)
 
-    def _pass_on_router_ports(self, nodes) -> None:
+    def pass_on_router_ports(self, nodes) -> None:
         """A veth delivers XDP_TX'd frames only to a peer running native XDP: the router's
         side of each balancing node's link runs the pass program."""
         for node in nodes:
@@ -289,20 +279,26 @@ class Lab:
                             "dev", f"p-{node}", "flood", "on" if on else "off"],
                            check=True, capture_output=True)
 
-    def _start_http(self, node: str, port: int = HTTP_PORT) -> None:
-        target = pr_netns.NETNS_RUN_DIR + "/" + self.ns(node)
+    def preexec_in(self, node: str):
+        """A `preexec_fn` for subprocess.Popen: the child runs in the node's namespace."""
+        target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
 
         def enter():
             fd = os.open(target, os.O_RDONLY)
             netns.setns(fd)
             os.close(fd)
 
-        subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,
-                          "--port", str(port)], preexec_fn=enter, start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, close_fds=True)
+        return enter
 
-    def _wait_http(self, timeout: float = 10.0, nodes: Tuple[str, ...] = BACKENDS,
+    def start_http(self, node: str, port: int = HTTP_PORT) -> None:
+        """The lab's HTTP server (pyxlb/lab/http.py) on `port` in the node's namespace, named
+        after the node; `down` ends it with the namespace's other processes."""
+        subprocess.Popen([sys.executable, "-m", "pyxlb.lab.http", "--name", node,
+                          "--port", str(port)], preexec_fn=self.preexec_in(node),
+                         start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+
+    def wait_http(self, timeout: float = 10.0, nodes: Tuple[str, ...] = BACKENDS,
                    port: int = HTTP_PORT) -> None:
         deadline = time.monotonic() + timeout
         for node in nodes:
@@ -320,7 +316,7 @@ class Lab:
                 finally:
                     s.close()
 
-    def _warm_neighbours(self) -> None:
+    def warm_neighbours(self) -> None:
         """Have every LB resolve the backends' MACs (one datagram each, to the discard
         port), so the balancers' next-hop caches can be filled."""
         for lb in LBS:

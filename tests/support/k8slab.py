@@ -5,11 +5,11 @@
               API stand-in     ╚═ n3
 
 Each node is what a Kubernetes node is to pyxlb: its agent attaches the balancer to eth0,
-watches the API (here the project's API stand-in, listening on the router's segment address
-inside the lab), and applies the VIPs it derives. A node's "pods" and "service proxy" are
-one HTTP server bound to the VIP on its loopback: a tunnelled packet the balancer
-decapsulates is delivered to it, as kube-proxy would deliver it to a local pod, and it
-answers the client directly (DSR) with the client's own address in the body. A second one
+watches the API (here the API stand-in, tests/support/standin.py, listening on the router's
+segment address inside the lab), and applies the VIPs it derives. A node's "pods" and
+"service proxy" are one HTTP server bound to the VIP on its loopback: a tunnelled packet the
+balancer decapsulates is delivered to it, as kube-proxy would deliver it to a local pod, and
+it answers the client directly (DSR) with the client's own address in the body. A second one
 answers GET /healthz on HEALTH_CHECK_PORT, kube-proxy's health check node port: a Local
 Service asks the API for that port, and the agents probe it on the nodes with its pods.
 ``serve_service`` adds a Service whose port differs from its pods' (targetPort): pods on
@@ -26,22 +26,21 @@ over the nodes by their weights — all Maglev, all real packets.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import ipaddress
 from typing import Dict, List, Set, Tuple
 
 from pyroute2 import NetNS
-from pyroute2 import netns as pr_netns
 
-from . import netns
-from .datapath import Datapath
-from .errors import PyxlbError
-from .lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
+from pyxlb import netns
+from pyxlb.errors import PyxlbError
+from pyxlb.lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
 
 KNODES = ("n1", "n2", "n3")
 # The healthCheckNodePort the lab's Local Services ask for (in the API's node port range):
@@ -66,20 +65,21 @@ class KubeLab(Lab):
         self._pods: Set[Tuple[str, int]] = set()
         self._logdir = tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-")
 
-    def _build(self, log) -> None:
-        self._namespaces()
-        self._wire(KNODES)
-        self._addresses(KNODES, forwarding=(ROUTER, *KNODES))
+    def build(self, log) -> None:
+        self.create_namespaces()
+        self.wire(KNODES)
+        self.add_addresses(KNODES, forwarding=(ROUTER, *KNODES))
         self.route_via("n1")
         for node in KNODES:
-            self._serve_vip(node)
+            self.serve_vip(node)
             with NetNS(self.ns(node)) as n:
                 n.addr("add", index=n.link_lookup(ifname="lo")[0], address=str(AUTO_VIP4),
                        prefixlen=32)
-            self._serve_health_check(node)
-        self._pass_on_router_ports(KNODES)
-        self._warm()
-        self._wait_http(nodes=KNODES)
+            # kube-proxy's /healthz (the lab's HTTP server answers every GET with 200)
+            self.start_http(node, HEALTH_CHECK_PORT)
+        self.pass_on_router_ports(KNODES)
+        self.warm_neighbours()
+        self.wait_http(nodes=KNODES)
         log(f"Kubernetes lab {self.prefix}: client, router, nodes {', '.join(KNODES)}")
 
     def route_via(self, lb: str) -> None:
@@ -98,31 +98,15 @@ class KubeLab(Lab):
                  f"  }}\n}}\n")
         for node in KNODES:
             if (node, target_port) not in self._pods:
-                self._start_http(node, target_port)
+                self.start_http(node, target_port)
                 self._pods.add((node, target_port))
             subprocess.run(["ip", "netns", "exec", self.ns(node), "nft", "-f", "-"],
                            input=rules, text=True, check=True, capture_output=True)
-        self._wait_http(nodes=KNODES, port=target_port)
+        self.wait_http(nodes=KNODES, port=target_port)
 
-    def _serve_health_check(self, node: str) -> None:
-        """kube-proxy's /healthz on HEALTH_CHECK_PORT (the lab's HTTP server answers every
-        GET with 200), on every address of the node; ended by ``down`` with the rest."""
-        target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
-
-        def enter():
-            fd = os.open(target, os.O_RDONLY)
-            netns.setns(fd)
-            os.close(fd)
-
-        subprocess.Popen([sys.executable, "-m", "pyxlb.labhttp", "--name", node,
-                          "--port", str(HEALTH_CHECK_PORT)], preexec_fn=enter,
-                         start_new_session=True, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
-
-    def _warm(self) -> None:
+    def warm_neighbours(self) -> None:
         """Every node resolves every other node's MAC (one datagram each to the discard
         port), so the balancers' next-hop caches fill on the first apply."""
-        import socket
         for node in KNODES:
             with netns.enter(self.ns(node)):
                 for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
@@ -154,15 +138,8 @@ class KubeLab(Lab):
         environment's KUBERNETES_SERVICE_HOST/PORT, and a service account directory as the
         kubelet mounts it (token of ServiceAccount pyxlb-system/pyxlb-agent, the CA, the
         namespace), so it has exactly the permissions the stand-in's RBAC objects give."""
-        if node in self.agents and self.agents[node].poll() is None:
+        if self.agent_runs(node):
             raise PyxlbError(f"the agent of {node} runs already")
-        target = os.path.join(pr_netns.NETNS_RUN_DIR, self.ns(node))
-
-        def enter():
-            fd = os.open(target, os.O_RDONLY)
-            netns.setns(fd)
-            os.close(fd)
-
         env = {k: v for k, v in os.environ.items()
                if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
         if api.tls:
@@ -180,13 +157,16 @@ class KubeLab(Lab):
                "--seed", str(SEED), "--mtu", str(SEGMENT_MTU), "--metrics-port", "0",
                "--probe-port", "0", *extra]
         try:
-            proc = subprocess.Popen(cmd, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out, close_fds=True,
-                                    start_new_session=True, env=env)
+            proc = subprocess.Popen(cmd, preexec_fn=self.preexec_in(node),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    close_fds=True, start_new_session=True, env=env)
         finally:
             out.close()
         self.agents[node] = proc
         return proc
+
+    def agent_runs(self, node: str) -> bool:
+        return node in self.agents and self.agents[node].poll() is None
 
     def stop_agent(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         proc = self.agents.pop(node, None)
@@ -207,15 +187,6 @@ class KubeLab(Lab):
                 return f.read()
         except (KeyError, OSError):
             return ""
-
-    @contextlib.contextmanager
-    def datapath(self, node: str):
-        with netns.enter(self.ns(node)):
-            dp = Datapath.open(self.pin_dir(node))
-            try:
-                yield dp
-            finally:
-                dp.close()
 
     def node_objects(self) -> List[dict]:
         """The Node objects a cluster would have for n1-n3 (Ready, InternalIPs)."""

@@ -124,7 +124,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import PyxlbError
+from pyxlb.errors import PyxlbError
+
 from . import standin_auth as auth
 from .standin_auth import AuditRecord, RequestAttributes, UserInfo
 

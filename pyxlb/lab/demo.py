@@ -7,9 +7,9 @@ import time
 from collections import Counter
 from typing import Callable, Dict, List
 
-from .lab import BACKENDS, LBS, Lab, node_addr
-from .plan import ring_key
-from .state import DesiredState
+from ..plan import ring_key
+from ..state import DesiredState
+from .topology import BACKENDS, LBS, Lab, node_addr
 
 FLOWS = 300
 FIRST_PORT = 20000
