@@ -23,9 +23,10 @@ from typing import Optional, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from .. import bpffs, netlink
+from .. import bpffs
+from .. import node as node_mod
 from .. import metrics as dp_metrics
-from ..datapath import DEFAULT_PIN_DIR, Datapath, map_sizes
+from ..datapath import DEFAULT_PIN_DIR, Datapath
 from ..errors import PyxlbError
 from . import kube
 from .agent import Agent, AgentSettings
@@ -67,13 +68,6 @@ class AgentMetrics:
         self.node_health = Gauge("pyxlb_agent_node_health", "healthCheckNodePort verdict per "
                                  "probed node (1 healthy, 0 failing)", ["node"],
                                  registry=registry)
-
-
-def datapath_sizes(max_vips: int, max_flows: Optional[int] = None,
-                   max_flows6: Optional[int] = None) -> dict:
-    """map_sizes for a balancer holding up to `max_vips` VIPs (one per Service port and
-    ingress IP) and, when given, that many IPv4 and IPv6 flows."""
-    return map_sizes(max_vips, max_flows, max_flows6)
 
 
 @dataclass
@@ -219,7 +213,6 @@ class AgentNode:
                                          metrics=self.metrics)
             self.agent.on_service_change = self.controller.service_changed
             self.agent.on_problems = self.controller.post_problems
-        self.agent.prober.on_flip = self._on_flip
         if o.metrics_port:
             try:
                 server, _thread = start_http_server(o.metrics_port, addr=o.listen,
@@ -252,58 +245,30 @@ class AgentNode:
             raise PyxlbError(f"{parent} is not a BPF filesystem: mount one on the host "
                              f"(mount -t bpf bpf /sys/fs/bpf) and give the agent the host's "
                              f"directory, so the datapath outlives agent restarts")
-        created = not Datapath.exists(o.pin_dir)
-        dp = Datapath.create(o.pin_dir, map_sizes=datapath_sizes(o.max_vips, o.max_flows,
-                                                                 o.max_flows6))
-        if not created:
-            for text in dp.size_mismatches(o.max_vips, o.max_flows, o.max_flows6):
-                log.warning("%s", text)
-        try:
-            if o.attach:
-                ifaces = list(o.interfaces) or [default_interface()]
-                src = {}
-                for iface in ifaces:
-                    for a in netlink.addresses(netlink.ifindex(iface)):
-                        src.setdefault(a.version, f"{a}/{a.max_prefixlen}")
-                cfg = dp.config()
-                dp.configure(seed=o.seed, mtu=o.mtu,
-                             src4=None if cfg["src4_plen"] else src.get(4),
-                             src6=None if cfg["src6_plen"] else src.get(6))
-                for iface in ifaces:
-                    link = dp.attach(iface, o.xdp_mode)
-                    log.info("balancer %s %s (%s mode)",
-                             "attached to" if link["changed"] else "already on", iface,
-                             o.xdp_mode)
-            else:
-                dp.configure(seed=o.seed, mtu=o.mtu)
-        except BaseException:
-            if created:
-                dp.destroy()
-            else:
-                dp.close()
-            raise
-        return dp
-
-    def _on_flip(self, target, healthy: bool) -> None:
-        self.agent._on_health_flip(target, healthy)
+        interfaces = (tuple(o.interfaces) or (default_interface(),)) if o.attach else ()
+        node = node_mod.bring_up(o.pin_dir, node_mod.NodeSettings(
+            interfaces=interfaces, mode=o.xdp_mode, seed=o.seed, mtu=o.mtu,
+            max_vips=o.max_vips, max_flows=o.max_flows, max_flows6=o.max_flows6))
+        for text in node.notes:
+            log.warning("%s", text)
+        for iface, link in node.links.items():
+            log.info("balancer %s %s (%s mode)",
+                     "attached to" if link["changed"] else "already on", iface, o.xdp_mode)
+        return node.dp
 
     def _gauges(self) -> None:
         while not self._stopped.wait(1.0):
             self.metrics.api_up.set(1 if self.agent.api_up else 0)
-            names = {}
-            for nodes in list(self.agent._health_targets.values()):
-                for node, target in nodes.items():
-                    names[node] = target
-            for node, target in names.items():
+            for node, target in self.agent.health_targets().items():
                 self.metrics.node_health.labels(node).set(
                     1 if self.agent.prober.healthy(target) else 0)
 
     # -- probes ---------------------------------------------------------------------------
 
     def alive(self) -> Tuple[bool, str]:
-        threads = [self.agent._thread] + [i._thread for i in self.agent.informers]
+        threads = [self.agent.thread] + [i.thread for i in self.agent.informers]
         if self.controller is not None:
-            threads.append(self.controller._thread)
+            threads.append(self.controller.thread)
         dead = [t.name for t in threads if t is None or not t.is_alive()]
         if dead:
             return False, f"stopped: {', '.join(dead)}"

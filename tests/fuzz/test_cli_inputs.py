@@ -44,9 +44,10 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 from click.testing import CliRunner
 
-from pyxlb import _bpf, config, maps
+from pyxlb import _bpf, config
+from pyxlb.datapath import maps
 from pyxlb import netns as namespaces
-from pyxlb.cli import cli
+from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath, map_sizes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -35,7 +35,7 @@ DOCS = ROOT / "docs" / "deploy.md"
 K8S_VERSIONS = ("1.30", "1.34")
 
 # `pyxlb agent`'s settings as environment variables, each with what its value must be. The
-# agent's click command (pyxlb/k8s/command.py) reads exactly these names; keep the two in
+# agent's click command (pyxlb/cli/agent.py) reads exactly these names; keep the two in
 # step until a test can read them from `pyxlb agent --help`.
 _PORT = range(0, 65536)
 
@@ -392,7 +392,7 @@ def test_agent_settings_are_agent_options():
 def test_flow_table_sizes_are_the_datapaths_defaults():
     """The ConfigMap and `pyxlb agent` ask for the flow tables the object is built with."""
     from pyxlb import _layouts as L
-    from pyxlb.k8s.command import agent
+    from pyxlb.cli.agent import agent
     defaults = {p.envvar: p.default for p in agent.params if p.envvar}
     want = {"PYXLB_MAX_FLOWS": L.FLOW4_SETS * L.FLOW4_WAYS, "PYXLB_MAX_FLOWS6": L.MAX_FLOWS6}
     for key, value in want.items():
@@ -570,8 +570,8 @@ def test_install_doc_names_each_capability():
 def test_the_settings_list_is_pyxlb_agents_own():
     """AGENT_ENV above is exactly the environment `pyxlb agent` reads (plus the global
     --pin-dir's): a new option needs a line there, and a renamed one fails here."""
-    from pyxlb.cli import cli
-    from pyxlb.k8s.command import agent
+    from pyxlb.cli.root import cli
+    from pyxlb.cli.agent import agent
 
     names = {p.envvar for p in agent.params if getattr(p, "envvar", None)}
     names |= {p.envvar for p in cli.params if getattr(p, "envvar", None)}

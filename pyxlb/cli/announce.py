@@ -1,10 +1,13 @@
-"""The `pyxlb announce` command (registered on the `pyxlb` group in pyxlb/cli.py)."""
+"""The `pyxlb announce` command (registered on the `pyxlb` group in pyxlb/cli/root.py)."""
 
 from __future__ import annotations
 
 import logging
 
 import click
+
+from pyxlb.cli.common import Fail, one_line, opened
+from pyxlb.errors import PyxlbError
 
 
 @click.command("announce")
@@ -27,9 +30,7 @@ def announce(path: str, log_level: str) -> None:
       pyxlb announce -f lb.yaml
     """
     from pyxlb import config
-    from pyxlb.cli import Fail, one_line, opened
-    from pyxlb.errors import PyxlbError
-    from .runner import Runner
+    from pyxlb.announce.runner import Runner
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""The `pyxlb agent` command (registered on the `pyxlb` group in pyxlb/cli.py)."""
+"""The `pyxlb agent` command (registered on the `pyxlb` group in pyxlb/cli/root.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Optional
 
 import click
 
-from ..errors import PyxlbError
-from .kube import SERVICE_ACCOUNT_DIR
+from pyxlb.cli.common import Fail, Options as CliOptions, one_line
+from pyxlb.errors import PyxlbError
+from pyxlb.k8s.kube import SERVICE_ACCOUNT_DIR
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -133,12 +134,11 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
     agent and leaves the datapath forwarding. Every option can also be set by the
     environment variable shown (the DaemonSet's ConfigMap sets them). See docs/kubernetes.md.
     """
-    from ..cli import Fail, one_line, _Options
-    from .run import AgentNode, Options
+    from pyxlb.k8s.run import AgentNode, Options    # lightkube and the agent: only to run
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_dir = ctx.find_object(_Options).pin_dir
+    pin_dir = ctx.find_object(CliOptions).pin_dir
     ifaces = tuple(i.strip() for i in (interfaces or "").split(",") if i.strip())
     served = tuple(dict.fromkeys(n.strip() for n in (namespaces or "").split(",") if n.strip()))
     opts = Options(node_name=node_name or "", interfaces=ifaces, xdp_mode=xdp_mode,

@@ -1,0 +1,227 @@
+"""`pyxlb attach`, `pyxlb detach` and `pyxlb status`: the balancer's datapath itself."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Dict, Optional, Sequence
+
+import click
+
+from pyxlb import _bpf
+from pyxlb import _layouts as L
+from pyxlb import node as node_mod
+from pyxlb.cli.common import (FAILURES, IFACE, JSON_OPTION, PREFIX, Fail, current_pin_dir,
+                              echo_json, ifindex, on_off, one_line, opened, table,
+                              took_off_foreign)
+from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.datapath.maps import BACKENDS, FLOWS, FLOWS4, RINGS
+from pyxlb.node import NodeSettings, encap_source
+
+# maps counted entry by entry for `status` (the others are arrays, always full)
+_COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP_TYPE_LPM_TRIE,
+                            _bpf.MAP_TYPE_PERCPU_HASH, _bpf.MAP_TYPE_LRU_PERCPU_HASH,
+                            _bpf.MAP_TYPE_HASH_OF_MAPS))
+
+
+# -- attach / detach -------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("iface", type=IFACE)
+@click.option("--mode", type=click.Choice(["native", "generic"]), default="native",
+              show_default=True,
+              help="XDP mode: native runs in the driver (fast; veth, most NICs); generic "
+                   "runs after the kernel built its socket buffer (any interface, slower).")
+@click.option("--encap-source", "encap_sources", type=PREFIX, multiple=True,
+              help="Outer source prefix for IPIP/IP6IP6 packets, one per address family "
+                   "(the flow hash fills the host bits, so receivers spread flows). "
+                   "Default, for a family with none configured yet: the interface's first "
+                   "address of that family, as a /32 or /128.")
+@click.option("--seed", type=int,
+              help="Seed of the flow hash. Give every LB node the same seed so they all "
+                   "pick the same backend for a flow. Default: keep (0 for a new datapath).")
+@click.option("--mtu", type=int,
+              help="Largest packet after encapsulation, towards backends; a packet that "
+                   "would be larger gets an ICMP error. Default: keep (1500 when new).")
+@click.option("--max-vips", type=click.IntRange(1, 1 << 20),
+              help="VIPs (address, port and protocol) the datapath holds. Like the two "
+                   "below, only for a datapath this command creates: sizes are fixed then. "
+                   f"[default: {L.MAX_VIPS}]")
+@click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
+              help="IPv4 flows the flow table pins (32 bytes of kernel memory each), rounded "
+                   f"up to a power of two of sets of {L.FLOW4_WAYS}. "
+                   f"[default: {L.FLOW4_SETS * L.FLOW4_WAYS}]")
+@click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
+              help="IPv6 flows the flow table pins before evicting the least recently used "
+                   "(132 bytes of kernel memory each at the default); a size just above a "
+                   f"power of two answers fastest. [default: {L.MAX_FLOWS6}]")
+def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
+           mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
+           max_flows6: Optional[int]) -> None:
+    """Run the balancer on interface IFACE.
+
+    Creates the datapath under --pin-dir if there is none (an existing one is adopted
+    untouched, with its VIPs), sets the options given, attaches the XDP program, and
+    registers IFACE's addresses as this node's own, so tunnelled VIP packets sent to this
+    node are decapsulated inline. Attaching again to the same interface changes nothing.
+
+    \b
+    Example:
+      pyxlb attach eth0 --encap-source 10.255.0.0/24 --seed 42
+    """
+    ifindex(iface)      # an unknown interface: one line, before anything is made
+    src: Dict[int, str] = {}
+    for prefix in encap_sources:
+        family = ipaddress.ip_network(prefix).version
+        if family in src:
+            raise Fail(f"--encap-source: one prefix per address family, got {src[family]} "
+                       f"and {prefix}")
+        src[family] = prefix
+    bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6)
+
+
+def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
+             mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
+             max_flows6: Optional[int]) -> None:
+    """pyxlb.node.bring_up at --pin-dir on `iface`, and say what it did."""
+    settings = NodeSettings(interfaces=(iface,), mode=mode, seed=seed, mtu=mtu,
+                            encap_sources=src, max_vips=max_vips, max_flows=max_flows,
+                            max_flows6=max_flows6)
+    try:
+        node = node_mod.bring_up(current_pin_dir(), settings)
+    except FAILURES as exc:
+        raise Fail(one_line(exc)) from None
+    with node.dp as dp:
+        cfg, link = node.config, node.links[iface]
+        if node.created:
+            click.echo(f"created the datapath pinned at {dp.pin_dir}")
+        for text in node.notes:
+            click.echo(f"note: {text}")
+        if link["changed"]:
+            click.echo(f"attached to {iface} ({mode} mode, program id {dp.prog.id})")
+        else:
+            click.echo(f"already attached to {iface} ({mode} mode, program id {dp.prog.id})")
+        click.echo(f"config: {_config_summary(cfg)}")
+        if node.addresses:
+            click.echo(f"local addresses: {', '.join(map(str, node.addresses))}")
+        for family in (4, 6):
+            if not cfg[f"src{family}_plen"]:
+                click.echo(f"note: no IPv{family} encap source: IPIP VIP traffic to IPv"
+                           f"{family} backends is dropped until --encap-source sets one")
+
+
+def _config_summary(cfg: dict) -> str:
+    srcs = ", ".join(filter(None, (encap_source(cfg, 4), encap_source(cfg, 6)))) or "none"
+    return f"seed {cfg['seed']}, mtu {cfg['mtu']}, encap source {srcs}"
+
+
+@click.command()
+@click.argument("iface", type=IFACE)
+def detach(iface: str) -> None:
+    """Take the balancer off interface IFACE.
+
+    IFACE's addresses stop being treated as this node's own. When no interface runs the
+    balancer any more, the datapath itself is removed: its pinned maps and program go,
+    with every VIP, backend, flow and counter in them. This works on a datapath left by
+    another version of pyxlb too, which the other commands refuse to read.
+
+    \b
+    Example:
+      pyxlb detach eth0
+    """
+    ifindex(iface)
+    if took_off_foreign(Datapath, iface, f"detached from {iface}",
+                        "no interface runs the balancer any more: removed the datapath "
+                        "pinned at {pin_dir}"):
+        return
+    with opened() as dp:
+        removed = node_mod.take_down(dp, iface)
+        click.echo(f"detached from {iface}")
+        if removed:
+            click.echo(f"no interface runs the balancer any more: removed the datapath "
+                       f"pinned at {dp.pin_dir}")
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+@click.command()
+@JSON_OPTION
+def status(as_json: bool) -> None:
+    """Show the datapath and how full its maps are.
+
+    Where it is pinned, its program and the interfaces running it, its config (seed, MTU,
+    encap sources), how many VIPs, backends, rings and flows it holds, and entries against
+    capacity for each map that can fill up; plus the decapsulator, when one is pinned in
+    the same directory.
+
+    \b
+    Example:
+      pyxlb status
+      pyxlb --pin-dir /sys/fs/bpf/lb2 status --json
+    """
+    with opened() as dp:
+        data = _status(dp)
+    if as_json:
+        echo_json(data)
+        return
+    c = data["config"]
+    ifaces = ", ".join(f"{i['name']} ({i['mode']})" for i in data["interfaces"]) or "none"
+    lines = [
+        ("pin dir", data["pin_dir"]),
+        ("program", f"xlb_balancer, id {data['program_id']}"),
+        ("interfaces", ifaces),
+        ("config", f"seed {c['seed']}, mtu {c['mtu']}, encap source IPv4 "
+                   f"{c['encap_source4'] or 'none'}, IPv6 {c['encap_source6'] or 'none'}, "
+                   f"decap source check {on_off(c['decap_check_source'])}"),
+        ("state", f"{data['vips']} VIPs, {data['backends']} backends, {data['rings']} rings, "
+                  f"{data['flows']} flows in the flow table"),
+    ]
+    d = data["decap"]
+    if d is not None:
+        difaces = ", ".join(f"{i['name']} ({i['mode']})" for i in d["interfaces"]) or "none"
+        lines.append(("decap", f"xlb_decap, id {d['program_id']}, on {difaces}, "
+                               f"{d['vips']} VIP addresses"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        click.echo(f"{k.ljust(width)}  {v}")
+    click.echo("")
+    rows = [(name, m["entries"], m["max_entries"],
+             f"{100 * m['entries'] / m['max_entries']:.1f}%")
+            for name, m in data["maps"].items()]
+    click.echo(table(("MAP", "ENTRIES", "MAX", "USED"), rows, right=(1, 2, 3)))
+
+
+def _status(dp: Datapath) -> dict:
+    cfg = dp.config()
+    layout = dp.layout()
+    maps = {}
+    for name in dp.maps.names():
+        m = dp.maps[name]
+        if m.type in _COUNTED_TYPES:
+            maps[name] = {"entries": m.count(), "max_entries": m.max_entries}
+    # arrays hold every index: count the ids in use instead (and the IPv4 flows, in ways)
+    (n4, _), (cap4, _) = dp.flow_counts(), dp.flow_capacities()
+    maps[FLOWS4] = {"entries": n4, "max_entries": cap4}
+    maps[BACKENDS] = {"entries": len(layout.backend_ids),
+                      "max_entries": dp.maps.backends.max_entries}
+    maps[RINGS] = {"entries": len(layout.ring_ids), "max_entries": dp.maps.rings.max_entries}
+    decap = None
+    if DecapPath.exists(dp.pin_dir):
+        with DecapPath.open(dp.pin_dir) as dc:
+            decap = {"program_id": dc.prog.id, "interfaces": dc.interfaces(),
+                     "vips": dc.maps.decap_vips.count()}
+    return {
+        "pin_dir": dp.pin_dir,
+        "program_id": dp.prog.id,
+        "interfaces": dp.interfaces(),
+        "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],
+                   "encap_source4": encap_source(cfg, 4), "encap_source6": encap_source(cfg, 6),
+                   "decap_check_source": bool(cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE)},
+        "vips": len(layout.state),
+        "backends": len(layout.backend_ids),
+        "rings": len(layout.ring_ids),
+        "flows": maps[FLOWS4]["entries"] + maps[FLOWS]["entries"],
+        "maps": dict(sorted(maps.items())),
+        "decap": decap,
+    }
