@@ -13,7 +13,8 @@ One topology per forwarder, all alike, all built by this script and removed at t
      generator)                                                    count and drop)
 
 Every veth has two queues, XPS maps transmit queue i to CPU i, and transmit checksum
-offload is off (see shared LAB-NOTES). The forwarders, on the LB node's in0:
+offload is off (docs/development.md, "Kernel facts the lab relies on"). The forwarders,
+on the LB node's in0:
 
   pyxlb_ipip  pyxlb's balancer (Datapath.create / configure / apply / attach), two VIPs
               198.19.0.10:8080 tcp and udp with three backends 198.19.2.21-23 behind
