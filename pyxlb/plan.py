@@ -323,15 +323,51 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
     both states (the same objects, when a state is derived from the last) are skipped."""
     if len(desired) > limits.vips:
         raise StateError(f"{len(desired)} VIPs do not fit the VIP map ({limits.vips})")
-    old_by_key, new_by_key = old.state.by_key(), desired.by_key()
-    added = tuple(v for k, v in new_by_key.items() if k not in old_by_key)
-    removed = tuple(v for k, v in old_by_key.items() if k not in new_by_key)
-    changed = tuple((old_by_key[k], v) for k, v in new_by_key.items()
-                    if k in old_by_key and not _same(old_by_key[k], v))
+    old_by_key = old.state.by_key()
+    added, removed, changed = _diff(old_by_key, desired.by_key())
     gone = removed + tuple(o for o, _ in changed)
     coming = added + tuple(n for _, n in changed)
 
     old_idx = old.index()
+    idx = _next_index(old_idx, gone, coming, limits)
+    touched = {b.address for v in gone + coming for b in v.backends}
+    backend_ids, gens, new_backend_ids = _backend_ids(old, idx, touched, limits)
+    backend_writes, backend_frees = _backend_records(old_idx, idx, touched, backend_ids, gens)
+    vip_ids, new_vip_ids = _vip_ids(old, added, removed, limits)
+    ring_ids, ring_writes, ring_deletes = _rings(old, idx, coming, backend_ids, limits)
+    member_writes, member_deletes, vip_writes = _vip_writes(
+        old, old_idx, idx, old_by_key, removed, coming, vip_ids, backend_ids, ring_ids)
+    addr_flags = _addr_flags(old_idx, idx, gone + coming)
+    range_writes, range_deletes, stray_deletes = _ranges(
+        old, old_idx, old_by_key, removed, coming, vip_ids, limits)
+
+    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
+    return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
+                ring_writes=ring_writes, ring_deletes=ring_deletes,
+                member_writes=member_writes, member_deletes=member_deletes,
+                vip_writes=vip_writes, vip_deletes={v.key for v in removed},
+                addr_flags=addr_flags, range_writes=range_writes,
+                range_deletes=range_deletes, stray_deletes=stray_deletes,
+                new_vip_ids=new_vip_ids,
+                new_backend_ids=new_backend_ids,
+                added=tuple(sorted(added, key=lambda v: key_order(v.key))),
+                removed=tuple(sorted(removed, key=lambda v: key_order(v.key))),
+                changed=tuple(sorted(changed, key=lambda p: key_order(p[0].key))))
+
+
+def _diff(old_by_key: Dict[VipKey, Vip], new_by_key: Dict[VipKey, Vip],
+          ) -> Tuple[Tuple[Vip, ...], Tuple[Vip, ...], Tuple[Tuple[Vip, Vip], ...]]:
+    """Planning step: the VIPs added, removed and changed ((old, new) pairs), by key."""
+    added = tuple(v for k, v in new_by_key.items() if k not in old_by_key)
+    removed = tuple(v for k, v in old_by_key.items() if k not in new_by_key)
+    changed = tuple((old_by_key[k], v) for k, v in new_by_key.items()
+                    if k in old_by_key and not _same(old_by_key[k], v))
+    return added, removed, changed
+
+
+def _next_index(old_idx: _Index, gone: Tuple[Vip, ...], coming: Tuple[Vip, ...],
+                limits: Limits) -> _Index:
+    """Planning step: the new state's index (`gone` out, `coming` in); checks the range total."""
     idx = old_idx.copy()
     for vip in gone:
         idx.remove_vip(vip)
@@ -340,11 +376,15 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
     if idx.counts["source_ranges"] > limits.source_ranges:
         raise StateError(f"{idx.counts['source_ranges']} source ranges (all VIPs together) "
                          f"do not fit the source-range map ({limits.source_ranges})")
+    return idx
 
+
+def _backend_ids(old: Layout, idx: _Index, touched: Set[IPAddress], limits: Limits,
+                 ) -> Tuple[Dict[IPAddress, int], Dict[int, int], Set[int]]:
+    """Planning step: backend ids and generations, with an id for each new backend address."""
     # Ids are kept for what stays and handed out (lowest free first) for what is new. An id
     # freed by this plan is not handed out again by it: until the plan's last step the old
     # holder may still be in use, so reusing it at once could send its packets astray.
-    touched = {b.address for v in gone + coming for b in v.backends}
     backend_ids = dict(old.backend_ids)
     gens = dict(old.gens)
     new_backend_ids = set()
@@ -355,6 +395,13 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
             backend_ids[addr] = bid
             gens[bid] = gens.get(bid, 0) % GEN_MAX + 1
             new_backend_ids.add(bid)
+    return backend_ids, gens, new_backend_ids
+
+
+def _backend_records(old_idx: _Index, idx: _Index, touched: Set[IPAddress],
+                     backend_ids: Dict[IPAddress, int], gens: Dict[int, int],
+                     ) -> Tuple[Dict[int, BackendRecord], Dict[int, int]]:
+    """Planning step: backend records to write and ids to free (dropped from `backend_ids`)."""
     backend_writes, backend_frees = {}, {}
     for addr in touched:
         if addr in idx.refs:
@@ -367,7 +414,12 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
             bid = backend_ids.pop(addr)
             idx.records.pop(bid, None)
             backend_frees[bid] = gens[bid]
+    return backend_writes, backend_frees
 
+
+def _vip_ids(old: Layout, added: Tuple[Vip, ...], removed: Tuple[Vip, ...],
+             limits: Limits) -> Tuple[Dict[VipKey, int], Set[int]]:
+    """Planning step: VIP ids, the removed VIPs' dropped and each added VIP given one."""
     vip_ids = dict(old.vip_ids)
     for vip in removed:
         del vip_ids[vip.key]
@@ -376,8 +428,14 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
     for vip in added:
         vip_ids[vip.key] = ids.take()
         new_vip_ids.add(vip_ids[vip.key])
+    return vip_ids, new_vip_ids
 
-    # rings: one per distinct ring key; existing rings keep their ids and contents
+
+def _rings(old: Layout, idx: _Index, coming: Tuple[Vip, ...],
+           backend_ids: Dict[IPAddress, int], limits: Limits,
+           ) -> Tuple[Dict[RingKey, int], Dict[int, array], Set[int]]:
+    """Planning step: ring ids, the tables of new rings and the rings nobody uses any more."""
+    # one ring per distinct ring key; existing rings keep their ids and contents
     ring_ids = {k: i for k, i in old.ring_ids.items() if k in idx.ring_refs}
     ids = _Ids(old.ring_ids.values(), limits.rings, "ring")
     ring_writes: Dict[int, array] = {}
@@ -389,8 +447,16 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
             [(addr, weight, backend_ids[ipaddress.ip_address(addr)])
              for addr, weight in members], size)
     ring_deletes = set(old.ring_ids.values()) - set(ring_ids.values())
+    return ring_ids, ring_writes, ring_deletes
 
-    # members and VIP records of the VIPs that went, came or changed
+
+def _vip_writes(old: Layout, old_idx: _Index, idx: _Index, old_by_key: Dict[VipKey, Vip],
+                removed: Tuple[Vip, ...], coming: Tuple[Vip, ...],
+                vip_ids: Dict[VipKey, int], backend_ids: Dict[IPAddress, int],
+                ring_ids: Dict[RingKey, int],
+                ) -> Tuple[Dict[Tuple[int, int], Tuple[int, int]], Set[Tuple[int, int]],
+                           Dict[VipKey, VipRecord]]:
+    """Planning step: members and VIP records of the VIPs that went, came or changed."""
     member_writes, member_deletes = {}, set()
     vip_writes = {}
     for vip in removed:
@@ -410,13 +476,23 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
                                             prev.ring_size, MODE_CODES[prev.mode],
                                             vip_flags(prev)):
             vip_writes[vip.key] = rec
+    return member_writes, member_deletes, vip_writes
 
+
+def _addr_flags(old_idx: _Index, idx: _Index, moved: Tuple[Vip, ...]) -> Dict[IPAddress, int]:
+    """Planning step: the VIP addresses whose address flags change, with their new flags."""
     addr_flags = {}
-    for addr in {v.key.address for v in gone + coming}:
+    for addr in {v.key.address for v in moved}:
         before, after = old_idx.flags(addr), idx.flags(addr)
         if before != after:
             addr_flags[addr] = after
+    return addr_flags
 
+
+def _ranges(old: Layout, old_idx: _Index, old_by_key: Dict[VipKey, Vip],
+            removed: Tuple[Vip, ...], coming: Tuple[Vip, ...], vip_ids: Dict[VipKey, int],
+            limits: Limits) -> Tuple[Set[RangeEntry], Set[RangeEntry], Set[RangeEntry]]:
+    """Planning step: source-range entries to write, to delete, and strays to delete first."""
     # source ranges of the VIPs that went, came or changed (a changed VIP keeps its id);
     # entries a killed apply left behind go too, unless wanted again (then they stay)
     range_writes: Set[RangeEntry] = set()
@@ -441,19 +517,7 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
         raise StateError(f"the source-range map holds {limits.source_ranges} entries, and "
                          f"this change needs {peak} at once (new ranges go in before old "
                          f"ones leave): apply the removals first")
-
-    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
-    return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
-                ring_writes=ring_writes, ring_deletes=ring_deletes,
-                member_writes=member_writes, member_deletes=member_deletes,
-                vip_writes=vip_writes, vip_deletes={v.key for v in removed},
-                addr_flags=addr_flags, range_writes=range_writes,
-                range_deletes=range_deletes, stray_deletes=stray_deletes,
-                new_vip_ids=new_vip_ids,
-                new_backend_ids=new_backend_ids,
-                added=tuple(sorted(added, key=lambda v: key_order(v.key))),
-                removed=tuple(sorted(removed, key=lambda v: key_order(v.key))),
-                changed=tuple(sorted(changed, key=lambda p: key_order(p[0].key))))
+    return range_writes, range_deletes, stray_deletes
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"

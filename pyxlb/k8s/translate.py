@@ -497,21 +497,8 @@ def _source_ranges(key: str, spec: dict, annotations: dict,
     return tuple(out)
 
 
-def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settings: Settings,
-                 health: Optional[Mapping[Tuple[str, str], bool]] = None) -> ServiceResult:
-    """The VIPs one Service asks for and its Problems; nothing for a Service not ours.
-
-    `slices` may hold other Services' slices (they are skipped); `health` maps
-    (service key, node name) to False for a node whose healthCheckNodePort probe fails.
-    """
-    if not isinstance(service, dict) or not is_ours(service, settings):
-        return _NOTHING
-    key = service_key(service)
-    spec, status = _dict(service.get("spec")), _dict(service.get("status"))
-    annotations = _dict(_dict(service.get("metadata")).get("annotations"))
-    problems: List[Problem] = []
-
-    ips = _ingress_ips(key, spec, status, problems)
+def _served_ports(key: str, spec: dict, problems: List[Problem]) -> List[Tuple[str, str, int]]:
+    """Service step: the ports served, (name, protocol, number), first of each protocol/number."""
     ports, seen_ports = [], set()
     for name, proto, port in _port_entries(spec):
         number = _port_number(port)
@@ -526,15 +513,30 @@ def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settin
         elif (proto, number) not in seen_ports:
             seen_ports.add((proto, number))
             ports.append((name, proto, number))
-    ranges = _source_ranges(key, spec, annotations, problems)
-    if not ips or not ports or ranges is None:
-        return ServiceResult((), tuple(dict.fromkeys(problems)))
+    return ports
 
+
+def _refuse_family(key: str, ip: IPAddress, refused_families: Set[int],
+                   problems: List[Problem]) -> None:
+    """Service step: one Problem per family the source ranges leave without a prefix."""
+    family = ip.version
+    if family not in refused_families:
+        refused_families.add(family)
+        problems.append(Problem(key, "NoSourceRangeForFamily",
+                                f"The Service's source ranges have no IPv{family} "
+                                f"prefix, so its IPv{family} address {ip} is not "
+                                f"served rather than open to every client."))
+
+
+def _vips_of(key: str, spec: dict, ips: List[IPAddress], ports: List[Tuple[str, str, int]],
+             ranges: Tuple[IPNetwork, ...], slices: Iterable[dict], nodes: NodeIndex,
+             settings: Settings, health: Optional[Mapping[Tuple[str, str], bool]],
+             unaddressed: Dict[int, Set[str]], problems: List[Problem]) -> List[Vip]:
+    """Service step: a VIP per ingress address and served port, with that port's backends."""
     affinity = "client-ip" if spec.get("sessionAffinity") == "ClientIP" else "none"
     local = _policy_local(spec)
     health = health or {}
     by_port = _endpoints_by_port(key, slices) if local else {}
-    unaddressed: Dict[int, Set[str]] = {4: set(), 6: set()}
     backends_cache: Dict[Tuple[int, str, str], Tuple[Backend, ...]] = {}
     refused_families: Set[int] = set()
     vips: List[Vip] = []
@@ -542,12 +544,7 @@ def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settin
         family = ip.version
         family_ranges = tuple(n for n in ranges if n.version == family)
         if ranges and not family_ranges:
-            if family not in refused_families:
-                refused_families.add(family)
-                problems.append(Problem(key, "NoSourceRangeForFamily",
-                                        f"The Service's source ranges have no IPv{family} "
-                                        f"prefix, so its IPv{family} address {ip} is not "
-                                        f"served rather than open to every client."))
+            _refuse_family(key, ip, refused_families, problems)
             continue
         for name, proto, number in ports:
             if local:
@@ -568,6 +565,12 @@ def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settin
             except StateError as exc:
                 problems.append(Problem(key, "InvalidVip",
                                         f"VIP {ip}:{number}/{proto} cannot be served: {exc}."))
+    return vips
+
+
+def _report_unaddressed(key: str, unaddressed: Dict[int, Set[str]],
+                        problems: List[Problem]) -> None:
+    """Service step: a Problem per family naming the nodes left out for want of an address."""
     for family in (4, 6):
         missing = sorted(unaddressed[family])
         if missing:
@@ -577,6 +580,32 @@ def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settin
                                     f"Node(s) {shown} have no usable InternalIP for the "
                                     f"Service's IPv{family} address, so they get none of its "
                                     f"traffic."))
+
+
+def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settings: Settings,
+                 health: Optional[Mapping[Tuple[str, str], bool]] = None) -> ServiceResult:
+    """The VIPs one Service asks for and its Problems; nothing for a Service not ours.
+
+    `slices` may hold other Services' slices (they are skipped); `health` maps
+    (service key, node name) to False for a node whose healthCheckNodePort probe fails.
+    """
+    if not isinstance(service, dict) or not is_ours(service, settings):
+        return _NOTHING
+    key = service_key(service)
+    spec, status = _dict(service.get("spec")), _dict(service.get("status"))
+    annotations = _dict(_dict(service.get("metadata")).get("annotations"))
+    problems: List[Problem] = []
+
+    ips = _ingress_ips(key, spec, status, problems)
+    ports = _served_ports(key, spec, problems)
+    ranges = _source_ranges(key, spec, annotations, problems)
+    if not ips or not ports or ranges is None:
+        return ServiceResult((), tuple(dict.fromkeys(problems)))
+
+    unaddressed: Dict[int, Set[str]] = {4: set(), 6: set()}
+    vips = _vips_of(key, spec, ips, ports, ranges, slices, nodes, settings, health,
+                    unaddressed, problems)
+    _report_unaddressed(key, unaddressed, problems)
     return ServiceResult(tuple(vips), tuple(dict.fromkeys(problems)))
 
 

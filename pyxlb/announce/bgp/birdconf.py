@@ -21,7 +21,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from .. import IPAddress, address_order
 from .schema import BFD_INTERVAL_MS, BFD_MULTIPLIER, DEFAULT_HOLD_TIME, PEER_SCHEMA, SCHEMA
-from .settings import (BgpSettings, Community, bird_symbol, check, parse_address,
+from .settings import (BgpPeer, BgpSettings, Community, bird_symbol, check, parse_address,
                        parse_router_id)
 
 VIPS_MARK = "# pyxlb-vips:"     # the config's own record of what it announces (adoption)
@@ -54,10 +54,9 @@ def _comment(text: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)
 
 
-def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
-    """The BIRD 2 configuration that announces `vips` from this node to its peers."""
-    addrs = sorted({ipaddress.ip_address(v) for v in vips}, key=address_order)
-    lines = [
+def _head(settings: BgpSettings, addrs: List[IPAddress]) -> List[str]:
+    """Config step: the header (with the VIPS_MARK record), router id, log and device."""
+    return [
         f"# BIRD 2 configuration of pyxlb node {_comment(settings.node or '(unnamed)')}: "
         f"written by pyxlb.announce.bgp,",
         "# replaced on every change (edits here are lost).",
@@ -70,7 +69,12 @@ def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
         "}",
         "",
     ]
-    # the VIPs: blackhole routes, only ever exported (no kernel protocol installs them)
+
+
+def _vip_sections(addrs: List[IPAddress]) -> List[str]:
+    """Config step: the VIPs as blackhole routes of one static protocol per family."""
+    # only ever exported: no kernel protocol installs them
+    lines = []
     for family in (4, 6):
         lines.append(f"protocol static pyxlb_vip{family} {{")
         lines.append(f"  ipv{family};")
@@ -79,9 +83,15 @@ def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
             if a.version == family:
                 lines.append(f"  route {a.compressed}/{plen} blackhole;")
         lines += ["}", ""]
+    return lines
 
-    # one export filter per distinct list of communities (the global ones, then a peer's)
+
+def _export_filters(settings: BgpSettings,
+                    ) -> Tuple[Dict[Tuple[Community, ...], str], List[str]]:
+    """Config step: one export filter per distinct community list ({list: name}, lines)."""
+    # the global communities, then a peer's
     filters: Dict[Tuple[Community, ...], str] = {}
+    lines: List[str] = []
     for peer in settings.peers:
         wanted = tuple(dict.fromkeys(settings.communities + peer.communities))
         if wanted not in filters:
@@ -91,42 +101,56 @@ def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
                       '  if proto = "pyxlb_vip4" || proto = "pyxlb_vip6" then {',
                       *(f"    {s}" for s in _community_statements(wanted)),
                       "    accept;", "  }", "  reject;", "}", ""]
+    return filters, lines
 
+
+def _peer_section(settings: BgpSettings, peer: BgpPeer, export: str) -> List[str]:
+    """Config step: the BGP protocol of one peer, exporting through filter `export`."""
+    lines = [
+        f"protocol bgp {peer.protocol} {{",
+        f'  description "pyxlb: router {peer.address} AS {peer.asn}";',
+        (f"  local {peer.source_address.compressed} as {settings.asn};"
+         if peer.source_address is not None else f"  local as {settings.asn};"),
+        f"  neighbor {peer.address.compressed} as {peer.asn};",
+        "  direct;" if peer.multihop == 0 else f"  multihop {peer.multihop};",
+        f"  hold time {peer.hold_time};",
+    ]
+    if peer.keepalive is not None:
+        lines.append(f"  keepalive time {peer.keepalive};")
+    lines += [
+        "  connect delay time 1;",
+        "  connect retry time 1;",
+        "  error wait time 1, 5;",
+        "  graceful restart off;",
+    ]
+    if peer.bfd:
+        lines.append("  bfd on;")
+    if peer.password is not None:
+        lines.append(f'  password "{peer.password}";')
+    lines += [
+        f"  ipv{peer.family} {{",
+        "    import none;",
+        f"    export filter {export};",
+        "    next hop self;",
+        "  };",
+        "}",
+        "",
+    ]
+    return lines
+
+
+def bird_config(settings: BgpSettings, vips: Iterable[IPAddress]) -> str:
+    """The BIRD 2 configuration that announces `vips` from this node to its peers."""
+    addrs = sorted({ipaddress.ip_address(v) for v in vips}, key=address_order)
+    lines = _head(settings, addrs)
+    lines += _vip_sections(addrs)
+    filters, filter_lines = _export_filters(settings)
+    lines += filter_lines
     if any(p.bfd for p in settings.peers):
         lines += _bfd_section(settings.bfd_interval_ms, settings.bfd_multiplier)
-
     for peer in settings.peers:
         export = filters[tuple(dict.fromkeys(settings.communities + peer.communities))]
-        lines += [
-            f"protocol bgp {peer.protocol} {{",
-            f'  description "pyxlb: router {peer.address} AS {peer.asn}";',
-            (f"  local {peer.source_address.compressed} as {settings.asn};"
-             if peer.source_address is not None else f"  local as {settings.asn};"),
-            f"  neighbor {peer.address.compressed} as {peer.asn};",
-            "  direct;" if peer.multihop == 0 else f"  multihop {peer.multihop};",
-            f"  hold time {peer.hold_time};",
-        ]
-        if peer.keepalive is not None:
-            lines.append(f"  keepalive time {peer.keepalive};")
-        lines += [
-            "  connect delay time 1;",
-            "  connect retry time 1;",
-            "  error wait time 1, 5;",
-            "  graceful restart off;",
-        ]
-        if peer.bfd:
-            lines.append("  bfd on;")
-        if peer.password is not None:
-            lines.append(f'  password "{peer.password}";')
-        lines += [
-            f"  ipv{peer.family} {{",
-            "    import none;",
-            f"    export filter {export};",
-            "    next hop self;",
-            "  };",
-            "}",
-            "",
-        ]
+        lines += _peer_section(settings, peer, export)
     return "\n".join(lines)
 
 
