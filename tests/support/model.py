@@ -12,11 +12,11 @@ It mirrors, function by function, what xdp/include/ decides for a TCP or UDP pac
 - ``Model.decide``                     xlb_process_ip for TCP/UDP (the source-range check
                                        included), then xlb_balance
 
-``Model`` takes the same writer calls as ``pyxlb.datapath.Datapath`` (``set_config``,
-``set_vip``, ``set_backend``, ``set_nexthop``, ``set_ring``, ``add_source_range``, ...), so a
-test applies one
-list of calls to both and then compares, packet by packet, the kernel's action and output
-with ``Model.decide``. ``decide`` updates the model's flow table exactly as the kernel
+``Model`` is set up with one call per record (``set_config``, ``set_vip``, ``set_backend``,
+``set_nexthop``, ``set_ring``, ``add_source_range``, ...); tests/datapath/test_model_vs_kernel.py
+makes each call on the model and, through the map accessors, on the kernel's maps
+(``RawKernel``), then compares, packet by packet, the kernel's action and output with
+``Model.decide``. ``decide`` updates the model's flow table exactly as the kernel
 updates the flow tables, so both must see the same packets in the same order.
 
 Out of scope (a test that needs them extends the model first): parsing failures,
