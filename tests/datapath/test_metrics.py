@@ -272,8 +272,11 @@ def test_serve_on_ipv6_until_interrupted(bpffs_dir, stop):
     """Ctrl-C, or SIGTERM (how a container is stopped), ends the exporter cleanly."""
     with Datapath.create(bpffs_dir, map_sizes=SMALL) as dp:
         dp.apply(load_text(STATE))
+        # as from a terminal: a pytest started in the background by a non-interactive shell
+        # (or under nohup) ignores SIGINT, the child would inherit that and never see Ctrl-C
         proc = subprocess.Popen([sys.executable, "-c", SERVE, bpffs_dir, "::1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             line = proc.stdout.readline().strip()
             assert line.startswith("pyxlb: metrics on http://[::1]:"), \
