@@ -13,10 +13,14 @@ from .tables import BalancerTables
 def read_layout(t: BalancerTables) -> plan_mod.Layout:
     """The Layout (and so the DesiredState) the maps implement, with the ids they use and
     the generation of every backend id ever handed out."""
+    # in the reverse of the order apply writes them (backends, members, then the VIPs that
+    # point at them): read while another thread or process applies, every id a VIP or a
+    # member names is already in the maps read after it
+    vips = t.vips.read()
+    members = t.members.read()
     backends = t.backends.read()
     live = {i: r for i, r in backends.items() if r.state}
-    layout = plan_mod.rebuild_state(t.vips.read(), t.members.read(), live,
-                                    t.source_ranges.read())
+    layout = plan_mod.rebuild_state(vips, members, live, t.source_ranges.read())
     layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})
     return layout
 

@@ -776,3 +776,38 @@ def test_applies_to_one_pinned_datapath_take_turns(bpffs_dir):
         second.close()
         first.destroy()
         first.close()
+
+
+def test_reading_back_while_another_handle_applies_sees_whole_states(bpffs_dir):
+    """A reader does not take the apply lock (`pyxlb vip list`, the agent's tests): it reads
+    the maps in the reverse of the order apply writes them, so a VIP it reads never names a
+    backend id it has not read. Here VIPs with fresh backends come and go under it."""
+    writer = Datapath.create(bpffs_dir, map_sizes=SMALL)
+    reader = Datapath.open(bpffs_dir)
+    stop = threading.Event()
+    seen, failures = set(), []
+
+    def read():
+        while not stop.is_set():
+            try:
+                seen.add(len(reader.layout(refresh=True).state))
+            except StateError as exc:
+                failures.append(str(exc))
+                return
+    worker = threading.Thread(target=read)
+    try:
+        worker.start()
+        for i in range(60):
+            backends = [f"10.0.{(i % 3) + 2}.{b}" for b in range(1, 4)]
+            writer.apply(STATE.with_vip(vip("192.0.2.60:80/tcp", *backends)))
+            writer.apply(STATE)
+            if failures:
+                break
+    finally:
+        stop.set()
+        worker.join(10)
+        reader.close()
+        writer.destroy()
+        writer.close()
+    assert not failures, failures[0]
+    assert len(seen) > 1, "the reader never overlapped an apply"
