@@ -14,7 +14,6 @@ import ast
 import pathlib
 from typing import Dict, List, Set, Tuple
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "pyxlb"
