@@ -232,6 +232,17 @@ def test_l2_the_agents_elect_an_owner_among_nodes_with_pods_and_fail_over(klab):
     lab, api = klab
     ensure_web(api)
     api.update(o.spread("web", {"n1": 1, "n2": 1}, namespace=SHOP, name="web-ipv4"))
+
+    def programmed(node):
+        with lab.datapath(node) as dp:
+            v = dp.layout(refresh=True).state.vip(f"{VIP4}:80/tcp")
+        return v is not None and {str(b.address) for b in v.backends if b.state == "active"} \
+            == {str(node_addr(n, 4)) for n in ("n1", "n2")}
+
+    # when this test made the Service, a node whose balancer does not hold the VIP yet drops
+    # the flows the owner sends it (its stack has no such address): wait for all of them
+    for node in KNODES:
+        _wait(lambda node=node: programmed(node), 20, f"{node}'s balancer to hold the VIP", lab)
     macs = {node: _mac(lab, node) for node in KNODES}
     dead = None
     try:
