@@ -316,16 +316,17 @@ class Lab:
                 finally:
                     s.close()
 
-    def warm_neighbours(self) -> None:
-        """Have every LB resolve the backends' MACs (one datagram each, to the discard
-        port), so the balancers' next-hop caches can be filled."""
-        for lb in LBS:
-            with netns.enter(self.ns(lb)):
+    def warm_neighbours(self, senders=LBS, targets=BACKENDS) -> None:
+        """Have every sender (the LBs) resolve the targets' MACs (the backends; one datagram
+        each, to the discard port), so the balancers' next-hop caches can be filled."""
+        for node in senders:
+            with netns.enter(self.ns(node)):
                 for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
                     s = socket.socket(af, socket.SOCK_DGRAM)
                     try:
-                        for be in BACKENDS:
-                            s.sendto(b"", (str(node_addr(be, fam)), 9))
+                        for other in targets:
+                            if other != node:
+                                s.sendto(b"", (str(node_addr(other, fam)), 9))
                     finally:
                         s.close()
         time.sleep(0.2)

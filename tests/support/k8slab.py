@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -104,19 +103,10 @@ class KubeLab(Lab):
                            input=rules, text=True, check=True, capture_output=True)
         self.wait_http(nodes=KNODES, port=target_port)
 
-    def warm_neighbours(self) -> None:
-        """Every node resolves every other node's MAC (one datagram each to the discard
-        port), so the balancers' next-hop caches fill on the first apply."""
-        for node in KNODES:
-            with netns.enter(self.ns(node)):
-                for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-                    s = socket.socket(af, socket.SOCK_DGRAM)
-                    try:
-                        for other in KNODES:
-                            if other != node:
-                                s.sendto(b"", (str(node_addr(other, fam)), 9))
-                    finally:
-                        s.close()
+    def warm_neighbours(self, senders=KNODES, targets=KNODES) -> None:
+        """Every node resolves every other node's MAC, so the balancers' next-hop caches
+        fill on the first apply."""
+        super().warm_neighbours(senders, targets)
         time.sleep(0.2)
 
     # -- the API stand-in's place, and the agents ----------------------------------------------
