@@ -51,15 +51,24 @@ def _wait(check, timeout, what, lab=None):
 
 
 def start_agent(lab, api, node):
-    lab.start_agent(node, api, "--lease-duration", "2")
+    if lab.image is not None:       # a containerised agent runs the DaemonSet's own settings
+        lab.start_agent(node, api)
+    else:
+        lab.start_agent(node, api, "--lease-duration", "2")
 
 
 @pytest.fixture(scope="module")
 def klab_module():
     """The module's lab, built once: the stand-in on the router, installed as docs/deploy.md
     says, and an agent on every node. Tests take it through `klab`."""
+    yield from installed(KubeLab(f"k{os.getpid() % 100000}"))
+
+
+def installed(lab):
+    """Build `lab`, install pyxlb in its API as docs/deploy.md says, start every agent;
+    yield (lab, api); then check the agents were refused nothing, and take it all down.
+    tests/image/ runs this module's tests with containerised agents through it."""
     assert os.geteuid() == 0, "the lab tests need root (namespaces, XDP, bpffs)"
-    lab = KubeLab(f"k{os.getpid() % 100000}")
     api = None
     try:
         lab.up()

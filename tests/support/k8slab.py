@@ -17,7 +17,9 @@ the target port, and kube-proxy's DNAT from the Service port to it (nftables).
 
 Agents run as in a pod when the stand-in speaks HTTPS (``start_agent``): in-cluster
 configuration from a service account directory, with the permissions the stand-in's RBAC
-objects grant (the tests apply deploy/rbac.yaml).
+objects grant (the tests apply deploy/rbac.yaml). Given an image (``KubeLab(image=...)``),
+each agent runs from it in a podman container in its node's namespace, with the pod
+deploy/daemonset.yaml and deploy/configmap.yaml describe (tests/support/daemonset.py).
 
 The router sends VIP traffic to n1 (what an announcement would do); n1's balancer spreads it
 over the nodes by their weights — all Maglev, all real packets.
@@ -33,13 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Set, Tuple
+import shutil
+from typing import Dict, List, Optional, Set, Tuple
 
 from pyroute2 import NetNS
 
 from pyxlb import netns
 from pyxlb.errors import PyxlbError
 from pyxlb.lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
+
+from tests.support.daemonset import AgentPod, container_state, podman
 
 KNODES = ("n1", "n2", "n3")
 # The healthCheckNodePort the lab's Local Services ask for (in the API's node port range):
@@ -57,9 +62,11 @@ class KubeLab(Lab):
 
     NODES = (CLIENT, ROUTER, *KNODES)
 
-    def __init__(self, prefix: str = "xlbk"):
+    def __init__(self, prefix: str = "xlbk", image: Optional[str] = None):
         super().__init__(prefix)
+        self.image = image
         self.agents: Dict[str, subprocess.Popen] = {}
+        self.containers: Dict[str, str] = {}
         self.logs: Dict[str, str] = {}
         self._pods: Set[Tuple[str, int]] = set()
         self._logdir = tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-")
@@ -122,7 +129,16 @@ class KubeLab(Lab):
         with netns.enter(self.ns(ROUTER)):
             yield
 
-    def start_agent(self, node: str, api, *extra: str) -> subprocess.Popen:
+    def start_agent(self, node: str, api, *extra: str):
+        """The agent of `node`: a process (`start_process`), or with an image a container
+        (`start_container`), which takes no extra arguments: the DaemonSet's are its own."""
+        if self.image is None:
+            return self.start_process(node, api, *extra)
+        if extra:
+            raise PyxlbError(f"a containerised agent runs the DaemonSet's arguments, not {extra}")
+        return self.start_container(node, api)
+
+    def start_process(self, node: str, api, *extra: str) -> subprocess.Popen:
         """Run `pyxlb agent` as its own process inside `node`'s namespace, against `api`
         (an ApiStandIn). Over HTTPS the agent runs as in a pod: no --server, the
         environment's KUBERNETES_SERVICE_HOST/PORT, and a service account directory as the
@@ -155,10 +171,41 @@ class KubeLab(Lab):
         self.agents[node] = proc
         return proc
 
+    def container_name(self, node: str) -> str:
+        return f"{self.prefix}-agent-{node}"
+
+    def start_container(self, node: str, api, pod: Optional[AgentPod] = None) -> str:
+        """Run `node`'s agent from the lab's image, as kubelet would run the DaemonSet's pod
+        on that node (tests/support/daemonset.py); `pod` is deploy/'s unless given.
+        Returns the container's name."""
+        if self.agent_runs(node):
+            raise PyxlbError(f"the agent of {node} runs already")
+        if not api.tls:
+            raise PyxlbError("a containerised agent needs the stand-in over HTTPS (in-cluster)")
+        pod = pod or AgentPod.read()
+        name = self.container_name(node)
+        podman(["rm", "--force", "--ignore", name])
+        sa = api.write_service_account(os.path.join(self._logdir, f"sa-{node}"),
+                                       pod.namespace, pod.service_account)
+        logpath = os.path.join(self._logdir, f"agent-{node}.log")
+        self.logs[node] = logpath
+        # the one thing a lab node differs in: three nodes share this machine's bpffs
+        env = {"PYXLB_PIN_DIR": self.pin_dir(node)}
+        cmd = pod.podman_run(name=name, image=self.image, netns=self.ns(node), node=node,
+                             sa_dir=sa, api_env=api.service_env(), lab_env=env,
+                             scratch=os.path.join(self._logdir, node), log_path=logpath)
+        podman(cmd[1:])
+        self.containers[node] = name
+        return name
+
     def agent_runs(self, node: str) -> bool:
+        if self.image is not None:
+            return node in self.containers and container_state(self.containers[node]) == "running"
         return node in self.agents and self.agents[node].poll() is None
 
     def stop_agent(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.image is not None:
+            return self._stop_container(node, sig, timeout)
         proc = self.agents.pop(node, None)
         if proc is None:
             return 0
@@ -170,6 +217,23 @@ class KubeLab(Lab):
                 proc.kill()
                 proc.wait()
         return proc.returncode
+
+    def _stop_container(self, node: str, sig: int, timeout: float) -> int:
+        """SIGTERM: `podman stop`, SIGKILL after `timeout` (kubelet's grace period);
+        another signal: sent as it is, then wait. The container is removed, as kubelet
+        removes a pod's dead container; returns its exit code."""
+        name = self.containers.pop(node, None)
+        if name is None:
+            return 0
+        if sig == signal.SIGTERM:
+            podman(["stop", f"--time={int(timeout)}", name], check=False)
+        else:
+            podman(["kill", f"--signal={int(sig)}", name], check=False)
+            podman(["wait", name], check=False, timeout=timeout + 5)
+        code = podman(["inspect", "--format", "{{.State.ExitCode}}", name],
+                      check=False).stdout.strip()
+        podman(["rm", "--force", "--ignore", name], check=False)
+        return int(code) if code.lstrip("-").isdigit() else -1
 
     def log_of(self, node: str) -> str:
         try:
@@ -193,7 +257,12 @@ class KubeLab(Lab):
         return out
 
     def down(self) -> List[str]:
-        for node in list(self.agents):
+        for node in list(self.agents) + list(self.containers):
             with contextlib.suppress(Exception):
                 self.stop_agent(node, signal.SIGKILL, timeout=5)
-        return super().down()
+        # containers of this prefix left by an earlier run that crashed
+        left = podman(["ps", "--all", "--quiet", "--filter", f"name=^{self.prefix}-agent-"],
+                      check=False).stdout.split() if shutil.which("podman") else []
+        if left:
+            podman(["rm", "--force", *left], check=False)
+        return [f"container {c}" for c in left] + super().down()
