@@ -19,7 +19,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -40,6 +40,12 @@ MAX_VIPS_DEFAULT = 4096
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Every label value the agent counts under (pyxlb/k8s/agent.py counts reconciles,
+# pyxlb/k8s/informer.py watch restarts; tests/unit/test_metrics_names.py holds them
+# together). Each series exists at 0 from the start, so a healthy agent's dashboard panels
+# and alert rules read 0 rather than no data.
+RECONCILE_RESULTS = ("ok", "error")
+WATCH_RESTART_REASONS = ("gone", "error")
 
 
 class AgentMetrics:
@@ -68,6 +74,25 @@ class AgentMetrics:
         self.node_health = Gauge("pyxlb_agent_node_health", "healthCheckNodePort verdict per "
                                  "probed node (1 healthy, 0 failing)", ["node"],
                                  registry=registry)
+        for result in RECONCILE_RESULTS:
+            self.reconciles.labels(result)
+        self._probed: Set[str] = set()
+
+    def watching(self, kinds) -> None:
+        """Start the watch-restart counters of each watched kind at 0, for every reason."""
+        for kind in kinds:
+            for reason in WATCH_RESTART_REASONS:
+                self.watch_restarts.labels(kind, reason)
+
+    def node_verdicts(self, healthy: Dict[str, bool]) -> None:
+        """Set pyxlb_agent_node_health to `healthy` ({node: verdict} of the nodes probed
+        now), removing nodes no longer probed: a node a Service stopped pointing at would
+        otherwise show its last verdict (perhaps failing) for as long as the agent runs."""
+        for node in self._probed - set(healthy):
+            self.node_health.remove(node)
+        for node, ok in healthy.items():
+            self.node_health.labels(node).set(1 if ok else 0)
+        self._probed = set(healthy)
 
 
 @dataclass
@@ -213,6 +238,10 @@ class AgentNode:
                                          metrics=self.metrics)
             self.agent.on_service_change = self.controller.service_changed
             self.agent.on_problems = self.controller.post_problems
+        watched = [i.kind for i in self.agent.informers]
+        if self.controller is not None:
+            watched.append(self.controller.pools.kind)
+        self.metrics.watching(watched)
         if o.metrics_port:
             try:
                 server, _thread = start_http_server(o.metrics_port, addr=o.listen,
@@ -259,9 +288,8 @@ class AgentNode:
     def _gauges(self) -> None:
         while not self._stopped.wait(1.0):
             self.metrics.api_up.set(1 if self.agent.api_up else 0)
-            for node, target in self.agent.health_targets().items():
-                self.metrics.node_health.labels(node).set(
-                    1 if self.agent.prober.healthy(target) else 0)
+            self.metrics.node_verdicts({node: self.agent.prober.healthy(target) for node, target
+                                        in self.agent.health_targets().items()})
 
     # -- probes ---------------------------------------------------------------------------
 
