@@ -1,4 +1,5 @@
-# pyxlb: `make setup` once (idempotent), then `make test`, `make demo`, `make bench`.
+# pyxlb: `make setup` once (idempotent), then `make test`, `make demo`, `make bench`;
+# `make image` builds the agent image, `make k8s-lab` runs the Kubernetes lab for kubectl.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD_INPUTS := $(wildcard xdp/*.c xdp/bench/*.c xdp/include/*.h ext/*.pyx ext/*.pxd ext/includes/*.pxd) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup system build test demo bench fuzz clean
+.PHONY: setup system build test test-image image k8s-lab demo bench fuzz clean
 
 setup: system build
 
@@ -25,8 +26,24 @@ $(VENV)/.build-ok: $(VENV)/.venv-ok $(BUILD_INPUTS)
 
 build: system $(VENV)/.build-ok
 
+# Everything: the suite, then the image tests (tests/image/: the image built, the Kubernetes
+# lab's agents run from it), which `make test-image` runs alone.
 test: build
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/image $(PYTEST_ARGS)
+	$(PY) -m pytest tests/image
+
+test-image: build
+	$(PY) -m pytest tests/image $(PYTEST_ARGS)
+
+# The agent image, pyxlb:<version> and pyxlb:dev (scripts/build-image.sh says what it takes
+# from the environment: ENGINE, BASE, DEBIAN_MIRROR, CA_BUNDLE).
+image: system
+	@scripts/build-image.sh
+
+# The Kubernetes lab, left up until Ctrl-C, for kubectl (docs/lab.md); IMAGE=pyxlb:dev runs
+# its agents from the image (`make image` first).
+k8s-lab: build
+	$(PY) -m tests.support.k8slab_main $(if $(IMAGE),--image $(IMAGE))
 
 demo: build
 	$(VENV)/bin/pyxlb lab demo

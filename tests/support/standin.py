@@ -1,28 +1,43 @@
-"""A local Kubernetes API stand-in: enough of the REST API for lightkube, with real list/watch.
+"""A local Kubernetes API stand-in: enough of the REST API for lightkube and kubectl, with real
+list/watch.
 
 Kubernetes cannot run where the tests run, so the agent and the IP-allocation controller are
 tested against this in-process HTTP server (stdlib; plain http on 127.0.0.1 unless TLS is
 asked for). It speaks the API's JSON over the API's URLs, so the real client library works
-against it unchanged, in-cluster configuration included.
+against it unchanged, in-cluster configuration included, and so does the real kubectl
+(``write_kubeconfig``; tests/k8s/test_kubectl.py).
 
 What it implements, as the real API server does:
 
 - The kinds in ``KINDS`` (Service, Node, EndpointSlice, both Events, Lease, ConfigMap, IPPool,
-  BGPPeer), core (``/api/v1``) and grouped (``/apis/{group}/{version}``), namespaced and
-  cluster-scoped, with the all-namespaces form of list and watch.
+  BGPPeer, Namespace, ServiceAccount, the RBAC kinds, and, stored for kubectl with no
+  controller acting on them, Deployment, DaemonSet and CustomResourceDefinition), core
+  (``/api/v1``) and grouped (``/apis/{group}/{version}``), namespaced and cluster-scoped,
+  with the all-namespaces form of list and watch.
+- What kubectl asks before anything else (``standin_discovery``): discovery, plain and
+  aggregated, with short names, categories and verbs; the OpenAPI v3 documents, which make
+  kubectl validate on the server (``fieldValidation=Strict``: a custom resource with a field
+  its CRD does not declare is refused; built-in kinds are not checked).
 - One global resourceVersion, bumped by every write and stamped on the object; uid,
   creationTimestamp, generation (bumped when anything outside metadata and status changes).
-- get, create (409 AlreadyExists), update (409 Conflict on a stale resourceVersion), patch
-  (JSON merge patch; JSON patch with add/remove/replace/move/copy/test), delete. An update or
-  patch that changes nothing is not a write: no new resourceVersion, no event.
+- get, create (409 AlreadyExists), update (409 Conflict on a stale resourceVersion), patch,
+  delete, deletecollection. Patches (``standin_patch``): JSON merge patch; JSON patch with
+  add/remove/replace/move/copy/test; strategic merge patch for the built-in kinds (merge keys
+  and directives; custom resources refuse it with 415); server-side apply (create or merge,
+  ``metadata.managedFields`` per field manager, conflicts between apply managers, simplified
+  as that module says). An update or patch that changes nothing is not a write: no new
+  resourceVersion, no event. ``dryRun=All`` (query, or a delete's body) stores nothing.
 - The status subresource: writes to the main resource keep the stored status, writes to
   ``/status`` change only the status. A Service or custom resource created over HTTP loses
   the status it was given, a Node keeps it (the administrator's ``create`` keeps it always).
 - Finalizers: deleting an object that has some only sets deletionTimestamp; the update that
   removes the last one deletes it; adding a finalizer to an object being deleted is refused.
 - list with labelSelector (``=``, ``==``, ``!=``, ``in``, ``notin``, ``key``, ``!key``,
-  ``>``, ``<``), fieldSelector (metadata.name, metadata.namespace) and limit/continue
-  (pages come from one snapshot, so a paged list is consistent).
+  ``>``, ``<``), fieldSelector (metadata.name, metadata.namespace, and the fields the server
+  adds for some kinds, a core Event's involvedObject.* among them: ``standin_select``) and
+  limit/continue (pages come from one snapshot, so a paged list is consistent).
+- Tables (``standin_tables``): a list, get or watch whose Accept asks for
+  ``as=Table;g=meta.k8s.io`` (``kubectl get``) is answered with the server's columns.
 - watch: from a resourceVersion (every later event, in order) or from nothing/"0" (ADDED for
   what exists, then live events); a label-filtered watch sees an object that stops matching
   as DELETED and one that starts matching as ADDED; BOOKMARK events when asked; timeoutSeconds;
@@ -70,29 +85,40 @@ What it implements, as the real API server does:
   authenticated request): every request is checked, before routing as on the real server,
   against the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings stored at that moment;
   a refusal is the real 403 Status, message and details. The rules, and what is left out
-  (aggregationRule, the bootstrap roles other than the public health/version and discovery
-  grants), are in ``standin_auth``, whose ``authorize`` also works offline.
+  (aggregationRule, the bootstrap roles other than the public health/version, discovery and
+  basic-user grants), are in ``standin_auth``, whose ``authorize`` also works offline.
+  Impersonation (``Impersonate-User``/``-Group``: kubectl ``--as``) when the user may
+  impersonate; SelfSubjectAccessReview (``kubectl auth can-i``, its protobuf body read by
+  ``standin_proto``) and SelfSubjectReview (``kubectl auth whoami``).
 - ``audit``: every resource request that reached authorization (user, groups, verb, group,
   resource, subresource, namespace, name, allowed, the code answered), and every 401.
 - ``apply_manifests``: the documents of a YAML file whose kind is served, created as the
   administrator (``deploy/namespace.yaml``, ``deploy/rbac.yaml``); the rest are returned.
-- Request bodies with Content-Length or ``Transfer-Encoding: chunked`` (kubectl's).
+- ``write_kubeconfig``: a kubeconfig (URL, CA, an administrator's or a ServiceAccount's
+  token) for kubectl: ``KUBECONFIG=<file> kubectl get svc -A``.
+- Request bodies with Content-Length or ``Transfer-Encoding: chunked`` (kubectl's ``--raw``
+  writes; ``chunked_bodies`` counts them).
 
 What it does not: validation or defaulting beyond the above (labels, annotations, finalizer
-and owner references are not checked; unknown fields are kept, not pruned; kinds other than
-Service, EndpointSlice and Namespace are checked for their names only; an EndpointSlice's
-address is not checked against the loopback and link-local ranges), admission plugins other
-than namespace lifecycle (quota, limit ranges, webhooks...), the ``kubernetes`` Service and
-Endpoints objects, ServiceCIDR and IPAddress objects (allocation state is internal, and
-addresses and ports are handed out in order where the real allocators pick at random), the
-namespace controller's delay (a Namespace's content goes within the delete request) and the
-/finalize subresource, server-side apply, dry run, deletecollection, delete preconditions and
-grace periods, HTTP/2, discovery, client certificates, JWT tokens (tokens are opaque random
-strings), impersonation, ClusterRole ``aggregationRule``. Open watches are not cut when
-their token is revoked. A strategic merge patch is applied as a JSON merge patch: lists are
-replaced whole, never merged by key, and ``$patch`` directives are not understood. Updates
-without a resourceVersion are accepted for every kind (the real server requires one for
-custom resources).
+and owner references are not checked; unknown fields are kept, not pruned; a custom
+resource gets no defaults from its CRD's schema; kinds other than Service, EndpointSlice and
+Namespace are checked for their names only, and Deployment, DaemonSet and CRD objects get no
+defaults; an EndpointSlice's address is not checked against the loopback and link-local
+ranges), controllers (a Deployment never gets pods; a CRD gets an Established status but
+serves nothing: IPPool and BGPPeer are served whether or not their CRDs are stored),
+admission plugins other than namespace lifecycle (quota, limit ranges, webhooks...), the
+``kubernetes`` Service and Endpoints objects, Pods, Secrets, ServiceCIDR and IPAddress
+objects (allocation state is internal, and addresses and ports are handed out in order where
+the real allocators pick at random; a dry run may move that order on), the namespace
+controller's delay (a Namespace's content goes within the delete request) and the /finalize
+subresource, delete preconditions, propagation and grace periods, HTTP/2, protobuf request
+bodies other than the reviews above (415: kubectl's typed generators, ``kubectl create
+namespace|configmap|deployment``, send them; answers are always JSON), client certificates,
+JWT tokens (tokens
+are opaque random strings), ClusterRole ``aggregationRule``, SelfSubjectRulesReview
+(``kubectl auth can-i --list``). Managed fields are recorded for apply operations only.
+Open watches are not cut when their token is revoked. Updates without a resourceVersion are
+accepted for every kind (the real server requires one for custom resources).
 
 Tests drive it over HTTP through the real client (``client()`` as the administrator,
 ``client_for(token)`` as anyone), and also directly (``create``, ``get``, ``update``,
@@ -109,7 +135,6 @@ import json
 import logging
 import os
 import queue
-import re
 import shutil
 import socket
 import ssl
@@ -127,7 +152,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pyxlb.errors import PyxlbError
 
 from . import standin_auth as auth
+from . import standin_patch
 from .standin_auth import AuditRecord, RequestAttributes, UserInfo
+from .standin_patch import PatchError, json_patch, merge_patch
+from .standin_select import SelectorError, parse_field_selector, parse_label_selector
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +183,9 @@ class Kind:
     # omitempty); a BOOKMARK object carries them so a typed client can decode it.
     zero_fields: Tuple[Tuple[str, Any], ...] = ()
     names: str = DNS1123_SUBDOMAIN      # the rule its object names follow
+    short_names: Tuple[str, ...] = ()   # discovery: what kubectl also accepts ("svc")
+    categories: Tuple[str, ...] = ()    # discovery: "all" puts it in `kubectl get all`
+    custom: bool = False                # a custom resource (its CRD is in deploy/crds/)
 
     @property
     def api_version(self) -> str:
@@ -163,20 +194,25 @@ class Kind:
 
 # Adding a kind is one line here.
 KINDS: Tuple[Kind, ...] = (
-    Kind("Service", "", "v1", "services", namespaced=True, status=True, names=DNS1035_LABEL),
-    Kind("Node", "", "v1", "nodes", namespaced=False, status=True, create_keeps_status=True),
-    Kind("ConfigMap", "", "v1", "configmaps", namespaced=True),
-    Kind("Event", "", "v1", "events", namespaced=True, zero_fields=(("involvedObject", {}),)),
+    Kind("Service", "", "v1", "services", namespaced=True, status=True, names=DNS1035_LABEL,
+         short_names=("svc",), categories=("all",)),
+    Kind("Node", "", "v1", "nodes", namespaced=False, status=True, create_keeps_status=True,
+         short_names=("no",)),
+    Kind("ConfigMap", "", "v1", "configmaps", namespaced=True, short_names=("cm",)),
+    Kind("Event", "", "v1", "events", namespaced=True, zero_fields=(("involvedObject", {}),),
+         short_names=("ev",)),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", namespaced=True,
          zero_fields=(("addressType", ""), ("endpoints", None))),
     Kind("Event", "events.k8s.io", "v1", "events", namespaced=True,
-         zero_fields=(("eventTime", None),)),
+         zero_fields=(("eventTime", None),), short_names=("ev",)),
     Kind("Lease", "coordination.k8s.io", "v1", "leases", namespaced=True),
-    Kind("IPPool", "pyxlb.io", "v1alpha1", "ippools", namespaced=False, status=True),
-    Kind("BGPPeer", "pyxlb.io", "v1alpha1", "bgppeers", namespaced=False, status=True),
+    Kind("IPPool", "pyxlb.io", "v1alpha1", "ippools", namespaced=False, status=True,
+         short_names=("ipp",), custom=True),
+    Kind("BGPPeer", "pyxlb.io", "v1alpha1", "bgppeers", namespaced=False, status=True,
+         short_names=("bgpp",), custom=True),
     Kind("Namespace", "", "v1", "namespaces", namespaced=False, status=True,
-         names=DNS1123_LABEL),
-    Kind("ServiceAccount", "", "v1", "serviceaccounts", namespaced=True),
+         names=DNS1123_LABEL, short_names=("ns",)),
+    Kind("ServiceAccount", "", "v1", "serviceaccounts", namespaced=True, short_names=("sa",)),
     Kind("ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", namespaced=False,
          names=PATH_SEGMENT),
     Kind("ClusterRoleBinding", "rbac.authorization.k8s.io", "v1", "clusterrolebindings",
@@ -185,6 +221,15 @@ KINDS: Tuple[Kind, ...] = (
          names=PATH_SEGMENT),
     Kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", namespaced=True,
          names=PATH_SEGMENT),
+    # stored only, no controller acts on them: what `kubectl apply -k deploy/` and the
+    # examples hold (a Deployment never gets pods, a CRD does not add a kind)
+    Kind("Deployment", "apps", "v1", "deployments", namespaced=True, status=True,
+         short_names=("deploy",), categories=("all",)),
+    Kind("DaemonSet", "apps", "v1", "daemonsets", namespaced=True, status=True,
+         short_names=("ds",), categories=("all",)),
+    Kind("CustomResourceDefinition", "apiextensions.k8s.io", "v1", "customresourcedefinitions",
+         namespaced=False, status=True, short_names=("crd", "crds"),
+         categories=("api-extensions",)),
 )
 
 DEFAULT_NAMESPACE = "default"
@@ -201,6 +246,7 @@ _REASONS = {
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class StandInError(PyxlbError):
@@ -276,100 +322,6 @@ def _copy(obj: Any) -> Any:
 # Selectors
 
 
-_SET_RE = re.compile(r"^\s*([^\s!=<>(),]+)\s+(in|notin)\s+\(([^()]*)\)\s*$")
-_OP_RE = re.compile(r"^\s*([^\s!=<>(),]+)\s*(==|=|!=|>|<)\s*([^\s!=<>(),]*)\s*$")
-_KEY_RE = re.compile(r"^\s*(!?)\s*([^\s!=<>(),]+)\s*$")
-
-
-def _split_top(text: str) -> List[str]:
-    """Split a selector at the commas that are not inside a parenthesised value set."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p for p in parts if p.strip()]
-
-
-def parse_label_selector(text: str) -> Callable[[Dict[str, str]], bool]:
-    """A predicate on a labels dict, from a label selector in the API's string syntax."""
-    tests: List[Callable[[Dict[str, str]], bool]] = []
-    for req in _split_top(text):
-        m = _SET_RE.match(req)
-        if m:
-            key, op = m.group(1), m.group(2)
-            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
-            if op == "in":
-                tests.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                tests.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-            continue
-        m = _OP_RE.match(req)
-        if m:
-            key, op, value = m.groups()
-            if op in ("=", "=="):
-                tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
-            elif op == "!=":
-                tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                try:
-                    bound = int(value)
-                except ValueError:
-                    raise _bad_request(f"unable to parse requirement {req.strip()!r}: "
-                                       f"{op} needs an integer value") from None
-                tests.append(lambda labels, k=key, b=bound, gt=(op == ">"):
-                             _int_compare(labels.get(k), b, gt))
-            continue
-        m = _KEY_RE.match(req)
-        if m:
-            negate, key = m.groups()
-            if negate:
-                tests.append(lambda labels, k=key: k not in labels)
-            else:
-                tests.append(lambda labels, k=key: k in labels)
-            continue
-        raise _bad_request(f"unable to parse requirement {req.strip()!r} in labelSelector {text!r}")
-    return lambda labels: all(t(labels) for t in tests)
-
-
-def _int_compare(value: Optional[str], bound: int, greater: bool) -> bool:
-    try:
-        number = int(value) if value is not None else None
-    except ValueError:
-        return False
-    if number is None:
-        return False
-    return number > bound if greater else number < bound
-
-
-_FIELDS = {"metadata.name": "name", "metadata.namespace": "namespace"}
-
-
-def parse_field_selector(text: str) -> Callable[[dict], bool]:
-    """A predicate on an object's metadata, from a field selector (metadata.name and
-    metadata.namespace, with =, == and !=: the fields every kind supports)."""
-    tests: List[Callable[[dict], bool]] = []
-    for req in _split_top(text):
-        m = _OP_RE.match(req)
-        if not m or m.group(2) not in ("=", "==", "!="):
-            raise _bad_request(f"invalid field selector requirement {req.strip()!r}")
-        path, op, value = m.groups()
-        if path not in _FIELDS:
-            raise _bad_request(f'field label not supported: "{path}" (the stand-in knows '
-                               f"metadata.name and metadata.namespace)")
-        key = _FIELDS[path]
-        if op == "!=":
-            tests.append(lambda meta, k=key, v=value: (meta.get(k) or "") != v)
-        else:
-            tests.append(lambda meta, k=key, v=value: (meta.get(k) or "") == v)
-    return lambda meta: all(t(meta) for t in tests)
-
-
 @dataclass(frozen=True)
 class _Filter:
     """Which objects of a kind a list or a watch sees."""
@@ -379,12 +331,16 @@ class _Filter:
     fields: Optional[Callable[[dict], bool]] = None
 
     @classmethod
-    def from_query(cls, namespace: Optional[str], query: Dict[str, str]) -> "_Filter":
+    def from_query(cls, namespace: Optional[str], query: Dict[str, str],
+                   kind: Optional[Kind] = None) -> "_Filter":
         labels = query.get("labelSelector")
         fields = query.get("fieldSelector")
-        return cls(namespace,
-                   parse_label_selector(labels) if labels else None,
-                   parse_field_selector(fields) if fields else None)
+        try:
+            return cls(namespace,
+                       parse_label_selector(labels) if labels else None,
+                       parse_field_selector(fields, kind) if fields else None)
+        except SelectorError as exc:
+            raise _bad_request(str(exc)) from None
 
     def matches(self, obj: dict) -> bool:
         meta = obj.get("metadata") or {}
@@ -392,126 +348,9 @@ class _Filter:
             return False
         if self.labels is not None and not self.labels(meta.get("labels") or {}):
             return False
-        if self.fields is not None and not self.fields(meta):
+        if self.fields is not None and not self.fields(obj):
             return False
         return True
-
-
-# ---------------------------------------------------------------------------------------
-# Patches
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, null removes, anything else
-    (lists included) replaces. Returns a new value; neither argument is changed."""
-    if not isinstance(patch, dict):
-        return _copy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-class _PatchFailed(Exception):
-    """A JSON patch operation that cannot apply to the document (-> 422)."""
-
-
-def _pointer(path: Any) -> List[str]:
-    if not isinstance(path, str) or (path and not path.startswith("/")):
-        raise _PatchFailed(f"invalid JSON pointer {path!r}")
-    if path == "":
-        return []
-    return [tok.replace("~1", "/").replace("~0", "~") for tok in path[1:].split("/")]
-
-
-def _index(container: list, token: str, allow_end: bool) -> int:
-    if token == "-" and allow_end:
-        return len(container)
-    if not token.isdigit() or (len(token) > 1 and token.startswith("0")):
-        raise _PatchFailed(f"invalid array index {token!r}")
-    idx = int(token)
-    if idx > len(container) or (idx == len(container) and not allow_end):
-        raise _PatchFailed(f"array index {idx} out of range")
-    return idx
-
-
-def _walk(doc: Any, tokens: List[str]) -> Any:
-    node = doc
-    for tok in tokens:
-        if isinstance(node, dict):
-            if tok not in node:
-                raise _PatchFailed(f"path element {tok!r} not found")
-            node = node[tok]
-        elif isinstance(node, list):
-            node = node[_index(node, tok, allow_end=False)]
-        else:
-            raise _PatchFailed(f"path element {tok!r} is inside a scalar")
-    return node
-
-
-def _json_patch_add(doc: Any, tokens: List[str], value: Any) -> Any:
-    if not tokens:
-        return value
-    parent = _walk(doc, tokens[:-1])
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        parent[last] = value
-    elif isinstance(parent, list):
-        parent.insert(_index(parent, last, allow_end=True), value)
-    else:
-        raise _PatchFailed(f"cannot add {last!r} to a scalar")
-    return doc
-
-
-def _json_patch_remove(doc: Any, tokens: List[str]) -> Tuple[Any, Any]:
-    if not tokens:
-        raise _PatchFailed("cannot remove the whole document")
-    parent = _walk(doc, tokens[:-1])
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise _PatchFailed(f"path element {last!r} not found")
-        return doc, parent.pop(last)
-    if isinstance(parent, list):
-        return doc, parent.pop(_index(parent, last, allow_end=False))
-    raise _PatchFailed(f"cannot remove {last!r} from a scalar")
-
-
-def json_patch(doc: Any, ops: Any) -> Any:
-    """RFC 6902 JSON patch (add, remove, replace, move, copy, test), applied to `doc` in
-    place and returned. A malformed patch is a 400; one that cannot apply (a missing path,
-    a failed test) raises _PatchFailed, a 422."""
-    if not isinstance(ops, list):
-        raise _bad_request("a JSON patch must be a list of operations")
-    for op in ops:
-        if not isinstance(op, dict) or not isinstance(op.get("op"), str) or "path" not in op:
-            raise _bad_request(f"malformed JSON patch operation {op!r}")
-        name, tokens = op["op"], _pointer(op["path"])
-        if name in ("add", "replace", "test") and "value" not in op:
-            raise _bad_request(f"JSON patch operation {name} at {op['path']!r} has no value")
-        if name == "add":
-            doc = _json_patch_add(doc, tokens, _copy(op["value"]))
-        elif name == "remove":
-            doc, _ = _json_patch_remove(doc, tokens)
-        elif name == "replace":
-            doc, _ = _json_patch_remove(doc, tokens) if tokens else (doc, None)
-            doc = _json_patch_add(doc, tokens, _copy(op["value"]))
-        elif name in ("move", "copy"):
-            source = _pointer(op.get("from"))
-            if name == "move":
-                doc, value = _json_patch_remove(doc, source)
-            else:
-                value = _copy(_walk(doc, source))
-            doc = _json_patch_add(doc, tokens, value)
-        elif name == "test":
-            if _walk(doc, tokens) != op["value"]:
-                raise _PatchFailed(f"test failed at {op['path']!r}")
-        else:
-            raise _bad_request(f"unknown JSON patch operation {name!r}")
-    return doc
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,8 +381,10 @@ class _Watcher:
     """One open watch: its filter, its connection and a queue of encoded lines to send."""
 
     def __init__(self, kind: Kind, flt: _Filter, bookmarks: bool, conn: socket.socket,
-                 after: int, token: Optional[str] = None):
+                 after: int, token: Optional[str] = None,
+                 transform: Optional[Callable[[dict], bytes]] = None):
         self.kind = kind
+        self.transform = transform  # what it sends of an object (a Table), else its JSON
         self.token = token      # the bearer token the watch was opened with
         self.held: List[bytes] = []     # lines kept back while the watch is stalled
         self.after = after      # events at or before this resourceVersion are not sent
@@ -571,7 +412,10 @@ class _Watcher:
             etype = ev.type
         else:
             return None
-        return _event_line(etype, ev.new.raw)
+        return self.event_line(etype, ev.new)
+
+    def event_line(self, etype: str, rec: "_Record") -> bytes:
+        return _event_line(etype, rec.raw if self.transform is None else self.transform(rec.obj))
 
 
 def _event_line(etype: str, raw: bytes) -> bytes:
@@ -667,6 +511,8 @@ class ApiStandIn:
         self._snapshots: "OrderedDict[int, _Snapshot]" = OrderedDict()
         self._snapshot_ids = 0
         self._generated = 0
+        self._crd_files: Optional[Dict[Tuple[str, str], dict]] = None   # deploy/crds/, read once
+        self._dry = threading.local()   # .run: this thread's request is a dry run
         self._down = False
         self._stopping = False
         self._by_api = {(k.api_version, k.kind): k for k in KINDS}
@@ -676,6 +522,7 @@ class ApiStandIn:
             self._by_name.setdefault(k.kind, []).append(k)
         # (verb, Kind name) -> HTTP requests seen; writes to /status count under their kind
         self.requests: collections.Counter = collections.Counter()
+        self.chunked_bodies = 0         # request bodies read with Transfer-Encoding: chunked
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
         self._clients: list = []
@@ -862,6 +709,67 @@ class ApiStandIn:
         host = urlsplit(self.url).hostname or self.host
         return {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(self.port)}
 
+    def write_kubeconfig(self, path: Union[str, os.PathLike], *, namespace: Optional[str] = None,
+                         service_account: Optional[Tuple[str, str]] = None,
+                         token: Optional[str] = None, name: str = "pyxlb-lab") -> str:
+        """Write a kubeconfig for kubectl (and any client) pointing at this stand-in: its URL,
+        with TLS its CA (embedded), and a bearer token: ``admin_token`` (the cluster
+        administrator, as kubeadm's admin.conf), a new token of ``service_account``
+        (namespace, name), or the given `token`. The context names `namespace` if given
+        (kubectl's default is "default"). Written with mode 0600; returns the path
+        (``KUBECONFIG=<path>``)."""
+        import yaml
+
+        if not self.url:
+            raise StandInError(400, "write_kubeconfig: start the stand-in first (no URL yet)")
+        if service_account is not None:
+            if token is not None:
+                raise StandInError(400, "write_kubeconfig: give a service_account or a token, "
+                                        "not both")
+            token = self.issue_token(*service_account)
+            user = f"system:serviceaccount:{service_account[0]}:{service_account[1]}"
+        elif token is None:
+            token, user = self.admin_token, auth.ADMIN_USER
+        else:
+            user = "token-user"
+        config = auth.kubeconfig(self.url, self.ca_pem if self.tls else None, user, token,
+                                 namespace, name)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(str(target), yaml.safe_dump(config, sort_keys=False).encode(), 0o600)
+        return str(target)
+
+    def _non_resource(self, method: str, path: str, accept: Optional[str], body: bytes,
+                      content_type: Optional[str], user: UserInfo
+                      ) -> Optional[Tuple[int, bytes, str]]:
+        """Discovery, the OpenAPI v3 documents (standin_discovery) and the self reviews
+        (kubectl auth can-i, whoami): (code, body, content type), or None for every other
+        path (the OpenAPI v2 document included: 404)."""
+        from . import standin_discovery as disco
+
+        if method == "GET":
+            found = disco.discovery(KINDS, path, accept, urlsplit(self.url).netloc)
+            if found is None and path.startswith("/openapi/"):
+                crds = {(k.group, k.plural): self._crd_of(k) for k in KINDS if k.custom}
+                found = disco.openapi(KINDS, path, {g: c for g, c in crds.items() if c})
+            return found
+        if method == "POST":
+            for review in disco.REVIEWS:
+                if path.rstrip("/") == f"/apis/{review.group}/{review.version}/{review.plural}":
+                    return 201, _dumps(self._review(review, _review_body(body, content_type),
+                                                    user)), "application/json"
+        return None
+
+    def _review(self, review: Any, body: Any, user: UserInfo) -> dict:
+        """A SelfSubjectAccessReview answered by the authorizer in force, or a
+        SelfSubjectReview (who the token is)."""
+        if not isinstance(body, dict) or body.get("kind") not in (None, review.kind):
+            raise _bad_request(f"the body must be a {review.kind}")
+        try:
+            return auth.review(review.kind, review.api_version, body, user, self._decide)
+        except ValueError as exc:
+            raise StandInError(422, str(exc), reason="Invalid") from None
+
     # -- audit -----------------------------------------------------------------------------
 
     def clear_audit(self) -> None:
@@ -902,14 +810,34 @@ class ApiStandIn:
             return None
         return rec.obj["metadata"]["uid"]
 
+    def _impersonate(self, user: UserInfo, target: Optional[str],
+                     groups: List[str]) -> UserInfo:
+        """Impersonation (kubectl --as, --as-group): the request acts as `target` in
+        `groups` when `user` may impersonate them (standin_auth.impersonation)."""
+        if not target:
+            if groups:
+                raise _bad_request("requested impersonation of groups without a user")
+            return user
+        acting, checks = auth.impersonation(target, groups)
+        for attrs in checks:
+            decision = self._decide(user, attrs)
+            if not decision.allowed:
+                status = auth.forbidden_status(user.name, attrs, decision.reason)
+                raise StandInError(403, status["message"], reason="Forbidden",
+                                   details=status["details"])
+        return acting
+
+    def _decide(self, user: UserInfo, attrs: RequestAttributes) -> auth.Decision:
+        """The authorizer in force: RBAC over the stored objects, or AlwaysAllow."""
+        if self.authorization == "RBAC":
+            return auth.authorize((rec.obj for rec in self._rbac_records()),
+                                  user.name, user.groups, attrs)
+        return auth.Decision(True, via="AlwaysAllow")
+
     def _authorize(self, user: UserInfo, attrs: RequestAttributes) -> Optional[AuditRecord]:
         """Allow the request or raise the 403 the real server answers. Resource requests are
         recorded in ``audit`` (the returned record gets its HTTP code when answered)."""
-        if self.authorization == "RBAC":
-            decision = auth.authorize((rec.obj for rec in self._rbac_records()),
-                                      user.name, user.groups, attrs)
-        else:
-            decision = auth.Decision(True, via="AlwaysAllow")
+        decision = self._decide(user, attrs)
         record = self._record(AuditRecord.of(user, attrs, decision)) \
             if attrs.resource_request else None
         if not decision.allowed:
@@ -1137,7 +1065,12 @@ class ApiStandIn:
 
     def _commit(self, kind: Kind, etype: str, old: Optional[_Record], obj: dict) -> _Record:
         """Stamp a new resourceVersion on `obj`, store it (or remove it: DELETED), record the
-        event and hand it to every watcher of the kind. Caller holds the lock."""
+        event and hand it to every watcher of the kind. Caller holds the lock. In a dry run
+        (``dryRun=All``) nothing is stored: the answer is the object as it would be."""
+        if getattr(self._dry, "run", False):
+            obj["metadata"]["resourceVersion"] = old.obj["metadata"]["resourceVersion"] \
+                if old is not None else ""
+            return _Record(obj, _dumps(obj))
         self._rv += 1
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self._rv)
@@ -1252,8 +1185,10 @@ class ApiStandIn:
                 raise _not_found(kind, name)
             try:
                 new = apply(json.loads(old.raw))
-            except _PatchFailed as exc:
-                raise _invalid(kind, name, f"the patch cannot be applied: {exc}") from None
+            except PatchError as exc:
+                if exc.code == 422:
+                    raise _invalid(kind, name, f"the patch cannot be applied: {exc}") from None
+                raise StandInError(exc.code, exc.message, kind=kind, name=name) from None
             if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
                 raise _invalid(kind, name, "the patched object is not an object with metadata")
             given = new["metadata"].get("resourceVersion")
@@ -1424,7 +1359,18 @@ class ApiStandIn:
         store = self._objects[kind]
         return [store[key] for key in sorted(store) if flt.matches(store[key].obj)]
 
-    def _list_page(self, kind: Kind, flt: _Filter, query: Dict[str, str]) -> bytes:
+    def _list_page(self, kind: Kind, flt: _Filter, query: Dict[str, str],
+                   table: Optional[str] = None) -> bytes:
+        """A page of a list: the kind's List, or (`table`: its meta.k8s.io version) a Table."""
+        meta, page = self._list_records(kind, flt, query)
+        if table:
+            return _dumps(self._table(kind, [r.obj for r in page], meta, table, query))
+        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                       "metadata": meta})
+        return head[:-1] + b',"items":[' + b",".join(r.raw for r in page) + b"]}"
+
+    def _list_records(self, kind: Kind, flt: _Filter, query: Dict[str, str]
+                      ) -> Tuple[Dict[str, Any], List[_Record]]:
         limit = _int_param(query, "limit", 0)
         token = query.get("continue")
         with self._lock:
@@ -1453,12 +1399,35 @@ class ApiStandIn:
             elif snap_id is not None:
                 self._snapshots.pop(snap_id, None)
             page = records[offset:end]
-        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                       "metadata": meta})
-        return head[:-1] + b',"items":[' + b",".join(r.raw for r in page) + b"]}"
+        return meta, page
+
+    def _table(self, kind: Kind, objs: List[dict], meta: Dict[str, Any], version: str,
+               query: Dict[str, str]) -> dict:
+        """The Table `kubectl get` prints (standin_tables), the CRD's columns for a custom
+        resource."""
+        from . import standin_tables
+
+        return standin_tables.table(kind, objs, meta, version=version,
+                                    include=query.get("includeObject") or "Metadata",
+                                    crd=self._crd_of(kind) if kind.custom else None)
+
+    def _crd_of(self, kind: Kind) -> Optional[dict]:
+        """The CustomResourceDefinition of a custom resource: the stored one, else the one in
+        deploy/crds/."""
+        from . import standin_discovery
+
+        crd_kind = self.kind_of("CustomResourceDefinition")
+        with self._lock:
+            rec = self._objects[crd_kind].get(("", f"{kind.plural}.{kind.group}"))
+        if rec is not None:
+            return rec.obj
+        if self._crd_files is None:
+            self._crd_files = standin_discovery.crd_schemas()
+        return self._crd_files.get((kind.group, kind.plural))
 
     def _open_watch(self, kind: Kind, flt: _Filter, query: Dict[str, str],
-                    conn: socket.socket, token: Optional[str] = None
+                    conn: socket.socket, token: Optional[str] = None,
+                    transform: Optional[Callable[[dict], bytes]] = None
                     ) -> Tuple[Optional[_Watcher], List[bytes]]:
         """Register a watcher and return it with the lines it must send first; (None,
         [ERROR line]) when the resourceVersion is older than the kept history."""
@@ -1469,9 +1438,10 @@ class ApiStandIn:
             raise _bad_request(f"resourceVersion {since!r} is not a number") from None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         with self._lock:
-            w = _Watcher(kind, flt, bookmarks, conn, after=max(since_rv, self._rv), token=token)
+            w = _Watcher(kind, flt, bookmarks, conn, after=max(since_rv, self._rv), token=token,
+                         transform=transform)
             if since_rv == 0:
-                backlog = [_event_line("ADDED", rec.raw) for rec in self._select(kind, flt)]
+                backlog = [w.event_line("ADDED", rec) for rec in self._select(kind, flt)]
             elif since_rv < self._floor:
                 err = StandInError(410, f"too old resource version: {since_rv} ({self._floor})",
                                    reason="Expired")
@@ -1510,13 +1480,22 @@ class ApiStandIn:
 
     def _answer(self, verb: str, kind: Kind, namespace: Optional[str], name: Optional[str],
                 sub: Optional[str], query: Dict[str, str], body: bytes,
-                content_type: Optional[str]) -> Tuple[int, bytes]:
-        """The HTTP code and JSON body for every request but a watch."""
+                content_type: Optional[str], accept: Optional[str] = None) -> Tuple[int, bytes]:
+        """The HTTP code and JSON body for every request but a watch. A list or get whose
+        Accept asks for a Table (kubectl get) is answered with one."""
+        from .standin_tables import wants_table
+
+        table = wants_table(accept) if verb in ("list", "get") else None
         if verb == "list":
-            return 200, self._list_page(kind, _Filter.from_query(namespace, query), query)
+            return 200, self._list_page(kind, _Filter.from_query(namespace, query, kind), query,
+                                        table)
+        if verb == "deletecollection":
+            return 200, self._delete_collection(kind, _Filter.from_query(namespace, query, kind))
+        strict = self._strict(kind, query)
         if verb == "create":
             keep = kind.create_keeps_status or not kind.status
-            return 201, self._create(kind, namespace, _parse_body(body), keep_status=keep).raw
+            return 201, self._create(kind, namespace, strict(_parse_body(body)),
+                                     keep_status=keep).raw
         if name is None:
             raise StandInError(405, f"{verb} needs an object name")
         if verb == "get":
@@ -1524,14 +1503,93 @@ class ApiStandIn:
                 rec = self._objects[kind].get(self._key(kind, namespace, name))
             if rec is None:
                 raise _not_found(kind, name)
+            if table:
+                meta = {"resourceVersion": rec.obj["metadata"].get("resourceVersion", "")}
+                return 200, _dumps(self._table(kind, [rec.obj], meta, table, query))
             return 200, rec.raw
         if verb == "delete":
             return 200, self._delete(kind, namespace, name).raw
         part = "status" if sub == "status" else "main"
         if verb == "update":
-            return 200, self._update(kind, namespace, name, _parse_body(body), part).raw
-        patcher = _patcher(content_type, _parse_body(body))
-        return 200, self._patch(kind, namespace, name, patcher, part).raw
+            return 200, self._update(kind, namespace, name, strict(_parse_body(body)), part).raw
+        if (content_type or "").split(";")[0].strip() == APPLY_PATCH:
+            return self._server_side_apply(kind, namespace, name, part, body, query)
+        patcher = _patcher(kind, content_type, _parse_body(body))
+        return 200, self._patch(kind, namespace, name, lambda doc: strict(patcher(doc)),
+                                part).raw
+
+    def _strict(self, kind: Kind, query: Dict[str, str]) -> Callable[[Any], Any]:
+        """fieldValidation=Strict (what kubectl asks): a custom resource with a field its
+        CRD's schema does not declare is a 400, as the server's strict decoding answers.
+        Built-in kinds are not checked (the stand-in has no schemas for them)."""
+        if query.get("fieldValidation") != "Strict" or not kind.custom:
+            return lambda obj: obj
+        from .standin_discovery import crd_version_schema, unknown_fields
+
+        schema = crd_version_schema(self._crd_of(kind), kind.version)
+
+        def check(obj: Any) -> Any:
+            unknown = unknown_fields(obj, schema) if isinstance(obj, dict) else []
+            if unknown:
+                found = ", ".join(f'unknown field "{u}"' for u in unknown)
+                raise _bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled '
+                                   f"as a {kind.kind}: strict decoding error: {found}")
+            return obj
+        return check
+
+    def _delete_collection(self, kind: Kind, flt: _Filter) -> bytes:
+        """DELETE on a collection: delete (or mark, with finalizers) every matching object;
+        answers the List of what was deleted."""
+        with self._lock:
+            gone = [self._delete(kind, r.obj["metadata"].get("namespace"),
+                                 r.obj["metadata"]["name"]) for r in self._select(kind, flt)]
+            rv = self._rv
+        head = _dumps({"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
+                       "metadata": {"resourceVersion": str(rv)}})
+        return head[:-1] + b',"items":[' + b",".join(r.raw for r in gone) + b"]}"
+
+    def _server_side_apply(self, kind: Kind, namespace: Optional[str], name: str, part: str,
+                           body: bytes, query: Dict[str, str]) -> Tuple[int, bytes]:
+        """PATCH with an apply patch (kubectl apply --server-side): create the object, or
+        merge the applied configuration into it, as standin_patch.apply says."""
+        import yaml
+
+        manager = query.get("fieldManager")
+        if not manager:
+            raise _bad_request("PATCH with an apply patch requires the fieldManager parameter")
+        try:
+            applied = yaml.safe_load(body.decode() if body else "")
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise _bad_request(f"the apply patch is not YAML or JSON: {exc}") from None
+        if not isinstance(applied, dict) or not applied.get("kind") or \
+                not applied.get("apiVersion"):
+            raise _bad_request("an apply patch is a whole object: apiVersion and kind are "
+                               "required")
+        self._check_type(kind, applied)
+        meta = applied.get("metadata") if isinstance(applied.get("metadata"), dict) else {}
+        if meta.get("name") not in (None, name):
+            raise _bad_request(f"the name of the object ({meta['name']}) does not match the "
+                               f"name on the URL ({name})")
+        self._strict(kind, query)(applied)
+        schema = {} if kind.custom else standin_patch.schema_of(kind.group, kind.kind)
+        with self._lock:
+            old = self._objects[kind].get(self._key(kind, namespace, name))
+            try:
+                out = standin_patch.apply(json.loads(old.raw) if old else None, applied, schema,
+                                          manager, query.get("force") == "true",
+                                          kind.api_version, _now())
+            except standin_patch.PatchError as exc:
+                raise StandInError(exc.code, exc.message, kind=kind, name=name) from None
+            if out.created:
+                out.obj.setdefault("metadata", {})["name"] = name
+                keep = part == "status" or kind.create_keeps_status or not kind.status
+                return 201, self._create(kind, namespace or DEFAULT_NAMESPACE, out.obj,
+                                         keep_status=keep).raw
+            given = meta.get("resourceVersion")
+            if given and given != old.obj["metadata"]["resourceVersion"]:
+                raise _conflict(kind, name)
+            out.obj["metadata"]["resourceVersion"] = old.obj["metadata"]["resourceVersion"]
+            return 200, self._replace(kind, old, out.obj, part).raw
 
     def _take_fault(self, verb: str, kind: Kind) -> Optional[int]:
         with self._lock:
@@ -1774,6 +1832,8 @@ class _Handler(BaseHTTPRequestHandler):
             # refused request for a resource not served here is 403, not 404), then serve.
             attrs = auth.request_attributes(method, url.path, query)
             user = si._authenticate(self.headers.get("Authorization"), attrs)
+            user = si._impersonate(user, self.headers.get("Impersonate-User"),
+                                   self.headers.get_all("Impersonate-Group") or [])
             record = si._authorize(user, attrs)
             if url.path in ("/healthz", "/readyz", "/livez"):
                 self._send(200, b"ok", "text/plain")
@@ -1782,14 +1842,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, _dumps({"major": "1", "minor": "33",
                                              "gitVersion": "v1.33.0-pyxlb-standin"}))
                 return
+            extra = si._non_resource(method, url.path, self.headers.get("Accept"), body,
+                                     self.headers.get("Content-Type"), user)
+            if extra is not None:
+                self._answered(record, extra[0])
+                self._send(*extra)
+                return
             kind, namespace, name, sub = si._route(url.path)
             verb = _verb(method, name, sub, query)
             if verb is None or (verb == "create" and kind.namespaced and namespace is None):
                 raise StandInError(405, f"the server does not allow this method on the "
                                         f"requested resource ({method} {url.path})")
             si._count(verb, kind)
-            if "dryRun" in query:
-                raise _bad_request("dryRun is not supported by the API stand-in")
+            if query.get("dryRun", "All") != "All":
+                raise _bad_request(f'unsupported dryRun value {query["dryRun"]!r}: only "All"')
             if verb in WRITE_VERBS:
                 code = si._take_fault(verb, kind)
                 if code is not None:
@@ -1797,10 +1863,21 @@ class _Handler(BaseHTTPRequestHandler):
                                              f"{' ' + name if name else ''} answers {code}",
                                        kind=kind, name=name)
             if verb == "watch":
-                self._watch(kind, _Filter.from_query(namespace, query), query, record)
+                self._watch(kind, _Filter.from_query(namespace, query, kind), query, record)
                 return
-            code, raw = si._answer(verb, kind, namespace, name, sub, query, body,
-                                   self.headers.get("Content-Type"))
+            if body and (self.headers.get("Content-Type") or "").startswith(
+                    "application/vnd.kubernetes.protobuf"):
+                raise StandInError(415, "the API stand-in reads JSON request bodies, not "
+                                        "protobuf (kubectl create namespace|configmap|... send "
+                                        "protobuf: write a manifest and kubectl apply -f it)",
+                                   reason="UnsupportedMediaType")
+            si._dry.run = verb != "get" and ("dryRun" in query or _delete_dry_run(verb, body))
+            try:
+                code, raw = si._answer(verb, kind, namespace, name, sub, query, body,
+                                       self.headers.get("Content-Type"),
+                                       self.headers.get("Accept"))
+            finally:
+                si._dry.run = False
             self._answered(record, code)
             self._send_json(code, raw)
         except StandInError as exc:
@@ -1829,6 +1906,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise _bad_request("Content-Length is not a number") from None
             return self.rfile.read(length) if length > 0 else b""
+        with self.server.standin._lock:
+            self.server.standin.chunked_bodies += 1
         parts: List[bytes] = []
         while True:
             line = self.rfile.readline(1024)
@@ -1868,8 +1947,15 @@ class _Handler(BaseHTTPRequestHandler):
         timeout (clean end), a fault (abrupt end) or the client leaves."""
         si = self.server.standin
         timeout = _int_param(query, "timeoutSeconds", 0)
+        from .standin_tables import wants_table
+
+        table = wants_table(self.headers.get("Accept"))
+        transform = None if not table else (lambda obj: _dumps(si._table(
+            kind, [obj], {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+            table, query)))
         w, backlog = si._open_watch(kind, flt, query, self.connection,
-                                    auth.bearer_token(self.headers.get("Authorization")))
+                                    auth.bearer_token(self.headers.get("Authorization")),
+                                    transform)
         self.close_connection = True
         self._answered(record, 200)
         try:
@@ -1933,11 +2019,36 @@ def _verb(method: str, name: Optional[str], sub: Optional[str],
     if name is None:
         if method == "GET":
             return "watch" if query.get("watch") in ("true", "1") else "list"
+        if method == "DELETE":
+            return "deletecollection"
         return "create" if method == "POST" else None
     verbs = {"GET": "get", "PUT": "update", "PATCH": "patch"}
     if sub is None:
         verbs["DELETE"] = "delete"
     return verbs.get(method)
+
+
+def _delete_dry_run(verb: str, body: bytes) -> bool:
+    """Whether a delete's DeleteOptions body (where client-go puts dryRun) asks for one."""
+    if verb not in ("delete", "deletecollection") or not body:
+        return False
+    try:
+        options = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(options, dict) and options.get("dryRun") == ["All"]
+
+
+def _review_body(body: bytes, content_type: Optional[str]) -> Any:
+    """A review's body: JSON, or the protobuf kubectl's typed clients send."""
+    from . import standin_proto
+
+    if (content_type or "").split(";")[0].strip() != standin_proto.PROTOBUF:
+        return _parse_body(body)
+    try:
+        return standin_proto.review_from_protobuf(body)
+    except standin_proto.ProtobufError as exc:
+        raise _bad_request(f"the request body is not Kubernetes protobuf: {exc}") from None
 
 
 def _parse_body(body: bytes) -> Any:
@@ -1947,9 +2058,14 @@ def _parse_body(body: bytes) -> Any:
         raise _bad_request(f"the request body is not JSON: {exc}") from None
 
 
-def _patcher(content_type: Optional[str], patch: Any) -> Callable[[dict], Any]:
+def _patcher(kind: Kind, content_type: Optional[str], patch: Any) -> Callable[[dict], Any]:
     ctype = (content_type or "").split(";")[0].strip()
-    if ctype in (MERGE_PATCH, STRATEGIC_PATCH):
+    if ctype == STRATEGIC_PATCH and not kind.custom:
+        if not isinstance(patch, dict):
+            raise _bad_request("a strategic merge patch must be a JSON object")
+        schema = standin_patch.schema_of(kind.group, kind.kind)
+        return lambda doc: standin_patch.strategic_merge(doc, patch, schema)
+    if ctype == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise _bad_request("a merge patch must be a JSON object")
         return lambda doc: merge_patch(doc, patch)
@@ -1957,5 +2073,6 @@ def _patcher(content_type: Optional[str], patch: Any) -> Callable[[dict], Any]:
         if not isinstance(patch, list):
             raise _bad_request("a JSON patch must be a list of operations")
         return lambda doc: json_patch(doc, patch)
-    raise StandInError(415, f"the API stand-in does not support patch type {ctype!r} (it takes "
-                            f"{MERGE_PATCH}, {STRATEGIC_PATCH} as a merge patch, and {JSON_PATCH})")
+    accepted = [JSON_PATCH, MERGE_PATCH, APPLY_PATCH] + ([] if kind.custom else [STRATEGIC_PATCH])
+    raise StandInError(415, f"the body of the request was in an unknown format - accepted media "
+                            f"types include: {', '.join(accepted)}", reason="UnsupportedMediaType")

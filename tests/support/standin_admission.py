@@ -597,6 +597,26 @@ def default_service(obj: dict) -> dict:
     return obj
 
 
+def crd_status(crd: dict, now: Any) -> dict:
+    """What the apiextensions controllers write on a new CRD: its names accepted, the CRD
+    established (``kubectl wait --for condition=established`` returns), its stored versions.
+    The stand-in serves only the custom resources it knows (IPPool, BGPPeer): a CRD of another
+    kind is stored, not served."""
+    spec = crd.get("spec") if isinstance(crd.get("spec"), dict) else {}
+    names = spec.get("names") if isinstance(spec.get("names"), dict) else {}
+    stored = [v.get("name") for v in spec.get("versions") or ()
+              if isinstance(v, dict) and v.get("storage")]
+
+    def cond(ctype: str, reason: str, message: str) -> dict:
+        return {"type": ctype, "status": "True", "lastTransitionTime": now, "reason": reason,
+                "message": message}
+    return {"acceptedNames": dict(names),
+            "conditions": [cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+                           cond("Established", "InitialNamesAccepted",
+                                "the initial names have been accepted")],
+            "storedVersions": stored}
+
+
 # ---------------------------------------------------------------------------------------
 # The admission step
 
@@ -741,6 +761,8 @@ class Admission:
             obj["spec"] = dict(spec, finalizers=[NAMESPACE_FINALIZER])
             status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
             obj["status"] = dict(status, phase="Active")
+        if kind.kind == "CustomResourceDefinition" and "status" not in obj:
+            obj["status"] = crd_status(obj, meta.get("creationTimestamp"))
         errs = _meta_errors(kind, meta)
         if kind.kind == "EndpointSlice":
             errs += self._endpoint_slice(kind, obj, None)

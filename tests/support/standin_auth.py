@@ -18,14 +18,15 @@ What follows kube-apiserver:
   resourceNames; subjects User, Group and ServiceAccount (whose namespace defaults to the
   binding's). A binding whose role is missing adds the text the real server appends to the
   refusal (``RBAC: clusterrole.rbac.authorization.k8s.io "x" not found``).
-- The default non-resource grants of a new cluster: ``system:public-info-viewer`` (``/healthz``,
-  ``/livez``, ``/readyz``, ``/version``: everyone) and ``system:discovery`` (``/api``, ``/apis``,
-  ``/openapi`` and below, and the same probes: authenticated users only). They are built in,
-  not objects in the store.
+- The default grants of a new cluster: ``system:public-info-viewer`` (``/healthz``,
+  ``/livez``, ``/readyz``, ``/version``: everyone), ``system:discovery`` (``/api``, ``/apis``,
+  ``/openapi`` and below, and the same probes: authenticated users only) and
+  ``system:basic-user`` (creating SelfSubjectAccessReviews, SelfSubjectRulesReviews and
+  SelfSubjectReviews: authenticated users). They are built in, not objects in the store.
 - ``forbidden_status``: the 403 Status, message and details as the server writes them.
 
 What it does not: ClusterRole ``aggregationRule`` (an aggregated role has only the rules
-written in it), the other bootstrap roles and bindings (cluster-admin, system:basic-user and
+written in it), the other bootstrap roles and bindings (cluster-admin and
 the rest do not exist unless a test creates them), the Node and Webhook authorizers, ABAC,
 impersonation, escalation checks on writes to RBAC objects, JWT tokens (``TokenRegistry`` hands
 out opaque random strings; the real ServiceAccount tokens are signed JWTs with an audience and
@@ -293,6 +294,13 @@ _BUILTIN_NON_RESOURCE: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] 
 )
 
 
+# system:basic-user, bound to every authenticated user: the reviews of oneself
+# ((API group, resource) -> created by anyone authenticated: kubectl auth can-i, whoami).
+_SELF_REVIEWS = frozenset({("authorization.k8s.io", "selfsubjectaccessreviews"),
+                           ("authorization.k8s.io", "selfsubjectrulesreviews"),
+                           ("authentication.k8s.io", "selfsubjectreviews")})
+
+
 def _has(values: Any, wanted: str) -> bool:
     return isinstance(values, list) and ("*" in values or wanted in values)
 
@@ -412,6 +420,9 @@ def authorize(rbac_objects: Iterable[Mapping[str, Any]], user: str, groups: Sequ
     iterable of dicts: other kinds are ignored, so a whole manifest can be passed)."""
     if MASTERS in groups:
         return Decision(True, via=f"group {MASTERS}")
+    if attrs.resource_request and attrs.verb == "create" and AUTHENTICATED in groups \
+            and (attrs.api_group, attrs.resource) in _SELF_REVIEWS:
+        return Decision(True, via="built-in ClusterRole system:basic-user")
     if not attrs.resource_request and attrs.verb == "get":
         for role, bound, patterns in _BUILTIN_NON_RESOURCE:
             if any(g in groups for g in bound) \
@@ -431,6 +442,79 @@ def _aggregate(errors: Sequence[str]) -> str:
     dropped) joined in brackets."""
     unique = list(dict.fromkeys(errors))
     return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+
+
+# -- impersonation, reviews, kubeconfigs ---------------------------------------------------
+
+
+def impersonation(target: str, groups: Sequence[str]
+                  ) -> Tuple[UserInfo, List[RequestAttributes]]:
+    """The user a request impersonating `target` in `groups` acts as (a ServiceAccount's own
+    groups added, and system:authenticated), and the requests (verb impersonate on users,
+    serviceaccounts, groups) the impersonating user must be allowed."""
+    account = target.split(":")
+    if len(account) == 4 and account[:2] == ["system", "serviceaccount"]:
+        checks = [RequestAttributes(verb="impersonate", resource="serviceaccounts",
+                                    namespace=account[2], name=account[3])]
+        extra = list(service_account_user(account[2], account[3]).groups)
+    else:
+        checks = [RequestAttributes(verb="impersonate", resource="users", name=target)]
+        extra = [AUTHENTICATED]
+    checks += [RequestAttributes(verb="impersonate", resource="groups", name=g) for g in groups]
+    return UserInfo(target, tuple(dict.fromkeys(list(groups) + extra))), checks
+
+
+def review(kind: str, api_version: str, body: Mapping[str, Any], user: UserInfo,
+           decide: Callable[[UserInfo, RequestAttributes], Decision]) -> Dict[str, Any]:
+    """The answer to a SelfSubjectAccessReview (``decide`` is the authorizer in force) or a
+    SelfSubjectReview; ValueError for a review that asks nothing or two things."""
+    out: Dict[str, Any] = {"kind": kind, "apiVersion": api_version,
+                           "metadata": {"creationTimestamp": None}}
+    if kind == "SelfSubjectReview":
+        out["status"] = {"userInfo": {"username": user.name, "groups": list(user.groups)}}
+        return out
+    spec = body.get("spec") if isinstance(body.get("spec"), Mapping) else {}
+    res, non = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+    if isinstance(res, Mapping) == isinstance(non, Mapping):
+        raise ValueError(f'{kind}.authorization.k8s.io "" is invalid: spec.resourceAttributes: '
+                         f'Invalid value: "null": exactly one of nonResourceAttributes or '
+                         f"resourceAttributes must be specified")
+    if isinstance(res, Mapping):
+        def text(key: str) -> str:
+            return str(res.get(key) or "")
+        attrs = RequestAttributes(verb=text("verb"), resource=text("resource"),
+                                  api_group=text("group"), namespace=text("namespace"),
+                                  name=text("name"), subresource=text("subresource"),
+                                  api_version=text("version"))
+    else:
+        attrs = RequestAttributes.non_resource(str(non.get("verb") or ""),
+                                               str(non.get("path") or ""))
+    decision = decide(user, attrs)
+    status: Dict[str, Any] = {"allowed": decision.allowed}
+    reason = decision.via if decision.allowed else decision.reason
+    if reason:
+        status["reason"] = reason
+    out.update(spec=dict(spec), status=status)
+    return out
+
+
+def kubeconfig(server: str, ca_pem: Optional[bytes], user: str, token: str,
+               namespace: Optional[str] = None, name: str = "pyxlb-lab") -> Dict[str, Any]:
+    """A kubeconfig with one cluster (`server`, its CA embedded when given), one user (a
+    bearer token) and one context naming them (and `namespace`, if given)."""
+    import base64
+
+    cluster: Dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    context: Dict[str, Any] = {"cluster": name, "user": user}
+    if namespace:
+        context["namespace"] = namespace
+    return {"apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": name, "cluster": cluster}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": context}],
+            "current-context": name}
 
 
 # -- least privilege ----------------------------------------------------------------------
@@ -728,7 +812,7 @@ __all__ = [
     "ADMIN_USER", "ANONYMOUS", "ANONYMOUS_USER", "AUTHENTICATED", "AuditRecord", "Decision",
     "Grant", "MASTERS", "Permission", "RBAC_KINDS", "Request", "RequestAttributes",
     "TlsMaterial", "TokenRegistry", "UNAUTHENTICATED", "Unauthenticated", "UserInfo",
-    "authorize", "bearer_token", "forbidden_message", "forbidden_status", "make_tls_material",
-    "permissions_of", "request_attributes", "rule_allows",
-    "service_account_user", "unused_permissions", "without_permission",
+    "authorize", "bearer_token", "forbidden_message", "forbidden_status", "impersonation",
+    "kubeconfig", "make_tls_material", "permissions_of", "request_attributes", "review",
+    "rule_allows", "service_account_user", "unused_permissions", "without_permission",
 ]
