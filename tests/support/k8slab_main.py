@@ -24,6 +24,7 @@ from tests.support.standin import ApiStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path("/run/pyxlb-lab")
+API_PORT = 6443             # the API server's usual port, on the lab's router
 
 
 def install(lab: KubeLab) -> ApiStandIn:
@@ -31,7 +32,8 @@ def install(lab: KubeLab) -> ApiStandIn:
     RBAC, CRDs, ConfigMap), the nodes, a pool of the lab's routed addresses, and an agent
     on every node."""
     with lab.in_router():
-        api = ApiStandIn(host=lab.api_host, tls=True, authorization="RBAC").start()
+        api = ApiStandIn(host=lab.api_host, port=API_PORT, tls=True,
+                         authorization="RBAC").start()
     for name in ("namespace.yaml", "crds/ippools.yaml", "crds/bgppeers.yaml", "rbac.yaml",
                  "configmap.yaml"):
         refused = api.apply_manifests(ROOT / "deploy" / name)

@@ -16,6 +16,7 @@ import copy
 import ipaddress
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -184,6 +185,25 @@ def test_manifests_validate_against_kubernetes(path, version):
             pytest.fail(f"{path.relative_to(ROOT)}: {doc['kind']} {doc['metadata']['name']} "
                         f"is invalid for Kubernetes {version}: {exc.message} at "
                         f"{'.'.join(map(str, exc.absolute_path))}")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_what_kubectl_kustomize_renders_validates(version):
+    """`kubectl kustomize deploy/` (the real kubectl's kustomize) renders the install, with
+    the image name and tag the kustomization sets, and every object it renders is valid."""
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY)], capture_output=True,
+                         text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(d["kind"] for p in manifest_files()
+                           if "examples" not in p.parts for d in docs_of(p))
+    for doc in docs:
+        if doc["apiVersion"].startswith("pyxlb.io/"):
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"pyxlb:{tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['version']}"
 
 
 def test_the_validator_is_strict():
