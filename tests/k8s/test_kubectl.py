@@ -471,9 +471,12 @@ def test_get_prints_the_servers_columns(api, kubectl):
     pool = table(kubectl("get", "ippools"))[0]
     assert header(kubectl("get", "ipp")) == ["NAME", "ADDRESSES", "ANNOUNCE", "AUTO ASSIGN",
                                              "AGE"]
-    assert (pool["NAME"], pool["ADDRESSES"], pool["AUTO ASSIGN"]) == (
+    # the example pool says no announce: the CRD's default, as a real server fills it in
+    assert (pool["NAME"], pool["ADDRESSES"], pool["ANNOUNCE"], pool["AUTO ASSIGN"]) == (
         "default", '["192.0.2.0/28","198.51.100.10-198.51.100.20","2001:db8:100::/120"]',
-        "true")
+        "l2", "true")
+    assert "announce" not in yaml.safe_load((DEPLOY / "examples" / "ippool.yaml").read_text())[
+        "spec"]
     assert header(kubectl("get", "clusterroles")) == ["NAME", "CREATED AT"]
     assert table(kubectl("get", "clusterrolebindings"))[0]["ROLE"] == "ClusterRole/pyxlb-agent"
     sections = kubectl("get", "all").strip().split("\n\n")       # one table per kind
@@ -601,6 +604,31 @@ def test_install_apply_delete_and_kustomize(api, kubectl):
     kubectl("delete", "ns", "pyxlb-system")
     assert api.get("Namespace", "pyxlb-system") is None and \
         api.list("ConfigMap", "pyxlb-system") == []
+
+
+def test_delete_f_takes_a_namespace_and_what_it_holds(tmp_path):
+    """docs/lab/k8s-web.yaml holds a Namespace and a Service and an EndpointSlice in it. On a
+    real cluster `kubectl delete -f` of it deletes all three: the Namespace is only marked
+    Terminating, its content is still there for the next two deletes, and kubectl waits
+    until the namespace controller has removed the lot. (kubectl sends its deletes one after
+    another; a controller faster than that would make them NotFound, on a cluster too, so
+    this stand-in's controller waits two seconds.)"""
+    with ApiStandIn(tls=True, authorization="RBAC", namespace_delay=2.0) as api:
+        kubectl = Kubectl(api, tmp_path / "admin")
+        assert kubectl("apply", "-f", "docs/lab/k8s-web.yaml").splitlines() == [
+            "namespace/shop created", "service/web created",
+            "endpointslice.discovery.k8s.io/web-ipv4 created"]
+        started = time.monotonic()
+        out = kubectl("delete", "-f", "docs/lab/k8s-web.yaml")
+        assert out.splitlines() == ['namespace "shop" deleted', 'service "web" deleted',
+                                    'endpointslice.discovery.k8s.io "web-ipv4" deleted']
+        assert time.monotonic() - started >= api.namespace_delay, "it waited for the controller"
+        assert api.get("Namespace", "shop") is None and api.list("Service", "shop") == [] \
+            and api.list("EndpointSlice", "shop") == []
+        deletes = [(a.resource, a.name, a.code) for a in api.audit if a.verb == "delete"]
+        assert deletes == [("namespaces", "shop", 200), ("services", "web", 200),
+                           ("endpointslices", "web-ipv4", 200)]
+        assert "NotFound" in kubectl.fails("get", "ns", "shop")
 
 
 def test_auth_can_i_answers_as_rbac_does(api, kubectl, tmp_path):

@@ -1,11 +1,14 @@
 """The API stand-in's admission (tests.support.standin_admission) through the real lightkube
 client over HTTP: what kube-apiserver 1.33 fills in on a Service (defaults, cluster IPs,
 node ports, health check node port), what it carries over and drops on an update, what it
-refuses (with its messages), and namespaces as objects (missing, terminating, deleted with
-their content, immortal)."""
+refuses (with its messages), and namespaces as objects (missing, terminating, emptied and
+removed by the namespace controller in the background, immortal)."""
 
 import ipaddress
+import json
+import time
 
+import httpx2
 import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
@@ -376,48 +379,170 @@ def test_creating_in_a_namespace_that_does_not_exist_is_404(api):
     assert err.value.code == 404 and str(err.value) == 'namespaces "shop" not found'
 
 
-def test_deleting_a_namespace_deletes_its_content_and_waits_for_finalizers(api):
+def replayed(api, path, since):
+    """The events a watch of `path` from resourceVersion `since` gets (the stand-in replays
+    its history in order; the watch ends after a second)."""
+    with httpx2.Client(base_url=api.url, trust_env=False) as h:
+        resp = h.get(path, params={"watch": "1", "resourceVersion": str(since),
+                                   "timeoutSeconds": "1"})
+    assert resp.status_code == 200, resp.text
+    return [json.loads(line) for line in resp.text.splitlines() if line.strip()]
+
+
+def conditions_of(ns: dict) -> dict:
+    return {c["type"]: (c["status"], c["reason"], c["message"])
+            for c in (ns.get("status") or {}).get("conditions") or ()}
+
+
+ALL_DONE = {
+    "NamespaceDeletionDiscoveryFailure": ("False", "ResourcesDiscovered",
+                                          "All resources successfully discovered"),
+    "NamespaceDeletionGroupVersionParsingFailure": ("False", "ParsedGroupVersions",
+                                                    "All legacy kube types successfully parsed"),
+    "NamespaceDeletionContentFailure": ("False", "ContentDeleted", "All content successfully "
+                                        "deleted, may be waiting on finalization"),
+    "NamespaceContentRemaining": ("False", "ContentRemoved", "All content successfully removed"),
+    "NamespaceFinalizersRemaining": ("False", "ContentHasNoFinalizers",
+                                     "All content-preserving finalizers finished"),
+}
+
+
+def test_a_terminating_namespace_keeps_its_content_until_the_controller_comes():
+    """DELETE of a Namespace answers it Terminating (200) and deletes nothing yet: what it
+    holds can still be read, changed and deleted, while nothing new may be created in it
+    (the NamespaceLifecycle refusal, with its cause). A controller pass still pending does
+    not hold up stop()."""
+    with ApiStandIn(namespace_delay=60) as api:
+        c = api.client()
+        c.create(Namespace(metadata=ObjectMeta(name="shop")))
+        for name in ("settings", "old"):
+            c.create(ConfigMap(metadata=ObjectMeta(name=name, namespace="shop"), data={"a": "1"}))
+        with httpx2.Client(base_url=api.url, trust_env=False) as h:
+            resp = h.delete("/api/v1/namespaces/shop")
+            again = h.delete("/api/v1/namespaces/shop")
+        assert resp.status_code == 200 and again.status_code == 200
+        answered = resp.json()
+        assert (answered["kind"], answered["status"]["phase"]) == ("Namespace", "Terminating")
+        assert answered["metadata"]["deletionTimestamp"]
+        assert answered["spec"] == {"finalizers": ["kubernetes"]}
+        assert again.json()["metadata"]["resourceVersion"] == \
+            answered["metadata"]["resourceVersion"], "deleting it again changes nothing"
+        assert c.get(Namespace, "shop").status.phase == "Terminating"
+
+        assert c.get(ConfigMap, "settings", namespace="shop").data == {"a": "1"}
+        c.patch(ConfigMap, "settings", {"data": {"a": "2"}}, namespace="shop")
+        assert api.get("ConfigMap", "settings", "shop")["data"] == {"a": "2"}
+        c.delete(ConfigMap, "old", namespace="shop")
+        assert api.get("ConfigMap", "old", "shop") is None
+
+        for meta in (ObjectMeta(name="late", namespace="shop"),
+                     ObjectMeta(generateName="late-", namespace="shop")):
+            status = refused(c.create, ConfigMap(metadata=meta))
+            name = meta.name or meta.generateName
+            assert (status.code, status.reason) == (403, "Forbidden")
+            assert status.message == (f'configmaps "{name}" is forbidden: unable to create new '
+                                      f"content in namespace shop because it is being terminated")
+            assert (status.details.name, status.details.kind) == (name, "configmaps")
+            cause = status.details.causes[0]
+            assert (cause.reason, cause.message, cause.field) == (
+                "NamespaceTerminating", "namespace shop is being terminated", "metadata.namespace")
+        assert refused(c.create, Namespace(metadata=ObjectMeta(name="shop"))).reason == \
+            "AlreadyExists"
+        assert api.get("Namespace", "shop")["status"]["phase"] == "Terminating"
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5
+
+
+def test_the_namespace_controller_empties_then_removes_a_namespace(api):
+    """What a watch sees, as on a real cluster: the Namespace MODIFIED (Terminating), its
+    content DELETED, the Namespace MODIFIED twice more (the controller's conditions, then its
+    "kubernetes" finalizer dropped) and DELETED. Nothing happens before namespace_delay."""
+    c = api.client()
+    c.create(Namespace(metadata=ObjectMeta(name="shop")))
+    for name in ("b", "a"):
+        c.create(ConfigMap(metadata=ObjectMeta(name=name, namespace="shop")))
+    c.create(service("web", namespace="shop", type="LoadBalancer"))
+    c.create(ConfigMap(metadata=ObjectMeta(name="elsewhere", namespace="default")))
+    since = api.resource_version
+    asked = time.monotonic()
+    c.delete(Namespace, "shop")
+    assert api.wait_for(lambda: api.get("Namespace", "shop") is None, timeout=10)
+    assert time.monotonic() - asked >= api.namespace_delay
+
+    events = replayed(api, "/api/v1/namespaces", since)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == \
+        [("MODIFIED", "shop")] * 3 + [("DELETED", "shop")]
+    terminating, written, finalized, deleted = (e["object"] for e in events)
+    assert terminating["status"] == {"phase": "Terminating"}
+    assert terminating["spec"] == written["spec"] == {"finalizers": ["kubernetes"]}
+    assert conditions_of(written) == ALL_DONE and written["status"]["phase"] == "Terminating"
+    assert finalized["spec"] == {} and conditions_of(finalized) == ALL_DONE
+    assert deleted["metadata"]["deletionTimestamp"] == terminating["metadata"]["deletionTimestamp"]
+
+    content = replayed(api, "/api/v1/configmaps", since) + replayed(api, "/api/v1/services", since)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in content) == \
+        [("DELETED", "a"), ("DELETED", "b"), ("DELETED", "web")]
+    rvs = sorted(int(e["object"]["metadata"]["resourceVersion"]) for e in content)
+    assert int(terminating["metadata"]["resourceVersion"]) < rvs[0]
+    assert rvs[-1] < int(written["metadata"]["resourceVersion"])
+    assert api.get("ConfigMap", "elsewhere", "default") is not None
+    assert refused(c.create, service("web", namespace="shop")).code == 404
+    c.create(Namespace(metadata=ObjectMeta(name="shop")))      # the name is free again
+    assert c.get(Namespace, "shop").status.phase == "Active"
+
+
+def test_content_with_finalizers_holds_its_namespace_until_released(api):
     c = api.client()
     c.create(Namespace(metadata=ObjectMeta(name="shop")))
     svc = service("web", namespace="shop", type="LoadBalancer")
     svc.metadata.finalizers = [CLEANUP]
     c.create(svc)
     c.create(ConfigMap(metadata=ObjectMeta(name="settings", namespace="shop")))
-    c.create(ConfigMap(metadata=ObjectMeta(name="elsewhere", namespace="default")))
 
     c.delete(Namespace, "shop")
-    ns = c.get(Namespace, "shop")
-    assert ns.status.phase == "Terminating" and ns.metadata.deletionTimestamp is not None
-    assert api.get("ConfigMap", "settings", "shop") is None
-    assert api.get("ConfigMap", "elsewhere", "default") is not None
+    assert api.wait_for(lambda: api.get("ConfigMap", "settings", "shop") is None, timeout=10)
     held = api.get("Service", "web", "shop")
     assert held["metadata"]["deletionTimestamp"], "kept until its finalizer goes"
-    conditions = {cond.type: cond for cond in ns.status.conditions}
-    assert conditions["NamespaceContentRemaining"].message == (
+    assert api.wait_for(lambda: "NamespaceContentRemaining" in conditions_of(
+        api.get("Namespace", "shop")), timeout=10)
+    ns = api.get("Namespace", "shop")
+    conditions = conditions_of(ns)
+    assert conditions["NamespaceContentRemaining"] == (
+        "True", "SomeResourcesRemain",
         "Some resources are remaining: services. has 1 resource instances")
-    assert conditions["NamespaceFinalizersRemaining"].message == (
+    assert conditions["NamespaceFinalizersRemaining"] == (
+        "True", "SomeFinalizersRemain",
         f"Some content in the namespace has finalizers remaining: {CLEANUP} in 1 resource "
         f"instances")
+    assert ns["spec"] == {"finalizers": ["kubernetes"]}, "not finalized while content remains"
+    assert refused(c.create, ConfigMap(metadata=ObjectMeta(name="late", namespace="shop"))
+                   ).code == 403
 
-    status = refused(c.create, ConfigMap(metadata=ObjectMeta(name="late", namespace="shop")))
-    assert (status.code, status.reason) == (403, "Forbidden")
-    assert status.message == ('configmaps "late" is forbidden: unable to create new content in '
-                              "namespace shop because it is being terminated")
-    assert status.details.causes[0].reason == "NamespaceTerminating"
-
-    # the controller releases the Service: it goes, and the empty namespace with it
+    # the Service's controller releases it: it goes at once, the namespace on the next pass
     c.patch(Service, "web", {"metadata": {"finalizers": None}}, namespace="shop",
             patch_type=PatchType.MERGE)
     assert api.get("Service", "web", "shop") is None
-    assert api.get("Namespace", "shop") is None
+    assert api.wait_for(lambda: api.get("Namespace", "shop") is None, timeout=10)
     assert refused(c.create, service("web", namespace="shop")).code == 404
 
 
-def test_an_empty_namespace_goes_at_once_and_the_clusters_own_stay(api):
+def test_a_namespace_with_its_own_finalizer_waits_for_it(api):
+    c = api.client()
+    c.create(Namespace(metadata=ObjectMeta(name="held", finalizers=["example.com/hold"])))
+    c.delete(Namespace, "held")
+    assert api.wait_for(lambda: api.get("Namespace", "held")["spec"] == {}, timeout=10)
+    ns = api.get("Namespace", "held")
+    assert ns["status"]["phase"] == "Terminating" and conditions_of(ns) == ALL_DONE
+    assert ns["metadata"]["finalizers"] == ["example.com/hold"]
+    c.patch(Namespace, "held", {"metadata": {"finalizers": None}}, patch_type=PatchType.MERGE)
+    assert api.get("Namespace", "held") is None, "the last finalizer gone, it goes"
+
+
+def test_an_empty_namespace_goes_too_and_the_clusters_own_stay(api):
     c = api.client()
     c.create(Namespace(metadata=ObjectMeta(name="scratch")))
-    c.delete(Namespace, "scratch")
-    assert api.get("Namespace", "scratch") is None
+    api.delete("Namespace", "scratch")                  # the administrator's way, the same
+    assert api.wait_for(lambda: api.get("Namespace", "scratch") is None, timeout=10)
     for name in ("default", "kube-system", "kube-public"):
         status = refused(c.delete, Namespace, name)
         assert (status.code, status.message) == (
@@ -426,3 +551,9 @@ def test_an_empty_namespace_goes_at_once_and_the_clusters_own_stay(api):
         api.delete("Namespace", "default")
     assert err.value.code == 403
     assert api.get("Namespace", "default")["status"]["phase"] == "Active"
+
+
+def test_namespace_delay_is_checked():
+    with pytest.raises(StandInError) as err:
+        ApiStandIn(namespace_delay=-1)
+    assert err.value.code == 400 and "namespace_delay" in str(err.value)

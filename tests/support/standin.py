@@ -27,6 +27,10 @@ What it implements, as the real API server does:
   ``metadata.managedFields`` per field manager, conflicts between apply managers, simplified
   as that module says). An update or patch that changes nothing is not a write: no new
   resourceVersion, no event. ``dryRun=All`` (query, or a delete's body) stores nothing.
+- Custom resources (IPPool, BGPPeer) get the defaults of their CRD's structural schema (the
+  stored CRD, else the one in deploy/crds/) on every write, and again on read when a CRD
+  changes: an IPPool without ``announce`` reads ``announce: l2`` (``standin_discovery``'s
+  ``apply_defaults`` says the rules: absent fields, and nulls that are not nullable).
 - The status subresource: writes to the main resource keep the stored status, writes to
   ``/status`` change only the status. A Service or custom resource created over HTTP loses
   the status it was given, a Node keeps it (the administrator's ``create`` keeps it always).
@@ -52,9 +56,12 @@ What it implements, as the real API server does:
     the start (phase Active, spec.finalizers ["kubernetes"], the kubernetes.io/metadata.name
     label, as every Namespace gets). Creating a namespaced object in a namespace that does
     not exist is 404 (``namespaces "x" not found``), in a terminating one 403. Deleting a
-    Namespace marks it Terminating, deletes what it holds (objects with finalizers are only
-    marked, and the Namespace carries the namespace controller's conditions naming them) and
-    removes it once empty; default, kube-system and kube-public cannot be deleted.
+    Namespace marks it Terminating and answers it (200); the namespace controller, a thread
+    acting ``namespace_delay`` later, deletes what it holds (objects with finalizers are
+    only marked, and it looks again when one goes), writes its five conditions (naming what
+    remains and the finalizers holding it), and once it is empty drops its "kubernetes"
+    finalizer and removes it. Until then its objects can be read, changed and deleted.
+    default, kube-system and kube-public cannot be deleted.
   - Services are defaulted (type, sessionAffinity, protocol, targetPort, traffic policies,
     allocateLoadBalancerNodePorts, status.loadBalancer, ingress ipMode) and given cluster IPs
     from ``service_cidrs`` (dual-stack, IPv4 first, by default; ipFamilyPolicy and
@@ -100,25 +107,24 @@ What it implements, as the real API server does:
   writes; ``chunked_bodies`` counts them).
 
 What it does not: validation or defaulting beyond the above (labels, annotations, finalizer
-and owner references are not checked; unknown fields are kept, not pruned; a custom
-resource gets no defaults from its CRD's schema; kinds other than Service, EndpointSlice and
+and owner references are not checked; unknown fields are kept, not pruned; a custom resource
+is not validated against its CRD's schema; kinds other than Service, EndpointSlice and
 Namespace are checked for their names only, and Deployment, DaemonSet and CRD objects get no
 defaults; an EndpointSlice's address is not checked against the loopback and link-local
-ranges), controllers (a Deployment never gets pods; a CRD gets an Established status but
-serves nothing: IPPool and BGPPeer are served whether or not their CRDs are stored),
-admission plugins other than namespace lifecycle (quota, limit ranges, webhooks...), the
-``kubernetes`` Service and Endpoints objects, Pods, Secrets, ServiceCIDR and IPAddress
-objects (allocation state is internal, and addresses and ports are handed out in order where
-the real allocators pick at random; a dry run may move that order on), the namespace
-controller's delay (a Namespace's content goes within the delete request) and the /finalize
-subresource, delete preconditions, propagation and grace periods, HTTP/2, protobuf request
-bodies other than the reviews above (415: kubectl's typed generators, ``kubectl create
-namespace|configmap|deployment``, send them; answers are always JSON), client certificates,
-JWT tokens (tokens
-are opaque random strings), ClusterRole ``aggregationRule``, SelfSubjectRulesReview
-(``kubectl auth can-i --list``). Managed fields are recorded for apply operations only.
-Open watches are not cut when their token is revoked. Updates without a resourceVersion are
-accepted for every kind (the real server requires one for custom resources).
+ranges), controllers other than the namespace controller (a Deployment never gets pods; a CRD
+gets an Established status but serves nothing: IPPool and BGPPeer are served whether or not
+their CRDs are stored), admission plugins other than namespace lifecycle (quota, limit ranges,
+webhooks...), the ``kubernetes`` Service and Endpoints objects, Pods, Secrets, ServiceCIDR and
+IPAddress objects (allocation state is internal, and addresses and ports are handed out in
+order where the real allocators pick at random; a dry run may move that order on), the
+Namespace /finalize subresource, delete preconditions, propagation and grace periods, HTTP/2,
+protobuf request bodies other than the reviews above (415: kubectl's typed generators,
+``kubectl create namespace|configmap|deployment``, send them; answers are always JSON), client
+certificates, JWT tokens (tokens are opaque random strings), ClusterRole ``aggregationRule``,
+SelfSubjectRulesReview (``kubectl auth can-i --list``). Managed fields are recorded for apply
+operations only. Open watches are not cut when their token is revoked. Updates without a
+resourceVersion are accepted for every kind (the real server requires one for custom
+resources).
 
 Tests drive it over HTTP through the real client (``client()`` as the administrator,
 ``client_for(token)`` as anyone), and also directly (``create``, ``get``, ``update``,
@@ -233,6 +239,7 @@ KINDS: Tuple[Kind, ...] = (
 )
 
 DEFAULT_NAMESPACE = "default"
+NAMESPACE_FINALIZER = "kubernetes"      # the namespace controller's spec.finalizers entry
 AUTHORIZATION_MODES = ("AlwaysAllow", "RBAC")
 WRITE_VERBS = ("create", "update", "patch", "delete")
 
@@ -451,6 +458,68 @@ class _Snapshot:
     kind: Kind
 
 
+class _Scheduler:
+    """A controller's work queue: names due at a time, handled one at a time by a thread
+    that runs between ``start`` and ``stop`` (names scheduled while it is stopped wait for
+    the next start). A name scheduled again before it is due keeps the earlier time."""
+
+    def __init__(self, handle: Callable[[str], None], name: str):
+        self._handle = handle
+        self._name = name
+        self._cond = threading.Condition()
+        self._due: Dict[str, float] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._running = False
+
+    def schedule(self, key: str, delay: float) -> None:
+        due = time.monotonic() + delay
+        with self._cond:
+            if due < self._due.get(key, float("inf")):
+                self._due[key] = due
+            self._cond.notify()
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._running = True
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread, after the name it is handling, if any."""
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._running = False
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def _next(self) -> List[str]:
+        """Wait for the names that are due (none: stopped). Caller holds the condition."""
+        while self._running:
+            now = time.monotonic()
+            ready = sorted(k for k, t in self._due.items() if t <= now)
+            if ready:
+                for key in ready:
+                    del self._due[key]
+                return ready
+            self._cond.wait(min(self._due.values()) - now if self._due else None)
+        return []
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                ready = self._next()
+            if not ready:
+                return
+            for key in ready:
+                try:
+                    self._handle(key)
+                except Exception:   # a bug in a pass must not stop the controller
+                    log.exception("API stand-in: %s failed on %s", self._name, key)
+
+
 class ApiStandIn:
     """The stand-in server and its store. Start it (or use it as a context manager), point
     a lightkube Client at ``url`` (``client()`` makes one), and inspect or change the store
@@ -464,15 +533,22 @@ class ApiStandIn:
     ``service_cidrs`` and ``node_ports`` are the cluster's --service-cluster-ip-range (one
     CIDR: a single-stack cluster; one per family, the first primary; default
     ``("10.96.0.0/12", "fd00:10:96::/108")``) and --service-node-port-range (default
-    30000-32767): where Services get their cluster IPs and node ports."""
+    30000-32767): where Services get their cluster IPs and node ports.
+
+    ``namespace_delay`` is how long the namespace controller takes to act on a Namespace
+    being deleted (seconds, default 0.5; 0: at once, still in the background): its content
+    goes, then the Namespace, in a thread that runs while the stand-in is started."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 10000,
                  bookmark_interval: float = 1.0, tls: bool = False,
                  authorization: str = "AlwaysAllow",
                  service_cidrs: Optional[Sequence[str]] = None,
-                 node_ports: Optional[Tuple[int, int]] = None):
+                 node_ports: Optional[Tuple[int, int]] = None,
+                 namespace_delay: float = 0.5):
         if history < 0:
             raise StandInError(400, f"history must be >= 0, not {history}")
+        if not namespace_delay >= 0:
+            raise StandInError(400, f"namespace_delay must be >= 0, not {namespace_delay}")
         if bookmark_interval <= 0:
             raise StandInError(400, f"bookmark_interval must be > 0, not {bookmark_interval}")
         if authorization not in AUTHORIZATION_MODES:
@@ -503,6 +579,9 @@ class ApiStandIn:
         self._namespaces = next(k for k in KINDS if k.kind == "Namespace" and not k.group)
         self._rv = 1
         self._seed(self._namespaces, self._admission.initial_namespaces())
+        self.namespace_delay = float(namespace_delay)
+        self._namespace_controller = _Scheduler(self._namespace_pass,
+                                                "api-standin-namespace-controller")
         self._floor = 1                 # every event after this rv is still in _history
         self._history: "collections.deque[_Event]" = collections.deque()
         self._watchers: set = set()
@@ -551,11 +630,13 @@ class ApiStandIn:
         self._thread.start()
         with self._lock:
             self._stopping = False
+        self._namespace_controller.start()
         return self
 
     def stop(self) -> None:
         """Close the clients made by ``client()``, every connection and the listening
-        socket, and wait for the server's threads to end."""
+        socket, and wait for the server's threads (the namespace controller's too) to end."""
+        self._namespace_controller.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -1082,6 +1163,8 @@ class ApiStandIn:
             self._objects[kind][key] = rec
         self._admission.stored(kind, old.obj if old is not None else None,
                                None if etype == "DELETED" else obj)
+        if kind.kind == "CustomResourceDefinition":
+            self._crd_changed(meta["name"])
         ev = _Event(self._rv, kind, etype, old, rec)
         self._history.append(ev)
         while len(self._history) > self._history_limit:
@@ -1138,12 +1221,37 @@ class ApiStandIn:
             meta.pop("deletionGracePeriodSeconds", None)
             if kind.status and not keep_status:
                 obj.pop("status", None)
+            self._default_custom(kind, obj)
             # defaults, allocation, validation: refused writes change nothing
             self._admission.create(kind, obj)
             if self._key(kind, namespace, name) in self._objects[kind]:
                 raise StandInError(409, f'{kind.plural} "{name}" already exists',
                                    reason="AlreadyExists", kind=kind, name=name)
             return self._commit(kind, "ADDED", None, obj)
+
+    def _default_custom(self, kind: Kind, obj: dict) -> None:
+        """A custom resource gets the defaults of its CRD's schema (the stored CRD, else
+        deploy/crds/), as the API server's decoder gives them: standin_discovery's
+        apply_defaults. Built-in kinds are left to the admission step."""
+        if kind.custom:
+            from .standin_discovery import apply_defaults, crd_version_schema
+
+            apply_defaults(obj, crd_version_schema(self._crd_of(kind), kind.version))
+
+    def _crd_changed(self, crd_name: str) -> None:
+        """A CRD was written or removed. The API server defaults a custom resource on every
+        read from storage too, so the stored objects of its kind now read with the defaults
+        of the schema in force: rewritten in place, same resourceVersion, no event (nothing
+        was written). Caller holds the lock."""
+        for kind in KINDS:
+            if not kind.custom or f"{kind.plural}.{kind.group}" != crd_name:
+                continue
+            store = self._objects[kind]
+            for key, rec in list(store.items()):
+                obj = json.loads(rec.raw)
+                self._default_custom(kind, obj)
+                if obj != rec.obj:
+                    store[key] = _Record(obj, _dumps(obj))
 
     def _check_type(self, kind: Kind, obj: dict) -> None:
         if obj.get("kind") not in (None, kind.kind) \
@@ -1224,6 +1332,7 @@ class ApiStandIn:
         result["apiVersion"], result["kind"] = kind.api_version, kind.kind
         # defaults, carried-over allocations, validation (before comparing: a write that
         # leaves out only what the server filled in changes nothing)
+        self._default_custom(kind, result)
         self._admission.update(kind, old_obj, result, part)
         if _spec_of(result) != _spec_of(old_obj):
             meta["generation"] = int(old_meta.get("generation") or 0) + 1
@@ -1282,43 +1391,61 @@ class ApiStandIn:
         return True
 
     def _terminate(self, old: _Record, obj: dict) -> _Record:
-        """Delete a Namespace: mark it Terminating, delete everything in it (what has
-        finalizers is only marked), and remove it once it is empty, as the namespace
-        controller does. Answers the Terminating Namespace, as the API server does.
-        Caller holds the lock."""
+        """Delete a Namespace as the API server does: mark it Terminating (deletionTimestamp,
+        status.phase) and answer it; the namespace controller empties and removes it later, in
+        the background (``_namespace_pass``, ``namespace_delay`` seconds on). Caller holds
+        the lock."""
         obj["metadata"]["deletionTimestamp"] = _now()
         obj["status"] = dict(obj.get("status") or {}, phase="Terminating")
         rec = self._commit(self._namespaces, "MODIFIED", old, obj)
-        name = obj["metadata"]["name"]
-        for kind in KINDS:
-            if not kind.namespaced:
-                continue
-            for key in sorted(k for k in self._objects[kind] if k[0] == name):
-                content = self._objects[kind][key]
-                if "deletionTimestamp" in content.obj["metadata"]:
-                    continue
-                gone = json.loads(content.raw)
-                if gone["metadata"].get("finalizers"):
-                    gone["metadata"]["deletionTimestamp"] = _now()
-                    gone["metadata"]["deletionGracePeriodSeconds"] = 0
-                    self._commit(kind, "MODIFIED", content, gone)
-                else:
-                    self._commit(kind, "DELETED", content, gone)
-        self._settle(name)
+        self._wake_namespace_controller(obj["metadata"]["name"])
         return rec
 
+    def _wake_namespace_controller(self, name: str) -> None:
+        """Have the namespace controller look at Namespace `name` after ``namespace_delay``
+        (a dry run changed nothing: nothing to look at)."""
+        if not getattr(self._dry, "run", False):
+            self._namespace_controller.schedule(name, self.namespace_delay)
+
+    def _namespace_pass(self, name: str) -> None:
+        """The namespace controller's work on one terminating Namespace (run by
+        ``_namespace_controller``'s thread): delete everything in it (what has finalizers is
+        only marked, and the pass runs again when such an object goes), then write its
+        conditions and, once it is empty, finalize and remove it (``_settle``)."""
+        with self._lock:
+            rec = self._objects[self._namespaces].get(("", name))
+            if rec is None or "deletionTimestamp" not in rec.obj["metadata"]:
+                return
+            for kind in KINDS:
+                if not kind.namespaced:
+                    continue
+                for key in sorted(k for k in self._objects[kind] if k[0] == name):
+                    content = self._objects[kind][key]
+                    if "deletionTimestamp" in content.obj["metadata"]:
+                        continue
+                    gone = json.loads(content.raw)
+                    if gone["metadata"].get("finalizers"):
+                        gone["metadata"]["deletionTimestamp"] = _now()
+                        gone["metadata"]["deletionGracePeriodSeconds"] = 0
+                        self._commit(kind, "MODIFIED", content, gone)
+                    else:
+                        self._commit(kind, "DELETED", content, gone)
+            self._settle(name)
+
     def _gone(self, kind: Kind, obj: dict) -> None:
-        """An object was deleted: if its Namespace is terminating, it may now be empty."""
+        """An object was deleted: if its Namespace is terminating, the namespace controller
+        looks again (it may now be empty). Caller holds the lock."""
         if not kind.namespaced:
             return
         ns = self._objects[self._namespaces].get(("", obj["metadata"].get("namespace") or ""))
         if ns is not None and "deletionTimestamp" in ns.obj["metadata"]:
-            self._settle(ns.obj["metadata"]["name"])
+            self._wake_namespace_controller(ns.obj["metadata"]["name"])
 
     def _settle(self, name: str) -> None:
-        """A terminating Namespace: say what still holds it (the namespace controller's
-        conditions), or, once it is empty, drop its "kubernetes" finalizer and remove it
-        (unless metadata.finalizers still hold it). Caller holds the lock."""
+        """The end of a namespace controller pass: write the conditions saying what still
+        holds the Namespace (all five, as the controller does), and once it is empty drop its
+        "kubernetes" finalizer (the controller's PUT /finalize) and remove it, unless other
+        finalizers still hold it. Caller holds the lock."""
         rec = self._objects[self._namespaces].get(("", name))
         if rec is None or "deletionTimestamp" not in rec.obj["metadata"]:
             return
@@ -1333,25 +1460,28 @@ class ApiStandIn:
             for r in held:
                 finalizers.update(r.obj["metadata"].get("finalizers") or ())
         obj = json.loads(rec.raw)
+        status = obj.setdefault("status", {})
+        before = {c.get("type"): c for c in status.get("conditions") or ()}
+        conditions = self._admission.namespace_conditions(remaining, dict(finalizers), _now())
+        for cond in conditions:       # an unchanged condition keeps its transition time
+            prior = before.get(cond["type"])
+            if prior is not None and prior.get("status") == cond["status"]:
+                cond["lastTransitionTime"] = prior.get("lastTransitionTime")
+        status["conditions"] = conditions
+        if obj != rec.obj:
+            rec = self._commit(self._namespaces, "MODIFIED", rec, obj)
         if remaining:
-            status = obj.setdefault("status", {})
-            before = {c.get("type"): c for c in status.get("conditions") or ()}
-            conditions = self._admission.namespace_conditions(remaining, dict(finalizers),
-                                                              _now())
-            for cond in conditions:       # an unchanged condition keeps its transition time
-                prior = before.get(cond["type"])
-                if prior is not None and prior.get("status") == cond["status"]:
-                    cond["lastTransitionTime"] = prior.get("lastTransitionTime")
-            status["conditions"] = conditions
-            if obj != rec.obj:
-                self._commit(self._namespaces, "MODIFIED", rec, obj)
             return
-        obj["spec"] = {k: v for k, v in (obj.get("spec") or {}).items() if k != "finalizers"}
-        if obj["metadata"].get("finalizers"):
-            if obj != rec.obj:
-                self._commit(self._namespaces, "MODIFIED", rec, obj)
-            return
-        self._commit(self._namespaces, "DELETED", rec, obj)
+        obj = json.loads(rec.raw)
+        spec = obj.get("spec") or {}
+        left = [f for f in spec.get("finalizers") or () if f != NAMESPACE_FINALIZER]
+        obj["spec"] = {k: v for k, v in spec.items() if k != "finalizers"}
+        if left:
+            obj["spec"]["finalizers"] = left
+        if obj != rec.obj:
+            rec = self._commit(self._namespaces, "MODIFIED", rec, obj)
+        if not left and not obj["metadata"].get("finalizers"):
+            self._commit(self._namespaces, "DELETED", rec, json.loads(rec.raw))
 
     def _select(self, kind: Kind, flt: _Filter) -> List[_Record]:
         """Matching records in key order (namespace, name), as etcd lists them. Caller holds

@@ -11,8 +11,8 @@ patch and delete, for HTTP and administrator writes alike:
 - Namespace lifecycle (the NamespaceLifecycle admission plugin): a namespaced object can only
   be created in a Namespace that exists and is not terminating; default, kube-system and
   kube-public cannot be deleted. ``initial_namespaces()`` are the four a cluster starts with.
-  Deleting a Namespace (emptying it, then removing it) is the store's, helped by
-  ``namespace_conditions()``.
+  Deleting a Namespace (the namespace controller emptying it in the background, then
+  removing it) is the store's, helped by ``namespace_conditions()``.
 - Service: the v1 defaults, the REST strategy's carry-over of allocated values on update and
   its clearing of fields a type change makes meaningless, cluster IP allocation from the
   service CIDRs (single or dual stack), node port and health check node port allocation, and
@@ -43,8 +43,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from pyxlb.numbers import int_in
 
-from .standin import (DNS1035_LABEL, DNS1123_LABEL, DNS1123_SUBDOMAIN, PATH_SEGMENT, Kind,
-                      StandInError)
+from .standin import (DNS1035_LABEL, DNS1123_LABEL, DNS1123_SUBDOMAIN, NAMESPACE_FINALIZER,
+                      PATH_SEGMENT, Kind, StandInError)
 
 # kube-apiserver's --service-cluster-ip-range default for a dual-stack cluster (IPv4 primary)
 # and --service-node-port-range
@@ -53,7 +53,6 @@ NODE_PORTS: Tuple[int, int] = (30000, 32767)
 
 IMMORTAL_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 INITIAL_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
-NAMESPACE_FINALIZER = "kubernetes"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 _LB, _NODE_PORT = "LoadBalancer", "NodePort"
@@ -723,8 +722,9 @@ class Admission:
     @staticmethod
     def namespace_conditions(remaining: Dict[str, int], finalizers: Dict[str, int],
                              now: str) -> List[dict]:
-        """The conditions the namespace controller writes on a Namespace it cannot finish
-        deleting yet: what content remains (by resource) and which finalizers hold it."""
+        """The five conditions the namespace controller writes on a Namespace being deleted
+        after each pass: what content remains (by resource) and which finalizers hold it, or
+        the "all done" form of each."""
         def cond(ctype: str, status: str, reason: str, message: str) -> dict:
             return {"type": ctype, "status": status, "lastTransitionTime": now,
                     "reason": reason, "message": message}
@@ -740,11 +740,17 @@ class Admission:
                             "Some resources are remaining: " + ", ".join(
                                 f"{r} has {n} resource instances"
                                 for r, n in sorted(remaining.items()))))
+        else:
+            out.append(cond("NamespaceContentRemaining", "False", "ContentRemoved",
+                            "All content successfully removed"))
         if finalizers:
             out.append(cond("NamespaceFinalizersRemaining", "True", "SomeFinalizersRemain",
                             "Some content in the namespace has finalizers remaining: "
                             + ", ".join(f"{f} in {n} resource instances"
                                         for f, n in sorted(finalizers.items()))))
+        else:
+            out.append(cond("NamespaceFinalizersRemaining", "False", "ContentHasNoFinalizers",
+                            "All content-preserving finalizers finished"))
         return out
 
     # -- writes -------------------------------------------------------------------------

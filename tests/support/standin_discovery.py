@@ -27,10 +27,12 @@ which is 404 here, and then to the patch metadata compiled into it: the same pat
 real schemas give, for every built-in kind kubectl knows. For custom resources it sends a
 merge patch either way, as against a real cluster.
 
-What it leaves out: the schemas of the built-in kinds are open objects (no property list),
-so ``kubectl explain`` shows little for them; a custom resource's schema is the CRD's
-``openAPIV3Schema`` read from ``deploy/crds/``. ``storageVersionHash`` is not given (kubectl
-does not need it), nor the group-level OpenAPI documents (``/openapi/v3/apis/GROUP``).
+What it leaves out: the schemas of the built-in kinds are open objects (no property list), so
+``kubectl explain`` shows little for them; a custom resource's schema is the CRD's
+``openAPIV3Schema`` read from ``deploy/crds/``. The same schemas serve the store: strict field
+validation (``unknown_fields``) and structural-schema defaulting (``apply_defaults``).
+``storageVersionHash`` is not given (kubectl does not need it), nor the group-level OpenAPI
+documents (``/openapi/v3/apis/GROUP``).
 """
 
 from __future__ import annotations
@@ -379,6 +381,74 @@ def unknown_fields(obj: Any, schema: Optional[dict], path: str = "") -> List[str
         for i, item in enumerate(obj):
             out += unknown_fields(item, schema["items"], f"{path}[{i}]")
     return out
+
+
+def apply_defaults(obj: Any, schema: Optional[dict]) -> Any:
+    """Default a custom resource from its CRD's structural schema, in place, as the API server
+    does when it decodes one (every create, update and patch, and every read from storage):
+
+    - a null field that is not ``nullable`` and has no default is dropped;
+    - a field with a ``default`` is set to it when absent, or null and not ``nullable`` (a
+      nullable null stays null);
+    - this goes on inside every object and array present (and inside a default just set),
+      never into an absent parent: a missing ``spec`` stays missing.
+
+    Metadata is left alone (the schemas here declare no properties for it). Returns `obj`."""
+    if isinstance(schema, dict):
+        _prune_nulls(obj, schema)
+        _default(obj, schema)
+    return obj
+
+
+def _has_default(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("default") is not None
+
+
+def _schema_of(schema: dict, key: str) -> Optional[dict]:
+    """The schema of an object's field `key`: its property, else additionalProperties."""
+    props = schema.get("properties")
+    if isinstance(props, dict) and key in props:
+        return props[key] if isinstance(props[key], dict) else None
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def _prune_nulls(obj: Any, schema: dict) -> None:
+    if isinstance(obj, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        for key in [k for k, v in obj.items() if v is None and isinstance(props.get(k), dict)]:
+            if not _has_default(props[key]) and not props[key].get("nullable"):
+                del obj[key]
+        for key, value in obj.items():
+            sub = _schema_of(schema, key)
+            if sub is not None:
+                _prune_nulls(value, sub)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for item in obj:
+            _prune_nulls(item, schema["items"])
+
+
+def _default(obj: Any, schema: dict) -> None:
+    if isinstance(obj, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        for key, sub in props.items():
+            if _has_default(sub) and (key not in obj or
+                                      (obj[key] is None and not sub.get("nullable"))):
+                obj[key] = json.loads(json.dumps(sub["default"]))
+        for key in list(obj):
+            sub = _schema_of(schema, key)
+            if sub is None:
+                continue
+            if key not in props and obj[key] is None and _has_default(sub) \
+                    and not sub.get("nullable"):
+                obj[key] = json.loads(json.dumps(sub["default"]))
+            _default(obj[key], sub)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        items = schema["items"]
+        for i, item in enumerate(obj):
+            if item is None and _has_default(items) and not items.get("nullable"):
+                obj[i] = json.loads(json.dumps(items["default"]))
+            _default(obj[i], items)
 
 
 def crd_version_schema(crd: Optional[dict], version: str) -> Optional[dict]:
