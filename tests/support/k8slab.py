@@ -219,14 +219,15 @@ class KubeLab(Lab):
         return proc.returncode
 
     def _stop_container(self, node: str, sig: int, timeout: float) -> int:
-        """SIGTERM: `podman stop`, SIGKILL after `timeout` (kubelet's grace period);
-        another signal: sent as it is, then wait. The container is removed, as kubelet
-        removes a pod's dead container; returns its exit code."""
+        """SIGTERM: `podman stop`, SIGKILL after the DaemonSet's grace period (the
+        container's stop timeout, terminationGracePeriodSeconds); another signal: sent as
+        it is, then wait up to `timeout`. The container is removed, as kubelet removes a
+        pod's dead container; returns its exit code."""
         name = self.containers.pop(node, None)
         if name is None:
             return 0
         if sig == signal.SIGTERM:
-            podman(["stop", f"--time={int(timeout)}", name], check=False)
+            podman(["stop", name], check=False)
         else:
             podman(["kill", f"--signal={int(sig)}", name], check=False)
             podman(["wait", name], check=False, timeout=timeout + 5)
