@@ -73,11 +73,15 @@ make_local_base() {
 		"deb $DEBIAN_MIRROR/debian $suite main" \
 		"deb $DEBIAN_MIRROR/debian $suite-updates main" \
 		"deb $DEBIAN_MIRROR/debian-security $suite-security main"
-	"$ENGINE" import --quiet --change 'CMD ["bash"]' "$tmp/rootfs.tar" "$(qualified "$name")" >/dev/null
+	quiet=""
+	[ "$ENGINE" = podman ] && quiet="--quiet"     # (docker import prints only the id)
+	# shellcheck disable=SC2086 # $quiet is empty or one option
+	"$ENGINE" import $quiet --change 'CMD ["bash"]' "$tmp/rootfs.tar" "$(qualified "$name")" >/dev/null
 	rm -rf "$tmp"
 	trap - EXIT
 }
 
+# shellcheck disable=SC2013 # image names hold no spaces
 for name in $(awk 'toupper($1) == "FROM" { print $2 }' Dockerfile | sort -u); do
 	full=$(qualified "$name")
 	if "$ENGINE" image inspect "$full" >/dev/null 2>&1; then

@@ -2,8 +2,8 @@
 # Install the Debian packages pyxlb builds and tests with; installs only what is missing.
 set -eu
 # libcap2-bin (capsh) and util-linux (nsenter): the DaemonSet capability test; bird2: the
-# BGP speaker of `announce: bgp` (and the router of the BGP lab tests); vagrant and
-# shellcheck: the Vagrant lab's static checks (vagrant validate, shellcheck);
+# BGP speaker of `announce: bgp` (and the router of the BGP lab tests); the Vagrant lab's
+# static checks run vagrant validate and shellcheck;
 # python3-jsonschema: the lab router's config, generated with Debian's python3 as its VM does;
 # podman, buildah, runc, mmdebstrap: `make image` and the lab's containerised agents;
 # prometheus (with promtool): the test that evaluates the dashboard's queries
@@ -28,5 +28,6 @@ if [ -n "$missing" ]; then
 	fi
 	echo "pyxlb setup: installing$missing"
 	apt-get update -qq
+	# shellcheck disable=SC2086 # $missing is a list of package names
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi
