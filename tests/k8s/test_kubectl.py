@@ -6,13 +6,16 @@ discovers the API (aggregated discovery, short names, categories), validates on 
 client-side (strategic merge patch for the built-in kinds, merge patch for custom resources,
 the last-applied annotation) and server-side (apply patches, field managers), prints the
 server's tables, describes a Service with the address and the Events pyxlb's IP controller
-wrote, deletes, and asks the authorizer. Every test checks kubectl's output and exit code and
-the objects the stand-in holds afterwards.
+wrote, deletes, and asks the authorizer; its typed ``kubectl create`` shortcuts (namespace,
+configmap, serviceaccount, deployment, service, role and binding, token) send protobuf, which
+the stand-in reads (tests/support/standin_proto.py). Every test checks kubectl's output and
+exit code and the objects the stand-in holds afterwards.
 """
 
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import os
 import re
@@ -652,3 +655,161 @@ def test_auth_can_i_answers_as_rbac_does(api, kubectl, tmp_path):
     assert 'cannot list resource "daemonsets" in API group "apps"' in err
     err = agent.fails("get", "svc", "--as", "someone")
     assert 'cannot impersonate resource "users"' in err
+
+
+# -- 9: kubectl create: the typed shortcuts send protobuf ------------------------------------
+
+
+def port_of(api: ApiStandIn, name: str) -> int:
+    return api.get("Service", name)["spec"]["ports"][0]["nodePort"]
+
+
+def test_create_service_shortcuts_make_services_pyxlb_gives_addresses(api, kubectl, tmp_path,
+                                                                       no_proxy):
+    assert kubectl("create", "service", "loadbalancer", "web", "--tcp=80:8080") == \
+        "service/web created\n"
+    spec = api.get("Service", "web")["spec"]
+    assert (spec["type"], spec["selector"]) == ("LoadBalancer", {"app": "web"})
+    [port] = spec["ports"]
+    assert {k: port[k] for k in ("name", "protocol", "port", "targetPort")} == \
+        {"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}
+    assert 30000 <= port["nodePort"] <= 32767 and spec["clusterIP"] == spec["clusterIPs"][0]
+    assert "loadBalancerClass" not in spec, "class-less: pyxlb takes it (default_class)"
+    assert kubectl("create", "service", "nodeport", "np", "--tcp=443:https",
+                   "--node-port=30443") == "service/np created\n"
+    [port] = api.get("Service", "np")["spec"]["ports"]
+    assert (port["port"], port["targetPort"], port["nodePort"]) == (443, "https", 30443)
+    kubectl("create", "service", "clusterip", "db", "--clusterip=None")
+    kubectl("create", "service", "clusterip", "cache", "--tcp=6379")
+    assert api.get("Service", "db")["spec"]["clusterIP"] == "None"
+    spec = api.get("Service", "cache")["spec"]
+    assert spec["type"] == "ClusterIP" and "nodePort" not in spec["ports"][0]
+    assert 'services "web" already exists' in kubectl.fails(
+        "create", "service", "loadbalancer", "web", "--tcp=80:8080")
+    assert kubectl("create", "service", "loadbalancer", "dry", "--tcp=80",
+                   "--dry-run=server") == "service/dry created (server dry run)\n"
+    assert api.get("Service", "dry") is None
+
+    # pyxlb's IP controller, as the agent's ServiceAccount, gives the LoadBalancer an address
+    kubectl("apply", "-f", "deploy/namespace.yaml", "-f", "deploy/rbac.yaml",
+            "-f", "deploy/examples/ippool.yaml")
+    agent_config = api.write_kubeconfig(tmp_path / "agent.conf", service_account=AGENT)
+    controller = Controller(lambda: kube.connect(kubeconfig=agent_config),
+                            lambda: {kube.key_of(s): s for s in api.list("Service")},
+                            tr.Settings(node_name="n1"), identity="n1", lease_duration=1.0,
+                            watch_timeout=5).start()
+    try:
+        controller.service_changed("default/web", None, api.get("Service", "web"))
+        ingress = eventually(lambda: (api.get("Service", "web")["status"]["loadBalancer"]
+                                      .get("ingress")), what="an address for web")
+    finally:
+        controller.stop()
+    row = table(kubectl("get", "svc", "web"))[0]
+    assert row["EXTERNAL-IP"] == ",".join(i["ip"] for i in ingress)
+    assert row["EXTERNAL-IP"].startswith("192.0.2."), "from deploy/examples/ippool.yaml"
+    assert row["PORT(S)"] == f"80:{port_of(api, 'web')}/TCP"
+
+
+def test_create_shortcuts_store_namespaces_configmaps_and_deployments(api, kubectl, tmp_path):
+    assert kubectl("create", "namespace", "shop") == "namespace/shop created\n"
+    ns = api.get("Namespace", "shop")
+    assert ns["status"]["phase"] == "Active" and \
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"] == "shop"
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\xffpyxlb")     # not UTF-8: kubectl puts it in binaryData
+    kubectl("create", "configmap", "conf", "-n", "shop", "--from-literal=mode=fast",
+            f"--from-file={blob}")
+    cm = api.get("ConfigMap", "conf", "shop")
+    assert cm["data"] == {"mode": "fast"}
+    assert {k: base64.b64decode(v) for k, v in cm["binaryData"].items()} == \
+        {"blob.bin": b"\x00\xffpyxlb"}
+    assert kubectl("create", "serviceaccount", "robot", "-n", "shop") == \
+        "serviceaccount/robot created\n"
+    assert api.get("ServiceAccount", "robot", "shop")["metadata"]["uid"]
+
+    kubectl("create", "deployment", "web", "-n", "shop", "--image=nginx:1", "--port=8080",
+            "--replicas=2")
+    deploy = api.get("Deployment", "web", "shop")
+    assert deploy["metadata"]["labels"] == {"app": "web"} and deploy["metadata"]["generation"] == 1
+    assert deploy["spec"]["selector"] == {"matchLabels": {"app": "web"}}
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["template"]["spec"]["containers"] == [
+        {"name": "nginx", "image": "nginx:1", "ports": [{"containerPort": 8080}],
+         "resources": {}}]
+    kubectl("create", "deployment", "idle", "-n", "shop", "--image=busybox:1", "--replicas=0",
+            "--", "sleep", "3600")
+    idle = api.get("Deployment", "idle", "shop")["spec"]
+    assert idle["replicas"] == 0, "a pointer set to zero is kept"
+    assert idle["template"]["spec"]["containers"][0]["command"] == ["sleep", "3600"]
+    assert kubectl("get", "deploy", "web", "-n", "shop", "-o",
+                   "jsonpath={.spec.template.spec.containers[0].image}") == "nginx:1"
+    assert 'namespaces "nowhere" not found' in kubectl.fails(
+        "create", "configmap", "x", "-n", "nowhere", "--from-literal=a=b")
+
+
+def test_create_rbac_shortcuts_take_effect(api, kubectl, tmp_path):
+    kubectl("create", "serviceaccount", "robot")
+    robot = Kubectl(api, tmp_path / "robot", service_account=("default", "robot"))
+    assert robot.run("auth", "can-i", "list", "services").stdout == "no\n"
+    assert 'cannot list resource "services"' in robot.fails("get", "svc")
+
+    kubectl("create", "role", "svc-reader", "--verb=get,list,watch", "--resource=services")
+    assert api.get("Role", "svc-reader", "default")["rules"] == [
+        {"verbs": ["get", "list", "watch"], "apiGroups": [""], "resources": ["services"]}]
+    assert kubectl("create", "rolebinding", "robot-reads", "--role=svc-reader",
+                   "--serviceaccount=default:robot") == \
+        "rolebinding.rbac.authorization.k8s.io/robot-reads created\n"
+    binding = api.get("RoleBinding", "robot-reads", "default")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "robot",
+                                    "namespace": "default"}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "svc-reader"}
+    assert robot("auth", "can-i", "list", "services") == "yes\n"
+    assert robot.run("get", "svc").returncode == 0
+    assert robot.run("auth", "can-i", "list", "services", "-n", "kube-system").stdout == "no\n"
+
+    kubectl("create", "clusterrole", "node-reader", "--verb=get,list", "--resource=nodes")
+    kubectl("create", "clusterrolebinding", "robot-nodes", "--clusterrole=node-reader",
+            "--serviceaccount=default:robot")
+    assert robot("auth", "can-i", "list", "nodes", "-A") == "yes\n"
+    assert robot.run("auth", "can-i", "delete", "nodes", "-A").stdout == "no\n"
+
+    # resourceNames, users, non-resource URLs
+    kubectl("create", "role", "one-lease", "--verb=update",
+            "--resource=leases.coordination.k8s.io", "--resource-name=pyxlb-controller")
+    kubectl("create", "rolebinding", "bob-lease", "--role=one-lease", "--user=bob")
+    assert kubectl("auth", "can-i", "update", "leases/pyxlb-controller", "--as=bob") == "yes\n"
+    assert kubectl.run("auth", "can-i", "update", "leases/other", "--as=bob").stdout == "no\n"
+    kubectl("create", "clusterrole", "metrics-reader", "--verb=get", "--non-resource-url=/metrics")
+    assert api.get("ClusterRole", "metrics-reader")["rules"] == [
+        {"verbs": ["get"], "nonResourceURLs": ["/metrics"]}]
+    kubectl("create", "clusterrolebinding", "bob-metrics", "--clusterrole=metrics-reader",
+            "--user=bob")
+    assert kubectl("auth", "can-i", "get", "/metrics", "--as=bob") == "yes\n"
+    assert kubectl.run("auth", "can-i", "get", "/debug", "--as=bob").stdout == "no\n"
+
+    kubectl("delete", "rolebinding", "robot-reads")
+    assert robot.run("auth", "can-i", "list", "services").stdout == "no\n"
+
+
+def test_create_token_issues_a_token_of_the_service_account(api, kubectl):
+    kubectl("create", "serviceaccount", "robot")
+    token = kubectl("create", "token", "robot").strip()
+    who = json.loads(kubectl("auth", "whoami", "-o", "json", "--token", token))
+    assert who["status"]["userInfo"]["username"] == "system:serviceaccount:default:robot"
+    asked = time.time()
+    request = json.loads(kubectl("create", "token", "robot", "--duration=2h",
+                                 "--audience=pyxlb", "-o", "json"))
+    assert request["kind"] == "TokenRequest" and request["status"]["token"] not in ("", token)
+    assert (request["spec"]["audiences"], request["spec"]["expirationSeconds"]) == \
+        (["pyxlb"], 7200)
+    expires = calendar.timegm(time.strptime(request["status"]["expirationTimestamp"],
+                                            "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(expires - (asked + 7200)) < 60
+
+    # the token is the ServiceAccount's, RBAC and all: it may not mint tokens itself
+    err = kubectl.fails("create", "token", "robot", "--token", token)
+    assert 'cannot create resource "serviceaccounts/token"' in err
+    assert 'serviceaccounts "ghost" not found' in kubectl.fails("create", "token", "ghost")
+    kubectl("delete", "serviceaccount", "robot")     # and it dies with the ServiceAccount
+    assert "Unauthorized" in kubectl.fails("auth", "whoami", "--token", token)

@@ -95,8 +95,9 @@ What it implements, as the real API server does:
   (aggregationRule, the bootstrap roles other than the public health/version, discovery and
   basic-user grants), are in ``standin_auth``, whose ``authorize`` also works offline.
   Impersonation (``Impersonate-User``/``-Group``: kubectl ``--as``) when the user may
-  impersonate; SelfSubjectAccessReview (``kubectl auth can-i``, its protobuf body read by
-  ``standin_proto``) and SelfSubjectReview (``kubectl auth whoami``).
+  impersonate; SelfSubjectAccessReview (``kubectl auth can-i``) and SelfSubjectReview
+  (``kubectl auth whoami``). The serviceaccounts/token subresource (``kubectl create token``)
+  answers a TokenRequest with an ``issue_token`` token.
 - ``audit``: every resource request that reached authorization (user, groups, verb, group,
   resource, subresource, namespace, name, allowed, the code answered), and every 401.
 - ``apply_manifests``: the documents of a YAML file whose kind is served, created as the
@@ -104,7 +105,12 @@ What it implements, as the real API server does:
 - ``write_kubeconfig``: a kubeconfig (URL, CA, an administrator's or a ServiceAccount's
   token) for kubectl: ``KUBECONFIG=<file> kubectl get svc -A``.
 - Request bodies with Content-Length or ``Transfer-Encoding: chunked`` (kubectl's ``--raw``
-  writes; ``chunked_bodies`` counts them).
+  writes; ``chunked_bodies`` counts them), in JSON or, for creates and updates (and the
+  reviews and TokenRequest), in the Kubernetes protobuf kubectl's typed clients send
+  (``kubectl create namespace|configmap|deployment|service ...|role|...``): ``standin_proto``
+  reads the kinds ``standin_protobuf`` describes into the JSON the server would store and
+  answers 415 naming a kind or field it does not describe. Answers are always JSON (those
+  clients accept it).
 
 What it does not: validation or defaulting beyond the above (labels, annotations, finalizer
 and owner references are not checked; unknown fields are kept, not pruned; a custom resource
@@ -118,13 +124,11 @@ webhooks...), the ``kubernetes`` Service and Endpoints objects, Pods, Secrets, S
 IPAddress objects (allocation state is internal, and addresses and ports are handed out in
 order where the real allocators pick at random; a dry run may move that order on), the
 Namespace /finalize subresource, delete preconditions, propagation and grace periods, HTTP/2,
-protobuf request bodies other than the reviews above (415: kubectl's typed generators,
-``kubectl create namespace|configmap|deployment``, send them; answers are always JSON), client
-certificates, JWT tokens (tokens are opaque random strings), ClusterRole ``aggregationRule``,
-SelfSubjectRulesReview (``kubectl auth can-i --list``). Managed fields are recorded for apply
-operations only. Open watches are not cut when their token is revoked. Updates without a
-resourceVersion are accepted for every kind (the real server requires one for custom
-resources).
+protobuf answers, client certificates, JWT tokens (tokens are opaque random strings),
+ClusterRole ``aggregationRule``, SelfSubjectRulesReview (``kubectl auth can-i --list``).
+Managed fields are recorded for apply operations only. Open watches are not cut when their
+token is revoked. Updates without a resourceVersion are accepted for every kind (the real
+server requires one for custom resources).
 
 Tests drive it over HTTP through the real client (``client()`` as the administrator,
 ``client_for(token)`` as anyone), and also directly (``create``, ``get``, ``update``,
@@ -837,9 +841,36 @@ class ApiStandIn:
         if method == "POST":
             for review in disco.REVIEWS:
                 if path.rstrip("/") == f"/apis/{review.group}/{review.version}/{review.plural}":
-                    return 201, _dumps(self._review(review, _review_body(body, content_type),
+                    return 201, _dumps(self._review(review, _request_object(body, content_type),
                                                     user)), "application/json"
+            parts = path.strip("/").split("/")
+            if len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
+                    and parts[4::2] == ["serviceaccounts", "token"]:
+                return 201, _dumps(self._token_request(parts[3], parts[5], _request_object(
+                    body, content_type))), "application/json"
         return None
+
+    API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+    def _token_request(self, namespace: str, name: str, body: Any) -> dict:
+        """The serviceaccounts/token subresource (kubectl create token): a TokenRequest answered
+        with a token from ``issue_token``. That token is opaque and lives as long as the
+        ServiceAccount: expirationSeconds (default 3600, not checked) only sets the
+        expirationTimestamp answered, audiences (default the API server's) and boundObjectRef
+        are answered as sent, not enforced."""
+        if not isinstance(body, dict) or body.get("kind") not in (None, "TokenRequest"):
+            raise _bad_request("the body must be a TokenRequest")
+        if self.get("ServiceAccount", name, namespace) is None:
+            raise _not_found(self.kind_of("ServiceAccount"), name)
+        spec = dict(body["spec"]) if isinstance(body.get("spec"), dict) else {}
+        spec["audiences"] = spec.get("audiences") or [self.API_AUDIENCE]
+        spec["expirationSeconds"] = spec.get("expirationSeconds") or 3600
+        expires = time.gmtime(time.time() + int(spec["expirationSeconds"]))
+        return {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+                "spec": spec, "status": {"token": self.issue_token(namespace, name),
+                                         "expirationTimestamp": time.strftime(
+                                             "%Y-%m-%dT%H:%M:%SZ", expires)}}
 
     def _review(self, review: Any, body: Any, user: UserInfo) -> dict:
         """A SelfSubjectAccessReview answered by the authorizer in force, or a
@@ -1997,10 +2028,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if body and (self.headers.get("Content-Type") or "").startswith(
                     "application/vnd.kubernetes.protobuf"):
-                raise StandInError(415, "the API stand-in reads JSON request bodies, not "
-                                        "protobuf (kubectl create namespace|configmap|... send "
-                                        "protobuf: write a manifest and kubectl apply -f it)",
-                                   reason="UnsupportedMediaType")
+                if verb not in ("create", "update"):
+                    raise StandInError(415, f"the API stand-in reads protobuf bodies of "
+                                            f"creates and updates only, not of a {verb}",
+                                       reason="UnsupportedMediaType")
+                # kubectl create namespace|service|...: the JSON the server would store
+                body = _dumps(_request_object(body, self.headers.get("Content-Type")))
             si._dry.run = verb != "get" and ("dryRun" in query or _delete_dry_run(verb, body))
             try:
                 code, raw = si._answer(verb, kind, namespace, name, sub, query, body,
@@ -2169,14 +2202,17 @@ def _delete_dry_run(verb: str, body: bytes) -> bool:
     return isinstance(options, dict) and options.get("dryRun") == ["All"]
 
 
-def _review_body(body: bytes, content_type: Optional[str]) -> Any:
-    """A review's body: JSON, or the protobuf kubectl's typed clients send."""
+def _request_object(body: bytes, content_type: Optional[str]) -> Any:
+    """A request's body: JSON, or the protobuf kubectl's typed clients send, in the JSON form
+    the server would hold (standin_proto; 415 naming what its tables do not describe)."""
     from . import standin_proto
 
     if (content_type or "").split(";")[0].strip() != standin_proto.PROTOBUF:
         return _parse_body(body)
     try:
-        return standin_proto.review_from_protobuf(body)
+        return standin_proto.decode(body)
+    except standin_proto.Unsupported as exc:
+        raise StandInError(415, str(exc), reason="UnsupportedMediaType") from None
     except standin_proto.ProtobufError as exc:
         raise _bad_request(f"the request body is not Kubernetes protobuf: {exc}") from None
 
