@@ -11,7 +11,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config \
+        gcc libc6-dev clang libbpf-dev libelf-dev zlib1g-dev pkg-config \
         python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -560,7 +560,7 @@ def test_dockerfile_stages():
     build, runtime = stages["build"], stages["runtime"]
     assert build[0].split()[1] == "debian:bookworm"
     assert runtime[0].split()[1] == "debian:bookworm-slim"
-    assert {"clang", "llvm", "libbpf-dev", "libelf-dev", "zlib1g-dev", "pkg-config",
+    assert {"gcc", "clang", "libbpf-dev", "libelf-dev", "zlib1g-dev", "pkg-config",
             "python3-dev", "python3-venv"} <= _apt_packages(build)
     assert any("pip wheel" in line for line in build)
     packages = _apt_packages(runtime)
