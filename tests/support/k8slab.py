@@ -30,12 +30,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import shutil
 from typing import Dict, List, Optional, Set, Tuple
 
 from pyroute2 import NetNS
