@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -251,8 +250,8 @@ class AgentPod:
         return cmd
 
 
-def scratch_dir(prefix: str) -> str:
-    return tempfile.mkdtemp(prefix=f"pyxlb-{prefix}-pod-")
+class PodmanError(Exception):
+    """podman refused; the message is its own."""
 
 
 def podman(args: List[str], *, check: bool = True,
@@ -269,10 +268,6 @@ def podman(args: List[str], *, check: bool = True,
     if check and res.returncode != 0:
         raise PodmanError(f"podman {args[0]}: {res.stderr.strip() or res.stdout.strip()}")
     return res
-
-
-class PodmanError(Exception):
-    pass
 
 
 def container_state(name: str) -> str:
