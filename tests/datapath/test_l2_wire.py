@@ -94,6 +94,10 @@ def test_two_members_see_each_other_and_a_stop(ns, a_addr, b_addr):
             ra.wait_for({"a", "b"}, 2)
             rb.wait_for({"a", "b"}, 2)
             time.sleep(3 * INTERVAL)
+            # a few heartbeats heard (bounded: on a loaded machine 3 intervals may hold fewer)
+            end = time.monotonic() + 2
+            while a.status()["counters"]["received"] <= 3 and time.monotonic() < end:
+                time.sleep(INTERVAL)
             assert a.status()["peers"]["b"]["hears_us"] and b.status()["peers"]["a"]["hears_us"]
             stopped = time.monotonic()
         died = ra.wait_for({"a"}, DEAD_AFTER + INTERVAL + 2)
