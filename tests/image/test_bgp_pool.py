@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -27,9 +26,7 @@ from pyxlb.k8s import objects as o
 from pyxlb.lab import ROUTER, node_addr
 
 from tests.support.k8slab import AUTO_VIP4, KNODES, KubeLab
-from tests.support.standin import ApiStandIn
 
-ROOT = Path(__file__).resolve().parents[2]
 ROUTER_ASN, NODE_ASN = 64512, 64513
 PORT, TARGET_PORT = 8765, 9376
 FIRST_PORT = 36000          # client source ports of this module
@@ -66,13 +63,7 @@ def bgp_lab(image):
     base = tempfile.mkdtemp(prefix="pyxlb-bgp-image-")
     try:
         lab.up()
-        with lab.in_router():
-            api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0, tls=True,
-                             authorization="RBAC").start()
-        assert api.apply_manifests(ROOT / "deploy" / "namespace.yaml") == []
-        assert api.apply_manifests(ROOT / "deploy" / "rbac.yaml") == []
-        for node in lab.node_objects():
-            api.create(node)
+        api = lab.start_api(bookmark_interval=1.0)
         with netns.enter(lab.ns(ROUTER)):       # the lab's own router: no need to restore
             with open("/proc/sys/net/ipv4/fib_multipath_hash_policy", "w") as f:
                 f.write("1")

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from pyroute2 import NetNS
@@ -27,9 +26,7 @@ from pyxlb.k8s import objects as o
 from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr, scenarios
 
 from tests.support.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab
-from tests.support.standin import ApiStandIn
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENT = "system:serviceaccount:pyxlb-system:pyxlb-agent"
 SHOP = "shop"               # the Local Service's namespace (the docs' example: default)
 
@@ -72,15 +69,8 @@ def installed(lab):
     api = None
     try:
         lab.up()
-        with lab.in_router():          # the stand-in listens inside the lab, on the router
-            api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0, tls=True,
-                             authorization="RBAC").start()
-        # installed as docs/deploy.md says: the namespace, then the agent's RBAC
-        assert api.apply_manifests(ROOT / "deploy" / "namespace.yaml") == []
-        assert api.apply_manifests(ROOT / "deploy" / "rbac.yaml") == []
+        api = lab.start_api(bookmark_interval=1.0)
         api.create(o.namespace(SHOP))
-        for node in lab.node_objects():
-            api.create(node)
         # VIP4 only to whoever asks for it by name; every other Service gets AUTO_VIP4
         api.create(o.ip_pool("lab", [f"{VIP4}/32"], auto_assign=False))
         api.create(o.ip_pool("lab-auto", [f"{AUTO_VIP4}/32"]))

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List
 
 import pytest
 import yaml
@@ -36,12 +36,9 @@ from pyxlb.k8s.run import WATCH_RESTART_REASONS
 from pyxlb.lab import CLIENT_NET, ROUTER, VIP4, node_addr
 
 from tests.support.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab
-from tests.support.standin import ApiStandIn
+from tests.support.promql import (DASHBOARD, METRICS_DOC, RULES, dashboard_queries,
+                                  docs_queries)
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "pyxlb-dashboard.json"
-RULES = ROOT / "deploy" / "prometheus" / "pyxlb-rules.yml"
-METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 PROM_PORT = 9090                # on the router's segment address, inside the lab
@@ -209,13 +206,7 @@ def prom_lab():
     api = prom = None
     try:
         lab.up()
-        with lab.in_router():          # the stand-in listens inside the lab, on the router
-            api = ApiStandIn(host=lab.api_host, bookmark_interval=1.0, tls=True,
-                             authorization="RBAC").start()
-        assert api.apply_manifests(ROOT / "deploy" / "namespace.yaml") == []
-        assert api.apply_manifests(ROOT / "deploy" / "rbac.yaml") == []
-        for node in lab.node_objects():
-            api.create(node)
+        api = lab.start_api(bookmark_interval=1.0)
         api.create(o.ip_pool("lab", [f"{VIP4}/32"], auto_assign=False))
         for node in KNODES:
             lab.start_agent(node, api, "--metrics-port", str(METRICS_PORT),
@@ -259,18 +250,6 @@ def traffic(lab, prom) -> None:
 
 # -- what is evaluated --------------------------------------------------------------------
 
-def dashboard_queries() -> Iterator[Tuple[str, str]]:
-    """(panel title, expr) of every query of the dashboard, rows' panels included."""
-    def panels(items):
-        for p in items:
-            yield p
-            yield from panels(p.get("panels", ()))
-
-    for p in panels(json.loads(DASHBOARD.read_text())["panels"]):
-        for t in p.get("targets", ()):
-            yield p["title"], t["expr"]
-
-
 def grafana_escape(value: str) -> str:
     """A multi-value variable's value as Grafana writes it into a PromQL regex: special
     characters behind a backslash, itself escaped for the PromQL string."""
@@ -285,15 +264,6 @@ def substitute(expr: str, instance: str) -> str:
     left = re.findall(r"\$\{?\w+", out)
     assert not left, f"{expr!r}: no value for {left}: teach this test the new variable"
     return out
-
-
-def docs_queries() -> List[str]:
-    """Every line of docs/metrics.md's promql blocks, its comment cut off."""
-    text = METRICS_DOC.read_text()
-    lines = [line.split("#", 1)[0].strip()
-             for block in re.findall(r"```promql\n(.*?)```", text, flags=re.S)
-             for line in block.splitlines()]
-    return [line for line in lines if line]
 
 
 def docs_metric_names() -> List[str]:

@@ -44,7 +44,10 @@ from pyxlb import netns
 from pyxlb.errors import PyxlbError
 from pyxlb.lab import CLIENT, ROUTER, SEED, SEGMENT_MTU, Lab, node_addr
 
-from tests.support.daemonset import AgentPod, container_state, podman
+from tests.support.daemonset import ROOT, AgentPod, container_state, podman
+from tests.support.standin import ApiStandIn
+
+DEPLOY = ROOT / "deploy"
 
 KNODES = ("n1", "n2", "n3")
 # The healthCheckNodePort the lab's Local Services ask for (in the API's node port range):
@@ -242,6 +245,26 @@ class KubeLab(Lab):
                 return f.read()
         except (KeyError, OSError):
             return ""
+
+    def start_api(self, *manifests: str, **options):
+        """The API stand-in on the router (HTTPS, RBAC; `options` go to ApiStandIn), with
+        pyxlb installed as docs/deploy.md says (deploy/namespace.yaml and deploy/rbac.yaml,
+        then each of `manifests`, paths under deploy/) and the lab's Node objects. A
+        manifest the API refuses raises; the caller stops the stand-in it gets back."""
+        with self.in_router():          # a server socket made here listens in the lab
+            api = ApiStandIn(host=self.api_host, tls=True, authorization="RBAC",
+                             **options).start()
+        try:
+            for name in ("namespace.yaml", "rbac.yaml", *manifests):
+                refused = api.apply_manifests(DEPLOY / name)
+                if refused:
+                    raise PyxlbError(f"the API refused deploy/{name}: {refused}")
+            for node in self.node_objects():
+                api.create(node)
+        except BaseException:
+            api.stop()
+            raise
+        return api
 
     def node_objects(self) -> List[dict]:
         """The Node objects a cluster would have for n1-n3 (Ready, InternalIPs)."""

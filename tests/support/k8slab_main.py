@@ -16,13 +16,13 @@ import sys
 import threading
 from pathlib import Path
 
+from pyxlb.errors import PyxlbError
 from pyxlb.k8s import objects as o
 from pyxlb.lab import VIP4
 
 from tests.support.k8slab import AUTO_VIP4, KNODES, KubeLab
 from tests.support.standin import ApiStandIn
 
-ROOT = Path(__file__).resolve().parents[2]
 STATE = Path("/run/pyxlb-lab")
 API_PORT = 6443             # the API server's usual port, on the lab's router
 
@@ -31,16 +31,8 @@ def install(lab: KubeLab) -> ApiStandIn:
     """The stand-in on the router, pyxlb installed in it as docs/deploy.md says (namespace,
     RBAC, CRDs, ConfigMap), the nodes, a pool of the lab's routed addresses, and an agent
     on every node."""
-    with lab.in_router():
-        api = ApiStandIn(host=lab.api_host, port=API_PORT, tls=True,
-                         authorization="RBAC").start()
-    for name in ("namespace.yaml", "crds/ippools.yaml", "crds/bgppeers.yaml", "rbac.yaml",
-                 "configmap.yaml"):
-        refused = api.apply_manifests(ROOT / "deploy" / name)
-        if refused:
-            raise SystemExit(f"k8s-lab: the API refused deploy/{name}: {refused}")
-    for node in lab.node_objects():
-        api.create(node)
+    api = lab.start_api("crds/ippools.yaml", "crds/bgppeers.yaml", "configmap.yaml",
+                        port=API_PORT)
     # the addresses the lab's router sends to n1 (loadBalancerIP picks VIP4)
     api.create(o.ip_pool("lab", [f"{AUTO_VIP4}/32", f"{VIP4}/32"]))
     for node in KNODES:
@@ -90,6 +82,9 @@ Ctrl-C takes the lab down.""", flush=True)
         while not stop.wait(1.0):
             pass
         return 0
+    except PyxlbError as exc:
+        print(f"k8s-lab: {exc}", file=sys.stderr)
+        return 1
     finally:
         if api is not None:
             api.stop()

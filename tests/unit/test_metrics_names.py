@@ -4,13 +4,10 @@ series start at 0, and every query pyxlb ships (dashboard, docs, alert rules) fi
 on labels and values the metrics have."""
 
 import ipaddress
-import json
 import re
-from pathlib import Path
 from typing import Dict, Iterator, Set, Tuple
 
 import pytest
-import yaml
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +17,9 @@ from pyxlb import metrics
 from pyxlb.addr import parse_addr
 from pyxlb.k8s.run import RECONCILE_RESULTS, WATCH_RESTART_REASONS, AgentMetrics
 from pyxlb.state import VipKey
+
+from tests.support.promql import (METRICS_DOC, ROOT, RULES, dashboard_queries, docs_queries,
+                                  rule_queries)
 
 XDP_ACTIONS = {"pass", "drop", "tx", "redirect", "aborted"}
 
@@ -86,12 +86,6 @@ def test_vip_label_of_a_protocol_pyxlb_does_not_write():
 
 
 # -- the agent's labelled series, and the labels queries filter on -----------------------
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "pyxlb-dashboard.json"
-RULES = ROOT / "deploy" / "prometheus" / "pyxlb-rules.yml"
-METRICS_DOC = ROOT / "docs" / "metrics.md"
-
 
 def samples(registry) -> dict:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -166,21 +160,12 @@ def known_labels() -> Dict[str, Set[str]]:
 
 def queries() -> Iterator[Tuple[str, str]]:
     """(where, PromQL) of the dashboard, docs/metrics.md's promql blocks and the rules."""
-    def panels(items):
-        for p in items:
-            yield p
-            yield from panels(p.get("panels", ()))
-
-    for p in panels(json.loads(DASHBOARD.read_text())["panels"]):
-        for t in p.get("targets", ()):
-            yield f"dashboard panel {p['title']!r}", t["expr"]
-    for block in re.findall(r"```promql\n(.*?)```", METRICS_DOC.read_text(), flags=re.S):
-        for line in block.splitlines():
-            if line.split("#", 1)[0].strip():
-                yield "docs/metrics.md", line.split("#", 1)[0].strip()
-    for group in yaml.safe_load(RULES.read_text())["groups"]:
-        for rule in group["rules"]:
-            yield f"{RULES.name} {rule['alert']}", rule["expr"]
+    for title, expr in dashboard_queries():
+        yield f"dashboard panel {title!r}", expr
+    for line in docs_queries():
+        yield "docs/metrics.md", line
+    for alert, expr in rule_queries():
+        yield f"{RULES.name} {alert}", expr
 
 
 # label values the code has a table of: a query filtering on another value reads nothing
