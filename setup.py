@@ -64,9 +64,15 @@ def preflight():
         fail("Cython not found: pip install 'Cython>=3.0' (pip install . fetches it itself)")
 
 
+# test-only builds of an object with other settings, name -> (source, extra clang flags):
+# tests/datapath/test_upgrade.py upgrades to and from a balancer whose flow layout differs
+TEST_VARIANTS = {"test_variant_balancer": ("balancer.bpf.c", ["-DXLB_TEST_LAYOUT_VARIANT"])}
+
+
 class BuildExt(build_ext):
     """build_ext that first compiles every xdp/*.bpf.c into pyxlb/bpf/*.o (and the
-    benchmark-only xdp/bench/*.bpf.c into pyxlb/bpf/bench_*.o)."""
+    benchmark-only xdp/bench/*.bpf.c into pyxlb/bpf/bench_*.o, TEST_VARIANTS into
+    pyxlb/bpf/test_*.o; neither is shipped)."""
 
     def run(self):
         self.build_bpf()
@@ -83,14 +89,19 @@ class BuildExt(build_ext):
             flags += ["-I", arch_inc]
         os.makedirs(BPF_OUT, exist_ok=True)
         targets = []
+        builds = []
         for src in sources + bench_sources:
             prefix = "bench_" if src in bench_sources else ""
-            obj = os.path.join(BPF_OUT, prefix + os.path.basename(src)[: -len(".bpf.c")] + ".o")
+            builds.append((src, prefix + os.path.basename(src)[: -len(".bpf.c")], []))
+        builds += [(os.path.join(XDP_DIR, src), name, extra)
+                   for name, (src, extra) in TEST_VARIANTS.items()]
+        for src, name, extra in builds:
+            obj = os.path.join(BPF_OUT, name + ".o")
             targets.append(obj)
             newest_input = max(os.path.getmtime(p) for p in [src, *headers])
             if os.path.exists(obj) and os.path.getmtime(obj) >= newest_input and not self.force:
                 continue
-            cmd = ["clang", *flags, "-c", src, "-o", obj]
+            cmd = ["clang", *flags, *extra, "-c", src, "-o", obj]
             print(" ".join(cmd))
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
@@ -101,7 +112,7 @@ class BuildExt(build_ext):
             dest = os.path.join(self.build_lib, BPF_OUT)
             os.makedirs(dest, exist_ok=True)
             for obj in targets:
-                if not os.path.basename(obj).startswith("bench_"):   # benchmarks stay out
+                if not os.path.basename(obj).startswith(("bench_", "test_")):  # not shipped
                     shutil.copy2(obj, dest)
 
 

@@ -144,6 +144,109 @@ def _ifindex(iface):
         raise OSError(exc.errno or 19, f"no such interface: {iface}") from None
 
 
+# -- BTF: the layout of map keys and values, as plain tuples --------------------------------
+
+cdef object _btf_tree(const btf *b, uint32_t type_id, int depth=0):
+    """The layout of BTF type `type_id` as nested tuples that compare equal exactly when
+    two layouts are the same (typedefs and qualifiers see through, struct members keep
+    their names and bit offsets):
+
+        ("int", size, signed)          ("enum", size)        ("float", size)
+        ("ptr",)                       ("array", nelems, element)
+        ("struct" | "union", size, ((name, bit_offset, bitfield_bits, member), ...))
+        ("fwd", name)                  ("void",)             ("kind", n)
+    """
+    cdef const btf_type *t
+    cdef const btf_member *mem
+    cdef const btf_array *arr
+    cdef uint16_t kind
+    cdef uint32_t i, n
+    if depth > 32:
+        raise ValueError("BTF type nested too deep")
+    if type_id == 0:
+        return ("void",)
+    t = btf__type_by_id(b, type_id)
+    if t == NULL:
+        raise ValueError(f"no BTF type {type_id}")
+    kind = btf_kind(t)
+    if kind in (BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT,
+                BTF_KIND_TYPE_TAG):
+        return _btf_tree(b, t.type, depth + 1)
+    if kind == BTF_KIND_INT:
+        return ("int", t.size, bool(btf_int_encoding(t) & BTF_INT_SIGNED))
+    if kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64):
+        return ("enum", t.size)
+    if kind == BTF_KIND_FLOAT:
+        return ("float", t.size)
+    if kind == BTF_KIND_PTR:
+        return ("ptr",)
+    if kind == BTF_KIND_ARRAY:
+        arr = btf_array_of(t)
+        return ("array", arr.nelems, _btf_tree(b, arr.type, depth + 1))
+    if kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
+        mem = btf_members(t)
+        n = btf_vlen(t)
+        members = []
+        for i in range(n):
+            members.append((btf__name_by_offset(b, mem[i].name_off).decode(),
+                            btf_member_bit_offset(t, i), btf_member_bitfield_size(t, i),
+                            _btf_tree(b, mem[i].type, depth + 1)))
+        return ("struct" if kind == BTF_KIND_STRUCT else "union", t.size, tuple(members))
+    if kind == BTF_KIND_FWD:
+        return ("fwd", btf__name_by_offset(b, t.name_off).decode())
+    return ("kind", kind)
+
+
+cdef dict _def_layout(const btf *b, bpf_map *m):
+    """The layout an object declares for one of its maps (see BpfObject.map_layout)."""
+    cdef uint32_t kid = bpf_map__btf_key_type_id(m)
+    cdef uint32_t vid = bpf_map__btf_value_type_id(m)
+    cdef bpf_map *inner = bpf_map__inner_map(m)
+    return {
+        "type": <uint32_t>bpf_map__type(m),
+        "key_size": bpf_map__key_size(m),
+        "value_size": bpf_map__value_size(m),
+        "max_entries": bpf_map__max_entries(m),
+        "flags": bpf_map__map_flags(m),
+        "key": _btf_tree(b, kid) if b != NULL and kid else None,
+        "value": _btf_tree(b, vid) if b != NULL and vid else None,
+        "inner": _def_layout(b, inner) if inner != NULL else None,
+    }
+
+
+def translate_records(src, uint32_t src_stride, uint32_t count, uint32_t dst_stride, ops):
+    """`count` records of `src_stride` bytes rewritten as records of `dst_stride` bytes:
+    each op (src_offset, dst_offset, length) copies that run of every record; bytes no op
+    writes are zero. Returns a bytearray of count x dst_stride bytes."""
+    cdef const uint8_t[::1] sb = memoryview(src).cast("B")
+    if <uint64_t>sb.shape[0] < <uint64_t>src_stride * count:
+        raise ValueError(f"{sb.shape[0]} bytes hold fewer than {count} records of {src_stride}")
+    cdef list plan = [(int(a), int(b), int(n)) for a, b, n in ops]
+    cdef uint32_t nops = len(plan), i, r
+    for a, b, n in plan:
+        if a < 0 or b < 0 or n <= 0 or a + n > src_stride or b + n > dst_stride:
+            raise ValueError(f"copy op {(a, b, n)} does not fit records of {src_stride} -> "
+                             f"{dst_stride} bytes")
+    out = bytearray(<size_t>dst_stride * count)
+    if count == 0 or nops == 0:
+        return out
+    cdef uint8_t[::1] db = out
+    cdef uint32_t *o = <uint32_t *>malloc(3 * nops * sizeof(uint32_t))
+    if o == NULL:
+        raise MemoryError()
+    for i in range(nops):
+        o[3 * i], o[3 * i + 1], o[3 * i + 2] = plan[i]
+    cdef const uint8_t *sp = &sb[0]
+    cdef uint8_t *dp = &db[0]
+    with nogil:
+        for r in range(count):
+            for i in range(nops):
+                memcpy(dp + <size_t>r * dst_stride + o[3 * i + 1],
+                       sp + <size_t>r * src_stride + o[3 * i], o[3 * i + 2])
+    free(o)
+    return out
+
+
 cdef class BpfObject:
     """A BPF ELF object: open, adjust maps, load, then take maps and programs by name.
 
@@ -240,6 +343,23 @@ cdef class BpfObject:
         cdef bpf_map *m = self._find_map(name)
         return (<uint32_t>bpf_map__type(m), bpf_map__key_size(m), bpf_map__value_size(m))
 
+    def map_layout(self, name):
+        """What the object declares for map `name`: {type, key_size, value_size,
+        max_entries, flags, key, value, inner}; key and value are BTF layouts (see
+        _btf_tree) or None for a map declared by size, inner the same dict for the
+        template of a map-of-maps (else None)."""
+        return _def_layout(bpf_object__btf(self._ptr()), self._find_map(name))
+
+    def struct_layout(self, name):
+        """The BTF layout of `struct name` in the object (KeyError if it has none)."""
+        cdef const btf *b = bpf_object__btf(self._ptr())
+        cdef int type_id = -1
+        if b != NULL:
+            type_id = btf__find_by_name_kind(b, name.encode(), BTF_KIND_STRUCT)
+        if type_id < 0:
+            raise KeyError(f"no struct {name} in the BTF of {self.path}")
+        return _btf_tree(b, type_id)
+
     def set_pin_path(self, name, path):
         """Pin a map at `path` on load; if a compatible map is already pinned there, the
         object adopts it instead of creating a new one (a restarted process takes over a
@@ -334,6 +454,8 @@ cdef class Map:
     cdef readonly uint32_t flags
     cdef readonly int ncpus
     cdef readonly bint percpu
+    cdef readonly uint32_t btf_id
+    cdef uint32_t _btf_key, _btf_value
     cdef uint32_t _slot_size   # bytes of one value as the syscalls see it
 
     def __cinit__(self):
@@ -358,6 +480,9 @@ cdef class Map:
         self.value_size = info.value_size
         self.max_entries = info.max_entries
         self.flags = info.map_flags
+        self.btf_id = info.btf_id
+        self._btf_key = info.btf_key_type_id
+        self._btf_value = info.btf_value_type_id
         self.percpu = info.type in _PERCPU_TYPES
         self.ncpus = num_possible_cpus() if self.percpu else 1
         if self.percpu:
@@ -384,6 +509,27 @@ cdef class Map:
                                             value_size, max_entries, &opts),
                              f"create map {name!r}")
         return Map._adopt_fd(fd, name or None)
+
+    def layout(self):
+        """What the kernel knows of this map's layout, in BpfObject.map_layout's terms
+        (key and value from the BTF it was created with; inner is always None: the kernel
+        does not tell a map-of-maps' template)."""
+        cdef btf *b = NULL
+        if self.btf_id and (self._btf_key or self._btf_value):
+            b = btf__load_from_kernel_by_id(self.btf_id)
+            if b == NULL:
+                _raise_errno(errno or 2, f"BTF of map {self.name!r}")
+        try:
+            return {"type": self.type, "key_size": self.key_size,
+                    "value_size": self.value_size, "max_entries": self.max_entries,
+                    "flags": self.flags,
+                    "key": _btf_tree(b, self._btf_key) if b != NULL and self._btf_key else None,
+                    "value": (_btf_tree(b, self._btf_value)
+                              if b != NULL and self._btf_value else None),
+                    "inner": None}
+        finally:
+            if b != NULL:
+                btf__free(b)
 
     @staticmethod
     def from_pinned(path):

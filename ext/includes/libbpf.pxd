@@ -1,5 +1,5 @@
 # Declarations only: the parts of libbpf (1.1+) and the kernel UAPI that pyxlb._bpf calls.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "linux/bpf.h" nogil:
@@ -38,6 +38,9 @@ cdef extern from "linux/bpf.h" nogil:
         uint32_t max_entries
         uint32_t map_flags
         char name[16]
+        uint32_t btf_id
+        uint32_t btf_key_type_id
+        uint32_t btf_value_type_id
 
     struct bpf_prog_info:
         uint32_t type
@@ -168,6 +171,64 @@ cdef extern from "bpf/libbpf.h" nogil:
     int bpf_xdp_query(int ifindex, int flags, bpf_xdp_query_opts *opts)
 
     int libbpf_num_possible_cpus()
+
+    btf *bpf_object__btf(const bpf_object *obj)
+    uint32_t bpf_map__map_flags(const bpf_map *map)
+    uint32_t bpf_map__btf_key_type_id(const bpf_map *map)
+    uint32_t bpf_map__btf_value_type_id(const bpf_map *map)
+    bpf_map *bpf_map__inner_map(bpf_map *map)
+
+
+cdef extern from "bpf/btf.h" nogil:
+    # What pyxlb._bpf reads of BTF: the layout of map keys and values (datapath versions).
+    struct btf:
+        pass
+
+    struct btf_type:
+        uint32_t name_off
+        uint32_t info
+        uint32_t size
+        uint32_t type
+
+    struct btf_member:
+        uint32_t name_off
+        uint32_t type
+        uint32_t offset
+
+    struct btf_array:
+        uint32_t type
+        uint32_t index_type
+        uint32_t nelems
+
+    enum:
+        BTF_KIND_INT
+        BTF_KIND_PTR
+        BTF_KIND_ARRAY
+        BTF_KIND_STRUCT
+        BTF_KIND_UNION
+        BTF_KIND_ENUM
+        BTF_KIND_FWD
+        BTF_KIND_TYPEDEF
+        BTF_KIND_VOLATILE
+        BTF_KIND_CONST
+        BTF_KIND_RESTRICT
+        BTF_KIND_FLOAT
+        BTF_KIND_TYPE_TAG
+        BTF_KIND_ENUM64
+        BTF_INT_SIGNED
+
+    btf *btf__load_from_kernel_by_id(uint32_t id)
+    void btf__free(btf *b)
+    const btf_type *btf__type_by_id(const btf *b, uint32_t id)
+    const char *btf__name_by_offset(const btf *b, uint32_t offset)
+    int btf__find_by_name_kind(const btf *b, const char *name, uint32_t kind)
+    uint16_t btf_kind(const btf_type *t)
+    uint16_t btf_vlen(const btf_type *t)
+    uint8_t btf_int_encoding(const btf_type *t)
+    btf_array *btf_array_of "btf_array"(const btf_type *t)
+    btf_member *btf_members(const btf_type *t)
+    uint32_t btf_member_bit_offset(const btf_type *t, uint32_t member_idx)
+    uint32_t btf_member_bitfield_size(const btf_type *t, uint32_t member_idx)
 
 
 cdef extern from "libbpf_log.h" nogil:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from pyxlb import _bpf, bpffs, netlink
@@ -20,6 +19,9 @@ from pyxlb import _layouts as L
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 
+from . import upgrade as upgrade_mod
+from . import version as V
+from .links import interfaces_running, prog_pin
 from .maps import BALANCER, FLOWS, FLOWS4, MapSet, ObjectSpec
 from .tables import CommonTables
 
@@ -33,7 +35,8 @@ VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_
 class ForeignDatapath(PyxlbError):
     """A pinned datapath this version cannot read: made by another version of pyxlb."""
 
-    REMEDY = "it was made by another version; detach it and attach again"
+    REMEDY = ("it was made by another version: `pyxlb upgrade` brings it to this one (the "
+              "agent and `pyxlb attach` do it by themselves)")
 
 
 def flow4_sets(max_flows: int) -> int:
@@ -64,21 +67,6 @@ def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
     return sizes
 
 
-def interfaces_running(prog_id: int) -> List[dict]:
-    """The interfaces (of the calling thread's network namespace) running XDP program
-    `prog_id`: [{name, ifindex, mode}]."""
-    out = []
-    for index, name in socket.if_nameindex():
-        try:
-            info = _bpf.XdpLink.query(index)
-        except OSError:
-            continue
-        for mode in ("native", "generic"):
-            if info[f"{mode}_prog_id"] == prog_id:
-                out.append({"name": name, "ifindex": index, "mode": mode})
-    return out
-
-
 def _prepare_pin_dir(pin_dir: str) -> None:
     if pin_dir == bpffs.BPFFS_ROOT or pin_dir.startswith(bpffs.BPFFS_ROOT + os.sep):
         bpffs.ensure_mounted()
@@ -100,6 +88,7 @@ class LoadedObject:
         self.prog = prog
         self.maps = maps
         self.pin_dir = pin_dir
+        self.upgraded: Optional[upgrade_mod.Result] = None    # what create() upgraded
         self.tables = self.TABLES(maps)
 
     @classmethod
@@ -146,9 +135,42 @@ class LoadedObject:
             obj.close()     # the handles hold their own fds
 
         self = cls(prog, MapSet(spec, handles), pin_dir)
-        self.tables.config.init()
-        self._after_load()
+        try:
+            self.tables.config.init()
+            self._after_load()
+            if pin_dir is not None:
+                self._record_version()
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    def _record_version(self) -> None:
+        """Add this object's version to the record pinned beside the maps (version.py)."""
+        path = V.record_path(self.pin_dir)
+        try:
+            rec = _bpf.Map.from_pinned(path)
+        except FileNotFoundError:
+            rec = V.new_record_map()
+            try:
+                rec.pin(path)
+            except BaseException:
+                rec.close()
+                raise
+        with rec:
+            V.write_record(rec, V.of_object(self.SPEC))
+
+    @classmethod
+    def version(cls) -> "V.Version":
+        """This pyxlb's version of the object: its maps and program (version.py)."""
+        return V.of_object(cls.SPEC)
+
+    @classmethod
+    def pinned_version(cls, pin_dir: str = DEFAULT_PIN_DIR) -> "V.Version":
+        """The version of this kind of datapath pinned at `pin_dir`."""
+        pin_dir = os.path.abspath(pin_dir)
+        names = [*cls.SPEC.maps.values(), cls.SPEC.object]
+        return V.pinned(pin_dir, cls.SPEC.maps.values()).subset(names)
 
     def _after_load(self) -> None:
         """What a kind of object sets up once its maps are loaded."""
@@ -158,7 +180,7 @@ class LoadedObject:
     @classmethod
     def prog_pin(cls, pin_dir: str) -> str:
         """Where the program is pinned, beside its maps."""
-        return os.path.join(pin_dir, f"prog_{cls.SPEC.object}")
+        return prog_pin(cls.SPEC, pin_dir)
 
     @classmethod
     def exists(cls, pin_dir: str = DEFAULT_PIN_DIR) -> bool:
@@ -174,6 +196,14 @@ class LoadedObject:
         if not cls.exists(pin_dir):
             raise PyxlbError(f"no {cls.SPEC.object} datapath at {pin_dir} "
                              f"(attach it to an interface first)")
+        if upgrade_mod.interrupted(pin_dir):
+            raise ForeignDatapath(f"an upgrade of the datapath at {pin_dir} was interrupted: "
+                                  f"`pyxlb upgrade` (or the agent's next start) completes "
+                                  f"it or rolls it back")
+        have, want = cls.pinned_version(pin_dir), cls.version()
+        if have != want:
+            raise ForeignDatapath(f"the {cls.SPEC.object} datapath at {pin_dir} is version "
+                                  f"{have}, this pyxlb's is {want}: {ForeignDatapath.REMEDY}")
         handles: Dict[str, _bpf.Map] = {}
         try:
             for attr, name in cls.SPEC.maps.items():
@@ -211,11 +241,19 @@ class LoadedObject:
 
     @classmethod
     def create(cls, pin_dir: str = DEFAULT_PIN_DIR,
-               map_sizes: Optional[Mapping[str, int]] = None):
+               map_sizes: Optional[Mapping[str, int]] = None, upgrade: str = "auto"):
         """Adopt the datapath at `pin_dir`, or load a new one and pin its maps and program
-        there."""
+        there. A datapath of another version is first upgraded to this one, under traffic
+        (pyxlb/datapath/upgrade.py); with upgrade="never" it is refused instead
+        (UpgradeRefused)."""
+        if upgrade not in upgrade_mod.POLICIES:
+            raise PyxlbError(f"upgrade must be one of {', '.join(upgrade_mod.POLICIES)}, "
+                             f"not {upgrade!r}")
         if cls.exists(pin_dir):
-            return cls.open(pin_dir)
+            result = upgrade_mod.upgrade(pin_dir, policy=upgrade)
+            self = cls.open(pin_dir)
+            self.upgraded = result if result.changed or result.resumed else None
+            return self
         self = cls.load(pin_dir=pin_dir, map_sizes=map_sizes)
         try:
             self.prog.pin(cls.prog_pin(self.pin_dir))
@@ -293,6 +331,8 @@ class LoadedObject:
                 return False
         others = cls._other_kinds(pin_dir)
         keep_names = {name for kind in others for name in kind.SPEC.maps.values()}
+        if others:
+            keep_names.add(V.RECORD_MAP)        # the other kind's version is recorded there
         keep_ids = set()
         for kind in others:
             with _bpf.Program.from_pinned(kind.prog_pin(pin_dir)) as other:
@@ -327,7 +367,10 @@ class LoadedObject:
         # stay while the other kind is still there
         shared = {name for kind in self._other_kinds(self.pin_dir)
                   for name in kind.SPEC.maps.values()}
-        for name in [*self.SPEC.maps.values(), os.path.basename(self.prog_pin(self.pin_dir))]:
+        names = [*self.SPEC.maps.values(), os.path.basename(self.prog_pin(self.pin_dir))]
+        if not self._other_kinds(self.pin_dir):
+            names.append(V.RECORD_MAP)
+        for name in names:
             if name in shared:
                 continue
             try:

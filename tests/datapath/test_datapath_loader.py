@@ -155,7 +155,7 @@ def test_a_datapath_left_by_another_version_is_refused_with_a_reason(bpffs_dir):
     want = L.SIZES["xlb_config"]
     os.unlink(pin)
     with pytest.raises(PyxlbError, match=f"has no map {maps.CONFIG}: it was made by another "
-                                         f"version; detach it and attach again"):
+                                         f"version: `pyxlb upgrade` brings it to this one"):
         Datapath.open(bpffs_dir)
     with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, want - 4, 1, name=maps.CONFIG) as old:
         old.pin(pin)
@@ -171,7 +171,7 @@ def test_pinned_load_adopts_the_same_maps(bpffs_dir):
     pins = os.path.join(bpffs_dir, "pyxlb")     # created by load
     first = Datapath.load(pin_dir=pins, map_sizes=SMALL)
     ids = {m.name: m.id for m in first.maps}
-    assert sorted(os.listdir(pins)) == sorted(maps.BALANCER.maps.values())
+    assert sorted(os.listdir(pins)) == sorted([*maps.BALANCER.maps.values(), "xlb_version"])
     raw_vip(first, "192.0.2.1", 80, TCP, vip_id=1, ring_id=1, ring_size=7)
     first.tables.config.write(seed=1234, mtu=1400)
     first.close()

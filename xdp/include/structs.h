@@ -106,11 +106,21 @@ struct xlb_flow4_key {
 };
 
 /* Value of xlb_flows (and part of an xlb_flow4_way): the backend a flow is pinned to. */
+#ifndef XLB_TEST_LAYOUT_VARIANT
 struct xlb_flow {
 	__u32 backend_id;	/* host order */
 	__u32 gen;		/* host order; must equal the backend's gen, else re-hash */
 	__u32 hash;		/* host order; the flow hash, kept so a hit need not recompute it */
 };
+#else
+/* A layout change for the upgrade tests only (pyxlb/bpf/test_variant_balancer.o, built by
+ * setup.py): the same members in another order, so both flow tables must be migrated. */
+struct xlb_flow {
+	__u32 hash;
+	__u32 backend_id;
+	__u32 gen;
+};
+#endif
 
 /* One IPv4 flow in a set of xlb_flowsets4. `check` is xlb_flow4_check() of the other
  * seven words, never 0: 0 marks an empty way, and a way read while another CPU was

@@ -1,0 +1,583 @@
+"""Upgrading a pinned datapath to this version of pyxlb, under traffic.
+
+What a start does with a datapath already pinned (the agent, `pyxlb attach`, `pyxlb decap
+attach`, `pyxlb upgrade`), for every kind pinned in the directory (a balancer and a
+decapsulator there share maps, so they are upgraded together):
+
+- same version (version.py): adopt it as it is;
+- a new program over maps of the same layouts: load it over the pinned maps and replace
+  the program on every interface with one atomic XDP_FLAGS_REPLACE each: an interface
+  always runs the old program or the new one;
+- changed layouts: the new maps are made beside the old ones, in ``<pin dir>/upgrade``;
+  every entry is copied into them (records translated by name, translate.py; map-of-maps
+  get new inner maps, copied the same way; sized maps keep the running datapath's size);
+  then the program is replaced on every interface; then the flows the old program recorded
+  after the copy are copied too (``merge``); then the new pins take the old names and the
+  old maps are freed.
+
+Flows that start between the copy and the replacement are not lost: applies wait for the
+upgrade (it holds the apply lock), so the rings and backends do not change, and a flow the
+new program does not find is given the backend the old program gave it (Maglev over the
+same ring and seed); the merge then records it, so it also survives the next ring change.
+
+Crash safety. Markers in ``upgrade`` (bpffs holds directories, not files) say how far an
+upgrade got: ``staged`` once the new maps and program are pinned there, ``committing``
+once the pins start taking the old names. The next start (``resume``) completes an
+upgrade whose new program already runs on an interface, or that was committing; any other
+is rolled back (its pins removed: the old datapath never stopped forwarding). A process
+killed at any step therefore leaves the old or the new program forwarding, never neither.
+PYXLB_UPGRADE_KILL_AT=<step> (a name from Plan.kill_points) makes the process SIGKILL
+itself right after that step: the tests use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from pyxlb import _bpf
+from pyxlb.bpf import object_path
+from pyxlb.errors import PyxlbError
+
+from . import version as V
+from .links import interfaces_running, prog_pin
+from .maps import BALANCER, DECAP, FLOWS, FLOWS4, ObjectSpec
+from .translate import Untranslatable, copy_ops, identity
+
+STAGE_DIR = "upgrade"      # bpffs refuses names with a dot
+STAGED, COMMITTING = "staged", "committing"
+KILL_ENV = "PYXLB_UPGRADE_KILL_AT"
+POLICIES = ("auto", "never")
+# maps the program itself writes: entries it adds after the copy are merged in after the swap
+DATAPATH_WRITTEN = (FLOWS, FLOWS4)
+
+
+class UpgradeRefused(PyxlbError):
+    """The pinned datapath cannot (or may not) be upgraded by this version."""
+
+
+@dataclass
+class MapChange:
+    name: str
+    action: str                 # keep | migrate | new | drop
+    why: str = ""
+    entries: Optional[int] = None
+
+
+@dataclass
+class Plan:
+    """What an upgrade of the datapath at `pin_dir` does (describe() says it in words)."""
+
+    pin_dir: str
+    kinds: List[ObjectSpec]
+    old: V.Version
+    new: V.Version
+    changes: List[MapChange]
+    programs: Dict[str, bool]           # object -> its program changes
+    interfaces: Dict[str, List[dict]] = field(default_factory=dict)   # object -> running
+
+    @property
+    def needed(self) -> bool:
+        return (any(c.action != "keep" for c in self.changes) or any(self.programs.values())
+                or not self.old.recorded)
+
+    @property
+    def migrating(self) -> List[MapChange]:
+        return [c for c in self.changes if c.action == "migrate"]
+
+    def describe(self) -> List[str]:
+        if not self.needed:
+            return [f"the datapath at {self.pin_dir} is already version {self.new}: "
+                    f"nothing to do"]
+        lines = [f"upgrade the datapath at {self.pin_dir} from version {self.old} to "
+                 f"{self.new}"]
+        for c in self.changes:
+            if c.action == "keep":
+                continue
+            count = f" ({c.entries} entries)" if c.entries is not None else ""
+            lines.append(f"  {c.action} {c.name}{count}{': ' + c.why if c.why else ''}")
+        kept = sum(c.action == "keep" for c in self.changes)
+        if kept:
+            lines.append(f"  keep {kept} maps as they are")
+        for obj, changed in self.programs.items():
+            names = ", ".join(i["name"] for i in self.interfaces.get(obj, [])) or "no interface"
+            lines.append(f"  {'replace' if changed else 'keep'} the {obj} program "
+                         f"(on {names})")
+        return lines
+
+    def kill_points(self) -> List[str]:
+        """Every step after which PYXLB_UPGRADE_KILL_AT may stop the upgrade, in order."""
+        points = [STAGED, "migrated"]
+        for obj in self.programs:
+            points += [f"swap:{i['name']}" for i in self.interfaces.get(obj, [])]
+        points += ["swapped", "merged"]
+        points += [f"commit:{c.name}" for c in self.changes if c.action in ("migrate", "new")]
+        return points + ["committed"]
+
+
+def _kill_point(step: str) -> None:
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+SPECS = (BALANCER, DECAP)
+
+
+def _kinds(pin_dir: str) -> List[ObjectSpec]:
+    """The objects with a datapath pinned at `pin_dir`."""
+    return [k for k in SPECS if os.path.exists(prog_pin(k, pin_dir))]
+
+
+def _pinned_maps(pin_dir: str) -> List[str]:
+    return sorted(n for n in os.listdir(pin_dir)
+                  if n.startswith("xlb_") and n != V.RECORD_MAP)
+
+
+@contextlib.contextmanager
+def locked(pin_dir: str):
+    """The apply lock (an flock on the pin directory, as Applier.lock takes it)."""
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+def _entries(m: "_bpf.Map") -> Optional[int]:
+    if m.is_outer:
+        return sum(1 for k in range(m.max_entries) if m.inner_id(k))
+    if m.type in (_bpf.MAP_TYPE_ARRAY, _bpf.MAP_TYPE_PERCPU_ARRAY):
+        return m.max_entries
+    return m.count()
+
+
+def make_plan(pin_dir: str, count: bool = False) -> Plan:
+    """The plan to bring the datapath at `pin_dir` to this version (UpgradeRefused if this
+    version cannot). With `count`, how many entries each migrated map holds."""
+    pin_dir = os.path.abspath(pin_dir)
+    kinds = _kinds(pin_dir)
+    if not kinds:
+        raise UpgradeRefused(f"no datapath at {pin_dir}")
+    new = V.combined(V.of_object(k) for k in kinds)
+    pinned = _pinned_maps(pin_dir)
+    old = V.pinned(pin_dir, pinned)
+    newer = old.newer_meanings(new)
+    if newer:
+        which = ", ".join(sorted(newer))
+        raise UpgradeRefused(f"the datapath at {pin_dir} is version {old}, newer than this "
+                             f"pyxlb's {new} (what {which} holds means something this "
+                             f"version does not know): run the newer pyxlb, or detach it "
+                             f"and attach again")
+    changes = []
+    for name in sorted(new.maps):
+        if name not in pinned:
+            changes.append(MapChange(name, "new"))
+        elif old.maps.get(name) == new.maps[name]:
+            changes.append(MapChange(name, "keep"))
+        else:
+            changes.append(MapChange(name, "migrate", _why(pin_dir, name, old, new)))
+    changes += [MapChange(n, "drop", "this version has no such map")
+                for n in pinned if n not in new.maps]
+    programs, interfaces = {}, {}
+    for k in kinds:
+        obj = k.object
+        programs[obj] = old.entries.get(obj) != new.entries[obj]
+        with _bpf.Program.from_pinned(prog_pin(k, pin_dir)) as prog:
+            interfaces[obj] = interfaces_running(prog.id)
+    plan = Plan(pin_dir, kinds, old, new, changes, programs, interfaces)
+    for c in plan.migrating:
+        with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as m:
+            _check_translatable(plan, c.name, m)
+            if count:
+                c.entries = _entries(m)
+    return plan
+
+
+def _why(pin_dir: str, name: str, old: V.Version, new: V.Version) -> str:
+    if not old.recorded:
+        return ("a map-of-maps, whose template the kernel does not tell"
+                if old.maps.get(name, V.Entry(V.UNKNOWN)).fingerprint == V.UNKNOWN
+                else "its layout changed")
+    was, now = old.maps[name], new.maps[name]
+    if was.meaning != now.meaning:
+        return f"its meaning changed ({was.meaning} -> {now.meaning})"
+    return "its layout changed"
+
+
+def _new_layout(plan: Plan, name: str) -> dict:
+    for k in plan.kinds:
+        if name in k.maps.values():
+            with _bpf.BpfObject.open(object_path(k.object)) as obj:
+                return obj.map_layout(name)
+    raise KeyError(name)
+
+
+def _inner_layout(outer: "_bpf.Map") -> Optional[dict]:
+    for k in range(outer.max_entries):
+        if outer.inner_id(k):
+            with outer.inner_map(k) as inner:
+                return inner.layout()
+    return None
+
+
+def _record_ops(name: str, old: dict, new: dict):
+    keys = copy_ops(old["key"], old["key_size"], new["key"], new["key_size"], f"{name} key")
+    values = copy_ops(old["value"], old["value_size"], new["value"], new["value_size"],
+                      f"{name} value")
+    return keys, values
+
+
+def _check_translatable(plan: Plan, name: str, m: "_bpf.Map") -> None:
+    new = _new_layout(plan, name)
+    try:
+        if (m.type, bool(m.is_outer)) != (new["type"], new["inner"] is not None):
+            raise Untranslatable(f"{name} changed its map type ({m.type} -> {new['type']})")
+        if m.is_outer:
+            inner = _inner_layout(m)
+            if inner is not None:
+                _record_ops(f"{name} inner map", inner, new["inner"])
+        else:
+            _record_ops(name, m.layout(), new)
+    except Untranslatable as exc:
+        raise UpgradeRefused(f"cannot upgrade the datapath at {plan.pin_dir} from version "
+                             f"{plan.old} to {plan.new}: {exc}") from None
+
+
+# -- copying a map ---------------------------------------------------------------------------
+
+def _translate(data: bytes, count: int, old_size: int, new_size: int, ops) -> bytes:
+    if identity(ops, old_size, new_size):
+        return data
+    return bytes(_bpf.translate_records(data, old_size, count, new_size, ops))
+
+
+def _stride(m: "_bpf.Map", size: int) -> int:
+    return (size + 7) // 8 * 8 if m.percpu else size
+
+
+@dataclass
+class Snapshot:
+    """What a datapath-written map held when it was copied (for the merge)."""
+
+    keys: bytes
+    values: bytes
+    count: int
+    new_values: bytes = b""             # arrays: the translated values written
+
+
+def copy_map(name: str, old: "_bpf.Map", new: "_bpf.Map", layout: dict) -> Optional[Snapshot]:
+    """Copy every entry of `old` into `new` (layout: the new map's, map_layout's form)."""
+    if old.is_outer:
+        _copy_outer(name, old, new, layout["inner"])
+        return None
+    src = old.layout()
+    kops, vops = _record_ops(name, src, layout)
+    if old.type == _bpf.MAP_TYPE_LPM_TRIE:
+        for k, v in old.items():
+            new.update(_translate(k, 1, old.key_size, new.key_size, kops),
+                       _translate(v, 1, old.value_size, new.value_size, vops))
+        return None
+    keys, values, count = old.lookup_batch(chunk=65536)
+    ncpu = old.ncpus if old.percpu else 1
+    out_values = _translate(values, count * ncpu, _stride(old, old.value_size),
+                            _stride(new, new.value_size), vops)
+    if old.type in (_bpf.MAP_TYPE_ARRAY, _bpf.MAP_TYPE_PERCPU_ARRAY):
+        n = min(count, new.max_entries)
+        if n:
+            new.write_array(memoryview(out_values)[:n * len(out_values) // count])
+        return Snapshot(keys, values, count, out_values) if name in DATAPATH_WRITTEN else None
+    if count:
+        new.update_batch(_translate(keys, count, old.key_size, new.key_size, kops), out_values)
+    return Snapshot(keys, values, count) if name in DATAPATH_WRITTEN else None
+
+
+def _copy_outer(name: str, old: "_bpf.Map", new: "_bpf.Map", template: dict) -> None:
+    flags = template["flags"] & ~V.INNER_MAP_FLAG
+    for slot in range(old.max_entries):
+        if not old.inner_id(slot):
+            continue
+        with old.inner_map(slot) as inner:
+            src = inner.layout()
+            _, vops = _record_ops(f"{name} inner map", src, template)
+            size = (inner.max_entries if template["flags"] & V.INNER_MAP_FLAG
+                    else template["max_entries"])
+            _, values, count = inner.lookup_batch(chunk=max(inner.max_entries, 1))
+        fresh = _bpf.Map.create(template["type"], template["key_size"],
+                                template["value_size"], size, name=inner.name, flags=flags)
+        try:
+            n = min(count, size)
+            if n:
+                data = _translate(values, count, inner.value_size, template["value_size"], vops)
+                fresh.write_array(memoryview(data)[:n * template["value_size"]])
+            new.set_inner(slot, fresh)
+        finally:
+            fresh.close()
+
+
+def merge(name: str, old: "_bpf.Map", new: "_bpf.Map", snap: Optional[Snapshot],
+          layout: dict) -> int:
+    """After the swap: copy what the old program recorded in `old` since `snap` into `new`,
+    where the new program has not written since. Returns the entries copied."""
+    src = old.layout()
+    kops, vops = _record_ops(name, src, layout)
+    keys, values, count = old.lookup_batch(chunk=65536)
+    if old.type == _bpf.MAP_TYPE_ARRAY:
+        if snap is None:
+            return 0
+        size_old, size_new = old.value_size, new.value_size
+        _, current, _ = new.lookup_batch(chunk=65536)
+        moved = 0
+        for i in range(min(count, snap.count, new.max_entries)):
+            was = snap.values[i * size_old:(i + 1) * size_old]
+            now = values[i * size_old:(i + 1) * size_old]
+            if was == now:
+                continue
+            if current[i * size_new:(i + 1) * size_new] != \
+                    snap.new_values[i * size_new:(i + 1) * size_new]:
+                continue                    # the new program wrote this record: it wins
+            new.update(i, _translate(now, 1, size_old, size_new, vops))
+            moved += 1
+        return moved
+    seen = set()
+    if snap is not None:
+        ks = old.key_size
+        seen = {snap.keys[i * ks:(i + 1) * ks] for i in range(snap.count)}
+    moved = 0
+    ks, vs = old.key_size, old.value_size
+    for i in range(count):
+        k = keys[i * ks:(i + 1) * ks]
+        if k in seen:
+            continue
+        try:
+            new.update(_translate(k, 1, ks, new.key_size, kops),
+                       _translate(values[i * vs:(i + 1) * vs], 1, vs, new.value_size, vops),
+                       _bpf.NOEXIST)
+            moved += 1
+        except FileExistsError:
+            pass                            # the new program has it already
+    return moved
+
+
+# -- running an upgrade ----------------------------------------------------------------------
+
+@dataclass
+class Result:
+    plan: Plan
+    resumed: str = ""                   # "", "completed" or "rolled back": a past upgrade's
+    seconds: Dict[str, float] = field(default_factory=dict)   # step -> seconds
+    merged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.needed
+
+    def summary(self) -> str:
+        """One line: what this upgrade (and a resumed one) did."""
+        parts = []
+        if self.resumed:
+            parts.append(f"{self.resumed} an interrupted upgrade")
+        if self.changed:
+            moved = [c.name for c in self.plan.migrating]
+            total = sum(self.seconds.values()) * 1000
+            parts.append(f"upgraded the datapath at {self.plan.pin_dir} from version "
+                         f"{self.plan.old} to {self.plan.new} in {total:.0f} ms"
+                         + (f", migrating {', '.join(moved)}" if moved else
+                            ", replacing the program over the same maps"))
+        return "; ".join(parts) or "nothing to do"
+
+
+def upgrade(pin_dir: str, *, dry_run: bool = False, policy: str = "auto") -> Result:
+    """Bring the datapath at `pin_dir` to this version (see the module docstring): first
+    complete or roll back an interrupted upgrade, then plan, then (unless dry_run) run the
+    plan. With policy "never", a datapath of another version is refused (UpgradeRefused)
+    rather than upgraded."""
+    if policy not in POLICIES:
+        raise ValueError(f"upgrade policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    pin_dir = os.path.abspath(pin_dir)
+    with locked(pin_dir):
+        resumed = "" if dry_run else resume(pin_dir)
+        plan = make_plan(pin_dir, count=dry_run)
+        result = Result(plan, resumed)
+        if dry_run or not plan.needed:
+            return result
+        if policy == "never":
+            raise UpgradeRefused(f"the datapath at {pin_dir} is version {plan.old}, this "
+                                 f"pyxlb's is {plan.new}, and upgrades are turned off "
+                                 f"(--upgrade=never)")
+        _run(plan, result)
+        return result
+
+
+def _timed(result: Result, step: str, started: float) -> float:
+    now = time.perf_counter()
+    result.seconds[step] = now - started
+    return now
+
+
+def _run(plan: Plan, result: Result) -> None:
+    pin_dir, stage = plan.pin_dir, os.path.join(plan.pin_dir, STAGE_DIR)
+    t = time.perf_counter()
+    progs = _stage(plan, stage)
+    try:
+        t = _timed(result, "stage", t)
+        _kill_point(STAGED)
+        snaps = {}
+        for c in plan.migrating:
+            with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
+                    _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
+                snaps[c.name] = copy_map(c.name, old, new, _new_layout(plan, c.name))
+        t = _timed(result, "migrate", t)
+        _kill_point("migrated")
+    except BaseException:
+        for p in progs.values():
+            p.close()
+        rollback(pin_dir)
+        raise
+    try:
+        for k in plan.kinds:
+            _swap(pin_dir, k, progs[k.object])
+    finally:
+        for p in progs.values():
+            p.close()
+    t = _timed(result, "swap", t)
+    _kill_point("swapped")
+    for c in plan.migrating:
+        if c.name in DATAPATH_WRITTEN:
+            with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
+                    _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
+                result.merged += merge(c.name, old, new, snaps.get(c.name),
+                                       _new_layout(plan, c.name))
+    t = _timed(result, "merge", t)
+    _kill_point("merged")
+    _commit(pin_dir, [k.object for k in plan.kinds])
+    _timed(result, "commit", t)
+
+
+def _stage(plan: Plan, stage: str) -> Dict[str, "_bpf.Program"]:
+    """Load every kind's new object: kept maps from their pins, the others made in the
+    stage directory; the programs and the new record pinned there too."""
+    pin_dir = plan.pin_dir
+    os.mkdir(stage)
+    progs: Dict[str, _bpf.Program] = {}
+    actions = {c.name: c.action for c in plan.changes}
+    try:
+        for k in plan.kinds:
+            with _bpf.BpfObject.open(object_path(k.object)) as obj:
+                for name in k.maps.values():
+                    here = os.path.join(pin_dir, name)
+                    if name in V.SIZED_MAPS and os.path.exists(here):
+                        with _bpf.Map.from_pinned(here) as m:
+                            obj.set_max_entries(name, m.max_entries)
+                    where = pin_dir if actions[name] == "keep" else stage
+                    obj.set_pin_path(name, os.path.join(where, name))
+                obj.load()
+                prog = obj.program(k.program)
+            progs[k.object] = prog
+            prog.pin(os.path.join(stage, os.path.basename(prog_pin(k, pin_dir))))
+        with V.new_record_map() as rec:
+            V.write_record(rec, plan.new)
+            rec.pin(os.path.join(stage, V.RECORD_MAP))
+        os.mkdir(os.path.join(stage, STAGED))
+    except BaseException:
+        for p in progs.values():
+            p.close()
+        rollback(pin_dir)
+        raise
+    return progs
+
+
+def _swap(pin_dir: str, kind, new_prog: "_bpf.Program") -> None:
+    """Replace the pinned program of `kind` by `new_prog` on every interface running it,
+    each with one atomic XDP_FLAGS_REPLACE."""
+    with _bpf.Program.from_pinned(prog_pin(kind, pin_dir)) as old:
+        for i in interfaces_running(old.id):
+            _bpf.XdpLink.current(i["ifindex"], i["mode"]).replace(new_prog)
+            _kill_point(f"swap:{i['name']}")
+
+
+def _commit(pin_dir: str, objects: List[str]) -> None:
+    """The new pins take the old names; maps this version does not have are unpinned."""
+    stage = os.path.join(pin_dir, STAGE_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(os.path.join(stage, COMMITTING))
+    wanted = set()
+    for k in _kinds_of(objects):
+        wanted.update(k.maps.values())
+    for name in sorted(os.listdir(stage)):
+        if name.startswith("xlb_") and name != V.RECORD_MAP:
+            os.rename(os.path.join(stage, name), os.path.join(pin_dir, name))
+            _kill_point(f"commit:{name}")
+    for name in _pinned_maps(pin_dir):
+        if name not in wanted:
+            os.unlink(os.path.join(pin_dir, name))
+    for name in os.listdir(stage):
+        if name.startswith("prog_"):
+            os.rename(os.path.join(stage, name), os.path.join(pin_dir, name))
+    if os.path.exists(os.path.join(stage, V.RECORD_MAP)):
+        os.rename(os.path.join(stage, V.RECORD_MAP), V.record_path(pin_dir))
+    _remove_stage(stage)
+    _kill_point("committed")
+
+
+def _kinds_of(objects: List[str]) -> List[ObjectSpec]:
+    return [k for k in SPECS if k.object in objects]
+
+
+def _remove_stage(stage: str) -> None:
+    for name in os.listdir(stage):
+        path = os.path.join(stage, name)
+        if os.path.isdir(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    os.rmdir(stage)
+
+
+def rollback(pin_dir: str) -> None:
+    """Remove an upgrade's stage: its maps and program are freed (nothing runs them)."""
+    stage = os.path.join(pin_dir, STAGE_DIR)
+    if os.path.isdir(stage):
+        _remove_stage(stage)
+
+
+def interrupted(pin_dir: str) -> bool:
+    return os.path.isdir(os.path.join(pin_dir, STAGE_DIR))
+
+
+def resume(pin_dir: str) -> str:
+    """Complete or roll back an upgrade a killed process left (the caller holds the lock):
+    "completed", "rolled back", or "" when there was none."""
+    stage = os.path.join(pin_dir, STAGE_DIR)
+    if not os.path.isdir(stage):
+        return ""
+    objects = [n[len("prog_"):] for n in os.listdir(stage) if n.startswith("prog_")]
+    if os.path.isdir(os.path.join(stage, COMMITTING)):
+        _commit(pin_dir, [k.object for k in _kinds(pin_dir)])
+        return "completed"
+    running = False
+    if os.path.isdir(os.path.join(stage, STAGED)):
+        for obj in objects:
+            with _bpf.Program.from_pinned(os.path.join(stage, f"prog_{obj}")) as p:
+                running |= bool(interfaces_running(p.id))
+    if not running:
+        rollback(pin_dir)
+        return "rolled back"
+    for k in _kinds_of(objects):
+        with _bpf.Program.from_pinned(os.path.join(stage, f"prog_{k.object}")) as p:
+            _swap(pin_dir, k, p)
+    for name in DATAPATH_WRITTEN:
+        old, new = os.path.join(pin_dir, name), os.path.join(stage, name)
+        if os.path.exists(old) and os.path.exists(new):
+            with _bpf.Map.from_pinned(old) as o, _bpf.Map.from_pinned(new) as n:
+                if o.type != _bpf.MAP_TYPE_ARRAY:
+                    merge(name, o, n, None, n.layout())
+    _commit(pin_dir, objects)
+    return "completed"
