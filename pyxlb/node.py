@@ -41,6 +41,7 @@ class NodeSettings:
     max_vips: Optional[int] = None      # sizes: only for a datapath created here
     max_flows: Optional[int] = None
     max_flows6: Optional[int] = None
+    upgrade: str = "auto"               # a datapath of another version: auto | never
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Node:
     addresses: List[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]   # now local
     config: dict                        # the config record now
     notes: List[str]                    # sizes asked for that an adopted datapath lacks
+    upgraded: Optional[str] = None      # what upgrading an adopted datapath did
 
 
 def bring_up(pin_dir: str, settings: NodeSettings) -> Node:
@@ -61,7 +63,8 @@ def bring_up(pin_dir: str, settings: NodeSettings) -> Node:
     module docstring). Raises what the kernel or the datapath raise, after undoing."""
     s = settings
     created = not Datapath.exists(pin_dir)
-    dp = Datapath.create(pin_dir, map_sizes=map_sizes(s.max_vips, s.max_flows, s.max_flows6))
+    dp = Datapath.create(pin_dir, map_sizes=map_sizes(s.max_vips, s.max_flows, s.max_flows6),
+                         upgrade=s.upgrade)
     before = dp.config()
     try:
         addresses = []
@@ -86,7 +89,8 @@ def bring_up(pin_dir: str, settings: NodeSettings) -> Node:
             dp.close()
         raise
     notes = [] if created else dp.size_mismatches(s.max_vips, s.max_flows, s.max_flows6)
-    return Node(dp, created, links, addresses, config, notes)
+    upgraded = dp.upgraded.summary() if dp.upgraded is not None else None
+    return Node(dp, created, links, addresses, config, notes, upgraded)
 
 
 def take_down(dp: Datapath, iface: str) -> bool:
@@ -130,12 +134,13 @@ class Decap:
 
 
 def bring_up_decap(pin_dir: str, interfaces: Sequence[str], vips: Sequence,
-                   sources: Sequence[str] = (), mode: str = "native") -> Decap:
+                   sources: Sequence[str] = (), mode: str = "native",
+                   upgrade: str = "auto") -> Decap:
     """Create or adopt the decapsulator at `pin_dir`, accept tunnels for `vips` (addresses)
     from `sources` (prefixes; none: from anywhere, no source check) and attach it to each
     interface. A decapsulator made here is removed again if a step fails."""
     created = not DecapPath.exists(pin_dir)
-    dc = DecapPath.create(pin_dir)
+    dc = DecapPath.create(pin_dir, upgrade=upgrade)
     try:
         for a in vips:
             dc.add_vip(a)

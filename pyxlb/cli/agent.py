@@ -108,6 +108,11 @@ def _opt(*names, env: str, **kw):
       show_default=True, help="Prometheus /metrics port (0: off).")
 @_opt("--probe-port", env="PYXLB_PROBE_PORT", type=click.IntRange(0, 65535), default=9743,
       show_default=True, help="Port of /healthz (liveness) and /readyz (readiness) (0: off).")
+@_opt("--upgrade", env="PYXLB_UPGRADE", type=click.Choice(["auto", "never"]), default="auto",
+      show_default=True,
+      help="A datapath pinned by another version of pyxlb (the previous release's, after a "
+           "rollout): auto upgrades it to this version under traffic, without resetting a "
+           "connection (docs/deploy.md); never refuses to start, naming both versions.")
 @_opt("--log-level", env="PYXLB_LOG_LEVEL", type=click.Choice(LOG_LEVELS), default="info",
       show_default=True, help="Log verbosity.")
 @click.pass_context
@@ -119,7 +124,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
           max_flows: int, max_flows6: int, announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
           l2_key: Optional[str], bird_dir: str, listen: str, metrics_port: int,
-          probe_port: int, log_level: str) -> None:
+          probe_port: int, upgrade: str, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
 
     Attaches the balancer to the uplink (adopting the datapath pinned under --pin-dir, so
@@ -152,7 +157,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    max_flows=max_flows, max_flows6=max_flows6, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
                    l2_dead_after=l2_dead_after, l2_key=l2_key, bird_dir=bird_dir,
                    listen=listen, metrics_port=metrics_port,
-                   probe_port=probe_port)
+                   probe_port=probe_port, upgrade=upgrade)
     node = AgentNode(opts)
     try:
         node.start()

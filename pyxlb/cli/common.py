@@ -339,3 +339,10 @@ def on_off(flag: bool) -> str:
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                            help="Print JSON instead of a table (see docs/cli.md for the shape).")
+
+UPGRADE_HELP = ("What to do with a datapath pinned by another version of pyxlb: auto "
+                "upgrades it to this version under traffic (maps migrated, program "
+                "replaced atomically; docs/deploy.md); never refuses it with one line "
+                "naming both versions.")
+UPGRADE_OPTION = click.option("--upgrade", type=click.Choice(["auto", "never"]),
+                              default="auto", show_default=True, help=UPGRADE_HELP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Dict, Optional, Sequence
 
 import click
@@ -11,9 +12,10 @@ from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb import node as node_mod
 from pyxlb.cli.common import (FAILURES, IFACE, JSON_OPTION, PREFIX, Fail, current_pin_dir,
-                              echo_json, ifindex, on_off, one_line, opened, table,
-                              took_off_foreign)
+                              UPGRADE_OPTION, echo_json, ifindex, on_off, one_line, opened,
+                              table, took_off_foreign)
 from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.datapath import upgrade as upgrade_mod
 from pyxlb.datapath.maps import BACKENDS, FLOWS, FLOWS4, RINGS
 from pyxlb.node import NodeSettings, encap_source
 
@@ -55,13 +57,15 @@ _COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP
               help="IPv6 flows the flow table pins before evicting the least recently used "
                    "(132 bytes of kernel memory each at the default); a size just above a "
                    f"power of two answers fastest. [default: {L.MAX_FLOWS6}]")
+@UPGRADE_OPTION
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
-           max_flows6: Optional[int]) -> None:
+           max_flows6: Optional[int], upgrade: str) -> None:
     """Run the balancer on interface IFACE.
 
     Creates the datapath under --pin-dir if there is none (an existing one is adopted
-    untouched, with its VIPs), sets the options given, attaches the XDP program, and
+    untouched, with its VIPs; one made by another version of pyxlb is first upgraded to
+    this one under traffic, see --upgrade), sets the options given, attaches the XDP program, and
     registers IFACE's addresses as this node's own, so tunnelled VIP packets sent to this
     node are decapsulated inline. Attaching again to the same interface changes nothing.
 
@@ -77,16 +81,16 @@ def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[i
             raise Fail(f"--encap-source: one prefix per address family, got {src[family]} "
                        f"and {prefix}")
         src[family] = prefix
-    bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6)
+    bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6, upgrade)
 
 
 def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
              mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
-             max_flows6: Optional[int]) -> None:
+             max_flows6: Optional[int], upgrade: str = "auto") -> None:
     """pyxlb.node.bring_up at --pin-dir on `iface`, and say what it did."""
     settings = NodeSettings(interfaces=(iface,), mode=mode, seed=seed, mtu=mtu,
                             encap_sources=src, max_vips=max_vips, max_flows=max_flows,
-                            max_flows6=max_flows6)
+                            max_flows6=max_flows6, upgrade=upgrade)
     try:
         node = node_mod.bring_up(current_pin_dir(), settings)
     except FAILURES as exc:
@@ -95,6 +99,8 @@ def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
         cfg, link = node.config, node.links[iface]
         if node.created:
             click.echo(f"created the datapath pinned at {dp.pin_dir}")
+        if node.upgraded:
+            click.echo(node.upgraded)
         for text in node.notes:
             click.echo(f"note: {text}")
         if link["changed"]:
@@ -150,7 +156,9 @@ def detach(iface: str) -> None:
 def status(as_json: bool) -> None:
     """Show the datapath and how full its maps are.
 
-    Where it is pinned, its program and the interfaces running it, its config (seed, MTU,
+    Where it is pinned, its datapath version (and this pyxlb's, when they differ: then
+    only that is shown, until `pyxlb upgrade` or the agent upgrades it), its program and
+    the interfaces running it, its config (seed, MTU,
     encap sources), how many VIPs, backends, rings and flows it holds, and entries against
     capacity for each map that can fill up; plus the decapsulator, when one is pinned in
     the same directory.
@@ -160,6 +168,16 @@ def status(as_json: bool) -> None:
       pyxlb status
       pyxlb --pin-dir /sys/fs/bpf/lb2 status --json
     """
+    pending = _pending_upgrade()
+    if pending is not None:
+        if as_json:
+            echo_json(pending)
+        else:
+            click.echo(f"pin dir   {pending['pin_dir']}\n"
+                       f"version   {pending['version']} (this pyxlb: {pending['this_version']})"
+                       f"\nupgrade   needed{' (an interrupted one is pending)' if pending['interrupted'] else ''}"
+                       f": `pyxlb upgrade`, or the agent's next start, does it under traffic")
+        return
     with opened() as dp:
         data = _status(dp)
     if as_json:
@@ -169,6 +187,7 @@ def status(as_json: bool) -> None:
     ifaces = ", ".join(f"{i['name']} ({i['mode']})" for i in data["interfaces"]) or "none"
     lines = [
         ("pin dir", data["pin_dir"]),
+        ("version", data["version"]),
         ("program", f"xlb_balancer, id {data['program_id']}"),
         ("interfaces", ifaces),
         ("config", f"seed {c['seed']}, mtu {c['mtu']}, encap source IPv4 "
@@ -192,6 +211,23 @@ def status(as_json: bool) -> None:
     click.echo(table(("MAP", "ENTRIES", "MAX", "USED"), rows, right=(1, 2, 3)))
 
 
+def _pending_upgrade() -> Optional[dict]:
+    """What status shows of a datapath this version cannot read yet (another version's, or
+    one whose upgrade was interrupted); None when it can be read (or there is none)."""
+    where = os.path.abspath(current_pin_dir())
+    try:
+        if not Datapath.exists(where):
+            return None
+        interrupted = upgrade_mod.interrupted(where)
+        have, want = Datapath.pinned_version(where), Datapath.version()
+    except FAILURES as exc:
+        raise Fail(one_line(exc)) from None
+    if have == want and not interrupted:
+        return None
+    return {"pin_dir": where, "version": str(have), "this_version": str(want),
+            "upgrade_needed": True, "interrupted": interrupted}
+
+
 def _status(dp: Datapath) -> dict:
     cfg = dp.config()
     layout = dp.layout()
@@ -213,6 +249,7 @@ def _status(dp: Datapath) -> dict:
                      "vips": dc.maps.decap_vips.count()}
     return {
         "pin_dir": dp.pin_dir,
+        "version": str(Datapath.pinned_version(dp.pin_dir)),
         "program_id": dp.prog.id,
         "interfaces": dp.interfaces(),
         "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],

@@ -7,8 +7,9 @@ from typing import Sequence
 import click
 
 from pyxlb import node
-from pyxlb.cli.common import (ADDRESS, FAILURES, IFACE, PREFIX, Fail, current_pin_dir, ifindex,
-                              one_line, opened, require_command, took_off_foreign)
+from pyxlb.cli.common import (ADDRESS, FAILURES, IFACE, PREFIX, UPGRADE_OPTION, Fail,
+                              current_pin_dir, ifindex, one_line, opened, require_command,
+                              took_off_foreign)
 from pyxlb.datapath import DecapPath
 
 
@@ -34,7 +35,8 @@ def decap(ctx: click.Context) -> None:
                    "the LB nodes' encap sources). Without it, any source is accepted.")
 @click.option("--mode", type=click.Choice(["native", "generic"]), default="native",
               show_default=True, help="XDP mode, as for `pyxlb attach`.")
-def decap_attach(iface: str, vips, sources: Sequence[str], mode: str) -> None:
+@UPGRADE_OPTION
+def decap_attach(iface: str, vips, sources: Sequence[str], mode: str, upgrade: str) -> None:
     """Run the decapsulator on interface IFACE for the given VIP addresses.
 
     \b
@@ -44,13 +46,15 @@ def decap_attach(iface: str, vips, sources: Sequence[str], mode: str) -> None:
     """
     ifindex(iface)
     try:
-        up = node.bring_up_decap(current_pin_dir(), (iface,), vips, sources, mode)
+        up = node.bring_up_decap(current_pin_dir(), (iface,), vips, sources, mode, upgrade)
     except FAILURES as exc:
         raise Fail(one_line(exc)) from None
     with up.dp as dc:
         link = up.links[iface]
         if up.created:
             click.echo(f"created the decapsulator pinned at {dc.pin_dir}")
+        if dc.upgraded is not None:
+            click.echo(dc.upgraded.summary())
         state = "attached" if link["changed"] else "already attached"
         click.echo(f"{state} to {iface} ({mode} mode, program id {dc.prog.id})")
         click.echo(f"VIPs: {', '.join(map(str, vips))}")

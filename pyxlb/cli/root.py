@@ -18,6 +18,7 @@ from pyxlb.cli.decap import decap
 from pyxlb.cli.lab import lab
 from pyxlb.cli.observe import metrics, stats
 from pyxlb.cli.state import apply_cmd
+from pyxlb.cli.upgrade import upgrade
 from pyxlb.cli.vips import backend, vip
 from pyxlb.datapath import DEFAULT_PIN_DIR
 
@@ -89,6 +90,6 @@ def cli(ctx: click.Context, pin_dir: str, netns_name: Optional[str]) -> None:
             raise Fail(one_line(exc)) from None
 
 
-for command in (attach, detach, status, vip, backend, apply_cmd, stats, metrics, decap, lab,
-                agent, announce):
+for command in (attach, detach, status, upgrade, vip, backend, apply_cmd, stats, metrics, decap,
+                lab, agent, announce):
     cli.add_command(command)

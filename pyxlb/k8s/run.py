@@ -133,6 +133,7 @@ class Options:
     l2_key: Optional[str] = None
     bird_dir: str = "/run/pyxlb/bird"
     attach: bool = True              # tests of the control plane alone load without attaching
+    upgrade: str = "auto"            # a datapath of another version: auto | never
 
 
 def default_interface() -> str:
@@ -277,7 +278,10 @@ class AgentNode:
         interfaces = (tuple(o.interfaces) or (default_interface(),)) if o.attach else ()
         node = node_mod.bring_up(o.pin_dir, node_mod.NodeSettings(
             interfaces=interfaces, mode=o.xdp_mode, seed=o.seed, mtu=o.mtu,
-            max_vips=o.max_vips, max_flows=o.max_flows, max_flows6=o.max_flows6))
+            max_vips=o.max_vips, max_flows=o.max_flows, max_flows6=o.max_flows6,
+            upgrade=o.upgrade))
+        if node.upgraded:
+            log.info("%s", node.upgraded)
         for text in node.notes:
             log.warning("%s", text)
         for iface, link in node.links.items():

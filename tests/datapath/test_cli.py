@@ -150,8 +150,8 @@ def test_detach_removes_a_datapath_left_by_another_version(run):
     run("decap", "attach", "veth1", "--vip", "192.0.2.10")
     # what a version from before the set table left: xlb_flows4, no xlb_flowsets4
     os.rename(os.path.join(pins, FLOWS4), os.path.join(pins, "xlb_flows4"))
-    run.fails("status", match=f"has no map {FLOWS4}: it was made by another version; "
-                              f"detach it and attach again")
+    run.fails("status", match=f"has no map {FLOWS4}: it was made by another version: "
+                              f"`pyxlb upgrade` brings it to this one")
     run.fails("detach", "veth1", match="veth1 does not run this datapath's program")
     out = run("detach", "veth0").stdout.splitlines()
     assert out == ["detached from veth0 (a datapath made by another version of pyxlb)",
@@ -160,7 +160,8 @@ def test_detach_removes_a_datapath_left_by_another_version(run):
     assert "xdp" not in ip("-n", run.ns, "link", "show", "veth0")
     assert not Datapath.exists(pins)
     with DecapPath.open(pins) as dc:                   # the decapsulator kept every map
-        assert sorted(os.listdir(pins)) == sorted([*dc.SPEC.maps.values(), "prog_decap"])
+        assert sorted(os.listdir(pins)) == sorted([*dc.SPEC.maps.values(), "prog_decap",
+                                                   "xlb_version"])
         assert dc.maps.decap_vips.count() == 1
     assert "xlb_decap" in ip("-n", run.ns, "link", "show", "veth1")
     # a decapsulator whose VIP records have another size

@@ -93,6 +93,7 @@ AGENT_ENV = {
     "PYXLB_METRICS_PORT": _int(0, 65535),
     "PYXLB_PROBE_PORT": _int(0, 65535),
     "PYXLB_LOG_LEVEL": lambda v: v in ("debug", "info", "warning", "error"),
+    "PYXLB_UPGRADE": lambda v: v in ("auto", "never"),
 }
 # In the cluster the agent uses its service account: these would send it elsewhere.
 NOT_IN_CLUSTER = {"KUBECONFIG", "PYXLB_API_SERVER"}
