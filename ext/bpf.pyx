@@ -19,11 +19,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.errno cimport errno, ENOENT, ENOSPC
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset, memcpy, strerror
+from libc.string cimport memcmp, memset, memcpy, strerror
 
 from includes.libbpf cimport *
 from structs cimport *
 
+import array as _array
 import os
 import socket
 import struct as _struct
@@ -142,6 +143,25 @@ def _ifindex(iface):
         return socket.if_nametoindex(iface)
     except OSError as exc:
         raise OSError(exc.errno or 19, f"no such interface: {iface}") from None
+
+
+def changed_records(a, b, uint32_t stride):
+    """Indices of the `stride`-byte records that differ between two equally long buffers
+    (a map read twice): an array('I')."""
+    cdef const uint8_t[::1] ab = memoryview(a).cast("B")
+    cdef const uint8_t[::1] bb = memoryview(b).cast("B")
+    if stride == 0 or ab.shape[0] != bb.shape[0] or ab.shape[0] % stride:
+        raise ValueError("two buffers of the same whole number of records are needed")
+    out = _array.array("I")
+    cdef size_t n = ab.shape[0] // stride, i
+    if n == 0:
+        return out
+    cdef const uint8_t *pa = &ab[0]
+    cdef const uint8_t *pb = &bb[0]
+    for i in range(n):
+        if memcmp(pa + i * stride, pb + i * stride, stride) != 0:
+            out.append(i)
+    return out
 
 
 # -- BTF: the layout of map keys and values, as plain tuples --------------------------------

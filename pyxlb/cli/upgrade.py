@@ -45,6 +45,7 @@ def upgrade(dry_run: bool, as_json: bool) -> None:
             "programs": {obj: {"replace": changed,
                                "interfaces": [i["name"] for i in plan.interfaces.get(obj, [])]}
                          for obj, changed in plan.programs.items()},
+            "steps": plan.kill_points() if plan.needed else [],
             "seconds": result.seconds,
         })
         return

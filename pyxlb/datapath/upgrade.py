@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import signal
 import time
@@ -151,9 +152,19 @@ def locked(pin_dir: str):
 
 # -- the plan --------------------------------------------------------------------------------
 
+def _filled_slots(outer: "_bpf.Map") -> List[int]:
+    """The slots of a map-of-maps that hold an inner map."""
+    out = []
+    for slot in range(outer.max_entries):
+        with contextlib.suppress(KeyError):
+            outer.inner_id(slot)
+            out.append(slot)
+    return out
+
+
 def _entries(m: "_bpf.Map") -> Optional[int]:
     if m.is_outer:
-        return sum(1 for k in range(m.max_entries) if m.inner_id(k))
+        return len(_filled_slots(m))
     if m.type in (_bpf.MAP_TYPE_ARRAY, _bpf.MAP_TYPE_PERCPU_ARRAY):
         return m.max_entries
     return m.count()
@@ -221,10 +232,9 @@ def _new_layout(plan: Plan, name: str) -> dict:
 
 
 def _inner_layout(outer: "_bpf.Map") -> Optional[dict]:
-    for k in range(outer.max_entries):
-        if outer.inner_id(k):
-            with outer.inner_map(k) as inner:
-                return inner.layout()
+    for slot in _filled_slots(outer):
+        with outer.inner_map(slot) as inner:
+            return inner.layout()
     return None
 
 
@@ -263,6 +273,48 @@ def _stride(m: "_bpf.Map", size: int) -> int:
     return (size + 7) // 8 * 8 if m.percpu else size
 
 
+def _mmapable(m: "_bpf.Map") -> bool:
+    return m.type == _bpf.MAP_TYPE_ARRAY and bool(m.flags & _bpf.MAP_F_MMAPABLE)
+
+
+@contextlib.contextmanager
+def _mapped(m: "_bpf.Map"):
+    """An mmap-able array mapped into this process: (mapping, bytes between elements)."""
+    stride = (m.value_size + 7) // 8 * 8
+    length = -(-m.max_entries * stride // mmap.PAGESIZE) * mmap.PAGESIZE
+    mm = mmap.mmap(m.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        yield mm, stride
+    finally:
+        mm.close()
+
+
+def _read_values(m: "_bpf.Map") -> bytes:
+    """Every value of an array, value_size bytes each (an mmap-able one read in one copy)."""
+    if not _mmapable(m):
+        return m.lookup_batch(chunk=65536)[1]
+    with _mapped(m) as (mm, stride):
+        raw = mm[:m.max_entries * stride]
+    if stride == m.value_size:
+        return raw
+    return bytes(_bpf.translate_records(raw, stride, m.max_entries, m.value_size,
+                                        [(0, 0, m.value_size)]))
+
+
+def _write_values(m: "_bpf.Map", values: bytes, count: int) -> None:
+    """Write `count` values (value_size bytes each) at indices 0.. of an array."""
+    if not count:
+        return
+    if not _mmapable(m):
+        m.write_array(memoryview(values)[:count * m.value_size])
+        return
+    with _mapped(m) as (mm, stride):
+        if stride != m.value_size:
+            values = bytes(_bpf.translate_records(values, m.value_size, count, stride,
+                                                  [(0, 0, m.value_size)]))
+        mm[:count * stride] = memoryview(values)[:count * stride]
+
+
 @dataclass
 class Snapshot:
     """What a datapath-written map held when it was copied (for the merge)."""
@@ -285,25 +337,29 @@ def copy_map(name: str, old: "_bpf.Map", new: "_bpf.Map", layout: dict) -> Optio
             new.update(_translate(k, 1, old.key_size, new.key_size, kops),
                        _translate(v, 1, old.value_size, new.value_size, vops))
         return None
-    keys, values, count = old.lookup_batch(chunk=65536)
+    if _mmapable(old):
+        keys, values, count = b"", _read_values(old), old.max_entries
+    else:
+        keys, values, count = old.lookup_batch(chunk=65536)
     ncpu = old.ncpus if old.percpu else 1
     out_values = _translate(values, count * ncpu, _stride(old, old.value_size),
                             _stride(new, new.value_size), vops)
-    if old.type in (_bpf.MAP_TYPE_ARRAY, _bpf.MAP_TYPE_PERCPU_ARRAY):
+    if old.type == _bpf.MAP_TYPE_ARRAY:
+        _write_values(new, out_values, min(count, new.max_entries))
+        return Snapshot(keys, values, count, out_values) if name in DATAPATH_WRITTEN else None
+    if old.type == _bpf.MAP_TYPE_PERCPU_ARRAY:
         n = min(count, new.max_entries)
         if n:
             new.write_array(memoryview(out_values)[:n * len(out_values) // count])
-        return Snapshot(keys, values, count, out_values) if name in DATAPATH_WRITTEN else None
+        return None
     if count:
         new.update_batch(_translate(keys, count, old.key_size, new.key_size, kops), out_values)
     return Snapshot(keys, values, count) if name in DATAPATH_WRITTEN else None
 
 
 def _copy_outer(name: str, old: "_bpf.Map", new: "_bpf.Map", template: dict) -> None:
-    flags = template["flags"] & ~V.INNER_MAP_FLAG
-    for slot in range(old.max_entries):
-        if not old.inner_id(slot):
-            continue
+    flags = template["flags"]       # the kernel wants an inner map's flags equal to these
+    for slot in _filled_slots(old):
         with old.inner_map(slot) as inner:
             src = inner.layout()
             _, vops = _record_ops(f"{name} inner map", src, template)
@@ -328,24 +384,9 @@ def merge(name: str, old: "_bpf.Map", new: "_bpf.Map", snap: Optional[Snapshot],
     where the new program has not written since. Returns the entries copied."""
     src = old.layout()
     kops, vops = _record_ops(name, src, layout)
-    keys, values, count = old.lookup_batch(chunk=65536)
     if old.type == _bpf.MAP_TYPE_ARRAY:
-        if snap is None:
-            return 0
-        size_old, size_new = old.value_size, new.value_size
-        _, current, _ = new.lookup_batch(chunk=65536)
-        moved = 0
-        for i in range(min(count, snap.count, new.max_entries)):
-            was = snap.values[i * size_old:(i + 1) * size_old]
-            now = values[i * size_old:(i + 1) * size_old]
-            if was == now:
-                continue
-            if current[i * size_new:(i + 1) * size_new] != \
-                    snap.new_values[i * size_new:(i + 1) * size_new]:
-                continue                    # the new program wrote this record: it wins
-            new.update(i, _translate(now, 1, size_old, size_new, vops))
-            moved += 1
-        return moved
+        return _merge_array(old, new, snap, vops)
+    keys, values, count = old.lookup_batch(chunk=65536)
     seen = set()
     if snap is not None:
         ks = old.key_size
@@ -363,6 +404,25 @@ def merge(name: str, old: "_bpf.Map", new: "_bpf.Map", snap: Optional[Snapshot],
             moved += 1
         except FileExistsError:
             pass                            # the new program has it already
+    return moved
+
+
+def _merge_array(old: "_bpf.Map", new: "_bpf.Map", snap: Optional[Snapshot], vops) -> int:
+    """merge() for an array: records the old program changed since the copy, where the new
+    program has not written the same record since the swap."""
+    size_old, size_new = old.value_size, new.value_size
+    values = _read_values(old)
+    if snap is None or len(values) != len(snap.values) or new.max_entries != old.max_entries:
+        return 0
+    current = _read_values(new)
+    touched = set(_bpf.changed_records(current, snap.new_values, size_new))
+    moved = 0
+    for i in _bpf.changed_records(values, snap.values, size_old):
+        if i in touched:
+            continue                        # the new program wrote this record: it wins
+        new.update(i, _translate(values[i * size_old:(i + 1) * size_old], 1, size_old,
+                                 size_new, vops))
+        moved += 1
     return moved
 
 
