@@ -100,7 +100,8 @@ class Plan:
         for c in self.changes:
             if c.action == "keep":
                 continue
-            count = f" ({c.entries} entries)" if c.entries is not None else ""
+            count = "" if c.entries is None else \
+                f" ({c.entries} {'entry' if c.entries == 1 else 'entries'})"
             lines.append(f"  {c.action} {c.name}{count}{': ' + c.why if c.why else ''}")
         kept = sum(c.action == "keep" for c in self.changes)
         if kept:

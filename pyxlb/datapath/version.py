@@ -55,8 +55,13 @@ INNER_MAP_FLAG = 1 << 12                    # BPF_F_INNER_MAP: inner maps may di
 
 def _canonical(layout: Mapping, sized: bool) -> tuple:
     inner = layout.get("inner")
+    key, value = layout["key"], layout["value"]
+    if key is None or value is None:
+        # libbpf gives the kernel a key and value type only when it has both: a map
+        # declared by size is known by its sizes alone, in the object as in the kernel
+        key = value = None
     return (layout["type"], layout["flags"], layout["key_size"], layout["value_size"],
-            None if sized else layout["max_entries"], layout["key"], layout["value"],
+            None if sized else layout["max_entries"], key, value,
             None if inner is None else
             _canonical(inner, bool(inner["flags"] & INNER_MAP_FLAG)))
 

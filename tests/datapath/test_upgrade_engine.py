@@ -1,0 +1,168 @@
+"""The upgrade engine without traffic (pyxlb/datapath/upgrade.py, version.py, translate.py):
+versions read from BTF, records translated by member name, what a plan decides, refusals,
+and what a killed upgrade leaves. tests/lab/test_upgrade.py runs upgrades under traffic."""
+
+import os
+import shutil
+
+import pytest
+
+from pyxlb import _bpf
+from pyxlb.bpf import DIR_ENV, object_path
+from pyxlb.datapath import Datapath, DecapPath, ForeignDatapath
+from pyxlb.datapath import upgrade as U
+from pyxlb.datapath import version as V
+from pyxlb.datapath.maps import BALANCER, FLOWS, FLOWS4
+from pyxlb.datapath.translate import Untranslatable, copy_ops
+
+SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 256}     # sets: a small table copies fast
+
+U32 = ("int", 4, False)
+U16 = ("int", 2, False)
+
+
+def struct(size, *members):
+    """A BTF struct layout: members (name, byte offset, layout)."""
+    return ("struct", size, tuple((n, off * 8, 0, t) for n, off, t in members))
+
+
+# -- translate.py ----------------------------------------------------------------------------
+
+def test_members_are_carried_over_by_name_wherever_they_moved():
+    old = struct(12, ("a", 0, U32), ("b", 4, U32), ("c", 8, U32))
+    new = struct(16, ("c", 0, U32), ("d", 4, U32), ("a", 8, U32), ("e", 12, U16))
+    ops = copy_ops(old, 12, new, 16, "x")
+    assert ops == [(8, 0, 4), (0, 8, 4)]                # b dropped, d and e zero
+    rec = bytes(range(12))
+    out = _bpf.translate_records(rec * 3, 12, 3, 16, ops)
+    assert bytes(out[:16]) == rec[8:12] + b"\0" * 4 + rec[0:4] + b"\0" * 4
+    assert bytes(out) == bytes(out[:16]) * 3
+
+
+def test_nested_structs_and_arrays_are_translated_element_by_element():
+    way_old = struct(8, ("k", 0, U32), ("v", 4, U32))
+    way_new = struct(8, ("v", 0, U32), ("k", 4, U32))
+    ops = copy_ops(("array", 2, way_old), 16, ("array", 2, way_new), 16, "set")
+    assert ops == [(4, 0, 4), (0, 4, 4), (12, 8, 4), (8, 12, 4)]
+    same = copy_ops(("array", 4, U32), 16, ("array", 4, U32), 16, "same")
+    assert same == [(0, 0, 16)]
+
+
+@pytest.mark.parametrize("old, new, why", [
+    (struct(4, ("a", 0, U32)), struct(2, ("a", 0, U16)), "changed from int of 4 bytes"),
+    (struct(4, ("a", 0, U32)), struct(4, ("a", 0, ("array", 4, ("int", 1, False)))),
+     "changed from int of 4 bytes to array of 4"),
+    (None, None, "known only by size"),
+])
+def test_what_cannot_be_carried_safely_is_refused(old, new, why):
+    with pytest.raises(Untranslatable, match=why):
+        copy_ops(old, 4, new, 2 if new is None else new[1], "xlb_thing value")
+
+
+def test_records_known_only_by_size_are_copied_whole_when_the_sizes_agree():
+    assert copy_ops(None, 40, None, 40, "slot") == [(0, 0, 40)]
+
+
+# -- versions ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def variant_dir(tmp_path):
+    here = os.path.dirname(object_path("balancer"))
+    shutil.copy(os.path.join(here, "test_variant_balancer.o"), tmp_path / "balancer.o")
+    shutil.copy(os.path.join(here, "decap.o"), tmp_path / "decap.o")
+    return str(tmp_path)
+
+
+def test_a_version_comes_from_btf_and_moves_only_for_the_maps_that_changed(variant_dir,
+                                                                          monkeypatch):
+    ours = V.of_object(BALANCER)
+    assert ours == V.of_object(BALANCER)                  # stable
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    theirs = V.of_object(BALANCER)
+    changed = {n for n in ours.entries if ours.entries[n] != theirs.entries[n]}
+    assert changed == {FLOWS, FLOWS4, "balancer"}       # two layouts and the program
+    assert str(ours) != str(theirs) and str(ours).startswith("1.")
+
+
+def test_a_datapath_records_its_version_and_status_reads_it(bpffs_dir):
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as dp, DecapPath.create(bpffs_dir):
+        assert Datapath.pinned_version(dp.pin_dir) == Datapath.version()
+        assert DecapPath.pinned_version(dp.pin_dir) == DecapPath.version()
+        plan = U.make_plan(bpffs_dir)
+        assert not plan.needed and [k.object for k in plan.kinds] == ["balancer", "decap"]
+        assert "nothing to do" in plan.describe()[0]
+
+
+def test_a_newer_meaning_is_refused_naming_both_versions(bpffs_dir):
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
+        entry = V.read_record(rec).entries[FLOWS]
+        V.write_record(rec, V.Version({FLOWS: V.Entry(entry.fingerprint, 7)}))
+    have = V.pinned(bpffs_dir, [])
+    assert have.semantic == 7
+    with pytest.raises(U.UpgradeRefused, match=rf"is version 7\.\w+, newer than this pyxlb's "
+                                               rf"1\.\w+ .*{FLOWS}"):
+        U.upgrade(bpffs_dir)
+    with pytest.raises(ForeignDatapath, match=r"is version 7\.\w+, this pyxlb's is 1\."):
+        Datapath.open(bpffs_dir)
+
+
+def test_upgrade_never_refuses_and_changes_nothing(bpffs_dir, variant_dir, monkeypatch):
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    before = sorted(os.listdir(bpffs_dir))
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    with pytest.raises(U.UpgradeRefused, match=r"is version 1\.\w+, this pyxlb's is 1\.\w+, "
+                                               r"and upgrades are turned off"):
+        Datapath.create(bpffs_dir, upgrade="never")
+    assert sorted(os.listdir(bpffs_dir)) == before
+    plan = U.upgrade(bpffs_dir, dry_run=True).plan
+    assert [(c.name, c.entries) for c in plan.migrating] == [(FLOWS, 0), (FLOWS4, 256)]
+
+
+def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypatch):
+    """Flows written by hand into both tables come out of an upgrade to the variant layout
+    with every member in its new place, and out of the way back as they went in."""
+    dp = Datapath.create(bpffs_dir, map_sizes=SMALL)
+    key6 = bytes(range(40))
+    dp.maps.flows.update(key6, (7).to_bytes(4, "little") + (8).to_bytes(4, "little") +
+                         (9).to_bytes(4, "little"))
+    sets = dp.maps.flows4
+    way = bytes(range(16)) + b"".join(n.to_bytes(4, "little") for n in (1, 2, 3, 0xABCD))
+    sets.update(5, way + bytes(sets.value_size - len(way)))
+    dp.close()
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    result = U.upgrade(bpffs_dir)
+    assert [c.name for c in result.plan.migrating] == [FLOWS, FLOWS4]
+    with _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS)) as f6, \
+            _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS4)) as f4:
+        # the variant orders them hash, backend_id, gen
+        assert f6.lookup(key6) == b"".join(n.to_bytes(4, "little") for n in (9, 7, 8))
+        assert f4.lookup(5)[:32] == bytes(range(16)) + b"".join(
+            n.to_bytes(4, "little") for n in (3, 1, 2, 0xABCD))
+    monkeypatch.delenv(DIR_ENV)
+    U.upgrade(bpffs_dir)
+    with Datapath.open(bpffs_dir) as dp:
+        assert dp.maps.flows.lookup(key6)[:12] == b"".join(
+            n.to_bytes(4, "little") for n in (7, 8, 9))
+        assert dp.maps.flows4.lookup(5)[:32] == way
+
+
+def test_a_staged_upgrade_whose_program_runs_nowhere_is_rolled_back(bpffs_dir, variant_dir,
+                                                                   monkeypatch):
+    """What a process killed before the swap leaves (new maps and program pinned in the
+    stage) is removed by the next start, which then upgrades afresh; while it is there,
+    commands refuse the datapath rather than read half of it."""
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    plan = U.make_plan(bpffs_dir)
+    progs = U._stage(plan, os.path.join(bpffs_dir, U.STAGE_DIR))   # the first step alone
+    for p in progs.values():
+        p.close()
+    assert U.interrupted(bpffs_dir)
+    with pytest.raises(ForeignDatapath, match="an upgrade of the datapath .* was interrupted"):
+        Datapath.open(bpffs_dir)
+    result = U.upgrade(bpffs_dir)
+    assert result.resumed == "rolled back" and result.changed
+    assert "rolled back an interrupted upgrade; upgraded the datapath" in result.summary()
+    assert not U.interrupted(bpffs_dir)
+    assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
