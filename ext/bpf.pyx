@@ -164,6 +164,62 @@ def changed_records(a, b, uint32_t stride):
     return out
 
 
+cdef inline uint64_t _fnv(const uint8_t *p, uint32_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef uint32_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h
+
+
+def keys_not_in(current, seen, uint32_t key_size):
+    """Indices of the `key_size`-byte keys of `current` that are not among those of `seen`
+    (both as lookup_batch returns them): an array('I')."""
+    cdef const uint8_t[::1] cb = memoryview(current).cast("B")
+    cdef const uint8_t[::1] sb = memoryview(seen).cast("B")
+    if key_size == 0 or cb.shape[0] % key_size or sb.shape[0] % key_size:
+        raise ValueError("buffers of whole keys are needed")
+    cdef size_t nc = cb.shape[0] // key_size, ns = sb.shape[0] // key_size, i, slot
+    out = _array.array("I")
+    if nc == 0:
+        return out
+    if ns == 0:
+        out.extend(range(nc))
+        return out
+    cdef size_t cap = 1
+    while cap < 2 * ns:
+        cap <<= 1
+    cdef uint32_t *table = <uint32_t *>malloc(cap * sizeof(uint32_t))
+    if table == NULL:
+        raise MemoryError()
+    cdef const uint8_t *sp = &sb[0]
+    cdef const uint8_t *cp = &cb[0]
+    cdef const uint8_t *k
+    cdef bint found
+    try:
+        memset(table, 0xFF, cap * sizeof(uint32_t))
+        with nogil:
+            for i in range(ns):
+                slot = _fnv(sp + i * key_size, key_size) & (cap - 1)
+                while table[slot] != 0xFFFFFFFFu:
+                    slot = (slot + 1) & (cap - 1)
+                table[slot] = <uint32_t>i
+        for i in range(nc):
+            k = cp + i * key_size
+            slot = _fnv(k, key_size) & (cap - 1)
+            found = False
+            while table[slot] != 0xFFFFFFFFu:
+                if memcmp(sp + <size_t>table[slot] * key_size, k, key_size) == 0:
+                    found = True
+                    break
+                slot = (slot + 1) & (cap - 1)
+            if not found:
+                out.append(i)
+    finally:
+        free(table)
+    return out
+
+
 # -- BTF: the layout of map keys and values, as plain tuples --------------------------------
 
 cdef object _btf_tree(const btf *b, uint32_t type_id, int depth=0):

@@ -388,18 +388,15 @@ def merge(name: str, old: "_bpf.Map", new: "_bpf.Map", snap: Optional[Snapshot],
     if old.type == _bpf.MAP_TYPE_ARRAY:
         return _merge_array(old, new, snap, vops)
     keys, values, count = old.lookup_batch(chunk=65536)
-    seen = set()
-    if snap is not None:
-        ks = old.key_size
-        seen = {snap.keys[i * ks:(i + 1) * ks] for i in range(snap.count)}
-    moved = 0
     ks, vs = old.key_size, old.value_size
-    for i in range(count):
-        k = keys[i * ks:(i + 1) * ks]
-        if k in seen:
-            continue
+    # keys the old program added since the copy; without a snapshot (a resumed upgrade),
+    # those the new map lacks
+    known = snap.keys if snap is not None else new.lookup_batch(chunk=65536)[0]
+    fresh = _bpf.keys_not_in(keys, known, ks)
+    moved = 0
+    for i in fresh:
         try:
-            new.update(_translate(k, 1, ks, new.key_size, kops),
+            new.update(_translate(keys[i * ks:(i + 1) * ks], 1, ks, new.key_size, kops),
                        _translate(values[i * vs:(i + 1) * vs], 1, vs, new.value_size, vops),
                        _bpf.NOEXIST)
             moved += 1

@@ -18,6 +18,11 @@ from pyxlb.datapath.translate import Untranslatable, copy_ops
 SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 256}     # sets: a small table copies fast
 
 U32 = ("int", 4, False)
+
+
+def words(*ns) -> bytes:
+    """Little-endian u32s, as the maps hold them."""
+    return b"".join(n.to_bytes(4, "little") for n in ns)
 U16 = ("int", 2, False)
 
 
@@ -124,10 +129,9 @@ def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypa
     with every member in its new place, and out of the way back as they went in."""
     dp = Datapath.create(bpffs_dir, map_sizes=SMALL)
     key6 = bytes(range(40))
-    dp.maps.flows.update(key6, (7).to_bytes(4, "little") + (8).to_bytes(4, "little") +
-                         (9).to_bytes(4, "little"))
+    dp.maps.flows.update(key6, words(7, 8, 9))
     sets = dp.maps.flows4
-    way = bytes(range(16)) + b"".join(n.to_bytes(4, "little") for n in (1, 2, 3, 0xABCD))
+    way = bytes(range(16)) + words(1, 2, 3, 0xABCD)
     sets.update(5, way + bytes(sets.value_size - len(way)))
     dp.close()
     monkeypatch.setenv(DIR_ENV, variant_dir)
@@ -136,14 +140,12 @@ def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypa
     with _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS)) as f6, \
             _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS4)) as f4:
         # the variant orders them hash, backend_id, gen
-        assert f6.lookup(key6) == b"".join(n.to_bytes(4, "little") for n in (9, 7, 8))
-        assert f4.lookup(5)[:32] == bytes(range(16)) + b"".join(
-            n.to_bytes(4, "little") for n in (3, 1, 2, 0xABCD))
+        assert f6.lookup(key6) == words(9, 7, 8)
+        assert f4.lookup(5)[:32] == bytes(range(16)) + words(3, 1, 2, 0xABCD)
     monkeypatch.delenv(DIR_ENV)
     U.upgrade(bpffs_dir)
     with Datapath.open(bpffs_dir) as dp:
-        assert dp.maps.flows.lookup(key6)[:12] == b"".join(
-            n.to_bytes(4, "little") for n in (7, 8, 9))
+        assert dp.maps.flows.lookup(key6)[:12] == words(7, 8, 9)
         assert dp.maps.flows4.lookup(5)[:32] == way
 
 
@@ -166,3 +168,34 @@ def test_a_staged_upgrade_whose_program_runs_nowhere_is_rolled_back(bpffs_dir, v
     assert "rolled back an interrupted upgrade; upgraded the datapath" in result.summary()
     assert not U.interrupted(bpffs_dir)
     assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
+
+
+def test_flows_the_old_program_adds_after_the_copy_are_merged_unless_the_new_one_wrote(
+        variant_dir, monkeypatch):
+    """Between the copy and the swap the old program keeps recording flows: merge() brings
+    those across, except into a set the new program has written since (its record wins)."""
+    old = Datapath.load(map_sizes=SMALL)
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    new = Datapath.load(map_sizes=SMALL)
+    with _bpf.BpfObject.open(object_path("balancer")) as obj:
+        layouts = {name: obj.map_layout(name) for name in (FLOWS, FLOWS4)}
+    try:
+        old.maps.flows.update(bytes(40), words(1, 2, 3))
+        snaps = {FLOWS: U.copy_map(FLOWS, old.maps.flows, new.maps.flows, layouts[FLOWS]),
+                 FLOWS4: U.copy_map(FLOWS4, old.maps.flows4, new.maps.flows4,
+                                    layouts[FLOWS4])}
+        pad = bytes(old.maps.flows4.value_size - 32)
+        old.maps.flows.update(bytes(39) + b"\1", words(4, 5, 6))        # after the copy
+        old.maps.flows4.update(3, bytes(16) + words(7, 8, 9, 10) + pad)
+        old.maps.flows4.update(4, bytes(16) + words(11, 12, 13, 14) + pad)
+        new.maps.flows4.update(4, b"\1" * 32 + pad)                     # the new program's
+        assert U.merge(FLOWS, old.maps.flows, new.maps.flows, snaps[FLOWS], layouts[FLOWS]) == 1
+        assert U.merge(FLOWS4, old.maps.flows4, new.maps.flows4, snaps[FLOWS4],
+                       layouts[FLOWS4]) == 1
+        assert new.maps.flows.lookup(bytes(39) + b"\1") == words(6, 4, 5)
+        assert new.maps.flows.lookup(bytes(40)) == words(3, 1, 2)
+        assert new.maps.flows4.lookup(3)[:32] == bytes(16) + words(9, 7, 8, 10)
+        assert new.maps.flows4.lookup(4)[:32] == b"\1" * 32
+    finally:
+        old.close()
+        new.close()
