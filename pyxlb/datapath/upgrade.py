@@ -502,6 +502,12 @@ def _run(plan: Plan, result: Result) -> None:
     try:
         for k in plan.kinds:
             _swap(pin_dir, k, progs[k.object])
+    except BaseException:
+        # nothing swapped yet: the old datapath is whole, undo the stage; else the next
+        # start completes the swap (resume)
+        if not any(interfaces_running(p.id) for p in progs.values()):
+            rollback(pin_dir)
+        raise
     finally:
         for p in progs.values():
             p.close()
@@ -515,7 +521,7 @@ def _run(plan: Plan, result: Result) -> None:
                                        _new_layout(plan, c.name))
     t = _timed(result, "merge", t)
     _kill_point("merged")
-    _commit(pin_dir, [k.object for k in plan.kinds])
+    _commit(pin_dir, {name for k in plan.kinds for name in k.maps.values()})
     _timed(result, "commit", t)
 
 
@@ -561,20 +567,19 @@ def _swap(pin_dir: str, kind, new_prog: "_bpf.Program") -> None:
             _kill_point(f"swap:{i['name']}")
 
 
-def _commit(pin_dir: str, objects: List[str]) -> None:
-    """The new pins take the old names; maps this version does not have are unpinned."""
+def _commit(pin_dir: str, wanted: Optional[set]) -> None:
+    """The new pins take the old names; pinned maps not in `wanted` are unpinned (None:
+    none is, as when completing another process's commit, which may have been another
+    version's)."""
     stage = os.path.join(pin_dir, STAGE_DIR)
     with contextlib.suppress(FileExistsError):
         os.mkdir(os.path.join(stage, COMMITTING))
-    wanted = set()
-    for k in _kinds_of(objects):
-        wanted.update(k.maps.values())
     for name in sorted(os.listdir(stage)):
         if name.startswith("xlb_") and name != V.RECORD_MAP:
             os.rename(os.path.join(stage, name), os.path.join(pin_dir, name))
             _kill_point(f"commit:{name}")
     for name in _pinned_maps(pin_dir):
-        if name not in wanted:
+        if wanted is not None and name not in wanted:
             os.unlink(os.path.join(pin_dir, name))
     for name in os.listdir(stage):
         if name.startswith("prog_"):
@@ -618,7 +623,7 @@ def resume(pin_dir: str) -> str:
         return ""
     objects = [n[len("prog_"):] for n in os.listdir(stage) if n.startswith("prog_")]
     if os.path.isdir(os.path.join(stage, COMMITTING)):
-        _commit(pin_dir, [k.object for k in _kinds(pin_dir)])
+        _commit(pin_dir, None)
         return "completed"
     running = False
     if os.path.isdir(os.path.join(stage, STAGED)):
@@ -637,5 +642,5 @@ def resume(pin_dir: str) -> str:
             with _bpf.Map.from_pinned(old) as o, _bpf.Map.from_pinned(new) as n:
                 if o.type != _bpf.MAP_TYPE_ARRAY:
                     merge(name, o, n, None, n.layout())
-    _commit(pin_dir, objects)
+    _commit(pin_dir, None)
     return "completed"
