@@ -133,6 +133,10 @@ class DatapathCollector(Collector):
                               "a full IPv6 table")
         g.add_metric([], dp.flow_capacity())
         yield g
+        g = GaugeMetricFamily("pyxlb_datapath_info", "The datapath's version (1): which "
+                              "nodes a rollout has upgraded", labels=["version"])
+        g.add_metric([str(dp.pinned_version(dp.pin_dir) if dp.pin_dir else dp.version())], 1)
+        yield g
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
