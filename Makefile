@@ -59,6 +59,7 @@ bench: build
 	$(PY) bench/apply.py
 	$(PY) bench/k8s_sync.py
 	$(PY) bench/failover.py
+	$(PY) bench/upgrade.py
 
 # The fuzzers, long (bench/fuzz.py, 8-12 min; results in bench/results/fuzz.json): 2,000,000
 # mutated frames through the balancer and the decapsulator together, the kernel against the

@@ -165,11 +165,19 @@ def changed_records(a, b, uint32_t stride):
 
 
 cdef inline uint64_t _fnv(const uint8_t *p, uint32_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef uint32_t i
-    for i in range(n):
+    """A hash of n bytes, 8 at a time (FNV-style multiply-xor, then a final mix)."""
+    cdef uint64_t h = 1469598103934665603ULL, w
+    cdef uint32_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = (h ^ w) * 1099511628211ULL
+        h ^= h >> 29
+        i += 8
+    while i < n:
         h = (h ^ p[i]) * 1099511628211ULL
-    return h
+        i += 1
+    h ^= h >> 32
+    return h * 0x9E3779B97F4A7C15ULL
 
 
 def keys_not_in(current, seen, uint32_t key_size):
@@ -879,6 +887,18 @@ cdef class Map:
     def lookup_batch(self, uint32_t chunk=4096):
         """Read the whole map in batches of `chunk` elements: returns (keys, values, count)
         with keys and values as contiguous bytes, laid out as for update_batch()."""
+        keys_out, values_out = [], []
+        total = 0
+        for keys, values, count in self.batches(chunk):
+            keys_out.append(keys)
+            values_out.append(values)
+            total += count
+        return b"".join(keys_out), b"".join(values_out), total
+
+    def batches(self, uint32_t chunk=4096):
+        """lookup_batch() a batch at a time: yields (keys, values, count) of each batch of
+        up to `chunk` elements (more when one hash bucket holds more). The system calls run
+        without the GIL, so another thread can write what was read meanwhile."""
         cdef int fd = self._get_fd()
         if self.is_outer:
             raise TypeError(f"map {self.name!r} is a map-of-maps: use inner_id()")
@@ -894,29 +914,31 @@ cdef class Map:
         cdef int ret
         cdef bint first = True
         cdef unsigned char *inp
-        keys_out, values_out = [], []
-        total = 0
+        cdef unsigned char *outp
+        cdef unsigned char *kp
+        cdef unsigned char *vp
         while True:
             kbuf = bytearray(chunk * self.key_size)
             vbuf = bytearray(<uint64_t>chunk * self._slot_size)
             count = chunk
             inp = NULL if first else <unsigned char *>in_tok
-            ret = bpf_map_lookup_batch(fd, inp, <unsigned char *>out_tok,
-                                       <unsigned char *>kbuf, <unsigned char *>vbuf,
-                                       &count, &opts)
+            outp = <unsigned char *>out_tok
+            kp = <unsigned char *>kbuf
+            vp = <unsigned char *>vbuf
+            with nogil:
+                ret = bpf_map_lookup_batch(fd, inp, outp, kp, vp, &count, &opts)
             if ret == -ENOSPC and count == 0:
                 chunk *= 2          # one hash bucket holds more than a chunk: grow
                 continue
             if ret < 0 and ret != -ENOENT:
                 _check(ret, f"batch lookup of {self.name}")
-            keys_out.append(bytes(kbuf[:count * self.key_size]))
-            values_out.append(bytes(vbuf[:count * self._slot_size]))
-            total += count
+            if count:
+                yield (bytes(kbuf[:count * self.key_size]),
+                       bytes(vbuf[:count * self._slot_size]), count)
             if ret == -ENOENT:
-                break
+                return
             in_tok[:] = out_tok
             first = False
-        return b"".join(keys_out), b"".join(values_out), total
 
     # -- map-of-maps -------------------------------------------------------------------
 

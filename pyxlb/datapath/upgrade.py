@@ -32,6 +32,7 @@ itself right after that step: the tests use it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import mmap
@@ -338,6 +339,8 @@ def copy_map(name: str, old: "_bpf.Map", new: "_bpf.Map", layout: dict) -> Optio
             new.update(_translate(k, 1, old.key_size, new.key_size, kops),
                        _translate(v, 1, old.value_size, new.value_size, vops))
         return None
+    if old.type not in (_bpf.MAP_TYPE_ARRAY, _bpf.MAP_TYPE_PERCPU_ARRAY):
+        return _copy_hash(name, old, new, kops, vops)
     if _mmapable(old):
         keys, values, count = b"", _read_values(old), old.max_entries
     else:
@@ -348,14 +351,31 @@ def copy_map(name: str, old: "_bpf.Map", new: "_bpf.Map", layout: dict) -> Optio
     if old.type == _bpf.MAP_TYPE_ARRAY:
         _write_values(new, out_values, min(count, new.max_entries))
         return Snapshot(keys, values, count, out_values) if name in DATAPATH_WRITTEN else None
-    if old.type == _bpf.MAP_TYPE_PERCPU_ARRAY:
-        n = min(count, new.max_entries)
-        if n:
-            new.write_array(memoryview(out_values)[:n * len(out_values) // count])
-        return None
-    if count:
-        new.update_batch(_translate(keys, count, old.key_size, new.key_size, kops), out_values)
-    return Snapshot(keys, values, count) if name in DATAPATH_WRITTEN else None
+    n = min(count, new.max_entries)             # a per-CPU array
+    if n:
+        new.write_array(memoryview(out_values)[:n * len(out_values) // count])
+    return None
+
+
+def _copy_hash(name: str, old: "_bpf.Map", new: "_bpf.Map", kops, vops) -> Optional[Snapshot]:
+    """Copy a hash map a batch at a time: one thread writes a batch while this one reads
+    the next (both system calls run without the GIL)."""
+    keys_seen: List[bytes] = []
+    total = 0
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upgrade") as writer:
+        pending = None
+        for keys, values, count in old.batches(65536):
+            k = _translate(keys, count, old.key_size, new.key_size, kops)
+            v = _translate(values, count, _stride(old, old.value_size),
+                           _stride(new, new.value_size), vops)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(new.update_batch, k, v)
+            keys_seen.append(keys)
+            total += count
+        if pending is not None:
+            pending.result()
+    return Snapshot(b"".join(keys_seen), b"", total) if name in DATAPATH_WRITTEN else None
 
 
 def _copy_outer(name: str, old: "_bpf.Map", new: "_bpf.Map", template: dict) -> None:
