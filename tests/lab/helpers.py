@@ -174,14 +174,15 @@ def read_to_end(sock: socket.socket, limit: int = 64 << 20) -> bytes:
 
 # -- what the nodes saw -------------------------------------------------------------------
 
-def accepted_by(lab: Lab, family: int, sports: Sequence[int],
-                timeout: float = 2.0) -> Dict[int, str]:
+def accepted_by(lab: Lab, family: int, sports: Sequence[int], timeout: float = 2.0,
+                backends: Sequence[str] = BACKENDS) -> Dict[int, str]:
     """{client source port: backend holding an established connection from it}, read
-    from the backends' own sockets (`ss` in each backend's namespace), not from the LB."""
+    from the backends' own sockets (`ss` in each backend's namespace), not from the LB.
+    `backends`: the nodes that serve the VIP (a KubeLab's are its nodes)."""
     want, found = set(sports), {}
     deadline = time.monotonic() + timeout
     while True:
-        for be in BACKENDS:
+        for be in backends:
             out = subprocess.run(["ss", "-N", lab.ns(be), "-Htn", "state", "established",
                                   f"( sport = :{HTTP_PORT} )"],
                                  capture_output=True, text=True, check=True).stdout

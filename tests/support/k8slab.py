@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from pyroute2 import NetNS
 
@@ -141,15 +141,18 @@ class KubeLab(Lab):
             raise PyxlbError(f"a containerised agent runs the DaemonSet's arguments, not {extra}")
         return self.start_container(node, api)
 
-    def start_process(self, node: str, api, *extra: str) -> subprocess.Popen:
+    def start_process(self, node: str, api, *extra: str,
+                      env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
         """Run `pyxlb agent` as its own process inside `node`'s namespace, against `api`
         (an ApiStandIn). Over HTTPS the agent runs as in a pod: no --server, the
         environment's KUBERNETES_SERVICE_HOST/PORT, and a service account directory as the
         kubelet mounts it (token of ServiceAccount pyxlb-system/pyxlb-agent, the CA, the
-        namespace), so it has exactly the permissions the stand-in's RBAC objects give."""
+        namespace), so it has exactly the permissions the stand-in's RBAC objects give.
+        `env`: the environment to start from instead of this process's (a previous
+        release's, tests/support/release.py Release.env(), runs that release's agent)."""
         if self.agent_runs(node):
             raise PyxlbError(f"the agent of {node} runs already")
-        env = {k: v for k, v in os.environ.items()
+        env = {k: v for k, v in (os.environ if env is None else env).items()
                if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
         if api.tls:
             sa = api.write_service_account(os.path.join(self._logdir, f"sa-{node}"),

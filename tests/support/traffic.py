@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from pyxlb.lab import CLIENT, HTTP_PORT, Lab
+from pyxlb.lab import BACKENDS, CLIENT, HTTP_PORT, Lab
 
 from tests.lab.helpers import accepted_by, delta, tcp_counters, vip_addr
 
@@ -190,12 +190,15 @@ class Streams:
     The sender thread sends `chunk` bytes on every live connection each `interval`
     seconds. It stops after `duration` seconds, or when every body is sent but its last
     chunk (kept back so no backend answers before finish()), or at finish(). The body size
-    is what `duration` needs: chunk * (duration / interval + 1) bytes."""
+    is what `duration` needs: chunk * (duration / interval + 1) bytes. `backends`: the
+    nodes serving the VIP, where holders() looks (a KubeLab's are its nodes)."""
 
     def __init__(self, lab: Lab, family: int, sports: Sequence[int], chunk: int = 64,
-                 interval: float = 0.05, duration: float = 60.0, timeout: float = 5.0):
+                 interval: float = 0.05, duration: float = 60.0, timeout: float = 5.0,
+                 backends: Sequence[str] = BACKENDS):
         assert sports and chunk > 0 and interval > 0 and duration > 0
         self.lab, self.family, self.sports = lab, family, list(sports)
+        self.backends = tuple(backends)
         self.chunk, self.interval, self.duration, self.timeout = chunk, interval, duration, timeout
         self.size = chunk * (math.ceil(duration / interval) + 1)
         self.streams: List[Stream] = []
@@ -215,7 +218,8 @@ class Streams:
         self.tcp_before = tcp_counters(self.lab, CLIENT)
         for sport in self.sports:
             self.streams.append(Stream(self.lab, self.family, sport, self.size, self.timeout))
-        self._holders = accepted_by(self.lab, self.family, self.sports, timeout=self.timeout)
+        self._holders = accepted_by(self.lab, self.family, self.sports, timeout=self.timeout,
+                                    backends=self.backends)
         self._thread.start()
         return self
 
