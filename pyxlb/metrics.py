@@ -135,7 +135,7 @@ class DatapathCollector(Collector):
         yield g
         g = GaugeMetricFamily("pyxlb_datapath_info", "The datapath's version (1): which "
                               "nodes a rollout has upgraded", labels=["version"])
-        g.add_metric([str(dp.pinned_version(dp.pin_dir) if dp.pin_dir else dp.version())], 1)
+        g.add_metric([str(dp.directory_version() if dp.pin_dir else dp.version())], 1)
         yield g
 
 

@@ -219,7 +219,7 @@ def _pending_upgrade() -> Optional[dict]:
         if not Datapath.exists(where):
             return None
         interrupted = upgrade_mod.interrupted(where)
-        have, want = Datapath.pinned_version(where), Datapath.version()
+        have, want = upgrade_mod.versions(where)
     except FAILURES as exc:
         raise Fail(one_line(exc)) from None
     if have == want and not interrupted:
@@ -249,7 +249,7 @@ def _status(dp: Datapath) -> dict:
                      "vips": dc.maps.decap_vips.count()}
     return {
         "pin_dir": dp.pin_dir,
-        "version": str(Datapath.pinned_version(dp.pin_dir)),
+        "version": str(upgrade_mod.versions(dp.pin_dir)[0]),
         "program_id": dp.prog.id,
         "interfaces": dp.interfaces(),
         "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],

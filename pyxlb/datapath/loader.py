@@ -35,8 +35,9 @@ VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_
 class ForeignDatapath(PyxlbError):
     """A pinned datapath this version cannot read: made by another version of pyxlb."""
 
-    REMEDY = ("it was made by another version: `pyxlb upgrade` brings it to this one (the "
-              "agent and `pyxlb attach` do it by themselves)")
+    HINT = ("`pyxlb upgrade` brings it to this one (the agent and `pyxlb attach` do it by "
+            "themselves)")
+    REMEDY = f"it was made by another version: {HINT}"
 
 
 def flow4_sets(max_flows: int) -> int:
@@ -165,6 +166,11 @@ class LoadedObject:
         """This pyxlb's version of the object: its maps and program (version.py)."""
         return V.of_object(cls.SPEC)
 
+    def directory_version(self) -> "V.Version":
+        """The version of the datapath pinned where this one is, every kind there together
+        (what `pyxlb status` shows)."""
+        return upgrade_mod.versions(self.pin_dir)[0]
+
     @classmethod
     def pinned_version(cls, pin_dir: str = DEFAULT_PIN_DIR) -> "V.Version":
         """The version of this kind of datapath pinned at `pin_dir`."""
@@ -200,10 +206,10 @@ class LoadedObject:
             raise ForeignDatapath(f"an upgrade of the datapath at {pin_dir} was interrupted: "
                                   f"`pyxlb upgrade` (or the agent's next start) completes "
                                   f"it or rolls it back")
-        have, want = cls.pinned_version(pin_dir), cls.version()
-        if have != want:
-            raise ForeignDatapath(f"the {cls.SPEC.object} datapath at {pin_dir} is version "
-                                  f"{have}, this pyxlb's is {want}: {ForeignDatapath.REMEDY}")
+        if cls.pinned_version(pin_dir) != cls.version():
+            have, want = upgrade_mod.versions(pin_dir)
+            raise ForeignDatapath(f"the datapath at {pin_dir} is version {have}, this "
+                                  f"pyxlb's is {want}: {ForeignDatapath.HINT}")
         handles: Dict[str, _bpf.Map] = {}
         try:
             for attr, name in cls.SPEC.maps.items():

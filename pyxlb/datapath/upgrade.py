@@ -154,6 +154,18 @@ def locked(pin_dir: str):
 
 # -- the plan --------------------------------------------------------------------------------
 
+def versions(pin_dir: str):
+    """(the version pinned at `pin_dir`, this pyxlb's version of the same kinds): of every
+    kind pinned there together (a balancer and a decapsulator share maps and are upgraded
+    together), as `pyxlb status` and `pyxlb upgrade` show them."""
+    pin_dir = os.path.abspath(pin_dir)
+    kinds = _kinds(pin_dir)
+    pinned = _pinned_maps(pin_dir)
+    new = V.combined(V.of_object(k) for k in kinds)
+    old = V.pinned(pin_dir, pinned).subset([*pinned, *(k.object for k in kinds)])
+    return old, new
+
+
 def _filled_slots(outer: "_bpf.Map") -> List[int]:
     """The slots of a map-of-maps that hold an inner map."""
     out = []
@@ -179,9 +191,8 @@ def make_plan(pin_dir: str, count: bool = False) -> Plan:
     kinds = _kinds(pin_dir)
     if not kinds:
         raise UpgradeRefused(f"no datapath at {pin_dir}")
-    new = V.combined(V.of_object(k) for k in kinds)
     pinned = _pinned_maps(pin_dir)
-    old = V.pinned(pin_dir, pinned)
+    old, new = versions(pin_dir)
     newer = old.newer_meanings(new)
     if newer:
         which = ", ".join(sorted(newer))

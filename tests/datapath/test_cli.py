@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 
 from pyxlb import _bpf, config, netlink, netns
 from pyxlb import _layouts as L
+from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath, DecapPath
 from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4
@@ -150,8 +152,9 @@ def test_detach_removes_a_datapath_left_by_another_version(run):
     run("decap", "attach", "veth1", "--vip", "192.0.2.10")
     # what a version from before the set table left: xlb_flows4, no xlb_flowsets4
     os.rename(os.path.join(pins, FLOWS4), os.path.join(pins, "xlb_flows4"))
-    run.fails("status", match=f"has no map {FLOWS4}: it was made by another version: "
-                              f"`pyxlb upgrade` brings it to this one")
+    assert "upgrade   needed" in run("status").stdout
+    run.fails("vip", "list", match=f"has no map {FLOWS4}: it was made by another version: "
+                                   f"`pyxlb upgrade` brings it to this one")
     run.fails("detach", "veth1", match="veth1 does not run this datapath's program")
     out = run("detach", "veth0").stdout.splitlines()
     assert out == ["detached from veth0 (a datapath made by another version of pyxlb)",
@@ -175,6 +178,43 @@ def test_detach_removes_a_datapath_left_by_another_version(run):
     assert f"removed its pins from {pins}" in out
     assert "xdp" not in ip("-n", run.ns, "link", "show", "veth1")
     assert not os.path.exists(pins)
+
+
+def test_a_datapath_of_another_version_is_upgraded_by_attach_or_refused(run, tmp_path,
+                                                                        monkeypatch):
+    """Seen by a pyxlb whose balancer has another flow layout (the test variant), the
+    datapath is reported as needing an upgrade; `attach --upgrade never` refuses it in one
+    line and changes nothing; `upgrade --dry-run` shows the plan; `attach` upgrades it (and
+    `decap attach` the decapsulator pinned beside it) and `status` shows the new version."""
+    here = os.path.dirname(object_path("balancer"))
+    shutil.copy(os.path.join(here, "test_variant_balancer.o"), tmp_path / "balancer.o")
+    shutil.copy(os.path.join(here, "decap.o"), tmp_path / "decap.o")
+    run("attach", "veth0")
+    run("decap", "attach", "veth1", "--vip", "192.0.2.10")
+    was = run.json("status")["version"]
+    monkeypatch.setenv(DIR_ENV, str(tmp_path))
+    pending = run.json("status")
+    now = pending["this_version"]
+    assert pending == {"pin_dir": run.pin_dir, "version": was, "this_version": now,
+                       "upgrade_needed": True, "interrupted": False} and now != was
+    run.fails("vip", "list", match=f"is version {was}, this pyxlb's is {now}: `pyxlb "
+                                   f"upgrade` brings it to this one")
+    run.fails("attach", "veth0", "--upgrade", "never",
+              match=f"is version {was}, this pyxlb's is {now}, and upgrades are turned off "
+                    f"(--upgrade=never)")
+    assert run.json("status")["version"] == was
+    plan = run("upgrade", "--dry-run").stdout.splitlines()
+    assert plan[0] == f"upgrade the datapath at {run.pin_dir} from version {was} to {now}"
+    assert "  migrate xlb_flowsets4 (524288 entries): its layout changed" in plan, plan
+    assert "  replace the balancer program (on veth0)" in plan
+    assert "  keep the decap program (on veth1)" in plan
+    out = run("attach", "veth0").stdout
+    assert f"upgraded the datapath at {run.pin_dir} from version {was} to {now}" in out
+    assert "migrating xlb_flows, xlb_flowsets4" in out
+    assert run.json("status")["version"] == now
+    assert run("upgrade").stdout.startswith(f"the datapath at {run.pin_dir} is already")
+    assert "xlb_balancer" in ip("-n", run.ns, "link", "show", "veth0")
+    assert "xlb_decap" in ip("-n", run.ns, "link", "show", "veth1")
 
 
 def test_a_datapath_of_another_version_goes_with_its_last_interface(run):
