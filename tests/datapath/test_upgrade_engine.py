@@ -199,3 +199,18 @@ def test_flows_the_old_program_adds_after_the_copy_are_merged_unless_the_new_one
     finally:
         old.close()
         new.close()
+
+
+def test_a_changed_inner_map_template_changes_the_fingerprint():
+    """A shape check of the pinned maps alone misses a map-of-maps whose inner template
+    changed: the fingerprint does not. Sizes that are node settings do not count."""
+    with _bpf.BpfObject.open(object_path("balancer")) as obj:
+        rings, index = obj.map_layout("xlb_rings"), obj.map_layout("xlb_vip_index")
+    base = V.fingerprint("xlb_vip_index", index, 1)
+    for change in ({"value_size": 44}, {"max_entries": 1 << 17}, {"flags": 0}):
+        other = {**index, "inner": {**index["inner"], **change}}
+        assert V.fingerprint("xlb_vip_index", other, 1) != base, change
+    assert V.fingerprint("xlb_vip_index", index, 2) != base            # its meaning
+    # rings may differ in size (BPF_F_INNER_MAP), and their count is a node setting
+    resized = {**rings, "max_entries": 99, "inner": {**rings["inner"], "max_entries": 7}}
+    assert V.fingerprint("xlb_rings", resized, 1) == V.fingerprint("xlb_rings", rings, 1)
