@@ -65,8 +65,12 @@ def preflight():
 
 
 # test-only builds of an object with other settings, name -> (source, extra clang flags):
-# tests/datapath/test_upgrade.py upgrades to and from a balancer whose flow layout differs
-TEST_VARIANTS = {"test_variant_balancer": ("balancer.bpf.c", ["-DXLB_TEST_LAYOUT_VARIANT"])}
+# the upgrade tests upgrade to and from a balancer whose flow layout differs, and one whose
+# program alone differs
+TEST_VARIANTS = {
+    "test_variant_balancer": ("balancer.bpf.c", ["-DXLB_TEST_LAYOUT_VARIANT"]),
+    "test_program_balancer": ("balancer.bpf.c", ["-DXLB_TEST_PROGRAM_VARIANT"]),
+}
 
 
 class BuildExt(build_ext):

@@ -8,10 +8,9 @@ Prints three tables and writes bench/results/upgrade.json. About two minutes.
 
 The versions. "this" is pyxlb/bpf/ as built. Three others are made for the run, each a
 directory that PYXLB_BPF_DIR points at (pyxlb/bpf/__init__.py), with decap.o beside:
-- "bytes": this balancer.o with eight bytes appended after its ELF data. libbpf reads
-  nothing past the sections, so the program and every map are this version's, but the
-  object's digest (version.py) differs: an upgrade between the two is a program
-  replacement over kept maps and nothing else.
+- "program": pyxlb/bpf/test_program_balancer.o (xdp/balancer.bpf.c built with
+  XLB_TEST_PROGRAM_VARIANT: two more instructions, the same maps): an upgrade between it
+  and this is a program replacement over kept maps and nothing else.
 - "variant": pyxlb/bpf/test_variant_balancer.o as balancer.o, whose struct xlb_flow has its
   members in another order (xdp/include/structs.h), so both flow tables change layout.
 - "release": the previous release (tests/support/release.py builds it from git, cached in
@@ -48,7 +47,7 @@ directory that PYXLB_BPF_DIR points at (pyxlb/bpf/__init__.py), with decap.o bes
    of about 30 ms here, which would leave gaps in paced traffic). One run without an
    upgrade (the control: it must lose nothing), then runs in which `pyxlb attach` starts
    over the LB's datapath one second into the traffic, on the other CPU: a program
-   replacement (this -> bytes), a layout change (bytes -> variant) and back (variant ->
+   replacement (this -> program), a layout change (program -> variant) and back (variant ->
    this). The moment the new program is on in0 is noted (polled every millisecond) and
    must fall inside the traffic. Sent: the generator program's runs, every one of which
    returned XDP_TX (live frames: each frame is handed to the veth's transmit; the test run
@@ -123,8 +122,8 @@ class Versions:
         self.release = None
         self.why_no_release = ""
         try:
-            with open(object_path("balancer"), "rb") as f:
-                self._make("bytes", f.read() + b"\0" * 8)
+            with open(object_path("test_program_balancer"), "rb") as f:
+                self._make("program", f.read())
             with open(object_path("test_variant_balancer"), "rb") as f:
                 self._make("variant", f.read())
         except BaseException:
@@ -262,7 +261,7 @@ def make_datapath(versions: Versions, name: str, scratch: Scratch, iface: str, p
 
 CASES = (
     # (key, label, from, to)
-    ("program", "program only (bytes -> this)", "bytes", THIS),
+    ("program", "program only (program -> this)", "program", THIS),
     ("release", "previous release -> this", "release", THIS),
     ("layout_up", "layout (this -> variant)", THIS, "variant"),
     ("layout_down", "layout (variant -> this)", "variant", THIS),
@@ -721,8 +720,8 @@ def _full_table(versions: Versions, scratch: Scratch, table: str, pin: str) -> L
 RUNS = (
     # (key, label, from, to): to None is the control
     ("control", "control (no upgrade)", THIS, None),
-    ("program", "program only", THIS, "bytes"),
-    ("layout_up", "layout change", "bytes", "variant"),
+    ("program", "program only", THIS, "program"),
+    ("layout_up", "layout change", "program", "variant"),
     ("layout_down", "layout change back", "variant", THIS),
 )
 
@@ -1037,8 +1036,8 @@ def main():
         # other work on this shared machine moves every figure: the load around the run
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "notes": [
-            "bytes: this balancer.o with 8 bytes appended (same program and maps, another "
-            "digest): a program replacement over kept maps; variant: "
+            "program: test_program_balancer.o (two more instructions, the same maps): a "
+            "program replacement over kept maps; variant: "
             "test_variant_balancer.o (struct xlb_flow reordered: both flow tables migrate); "
             "release: the previous release, built from git, whose datapath has no version "
             "record (its maps-of-maps migrate)",

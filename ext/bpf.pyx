@@ -434,6 +434,17 @@ cdef class BpfObject:
         template of a map-of-maps (else None)."""
         return _def_layout(bpf_object__btf(self._ptr()), self._find_map(name))
 
+    def program_code(self, name):
+        """The instructions of program `name` as the object holds them (before load and
+        relocation): what the program does, without the debug information (source paths)
+        that makes two builds of the same code differ."""
+        cdef bpf_program *p = self._find_prog(name)
+        cdef const void *insns = bpf_program__insns(p)
+        cdef size_t n = bpf_program__insn_cnt(p)
+        if insns == NULL:
+            return b""
+        return PyBytes_FromStringAndSize(<const char *>insns, n * 8)
+
     def struct_layout(self, name):
         """The BTF layout of `struct name` in the object (KeyError if it has none)."""
         cdef const btf *b = bpf_object__btf(self._ptr())

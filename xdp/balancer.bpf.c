@@ -21,6 +21,12 @@
 SEC("xdp")
 int xlb_balancer(struct xdp_md *ctx)
 {
+#ifdef XLB_TEST_PROGRAM_VARIANT
+	/* a change of program alone, for the upgrade tests (setup.py TEST_VARIANTS) */
+	volatile __u32 variant = 1;
+
+	(void)variant;
+#endif
 	return xlb_handle_frame(ctx);
 }
 

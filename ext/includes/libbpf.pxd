@@ -163,6 +163,8 @@ cdef extern from "bpf/libbpf.h" nogil:
     int bpf_map__reuse_fd(bpf_map *map, int fd)
 
     int bpf_program__fd(const bpf_program *prog)
+    const void *bpf_program__insns(const bpf_program *prog)
+    size_t bpf_program__insn_cnt(const bpf_program *prog)
     const char *bpf_program__name(const bpf_program *prog)
 
     int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags,

@@ -206,7 +206,7 @@ class LoadedObject:
             raise ForeignDatapath(f"an upgrade of the datapath at {pin_dir} was interrupted: "
                                   f"`pyxlb upgrade` (or the agent's next start) completes "
                                   f"it or rolls it back")
-        if cls.pinned_version(pin_dir) != cls.version():
+        if cls.pinned_version(pin_dir).maps != cls.version().maps:     # the program may differ
             have, want = upgrade_mod.versions(pin_dir)
             raise ForeignDatapath(f"the datapath at {pin_dir} is version {have}, this "
                                   f"pyxlb's is {want}: {ForeignDatapath.HINT}")

@@ -12,7 +12,9 @@ fingerprint are read and written alike by both versions; any other pair is migra
 
 The *datapath version* shown to people is ``<semantic version>.<layout id>``: the highest
 meaning number, and the first 12 hex digits of a hash over every map's fingerprint and the
-object's program code. A datapath records it, with every map's fingerprint and meaning, in
+object's program code (its instructions: two builds of the same sources by the same
+compiler agree). Commands read a datapath whose maps match this version's even when its
+program differs; starts and `pyxlb upgrade` replace the program. A datapath records it, with every map's fingerprint and meaning, in
 the map ``xlb_version`` pinned beside its maps (bpffs holds no plain files): name -> record.
 Datapaths made before this record existed have none; their maps' layouts are read from the
 kernel's BTF instead (``pinned_fingerprint``), which cannot see a map-of-maps' template, so
@@ -132,10 +134,13 @@ class Version:
                 if e.meaning > (than.entries[n].meaning if n in than.entries else 1)}
 
 
-def object_digest(path: str) -> bytes:
-    """The identity of an object's program: a hash of the compiled file."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).digest()[:16]
+def object_digest(obj: "_bpf.BpfObject") -> bytes:
+    """The identity of an object's programs: a hash of their instructions (not of the file,
+    whose debug information names the directory it was built in)."""
+    digest = hashlib.sha256()
+    for name in sorted(obj.program_names()):
+        digest.update(name.encode() + b"\0" + obj.program_code(name))
+    return digest.digest()[:16]
 
 
 def of_object(spec, path: Optional[str] = None) -> Version:
@@ -153,7 +158,7 @@ def _of_object(object_name: str, map_names: Tuple[str, ...], path: str, mtime_ns
         entries = {name: Entry(fingerprint(name, obj.map_layout(name), MEANINGS.get(name, 1)),
                                MEANINGS.get(name, 1))
                    for name in map_names}
-    entries[object_name] = Entry(object_digest(path), is_object=True)
+        entries[object_name] = Entry(object_digest(obj), is_object=True)
     return entries
 
 

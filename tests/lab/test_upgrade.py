@@ -64,15 +64,26 @@ def ports():
     return Ports()
 
 
-@pytest.fixture(scope="module")
-def variant_dir(tmp_path_factory):
-    """A directory of objects whose balancer has the test-only flow layout (setup.py
-    TEST_VARIANTS), for PYXLB_BPF_DIR."""
+def objects(tmp_path_factory, balancer: str) -> str:
+    """A directory for PYXLB_BPF_DIR whose balancer.o is pyxlb/bpf/<balancer>.o (a test
+    variant, setup.py TEST_VARIANTS), with this version's decap.o beside it."""
     here = os.path.dirname(os.path.abspath(object_path("balancer")))
-    where = tmp_path_factory.mktemp("variant")
-    shutil.copy(os.path.join(here, "test_variant_balancer.o"), where / "balancer.o")
+    where = tmp_path_factory.mktemp(balancer)
+    shutil.copy(os.path.join(here, f"{balancer}.o"), where / "balancer.o")
     shutil.copy(os.path.join(here, "decap.o"), where / "decap.o")
     return str(where)
+
+
+@pytest.fixture(scope="module")
+def variant_dir(tmp_path_factory):
+    """The balancer with the test-only flow layout: both flow tables migrate."""
+    return objects(tmp_path_factory, "test_variant_balancer")
+
+
+@pytest.fixture(scope="module")
+def program_dir(tmp_path_factory):
+    """The balancer whose program alone differs: every map is kept."""
+    return objects(tmp_path_factory, "test_program_balancer")
 
 
 def pyxlb(lab, node, *args, release=None, env=None, check=True):
@@ -231,10 +242,12 @@ def test_the_previous_release_is_upgraded_under_traffic(ulab, ports, tmp_path):
     assert states[node_addr(DRAINED, 4)] == "draining"     # the state came across whole
 
 
-def test_a_layout_change_migrates_every_flow_and_back(ulab, ports, variant_dir, tmp_path):
-    """Upgrading to the variant layout migrates both flow tables (and everything else is
-    kept); upgrading back migrates them down: across both, under traffic, nothing is reset
-    and the streams on the drained backend stay there."""
+def test_a_new_program_then_a_layout_change_and_back(ulab, ports, variant_dir, program_dir,
+                                                     tmp_path):
+    """A program that alone changed replaces the running one over every map, kept; then
+    the variant layout migrates both flow tables (everything else kept); then upgrading
+    back migrates them down. Across the three, under traffic, nothing is reset and the
+    streams on the drained backend stay there."""
     lab = ulab
     rebuild(lab, tmp_path)
     variant = {DIR_ENV: variant_dir}
@@ -247,10 +260,12 @@ def test_a_layout_change_migrates_every_flow_and_back(ulab, ports, variant_dir, 
         with lab.datapath("lb1") as dp:
             n4, n6 = dp.flow_counts()
         assert n4 >= STREAMS4 and n6 >= STREAMS6
-        for env in (variant, {}):
+        program = {DIR_ENV: program_dir}
+        for env, migrated in ((program, False), (variant, True), ({}, True)):
             before = {**s4.acked(), **s6.acked()}
             out = pyxlb(lab, "lb1", "upgrade", env=env).stdout
-            assert "migrate xlb_flowsets4" in out and "done in" in out, out
+            assert ("migrate xlb_flowsets4" in out) == migrated and "done in" in out, out
+            assert "replace the balancer program (on eth0)" in out, out
             assert not stalled(before, _after_a_while(s4, s6))
         assert_undisturbed((s4, s6), opener)
     assert not plan_of(lab)["needed"]
