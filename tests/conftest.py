@@ -5,11 +5,32 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import uuid
 
 import pytest
 
 _ns_counter = itertools.count()
+
+# test modules that use the previous release (tests/support/release.py)
+RELEASE_USERS = ("test_upgrade.py", "test_k8s_upgrade.py", "test_release.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The previous release takes about a minute to build: when a test that needs it is
+    collected, the build starts now, in the background, and overlaps the tests that run
+    first (build_release waits for it, and builds it itself if it failed)."""
+    if any(os.path.basename(str(item.fspath)) in RELEASE_USERS for item in items):
+        threading.Thread(target=_build_release, name="release-build", daemon=True).start()
+
+
+def _build_release():
+    from tests.support.release import ReleaseError, build_release
+
+    try:
+        build_release()
+    except ReleaseError:
+        pass            # the tests that need it try again, and say why it failed
 
 
 def _require_root():
