@@ -255,17 +255,22 @@ class LoadedObject:
         if upgrade not in upgrade_mod.POLICIES:
             raise PyxlbError(f"upgrade must be one of {', '.join(upgrade_mod.POLICIES)}, "
                              f"not {upgrade!r}")
-        if cls.exists(pin_dir):
+        result = None
+        if upgrade_mod.kinds_at(os.path.abspath(pin_dir)):
+            # the other kind pinned here shares maps with this one: those must be this
+            # version's before this kind is loaded over them
             result = upgrade_mod.upgrade(pin_dir, policy=upgrade)
+        if cls.exists(pin_dir):
             self = cls.open(pin_dir)
-            self.upgraded = result if result.changed or result.resumed else None
-            return self
-        self = cls.load(pin_dir=pin_dir, map_sizes=map_sizes)
-        try:
-            self.prog.pin(cls.prog_pin(self.pin_dir))
-        except BaseException:
-            self.close()
-            raise
+        else:
+            self = cls.load(pin_dir=pin_dir, map_sizes=map_sizes)
+            try:
+                self.prog.pin(cls.prog_pin(self.pin_dir))
+            except BaseException:
+                self.close()
+                raise
+        if result is not None and (result.changed or result.resumed):
+            self.upgraded = result
         return self
 
     def interfaces(self) -> List[dict]:

@@ -131,7 +131,7 @@ def _kill_point(step: str) -> None:
 SPECS = (BALANCER, DECAP)
 
 
-def _kinds(pin_dir: str) -> List[ObjectSpec]:
+def kinds_at(pin_dir: str) -> List[ObjectSpec]:
     """The objects with a datapath pinned at `pin_dir`."""
     return [k for k in SPECS if os.path.exists(prog_pin(k, pin_dir))]
 
@@ -159,7 +159,7 @@ def versions(pin_dir: str):
     kind pinned there together (a balancer and a decapsulator share maps and are upgraded
     together), as `pyxlb status` and `pyxlb upgrade` show them."""
     pin_dir = os.path.abspath(pin_dir)
-    kinds = _kinds(pin_dir)
+    kinds = kinds_at(pin_dir)
     pinned = _pinned_maps(pin_dir)
     new = V.combined(V.of_object(k) for k in kinds)
     old = V.pinned(pin_dir, pinned).subset([*pinned, *(k.object for k in kinds)])
@@ -188,7 +188,7 @@ def make_plan(pin_dir: str, count: bool = False) -> Plan:
     """The plan to bring the datapath at `pin_dir` to this version (UpgradeRefused if this
     version cannot). With `count`, how many entries each migrated map holds."""
     pin_dir = os.path.abspath(pin_dir)
-    kinds = _kinds(pin_dir)
+    kinds = kinds_at(pin_dir)
     if not kinds:
         raise UpgradeRefused(f"no datapath at {pin_dir}")
     pinned = _pinned_maps(pin_dir)

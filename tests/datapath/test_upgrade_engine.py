@@ -214,3 +214,19 @@ def test_a_changed_inner_map_template_changes_the_fingerprint():
     # rings may differ in size (BPF_F_INNER_MAP), and their count is a node setting
     resized = {**rings, "max_entries": 99, "inner": {**rings["inner"], "max_entries": 7}}
     assert V.fingerprint("xlb_rings", resized, 1) == V.fingerprint("xlb_rings", rings, 1)
+
+
+def test_a_decapsulator_joining_another_versions_balancer_upgrades_it_first(
+        bpffs_dir, variant_dir, monkeypatch):
+    """The two kinds share maps in one directory: a decapsulator of this version is not
+    loaded over a balancer's maps of another version, which is upgraded first."""
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    monkeypatch.delenv(DIR_ENV)
+    assert Datapath.pinned_version(bpffs_dir) != Datapath.version()
+    with DecapPath.create(bpffs_dir) as dc:
+        assert dc.upgraded is not None and dc.upgraded.changed
+    assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
+    assert DecapPath.pinned_version(bpffs_dir) == DecapPath.version()
+    with Datapath.create(bpffs_dir) as dp:
+        assert dp.upgraded is None
