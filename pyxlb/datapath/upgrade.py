@@ -40,7 +40,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from pyxlb import _bpf
 from pyxlb.bpf import object_path
@@ -57,6 +57,12 @@ KILL_ENV = "PYXLB_UPGRADE_KILL_AT"
 POLICIES = ("auto", "never")
 # maps the program itself writes: entries it adds after the copy are merged in after the swap
 DATAPATH_WRITTEN = (FLOWS, FLOWS4)
+
+# Carrying a map's entries over a change of what they mean (version.MEANINGS):
+# (map, the meaning it had, the meaning it has now) -> fill(old map, new map). The release
+# that bumps a meaning adds its entry here; an upgrade that would need a missing one is
+# refused (a copy member by member would carry the old meaning into the new program).
+TRANSFORMS: Dict[Tuple[str, int, int], Callable[["_bpf.Map", "_bpf.Map"], None]] = {}
 
 
 class UpgradeRefused(PyxlbError):
@@ -218,11 +224,29 @@ def make_plan(pin_dir: str, count: bool = False) -> Plan:
             interfaces[obj] = interfaces_running(prog.id)
     plan = Plan(pin_dir, kinds, old, new, changes, programs, interfaces)
     for c in plan.migrating:
+        if _transform(plan, c.name) is None and _meanings(plan, c.name)[0] != \
+                _meanings(plan, c.name)[1]:
+            was, now = _meanings(plan, c.name)
+            raise UpgradeRefused(f"cannot upgrade the datapath at {pin_dir} from version {old} "
+                                 f"to {new}: what {c.name} holds changed meaning ({was} -> "
+                                 f"{now}) and this version has no way to carry it over")
         with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as m:
-            _check_translatable(plan, c.name, m)
+            if _transform(plan, c.name) is None:
+                _check_translatable(plan, c.name, m)
             if count:
                 c.entries = _entries(m)
     return plan
+
+
+def _meanings(plan: Plan, name: str) -> Tuple[int, int]:
+    """(the meaning of map `name` pinned, in this version)."""
+    was = plan.old.maps.get(name)
+    return (was.meaning if was is not None else 1), plan.new.maps[name].meaning
+
+
+def _transform(plan: Plan, name: str):
+    was, now = _meanings(plan, name)
+    return TRANSFORMS.get((name, was, now)) if was != now else None
 
 
 def _why(pin_dir: str, name: str, old: V.Version, new: V.Version) -> str:
@@ -522,7 +546,11 @@ def _run(plan: Plan, result: Result) -> None:
         for c in plan.migrating:
             with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
-                snaps[c.name] = copy_map(c.name, old, new, _new_layout(plan, c.name))
+                fill = _transform(plan, c.name)
+                if fill is not None:
+                    fill(old, new)          # its merge, if any, is the transform's business
+                else:
+                    snaps[c.name] = copy_map(c.name, old, new, _new_layout(plan, c.name))
         t = _timed(result, "migrate", t)
         _kill_point("migrated")
     except BaseException:
@@ -545,7 +573,7 @@ def _run(plan: Plan, result: Result) -> None:
     t = _timed(result, "swap", t)
     _kill_point("swapped")
     for c in plan.migrating:
-        if c.name in DATAPATH_WRITTEN:
+        if c.name in DATAPATH_WRITTEN and c.name in snaps:
             with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
                 result.merged += merge(c.name, old, new, snaps.get(c.name),

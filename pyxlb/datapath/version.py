@@ -40,8 +40,9 @@ RECORD_MAX = 64
 FLAG_OBJECT = 1                             # the entry is an object's (program's), not a map's
 
 # What each map's entries mean, by map name: bump the number (to the new semantic version)
-# in the release that changes a map's meaning without changing its layout. Maps not listed
-# mean what they meant in semantic version 1.
+# in the release that changes a map's meaning without changing its layout, and give the
+# upgrade a way to carry the entries over (upgrade.TRANSFORMS; without one, upgrades from
+# the old meaning are refused). Maps not listed mean what they meant in semantic version 1.
 MEANINGS: Dict[str, int] = {}
 SEMANTIC_VERSION = max(MEANINGS.values(), default=1)
 

@@ -230,3 +230,21 @@ def test_a_decapsulator_joining_another_versions_balancer_upgrades_it_first(
     assert DecapPath.pinned_version(bpffs_dir) == DecapPath.version()
     with Datapath.create(bpffs_dir) as dp:
         assert dp.upgraded is None
+
+
+def test_a_change_of_meaning_needs_a_transform(bpffs_dir, monkeypatch):
+    """A map whose meaning moved is not copied member by member (the new program would read
+    old meanings): without a transform the upgrade is refused, with one it fills the map."""
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
+        entry = V.read_record(rec).entries[FLOWS]
+        V.write_record(rec, V.Version({FLOWS: V.Entry(entry.fingerprint, 0)}))
+    with pytest.raises(U.UpgradeRefused, match=f"what {FLOWS} holds changed meaning "
+                                               r"\(0 -> 1\) and this version has no way"):
+        U.upgrade(bpffs_dir)
+    seen = []
+    monkeypatch.setitem(U.TRANSFORMS, (FLOWS, 0, 1),
+                        lambda old, new: seen.append((old.name, new.name)))
+    result = U.upgrade(bpffs_dir)
+    assert [c.name for c in result.plan.migrating] == [FLOWS] and seen == [(FLOWS, FLOWS)]
+    assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
