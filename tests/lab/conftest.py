@@ -6,7 +6,9 @@ unique to this run, and the session's finalizer tears the lab down and then fail
 if any namespace or pin directory of that prefix is left.
 """
 
+import contextlib
 import os
+from typing import Iterator
 import subprocess
 
 import pytest
@@ -30,11 +32,13 @@ def leftovers(prefix: str):
     return names + pins
 
 
-@pytest.fixture(scope="session")
-def lab_session():
+@contextlib.contextmanager
+def lab_up(prefix: str) -> Iterator[Lab]:
+    """A lab of its own prefix, up; afterwards down, and a loud failure if anything of it
+    is left."""
     # CI runs as root: a lab test that cannot run must fail, not skip
     assert os.geteuid() == 0, "the lab tests need root (namespaces, XDP, bpffs)"
-    lab = Lab(PREFIX)
+    lab = Lab(prefix)
     try:
         lab.up()
         with netns.enter(lab.ns(CLIENT)):
@@ -44,8 +48,14 @@ def lab_session():
         yield lab
     finally:
         lab.down()
-        left = leftovers(PREFIX)
+        left = leftovers(prefix)
         assert not left, f"the lab tests left these behind: {', '.join(left)}"
+
+
+@pytest.fixture(scope="session")
+def lab_session():
+    with lab_up(PREFIX) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session")

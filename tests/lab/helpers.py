@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 from pyroute2 import NetNS
@@ -161,9 +161,14 @@ def held_posts(lab: Lab, family: int, sports: Sequence[int]) -> Iterator[List[He
             p.close()
 
 
-def read_to_end(sock: socket.socket, limit: int = 64 << 20) -> bytes:
+def read_to_end(sock: socket.socket, limit: int = 64 << 20,
+                deadline: Optional[float] = None) -> bytes:
+    """Everything until the peer closes (at most about `limit` bytes); with a `deadline`
+    (time.monotonic()), socket.timeout once it passed."""
     chunks, size = [], 0
     while size <= limit:
+        if deadline is not None:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
         chunk = sock.recv(65536)
         if not chunk:
             break

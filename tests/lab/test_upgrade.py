@@ -30,14 +30,14 @@ from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.datapath import Datapath, DecapPath, ForeignDatapath
 from pyxlb.datapath import upgrade as upgrade_mod
 from pyxlb.datapath.upgrade import KILL_ENV
-from pyxlb.lab import BACKENDS, HTTP_PORT, SEED, SEGMENT_MTU, VIP4, VIP6, Lab, node_addr
+from pyxlb.lab import BACKENDS, HTTP_PORT, SEED, SEGMENT_MTU, VIP4, VIP6, node_addr
 from pyxlb.lab.topology import ENCAP_SOURCE
 from pyxlb.state import DesiredState, Vip, VipKey
 
 from tests.support.release import build_release
 from tests.support.traffic import Opener, Streams, Verdict, stalled
 
-from .conftest import leftovers
+from .conftest import lab_up
 from .helpers import Ports
 
 PREFIX = f"u{os.getpid() % 100000}"
@@ -47,16 +47,9 @@ DRAINED = "be2"
 
 @pytest.fixture(scope="module")
 def ulab():
-    assert os.geteuid() == 0, "the lab tests need root (namespaces, XDP, bpffs)"
-    lab = Lab(PREFIX)
-    try:
-        lab.up()
+    with lab_up(PREFIX) as lab:
         lab.route_via("lb1")
         yield lab
-    finally:
-        lab.down()
-        left = leftovers(PREFIX)
-        assert not left, f"the upgrade tests left these behind: {', '.join(left)}"
 
 
 @pytest.fixture(scope="module")

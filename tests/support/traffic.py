@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pyxlb.lab import BACKENDS, CLIENT, HTTP_PORT, Lab
 
-from tests.lab.helpers import accepted_by, delta, tcp_counters, vip_addr
+from tests.lab.helpers import accepted_by, delta, read_to_end, tcp_counters, vip_addr
 
 # The client's TCP MIB counters that say a connection failed (/proc/net/snmp):
 # EstabResets: established connections closed by a reset; AttemptFails: connects that
@@ -143,7 +143,7 @@ class Stream:
             self.sock.settimeout(max(0.1, deadline - time.monotonic()))
             self.sock.sendall(body_bytes(self.sent, self.size - self.sent))
             self.sent = self.size
-            data = read_until(self.sock, deadline)
+            data = read_to_end(self.sock, 1 << 20, deadline)
         except OSError as exc:
             self.fail(failure_kind(exc))
             return
@@ -169,19 +169,6 @@ def stalled(before: Mapping[int, int], after: Mapping[int, int]) -> List[int]:
 def body_bytes(offset: int, count: int) -> bytes:
     """Bytes [offset, offset+count) of every body: a repeating pattern."""
     return bytes((offset + i) % 251 for i in range(count))
-
-
-def read_until(sock: socket.socket, deadline: float, limit: int = 1 << 20) -> bytes:
-    """Everything until the peer closes, by `deadline` (socket.timeout past it)."""
-    chunks, size = [], 0
-    while size <= limit:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 class Streams:
@@ -383,7 +370,7 @@ class Opener:
             r.slowest_connect = max(r.slowest_connect, time.monotonic() - started)
             try:
                 sock.sendall(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
-                data = read_until(sock, started + self.timeout)
+                data = read_to_end(sock, 1 << 20, started + self.timeout)
             except OSError as exc:
                 kind = failure_kind(exc)
                 r.failed(started, kind, AFTER_CONNECT.get(kind, "other"))
