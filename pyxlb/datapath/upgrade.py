@@ -38,6 +38,7 @@ import fcntl
 import mmap
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -127,6 +128,13 @@ class Plan:
         points += ["swapped", "merged"]
         points += [f"commit:{c.name}" for c in self.changes if c.action in ("migrate", "new")]
         return points + ["committed"]
+
+
+def _netns_marker() -> str:
+    """The name of the stage's marker of the network namespace the upgrade runs in (the
+    calling thread's: the interfaces it swaps are that namespace's)."""
+    ino = os.stat(f"/proc/self/task/{threading.get_native_id()}/ns/net").st_ino
+    return f"netns_{ino}"
 
 
 def _kill_point(step: str) -> None:
@@ -608,6 +616,7 @@ def _stage(plan: Plan, stage: str) -> Dict[str, "_bpf.Program"]:
         with V.new_record_map() as rec:
             V.write_record(rec, plan.new)
             rec.pin(os.path.join(stage, V.RECORD_MAP))
+        os.mkdir(os.path.join(stage, _netns_marker()))
         os.mkdir(os.path.join(stage, STAGED))
     except BaseException:
         for p in progs.values():
@@ -684,6 +693,12 @@ def resume(pin_dir: str) -> str:
     if os.path.isdir(os.path.join(stage, COMMITTING)):
         _commit(pin_dir, None)
         return "completed"
+    marks = [n for n in os.listdir(stage) if n.startswith("netns_")]
+    if marks and marks != [_netns_marker()]:
+        # whether its program runs can be seen only from the namespace it swapped in
+        raise UpgradeRefused(f"an upgrade of the datapath at {pin_dir} was interrupted in "
+                             f"another network namespace ({marks[0]}, by inode): complete "
+                             f"it there (`pyxlb --netns NAME upgrade`)")
     running = False
     if os.path.isdir(os.path.join(stage, STAGED)):
         for obj in objects:

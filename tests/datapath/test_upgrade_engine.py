@@ -248,3 +248,24 @@ def test_a_change_of_meaning_needs_a_transform(bpffs_dir, monkeypatch):
     result = U.upgrade(bpffs_dir)
     assert [c.name for c in result.plan.migrating] == [FLOWS] and seen == [(FLOWS, FLOWS)]
     assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
+
+
+def test_an_upgrade_interrupted_in_another_network_namespace_is_left_to_it(
+        bpffs_dir, variant_dir, monkeypatch, netns):
+    """Whether a staged program already runs can only be seen from the namespace whose
+    interfaces it was swapped on: elsewhere, the stage is neither completed nor rolled
+    back, and the refusal says where to finish it."""
+    from pyxlb import netns as netns_mod
+
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    with netns_mod.enter(netns):
+        plan = U.make_plan(bpffs_dir)
+        for p in U._stage(plan, os.path.join(bpffs_dir, U.STAGE_DIR)).values():
+            p.close()
+    with pytest.raises(U.UpgradeRefused, match="interrupted in another network namespace"):
+        U.upgrade(bpffs_dir)
+    assert U.interrupted(bpffs_dir)
+    with netns_mod.enter(netns):
+        assert U.upgrade(bpffs_dir).resumed == "rolled back"
+    assert not U.interrupted(bpffs_dir)
