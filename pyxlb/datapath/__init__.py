@@ -66,6 +66,7 @@ class Datapath(LoadedObject):
     def __init__(self, prog, maps, pin_dir):
         super().__init__(prog, maps, pin_dir)
         self.applier = Applier(self.tables, pin_dir)
+        self.applier.on_locked = self.check_current
         self.on_apply = None
         self.announce_mac = None
 

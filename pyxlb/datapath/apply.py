@@ -240,6 +240,9 @@ class Applier:
         self._layout: Optional[plan_mod.Layout] = None
         self._epoch: Optional[int] = None   # xlb_epoch when this process last read or wrote
         self._lock_depth = 0                # lock() held (re-entered by apply in editing)
+        # called once the lock is taken: Datapath raises there if an upgrade by another
+        # process replaced the pinned maps this object holds
+        self.on_locked: Optional[Callable[[], None]] = None
 
     def layout(self, refresh: bool = False) -> plan_mod.Layout:
         """What the maps hold, read back once (apply keeps it current afterwards); with
@@ -268,6 +271,8 @@ class Applier:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._lock_depth = 1
+            if self.on_locked is not None:
+                self.on_locked()
             yield
         finally:
             self._lock_depth = 0

@@ -178,6 +178,23 @@ class LoadedObject:
         names = [*cls.SPEC.maps.values(), cls.SPEC.object]
         return V.pinned(pin_dir, cls.SPEC.maps.values()).subset(names)
 
+    def check_current(self) -> None:
+        """ForeignDatapath if a map pinned at pin_dir is no longer the one this object holds:
+        an upgrade by another process migrated it since this one opened the datapath, and
+        what this object writes would reach no program (applies call this under the lock)."""
+        if not self.pin_dir:
+            return
+        for name in self.maps.names():
+            try:
+                with _bpf.Map.from_pinned(os.path.join(self.pin_dir, name)) as pinned:
+                    current = pinned.id == self.maps[name].id
+            except FileNotFoundError:
+                current = False
+            if not current:
+                raise ForeignDatapath(f"the datapath at {self.pin_dir} was upgraded by another "
+                                      f"process since this one opened it ({name} is another "
+                                      f"map now): restart this process")
+
     def _after_load(self) -> None:
         """What a kind of object sets up once its maps are loaded."""
 

@@ -269,3 +269,25 @@ def test_an_upgrade_interrupted_in_another_network_namespace_is_left_to_it(
     with netns_mod.enter(netns):
         assert U.upgrade(bpffs_dir).resumed == "rolled back"
     assert not U.interrupted(bpffs_dir)
+
+
+def test_a_process_holding_migrated_maps_cannot_apply_to_them(bpffs_dir, variant_dir,
+                                                             monkeypatch):
+    """A long-running process (pyxlb announce -f) that opened the datapath before another
+    process's upgrade migrated some maps would write where no program reads: its next
+    apply is refused instead; a process that opens the datapath afresh applies."""
+    from pyxlb.state import DesiredState
+
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    monkeypatch.setenv(DIR_ENV, variant_dir)
+    held = Datapath.create(bpffs_dir)               # upgraded: this one holds the variant's
+    try:
+        monkeypatch.delenv(DIR_ENV)
+        U.upgrade(bpffs_dir)                        # and back, by "another process"
+        with pytest.raises(ForeignDatapath, match="was upgraded by another process since "
+                                                  "this one opened it .* restart"):
+            held.apply(DesiredState(()))
+    finally:
+        held.close()
+    with Datapath.open(bpffs_dir) as fresh:
+        fresh.apply(DesiredState(()))
