@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import click
 
@@ -168,7 +168,7 @@ def status(as_json: bool) -> None:
       pyxlb status
       pyxlb --pin-dir /sys/fs/bpf/lb2 status --json
     """
-    pending = _pending_upgrade()
+    pending, version = _pending_upgrade()
     if pending is not None:
         if as_json:
             echo_json(pending)
@@ -179,7 +179,7 @@ def status(as_json: bool) -> None:
                        f": `pyxlb upgrade`, or the agent's next start, does it under traffic")
         return
     with opened() as dp:
-        data = _status(dp)
+        data = _status(dp, version)
     if as_json:
         echo_json(data)
         return
@@ -211,24 +211,25 @@ def status(as_json: bool) -> None:
     click.echo(table(("MAP", "ENTRIES", "MAX", "USED"), rows, right=(1, 2, 3)))
 
 
-def _pending_upgrade() -> Optional[dict]:
-    """What status shows of a datapath this version cannot read yet (another version's, or
-    one whose upgrade was interrupted); None when it can be read (or there is none)."""
+def _pending_upgrade() -> Tuple[Optional[dict], str]:
+    """(what status shows of a datapath this version cannot read yet, another version's or
+    one whose upgrade was interrupted: None when it can be read or there is none; the
+    version pinned)."""
     where = os.path.abspath(current_pin_dir())
     try:
         if not Datapath.exists(where):
-            return None
+            return None, ""
         interrupted = upgrade_mod.interrupted(where)
         have, want = upgrade_mod.versions(where)
     except FAILURES as exc:
         raise Fail(one_line(exc)) from None
     if have == want and not interrupted:
-        return None
+        return None, str(have)
     return {"pin_dir": where, "version": str(have), "this_version": str(want),
-            "upgrade_needed": True, "interrupted": interrupted}
+            "upgrade_needed": True, "interrupted": interrupted}, str(have)
 
 
-def _status(dp: Datapath) -> dict:
+def _status(dp: Datapath, version: str) -> dict:
     cfg = dp.config()
     layout = dp.layout()
     maps = {}
@@ -249,7 +250,7 @@ def _status(dp: Datapath) -> dict:
                      "vips": dc.maps.decap_vips.count()}
     return {
         "pin_dir": dp.pin_dir,
-        "version": str(upgrade_mod.versions(dp.pin_dir)[0]),
+        "version": version,
         "program_id": dp.prog.id,
         "interfaces": dp.interfaces(),
         "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],

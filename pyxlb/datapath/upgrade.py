@@ -89,6 +89,7 @@ class Plan:
     changes: List[MapChange]
     programs: Dict[str, bool]           # object -> its program changes
     interfaces: Dict[str, List[dict]] = field(default_factory=dict)   # object -> running
+    layouts: Dict[str, dict] = field(default_factory=dict)   # map -> the new object's layout
 
     @property
     def needed(self) -> bool:
@@ -231,15 +232,19 @@ def make_plan(pin_dir: str, count: bool = False) -> Plan:
         with _bpf.Program.from_pinned(prog_pin(k, pin_dir)) as prog:
             interfaces[obj] = interfaces_running(prog.id)
     plan = Plan(pin_dir, kinds, old, new, changes, programs, interfaces)
+    migrating = {c.name for c in plan.migrating}
+    for k in kinds:                     # each object opened once for the maps it migrates
+        with _bpf.BpfObject.open(object_path(k.object)) as obj:
+            plan.layouts.update({name: obj.map_layout(name) for name in k.maps.values()
+                                 if name in migrating and name not in plan.layouts})
     for c in plan.migrating:
-        if _transform(plan, c.name) is None and _meanings(plan, c.name)[0] != \
-                _meanings(plan, c.name)[1]:
-            was, now = _meanings(plan, c.name)
+        was, now = _meanings(plan, c.name)
+        if was != now and _transform(plan, c.name) is None:
             raise UpgradeRefused(f"cannot upgrade the datapath at {pin_dir} from version {old} "
                                  f"to {new}: what {c.name} holds changed meaning ({was} -> "
                                  f"{now}) and this version has no way to carry it over")
         with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as m:
-            if _transform(plan, c.name) is None:
+            if was == now:
                 _check_translatable(plan, c.name, m)
             if count:
                 c.entries = _entries(m)
@@ -268,14 +273,6 @@ def _why(pin_dir: str, name: str, old: V.Version, new: V.Version) -> str:
     return "its layout changed"
 
 
-def _new_layout(plan: Plan, name: str) -> dict:
-    for k in plan.kinds:
-        if name in k.maps.values():
-            with _bpf.BpfObject.open(object_path(k.object)) as obj:
-                return obj.map_layout(name)
-    raise KeyError(name)
-
-
 def _inner_layout(outer: "_bpf.Map") -> Optional[dict]:
     for slot in _filled_slots(outer):
         with outer.inner_map(slot) as inner:
@@ -291,7 +288,7 @@ def _record_ops(name: str, old: dict, new: dict):
 
 
 def _check_translatable(plan: Plan, name: str, m: "_bpf.Map") -> None:
-    new = _new_layout(plan, name)
+    new = plan.layouts[name]
     try:
         if (m.type, bool(m.is_outer)) != (new["type"], new["inner"] is not None):
             raise Untranslatable(f"{name} changed its map type ({m.type} -> {new['type']})")
@@ -558,7 +555,7 @@ def _run(plan: Plan, result: Result) -> None:
                 if fill is not None:
                     fill(old, new)          # its merge, if any, is the transform's business
                 else:
-                    snaps[c.name] = copy_map(c.name, old, new, _new_layout(plan, c.name))
+                    snaps[c.name] = copy_map(c.name, old, new, plan.layouts[c.name])
         t = _timed(result, "migrate", t)
         _kill_point("migrated")
     except BaseException:
@@ -585,7 +582,7 @@ def _run(plan: Plan, result: Result) -> None:
             with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
                 result.merged += merge(c.name, old, new, snaps.get(c.name),
-                                       _new_layout(plan, c.name))
+                                       plan.layouts[c.name])
     t = _timed(result, "merge", t)
     _kill_point("merged")
     _commit(pin_dir, {name for k in plan.kinds for name in k.maps.values()})

@@ -25,9 +25,8 @@ from pyroute2 import NetNS
 from pyxlb.k8s import objects as o
 from pyxlb.lab import CLIENT, ROUTER, VIP4, node_addr, scenarios
 
-from tests.support.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab
+from tests.support.k8slab import AUTO_VIP4, HEALTH_CHECK_PORT, KNODES, KubeLab, agent_refusals
 
-AGENT = "system:serviceaccount:pyxlb-system:pyxlb-agent"
 SHOP = "shop"               # the Local Service's namespace (the docs' example: default)
 
 CONNECTIONS = 300
@@ -77,8 +76,7 @@ def installed(lab):
         for node in KNODES:
             start_agent(lab, api, node)
         yield lab, api
-        refused = [r.attributes.describe() for r in api.audit
-                   if r.user == AGENT and not r.allowed]
+        refused = agent_refusals(api)
         assert refused == [], f"deploy/rbac.yaml refused the agents: {refused}"
     finally:
         if api is not None:

@@ -27,11 +27,10 @@ from pyxlb.errors import PyxlbError
 from pyxlb.k8s import objects as o
 from pyxlb.lab import VIP4, node_addr
 
-from tests.support.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab
+from tests.support.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab, agent_refusals
 from tests.support.release import Release, build_release
 from tests.support.traffic import Opener, Streams, Verdict, stalled
 
-AGENT = "system:serviceaccount:pyxlb-system:pyxlb-agent"
 AGENT_ARGS = ("--lease-duration", "2")
 SHOP, WEB = "shop", "web"
 VIP_KEY = f"{VIP4}:80/tcp"
@@ -87,8 +86,7 @@ def rollout():
         for node in KNODES:
             lab.start_process(node, api, *AGENT_ARGS, env=release.env())
         yield lab, api, release
-        refused = [r.attributes.describe() for r in api.audit
-                   if r.user == AGENT and not r.allowed]
+        refused = agent_refusals(api)
         assert refused == [], f"deploy/rbac.yaml refused the agents: {refused}"
     finally:
         if api is not None:

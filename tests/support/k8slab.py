@@ -55,6 +55,12 @@ KNODES = ("n1", "n2", "n3")
 HEALTH_CHECK_PORT = 32000
 # Where deploy/rbac.yaml puts the agent's ServiceAccount.
 AGENT_NAMESPACE, AGENT_ACCOUNT = "pyxlb-system", "pyxlb-agent"
+AGENT_USER = f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_ACCOUNT}"
+
+
+def agent_refusals(api) -> List[str]:
+    """What the stand-in's RBAC (deploy/rbac.yaml) refused the agents, described."""
+    return [r.attributes.describe() for r in api.audit if r.user == AGENT_USER and not r.allowed]
 # The address the lab's automatic pool hands out (VIP4 itself is asked for by name): both
 # are on every node's loopback and routed by the router to n1, like VIP4.
 AUTO_VIP4 = ipaddress.ip_address("10.77.100.11")
