@@ -1,0 +1,555 @@
+"""The health checker: probes, the up/down state machine, and the one loop that runs them.
+
+Every (VIP, backend) with a check (`Vip.health_for(backend)`, type tcp or http) is a
+Target. The loop is a plain epoll loop on one thread (no asyncio: a check is a few
+non-blocking syscalls, and a hand-made loop spends the least CPU between them):
+
+- **tcp**: the connection is established within the timeout;
+- **http**: then `GET path HTTP/1.0` with `Host:` the VIP, and a status line whose code is
+  in `expect` (e.g. "200-399", "200,204"), within the same timeout.
+
+A check through the tunnel binds its socket, registers it with the Tunnel (tc programs
+then address its packets to the VIP and encapsulate them to the backend as the balancer
+does) and connects to the backend's address; a direct check just connects there. Every
+check socket is closed with SO_LINGER 0: the connection ends with a RST and leaves no
+TIME_WAIT behind (a thousand checks a second would otherwise keep 60,000 sockets in it).
+
+Checks are spread over the interval: each target's first check is at a random point of
+its first interval, the next ones an interval (±5%) after the previous start, so 1,000
+targets at 1 s make about one check per millisecond, not a burst each second. At most
+`max_in_flight` checks run at once; a check that finds the previous one of its target
+still running is skipped.
+
+The state machine: `fall` failures in a row turn an up target down, `rise` successes in a
+row a down one up. A target starts with the verdict the datapath holds (a restarted
+checker goes on from the last known states), and up when it was never checked. A change
+is logged once, counted, and handed to `on_change` with every other change of the same
+loop turn, so changes that happen together are applied together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import heapq
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+log = logging.getLogger("pyxlb.health")
+
+TYPES = ("tcp", "http")                 # the checks that probe; "none" checks nothing
+LINGER_RST = struct.pack("ii", 1, 0)    # SO_LINGER on, 0 s: close() sends a RST
+MAX_STATUS_LINE = 4096                  # an HTTP reply's first line must come within this
+DEFAULT_MAX_IN_FLIGHT = 512
+JITTER = 0.05                           # each interval is drawn from interval × (1 ± JITTER)
+SLOT = 0.005                            # a loop turn lasts at least this long (see turn())
+
+_EVENT_READ = select.EPOLLIN
+_EVENT_WRITE = select.EPOLLOUT
+_EVENT_BAD = select.EPOLLERR | select.EPOLLHUP
+
+
+class ExpectError(ValueError):
+    pass
+
+
+def parse_expect(text) -> Tuple[Tuple[int, int], ...]:
+    """HTTP status codes accepted, "200-399" or "200,204,300-308", as (low, high) ranges."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        low, sep, high = part.partition("-")
+        try:
+            lo = int(low)
+            hi = int(high) if sep else lo
+        except ValueError:
+            raise ExpectError(f"expect: {text!r} is not a list of status codes and "
+                              f"ranges (e.g. 200-399 or 200,204)") from None
+        if not 100 <= lo <= hi <= 599:
+            raise ExpectError(f"expect: {part!r} is not a range of status codes 100-599")
+        out.append((lo, hi))
+    if not out:
+        raise ExpectError("expect: empty")
+    return tuple(out)
+
+
+def _reason(err: int) -> str:
+    """An errno as a check's reason: "connection refused", "no route to host"."""
+    return os.strerror(err).lower() if err else "failed"
+
+
+class Target:
+    """One (VIP, backend) and what its checks found (every field is read by status())."""
+
+    __slots__ = ("key", "vip", "backend", "spec", "mode", "family", "addr", "port", "via",
+                 "request", "expect", "up", "successes", "failures", "since", "last_ok",
+                 "last_check", "last_error", "last_seconds", "checks", "failed_checks",
+                 "transitions", "probe", "due", "prepared")
+
+    def __init__(self, vip, backend, spec, up: bool, now_wall: float):
+        self.key = (vip.key, backend.address)
+        self.up = up
+        self.successes = self.failures = 0
+        self.since = now_wall           # wall time of the last transition (or of the start)
+        self.last_ok: Optional[bool] = None
+        self.last_check: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.last_seconds: Optional[float] = None
+        self.checks = self.failed_checks = 0
+        self.transitions = {"up": 0, "down": 0}
+        self.probe: Optional["_Probe"] = None
+        self.due = 0.0
+        self.prepared = False
+        self.configure(vip, backend, spec)
+
+    def configure(self, vip, backend, spec) -> None:
+        """Take (possibly new) settings; the verdict and the counts stay."""
+        self.vip, self.backend, self.spec = vip, backend, spec
+        self.mode = vip.mode
+        self.via = getattr(spec, "via", "tunnel")
+        self.port = spec.port if getattr(spec, "port", None) else vip.key.port
+        self.addr = str(backend.address)
+        self.family = socket.AF_INET if backend.address.version == 4 else socket.AF_INET6
+        self.expect = parse_expect(getattr(spec, "expect", "200-399"))
+        if spec.type == "http":
+            host = vip.key.address
+            host = f"[{host}]" if host.version == 6 else str(host)
+            if self.port != 80:
+                host += f":{self.port}"
+            path = getattr(spec, "path", None) or "/"
+            self.request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
+                            f"User-Agent: pyxlb-health\r\nConnection: close\r\n\r\n").encode()
+        else:
+            self.request = None
+
+    @property
+    def name(self) -> str:
+        return f"VIP {self.key[0]} backend {self.key[1]}"
+
+    def status(self) -> dict:
+        """Plain data for `pyxlb health`, the status file and the metrics."""
+        spec = self.spec
+        return {"vip": str(self.key[0]), "backend": str(self.key[1]), "type": spec.type,
+                "via": self.via, "port": self.port,
+                "path": getattr(spec, "path", None) if spec.type == "http" else None,
+                "interval": spec.interval, "timeout": spec.timeout, "rise": spec.rise,
+                "fall": spec.fall, "verdict": "up" if self.up else "down",
+                "since": self.since, "last_check": self.last_check,
+                "last_result": None if self.last_ok is None else
+                ("ok" if self.last_ok else "fail"),
+                "last_error": self.last_error, "last_seconds": self.last_seconds,
+                "successes": self.successes, "failures": self.failures,
+                "checks": self.checks, "failed_checks": self.failed_checks,
+                "transitions": dict(self.transitions)}
+
+
+class _Probe:
+    """One check in flight."""
+
+    __slots__ = ("target", "sock", "fd", "started", "deadline", "buf", "sent", "tunneled")
+
+    def __init__(self, target: Target, sock: socket.socket, started: float):
+        self.target = target
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.started = started
+        self.deadline = started + target.spec.timeout
+        self.buf = b""
+        self.sent = False
+        self.tunneled = False
+
+
+class Change:
+    """A verdict that changed: target's key, the new verdict, the reason."""
+
+    __slots__ = ("key", "up", "reason")
+
+    def __init__(self, key, up: bool, reason: str):
+        self.key, self.up, self.reason = key, up, reason
+
+    def __repr__(self):
+        return f"Change({self.key[0]} {self.key[1]} -> {'up' if self.up else 'down'})"
+
+
+class Checker:
+    """Runs the checks of every target on one epoll loop (see the module docstring).
+
+    `tunnel`: a pyxlb.health.tunnel.Tunnel (or None: checks through the tunnel fail with
+    `tunnel_error` as their reason). `on_change(changes)`: called on the loop's thread with
+    a list of Change, every time some verdicts changed. `on_tick()`: called on the loop's
+    thread every `tick` seconds (the service refreshes the targets and writes its status
+    file there). `on_result(target, ok, seconds)`: after each check (metrics)."""
+
+    def __init__(self, *, tunnel=None, tunnel_error: str = "no tunnel",
+                 on_change: Optional[Callable[[List[Change]], None]] = None,
+                 on_tick: Optional[Callable[[], None]] = None, tick: float = 1.0,
+                 on_result: Optional[Callable[[Target, bool, float], None]] = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, slot: float = SLOT,
+                 rng: Optional[random.Random] = None):
+        self.tunnel = tunnel
+        self.slot = slot
+        self.tunnel_error = tunnel_error
+        self.on_change = on_change
+        self.on_tick = on_tick
+        self.on_result = on_result
+        self.tick = tick
+        self.max_in_flight = max_in_flight
+        self.rng = rng or random.Random()
+        self.targets: Dict[tuple, Target] = {}
+        self.lock = threading.Lock()        # targets: updated here, read by other threads
+        self._due: List[Tuple[float, int, Target]] = []      # heap: next check of targets
+        self._deadlines: List[Tuple[float, int, _Probe]] = []   # heap: probes' timeouts
+        self._inflight: Dict[int, _Probe] = {}                   # fd -> probe
+        self._seq = 0
+        self._changes: List[Change] = []
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ep.register(self._wake_r, _EVENT_READ)
+        self._stop = False
+        self._pending_state = None
+        self._next_tick = 0.0
+
+    # -- the targets ----------------------------------------------------------------------
+
+    def set_state(self, state) -> None:
+        """Check what `state` (a DesiredState, read back from the datapath) asks for, from
+        any thread: taken up by the loop at its next turn."""
+        self._pending_state = state
+        self.wake()
+
+    def update(self, state, now: Optional[float] = None) -> Tuple[int, int]:
+        """Make the targets those of `state` (on the loop's thread, or before run): new
+        ones start with the verdict the state holds (`Backend.down`), existing ones keep
+        theirs and take new settings. Returns (targets added, targets removed)."""
+        now = time.monotonic() if now is None else now
+        wall = time.time()
+        seen = set()
+        added = 0
+        with self.lock:
+            for vip in state:
+                for b in vip.backends:
+                    spec = vip.health_for(b)
+                    if spec is None or spec.type not in TYPES:
+                        continue
+                    key = (vip.key, b.address)
+                    seen.add(key)
+                    t = self.targets.get(key)
+                    if t is None:
+                        t = Target(vip, b, spec, not getattr(b, "down", False), wall)
+                        self.targets[key] = t
+                        self._schedule(t, now + self.rng.random() * spec.interval)
+                        added += 1
+                    elif t.spec != spec or t.vip.mode != vip.mode:
+                        t.configure(vip, b, spec)
+                        t.prepared = False
+                        self._schedule(t, now + self.rng.random() * spec.interval)
+                    else:
+                        t.vip, t.backend = vip, b
+            gone = [k for k in self.targets if k not in seen]
+            for k in gone:
+                t = self.targets.pop(k)
+                t.due = -1.0            # its heap entries are dropped when they come up
+                if t.probe is not None:
+                    self._finish(t.probe, None, None, count=False)
+        return added, len(gone)
+
+    def _schedule(self, t: Target, when: float) -> None:
+        t.due = when
+        self._seq += 1
+        heapq.heappush(self._due, (when, self._seq, t))
+
+    # -- running --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        """End run() (from any thread)."""
+        self._stop = True
+        self.wake()
+
+    def run(self) -> None:
+        """Check until stop(); then close every socket in flight."""
+        self._next_tick = time.monotonic()
+        try:
+            while not self._stop:
+                self.turn()
+        finally:
+            for probe in list(self._inflight.values()):
+                self._finish(probe, None, None, count=False)
+
+    def turn(self, max_wait: float = 1.0) -> None:
+        """One turn of the loop: start the checks that are due, time out the late ones,
+        wait for sockets (at most until the next due time), handle what they say, and
+        report the changes.
+
+        A turn lasts at least `slot` seconds: what becomes due or ready meanwhile waits
+        for the next turn, so that a busy checker handles a few sockets per turn instead
+        of paying a turn for each (times are then measured to within a slot)."""
+        now = started = time.monotonic()
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.update(state, now)
+        if now >= self._next_tick and self.on_tick is not None:
+            self._next_tick = now + self.tick
+            try:
+                self.on_tick()
+            except Exception:       # a failing tick must not stop the checks
+                log.exception("health: periodic work failed")
+            now = time.monotonic()
+        self._start_due(now)
+        self._expire(now)
+        wait = max_wait
+        if self._due and len(self._inflight) < self.max_in_flight:
+            wait = min(wait, self._due[0][0] - now)
+        if self._deadlines:
+            wait = min(wait, self._deadlines[0][0] - now)
+        if self.on_tick is not None:
+            wait = min(wait, self._next_tick - now)
+        if self._changes:
+            wait = 0
+        events = self._ep.poll(max(0.0, wait), 256)
+        for fd, ev in events:
+            probe = self._inflight.get(fd)
+            if probe is not None:
+                self._event(probe, ev)
+            elif fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+        if self._changes:
+            changes, self._changes = self._changes, []
+            if self.on_change is not None:
+                try:
+                    self.on_change(changes)
+                except Exception:
+                    log.exception("health: applying %d verdict changes failed", len(changes))
+        rest = started + self.slot - time.monotonic()
+        if rest > 0 and not self._stop:
+            time.sleep(rest)
+
+    def _start_due(self, now: float) -> None:
+        due = self._due
+        while due and due[0][0] <= now and len(self._inflight) < self.max_in_flight:
+            when, _, t = heapq.heappop(due)
+            if t.due != when:
+                continue            # rescheduled or removed since
+            interval = t.spec.interval
+            nxt = when + interval * (1.0 + JITTER * (2.0 * self.rng.random() - 1.0))
+            if nxt <= now:          # far behind (a stalled loop): start a fresh phase
+                nxt = now + self.rng.random() * interval
+            self._schedule(t, nxt)
+            if t.probe is None:
+                self._start(t, now)
+
+    def _start(self, t: Target, now: float) -> None:
+        try:
+            sock = socket.socket(t.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            self._result(t, False, f"socket: {_reason(exc.errno)}", 0.0)
+            return
+        probe = _Probe(t, sock, now)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            if t.via == "tunnel":
+                if self.tunnel is None:
+                    raise _Refused(f"through the tunnel: {self.tunnel_error}")
+                if not t.prepared:
+                    self.tunnel.prepare(t.vip, t.backend, t.mode)
+                    t.prepared = True
+                sock.bind(("0.0.0.0", 0) if t.family == socket.AF_INET else ("::", 0))
+                self.tunnel.register(sock, t.vip, t.backend, t.mode)
+                probe.tunneled = True
+            err = sock.connect_ex((t.addr, t.port))
+        except _Refused as exc:
+            self._close(probe)
+            self._result(t, False, str(exc), 0.0)
+            return
+        except OSError as exc:
+            self._close(probe)
+            self._result(t, False, _reason(exc.errno), 0.0)
+            return
+        except Exception as exc:        # the tunnel refused (PyxlbError: mixed families...)
+            self._close(probe)
+            self._result(t, False, f"through the tunnel: {exc}", 0.0)
+            return
+        if err not in (0, errno.EINPROGRESS):
+            self._close(probe)
+            self._result(t, False, _reason(err), 0.0)
+            return
+        t.probe = probe
+        self._inflight[probe.fd] = probe
+        self._ep.register(probe.fd, _EVENT_WRITE)
+        self._seq += 1
+        heapq.heappush(self._deadlines, (probe.deadline, self._seq, probe))
+
+    def _expire(self, now: float) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, _, probe = heapq.heappop(dl)
+            if self._inflight.get(probe.fd) is probe:
+                what = "no status line" if probe.sent else "no connection"
+                self._finish(probe, False,
+                             f"timed out after {probe.target.spec.timeout:g} s ({what})")
+
+    def _event(self, probe: _Probe, ev: int) -> None:
+        t = probe.target
+        sock = probe.sock
+        if not probe.sent:              # connecting
+            if ev & _EVENT_BAD:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                self._finish(probe, False, _reason(err))
+                return
+            if t.request is None:
+                self._finish(probe, True, None)
+                return
+            try:
+                sock.send(t.request)
+            except OSError as exc:
+                self._finish(probe, False, _reason(exc.errno))
+                return
+            probe.sent = True
+            self._ep.modify(probe.fd, _EVENT_READ)
+            return
+        try:
+            chunk = sock.recv(MAX_STATUS_LINE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(probe, False, _reason(exc.errno))
+            return
+        if not chunk:
+            self._finish(probe, False, "connection closed before a status line")
+            return
+        probe.buf += chunk
+        end = probe.buf.find(b"\r\n")
+        if end < 0:
+            end = probe.buf.find(b"\n")
+        if end < 0:
+            if len(probe.buf) >= MAX_STATUS_LINE:
+                self._finish(probe, False, "no status line in the first 4 KiB")
+            return
+        self._finish(probe, *_judge(probe.buf[:end], t.expect))
+
+    def _finish(self, probe: _Probe, ok: Optional[bool], error: Optional[str],
+                count: bool = True) -> None:
+        """End a probe: close its socket; with `count`, record its result."""
+        self._inflight.pop(probe.fd, None)
+        t = probe.target
+        if t.probe is probe:
+            t.probe = None
+        self._close(probe)
+        if count and ok is not None:
+            self._result(t, ok, error, time.monotonic() - probe.started)
+
+    def _close(self, probe: _Probe) -> None:
+        if probe.tunneled:
+            probe.tunneled = False
+            try:
+                self.tunnel.unregister(probe.sock)
+            except Exception as exc:
+                log.warning("health: %s: unregistering a check socket: %s",
+                            probe.target.name, exc)
+        probe.sock.close()      # also takes it out of the epoll set
+
+    # -- the state machine -------------------------------------------------------------------
+
+    def _result(self, t: Target, ok: bool, error: Optional[str], seconds: float) -> None:
+        if t.due < 0:
+            return              # removed while its check ran
+        t.checks += 1
+        t.last_ok = ok
+        t.last_check = time.time()
+        t.last_seconds = seconds
+        spec = t.spec
+        if ok:
+            t.successes += 1
+            t.failures = 0
+            if not t.up and t.successes >= spec.rise:
+                self._transition(t, True, f"{t.successes} successes")
+        else:
+            t.failed_checks += 1
+            t.last_error = error
+            t.failures += 1
+            t.successes = 0
+            if t.up and t.failures >= spec.fall:
+                self._transition(t, False, f"{t.failures} failures: {error}")
+        if self.on_result is not None:
+            self.on_result(t, ok, seconds)
+
+    def _transition(self, t: Target, up: bool, reason: str) -> None:
+        t.up = up
+        t.since = time.time()
+        to = "up" if up else "down"
+        t.transitions[to] += 1
+        log.warning("health: %s: %s -> %s (%s check%s: %s)", t.name,
+                    "down" if up else "up", to, t.spec.type,
+                    "" if t.via == "tunnel" else f" {t.via}", reason)
+        self._changes.append(Change(t.key, up, reason))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def status(self) -> List[dict]:
+        """Every target's status (Target.status), in VIP then backend order."""
+        with self.lock:
+            targets = list(self.targets.values())
+        return [t.status() for t in sorted(targets, key=_order)]
+
+    def verdicts(self) -> Dict[tuple, bool]:
+        """{(VipKey, backend address): up}."""
+        with self.lock:
+            return {k: t.up for k, t in self.targets.items()}
+
+    def close(self) -> None:
+        for probe in list(self._inflight.values()):
+            self._finish(probe, None, None, count=False)
+        self._ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _order(t: Target):
+    return (t.key[0], t.key[1].version, t.key[1])
+
+
+def _judge(line: bytes, expect) -> Tuple[bool, Optional[str]]:
+    """(passed, why not) of an HTTP status line against the accepted codes."""
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False, f"not an HTTP status line: {line[:40]!r}"
+    code = int(parts[1])
+    if any(lo <= code <= hi for lo, hi in expect):
+        return True, None
+    return False, f"HTTP {code}"
+
+
+def changed_state(state, changes: Iterable[Change]):
+    """`state` with the verdicts of `changes` set (Backend.down), or None if none of them
+    changes a backend it still has."""
+    wanted = {c.key: not c.up for c in changes}
+    vips = []
+    touched = False
+    for vip in state:
+        backends = tuple(dataclasses.replace(b, down=wanted[(vip.key, b.address)])
+                         if wanted.get((vip.key, b.address), b.down) != b.down else b
+                         for b in vip.backends)
+        if any(x is not y for x, y in zip(backends, vip.backends)):
+            touched = True
+            vip = vip.replace(backends=backends)
+        vips.append(vip)
+    return type(state)(tuple(vips)) if touched else None
