@@ -83,6 +83,17 @@ BACKEND_ACTIVE = XLB_BACKEND_ACTIVE
 BACKEND_DRAINING = XLB_BACKEND_DRAINING
 BACKEND_LOCAL = XLB_BACKEND_LOCAL
 
+HEALTH_VIP = XLB_HEALTH_VIP
+HEALTH_PATH_MAX = XLB_HEALTH_PATH_MAX
+HEALTH_UNCHECKED = XLB_HEALTH_UNCHECKED
+HEALTH_UP = XLB_HEALTH_UP
+HEALTH_DOWN = XLB_HEALTH_DOWN
+HEALTH_TCP = XLB_HEALTH_TCP
+HEALTH_HTTP = XLB_HEALTH_HTTP
+HEALTH_NONE = XLB_HEALTH_NONE
+HEALTH_F_DIRECT = XLB_HEALTH_F_DIRECT
+HEALTH_F_GONE = XLB_HEALTH_F_GONE
+
 CFG_DECAP_CHECK_SOURCE = XLB_CFG_DECAP_CHECK_SOURCE
 
 MTU_DEFAULT = XLB_MTU_DEFAULT
@@ -168,6 +179,7 @@ SIZES = {
     "xlb_flowset4": sizeof(xlb_flowset4),
     "xlb_member_key": sizeof(xlb_member_key),
     "xlb_member": sizeof(xlb_member),
+    "xlb_health_spec": sizeof(xlb_health_spec),
     "xlb_counters": sizeof(xlb_counters),
     "xlb_lpm_key": sizeof(xlb_lpm_key),
     "xlb_src_range_key": sizeof(xlb_src_range_key),
@@ -564,12 +576,14 @@ def unpack_member_key(data):
     return {"vip_id": k.vip_id, "backend_id": k.backend_id}
 
 
-def pack_member(weight, state):
-    """struct xlb_member: the control plane's record of a VIP's backend."""
+def pack_member(weight, state, health=XLB_HEALTH_UNCHECKED):
+    """struct xlb_member: the control plane's record of a VIP's backend (health: the
+    HEALTH_UNCHECKED / _UP / _DOWN verdict)."""
     cdef xlb_member m
     memset(&m, 0, sizeof(m))
     m.weight = _uint(weight, 32, "weight")
     m.state = _uint(state, 8, "state")
+    m.health = _uint(health, 8, "health")
     return _out(&m, sizeof(m))
 
 
@@ -577,7 +591,48 @@ def unpack_member(data):
     cdef xlb_member m
     data = _as_bytes(data)
     memcpy(&m, _input(data, sizeof(m), "xlb_member"), sizeof(m))
-    return {"weight": m.weight, "state": m.state}
+    return {"weight": m.weight, "state": m.state, "health": m.health}
+
+
+# -- struct xlb_health_spec -------------------------------------------------------------
+
+def pack_health_spec(type, flags=0, port=0, interval_ms=0, timeout_ms=0, rise=0, fall=0,
+                     expect_lo=0, expect_hi=0, path=b""):
+    """struct xlb_health_spec: how a VIP's (or one backend's) health is checked. `path`:
+    bytes, at most HEALTH_PATH_MAX (its length goes in path_len, the rest is zero)."""
+    cdef xlb_health_spec h
+    cdef bytes p
+    if isinstance(path, str) or isinstance(path, int):
+        raise TypeError(f"path must be bytes, not {path.__class__.__name__}")
+    p = bytes(path)
+    if len(p) > XLB_HEALTH_PATH_MAX:
+        raise ValueError(f"path is {len(p)} bytes, more than {XLB_HEALTH_PATH_MAX}")
+    memset(&h, 0, sizeof(h))
+    h.type = _uint(type, 8, "type")
+    h.flags = _uint(flags, 8, "flags")
+    h.port = _uint(port, 16, "port")
+    h.interval_ms = _uint(interval_ms, 32, "interval_ms")
+    h.timeout_ms = _uint(timeout_ms, 32, "timeout_ms")
+    h.rise = _uint(rise, 8, "rise")
+    h.fall = _uint(fall, 8, "fall")
+    h.expect_lo = _uint(expect_lo, 16, "expect_lo")
+    h.expect_hi = _uint(expect_hi, 16, "expect_hi")
+    h.path_len = len(p)
+    memcpy(h.path, <const char *>p, len(p))
+    return _out(&h, sizeof(h))
+
+
+def unpack_health_spec(data):
+    cdef xlb_health_spec h
+    data = _as_bytes(data)
+    memcpy(&h, _input(data, sizeof(h), "xlb_health_spec"), sizeof(h))
+    if h.path_len > XLB_HEALTH_PATH_MAX:
+        raise ValueError(f"xlb_health_spec: path_len {h.path_len} is more than "
+                         f"{XLB_HEALTH_PATH_MAX}")
+    return {"type": h.type, "flags": h.flags, "port": h.port, "interval_ms": h.interval_ms,
+            "timeout_ms": h.timeout_ms, "rise": h.rise, "fall": h.fall,
+            "expect_lo": h.expect_lo, "expect_hi": h.expect_hi,
+            "path": _b(h.path, h.path_len)}
 
 
 # -- struct xlb_counters ----------------------------------------------------------------

@@ -49,6 +49,16 @@ cdef extern from "consts.h":
         XLB_BACKEND_ACTIVE
         XLB_BACKEND_DRAINING
         XLB_BACKEND_LOCAL
+        # health checks: struct xlb_member.health, struct xlb_health_spec
+        XLB_HEALTH_PATH_MAX
+        XLB_HEALTH_UNCHECKED
+        XLB_HEALTH_UP
+        XLB_HEALTH_DOWN
+        XLB_HEALTH_TCP
+        XLB_HEALTH_HTTP
+        XLB_HEALTH_NONE
+        XLB_HEALTH_F_DIRECT
+        XLB_HEALTH_F_GONE
         # struct xlb_config.flags
         XLB_CFG_DECAP_CHECK_SOURCE
         # packet limits
@@ -60,6 +70,7 @@ cdef extern from "consts.h":
 
     # 0xFFFFFFFFu: typed, so Python sees 4294967295 and not an int's -1
     const uint32_t XLB_RING_EMPTY
+    const uint32_t XLB_HEALTH_VIP
 
     enum xlb_stat:
         XLB_STAT_PASS_NOT_VIP
@@ -176,6 +187,20 @@ cdef extern from "structs.h":
     struct xlb_member:
         uint32_t weight
         uint8_t state
+        uint8_t health
+
+    struct xlb_health_spec:
+        uint8_t type
+        uint8_t flags
+        uint16_t port
+        uint32_t interval_ms
+        uint32_t timeout_ms
+        uint8_t rise
+        uint8_t fall
+        uint16_t expect_lo
+        uint16_t expect_hi
+        uint8_t path_len
+        uint8_t path[1]         # XLB_HEALTH_PATH_MAX of them: sizeof() comes from the header
 
     struct xlb_counters:
         uint64_t packets

@@ -40,8 +40,10 @@ from yaml.resolver import BaseResolver
 
 from .announce.bgp import schema as bgp_schema
 from .errors import PyxlbError
-from .state import (AFFINITIES, BACKEND_STATES, MAX_WEIGHT, MODES, RING_SIZE_DEFAULT,
-                    RING_SIZE_MAX, Backend, DesiredState, StateError, Vip, VipKey)
+from .state import (AFFINITIES, BACKEND_STATES, HEALTH_COUNT_MAX, HEALTH_INTERVAL,
+                    HEALTH_ON_FAIL, HEALTH_PATH_MAX, HEALTH_TYPES, HEALTH_VIAS, MAX_WEIGHT,
+                    MODES, RING_SIZE_MAX, DesiredState, StateError, Vip, VipKey,
+                    vip_from_dict)
 
 try:        # libyaml's parser when PyYAML was built with it (about 5 times faster)
     from yaml._yaml import CParser as _CParser
@@ -59,6 +61,27 @@ class ConfigError(PyxlbError, ValueError):
     """A config file that cannot be read or does not describe a valid state."""
 
 
+_HEALTH = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "how the backends are health-checked (docs/config.md, Health checks); on "
+                   "a backend: the fields that differ from its VIP's",
+    "properties": {
+        "type": {"enum": list(HEALTH_TYPES)},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "path": {"type": "string", "minLength": 1, "maxLength": HEALTH_PATH_MAX},
+        "expect": {"type": ["string", "integer"]},
+        "interval": {"type": "number", "minimum": HEALTH_INTERVAL[0],
+                     "maximum": HEALTH_INTERVAL[1]},
+        "timeout": {"type": "number", "exclusiveMinimum": 0,
+                    "maximum": HEALTH_INTERVAL[1]},
+        "rise": {"type": "integer", "minimum": 1, "maximum": HEALTH_COUNT_MAX},
+        "fall": {"type": "integer", "minimum": 1, "maximum": HEALTH_COUNT_MAX},
+        "via": {"enum": list(HEALTH_VIAS)},
+        "on_fail": {"enum": list(HEALTH_ON_FAIL)},
+    },
+}
+
 _BACKEND = {
     "oneOf": [
         {"type": "string", "description": "the backend's address, with default settings"},
@@ -72,6 +95,7 @@ _BACKEND = {
                 "state": {"enum": list(BACKEND_STATES)},
                 "mac": {"type": "string"},
                 "local": {"type": "boolean"},
+                "health": _HEALTH,
             },
         },
     ]
@@ -126,6 +150,7 @@ SCHEMA = {
                     "announce": {"type": "boolean"},
                     "ring_size": {"type": "integer", "minimum": 2, "maximum": RING_SIZE_MAX},
                     "backends": {"type": "array", "items": _BACKEND},
+                    "health": _HEALTH,
                     "source_ranges": {
                         "type": "array",
                         "items": {"type": "string", "minLength": 1},
@@ -591,19 +616,7 @@ def state_from_data(data: Any, source: str = "config",
 
 
 def _vip(v: Mapping) -> Vip:
-    backends = []
-    for b in v.get("backends") or ():
-        if isinstance(b, str):
-            backends.append(Backend(b))
-        else:
-            backends.append(Backend(address=b["address"], weight=b.get("weight", 1),
-                                    state=b.get("state", "active"), mac=b.get("mac"),
-                                    local=b.get("local", False)))
-    return Vip(key=VipKey.parse(v["vip"]), backends=tuple(backends),
-               mode=v.get("mode", "ipip"), flow_table=v.get("flow_table", True),
-               affinity=v.get("affinity", "none"), announce=v.get("announce", False),
-               ring_size=v.get("ring_size", RING_SIZE_DEFAULT),
-               source_ranges=tuple(v.get("source_ranges") or ()))
+    return vip_from_dict(v)
 
 
 # -- the entry points ---------------------------------------------------------------------

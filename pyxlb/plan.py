@@ -16,6 +16,11 @@ Identities:
   members change moves to another ring (copy on write); a ring nobody uses is freed.
 - Membership (VIP id, backend id) is what lets a flow stay on a draining backend while a
   backend removed from one VIP, but still serving others, loses that VIP's flows.
+- Health checks: a VIP's spec is the xlb_health_specs entry (VIP id, HEALTH_VIP), a
+  backend's own spec (only where it differs from its VIP's) the entry (VIP id, backend id);
+  the checker's verdict is the health byte of the backend's member entry. Like members,
+  the datapath never reads them: a down backend is simply out of the ring. Entries left by
+  an apply that was killed half-way are strays, deleted by the next plan.
 - Source ranges are (VIP id, prefix) entries of one LPM trie; a VIP with any carries
   VIP_SOURCE_RANGES in its record. A VIP's entries go in before its record (so the flag
   never meets a trie that lacks them) and leave after it (so clearing the flag comes
@@ -31,19 +36,53 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import _layouts as L
 from .maglev import build_table
-from .state import (Backend, DesiredState, IPAddress, IPNetwork, StateError, Vip, VipKey,
-                    key_order)
+from .state import (Backend, DesiredState, HealthSpec, IPAddress, IPNetwork, StateError, Vip,
+                    VipKey, key_order)
 
 MODE_CODES = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2, "local": L.MODE_LOCAL}
 MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
 STATE_CODES = {"active": L.BACKEND_ACTIVE, "draining": L.BACKEND_DRAINING}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
+HEALTH_TYPE_CODES = {"tcp": L.HEALTH_TCP, "http": L.HEALTH_HTTP, "none": L.HEALTH_NONE}
+HEALTH_TYPE_NAMES = {v: k for k, v in HEALTH_TYPE_CODES.items()}
 GEN_MAX = 0xFFFFFFFF
 
 # A ring's identity: its size and its members as ((address, weight), ...) in address order.
 RingKey = Tuple[int, Tuple[Tuple[str, int], ...]]
 # One entry of xlb_source_ranges: (VIP id, client prefix).
 RangeEntry = Tuple[int, IPNetwork]
+# One key of xlb_members and xlb_health_specs: (VIP id, backend id or HEALTH_VIP).
+MemberKey = Tuple[int, int]
+# One xlb_members value: (weight, BACKEND_* state, HEALTH_* verdict).
+MemberValue = Tuple[int, int, int]
+
+
+def member_health(vip: Vip, b: Backend) -> int:
+    """The health byte of a backend's member entry: HEALTH_UNCHECKED, or HEALTH_DOWN /
+    HEALTH_UP by its verdict."""
+    if vip.health_for(b) is None:
+        return L.HEALTH_UNCHECKED
+    return L.HEALTH_DOWN if b.down else L.HEALTH_UP
+
+
+def member_value(vip: Vip, b: Backend) -> MemberValue:
+    return (b.weight, STATE_CODES[b.state], member_health(vip, b))
+
+
+def health_entries(vip: Vip, vid: int, backend_ids: Dict[IPAddress, int],
+                   ) -> Dict[MemberKey, HealthSpec]:
+    """The xlb_health_specs entries of one VIP: its own spec, and each backend's own."""
+    out = {}
+    if vip.health is not None:
+        out[(vid, L.HEALTH_VIP)] = vip.health
+    for b in vip.backends:
+        if b.health is not None:
+            out[(vid, backend_ids[b.address])] = b.health
+    return out
+
+
+def health_count(vip: Vip) -> int:
+    return (vip.health is not None) + sum(1 for b in vip.backends if b.health is not None)
 
 
 def ring_key(vip: Vip) -> RingKey:
@@ -97,6 +136,8 @@ class Layout:
     # xlb_source_ranges entries that no VIP's record accounts for (an apply that was killed
     # half-way leaves them): the next plan deletes them
     stray_ranges: FrozenSet[RangeEntry] = frozenset()
+    # xlb_health_specs keys no VIP or member accounts for (the same): deleted alike
+    stray_specs: FrozenSet[MemberKey] = frozenset()
     # derived from the above; built once, then carried from plan to plan
     _index: Optional["_Index"] = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -121,10 +162,11 @@ class _Index:
         self.active: Dict[IPAddress, int] = {}
         self.attrs: Dict[IPAddress, Backend] = {}
         self.records: Dict[int, BackendRecord] = {}
-        self.members: Dict[int, Dict[int, Tuple[int, int]]] = {}   # vip id -> {bid: (w, st)}
+        self.members: Dict[int, Dict[int, MemberValue]] = {}   # vip id -> {bid: (w, st, h)}
         self.ring_refs: Dict[RingKey, int] = {}
         self.kinds: Dict[IPAddress, Tuple[int, int, int]] = {}  # (ports, all ports, announce)
-        self.counts: Dict[str, int] = {"source_ranges": 0}      # entries, all VIPs together
+        self.counts: Dict[str, int] = {"source_ranges": 0,      # entries, all VIPs together
+                                       "health_specs": 0}
 
     @classmethod
     def build(cls, layout: "Layout") -> "_Index":
@@ -132,8 +174,7 @@ class _Index:
         for vip in layout.state:
             idx.add_vip(vip)
             idx.members[layout.vip_ids[vip.key]] = {
-                layout.backend_ids[b.address]: (b.weight, STATE_CODES[b.state])
-                for b in vip.backends}
+                layout.backend_ids[b.address]: member_value(vip, b) for b in vip.backends}
         for addr in idx.refs:
             idx.records[layout.backend_ids[addr]] = idx.record(addr, layout.backend_ids,
                                                                layout.gens)
@@ -165,6 +206,7 @@ class _Index:
         self.ring_refs[key] = self.ring_refs.get(key, 0) + 1
         self._kind(vip, +1)
         self.counts["source_ranges"] += len(vip.source_ranges)
+        self.counts["health_specs"] += health_count(vip)
 
     def remove_vip(self, vip: Vip) -> None:
         for b in vip.backends:
@@ -183,6 +225,7 @@ class _Index:
             del self.ring_refs[key]
         self._kind(vip, -1)
         self.counts["source_ranges"] -= len(vip.source_ranges)
+        self.counts["health_specs"] -= health_count(vip)
 
     def _kind(self, vip: Vip, delta: int) -> None:
         ports, every, announce = self.kinds.get(vip.key.address, (0, 0, 0))
@@ -213,6 +256,7 @@ class Limits:
     backends: int = L.MAX_BACKENDS
     rings: int = L.MAX_RINGS
     source_ranges: int = L.MAX_SOURCE_RANGES
+    health_specs: int = L.MAX_MEMBERS + L.MAX_VIPS
 
 
 @dataclasses.dataclass
@@ -225,8 +269,10 @@ class Plan:
     backend_frees: Dict[int, int] = dataclasses.field(default_factory=dict)  # id -> gen kept
     ring_writes: Dict[int, array] = dataclasses.field(default_factory=dict)
     ring_deletes: Set[int] = dataclasses.field(default_factory=set)
-    member_writes: Dict[Tuple[int, int], Tuple[int, int]] = dataclasses.field(default_factory=dict)
-    member_deletes: Set[Tuple[int, int]] = dataclasses.field(default_factory=set)
+    member_writes: Dict[MemberKey, MemberValue] = dataclasses.field(default_factory=dict)
+    member_deletes: Set[MemberKey] = dataclasses.field(default_factory=set)
+    spec_writes: Dict[MemberKey, HealthSpec] = dataclasses.field(default_factory=dict)
+    spec_deletes: Set[MemberKey] = dataclasses.field(default_factory=set)   # strays included
     vip_writes: Dict[VipKey, VipRecord] = dataclasses.field(default_factory=dict)
     vip_deletes: Set[VipKey] = dataclasses.field(default_factory=set)
     addr_flags: Dict[IPAddress, int] = dataclasses.field(default_factory=dict)  # 0: delete
@@ -244,7 +290,8 @@ class Plan:
         return not (self.backend_writes or self.backend_frees or self.ring_writes
                     or self.ring_deletes or self.member_writes or self.member_deletes
                     or self.vip_writes or self.vip_deletes or self.addr_flags
-                    or self.range_writes or self.range_deletes or self.stray_deletes)
+                    or self.range_writes or self.range_deletes or self.stray_deletes
+                    or self.spec_writes or self.spec_deletes)
 
     def describe(self) -> List[str]:
         """The plan for a person: one line per VIP added, removed or changed."""
@@ -260,6 +307,9 @@ class Plan:
         if self.range_writes or self.range_deletes or self.stray_deletes:
             lines[-1] += (f", {len(self.range_writes)} source ranges added, "
                           f"{len(self.range_deletes) + len(self.stray_deletes)} removed")
+        if self.spec_writes or self.spec_deletes:
+            lines[-1] += (f", {len(self.spec_writes)} health specs written, "
+                          f"{len(self.spec_deletes)} removed")
         return lines
 
 
@@ -271,6 +321,8 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
             out.append(f"{field}: {a} -> {b}")
     if old.source_ranges != new.source_ranges:
         out.append(f"source ranges: {_ranges_text(old)} -> {_ranges_text(new)}")
+    if old.health != new.health:
+        out.append(f"health: {_health_text(old.health)} -> {_health_text(new.health)}")
     ob = {b.address: b for b in old.backends}
     nb = {b.address: b for b in new.backends}
     for addr in sorted(nb.keys() - ob.keys(), key=lambda a: (a.version, a)):
@@ -280,10 +332,20 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
     for addr in sorted(ob.keys() & nb.keys(), key=lambda a: (a.version, a)):
         if ob[addr] != nb[addr]:
             changes = [f"{f} {getattr(ob[addr], f)} -> {getattr(nb[addr], f)}"
-                       for f in ("weight", "state", "mac", "local")
+                       for f in ("weight", "state", "mac", "local", "down")
                        if getattr(ob[addr], f) != getattr(nb[addr], f)]
+            if ob[addr].health != nb[addr].health:
+                changes.append(f"health {_health_text(ob[addr].health, old.health)} -> "
+                               f"{_health_text(nb[addr].health, new.health)}")
             out.append(f"~ backend {addr}: {', '.join(changes)}")
     return out
+
+
+def _health_text(spec: Optional[HealthSpec], base: Optional[HealthSpec] = None) -> str:
+    """A spec in one line ("none": no spec; a backend's: "VIP's" when it has none)."""
+    if spec is None:
+        return "none" if base is None else "VIP's"
+    return " ".join(f"{k}={v}" for k, v in spec.to_dict(base).items()) or "VIP's"
 
 
 def _ranges_text(vip: Vip) -> str:
@@ -337,14 +399,19 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
     ring_ids, ring_writes, ring_deletes = _rings(old, idx, coming, backend_ids, limits)
     member_writes, member_deletes, vip_writes = _vip_writes(
         old, old_idx, idx, old_by_key, removed, coming, vip_ids, backend_ids, ring_ids)
+    spec_writes, spec_deletes = _health_specs(old, old_by_key, removed, coming, vip_ids,
+                                              backend_ids)
     addr_flags = _addr_flags(old_idx, idx, gone + coming)
     range_writes, range_deletes, stray_deletes = _ranges(
         old, old_idx, old_by_key, removed, coming, vip_ids, limits)
 
     new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
+    # what an apply killed half-way left: gone unless this plan writes the entry anew
+    spec_deletes |= set(old.stray_specs) - spec_writes.keys()
     return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
                 ring_writes=ring_writes, ring_deletes=ring_deletes,
                 member_writes=member_writes, member_deletes=member_deletes,
+                spec_writes=spec_writes, spec_deletes=spec_deletes,
                 vip_writes=vip_writes, vip_deletes={v.key for v in removed},
                 addr_flags=addr_flags, range_writes=range_writes,
                 range_deletes=range_deletes, stray_deletes=stray_deletes,
@@ -376,6 +443,10 @@ def _next_index(old_idx: _Index, gone: Tuple[Vip, ...], coming: Tuple[Vip, ...],
     if idx.counts["source_ranges"] > limits.source_ranges:
         raise StateError(f"{idx.counts['source_ranges']} source ranges (all VIPs together) "
                          f"do not fit the source-range map ({limits.source_ranges})")
+    if idx.counts["health_specs"] > limits.health_specs:
+        raise StateError(f"{idx.counts['health_specs']} health specs (VIPs' and backends' "
+                         f"own, all VIPs together) do not fit their map "
+                         f"({limits.health_specs})")
     return idx
 
 
@@ -454,7 +525,7 @@ def _vip_writes(old: Layout, old_idx: _Index, idx: _Index, old_by_key: Dict[VipK
                 removed: Tuple[Vip, ...], coming: Tuple[Vip, ...],
                 vip_ids: Dict[VipKey, int], backend_ids: Dict[IPAddress, int],
                 ring_ids: Dict[RingKey, int],
-                ) -> Tuple[Dict[Tuple[int, int], Tuple[int, int]], Set[Tuple[int, int]],
+                ) -> Tuple[Dict[MemberKey, MemberValue], Set[MemberKey],
                            Dict[VipKey, VipRecord]]:
     """Planning step: members and VIP records of the VIPs that went, came or changed."""
     member_writes, member_deletes = {}, set()
@@ -465,7 +536,7 @@ def _vip_writes(old: Layout, old_idx: _Index, idx: _Index, old_by_key: Dict[VipK
     for vip in coming:
         vid = vip_ids[vip.key]
         before = old_idx.members.get(vid, {})
-        after = {backend_ids[b.address]: (b.weight, STATE_CODES[b.state]) for b in vip.backends}
+        after = {backend_ids[b.address]: member_value(vip, b) for b in vip.backends}
         idx.members[vid] = after
         member_writes.update(((vid, bid), v) for bid, v in after.items() if before.get(bid) != v)
         member_deletes.update((vid, bid) for bid in before.keys() - after.keys())
@@ -477,6 +548,27 @@ def _vip_writes(old: Layout, old_idx: _Index, idx: _Index, old_by_key: Dict[VipK
                                             vip_flags(prev)):
             vip_writes[vip.key] = rec
     return member_writes, member_deletes, vip_writes
+
+
+def _health_specs(old: Layout, old_by_key: Dict[VipKey, Vip], removed: Tuple[Vip, ...],
+                  coming: Tuple[Vip, ...], vip_ids: Dict[VipKey, int],
+                  backend_ids: Dict[IPAddress, int],
+                  ) -> Tuple[Dict[MemberKey, HealthSpec], Set[MemberKey]]:
+    """Planning step: xlb_health_specs entries to write and to delete, of the VIPs that
+    went, came or changed (a changed VIP keeps its id, a backend that stays its id)."""
+    writes: Dict[MemberKey, HealthSpec] = {}
+    deletes: Set[MemberKey] = set()
+    for vip in removed:
+        if vip.health is not None or any(b.health is not None for b in vip.backends):
+            deletes.update(health_entries(vip, old.vip_ids[vip.key], old.backend_ids))
+    for vip in coming:
+        prev = old_by_key.get(vip.key)
+        vid = vip_ids[vip.key]
+        before = {} if prev is None else health_entries(prev, vid, old.backend_ids)
+        after = health_entries(vip, vid, backend_ids)
+        writes.update((k, spec) for k, spec in after.items() if before.get(k) != spec)
+        deletes.update(before.keys() - after.keys())
+    return writes, deletes
 
 
 def _addr_flags(old_idx: _Index, idx: _Index, moved: Tuple[Vip, ...]) -> Dict[IPAddress, int]:
@@ -535,31 +627,41 @@ def _in_family(net: IPNetwork, family: int) -> Optional[IPNetwork]:
     return None
 
 
-def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], Tuple[int, int]],
+def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, MemberValue],
                   backends: Dict[int, BackendRecord],
-                  ranges: FrozenSet[RangeEntry] = frozenset()) -> Layout:
+                  ranges: FrozenSet[RangeEntry] = frozenset(),
+                  specs: Optional[Dict[MemberKey, HealthSpec]] = None) -> Layout:
     """The Layout (and so the DesiredState) that map contents describe: what a restarted
     process reads back before its first apply. Inverse of what apply writes. `ranges` are
     the xlb_source_ranges entries: a VIP whose record has VIP_SOURCE_RANGES admits those of
-    its id; the others are strays, which the next plan deletes."""
+    its id; the others are strays, which the next plan deletes. `specs`: the
+    xlb_health_specs entries; those of no VIP or member are strays too."""
+    specs = specs or {}
+    used_specs: Set[MemberKey] = set()
     by_range: Dict[int, List[IPNetwork]] = {}
     for vid, net in ranges:
         by_range.setdefault(vid, []).append(net)
     stray: Set[RangeEntry] = set(ranges)
-    by_vip: Dict[int, List[Tuple[int, int, int]]] = {}
-    for (vid, bid), (weight, st) in members.items():
-        by_vip.setdefault(vid, []).append((bid, weight, st))
+    by_vip: Dict[int, List[Tuple[int, int, int, int]]] = {}
+    for (vid, bid), (weight, st, health) in members.items():
+        by_vip.setdefault(vid, []).append((bid, weight, st, health))
     out_vips = []
     ring_ids: Dict[RingKey, int] = {}
     for key, rec in vips.items():
         bks = []
-        for bid, weight, st in by_vip.get(rec.vip_id, ()):
+        for bid, weight, st, health in by_vip.get(rec.vip_id, ()):
             br = backends.get(bid)
             if br is None:
                 raise StateError(f"VIP {key} lists backend id {bid}, which is not in use: "
                                  f"the maps are inconsistent")
+            own = specs.get((rec.vip_id, bid))
+            if own is not None:
+                used_specs.add((rec.vip_id, bid))
             bks.append(Backend(br.address, weight, STATE_NAMES.get(st, "active"), br.mac,
-                               br.local))
+                               br.local, own, health == L.HEALTH_DOWN))
+        health = specs.get((rec.vip_id, L.HEALTH_VIP))
+        if health is not None:
+            used_specs.add((rec.vip_id, L.HEALTH_VIP))
         nets: List[IPNetwork] = []
         if rec.flags & L.VIP_SOURCE_RANGES:
             for net in by_range.get(rec.vip_id, ()):
@@ -571,12 +673,13 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[Tuple[int, int], 
                   flow_table=not rec.flags & L.VIP_NO_FLOW_TABLE,
                   affinity="client-ip" if rec.flags & L.VIP_AFFINITY_SRC else "none",
                   announce=bool(rec.flags & L.VIP_ANNOUNCE), ring_size=rec.ring_size,
-                  source_ranges=tuple(nets))
+                  source_ranges=tuple(nets), health=health)
         out_vips.append(vip)
         ring_ids[ring_key(vip)] = rec.ring_id
     state = DesiredState(tuple(out_vips))
     backend_ids = {br.address: bid for bid, br in backends.items() if br.state}
     gens = {bid: br.gen for bid, br in backends.items() if br.gen}
     return Layout(state, {k: r.vip_id for k, r in vips.items()}, backend_ids, gens, ring_ids,
-                  stray_ranges=frozenset(stray))
+                  stray_ranges=frozenset(stray),
+                  stray_specs=frozenset(specs.keys() - used_specs))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
@@ -33,6 +34,12 @@ AFFINITIES = ("none", "client-ip")
 BACKEND_STATES = ("active", "draining")
 MAX_WEIGHT = 65535
 RING_SIZE_MAX = 655373      # XLB_RING_SIZE_MAX in consts.h; checked by a test
+HEALTH_TYPES = ("tcp", "http", "none")
+HEALTH_VIAS = ("tunnel", "direct")
+HEALTH_ON_FAIL = ("drain", "gone")
+HEALTH_PATH_MAX = 96        # XLB_HEALTH_PATH_MAX in consts.h; checked by a test
+HEALTH_INTERVAL = (0.1, 3600.0)     # seconds, the least and the most
+HEALTH_COUNT_MAX = 100      # rise and fall
 
 
 class StateError(PyxlbError, ValueError):
@@ -158,15 +165,147 @@ class VipKey:
         return f"{addr}:{self.port}/{self.protocol}"
 
 
+_EXPECT_RE = re.compile(r"([0-9]{3})(?:-([0-9]{3}))?")
+
+
+def _seconds(value, what: str, where: str) -> float:
+    """A duration in seconds, to the millisecond (what xlb_health_specs keeps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise StateError(f"{where}: {what} must be a number of seconds, not {value!r}")
+    return round(float(value) * 1000) / 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthSpec:
+    """How the backends of a VIP are health-checked (docs/config.md, "Health checks").
+
+    type: "tcp" (a connection is accepted), "http" (a GET of `path` answers a status in
+    `expect`) or "none" (not checked); port: where (None: the VIP's port); interval and
+    timeout in seconds (kept to the millisecond); rise / fall: passes / failures in a row
+    that bring a backend up / put it down; via: "tunnel" (to the VIP address, encapsulated
+    to the backend as clients' packets are) or "direct" (to the backend's own address);
+    on_fail: "drain" (out of the ring, pinned flows go on) or "gone" (its flows of the VIP
+    are forgotten too). Checked when made: every fault is one StateError line."""
+
+    type: str = "tcp"
+    port: Optional[int] = None
+    path: str = "/"
+    expect: str = "200-399"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    via: str = "tunnel"
+    on_fail: str = "drain"
+
+    def __post_init__(self):
+        where = "health"
+        if self.type not in HEALTH_TYPES:
+            raise StateError(f"{where}: type must be one of {', '.join(HEALTH_TYPES)}, "
+                             f"not {self.type!r}")
+        if self.port is not None:
+            if isinstance(self.port, bool) or not isinstance(self.port, int) \
+                    or not 1 <= self.port <= 65535:
+                raise StateError(f"{where}: port must be an integer 1-65535 (or left out "
+                                 f"for the VIP's port), not {self.port!r}")
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise StateError(f"{where}: path must start with '/', not {self.path!r}")
+        if len(self.path) > HEALTH_PATH_MAX or not all(0x21 <= ord(c) <= 0x7e
+                                                        for c in self.path):
+            raise StateError(f"{where}: path must be at most {HEALTH_PATH_MAX} printable "
+                             f"ASCII characters without spaces, not {self.path!r}")
+        expect = str(self.expect) if isinstance(self.expect, int) \
+            and not isinstance(self.expect, bool) else self.expect
+        m = _EXPECT_RE.fullmatch(expect) if isinstance(expect, str) else None
+        lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+        if not (m and 100 <= lo <= hi <= 599):
+            raise StateError(f"{where}: expect must be an HTTP status 100-599 or a range "
+                             f"of them (200, 200-299), not {self.expect!r}")
+        object.__setattr__(self, "expect", f"{lo}" if lo == hi else f"{lo}-{hi}")
+        interval = _seconds(self.interval, "interval", where)
+        low, high = HEALTH_INTERVAL
+        if not low <= interval <= high:
+            raise StateError(f"{where}: interval {self.interval} is outside {low:g}-{high:g} "
+                             f"seconds")
+        timeout = _seconds(self.timeout, "timeout", where)
+        if not 0 < timeout <= interval:
+            raise StateError(f"{where}: timeout {self.timeout} must be more than 0 and at "
+                             f"most the interval ({interval:g} s)")
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "timeout", timeout)
+        for name in ("rise", "fall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not 1 <= value <= HEALTH_COUNT_MAX:
+                raise StateError(f"{where}: {name} must be an integer 1-{HEALTH_COUNT_MAX}, "
+                                 f"not {value!r}")
+        if self.via not in HEALTH_VIAS:
+            raise StateError(f"{where}: via must be one of {', '.join(HEALTH_VIAS)}, "
+                             f"not {self.via!r}")
+        if self.on_fail not in HEALTH_ON_FAIL:
+            raise StateError(f"{where}: on_fail must be one of {', '.join(HEALTH_ON_FAIL)}, "
+                             f"not {self.on_fail!r}")
+
+    @property
+    def checked(self) -> bool:
+        """Whether the backends are checked at all (type is not "none")."""
+        return self.type != "none"
+
+    @property
+    def expect_range(self) -> Tuple[int, int]:
+        """The statuses that pass, (lowest, highest)."""
+        lo, _, hi = self.expect.partition("-")
+        return int(lo), int(hi or lo)
+
+    def port_for(self, vip_key: "VipKey") -> int:
+        """The port checks go to: `port`, else the VIP's."""
+        return self.port if self.port is not None else vip_key.port
+
+    def to_dict(self, base: Optional["HealthSpec"] = None) -> dict:
+        """The plain-data form: `type` and the fields that differ from their defaults; with
+        `base`, only the fields that differ from base's (a backend's override of its VIP's
+        spec, as a state file writes it). from_dict(d, base) gives this spec back."""
+        ref = base if base is not None else _HEALTH_DEFAULT
+        out = {} if base is not None else {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(ref, f.name):
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping, base: Optional["HealthSpec"] = None) -> "HealthSpec":
+        """A spec from plain data: the fields given, the others from `base` (the VIP's spec,
+        for a backend's override) or the defaults. An unknown field is a StateError."""
+        if not isinstance(data, Mapping):
+            raise StateError(f"health must be a mapping of fields, not {data!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise StateError(f"health: unknown field {unknown[0]!r} (one of "
+                             f"{', '.join(sorted(names))})")
+        return dataclasses.replace(base if base is not None else _HEALTH_DEFAULT, **data)
+
+
+_HEALTH_DEFAULT = HealthSpec()
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """A backend of a VIP. `local`: this node (its packets are passed up, not tunnelled)."""
+    """A backend of a VIP. `local`: this node (its packets are passed up, not tunnelled).
+    `health`: this backend's own checks, a whole spec (None: its VIP's). `down`: the
+    checker's verdict, "failed its health check": a down backend whose checks are on
+    (Vip.health_for) is out of the ring like a draining one; a Vip turns the `down` of an
+    unchecked backend to False."""
 
     address: IPAddress
     weight: int = 1
     state: str = "active"
     mac: Optional[str] = None
     local: bool = False
+    health: Optional[HealthSpec] = None
+    down: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "address", _ip(self.address, "backend address"))
@@ -189,11 +328,18 @@ class Backend:
             fault = mac_fault(raw)
             if fault is not None:
                 raise StateError(f"backend {self.address}: MAC {self.mac} is {fault}")
+        if self.health is not None and not isinstance(self.health, HealthSpec):
+            try:
+                object.__setattr__(self, "health", HealthSpec.from_dict(self.health))
+            except StateError as exc:
+                raise StateError(f"backend {self.address}: {exc}") from None
+        if not isinstance(self.down, bool):
+            raise StateError(f"backend {self.address}: down must be true or false")
 
     @property
     def in_ring(self) -> bool:
-        """Active with a positive weight: the backend owns ring slots."""
-        return self.state == "active" and self.weight > 0
+        """Active with a positive weight, and not down: the backend owns ring slots."""
+        return self.state == "active" and self.weight > 0 and not self.down
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +356,8 @@ class Vip:
     # client prefixes allowed to reach the VIP (Kubernetes' loadBalancerSourceRanges);
     # empty: every client. Only prefixes of the VIP's own family.
     source_ranges: Tuple[IPNetwork, ...] = ()
+    # how its backends are health-checked (None: not checked)
+    health: Optional[HealthSpec] = None
 
     def __post_init__(self):
         if not isinstance(self.key, VipKey):
@@ -234,6 +382,13 @@ class Vip:
             raise StateError(f"{where}: ring size {self.ring_size} must be a prime between "
                              f"2 and {RING_SIZE_MAX} (e.g. {RING_SIZE_DEFAULT})")
         backends = tuple(b if isinstance(b, Backend) else Backend(**b) for b in self.backends)
+        if self.health is not None and not isinstance(self.health, HealthSpec):
+            try:
+                object.__setattr__(self, "health", HealthSpec.from_dict(self.health))
+            except StateError as exc:
+                raise StateError(f"{where}: {exc}") from None
+        if self.health is not None or any(b.health is not None or b.down for b in backends):
+            backends = self._checked(backends)
         seen = set()
         for b in backends:
             if b.address in seen:
@@ -260,6 +415,62 @@ class Vip:
         # a canonical order, so that equal states compare equal
         object.__setattr__(self, "backends", tuple(sorted(backends, key=_addr_order)))
         object.__setattr__(self, "source_ranges", _source_ranges(self.source_ranges, self.key))
+
+    def _checked(self, backends: Tuple[Backend, ...]) -> Tuple[Backend, ...]:
+        """The backends with their health made canonical (an override equal to the VIP's
+        spec is none; an unchecked backend is not down), every spec checked against the
+        VIP: what a schema cannot see."""
+        where = f"VIP {self.key}"
+        if self.mode == "local" and self.health is not None and self.health.checked:
+            raise StateError(f"{where}: a local-mode VIP is served by this node and cannot "
+                             f"have health checks")
+        if self.health is not None:
+            self._check_spec(self.health, None)
+        out = []
+        for b in backends:
+            if b.health is not None and b.health == self.health:
+                b = dataclasses.replace(b, health=None)
+            spec = b.health if b.health is not None else self.health
+            checked = spec is not None and spec.checked
+            if b.down and not checked:
+                b = dataclasses.replace(b, down=False)
+            if checked:
+                self._check_spec(spec, b)
+            out.append(b)
+        return tuple(out)
+
+    def _check_spec(self, spec: HealthSpec, b: Optional[Backend]) -> None:
+        where = f"VIP {self.key}" + (f": backend {b.address}" if b is not None else "")
+        if not spec.checked:
+            return
+        if spec.port is None and self.key.port == 0:
+            raise StateError(f"{where}: health checks of a port-0 VIP need a port "
+                             f"(health port)")
+        if spec.via != "tunnel":
+            return
+        if spec.port is not None and self.key.port and spec.port != self.key.port:
+            raise StateError(f"{where}: a health check through the tunnel goes to the VIP, "
+                             f"so to its port {self.key.port}, not {spec.port} (the "
+                             f"backend accepts only its VIPs' packets): drop the port or "
+                             f"check with via: direct")
+        if b is not None and b.address.version != self.key.family:
+            raise StateError(f"{where}: a health check through the tunnel cannot go from "
+                             f"an IPv{self.key.family} VIP to an IPv{b.address.version} "
+                             f"backend: check it with via: direct")
+
+    def health_for(self, backend: Backend) -> Optional[HealthSpec]:
+        """The checks `backend` (one of this VIP's) gets: its own spec, else the VIP's;
+        None when it is not checked (no spec, or type none)."""
+        spec = backend.health if backend.health is not None else self.health
+        return spec if spec is not None and spec.checked else None
+
+    def keeps_flows(self, backend: Backend) -> bool:
+        """Whether flows pinned to `backend` go on: not when it is down and its checks say
+        on_fail: gone (apply then forgets them)."""
+        if not backend.down:
+            return True
+        spec = self.health_for(backend)
+        return spec is None or spec.on_fail != "gone"
 
     def backend(self, address) -> Optional[Backend]:
         address = _ip(address, "backend address")
@@ -338,6 +549,25 @@ class DesiredState:
         """This state with `vip` added or replaced."""
         return DesiredState(tuple(v for v in self.vips if v.key != vip.key) + (vip,))
 
+    def with_verdicts(self, verdicts: Mapping[Tuple[VipKey, IPAddress], bool]) -> "DesiredState":
+        """This state with the `down` of backends set: {(VIP key, backend address): down}.
+        A pair this state does not have is skipped (it went meanwhile); a verdict on an
+        unchecked backend has no effect (a Vip makes it False)."""
+        by_vip: Dict[VipKey, Dict[IPAddress, bool]] = {}
+        for (key, address), down in verdicts.items():
+            by_vip.setdefault(key, {})[_ip(address, "backend address")] = bool(down)
+        vips = []
+        for v in self.vips:
+            want = by_vip.get(v.key)
+            if want and any(b.address in want and want[b.address] != b.down
+                            for b in v.backends):
+                v = v.replace(backends=tuple(
+                    dataclasses.replace(b, down=want[b.address])
+                    if b.address in want and want[b.address] != b.down else b
+                    for b in v.backends))
+            vips.append(v)
+        return DesiredState(tuple(vips))
+
     def without_vip(self, key) -> "DesiredState":
         key = key if isinstance(key, VipKey) else VipKey.parse(key)
         if key not in self.by_key():
@@ -360,29 +590,81 @@ def key_order(key: VipKey):
     return key._order
 
 
+def carry_verdicts(old: DesiredState, new: DesiredState) -> DesiredState:
+    """`new` with the `down` of each backend taken from `old` (what the maps hold): a
+    backend that `old` has for the same VIP, checked there and checked in `new`, keeps its
+    verdict; any other starts not down. What every apply but the checker's does: a state
+    from a file or the CLI says nothing of verdicts. VIPs without checks are kept as they
+    are (the same objects)."""
+    old_by_key = old.by_key()
+    vips = []
+    changed = False
+    for v in new.vips:
+        if v.health is not None or any(b.health is not None or b.down for b in v.backends):
+            before = old_by_key.get(v.key)
+            was = {} if before is None else {b.address: before.health_for(b) is not None
+                                             and b.down for b in before.backends}
+            downs = [was.get(b.address, False) for b in v.backends]
+            if any(d != b.down for d, b in zip(downs, v.backends)):
+                v = v.replace(backends=tuple(dataclasses.replace(b, down=d) if d != b.down
+                                             else b for d, b in zip(downs, v.backends)))
+                changed = True
+        vips.append(v)
+    return DesiredState(tuple(vips)) if changed else new
+
+
 def vip_to_dict(v: Vip) -> dict:
+    """A VIP as plain data (what `vip list --json` prints and a state file holds). A
+    backend's `down` is a verdict of the checker, not part of the format: left out."""
     out = {"vip": str(v.key), "mode": v.mode, "flow_table": v.flow_table,
            "affinity": v.affinity, "announce": v.announce, "ring_size": v.ring_size,
            "backends": []}
     if v.source_ranges:
         out["source_ranges"] = [str(n) for n in v.source_ranges]
+    if v.health is not None:
+        out["health"] = v.health.to_dict()
     for b in v.backends:
         d = {"address": str(b.address), "weight": b.weight, "state": b.state}
         if b.mac:
             d["mac"] = b.mac
         if b.local:
             d["local"] = True
+        if b.health is not None:
+            d["health"] = b.health.to_dict(v.health)
         out["backends"].append(d)
     return out
 
 
 def vip_from_dict(d: Mapping) -> Vip:
-    backends = tuple(Backend(address=b["address"], weight=b.get("weight", 1),
-                             state=b.get("state", "active"), mac=b.get("mac"),
-                             local=b.get("local", False))
-                     for b in d.get("backends") or ())
-    return Vip(key=VipKey.parse(d["vip"]), backends=backends, mode=d.get("mode", "ipip"),
+    """A VIP from plain data (already schema-checked: pyxlb.config). A backend's `health`
+    gives the fields it changes of its VIP's; with no VIP spec, it must give `type`."""
+    key = VipKey.parse(d["vip"])
+    health = None
+    if d.get("health") is not None:
+        try:
+            health = HealthSpec.from_dict(d["health"])
+        except StateError as exc:
+            raise StateError(f"VIP {key}: {exc}") from None
+    backends = []
+    for b in d.get("backends") or ():
+        if isinstance(b, str):
+            backends.append(Backend(b))
+            continue
+        own = None
+        if b.get("health") is not None:
+            where = f"VIP {key}: backend {b['address']}"
+            if health is None and "type" not in b["health"]:
+                raise StateError(f"{where}: health: the VIP has no health checks, so the "
+                                 f"backend's must say its type")
+            try:
+                own = HealthSpec.from_dict(b["health"], health)
+            except StateError as exc:
+                raise StateError(f"{where}: {exc}") from None
+        backends.append(Backend(address=b["address"], weight=b.get("weight", 1),
+                                state=b.get("state", "active"), mac=b.get("mac"),
+                                local=b.get("local", False), health=own))
+    return Vip(key=key, backends=tuple(backends), mode=d.get("mode", "ipip"),
                flow_table=d.get("flow_table", True), affinity=d.get("affinity", "none"),
                announce=d.get("announce", False),
                ring_size=d.get("ring_size", RING_SIZE_DEFAULT),
-               source_ranges=tuple(d.get("source_ranges") or ()))
+               source_ranges=tuple(d.get("source_ranges") or ()), health=health)

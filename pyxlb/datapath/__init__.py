@@ -133,7 +133,8 @@ class Datapath(LoadedObject):
 
     # -- the control plane: apply, read back -----------------------------------------------
 
-    def apply(self, state: DesiredState, *, dry_run: bool = False) -> ApplyResult:
+    def apply(self, state: DesiredState, *, dry_run: bool = False,
+              verdicts: str = "keep") -> ApplyResult:
         """Make the maps implement `state`, writing only the difference.
 
         All or nothing: a state that is inconsistent or does not fit raises StateError
@@ -145,10 +146,18 @@ class Datapath(LoadedObject):
         Their applies take turns (a lock on the pin directory), and one that finds that
         another applied since this object last read the maps reads them again first, so
         ids are never handed out twice. Each apply sets the whole state: the last one wins.
+
+        Health verdicts (Backend.down): with verdicts="keep" (the CLI, `apply -f`, the
+        agent: their states say nothing of verdicts) each backend's `down` is what the maps
+        hold, carried over while the backend stays in its VIP and stays checked, whatever
+        `state` says; a new backend, or one whose checks were off, starts not down. With
+        verdicts="set" (the checker, `pyxlb serve`), `state`'s values are written: read,
+        change and apply inside editing(), so no other writer's change is undone.
         """
         result = self.applier.apply(
             state, dry_run=dry_run,
-            announce_as=lambda: announce_source(self.interfaces(), self.announce_mac))
+            announce_as=lambda: announce_source(self.interfaces(), self.announce_mac),
+            verdicts=verdicts)
         if result.seconds is not None and self.on_apply is not None:
             self.on_apply(result)
         return result

@@ -23,7 +23,7 @@ from pyxlb import _bpf, netlink
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
 from pyxlb.addr import parse_addr, parse_mac
-from pyxlb.state import DesiredState, StateError
+from pyxlb.state import DesiredState, StateError, carry_verdicts
 
 from .flows import purge_moved
 from .readback import limits, read_layout
@@ -31,6 +31,7 @@ from .tables import BalancerTables
 from .vipindex import VipIndex
 
 NO_ANNOUNCE = (0, bytes(6))
+VERDICTS = ("keep", "set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,13 +288,19 @@ class Applier:
             self.image = None
 
     def apply(self, state: DesiredState, *, dry_run: bool = False,
-              announce_as: Callable[[], Tuple[int, bytes]]) -> ApplyResult:
+              announce_as: Callable[[], Tuple[int, bytes]],
+              verdicts: str = "keep") -> ApplyResult:
         """See Datapath.apply. `announce_as` gives the (ifindex, MAC) of ARP/NDP answers,
         asked only when the plan announces an address."""
+        if verdicts not in VERDICTS:
+            raise ValueError(f"verdicts must be 'keep' or 'set', not {verdicts!r}")
         with self.lock():
             self.sync()
             started = time.perf_counter()
-            plan = plan_mod.make_plan(self.layout(), state, limits(self.tables))
+            layout = self.layout()
+            if verdicts == "keep":
+                state = carry_verdicts(layout.state, state)
+            plan = plan_mod.make_plan(layout, state, limits(self.tables))
             if dry_run or plan.empty:
                 return ApplyResult(plan)
             announce = announce_as() if any(f & L.ADDR_ANNOUNCE
@@ -337,6 +344,8 @@ class Applier:
         new ring (time.perf_counter)."""
         # stray trie entries: no VIP record consults them, so they may go before anything
         t.source_ranges.remove_all(plan.stray_deletes)
+        # health specs are the control plane's alone: deletes first (a key is never both)
+        t.health_specs.delete_all(sorted(plan.spec_deletes))
         new_backends = sorted(plan.new_backend_ids)
         t.counters.reset_backends(new_backends)
         t.nexthops.clear_all(new_backends)
@@ -345,6 +354,7 @@ class Applier:
         # background while the rest is written: the rings are visible before it ends
         finish_rings = t.rings.put_all(plan.ring_writes)
         t.members.put_all(sorted(plan.member_writes.items()))
+        t.health_specs.put_all(sorted(plan.spec_writes.items()))
         t.counters.reset_vips(sorted(plan.new_vip_ids))
         # a VIP's client prefixes are in the trie before its record says to look there
         t.source_ranges.add_all(plan.range_writes)

@@ -95,7 +95,8 @@ class FlowTables:
 
 def purge_moved(flows: FlowTables, plan: Plan) -> int:
     """Forget the flows (ClientIP affinity pins included) that the VIP serving them after
-    `plan` would not send where they are pinned: a backend the VIP no longer has, a VIP
+    `plan` would not send where they are pinned: a backend the VIP no longer has (or has
+    down, with health checks that say on_fail: gone), a VIP
     that went (it may come back with other backends: Kubernetes reuses addresses), or a
     packet another VIP now takes (a port-0 VIP taking the address of a removed port, a
     port's own VIP added under a port-0 one). Only pins to backends that live on need
@@ -105,7 +106,8 @@ def purge_moved(flows: FlowTables, plan: Plan) -> int:
     live = set(plan.new.backend_ids.values())
 
     def ids_of(layout, vip) -> Set[int]:
-        return {layout.backend_ids[b.address] for b in vip.backends}
+        """The backends `vip`'s flows may stay on."""
+        return {layout.backend_ids[b.address] for b in vip.backends if vip.keeps_flows(b)}
 
     # which (address, protocol) may hold such flows, pinned to which ids: scanning the
     # flow tables costs milliseconds, so only when an apply can have made any
@@ -148,8 +150,7 @@ def purge_moved(flows: FlowTables, plan: Plan) -> int:
         if now is not None:
             ids = keep.get(now.key)
             if ids is None:
-                ids = keep[now.key] = {plan.new.backend_ids[b.address]
-                                       for b in now.backends}
+                ids = keep[now.key] = ids_of(plan.new, now)
             if bid in ids:
                 continue
         removed += forget()

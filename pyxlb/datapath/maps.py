@@ -27,8 +27,9 @@ from pyxlb.addr import (Address, Prefix, filter_slot, format_addr, format_mac, f
                         from_lpm, lpm_prefix, parse_addr, parse_mac, prefix_or_none)
 from pyxlb.errors import PyxlbError
 from pyxlb.numbers import int_in
-from pyxlb.plan import BackendRecord, RangeEntry, VipRecord
-from pyxlb.state import PROTOCOLS, VipKey
+from pyxlb.plan import (HEALTH_TYPE_CODES, HEALTH_TYPE_NAMES, BackendRecord, MemberKey,
+                        MemberValue, RangeEntry, VipRecord)
+from pyxlb.state import PROTOCOLS, HealthSpec, StateError, VipKey
 
 # -- names ------------------------------------------------------------------------------
 
@@ -49,6 +50,7 @@ BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
 EPOCH = "xlb_epoch"                  # u64 bumped by every apply (control plane only)
 MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control plane's record)
+HEALTH_SPECS = "xlb_health_specs"    # xlb_member_key -> xlb_health_spec (control plane's)
 FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU): IPv6 flows
 FLOWS4 = "xlb_flowsets4"             # set -> xlb_flowset4 (mmap-able array): IPv4 flows
 VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
@@ -87,6 +89,7 @@ BALANCER = ObjectSpec(
         "backends": BACKENDS,
         "nexthops": NEXTHOPS,
         "members": MEMBERS,
+        "health_specs": HEALTH_SPECS,
         "epoch": EPOCH,
         "flows": FLOWS,
         "flows4": FLOWS4,
@@ -426,29 +429,91 @@ class Nexthops:
 
 
 class Members:
-    """xlb_members: (VIP id, backend id) -> (weight, BACKEND_* state): the control plane's
-    record of each VIP's backends (the datapath reads only the state)."""
+    """xlb_members: (VIP id, backend id) -> (weight, BACKEND_* state, HEALTH_* verdict): the
+    control plane's record of each VIP's backends (the datapath never reads it)."""
 
     def __init__(self, m: "_bpf.Map", writer=DIRECT):
         self.map = m
         self._w = writer
 
-    def put_all(self, items: Iterable[Tuple[Tuple[int, int], Tuple[int, int]]]) -> None:
+    def put_all(self, items: Iterable[Tuple[MemberKey, MemberValue]]) -> None:
         update, m = self._w.update, self.map
-        for (vid, bid), (weight, state) in items:
-            update(m, L.pack_member_key(vid, bid), L.pack_member(weight, state))
+        for (vid, bid), (weight, state, health) in items:
+            update(m, L.pack_member_key(vid, bid), L.pack_member(weight, state, health))
 
-    def delete_all(self, keys: Iterable[Tuple[int, int]]) -> None:
+    def delete_all(self, keys: Iterable[MemberKey]) -> None:
         delete, m = self._w.delete, self.map
         for vid, bid in keys:
             delete(m, L.pack_member_key(vid, bid))
 
-    def read(self) -> Dict[Tuple[int, int], Tuple[int, int]]:
+    def read(self) -> Dict[MemberKey, MemberValue]:
         keys, values, n = self.map.lookup_batch()
         out = {}
         for k, v in _entries(keys, values, n, L.SIZES["xlb_member_key"], L.SIZES["xlb_member"]):
             k, v = L.unpack_member_key(k), L.unpack_member(v)
-            out[(k["vip_id"], k["backend_id"])] = (v["weight"], v["state"])
+            out[(k["vip_id"], k["backend_id"])] = (v["weight"], v["state"], v["health"])
+        return out
+
+
+def pack_health(spec: HealthSpec) -> bytes:
+    """struct xlb_health_spec of a HealthSpec (durations in milliseconds)."""
+    lo, hi = spec.expect_range
+    flags = ((L.HEALTH_F_DIRECT if spec.via == "direct" else 0)
+             | (L.HEALTH_F_GONE if spec.on_fail == "gone" else 0))
+    return L.pack_health_spec(HEALTH_TYPE_CODES[spec.type], flags, spec.port or 0,
+                              round(spec.interval * 1000), round(spec.timeout * 1000),
+                              spec.rise, spec.fall, lo, hi, spec.path.encode("ascii"))
+
+
+def unpack_health(raw: bytes) -> HealthSpec:
+    """The HealthSpec of a struct xlb_health_spec; PyxlbError for a record pyxlb does not
+    write."""
+    h = L.unpack_health_spec(raw)
+    try:
+        return HealthSpec(type=HEALTH_TYPE_NAMES[h["type"]], port=h["port"] or None,
+                          path=h["path"].decode("ascii"),
+                          expect=(f"{h['expect_lo']}" if h["expect_lo"] == h["expect_hi"]
+                                  else f"{h['expect_lo']}-{h['expect_hi']}"),
+                          interval=h["interval_ms"] / 1000, timeout=h["timeout_ms"] / 1000,
+                          rise=h["rise"], fall=h["fall"],
+                          via="direct" if h["flags"] & L.HEALTH_F_DIRECT else "tunnel",
+                          on_fail="gone" if h["flags"] & L.HEALTH_F_GONE else "drain")
+    except (KeyError, UnicodeDecodeError, StateError) as exc:
+        raise PyxlbError(f"the health-spec map holds a record pyxlb does not write "
+                         f"({exc}): the maps were not made by pyxlb apply") from None
+
+
+class HealthSpecs:
+    """xlb_health_specs: (VIP id, HEALTH_VIP or backend id) -> HealthSpec (struct
+    xlb_health_spec): how each VIP's backends are checked, and the backends whose checks
+    differ from their VIP's. Control plane only: the checker and a restarted process read
+    it back."""
+
+    def __init__(self, m: "_bpf.Map", writer=DIRECT):
+        self.map = m
+        self._w = writer
+
+    def put_all(self, items: Iterable[Tuple[MemberKey, HealthSpec]]) -> None:
+        update, m = self._w.update, self.map
+        for (vid, bid), spec in items:
+            update(m, L.pack_member_key(vid, bid), pack_health(spec))
+
+    def delete_all(self, keys: Iterable[MemberKey]) -> None:
+        """Delete every key (one that is absent is skipped)."""
+        m = self.map
+        for vid, bid in keys:
+            key = L.pack_member_key(vid, bid)
+            if self._w is DIRECT and m.get(key) is None:
+                continue
+            self._w.delete(m, key)
+
+    def read(self) -> Dict[MemberKey, HealthSpec]:
+        keys, values, n = self.map.lookup_batch()
+        out = {}
+        for k, v in _entries(keys, values, n, L.SIZES["xlb_member_key"],
+                             L.SIZES["xlb_health_spec"]):
+            k = L.unpack_member_key(k)
+            out[(k["vip_id"], k["backend_id"])] = unpack_health(bytes(v))
         return out
 
 

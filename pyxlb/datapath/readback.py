@@ -20,7 +20,8 @@ def read_layout(t: BalancerTables) -> plan_mod.Layout:
     members = t.members.read()
     backends = t.backends.read()
     live = {i: r for i, r in backends.items() if r.state}
-    layout = plan_mod.rebuild_state(vips, members, live, t.source_ranges.read())
+    layout = plan_mod.rebuild_state(vips, members, live, t.source_ranges.read(),
+                                    t.health_specs.read())
     layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})
     return layout
 
@@ -42,4 +43,5 @@ def limits(t: BalancerTables) -> plan_mod.Limits:
                                     m.vip_range_drops.max_entries),
                            backends=m.backends.max_entries,
                            rings=m.rings.max_entries,
-                           source_ranges=m.source_ranges.max_entries)
+                           source_ranges=m.source_ranges.max_entries,
+                           health_specs=m.health_specs.max_entries)

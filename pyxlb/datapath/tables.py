@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from .counters import Counters, Stats
 from .flows import FlowTables
-from .maps import (DIRECT, AddrSet, Backends, Config, Epoch, IfMacs, MapSet, Members, Nexthops,
-                   PrefixSet, Rings, SourceRanges, VipAddrs, Vips)
+from .maps import (DIRECT, AddrSet, Backends, Config, Epoch, HealthSpecs, IfMacs, MapSet,
+                   Members, Nexthops, PrefixSet, Rings, SourceRanges, VipAddrs, Vips)
 from .vipindex import VipIndexMap
 
 
@@ -49,6 +49,7 @@ class BalancerTables(CommonTables):
         self.backends = Backends(maps.backends, writer)
         self.nexthops = Nexthops(maps.nexthops, writer)
         self.members = Members(maps.members, writer)
+        self.health_specs = HealthSpecs(maps.health_specs, writer)
         self.epoch = Epoch(maps.epoch, writer)
         self.source_ranges = SourceRanges(maps.source_ranges, writer)
         self.counters = Counters(maps.vip_stats, maps.backend_stats, maps.vip_range_drops,

@@ -26,6 +26,8 @@ BALANCER_USES = [
     (maps.FLOWS4, "value", "xlb_flowset4"),
     (maps.MEMBERS, "key", "xlb_member_key"),
     (maps.MEMBERS, "value", "xlb_member"),
+    (maps.HEALTH_SPECS, "key", "xlb_member_key"),
+    (maps.HEALTH_SPECS, "value", "xlb_health_spec"),
     (maps.VIP_STATS, "value", "xlb_counters"),
     (maps.BACKEND_STATS, "value", "xlb_counters"),
     (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),

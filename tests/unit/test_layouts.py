@@ -71,7 +71,10 @@ STRATEGIES = {
         family=st.just(L.FAMILY_V4))),
     "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32, hash=u32)),
     "member_key": st.fixed_dictionaries(dict(vip_id=u32, backend_id=u32)),
-    "member": st.fixed_dictionaries(dict(weight=u32, state=u8)),
+    "member": st.fixed_dictionaries(dict(weight=u32, state=u8, health=u8)),
+    "health_spec": st.fixed_dictionaries(dict(
+        type=u8, flags=u8, port=u16, interval_ms=u32, timeout_ms=u32, rise=u8, fall=u8,
+        expect_lo=u16, expect_hi=u16, path=st.binary(max_size=L.HEALTH_PATH_MAX))),
     "counters": st.fixed_dictionaries(dict(packets=u64, bytes=u64, new_flows=u64)),
     "lpm_key": st.fixed_dictionaries(dict(prefixlen=st.integers(0, 128),
                                           addr=st.binary(min_size=16, max_size=16))),
@@ -185,6 +188,19 @@ def test_host_order_fields():
     assert cfg[:8] == struct.pack("=IHH", 0xDEADBEEF, 9000, L.CFG_DECAP_CHECK_SOURCE)
 
 
+def test_member_and_health_spec_bytes():
+    """The verdict sits in what was the member's first pad byte; a health spec is its
+    integers in host order, then the path's length and the path, zero-padded."""
+    assert L.pack_member(5, L.BACKEND_ACTIVE, L.HEALTH_DOWN) == \
+        struct.pack("=IBBxx", 5, L.BACKEND_ACTIVE, L.HEALTH_DOWN)
+    data = L.pack_health_spec(L.HEALTH_HTTP, L.HEALTH_F_GONE, 8080, 2000, 500, 2, 3, 200,
+                              299, b"/healthz")
+    assert data[:20] == struct.pack("=BBHIIBBHHBx", L.HEALTH_HTTP, L.HEALTH_F_GONE, 8080,
+                                    2000, 500, 2, 3, 200, 299, 8)
+    assert data[20:] == b"/healthz".ljust(L.HEALTH_PATH_MAX, b"\0")
+    assert len(data) == L.SIZES["xlb_health_spec"]
+
+
 def test_src_range_key_bytes():
     # the VIP id leads the matched data, so every trie prefix is "this VIP, then addresses"
     data = L.pack_src_range_key(7, 32 + 96 + 24, bytes(10) + b"\xff\xff" + bytes([10, 1, 2, 0]))
@@ -237,6 +253,11 @@ def test_defaults():
     lambda: L.pack_config(src4_plen=33),
     lambda: L.pack_config(src6_plen=129),
     lambda: L.pack_config(src4=bytes(16)),
+    lambda: L.pack_health_spec(L.HEALTH_HTTP, path=b"/" * (L.HEALTH_PATH_MAX + 1)),
+    lambda: L.pack_health_spec(L.HEALTH_TCP, port=65536),
+    lambda: L.pack_member(1, 1, 256),
+    lambda: L.unpack_health_spec(bytes(18) + bytes([L.HEALTH_PATH_MAX + 1, 0])
+                                 + bytes(L.HEALTH_PATH_MAX)),     # path_len too long
     lambda: L.sum_counters(bytes(24), 0),
     lambda: L.sum_counters(bytes(25), 1),
     lambda: L.vip_ports_on(bytes(21), V4, L.FAMILY_V4),
@@ -252,6 +273,7 @@ def test_bad_values_raise_valueerror(call):
     lambda: L.pack_vip_key("10.0.0.1", 80, 6, L.FAMILY_V4),
     lambda: L.pack_flow(True, 0),
     lambda: L.pack_nexthop(6, bytes(6), 1),
+    lambda: L.pack_health_spec(L.HEALTH_HTTP, path="/"),
 ])
 def test_wrong_types_raise_typeerror(call):
     with pytest.raises(TypeError):
@@ -308,10 +330,14 @@ def test_constants_from_consts_h():
     for group in ([L.VIP_NO_FLOW_TABLE, L.VIP_AFFINITY_SRC, L.VIP_ANNOUNCE,
                    L.VIP_SOURCE_RANGES],
                   [L.ADDR_PORTS, L.ADDR_ALL_PORTS, L.ADDR_ANNOUNCE],
-                  [L.BACKEND_LOCAL], [L.CFG_DECAP_CHECK_SOURCE]):
+                  [L.BACKEND_LOCAL], [L.CFG_DECAP_CHECK_SOURCE],
+                  [L.HEALTH_F_DIRECT, L.HEALTH_F_GONE]):
         assert all(f > 0 and f & (f - 1) == 0 for f in group)      # one bit each
         assert len(set(group)) == len(group)
     assert {L.BACKEND_ACTIVE, L.BACKEND_DRAINING} == {1, 2}
+    assert (L.HEALTH_UNCHECKED, L.HEALTH_UP, L.HEALTH_DOWN) == (0, 1, 2)
+    assert len({L.HEALTH_TCP, L.HEALTH_HTTP, L.HEALTH_NONE} - {0}) == 3
+    assert L.HEALTH_VIP == 0xFFFFFFFF and L.HEALTH_VIP >= L.MAX_BACKENDS
     assert L.MAX_RINGS >= 1 and L.MAX_VIPS >= 1 and L.MAX_BACKENDS >= 1
     assert L.MAX_SOURCE_RANGES >= L.MAX_VIPS
     assert L.STAT_NAMES[L.STAT_DROP_SOURCE_RANGE] == "drop_source_range"

@@ -55,7 +55,8 @@ def test_changing_one_of_two_sharing_vips_copies_its_ring():
     assert len(plan.ring_writes) == 1 and not plan.ring_deletes     # the :80 VIP keeps it
     assert list(plan.vip_writes) == [VipKey.parse("192.0.2.10:443/tcp")]
     assert plan.new_backend_ids == {3} and set(plan.backend_writes) == {3}
-    assert plan.member_writes == {(1, 3): (1, L.BACKEND_ACTIVE)} and not plan.member_deletes
+    assert plan.member_writes == {(1, 3): (1, L.BACKEND_ACTIVE, L.HEALTH_UNCHECKED)} \
+        and not plan.member_deletes
     # the existing backends keep their ids: their pinned flows stay valid
     assert {a: i for a, i in plan.new.backend_ids.items() if str(a) in WEB} == \
         first.new.backend_ids
@@ -106,7 +107,7 @@ def test_draining_backend_leaves_the_ring_not_the_vip():
     assert bid not in set(table)
     assert plan.backend_writes[bid].state == L.BACKEND_DRAINING
     assert {k: v for k, v in plan.member_writes.items()} == {
-        (0, bid): (1, L.BACKEND_DRAINING), (1, bid): (1, L.BACKEND_DRAINING)}
+        (0, bid): (1, L.BACKEND_DRAINING, 0), (1, bid): (1, L.BACKEND_DRAINING, 0)}
     assert not plan.backend_frees
 
 

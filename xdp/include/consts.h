@@ -94,6 +94,18 @@
 /* struct xlb_backend.flags */
 #define XLB_BACKEND_LOCAL (1 << 0)	/* this node: pass up whatever the VIP's mode */
 
+/* Health checks (struct xlb_member.health, struct xlb_health_spec): control plane only. */
+#define XLB_HEALTH_VIP 0xFFFFFFFFu	/* xlb_health_specs key backend_id of a VIP's own spec */
+#define XLB_HEALTH_PATH_MAX 96		/* bytes of an HTTP check's path */
+#define XLB_HEALTH_UNCHECKED 0		/* struct xlb_member.health: not checked */
+#define XLB_HEALTH_UP 1			/* checked, not down (or no verdict yet) */
+#define XLB_HEALTH_DOWN 2		/* failed its check: out of the ring */
+#define XLB_HEALTH_TCP 1		/* struct xlb_health_spec.type: a TCP connect */
+#define XLB_HEALTH_HTTP 2		/* an HTTP GET, its status checked */
+#define XLB_HEALTH_NONE 3		/* not checked (a backend's override of its VIP's) */
+#define XLB_HEALTH_F_DIRECT (1 << 0)	/* to the backend's own address, not via the tunnel */
+#define XLB_HEALTH_F_GONE (1 << 1)	/* on failure, forget its flows too (not just drain) */
+
 /* struct xlb_config.flags */
 #define XLB_CFG_DECAP_CHECK_SOURCE (1 << 0)	/* decap only from xlb_decap_sources */
 

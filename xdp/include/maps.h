@@ -175,6 +175,17 @@ struct {
 	__type(value, struct xlb_member);
 } xlb_members SEC(".maps");
 
+/* (VIP id, XLB_HEALTH_VIP or backend id) -> how that VIP's (or that backend's) health is
+ * checked: the control plane's record, read back by the checker and a restarted process.
+ * The datapath never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_MEMBERS + XLB_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xlb_member_key);
+	__type(value, struct xlb_health_spec);
+} xlb_health_specs SEC(".maps");
+
 /* IPv4 flows -> pinned backend: a set-associative table. A flow lives in one set, chosen
  * by xlb_flow4_set(); a new flow goes to the set's first way and pushes the others down,
  * the last one out. Userspace reads and clears ways through mmap (docs/datapath.md). */

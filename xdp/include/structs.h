@@ -147,7 +147,30 @@ struct xlb_member_key {
 struct xlb_member {
 	__u32 weight;		/* host order */
 	__u8 state;		/* XLB_BACKEND_ACTIVE / _DRAINING */
-	__u8 pad[3];
+	__u8 health;		/* XLB_HEALTH_* verdict: 0 not checked, 1 checked and not
+				 * down (up, or no verdict yet), 2 down */
+	__u8 pad[2];
+};
+
+/*
+ * Value of xlb_health_specs (key: struct xlb_member_key, backend_id XLB_HEALTH_VIP for the
+ * VIP's own spec, a backend id for a backend whose spec differs from its VIP's): how a
+ * VIP's backends are health-checked. Control plane only, like xlb_members: the checker
+ * (`pyxlb serve`) and a restarted process read it back. Every integer in host order.
+ */
+struct xlb_health_spec {
+	__u8 type;		/* XLB_HEALTH_TCP / _HTTP / _NONE */
+	__u8 flags;		/* XLB_HEALTH_F_* */
+	__u16 port;		/* host order; 0: the VIP's port */
+	__u32 interval_ms;	/* host order; between two checks of one backend */
+	__u32 timeout_ms;	/* host order; a check not answered by then failed */
+	__u8 rise;		/* passes in a row that bring a down backend up */
+	__u8 fall;		/* failures in a row that put a backend down */
+	__u16 expect_lo;	/* host order; lowest HTTP status that passes */
+	__u16 expect_hi;	/* host order; highest one */
+	__u8 path_len;		/* bytes of path used */
+	__u8 pad;
+	__u8 path[XLB_HEALTH_PATH_MAX];	/* HTTP request path, printable ASCII, zero-padded */
 };
 
 /* Per-CPU traffic counters, per VIP and per backend: user space sums the CPUs. */
