@@ -200,6 +200,51 @@ def _backends(dp) -> Dict[int, Tuple[str, str]]:
             for bid, rec in dp.tables.backends.read().items() if rec.state in states}
 
 
+HEALTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                  5.0)
+
+
+class HealthCollector(Collector):
+    """The health checker's verdicts and counts, from `source()`: a list of
+    {vip, backend, verdict ("up"/"down"), transitions: {up, down}, checks, failed_checks}
+    (what pyxlb.health's Target.status() gives), read at each scrape."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self.source()
+        health = GaugeMetricFamily(
+            "pyxlb_backend_health", "Health-check verdict of each checked (VIP, backend): 1 "
+            "up, 0 down (out of the VIP's ring)", labels=["vip", "backend"])
+        transitions = CounterMetricFamily(
+            "pyxlb_backend_health_transitions", "Verdict changes of each checked (VIP, "
+            "backend), by the verdict it changed to", labels=["vip", "backend", "to"])
+        checks = CounterMetricFamily(
+            "pyxlb_backend_health_checks", "Health checks of each (VIP, backend), by result",
+            labels=["vip", "backend", "result"])
+        for r in rows:
+            labels = [r["vip"], r["backend"]]
+            health.add_metric(labels, 1 if r["verdict"] == "up" else 0)
+            for to in ("up", "down"):
+                transitions.add_metric(labels + [to], r["transitions"][to])
+            checks.add_metric(labels + ["ok"], r["checks"] - r["failed_checks"])
+            checks.add_metric(labels + ["fail"], r["failed_checks"])
+        yield health
+        yield transitions
+        yield checks
+
+
+def add_health(registry: CollectorRegistry, source):
+    """Register the health checker's metrics (HealthCollector over `source`) and the check
+    duration histogram; returns observe(seconds), to be called after each check."""
+    registry.register(HealthCollector(source))
+    hist = Histogram("pyxlb_health_check_duration_seconds", "Time from a health check's "
+                     "start to its result (a connection, a status line, an error or the "
+                     "timeout), to within 5 ms", buckets=HEALTH_BUCKETS, registry=registry)
+    return hist.observe
+
+
 def make_registry(dp) -> CollectorRegistry:
     """A registry holding the datapath's metrics, and the apply-duration histogram fed by
     `dp.on_apply` (called with each ApplyResult; a hook already there is still called)."""
@@ -219,23 +264,36 @@ def make_registry(dp) -> CollectorRegistry:
     return registry
 
 
+def start_server(registry: CollectorRegistry, host: str, port: int):
+    """Serve `registry` at http://host:port/metrics on a thread of its own; returns
+    (server, thread, url). Stop it with stop_server(server, thread)."""
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:      # port taken, address not ours, name not resolved
+        raise PyxlbError(f"cannot serve metrics on {host}:{port}: "
+                         f"{exc.strerror or exc}") from None
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return server, thread, f"http://{shown}:{bound_port}/metrics"
+
+
+def stop_server(server, thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
 def serve(dp, host: str, port: int) -> None:
     """Serve the metrics of `dp` over HTTP on host:port (an IPv4 or IPv6 address, or a
     name) until interrupted: Ctrl-C, or SIGTERM (how a container is stopped), both end it
     cleanly."""
-    try:
-        server, thread = start_http_server(port, addr=host, registry=make_registry(dp))
-    except OSError as exc:      # port taken, address not ours, name not resolved
-        raise PyxlbError(f"cannot serve metrics on {host}:{port}: "
-                         f"{exc.strerror or exc}") from None
+    server, thread, url = start_server(make_registry(dp), host, port)
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        bound_host, bound_port = server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"pyxlb: metrics on http://{shown}:{bound_port}/metrics", flush=True)
+        print(f"pyxlb: metrics on {url}", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
@@ -243,6 +301,4 @@ def serve(dp, host: str, port: int) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        stop_server(server, thread)

@@ -119,9 +119,11 @@ class Runner:
                          "announcing" if addr in wanted else "withdrew", addr)
         return results
 
-    def run(self, on_ready: Optional[Callable[[], None]] = None) -> None:
-        """Until SIGTERM/SIGINT (or stop()): announce, re-check on every membership change
-        and every second; then withdraw everything."""
+    def run(self, on_ready: Optional[Callable[[], None]] = None,
+            on_tick: Optional[Callable[[], None]] = None) -> None:
+        """Until SIGTERM/SIGINT (or stop()): announce, re-check on every membership change,
+        every wake() and every second; then withdraw everything. `on_tick` is called
+        before each re-check (`pyxlb serve` refreshes `state` there)."""
         self.dp.apply(self.state if self.mode != "l2" else with_announce(self.state, ()))
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -137,11 +139,17 @@ class Runner:
                 self._wake.wait(TICK_S)
                 self._wake.clear()
                 if not self._stop.is_set():
+                    if on_tick is not None:
+                        on_tick()
                     self.step()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
             self.close()
+
+    def wake(self) -> None:
+        """Re-check now rather than at the next tick (from any thread or a signal)."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

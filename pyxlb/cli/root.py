@@ -15,8 +15,10 @@ from pyxlb.cli.common import (EXIT_FAILURE, FAILURES, Fail, Options, one_line,
                               require_command)
 from pyxlb.cli.datapath import attach, detach, status
 from pyxlb.cli.decap import decap
+from pyxlb.cli.health import health
 from pyxlb.cli.lab import lab
 from pyxlb.cli.observe import metrics, stats
+from pyxlb.cli.serve import serve
 from pyxlb.cli.state import apply_cmd
 from pyxlb.cli.upgrade import upgrade
 from pyxlb.cli.vips import backend, vip
@@ -91,5 +93,5 @@ def cli(ctx: click.Context, pin_dir: str, netns_name: Optional[str]) -> None:
 
 
 for command in (attach, detach, status, upgrade, vip, backend, apply_cmd, stats, metrics, decap,
-                lab, agent, announce):
+                lab, agent, announce, serve, health):
     cli.add_command(command)

@@ -29,7 +29,6 @@ loop turn, so changes that happen together are applied together.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import heapq
 import logging
@@ -113,17 +112,17 @@ class Target:
         """Take (possibly new) settings; the verdict and the counts stay."""
         self.vip, self.backend, self.spec = vip, backend, spec
         self.mode = vip.mode
-        self.via = getattr(spec, "via", "tunnel")
-        self.port = spec.port if getattr(spec, "port", None) else vip.key.port
+        self.via = spec.via
+        self.port = spec.port_for(vip.key)
         self.addr = str(backend.address)
         self.family = socket.AF_INET if backend.address.version == 4 else socket.AF_INET6
-        self.expect = parse_expect(getattr(spec, "expect", "200-399"))
+        self.expect = parse_expect(spec.expect)
         if spec.type == "http":
             host = vip.key.address
             host = f"[{host}]" if host.version == 6 else str(host)
             if self.port != 80:
                 host += f":{self.port}"
-            path = getattr(spec, "path", None) or "/"
+            path = spec.path
             self.request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
                             f"User-Agent: pyxlb-health\r\nConnection: close\r\n\r\n").encode()
         else:
@@ -138,7 +137,7 @@ class Target:
         spec = self.spec
         return {"vip": str(self.key[0]), "backend": str(self.key[1]), "type": spec.type,
                 "via": self.via, "port": self.port,
-                "path": getattr(spec, "path", None) if spec.type == "http" else None,
+                "path": spec.path if spec.type == "http" else None,
                 "interval": spec.interval, "timeout": spec.timeout, "rise": spec.rise,
                 "fall": spec.fall, "verdict": "up" if self.up else "down",
                 "since": self.since, "last_check": self.last_check,
@@ -242,7 +241,7 @@ class Checker:
                     seen.add(key)
                     t = self.targets.get(key)
                     if t is None:
-                        t = Target(vip, b, spec, not getattr(b, "down", False), wall)
+                        t = Target(vip, b, spec, not b.down, wall)
                         self.targets[key] = t
                         self._schedule(t, now + self.rng.random() * spec.interval)
                         added += 1
@@ -539,17 +538,7 @@ def _judge(line: bytes, expect) -> Tuple[bool, Optional[str]]:
 
 
 def changed_state(state, changes: Iterable[Change]):
-    """`state` with the verdicts of `changes` set (Backend.down), or None if none of them
-    changes a backend it still has."""
-    wanted = {c.key: not c.up for c in changes}
-    vips = []
-    touched = False
-    for vip in state:
-        backends = tuple(dataclasses.replace(b, down=wanted[(vip.key, b.address)])
-                         if wanted.get((vip.key, b.address), b.down) != b.down else b
-                         for b in vip.backends)
-        if any(x is not y for x, y in zip(backends, vip.backends)):
-            touched = True
-            vip = vip.replace(backends=backends)
-        vips.append(vip)
-    return type(state)(tuple(vips)) if touched else None
+    """`state` (a DesiredState) with the verdicts of `changes` set, or None if that
+    changes nothing (the backends went meanwhile, or have those verdicts already)."""
+    new = state.with_verdicts({c.key: not c.up for c in changes})
+    return None if new == state else new

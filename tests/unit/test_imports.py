@@ -129,7 +129,7 @@ LAYERS = [
               "pyxlb.maglev"]),
     ("model", ["pyxlb.state", "pyxlb.plan", "pyxlb.metrics"]),
     ("datapath", ["pyxlb.datapath"]),
-    ("node", ["pyxlb.node", "pyxlb.announce"]),
+    ("node", ["pyxlb.node", "pyxlb.announce", "pyxlb.health"]),
     ("files", ["pyxlb.config"]),
     ("services", ["pyxlb.k8s", "pyxlb.lab"]),
     ("commands", ["pyxlb.cli", "pyxlb.__main__", "pyxlb"]),
