@@ -7,6 +7,8 @@
 - `Program`: a loaded program: `test_run` over BPF_PROG_TEST_RUN, pinning.
 - `XdpLink`: a program attached to an interface's XDP hook (netlink attachment, so it
   outlives this process until detached).
+- `TcxLink`: a tc program attached to an interface's tcx ingress or egress hook by a BPF
+  link this process holds (it goes when the link is closed or the process ends).
 
 Every instance owns its own file descriptor (maps and programs taken from an object are
 duplicated), so closing one never invalidates another. Failures of the kernel or libbpf
@@ -90,6 +92,29 @@ def struct_sizes():
         "xlb_vip_key": sizeof(xlb_vip_key),
         "xlb_counters": sizeof(xlb_counters),
     }
+
+
+def kernel_enum(name):
+    """{enumerator: value} of enum `name` as the running kernel has it (its BTF, from
+    /sys/kernel/btf/vmlinux): for checking constants the UAPI headers are too old to
+    hold. KeyError if the kernel has no such enum."""
+    cdef btf *b = btf__load_vmlinux_btf()
+    cdef const btf_type *t
+    cdef const btf_enum *e
+    cdef int type_id
+    cdef uint16_t i
+    if b == NULL:
+        _raise_errno(errno or ENOENT, "load the kernel's BTF")
+    try:
+        type_id = btf__find_by_name_kind(b, name.encode(), BTF_KIND_ENUM)
+        if type_id < 0:
+            raise KeyError(f"the kernel has no enum {name!r}")
+        t = btf__type_by_id(b, type_id)
+        e = btf_enum_of(t)
+        return {btf__name_by_offset(b, e[i].name_off).decode(): e[i].val
+                for i in range(btf_vlen(t))}
+    finally:
+        btf__free(b)
 
 
 def num_possible_cpus():
@@ -409,6 +434,13 @@ cdef class BpfObject:
     def _before_load(self):
         if self.loaded:
             raise ValueError("the object is already loaded: map settings are fixed")
+
+    def set_autocreate(self, name, bint create):
+        """Whether load() creates map `name` (a map no program of the object uses may be
+        left out; a used one then fails the load)."""
+        self._before_load()
+        _check(bpf_map__set_autocreate(self._find_map(name), create),
+               f"set_autocreate({name})")
 
     def set_max_entries(self, name, uint32_t max_entries):
         """Resize a map before load."""
@@ -1274,3 +1306,87 @@ cdef class XdpLink:
 
     def __repr__(self):
         return f"<XdpLink ifindex={self.ifindex} mode={self.mode} prog_id={self.prog_id}>"
+
+
+# enum bpf_attach_type's tcx hooks (Linux 6.6); Debian 12's UAPI headers predate them.
+# tests/datapath/test_health_tunnel.py checks both against the running kernel's BTF.
+TCX_INGRESS = 46
+TCX_EGRESS = 47
+_TCX_HOOKS = {"ingress": TCX_INGRESS, "egress": TCX_EGRESS}
+
+
+cdef class TcxLink:
+    """A tc program (SEC("tc")) attached to an interface's tcx ingress or egress hook, after
+    the programs already there, by a BPF link whose only holder is this object: close()
+    detaches it, and so does the end of the process, so nothing it rewrote is left behind
+    by a process that died. Interface names are resolved in the calling thread's network
+    namespace."""
+
+    cdef int _fd
+    cdef readonly int ifindex
+    cdef readonly str direction
+    cdef readonly uint32_t prog_id
+    cdef readonly uint32_t id
+
+    def __cinit__(self):
+        self._fd = -1
+
+    def __init__(self):
+        raise TypeError("use TcxLink.attach()")
+
+    @staticmethod
+    def attach(iface, Program program not None, direction):
+        """Attach `program` to `iface`'s "ingress" or "egress" hook."""
+        try:
+            attach_type = _TCX_HOOKS[direction]
+        except KeyError:
+            raise ValueError(f"direction must be 'ingress' or 'egress', not {direction!r}") \
+                from None
+        cdef int ifindex = _ifindex(iface)
+        cdef int fd = _check(bpf_link_create(program._get_fd(), ifindex, attach_type, NULL),
+                             f"attach {program.name} to tcx {direction} of ifindex {ifindex}")
+        cdef TcxLink self = TcxLink.__new__(TcxLink)
+        cdef bpf_link_info info
+        cdef uint32_t info_len = sizeof(info)
+        self._fd = fd
+        self.ifindex = ifindex
+        self.direction = direction
+        memset(&info, 0, sizeof(info))
+        _check(bpf_obj_get_info_by_fd(fd, &info, &info_len), "link info")
+        self.id = info.id
+        self.prog_id = info.prog_id
+        return self
+
+    @staticmethod
+    def exists(uint32_t link_id):
+        """Whether the kernel still has link `link_id` (held by some process)."""
+        cdef int fd = bpf_link_get_fd_by_id(link_id)
+        if fd == -ENOENT:
+            return False
+        _check(fd, f"open link id {link_id}")
+        close(fd)
+        return True
+
+    @property
+    def closed(self):
+        return self._fd < 0
+
+    def close(self):
+        """Detach: the link's last holder goes."""
+        if self._fd >= 0:
+            close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __dealloc__(self):
+        if self._fd >= 0:
+            close(self._fd)
+
+    def __repr__(self):
+        state = "closed" if self._fd < 0 else f"id={self.id} prog_id={self.prog_id}"
+        return f"<TcxLink ifindex={self.ifindex} {self.direction} {state}>"

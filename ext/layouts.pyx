@@ -97,6 +97,7 @@ HEALTH_F_GONE = XLB_HEALTH_F_GONE
 CFG_DECAP_CHECK_SOURCE = XLB_CFG_DECAP_CHECK_SOURCE
 
 MTU_DEFAULT = XLB_MTU_DEFAULT
+HC_MAX_PATHS = XLB_HC_MAX_PATHS
 IPV6_EXT_MAX = XLB_IPV6_EXT_MAX
 TTL = XLB_TTL
 ICMP4_QUOTE = XLB_ICMP4_QUOTE
@@ -184,6 +185,8 @@ SIZES = {
     "xlb_lpm_key": sizeof(xlb_lpm_key),
     "xlb_src_range_key": sizeof(xlb_src_range_key),
     "xlb_config": sizeof(xlb_config),
+    "xlb_hc_key": sizeof(xlb_hc_key),
+    "xlb_hc_path": sizeof(xlb_hc_path),
 }
 
 
@@ -757,6 +760,52 @@ def unpack_config(data):
     return {"seed": c.seed, "mtu": c.mtu, "flags": c.flags, "src4": _b(c.src4, 4),
             "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen,
             "flow4_bits": c.flow4_bits, "flow4_seed": c.flow4_seed}
+
+
+# -- struct xlb_hc_key, struct xlb_hc_path ----------------------------------------------
+
+def pack_hc_key(port, family):
+    """struct xlb_hc_key: a health check socket's local port (host order) and family."""
+    cdef xlb_hc_key k
+    memset(&k, 0, sizeof(k))
+    k.port = htons(<uint16_t>_uint(port, 16, "port"))
+    k.family = _family(family)
+    return _out(&k, sizeof(k))
+
+
+def unpack_hc_key(data):
+    cdef xlb_hc_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_hc_key"), sizeof(k))
+    return {"port": ntohs(k.port), "family": k.family}
+
+
+def pack_hc_path(vip, backend, outer_src, family, mode, dport=0):
+    """struct xlb_hc_path: the VIP, the backend and the outer source (16-byte addresses of
+    `family`; the outer source is all zero in L2 mode), MODE_IPIP or MODE_L2, and the
+    check's port (host order; 0 until the program learns it)."""
+    cdef xlb_hc_path v
+    cdef int fam = _family(family)
+    memset(&v, 0, sizeof(v))
+    _put(v.vip, _addr(vip, fam, "vip"))
+    _put(v.backend, _addr(backend, fam, "backend"))
+    _put(v.outer_src, _addr(outer_src, fam, "outer_src"))
+    m = _uint(mode, 8, "mode")
+    if m != XLB_MODE_IPIP and m != XLB_MODE_L2:
+        raise ValueError(f"mode must be MODE_IPIP ({XLB_MODE_IPIP}) or MODE_L2 "
+                         f"({XLB_MODE_L2}), not {mode!r}")
+    v.mode = m
+    v.dport = htons(<uint16_t>_uint(dport, 16, "dport"))
+    return _out(&v, sizeof(v))
+
+
+def unpack_hc_path(data):
+    """The fields of pack_hc_path, but the family (the key holds it)."""
+    cdef xlb_hc_path v
+    data = _as_bytes(data)
+    memcpy(&v, _input(data, sizeof(v), "xlb_hc_path"), sizeof(v))
+    return {"vip": _b(v.vip, 16), "backend": _b(v.backend, 16),
+            "outer_src": _b(v.outer_src, 16), "mode": v.mode, "dport": ntohs(v.dport)}
 
 
 # -- scans over many keys (no Python object per entry) ----------------------------------

@@ -63,6 +63,8 @@ cdef extern from "consts.h":
         XLB_CFG_DECAP_CHECK_SOURCE
         # packet limits
         XLB_MTU_DEFAULT
+        # health checks through the tunnel: registered local ports at most
+        XLB_HC_MAX_PATHS
         XLB_IPV6_EXT_MAX
         XLB_TTL
         XLB_ICMP4_QUOTE
@@ -227,3 +229,16 @@ cdef extern from "structs.h":
         uint8_t pad
         uint8_t src6[16]
         uint32_t flow4_seed
+
+    struct xlb_hc_key:
+        uint16_t port           # network order
+        uint8_t family
+        uint8_t pad
+
+    struct xlb_hc_path:
+        uint8_t vip[16]
+        uint8_t backend[16]
+        uint8_t outer_src[16]
+        uint8_t mode
+        uint8_t pad
+        uint16_t dport          # network order

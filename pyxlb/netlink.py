@@ -113,6 +113,35 @@ class Resolver:
         return NextHop(dmac, smac, oif)
 
 
+class Route(NamedTuple):
+    """The kernel's answer to "how would a packet to this address leave?" (ip route get)."""
+
+    local: bool                         # the address is this host's own
+    ifindex: int                        # the egress interface
+    gateway: Optional[ipaddress._BaseAddress]   # the router it goes through; None: on-link
+    source: Optional[ipaddress._BaseAddress]    # the source address a socket would take
+
+
+RTN_LOCAL = 2
+
+
+def route_get(addr) -> Route:
+    """How the kernel routes a packet to `addr` now (policy rules included); PyxlbError
+    (one line) when it has no route."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    addr = ipaddress.ip_address(str(addr))
+    try:
+        with IPRoute() as ipr:
+            msg = ipr.route("get", dst=str(addr))[0]
+    except NetlinkError as exc:
+        raise PyxlbError(f"no route to {addr}: {exc.args[-1]}") from None
+    gateway, source = msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_PREFSRC")
+    return Route(msg["type"] == RTN_LOCAL, msg.get_attr("RTA_OIF") or 0,
+                 ipaddress.ip_address(gateway) if gateway else None,
+                 ipaddress.ip_address(source) if source else None)
+
+
 def tx_checksum_off(ifname: str) -> None:
     """Turn off transmit checksum offload on `ifname` (this thread's namespace). A veth
     hands packets on with the checksum still to be filled in, and an XDP_TX on the way

@@ -1,5 +1,5 @@
 # Declarations only: the parts of libbpf (1.1+) and the kernel UAPI that pyxlb._bpf calls.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "linux/bpf.h" nogil:
@@ -49,6 +49,11 @@ cdef extern from "linux/bpf.h" nogil:
         uint32_t nr_map_ids
         uint64_t map_ids
 
+    struct bpf_link_info:
+        uint32_t type
+        uint32_t id
+        uint32_t prog_id
+
 
 cdef extern from "linux/if_link.h" nogil:
     enum:
@@ -92,6 +97,10 @@ cdef extern from "bpf/bpf.h" nogil:
         uint32_t cpu
         uint32_t batch_size
 
+    # attach_type is an enum bpf_attach_type; an int here so that values newer than the
+    # UAPI headers (tcx, Linux 6.6) can be passed
+    int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)
+    int bpf_link_get_fd_by_id(uint32_t id)
     int bpf_map_create(bpf_map_type map_type, const char *map_name, uint32_t key_size,
                        uint32_t value_size, uint32_t max_entries,
                        const bpf_map_create_opts *opts)
@@ -161,6 +170,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     const char *bpf_map__pin_path(const bpf_map *map)
     bint bpf_map__is_pinned(const bpf_map *map)
     int bpf_map__reuse_fd(bpf_map *map, int fd)
+    int bpf_map__set_autocreate(bpf_map *map, bint autocreate)
 
     int bpf_program__fd(const bpf_program *prog)
     const void *bpf_program__insns(const bpf_program *prog)
@@ -202,6 +212,10 @@ cdef extern from "bpf/btf.h" nogil:
         uint32_t index_type
         uint32_t nelems
 
+    struct btf_enum:
+        uint32_t name_off
+        int32_t val
+
     enum:
         BTF_KIND_INT
         BTF_KIND_PTR
@@ -220,6 +234,7 @@ cdef extern from "bpf/btf.h" nogil:
         BTF_INT_SIGNED
 
     btf *btf__load_from_kernel_by_id(uint32_t id)
+    btf *btf__load_vmlinux_btf()
     void btf__free(btf *b)
     const btf_type *btf__type_by_id(const btf *b, uint32_t id)
     const char *btf__name_by_offset(const btf *b, uint32_t offset)
@@ -228,6 +243,7 @@ cdef extern from "bpf/btf.h" nogil:
     uint16_t btf_vlen(const btf_type *t)
     uint8_t btf_int_encoding(const btf_type *t)
     btf_array *btf_array_of "btf_array"(const btf_type *t)
+    btf_enum *btf_enum_of "btf_enum"(const btf_type *t)
     btf_member *btf_members(const btf_type *t)
     uint32_t btf_member_bit_offset(const btf_type *t, uint32_t member_idx)
     uint32_t btf_member_bitfield_size(const btf_type *t, uint32_t member_idx)

@@ -61,6 +61,9 @@ VIP_RANGE_DROPS = "xlb_vip_range_drops"  # vip id -> u64 refused by source range
 # Decap only.
 DECAP_VIPS = "xlb_decap_vips"        # xlb_addr_key -> u32: VIPs a backend accepts tunnelled
 
+# Health checks through the tunnel (health.o, one per checker process, never pinned).
+HC_PATHS = "xlb_hc_paths"            # xlb_hc_key -> xlb_hc_path: check sockets' local ports
+
 
 @dataclass(frozen=True)
 class ObjectSpec:
@@ -799,3 +802,35 @@ class Epoch:
         now = self.read() + 1
         self._w.update(self.map, 0, struct.pack("=Q", now))
         return now
+
+
+# -- health checks through the tunnel (health.o's own map) ---------------------------------
+
+class HcPaths:
+    """xlb_hc_paths: a health check socket's local port (and family) -> the VIP, backend,
+    mode and outer source its packets are re-addressed with (xdp/include/health.h). The
+    checker process owns the map (never pinned); this accessor writes it directly, one
+    update per registered socket."""
+
+    def __init__(self, m: "_bpf.Map"):
+        self.map = m
+
+    @staticmethod
+    def path(vip: bytes, backend: bytes, outer_src: bytes, family: int, mode: int) -> bytes:
+        """A value, packed once and written for every socket that checks this way."""
+        return L.pack_hc_path(vip, backend, outer_src, family, mode)
+
+    def put(self, port: int, family: int, path: bytes) -> None:
+        self.map.update(L.pack_hc_key(port, family), path)
+
+    def delete(self, port: int, family: int) -> None:
+        """Forget a port (KeyError if it is not there)."""
+        self.map.delete(L.pack_hc_key(port, family))
+
+    def get(self, port: int, family: int) -> dict:
+        """The port's entry as pyxlb._layouts.unpack_hc_path reads it (KeyError if none)."""
+        return L.unpack_hc_path(self.map.lookup(L.pack_hc_key(port, family)))
+
+    def ports(self) -> List[Tuple[int, int]]:
+        """Every registered (port, family)."""
+        return sorted((k["port"], k["family"]) for k in map(L.unpack_hc_key, self.map.keys()))

@@ -55,6 +55,21 @@ def decap():
     dp.close()
 
 
+HEALTH_USES = [
+    (maps.HC_PATHS, "key", "xlb_hc_key"),
+    (maps.HC_PATHS, "value", "xlb_hc_path"),
+]
+
+
+@pytest.fixture(scope="module")
+def health():
+    from pyxlb.health.tunnel import Tunnel
+
+    tunnel = Tunnel.open()
+    yield tunnel
+    tunnel.close()
+
+
 # inner maps of a map-of-maps: their value size is the template's, which the kernel checks
 # when an inner map is put in (the outer map's own value is a map fd)
 INNER_USES = [(maps.VIP_INDEX, "xlb_vip_slot")]
@@ -63,7 +78,8 @@ PARTS = {"xlb_flow4_way", "xlb_flow4_key"}
 
 
 def test_every_struct_is_checked():
-    assert ({s for _, _, s in BALANCER_USES + DECAP_USES} | {s for _, s in INNER_USES}
+    assert ({s for _, _, s in BALANCER_USES + DECAP_USES + HEALTH_USES}
+            | {s for _, s in INNER_USES}
             | PARTS == set(L.SIZES))
 
 
@@ -105,6 +121,15 @@ def test_balancer_sizes(balancer, map_name, side, struct):
 def test_decap_sizes(decap, map_name, side, struct):
     m = decap.maps[map_name]
     assert getattr(m, f"{side}_size") == L.SIZES[struct]
+
+
+@pytest.mark.parametrize("map_name,side,struct", HEALTH_USES,
+                         ids=[f"{m}.{s}" for m, s, _ in HEALTH_USES])
+def test_health_sizes(health, map_name, side, struct):
+    m = health.paths.map
+    assert m.name == map_name
+    assert getattr(m, f"{side}_size") == L.SIZES[struct]
+    assert m.max_entries == L.HC_MAX_PATHS
 
 
 def test_scalar_maps(balancer, decap):

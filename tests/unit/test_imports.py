@@ -131,7 +131,7 @@ LAYERS = [
     ("datapath", ["pyxlb.datapath"]),
     ("node", ["pyxlb.node", "pyxlb.announce", "pyxlb.health"]),
     ("files", ["pyxlb.config"]),
-    ("services", ["pyxlb.k8s", "pyxlb.lab"]),
+    ("services", ["pyxlb.k8s", "pyxlb.lab", "pyxlb.health"]),
     ("commands", ["pyxlb.cli", "pyxlb.__main__", "pyxlb"]),
 ]
 

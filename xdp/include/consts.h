@@ -110,6 +110,11 @@
 #define XLB_CFG_DECAP_CHECK_SOURCE (1 << 0)	/* decap only from xlb_decap_sources */
 
 /* Packet limits. */
+/* health checks through the tunnel (health.h): local ports registered at once */
+#ifndef XLB_HC_MAX_PATHS
+#define XLB_HC_MAX_PATHS 65536
+#endif
+
 #define XLB_MTU_DEFAULT 1500
 #define XLB_IPV6_EXT_MAX 4	/* extension headers skipped before giving up */
 #define XLB_TTL 64		/* TTL / hop limit of outer headers and ICMP errors */

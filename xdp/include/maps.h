@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* maps.h: every BPF map, each with what it holds. A program defines XLB_BALANCER_MAPS or
- * XLB_DECAP_MAPS first, so each object creates only the maps it uses. */
+/* maps.h: every BPF map, each with what it holds. A program defines XLB_BALANCER_MAPS,
+ * XLB_DECAP_MAPS or XLB_HEALTH_MAPS first, so each object creates only the maps it uses
+ * (health.o declares the first three too, unused: its loader does not create them). */
 #ifndef XLB_MAPS_H
 #define XLB_MAPS_H
 
@@ -252,5 +253,19 @@ struct {
 } xlb_decap_vips SEC(".maps");
 
 #endif /* XLB_DECAP_MAPS */
+
+#ifdef XLB_HEALTH_MAPS
+
+/* Health checks' local ports -> the VIP, backend and mode their packets are re-addressed
+ * with (health.h). Owned by the checker process, never pinned: it goes with the process. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_HC_MAX_PATHS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xlb_hc_key);
+	__type(value, struct xlb_hc_path);
+} xlb_hc_paths SEC(".maps");
+
+#endif /* XLB_HEALTH_MAPS */
 
 #endif /* XLB_MAPS_H */

@@ -209,4 +209,26 @@ struct xlb_config {
 				 * set at load and kept while the flow table lives */
 };
 
+/* Key of xlb_hc_paths (health.o's own map, never pinned): a health check's socket by its
+ * local port. An IPv4 and an IPv6 socket may hold the same port number. */
+struct xlb_hc_key {
+	__be16 port;		/* network order; the socket's local TCP port */
+	__u8 family;		/* XLB_FAMILY_* */
+	__u8 pad;
+};
+
+/* Value of xlb_hc_paths: how that socket's packets go through the tunnel. The socket is
+ * connected to `backend`; its packets leave addressed to `vip` (and, in IPIP mode, inside
+ * an outer header from `outer_src` to `backend`), and answers from `vip` come back to it
+ * re-addressed from `backend`. */
+struct xlb_hc_path {
+	__u8 vip[16];		/* network order */
+	__u8 backend[16];	/* network order */
+	__u8 outer_src[16];	/* network order; IPIP mode only */
+	__u8 mode;		/* XLB_MODE_IPIP / XLB_MODE_L2 */
+	__u8 pad;
+	__be16 dport;		/* network order; the check's port, written by the egress
+				 * program from the first packet out (0: none sent yet) */
+};
+
 #endif /* XLB_STRUCTS_H */

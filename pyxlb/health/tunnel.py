@@ -1,0 +1,245 @@
+"""Health checks through the tunnel: a TCP connection of the kernel's own stack, sent to a
+backend the way the balancer sends clients' packets there.
+
+The checker binds a socket (an ephemeral port), registers that port here with the VIP, the
+backend and the VIP's mode, and connects it to the backend's own address and the check
+port. The kernel routes that connection like any other (interface, next-hop MAC). On the
+way out, xlb_hc_egress (xdp/health.bpf.c) re-addresses the socket's packets to the VIP
+and, in IPIP mode, puts them inside an outer IPv4/IPv6 header to the backend: what leaves
+is what the balancer sends for a client. The backend decapsulates it (xdp/decap.bpf.c, or
+a balancer's inline decap), its service answers from the VIP straight back (direct server
+return), and on the way in xlb_hc_ingress re-addresses that answer from the backend, so
+the socket takes it. A check passes only if the tunnel, the decapsulator and the service
+on the VIP all work; a plain connection to the backend's address proves none of that.
+
+The programs are attached with tcx links this process alone holds: when it ends, they go,
+and no rewrite rule outlives the checker. One Tunnel per network namespace (per process).
+
+Needs: a route to each backend (an L2 backend on a segment of this node, reached without a
+router); the backends' decapsulators must admit the outer source used (the balancer's
+encap source prefix, read from its pinned config, else this node's address towards the
+backend); the VIP and its backend of one family (the inner packet's family cannot change).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from typing import Dict, List, Optional, Tuple, Union
+
+from .. import _bpf
+from .. import _layouts as L
+from .. import netlink
+from ..bpf import object_path
+from ..datapath import maps
+from ..errors import PyxlbError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+OBJECT = "health"
+EGRESS = "xlb_hc_egress"
+INGRESS = "xlb_hc_ingress"
+MODES = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2}
+_FAMILY = {4: L.FAMILY_V4, 6: L.FAMILY_V6}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class TunnelError(PyxlbError):
+    """A check cannot go through the tunnel as asked (mixed families, no route, a backend
+    that is this node, an L2 backend behind a router, a socket not bound...)."""
+
+
+def _addr16(a: IPAddress) -> bytes:
+    return a.packed + bytes(16 - len(a.packed))
+
+
+def encap_sources(pin_dir: str) -> Dict[int, IPAddress]:
+    """The outer source a check takes per family, from the balancer's pinned config in
+    `pin_dir`: one address of its encap source prefix (the first host of it; the prefix
+    itself when it is a single address). {} when nothing is pinned there or no prefix is
+    set."""
+    path = os.path.join(pin_dir, maps.CONFIG)
+    if not os.path.exists(path):
+        return {}
+    m = _bpf.Map.from_pinned(path)
+    try:
+        if m.value_size != L.SIZES["xlb_config"]:
+            raise TunnelError(f"{path} is not a config record this pyxlb reads "
+                              f"({m.value_size} bytes, not {L.SIZES['xlb_config']})")
+        cfg = maps.Config(m).read()
+    finally:
+        m.close()
+    out = {}
+    for family, width in ((4, 4), (6, 16)):
+        plen = cfg[f"src{family}_plen"]
+        if not plen:
+            continue
+        net = ipaddress.ip_network((bytes(cfg[f"src{family}"])[:width], plen), strict=False)
+        out[family] = net.network_address + (1 if net.num_addresses > 1 else 0)
+    return out
+
+
+class Tunnel:
+    """The through-tunnel check path of this network namespace; close() detaches."""
+
+    def __init__(self, egress: "_bpf.Program", ingress: "_bpf.Program", paths: "_bpf.Map",
+                 sources: Dict[int, IPAddress]):
+        """Use Tunnel.open()."""
+        self._egress, self._ingress = egress, ingress
+        self.paths = maps.HcPaths(paths)     # the accessor of xlb_hc_paths
+        self.sources = dict(sources)        # family -> configured outer source
+        self._links: Dict[int, Tuple["_bpf.TcxLink", "_bpf.TcxLink"]] = {}
+        # (vip, backend, mode) as given -> (socket family, map family, packed value)
+        self._ready: Dict[tuple, Tuple[int, int, bytes]] = {}
+        self._socks: Dict[socket.socket, Tuple[int, int]] = {}   # -> (port, family)
+        self._ports: Dict[Tuple[int, int], object] = {}          # (port, family) -> socket
+
+    @classmethod
+    def open(cls, pin_dir: Optional[str] = None) -> "Tunnel":
+        """Load health.o (nothing is attached until prepare()); the outer source comes from
+        the balancer's config pinned in `pin_dir` when there is one there."""
+        sources = encap_sources(pin_dir) if pin_dir else {}
+        obj = _bpf.BpfObject.open(object_path(OBJECT))
+        try:
+            for name in obj.map_names():
+                if name != maps.HC_PATHS:       # maps.h's common maps: unused here
+                    obj.set_autocreate(name, False)
+            obj.load()
+            egress, ingress = obj.program(EGRESS), obj.program(INGRESS)
+            paths = obj.map(maps.HC_PATHS)
+        finally:
+            obj.close()
+        return cls(egress, ingress, paths, sources)
+
+    # -- where checks go ------------------------------------------------------------------
+
+    def prepare(self, vip: IPAddress, backend: IPAddress, mode: str) -> None:
+        """Check that `backend` can be checked for `vip` in `mode` ("ipip" or "l2") through
+        the tunnel, and attach the programs to the interface the route to `backend` uses
+        (once per interface). Asks the kernel's routes again each time: call it after they
+        change. TunnelError says why a check cannot work."""
+        key = (vip, backend, mode)
+        try:
+            v, b = ipaddress.ip_address(str(vip)), ipaddress.ip_address(str(backend))
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+        if mode not in MODES:
+            raise TunnelError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        what = f"a check of VIP {v} through backend {b}"
+        if v.version != b.version:
+            raise TunnelError(f"{what} cannot go through the tunnel: the VIP and the backend "
+                              f"are of different families (the inner packet would change "
+                              f"family); check an IPv{v.version} address of the backend")
+        if v == b:
+            raise TunnelError(f"{what}: the VIP is the backend's own address")
+        try:
+            route = netlink.route_get(b)
+        except PyxlbError as exc:
+            raise TunnelError(f"{what}: {exc}") from None
+        if route.local:
+            raise TunnelError(f"{what}: {b} is this node's own address")
+        if mode == "l2" and route.gateway is not None:
+            raise TunnelError(f"{what} in L2 mode: {b} is reached through router "
+                              f"{route.gateway}, and L2 mode needs it on a segment of "
+                              f"this node")
+        outer = bytes(16)
+        if mode == "ipip":
+            src = self.sources.get(b.version) or route.source
+            if src is None:
+                raise TunnelError(f"{what}: no outer source address (no encap source is "
+                                  f"configured and the route to {b} has no source)")
+            outer = _addr16(src)
+        family = _FAMILY[b.version]
+        value = self.paths.path(_addr16(v), _addr16(b), outer, family, MODES[mode])
+        self._attach(route.ifindex)
+        self._ready[key] = (_AF[b.version], family, value)
+
+    def _attach(self, ifindex: int) -> None:
+        if ifindex in self._links:
+            return
+        egress = _bpf.TcxLink.attach(ifindex, self._egress, "egress")
+        try:
+            ingress = _bpf.TcxLink.attach(ifindex, self._ingress, "ingress")
+        except BaseException:
+            egress.close()
+            raise
+        self._links[ifindex] = (egress, ingress)
+
+    def interfaces(self) -> List[int]:
+        """The interfaces (ifindex) the programs run on."""
+        return sorted(self._links)
+
+    def links(self) -> List["_bpf.TcxLink"]:
+        return [link for pair in self._links.values() for link in pair]
+
+    # -- sockets --------------------------------------------------------------------------
+
+    def register(self, sock: socket.socket, vip, backend, mode: str) -> None:
+        """Send `sock`'s connection through the tunnel: `sock` is bound (its local port is
+        registered) and not yet connected; connect it to (backend, check port) next. The
+        first registration of a (vip, backend, mode) prepares it (see prepare())."""
+        ready = self._ready.get((vip, backend, mode))
+        if ready is None:
+            self.prepare(vip, backend, mode)
+            ready = self._ready[(vip, backend, mode)]
+        af, family, value = ready
+        if sock.family != af or sock.type != socket.SOCK_STREAM:
+            raise TunnelError(f"a check of {backend} needs a TCP socket of family "
+                              f"{af.name}, not {sock.family.name} {sock.type.name}")
+        port = sock.getsockname()[1]
+        if not port:
+            raise TunnelError("bind the socket before registering it (its local port is "
+                              "what the tunnel knows it by)")
+        self.paths.put(port, family, value)
+        self._socks[sock] = (port, family)
+        self._ports[(port, family)] = sock
+
+    def unregister(self, sock_or_port) -> None:
+        """Forget a socket (also once closed) or a local port (both families); nothing
+        happens for one not registered."""
+        if isinstance(sock_or_port, int):
+            keys = [(sock_or_port, f) for f in _FAMILY.values()
+                    if (sock_or_port, f) in self._ports]
+        else:
+            key = self._socks.get(sock_or_port)
+            keys = [key] if key is not None else []
+        for key in keys:
+            sock = self._ports.pop(key)
+            self._socks.pop(sock, None)
+            try:
+                self.paths.delete(*key)
+            except KeyError:
+                pass
+
+    def registered(self) -> List[Tuple[int, int]]:
+        """The (local port, family) pairs registered now, as the map holds them."""
+        return self.paths.ports()
+
+    def path_of(self, port: int, family: int) -> dict:
+        """The map's entry for a registered port (pyxlb._layouts.unpack_hc_path)."""
+        return self.paths.get(port, family)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach the programs from every interface and free the map."""
+        for egress, ingress in self._links.values():
+            egress.close()
+            ingress.close()
+        self._links.clear()
+        self._ready.clear()
+        self._socks.clear()
+        self._ports.clear()
+        for handle in (self._egress, self._ingress, self.paths.map):
+            handle.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._egress.closed
+
+    def __enter__(self) -> "Tunnel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

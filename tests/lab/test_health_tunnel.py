@@ -1,0 +1,328 @@
+"""Health checks through the tunnel (pyxlb/health/tunnel.py), with real TCP between two
+namespaces: an LB node running the balancer, and a backend running the decapsulator, the
+VIPs on its loopback and a TCP server on every address. A check through the tunnel
+reaches the server on the VIP, encapsulated as clients' packets are (IPIP / IP6IP6) or
+re-addressed (L2); it fails when the decapsulator is gone or refuses the outer source,
+while a plain connection to the backend's own address still succeeds.
+
+    ht<pid>-lb  eth0 10.99.2.11  fd99:2::11 ──veth── eth0 10.99.2.21  fd99:2::21  ht<pid>-be
+    balancer (XDP), encap source 10.99.3.0/24,          decap (XDP), sources 10.99.3.0/24,
+    fd99:3::/112; the tunnel's tcx programs             fd99:3::/112; VIPs on lo
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pyxlb import _bpf, bpffs, netns
+from pyxlb import node as node_mod
+from pyxlb.datapath import DecapPath
+from pyxlb.health.tunnel import Tunnel, TunnelError
+
+PREFIX = f"ht{os.getpid() % 100000}"
+LB, BE = f"{PREFIX}-lb", f"{PREFIX}-be"
+ADDR = {LB: {4: "10.99.2.11", 6: "fd99:2::11"}, BE: {4: "10.99.2.21", 6: "fd99:2::21"}}
+VIP = {4: ipaddress.ip_address("10.99.100.10"), 6: ipaddress.ip_address("fd99:100::10")}
+# a VIP the backend does not serve (not on its loopback)
+NOT_SERVED = {4: ipaddress.ip_address("10.99.100.99"), 6: ipaddress.ip_address("fd99:100::99")}
+ENCAP = {4: "10.99.3.0/24", 6: "fd99:3::/112"}
+PORT = 8080
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+FAIL_TIMEOUT = 0.8          # a check that must fail: how long to wait for it
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _sysctl(ns: str, key: str, value) -> None:
+    with netns.enter(ns):
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(str(value))
+
+
+def _pin(ns: str) -> str:
+    return os.path.join(bpffs.BPFFS_ROOT, ns)
+
+
+def _decap_up() -> None:
+    with netns.enter(BE):
+        node_mod.bring_up_decap(_pin(BE), ("eth0",), (VIP[4], VIP[6], NOT_SERVED[4],
+                                                      NOT_SERVED[6]),
+                                list(ENCAP.values())).dp.close()
+
+
+class Server:
+    """A TCP server in the backend's namespace on every address (the VIPs too): it
+    answers each connection with the address it was accepted on, then closes it."""
+
+    def __init__(self):
+        self.socks = []
+        with netns.enter(BE):
+            for af, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                s = socket.socket(af, socket.SOCK_STREAM)
+                if af == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, PORT))
+                s.listen(64)
+                s.setblocking(False)
+                self.socks.append(s)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="ht-server", daemon=True)
+        self.thread.start()
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        for s in self.socks:
+            sel.register(s, selectors.EVENT_READ)
+        while not self.stop.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                try:
+                    conn, _ = key.fileobj.accept()
+                except BlockingIOError:
+                    continue
+                with conn:
+                    conn.setblocking(True)
+                    conn.settimeout(1.0)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(conn.getsockname()[0].encode() + b"\n")
+        sel.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=2)
+        for s in self.socks:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def topo():
+    """The two namespaces, wired and brought up; removed afterwards, also on failure."""
+    assert os.geteuid() == 0, "this test needs root (namespaces, XDP, tcx)"
+    bpffs.ensure_mounted()
+    server = None
+    try:
+        for ns in (LB, BE):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _sysctl(ns, "net/ipv6/conf/all/accept_dad", 0)
+            _sysctl(ns, "net/ipv6/conf/default/accept_dad", 0)
+        _ip("-n", LB, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+            "netns", BE)
+        for ns in (LB, BE):
+            _ip("-n", ns, "addr", "add", f"{ADDR[ns][4]}/24", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"{ADDR[ns][6]}/64", "dev", "eth0", "nodad")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+        for fam in (4, 6):
+            _ip("-n", BE, "addr", "add", f"{VIP[fam]}/{VIP[fam].max_prefixlen}", "dev", "lo")
+        for key, value in (("net/ipv4/conf/all/arp_ignore", 1),
+                           ("net/ipv4/conf/all/arp_announce", 2),
+                           ("net/ipv4/conf/all/rp_filter", 0)):
+            _sysctl(BE, key, value)
+        # an LB node on a segment with a router beyond it: a route through the backend
+        _ip("-n", LB, "route", "add", "10.99.50.0/24", "via", ADDR[BE][4])
+        with netns.enter(LB):
+            node_mod.bring_up(_pin(LB), node_mod.NodeSettings(
+                interfaces=("eth0",), encap_sources=ENCAP, max_vips=16, max_flows=1024,
+                max_flows6=1024)).dp.close()
+        _decap_up()
+        server = Server()
+        for fam in (4, 6):      # both ends learn each other's MAC (and the server is up)
+            assert direct(fam) == ADDR[BE][fam]
+        yield
+    finally:
+        if server is not None:
+            server.close()
+        for ns in (LB, BE):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(_pin(ns), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tunnel(topo):
+    """The LB node's tunnel, reading its encap source from the balancer's pins."""
+    with netns.enter(LB):
+        t = Tunnel.open(_pin(LB))
+    yield t
+    t.close()
+
+
+def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
+          backend: str = None) -> str:
+    """One check from the LB node: connect to the backend through the tunnel for `vip`;
+    returns the address the server accepted on (raises OSError when it fails)."""
+    backend = backend or ADDR[BE][family]
+    with netns.enter(LB):
+        s = socket.socket(AF[family], socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.bind((ADDR[LB][family], 0))
+            tunnel.register(s, vip, backend, mode)
+            try:
+                s.connect((backend, PORT))
+                assert s.getpeername()[0] == backend
+                return s.recv(100).decode().strip()
+            finally:
+                tunnel.unregister(s)
+        finally:
+            s.close()
+
+
+def direct(family: int) -> str:
+    """A plain connection from the LB node to the backend's own address."""
+    with netns.enter(LB):
+        with socket.create_connection((ADDR[BE][family], PORT), timeout=2.0) as s:
+            return s.recv(100).decode().strip()
+
+
+@contextlib.contextmanager
+def decap_removed():
+    """The backend without its decapsulator for the block; then back as it was."""
+    with netns.enter(BE):
+        dc = DecapPath.open(_pin(BE))
+        try:
+            assert dc.detach("eth0")        # its last interface: the decapsulator is gone
+        finally:
+            dc.close()
+    try:
+        yield
+    finally:
+        _decap_up()
+
+
+@pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
+def test_check_reaches_the_vip_through_the_tunnel(tunnel, family, mode):
+    assert check(tunnel, family, VIP[family], mode) == str(VIP[family])
+    assert direct(family) == ADDR[BE][family]       # without the tunnel: its own address
+    assert tunnel.registered() == []
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_without_the_decapsulator_the_tunnelled_check_fails(tunnel, family):
+    with decap_removed():
+        with pytest.raises(OSError):
+            check(tunnel, family, VIP[family], "ipip", timeout=FAIL_TIMEOUT)
+        assert direct(family) == ADDR[BE][family]
+    assert check(tunnel, family, VIP[family], "ipip") == str(VIP[family])
+
+
+@pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
+def test_a_vip_the_backend_does_not_serve_fails(tunnel, family, mode):
+    with pytest.raises(OSError):
+        check(tunnel, family, NOT_SERVED[family], mode, timeout=FAIL_TIMEOUT)
+    assert direct(family) == ADDR[BE][family]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_outer_source_the_decapsulator_refuses_fails(topo, family):
+    """Without the balancer's pins the outer source is the node's own address, which the
+    backend's decapsulator (sources: the balancer's encap prefixes) refuses."""
+    with netns.enter(LB):
+        t = Tunnel.open()
+    try:
+        assert t.sources == {}
+        with pytest.raises(OSError):
+            check(t, family, VIP[family], "ipip", timeout=FAIL_TIMEOUT)
+        assert check(t, family, VIP[family], "l2") == str(VIP[family])
+    finally:
+        t.close()
+
+
+def test_the_outer_source_comes_from_the_balancers_config(tunnel):
+    assert tunnel.sources == {4: ipaddress.ip_address("10.99.3.1"),
+                              6: ipaddress.ip_address("fd99:3::1")}
+
+
+def test_refusals(tunnel):
+    with netns.enter(LB):
+        with pytest.raises(TunnelError, match="different families"):
+            tunnel.prepare(VIP[4], ADDR[BE][6], "ipip")
+        with pytest.raises(TunnelError, match="mode must be"):
+            tunnel.prepare(VIP[4], ADDR[BE][4], "gre")
+        with pytest.raises(TunnelError, match="this node's own address"):
+            tunnel.prepare(VIP[4], ADDR[LB][4], "ipip")
+        with pytest.raises(TunnelError, match="through router 10.99.2.21"):
+            tunnel.prepare(VIP[4], "10.99.50.5", "l2")
+        tunnel.prepare(VIP[4], "10.99.50.5", "ipip")    # IPIP goes through routers
+        with pytest.raises(TunnelError, match="no route"):
+            tunnel.prepare(VIP[6], "fd99:77::1", "ipip")
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with s:
+        with pytest.raises(TunnelError, match="AF_INET"):
+            tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+    with netns.enter(LB):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with s:
+        with pytest.raises(TunnelError, match="bind the socket"):
+            tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+    assert tunnel.registered() == []
+
+
+def test_registration_is_one_entry_per_port(tunnel):
+    with netns.enter(LB):
+        s4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with s4, s6:
+        s4.bind((ADDR[LB][4], 0))
+        s6.bind((ADDR[LB][6], 0))
+        tunnel.register(s4, VIP[4], ADDR[BE][4], "ipip")
+        tunnel.register(s6, VIP[6], ADDR[BE][6], "l2")
+        p4, p6 = s4.getsockname()[1], s6.getsockname()[1]
+        assert sorted(tunnel.registered()) == sorted([(p4, 4), (p6, 6)])
+        e4 = tunnel.path_of(p4, 4)
+        assert (e4["vip"][:4], e4["backend"][:4], e4["outer_src"][:4], e4["dport"]) == (
+            VIP[4].packed, ipaddress.ip_address(ADDR[BE][4]).packed,
+            ipaddress.ip_address("10.99.3.1").packed, 0)
+        assert tunnel.path_of(p6, 6)["outer_src"] == bytes(16)     # L2: no outer header
+        tunnel.unregister(p4)
+        s6.close()
+        tunnel.unregister(s6)           # also once closed
+        tunnel.unregister(s6)           # and again: nothing happens
+        assert tunnel.registered() == []
+
+
+def test_links_go_with_close_and_with_the_process(topo):
+    """The programs are attached by links only their process holds: closing the tunnel
+    detaches them, and so does the process's death (SIGKILL: no clean-up runs)."""
+    with netns.enter(LB):
+        t = Tunnel.open()
+        t.prepare(VIP[4], ADDR[BE][4], "ipip")
+    ids = [link.id for link in t.links()]
+    assert len(ids) == 2 and all(_bpf.TcxLink.exists(i) for i in ids)
+    t.close()
+    assert not any(_bpf.TcxLink.exists(i) for i in ids)
+
+    code = ("import sys; from pyxlb.health.tunnel import Tunnel; t = Tunnel.open(); "
+            f"t.prepare('{VIP[6]}', '{ADDR[BE][6]}', 'ipip'); "
+            "print(*[l.id for l in t.links()], flush=True); sys.stdin.read()")
+    target = os.path.join(netns.NETNS_RUN_DIR, LB)
+
+    def enter():
+        fd = os.open(target, os.O_RDONLY)
+        netns.setns(fd)
+        os.close(fd)
+
+    child = subprocess.Popen([sys.executable, "-c", code], preexec_fn=enter,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ids = [int(i) for i in child.stdout.readline().split()]
+        assert len(ids) == 2 and all(_bpf.TcxLink.exists(i) for i in ids)
+    finally:
+        child.kill()
+        child.wait(timeout=5)
+    deadline = time.monotonic() + 2
+    while any(_bpf.TcxLink.exists(i) for i in ids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_bpf.TcxLink.exists(i) for i in ids)
