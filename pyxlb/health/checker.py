@@ -364,11 +364,12 @@ class Checker:
             if t.via == "tunnel":
                 if self.tunnel is None:
                     raise _Refused(f"through the tunnel: {self.tunnel_error}")
-                if not t.prepared:
-                    self.tunnel.prepare(t.vip, t.backend, t.mode)
+                vip, backend = t.key[0].address, t.key[1]
+                if not t.prepared:      # attach to the route's interface, check the path
+                    self.tunnel.prepare(vip, backend, t.mode)
                     t.prepared = True
                 sock.bind(("0.0.0.0", 0) if t.family == socket.AF_INET else ("::", 0))
-                self.tunnel.register(sock, t.vip, t.backend, t.mode)
+                self.tunnel.register(sock, vip, backend, t.mode)
                 probe.tunneled = True
             err = sock.connect_ex((t.addr, t.port))
         except _Refused as exc:
