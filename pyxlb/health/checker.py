@@ -29,6 +29,8 @@ loop turn, so changes that happen together are applied together.
 
 from __future__ import annotations
 
+import _socket
+import collections
 import errno
 import heapq
 import logging
@@ -39,7 +41,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 log = logging.getLogger("pyxlb.health")
 
@@ -50,6 +52,7 @@ DEFAULT_MAX_IN_FLIGHT = 512
 JITTER = 0.05                           # each interval is drawn from interval × (1 ± JITTER)
 SLOT = 0.005                            # a loop turn lasts at least this long (see turn())
 
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _EVENT_READ = select.EPOLLIN
 _EVENT_WRITE = select.EPOLLOUT
 _EVENT_BAD = select.EPOLLERR | select.EPOLLHUP
@@ -154,7 +157,7 @@ class _Probe:
 
     __slots__ = ("target", "sock", "fd", "started", "deadline", "buf", "sent", "tunneled")
 
-    def __init__(self, target: Target, sock: socket.socket, started: float):
+    def __init__(self, target: Target, sock, started: float):
         self.target = target
         self.sock = sock
         self.fd = sock.fileno()
@@ -204,7 +207,9 @@ class Checker:
         self.targets: Dict[tuple, Target] = {}
         self.lock = threading.Lock()        # targets: updated here, read by other threads
         self._due: List[Tuple[float, int, Target]] = []      # heap: next check of targets
-        self._deadlines: List[Tuple[float, int, _Probe]] = []   # heap: probes' timeouts
+        # probes in flight by timeout, in start order: their deadlines are in order too,
+        # so the earliest is the first (cheaper than a heap); finished ones leave lazily
+        self._deadlines: Dict[float, Deque[_Probe]] = {}
         self._inflight: Dict[int, _Probe] = {}                   # fd -> probe
         self._seq = 0
         self._changes: List[Change] = []
@@ -311,8 +316,9 @@ class Checker:
         wait = max_wait
         if self._due and len(self._inflight) < self.max_in_flight:
             wait = min(wait, self._due[0][0] - now)
-        if self._deadlines:
-            wait = min(wait, self._deadlines[0][0] - now)
+        for queue in self._deadlines.values():
+            if queue:
+                wait = min(wait, queue[0].deadline - now)
         if self.on_tick is not None:
             wait = min(wait, self._next_tick - now)
         if self._changes:
@@ -339,22 +345,26 @@ class Checker:
             time.sleep(rest)
 
     def _start_due(self, now: float) -> None:
-        due = self._due
-        while due and due[0][0] <= now and len(self._inflight) < self.max_in_flight:
-            when, _, t = heapq.heappop(due)
+        due, inflight, limit = self._due, self._inflight, self.max_in_flight
+        rand, pop, push = self.rng.random, heapq.heappop, heapq.heappush
+        while due and due[0][0] <= now and len(inflight) < limit:
+            when, _, t = pop(due)
             if t.due != when:
                 continue            # rescheduled or removed since
             interval = t.spec.interval
-            nxt = when + interval * (1.0 + JITTER * (2.0 * self.rng.random() - 1.0))
+            nxt = when + interval * (1.0 + JITTER * (2.0 * rand() - 1.0))
             if nxt <= now:          # far behind (a stalled loop): start a fresh phase
-                nxt = now + self.rng.random() * interval
-            self._schedule(t, nxt)
+                nxt = now + rand() * interval
+            t.due = nxt
+            self._seq += 1
+            push(due, (nxt, self._seq, t))
             if t.probe is None:
                 self._start(t, now)
 
     def _start(self, t: Target, now: float) -> None:
         try:
-            sock = socket.socket(t.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            # the C socket type: socket.socket's Python layer costs a few µs per check
+            sock = _socket.socket(t.family, _STREAM_NONBLOCK)
         except OSError as exc:
             self._result(t, False, f"socket: {_reason(exc.errno)}", 0.0)
             return
@@ -391,17 +401,25 @@ class Checker:
         t.probe = probe
         self._inflight[probe.fd] = probe
         self._ep.register(probe.fd, _EVENT_WRITE)
-        self._seq += 1
-        heapq.heappush(self._deadlines, (probe.deadline, self._seq, probe))
+        queue = self._deadlines.get(t.spec.timeout)
+        if queue is None:
+            queue = self._deadlines[t.spec.timeout] = collections.deque()
+        queue.append(probe)
 
     def _expire(self, now: float) -> None:
-        dl = self._deadlines
-        while dl and dl[0][0] <= now:
-            _, _, probe = heapq.heappop(dl)
-            if self._inflight.get(probe.fd) is probe:
-                what = "no status line" if probe.sent else "no connection"
-                self._finish(probe, False,
-                             f"timed out after {probe.target.spec.timeout:g} s ({what})")
+        inflight = self._inflight
+        for queue in self._deadlines.values():
+            while queue:
+                probe = queue[0]
+                if inflight.get(probe.fd) is not probe:
+                    queue.popleft()         # finished already
+                elif probe.deadline <= now:
+                    queue.popleft()
+                    what = "no status line" if probe.sent else "no connection"
+                    self._finish(probe, False,
+                                 f"timed out after {probe.target.spec.timeout:g} s ({what})")
+                else:
+                    break
 
     def _event(self, probe: _Probe, ev: int) -> None:
         t = probe.target
