@@ -366,7 +366,7 @@ class Checker:
             # the C socket type: socket.socket's Python layer costs a few µs per check
             sock = _socket.socket(t.family, _STREAM_NONBLOCK)
         except OSError as exc:
-            self._result(t, False, f"socket: {_reason(exc.errno)}", 0.0)
+            self.record(t, False, f"socket: {_reason(exc.errno)}", 0.0)
             return
         probe = _Probe(t, sock, now)
         try:
@@ -384,19 +384,19 @@ class Checker:
             err = sock.connect_ex((t.addr, t.port))
         except _Refused as exc:
             self._close(probe)
-            self._result(t, False, str(exc), 0.0)
+            self.record(t, False, str(exc), 0.0)
             return
         except OSError as exc:
             self._close(probe)
-            self._result(t, False, _reason(exc.errno), 0.0)
+            self.record(t, False, _reason(exc.errno), 0.0)
             return
         except Exception as exc:        # the tunnel refused (PyxlbError: mixed families...)
             self._close(probe)
-            self._result(t, False, f"through the tunnel: {exc}", 0.0)
+            self.record(t, False, f"through the tunnel: {exc}", 0.0)
             return
         if err not in (0, errno.EINPROGRESS):
             self._close(probe)
-            self._result(t, False, _reason(err), 0.0)
+            self.record(t, False, _reason(err), 0.0)
             return
         t.probe = probe
         self._inflight[probe.fd] = probe
@@ -458,7 +458,7 @@ class Checker:
             if len(probe.buf) >= MAX_STATUS_LINE:
                 self._finish(probe, False, "no status line in the first 4 KiB")
             return
-        self._finish(probe, *_judge(probe.buf[:end], t.expect))
+        self._finish(probe, *judge(probe.buf[:end], t.expect))
 
     def _finish(self, probe: _Probe, ok: Optional[bool], error: Optional[str],
                 count: bool = True) -> None:
@@ -469,7 +469,7 @@ class Checker:
             t.probe = None
         self._close(probe)
         if count and ok is not None:
-            self._result(t, ok, error, time.monotonic() - probe.started)
+            self.record(t, ok, error, time.monotonic() - probe.started)
 
     def _close(self, probe: _Probe) -> None:
         if probe.tunneled:
@@ -483,7 +483,9 @@ class Checker:
 
     # -- the state machine -------------------------------------------------------------------
 
-    def _result(self, t: Target, ok: bool, error: Optional[str], seconds: float) -> None:
+    def record(self, t: Target, ok: bool, error: Optional[str], seconds: float) -> None:
+        """Count one check of `t` (ok, or failed saying `error`), turning its verdict as rise
+        and fall say; a change is logged and queued for on_change."""
         if t.due < 0:
             return              # removed while its check ran
         t.checks += 1
@@ -545,7 +547,7 @@ def _order(t: Target):
     return (t.key[0], t.key[1].version, t.key[1])
 
 
-def _judge(line: bytes, expect) -> Tuple[bool, Optional[str]]:
+def judge(line: bytes, expect) -> Tuple[bool, Optional[str]]:
     """(passed, why not) of an HTTP status line against the accepted codes."""
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
