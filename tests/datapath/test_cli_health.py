@@ -83,7 +83,7 @@ def test_add_list_and_change_checks(run):
     assert "http:8080/healthz (direct, gone) *" in listing
 
     out = run("vip", "health", WEB, "--health-fall", "5").stdout
-    assert "health: type=http" in out and "fall=5" in out
+    assert "    health: fall 3 -> 5" in out.splitlines()
     assert run.vip(WEB)["health"]["fall"] == 5
     # the override keeps what differs from the VIP's, and takes the rest from it
     assert run.vip(WEB)["backends"][1]["health"] == {"port": 8080, "via": "direct",

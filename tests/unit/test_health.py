@@ -301,3 +301,19 @@ def test_too_many_specs_is_refused_before_any_write():
                               health=HealthSpec()),))
     with pytest.raises(StateError, match="health specs .* do not fit their map"):
         make_plan(Layout(), state, Limits(health_specs=1))
+
+
+def test_plan_describes_health_changes():
+    before = DesiredState((vip(K80, "10.0.0.1", Backend("10.0.0.2", health=HealthSpec(port=80)),
+                               health=HealthSpec(type="http")),))
+    after = DesiredState((vip(K80, Backend("10.0.0.1", down=True), "10.0.0.2",
+                              health=HealthSpec(type="http", fall=5)),))
+    lines = make_plan(make_plan(Layout(), before).new, after).describe()
+    assert lines[:3] == ["~ vip 192.0.2.10:80/tcp", "    health: fall 3 -> 5",
+                         "    ~ backend 10.0.0.1: down False -> True, health fall 3 -> 5"]
+    # 10.0.0.2's own spec (tcp on port 80) goes: it takes the VIP's
+    assert lines[3] == "    ~ backend 10.0.0.2: health type tcp -> http, port 80 -> None, " \
+        "fall 3 -> 5"
+    assert "1 health specs written, 1 removed" in lines[-1]
+    off = make_plan(make_plan(Layout(), before).new, DesiredState((vip(K80, "10.0.0.1"),)))
+    assert off.describe()[1] == "    health: type=http -> none"
