@@ -322,7 +322,7 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
     if old.source_ranges != new.source_ranges:
         out.append(f"source ranges: {_ranges_text(old)} -> {_ranges_text(new)}")
     if old.health != new.health:
-        out.append(f"health: {_health_text(old.health)} -> {_health_text(new.health)}")
+        out.append(f"health: {_health_change(old.health, new.health)}")
     ob = {b.address: b for b in old.backends}
     nb = {b.address: b for b in new.backends}
     for addr in sorted(nb.keys() - ob.keys(), key=lambda a: (a.version, a)):
@@ -334,18 +334,23 @@ def _vip_changes(old: Vip, new: Vip) -> List[str]:
             changes = [f"{f} {getattr(ob[addr], f)} -> {getattr(nb[addr], f)}"
                        for f in ("weight", "state", "mac", "local", "down")
                        if getattr(ob[addr], f) != getattr(nb[addr], f)]
-            if ob[addr].health != nb[addr].health:
-                changes.append(f"health {_health_text(ob[addr].health, old.health)} -> "
-                               f"{_health_text(nb[addr].health, new.health)}")
+            was, now = old.health_for(ob[addr]), new.health_for(nb[addr])
+            if was != now:
+                changes.append(f"health {_health_change(was, now)}")
             out.append(f"~ backend {addr}: {', '.join(changes)}")
     return out
 
 
-def _health_text(spec: Optional[HealthSpec], base: Optional[HealthSpec] = None) -> str:
-    """A spec in one line ("none": no spec; a backend's: "VIP's" when it has none)."""
-    if spec is None:
-        return "none" if base is None else "VIP's"
-    return " ".join(f"{k}={v}" for k, v in spec.to_dict(base).items()) or "VIP's"
+def _health_change(was: Optional[HealthSpec], now: Optional[HealthSpec]) -> str:
+    """How checks changed, in one line: the fields that did, or the whole spec that came
+    ("none": not checked)."""
+    if was is None or now is None:
+        def text(spec):
+            return "none" if spec is None else \
+                " ".join(f"{k}={v}" for k, v in spec.to_dict().items())
+        return f"{text(was)} -> {text(now)}"
+    return ", ".join(f"{f} {getattr(was, f)} -> {getattr(now, f)}"
+                     for f in now.to_dict(was))
 
 
 def _ranges_text(vip: Vip) -> str:

@@ -559,12 +559,13 @@ class DesiredState:
         vips = []
         for v in self.vips:
             want = by_vip.get(v.key)
-            if want and any(b.address in want and want[b.address] != b.down
-                            for b in v.backends):
-                v = v.replace(backends=tuple(
-                    dataclasses.replace(b, down=want[b.address])
-                    if b.address in want and want[b.address] != b.down else b
-                    for b in v.backends))
+            if want:
+                flips = {b.address for b in v.backends if b.address in want
+                         and want[b.address] != b.down and v.health_for(b) is not None}
+                if flips:
+                    v = v.replace(backends=tuple(
+                        dataclasses.replace(b, down=want[b.address]) if b.address in flips
+                        else b for b in v.backends))
             vips.append(v)
         return DesiredState(tuple(vips))
 

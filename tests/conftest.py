@@ -13,7 +13,8 @@ import pytest
 _ns_counter = itertools.count()
 
 # test modules that use the previous release (tests/support/release.py)
-RELEASE_USERS = ("test_upgrade.py", "test_k8s_upgrade.py", "test_release.py")
+RELEASE_USERS = ("test_upgrade.py", "test_k8s_upgrade.py", "test_release.py",
+                 "test_health_upgrade.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -9,10 +9,86 @@ from typing import Optional, Sequence
 import click
 
 from pyxlb.cli.common import (ADDRESS, DECIMAL, JSON_OPTION, MAC, PREFIX, VIP, Fail,
-                              apply_state, echo_json, on_off, one_line, opened,
+                              SecondsType, apply_state, echo_json, on_off, one_line, opened,
                               require_command, table)
-from pyxlb.state import (AFFINITIES, MODES, RING_SIZE_DEFAULT, Backend, DesiredState,
-                         StateError, Vip, VipKey, vip_to_dict)
+from pyxlb.state import (AFFINITIES, HEALTH_INTERVAL, HEALTH_ON_FAIL, HEALTH_TYPES,
+                         HEALTH_VIAS, MODES, RING_SIZE_DEFAULT, Backend, DesiredState,
+                         HealthSpec, StateError, Vip, VipKey, vip_to_dict)
+
+# -- health-check options (vip add, backend add, vip health, backend health) ----------------
+
+# option name -> HealthSpec field
+_HEALTH_FIELDS = {"health": "type", "health_port": "port", "health_path": "path",
+                  "health_expect": "expect", "health_interval": "interval",
+                  "health_timeout": "timeout", "health_rise": "rise", "health_fall": "fall",
+                  "health_via": "via", "health_on_fail": "on_fail"}
+_HEALTH_OPTIONS = [
+    click.option("--health", type=click.Choice(HEALTH_TYPES),
+                 help="Health-check the backends: tcp (a connection is accepted), http (a "
+                      "GET answers an expected status) or none. `pyxlb serve` runs the "
+                      "checks; see docs/config.md, Health checks."),
+    click.option("--health-port", type=DECIMAL,
+                 help="Port to check (default: the VIP's; a port-0 VIP needs one). Through "
+                      "the tunnel it must be the VIP's port."),
+    click.option("--health-path", metavar="PATH",
+                 help="HTTP path to GET (default /)."),
+    click.option("--health-expect", metavar="STATUS[-STATUS]",
+                 help="HTTP statuses that pass (default 200-399)."),
+    click.option("--health-interval", type=SecondsType(*HEALTH_INTERVAL),
+                 help="Seconds between checks of a backend (default 2)."),
+    click.option("--health-timeout", type=SecondsType(0, HEALTH_INTERVAL[1]),
+                 help="Seconds a check may take, at most the interval (default 1)."),
+    click.option("--health-rise", type=DECIMAL,
+                 help="Passes in a row that bring a down backend back (default 2)."),
+    click.option("--health-fall", type=DECIMAL,
+                 help="Failures in a row that put a backend down (default 3)."),
+    click.option("--health-via", type=click.Choice(HEALTH_VIAS),
+                 help="tunnel (default): to the VIP, encapsulated to the backend as "
+                      "clients' packets are; direct: to the backend's own address."),
+    click.option("--health-on-fail", type=click.Choice(HEALTH_ON_FAIL),
+                 help="drain (default): a down backend gets no new flows, its flows go "
+                      "on; gone: its flows of this VIP are moved too."),
+]
+
+
+def health_options(f):
+    for option in reversed(_HEALTH_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _health_given(opts) -> dict:
+    """{HealthSpec field: value} of the health options given."""
+    return {_HEALTH_FIELDS[name]: value for name, value in opts.items()
+            if name in _HEALTH_FIELDS and value is not None}
+
+
+def _health_spec(given: dict, base: Optional[HealthSpec], what: str) -> Optional[HealthSpec]:
+    """The spec the options make: `given` merged onto `base` (the spec in force, the VIP's
+    for a backend); None when no option was given. Without a base, --health is needed."""
+    if not given:
+        return None
+    if base is None and "type" not in given:
+        options = ", ".join(f"--{n.replace('_', '-')}" for n, f in _HEALTH_FIELDS.items()
+                            if f in given)
+        raise Fail(f"{options} without --health: {what} has no health checks to change "
+                   f"(say --health tcp, http or none)")
+    try:
+        return HealthSpec.from_dict(given, base)
+    except StateError as exc:
+        raise Fail(one_line(exc)) from None
+
+
+def _health_cell(spec: Optional[HealthSpec], key: VipKey) -> str:
+    """A spec in a table cell: "-" when unchecked, else type, port and how."""
+    if spec is None or not spec.checked:
+        return "-" if spec is None else "none"
+    text = f"{spec.type}:{spec.port_for(key)}"
+    if spec.type == "http":
+        text += spec.path
+    extra = [x for x in (spec.via == "direct" and "direct",
+                         spec.on_fail == "gone" and "gone") if x]
+    return text + (f" ({', '.join(extra)})" if extra else "")
 
 # -- VIPs ------------------------------------------------------------------------------
 
@@ -49,31 +125,80 @@ def vip(ctx: click.Context) -> None:
 @click.option("--source-range", "source_ranges", type=PREFIX, multiple=True,
               help="Admit only clients in PREFIX (repeatable; the VIP's family); others are "
                    "dropped and counted (drop_source_range). None given: every client.")
+@health_options
 def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_size: int,
-            announce: bool, source_ranges: Sequence[str]) -> None:
+            announce: bool, source_ranges: Sequence[str], **health) -> None:
     """Add a VIP, with no backends yet.
 
     The VIP is ADDR:PORT/PROTO, with tcp or udp; port 0 takes every port of the address
     that no VIP with the exact port claims. Packets to it are dropped (counted as
     drop_no_backend) until `backend add` gives it a backend; a local-mode VIP takes
     none. Adding a VIP that exists is an error: change one with `apply -f`, or delete
-    and add it again.
+    and add it again (its health checks: `vip health`).
+
+    --health and the --health-* options say how its backends are health-checked (by
+    `pyxlb serve`); a backend that fails leaves the ring until it passes again.
 
     \b
     Example:
       pyxlb vip add 192.0.2.10:80/tcp
       pyxlb vip add '[2001:db8::53]:0/udp' --mode l2 --affinity client-ip --announce
       pyxlb vip add 192.0.2.10:443/tcp --source-range 198.51.100.0/24 --source-range 203.0.113.7
+      pyxlb vip add 192.0.2.10:8080/tcp --health http --health-path /healthz
     """
+    spec = _health_spec(_health_given(health), None, f"VIP {key}")
     try:        # checked before the datapath is opened and locked
         new = Vip(key=key, mode=mode, flow_table=not no_flow_table, affinity=affinity,
-                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges))
+                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges),
+                  health=spec)
     except StateError as exc:
         raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
         state = dp.current_state()
         if state.vip(key) is not None:
             raise Fail(f"VIP {key} already exists (remove it first, or use apply -f)")
+        apply_state(dp, state.with_vip(new))
+
+
+@vip.command("health")
+@click.argument("key", metavar="ADDR:PORT/PROTO", type=VIP)
+@health_options
+@click.option("--remove", is_flag=True,
+              help="Stop checking the VIP's backends (their own checks stay).")
+def vip_health(key: VipKey, remove: bool, **health) -> None:
+    """Change how the backends of a VIP are health-checked.
+
+    The options given change those fields of the VIP's checks, the others stay; a VIP
+    without checks needs --health. A backend with checks of its own keeps the fields in
+    which they differ from the VIP's and follows the VIP in the others (as a state file
+    says them). --remove takes its checks away: its backends are then
+    not checked (except those with checks of their own) and none is down. The backends'
+    verdicts stay while they stay checked.
+
+    \b
+    Example:
+      pyxlb vip health 192.0.2.10:80/tcp --health tcp
+      pyxlb vip health 192.0.2.10:80/tcp --health-interval 5 --health-fall 2
+      pyxlb vip health 192.0.2.10:80/tcp --remove
+    """
+    given = _health_given(health)
+    if remove == bool(given):
+        raise Fail("give --remove or the health options to change (see --help)")
+    with opened() as dp, dp.editing():
+        state = dp.current_state()
+        v = _vip_of(state, key)
+        spec = None if remove else _health_spec(given, v.health, f"VIP {key}")
+        backends = v.backends
+        if spec is not None and v.health is not None:
+            # a backend's own checks keep what differs from the VIP's, the rest follows it
+            # (as in a state file, where a backend's health gives only what differs)
+            backends = tuple(b if b.health is None else dataclasses.replace(
+                b, health=HealthSpec.from_dict(b.health.to_dict(v.health), spec))
+                for b in backends)
+        try:
+            new = v.replace(health=spec, backends=backends)
+        except StateError as exc:
+            raise Fail(one_line(exc)) from None
         apply_state(dp, state.with_vip(new))
 
 
@@ -98,9 +223,11 @@ def vip_list(as_json: bool) -> None:
     """List the VIPs, with their settings.
 
     One row per VIP: mode, flow table, affinity, announcement, ring size, how many of its
-    backends are active, and the client prefixes it admits ("any" when it has no source
-    ranges). --json prints the whole state, backends and every source range included, in
-    the format `apply -f` reads.
+    backends are active (and, of those, how many failed their health checks), its health
+    checks ("-": none) and the client prefixes it admits ("any" when it has no source
+    ranges). --json prints the whole state, backends, source ranges and health checks
+    included, in the format `apply -f` reads (without verdicts: `pyxlb health` shows
+    them).
 
     \b
     Example:
@@ -117,11 +244,14 @@ def vip_list(as_json: bool) -> None:
     rows = []
     for v in state:
         active = sum(1 for b in v.backends if b.state == "active")
+        down = sum(1 for b in v.backends if b.state == "active" and b.down)
         rows.append((str(v.key), v.mode, on_off(v.flow_table), v.affinity,
                      "yes" if v.announce else "no", v.ring_size,
-                     f"{active}/{len(v.backends)}", _ranges_cell(v.source_ranges)))
+                     f"{active}/{len(v.backends)}" + (f" ({down} down)" if down else ""),
+                     _health_cell(v.health, v.key), _ranges_cell(v.source_ranges)))
     click.echo(table(("VIP", "MODE", "FLOW TABLE", "AFFINITY", "ANNOUNCE", "RING",
-                      "BACKENDS (ACTIVE/ALL)", "SOURCE RANGES"), rows, right=(5, 6)))
+                      "BACKENDS (ACTIVE/ALL)", "HEALTH", "SOURCE RANGES"), rows,
+                     right=(5, 6)))
 
 
 def _ranges_cell(ranges, shown: int = 3) -> str:
@@ -163,18 +293,27 @@ def _vip_of(state: DesiredState, key: VipKey):
 @click.option("--mac", type=MAC,
               help="The backend's MAC, for l2 mode when it should not be looked up in the "
                    "neighbour table.")
-def backend_add(key: VipKey, address, weight: int, mac: Optional[str]) -> None:
+@health_options
+def backend_add(key: VipKey, address, weight: int, mac: Optional[str], **health) -> None:
     """Add backend ADDR to VIP.
 
     The VIP's Maglev ring is rebuilt and swapped in at once; flows already in the flow
     table stay on their backends. Adding an address the VIP already has is an error.
 
+    The backend is health-checked as its VIP says; --health and the --health-* options
+    change those of its VIP's settings for this backend alone (without VIP checks,
+    --health is needed). A new backend starts not down.
+
     \b
     Example:
       pyxlb backend add 192.0.2.10:80/tcp 10.0.1.3 --weight 2
+      pyxlb backend add 192.0.2.10:80/tcp 2001:db8::3 --health-via direct
     """
+    given = _health_given(health)
     try:        # the backend alone is checked before the datapath is opened and locked;
         b = Backend(address=address, weight=weight, mac=mac)    # with its VIP, inside
+        if given:
+            HealthSpec.from_dict(given)     # the options alone (merged with the VIP's later)
     except StateError as exc:
         raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
@@ -182,7 +321,50 @@ def backend_add(key: VipKey, address, weight: int, mac: Optional[str]) -> None:
         v = _vip_of(state, key)
         if v.backend(address) is not None:
             raise Fail(f"duplicate backend: {address} is already a backend of VIP {key}")
-        apply_state(dp, state.with_vip(v.replace(backends=v.backends + (b,))))
+        spec = _health_spec(given, v.health, f"VIP {key}")
+        try:
+            new = v.replace(backends=v.backends + (dataclasses.replace(b, health=spec),))
+        except StateError as exc:
+            raise Fail(one_line(exc)) from None
+        apply_state(dp, state.with_vip(new))
+
+
+@backend.command("health")
+@click.argument("key", metavar="VIP", type=VIP)
+@click.argument("address", metavar="ADDR", type=ADDRESS)
+@health_options
+@click.option("--inherit", is_flag=True,
+              help="Drop the backend's own checks: it is checked as its VIP says.")
+def backend_health(key: VipKey, address, inherit: bool, **health) -> None:
+    """Change how backend ADDR of VIP is health-checked.
+
+    The options given change those fields of the checks the backend gets now (its own,
+    else its VIP's); the result becomes the backend's own checks (--health none leaves it
+    unchecked). --inherit drops its own checks. Its verdict stays while it stays checked.
+
+    \b
+    Example:
+      pyxlb backend health 192.0.2.10:80/tcp 10.0.1.3 --health-port 8081 --health-via direct
+      pyxlb backend health 192.0.2.10:80/tcp 10.0.1.3 --health none
+      pyxlb backend health 192.0.2.10:80/tcp 10.0.1.3 --inherit
+    """
+    given = _health_given(health)
+    if inherit == bool(given):
+        raise Fail("give --inherit or the health options to change (see --help)")
+    with opened() as dp, dp.editing():
+        state = dp.current_state()
+        v = _vip_of(state, key)
+        b = v.backend(address)
+        if b is None:
+            raise Fail(f"VIP {key} has no backend {address}")
+        base = b.health if b.health is not None else v.health
+        spec = None if inherit else _health_spec(given, base, f"VIP {key}")
+        try:
+            new = v.replace(backends=tuple(dataclasses.replace(x, health=spec) if x is b else x
+                                           for x in v.backends))
+        except StateError as exc:
+            raise Fail(one_line(exc)) from None
+        apply_state(dp, state.with_vip(new))
 
 
 @backend.command("drain")
@@ -237,8 +419,9 @@ def backend_del(key: VipKey, address) -> None:
 def backend_list(key: VipKey, as_json: bool) -> None:
     """List the backends of VIP.
 
-    Address, weight, state (active or draining), MAC (l2 mode) and whether the backend is
-    this node.
+    Address, weight, state (active or draining; "(down)": failed its health checks, so out
+    of the ring), MAC (l2 mode), whether the backend is this node, and its health checks
+    ("*": its own, not its VIP's; "-": not checked). --json gives the state file's form.
 
     \b
     Example:
@@ -253,6 +436,10 @@ def backend_list(key: VipKey, as_json: bool) -> None:
     if not backends:
         click.echo(f"VIP {key} has no backends")
         return
-    rows = [(b["address"], b["weight"], b["state"], b.get("mac", "-"),
-             "yes" if b.get("local") else "no") for b in backends]
-    click.echo(table(("ADDRESS", "WEIGHT", "STATE", "MAC", "LOCAL"), rows, right=(1,)))
+    rows = [(d["address"], d["weight"], d["state"] + (" (down)" if b.down else ""),
+             d.get("mac", "-"), "yes" if d.get("local") else "no",
+             _health_cell(v.health_for(b) or b.health, v.key)
+             + (" *" if b.health is not None else ""))
+            for d, b in zip(backends, v.backends)]
+    click.echo(table(("ADDRESS", "WEIGHT", "STATE", "MAC", "LOCAL", "HEALTH"), rows,
+                     right=(1,)))

@@ -344,8 +344,6 @@ class Applier:
         new ring (time.perf_counter)."""
         # stray trie entries: no VIP record consults them, so they may go before anything
         t.source_ranges.remove_all(plan.stray_deletes)
-        # health specs are the control plane's alone: deletes first (a key is never both)
-        t.health_specs.delete_all(sorted(plan.spec_deletes))
         new_backends = sorted(plan.new_backend_ids)
         t.counters.reset_backends(new_backends)
         t.nexthops.clear_all(new_backends)
@@ -354,6 +352,7 @@ class Applier:
         # background while the rest is written: the rings are visible before it ends
         finish_rings = t.rings.put_all(plan.ring_writes)
         t.members.put_all(sorted(plan.member_writes.items()))
+        # health specs, like members, before the VIP records (read back after them)
         t.health_specs.put_all(sorted(plan.spec_writes.items()))
         t.counters.reset_vips(sorted(plan.new_vip_ids))
         # a VIP's client prefixes are in the trie before its record says to look there
@@ -380,6 +379,7 @@ class Applier:
         if finish_index is not None:
             finish_index()
         t.members.delete_all(sorted(plan.member_deletes))
+        t.health_specs.delete_all(sorted(plan.spec_deletes))
         t.rings.delete_all(plan.ring_deletes)
         # gone: flows pinned to them re-hash; the generation stays for the next holder
         frees = sorted(plan.backend_frees.items())

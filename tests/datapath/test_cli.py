@@ -453,7 +453,7 @@ BAD_INPUT = [
     (["stats", "--count", "８", "--interval", "0.1"], "is not a decimal integer"),
 
     (["frobnicate"], "No such command 'frobnicate'"),
-    (["vip"], "missing command, one of: add, del, list"),
+    (["vip"], "missing command, one of: add, del, health, list"),
     ([], "missing command, one of: agent, announce, apply, attach"),
 ]
 
@@ -878,8 +878,9 @@ def test_netns_option_restores_the_thread_namespace(run):
 
 
 COMMANDS = [[], ["attach"], ["detach"], ["status"], ["vip"], ["vip", "add"], ["vip", "del"],
-            ["vip", "list"], ["backend"], ["backend", "add"], ["backend", "drain"],
-            ["backend", "del"], ["backend", "list"], ["apply"], ["stats"], ["decap"],
+            ["vip", "health"], ["vip", "list"], ["backend"], ["backend", "add"],
+            ["backend", "drain"], ["backend", "del"], ["backend", "health"],
+            ["backend", "list"], ["apply"], ["stats"], ["decap"],
             ["decap", "attach"], ["decap", "detach"], ["metrics"]]
 
 
