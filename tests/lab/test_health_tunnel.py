@@ -5,9 +5,12 @@ reaches the server on the VIP, encapsulated as clients' packets are (IPIP / IP6I
 re-addressed (L2); it fails when the decapsulator is gone or refuses the outer source,
 while a plain connection to the backend's own address still succeeds.
 
-    ht<pid>-lb  eth0 10.99.2.11  fd99:2::11 ──veth── eth0 10.99.2.21  fd99:2::21  ht<pid>-be
-    balancer (XDP), encap source 10.99.3.0/24,          decap (XDP), sources 10.99.3.0/24,
-    fd99:3::/112; the tunnel's tcx programs             fd99:3::/112; VIPs on lo
+    ht<pid>-lb  eth0 ──veth── uplink ═ br0 ═ p0 ──veth── eth0   ht<pid>-be
+    10.99.2.11, fd99:2::11     (in ht<pid>-be: a switch)    10.99.2.21, fd99:2::21
+    balancer (XDP), encap source 10.99.3.0/24,    decap (XDP), sources 10.99.3.0/24,
+    fd99:3::/112; the tunnel's tcx programs       fd99:3::/112; VIPs on lo
+
+The bridge drops frames longer than its ports' MTU (1500), as a switch does.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ VIP = {4: ipaddress.ip_address("10.99.100.10"), 6: ipaddress.ip_address("fd99:10
 NOT_SERVED = {4: ipaddress.ip_address("10.99.100.99"), 6: ipaddress.ip_address("fd99:100::99")}
 ENCAP = {4: "10.99.3.0/24", 6: "fd99:3::/112"}
 PORT = 8080
+SINK_PORT = 8081            # reads to the end, answers with how many bytes it read
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAIL_TIMEOUT = 0.8          # a check that must fail: how long to wait for it
 
@@ -64,21 +68,23 @@ def _decap_up() -> None:
 
 
 class Server:
-    """A TCP server in the backend's namespace on every address (the VIPs too): it
-    answers each connection with the address it was accepted on, then closes it."""
+    """A TCP server in the backend's namespace on every address (the VIPs too): on PORT it
+    answers each connection with the address it was accepted on, then closes it; on
+    SINK_PORT it reads to the end first and answers with the number of bytes read."""
 
     def __init__(self):
         self.socks = []
         with netns.enter(BE):
-            for af, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-                s = socket.socket(af, socket.SOCK_STREAM)
-                if af == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, PORT))
-                s.listen(64)
-                s.setblocking(False)
-                self.socks.append(s)
+            for port in (PORT, SINK_PORT):
+                for af, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                    s = socket.socket(af, socket.SOCK_STREAM)
+                    if af == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((host, port))
+                    s.listen(64)
+                    s.setblocking(False)
+                    self.socks.append(s)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="ht-server", daemon=True)
         self.thread.start()
@@ -97,7 +103,16 @@ class Server:
                     conn.setblocking(True)
                     conn.settimeout(1.0)
                     with contextlib.suppress(OSError):
-                        conn.sendall(conn.getsockname()[0].encode() + b"\n")
+                        if conn.getsockname()[1] == SINK_PORT:
+                            n = 0
+                            while True:
+                                chunk = conn.recv(65536)
+                                if not chunk:
+                                    break
+                                n += len(chunk)
+                            conn.sendall(b"%d\n" % n)
+                        else:
+                            conn.sendall(conn.getsockname()[0].encode() + b"\n")
         sel.close()
 
     def close(self):
@@ -119,8 +134,13 @@ def topo():
             _ip("-n", ns, "link", "set", "lo", "up")
             _sysctl(ns, "net/ipv6/conf/all/accept_dad", 0)
             _sysctl(ns, "net/ipv6/conf/default/accept_dad", 0)
-        _ip("-n", LB, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+        _ip("-n", LB, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink",
             "netns", BE)
+        _ip("-n", BE, "link", "add", "p0", "type", "veth", "peer", "name", "eth0")
+        _ip("-n", BE, "link", "add", "br0", "type", "bridge")
+        for port in ("uplink", "p0"):
+            _ip("-n", BE, "link", "set", port, "master", "br0", "up")
+        _ip("-n", BE, "link", "set", "br0", "up")
         for ns in (LB, BE):
             _ip("-n", ns, "addr", "add", f"{ADDR[ns][4]}/24", "dev", "eth0")
             _ip("-n", ns, "addr", "add", f"{ADDR[ns][6]}/64", "dev", "eth0", "nodad")
@@ -131,6 +151,10 @@ def topo():
                            ("net/ipv4/conf/all/arp_announce", 2),
                            ("net/ipv4/conf/all/rp_filter", 0)):
             _sysctl(BE, key, value)
+        # segments leave the LB node as TCP made them, as on a NIC without TSO (a veth
+        # would hand a larger one on whole, whatever the MTU)
+        subprocess.run(["ip", "netns", "exec", LB, "ethtool", "-K", "eth0", "tso", "off",
+                        "gso", "off"], check=True, capture_output=True)
         # an LB node on a segment with a router beyond it: a route through the backend
         _ip("-n", LB, "route", "add", "10.99.50.0/24", "via", ADDR[BE][4])
         with netns.enter(LB):
@@ -160,9 +184,10 @@ def tunnel(topo):
 
 
 def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
-          backend: str = None) -> str:
+          backend: str = None, send: bytes = b"") -> str:
     """One check from the LB node: connect to the backend through the tunnel for `vip`;
-    returns the address the server accepted on (raises OSError when it fails)."""
+    returns the address the server accepted on, or with `send`, how many bytes of it the
+    server read (raises OSError when it fails)."""
     backend = backend or ADDR[BE][family]
     with netns.enter(LB):
         s = socket.socket(AF[family], socket.SOCK_STREAM)
@@ -171,8 +196,11 @@ def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
             s.bind((ADDR[LB][family], 0))
             tunnel.register(s, vip, backend, mode)
             try:
-                s.connect((backend, PORT))
+                s.connect((backend, SINK_PORT if send else PORT))
                 assert s.getpeername()[0] == backend
+                if send:
+                    s.sendall(send)
+                    s.shutdown(socket.SHUT_WR)
                 return s.recv(100).decode().strip()
             finally:
                 tunnel.unregister(s)
@@ -207,6 +235,17 @@ def test_check_reaches_the_vip_through_the_tunnel(tunnel, family, mode):
     assert check(tunnel, family, VIP[family], mode) == str(VIP[family])
     assert direct(family) == ADDR[BE][family]       # without the tunnel: its own address
     assert tunnel.registered() == []
+
+
+@pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
+def test_full_size_segments_fit_once_tunnelled(tunnel, family, mode):
+    """A check that sends a full segment (what a plain connection sends as one on this
+    link, TCP timestamps on), and one that sends many: tunnelled, they still fit the
+    switch's MTU (it drops a frame that does not, without a word)."""
+    one_segment = 1500 - {4: 20, 6: 40}[family] - 20 - 12
+    for size in (one_segment, 20000):
+        data = os.urandom(size)
+        assert check(tunnel, family, VIP[family], mode, send=data) == str(size)
 
 
 @pytest.mark.parametrize("family", [4, 6])
