@@ -91,7 +91,7 @@ class Tunnel:
     def __init__(self, egress: "_bpf.Program", ingress: "_bpf.Program", paths: "_bpf.Map",
                  sources: Dict[int, IPAddress], mtu: Optional[int] = None):
         """Use Tunnel.open()."""
-        self._egress, self._ingress = egress, ingress
+        self.egress, self.ingress = egress, ingress
         self.paths = maps.HcPaths(paths)     # the accessor of xlb_hc_paths
         self.sources = dict(sources)        # family -> configured outer source
         self.mtu = mtu                      # the balancer's: largest packet once tunnelled
@@ -169,9 +169,9 @@ class Tunnel:
     def _attach(self, ifindex: int) -> None:
         if ifindex in self._links:
             return
-        egress = _bpf.TcxLink.attach(ifindex, self._egress, "egress")
+        egress = _bpf.TcxLink.attach(ifindex, self.egress, "egress")
         try:
-            ingress = _bpf.TcxLink.attach(ifindex, self._ingress, "ingress")
+            ingress = _bpf.TcxLink.attach(ifindex, self.ingress, "ingress")
         except BaseException:
             egress.close()
             raise
@@ -245,12 +245,12 @@ class Tunnel:
         self._ready.clear()
         self._socks.clear()
         self._ports.clear()
-        for handle in (self._egress, self._ingress, self.paths.map):
+        for handle in (self.egress, self.ingress, self.paths.map):
             handle.close()
 
     @property
     def closed(self) -> bool:
-        return self._egress.closed
+        return self.egress.closed
 
     def __enter__(self) -> "Tunnel":
         return self
