@@ -196,10 +196,11 @@ class Tunnel:
             self.prepare(vip, backend, mode)
             ready = self._ready[(vip, backend, mode)]
         af, family, value, mss = ready
-        if sock.family != af or sock.type != socket.SOCK_STREAM:
+        name = sock.getsockname()       # (address, port), and two more for IPv6
+        if len(name) != (2 if af == socket.AF_INET else 4) or sock.type != socket.SOCK_STREAM:
             raise TunnelError(f"a check of {backend} needs a TCP socket of family "
                               f"{af.name}, not {sock.family.name} {sock.type.name}")
-        port = sock.getsockname()[1]
+        port = name[1]
         if not port:
             raise TunnelError("bind the socket before registering it (its local port is "
                               "what the tunnel knows it by)")
