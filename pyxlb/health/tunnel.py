@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 from typing import Dict, List, Optional, Tuple, Union
 
 from .. import _bpf
@@ -50,6 +51,11 @@ _TCP_HLEN = 20
 class TunnelError(PyxlbError):
     """A check cannot go through the tunnel as asked (mixed families, no route, a backend
     that is this node, an L2 backend behind a router, a socket not bound...)."""
+
+
+def _netns_id() -> int:
+    """The network namespace of the calling thread (its inode)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def _addr16(a: IPAddress) -> bytes:
@@ -100,6 +106,8 @@ class Tunnel:
         self._ready: Dict[tuple, Tuple[int, int, bytes, Optional[int]]] = {}
         self._socks: Dict[socket.socket, Tuple[int, int]] = {}   # -> (port, family)
         self._ports: Dict[Tuple[int, int], object] = {}          # (port, family) -> socket
+        self._lock = threading.Lock()       # prepare() from several threads attaches once
+        self._netns = _netns_id()           # where routes are looked up and programs attach
 
     @classmethod
     def open(cls, pin_dir: Optional[str] = None) -> "Tunnel":
@@ -125,8 +133,12 @@ class Tunnel:
         """Check that `backend` can be checked for `vip` in `mode` ("ipip" or "l2") through
         the tunnel, and attach the programs to the interface the route to `backend` uses
         (once per interface). Asks the kernel's routes again each time: call it after they
-        change. TunnelError says why a check cannot work."""
+        change. Call it (and register) from a thread in the network namespace the tunnel
+        was opened in. TunnelError says why a check cannot work."""
         key = (vip, backend, mode)
+        if _netns_id() != self._netns:
+            raise TunnelError("the tunnel was opened in another network namespace than this "
+                              "thread's: prepare and register where it was opened")
         try:
             v, b = ipaddress.ip_address(str(vip)), ipaddress.ip_address(str(backend))
         except ValueError as exc:
@@ -163,8 +175,9 @@ class Tunnel:
             mss = mtu - 2 * _IP_HLEN[b.version] - _TCP_HLEN
         family = _FAMILY[b.version]
         value = self.paths.path(_addr16(v), _addr16(b), outer, family, MODES[mode])
-        self._attach(route.ifindex)
-        self._ready[key] = (_AF[b.version], family, value, mss)
+        with self._lock:
+            self._attach(route.ifindex)
+            self._ready[key] = (_AF[b.version], family, value, mss)
 
     def _attach(self, ifindex: int) -> None:
         if ifindex in self._links:
