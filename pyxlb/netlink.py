@@ -41,6 +41,12 @@ def link_mac(index: int) -> Optional[str]:
     return None if mac in (None, "00:00:00:00:00:00") else mac
 
 
+def link_mtu(index: int) -> int:
+    """The interface's MTU."""
+    with IPRoute() as ipr:
+        return ipr.link("get", index=index)[0].get("IFLA_MTU")
+
+
 def addresses(index: int) -> List[ipaddress._BaseAddress]:
     """The interface's addresses, IPv4 first, without link-local IPv6 ones."""
     with IPRoute() as ipr:

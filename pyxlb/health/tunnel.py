@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 from typing import Dict, List, Optional, Tuple, Union
 
 from .. import _bpf
@@ -43,6 +44,8 @@ INGRESS = "xlb_hc_ingress"
 MODES = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2}
 _FAMILY = {4: L.FAMILY_V4, 6: L.FAMILY_V6}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_IP_HLEN = {4: 20, 6: 40}
+_TCP_HLEN = 20
 
 
 class TunnelError(PyxlbError):
@@ -50,26 +53,34 @@ class TunnelError(PyxlbError):
     that is this node, an L2 backend behind a router, a socket not bound...)."""
 
 
+def _netns_id() -> int:
+    """The network namespace of the calling thread (its inode)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
 def _addr16(a: IPAddress) -> bytes:
     return a.packed + bytes(16 - len(a.packed))
 
 
-def encap_sources(pin_dir: str) -> Dict[int, IPAddress]:
-    """The outer source a check takes per family, from the balancer's pinned config in
-    `pin_dir`: one address of its encap source prefix (the first host of it; the prefix
-    itself when it is a single address). {} when nothing is pinned there or no prefix is
-    set."""
+def balancer_config(pin_dir: str) -> Optional[dict]:
+    """The balancer's config record pinned in `pin_dir` (None when there is none)."""
     path = os.path.join(pin_dir, maps.CONFIG)
     if not os.path.exists(path):
-        return {}
+        return None
     m = _bpf.Map.from_pinned(path)
     try:
         if m.value_size != L.SIZES["xlb_config"]:
             raise TunnelError(f"{path} is not a config record this pyxlb reads "
                               f"({m.value_size} bytes, not {L.SIZES['xlb_config']})")
-        cfg = maps.Config(m).read()
+        return maps.Config(m).read()
     finally:
         m.close()
+
+
+def encap_sources(cfg: dict) -> Dict[int, IPAddress]:
+    """The outer source a check takes per family, from a balancer's config record: one
+    address of its encap source prefix (the first host of it; the prefix itself when it is
+    a single address). {} when it has no prefix."""
     out = {}
     for family, width in ((4, 4), (6, 16)):
         plen = cfg[f"src{family}_plen"]
@@ -84,22 +95,26 @@ class Tunnel:
     """The through-tunnel check path of this network namespace; close() detaches."""
 
     def __init__(self, egress: "_bpf.Program", ingress: "_bpf.Program", paths: "_bpf.Map",
-                 sources: Dict[int, IPAddress]):
+                 sources: Dict[int, IPAddress], mtu: Optional[int] = None):
         """Use Tunnel.open()."""
-        self._egress, self._ingress = egress, ingress
+        self.egress, self.ingress = egress, ingress
         self.paths = maps.HcPaths(paths)     # the accessor of xlb_hc_paths
         self.sources = dict(sources)        # family -> configured outer source
+        self.mtu = mtu                      # the balancer's: largest packet once tunnelled
         self._links: Dict[int, Tuple["_bpf.TcxLink", "_bpf.TcxLink"]] = {}
-        # (vip, backend, mode) as given -> (socket family, map family, packed value)
-        self._ready: Dict[tuple, Tuple[int, int, bytes]] = {}
+        # (vip, backend, mode) as given -> (socket family, map family, packed value, MSS)
+        self._ready: Dict[tuple, Tuple[int, int, bytes, Optional[int]]] = {}
         self._socks: Dict[socket.socket, Tuple[int, int]] = {}   # -> (port, family)
         self._ports: Dict[Tuple[int, int], object] = {}          # (port, family) -> socket
+        self._lock = threading.Lock()       # prepare() from several threads attaches once
+        self._netns = _netns_id()           # where routes are looked up and programs attach
 
     @classmethod
     def open(cls, pin_dir: Optional[str] = None) -> "Tunnel":
-        """Load health.o (nothing is attached until prepare()); the outer source comes from
-        the balancer's config pinned in `pin_dir` when there is one there."""
-        sources = encap_sources(pin_dir) if pin_dir else {}
+        """Load health.o (nothing is attached until prepare()); the outer source and the
+        MTU come from the balancer's config pinned in `pin_dir` when there is one there."""
+        cfg = balancer_config(pin_dir) if pin_dir else None
+        sources = encap_sources(cfg) if cfg else {}
         obj = _bpf.BpfObject.open(object_path(OBJECT))
         try:
             for name in obj.map_names():
@@ -110,7 +125,7 @@ class Tunnel:
             paths = obj.map(maps.HC_PATHS)
         finally:
             obj.close()
-        return cls(egress, ingress, paths, sources)
+        return cls(egress, ingress, paths, sources, cfg["mtu"] if cfg else None)
 
     # -- where checks go ------------------------------------------------------------------
 
@@ -118,8 +133,12 @@ class Tunnel:
         """Check that `backend` can be checked for `vip` in `mode` ("ipip" or "l2") through
         the tunnel, and attach the programs to the interface the route to `backend` uses
         (once per interface). Asks the kernel's routes again each time: call it after they
-        change. TunnelError says why a check cannot work."""
+        change. Call it (and register) from a thread in the network namespace the tunnel
+        was opened in. TunnelError says why a check cannot work."""
         key = (vip, backend, mode)
+        if _netns_id() != self._netns:
+            raise TunnelError("the tunnel was opened in another network namespace than this "
+                              "thread's: prepare and register where it was opened")
         try:
             v, b = ipaddress.ip_address(str(vip)), ipaddress.ip_address(str(backend))
         except ValueError as exc:
@@ -143,24 +162,29 @@ class Tunnel:
             raise TunnelError(f"{what} in L2 mode: {b} is reached through router "
                               f"{route.gateway}, and L2 mode needs it on a segment of "
                               f"this node")
-        outer = bytes(16)
+        outer, mss = bytes(16), None
         if mode == "ipip":
             src = self.sources.get(b.version) or route.source
             if src is None:
                 raise TunnelError(f"{what}: no outer source address (no encap source is "
                                   f"configured and the route to {b} has no source)")
             outer = _addr16(src)
+            # segments that still fit the link (and the balancer's MTU) once tunnelled: a
+            # switch drops a bigger frame without a word
+            mtu = min(m for m in (netlink.link_mtu(route.ifindex), self.mtu) if m)
+            mss = mtu - 2 * _IP_HLEN[b.version] - _TCP_HLEN
         family = _FAMILY[b.version]
         value = self.paths.path(_addr16(v), _addr16(b), outer, family, MODES[mode])
-        self._attach(route.ifindex)
-        self._ready[key] = (_AF[b.version], family, value)
+        with self._lock:
+            self._attach(route.ifindex)
+            self._ready[key] = (_AF[b.version], family, value, mss)
 
     def _attach(self, ifindex: int) -> None:
         if ifindex in self._links:
             return
-        egress = _bpf.TcxLink.attach(ifindex, self._egress, "egress")
+        egress = _bpf.TcxLink.attach(ifindex, self.egress, "egress")
         try:
-            ingress = _bpf.TcxLink.attach(ifindex, self._ingress, "ingress")
+            ingress = _bpf.TcxLink.attach(ifindex, self.ingress, "ingress")
         except BaseException:
             egress.close()
             raise
@@ -177,20 +201,24 @@ class Tunnel:
 
     def register(self, sock: socket.socket, vip, backend, mode: str) -> None:
         """Send `sock`'s connection through the tunnel: `sock` is bound (its local port is
-        registered) and not yet connected; connect it to (backend, check port) next. The
+        registered) and not yet connected; connect it to (backend, check port) next. In
+        IPIP mode its MSS is lowered so that its segments fit the link once tunnelled. The
         first registration of a (vip, backend, mode) prepares it (see prepare())."""
         ready = self._ready.get((vip, backend, mode))
         if ready is None:
             self.prepare(vip, backend, mode)
             ready = self._ready[(vip, backend, mode)]
-        af, family, value = ready
-        if sock.family != af or sock.type != socket.SOCK_STREAM:
+        af, family, value, mss = ready
+        name = sock.getsockname()       # (address, port), and two more for IPv6
+        if len(name) != (2 if af == socket.AF_INET else 4) or sock.type != socket.SOCK_STREAM:
             raise TunnelError(f"a check of {backend} needs a TCP socket of family "
                               f"{af.name}, not {sock.family.name} {sock.type.name}")
-        port = sock.getsockname()[1]
+        port = name[1]
         if not port:
             raise TunnelError("bind the socket before registering it (its local port is "
                               "what the tunnel knows it by)")
+        if mss is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self.paths.put(port, family, value)
         self._socks[sock] = (port, family)
         self._ports[(port, family)] = sock
@@ -231,12 +259,12 @@ class Tunnel:
         self._ready.clear()
         self._socks.clear()
         self._ports.clear()
-        for handle in (self._egress, self._ingress, self.paths.map):
+        for handle in (self.egress, self.ingress, self.paths.map):
             handle.close()
 
     @property
     def closed(self) -> bool:
-        return self._egress.closed
+        return self.egress.closed
 
     def __enter__(self) -> "Tunnel":
         return self

@@ -1,13 +1,20 @@
-"""Health checks through the tunnel (pyxlb/health/tunnel.py), with real TCP between two
-namespaces: an LB node running the balancer, and a backend running the decapsulator, the
-VIPs on its loopback and a TCP server on every address. A check through the tunnel
-reaches the server on the VIP, encapsulated as clients' packets are (IPIP / IP6IP6) or
+"""Health checks through the tunnel (pyxlb/health/tunnel.py), with real TCP between
+namespaces: an LB node running the balancer; a backend running the decapsulator, the VIPs
+on its loopback and a TCP server on every address; and a node that is both (a balancer
+that decapsulates inline, the same VIPs and server). A check through the tunnel reaches
+the server on the VIP, encapsulated as clients' packets are (IPIP / IP6IP6) or
 re-addressed (L2); it fails when the decapsulator is gone or refuses the outer source,
 while a plain connection to the backend's own address still succeeds.
 
-    ht<pid>-lb  eth0 10.99.2.11  fd99:2::11 ──veth── eth0 10.99.2.21  fd99:2::21  ht<pid>-be
-    balancer (XDP), encap source 10.99.3.0/24,          decap (XDP), sources 10.99.3.0/24,
-    fd99:3::/112; the tunnel's tcx programs             fd99:3::/112; VIPs on lo
+    ht<pid>-lb  eth0 ──veth── uplink ═ br0 ═ p0 ──veth── eth0   ht<pid>-be
+    10.99.2.11, fd99:2::11     (in ht<pid>-be:  ║            10.99.2.21, fd99:2::21
+    balancer (XDP), encap       a switch)       ╚ p1 ──veth── eth0   ht<pid>-both
+    source 10.99.3.0/24,                                      10.99.2.31, fd99:2::31
+    fd99:3::/112; the tunnel's tcx programs
+
+ht<pid>-be: decap (XDP), sources 10.99.3.0/24, fd99:3::/112. ht<pid>-both: the balancer,
+with the VIPs on PORT (only) served locally. The bridge drops frames longer than its
+ports' MTU (1500), as a switch does.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -29,15 +37,18 @@ from pyxlb import _bpf, bpffs, netns
 from pyxlb import node as node_mod
 from pyxlb.datapath import DecapPath
 from pyxlb.health.tunnel import Tunnel, TunnelError
+from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
 PREFIX = f"ht{os.getpid() % 100000}"
-LB, BE = f"{PREFIX}-lb", f"{PREFIX}-be"
-ADDR = {LB: {4: "10.99.2.11", 6: "fd99:2::11"}, BE: {4: "10.99.2.21", 6: "fd99:2::21"}}
+LB, BE, BOTH = f"{PREFIX}-lb", f"{PREFIX}-be", f"{PREFIX}-both"
+ADDR = {LB: {4: "10.99.2.11", 6: "fd99:2::11"}, BE: {4: "10.99.2.21", 6: "fd99:2::21"},
+        BOTH: {4: "10.99.2.31", 6: "fd99:2::31"}}
 VIP = {4: ipaddress.ip_address("10.99.100.10"), 6: ipaddress.ip_address("fd99:100::10")}
 # a VIP the backend does not serve (not on its loopback)
 NOT_SERVED = {4: ipaddress.ip_address("10.99.100.99"), 6: ipaddress.ip_address("fd99:100::99")}
 ENCAP = {4: "10.99.3.0/24", 6: "fd99:3::/112"}
 PORT = 8080
+SINK_PORT = 8081            # reads to the end, answers with how many bytes it read
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAIL_TIMEOUT = 0.8          # a check that must fail: how long to wait for it
 
@@ -64,21 +75,23 @@ def _decap_up() -> None:
 
 
 class Server:
-    """A TCP server in the backend's namespace on every address (the VIPs too): it
-    answers each connection with the address it was accepted on, then closes it."""
+    """A TCP server in a backend's namespace on every address (the VIPs too): on PORT it
+    answers each connection with the address it was accepted on, then closes it; on
+    SINK_PORT it reads to the end first and answers with the number of bytes read."""
 
-    def __init__(self):
+    def __init__(self, ns: str):
         self.socks = []
-        with netns.enter(BE):
-            for af, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-                s = socket.socket(af, socket.SOCK_STREAM)
-                if af == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, PORT))
-                s.listen(64)
-                s.setblocking(False)
-                self.socks.append(s)
+        with netns.enter(ns):
+            for port in (PORT, SINK_PORT):
+                for af, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                    s = socket.socket(af, socket.SOCK_STREAM)
+                    if af == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((host, port))
+                    s.listen(64)
+                    s.setblocking(False)
+                    self.socks.append(s)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="ht-server", daemon=True)
         self.thread.start()
@@ -97,7 +110,16 @@ class Server:
                     conn.setblocking(True)
                     conn.settimeout(1.0)
                     with contextlib.suppress(OSError):
-                        conn.sendall(conn.getsockname()[0].encode() + b"\n")
+                        if conn.getsockname()[1] == SINK_PORT:
+                            n = 0
+                            while True:
+                                chunk = conn.recv(65536)
+                                if not chunk:
+                                    break
+                                n += len(chunk)
+                            conn.sendall(b"%d\n" % n)
+                        else:
+                            conn.sendall(conn.getsockname()[0].encode() + b"\n")
         sel.close()
 
     def close(self):
@@ -112,57 +134,91 @@ def topo():
     """The two namespaces, wired and brought up; removed afterwards, also on failure."""
     assert os.geteuid() == 0, "this test needs root (namespaces, XDP, tcx)"
     bpffs.ensure_mounted()
-    server = None
+    servers = []
     try:
-        for ns in (LB, BE):
+        for ns in (LB, BE, BOTH):
             _ip("netns", "add", ns)
             _ip("-n", ns, "link", "set", "lo", "up")
             _sysctl(ns, "net/ipv6/conf/all/accept_dad", 0)
             _sysctl(ns, "net/ipv6/conf/default/accept_dad", 0)
-        _ip("-n", LB, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+        _ip("-n", LB, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink",
             "netns", BE)
-        for ns in (LB, BE):
+        _ip("-n", BE, "link", "add", "p0", "type", "veth", "peer", "name", "eth0")
+        _ip("-n", BE, "link", "add", "p1", "type", "veth", "peer", "name", "eth0", "netns",
+            BOTH)
+        _ip("-n", BE, "link", "add", "br0", "type", "bridge")
+        for port in ("uplink", "p0", "p1"):
+            _ip("-n", BE, "link", "set", port, "master", "br0", "up")
+        _ip("-n", BE, "link", "set", "br0", "up")
+        for ns in (LB, BE, BOTH):
             _ip("-n", ns, "addr", "add", f"{ADDR[ns][4]}/24", "dev", "eth0")
             _ip("-n", ns, "addr", "add", f"{ADDR[ns][6]}/64", "dev", "eth0", "nodad")
             _ip("-n", ns, "link", "set", "eth0", "up")
-        for fam in (4, 6):
-            _ip("-n", BE, "addr", "add", f"{VIP[fam]}/{VIP[fam].max_prefixlen}", "dev", "lo")
-        for key, value in (("net/ipv4/conf/all/arp_ignore", 1),
-                           ("net/ipv4/conf/all/arp_announce", 2),
-                           ("net/ipv4/conf/all/rp_filter", 0)):
-            _sysctl(BE, key, value)
+        for ns in (BE, BOTH):
+            for fam in (4, 6):
+                _ip("-n", ns, "addr", "add", f"{VIP[fam]}/{VIP[fam].max_prefixlen}", "dev",
+                    "lo")
+            for key, value in (("net/ipv4/conf/all/arp_ignore", 1),
+                               ("net/ipv4/conf/all/arp_announce", 2),
+                               ("net/ipv4/conf/all/rp_filter", 0)):
+                _sysctl(ns, key, value)
+        # segments leave the LB node as TCP made them, as on a NIC without TSO (a veth
+        # would hand a larger one on whole, whatever the MTU)
+        subprocess.run(["ip", "netns", "exec", LB, "ethtool", "-K", "eth0", "tso", "off",
+                        "gso", "off"], check=True, capture_output=True)
         # an LB node on a segment with a router beyond it: a route through the backend
         _ip("-n", LB, "route", "add", "10.99.50.0/24", "via", ADDR[BE][4])
         with netns.enter(LB):
             node_mod.bring_up(_pin(LB), node_mod.NodeSettings(
                 interfaces=("eth0",), encap_sources=ENCAP, max_vips=16, max_flows=1024,
                 max_flows6=1024)).dp.close()
+        with netns.enter(BOTH):
+            both = node_mod.bring_up(_pin(BOTH), node_mod.NodeSettings(
+                interfaces=("eth0",), max_vips=16, max_flows=1024, max_flows6=1024))
+            try:
+                both.dp.apply(DesiredState(vips=tuple(
+                    Vip(VipKey(VIP[fam], PORT, "tcp"), mode="ipip",
+                        backends=(Backend(ipaddress.ip_address(ADDR[BOTH][fam]), local=True),))
+                    for fam in (4, 6))))
+            finally:
+                both.dp.close()
         _decap_up()
-        server = Server()
-        for fam in (4, 6):      # both ends learn each other's MAC (and the server is up)
-            assert direct(fam) == ADDR[BE][fam]
+        servers += [Server(BE), Server(BOTH)]
+        for node in (BE, BOTH):     # each end learns the other's MAC (and the servers are up)
+            for fam in (4, 6):
+                assert direct(fam, node) == ADDR[node][fam]
         yield
     finally:
-        if server is not None:
+        for server in servers:
             server.close()
-        for ns in (LB, BE):
+        for ns in (LB, BE, BOTH):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             shutil.rmtree(_pin(ns), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def tunnel(topo):
-    """The LB node's tunnel, reading its encap source from the balancer's pins."""
+def module_tunnel(topo):
     with netns.enter(LB):
         t = Tunnel.open(_pin(LB))
     yield t
     t.close()
 
 
+@pytest.fixture
+def tunnel(module_tunnel):
+    """The LB node's tunnel, reading its encap source from the balancer's pins; nothing
+    registered (also after a test that failed half-way)."""
+    for port, _ in module_tunnel.registered():
+        module_tunnel.unregister(port)
+    assert module_tunnel.registered() == []
+    return module_tunnel
+
+
 def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
-          backend: str = None) -> str:
+          backend: str = None, send: bytes = b"") -> str:
     """One check from the LB node: connect to the backend through the tunnel for `vip`;
-    returns the address the server accepted on (raises OSError when it fails)."""
+    returns the address the server accepted on, or with `send`, how many bytes of it the
+    server read (raises OSError when it fails)."""
     backend = backend or ADDR[BE][family]
     with netns.enter(LB):
         s = socket.socket(AF[family], socket.SOCK_STREAM)
@@ -171,8 +227,11 @@ def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
             s.bind((ADDR[LB][family], 0))
             tunnel.register(s, vip, backend, mode)
             try:
-                s.connect((backend, PORT))
+                s.connect((backend, SINK_PORT if send else PORT))
                 assert s.getpeername()[0] == backend
+                if send:
+                    s.sendall(send)
+                    s.shutdown(socket.SHUT_WR)
                 return s.recv(100).decode().strip()
             finally:
                 tunnel.unregister(s)
@@ -180,11 +239,22 @@ def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
             s.close()
 
 
-def direct(family: int) -> str:
-    """A plain connection from the LB node to the backend's own address."""
+def direct(family: int, node: str = BE) -> str:
+    """A plain connection from the LB node to a backend's own address."""
     with netns.enter(LB):
-        with socket.create_connection((ADDR[BE][family], PORT), timeout=2.0) as s:
+        with socket.create_connection((ADDR[node][family], PORT), timeout=2.0) as s:
             return s.recv(100).decode().strip()
+
+
+def all_fail(*checks: dict) -> None:
+    """Run the checks (check()'s arguments) at once: every one must fail (OSError), each
+    within FAIL_TIMEOUT."""
+    with ThreadPoolExecutor(len(checks)) as pool:
+        futures = [pool.submit(check, timeout=FAIL_TIMEOUT, **kw) for kw in checks]
+    for future, kw in zip(futures, checks):
+        exc = future.exception()
+        assert isinstance(exc, OSError), \
+            f"{kw}: expected to fail, got {exc!r}" if exc else f"{kw}: {future.result()!r}"
 
 
 @contextlib.contextmanager
@@ -209,33 +279,56 @@ def test_check_reaches_the_vip_through_the_tunnel(tunnel, family, mode):
     assert tunnel.registered() == []
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_without_the_decapsulator_the_tunnelled_check_fails(tunnel, family):
-    with decap_removed():
-        with pytest.raises(OSError):
-            check(tunnel, family, VIP[family], "ipip", timeout=FAIL_TIMEOUT)
-        assert direct(family) == ADDR[BE][family]
-    assert check(tunnel, family, VIP[family], "ipip") == str(VIP[family])
-
-
 @pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
-def test_a_vip_the_backend_does_not_serve_fails(tunnel, family, mode):
-    with pytest.raises(OSError):
-        check(tunnel, family, NOT_SERVED[family], mode, timeout=FAIL_TIMEOUT)
-    assert direct(family) == ADDR[BE][family]
+def test_full_size_segments_fit_once_tunnelled(tunnel, family, mode):
+    """A check that sends a full segment (what a plain connection sends as one on this
+    link, TCP timestamps on), and one that sends many: tunnelled, they still fit the
+    switch's MTU (it drops a frame that does not, without a word)."""
+    one_segment = 1500 - {4: 20, 6: 40}[family] - 20 - 12
+    for size in (one_segment, 20000):
+        data = os.urandom(size)
+        assert check(tunnel, family, VIP[family], mode, send=data) == str(size)
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_an_outer_source_the_decapsulator_refuses_fails(topo, family):
+def test_without_the_decapsulator_the_tunnelled_check_fails(tunnel):
+    with decap_removed():
+        all_fail(dict(tunnel=tunnel, family=4, vip=VIP[4], mode="ipip"),
+                 dict(tunnel=tunnel, family=6, vip=VIP[6], mode="ipip"))
+        assert (direct(4), direct(6)) == (ADDR[BE][4], ADDR[BE][6])
+    for family in (4, 6):
+        assert check(tunnel, family, VIP[family], "ipip") == str(VIP[family])
+
+
+def test_a_node_that_is_both_decapsulates_inline(tunnel):
+    """A backend that is also a balancer: its balancer strips the tunnel (the VIP's port
+    is one of its VIPs) and passes the check up, as it would a client's packet; a port
+    that is no VIP there is not decapsulated, and the check fails."""
+    for family in (4, 6):
+        assert check(tunnel, family, VIP[family], "ipip", backend=ADDR[BOTH][family]) == \
+            str(VIP[family])
+    all_fail(*(dict(tunnel=tunnel, family=family, vip=VIP[family], mode="ipip",
+                    backend=ADDR[BOTH][family], send=b"to a port that is no VIP")
+               for family in (4, 6)))
+    assert (direct(4, BOTH), direct(6, BOTH)) == (ADDR[BOTH][4], ADDR[BOTH][6])
+
+
+def test_a_vip_the_backend_does_not_serve_fails(tunnel):
+    all_fail(*(dict(tunnel=tunnel, family=family, vip=NOT_SERVED[family], mode=mode)
+               for family in (4, 6) for mode in ("ipip", "l2")))
+    assert (direct(4), direct(6)) == (ADDR[BE][4], ADDR[BE][6])
+
+
+def test_an_outer_source_the_decapsulator_refuses_fails(topo):
     """Without the balancer's pins the outer source is the node's own address, which the
     backend's decapsulator (sources: the balancer's encap prefixes) refuses."""
     with netns.enter(LB):
         t = Tunnel.open()
     try:
         assert t.sources == {}
-        with pytest.raises(OSError):
-            check(t, family, VIP[family], "ipip", timeout=FAIL_TIMEOUT)
-        assert check(t, family, VIP[family], "l2") == str(VIP[family])
+        all_fail(dict(tunnel=t, family=4, vip=VIP[4], mode="ipip"),
+                 dict(tunnel=t, family=6, vip=VIP[6], mode="ipip"))
+        for family in (4, 6):       # L2 has no outer header
+            assert check(t, family, VIP[family], "l2") == str(VIP[family])
     finally:
         t.close()
 
@@ -258,15 +351,16 @@ def test_refusals(tunnel):
         tunnel.prepare(VIP[4], "10.99.50.5", "ipip")    # IPIP goes through routers
         with pytest.raises(TunnelError, match="no route"):
             tunnel.prepare(VIP[6], "fd99:77::1", "ipip")
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    with s:
-        with pytest.raises(TunnelError, match="AF_INET"):
-            tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
-    with netns.enter(LB):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with s:
-        with pytest.raises(TunnelError, match="bind the socket"):
-            tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind((ADDR[LB][6], 0))
+            with pytest.raises(TunnelError, match="AF_INET"):
+                tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            with pytest.raises(TunnelError, match="bind the socket"):
+                tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+    # routes and interfaces are the namespace's it was opened in: never another one's
+    with pytest.raises(TunnelError, match="another network namespace"):
+        tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")
     assert tunnel.registered() == []
 
 
@@ -277,8 +371,9 @@ def test_registration_is_one_entry_per_port(tunnel):
     with s4, s6:
         s4.bind((ADDR[LB][4], 0))
         s6.bind((ADDR[LB][6], 0))
-        tunnel.register(s4, VIP[4], ADDR[BE][4], "ipip")
-        tunnel.register(s6, VIP[6], ADDR[BE][6], "l2")
+        with netns.enter(LB):
+            tunnel.register(s4, VIP[4], ADDR[BE][4], "ipip")
+            tunnel.register(s6, VIP[6], ADDR[BE][6], "l2")
         p4, p6 = s4.getsockname()[1], s6.getsockname()[1]
         assert sorted(tunnel.registered()) == sorted([(p4, 4), (p6, 6)])
         e4 = tunnel.path_of(p4, 4)
