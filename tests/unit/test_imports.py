@@ -129,7 +129,7 @@ LAYERS = [
               "pyxlb.maglev"]),
     ("model", ["pyxlb.state", "pyxlb.plan", "pyxlb.metrics"]),
     ("datapath", ["pyxlb.datapath"]),
-    ("node", ["pyxlb.node", "pyxlb.announce", "pyxlb.health"]),
+    ("node", ["pyxlb.node", "pyxlb.announce"]),
     ("files", ["pyxlb.config"]),
     ("services", ["pyxlb.k8s", "pyxlb.lab", "pyxlb.health"]),
     ("commands", ["pyxlb.cli", "pyxlb.__main__", "pyxlb"]),
