@@ -42,6 +42,7 @@ class _Serving:
         self.reload_asked = False
         self.stopped = threading.Event()
         self.stopping = False
+        self.observe = None         # after each check (the metrics' histogram)
         self._epoch = None
 
     # -- signals ---------------------------------------------------------------------------
@@ -138,7 +139,6 @@ def serve(path: Optional[str], metrics_port: Optional[int], metrics_address: str
       pyxlb health --watch
     """
     from pyxlb import config
-    from pyxlb.health.service import HealthService
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -151,47 +151,63 @@ def serve(path: Optional[str], metrics_port: Optional[int], metrics_address: str
     pin_dir = os.path.abspath(current_pin_dir())
     with opened() as dp:
         s = _Serving(dp, path, section)
-        if section is not None:
-            from pyxlb.announce.runner import Runner
-            try:
-                s.runner = Runner(dp, state, section)
-            except FAILURES as exc:
-                raise Fail(one_line(exc)) from None
-        elif state is not None:
-            result = dp.apply(state)
-            for line in result.plan.describe() if not result.plan.empty else ():
-                log.info("%s: %s", path, line)
-        tunnel, why_not = _open_tunnel(pin_dir)
-        if why_not:
-            log.warning("checks through the tunnel will fail: %s", why_not)
-        try:
-            s.health = HealthService(pin_dir, tunnel=tunnel, tunnel_error=why_not or "")
-        except FAILURES as exc:
-            if tunnel is not None:
-                tunnel.close()
-            raise Fail(one_line(exc)) from None
+        # the metrics port first: one that is taken fails before anything is applied
         metrics = None
+        if metrics_port is not None:
+            metrics = _start_metrics(pin_dir, s, metrics_address, metrics_port)
         try:
-            if metrics_port is not None:
-                metrics = _start_metrics(pin_dir, s.health, metrics_address, metrics_port)
-            _run(s, metrics)
+            _start(s, dp, state, section, pin_dir)
+            try:
+                _run(s)
+            finally:
+                s.health.stop()
         finally:
-            s.health.stop()
             if metrics is not None:
                 from pyxlb.metrics import stop_server
                 stop_server(*metrics[:2])
                 metrics[2].close()
 
 
-def _start_metrics(pin_dir: str, health, host: str, port: int):
-    """The exporter: (server, thread, its own Datapath)."""
+def _start(s: _Serving, dp, state, section, pin_dir: str) -> None:
+    """Apply the file (or hand it to the announcer, which applies it), open the tunnel,
+    and make the health service (not started yet)."""
+    from pyxlb.health.service import HealthService
+    if section is not None:
+        from pyxlb.announce.runner import Runner
+        try:
+            s.runner = Runner(dp, state, section)
+        except FAILURES as exc:
+            raise Fail(one_line(exc)) from None
+    elif state is not None:
+        try:
+            result = dp.apply(state)
+        except FAILURES as exc:
+            raise Fail(one_line(exc)) from None
+        for line in result.plan.describe() if not result.plan.empty else ():
+            log.info("%s: %s", s.path, line)
+    tunnel, why_not = _open_tunnel(pin_dir)
+    if why_not:
+        log.warning("checks through the tunnel will fail: %s", why_not)
+    try:
+        s.health = HealthService(pin_dir, tunnel=tunnel, tunnel_error=why_not or "",
+                                 on_result=s.observe)
+    except FAILURES as exc:
+        if tunnel is not None:
+            tunnel.close()
+        raise Fail(one_line(exc)) from None
+
+
+def _start_metrics(pin_dir: str, s: _Serving, host: str, port: int):
+    """The exporter: (server, thread, its own Datapath). The checks' metrics read
+    s.health, once there is one."""
     from pyxlb import metrics
     from pyxlb.datapath import Datapath
     dp = Datapath.open(pin_dir)
     try:
         registry = metrics.make_registry(dp)
-        observe = metrics.add_health(registry, health.status)
-        health.checker.on_result = lambda _target, _ok, seconds: observe(seconds)
+        observe = metrics.add_health(
+            registry, lambda: s.health.status() if s.health is not None else [])
+        s.observe = lambda _target, _ok, seconds: observe(seconds)
         server, thread, url = metrics.start_server(registry, host, port)
     except BaseException as exc:
         dp.close()
@@ -202,7 +218,7 @@ def _start_metrics(pin_dir: str, health, host: str, port: int):
     return server, thread, dp
 
 
-def _run(s: _Serving, metrics) -> None:
+def _run(s: _Serving) -> None:
     checks = s.health.status()
     tunnelled = sum(1 for c in checks if c["via"] == "tunnel")
     what = f"{len(checks)} checks ({tunnelled} through the tunnel)"
