@@ -484,3 +484,51 @@ def test_health_json_shows_the_table(fresh):
     assert {(c["backend"], c["verdict"]) for c in after["checks"]
             if c["vip"] == VIPS[DIRECT_PORT]} == \
         {(str(node_addr(b, 4)), "down" if b == "be3" else "up") for b in BACKENDS}
+
+
+def test_serve_follows_sighup_and_the_cli(fresh, tmp_path):
+    """A VIP added by hand while serve runs is checked within seconds; SIGHUP applies the
+    edited file (which drops it again: the file is the state) and a file with an error
+    changes nothing and stops nothing."""
+    lab, _servers, path = fresh
+    pyxlb = [sys.executable, "-m", "pyxlb", "--netns", lab.ns("lb1"), "--pin-dir",
+             lab.pin_dir("lb1")]
+    extra = f"{VIP4}:8082/tcp"      # no server listens there: its backend goes down
+    with Serve(lab, path) as serve:
+        subprocess.run(pyxlb + ["vip", "add", extra, "--health", "tcp", "--health-via",
+                                "direct", "--health-interval", str(INTERVAL),
+                                "--health-timeout", str(TIMEOUT), "--health-fall",
+                                str(FALL)], check=True, capture_output=True, timeout=30)
+        subprocess.run(pyxlb + ["backend", "add", extra, str(node_addr("be1", 4))],
+                       check=True, capture_output=True, timeout=30)
+
+        def extra_row():
+            doc = read_status(lab.pin_dir("lb1"))
+            return next((c for c in doc["checks"] if c["vip"] == extra), None) if doc \
+                else None
+        wait_for("serve to check the VIP added by hand",
+                 lambda: (extra_row() or {}).get("verdict") == "down",
+                 2 + INTERVAL * FALL + TIMEOUT + SLACK)
+        assert extra_row()["last_error"] == "connection refused"
+
+        doc = yaml.safe_load(open(path))
+        doc["vips"][1]["health"]["fall"] = FALL + 3
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f)
+        serve.proc.send_signal(signal.SIGHUP)
+
+        def reloaded():
+            d = read_status(lab.pin_dir("lb1"))
+            return d is not None and extra_row() is None and \
+                {c["fall"] for c in d["checks"] if c["vip"] == VIPS[DIRECT_PORT]} == {FALL + 3}
+        wait_for("SIGHUP to apply the edited file", reloaded, 2 + SLACK)
+
+        with open(path, "w") as f:
+            f.write("vips: [{vip: nonsense}]\n")
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_for("the error in the log", lambda: any("SIGHUP" in line and "keeping the "
+                                                     "state in force" in line
+                                                     for line in serve.lines), 5)
+        assert serve.proc.poll() is None
+        assert len(verdicts(lab)) == 2 * len(BACKENDS), "a bad file changed the state"
+        serve.stop()
