@@ -217,16 +217,9 @@ class Checker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, _EVENT_READ)
         self._stop = False
-        self._pending_state = None
         self._next_tick = 0.0
 
     # -- the targets ----------------------------------------------------------------------
-
-    def set_state(self, state) -> None:
-        """Check what `state` (a DesiredState, read back from the datapath) asks for, from
-        any thread: taken up by the loop at its next turn."""
-        self._pending_state = state
-        self.wake()
 
     def update(self, state, now: Optional[float] = None) -> Tuple[int, int]:
         """Make the targets those of `state` (on the loop's thread, or before run): new
@@ -277,6 +270,11 @@ class Checker:
         except BlockingIOError:
             pass
 
+    def tick_now(self) -> None:
+        """Call on_tick at the loop's next turn (from any thread)."""
+        self._next_tick = 0.0
+        self.wake()
+
     def stop(self) -> None:
         """End run() (from any thread)."""
         self._stop = True
@@ -287,7 +285,11 @@ class Checker:
         self._next_tick = time.monotonic()
         try:
             while not self._stop:
-                self.turn()
+                try:
+                    self.turn()
+                except Exception:   # a bug must not end the checks in silence
+                    log.exception("health: the check loop failed; going on")
+                    time.sleep(self.tick)
         finally:
             for probe in list(self._inflight.values()):
                 self._finish(probe, None, None, count=False)
@@ -301,9 +303,6 @@ class Checker:
         for the next turn, so that a busy checker handles a few sockets per turn instead
         of paying a turn for each (times are then measured to within a slot)."""
         now = started = time.monotonic()
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.update(state, now)
         if now >= self._next_tick and self.on_tick is not None:
             self._next_tick = now + self.tick
             try:

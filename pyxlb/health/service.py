@@ -135,7 +135,7 @@ class HealthService:
     def refresh(self) -> None:
         """Read the datapath's state again at the checker's next turn (after a reload)."""
         self._refresh_now = True
-        self.checker.wake()
+        self.checker.tick_now()
 
     def status(self) -> List[dict]:
         return self.checker.status()
