@@ -90,13 +90,14 @@ def _reason(err: int) -> str:
 class Target:
     """One (VIP, backend) and what its checks found (every field is read by status())."""
 
-    __slots__ = ("key", "vip", "backend", "spec", "mode", "family", "addr", "port", "via",
+    __slots__ = ("key", "labels", "vip", "backend", "spec", "mode", "family", "addr", "port", "via",
                  "request", "expect", "up", "successes", "failures", "since", "last_ok",
                  "last_check", "last_error", "last_seconds", "checks", "failed_checks",
                  "transitions", "probe", "due", "prepared")
 
     def __init__(self, vip, backend, spec, up: bool, now_wall: float):
         self.key = (vip.key, backend.address)
+        self.labels = (str(vip.key), str(backend.address))
         self.up = up
         self.successes = self.failures = 0
         self.since = now_wall           # wall time of the last transition (or of the start)
@@ -135,21 +136,25 @@ class Target:
     def name(self) -> str:
         return f"VIP {self.key[0]} backend {self.key[1]}"
 
-    def status(self) -> dict:
-        """Plain data for `pyxlb health`, the status file and the metrics."""
+    def row(self) -> list:
+        """The status as a list, in the order of COLUMNS (the status file's rows)."""
         spec = self.spec
-        return {"vip": str(self.key[0]), "backend": str(self.key[1]), "type": spec.type,
-                "via": self.via, "port": self.port,
-                "path": spec.path if spec.type == "http" else None,
-                "interval": spec.interval, "timeout": spec.timeout, "rise": spec.rise,
-                "fall": spec.fall, "verdict": "up" if self.up else "down",
-                "since": self.since, "last_check": self.last_check,
-                "last_result": None if self.last_ok is None else
-                ("ok" if self.last_ok else "fail"),
-                "last_error": self.last_error, "last_seconds": self.last_seconds,
-                "successes": self.successes, "failures": self.failures,
-                "checks": self.checks, "failed_checks": self.failed_checks,
-                "transitions": dict(self.transitions)}
+        return [self.labels[0], self.labels[1], spec.type, self.via, self.port,
+                spec.path if spec.type == "http" else None, spec.interval, spec.timeout,
+                spec.rise, spec.fall, "up" if self.up else "down", self.since,
+                self.last_check,
+                None if self.last_ok is None else ("ok" if self.last_ok else "fail"),
+                self.last_error, self.last_seconds, self.successes, self.failures,
+                self.checks, self.failed_checks, dict(self.transitions)]
+
+    def status(self) -> dict:
+        """Plain data for `pyxlb health`, the status file and the metrics: {COLUMNS...}."""
+        return dict(zip(COLUMNS, self.row()))
+
+
+COLUMNS = ("vip", "backend", "type", "via", "port", "path", "interval", "timeout", "rise",
+           "fall", "verdict", "since", "last_check", "last_result", "last_error",
+           "last_seconds", "successes", "failures", "checks", "failed_checks", "transitions")
 
 
 class _Probe:
@@ -205,6 +210,7 @@ class Checker:
         self.max_in_flight = max_in_flight
         self.rng = rng or random.Random()
         self.targets: Dict[tuple, Target] = {}
+        self._sorted: Optional[List[Target]] = None     # targets in order, for rows()
         self.lock = threading.Lock()        # targets: updated here, read by other threads
         self._due: List[Tuple[float, int, Target]] = []      # heap: next check of targets
         # probes in flight by timeout, in start order: their deadlines are in order too,
@@ -250,6 +256,8 @@ class Checker:
                     else:
                         t.vip, t.backend = vip, b
             gone = [k for k in self.targets if k not in seen]
+            if added or gone:
+                self._sorted = None
             for k in gone:
                 t = self.targets.pop(k)
                 t.due = -1.0            # its heap entries are dropped when they come up
@@ -521,9 +529,15 @@ class Checker:
 
     def status(self) -> List[dict]:
         """Every target's status (Target.status), in VIP then backend order."""
+        return [dict(zip(COLUMNS, r)) for r in self.rows()]
+
+    def rows(self) -> List[list]:
+        """Every target's Target.row(), in VIP then backend order."""
         with self.lock:
-            targets = list(self.targets.values())
-        return [t.status() for t in sorted(targets, key=_order)]
+            if self._sorted is None:
+                self._sorted = sorted(self.targets.values(), key=_order)
+            targets = self._sorted
+        return [t.row() for t in targets]
 
     def verdicts(self) -> Dict[tuple, bool]:
         """{(VipKey, backend address): up}."""
