@@ -24,6 +24,13 @@ cost of the TCP connections themselves, which no checker can avoid. A veth deliv
 the sender's context, so the server side's SYN handling is also counted in the sender's
 system time (on a real network it is another host's): system time of both is reported.
 
+Each case runs twice: as is, and "steered": serve (and the baseline loop) pinned to CPU
+0 and the receive processing of both veth ends sent to CPU 1 by RPS, so that the
+backend's half of each handshake and the handling of the answers run in softirq on the
+other core, as they do when packets come from a NIC (the backend is then another host).
+Steered, the figure is the checker's own: its Python, its syscalls, the sending of its
+packets.
+
 The machine has 2 cores shared with other work: the load average is recorded with each
 case, and figures move with it.
 """
@@ -188,12 +195,21 @@ class Bench:
                     dp.apply(state.with_verdicts({(vip.key, b.address): False
                                                   for b in vip.backends}), verdicts="set")
 
-    def run_case(self, typ: str, via: str, seconds: float) -> dict:
+    def steer(self, on: bool) -> None:
+        """RPS of both veth ends' receive queue to CPU 1 (on), or none (off)."""
+        mask = "2" if on else "0"
+        for ns in (self.lb, self.be):
+            sh("ip", "netns", "exec", ns, "sh", "-c",
+               f"echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")
+
+    def run_case(self, typ: str, via: str, seconds: float, steered: bool = False) -> dict:
         self.apply(typ, via)
+        self.steer(steered)
+        pin = (lambda: os.sched_setaffinity(0, {0})) if steered else None
         proc = subprocess.Popen([sys.executable, "-m", "pyxlb", "--netns", self.lb,
                                  "--pin-dir", self.pin_lb, "serve", "--log-level", "error"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=pin)
         try:
             time.sleep(WARMUP)
             assert proc.poll() is None, proc.stderr.read()
@@ -209,7 +225,8 @@ class Bench:
         user, system = after[0] - before[0], after[1] - before[1]
         rows = doc["checks"]
         rate = (c1[0] - c0[0]) / max(1e-9, c1[2] - c0[2])
-        return {"case": f"{typ} {via}", "backends": self.n, "seconds": round(wall, 2),
+        return {"case": f"{typ} {via}" + (" steered" if steered else ""),
+                "backends": self.n, "seconds": round(wall, 2),
                 "checks": c1[0] - c0[0], "failed": c1[1] - c0[1],
                 "checks_per_s": round(rate, 1),
                 "up": sum(1 for r in rows if r["verdict"] == "up"),
@@ -226,10 +243,14 @@ class Bench:
         return (sum(r["checks"] for r in rows), sum(r["failed_checks"] for r in rows),
                 doc["updated"] if doc else time.time())
 
-    def baseline(self, seconds: float) -> dict:
+    def baseline(self, seconds: float, steered: bool = False) -> dict:
         """N bare connections a second from one Python loop in lb, direct, RST on close."""
         linger = struct.pack("ii", 1, 0)
         addrs = [backend_addr(i) for i in range(self.n)]
+        self.steer(steered)
+        affinity = os.sched_getaffinity(0)
+        if steered:
+            os.sched_setaffinity(0, {0})
         loadavg = load()
         with netns.enter(self.lb):
             r0, t0 = os.times(), time.monotonic()
@@ -250,9 +271,11 @@ class Bench:
                 if rest > 0:
                     time.sleep(rest)
             r1, t1 = os.times(), time.monotonic()
+        os.sched_setaffinity(0, affinity)
         wall = t1 - t0
         user, system = r1.user - r0.user, r1.system - r0.system
-        return {"case": "baseline: bare connects", "backends": self.n,
+        return {"case": "baseline: bare connects" + (" steered" if steered else ""),
+                "backends": self.n,
                 "seconds": round(wall, 2), "checks": done, "failed": failed,
                 "checks_per_s": round(done / wall, 1), "up": None,
                 "cpu_pct": round(100 * (user + system) / wall, 2),
@@ -268,18 +291,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--only", choices=[f"{t}-{v}" for t, v in CASES])
     ap.add_argument("--prefix", default=PREFIX)
+    ap.add_argument("--no-steer", action="store_true", help="skip the steered runs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/health.py needs root (namespaces, XDP, bpffs)")
+    if (os.cpu_count() or 1) < 2:
+        args.no_steer = True
     bench = Bench(args.prefix, args.backends)
     rows = []
     try:
         bench.up()
-        rows.append(bench.baseline(args.seconds))
-        for typ, via in CASES:
-            if args.only and args.only != f"{typ}-{via}":
-                continue
-            rows.append(bench.run_case(typ, via, args.seconds))
+        for steered in (False, True) if not args.no_steer else (False,):
+            rows.append(bench.baseline(args.seconds, steered))
+            for typ, via in CASES:
+                if args.only and args.only != f"{typ}-{via}":
+                    continue
+                rows.append(bench.run_case(typ, via, args.seconds, steered))
     finally:
         bench.down()
     head = ("case", "checks/s", "failed", "up", "CPU %", "user %", "sys %", "µs/check",

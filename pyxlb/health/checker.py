@@ -53,6 +53,7 @@ JITTER = 0.05                           # each interval is drawn from interval Ã
 SLOT = 0.005                            # a loop turn lasts at least this long (see turn())
 
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
 _EVENT_READ = select.EPOLLIN
 _EVENT_WRITE = select.EPOLLOUT
 _EVENT_BAD = select.EPOLLERR | select.EPOLLHUP
@@ -93,7 +94,9 @@ class Target:
     __slots__ = ("key", "labels", "vip", "backend", "spec", "mode", "family", "addr", "port", "via",
                  "request", "expect", "up", "successes", "failures", "since", "last_ok",
                  "last_check", "last_error", "last_seconds", "checks", "failed_checks",
-                 "transitions", "probe", "due", "prepared")
+                 "transitions", "due", "token", "prepared",
+                 # the check in flight (sock is None when there is none)
+                 "sock", "fd", "started", "deadline", "sent", "buf", "tunneled")
 
     def __init__(self, vip, backend, spec, up: bool, now_wall: float):
         self.key = (vip.key, backend.address)
@@ -107,9 +110,14 @@ class Target:
         self.last_seconds: Optional[float] = None
         self.checks = self.failed_checks = 0
         self.transitions = {"up": 0, "down": 0}
-        self.probe: Optional["_Probe"] = None
-        self.due = 0.0
+        self.due = 0.0                  # when the next check starts (-1: removed)
+        self.token = 0                  # which entry of the timing wheel is the live one
         self.prepared = False
+        self.sock = None
+        self.fd = -1
+        self.started = self.deadline = 0.0
+        self.sent = self.tunneled = False
+        self.buf = b""
         self.configure(vip, backend, spec)
 
     def configure(self, vip, backend, spec) -> None:
@@ -157,22 +165,6 @@ COLUMNS = ("vip", "backend", "type", "via", "port", "path", "interval", "timeout
            "last_seconds", "successes", "failures", "checks", "failed_checks", "transitions")
 
 
-class _Probe:
-    """One check in flight."""
-
-    __slots__ = ("target", "sock", "fd", "started", "deadline", "buf", "sent", "tunneled")
-
-    def __init__(self, target: Target, sock, started: float):
-        self.target = target
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.started = started
-        self.deadline = started + target.spec.timeout
-        self.buf = b""
-        self.sent = False
-        self.tunneled = False
-
-
 class Change:
     """A verdict that changed: target's key, the new verdict, the reason."""
 
@@ -202,6 +194,7 @@ class Checker:
                  rng: Optional[random.Random] = None):
         self.tunnel = tunnel
         self.slot = slot
+        self._bucket = slot or 0.001        # the timing wheel's resolution, seconds
         self.tunnel_error = tunnel_error
         self.on_change = on_change
         self.on_tick = on_tick
@@ -212,12 +205,14 @@ class Checker:
         self.targets: Dict[tuple, Target] = {}
         self._sorted: Optional[List[Target]] = None     # targets in order, for rows()
         self.lock = threading.Lock()        # targets: updated here, read by other threads
-        self._due: List[Tuple[float, int, Target]] = []      # heap: next check of targets
-        # probes in flight by timeout, in start order: their deadlines are in order too,
+        # the timing wheel: {slot number: [(target, token)]} and a heap of those numbers;
+        # an entry whose token is no longer its target's is stale and skipped
+        self._wheel: Dict[int, List[Tuple[Target, int]]] = {}
+        self._buckets: List[int] = []
+        # checks in flight by timeout, in start order: their deadlines are in order too,
         # so the earliest is the first (cheaper than a heap); finished ones leave lazily
-        self._deadlines: Dict[float, Deque[_Probe]] = {}
-        self._inflight: Dict[int, _Probe] = {}                   # fd -> probe
-        self._seq = 0
+        self._deadlines: Dict[float, Deque[Tuple[float, Target]]] = {}
+        self._inflight: Dict[int, Target] = {}                   # fd -> target
         self._changes: List[Change] = []
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -260,15 +255,21 @@ class Checker:
                 self._sorted = None
             for k in gone:
                 t = self.targets.pop(k)
-                t.due = -1.0            # its heap entries are dropped when they come up
-                if t.probe is not None:
-                    self._finish(t.probe, None, None, count=False)
+                t.due = -1.0            # removed: record() ignores it
+                t.token += 1            # its wheel entries are dropped when they come up
+                self._end(t, None, None)
         return added, len(gone)
 
     def _schedule(self, t: Target, when: float) -> None:
+        """Put t's next check in the timing wheel, at `when` (to within a slot)."""
         t.due = when
-        self._seq += 1
-        heapq.heappush(self._due, (when, self._seq, t))
+        t.token += 1
+        bucket = int(when / self._bucket)
+        entries = self._wheel.get(bucket)
+        if entries is None:
+            entries = self._wheel[bucket] = []
+            heapq.heappush(self._buckets, bucket)
+        entries.append((t, t.token))
 
     # -- running --------------------------------------------------------------------------
 
@@ -299,8 +300,8 @@ class Checker:
                     log.exception("health: the check loop failed; going on")
                     time.sleep(self.tick)
         finally:
-            for probe in list(self._inflight.values()):
-                self._finish(probe, None, None, count=False)
+            for t in list(self._inflight.values()):
+                self._end(t, None, None)
 
     def turn(self, max_wait: float = 1.0) -> None:
         """One turn of the loop: start the checks that are due, time out the late ones,
@@ -321,20 +322,21 @@ class Checker:
         self._start_due(now)
         self._expire(now)
         wait = max_wait
-        if self._due and len(self._inflight) < self.max_in_flight:
-            wait = min(wait, self._due[0][0] - now)
+        if self._buckets and len(self._inflight) < self.max_in_flight:
+            wait = min(wait, self._buckets[0] * self._bucket - now)
         for queue in self._deadlines.values():
             if queue:
-                wait = min(wait, queue[0].deadline - now)
+                wait = min(wait, queue[0][0] - now)
         if self.on_tick is not None:
             wait = min(wait, self._next_tick - now)
         if self._changes:
             wait = 0
         events = self._ep.poll(max(0.0, wait), 256)
+        inflight = self._inflight
         for fd, ev in events:
-            probe = self._inflight.get(fd)
-            if probe is not None:
-                self._event(probe, ev)
+            t = inflight.get(fd)
+            if t is not None:
+                self._event(t, ev)
             elif fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
@@ -352,21 +354,28 @@ class Checker:
             time.sleep(rest)
 
     def _start_due(self, now: float) -> None:
-        due, inflight, limit = self._due, self._inflight, self.max_in_flight
-        rand, pop, push = self.rng.random, heapq.heappop, heapq.heappush
-        while due and due[0][0] <= now and len(inflight) < limit:
-            when, _, t = pop(due)
-            if t.due != when:
-                continue            # rescheduled or removed since
-            interval = t.spec.interval
-            nxt = when + interval * (1.0 + JITTER * (2.0 * rand() - 1.0))
-            if nxt <= now:          # far behind (a stalled loop): start a fresh phase
-                nxt = now + rand() * interval
-            t.due = nxt
-            self._seq += 1
-            push(due, (nxt, self._seq, t))
-            if t.probe is None:
-                self._start(t, now)
+        """Start the checks of every bucket of the wheel up to now, as many as fit."""
+        wheel, buckets, inflight = self._wheel, self._buckets, self._inflight
+        rand, limit, current = self.rng.random, self.max_in_flight, int(now / self._bucket)
+        while buckets and buckets[0] <= current:
+            bucket = heapq.heappop(buckets)
+            entries = wheel.pop(bucket)
+            for n, (t, token) in enumerate(entries):
+                if t.token != token:
+                    continue            # rescheduled or removed since
+                if len(inflight) >= limit:      # the rest wait for the next slot
+                    late = [e for e in entries[n:] if e[0].token == e[1]]
+                    wheel.setdefault(current + 1, []).extend(late)
+                    if len(wheel[current + 1]) == len(late):
+                        heapq.heappush(buckets, current + 1)
+                    return
+                interval = t.spec.interval
+                nxt = t.due + interval * (1.0 + JITTER * (2.0 * rand() - 1.0))
+                if nxt <= now:          # far behind (a stalled loop): start a fresh phase
+                    nxt = now + rand() * interval
+                self._schedule(t, nxt)
+                if t.sock is None:
+                    self._start(t, now)
 
     def _start(self, t: Target, now: float) -> None:
         try:
@@ -375,9 +384,10 @@ class Checker:
         except OSError as exc:
             self.record(t, False, f"socket: {_reason(exc.errno)}", 0.0)
             return
-        probe = _Probe(t, sock, now)
+        t.sock, t.fd, t.started = sock, sock.fileno(), now
+        t.sent, t.buf, t.tunneled = False, b"", False
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            sock.setsockopt(_SOL_SOCKET, _SO_LINGER, LINGER_RST)
             if t.via == "tunnel":
                 if self.tunnel is None:
                     raise _Refused(f"through the tunnel: {self.tunnel_error}")
@@ -387,106 +397,93 @@ class Checker:
                     t.prepared = True
                 sock.bind(("0.0.0.0", 0) if t.family == socket.AF_INET else ("::", 0))
                 self.tunnel.register(sock, vip, backend, t.mode)
-                probe.tunneled = True
+                t.tunneled = True
             err = sock.connect_ex((t.addr, t.port))
         except _Refused as exc:
-            self._close(probe)
-            self.record(t, False, str(exc), 0.0)
+            self._end(t, False, str(exc), count_time=False)
             return
         except OSError as exc:
-            self._close(probe)
-            self.record(t, False, _reason(exc.errno), 0.0)
+            self._end(t, False, _reason(exc.errno), count_time=False)
             return
-        except Exception as exc:        # the tunnel refused (PyxlbError: mixed families...)
-            self._close(probe)
-            self.record(t, False, f"through the tunnel: {exc}", 0.0)
+        except Exception as exc:        # the tunnel refused (TunnelError: mixed families...)
+            self._end(t, False, f"through the tunnel: {exc}", count_time=False)
             return
-        if err not in (0, errno.EINPROGRESS):
-            self._close(probe)
-            self.record(t, False, _reason(err), 0.0)
+        if err and err != errno.EINPROGRESS:
+            self._end(t, False, _reason(err), count_time=False)
             return
-        t.probe = probe
-        self._inflight[probe.fd] = probe
-        self._ep.register(probe.fd, _EVENT_WRITE)
+        self._inflight[t.fd] = t
+        self._ep.register(t.fd, _EVENT_WRITE)
+        t.deadline = deadline = now + t.spec.timeout
         queue = self._deadlines.get(t.spec.timeout)
         if queue is None:
             queue = self._deadlines[t.spec.timeout] = collections.deque()
-        queue.append(probe)
+        queue.append((deadline, t))
 
     def _expire(self, now: float) -> None:
-        inflight = self._inflight
         for queue in self._deadlines.values():
             while queue:
-                probe = queue[0]
-                if inflight.get(probe.fd) is not probe:
+                deadline, t = queue[0]
+                if t.sock is None or t.deadline != deadline:
                     queue.popleft()         # finished already
-                elif probe.deadline <= now:
+                elif deadline <= now:
                     queue.popleft()
-                    what = "no status line" if probe.sent else "no connection"
-                    self._finish(probe, False,
-                                 f"timed out after {probe.target.spec.timeout:g} s ({what})")
+                    what = "no status line" if t.sent else "no connection"
+                    self._end(t, False, f"timed out after {t.spec.timeout:g} s ({what})")
                 else:
                     break
 
-    def _event(self, probe: _Probe, ev: int) -> None:
-        t = probe.target
-        sock = probe.sock
-        if not probe.sent:              # connecting
+    def _event(self, t: Target, ev: int) -> None:
+        sock = t.sock
+        if not t.sent:                  # connecting
             if ev & _EVENT_BAD:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                self._finish(probe, False, _reason(err))
-                return
-            if t.request is None:
-                self._finish(probe, True, None)
-                return
-            try:
-                sock.send(t.request)
-            except OSError as exc:
-                self._finish(probe, False, _reason(exc.errno))
-                return
-            probe.sent = True
-            self._ep.modify(probe.fd, _EVENT_READ)
+                self._end(t, False, _reason(sock.getsockopt(_SOL_SOCKET, _SO_ERROR)))
+            elif t.request is None:
+                self._end(t, True, None)
+            else:
+                try:
+                    sock.send(t.request)
+                except OSError as exc:
+                    self._end(t, False, _reason(exc.errno))
+                    return
+                t.sent = True
+                self._ep.modify(t.fd, _EVENT_READ)
             return
         try:
             chunk = sock.recv(MAX_STATUS_LINE)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._finish(probe, False, _reason(exc.errno))
+            self._end(t, False, _reason(exc.errno))
             return
         if not chunk:
-            self._finish(probe, False, "connection closed before a status line")
+            self._end(t, False, "connection closed before a status line")
             return
-        probe.buf += chunk
-        end = probe.buf.find(b"\r\n")
+        t.buf += chunk
+        end = t.buf.find(b"\n")
         if end < 0:
-            end = probe.buf.find(b"\n")
-        if end < 0:
-            if len(probe.buf) >= MAX_STATUS_LINE:
-                self._finish(probe, False, "no status line in the first 4 KiB")
+            if len(t.buf) >= MAX_STATUS_LINE:
+                self._end(t, False, "no status line in the first 4 KiB")
             return
-        self._finish(probe, *judge(probe.buf[:end], t.expect))
+        self._end(t, *judge(t.buf[:end].rstrip(b"\r"), t.expect))
 
-    def _finish(self, probe: _Probe, ok: Optional[bool], error: Optional[str],
-                count: bool = True) -> None:
-        """End a probe: close its socket; with `count`, record its result."""
-        self._inflight.pop(probe.fd, None)
-        t = probe.target
-        if t.probe is probe:
-            t.probe = None
-        self._close(probe)
-        if count and ok is not None:
-            self.record(t, ok, error, time.monotonic() - probe.started)
-
-    def _close(self, probe: _Probe) -> None:
-        if probe.tunneled:
-            probe.tunneled = False
+    def _end(self, t: Target, ok: Optional[bool], error: Optional[str],
+             count_time: bool = True) -> None:
+        """End t's check: close its socket; unless `ok` is None, record the result."""
+        sock = t.sock
+        if sock is None:
+            return
+        t.sock = None
+        self._inflight.pop(t.fd, None)
+        if t.tunneled:
+            t.tunneled = False
             try:
-                self.tunnel.unregister(probe.sock)
+                self.tunnel.unregister(sock)
             except Exception as exc:
-                log.warning("health: %s: unregistering a check socket: %s",
-                            probe.target.name, exc)
-        probe.sock.close()      # also takes it out of the epoll set
+                log.warning("health: %s: unregistering a check socket: %s", t.name, exc)
+        sock.close()            # also takes it out of the epoll set
+        if ok is not None:
+            self.record(t, ok, error,
+                        time.monotonic() - t.started if count_time else 0.0)
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -545,8 +542,8 @@ class Checker:
             return {k: t.up for k, t in self.targets.items()}
 
     def close(self) -> None:
-        for probe in list(self._inflight.values()):
-            self._finish(probe, None, None, count=False)
+        for t in list(self._inflight.values()):
+            self._end(t, None, None)
         self._ep.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
