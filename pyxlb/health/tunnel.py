@@ -58,10 +58,6 @@ def _netns_id() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def _addr16(a: IPAddress) -> bytes:
-    return a.packed + bytes(16 - len(a.packed))
-
-
 def balancer_config(pin_dir: str) -> Optional[dict]:
     """The balancer's config record pinned in `pin_dir` (None when there is none)."""
     path = os.path.join(pin_dir, maps.CONFIG)
@@ -162,19 +158,19 @@ class Tunnel:
             raise TunnelError(f"{what} in L2 mode: {b} is reached through router "
                               f"{route.gateway}, and L2 mode needs it on a segment of "
                               f"this node")
-        outer, mss = bytes(16), None
+        outer, mss = None, None
         if mode == "ipip":
             src = self.sources.get(b.version) or route.source
             if src is None:
                 raise TunnelError(f"{what}: no outer source address (no encap source is "
                                   f"configured and the route to {b} has no source)")
-            outer = _addr16(src)
+            outer = src
             # segments that still fit the link (and the balancer's MTU) once tunnelled: a
             # switch drops a bigger frame without a word
             mtu = min(m for m in (netlink.link_mtu(route.ifindex), self.mtu) if m)
             mss = mtu - 2 * _IP_HLEN[b.version] - _TCP_HLEN
         family = _FAMILY[b.version]
-        value = self.paths.path(_addr16(v), _addr16(b), outer, family, MODES[mode])
+        value = self.paths.path(v, b, outer, MODES[mode])
         with self._lock:
             self._attach(route.ifindex)
             self._ready[key] = (_AF[b.version], family, value, mss)

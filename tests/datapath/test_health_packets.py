@@ -61,7 +61,7 @@ def _put(tunnel: Tunnel, reg: Reg) -> None:
     a16 = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
     mode = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2}[reg.mode]
     value = L.pack_hc_path(a16(vip), a16(backend), a16(outer) if reg.mode == "ipip" else
-                           bytes(16), fam, mode, reg.dport)
+                           bytes(16), mode, reg.dport)
     tunnel.paths.put(reg.port, fam, value)
 
 
@@ -271,13 +271,13 @@ def test_kernel_enum_of_an_unknown_enum():
 def test_path_values_are_checked():
     a16 = bytes(16)
     with pytest.raises(ValueError, match="mode must be"):
-        L.pack_hc_path(a16, a16, a16, L.FAMILY_V6, L.MODE_LOCAL)
-    with pytest.raises(ValueError, match="first 4"):
-        HcPaths.path(bytes(range(16)), a16, a16, L.FAMILY_V4, L.MODE_IPIP)
-    value = L.pack_hc_path(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)),
-                           L.FAMILY_V6, L.MODE_L2, 8080)
-    assert L.unpack_hc_path(value) == {"vip": bytes(range(16)), "backend": bytes(range(16, 32)),
-                                       "outer_src": bytes(range(32, 48)), "mode": L.MODE_L2,
-                                       "dport": 8080}
-    assert L.unpack_hc_key(L.pack_hc_key(40001, L.FAMILY_V4)) == {"port": 40001,
-                                                                 "family": L.FAMILY_V4}
+        L.pack_hc_path(a16, a16, a16, L.MODE_LOCAL)
+    with pytest.raises(ValueError, match="one family"):
+        HcPaths.path("10.0.0.10", "fd00::2", None, L.MODE_L2)
+    with pytest.raises(ValueError, match="one family"):
+        HcPaths.path("10.0.0.10", "10.0.0.2", "fd00::1", L.MODE_IPIP)
+    assert L.unpack_hc_path(HcPaths.path("10.0.0.10", "10.0.0.2", "10.255.0.1", L.MODE_IPIP)) \
+        == {"vip": bytes([10, 0, 0, 10]) + bytes(12), "backend": bytes([10, 0, 0, 2]) + bytes(12),
+            "outer_src": bytes([10, 255, 0, 1]) + bytes(12), "mode": L.MODE_IPIP, "dport": 0}
+    assert L.unpack_hc_path(HcPaths.path("fd00::10", "fd00::2", None, L.MODE_L2))["outer_src"] \
+        == bytes(16)
