@@ -15,6 +15,22 @@ on the VIP all work; a plain connection to the backend's address proves none of 
 The programs are attached with tcx links this process alone holds: when it ends, they go,
 and no rewrite rule outlives the checker. One Tunnel per network namespace (per process).
 
+Use (an asyncio checker; the socket may be bound to any address, the route picks it):
+
+    tunnel = Tunnel.open(pin_dir)               # once; tunnel.close() at the end
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.bind(("0.0.0.0", 0))
+    tunnel.register(sock, vip, backend, "ipip")     # before connect: the SYN goes through
+    try:
+        await loop.sock_connect(sock, (str(backend), port))
+        ...                                     # the check's own exchange
+    finally:
+        tunnel.unregister(sock)
+        sock.close()
+
+The outer source and the MTU are read from the pinned config once, at open.
+
 Needs: a route to each backend (an L2 backend on a segment of this node, reached without a
 router); the backends' decapsulators must admit the outer source used (the balancer's
 encap source prefix, read from its pinned config, else this node's address towards the

@@ -19,6 +19,7 @@ ports' MTU (1500), as a switch does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
@@ -224,7 +225,7 @@ def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
         s = socket.socket(AF[family], socket.SOCK_STREAM)
         try:
             s.settimeout(timeout)
-            s.bind((ADDR[LB][family], 0))
+            s.bind(("0.0.0.0" if family == 4 else "::", 0))    # any address: the route's
             tunnel.register(s, vip, backend, mode)
             try:
                 s.connect((backend, SINK_PORT if send else PORT))
@@ -276,6 +277,29 @@ def decap_removed():
 def test_check_reaches_the_vip_through_the_tunnel(tunnel, family, mode):
     assert check(tunnel, family, VIP[family], mode) == str(VIP[family])
     assert direct(family) == ADDR[BE][family]       # without the tunnel: its own address
+    assert tunnel.registered() == []
+
+
+def test_an_asyncio_check(tunnel):
+    """As the checker runs them: non-blocking sockets on an event loop, several at once."""
+    async def one(family: int, mode: str) -> str:
+        loop = asyncio.get_running_loop()
+        with netns.enter(LB):
+            sock = socket.socket(AF[family], socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.bind(("0.0.0.0" if family == 4 else "::", 0))
+            tunnel.register(sock, VIP[family], ADDR[BE][family], mode)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (ADDR[BE][family], PORT)), 2)
+            return (await asyncio.wait_for(loop.sock_recv(sock, 100), 2)).decode().strip()
+        finally:
+            tunnel.unregister(sock)
+            sock.close()
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(f, m) for f in (4, 6) for m in ("ipip", "l2")))
+
+    assert asyncio.run(all_of_them()) == [str(VIP[4])] * 2 + [str(VIP[6])] * 2
     assert tunnel.registered() == []
 
 
