@@ -232,21 +232,25 @@ class Tunnel:
         if mss is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self.paths.put(port, family, value)
+        before = self._ports.get((port, family))
+        if before is not None and before is not sock:
+            # a socket closed without unregistering had this port: it has no say any more
+            self._socks.pop(before, None)
         self._socks[sock] = (port, family)
         self._ports[(port, family)] = sock
 
     def unregister(self, sock_or_port) -> None:
         """Forget a socket (also once closed) or a local port (both families); nothing
-        happens for one not registered."""
+        happens for one not registered, nor for a socket whose port another socket has
+        registered since."""
         if isinstance(sock_or_port, int):
             keys = [(sock_or_port, f) for f in _FAMILY.values()
                     if (sock_or_port, f) in self._ports]
         else:
-            key = self._socks.get(sock_or_port)
-            keys = [key] if key is not None else []
+            key = self._socks.pop(sock_or_port, None)
+            keys = [key] if key is not None and self._ports.get(key) is sock_or_port else []
         for key in keys:
-            sock = self._ports.pop(key)
-            self._socks.pop(sock, None)
+            self._socks.pop(self._ports.pop(key), None)
             try:
                 self.paths.delete(*key)
             except KeyError:

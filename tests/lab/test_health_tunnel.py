@@ -411,6 +411,22 @@ def test_registration_is_one_entry_per_port(tunnel):
         tunnel.unregister(s6)           # and again: nothing happens
         assert tunnel.registered() == []
 
+        # a socket closed without unregistering, its port taken by the next one: the old
+        # socket's unregister leaves the new registration alone
+        with netns.enter(LB):
+            tunnel.register(s4, VIP[4], ADDR[BE][4], "ipip")
+            s4.close()
+            s4b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with s4b:
+            s4b.bind((ADDR[LB][4], p4))
+            with netns.enter(LB):
+                tunnel.register(s4b, VIP[4], ADDR[BE][4], "l2")
+            assert tunnel.registered() == [(p4, 4)]
+            tunnel.unregister(s4)
+            assert tunnel.registered() == [(p4, 4)]
+            tunnel.unregister(s4b)
+            assert tunnel.registered() == []
+
 
 def test_links_go_with_close_and_with_the_process(topo):
     """The programs are attached by links only their process holds: closing the tunnel
