@@ -229,6 +229,13 @@ class Tunnel:
         if not port:
             raise TunnelError("bind the socket before registering it (its local port is "
                               "what the tunnel knows it by)")
+        try:
+            sock.getpeername()
+        except OSError:
+            pass                # not connected: as it must be
+        else:
+            raise TunnelError("register the socket before connecting it: its connection "
+                              "went out without the tunnel")
         if mss is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self.paths.put(port, family, value)

@@ -382,6 +382,10 @@ def test_refusals(tunnel):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             with pytest.raises(TunnelError, match="bind the socket"):
                 tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
+        # connected first: its connection went out plain, it cannot be a check any more
+        with socket.create_connection((ADDR[BE][4], PORT), timeout=2.0) as s:
+            with pytest.raises(TunnelError, match="before connecting"):
+                tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
     # routes and interfaces are the namespace's it was opened in: never another one's
     with pytest.raises(TunnelError, match="another network namespace"):
         tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")

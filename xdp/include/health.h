@@ -32,6 +32,22 @@
 #define XLB_HC_OUT 0		/* egress: a check's packet to the backend */
 #define XLB_HC_IN 1		/* ingress: the backend's answer, from the VIP */
 
+/*
+ * A check's packet out: the first one (its SYN) records the check's port, from which
+ * answers must come; a first packet that is no SYN means the socket was registered after
+ * its connection went out plain, and every other port is not this check's: the packet is
+ * dropped (-1), so the check fails instead of passing without the tunnel.
+ */
+static __always_inline int xlb_hc_learn_port(struct xlb_hc_path *p, const struct tcphdr *th)
+{
+	if (p->dport == th->dest)
+		return 0;
+	if (p->dport || !th->syn)
+		return -1;
+	p->dport = th->dest;
+	return 0;
+}
+
 /* Make the first `len` bytes linear (direct access needs them); -1 if the packet is
  * shorter. A check's packets come from our own TCP stack, whose headers always are. */
 static __always_inline int xlb_hc_pull(struct __sk_buff *skb, __u32 len)
@@ -157,8 +173,8 @@ static __always_inline int xlb_hc_ipv4(struct __sk_buff *skb, const int dir)
 		__builtin_memcpy(&dst, p->backend, 4);
 		if (iph->daddr != dst)
 			return XLB_TC_NEXT;
-		if (p->dport != th->dest)
-			p->dport = th->dest;	/* the check's port: answers must come from it */
+		if (xlb_hc_learn_port(p, th))
+			return TC_ACT_SHOT;
 		old = iph->daddr;
 		__builtin_memcpy(&new, p->vip, 4);
 		addr_off = offsetof(struct iphdr, daddr);
@@ -218,8 +234,8 @@ static __always_inline int xlb_hc_ipv6(struct __sk_buff *skb, const int dir)
 	if (dir == XLB_HC_OUT) {
 		if (!xlb_hc_addr6_eq(&ip6h->daddr, p->backend))
 			return XLB_TC_NEXT;
-		if (p->dport != th->dest)
-			p->dport = th->dest;
+		if (xlb_hc_learn_port(p, th))
+			return TC_ACT_SHOT;
 		__builtin_memcpy(old, &ip6h->daddr, 16);
 		__builtin_memcpy(new, p->vip, 16);
 		addr_off = offsetof(struct ipv6hdr, daddr);
