@@ -42,12 +42,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple, Union
 
 from .. import _bpf
 from .. import _layouts as L
-from .. import netlink
+from .. import netlink, netns
 from ..bpf import object_path
 from ..datapath import maps
 from ..errors import PyxlbError
@@ -67,11 +67,6 @@ _TCP_HLEN = 20
 class TunnelError(PyxlbError):
     """A check cannot go through the tunnel as asked (mixed families, no route, a backend
     that is this node, an L2 backend behind a router, a socket not bound...)."""
-
-
-def _netns_id() -> int:
-    """The network namespace of the calling thread (its inode)."""
-    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def balancer_config(pin_dir: str) -> Optional[dict]:
@@ -103,6 +98,11 @@ def encap_sources(cfg: dict) -> Dict[int, IPAddress]:
     return out
 
 
+def _route_and_mtu(backend: IPAddress) -> Tuple[netlink.Route, int]:
+    route = netlink.route_get(backend)
+    return route, netlink.link_mtu(route.ifindex) if not route.local else 0
+
+
 class Tunnel:
     """The through-tunnel check path of this network namespace; close() detaches."""
 
@@ -118,8 +118,12 @@ class Tunnel:
         self._ready: Dict[tuple, Tuple[int, int, bytes, Optional[int]]] = {}
         self._socks: Dict[socket.socket, Tuple[int, int]] = {}   # -> (port, family)
         self._ports: Dict[Tuple[int, int], object] = {}          # (port, family) -> socket
-        self._lock = threading.Lock()       # prepare() from several threads attaches once
-        self._netns = _netns_id()           # where routes are looked up and programs attach
+        # Routes are looked up and programs attached in the namespace the tunnel was opened
+        # in, by one thread of its own that lives there: prepare() may be called from any
+        # thread, and from a running event loop (pyroute2 runs one of its own).
+        self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="pyxlb-tunnel",
+                                          initializer=netns.setns, initargs=(self._netns,))
 
     @classmethod
     def open(cls, pin_dir: Optional[str] = None) -> "Tunnel":
@@ -145,12 +149,10 @@ class Tunnel:
         """Check that `backend` can be checked for `vip` in `mode` ("ipip" or "l2") through
         the tunnel, and attach the programs to the interface the route to `backend` uses
         (once per interface). Asks the kernel's routes again each time: call it after they
-        change. Call it (and register) from a thread in the network namespace the tunnel
-        was opened in. TunnelError says why a check cannot work."""
+        change. Routes and interfaces are those of the network namespace the tunnel was
+        opened in, whichever thread calls. Blocks for a netlink round trip or two.
+        TunnelError says why a check cannot work."""
         key = (vip, backend, mode)
-        if _netns_id() != self._netns:
-            raise TunnelError("the tunnel was opened in another network namespace than this "
-                              "thread's: prepare and register where it was opened")
         try:
             v, b = ipaddress.ip_address(str(vip)), ipaddress.ip_address(str(backend))
         except ValueError as exc:
@@ -165,7 +167,7 @@ class Tunnel:
         if v == b:
             raise TunnelError(f"{what}: the VIP is the backend's own address")
         try:
-            route = netlink.route_get(b)
+            route, link_mtu = self._worker.submit(_route_and_mtu, b).result()
         except PyxlbError as exc:
             raise TunnelError(f"{what}: {exc}") from None
         if route.local:
@@ -183,15 +185,15 @@ class Tunnel:
             outer = src
             # segments that still fit the link (and the balancer's MTU) once tunnelled: a
             # switch drops a bigger frame without a word
-            mtu = min(m for m in (netlink.link_mtu(route.ifindex), self.mtu) if m)
+            mtu = min(m for m in (link_mtu, self.mtu) if m)
             mss = mtu - 2 * _IP_HLEN[b.version] - _TCP_HLEN
         family = _FAMILY[b.version]
         value = self.paths.path(v, b, outer, MODES[mode])
-        with self._lock:
-            self._attach(route.ifindex)
-            self._ready[key] = (_AF[b.version], family, value, mss)
+        self._worker.submit(self._attach, route.ifindex).result()
+        self._ready[key] = (_AF[b.version], family, value, mss)
 
     def _attach(self, ifindex: int) -> None:
+        """In the worker thread (one: attaches never race)."""
         if ifindex in self._links:
             return
         egress = _bpf.TcxLink.attach(ifindex, self.egress, "egress")
@@ -275,6 +277,10 @@ class Tunnel:
 
     def close(self) -> None:
         """Detach the programs from every interface and free the map."""
+        if self._netns >= 0:
+            self._worker.shutdown()
+            os.close(self._netns)
+            self._netns = -1
         for egress, ingress in self._links.values():
             egress.close()
             ingress.close()

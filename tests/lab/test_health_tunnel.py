@@ -50,6 +50,7 @@ NOT_SERVED = {4: ipaddress.ip_address("10.99.100.99"), 6: ipaddress.ip_address("
 ENCAP = {4: "10.99.3.0/24", 6: "fd99:3::/112"}
 PORT = 8080
 SINK_PORT = 8081            # reads to the end, answers with how many bytes it read
+CLOSED_PORT = 8089          # nothing listens there
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAIL_TIMEOUT = 0.8          # a check that must fail: how long to wait for it
 
@@ -336,6 +337,25 @@ def test_a_node_that_is_both_decapsulates_inline(tunnel):
     assert (direct(4, BOTH), direct(6, BOTH)) == (ADDR[BOTH][4], ADDR[BOTH][6])
 
 
+@pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
+def test_a_closed_port_is_refused_at_once(tunnel, family, mode):
+    """The backend's reset comes back from the VIP, re-addressed like any answer: the
+    check is refused, it does not wait for a timeout."""
+    with netns.enter(LB):
+        s = socket.socket(AF[family], socket.SOCK_STREAM)
+        s.settimeout(2.0)
+        s.bind(("0.0.0.0" if family == 4 else "::", 0))
+        tunnel.register(s, VIP[family], ADDR[BE][family], mode)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            s.connect((ADDR[BE][family], CLOSED_PORT))
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        tunnel.unregister(s)
+        s.close()
+
+
 def test_a_vip_the_backend_does_not_serve_fails(tunnel):
     all_fail(*(dict(tunnel=tunnel, family=family, vip=NOT_SERVED[family], mode=mode)
                for family in (4, 6) for mode in ("ipip", "l2")))
@@ -386,10 +406,17 @@ def test_refusals(tunnel):
         with socket.create_connection((ADDR[BE][4], PORT), timeout=2.0) as s:
             with pytest.raises(TunnelError, match="before connecting"):
                 tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
-    # routes and interfaces are the namespace's it was opened in: never another one's
-    with pytest.raises(TunnelError, match="another network namespace"):
-        tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")
     assert tunnel.registered() == []
+
+
+def test_routes_and_interfaces_are_the_tunnels_namespaces(tunnel):
+    """prepare() from a thread in another namespace (here the test's own) still looks up
+    routes and attaches in the namespace the tunnel was opened in."""
+    tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")
+    tunnel.prepare(VIP[6], ADDR[BE][6], "l2")
+    with netns.enter(LB):
+        assert tunnel.interfaces() == [socket.if_nametoindex("eth0")]
+    assert {link.ifindex for link in tunnel.links()} == set(tunnel.interfaces())
 
 
 def test_registration_is_one_entry_per_port(tunnel):
