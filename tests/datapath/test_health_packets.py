@@ -48,20 +48,25 @@ class Reg:
     family: int             # 4 or 6
     mode: str               # "ipip" or "l2"
     port: int = PORT
-    dport: int = 0          # the check's port as the egress program learned it (0: not yet)
+    dport: int = 0          # the check's port as the egress program learned it from the
+                            # SYN, with the node's address (0: no SYN yet)
 
 
 def _addrs(family: int) -> Tuple[str, str, str, str]:
     return (NODE4, BACKEND4, VIP4, OUTER4) if family == 4 else (NODE6, BACKEND6, VIP6, OUTER6)
 
 
+def _a16(addr: str) -> bytes:
+    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+
+
 def _put(tunnel: Tunnel, reg: Reg) -> None:
-    _, backend, vip, outer = _addrs(reg.family)
+    node, backend, vip, outer = _addrs(reg.family)
     fam = L.FAMILY_V4 if reg.family == 4 else L.FAMILY_V6
-    a16 = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
     mode = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2}[reg.mode]
-    value = L.pack_hc_path(a16(vip), a16(backend), a16(outer) if reg.mode == "ipip" else
-                           bytes(16), mode, reg.dport)
+    value = L.pack_hc_path(_a16(vip), _a16(backend),
+                           _a16(outer) if reg.mode == "ipip" else bytes(16), mode,
+                           node=_a16(node) if reg.dport else bytes(16), dport=reg.dport)
     tunnel.paths.put(reg.port, fam, value)
 
 
@@ -224,6 +229,9 @@ CASES = [
          in4(src="10.0.0.11"), NEXT, UNTOUCHED),
     Case("in6_from_another_address", "ingress", (R6_ON,),
          in6(src="fd00::11"), NEXT, UNTOUCHED),
+    Case("in4_to_another_address", "ingress", (R4_ON,), in4(dst="10.1.0.7"), NEXT, UNTOUCHED),
+    Case("in6_to_another_address", "ingress", (R6_ON,), in6(dst="fd00:1::7"), NEXT,
+         UNTOUCHED),
     Case("in4_to_an_unregistered_port", "ingress", (R4_ON,),
          in4(dport=OTHER_PORT), NEXT, UNTOUCHED),
     Case("in6_to_the_port_of_the_other_family", "ingress", (R4_ON,),
@@ -255,7 +263,9 @@ def test_packet(case: Case):
         if case.learned is not None:
             reg = case.regs[0]
             fam = L.FAMILY_V4 if reg.family == 4 else L.FAMILY_V6
-            assert tunnel.paths.get(reg.port, fam)["dport"] == case.learned
+            entry = tunnel.paths.get(reg.port, fam)
+            node = _a16(_addrs(reg.family)[0]) if case.learned else bytes(16)
+            assert (entry["dport"], entry["node"]) == (case.learned, node)
 
 
 def test_a_round_trip_through_both_programs():
@@ -294,6 +304,7 @@ def test_path_values_are_checked():
         HcPaths.path("10.0.0.10", "10.0.0.2", "fd00::1", L.MODE_IPIP)
     assert L.unpack_hc_path(HcPaths.path("10.0.0.10", "10.0.0.2", "10.255.0.1", L.MODE_IPIP)) \
         == {"vip": bytes([10, 0, 0, 10]) + bytes(12), "backend": bytes([10, 0, 0, 2]) + bytes(12),
-            "outer_src": bytes([10, 255, 0, 1]) + bytes(12), "mode": L.MODE_IPIP, "dport": 0}
+            "outer_src": bytes([10, 255, 0, 1]) + bytes(12), "node": bytes(16),
+            "mode": L.MODE_IPIP, "dport": 0}
     assert L.unpack_hc_path(HcPaths.path("fd00::10", "fd00::2", None, L.MODE_L2))["outer_src"] \
         == bytes(16)

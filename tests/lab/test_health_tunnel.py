@@ -170,6 +170,9 @@ def topo():
                         "gso", "off"], check=True, capture_output=True)
         # an LB node on a segment with a router beyond it: a route through the backend
         _ip("-n", LB, "route", "add", "10.99.50.0/24", "via", ADDR[BE][4])
+        # the LB node also routes: the other node reaches the backend's address through it
+        _sysctl(LB, "net/ipv4/ip_forward", 1)
+        _ip("-n", BOTH, "route", "add", f"{ADDR[BE][4]}/32", "via", ADDR[LB][4])
         with netns.enter(LB):
             node_mod.bring_up(_pin(LB), node_mod.NodeSettings(
                 interfaces=("eth0",), encap_sources=ENCAP, max_vips=16, max_flows=1024,
@@ -407,6 +410,28 @@ def test_refusals(tunnel):
             with pytest.raises(TunnelError, match="before connecting"):
                 tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
     assert tunnel.registered() == []
+
+
+def test_a_packet_the_node_forwards_is_never_a_check(tunnel):
+    """Another host's connection that the LB node forwards to the backend, from the port
+    a check registered: it goes on untouched (only the node's own sockets' packets are
+    re-addressed), and the check's entry learns nothing from it."""
+    with netns.enter(LB):
+        mine = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with mine:
+        mine.bind(("0.0.0.0", 0))
+        port = mine.getsockname()[1]
+        with netns.enter(LB):
+            tunnel.register(mine, VIP[4], ADDR[BE][4], "ipip")
+        with netns.enter(BOTH):
+            other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with other:
+            other.settimeout(2.0)
+            other.bind((ADDR[BOTH][4], port))
+            other.connect((ADDR[BE][4], PORT))     # through the LB node (BOTH's route)
+            assert other.recv(100).decode().strip() == ADDR[BE][4]
+        assert tunnel.path_of(port, 4)["dport"] == 0
+        tunnel.unregister(mine)
 
 
 def test_routes_and_interfaces_are_the_tunnels_namespaces(tunnel):

@@ -84,7 +84,7 @@ STRATEGIES = {
     "hc_key": st.fixed_dictionaries(dict(port=u16, family=family)),
     "hc_path": st.fixed_dictionaries(dict(
         vip=st.binary(min_size=16, max_size=16), backend=st.binary(min_size=16, max_size=16),
-        outer_src=st.binary(min_size=16, max_size=16),
+        outer_src=st.binary(min_size=16, max_size=16), node=st.binary(min_size=16, max_size=16),
         mode=st.sampled_from([L.MODE_IPIP, L.MODE_L2]), dport=u16)),
 }
 # made from packed parts and read by a scan (tests below), not packed field by field
