@@ -65,7 +65,7 @@ def main():
                 socks.append(s)
         try:
             ports = [s.getsockname()[1] for s in socks]
-            value = tunnel.paths.path(bytes(16), bytes(16), bytes(16), L.FAMILY_V4, L.MODE_L2)
+            value = tunnel.paths.path(VIP, BACKEND, None, L.MODE_L2)
             keys = [L.pack_hc_key(p, L.FAMILY_V4) for p in ports]
             m = tunnel.paths.map
 

@@ -780,16 +780,17 @@ def unpack_hc_key(data):
     return {"port": ntohs(k.port), "family": k.family}
 
 
-def pack_hc_path(vip, backend, outer_src, family, mode, dport=0):
+def pack_hc_path(vip, backend, outer_src, mode, node=bytes(16), dport=0):
     """struct xlb_hc_path: the VIP, the backend and the outer source (16-byte addresses of
-    `family`; the outer source is all zero in L2 mode), MODE_IPIP or MODE_L2, and the
-    check's port (host order; 0 until the program learns it)."""
+    the key's family, IPv4 in the first 4; the outer source is all zero in L2 mode),
+    MODE_IPIP or MODE_L2, and the check's own address and port (host order), both zero
+    until the egress program learns them from the check's SYN."""
     cdef xlb_hc_path v
-    cdef int fam = _family(family)
     memset(&v, 0, sizeof(v))
-    _put(v.vip, _addr(vip, fam, "vip"))
-    _put(v.backend, _addr(backend, fam, "backend"))
-    _put(v.outer_src, _addr(outer_src, fam, "outer_src"))
+    _put(v.vip, _fixed(vip, 16, "vip"))
+    _put(v.backend, _fixed(backend, 16, "backend"))
+    _put(v.outer_src, _fixed(outer_src, 16, "outer_src"))
+    _put(v.node, _fixed(node, 16, "node"))
     m = _uint(mode, 8, "mode")
     if m != XLB_MODE_IPIP and m != XLB_MODE_L2:
         raise ValueError(f"mode must be MODE_IPIP ({XLB_MODE_IPIP}) or MODE_L2 "
@@ -800,12 +801,12 @@ def pack_hc_path(vip, backend, outer_src, family, mode, dport=0):
 
 
 def unpack_hc_path(data):
-    """The fields of pack_hc_path, but the family (the key holds it)."""
     cdef xlb_hc_path v
     data = _as_bytes(data)
     memcpy(&v, _input(data, sizeof(v), "xlb_hc_path"), sizeof(v))
     return {"vip": _b(v.vip, 16), "backend": _b(v.backend, 16),
-            "outer_src": _b(v.outer_src, 16), "mode": v.mode, "dport": ntohs(v.dport)}
+            "outer_src": _b(v.outer_src, 16), "node": _b(v.node, 16), "mode": v.mode,
+            "dport": ntohs(v.dport)}
 
 
 # -- scans over many keys (no Python object per entry) ----------------------------------

@@ -239,6 +239,7 @@ cdef extern from "structs.h":
         uint8_t vip[16]
         uint8_t backend[16]
         uint8_t outer_src[16]
+        uint8_t node[16]
         uint8_t mode
         uint8_t pad
         uint16_t dport          # network order

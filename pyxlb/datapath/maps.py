@@ -816,9 +816,16 @@ class HcPaths:
         self.map = m
 
     @staticmethod
-    def path(vip: bytes, backend: bytes, outer_src: bytes, family: int, mode: int) -> bytes:
-        """A value, packed once and written for every socket that checks this way."""
-        return L.pack_hc_path(vip, backend, outer_src, family, mode)
+    def path(vip: Address, backend: Address, outer_src: Optional[Address], mode: int) -> bytes:
+        """A value, packed once and written for every socket that checks this way: the
+        VIP, the backend and (IPIP mode; None in L2 mode) the outer source, of one family."""
+        fam, vip16 = parse_addr(vip)
+        backend_fam, backend16 = parse_addr(backend)
+        outer_fam, outer16 = parse_addr(outer_src) if outer_src is not None else (fam, bytes(16))
+        if not fam == backend_fam == outer_fam:
+            raise ValueError(f"the VIP {vip}, the backend {backend} and the outer source "
+                             f"{outer_src} must be of one family")
+        return L.pack_hc_path(vip16, backend16, outer16, mode)
 
     def put(self, port: int, family: int, path: bytes) -> None:
         self.map.update(L.pack_hc_key(port, family), path)

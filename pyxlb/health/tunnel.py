@@ -15,6 +15,22 @@ on the VIP all work; a plain connection to the backend's address proves none of 
 The programs are attached with tcx links this process alone holds: when it ends, they go,
 and no rewrite rule outlives the checker. One Tunnel per network namespace (per process).
 
+Use (an asyncio checker; the socket may be bound to any address, the route picks it):
+
+    tunnel = Tunnel.open(pin_dir)               # once; tunnel.close() at the end
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.bind(("0.0.0.0", 0))
+    tunnel.register(sock, vip, backend, "ipip")     # before connect: the SYN goes through
+    try:
+        await loop.sock_connect(sock, (str(backend), port))
+        ...                                     # the check's own exchange
+    finally:
+        tunnel.unregister(sock)
+        sock.close()
+
+The outer source and the MTU are read from the pinned config once, at open.
+
 Needs: a route to each backend (an L2 backend on a segment of this node, reached without a
 router); the backends' decapsulators must admit the outer source used (the balancer's
 encap source prefix, read from its pinned config, else this node's address towards the
@@ -26,12 +42,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple, Union
 
 from .. import _bpf
 from .. import _layouts as L
-from .. import netlink
+from .. import netlink, netns
 from ..bpf import object_path
 from ..datapath import maps
 from ..errors import PyxlbError
@@ -51,15 +67,6 @@ _TCP_HLEN = 20
 class TunnelError(PyxlbError):
     """A check cannot go through the tunnel as asked (mixed families, no route, a backend
     that is this node, an L2 backend behind a router, a socket not bound...)."""
-
-
-def _netns_id() -> int:
-    """The network namespace of the calling thread (its inode)."""
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-def _addr16(a: IPAddress) -> bytes:
-    return a.packed + bytes(16 - len(a.packed))
 
 
 def balancer_config(pin_dir: str) -> Optional[dict]:
@@ -91,6 +98,11 @@ def encap_sources(cfg: dict) -> Dict[int, IPAddress]:
     return out
 
 
+def _route_and_mtu(backend: IPAddress) -> Tuple[netlink.Route, int]:
+    route = netlink.route_get(backend)
+    return route, netlink.link_mtu(route.ifindex) if not route.local else 0
+
+
 class Tunnel:
     """The through-tunnel check path of this network namespace; close() detaches."""
 
@@ -106,8 +118,12 @@ class Tunnel:
         self._ready: Dict[tuple, Tuple[int, int, bytes, Optional[int]]] = {}
         self._socks: Dict[socket.socket, Tuple[int, int]] = {}   # -> (port, family)
         self._ports: Dict[Tuple[int, int], object] = {}          # (port, family) -> socket
-        self._lock = threading.Lock()       # prepare() from several threads attaches once
-        self._netns = _netns_id()           # where routes are looked up and programs attach
+        # Routes are looked up and programs attached in the namespace the tunnel was opened
+        # in, by one thread of its own that lives there: prepare() may be called from any
+        # thread, and from a running event loop (pyroute2 runs one of its own).
+        self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="pyxlb-tunnel",
+                                          initializer=netns.setns, initargs=(self._netns,))
 
     @classmethod
     def open(cls, pin_dir: Optional[str] = None) -> "Tunnel":
@@ -133,12 +149,10 @@ class Tunnel:
         """Check that `backend` can be checked for `vip` in `mode` ("ipip" or "l2") through
         the tunnel, and attach the programs to the interface the route to `backend` uses
         (once per interface). Asks the kernel's routes again each time: call it after they
-        change. Call it (and register) from a thread in the network namespace the tunnel
-        was opened in. TunnelError says why a check cannot work."""
+        change. Routes and interfaces are those of the network namespace the tunnel was
+        opened in, whichever thread calls. Blocks for a netlink round trip or two.
+        TunnelError says why a check cannot work."""
         key = (vip, backend, mode)
-        if _netns_id() != self._netns:
-            raise TunnelError("the tunnel was opened in another network namespace than this "
-                              "thread's: prepare and register where it was opened")
         try:
             v, b = ipaddress.ip_address(str(vip)), ipaddress.ip_address(str(backend))
         except ValueError as exc:
@@ -153,7 +167,7 @@ class Tunnel:
         if v == b:
             raise TunnelError(f"{what}: the VIP is the backend's own address")
         try:
-            route = netlink.route_get(b)
+            route, link_mtu = self._worker.submit(_route_and_mtu, b).result()
         except PyxlbError as exc:
             raise TunnelError(f"{what}: {exc}") from None
         if route.local:
@@ -162,24 +176,24 @@ class Tunnel:
             raise TunnelError(f"{what} in L2 mode: {b} is reached through router "
                               f"{route.gateway}, and L2 mode needs it on a segment of "
                               f"this node")
-        outer, mss = bytes(16), None
+        outer, mss = None, None
         if mode == "ipip":
             src = self.sources.get(b.version) or route.source
             if src is None:
                 raise TunnelError(f"{what}: no outer source address (no encap source is "
                                   f"configured and the route to {b} has no source)")
-            outer = _addr16(src)
+            outer = src
             # segments that still fit the link (and the balancer's MTU) once tunnelled: a
             # switch drops a bigger frame without a word
-            mtu = min(m for m in (netlink.link_mtu(route.ifindex), self.mtu) if m)
+            mtu = min(m for m in (link_mtu, self.mtu) if m)
             mss = mtu - 2 * _IP_HLEN[b.version] - _TCP_HLEN
         family = _FAMILY[b.version]
-        value = self.paths.path(_addr16(v), _addr16(b), outer, family, MODES[mode])
-        with self._lock:
-            self._attach(route.ifindex)
-            self._ready[key] = (_AF[b.version], family, value, mss)
+        value = self.paths.path(v, b, outer, MODES[mode])
+        self._worker.submit(self._attach, route.ifindex).result()
+        self._ready[key] = (_AF[b.version], family, value, mss)
 
     def _attach(self, ifindex: int) -> None:
+        """In the worker thread (one: attaches never race)."""
         if ifindex in self._links:
             return
         egress = _bpf.TcxLink.attach(ifindex, self.egress, "egress")
@@ -217,24 +231,35 @@ class Tunnel:
         if not port:
             raise TunnelError("bind the socket before registering it (its local port is "
                               "what the tunnel knows it by)")
+        try:
+            sock.getpeername()
+        except OSError:
+            pass                # not connected: as it must be
+        else:
+            raise TunnelError("register the socket before connecting it: its connection "
+                              "went out without the tunnel")
         if mss is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self.paths.put(port, family, value)
+        before = self._ports.get((port, family))
+        if before is not None and before is not sock:
+            # a socket closed without unregistering had this port: it has no say any more
+            self._socks.pop(before, None)
         self._socks[sock] = (port, family)
         self._ports[(port, family)] = sock
 
     def unregister(self, sock_or_port) -> None:
         """Forget a socket (also once closed) or a local port (both families); nothing
-        happens for one not registered."""
+        happens for one not registered, nor for a socket whose port another socket has
+        registered since."""
         if isinstance(sock_or_port, int):
             keys = [(sock_or_port, f) for f in _FAMILY.values()
                     if (sock_or_port, f) in self._ports]
         else:
-            key = self._socks.get(sock_or_port)
-            keys = [key] if key is not None else []
+            key = self._socks.pop(sock_or_port, None)
+            keys = [key] if key is not None and self._ports.get(key) is sock_or_port else []
         for key in keys:
-            sock = self._ports.pop(key)
-            self._socks.pop(sock, None)
+            self._socks.pop(self._ports.pop(key), None)
             try:
                 self.paths.delete(*key)
             except KeyError:
@@ -252,6 +277,10 @@ class Tunnel:
 
     def close(self) -> None:
         """Detach the programs from every interface and free the map."""
+        if self._netns >= 0:
+            self._worker.shutdown()
+            os.close(self._netns)
+            self._netns = -1
         for egress, ingress in self._links.values():
             egress.close()
             ingress.close()

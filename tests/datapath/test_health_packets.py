@@ -48,20 +48,25 @@ class Reg:
     family: int             # 4 or 6
     mode: str               # "ipip" or "l2"
     port: int = PORT
-    dport: int = 0          # the check's port as the egress program learned it (0: not yet)
+    dport: int = 0          # the check's port as the egress program learned it from the
+                            # SYN, with the node's address (0: no SYN yet)
 
 
 def _addrs(family: int) -> Tuple[str, str, str, str]:
     return (NODE4, BACKEND4, VIP4, OUTER4) if family == 4 else (NODE6, BACKEND6, VIP6, OUTER6)
 
 
+def _a16(addr: str) -> bytes:
+    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+
+
 def _put(tunnel: Tunnel, reg: Reg) -> None:
-    _, backend, vip, outer = _addrs(reg.family)
+    node, backend, vip, outer = _addrs(reg.family)
     fam = L.FAMILY_V4 if reg.family == 4 else L.FAMILY_V6
-    a16 = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
     mode = {"ipip": L.MODE_IPIP, "l2": L.MODE_L2}[reg.mode]
-    value = L.pack_hc_path(a16(vip), a16(backend), a16(outer) if reg.mode == "ipip" else
-                           bytes(16), fam, mode, reg.dport)
+    value = L.pack_hc_path(_a16(vip), _a16(backend),
+                           _a16(outer) if reg.mode == "ipip" else bytes(16), mode,
+                           node=_a16(node) if reg.dport else bytes(16), dport=reg.dport)
     tunnel.paths.put(reg.port, fam, value)
 
 
@@ -153,12 +158,15 @@ class Case:
     regs: Tuple[Reg, ...]
     packet: bytes
     verdict: int
-    expect: object                  # bytes or UNTOUCHED
+    expect: object                  # bytes, UNTOUCHED, or None (dropped: not looked at)
     learned: Optional[int] = None   # the registration's dport after the run, if checked
 
 
 R4, R6 = Reg(4, "ipip"), Reg(6, "ipip")
 L4, L6 = Reg(4, "l2"), Reg(6, "l2")
+# after the SYN went out: the check's port known
+R4_ON, R6_ON = Reg(4, "ipip", dport=CHECK_PORT), Reg(6, "ipip", dport=CHECK_PORT)
+L4_ON, L6_ON = Reg(4, "l2", dport=CHECK_PORT), Reg(6, "l2", dport=CHECK_PORT)
 HTTP = b"GET /healthz HTTP/1.0\r\n\r\n"
 OUT4, OUT6 = out4(), out6()
 DATA4, DATA6 = out4(tcp_flags="PA", payload=HTTP), out6(tcp_flags="PA", payload=HTTP)
@@ -166,19 +174,29 @@ DATA4, DATA6 = out4(tcp_flags="PA", payload=HTTP), out6(tcp_flags="PA", payload=
 CASES = [
     # out: a registered port's packets to its backend go to the VIP, tunnelled or not
     Case("out4_ipip_syn", "egress", (R4,), OUT4, NEXT, tunnelled(OUT4, 4), CHECK_PORT),
-    Case("out4_ipip_data", "egress", (R4,), DATA4, NEXT, tunnelled(DATA4, 4), CHECK_PORT),
+    Case("out4_ipip_data", "egress", (R4_ON,), DATA4, NEXT, tunnelled(DATA4, 4), CHECK_PORT),
     Case("out4_ipip_tos_no_df", "egress", (R4,), out4(tos=0x28, flags=0), NEXT,
          tunnelled(out4(tos=0x28, flags=0), 4)),
     Case("out4_ipip_ip_options", "egress", (R4,), out4(options=P.ipv4_options()), NEXT,
          tunnelled(out4(options=P.ipv4_options()), 4)),
     Case("out6_ipip_syn", "egress", (R6,), OUT6, NEXT, tunnelled(OUT6, 6), CHECK_PORT),
-    Case("out6_ipip_data_tclass", "egress", (R6,),
+    Case("out6_ipip_data_tclass", "egress", (R6_ON,),
          out6(tcp_flags="PA", payload=HTTP, tc=0xb8), NEXT,
          tunnelled(out6(tcp_flags="PA", payload=HTTP, tc=0xb8), 6)),
-    Case("out4_l2", "egress", (L4,), DATA4, NEXT, readdressed(DATA4, dst=VIP4), CHECK_PORT),
-    Case("out6_l2", "egress", (L6,), DATA6, NEXT, readdressed(DATA6, dst=VIP6), CHECK_PORT),
-    Case("out4_learned_port_kept", "egress", (Reg(4, "ipip", dport=CHECK_PORT),), OUT4, NEXT,
-         tunnelled(OUT4, 4), CHECK_PORT),
+    Case("out4_l2_syn", "egress", (L4,), OUT4, NEXT, readdressed(OUT4, dst=VIP4), CHECK_PORT),
+    Case("out6_l2_syn", "egress", (L6,), OUT6, NEXT, readdressed(OUT6, dst=VIP6), CHECK_PORT),
+    Case("out4_l2_data", "egress", (L4_ON,), DATA4, NEXT, readdressed(DATA4, dst=VIP4),
+         CHECK_PORT),
+    Case("out6_l2_data", "egress", (L6_ON,), DATA6, NEXT, readdressed(DATA6, dst=VIP6),
+         CHECK_PORT),
+    Case("out4_learned_port_kept", "egress", (R4_ON,), OUT4, NEXT, tunnelled(OUT4, 4),
+         CHECK_PORT),
+    # out: a check whose SYN went out before it was registered, or another port of the
+    # registered socket, is dropped: it must fail, not pass without the tunnel
+    Case("out4_first_packet_not_a_syn", "egress", (R4,), DATA4, SHOT, None, 0),
+    Case("out6_first_packet_not_a_syn", "egress", (L6,), DATA6, SHOT, None, 0),
+    Case("out4_another_check_port", "egress", (R4_ON,), out4(dport=CHECK_PORT + 1), SHOT,
+         None, CHECK_PORT),
     # out: everything else goes on as it is
     Case("out4_unregistered_port", "egress", (R4,), out4(sport=OTHER_PORT), NEXT, UNTOUCHED),
     Case("out6_unregistered_port", "egress", (R6,), out6(sport=OTHER_PORT), NEXT, UNTOUCHED),
@@ -193,27 +211,30 @@ CASES = [
     Case("out4_vlan_tagged", "egress", (R4,), out4(vlan=7), NEXT, UNTOUCHED),
     Case("out4_nothing_registered", "egress", (), OUT4, NEXT, UNTOUCHED),
     # in: the answer from the VIP to a registered port comes from the backend again
-    Case("in4_ipip_synack", "ingress", (Reg(4, "ipip", dport=CHECK_PORT),), in4(), NEXT,
+    Case("in4_ipip_synack", "ingress", (R4_ON,), in4(), NEXT,
          readdressed(in4(), src=BACKEND4)),
-    Case("in4_l2_data", "ingress", (Reg(4, "l2", dport=CHECK_PORT),),
+    Case("in4_l2_data", "ingress", (L4_ON,),
          in4(tcp_flags="PA", payload=b"HTTP/1.0 200 OK\r\n\r\n"), NEXT,
          readdressed(in4(tcp_flags="PA", payload=b"HTTP/1.0 200 OK\r\n\r\n"), src=BACKEND4)),
-    Case("in6_ipip_synack", "ingress", (Reg(6, "ipip", dport=CHECK_PORT),), in6(), NEXT,
+    Case("in6_ipip_synack", "ingress", (R6_ON,), in6(), NEXT,
          readdressed(in6(), src=BACKEND6)),
-    Case("in6_l2_data", "ingress", (Reg(6, "l2", dport=CHECK_PORT),),
+    Case("in6_l2_data", "ingress", (L6_ON,),
          in6(tcp_flags="PA", payload=b"HTTP/1.0 200 OK\r\n\r\n"), NEXT,
          readdressed(in6(tcp_flags="PA", payload=b"HTTP/1.0 200 OK\r\n\r\n"), src=BACKEND6)),
     # in: only from the VIP, from the check's port, once the check went out
-    Case("in4_from_another_port", "ingress", (Reg(4, "ipip", dport=CHECK_PORT),),
+    Case("in4_from_another_port", "ingress", (R4_ON,),
          in4(sport=9999), NEXT, UNTOUCHED),
     Case("in4_before_the_check_went_out", "ingress", (R4,), in4(), NEXT, UNTOUCHED),
-    Case("in4_from_another_address", "ingress", (Reg(4, "ipip", dport=CHECK_PORT),),
+    Case("in4_from_another_address", "ingress", (R4_ON,),
          in4(src="10.0.0.11"), NEXT, UNTOUCHED),
-    Case("in6_from_another_address", "ingress", (Reg(6, "ipip", dport=CHECK_PORT),),
+    Case("in6_from_another_address", "ingress", (R6_ON,),
          in6(src="fd00::11"), NEXT, UNTOUCHED),
-    Case("in4_to_an_unregistered_port", "ingress", (Reg(4, "ipip", dport=CHECK_PORT),),
+    Case("in4_to_another_address", "ingress", (R4_ON,), in4(dst="10.1.0.7"), NEXT, UNTOUCHED),
+    Case("in6_to_another_address", "ingress", (R6_ON,), in6(dst="fd00:1::7"), NEXT,
+         UNTOUCHED),
+    Case("in4_to_an_unregistered_port", "ingress", (R4_ON,),
          in4(dport=OTHER_PORT), NEXT, UNTOUCHED),
-    Case("in6_to_the_port_of_the_other_family", "ingress", (Reg(4, "ipip", dport=CHECK_PORT),),
+    Case("in6_to_the_port_of_the_other_family", "ingress", (R4_ON,),
          in6(), NEXT, UNTOUCHED),
 ]
 
@@ -237,11 +258,14 @@ def test_packet(case: Case):
         verdict, out, _ = prog.test_run(case.packet)
         assert verdict == case.verdict, f"verdict {verdict}\n{P.describe(out)}"
         want = case.packet if case.expect is UNTOUCHED else case.expect
-        assert out == want, _mismatch(out, want)
+        if want is not None:
+            assert out == want, _mismatch(out, want)
         if case.learned is not None:
             reg = case.regs[0]
             fam = L.FAMILY_V4 if reg.family == 4 else L.FAMILY_V6
-            assert tunnel.paths.get(reg.port, fam)["dport"] == case.learned
+            entry = tunnel.paths.get(reg.port, fam)
+            node = _a16(_addrs(reg.family)[0]) if case.learned else bytes(16)
+            assert (entry["dport"], entry["node"]) == (case.learned, node)
 
 
 def test_a_round_trip_through_both_programs():
@@ -249,6 +273,8 @@ def test_a_round_trip_through_both_programs():
     re-addressed, and a second answer from another port is left alone."""
     with Tunnel.open() as tunnel:
         _put(tunnel, R4)
+        _, out, _ = tunnel.egress.test_run(OUT4)
+        assert out == tunnelled(OUT4, 4)
         _, out, _ = tunnel.egress.test_run(DATA4)
         assert out == tunnelled(DATA4, 4)
         _, back, _ = tunnel.ingress.test_run(in4())
@@ -271,13 +297,14 @@ def test_kernel_enum_of_an_unknown_enum():
 def test_path_values_are_checked():
     a16 = bytes(16)
     with pytest.raises(ValueError, match="mode must be"):
-        L.pack_hc_path(a16, a16, a16, L.FAMILY_V6, L.MODE_LOCAL)
-    with pytest.raises(ValueError, match="first 4"):
-        HcPaths.path(bytes(range(16)), a16, a16, L.FAMILY_V4, L.MODE_IPIP)
-    value = L.pack_hc_path(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)),
-                           L.FAMILY_V6, L.MODE_L2, 8080)
-    assert L.unpack_hc_path(value) == {"vip": bytes(range(16)), "backend": bytes(range(16, 32)),
-                                       "outer_src": bytes(range(32, 48)), "mode": L.MODE_L2,
-                                       "dport": 8080}
-    assert L.unpack_hc_key(L.pack_hc_key(40001, L.FAMILY_V4)) == {"port": 40001,
-                                                                 "family": L.FAMILY_V4}
+        L.pack_hc_path(a16, a16, a16, L.MODE_LOCAL)
+    with pytest.raises(ValueError, match="one family"):
+        HcPaths.path("10.0.0.10", "fd00::2", None, L.MODE_L2)
+    with pytest.raises(ValueError, match="one family"):
+        HcPaths.path("10.0.0.10", "10.0.0.2", "fd00::1", L.MODE_IPIP)
+    assert L.unpack_hc_path(HcPaths.path("10.0.0.10", "10.0.0.2", "10.255.0.1", L.MODE_IPIP)) \
+        == {"vip": bytes([10, 0, 0, 10]) + bytes(12), "backend": bytes([10, 0, 0, 2]) + bytes(12),
+            "outer_src": bytes([10, 255, 0, 1]) + bytes(12), "node": bytes(16),
+            "mode": L.MODE_IPIP, "dport": 0}
+    assert L.unpack_hc_path(HcPaths.path("fd00::10", "fd00::2", None, L.MODE_L2))["outer_src"] \
+        == bytes(16)

@@ -19,6 +19,7 @@ ports' MTU (1500), as a switch does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
@@ -49,6 +50,7 @@ NOT_SERVED = {4: ipaddress.ip_address("10.99.100.99"), 6: ipaddress.ip_address("
 ENCAP = {4: "10.99.3.0/24", 6: "fd99:3::/112"}
 PORT = 8080
 SINK_PORT = 8081            # reads to the end, answers with how many bytes it read
+CLOSED_PORT = 8089          # nothing listens there
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAIL_TIMEOUT = 0.8          # a check that must fail: how long to wait for it
 
@@ -168,6 +170,9 @@ def topo():
                         "gso", "off"], check=True, capture_output=True)
         # an LB node on a segment with a router beyond it: a route through the backend
         _ip("-n", LB, "route", "add", "10.99.50.0/24", "via", ADDR[BE][4])
+        # the LB node also routes: the other node reaches the backend's address through it
+        _sysctl(LB, "net/ipv4/ip_forward", 1)
+        _ip("-n", BOTH, "route", "add", f"{ADDR[BE][4]}/32", "via", ADDR[LB][4])
         with netns.enter(LB):
             node_mod.bring_up(_pin(LB), node_mod.NodeSettings(
                 interfaces=("eth0",), encap_sources=ENCAP, max_vips=16, max_flows=1024,
@@ -224,7 +229,7 @@ def check(tunnel: Tunnel, family: int, vip, mode: str, timeout: float = 2.0,
         s = socket.socket(AF[family], socket.SOCK_STREAM)
         try:
             s.settimeout(timeout)
-            s.bind((ADDR[LB][family], 0))
+            s.bind(("0.0.0.0" if family == 4 else "::", 0))    # any address: the route's
             tunnel.register(s, vip, backend, mode)
             try:
                 s.connect((backend, SINK_PORT if send else PORT))
@@ -279,6 +284,29 @@ def test_check_reaches_the_vip_through_the_tunnel(tunnel, family, mode):
     assert tunnel.registered() == []
 
 
+def test_an_asyncio_check(tunnel):
+    """As the checker runs them: non-blocking sockets on an event loop, several at once."""
+    async def one(family: int, mode: str) -> str:
+        loop = asyncio.get_running_loop()
+        with netns.enter(LB):
+            sock = socket.socket(AF[family], socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.bind(("0.0.0.0" if family == 4 else "::", 0))
+            tunnel.register(sock, VIP[family], ADDR[BE][family], mode)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (ADDR[BE][family], PORT)), 2)
+            return (await asyncio.wait_for(loop.sock_recv(sock, 100), 2)).decode().strip()
+        finally:
+            tunnel.unregister(sock)
+            sock.close()
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(f, m) for f in (4, 6) for m in ("ipip", "l2")))
+
+    assert asyncio.run(all_of_them()) == [str(VIP[4])] * 2 + [str(VIP[6])] * 2
+    assert tunnel.registered() == []
+
+
 @pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
 def test_full_size_segments_fit_once_tunnelled(tunnel, family, mode):
     """A check that sends a full segment (what a plain connection sends as one on this
@@ -310,6 +338,25 @@ def test_a_node_that_is_both_decapsulates_inline(tunnel):
                     backend=ADDR[BOTH][family], send=b"to a port that is no VIP")
                for family in (4, 6)))
     assert (direct(4, BOTH), direct(6, BOTH)) == (ADDR[BOTH][4], ADDR[BOTH][6])
+
+
+@pytest.mark.parametrize("family,mode", [(4, "ipip"), (6, "ipip"), (4, "l2"), (6, "l2")])
+def test_a_closed_port_is_refused_at_once(tunnel, family, mode):
+    """The backend's reset comes back from the VIP, re-addressed like any answer: the
+    check is refused, it does not wait for a timeout."""
+    with netns.enter(LB):
+        s = socket.socket(AF[family], socket.SOCK_STREAM)
+        s.settimeout(2.0)
+        s.bind(("0.0.0.0" if family == 4 else "::", 0))
+        tunnel.register(s, VIP[family], ADDR[BE][family], mode)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            s.connect((ADDR[BE][family], CLOSED_PORT))
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        tunnel.unregister(s)
+        s.close()
 
 
 def test_a_vip_the_backend_does_not_serve_fails(tunnel):
@@ -358,10 +405,43 @@ def test_refusals(tunnel):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             with pytest.raises(TunnelError, match="bind the socket"):
                 tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
-    # routes and interfaces are the namespace's it was opened in: never another one's
-    with pytest.raises(TunnelError, match="another network namespace"):
-        tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")
+        # connected first: its connection went out plain, it cannot be a check any more
+        with socket.create_connection((ADDR[BE][4], PORT), timeout=2.0) as s:
+            with pytest.raises(TunnelError, match="before connecting"):
+                tunnel.register(s, VIP[4], ADDR[BE][4], "ipip")
     assert tunnel.registered() == []
+
+
+def test_a_packet_the_node_forwards_is_never_a_check(tunnel):
+    """Another host's connection that the LB node forwards to the backend, from the port
+    a check registered: it goes on untouched (only the node's own sockets' packets are
+    re-addressed), and the check's entry learns nothing from it."""
+    with netns.enter(LB):
+        mine = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with mine:
+        mine.bind(("0.0.0.0", 0))
+        port = mine.getsockname()[1]
+        with netns.enter(LB):
+            tunnel.register(mine, VIP[4], ADDR[BE][4], "ipip")
+        with netns.enter(BOTH):
+            other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with other:
+            other.settimeout(2.0)
+            other.bind((ADDR[BOTH][4], port))
+            other.connect((ADDR[BE][4], PORT))     # through the LB node (BOTH's route)
+            assert other.recv(100).decode().strip() == ADDR[BE][4]
+        assert tunnel.path_of(port, 4)["dport"] == 0
+        tunnel.unregister(mine)
+
+
+def test_routes_and_interfaces_are_the_tunnels_namespaces(tunnel):
+    """prepare() from a thread in another namespace (here the test's own) still looks up
+    routes and attaches in the namespace the tunnel was opened in."""
+    tunnel.prepare(VIP[4], ADDR[BE][4], "ipip")
+    tunnel.prepare(VIP[6], ADDR[BE][6], "l2")
+    with netns.enter(LB):
+        assert tunnel.interfaces() == [socket.if_nametoindex("eth0")]
+    assert {link.ifindex for link in tunnel.links()} == set(tunnel.interfaces())
 
 
 def test_registration_is_one_entry_per_port(tunnel):
@@ -386,6 +466,22 @@ def test_registration_is_one_entry_per_port(tunnel):
         tunnel.unregister(s6)           # also once closed
         tunnel.unregister(s6)           # and again: nothing happens
         assert tunnel.registered() == []
+
+        # a socket closed without unregistering, its port taken by the next one: the old
+        # socket's unregister leaves the new registration alone
+        with netns.enter(LB):
+            tunnel.register(s4, VIP[4], ADDR[BE][4], "ipip")
+            s4.close()
+            s4b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with s4b:
+            s4b.bind((ADDR[LB][4], p4))
+            with netns.enter(LB):
+                tunnel.register(s4b, VIP[4], ADDR[BE][4], "l2")
+            assert tunnel.registered() == [(p4, 4)]
+            tunnel.unregister(s4)
+            assert tunnel.registered() == [(p4, 4)]
+            tunnel.unregister(s4b)
+            assert tunnel.registered() == []
 
 
 def test_links_go_with_close_and_with_the_process(topo):

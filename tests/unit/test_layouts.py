@@ -84,6 +84,11 @@ STRATEGIES = {
         seed=u32, mtu=u16, flags=u16, src4=st.binary(min_size=4, max_size=4),
         src4_plen=st.integers(0, 32), src6=st.binary(min_size=16, max_size=16),
         src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31), flow4_seed=u32)),
+    "hc_key": st.fixed_dictionaries(dict(port=u16, family=family)),
+    "hc_path": st.fixed_dictionaries(dict(
+        vip=st.binary(min_size=16, max_size=16), backend=st.binary(min_size=16, max_size=16),
+        outer_src=st.binary(min_size=16, max_size=16), node=st.binary(min_size=16, max_size=16),
+        mode=st.sampled_from([L.MODE_IPIP, L.MODE_L2]), dport=u16)),
 }
 # made from packed parts and read by a scan (tests below), not packed field by field
 WHOLE = {"xlb_flow4_way", "xlb_flowset4"}

@@ -32,6 +32,25 @@
 #define XLB_HC_OUT 0		/* egress: a check's packet to the backend */
 #define XLB_HC_IN 1		/* ingress: the backend's answer, from the VIP */
 
+/*
+ * A check's packet out: the first one (its SYN) records the check's port and own address
+ * (`src`, `len` bytes), to which answers must come; a first packet that is no SYN means
+ * the socket was registered after its connection went out plain, and every other port is
+ * not this check's: the packet is dropped (-1), so the check fails instead of passing
+ * without the tunnel.
+ */
+static __always_inline int xlb_hc_learn(struct xlb_hc_path *p, const struct tcphdr *th,
+					const void *src, const int len)
+{
+	if (p->dport == th->dest)
+		return 0;
+	if (p->dport || !th->syn)
+		return -1;
+	__builtin_memcpy(p->node, src, len);
+	p->dport = th->dest;
+	return 0;
+}
+
 /* Make the first `len` bytes linear (direct access needs them); -1 if the packet is
  * shorter. A check's packets come from our own TCP stack, whose headers always are. */
 static __always_inline int xlb_hc_pull(struct __sk_buff *skb, __u32 len)
@@ -157,14 +176,15 @@ static __always_inline int xlb_hc_ipv4(struct __sk_buff *skb, const int dir)
 		__builtin_memcpy(&dst, p->backend, 4);
 		if (iph->daddr != dst)
 			return XLB_TC_NEXT;
-		if (p->dport != th->dest)
-			p->dport = th->dest;	/* the check's port: answers must come from it */
+		if (xlb_hc_learn(p, th, &iph->saddr, 4))
+			return TC_ACT_SHOT;
 		old = iph->daddr;
 		__builtin_memcpy(&new, p->vip, 4);
 		addr_off = offsetof(struct iphdr, daddr);
 	} else {
 		__builtin_memcpy(&old, p->vip, 4);
-		if (iph->saddr != old || th->source != p->dport)
+		if (iph->saddr != old || th->source != p->dport ||
+		    iph->daddr != *(__be32 *)p->node)
 			return XLB_TC_NEXT;
 		__builtin_memcpy(&new, p->backend, 4);
 		addr_off = offsetof(struct iphdr, saddr);
@@ -218,13 +238,14 @@ static __always_inline int xlb_hc_ipv6(struct __sk_buff *skb, const int dir)
 	if (dir == XLB_HC_OUT) {
 		if (!xlb_hc_addr6_eq(&ip6h->daddr, p->backend))
 			return XLB_TC_NEXT;
-		if (p->dport != th->dest)
-			p->dport = th->dest;
+		if (xlb_hc_learn(p, th, &ip6h->saddr, 16))
+			return TC_ACT_SHOT;
 		__builtin_memcpy(old, &ip6h->daddr, 16);
 		__builtin_memcpy(new, p->vip, 16);
 		addr_off = offsetof(struct ipv6hdr, daddr);
 	} else {
-		if (!xlb_hc_addr6_eq(&ip6h->saddr, p->vip) || th->source != p->dport)
+		if (!xlb_hc_addr6_eq(&ip6h->saddr, p->vip) || th->source != p->dport ||
+		    !xlb_hc_addr6_eq(&ip6h->daddr, p->node))
 			return XLB_TC_NEXT;
 		__builtin_memcpy(old, &ip6h->saddr, 16);
 		__builtin_memcpy(new, p->backend, 16);
@@ -249,9 +270,13 @@ static __always_inline int xlb_hc_ipv6(struct __sk_buff *skb, const int dir)
 	return XLB_TC_NEXT;
 }
 
-/* Both directions: IPv4 and IPv6 TCP, untagged frames. */
+/* Both directions: IPv4 and IPv6 TCP, untagged frames; out, only what a socket of this
+ * host sent (a packet the host forwards for others is never a check, whatever its
+ * ports). */
 static __always_inline int xlb_hc(struct __sk_buff *skb, const int dir)
 {
+	if (dir == XLB_HC_OUT && !skb->sk)
+		return XLB_TC_NEXT;
 	if (skb->protocol == bpf_htons(ETH_P_IP) && xlb_hc_eth_is(skb, bpf_htons(ETH_P_IP)))
 		return xlb_hc_ipv4(skb, dir);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6) && xlb_hc_eth_is(skb, bpf_htons(ETH_P_IPV6)))

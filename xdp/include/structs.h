@@ -220,15 +220,16 @@ struct xlb_hc_key {
 /* Value of xlb_hc_paths: how that socket's packets go through the tunnel. The socket is
  * connected to `backend`; its packets leave addressed to `vip` (and, in IPIP mode, inside
  * an outer header from `outer_src` to `backend`), and answers from `vip` come back to it
- * re-addressed from `backend`. */
+ * re-addressed from `backend`. The egress program fills in `node` and `dport` from the
+ * check's SYN. */
 struct xlb_hc_path {
 	__u8 vip[16];		/* network order */
 	__u8 backend[16];	/* network order */
 	__u8 outer_src[16];	/* network order; IPIP mode only */
+	__u8 node[16];		/* network order; the check's own address (0: no SYN sent yet) */
 	__u8 mode;		/* XLB_MODE_IPIP / XLB_MODE_L2 */
 	__u8 pad;
-	__be16 dport;		/* network order; the check's port, written by the egress
-				 * program from the first packet out (0: none sent yet) */
+	__be16 dport;		/* network order; the check's port (0: no SYN sent yet) */
 };
 
 #endif /* XLB_STRUCTS_H */
