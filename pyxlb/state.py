@@ -605,7 +605,8 @@ def carry_verdicts(old: DesiredState, new: DesiredState) -> DesiredState:
             before = old_by_key.get(v.key)
             was = {} if before is None else {b.address: before.health_for(b) is not None
                                              and b.down for b in before.backends}
-            downs = [was.get(b.address, False) for b in v.backends]
+            downs = [was.get(b.address, False) and v.health_for(b) is not None
+                     for b in v.backends]
             if any(d != b.down for d, b in zip(downs, v.backends)):
                 v = v.replace(backends=tuple(dataclasses.replace(b, down=d) if d != b.down
                                              else b for d, b in zip(downs, v.backends)))
