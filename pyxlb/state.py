@@ -12,6 +12,13 @@ loopback, IPv4-mapped, scoped), a backend that is its VIP's own address and a ba
 that is not one host's (`mac_fault`) are refused when the Vip or Backend is made: this is
 the one place, so the CLI, a state file and the Kubernetes agent refuse them alike. A
 VipKey alone is not checked, so a key can still name a VIP to look up or delete.
+
+Health checks (docs/config.md, "Health checks"): a Vip's `health` (a HealthSpec) says how
+its backends are checked, a Backend's `health` overrides it for that backend, and a
+Backend's `down` is the checker's verdict. A down backend is out of the ring; what can
+be checked is checked here too (a tunnel check on the VIP's own port, of the VIP's
+family, ...). Verdicts are not part of the file format: `carry_verdicts` gives a state
+the verdicts of the state in force (what every apply but the checker's does).
 """
 
 from __future__ import annotations
@@ -605,7 +612,8 @@ def carry_verdicts(old: DesiredState, new: DesiredState) -> DesiredState:
             before = old_by_key.get(v.key)
             was = {} if before is None else {b.address: before.health_for(b) is not None
                                              and b.down for b in before.backends}
-            downs = [was.get(b.address, False) for b in v.backends]
+            downs = [was.get(b.address, False) and v.health_for(b) is not None
+                     for b in v.backends]
             if any(d != b.down for d, b in zip(downs, v.backends)):
                 v = v.replace(backends=tuple(dataclasses.replace(b, down=d) if d != b.down
                                              else b for d, b in zip(downs, v.backends)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 
 import pytest
 from click.testing import CliRunner
@@ -49,21 +51,41 @@ class Run:
         return next(v for v in self.state()["vips"] if v["vip"] == key)
 
 
+@pytest.fixture(scope="module")
+def made():
+    """One pinned datapath for the module, with the VIPs below made through the CLI; and
+    the state they make, for `run` to put back before each test."""
+    from pyxlb import bpffs
+    bpffs.ensure_mounted()
+    top = os.path.join(bpffs.BPFFS_ROOT, f"pyxlb-test-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(top)
+    pin_dir = os.path.join(top, "lb")
+    try:
+        Datapath.create(pin_dir, map_sizes=SMALL).close()
+        r = Run(pin_dir)
+        r("vip", "add", WEB, "--health", "http", "--health-path", "/healthz",
+          "--health-interval", "0.5", "--health-timeout", "0.2")
+        r("backend", "add", WEB, "10.0.1.1")
+        r("backend", "add", WEB, "10.0.1.2", "--health-port", "8080", "--health-via",
+          "direct", "--health-on-fail", "gone")
+        r("vip", "add", ANY)
+        r("backend", "add", ANY, "10.0.1.1")
+        with Datapath.open(pin_dir) as dp:
+            yield pin_dir, dp.current_state()
+            dp.destroy()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @pytest.fixture
-def run(bpffs_dir):
-    pin_dir = os.path.join(bpffs_dir, "lb")
-    Datapath.create(pin_dir, map_sizes=SMALL).close()
-    r = Run(pin_dir)
-    r("vip", "add", WEB, "--health", "http", "--health-path", "/healthz",
-      "--health-interval", "0.5", "--health-timeout", "0.2")
-    r("backend", "add", WEB, "10.0.1.1")
-    r("backend", "add", WEB, "10.0.1.2", "--health-port", "8080", "--health-via", "direct",
-      "--health-on-fail", "gone")
-    r("vip", "add", ANY)
-    r("backend", "add", ANY, "10.0.1.1")
-    yield r
+def run(made):
+    """A Run on the module's datapath, holding exactly the state `made` made (verdicts
+    included: none is down)."""
+    pin_dir, state = made
     with Datapath.open(pin_dir) as dp:
-        dp.destroy()
+        dp.apply(state, verdicts="set")
+        assert dp.current_state() == state
+    return Run(pin_dir)
 
 
 def test_add_list_and_change_checks(run):

@@ -153,3 +153,31 @@ def test_a_down_backend_drains_or_is_gone_as_its_spec_says(dp):
     back = dp.apply(STATE, verdicts="set")
     assert back.flows_forgotten == 0
     assert {send(dp, p) for p in range(6000, 6090)} == set(WEB)
+
+
+def test_raw_stray_specs_go_with_the_next_apply_and_bad_records_are_one_line(dp):
+    """An entry of no VIP (an apply killed half-way leaves such) is not read as anyone's
+    spec, even when its VIP id is handed out again, and the next apply deletes it; a
+    record pyxlb never writes is refused in one line."""
+    dp.apply(STATE)
+    taken = set(dp.layout().vip_ids.values())
+    free = next(i for i in range(8) if i not in taken)
+    stray = (free, L.HEALTH_VIP)
+    dp.tables.health_specs.put_all([(stray, HealthSpec(type="http"))])
+    assert dp.layout(refresh=True).state == STATE
+    added = STATE.with_vip(vip("192.0.2.10:8080/tcp", WEB[0], ring_size=13))
+    dp.apply(added)
+    assert dp.layout().vip_ids[VipKey.parse("192.0.2.10:8080/tcp")] == free
+    assert stray not in dp.tables.health_specs.read()
+    assert dp.layout(refresh=True).state == added
+    assert dp.layout(refresh=True).state.vip("192.0.2.10:8080/tcp").health is None
+
+    from pyxlb.errors import PyxlbError
+    vid = dp.layout().vip_ids[K80]
+    bad = bytearray(dp.maps.health_specs.lookup(L.pack_member_key(vid, L.HEALTH_VIP)))
+    bad[0] = 9                                   # no such type
+    dp.maps.health_specs.update(L.pack_member_key(vid, L.HEALTH_VIP), bytes(bad))
+    with pytest.raises(PyxlbError, match="health-spec map holds a record pyxlb does not "
+                                         "write") as exc:
+        dp.layout(refresh=True)
+    assert "\n" not in str(exc.value)
