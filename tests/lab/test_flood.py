@@ -4,11 +4,11 @@ flows of two packets each (a SYN, then an ACK, from new client addresses and por
 the generator's full speed, then a backend is added so the Maglev ring changes. Every
 connection the flow table forgot and whose ring slot moved to the new backend is reset
 by it; the share that survives (no reset, answered by the backend that accepted it) is
-the figure (tests/support/flood.py).
+the figure (tests/support/labflood.py).
 
 The connections idle during the flood (they sent their request head and a few chunks
 before it, the rest after the ring change): the harder case, since a connection that
-keeps sending renews its place in the table with every packet. bench/flood.py measures
+keeps sending renews its place in the table with every packet. bench/lab_flood.py measures
 the active case too, and more detail.
 
 The lab is this module's own (prefix fk<pid>): the flood fills lb1's flow table, which
@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.support.flood import Flood, survival
+from tests.support.labflood import Flood, survival
 
 from .conftest import lab_up
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * gen.bpf.c: the packet generator of bench/lab_throughput.py, bench/flood.py and the lab's
+ * gen.bpf.c: the packet generator of bench/lab_throughput.py, bench/lab_flood.py and the lab's
  * flood test (tests/lab/test_flood.py). Never attached: it runs under BPF_PROG_TEST_RUN
  * with BPF_F_TEST_XDP_LIVE_FRAMES, where every XDP_TX it returns is really transmitted out
  * of the interface named by the test run's ctx (ingress_ifindex).
@@ -14,7 +14,9 @@
  *
  * Flows (cfg.mode):
  * - GEN_FLOWS with cfg.flows = N > 0: packet k of a CPU belongs to flow k % N of that CPU
- *   (a fixed set: "established" traffic); with N = 0, every packet is a new 5-tuple
+ *   (a fixed set: "established" traffic; with cfg.lag = L > 1, packets k to k + L - 1 all
+ *   belong to flow (k / L) % N, its protocol by the parity of k / L: the same for every
+ *   packet of a flow when N is even); with N = 0, every packet is a new 5-tuple
  *   (source address and port from a per-CPU sequence number that never repeats within
  *   2^29 packets). Even sequence numbers are UDP, odd ones TCP: an ACK for established
  *   traffic, a SYN for new flows.
@@ -44,6 +46,7 @@
 #define GEN_FRAME6_LEN (ETH_HLEN + (int)sizeof(struct ipv6hdr) + GEN_L4_LEN)	/* 84 */
 #define GEN_EST_SPORT 10000		/* established flows: source ports 10000 + flow */
 #define GEN_NEW_SPORT 16384		/* new flows: source ports 16384..49151 */
+#define GEN_EST_FEW 16383		/* more established flows: numbered as new ones */
 
 /* Written by user space before each run (slot 0). Addresses and port in network order. */
 struct gen_cfg {
@@ -55,7 +58,8 @@ struct gen_cfg {
 	__u16 pad;
 	__u32 flows;		/* flows per CPU; 0: a new flow every packet */
 	__u32 mode;		/* GEN_FLOWS or GEN_PAIRS */
-	__u32 lag;		/* GEN_PAIRS: flows whose SYNs go before their ACKs (>= 1) */
+	__u32 lag;		/* GEN_PAIRS: flows whose SYNs go before their ACKs (>= 1);
+				 * GEN_FLOWS: packets a flow sends in a row (0, 1: one) */
 	__u32 family;		/* 4 or 6 (0: 4) */
 	__u8 saddr6[16];	/* IPv6: the clients' /96; the low 32 bits are filled in */
 	__u8 daddr6[16];	/* IPv6: the VIP */
@@ -158,12 +162,19 @@ static __always_inline int gen_write(struct xdp_md *ctx)
 		host = (cpu << 14) | ((f >> 15) & 0x3fff);
 		sport = GEN_NEW_SPORT + (f & 0x7fff);
 	} else if (cfg->flows) {
-		tcp = n & 1;
+		__u64 k = cfg->lag > 1 ? n / cfg->lag : n;
+
+		tcp = k & 1;
 		syn = 0;
 		ack = 1;
-		flow = n % cfg->flows;
-		host = (cpu << 14) | ((1 + flow) & 0x3fff);
-		sport = GEN_EST_SPORT + flow;
+		flow = k % cfg->flows;
+		if (cfg->flows <= GEN_EST_FEW) {
+			host = (cpu << 14) | ((1 + flow) & 0x3fff);
+			sport = GEN_EST_SPORT + flow;
+		} else {
+			host = (cpu << 14) | ((flow >> 15) & 0x3fff);
+			sport = GEN_NEW_SPORT + (flow & 0x7fff);
+		}
 	} else {
 		tcp = n & 1;
 		syn = 1;
@@ -240,7 +251,7 @@ struct {
  * times on one buffer; each time the frame is put back to its length (the balancer may
  * have pushed an IPIP / IP6IP6 header in front of it), the next packet is written, and
  * the balancer of gen_next runs on it as it would on a received frame: same maps, same
- * interface, its verdict discarded. For where live frames are refused (bench/flood.py).
+ * interface, its verdict discarded. For where live frames are refused (bench/lab_flood.py).
  */
 SEC("xdp")
 int gen_chain(struct xdp_md *ctx)

@@ -1,6 +1,6 @@
 """A flood of forged two-packet TCP flows through a lab LB node, and what it does to real
 long-lived connections: the survival scenario of issue 20, shared by the lab test
-(tests/lab/test_flood.py) and the benchmark (bench/flood.py).
+(tests/lab/test_flood.py) and the benchmark (bench/lab_flood.py).
 
 - Flood: the generator (xdp/bench/gen.bpf.c, program gen_chain, mode GEN_PAIRS) runs
   with BPF_PROG_TEST_RUN in the LB node's namespace, its ctx naming the node's eth0, one
@@ -47,7 +47,7 @@ from tests.support.traffic import Streams, Verdict
 FORGED4 = ipaddress.ip_network("10.78.0.0/16")      # the generator fills in the host bits
 FORGED6 = ipaddress.ip_network("fd78::/64")         # ... the low 32 bits
 FRAME_LEN = {4: 64, 6: 84}                          # xdp/bench/gen.bpf.c
-GEN_PAIRS = 1
+GEN_FLOWS, GEN_PAIRS = 0, 1
 # the balancer's counters a flood report keeps (xlb_stats names; absent ones read 0)
 STAT_KEYS = ("flow_hit", "flow_miss", "flow_stale", "tx", "redirect", "pass_not_ours",
              "drop_internal", "flow_insert_limited", "flow_not_promoted")
@@ -102,10 +102,10 @@ class Flood:
         with self.lab.datapath(self.lb) as dp:
             return dict(dp.stats())
 
-    def configure(self, family: int, lag: int) -> None:
+    def configure(self, family: int, mode: int, lag: int, flows: int = 0) -> None:
         self.gen_config.update(0, self.dmac + self.smac + FORGED4.network_address.packed
                                + VIP4.packed + struct.pack("!H", HTTP_PORT) + b"\0\0"
-                               + struct.pack("=IIII", 0, GEN_PAIRS, lag, family)
+                               + struct.pack("=IIII", flows, mode, lag, family)
                                + FORGED6.network_address.packed + VIP6.packed)
 
     def run(self, family: int, flows: int, lag: int = 1, cpus: Optional[Sequence[int]] = None,
@@ -114,9 +114,27 @@ class Flood:
         one generator thread per CPU in `cpus` (default: every CPU this process may use),
         all at once, bounded by `timeout` seconds."""
         cpus = list(cpus or sorted(os.sched_getaffinity(0)))
-        self.configure(family, lag)
+        self.configure(family, GEN_PAIRS, lag)
         batch = 2 * lag
         per_thread = -(-2 * flows // len(cpus) // batch) * batch
+        return self._generate(family, lag, cpus, per_thread, timeout)
+
+    def established(self, family: int, flows: int, burst: int = 1, passes: int = 1,
+                    timeout: float = 60.0) -> "FloodReport":
+        """`passes` passes over `flows` established flows (TCP ACKs and UDP, one of each
+        kind a flow) from one CPU, each flow sending `burst` packets in a row a pass."""
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        self.configure(family, GEN_FLOWS, burst, flows)
+        return self._generate(family, burst, [cpu], flows * burst * passes, timeout)
+
+    def new_flows(self, family: int, count: int, timeout: float = 60.0) -> "FloodReport":
+        """`count` packets from one CPU, each a new flow (a TCP SYN or a UDP datagram)."""
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        self.configure(family, GEN_FLOWS, 1, 0)
+        return self._generate(family, 1, [cpu], count, timeout)
+
+    def _generate(self, family: int, lag: int, cpus: List[int], per_thread: int,
+                  timeout: float) -> "FloodReport":
         ctx = struct.pack("=6I", 0, FRAME_LEN[family], 0, self.ifindex, 0, 0)   # xdp_md
         frame = bytes(FRAME_LEN[family])
         errors: List[str] = []
@@ -237,8 +255,9 @@ def survival(lab: Lab, flood: Flood, family: int, sports: Sequence[int], mode: s
     lab.apply(vip_state(lab, family, mode, ("be1", "be2")))
     # idle: a few chunks (the flow is promoted, as a real one is by its handshake and
     # request), then nothing until the end; active: a chunk every 50 ms until finish()
-    duration = 15.0 if active else 0.3
-    with Streams(lab, family, sports, chunk=64, interval=0.05, duration=duration,
+    # (at most a minute; the body is what that needs, 19 KiB)
+    chunk, duration = (16, 60.0) if active else (64, 0.3)
+    with Streams(lab, family, sports, chunk=chunk, interval=0.05, duration=duration,
                  timeout=10.0) as streams:
         times["open"] = time.monotonic() - t
         if not active:
