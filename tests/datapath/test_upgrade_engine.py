@@ -15,7 +15,7 @@ from pyxlb.datapath import version as V
 from pyxlb.datapath.maps import BALANCER, FLOWS, FLOWS4
 from pyxlb.datapath.translate import Untranslatable, copy_ops
 
-SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 256}     # sets: a small table copies fast
+SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 256}     # sets: a small table copies fast
 
 U32 = ("int", 4, False)
 
