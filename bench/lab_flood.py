@@ -8,21 +8,22 @@ detail): in a fresh namespace lab per case, `--connections` real long-lived TCP 
 open through lb1's VIP (served by be1 and be2); they idle (sent their request head and a few
 chunks, then nothing) or stay active (a chunk every 50 ms); then `--flows` forged flows of
 two packets each (a SYN, then an ACK, from new addresses and ports) go through lb1's
-balancer as fast as the generator runs it, on every CPU; `lag` flows at a time (lag 1: each
-ACK right behind its SYN; 4096: some 8,000 packets between them); then be3 is added (the
-Maglev ring changes) and every connection sends the rest of its body. A connection survives
-when it was not reset and the backend that answers is the one that accepted it. Besides
-the share: the forged packets per second achieved, and the balancer's counters during the
-flood (flows missed, i.e. new; hits; insertions refused by a rate limit, where the datapath
-has one).
+balancer as fast as the generator runs it, on every CPU, `lag` flows at a time (lag 1: each
+ACK right behind its SYN; 2^20: 2 Mi packets between them, over 67 ms at up to 31 Mpps a
+core); then be3 is added (the Maglev ring changes) and every connection sends the rest of
+its body. A connection survives when it was not reset and the backend that answers is the
+one that accepted it. Besides the share: the forged packets per second achieved, and the
+balancer's counters during the flood (flows missed, i.e. new; hits; insertions refused by
+a rate limit, where the datapath has one).
 
 Capacity (issue 20, "a capacity that means what it says"): in a fresh lab, `--capacity`
 distinct established flows (TCP ACKs and UDP) through lb1, each first sending two packets
 in a row (to be admitted as a real flow), then `--passes` passes in which each sends one
 packet; the share of flow-table hits in each pass, from the balancer's counters (the
-default table: `--max-flows` as the lab's LB nodes have it). Twice: with nothing else
-between the passes, and with `--churn` new one-packet flows before each pass (what a node
-sees from new clients while its connections idle).
+default table, and one that `--max-flows N` (and `--max-flows6 N`) asks for N = those
+flows). Each with nothing else between the passes, and with `--churn` new one-packet flows
+before each pass (what a node sees from new clients while its connections idle). "rated":
+the flows the tables are rated for (Datapath.flow_capacities()).
 
 How the flood reaches the balancer: the generator (xdp/bench/gen.bpf.c, gen_chain) runs
 with BPF_PROG_TEST_RUN in lb1's namespace with lb1's eth0 as the ingress interface and
@@ -37,7 +38,7 @@ import os
 import signal
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.support
@@ -51,8 +52,8 @@ from tests.lab.helpers import EPHEMERAL  # noqa: E402
 from tests.support.labflood import Flood, survival, vip_state  # noqa: E402
 
 
-def lab_up(prefix: str) -> Lab:
-    lab = Lab(prefix)
+def lab_up(prefix: str, max_flows: Optional[int] = None) -> Lab:
+    lab = Lab(prefix, max_flows=max_flows, max_flows6=max_flows)
     lab.up()
     with netns.enter(lab.ns(CLIENT)):
         with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
@@ -78,8 +79,9 @@ def survival_case(prefix: str, family: int, activity: str, lag: int, flows: int,
     return out
 
 
-def capacity_case(prefix: str, family: int, flows: int, passes: int, churn: int) -> dict:
-    lab = lab_up(prefix)
+def capacity_case(prefix: str, family: int, flows: int, passes: int, churn: int,
+                  max_flows: Optional[int]) -> dict:
+    lab = lab_up(prefix, max_flows)
     try:
         lab.apply(vip_state(lab, family, "ipip", BACKENDS))
         with Flood(lab, "lb1") as flood:
@@ -98,7 +100,7 @@ def capacity_case(prefix: str, family: int, flows: int, passes: int, churn: int)
                                "mpps_per_core": rep.mpps_per_core})
     finally:
         lab.down()
-    return {"family": family, "flows": flows, "churn": churn,
+    return {"family": family, "flows": flows, "churn": churn, "max_flows": max_flows,
             "flow_capacities": {"ipv4": capacity[0], "ipv6": capacity[1]},
             "admission": {"flow_hit": admit.stats["flow_hit"],
                           "flow_miss": admit.stats["flow_miss"]},
@@ -121,15 +123,16 @@ def print_survival(rows: List[dict]) -> None:
 
 
 def print_capacity(rows: List[dict]) -> None:
-    head = (f"{'family':<6} {'flows':>9} {'new between':>11} {'table (v4 / v6)':>21}  "
-            f"flow-hit share per pass")
+    head = (f"{'family':<6} {'flows':>9} {'--max-flows':>11} {'new between':>11} "
+            f"{'rated (v4 / v6)':>21}  flow-hit share per pass")
     print(head)
     print("-" * len(head))
     for r in rows:
         c = r["flow_capacities"]
         shares = ", ".join(f"{p['hit_share']:.2%}" for p in r["passes"])
-        print(f"IPv{r['family']:<3} {r['flows']:>9,} {r['churn']:>11,} {c['ipv4']:>9,} / "
-              f"{c['ipv6']:<9,}  {shares}")
+        asked = f"{r['max_flows']:,}" if r["max_flows"] else "default"
+        print(f"IPv{r['family']:<3} {r['flows']:>9,} {asked:>11} {r['churn']:>11,} "
+              f"{c['ipv4']:>9,} / {c['ipv6']:<9,}  {shares}")
 
 
 def families(text: str) -> List[int]:
@@ -165,8 +168,10 @@ def main() -> None:
                         help="forged two-packet flows a case (default 5,000,000)")
     parser.add_argument("--connections", type=int, default=1000,
                         help="real connections a case (default 1000)")
-    parser.add_argument("--lags", type=positive_ints, default=[1, 4096],
-                        help="forged flows whose SYNs go before their ACKs (default 1,4096)")
+    parser.add_argument("--lags", type=positive_ints, default=[1, 1 << 20],
+                        help="forged flows whose SYNs go before their ACKs (default "
+                             "1,1048576: ACKs right behind their SYNs; ACKs 2 Mi packets "
+                             "after them)")
     parser.add_argument("--capacity", type=int, default=1_000_000,
                         help="established flows of the capacity check (0: skip; "
                              "default 1,000,000)")
@@ -212,12 +217,15 @@ def main() -> None:
                      if args.churn != 0 else [])
     if args.capacity:
         for family in args.families:
-            for churn in churns:
-                c = capacity_case(args.prefix, family, args.capacity, passes, churn)
-                caps.append(c)
-                shares = ", ".join(f"{p['hit_share']:.2%}" for p in c["passes"])
-                print(f"  capacity IPv{family}: {args.capacity:,} flows, {churn:,} new "
-                      f"between passes: hit share {shares}", flush=True)
+            for max_flows in (None, args.capacity):
+                for churn in churns:
+                    c = capacity_case(args.prefix, family, args.capacity, passes, churn,
+                                      max_flows)
+                    caps.append(c)
+                    shares = ", ".join(f"{p['hit_share']:.2%}" for p in c["passes"])
+                    print(f"  capacity IPv{family}: {args.capacity:,} flows, --max-flows "
+                          f"{max_flows or 'default'}, {churn:,} new between passes: hit "
+                          f"share {shares}", flush=True)
     elapsed = time.monotonic() - t0
 
     print(f"\nSurvival: {args.connections} real connections through lb1, "
