@@ -237,7 +237,9 @@ def test_config_write(dp):
         "flow4_seed": seed, "flow_inserts4": limits[0], "flow_inserts6": limits[1],
     }
     dp.tables.config.write()
-    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19, flow4_seed=seed))
+    assert dp.config() == L.unpack_config(L.pack_config(
+        flow4_bits=19, flow4_seed=seed, flow6_bits=dp.maps.flows6.max_entries.bit_length() - 1,
+        flags=L.CFG_INSERTS_SET, flow_inserts4=limits[0], flow_inserts6=limits[1]))
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -291,9 +291,7 @@ static __always_inline int xlb_set_lookup(const struct xlb_flow_key *key,
 		xlb_way_read(set, i, w, v6);
 		if (!xlb_way_match(w, k, v6))
 			continue;
-		out->backend_id = w[kw];
-		out->gen = w[kw + 1];
-		out->hash = w[kw + 2];
+		__builtin_memcpy(out, &w[kw], sizeof(*out));	/* by its layout, not word order */
 		if (i >= XLB_FRONT(v6) && promote) {
 			__u16 now = xlb_stamp(bpf_ktime_get_ns());
 
@@ -390,9 +388,7 @@ static __always_inline int xlb_set_insert(const struct xlb_flow_key *key,
 #pragma unroll
 	for (i = 0; i < kw; i++)
 		w[i] = k[i];
-	w[kw] = flow->backend_id;
-	w[kw + 1] = flow->gen;
-	w[kw + 2] = flow->hash;
+	__builtin_memcpy(&w[kw], flow, sizeof(*flow));
 #pragma unroll
 	for (i = kw + 4; i < XLB_WW(v6); i++)
 		w[i] = 0;
