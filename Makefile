@@ -56,6 +56,7 @@ bench: build
 	$(PY) bench/ring_write.py
 	$(PY) bench/datapath.py
 	$(PY) bench/lab_throughput.py
+	$(PY) bench/lab_flood.py
 	$(PY) bench/apply.py
 	$(PY) bench/k8s_sync.py
 	$(PY) bench/failover.py

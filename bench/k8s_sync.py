@@ -146,7 +146,7 @@ def make_agent(url: str, max_vips: int):
     from pyxlb.datapath import map_sizes
     from pyxlb.datapath import Datapath
 
-    dp = Datapath.load(map_sizes={**map_sizes(max_vips), "xlb_flows": 65536,
+    dp = Datapath.load(map_sizes={**map_sizes(max_vips), "xlb_flowsets6": 1024,
                                   "xlb_flowsets4": 16384})
     settings = AgentSettings(node_name="n0", ring_size=RING, watch_timeout=300)
     agent = Agent(settings, dp, lambda: connect(url), prober=AllHealthy())

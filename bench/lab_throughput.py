@@ -667,7 +667,8 @@ def set_traffic(lab: Lab, traffic: str, ncpus: int) -> None:
     flows = FLOWS // ncpus if traffic == "established" else 0
     lab.gen_config.update(0, mac_bytes(LB_IN_MAC) + mac_bytes(GEN_MAC)
                           + socket.inet_aton(CLIENTS) + socket.inet_aton(VIP)
-                          + struct.pack("!H", PORT) + b"\0\0" + struct.pack("=I", flows))
+                          + struct.pack("!H", PORT) + b"\0\0" + struct.pack("=I", flows)
+                          + struct.pack("=III", 0, 0, 4) + bytes(32))   # GEN_FLOWS, IPv4
 
 
 def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> None:

@@ -48,7 +48,10 @@ MAX_BACKENDS = XLB_MAX_BACKENDS
 MAX_RINGS = XLB_MAX_RINGS
 FLOW4_WAYS = XLB_FLOW4_WAYS        # IPv4 flows: ways a set of xlb_flowsets4
 FLOW4_SETS = XLB_FLOW4_SETS        # and its sets (a power of two) by default
-MAX_FLOWS6 = XLB_MAX_FLOWS6        # IPv6 flows (xlb_flows)
+FLOW6_WAYS = XLB_FLOW6_WAYS        # IPv6 flows: ways a set of xlb_flowsets6
+FLOW6_SETS = XLB_FLOW6_SETS        # and its sets by default
+STAMP_SHIFT = XLB_STAMP_SHIFT      # flow stamps: bpf_ktime_get_ns() >> STAMP_SHIFT, 16 bits
+PROMOTE_AGE = XLB_PROMOTE_AGE      # stamp units a flow waits in the back half
 MAX_LOCAL_ADDRS = XLB_MAX_LOCAL_ADDRS
 ADDR_FILTER_BITS = XLB_ADDR_FILTER_BITS
 MAX_MEMBERS = XLB_MAX_MEMBERS
@@ -95,6 +98,7 @@ HEALTH_F_DIRECT = XLB_HEALTH_F_DIRECT
 HEALTH_F_GONE = XLB_HEALTH_F_GONE
 
 CFG_DECAP_CHECK_SOURCE = XLB_CFG_DECAP_CHECK_SOURCE
+CFG_INSERTS_SET = XLB_CFG_INSERTS_SET
 
 MTU_DEFAULT = XLB_MTU_DEFAULT
 HC_MAX_PATHS = XLB_HC_MAX_PATHS
@@ -127,6 +131,7 @@ STAT_DECAP_REFUSED = XLB_STAT_DECAP_REFUSED
 STAT_DROP_SOURCE_RANGE = XLB_STAT_DROP_SOURCE_RANGE
 STAT_PASS_NOT_OURS = XLB_STAT_PASS_NOT_OURS
 STAT_FLOW_MISS_MIDSTREAM = XLB_STAT_FLOW_MISS_MIDSTREAM
+STAT_FLOW_INSERT_LIMITED = XLB_STAT_FLOW_INSERT_LIMITED
 STAT_MAX = XLB_STAT_MAX
 
 
@@ -158,6 +163,7 @@ def _stat_names():
         XLB_STAT_DROP_SOURCE_RANGE: "drop_source_range",
         XLB_STAT_PASS_NOT_OURS: "pass_not_ours",
         XLB_STAT_FLOW_MISS_MIDSTREAM: "flow_miss_midstream",
+        XLB_STAT_FLOW_INSERT_LIMITED: "flow_insert_limited",
     }
     return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
 
@@ -178,6 +184,10 @@ SIZES = {
     "xlb_flow": sizeof(xlb_flow),
     "xlb_flow4_way": sizeof(xlb_flow4_way),
     "xlb_flowset4": sizeof(xlb_flowset4),
+    "xlb_flow6_key": sizeof(xlb_flow6_key),
+    "xlb_flow6_way": sizeof(xlb_flow6_way),
+    "xlb_flowset6": sizeof(xlb_flowset6),
+    "xlb_flow_budget": sizeof(xlb_flow_budget),
     "xlb_member_key": sizeof(xlb_member_key),
     "xlb_member": sizeof(xlb_member),
     "xlb_health_spec": sizeof(xlb_health_spec),
@@ -485,6 +495,33 @@ def unpack_flow4_key(data):
             "family": k.family}
 
 
+# -- struct xlb_flow6_key ---------------------------------------------------------------
+
+def pack_flow6_key(src, dst, sport, dport, proto, family=XLB_FAMILY_V6):
+    """struct xlb_flow6_key: an IPv6 flow's key as a way of xlb_flowsets6 holds it (stamp
+    0); family must be FAMILY_V6."""
+    cdef xlb_flow6_key k
+    if _family(family) != XLB_FAMILY_V6:
+        raise ValueError("xlb_flow6_key holds IPv6 flows only (family FAMILY_V6)")
+    memset(&k, 0, sizeof(k))
+    _put(k.src, _addr(src, XLB_FAMILY_V6, "src"))
+    _put(k.dst, _addr(dst, XLB_FAMILY_V6, "dst"))
+    k.sport = htons(<uint16_t>_uint(sport, 16, "sport"))
+    k.dport = htons(<uint16_t>_uint(dport, 16, "dport"))
+    k.proto = _uint(proto, 8, "proto")
+    k.family = XLB_FAMILY_V6
+    return _out(&k, sizeof(k))
+
+
+def unpack_flow6_key(data):
+    """As unpack_flow_key gives it."""
+    cdef xlb_flow6_key k
+    data = _as_bytes(data)
+    memcpy(&k, _input(data, sizeof(k), "xlb_flow6_key"), sizeof(k))
+    return {"src": _b(k.src, 16), "dst": _b(k.dst, 16), "sport": ntohs(k.sport),
+            "dport": ntohs(k.dport), "proto": k.proto, "family": k.family}
+
+
 # -- struct xlb_flow4_way: IPv4 flows in the sets of xlb_flowsets4 ------------------------
 
 cdef inline uint32_t _rotl32(uint32_t x, int r):
@@ -539,6 +576,156 @@ def flow4_ways(sets, bint count_only=False, backend_ids=None):
         if not count_only:
             out.append((i, _out(&w[i].key, sizeof(w[i].key)), _out(&w[i].flow, sizeof(w[i].flow))))
     return found if count_only else out
+
+
+# -- struct xlb_flow6_way: IPv6 flows in the sets of xlb_flowsets6 ------------------------
+
+cdef uint32_t _flow6_check(const xlb_flow6_way *w):
+    """xlb_way_check() of balance.h for IPv6: word i of the other thirteen rotated by
+    5 * i + 1, mixed, never 0."""
+    cdef uint32_t words[13]
+    cdef uint32_t x = 0
+    cdef int i
+    memcpy(words, w, 52)
+    for i in range(13):
+        x ^= _rotl32(words[i], (i * 5 + 1) & 31)
+    return (x * <uint32_t>0x9e3779b1) | 1
+
+
+def pack_flow6_way(key, flow):
+    """struct xlb_flow6_way: `key` (pack_flow6_key) and `flow` (pack_flow) with the check
+    word the datapath verifies."""
+    cdef xlb_flow6_way w
+    memset(&w, 0, sizeof(w))
+    memcpy(&w.key, _input(_as_bytes(key), sizeof(w.key), "xlb_flow6_key"), sizeof(w.key))
+    memcpy(&w.flow, _input(_as_bytes(flow), sizeof(w.flow), "xlb_flow"), sizeof(w.flow))
+    w.check = _flow6_check(&w)
+    return _out(&w, sizeof(w))
+
+
+def flow6_ways(sets, bint count_only=False, backend_ids=None):
+    """flow4_ways for xlb_flowsets6: [(way number, raw xlb_flow6_key, raw flow)]."""
+    cdef const uint8_t[::1] buf = memoryview(sets).cast("B")
+    cdef Py_ssize_t n = buf.shape[0], i, ways
+    cdef const xlb_flow6_way *w
+    cdef Py_ssize_t found = 0
+    if n % sizeof(xlb_flowset6):
+        raise ValueError(f"buffer of {n} bytes is not a multiple of the "
+                         f"{sizeof(xlb_flowset6)}-byte xlb_flowset6")
+    ways = n // sizeof(xlb_flow6_way)
+    out = []
+    if ways == 0:
+        return 0 if count_only else out
+    w = <const xlb_flow6_way *>&buf[0]
+    for i in range(ways):
+        if w[i].check == 0 or w[i].check != _flow6_check(&w[i]):
+            continue
+        if backend_ids is not None and w[i].flow.backend_id not in backend_ids:
+            continue
+        found += 1
+        if not count_only:
+            out.append((i, _out(&w[i].key, sizeof(w[i].key)), _out(&w[i].flow, sizeof(w[i].flow))))
+    return found if count_only else out
+
+
+# -- the set of a flow (xlb_set_index of balance.h) --------------------------------------
+
+cdef inline uint32_t _mix(uint32_t h, uint32_t k):
+    k *= <uint32_t>0xcc9e2d51
+    k = _rotl32(k, 15)
+    k *= <uint32_t>0x1b873593
+    h ^= k
+    h = _rotl32(h, 13)
+    return h * 5 + <uint32_t>0xe6546b64
+
+
+cdef inline uint32_t _fmix(uint32_t h):
+    h ^= h >> 16
+    h *= <uint32_t>0x85ebca6b
+    h ^= h >> 13
+    h *= <uint32_t>0xc2b2ae35
+    h ^= h >> 16
+    return h
+
+
+cdef uint32_t _set_index(const uint32_t *k, uint32_t seed, uint32_t bits, bint v6):
+    cdef uint32_t h
+    cdef int i
+    if not v6:
+        h = ((k[0] ^ seed) * <uint32_t>0x9e3779b1 ^ k[1] * <uint32_t>0x85ebca77
+             ^ k[2] * <uint32_t>0xc2b2ae3d ^ k[3])
+        h ^= h >> 15
+        h *= <uint32_t>0x2c1b3c6d
+        h ^= h >> 13
+    else:
+        h = seed
+        for i in range(10):
+            h = _mix(h, k[i])
+        h = _fmix(h ^ 40)
+    return h & ((<uint32_t>1 << (bits & 31)) - 1)
+
+
+def flow_set(key, seed, bits):
+    """The set a flow (`key`: a packed xlb_flow4_key or xlb_flow6_key, its stamp ignored)
+    falls in, in a table of 2^bits sets whose set-hash seed is `seed`."""
+    cdef uint32_t k[10]
+    raw = _as_bytes(key)
+    if len(raw) == sizeof(xlb_flow4_key):
+        memcpy(k, <const char *>raw, 16)
+        k[3] &= 0xffff
+        return _set_index(k, _uint(seed, 32, "seed"), _uint(bits, 8, "bits"), False)
+    memcpy(k, _input(raw, sizeof(xlb_flow6_key), "xlb_flow6_key"), 40)
+    k[9] &= 0xffff
+    return _set_index(k, _uint(seed, 32, "seed"), _uint(bits, 8, "bits"), True)
+
+
+def place_flows6(sets, keys, values, Py_ssize_t count, seed, bits):
+    """Put `count` IPv6 flows (keys: contiguous struct xlb_flow_key; values: struct
+    xlb_flow) into `sets` (a writable buffer of whole struct xlb_flowset6, 2^bits of them)
+    as the datapath would insert them, stamp 0: a flow already there is left alone, else it
+    takes its set's first empty way, else the head of the back half (the last way
+    forgotten). Returns how many were placed."""
+    cdef uint8_t[::1] buf = memoryview(sets).cast("B")
+    cdef const uint8_t[::1] kb = memoryview(keys).cast("B")
+    cdef const uint8_t[::1] vb = memoryview(values).cast("B")
+    cdef uint32_t s = _uint(seed, 32, "seed"), b = _uint(bits, 8, "bits")
+    cdef Py_ssize_t nsets = buf.shape[0] // sizeof(xlb_flowset6), i, j, at, placed = 0
+    cdef uint32_t k[10]
+    cdef uint32_t idx
+    cdef xlb_flow6_way *ways
+    cdef xlb_flow6_way fresh
+    if (<Py_ssize_t>1 << b) > nsets:
+        raise ValueError(f"{nsets} sets, fewer than 2^{b}")
+    if kb.shape[0] < count * sizeof(xlb_flow_key) or vb.shape[0] < count * sizeof(xlb_flow):
+        raise ValueError("keys or values shorter than count records")
+    for i in range(count):
+        memcpy(k, &kb[i * sizeof(xlb_flow_key)], 40)
+        k[9] &= 0xffff
+        idx = _set_index(k, s, b, True)
+        ways = <xlb_flow6_way *>&buf[idx * sizeof(xlb_flowset6)]
+        memset(&fresh, 0, sizeof(fresh))
+        memcpy(&fresh.key, k, 40)
+        memcpy(&fresh.flow, &vb[i * sizeof(xlb_flow)], sizeof(xlb_flow))
+        fresh.check = _flow6_check(&fresh)
+        at = -1
+        for j in range(XLB_FLOW6_WAYS):
+            if (ways[j].check and ways[j].check == _flow6_check(&ways[j])
+                    and memcmp(&ways[j].key, &fresh.key, 36) == 0
+                    and ways[j].key.proto == fresh.key.proto
+                    and ways[j].key.family == fresh.key.family):
+                at = -2
+                break
+            if at == -1 and ways[j].check == 0:
+                at = j
+        if at == -2:
+            continue
+        if at == -1:
+            for j in range(XLB_FLOW6_WAYS - 1, XLB_FLOW6_WAYS // 2, -1):
+                ways[j] = ways[j - 1]
+            at = XLB_FLOW6_WAYS // 2
+        ways[at] = fresh
+        placed += 1
+    return placed
 
 
 # -- struct xlb_flow --------------------------------------------------------------------
@@ -726,10 +913,11 @@ def unpack_src_range_key(data):
 # -- struct xlb_config ------------------------------------------------------------------
 
 def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0,
-                src6=bytes(16), src6_plen=0, flow4_bits=0, flow4_seed=0):
-    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, and
-    xlb_flowsets4's geometry: the log2 of its number of sets and the seed of its set
-    hash."""
+                src6=bytes(16), src6_plen=0, flow4_bits=0, flow4_seed=0, flow6_bits=0,
+                flow_inserts4=0, flow_inserts6=0):
+    """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, the
+    flow sets' geometry (the log2 of each table's number of sets, the seed of their set
+    hash) and each table's insertion limit per CPU and second (0: none)."""
     cdef xlb_config c
     memset(&c, 0, sizeof(c))
     c.seed = _uint(seed, 32, "seed")
@@ -749,7 +937,13 @@ def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0
     if bits > 31:
         raise ValueError(f"flow4_bits={bits} is more than 31")
     c.flow4_bits = bits
+    bits = _uint(flow6_bits, 8, "flow6_bits")
+    if bits > 31:
+        raise ValueError(f"flow6_bits={bits} is more than 31")
+    c.flow6_bits = bits
     c.flow4_seed = _uint(flow4_seed, 32, "flow4_seed")
+    c.flow_inserts4 = _uint(flow_inserts4, 32, "flow_inserts4")
+    c.flow_inserts6 = _uint(flow_inserts6, 32, "flow_inserts6")
     return _out(&c, sizeof(c))
 
 
@@ -759,7 +953,9 @@ def unpack_config(data):
     memcpy(&c, _input(data, sizeof(c), "xlb_config"), sizeof(c))
     return {"seed": c.seed, "mtu": c.mtu, "flags": c.flags, "src4": _b(c.src4, 4),
             "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen,
-            "flow4_bits": c.flow4_bits, "flow4_seed": c.flow4_seed}
+            "flow4_bits": c.flow4_bits, "flow4_seed": c.flow4_seed,
+            "flow6_bits": c.flow6_bits, "flow_inserts4": c.flow_inserts4,
+            "flow_inserts6": c.flow_inserts6}
 
 
 # -- struct xlb_hc_key, struct xlb_hc_path ----------------------------------------------

@@ -16,7 +16,10 @@ cdef extern from "consts.h":
         XLB_MAX_RINGS
         XLB_FLOW4_WAYS
         XLB_FLOW4_SETS
-        XLB_MAX_FLOWS6
+        XLB_FLOW6_WAYS
+        XLB_FLOW6_SETS
+        XLB_STAMP_SHIFT
+        XLB_PROMOTE_AGE
         XLB_MAX_LOCAL_ADDRS
         XLB_ADDR_FILTER_BITS
         XLB_MAX_MEMBERS
@@ -61,6 +64,7 @@ cdef extern from "consts.h":
         XLB_HEALTH_F_GONE
         # struct xlb_config.flags
         XLB_CFG_DECAP_CHECK_SOURCE
+        XLB_CFG_INSERTS_SET
         # packet limits
         XLB_MTU_DEFAULT
         # health checks through the tunnel: registered local ports at most
@@ -99,6 +103,7 @@ cdef extern from "consts.h":
         XLB_STAT_DROP_SOURCE_RANGE
         XLB_STAT_PASS_NOT_OURS
         XLB_STAT_FLOW_MISS_MIDSTREAM
+        XLB_STAT_FLOW_INSERT_LIMITED
         XLB_STAT_MAX
 
 
@@ -167,7 +172,16 @@ cdef extern from "structs.h":
         uint16_t dport          # network order
         uint8_t proto
         uint8_t family
-        uint8_t pad[2]
+        uint16_t stamp
+
+    struct xlb_flow6_key:
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport          # network order
+        uint16_t dport          # network order
+        uint8_t proto
+        uint8_t family
+        uint16_t stamp
 
     struct xlb_flow:
         uint32_t backend_id
@@ -181,6 +195,19 @@ cdef extern from "structs.h":
 
     struct xlb_flowset4:
         xlb_flow4_way way[1]    # XLB_FLOW4_WAYS of them: sizeof() comes from the header
+
+    struct xlb_flow6_way:
+        xlb_flow6_key key
+        xlb_flow flow
+        uint32_t check
+        uint32_t pad[2]
+
+    struct xlb_flowset6:
+        xlb_flow6_way way[1]    # XLB_FLOW6_WAYS of them
+
+    struct xlb_flow_budget:
+        uint64_t start
+        uint32_t count
 
     struct xlb_member_key:
         uint32_t vip_id
@@ -226,9 +253,11 @@ cdef extern from "structs.h":
         uint8_t src4_plen
         uint8_t src6_plen
         uint8_t flow4_bits
-        uint8_t pad
+        uint8_t flow6_bits
         uint8_t src6[16]
         uint32_t flow4_seed
+        uint32_t flow_inserts4
+        uint32_t flow_inserts6
 
     struct xlb_hc_key:
         uint16_t port           # network order

@@ -41,6 +41,9 @@ class NodeSettings:
     max_vips: Optional[int] = None      # sizes: only for a datapath created here
     max_flows: Optional[int] = None
     max_flows6: Optional[int] = None
+    # new flows each CPU records a second in each flow table (0: no limit); None keeps the
+    # datapath's (a new or upgraded one gets the default, sized from its tables)
+    max_inserts: Optional[int] = None
     upgrade: str = "auto"               # a datapath of another version: auto | never
 
 
@@ -77,6 +80,9 @@ def bring_up(pin_dir: str, settings: NodeSettings) -> Node:
             if family not in src and not before[f"src{family}_plen"] and first is not None:
                 src[family] = f"{first}/{first.max_prefixlen}"
         config = dp.configure(seed=s.seed, mtu=s.mtu, src4=src.get(4), src6=src.get(6))
+        if s.max_inserts is not None:
+            dp.set_insert_limits(s.max_inserts)
+            config = dp.config()
         links = {iface: dp.attach(iface, s.mode) for iface in s.interfaces}
         for a in addresses:
             dp.add_local_addr(a)

@@ -7,7 +7,9 @@ from typing import Optional
 
 import click
 
+from pyxlb import _layouts as L
 from pyxlb.cli.common import Fail, Options as CliOptions, one_line
+from pyxlb.datapath import rated_flows
 from pyxlb.errors import PyxlbError
 from pyxlb.k8s.kube import SERVICE_ACCOUNT_DIR
 
@@ -78,16 +80,20 @@ def _opt(*names, env: str, **kw):
       help="VIPs the datapath holds (one per Service port and external IP), fixed when the "
            "datapath is created.")
 @_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
-      default=2_097_152, show_default=True,
-      help="IPv4 flows the flow table pins (32 bytes of kernel memory each, taken when the "
-           "datapath is created, which fixes it), rounded up to a power of two of sets of "
-           "4; a new flow enters the back half of its set and pushes the oldest flow "
-           "there out; a flow that sends again moves to the front half.")
+      default=rated_flows(L.FLOW4_SETS), show_default=True,
+      help="Established IPv4 flows the flow table keeps with 99.9% of their packets "
+           "hitting: sets of 4 ways (128 bytes), at least 2.08 sets a flow rounded up to a "
+           "power of two (267-533 bytes of kernel memory a flow, taken when the datapath "
+           "is created, which fixes it).")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
-      default=300_000, show_default=True,
-      help="IPv6 flows the flow table pins before evicting the least recently used (132 "
-           "bytes of kernel memory each at the default); a size just above a power of two "
-           "answers fastest: the kernel gives the table the next power of two of buckets.")
+      default=rated_flows(L.FLOW6_SETS), show_default=True,
+      help="The same for IPv6: sets of 4 ways of 64 bytes (533-1067 bytes a flow).")
+@_opt("--max-inserts", env="PYXLB_MAX_INSERTS", type=click.IntRange(0, 0xFFFFFFFF),
+      default=None,
+      help="New flows each CPU records a second in each flow table; above it a new flow "
+           "is balanced by the ring but not recorded (a flood cannot churn the table "
+           "faster). 0: no limit. Default: keep the datapath's (a new one gets its "
+           "tables' ways divided by the CPUs).")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")
@@ -122,7 +128,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           controller: bool, lease_namespace: Optional[str], lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
-          max_flows: int, max_flows6: int, announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
+          max_flows: int, max_flows6: int, max_inserts: Optional[int], announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
           l2_key: Optional[str], bird_dir: str, listen: str, metrics_port: int,
           probe_port: int, upgrade: str, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
@@ -154,7 +160,7 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
                    seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,
-                   max_flows=max_flows, max_flows6=max_flows6, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
+                   max_flows=max_flows, max_flows6=max_flows6, max_inserts=max_inserts, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
                    l2_dead_after=l2_dead_after, l2_key=l2_key, bird_dir=bird_dir,
                    listen=listen, metrics_port=metrics_port,
                    probe_port=probe_port, upgrade=upgrade)

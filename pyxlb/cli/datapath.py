@@ -14,9 +14,9 @@ from pyxlb import node as node_mod
 from pyxlb.cli.common import (FAILURES, IFACE, JSON_OPTION, PREFIX, Fail, current_pin_dir,
                               UPGRADE_OPTION, echo_json, ifindex, on_off, one_line, opened,
                               table, took_off_foreign)
-from pyxlb.datapath import Datapath, DecapPath
+from pyxlb.datapath import FLOWS_PER_SET, Datapath, DecapPath, rated_flows
 from pyxlb.datapath import upgrade as upgrade_mod
-from pyxlb.datapath.maps import BACKENDS, FLOWS, FLOWS4, RINGS
+from pyxlb.datapath.maps import BACKENDS, FLOWS4, FLOWS6, RINGS
 from pyxlb.node import NodeSettings, encap_source
 
 # maps counted entry by entry for `status` (the others are arrays, always full)
@@ -50,17 +50,24 @@ _COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP
                    "below, only for a datapath this command creates: sizes are fixed then. "
                    f"[default: {L.MAX_VIPS}]")
 @click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
-              help="IPv4 flows the flow table pins (32 bytes of kernel memory each), rounded "
-                   f"up to a power of two of sets of {L.FLOW4_WAYS}. "
-                   f"[default: {L.FLOW4_SETS * L.FLOW4_WAYS}]")
+              help="Established IPv4 flows the flow table keeps with 99.9% of their packets "
+                   f"hitting: sets of {L.FLOW4_WAYS} ways (128 bytes), at least "
+                   f"{1 / FLOWS_PER_SET:.2f} per flow, rounded up to a power of two "
+                   f"(267-533 bytes of kernel memory a flow). [default: "
+                   f"{rated_flows(L.FLOW4_SETS)}]")
 @click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
-              help="IPv6 flows the flow table pins before evicting the least recently used "
-                   "(132 bytes of kernel memory each at the default); a size just above a "
-                   f"power of two answers fastest. [default: {L.MAX_FLOWS6}]")
+              help="The same for IPv6: sets of 4 ways of 64 bytes (533-1067 bytes a flow). "
+                   f"[default: {rated_flows(L.FLOW6_SETS)}]")
+@click.option("--max-inserts", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
+              help="New flows each CPU records a second in each flow table; above it a new "
+                   "flow is balanced by the ring but not recorded (flow_insert_limited). "
+                   "0: no limit. Default: keep (a new datapath: the table's ways divided "
+                   "by the CPUs, so a flood cannot rewrite a table faster than once a "
+                   "second).")
 @UPGRADE_OPTION
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
-           max_flows6: Optional[int], upgrade: str) -> None:
+           max_flows6: Optional[int], max_inserts: Optional[int], upgrade: str) -> None:
     """Run the balancer on interface IFACE.
 
     Creates the datapath under --pin-dir if there is none (an existing one is adopted
@@ -81,16 +88,18 @@ def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[i
             raise Fail(f"--encap-source: one prefix per address family, got {src[family]} "
                        f"and {prefix}")
         src[family] = prefix
-    bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6, upgrade)
+    bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6, upgrade,
+             max_inserts)
 
 
 def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
              mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
-             max_flows6: Optional[int], upgrade: str = "auto") -> None:
+             max_flows6: Optional[int], upgrade: str = "auto",
+             max_inserts: Optional[int] = None) -> None:
     """pyxlb.node.bring_up at --pin-dir on `iface`, and say what it did."""
     settings = NodeSettings(interfaces=(iface,), mode=mode, seed=seed, mtu=mtu,
                             encap_sources=src, max_vips=max_vips, max_flows=max_flows,
-                            max_flows6=max_flows6, upgrade=upgrade)
+                            max_flows6=max_flows6, max_inserts=max_inserts, upgrade=upgrade)
     try:
         node = node_mod.bring_up(current_pin_dir(), settings)
     except FAILURES as exc:
@@ -238,8 +247,11 @@ def _status(dp: Datapath, version: str) -> dict:
         if m.type in _COUNTED_TYPES:
             maps[name] = {"entries": m.count(), "max_entries": m.max_entries}
     # arrays hold every index: count the ids in use instead (and the IPv4 flows, in ways)
-    (n4, _), (cap4, _) = dp.flow_counts(), dp.flow_capacities()
-    maps[FLOWS4] = {"entries": n4, "max_entries": cap4}
+    # (max_entries: the established flows a table is rated for, what --max-flows asks)
+    (n4, n6), (cap4, cap6) = dp.flow_counts(), dp.flow_capacities()
+    ways4, ways6 = dp.flow_ways()
+    maps[FLOWS4] = {"entries": n4, "max_entries": cap4, "ways": ways4}
+    maps[FLOWS6] = {"entries": n6, "max_entries": cap6, "ways": ways6}
     maps[BACKENDS] = {"entries": len(layout.backend_ids),
                       "max_entries": dp.maps.backends.max_entries}
     maps[RINGS] = {"entries": len(layout.ring_ids), "max_entries": dp.maps.rings.max_entries}
@@ -255,11 +267,12 @@ def _status(dp: Datapath, version: str) -> dict:
         "interfaces": dp.interfaces(),
         "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],
                    "encap_source4": encap_source(cfg, 4), "encap_source6": encap_source(cfg, 6),
-                   "decap_check_source": bool(cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE)},
+                   "decap_check_source": bool(cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE),
+                   "max_inserts4": cfg["flow_inserts4"], "max_inserts6": cfg["flow_inserts6"]},
         "vips": len(layout.state),
         "backends": len(layout.backend_ids),
         "rings": len(layout.ring_ids),
-        "flows": maps[FLOWS4]["entries"] + maps[FLOWS]["entries"],
+        "flows": maps[FLOWS4]["entries"] + maps[FLOWS6]["entries"],
         "maps": dict(sorted(maps.items())),
         "decap": decap,
     }

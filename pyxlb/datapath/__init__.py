@@ -35,13 +35,14 @@ from pyxlb.state import DesiredState
 
 from . import counters, readback
 from .apply import ApplyResult, Applier, announce_source, refresh_nexthops
-from .loader import (DEFAULT_PIN_DIR, VIP_MAPS, ForeignDatapath, LoadedObject, flow4_sets,
-                     map_sizes)
-from .maps import BALANCER, DECAP, addr_filter
+from .loader import (DEFAULT_PIN_DIR, FLOWS_PER_SET, VIP_MAPS, ForeignDatapath, LoadedObject,
+                     flow4_sets, flow_sets, map_sizes, rated_flows)
+from .maps import BALANCER, DECAP, addr_filter, completed_config, default_inserts
 from .tables import BalancerTables, DecapTables
 
-__all__ = ["DEFAULT_PIN_DIR", "VIP_MAPS", "ApplyResult", "Datapath", "DecapPath",
-           "ForeignDatapath", "addr_filter", "flow4_sets", "map_sizes"]
+__all__ = ["DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult", "Datapath",
+           "DecapPath", "ForeignDatapath", "addr_filter", "default_inserts", "flow4_sets",
+           "flow_sets", "map_sizes", "rated_flows"]
 
 
 def _random_seed() -> int:
@@ -71,16 +72,30 @@ class Datapath(LoadedObject):
         self.announce_mac = None
 
     def _after_load(self) -> None:
-        """Tell the program how many sets xlb_flowsets4 has (a power of two: load checks
-        map_sizes), through the config record's flow4_bits; and give a new flow table its
-        set-hash seed, random and this node's own (flow4_seed; 0 means not yet given). An
-        adopted table keeps its seed: another would put its flows in other sets, where
-        lookups would not find them."""
+        """Tell the program how many sets each flow table has (a power of two: load checks
+        map_sizes), through the config record's flow4_bits and flow6_bits; give new flow
+        tables their set-hash seed, random and this node's own (flow4_seed; 0 means not yet
+        given); and, where no insertion limit was ever given, the default ones
+        (maps.completed_config). An adopted table keeps its seed: another would put its
+        flows in other sets, where lookups would not find them."""
         cfg = self.config()
-        want = {"flow4_bits": self.maps.flows4.max_entries.bit_length() - 1,
-                "flow4_seed": cfg["flow4_seed"] or _random_seed()}
-        if any(cfg[k] != v for k, v in want.items()):
-            self.tables.config.write_fields(**{**cfg, **want})
+        want = completed_config(cfg, self.maps.flows4.max_entries,
+                                self.maps.flows6.max_entries, self.maps.flow_budget.ncpus,
+                                _random_seed())
+        if want != cfg:
+            self.tables.config.write_fields(**want)
+
+    @classmethod
+    def create(cls, pin_dir: str = DEFAULT_PIN_DIR, map_sizes=None, upgrade: str = "auto"):
+        self = super().create(pin_dir, map_sizes=map_sizes, upgrade=upgrade)
+        try:
+            self._after_load()      # an upgraded record may lack what this version adds
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    create.__doc__ = LoadedObject.create.__doc__
 
     # -- interfaces: the balancer also learns each one's MAC -------------------------------
 
@@ -123,6 +138,35 @@ class Datapath(LoadedObject):
                 cfg[f"{field}_plen"] = plen
         self.tables.config.write_fields(**cfg)
         return cfg
+
+    def insert_limits(self) -> Tuple[int, int]:
+        """New flows each CPU records a second, IPv4 and IPv6 (0: no limit)."""
+        cfg = self.config()
+        return cfg["flow_inserts4"], cfg["flow_inserts6"]
+
+    def default_insert_limits(self) -> Tuple[int, int]:
+        """The limits a datapath of this size gets when none is given (default_inserts)."""
+        ncpus = self.maps.flow_budget.ncpus
+        return (default_inserts(self.maps.flows4.max_entries, L.FLOW4_WAYS, ncpus),
+                default_inserts(self.maps.flows6.max_entries, L.FLOW6_WAYS, ncpus))
+
+    def set_insert_limits(self, per_cpu: Optional[int] = None) -> Tuple[int, int]:
+        """Limit the new flows each CPU records a second in each flow table to `per_cpu`
+        (0: no limit; None: the defaults, sized from each table). Above it a new flow is
+        still balanced by the ring, but not recorded (flow_insert_limited counts it).
+        Returns the limits now in force (IPv4, IPv6)."""
+        if per_cpu is None:
+            limits = self.default_insert_limits()
+        elif not int_in(per_cpu, 0, 0xFFFFFFFF):
+            raise PyxlbError(f"the insertion limit must be an integer 0..4294967295, not "
+                             f"{per_cpu!r}")
+        else:
+            limits = (per_cpu, per_cpu)
+        cfg = self.config()
+        cfg.update(flow_inserts4=limits[0], flow_inserts6=limits[1],
+                   flags=cfg["flags"] | L.CFG_INSERTS_SET)
+        self.tables.config.write_fields(**cfg)
+        return limits
 
     def add_local_addr(self, addr: Address) -> None:
         """This node owns addr: tunnelled packets to it are decapsulated inline."""
@@ -226,12 +270,18 @@ class Datapath(LoadedObject):
         return sum(self.flow_counts())
 
     def flow_capacities(self) -> Tuple[int, int]:
-        """Flows the IPv4 table (sets x ways) and the IPv6 one hold."""
+        """Established flows the IPv4 table and the IPv6 one are rated for (>= 99.9% of
+        their packets hit: rated_flows), what --max-flows and --max-flows6 ask for."""
         return self.tables.flows.capacities()
 
     def flow_capacity(self) -> int:
-        """Flows the two tables hold before evicting (IPv4 and IPv6 together)."""
+        """Established flows the two tables are rated for (IPv4 and IPv6 together)."""
         return sum(self.flow_capacities())
+
+    def flow_ways(self) -> Tuple[int, int]:
+        """Ways of the IPv4 table and of the IPv6 one (sets x ways): flows they can hold at
+        all, a set at a time."""
+        return self.tables.flows.ways()
 
     def size_mismatches(self, max_vips: Optional[int] = None, max_flows: Optional[int] = None,
                         max_flows6: Optional[int] = None) -> List[str]:
@@ -240,7 +290,9 @@ class Datapath(LoadedObject):
         its own until it is removed (detached from every interface) and made again."""
         out = []
         if max_flows is not None:
-            max_flows = flow4_sets(max_flows) * L.FLOW4_WAYS
+            max_flows = rated_flows(flow_sets(max_flows))
+        if max_flows6 is not None:
+            max_flows6 = rated_flows(flow_sets(max_flows6))
         have4, have6 = self.flow_capacities()
         for what, have, want in (("VIPs", self.maps.vips.max_entries, max_vips),
                                  ("IPv4 flows", have4, max_flows),

@@ -1,8 +1,9 @@
 """The flow tables, which the datapath writes and the control plane reads and prunes.
 
 IPv4 flows are pinned in the sets of xlb_flowsets4 (an mmap-able array of struct
-xlb_flowset4: FLOW4_WAYS ways each), read through mmap; IPv6 flows in xlb_flows (an LRU
-hash), read in batches. After an apply, ``purge_moved`` forgets the flows it moved.
+xlb_flowset4: FLOW4_WAYS ways each), IPv6 flows in those of xlb_flowsets6 (struct
+xlb_flowset6, FLOW6_WAYS ways of one cache line), both read through mmap. After an apply,
+``purge_moved`` forgets the flows it moved.
 """
 
 from __future__ import annotations
@@ -18,58 +19,91 @@ from pyxlb.addr import format_addr
 from pyxlb.plan import Plan
 from pyxlb.state import VipKey
 
-_WAY = L.SIZES["xlb_flow4_way"]
+# per family: (way size, offset of the check word in a way, set size, scan, unpack key)
+_TABLES = (
+    (L.SIZES["xlb_flow4_way"], L.SIZES["xlb_flow4_key"] + L.SIZES["xlb_flow"],
+     L.SIZES["xlb_flowset4"], L.flow4_ways, L.unpack_flow4_key),
+    (L.SIZES["xlb_flow6_way"], L.SIZES["xlb_flow6_key"] + L.SIZES["xlb_flow"],
+     L.SIZES["xlb_flowset6"], L.flow6_ways, L.unpack_flow6_key),
+)
+_STAMP = 2                      # the key's last two bytes: its stamp, not its identity
 
 
-def _forget_way4(mem: mmap.mmap, way: int, raw_key: bytes) -> bool:
-    """Empty IPv4 way `way` if it still holds the flow `raw_key`: its check word goes to 0
-    in one aligned 4-byte store, which the datapath reads as "no flow" whatever it is doing
-    to the set. (A packet may put another flow in that way between the compare and the
-    store; that flow is then forgotten and balanced again by Maglev.)"""
-    off = way * _WAY
-    if mem[off:off + len(raw_key)] != raw_key:
+def _forget_way(mem: mmap.mmap, way: int, raw_key: bytes, size: int, check_at: int) -> bool:
+    """Empty way `way` (of `size` bytes) if it still holds the flow `raw_key`: its check
+    word goes to 0 in one aligned 4-byte store, which the datapath reads as "no flow"
+    whatever it is doing to the set. (A packet may put another flow in that way between
+    the compare and the store; that flow is then forgotten and balanced again by Maglev.)"""
+    off = way * size
+    if mem[off:off + len(raw_key) - _STAMP] != raw_key[:-_STAMP]:
         return False
-    struct.pack_into("=I", mem, off + _WAY - 4, 0)
+    struct.pack_into("=I", mem, off + check_at, 0)
     return True
 
 
-def _forget_flow6(m: "_bpf.Map", raw_key: bytes) -> bool:
-    try:
-        m.delete(raw_key)
-    except KeyError:
-        return False
-    return True
+def _mmap(m: "_bpf.Map", set_size: int) -> mmap.mmap:
+    length = m.max_entries * set_size
+    length = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
+    return mmap.mmap(m.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+# Established flows a set of 4 ways holds on average for >= 99.9% of their packets to hit:
+# a set that more than 4 live flows fall in keeps 2 (its front half) and the others miss
+# again and again, and with flows spread over sets at random (Poisson, mean m per set) the
+# share of flows that miss is the sum over k > 4 of P(k) (k - 2) / m: 0.094% at m = 0.48,
+# 0.106% at 0.5, 8.0% at 1.9 (docs/datapath.md, "Flow tables"; tests/support/flowsets.py
+# replays the rule).
+FLOWS_PER_SET = 0.48
+
+
+def flow_sets(max_flows: int) -> int:
+    """Sets of a flow table (xlb_flowsets4 or xlb_flowsets6) for `max_flows` established
+    flows at >= 99.9% hits: at least max_flows / FLOWS_PER_SET, rounded up to a power of
+    two (the datapath picks a set by masking a hash)."""
+    if max_flows < 1:
+        raise ValueError(f"max_flows must be positive, not {max_flows}")
+    need = -(-max_flows * 100 // round(FLOWS_PER_SET * 100))
+    return 1 << (need - 1).bit_length()
+
+
+flow4_sets = flow_sets      # the name of releases before IPv6 sets
+
+
+def rated_flows(sets: int) -> int:
+    """Established flows a table of `sets` sets is rated for (flow_sets' inverse)."""
+    return sets * round(FLOWS_PER_SET * 100) // 100
+
 
 
 class FlowTables:
-    """xlb_flowsets4 (IPv4) and xlb_flows (IPv6)."""
+    """xlb_flowsets4 (IPv4) and xlb_flowsets6 (IPv6)."""
 
     def __init__(self, flows4: "_bpf.Map", flows6: "_bpf.Map"):
         self.flows4 = flows4
         self.flows6 = flows6
 
+    def _maps(self):
+        return ((self.flows4, _TABLES[0]), (self.flows6, _TABLES[1]))
+
     def mmap4(self) -> mmap.mmap:
         """xlb_flowsets4 mapped into this process, to read and to clear ways."""
-        m = self.flows4
-        length = m.max_entries * L.SIZES["xlb_flowset4"]
-        length = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
-        return mmap.mmap(m.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        return _mmap(self.flows4, _TABLES[0][2])
+
+    def mmap6(self) -> mmap.mmap:
+        """xlb_flowsets6 mapped into this process."""
+        return _mmap(self.flows6, _TABLES[1][2])
 
     def entries(self, backend_ids=None) -> Iterator[Tuple[Callable[[], bool], dict, bytes]]:
         """Every flow of both tables: (forget, key unpacked with 16-byte addresses, raw
         xlb_flow). forget() removes that flow, False if it was gone; call it before taking
-        the next entry (the IPv4 mapping closes when the scan moves on). With backend_ids,
-        the IPv4 scan passes on only the flows pinned to those backends."""
-        with self.mmap4() as mem:
-            for way, raw_key, raw_flow in L.flow4_ways(mem, backend_ids=backend_ids):
-                yield (lambda way=way, raw_key=raw_key: _forget_way4(mem, way, raw_key),
-                       L.unpack_flow4_key(raw_key), raw_flow)
-        m, ksz, vsz = self.flows6, L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
-        keys, values, count = m.lookup_batch()
-        for i in range(count):
-            raw = bytes(keys[i * ksz:(i + 1) * ksz])
-            yield (lambda raw=raw: _forget_flow6(m, raw), L.unpack_flow_key(raw),
-                   values[i * vsz:(i + 1) * vsz])
+        the next entry (a table's mapping closes when the scan moves on). With
+        backend_ids, only the flows pinned to those backends."""
+        for m, (size, check_at, set_size, scan, unpack) in self._maps():
+            with _mmap(m, set_size) as mem:
+                for way, raw_key, raw_flow in scan(mem, backend_ids=backend_ids):
+                    yield (lambda way=way, raw_key=raw_key, size=size, check_at=check_at:
+                           _forget_way(mem, way, raw_key, size, check_at),
+                           unpack(raw_key), raw_flow)
 
     def listing(self) -> List[Tuple[dict, dict]]:
         """IPv4 then IPv6: [(key, value)], key {src, dst (str), sport, dport (host order),
@@ -82,15 +116,23 @@ class FlowTables:
         return out
 
     def counts(self) -> Tuple[int, int]:
-        """Flows in the IPv4 table (its ways scanned through mmap, about 25 ms for 2 Mi
-        ways) and in the IPv6 one (read in batches)."""
-        with self.mmap4() as mem:
-            n4 = L.flow4_ways(mem, True)
-        return n4, self.flows6.lookup_batch()[2]
+        """Flows in the IPv4 table and in the IPv6 one (their ways scanned through mmap in
+        C, about 25 ms for 2 Mi ways)."""
+        out = []
+        for m, (_, _, set_size, scan, _) in self._maps():
+            with _mmap(m, set_size) as mem:
+                out.append(scan(mem, True))
+        return out[0], out[1]
+
+    def ways(self) -> Tuple[int, int]:
+        """Ways of the IPv4 table and of the IPv6 one (sets x ways each)."""
+        return (self.flows4.max_entries * L.FLOW4_WAYS,
+                self.flows6.max_entries * L.FLOW6_WAYS)
 
     def capacities(self) -> Tuple[int, int]:
-        """Flows the IPv4 table (sets x ways) and the IPv6 one hold."""
-        return self.flows4.max_entries * L.FLOW4_WAYS, self.flows6.max_entries
+        """Established flows each table is rated for (>= 99.9% of their packets hit:
+        loader.rated_flows), IPv4 and IPv6."""
+        return rated_flows(self.flows4.max_entries), rated_flows(self.flows6.max_entries)
 
 
 def purge_moved(flows: FlowTables, plan: Plan) -> int:

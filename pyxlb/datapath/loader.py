@@ -22,7 +22,8 @@ from pyxlb.errors import PyxlbError
 from . import upgrade as upgrade_mod
 from . import version as V
 from .links import interfaces_running, prog_pin
-from .maps import BALANCER, FLOWS, FLOWS4, MapSet, ObjectSpec
+from .flows import FLOWS_PER_SET, flow4_sets, flow_sets, rated_flows  # noqa: F401 (re-exported)
+from .maps import BALANCER, FLOWS4, FLOWS6, MapSet, ObjectSpec
 from .tables import CommonTables
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxlb"
@@ -40,20 +41,11 @@ class ForeignDatapath(PyxlbError):
     REMEDY = f"it was made by another version: {HINT}"
 
 
-def flow4_sets(max_flows: int) -> int:
-    """Sets of xlb_flowsets4 for at least `max_flows` IPv4 flows: a power of two (the
-    datapath picks a set by masking a hash), so capacity = sets x FLOW4_WAYS rounds up."""
-    if max_flows < 1:
-        raise ValueError(f"max_flows must be positive, not {max_flows}")
-    need = -(-max_flows // L.FLOW4_WAYS)
-    return 1 << (need - 1).bit_length()
-
-
 def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
               max_flows6: Optional[int] = None) -> Dict[str, int]:
     """map_sizes (for Datapath.load/create) of a balancer holding up to `max_vips` VIPs
-    (one per address, port and protocol), `max_flows` IPv4 and `max_flows6` IPv6 flows;
-    None keeps the object's default for that part."""
+    (one per address, port and protocol), `max_flows` established IPv4 and `max_flows6`
+    IPv6 flows (flow_sets); None keeps the object's default for that part."""
     sizes: Dict[str, int] = {}
     if max_vips is not None:
         names = set(BALANCER.maps.values())
@@ -62,9 +54,9 @@ def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
         # unused slot of the outer map costs 8 bytes)
         sizes["xlb_rings"] = 2 * max_vips
     if max_flows is not None:
-        sizes[FLOWS4] = flow4_sets(max_flows)
+        sizes[FLOWS4] = flow_sets(max_flows)
     if max_flows6 is not None:
-        sizes[FLOWS] = max_flows6
+        sizes[FLOWS6] = flow_sets(max_flows6)
     return sizes
 
 
@@ -108,9 +100,10 @@ class LoadedObject:
         if unknown:
             raise ValueError(f"map_sizes names maps {spec.object}.o does not have: "
                              f"{', '.join(sorted(unknown))}")
-        sets = sizes.get(FLOWS4)
-        if sets is not None and (sets < 1 or sets & (sets - 1)):
-            raise ValueError(f"{FLOWS4} needs a power of two of sets, not {sets}")
+        for table in (FLOWS4, FLOWS6):
+            sets = sizes.get(table)
+            if sets is not None and (sets < 1 or sets & (sets - 1)):
+                raise ValueError(f"{table} needs a power of two of sets, not {sets}")
         if pin_dir is not None:
             pin_dir = os.path.abspath(pin_dir)
             _prepare_pin_dir(pin_dir)

@@ -51,8 +51,12 @@ NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
 EPOCH = "xlb_epoch"                  # u64 bumped by every apply (control plane only)
 MEMBERS = "xlb_members"              # xlb_member_key -> xlb_member (control plane's record)
 HEALTH_SPECS = "xlb_health_specs"    # xlb_member_key -> xlb_health_spec (control plane's)
-FLOWS = "xlb_flows"                  # xlb_flow_key -> xlb_flow (LRU): IPv6 flows
 FLOWS4 = "xlb_flowsets4"             # set -> xlb_flowset4 (mmap-able array): IPv4 flows
+FLOWS6 = "xlb_flowsets6"             # set -> xlb_flowset6 (mmap-able array): IPv6 flows
+FLOW_BUDGET = "xlb_flow_budget"      # family -> xlb_flow_budget, per CPU: inserts this second
+# The IPv6 flow table of releases before xlb_flowsets6 (an LRU hash, xlb_flow_key ->
+# xlb_flow): an upgrade fills xlb_flowsets6 from it (upgrade.SUCCESSORS).
+LRU_FLOWS6 = "xlb_flows"
 VIP_STATS = "xlb_vip_stats"          # vip id -> xlb_counters, per CPU
 BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
 SOURCE_RANGES = "xlb_source_ranges"  # LPM trie: xlb_src_range_key -> u32, clients VIPs admit
@@ -94,8 +98,9 @@ BALANCER = ObjectSpec(
         "members": MEMBERS,
         "health_specs": HEALTH_SPECS,
         "epoch": EPOCH,
-        "flows": FLOWS,
         "flows4": FLOWS4,
+        "flows6": FLOWS6,
+        "flow_budget": FLOW_BUDGET,
         "vip_stats": VIP_STATS,
         "backend_stats": BACKEND_STATS,
         "source_ranges": SOURCE_RANGES,
@@ -719,8 +724,10 @@ class Config:
     one directory share it."""
 
     KEY = 0
-    # the fields that describe xlb_flowsets4 rather than configure the node: set at load
-    FLOW_TABLE_FIELDS = ("flow4_bits", "flow4_seed")
+    # the fields that describe the flow tables rather than configure the node (set at
+    # load), and their insertion limits (set by attach or the agent): kept by write()
+    FLOW_TABLE_FIELDS = ("flow4_bits", "flow4_seed", "flow6_bits", "flow_inserts4",
+                         "flow_inserts6")
 
     def __init__(self, m: "_bpf.Map", writer=DIRECT):
         self.map = m
@@ -752,6 +759,7 @@ class Config:
         src4_addr, src4_plen = prefix_or_none(src4, L.FAMILY_V4, "src4")
         src6_addr, src6_plen = prefix_or_none(src6, L.FAMILY_V6, "src6")
         flags = L.CFG_DECAP_CHECK_SOURCE if decap_check_source else 0
+        flags |= self.read()["flags"] & L.CFG_INSERTS_SET
         self.write_fields(seed=seed, mtu=mtu, flags=flags, src4=src4_addr[:4],
                           src4_plen=src4_plen, src6=src6_addr, src6_plen=src6_plen)
 
@@ -802,6 +810,31 @@ class Epoch:
         now = self.read() + 1
         self._w.update(self.map, 0, struct.pack("=Q", now))
         return now
+
+
+def default_inserts(sets: int, ways: int, ncpus: int) -> int:
+    """The default insertion limit of a flow table of `sets` sets of `ways` ways, per CPU
+    and second: all CPUs together record at most as many new flows a second as the table
+    has ways, so a flood cannot rewrite the table faster than once a second (docs/datapath.md,
+    "Flow tables")."""
+    return max(1, sets * ways // max(1, ncpus))
+
+
+def completed_config(cfg: dict, sets4: int, sets6: int, ncpus: int, seed: int) -> dict:
+    """The config record `cfg` (unpack_config's form) with what a balancer's flow tables
+    need: their geometry (the log2 of each table's sets), a set-hash seed (`seed` when
+    the record has none), and, when no limit was ever given (CFG_INSERTS_SET clear: a new
+    record, or one an upgrade copied from a release without limits), the default
+    insertion limits."""
+    out = dict(cfg)
+    out["flow4_bits"] = sets4.bit_length() - 1
+    out["flow6_bits"] = sets6.bit_length() - 1
+    out["flow4_seed"] = cfg["flow4_seed"] or seed
+    if not cfg["flags"] & L.CFG_INSERTS_SET:
+        out["flow_inserts4"] = default_inserts(sets4, L.FLOW4_WAYS, ncpus)
+        out["flow_inserts6"] = default_inserts(sets6, L.FLOW6_WAYS, ncpus)
+        out["flags"] = cfg["flags"] | L.CFG_INSERTS_SET
+    return out
 
 
 # -- health checks through the tunnel (health.o's own map) ---------------------------------

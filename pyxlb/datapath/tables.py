@@ -54,4 +54,4 @@ class BalancerTables(CommonTables):
         self.source_ranges = SourceRanges(maps.source_ranges, writer)
         self.counters = Counters(maps.vip_stats, maps.backend_stats, maps.vip_range_drops,
                                  writer)
-        self.flows = FlowTables(maps.flows4, maps.flows)
+        self.flows = FlowTables(maps.flows4, maps.flows6)

@@ -44,12 +44,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from pyxlb import _bpf
+from pyxlb import _layouts as L
 from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 
 from . import version as V
 from .links import interfaces_running, prog_pin
-from .maps import BALANCER, DECAP, FLOWS, FLOWS4, ObjectSpec
+from .maps import (BALANCER, CONFIG, DECAP, FLOW_BUDGET, FLOWS4, FLOWS6, LRU_FLOWS6, ObjectSpec,
+                   completed_config)
 from .translate import Untranslatable, copy_ops, identity
 
 STAGE_DIR = "upgrade"      # bpffs refuses names with a dot
@@ -57,13 +59,21 @@ STAGED, COMMITTING = "staged", "committing"
 KILL_ENV = "PYXLB_UPGRADE_KILL_AT"
 POLICIES = ("auto", "never")
 # maps the program itself writes: entries it adds after the copy are merged in after the swap
-DATAPATH_WRITTEN = (FLOWS, FLOWS4)
+DATAPATH_WRITTEN = (FLOWS4, FLOWS6)
 
 # Carrying a map's entries over a change of what they mean (version.MEANINGS):
 # (map, the meaning it had, the meaning it has now) -> fill(old map, new map). The release
 # that bumps a meaning adds its entry here; an upgrade that would need a missing one is
 # refused (a copy member by member would carry the old meaning into the new program).
 TRANSFORMS: Dict[Tuple[str, int, int], Callable[["_bpf.Map", "_bpf.Map"], None]] = {}
+
+# A map of this version that an older release held under another name (and type):
+# new name -> (old name, fill(old map, new map, maps)). When the old map is pinned, the
+# upgrade makes the new one and calls fill after every other map was migrated (`maps(name)`
+# opens any map of the new datapath, staged or kept, for the caller to close), and again
+# after the swap, for entries the old program wrote meanwhile: fill must add only what the
+# new map lacks. The old map is dropped at the commit.
+SUCCESSORS: Dict[str, Tuple[str, Callable[["_bpf.Map", "_bpf.Map", Callable], None]]] = {}
 
 
 class UpgradeRefused(PyxlbError):
@@ -218,7 +228,9 @@ def make_plan(pin_dir: str, count: bool = False) -> Plan:
     changes = []
     for name in sorted(new.maps):
         if name not in pinned:
-            changes.append(MapChange(name, "new"))
+            was = SUCCESSORS.get(name, ("",))[0]
+            changes.append(MapChange(name, "new", f"filled from {was}" if was in pinned
+                                     else ""))
         elif old.maps.get(name) == new.maps[name]:
             changes.append(MapChange(name, "keep"))
         else:
@@ -556,6 +568,8 @@ def _run(plan: Plan, result: Result) -> None:
                     fill(old, new)          # its merge, if any, is the transform's business
                 else:
                     snaps[c.name] = copy_map(c.name, old, new, plan.layouts[c.name])
+        _complete_config(plan)
+        _fill_successors(plan)
         t = _timed(result, "migrate", t)
         _kill_point("migrated")
     except BaseException:
@@ -583,10 +597,72 @@ def _run(plan: Plan, result: Result) -> None:
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
                 result.merged += merge(c.name, old, new, snaps.get(c.name),
                                        plan.layouts[c.name])
+    result.merged += _fill_successors(plan)
     t = _timed(result, "merge", t)
     _kill_point("merged")
     _commit(pin_dir, {name for k in plan.kinds for name in k.maps.values()})
     _timed(result, "commit", t)
+
+
+def _new_map(plan: Plan, name: str) -> "_bpf.Map":
+    """Map `name` of the new datapath: staged, or kept where it is pinned."""
+    stage = os.path.join(plan.pin_dir, STAGE_DIR, name)
+    if os.path.exists(stage):
+        return _bpf.Map.from_pinned(stage)
+    return _bpf.Map.from_pinned(os.path.join(plan.pin_dir, name))
+
+
+def _complete_config(plan: Plan) -> None:
+    """Give the new balancer's config record what this version adds before its program
+    runs (maps.completed_config): the IPv6 table's geometry and, copied from a release
+    without them (a member the old layout lacks reads 0: no limit), the default insertion
+    limits."""
+    if BALANCER not in plan.kinds:
+        return
+    with _new_map(plan, CONFIG) as cfg_map, _new_map(plan, FLOWS4) as f4, \
+            _new_map(plan, FLOWS6) as f6, _new_map(plan, FLOW_BUDGET) as budget:
+        cfg = L.unpack_config(cfg_map.lookup(0))
+        want = completed_config(cfg, f4.max_entries, f6.max_entries, budget.ncpus,
+                                int.from_bytes(os.urandom(4), "little") | 1)
+        if want != cfg:
+            cfg_map.update(0, L.pack_config(**want))
+
+
+def _fill_successors(plan: Plan) -> int:
+    """Fill each new map that succeeds a pinned map of another name (SUCCESSORS) from it.
+    Returns how many entries were added."""
+    added = 0
+    for c in plan.changes:
+        entry = SUCCESSORS.get(c.name)
+        if c.action != "new" or entry is None:
+            continue
+        old_path = os.path.join(plan.pin_dir, entry[0])
+        if not os.path.exists(old_path):
+            continue
+        with _bpf.Map.from_pinned(old_path) as old, _new_map(plan, c.name) as new:
+            added += entry[1](old, new, lambda name: _new_map(plan, name)) or 0
+    return added
+
+
+def fill_flowsets6(old: "_bpf.Map", new: "_bpf.Map", maps: Callable) -> int:
+    """SUCCESSORS' fill of xlb_flowsets6 from the LRU hash xlb_flows of releases before it:
+    every IPv6 flow placed in its set as the datapath would insert it (keys and values have
+    the same layouts: struct xlb_flow_key, struct xlb_flow). Flows the sets hold already are
+    left alone."""
+    if (old.key_size, old.value_size) != (L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]):
+        raise UpgradeRefused(f"{LRU_FLOWS6} has {old.key_size}-byte keys and "
+                             f"{old.value_size}-byte values: this version cannot read them")
+    with maps(CONFIG) as cfg_map:
+        cfg = L.unpack_config(cfg_map.lookup(0))
+    keys, values, count = old.lookup_batch(chunk=65536)
+    if not count:
+        return 0
+    with _mapped(new) as (mm, _):
+        return L.place_flows6(mm, keys, values, count, cfg["flow4_seed"],
+                              new.max_entries.bit_length() - 1)
+
+
+SUCCESSORS[FLOWS6] = (LRU_FLOWS6, fill_flowsets6)
 
 
 def _stage(plan: Plan, stage: str) -> Dict[str, "_bpf.Program"]:
@@ -713,5 +789,12 @@ def resume(pin_dir: str) -> str:
             with _bpf.Map.from_pinned(old) as o, _bpf.Map.from_pinned(new) as n:
                 if o.type != _bpf.MAP_TYPE_ARRAY:
                     merge(name, o, n, None, n.layout())
+    for name, (was, fill) in SUCCESSORS.items():
+        old, new = os.path.join(pin_dir, was), os.path.join(stage, name)
+        if os.path.exists(old) and os.path.exists(new):
+            with _bpf.Map.from_pinned(old) as o, _bpf.Map.from_pinned(new) as n:
+                fill(o, n, lambda m: _bpf.Map.from_pinned(
+                    os.path.join(stage if os.path.exists(os.path.join(stage, m)) else pin_dir,
+                                 m)))
     _commit(pin_dir, None)
     return "completed"

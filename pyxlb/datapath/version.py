@@ -50,7 +50,7 @@ SEMANTIC_VERSION = max(MEANINGS.values(), default=1)
 # is not part of their layout, and an upgrade keeps the running datapath's size.
 SIZED_MAPS = frozenset(("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats",
                         "xlb_vip_range_drops", "xlb_decap_vips", "xlb_flowsets4",
-                        "xlb_flows"))
+                        "xlb_flowsets6", "xlb_flows"))
 
 UNKNOWN = b"\0" * 16                        # a fingerprint nothing matches (see module doc)
 INNER_MAP_FLAG = 1 << 12                    # BPF_F_INNER_MAP: inner maps may differ in size

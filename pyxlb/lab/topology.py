@@ -84,10 +84,14 @@ class Lab:
 
     NODES: Tuple[str, ...] = NODES      # a variant of the lab names its own
 
-    def __init__(self, prefix: str = "xlb"):
+    def __init__(self, prefix: str = "xlb", max_flows: Optional[int] = None,
+                 max_flows6: Optional[int] = None):
+        """`max_flows`, `max_flows6`: the LB nodes' flow tables, as `--max-flows` and
+        `--max-flows6` ask (None: the defaults)."""
         if not prefix or len(prefix) > 8 or not prefix.replace("-", "").isalnum():
             raise PyxlbError(f"lab prefix must be 1-8 letters, digits or '-', not {prefix!r}")
         self.prefix = prefix
+        self.max_flows, self.max_flows6 = max_flows, max_flows6
 
     # -- names ---------------------------------------------------------------------------
 
@@ -143,7 +147,8 @@ class Lab:
             with netns.enter(self.ns(node)):
                 up = node_mod.bring_up(self.pin_dir(node), node_mod.NodeSettings(
                     interfaces=("eth0",), seed=SEED, mtu=SEGMENT_MTU,
-                    encap_sources={4: src.v4, 6: src.v6}))
+                    encap_sources={4: src.v4, 6: src.v6}, max_flows=self.max_flows,
+                    max_flows6=self.max_flows6))
                 up.dp.close()
         sources = [p for src in ENCAP_SOURCE.values() for p in (src.v4, src.v6)]
         for node in BACKENDS:

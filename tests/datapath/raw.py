@@ -96,3 +96,31 @@ def raw_index(dp) -> int:
     index = VipIndex(dp.tables.vips.packed())
     dp.tables.vip_index.install(index)()
     return len(index) - index.shared()
+
+
+def raw_flow(dp, src: bytes, dst: bytes, sport: int, dport: int, proto, backend_id: int,
+             gen: int, hash_: int = 0, *, way: Optional[int] = None) -> int:
+    """Pin a flow (16-byte addresses, as parse_addr gives them) in its set of
+    xlb_flowsets4 or xlb_flowsets6, as the datapath would find it: in way `way`, or the
+    set's first empty way. Returns the set."""
+    v6 = any(src[4:])
+    proto = {"tcp": 6, "udp": 17}.get(proto, proto)
+    cfg = dp.config()
+    flow = L.pack_flow(backend_id, gen, hash_)
+    if v6:
+        key = L.pack_flow6_key(src, dst, sport, dport, proto)
+        m, raw_way, n = dp.maps.flows6, L.pack_flow6_way(key, flow), L.FLOW6_WAYS
+        bits = cfg["flow6_bits"]
+    else:
+        key = L.pack_flow4_key(src, dst, sport, dport, proto)
+        m, raw_way, n = dp.maps.flows4, L.pack_flow4_way(key, flow), L.FLOW4_WAYS
+        bits = cfg["flow4_bits"]
+    index = L.flow_set(key, cfg["flow4_seed"], bits)
+    cur = bytearray(m.lookup(index))
+    size = len(raw_way)
+    if way is None:
+        way = next(i for i in range(n) if not any(cur[(i + 1) * size - 4 - (8 if v6 else 0):
+                                                      (i + 1) * size - (8 if v6 else 0)]))
+    cur[way * size:(way + 1) * size] = raw_way
+    m.update(index, bytes(cur))
+    return index

@@ -40,7 +40,7 @@ def colliding(addr, within="10.0.0.0/8"):
 
 @pytest.fixture
 def dp():
-    d = Datapath.load(map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1024})
+    d = Datapath.load(map_sizes={"xlb_flowsets6": 1024, "xlb_flowsets4": 1024})
     d.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     d.apply(DesiredState((Vip(VipKey.parse(f"{VIP4}:80/tcp"), (Backend("10.0.1.1"),)),
                           Vip(VipKey.parse(f"[{VIP6}]:80/tcp"), (Backend("2001:db8:1::1"),)))))

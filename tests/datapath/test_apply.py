@@ -27,7 +27,7 @@ from .raw import raw_nexthops
 # seed per load, so a set can overflow (more than 4 flows: its quietest is forgotten) by
 # chance: with 2^16 sets and the at most 600 flows a test sends, the odds that any set
 # does are below 1 in 10^7 (1,024 sets made them about 1 in 3 for 600 flows).
-SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1 << 16}
+SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1 << 16}
 WEB = ("10.0.1.1", "10.0.1.2", "10.0.1.3")
 
 
@@ -355,7 +355,7 @@ RESTART_CHILD = textwrap.dedent("""
     from pyxlb.datapath import Datapath
     from pyxlb.config import load_text
     state = load_text(sys.stdin.read())
-    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1 << 18})
+    dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flowsets6": 1024, "xlb_flowsets4": 1 << 18})
     dp.configure(src4="10.255.0.0/16", src6="fd00:ff::/96")
     plan = dp.apply(state).plan
     for bid in dp.layout().backend_records():       # raw: out of the test run's interface
@@ -637,7 +637,7 @@ def test_a_new_cluster_seed_keeps_every_pinned_flow(dp):
 @pytest.fixture
 def one_set():
     """A balancer whose IPv4 flow table is one set: every IPv4 flow shares it."""
-    d = Datapath.load(map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1})
+    d = Datapath.load(map_sizes={"xlb_flowsets6": 1024, "xlb_flowsets4": 1})
     d.apply(STATE)
     prepare(d)
     yield d

@@ -17,15 +17,15 @@ from scapy.layers.l2 import Ether
 from pyxlb import _bpf
 from pyxlb import _layouts as L
 from pyxlb.addr import parse_addr
-from pyxlb.datapath import Datapath, DecapPath, flow4_sets, map_sizes, maps
+from pyxlb.datapath import Datapath, DecapPath, flow4_sets, map_sizes, maps, rated_flows
 from pyxlb.errors import PyxlbError
 from pyxlb.plan import BackendRecord, VipRecord
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
-from .raw import raw_vip
+from .raw import raw_flow, raw_vip
 
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
-SMALL = {maps.FLOWS: 1024, maps.BACKENDS: 256, maps.NEXTHOPS: 256, maps.BACKEND_STATS: 256,
+SMALL = {maps.FLOWS6: 1024, maps.BACKENDS: 256, maps.NEXTHOPS: 256, maps.BACKEND_STATS: 256,
          maps.VIPS: 64, maps.VIP_ADDRS: 64, maps.VIP_STATS: 64, maps.RINGS: 64}
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
@@ -90,11 +90,14 @@ def test_context_manager_and_decap():
 
 
 def test_map_sizes():
-    with Datapath.load(map_sizes={maps.FLOWS: 4096, maps.FLOWS4: 2048, maps.VIPS: 8}) as dp:
-        assert dp.maps.flows.max_entries == 4096
+    with Datapath.load(map_sizes={maps.FLOWS6: 1024, maps.FLOWS4: 2048, maps.VIPS: 8}) as dp:
+        assert dp.maps.flows6.max_entries == 1024
         assert dp.maps.flows4.max_entries == 2048
         assert dp.maps.vips.max_entries == 8
-        assert dp.flow_capacities() == (2048 * L.FLOW4_WAYS, 4096)
+        # rated for 0.48 established flows a set (FLOWS_PER_SET)
+        assert dp.flow_capacities() == (983, 491)
+        assert dp.flow_ways() == (2048 * L.FLOW4_WAYS, 1024 * L.FLOW6_WAYS)
+        assert dp.config()["flow6_bits"] == 10
         assert dp.config()["flow4_bits"] == 11      # the program masks its set hash so
         dp.configure(seed=5, mtu=9000)              # ... and a config change keeps it
         assert dp.config()["flow4_bits"] == 11
@@ -102,25 +105,37 @@ def test_map_sizes():
         Datapath.load(map_sizes={"xlb_nope": 1})
     with pytest.raises(ValueError, match="power of two"):
         Datapath.load(map_sizes={maps.FLOWS4: 3000})
+    with pytest.raises(ValueError, match=f"{maps.FLOWS6} needs a power of two"):
+        Datapath.load(map_sizes={maps.FLOWS6: 3000})
     with pytest.raises(ValueError, match=maps.VIPS):
         DecapPath.load(map_sizes={maps.VIPS: 8})
 
 
-@pytest.mark.parametrize("flows, sets", [(1, 1), (4, 1), (5, 2), (4096, 1024), (5000, 2048),
-                                         (2_000_000, 1 << 19)])
-def test_flow4_sets_round_up_to_a_power_of_two(flows, sets):
+@pytest.mark.parametrize("flows, sets", [(1, 4), (4, 16), (5000, 16384), (250_000, 1 << 19),
+                                         (251_659, 1 << 20), (1_000_000, 1 << 21)])
+def test_flow_sets_hold_the_flows_asked_for(flows, sets):
+    """A table for N established flows has N / 0.48 sets or more, a power of two; it is
+    rated for what it can hold."""
     assert flow4_sets(flows) == sets
-    assert map_sizes(max_flows=flows) == {maps.FLOWS4: sets}
+    assert map_sizes(max_flows=flows, max_flows6=flows) == {maps.FLOWS4: sets,
+                                                            maps.FLOWS6: sets}
+    assert rated_flows(sets) >= flows > rated_flows(sets // 2)
 
 
 def test_a_fresh_config_gets_the_defaults(dp):
     # and the balancer's flow-table geometry: xlb_flowsets4 has 2^bits sets, and its set
     # hash a seed of its own
+    # hash a seed of its own; each table an insertion limit sized from it (all CPUs
+    # together record at most as many flows a second as the table has ways)
     seed = dp.config()["flow4_seed"]
     assert seed != 0
-    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19, flow4_seed=seed)) == \
-        L.unpack_config(L.pack_config(flow4_bits=(L.FLOW4_SETS - 1).bit_length(),
-                                      flow4_seed=seed))
+    ncpus = dp.maps.flow_budget.ncpus
+    sets6 = dp.maps.flows6.max_entries
+    assert dp.config() == L.unpack_config(L.pack_config(
+        flow4_bits=19, flow4_seed=seed, flow6_bits=sets6.bit_length() - 1,
+        flags=L.CFG_INSERTS_SET, flow_inserts4=(1 << 19) * L.FLOW4_WAYS // ncpus,
+        flow_inserts6=sets6 * L.FLOW6_WAYS // ncpus))
+    assert dp.insert_limits() == dp.default_insert_limits()
     assert dp.config()["mtu"] == L.MTU_DEFAULT
 
 
@@ -184,7 +199,7 @@ def test_pinned_load_adopts_the_same_maps(bpffs_dir):
 
     # a map pinned with another size cannot be adopted
     with pytest.raises(OSError):
-        Datapath.load(pin_dir=pins, map_sizes={**SMALL, maps.FLOWS: 2048})
+        Datapath.load(pin_dir=pins, map_sizes={**SMALL, maps.FLOWS6: 2048})
 
 
 def test_balancer_and_decap_share_pinned_common_maps(bpffs_dir):
@@ -198,7 +213,7 @@ def test_balancer_and_decap_share_pinned_common_maps(bpffs_dir):
         assert (cfg["seed"], cfg["mtu"]) == (7, 9000)     # decap changed its flag only
         assert cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE
         d.set_config(check_source=False)
-        assert dp.config()["flags"] == 0 and dp.config()["seed"] == 7
+        assert dp.config()["flags"] == L.CFG_INSERTS_SET and dp.config()["seed"] == 7
 
 
 def test_pin_dir_must_be_on_bpffs(tmp_path):
@@ -210,17 +225,21 @@ def test_pin_dir_must_be_on_bpffs(tmp_path):
 
 def test_config_write(dp):
     seed = dp.config()["flow4_seed"]
+    limits = dp.insert_limits()
     dp.tables.config.write(seed=0xC0FFEE, mtu=9000, src4="10.255.0.0/16", src6="fd00:ff::/64",
                            decap_check_source=True)
     assert dp.config() == {
-        "seed": 0xC0FFEE, "mtu": 9000, "flags": L.CFG_DECAP_CHECK_SOURCE,
+        "seed": 0xC0FFEE, "mtu": 9000, "flags": L.CFG_DECAP_CHECK_SOURCE | L.CFG_INSERTS_SET,
         "src4": bytes([10, 255, 0, 0]), "src4_plen": 16,
         "src6": bytes.fromhex("fd0000ff") + bytes(12), "src6_plen": 64,
         "flow4_bits": dp.maps.flows4.max_entries.bit_length() - 1,   # kept from load
-        "flow4_seed": seed,
+        "flow6_bits": dp.maps.flows6.max_entries.bit_length() - 1,
+        "flow4_seed": seed, "flow_inserts4": limits[0], "flow_inserts6": limits[1],
     }
     dp.tables.config.write()
-    assert dp.config() == L.unpack_config(L.pack_config(flow4_bits=19, flow4_seed=seed))
+    assert dp.config() == L.unpack_config(L.pack_config(
+        flow4_bits=19, flow4_seed=seed, flow6_bits=dp.maps.flows6.max_entries.bit_length() - 1,
+        flags=L.CFG_INSERTS_SET, flow_inserts4=limits[0], flow_inserts6=limits[1]))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -526,8 +545,7 @@ def test_flows(dp):
     _, dst = parse_addr("192.0.2.1")
     fam6, src6 = parse_addr("2001:db8::1")
     _, dst6 = parse_addr("2001:db8:f::1")
-    dp.maps.flows.update(L.pack_flow_key(src6, dst6, 40001, 443, TCP, fam6),
-                         L.pack_flow(8, 1, 98))
+    raw_flow(dp, src6, dst6, 40001, 443, TCP, 8, 1, 98)
     # a set holding one flow in its third way (its check made as the datapath makes it)
     # and, in its last, a way whose check is wrong (torn): no flow
     way = L.pack_flow4_way(L.pack_flow4_key(src, dst, 40000, 80, TCP), L.pack_flow(7, 2, 99))
@@ -543,8 +561,7 @@ def test_flows(dp):
                            {"backend_id": 8, "gen": 1, "hash": 98})]
     assert dp.flow_count() == 2
     assert dp.flow_counts() == (1, 1)
-    assert dp.flow_capacity() == dp.maps.flows4.max_entries * L.FLOW4_WAYS \
-        + dp.maps.flows.max_entries
+    assert dp.flow_capacity() == sum(dp.flow_capacities())
 
 
 def test_run_passes_a_packet_for_no_vip_and_counts_it(dp):

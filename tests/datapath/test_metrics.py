@@ -30,7 +30,7 @@ from pyxlb.datapath import Datapath, maps
 from . import packets as P
 from .raw import raw_nexthops
 
-SMALL = {maps.FLOWS: 1024, maps.FLOWS4: 2048, maps.BACKENDS: 64, maps.NEXTHOPS: 64,
+SMALL = {maps.FLOWS6: 1024, maps.FLOWS4: 2048, maps.BACKENDS: 64, maps.NEXTHOPS: 64,
          maps.BACKEND_STATS: 64}
 
 WEB80, WEB443, WEB6, DNS = ("10.0.0.10:80/tcp", "10.0.0.10:443/tcp", "[fd00::10]:80/tcp",

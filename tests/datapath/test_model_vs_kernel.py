@@ -50,7 +50,7 @@ from tests.support.model import FlowKey, Model, Packet, outer_source4, outer_sou
 # new flow is pushed out when two more land in its set's back half before its second packet
 # (with the set seed random, by chance: for 100 flows about 1 in 10^6 an example, so about
 # 1 in 10^4 for a whole run of the property test).
-MAP_SIZES = {"xlb_flows": 65536, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
+MAP_SIZES = {"xlb_flowsets6": 1024, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
              "xlb_vip_addrs": 64,
              "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
              "xlb_backend_stats": 1024}

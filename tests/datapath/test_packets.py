@@ -46,7 +46,7 @@ ACTION_NAMES = {_bpf.XDP_ABORTED: "XDP_ABORTED", DROP: "XDP_DROP", PASS: "XDP_PA
                 TX: "XDP_TX", REDIRECT: "XDP_REDIRECT"}
 UNTOUCHED = "untouched"
 # One packet needs no 1M-entry flow LRU nor 64K backends: smaller maps load faster.
-MAP_SIZES = {"xlb_flows": 4096, "xlb_flowsets4": 1024, "xlb_backends": 64, "xlb_nexthops": 64,
+MAP_SIZES = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1024, "xlb_backends": 64, "xlb_nexthops": 64,
              "xlb_backend_stats": 64}
 
 # the counters a row expects most often

@@ -12,10 +12,12 @@ from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.datapath import Datapath, DecapPath, ForeignDatapath
 from pyxlb.datapath import upgrade as U
 from pyxlb.datapath import version as V
-from pyxlb.datapath.maps import BALANCER, FLOWS, FLOWS4
+from pyxlb import _layouts as L
+from pyxlb.addr import parse_addr
+from pyxlb.datapath.maps import BALANCER, CONFIG, FLOWS4, FLOWS6, LRU_FLOWS6
 from pyxlb.datapath.translate import Untranslatable, copy_ops
 
-SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 256}     # sets: a small table copies fast
+SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 256}     # sets: a small table copies fast
 
 U32 = ("int", 4, False)
 
@@ -85,7 +87,7 @@ def test_a_version_comes_from_btf_and_moves_only_for_the_maps_that_changed(varia
     monkeypatch.setenv(DIR_ENV, variant_dir)
     theirs = V.of_object(BALANCER)
     changed = {n for n in ours.entries if ours.entries[n] != theirs.entries[n]}
-    assert changed == {FLOWS, FLOWS4, "balancer"}       # two layouts and the program
+    assert changed == {FLOWS6, FLOWS4, "balancer"}      # two layouts and the program
     assert str(ours) != str(theirs) and str(ours).startswith("1.")
 
 
@@ -101,12 +103,12 @@ def test_a_datapath_records_its_version_and_status_reads_it(bpffs_dir):
 def test_a_newer_meaning_is_refused_naming_both_versions(bpffs_dir):
     Datapath.create(bpffs_dir, map_sizes=SMALL).close()
     with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
-        entry = V.read_record(rec).entries[FLOWS]
-        V.write_record(rec, V.Version({FLOWS: V.Entry(entry.fingerprint, 7)}))
+        entry = V.read_record(rec).entries[FLOWS6]
+        V.write_record(rec, V.Version({FLOWS6: V.Entry(entry.fingerprint, 7)}))
     have = V.pinned(bpffs_dir, [])
     assert have.semantic == 7
     with pytest.raises(U.UpgradeRefused, match=rf"is version 7\.\w+, newer than this pyxlb's "
-                                               rf"1\.\w+ .*{FLOWS}"):
+                                               rf"1\.\w+ .*{FLOWS6}"):
         U.upgrade(bpffs_dir)
     with pytest.raises(ForeignDatapath, match=r"is version 7\.\w+, this pyxlb's is 1\."):
         Datapath.open(bpffs_dir)
@@ -121,31 +123,31 @@ def test_upgrade_never_refuses_and_changes_nothing(bpffs_dir, variant_dir, monke
         Datapath.create(bpffs_dir, upgrade="never")
     assert sorted(os.listdir(bpffs_dir)) == before
     plan = U.upgrade(bpffs_dir, dry_run=True).plan
-    assert [(c.name, c.entries) for c in plan.migrating] == [(FLOWS, 0), (FLOWS4, 256)]
+    assert [(c.name, c.entries) for c in plan.migrating] == [(FLOWS4, 256), (FLOWS6, 1024)]
 
 
 def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypatch):
     """Flows written by hand into both tables come out of an upgrade to the variant layout
     with every member in its new place, and out of the way back as they went in."""
     dp = Datapath.create(bpffs_dir, map_sizes=SMALL)
-    key6 = bytes(range(40))
-    dp.maps.flows.update(key6, words(7, 8, 9))
+    way6 = bytes(range(40)) + words(7, 8, 9, 0xDCBA)
+    dp.maps.flows6.update(6, way6 + bytes(dp.maps.flows6.value_size - len(way6)))
     sets = dp.maps.flows4
     way = bytes(range(16)) + words(1, 2, 3, 0xABCD)
     sets.update(5, way + bytes(sets.value_size - len(way)))
     dp.close()
     monkeypatch.setenv(DIR_ENV, variant_dir)
     result = U.upgrade(bpffs_dir)
-    assert [c.name for c in result.plan.migrating] == [FLOWS, FLOWS4]
-    with _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS)) as f6, \
+    assert [c.name for c in result.plan.migrating] == [FLOWS4, FLOWS6]
+    with _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS6)) as f6, \
             _bpf.Map.from_pinned(os.path.join(bpffs_dir, FLOWS4)) as f4:
         # the variant orders them hash, backend_id, gen
-        assert f6.lookup(key6) == words(9, 7, 8)
+        assert f6.lookup(6)[:56] == bytes(range(40)) + words(9, 7, 8, 0xDCBA)
         assert f4.lookup(5)[:32] == bytes(range(16)) + words(3, 1, 2, 0xABCD)
     monkeypatch.delenv(DIR_ENV)
     U.upgrade(bpffs_dir)
     with Datapath.open(bpffs_dir) as dp:
-        assert dp.maps.flows.lookup(key6)[:12] == words(7, 8, 9)
+        assert dp.maps.flows6.lookup(6)[:56] == way6
         assert dp.maps.flows4.lookup(5)[:32] == way
 
 
@@ -178,22 +180,24 @@ def test_flows_the_old_program_adds_after_the_copy_are_merged_unless_the_new_one
     monkeypatch.setenv(DIR_ENV, variant_dir)
     new = Datapath.load(map_sizes=SMALL)
     with _bpf.BpfObject.open(object_path("balancer")) as obj:
-        layouts = {name: obj.map_layout(name) for name in (FLOWS, FLOWS4)}
+        layouts = {name: obj.map_layout(name) for name in (FLOWS6, FLOWS4)}
     try:
-        old.maps.flows.update(bytes(40), words(1, 2, 3))
-        snaps = {FLOWS: U.copy_map(FLOWS, old.maps.flows, new.maps.flows, layouts[FLOWS]),
+        pad6 = bytes(old.maps.flows6.value_size - 56)
+        old.maps.flows6.update(0, bytes(40) + words(1, 2, 3, 4) + pad6)
+        snaps = {FLOWS6: U.copy_map(FLOWS6, old.maps.flows6, new.maps.flows6, layouts[FLOWS6]),
                  FLOWS4: U.copy_map(FLOWS4, old.maps.flows4, new.maps.flows4,
                                     layouts[FLOWS4])}
         pad = bytes(old.maps.flows4.value_size - 32)
-        old.maps.flows.update(bytes(39) + b"\1", words(4, 5, 6))        # after the copy
+        old.maps.flows6.update(1, bytes(40) + words(4, 5, 6, 7) + pad6)     # after the copy
         old.maps.flows4.update(3, bytes(16) + words(7, 8, 9, 10) + pad)
         old.maps.flows4.update(4, bytes(16) + words(11, 12, 13, 14) + pad)
         new.maps.flows4.update(4, b"\1" * 32 + pad)                     # the new program's
-        assert U.merge(FLOWS, old.maps.flows, new.maps.flows, snaps[FLOWS], layouts[FLOWS]) == 1
+        assert U.merge(FLOWS6, old.maps.flows6, new.maps.flows6, snaps[FLOWS6],
+                       layouts[FLOWS6]) == 1
         assert U.merge(FLOWS4, old.maps.flows4, new.maps.flows4, snaps[FLOWS4],
                        layouts[FLOWS4]) == 1
-        assert new.maps.flows.lookup(bytes(39) + b"\1") == words(6, 4, 5)
-        assert new.maps.flows.lookup(bytes(40)) == words(3, 1, 2)
+        assert new.maps.flows6.lookup(1)[:56] == bytes(40) + words(6, 4, 5, 7)
+        assert new.maps.flows6.lookup(0)[:56] == bytes(40) + words(3, 1, 2, 4)
         assert new.maps.flows4.lookup(3)[:32] == bytes(16) + words(9, 7, 8, 10)
         assert new.maps.flows4.lookup(4)[:32] == b"\1" * 32
     finally:
@@ -237,16 +241,16 @@ def test_a_change_of_meaning_needs_a_transform(bpffs_dir, monkeypatch):
     old meanings): without a transform the upgrade is refused, with one it fills the map."""
     Datapath.create(bpffs_dir, map_sizes=SMALL).close()
     with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
-        entry = V.read_record(rec).entries[FLOWS]
-        V.write_record(rec, V.Version({FLOWS: V.Entry(entry.fingerprint, 0)}))
-    with pytest.raises(U.UpgradeRefused, match=f"what {FLOWS} holds changed meaning "
+        entry = V.read_record(rec).entries[FLOWS6]
+        V.write_record(rec, V.Version({FLOWS6: V.Entry(entry.fingerprint, 0)}))
+    with pytest.raises(U.UpgradeRefused, match=f"what {FLOWS6} holds changed meaning "
                                                r"\(0 -> 1\) and this version has no way"):
         U.upgrade(bpffs_dir)
     seen = []
-    monkeypatch.setitem(U.TRANSFORMS, (FLOWS, 0, 1),
+    monkeypatch.setitem(U.TRANSFORMS, (FLOWS6, 0, 1),
                         lambda old, new: seen.append((old.name, new.name)))
     result = U.upgrade(bpffs_dir)
-    assert [c.name for c in result.plan.migrating] == [FLOWS] and seen == [(FLOWS, FLOWS)]
+    assert [c.name for c in result.plan.migrating] == [FLOWS6] and seen == [(FLOWS6, FLOWS6)]
     assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
 
 
@@ -291,3 +295,45 @@ def test_a_process_holding_migrated_maps_cannot_apply_to_them(bpffs_dir, variant
         held.close()
     with Datapath.open(bpffs_dir) as fresh:
         fresh.apply(DesiredState(()))
+
+
+def test_a_map_of_another_name_fills_its_successor(bpffs_dir):
+    """A release before xlb_flowsets6 kept IPv6 flows in the LRU hash xlb_flows: an upgrade
+    makes xlb_flowsets6, fills it from xlb_flows (upgrade.SUCCESSORS) with every flow where
+    the new program looks for it, completes the config record (the IPv6 table's geometry,
+    the default insertion limits a copied record lacks), and drops xlb_flows."""
+    Datapath.create(bpffs_dir, map_sizes=SMALL).close()
+    os.unlink(os.path.join(bpffs_dir, FLOWS6))          # as the previous release pinned it
+    ksz, vsz = L.SIZES["xlb_flow_key"], L.SIZES["xlb_flow"]
+    lru = _bpf.Map.create(_bpf.MAP_TYPE_LRU_HASH, ksz, vsz, 4096, name=LRU_FLOWS6)
+    _, vip = parse_addr("2001:db8::80")
+    clients = [parse_addr(f"2001:db8:c::{i:x}")[1] for i in range(1, 301)]
+    with lru:
+        for i, src in enumerate(clients):
+            lru.update(L.pack_flow_key(src, vip, 1000 + i, 443, 6, L.FAMILY_V6),
+                       L.pack_flow(i % 7, 1, i))
+        lru.pin(os.path.join(bpffs_dir, LRU_FLOWS6))
+    with _bpf.Map.from_pinned(os.path.join(bpffs_dir, CONFIG)) as cfg_map:
+        cfg = L.unpack_config(cfg_map.lookup(0))
+        cfg.update(flow6_bits=0, flow_inserts4=0, flow_inserts6=0,
+                   flags=cfg["flags"] & ~L.CFG_INSERTS_SET)       # a record from before
+        cfg_map.update(0, L.pack_config(**cfg))
+    plan = U.make_plan(bpffs_dir)
+    assert [(c.action, c.why) for c in plan.changes if c.name == FLOWS6] == \
+        [("new", f"filled from {LRU_FLOWS6}")]
+    assert ("drop", LRU_FLOWS6) in [(c.action, c.name) for c in plan.changes]
+    U.upgrade(bpffs_dir)
+    assert not os.path.exists(os.path.join(bpffs_dir, LRU_FLOWS6))
+    with Datapath.open(bpffs_dir) as dp:
+        # a table of its own default size (the LRU's entries do not say how many sets)
+        assert dp.config()["flow6_bits"] == L.FLOW6_SETS.bit_length() - 1
+        assert dp.insert_limits() == dp.default_insert_limits()
+        got = {(k["src"], k["sport"]): v for k, v in dp.flows() if k["family"] == 6}
+        assert len(got) == len(clients)
+        assert got[("2001:db8:c::5", 1004)] == {"backend_id": 4 % 7, "gen": 1, "hash": 4}
+        # where the datapath looks: each flow's set
+        cfg = dp.config()
+        for src, sport in ((clients[0], 1000), (clients[299], 1299)):
+            raw = L.pack_flow6_key(src, vip, sport, 443, 6)
+            ways = dp.maps.flows6.lookup(L.flow_set(raw, cfg["flow4_seed"], cfg["flow6_bits"]))
+            assert raw[:36] in ways

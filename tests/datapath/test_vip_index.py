@@ -19,7 +19,7 @@ from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
 from .raw import raw_backend, raw_index, raw_nexthops, raw_unvip, raw_vip
 
-SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1024}
+SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1024}
 ADDR = "192.0.2.10"
 
 

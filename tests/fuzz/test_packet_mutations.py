@@ -226,7 +226,7 @@ FUZZ_OUTCOMES = {"balancer": CORPUS_OUTCOMES - {"decap_refused"} | {
                      "pass_malformed", "decap_refused", "pass_no_neigh", "drop_no_route",
                      "drop_unsupported"},
                  "decap": {"decap", "decap_refused", "pass_not_vip", "pass_malformed"}}
-MAP_SIZES = {"xlb_flows": 4096, "xlb_flowsets4": 1024, "xlb_backends": 64,
+MAP_SIZES = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1024, "xlb_backends": 64,
              "xlb_nexthops": 64, "xlb_backend_stats": 64}
 
 

@@ -248,7 +248,7 @@ def test_a_new_program_then_a_layout_change_and_back(ulab, ports, variant_dir, p
     variant = {DIR_ENV: variant_dir}
     plan = plan_of(lab, env=variant)
     moved = sorted(m["name"] for m in plan["maps"] if m["action"] == "migrate")
-    assert moved == ["xlb_flows", "xlb_flowsets4"], plan
+    assert moved == ["xlb_flowsets4", "xlb_flowsets6"], plan
     s4, s6 = streams(lab, ports)
     with s4, s6, Opener(lab, 6, pace=0.02) as opener:
         apply_here(lab, desired(lab, drained=True))

@@ -89,6 +89,7 @@ AGENT_ENV = {
     "PYXLB_MAX_VIPS": _int(1, 1 << 20),
     "PYXLB_MAX_FLOWS": _int(1024, 1 << 26),
     "PYXLB_MAX_FLOWS6": _int(1024, 1 << 26),
+    "PYXLB_MAX_INSERTS": _int(0, 0xFFFFFFFF),
     "PYXLB_LISTEN": lambda v: ipaddress.ip_address(v) is not None,
     "PYXLB_METRICS_PORT": _int(0, 65535),
     "PYXLB_PROBE_PORT": _int(0, 65535),
@@ -414,8 +415,12 @@ def test_flow_table_sizes_are_the_datapaths_defaults():
     """The ConfigMap and `pyxlb agent` ask for the flow tables the object is built with."""
     from pyxlb import _layouts as L
     from pyxlb.cli.agent import agent
+    from pyxlb.datapath import map_sizes, rated_flows
     defaults = {p.envvar: p.default for p in agent.params if p.envvar}
-    want = {"PYXLB_MAX_FLOWS": L.FLOW4_SETS * L.FLOW4_WAYS, "PYXLB_MAX_FLOWS6": L.MAX_FLOWS6}
+    want = {"PYXLB_MAX_FLOWS": rated_flows(L.FLOW4_SETS),
+            "PYXLB_MAX_FLOWS6": rated_flows(L.FLOW6_SETS)}
+    assert map_sizes(max_flows=want["PYXLB_MAX_FLOWS"], max_flows6=want["PYXLB_MAX_FLOWS6"]) \
+        == {"xlb_flowsets4": L.FLOW4_SETS, "xlb_flowsets6": L.FLOW6_SETS}
     for key, value in want.items():
         assert defaults[key] == value
         assert int(settings()[key]) == value

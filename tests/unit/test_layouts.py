@@ -69,6 +69,9 @@ STRATEGIES = {
     "flow4_key": st.fixed_dictionaries(dict(
         src=addr_for(L.FAMILY_V4), dst=addr_for(L.FAMILY_V4), sport=u16, dport=u16, proto=u8,
         family=st.just(L.FAMILY_V4))),
+    "flow6_key": st.fixed_dictionaries(dict(
+        src=addr_for(L.FAMILY_V6), dst=addr_for(L.FAMILY_V6), sport=u16, dport=u16, proto=u8,
+        family=st.just(L.FAMILY_V6))),
     "flow": st.fixed_dictionaries(dict(backend_id=u32, gen=u32, hash=u32)),
     "member_key": st.fixed_dictionaries(dict(vip_id=u32, backend_id=u32)),
     "member": st.fixed_dictionaries(dict(weight=u32, state=u8, health=u8)),
@@ -83,15 +86,17 @@ STRATEGIES = {
     "config": st.fixed_dictionaries(dict(
         seed=u32, mtu=u16, flags=u16, src4=st.binary(min_size=4, max_size=4),
         src4_plen=st.integers(0, 32), src6=st.binary(min_size=16, max_size=16),
-        src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31), flow4_seed=u32)),
+        src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31), flow4_seed=u32,
+        flow6_bits=st.integers(0, 31), flow_inserts4=u32, flow_inserts6=u32)),
     "hc_key": st.fixed_dictionaries(dict(port=u16, family=family)),
     "hc_path": st.fixed_dictionaries(dict(
         vip=st.binary(min_size=16, max_size=16), backend=st.binary(min_size=16, max_size=16),
         outer_src=st.binary(min_size=16, max_size=16), node=st.binary(min_size=16, max_size=16),
         mode=st.sampled_from([L.MODE_IPIP, L.MODE_L2]), dport=u16)),
 }
-# made from packed parts and read by a scan (tests below), not packed field by field
-WHOLE = {"xlb_flow4_way", "xlb_flowset4"}
+# made from packed parts and read by a scan (tests below), not packed field by field; the
+# per-CPU insertion budget only the datapath writes
+WHOLE = {"xlb_flow4_way", "xlb_flowset4", "xlb_flow6_way", "xlb_flowset6", "xlb_flow_budget"}
 
 
 def test_every_struct_has_a_size_and_a_strategy():
@@ -115,6 +120,24 @@ def test_a_flow4_way_is_key_flow_check_and_any_flipped_bit_voids_it(way, bit):
     bad = bytearray(way)
     bad[bit // 8] ^= 1 << (bit % 8)
     assert L.flow4_ways(bytes(bad) + bytes(ssz - wsz)) == []
+
+
+flow6_ways = st.tuples(STRATEGIES["flow6_key"], STRATEGIES["flow"]).map(
+    lambda kf: L.pack_flow6_way(L.pack_flow6_key(**kf[0]), L.pack_flow(**kf[1])))
+
+
+@given(flow6_ways, st.integers(0, 56 * 8 - 1))
+def test_a_flow6_way_is_key_flow_check_padding_and_any_flipped_bit_voids_it(way, bit):
+    """pack_flow6_way: one cache line, the key, the flow, the check word, 8 bytes of zero;
+    a flipped bit of the first 56 voids it, as for IPv4."""
+    wsz, ssz = L.SIZES["xlb_flow6_way"], L.SIZES["xlb_flowset6"]
+    assert wsz == 64 and ssz == 64 * L.FLOW6_WAYS and way[52:56] != bytes(4)
+    assert way[56:] == bytes(8)
+    one_set = bytes(wsz) + way + bytes(ssz - 2 * wsz)
+    assert L.flow6_ways(one_set) == [(1, way[:40], way[40:52])]
+    bad = bytearray(way)
+    bad[bit // 8] ^= 1 << (bit % 8)
+    assert L.flow6_ways(bytes(wsz) + bytes(bad) + bytes(ssz - 2 * wsz)) == []
 
 
 def test_flow4_ways_numbers_ways_across_sets():

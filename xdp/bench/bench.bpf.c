@@ -159,6 +159,86 @@ int bench_wrapper(struct xdp_md *ctx)
 	return action;
 }
 
+/*
+ * A flood of forged flows (tests/datapath/test_flood.py, bench/flood.py): iteration n of a
+ * run (counted in bench_flood_state: one counter for every CPU, since a long test run may
+ * move from one CPU to another between iterations, and a per-CPU count would start the
+ * flood over there, sending old flows' packets again) is packet n % 2 of forged flow n / 2, or with
+ * a gap g the second packet of flow n / 2 - g, so that g flows' first packets come between
+ * a flow's two. The frame is a TCP or UDP packet to a VIP, at least BENCH_SAVE bytes; the
+ * low 32 bits of its source address become `prefix` + the flow's number, and a TCP
+ * packet's flags SYN (first packet) or ACK (second). The frame is put back after each.
+ */
+struct bench_flood_state {
+	__u64 n;		/* iterations so far */
+	__u32 prefix;		/* host order: the source's low 32 bits are prefix + flow */
+	__u32 gap;		/* flows between a flow's first and second packet */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_flood_state);
+} bench_flood_state SEC(".maps");
+
+static __always_inline int bench_forge(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bench_flood_state *st;
+	__u32 zero = 0, flow, src_at, l4_at;
+	__u8 *p = data, proto;
+	__u64 n;
+
+	st = bpf_map_lookup_elem(&bench_flood_state, &zero);
+	if (!st)
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	p = data;
+	if (data + BENCH_SAVE > data_end)
+		return -1;
+	n = __sync_fetch_and_add(&st->n, 1);
+	flow = (__u32)(n >> 1);
+	if (n & 1)
+		flow = flow >= st->gap ? flow - st->gap : flow;
+	if (p[12] == 0x08 && p[13] == 0x00) {		/* IPv4: source at 26, protocol at 23 */
+		src_at = 26;
+		proto = p[23];
+		l4_at = 14 + (p[14] & 0x0f) * 4;
+	} else {					/* IPv6: the source's last word at 34 */
+		src_at = 34;
+		proto = p[20];
+		l4_at = 54;
+	}
+	p = data + (src_at & 63);
+	if ((void *)(p + 4) > data_end)
+		return -1;
+	*(__be32 *)p = bpf_htonl(st->prefix + flow);
+	if (proto == IPPROTO_TCP) {
+		p = data + ((l4_at + 13) & 127);
+		if ((void *)(p + 1) > data_end)
+			return -1;
+		*p = (n & 1) ? 0x10 : 0x02;
+	}
+	return 0;
+}
+
+SEC("xdp")
+int bench_flood(struct xdp_md *ctx)
+{
+	struct bench_saved *saved = bench_save(ctx);
+	int action;
+
+	if (!saved || bench_forge(ctx))
+		return XDP_ABORTED;
+	action = bench_handle(ctx);
+	if (bench_restore(ctx, saved))
+		return XDP_ABORTED;
+	return action;
+}
+
 /* The balancer exactly as balancer.bpf.c's entry runs it (no restore): one run shows the
  * packet it sends, and packets it passes untouched can be timed without the wrapper. */
 SEC("xdp")

@@ -114,177 +114,313 @@ static __always_inline void xlb_add_counters(struct xlb_counters *c, __u32 bytes
 	c->new_flows += new_flow;
 }
 
-/* The IPv4 flow-table key of a parsed flow: its words 0, 4, 8 and 9, copied as words. */
-static __always_inline void xlb_flow4_key(const struct xlb_flow_key *key,
-					  struct xlb_flow4_key *k4)
-{
-	const __u32 *w = (const __u32 *)key;
-	__u32 *out = (__u32 *)k4;
+/*
+ * The flow sets, xlb_flowsets4 (IPv4) and xlb_flowsets6 (IPv6), handled by one code path
+ * specialised by `v6` (a constant at each call). A way is read as 32-bit words: the key's
+ * KW words (4 or 10; the last one's upper half is the stamp, not part of the flow's
+ * identity), the struct xlb_flow (3), the check word, and for IPv6 two words of padding.
+ */
+#define XLB_KW(v6) ((v6) ? 10 : 4)				/* key words */
+#define XLB_WW(v6) ((v6) ? 16 : 8)				/* words a way */
+#define XLB_WAYS(v6) ((v6) ? XLB_FLOW6_WAYS : XLB_FLOW4_WAYS)
+#define XLB_FRONT(v6) (XLB_WAYS(v6) / 2)			/* the back half's first way */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define XLB_STAMP_MASK 0x0000ffffu	/* the key's last word without its stamp */
+#define XLB_STAMP_AT 16
+#else
+#define XLB_STAMP_MASK 0xffff0000u
+#define XLB_STAMP_AT 0
+#endif
 
-	out[0] = w[0];
-	out[1] = w[4];
-	out[2] = w[8];
-	out[3] = w[9];
+/* Now, in stamp units (wrapping at 16 bits). */
+static __always_inline __u16 xlb_stamp(__u64 now_ns)
+{
+	return (__u16)(now_ns >> XLB_STAMP_SHIFT);
 }
 
-/* The set of an IPv4 flow in xlb_flowsets4 (of 2^bits sets): a multiply-xor hash of its
- * key words, seeded. It only spreads flows over sets; the backend comes from the flow
- * hash. The seed is the node's own flow4_seed, not the cluster's flow-hash seed: one that
- * nobody outside knows (so no one can aim flows at a set), and one that stays put when the
- * cluster's seed is changed (which must not move flows the table pins). */
-static __always_inline __u32 xlb_flow4_set(const __u32 *k, __u32 seed, __u32 bits)
+/* The key words of a parsed flow as its table keeps them (stamp 0): IPv4 its words 0, 4, 8
+ * and 9; IPv6 its first ten. */
+static __always_inline void xlb_set_key(const struct xlb_flow_key *key, __u32 *k, const int v6)
 {
-	__u32 h = (k[0] ^ seed) * 0x9e3779b1 ^ k[1] * 0x85ebca77 ^ k[2] * 0xc2b2ae3d ^ k[3];
+	const __u32 *w = (const __u32 *)key;
+	int i;
 
-	h ^= h >> 15;
-	h *= 0x2c1b3c6d;
-	h ^= h >> 13;
+	if (!v6) {
+		k[0] = w[0];
+		k[1] = w[4];
+		k[2] = w[8];
+		k[3] = w[9];
+		return;
+	}
+#pragma unroll
+	for (i = 0; i < 10; i++)
+		k[i] = w[i];
+	k[9] &= XLB_STAMP_MASK;
+}
+
+/* The set of a flow (of 2^bits sets): a seeded hash of its key words. It only spreads flows
+ * over sets; the backend comes from the flow hash. The seed is the node's own flow4_seed,
+ * not the cluster's flow-hash seed: one that nobody outside knows (so no one can aim flows
+ * at a set), and one that stays put when the cluster's seed is changed (which must not
+ * move flows the table pins). IPv4 mixes its four words with one multiply each; IPv6
+ * chains all ten through xlb_mix(), since a client chooses the low 64 bits of its address
+ * and a fold (XOR) of words would let it pick addresses that share a set whatever the
+ * seed. */
+static __always_inline __u32 xlb_set_index(const __u32 *k, __u32 seed, __u32 bits, const int v6)
+{
+	__u32 h;
+	int i;
+
+	if (!v6) {
+		h = (k[0] ^ seed) * 0x9e3779b1 ^ k[1] * 0x85ebca77 ^ k[2] * 0xc2b2ae3d ^ k[3];
+		h ^= h >> 15;
+		h *= 0x2c1b3c6d;
+		h ^= h >> 13;
+	} else {
+		h = seed;
+#pragma unroll
+		for (i = 0; i < 10; i++)
+			h = xlb_mix(h, k[i]);
+		h = xlb_fmix(h ^ 40);
+	}
 	return h & ((1u << (bits & 31)) - 1);
 }
 
-/* The check word of an xlb_flow4_way: its other seven words mixed, never 0. */
-static __always_inline __u32 xlb_flow4_check(const struct xlb_flow4_way *w)
+/* The check word of a way: its other words mixed, never 0 (IPv4: xlb_flow4_check as it
+ * always was; IPv6: word i of thirteen rotated by 5 * i + 1). */
+static __always_inline __u32 xlb_way_check(const __u32 *w, const int v6)
 {
-	const __u32 *k = (const __u32 *)&w->key;
-	__u32 x = k[0] ^ xlb_rotl32(k[1], 7) ^ xlb_rotl32(k[2], 13) ^ xlb_rotl32(k[3], 19) ^
-		  xlb_rotl32(w->flow.backend_id, 3) ^ xlb_rotl32(w->flow.gen, 11) ^
-		  xlb_rotl32(w->flow.hash, 23);
+	__u32 x = 0;
+	int i;
 
+	if (!v6) {
+		x = w[0] ^ xlb_rotl32(w[1], 7) ^ xlb_rotl32(w[2], 13) ^ xlb_rotl32(w[3], 19) ^
+		    xlb_rotl32(w[4], 3) ^ xlb_rotl32(w[5], 11) ^ xlb_rotl32(w[6], 23);
+	} else {
+#pragma unroll
+		for (i = 0; i < 13; i++)
+			x ^= xlb_rotl32(w[i], (i * 5 + 1) & 31);
+	}
 	return (x * 0x9e3779b1) | 1;
 }
 
-/* The set of xlb_flowsets4 that holds (or will hold) an IPv4 flow, with the flow's key
- * words written to *k4; NULL only if flow4_bits and the map disagree. */
-static __always_inline struct xlb_flowset4 *xlb_flow4_set_of(const struct xlb_flow_key *key,
-							   const struct xlb_config *cfg,
-							   struct xlb_flow4_key *k4)
+/* The set that holds (or will hold) a flow, its key words written to k; NULL only if the
+ * config's set count and the map disagree. */
+static __always_inline __u32 *xlb_set_of(const struct xlb_flow_key *key,
+					 const struct xlb_config *cfg, __u32 *k, const int v6)
 {
 	__u32 idx;
 
-	xlb_flow4_key(key, k4);
-	idx = xlb_flow4_set((const __u32 *)k4, cfg->flow4_seed, cfg->flow4_bits);
-	return bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	xlb_set_key(key, k, v6);
+	if (!v6) {
+		idx = xlb_set_index(k, cfg->flow4_seed, cfg->flow4_bits, 0);
+		return bpf_map_lookup_elem(&xlb_flowsets4, &idx);
+	}
+	idx = xlb_set_index(k, cfg->flow4_seed, cfg->flow6_bits, 1);
+	return bpf_map_lookup_elem(&xlb_flowsets6, &idx);
 }
 
-static __always_inline int xlb_flow4_match(const struct xlb_flow4_way *w, const __u32 *k)
+/* Does way `w` (a copy) hold the flow with key words k, whole (its check right)? */
+static __always_inline int xlb_way_match(const __u32 *w, const __u32 *k, const int v6)
 {
-	const __u32 *wk = (const __u32 *)&w->key;
+	const int kw = XLB_KW(v6);
+	int i;
 
-	return wk[0] == k[0] && wk[1] == k[1] && wk[2] == k[2] && wk[3] == k[3] &&
-	       w->check == xlb_flow4_check(w);
+#pragma unroll
+	for (i = 0; i < kw - 1; i++)
+		if (w[i] != k[i])
+			return 0;
+	return (w[kw - 1] & XLB_STAMP_MASK) == k[kw - 1] && w[kw + 3] &&
+	       w[kw + 3] == xlb_way_check(w, v6);
+}
+
+/* Copy way `i` of a set into w: one word at a time (the set is a map value). */
+static __always_inline void xlb_way_read(const __u32 *set, int i, __u32 *w, const int v6)
+{
+	__builtin_memcpy(w, set + i * XLB_WW(v6), XLB_WW(v6) * 4);
+}
+
+static __always_inline void xlb_way_write(__u32 *set, int i, const __u32 *w, const int v6)
+{
+	__builtin_memcpy(set + i * XLB_WW(v6), w, XLB_WW(v6) * 4);
+}
+
+/* Give way copy `w` the stamp `now` and its check word. */
+static __always_inline void xlb_way_seal(__u32 *w, __u16 now, const int v6)
+{
+	const int kw = XLB_KW(v6);
+
+	w[kw - 1] = (w[kw - 1] & XLB_STAMP_MASK) | ((__u32)now << XLB_STAMP_AT);
+	w[kw + 3] = xlb_way_check(w, v6);
+}
+
+/* The stamp of way copy `w`. */
+static __always_inline __u16 xlb_way_stamp(const __u32 *w, const int v6)
+{
+	return (__u16)(w[XLB_KW(v6) - 1] >> XLB_STAMP_AT);
 }
 
 /*
- * The flow-table entry of a flow, copied into *out: 1 when there is one. IPv4 flows are in
- * a set of xlb_flowsets4: each way is copied before it is checked (another CPU may be
- * writing the set), and a flow found in the back half of its set moves to the front, so a
- * flow that keeps sending stays while new flows push idle ones out (a new flow starts in
- * the back half: xlb_flow_insert). IPv6 flows are in the LRU map xlb_flows.
+ * The flow-table entry of a flow, copied into *out: 1 when there is one. Ways are compared
+ * in order; each is copied before it is checked (another CPU may be writing the set:
+ * nothing is locked, and a way read half-written fails its check and counts as absent). A
+ * flow found in the back half of its set moves to the front (way 0, the ways before it
+ * moving down one) when `promote` says the packet may promote (not a TCP SYN, not an ICMP
+ * error) and it comes XLB_PROMOTE_AGE or more after the flow entered: the promoted way is
+ * stamped with the time of its promotion. So the front half holds flows that kept sending
+ * over a span of time, and only such flows push them back (docs/datapath.md).
  */
-static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
-					   const struct xlb_config *cfg, struct xlb_flow *out)
+static __always_inline int xlb_set_lookup(const struct xlb_flow_key *key,
+					  const struct xlb_config *cfg, struct xlb_flow *out,
+					  int promote, const int v6)
 {
-	struct xlb_flow4_key k4 __attribute__((aligned(8)));
-	const __u32 *k = (const __u32 *)&k4;
-	struct xlb_flowset4 *set;
-	struct xlb_flow4_way w;
-	struct xlb_flow *f;
-	int i;
+	const int kw = XLB_KW(v6), ways = XLB_WAYS(v6);
+	__u32 k[10] __attribute__((aligned(8)));
+	__u32 w[16] __attribute__((aligned(8)));
+	__u32 *set;
+	int i, j;
 
-	if (key->family != XLB_FAMILY_V4) {
-		f = bpf_map_lookup_elem(&xlb_flows, key);
-		if (!f)
-			return 0;
-		*out = *f;
-		return 1;
-	}
-	set = xlb_flow4_set_of(key, cfg, &k4);
+	set = xlb_set_of(key, cfg, k, v6);
 	if (!set)
 		return 0;
 #pragma unroll
-	for (i = 0; i < XLB_FLOW4_WAYS; i++) {
-		__builtin_memcpy(&w, &set->way[i], sizeof(w));
-		if (!xlb_flow4_match(&w, k))
+	for (i = 0; i < ways; i++) {
+		/* most ways are another flow: the ports word tells, without a copy */
+		if (set[i * XLB_WW(v6) + kw - 2] != k[kw - 2])
 			continue;
-		if (i >= XLB_FLOW4_WAYS / 2) {
-			int j;
+		xlb_way_read(set, i, w, v6);
+		if (!xlb_way_match(w, k, v6))
+			continue;
+		__builtin_memcpy(out, &w[kw], sizeof(*out));	/* by its layout, not word order */
+		if (i >= XLB_FRONT(v6) && promote) {
+			__u16 now = xlb_stamp(bpf_ktime_get_ns());
 
+			if ((__u16)(now - xlb_way_stamp(w, v6)) < XLB_PROMOTE_AGE)
+				return 1;
 #pragma unroll
-			for (j = XLB_FLOW4_WAYS - 1; j > 0; j--)
+			for (j = ways - 1; j > 0; j--)
 				if (j <= i)
-					set->way[j] = set->way[j - 1];
-			set->way[0] = w;
+					xlb_way_write(set, j, (const __u32 *)set + (j - 1) * XLB_WW(v6),
+						      v6);
+			xlb_way_seal(w, now, v6);
+			xlb_way_write(set, 0, w, v6);
 		}
-		*out = w.flow;
 		return 1;
 	}
 	return 0;
 }
 
-/*
- * Remember a flow's backend; IPv6 in xlb_flows. IPv4: a flow its set still holds (a stale
- * entry, re-hashed) is rewritten in its way. A new flow enters at the head of the set's
- * back half (way XLB_FLOW4_WAYS / 2): the back half's ways move down one as far as its first
- * empty way, or else the last way is pushed out. It reaches the front half only when a
- * second packet finds it there (xlb_flow_lookup). So flows that send one packet and no more
- * (a SYN flood from forged sources, one-datagram UDP) churn the back half and never push
- * out the front half's flows, those that kept sending.
- */
-static __always_inline void xlb_flow_insert(const struct xlb_flow_key *key,
-					    const struct xlb_config *cfg,
-					    const struct xlb_flow *flow)
+static __always_inline int xlb_flow_lookup(const struct xlb_flow_key *key,
+					   const struct xlb_config *cfg, struct xlb_flow *out,
+					   int promote)
 {
-	struct xlb_flow4_key k4 __attribute__((aligned(8)));
-	const __u32 *k = (const __u32 *)&k4;
-	struct xlb_flowset4 *set;
-	struct xlb_flow4_way w;
-	int i, at = -1, hole = -1;
+	if (key->family == XLB_FAMILY_V4)
+		return xlb_set_lookup(key, cfg, out, promote, 0);
+	return xlb_set_lookup(key, cfg, out, promote, 1);
+}
 
-	if (key->family != XLB_FAMILY_V4) {
-		bpf_map_update_elem(&xlb_flows, key, flow, BPF_ANY);
-		return;
+/* May this CPU record one more flow of this family (`v6`) this second? `limit` 0: no
+ * limit. The window restarts a second after it began. */
+static __always_inline int xlb_flow_budget_take(__u32 limit, __u64 now_ns, const int v6)
+{
+	__u32 fam = v6;
+	struct xlb_flow_budget *b;
+
+	if (!limit)
+		return 1;
+	b = bpf_map_lookup_elem(&xlb_flow_budget, &fam);
+	if (!b)
+		return 1;
+	if (now_ns - b->start >= 1000000000ull) {
+		b->start = now_ns;
+		b->count = 0;
 	}
-	set = xlb_flow4_set_of(key, cfg, &k4);
+	if (b->count >= limit)
+		return 0;
+	b->count++;
+	return 1;
+}
+
+/*
+ * Remember a flow's backend; returns 0 when this CPU's insertion budget for the family
+ * (xlb_config.flow_inserts4/6) is spent this second: the flow is not recorded. A flow its
+ * set still holds (a stale entry, re-hashed) is rewritten in its way. A new flow takes the
+ * set's first empty way; in a full set it enters at the head of the back half (way
+ * ways / 2), the back half's ways moving down one and the last one forgotten. It reaches
+ * the front half only by a promotion (xlb_set_lookup). So flows that send a burst and no
+ * more (a SYN flood from forged sources, forged flows of two packets, one-datagram UDP)
+ * churn the back half and never push out the front half's flows, those that kept sending.
+ */
+static __always_inline int xlb_set_insert(const struct xlb_flow_key *key,
+					  const struct xlb_config *cfg,
+					  const struct xlb_flow *flow, const int v6)
+{
+	const int kw = XLB_KW(v6), ways = XLB_WAYS(v6);
+	__u32 k[10] __attribute__((aligned(8)));
+	__u32 w[16] __attribute__((aligned(8)));
+	__u64 now_ns = bpf_ktime_get_ns();
+	int i, at = -1, hole = -1;
+	__u32 *set;
+
+	if (!xlb_flow_budget_take(v6 ? cfg->flow_inserts6 : cfg->flow_inserts4, now_ns, v6))
+		return 0;
+	set = xlb_set_of(key, cfg, k, v6);
 	if (!set)
-		return;
+		return 1;
 #pragma unroll
-	for (i = 0; i < XLB_FLOW4_WAYS; i++) {
-		__builtin_memcpy(&w, &set->way[i], sizeof(w));
-		if (xlb_flow4_match(&w, k)) {
+	for (i = 0; i < ways; i++) {
+		xlb_way_read(set, i, w, v6);
+		if (xlb_way_match(w, k, v6)) {
 			at = i;
 			break;
 		}
-		if (i >= XLB_FLOW4_WAYS / 2 && !w.check && hole < 0)
+		if (!w[kw + 3] && hole < 0)
 			hole = i;	/* empty: never written, or forgotten by user space */
 	}
+	if (at < 0 && hole >= 0)
+		at = hole;
 	if (at < 0) {
-		if (hole < 0)
-			hole = XLB_FLOW4_WAYS - 1;
 #pragma unroll
-		for (i = XLB_FLOW4_WAYS - 1; i > XLB_FLOW4_WAYS / 2; i--)
-			if (i <= hole)
-				set->way[i] = set->way[i - 1];
-		at = XLB_FLOW4_WAYS / 2;
+		for (i = ways - 1; i > ways / 2; i--)
+			xlb_way_write(set, i, (const __u32 *)set + (i - 1) * XLB_WW(v6), v6);
+		at = ways / 2;
 	}
-	__builtin_memcpy(&w.key, &k4, sizeof(k4));
-	w.flow = *flow;
-	w.check = xlb_flow4_check(&w);
 #pragma unroll
-	for (i = 0; i < XLB_FLOW4_WAYS; i++)
+	for (i = 0; i < kw; i++)
+		w[i] = k[i];
+	__builtin_memcpy(&w[kw], flow, sizeof(*flow));
+#pragma unroll
+	for (i = kw + 4; i < XLB_WW(v6); i++)
+		w[i] = 0;
+	xlb_way_seal(w, xlb_stamp(now_ns), v6);
+#pragma unroll
+	for (i = 0; i < ways; i++)
 		if (i == at)
-			set->way[i] = w;
+			xlb_way_write(set, i, w, v6);
+	return 1;
+}
+
+static __always_inline int xlb_flow_insert(const struct xlb_flow_key *key,
+					   const struct xlb_config *cfg,
+					   const struct xlb_flow *flow)
+{
+	if (key->family == XLB_FAMILY_V4)
+		return xlb_set_insert(key, cfg, flow, 0);
+	return xlb_set_insert(key, cfg, flow, 1);
 }
 
 /*
  * Pick the backend of a flow: the flow table's answer if it still names a live backend of
  * the same generation, else the VIP's Maglev ring at xlb_ring_slot(). A new choice is
- * remembered when `insert` (ICMP errors look up, never insert). Returns the backend id, or
+ * remembered when `insert` (ICMP errors look up, never insert, nor promote), unless this
+ * CPU's insertion budget is spent (counted: flow_insert_limited). `syn`: the packet is a
+ * TCP SYN, which never promotes a flow (xlb_set_lookup). Returns the backend id, or
  * XLB_RING_EMPTY when the VIP has no backend. *missed: the flow table did not have the flow
  * (a stale entry is not a miss).
  */
 static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
 				      __u32 *hash, const struct xlb_config *cfg, int src_only,
-				      int insert,
+				      int insert, int syn,
 				      struct xlb_backend **out, int *new_flow, int *missed)
 {
 	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
@@ -297,7 +433,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	*new_flow = 0;
 	*missed = 0;
 	if (use_flows) {
-		if (xlb_flow_lookup(key, cfg, &flow)) {
+		if (xlb_flow_lookup(key, cfg, &flow, insert && !syn)) {
 			id = flow.backend_id;
 			be = bpf_map_lookup_elem(&xlb_backends, &id);
 			/* draining backends keep their flows; gone or re-used ids do not */
@@ -328,7 +464,8 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 	if (use_flows && insert) {
 		struct xlb_flow fresh = { .backend_id = id, .gen = be->gen, .hash = *hash };
 
-		xlb_flow_insert(key, cfg, &fresh);
+		if (!xlb_flow_insert(key, cfg, &fresh))
+			xlb_count(XLB_STAT_FLOW_INSERT_LIMITED);
 		*new_flow = 1;	/* without a flow table no packet is known to start a flow */
 	}
 	*out = be;
@@ -554,7 +691,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	struct xlb_backend *be = NULL;
 	__u32 zero = 0, hash = 0, id, vip_id = vip->vip_id;
 	int src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
-	int new_flow, missed;
+	int new_flow, missed, syn;
 
 	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
 	if (!cfg) {
@@ -563,9 +700,10 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	}
 	if (src_only)
 		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
-	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, &be, &new_flow, &missed);
+	syn = pkt->l4_proto == IPPROTO_TCP && xlb_tcp_syn(ctx, pkt);
+	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, syn, &be, &new_flow, &missed);
 	/* a TCP segment without SYN is part of a connection: one the table should have had */
-	if (missed && pkt->l4_proto == IPPROTO_TCP && !xlb_tcp_syn(ctx, pkt))
+	if (missed && pkt->l4_proto == IPPROTO_TCP && !syn)
 		xlb_count(XLB_STAT_FLOW_MISS_MIDSTREAM);
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_vip_stats, &vip_id), pkt->l3_len, new_flow);
 	if (id == XLB_RING_EMPTY || !be) {
@@ -643,7 +781,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	if (src_only)
 		key.sport = 0;
-	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, &be, &new_flow, &missed);
+	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, 0, &be, &new_flow, &missed);
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);

@@ -25,12 +25,22 @@
 #ifndef XLB_FLOW4_SETS
 #define XLB_FLOW4_SETS (1 << 19)
 #endif
-/* IPv6 flows (xlb_flows, an LRU hash). The kernel gives a hash map as many buckets as the
- * power of two at or above its capacity, and a lookup walks its bucket's chain: a capacity
- * a little above a power of two holds a full table at 0.57 entries a bucket instead of 1
- * (512 Ki buckets here), for 16 bytes a bucket. */
-#ifndef XLB_MAX_FLOWS6
-#define XLB_MAX_FLOWS6 300000
+/* IPv6 flows: xlb_flowsets6 holds XLB_FLOW6_SETS sets (a power of two) of XLB_FLOW6_WAYS
+ * flows, 64 bytes (one cache line) each. */
+#ifndef XLB_FLOW6_WAYS
+#define XLB_FLOW6_WAYS 4
+#endif
+#ifndef XLB_FLOW6_SETS
+#define XLB_FLOW6_SETS (1 << 18)
+#endif
+/* Flow stamps (struct xlb_flow4_key.stamp): bpf_ktime_get_ns() >> XLB_STAMP_SHIFT, 16 bits,
+ * so a unit is 1.05 ms and a stamp wraps after 68.7 s. */
+#define XLB_STAMP_SHIFT 20
+/* A flow in the back half of its set is promoted to the front half only by a packet that
+ * comes at least this many stamp units (about 67 ms) after it entered, and that is not a
+ * TCP SYN (docs/datapath.md, "Flow tables"). */
+#ifndef XLB_PROMOTE_AGE
+#define XLB_PROMOTE_AGE 64
 #endif
 #ifndef XLB_MAX_MEMBERS
 #define XLB_MAX_MEMBERS (1 << 18)
@@ -108,6 +118,9 @@
 
 /* struct xlb_config.flags */
 #define XLB_CFG_DECAP_CHECK_SOURCE (1 << 0)	/* decap only from xlb_decap_sources */
+#define XLB_CFG_INSERTS_SET (1 << 1)	/* flow_inserts4/6 were given (else user space
+					 * writes the defaults: an upgrade copies the record
+					 * from a release that had no such members) */
 
 /* Packet limits. */
 /* health checks through the tunnel (health.h): local ports registered at once */
@@ -153,6 +166,8 @@ enum xlb_stat {
 	XLB_STAT_FLOW_MISS_MIDSTREAM,	/* a flow_miss that is a TCP segment without SYN: a
 					 * connection the table forgot, or that came from
 					 * another LB node */
+	XLB_STAT_FLOW_INSERT_LIMITED,	/* a new flow above this CPU's insertion budget: balanced
+					 * by the ring, not recorded */
 	XLB_STAT_MAX,
 };
 

@@ -188,8 +188,8 @@ struct {
 } xlb_health_specs SEC(".maps");
 
 /* IPv4 flows -> pinned backend: a set-associative table. A flow lives in one set, chosen
- * by xlb_flow4_set(); a new flow goes to the set's first way and pushes the others down,
- * the last one out. Userspace reads and clears ways through mmap (docs/datapath.md). */
+ * by xlb_set_index(); a new flow takes an empty way, else the head of the set's back half
+ * (xlb_flow_insert). Userspace reads and clears ways through mmap (docs/datapath.md). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -198,13 +198,22 @@ struct {
 	__type(value, struct xlb_flowset4);
 } xlb_flowsets4 SEC(".maps");
 
-/* IPv6 5-tuple -> pinned backend; least recently used flows are evicted when full. */
+/* IPv6 flows -> pinned backend: sets as xlb_flowsets4's, of 64-byte ways. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, XLB_MAX_FLOWS6);
-	__type(key, struct xlb_flow_key);
-	__type(value, struct xlb_flow);
-} xlb_flows SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, XLB_FLOW6_SETS);
+	__type(key, __u32);
+	__type(value, struct xlb_flowset6);
+} xlb_flowsets6 SEC(".maps");
+
+/* Family (0: IPv4, 1: IPv6) -> this CPU's flow-table insertions this second. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct xlb_flow_budget);
+} xlb_flow_budget SEC(".maps");
 
 /* (VIP id, client prefix) -> 1: the clients a VIP flagged XLB_VIP_SOURCE_RANGES admits
  * (Kubernetes' loadBalancerSourceRanges). One trie for every VIP: the id leads the key. */

@@ -80,8 +80,7 @@ struct xlb_if_mac {
 	__u8 pad[2];
 };
 
-/* Key of xlb_flows (IPv6 flows), and the parsed form of every flow (IPv4 too): the
- * 5-tuple (source port zero for ClientIP affinity). */
+/* The parsed form of every flow: the 5-tuple (source port zero for ClientIP affinity). */
 struct xlb_flow_key {
 	__u8 src[16];		/* network order */
 	__u8 dst[16];		/* network order */
@@ -94,7 +93,9 @@ struct xlb_flow_key {
 
 /* An IPv4 flow as xlb_flowsets4 keeps it: the four words of its xlb_flow_key that are not
  * always zero (0: source, 4: destination, 8: ports, 9: protocol and family), in that
- * order. */
+ * order. `stamp` is not part of the flow's identity (lookups mask it out): the time
+ * (XLB_STAMP_SHIFT units) the flow entered its set, or last was promoted to its front
+ * half (docs/datapath.md, "Flow tables"). */
 struct xlb_flow4_key {
 	__be32 src;		/* network order */
 	__be32 dst;		/* network order */
@@ -102,10 +103,22 @@ struct xlb_flow4_key {
 	__be16 dport;		/* network order */
 	__u8 proto;
 	__u8 family;		/* XLB_FAMILY_V4 */
-	__u8 pad[2];
+	__u16 stamp;		/* host order; bpf_ktime_get_ns() >> XLB_STAMP_SHIFT, wrapping */
 };
 
-/* Value of xlb_flows (and part of an xlb_flow4_way): the backend a flow is pinned to. */
+/* An IPv6 flow as xlb_flowsets6 keeps it: xlb_flow_key's ten words, its padding holding the
+ * stamp (as xlb_flow4_key's). */
+struct xlb_flow6_key {
+	__u8 src[16];		/* network order */
+	__u8 dst[16];		/* network order */
+	__be16 sport;		/* network order */
+	__be16 dport;		/* network order */
+	__u8 proto;
+	__u8 family;		/* XLB_FAMILY_V6 */
+	__u16 stamp;		/* host order; as xlb_flow4_key's */
+};
+
+/* Part of a way of the flow sets: the backend a flow is pinned to. */
 #ifndef XLB_TEST_LAYOUT_VARIANT
 struct xlb_flow {
 	__u32 backend_id;	/* host order */
@@ -122,7 +135,7 @@ struct xlb_flow {
 };
 #endif
 
-/* One IPv4 flow in a set of xlb_flowsets4. `check` is xlb_flow4_check() of the other
+/* One IPv4 flow in a set of xlb_flowsets4. `check` is xlb_way_check() of the other
  * seven words, never 0: 0 marks an empty way, and a way read while another CPU was
  * writing it (sets are written without a lock) fails the check and counts as absent. */
 struct xlb_flow4_way {
@@ -134,6 +147,29 @@ struct xlb_flow4_way {
 /* Value of xlb_flowsets4: the ways of one set, most recently inserted first. */
 struct xlb_flowset4 {
 	struct xlb_flow4_way way[XLB_FLOW4_WAYS];
+};
+
+/* One IPv6 flow in a set of xlb_flowsets6, one cache line: the 40-byte key, the
+ * `struct xlb_flow`, the check word (xlb_flow6_check() of the other thirteen words, as for
+ * IPv4), and padding up to 64 bytes, so that no way straddles two lines. */
+struct xlb_flow6_way {
+	struct xlb_flow6_key key;
+	struct xlb_flow flow;
+	__u32 check;
+	__u32 pad[2];
+};
+
+/* Value of xlb_flowsets6: the ways of one set (four lines, one 256-byte block). */
+struct xlb_flowset6 {
+	struct xlb_flow6_way way[XLB_FLOW6_WAYS];
+};
+
+/* Value of xlb_flow_budget, per CPU, by family (0: IPv4, 1: IPv6): this CPU's flow-table
+ * insertions in the current one-second window. */
+struct xlb_flow_budget {
+	__u64 start;		/* host order; bpf_ktime_get_ns() when the window began */
+	__u32 count;		/* host order; insertions since */
+	__u32 pad;
 };
 
 /* Key of xlb_members: one backend of one VIP. */
@@ -203,10 +239,13 @@ struct xlb_config {
 	__u8 src4_plen;		/* its length: the flow hash fills the host bits */
 	__u8 src6_plen;		/* length of src6 */
 	__u8 flow4_bits;	/* xlb_flowsets4 holds 2^flow4_bits sets (set at load) */
-	__u8 pad;
+	__u8 flow6_bits;	/* xlb_flowsets6 holds 2^flow6_bits sets (set at load) */
 	__u8 src6[16];		/* network order; outer IPv6 source prefix */
-	__u32 flow4_seed;	/* host order; seed of the set hash: random, this node's own,
-				 * set at load and kept while the flow table lives */
+	__u32 flow4_seed;	/* host order; seed of the set hashes (both families): random,
+				 * this node's own, set at load and kept while the tables live */
+	__u32 flow_inserts4;	/* host order; new IPv4 flows each CPU records a second
+				 * (0: no limit); above it they are balanced, not recorded */
+	__u32 flow_inserts6;	/* host order; the same for IPv6 */
 };
 
 /* Key of xlb_hc_paths (health.o's own map, never pinned): a health check's socket by its
