@@ -53,6 +53,7 @@ XDP_ACTIONS: Dict[str, Tuple[str, str]] = {
 FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_stale": "stale"}
 ICMP_STEERED = "icmp_steered"   # also counted under the action its forwarding took
 MIDSTREAM_MISSES = "flow_miss_midstream"    # a subset of the flow_miss lookups
+INSERT_LIMITED = "flow_insert_limited"      # new flows balanced but not recorded
 UNKNOWN_ACTION = "unknown"      # a stat this table does not know yet: reason = its name
 
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -126,12 +127,20 @@ class DatapathCollector(Collector):
                               "and IPv6)")
         g.add_metric([], dp.flow_count())
         yield g
-        g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Capacity of the flow tables "
-                              "(IPv4 and IPv6); a new IPv4 flow pushes out the oldest flow "
-                              "of its set's back half (flows that send again move to the "
-                              "front half), a new IPv6 flow the least recently used flow of "
-                              "a full IPv6 table")
+        g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Established flows the flow "
+                              "tables (IPv4 and IPv6) are rated for: with no more, 99.9% of "
+                              "their packets find their flow (--max-flows, --max-flows6)")
         g.add_metric([], dp.flow_capacity())
+        yield g
+        g = GaugeMetricFamily("pyxlb_flow_table_ways", "Ways of the flow tables' sets (IPv4 "
+                              "and IPv6): flows they hold at most")
+        g.add_metric([], sum(dp.flow_ways()))
+        yield g
+        g = GaugeMetricFamily("pyxlb_flow_insert_limit", "New flows each CPU records a "
+                              "second in the flow table of a family (0: no limit)",
+                              labels=["family"])
+        for family, limit in zip(("ipv4", "ipv6"), dp.insert_limits()):
+            g.add_metric([family], limit)
         yield g
         g = GaugeMetricFamily("pyxlb_datapath_info", "The datapath's version (1): which "
                               "nodes a rollout has upgraded", labels=["version"])
@@ -152,6 +161,10 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
         "pyxlb_icmp_steered", "ICMP fragmentation-needed / packet-too-big errors about a VIP "
         "flow, sent on to that flow's backend (their frames are also counted in "
         "pyxlb_xdp_actions_total)")
+    limited = CounterMetricFamily(
+        "pyxlb_flow_insert_limited", "New flows balanced by the ring but not recorded in the "
+        "flow table: their CPU had recorded its --max-inserts this second (a flood of new "
+        "flows, or a limit too low for the real rate)")
     midstream = CounterMetricFamily(
         "pyxlb_flow_midstream_misses", "TCP segments without SYN that found no flow (also "
         "counted as pyxlb_flow_lookups_total{result=\"miss\"}): connections the flow table "
@@ -164,6 +177,8 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
             steered.add_metric([], value)
         elif name == MIDSTREAM_MISSES:
             midstream.add_metric([], value)
+        elif name == INSERT_LIMITED:
+            limited.add_metric([], value)
         else:
             actions.add_metric(list(action_of(name)), value)
     yield actions
