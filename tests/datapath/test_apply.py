@@ -41,12 +41,13 @@ STATE = DesiredState((vip("192.0.2.10:80/tcp", *WEB, ring_size=13),
                       vip("[2001:db8::10]:80/tcp", "2001:db8:1::1", "2001:db8:1::2")))
 
 
-def frame(sport, dport=80, src="198.51.100.7", dst="192.0.2.10"):
+def frame(sport, dport=80, src="198.51.100.7", dst="192.0.2.10", flags="S"):
     if ":" in dst:
         return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
-                     IPv6(src="2001:db8:9::7", dst=dst) / TCP(sport=sport, dport=dport))
+                     IPv6(src="2001:db8:9::7", dst=dst) / TCP(sport=sport, dport=dport,
+                                                               flags=flags))
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
-                 IP(src=src, dst=dst) / TCP(sport=sport, dport=dport))
+                 IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
 
 
 def backend_of(out):
@@ -68,10 +69,9 @@ def send(dp, sport, **kw):
 
 
 def open_flow(dp, sport, **kw):
-    """A connection's first two packets: the first pins the flow in the back half of its
-    set, the second moves it to the front half, where later new flows do not push it out
-    (test_new_flows_enter_the_back_half_and_a_second_packet_moves_them_up). Returns the
-    backend, the same for both."""
+    """A connection's first two packets (SYNs: neither promotes the flow, see
+    test_a_full_set_takes_new_flows_in_its_back_half_and_promotes_only_late_packets): the
+    first pins the flow, the second finds it. Returns the backend, the same for both."""
     first = send(dp, sport, **kw)
     assert send(dp, sport, **kw) == first
     return first
@@ -636,10 +636,12 @@ def test_a_new_cluster_seed_keeps_every_pinned_flow(dp):
 
 @pytest.fixture
 def one_set():
-    """A balancer whose IPv4 flow table is one set: every IPv4 flow shares it."""
+    """A balancer whose IPv4 flow table is one set: every IPv4 flow shares it (and no
+    insertion limit: the default for one set would be 2 new flows a CPU a second)."""
     d = Datapath.load(map_sizes={"xlb_flowsets6": 1024, "xlb_flowsets4": 1})
     d.apply(STATE)
     prepare(d)
+    d.set_insert_limits(0)
     yield d
     d.close()
 
@@ -656,35 +658,39 @@ def positions(d):
     return out
 
 
-def test_new_flows_enter_the_back_half_and_a_second_packet_moves_them_up(one_set):
-    """A new IPv4 flow enters its set at way 2, the head of the back half; only a second
-    packet moves it to the front half (a hit in ways 2-3 goes to way 0). Flows that send
-    once, as in a SYN flood from forged sources, churn the back half and leave the front
-    half's flows alone. A pushed-out flow is balanced again (a miss)."""
+def test_a_full_set_takes_new_flows_in_its_back_half_and_promotes_only_late_packets(one_set):
+    """A new IPv4 flow takes its set's first empty way; in a full set it enters at way 2,
+    the head of the back half, and way 3's flow is forgotten. A flow in the back half moves
+    to the front (way 0) only by a packet that is no SYN and comes XLB_PROMOTE_AGE (about
+    67 ms) or more after it entered: a forged flow's second packet right behind its first
+    does not promote it. So one-packet and two-packet floods churn the back half and leave
+    the front half's flows alone. A pushed-out flow is balanced again (a miss)."""
     d = one_set
-    _ = None
-    send(d, 7001)
-    assert positions(d) == [_, _, 7001, _]
-    send(d, 7002)                       # the back half moves down
-    assert positions(d) == [_, _, 7002, 7001]
-    send(d, 7003)                       # 7001 goes, though the front half is empty
-    assert positions(d) == [_, _, 7003, 7002]
-    send(d, 7002)                       # a second packet: to the front
-    assert positions(d) == [7002, _, _, 7003]
-    send(d, 7004)                       # into the empty way 2: nothing moves, nothing goes
-    assert positions(d) == [7002, _, 7004, 7003]
-    send(d, 7004)
-    assert positions(d) == [7004, 7002, _, 7003]
-    for p in (7005, 7006, 7007):        # a flood of one-packet flows
+    age = (L.PROMOTE_AGE << L.STAMP_SHIFT) / 1e9 + 0.02
+    ack = dict(flags="A")
+    for p in (7001, 7002, 7003, 7004):  # empty ways, in order
         send(d, p)
-    assert positions(d) == [7004, 7002, 7007, 7006]
-    send(d, 7002)                       # a hit in the front half moves nothing
-    assert positions(d) == [7004, 7002, 7007, 7006]
+    assert positions(d) == [7001, 7002, 7003, 7004]
+    send(d, 7005)                       # full: the back half moves down, 7004 goes
+    assert positions(d) == [7001, 7002, 7005, 7003]
+    send(d, 7005, **ack)                # a second packet at once: no promotion
+    assert positions(d) == [7001, 7002, 7005, 7003]
+    time.sleep(age)
+    send(d, 7003, flags="S")            # a SYN never promotes, however late
+    assert positions(d) == [7001, 7002, 7005, 7003]
+    send(d, 7003, **ack)                # late and no SYN: to the front
+    assert positions(d) == [7003, 7001, 7002, 7005]
+    send(d, 7003, **ack)                # a hit in the front half moves nothing
+    assert positions(d) == [7003, 7001, 7002, 7005]
+    for p in (7006, 7007, 7008):        # a flood of two-packet flows
+        send(d, p)
+        send(d, p, **ack)
+    assert positions(d) == [7003, 7001, 7008, 7007]
     before = d.stats()
-    send(d, 7003)                       # pushed out by the flood: a miss
+    send(d, 7002, **ack)                # pushed out by the flood: a miss, and back in
     assert d.stats()["flow_miss"] == before["flow_miss"] + 1
-    assert positions(d) == [7004, 7002, 7003, 7007]
-    assert d.flow_counts() == (4, 0) and d.flow_capacities()[0] == 4
+    assert positions(d) == [7003, 7001, 7002, 7008]
+    assert d.flow_counts() == (4, 0) and d.flow_ways()[0] == 4
 
 
 def test_the_datapath_takes_a_way_only_when_its_check_holds(one_set):

@@ -27,7 +27,7 @@ from pyxlb import _layouts as L
 from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath, DecapPath
-from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4
+from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4, default_inserts
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "lb.yaml"
@@ -124,14 +124,16 @@ def test_attach_status_detach(run):
     assert st["pin_dir"] == run.pin_dir and st["program_id"] > 0
     assert [(i["name"], i["mode"]) for i in st["interfaces"]] == [("veth0", "native")]
     assert st["config"] == {"seed": 0, "mtu": 1500, "encap_source4": "10.99.0.1/32",
-                            "encap_source6": "fd99::1/128", "decap_check_source": False}
+                            "encap_source6": "fd99::1/128", "decap_check_source": False,
+                            **DEFAULT_INSERTS}
     assert (st["vips"], st["backends"], st["rings"], st["flows"], st["decap"]) == \
         (0, 0, 0, 0, None)
     assert st["maps"]["xlb_local_addrs"] == {"entries": 2, "max_entries": 256}
-    assert set(st["maps"]) >= {"xlb_vips", "xlb_vip_addrs", "xlb_flows", "xlb_members",
-                               "xlb_backends", "xlb_rings", "xlb_decap_sources"}
+    assert set(st["maps"]) >= {"xlb_vips", "xlb_vip_addrs", "xlb_flowsets4", "xlb_flowsets6",
+                               "xlb_members", "xlb_backends", "xlb_rings",
+                               "xlb_decap_sources"}
     human = run("status").stdout
-    assert "veth0 (native)" in human and "xlb_flows" in human and "MAX" in human
+    assert "veth0 (native)" in human and "xlb_flowsets6" in human and "MAX" in human
 
     # attaching again changes nothing
     assert "already attached to veth0" in run("attach", "veth0").stdout
@@ -210,7 +212,7 @@ def test_a_datapath_of_another_version_is_upgraded_by_attach_or_refused(run, tmp
     assert "  keep the decap program (on veth1)" in plan
     out = run("attach", "veth0").stdout
     assert f"upgraded the datapath at {run.pin_dir} from version {was} to {now}" in out
-    assert "migrating xlb_flows, xlb_flowsets4" in out
+    assert "migrating xlb_flowsets4, xlb_flowsets6" in out
     assert run.json("status")["version"] == now
     assert run("upgrade").stdout.startswith(f"the datapath at {run.pin_dir} is already")
     assert "xlb_balancer" in ip("-n", run.ns, "link", "show", "veth0")
@@ -242,7 +244,8 @@ def test_attach_options_and_two_interfaces(run):
     run("attach", "veth0")
     st = run.json("status")
     assert st["config"] == {"seed": 42, "mtu": 9000, "encap_source4": "10.255.0.0/24",
-                            "encap_source6": "fd00:255::/64", "decap_check_source": False}
+                            "encap_source6": "fd00:255::/64", "decap_check_source": False,
+                            **DEFAULT_INSERTS}
     assert sorted((i["name"], i["mode"]) for i in st["interfaces"]) == \
         [("veth0", "native"), ("veth1", "generic")]
     assert st["maps"]["xlb_local_addrs"]["entries"] == 2
@@ -256,29 +259,46 @@ def test_attach_options_and_two_interfaces(run):
     assert not os.path.exists(run.pin_dir)
 
 
+DEFAULT_INSERTS = {"max_inserts4": default_inserts(L.FLOW4_SETS, L.FLOW4_WAYS,
+                                                   _bpf.num_possible_cpus()),
+                   "max_inserts6": default_inserts(L.FLOW6_SETS, L.FLOW6_WAYS,
+                                                   _bpf.num_possible_cpus())}
+
+
 def test_attach_sizes_a_new_datapath_and_keeps_an_existing_ones(run):
     out = run("attach", "veth0", "--max-vips", "64", "--max-flows", "5000",
               "--max-flows6", "3000").stdout
     assert "note:" not in out
     sizes = run.json("status")["maps"]
-    assert sizes["xlb_flowsets4"]["max_entries"] == 8192     # sets x ways rounds 5000 up
-    assert sizes["xlb_flows"]["max_entries"] == 3000
+    # rated flows: 5000 / 0.48 a set, rounded up to 16,384 sets of 4 ways; 3000 to 8,192
+    assert (sizes["xlb_flowsets4"]["max_entries"], sizes["xlb_flowsets4"]["ways"]) == \
+        (7864, 65536)
+    assert (sizes["xlb_flowsets6"]["max_entries"], sizes["xlb_flowsets6"]["ways"]) == \
+        (3932, 32768)
     assert sizes["xlb_vips"]["max_entries"] == 64
     assert sizes["xlb_rings"]["max_entries"] == 128     # room for a changed VIP's new ring
     # adopted as it is: sizes asked for again change nothing, and a different one says so
     out = run("attach", "veth1", "--max-flows", "6000", "--max-flows6", "9000").stdout
     assert out.count("note:") == 1
-    assert "holds 3000 IPv6 flows, not the 9000 asked for" in out
+    assert "holds 3932 IPv6 flows, not the 15728 asked for" in out
     assert run.json("status")["maps"] == sizes | {
         "xlb_local_addrs": run.json("status")["maps"]["xlb_local_addrs"]}
 
 
-def test_the_default_ipv6_flow_table_is_just_above_a_power_of_two(run):
-    """The kernel gives a hash map the power of two at or above its size of buckets; the
-    default keeps a full table at most 0.6 entries a bucket (docs/datapath.md)."""
+def test_the_default_tables_and_insertion_limits(run):
+    """Without --max-flows(6) and --max-inserts: the tables of consts.h, rated at 0.48
+    established flows a set, and each CPU records at most its share of the table's ways a
+    second; --max-inserts sets one limit for both families (0: none)."""
     run("attach", "veth0")
-    n = run.json("status")["maps"]["xlb_flows"]["max_entries"]
-    assert n >= 250_000 and n / (1 << (n - 1).bit_length()) <= 0.6, n
+    st = run.json("status")
+    assert st["config"] | DEFAULT_INSERTS == st["config"]
+    assert st["maps"]["xlb_flowsets4"]["ways"] == L.FLOW4_SETS * L.FLOW4_WAYS
+    assert st["maps"]["xlb_flowsets6"]["ways"] == L.FLOW6_SETS * L.FLOW6_WAYS
+    assert st["maps"]["xlb_flowsets4"]["max_entries"] == L.FLOW4_SETS * 48 // 100
+    run("detach", "veth0")
+    run("attach", "veth0", "--max-inserts", "5000")
+    cfg = run.json("status")["config"]
+    assert (cfg["max_inserts4"], cfg["max_inserts6"]) == (5000, 5000)
 
 
 @pytest.mark.parametrize("args, match", [

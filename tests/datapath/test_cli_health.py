@@ -18,7 +18,7 @@ from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath
 from pyxlb.state import VipKey
 
-SMALL = {"xlb_flows": 4096, "xlb_flowsets4": 1 << 12}
+SMALL = {"xlb_flowsets6": 1 << 10, "xlb_flowsets4": 1 << 12}
 WEB = "192.0.2.10:80/tcp"
 ANY = "192.0.2.11:0/tcp"
 

@@ -21,7 +21,7 @@ MAKE = """
 import sys
 from pyxlb.datapath import Datapath
 from pyxlb.config import load_text
-dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1 << 12})
+dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flowsets6": 1 << 10, "xlb_flowsets4": 1 << 12})
 dp.apply(load_text(sys.stdin.read()))
 """
 STATE = """vips:

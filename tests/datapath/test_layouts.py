@@ -21,9 +21,9 @@ BALANCER_USES = [
     (maps.BACKENDS, "value", "xlb_backend"),
     (maps.NEXTHOPS, "value", "xlb_nexthop"),
     (maps.IF_MACS, "value", "xlb_if_mac"),
-    (maps.FLOWS, "key", "xlb_flow_key"),
-    (maps.FLOWS, "value", "xlb_flow"),
     (maps.FLOWS4, "value", "xlb_flowset4"),
+    (maps.FLOWS6, "value", "xlb_flowset6"),
+    (maps.FLOW_BUDGET, "value", "xlb_flow_budget"),
     (maps.MEMBERS, "key", "xlb_member_key"),
     (maps.MEMBERS, "value", "xlb_member"),
     (maps.HEALTH_SPECS, "key", "xlb_member_key"),
@@ -73,8 +73,11 @@ def health():
 # inner maps of a map-of-maps: their value size is the template's, which the kernel checks
 # when an inner map is put in (the outer map's own value is a map fd)
 INNER_USES = [(maps.VIP_INDEX, "xlb_vip_slot")]
-# parts of a map's value, checked through it
-PARTS = {"xlb_flow4_way", "xlb_flow4_key"}
+# parts of a map's value, checked through it; xlb_flow_key is the packet's flow key the sets
+# are made from, and the key of the LRU flow table of earlier releases (upgrade.SUCCESSORS
+# checks it against that map)
+PARTS = {"xlb_flow4_way", "xlb_flow4_key", "xlb_flow6_way", "xlb_flow6_key", "xlb_flow",
+         "xlb_flow_key"}
 
 
 def test_every_struct_is_checked():
@@ -89,6 +92,9 @@ def test_a_flow_set_is_its_ways():
     assert L.SIZES["xlb_flowset4"] == L.FLOW4_WAYS * L.SIZES["xlb_flow4_way"]
     assert L.SIZES["xlb_flow4_way"] == L.SIZES["xlb_flow4_key"] + L.SIZES["xlb_flow"] + 4
     assert L.SIZES["xlb_flow4_way"] * 2 == 64       # two ways a cache line
+    assert L.SIZES["xlb_flowset6"] == L.FLOW6_WAYS * L.SIZES["xlb_flow6_way"]
+    assert L.SIZES["xlb_flow6_way"] == L.SIZES["xlb_flow6_key"] + L.SIZES["xlb_flow"] + 12
+    assert L.SIZES["xlb_flow6_way"] == 64            # a way a cache line
 
 
 @pytest.mark.parametrize("map_name,struct", INNER_USES, ids=[m for m, _ in INNER_USES])
@@ -149,7 +155,8 @@ def test_default_map_sizes_follow_consts_h(balancer):
     assert balancer.maps.backends.max_entries == L.MAX_BACKENDS
     assert balancer.maps.rings.max_entries == L.MAX_RINGS
     assert balancer.maps.flows4.max_entries == L.FLOW4_SETS
-    assert balancer.maps.flows.max_entries == L.MAX_FLOWS6
+    assert balancer.maps.flows6.max_entries == L.FLOW6_SETS
+    assert balancer.maps.flow_budget.max_entries == 2            # IPv4, IPv6
     assert balancer.maps.local_addrs.max_entries == L.MAX_LOCAL_ADDRS
     assert balancer.maps.decap_sources.max_entries == L.MAX_SOURCE_PREFIXES
     assert balancer.maps.source_ranges.max_entries == L.MAX_SOURCE_RANGES

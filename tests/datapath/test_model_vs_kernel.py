@@ -502,7 +502,7 @@ def test_two_nodes_pick_the_same_backend_without_shared_state():
                                   raw_ipip_node(0x5EED, backends),
                                   raw_ipip_node(0x5EED + 1, backends))
     try:
-        for name in ("flows", "rings", "backends", "config"):
+        for name in ("flows4", "flows6", "rings", "backends", "config"):
             assert getattr(node_a.maps, name).id != getattr(node_b.maps, name).id
         picks_a = route(node_a, frames, by_addr)
         assert None not in picks_a
