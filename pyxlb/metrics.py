@@ -149,7 +149,7 @@ class DatapathCollector(Collector):
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
-    """The global counters (xlb_stats), split into four families."""
+    """The global counters (xlb_stats), split into five families."""
     actions = CounterMetricFamily(
         "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
         "(reason); each frame is counted once", labels=["action", "reason"])
@@ -185,6 +185,7 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
     yield lookups
     yield steered
     yield midstream
+    yield limited
 
 
 def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> Iterator[Metric]:
