@@ -129,7 +129,8 @@ class DatapathCollector(Collector):
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Established flows the flow "
                               "tables (IPv4 and IPv6) are rated for: with no more, 99.9% of "
-                              "their packets find their flow (--max-flows, --max-flows6)")
+                              "their packets find their flow on average (--max-flows, "
+                              "--max-flows6)")
         g.add_metric([], dp.flow_capacity())
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_ways", "Ways of the flow tables' sets (IPv4 "
