@@ -129,7 +129,8 @@ class DatapathCollector(Collector):
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_max_entries", "Established flows the flow "
                               "tables (IPv4 and IPv6) are rated for: with no more, 99.9% of "
-                              "their packets find their flow (--max-flows, --max-flows6)")
+                              "their packets find their flow on average (--max-flows, "
+                              "--max-flows6)")
         g.add_metric([], dp.flow_capacity())
         yield g
         g = GaugeMetricFamily("pyxlb_flow_table_ways", "Ways of the flow tables' sets (IPv4 "
@@ -149,7 +150,7 @@ class DatapathCollector(Collector):
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
-    """The global counters (xlb_stats), split into four families."""
+    """The global counters (xlb_stats), split into five families."""
     actions = CounterMetricFamily(
         "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
         "(reason); each frame is counted once", labels=["action", "reason"])
@@ -185,6 +186,7 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
     yield lookups
     yield steered
     yield midstream
+    yield limited
 
 
 def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> Iterator[Metric]:

@@ -81,19 +81,20 @@ def _opt(*names, env: str, **kw):
            "datapath is created.")
 @_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
       default=rated_flows(L.FLOW4_SETS), show_default=True,
-      help="Established IPv4 flows the flow table keeps with 99.9% of their packets "
-           "hitting: sets of 4 ways (128 bytes), at least 2.08 sets a flow rounded up to a "
-           "power of two (267-533 bytes of kernel memory a flow, taken when the datapath "
-           "is created, which fixes it).")
+      help="Established IPv4 flows the flow table is rated for: with no more, 99.9% of their "
+           "packets find their flow. The table gets at least 2.08 sets a flow (sets of 4 "
+           "ways, 128 bytes), rounded up to a power of two: 267-533 bytes of kernel memory "
+           "a flow, taken when the datapath is created, which fixes it.")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
       default=rated_flows(L.FLOW6_SETS), show_default=True,
-      help="The same for IPv6: sets of 4 ways of 64 bytes (533-1067 bytes a flow).")
+      help="The same for IPv6 (sets of 256 bytes: 533-1067 bytes a flow).")
 @_opt("--max-inserts", env="PYXLB_MAX_INSERTS", type=click.IntRange(0, 0xFFFFFFFF),
-      default=None,
-      help="New flows each CPU records a second in each flow table; above it a new flow "
-           "is balanced by the ring but not recorded (a flood cannot churn the table "
-           "faster). 0: no limit. Default: keep the datapath's (a new one gets its "
-           "tables' ways divided by the CPUs).")
+      default=None, metavar="N",
+      help="New flows each CPU records a second in each flow table. Above it a new flow is "
+           "still balanced by the ring, but not recorded (counted as "
+           "pyxlb_flow_insert_limited_total). 0: no limit. Default: keep the datapath's; a "
+           "new one gets its table's ways divided by the CPUs, so that a flood cannot "
+           "rewrite a table faster than once a second.")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")

@@ -50,20 +50,20 @@ _COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP
                    "below, only for a datapath this command creates: sizes are fixed then. "
                    f"[default: {L.MAX_VIPS}]")
 @click.option("--max-flows", type=click.IntRange(1024, 1 << 26),
-              help="Established IPv4 flows the flow table keeps with 99.9% of their packets "
-                   f"hitting: sets of {L.FLOW4_WAYS} ways (128 bytes), at least "
-                   f"{1 / FLOWS_PER_SET:.2f} per flow, rounded up to a power of two "
-                   f"(267-533 bytes of kernel memory a flow). [default: "
-                   f"{rated_flows(L.FLOW4_SETS)}]")
+              help="Established IPv4 flows the flow table is rated for: with no more, 99.9% "
+                   "of their packets find their flow. The table gets at least "
+                   f"{1 / FLOWS_PER_SET:.2f} sets a flow (sets of {L.FLOW4_WAYS} ways, 128 "
+                   "bytes), rounded up to a power of two: 267-533 bytes of kernel memory a "
+                   f"flow. [default: {rated_flows(L.FLOW4_SETS)}]")
 @click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
-              help="The same for IPv6: sets of 4 ways of 64 bytes (533-1067 bytes a flow). "
+              help="The same for IPv6 (sets of 256 bytes: 533-1067 bytes a flow). "
                    f"[default: {rated_flows(L.FLOW6_SETS)}]")
 @click.option("--max-inserts", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
-              help="New flows each CPU records a second in each flow table; above it a new "
-                   "flow is balanced by the ring but not recorded (flow_insert_limited). "
-                   "0: no limit. Default: keep (a new datapath: the table's ways divided "
-                   "by the CPUs, so a flood cannot rewrite a table faster than once a "
-                   "second).")
+              help="New flows each CPU records a second in each flow table. Above it a new "
+                   "flow is still balanced by the ring, but not recorded (counted as "
+                   "flow_insert_limited). 0: no limit. Default: keep; a new datapath gets "
+                   "its table's ways divided by the CPUs, so that a flood cannot rewrite a "
+                   "table faster than once a second.")
 @UPGRADE_OPTION
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
@@ -204,6 +204,11 @@ def status(as_json: bool) -> None:
                    f"decap source check {on_off(c['decap_check_source'])}"),
         ("state", f"{data['vips']} VIPs, {data['backends']} backends, {data['rings']} rings, "
                   f"{data['flows']} flows in the flow table"),
+        ("flow tables", "; ".join(
+            f"IPv{fam} {m['ways']:,} ways rated for {m['max_entries']:,} flows, "
+            + (f"{limit:,} new a CPU a second" if limit else "no insertion limit")
+            for fam, m, limit in ((4, data["maps"][FLOWS4], c["max_inserts4"]),
+                                  (6, data["maps"][FLOWS6], c["max_inserts6"])))),
     ]
     d = data["decap"]
     if d is not None:

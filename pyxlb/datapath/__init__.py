@@ -289,15 +289,15 @@ class Datapath(LoadedObject):
         sentence each. Sizes are fixed when a datapath is created: an adopted one keeps
         its own until it is removed (detached from every interface) and made again."""
         out = []
-        if max_flows is not None:
-            max_flows = rated_flows(flow_sets(max_flows))
-        if max_flows6 is not None:
-            max_flows6 = rated_flows(flow_sets(max_flows6))
         have4, have6 = self.flow_capacities()
-        for what, have, want in (("VIPs", self.maps.vips.max_entries, max_vips),
-                                 ("IPv4 flows", have4, max_flows),
-                                 ("IPv6 flows", have6, max_flows6)):
-            if want is not None and have != want:
+
+        def table(n):   # the rating of the table flow_sets makes for n flows
+            return rated_flows(flow_sets(n))
+
+        for what, have, want, made in (("VIPs", self.maps.vips.max_entries, max_vips, int),
+                                       ("IPv4 flows", have4, max_flows, table),
+                                       ("IPv6 flows", have6, max_flows6, table)):
+            if want is not None and have != made(want):
                 out.append(f"the pinned datapath holds {have} {what}, not the {want} asked "
                            f"for: it keeps its size until it is detached from every "
                            f"interface and attached again")

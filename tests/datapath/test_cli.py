@@ -26,8 +26,8 @@ from pyxlb import _bpf, config, netlink, netns
 from pyxlb import _layouts as L
 from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.cli.root import cli
-from pyxlb.datapath import Datapath, DecapPath
-from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4, default_inserts
+from pyxlb.datapath import Datapath, DecapPath, rated_flows
+from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "lb.yaml"
@@ -123,17 +123,23 @@ def test_attach_status_detach(run):
     st = run.json("status")
     assert st["pin_dir"] == run.pin_dir and st["program_id"] > 0
     assert [(i["name"], i["mode"]) for i in st["interfaces"]] == [("veth0", "native")]
+    # the default insertion limits: each table's ways over the CPUs
+    ways4, ways6 = L.FLOW4_SETS * L.FLOW4_WAYS, L.FLOW6_SETS * L.FLOW6_WAYS
+    ncpus = _bpf.num_possible_cpus()
     assert st["config"] == {"seed": 0, "mtu": 1500, "encap_source4": "10.99.0.1/32",
                             "encap_source6": "fd99::1/128", "decap_check_source": False,
-                            **DEFAULT_INSERTS}
+                            "max_inserts4": ways4 // ncpus, "max_inserts6": ways6 // ncpus}
     assert (st["vips"], st["backends"], st["rings"], st["flows"], st["decap"]) == \
         (0, 0, 0, 0, None)
     assert st["maps"]["xlb_local_addrs"] == {"entries": 2, "max_entries": 256}
     assert set(st["maps"]) >= {"xlb_vips", "xlb_vip_addrs", "xlb_flowsets4", "xlb_flowsets6",
-                               "xlb_members", "xlb_backends", "xlb_rings",
-                               "xlb_decap_sources"}
+                               "xlb_members", "xlb_backends", "xlb_rings", "xlb_decap_sources"}
+    assert st["maps"]["xlb_flowsets6"] == {"entries": 0, "ways": ways6,
+                                           "max_entries": rated_flows(L.FLOW6_SETS)}
     human = run("status").stdout
     assert "veth0 (native)" in human and "xlb_flowsets6" in human and "MAX" in human
+    assert f"IPv6 {ways6:,} ways rated for {rated_flows(L.FLOW6_SETS):,} flows, " \
+        f"{ways6 // ncpus:,} new a CPU a second" in human
 
     # attaching again changes nothing
     assert "already attached to veth0" in run("attach", "veth0").stdout
@@ -243,9 +249,10 @@ def test_attach_options_and_two_interfaces(run):
     # since both families have one already
     run("attach", "veth0")
     st = run.json("status")
-    assert st["config"] == {"seed": 42, "mtu": 9000, "encap_source4": "10.255.0.0/24",
-                            "encap_source6": "fd00:255::/64", "decap_check_source": False,
-                            **DEFAULT_INSERTS}
+    assert st["config"] | {"max_inserts4": 0, "max_inserts6": 0} == {
+        "seed": 42, "mtu": 9000, "encap_source4": "10.255.0.0/24",
+        "encap_source6": "fd00:255::/64", "decap_check_source": False,
+        "max_inserts4": 0, "max_inserts6": 0}
     assert sorted((i["name"], i["mode"]) for i in st["interfaces"]) == \
         [("veth0", "native"), ("veth1", "generic")]
     assert st["maps"]["xlb_local_addrs"]["entries"] == 2
@@ -259,52 +266,50 @@ def test_attach_options_and_two_interfaces(run):
     assert not os.path.exists(run.pin_dir)
 
 
-DEFAULT_INSERTS = {"max_inserts4": default_inserts(L.FLOW4_SETS, L.FLOW4_WAYS,
-                                                   _bpf.num_possible_cpus()),
-                   "max_inserts6": default_inserts(L.FLOW6_SETS, L.FLOW6_WAYS,
-                                                   _bpf.num_possible_cpus())}
-
-
 def test_attach_sizes_a_new_datapath_and_keeps_an_existing_ones(run):
     out = run("attach", "veth0", "--max-vips", "64", "--max-flows", "5000",
               "--max-flows6", "3000").stdout
     assert "note:" not in out
     sizes = run.json("status")["maps"]
-    # rated flows: 5000 / 0.48 a set, rounded up to 16,384 sets of 4 ways; 3000 to 8,192
-    assert (sizes["xlb_flowsets4"]["max_entries"], sizes["xlb_flowsets4"]["ways"]) == \
-        (7864, 65536)
-    assert (sizes["xlb_flowsets6"]["max_entries"], sizes["xlb_flowsets6"]["ways"]) == \
-        (3932, 32768)
+    # sets for >= 2.08 a flow, a power of two: 5000 -> 16 Ki sets, 3000 -> 8 Ki
+    assert sizes["xlb_flowsets4"] == {"entries": 0, "max_entries": rated_flows(1 << 14),
+                                      "ways": (1 << 14) * L.FLOW4_WAYS}
+    assert sizes["xlb_flowsets6"] == {"entries": 0, "max_entries": rated_flows(1 << 13),
+                                      "ways": (1 << 13) * L.FLOW6_WAYS}
+    assert rated_flows(1 << 14) >= 5000 and rated_flows(1 << 13) >= 3000
     assert sizes["xlb_vips"]["max_entries"] == 64
     assert sizes["xlb_rings"]["max_entries"] == 128     # room for a changed VIP's new ring
-    # adopted as it is: sizes asked for again change nothing, and a different one says so
+    # adopted as it is: sizes asked for again change nothing (6000 makes the same table as
+    # 5000), and a different one says so, in the numbers asked for
     out = run("attach", "veth1", "--max-flows", "6000", "--max-flows6", "9000").stdout
     assert out.count("note:") == 1
-    assert "holds 3932 IPv6 flows, not the 15728 asked for" in out
+    assert f"holds {rated_flows(1 << 13)} IPv6 flows, not the 9000 asked for" in out
     assert run.json("status")["maps"] == sizes | {
         "xlb_local_addrs": run.json("status")["maps"]["xlb_local_addrs"]}
 
 
-def test_the_default_tables_and_insertion_limits(run):
-    """Without --max-flows(6) and --max-inserts: the tables of consts.h, rated at 0.48
-    established flows a set, and each CPU records at most its share of the table's ways a
-    second; --max-inserts sets one limit for both families (0: none)."""
-    run("attach", "veth0")
-    st = run.json("status")
-    assert st["config"] | DEFAULT_INSERTS == st["config"]
-    assert st["maps"]["xlb_flowsets4"]["ways"] == L.FLOW4_SETS * L.FLOW4_WAYS
-    assert st["maps"]["xlb_flowsets6"]["ways"] == L.FLOW6_SETS * L.FLOW6_WAYS
-    assert st["maps"]["xlb_flowsets4"]["max_entries"] == L.FLOW4_SETS * 48 // 100
-    run("detach", "veth0")
+def test_attach_sets_the_insertion_limit_and_keeps_it(run):
     run("attach", "veth0", "--max-inserts", "5000")
     cfg = run.json("status")["config"]
     assert (cfg["max_inserts4"], cfg["max_inserts6"]) == (5000, 5000)
+    assert "IPv4 2,097,152 ways rated for 251,658 flows, 5,000 new a CPU a second" in \
+        run("status").stdout
+    run("attach", "veth1")                              # not given: kept
+    cfg = run.json("status")["config"]
+    assert (cfg["max_inserts4"], cfg["max_inserts6"]) == (5000, 5000)
+    run("attach", "veth1", "--max-inserts", "0")       # 0: no limit
+    cfg = run.json("status")["config"]
+    assert (cfg["max_inserts4"], cfg["max_inserts6"]) == (0, 0)
+    assert "no insertion limit" in run("status").stdout
+    run.fails("attach", "veth1", "--max-inserts", "-1", match="'--max-inserts'")
+    assert run.json("status")["config"]["max_inserts4"] == 0
 
 
 @pytest.mark.parametrize("args, match", [
     (["attach", "nosuch"], "no interface named 'nosuch'"),
     (["attach", "veth0", "--max-flows", "100"], "'--max-flows'"),
     (["attach", "veth0", "--max-vips", "0"], "'--max-vips'"),
+    (["attach", "veth0", "--max-inserts", "x"], "'--max-inserts'"),
     (["attach", "veth0", "--encap-source", "10.0.0.0/8", "--encap-source", "10.1.0.0/16"],
      "one prefix per address family"),
     (["attach", "veth0", "--encap-source", "10.0.0.1/8"], "not a valid prefix"),

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyxlb import _bpf, metrics
 from pyxlb import _layouts as L
 from pyxlb.config import load_text
-from pyxlb.datapath import Datapath, maps
+from pyxlb.datapath import FLOWS_PER_SET, Datapath, maps
 
 from . import packets as P
 from .raw import raw_nexthops
@@ -53,6 +53,7 @@ COUNTER_FAMILIES = {
     "pyxlb_flow_lookups": {"result"},
     "pyxlb_icmp_steered": set(),
     "pyxlb_flow_midstream_misses": set(),
+    "pyxlb_flow_insert_limited": set(),
     "pyxlb_vip_packets": {"vip"},
     "pyxlb_vip_bytes": {"vip"},
     "pyxlb_vip_new_flows": {"vip"},
@@ -66,6 +67,8 @@ GAUGE_FAMILIES = {
     "pyxlb_backends": {"state"},
     "pyxlb_flow_table_entries": set(),
     "pyxlb_flow_table_max_entries": set(),
+    "pyxlb_flow_table_ways": set(),
+    "pyxlb_flow_insert_limit": {"family"},
 }
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
@@ -143,15 +146,25 @@ def test_families_types_and_labels(exporter):
     assert value(got, "pyxlb_backends", state="active") == 3
     assert value(got, "pyxlb_backends", state="draining") == 1
     assert value(got, "pyxlb_flow_table_entries") == 0
+    # from the maps' real sizes: ways, the established flows they are rated for
+    # (FLOWS_PER_SET a set) and the default insertion limits (ways / CPUs a CPU)
+    sets4, sets6 = dp.maps[maps.FLOWS4].max_entries, dp.maps[maps.FLOWS6].max_entries
+    assert (sets4, sets6) == (SMALL[maps.FLOWS4], SMALL[maps.FLOWS6])
+    ways4, ways6 = sets4 * L.FLOW4_WAYS, sets6 * L.FLOW6_WAYS
+    assert value(got, "pyxlb_flow_table_ways") == ways4 + ways6
     assert value(got, "pyxlb_flow_table_max_entries") == \
-        SMALL[maps.FLOWS] + SMALL[maps.FLOWS4] * L.FLOW4_WAYS
+        int(sets4 * FLOWS_PER_SET) + int(sets6 * FLOWS_PER_SET)
+    ncpus = dp.maps[maps.FLOW_BUDGET].ncpus
+    assert value(got, "pyxlb_flow_insert_limit", family="ipv4") == ways4 // ncpus
+    assert value(got, "pyxlb_flow_insert_limit", family="ipv6") == ways6 // ncpus
     assert value(got, "pyxlb_apply_duration_seconds_count") == 1
 
     # every global counter is exported once, and nothing has counted yet
     stat_samples = [k for k in got if k[0] in ("pyxlb_xdp_actions_total",
                                                "pyxlb_flow_lookups_total",
                                                "pyxlb_icmp_steered_total",
-                                               "pyxlb_flow_midstream_misses_total")]
+                                               "pyxlb_flow_midstream_misses_total",
+                                               "pyxlb_flow_insert_limited_total")]
     assert len(stat_samples) == len(L.STAT_NAMES)
     assert not any(got[k] for k in got if k[0].endswith("_total"))
 
@@ -198,6 +211,45 @@ def test_counters_move_by_the_packets_sent(exporter):
     want[("pyxlb_flow_midstream_misses_total", ())] += 1    # its first segment only
     want[("pyxlb_flow_table_entries", ())] += 5
     assert moved(before, after) == dict(want)
+
+
+@pytest.fixture
+def one_cpu():
+    """This thread on one CPU (its first allowed) while the test runs: the insertion
+    budget is per CPU, and a test run counts on the CPU it runs on."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_insertion_limit_gauges_and_the_flows_it_leaves_out(exporter, one_cpu):
+    """Above its limit a CPU still balances a new flow but does not record it: the counter
+    moves by the flows left out, the table by those recorded, and each family has its own
+    budget."""
+    dp, url = exporter
+    assert dp.set_insert_limits(3) == (3, 3)
+    before = samples(scrape(url))
+    assert value(before, "pyxlb_flow_insert_limit", family="ipv4") == 3
+    assert value(before, "pyxlb_flow_insert_limit", family="ipv6") == 3
+    new4 = [P.tcp4(sport=41000 + i) for i in range(5)]
+    new6 = [P.tcp6(sport=42000 + i) for i in range(3)]
+    out = []
+    for frame in new4 + new6:           # well within the second a budget lasts
+        action, sent = dp.run(frame)
+        assert action == _bpf.XDP_TX
+        out.append(sent)
+    got = moved(before, samples(scrape(url)))
+    assert got[("pyxlb_flow_insert_limited_total", ())] == 2       # IPv4's 4th and 5th
+    assert got[("pyxlb_flow_table_entries", ())] == 6
+    assert got[("pyxlb_flow_lookups_total", (("result", "miss"),))] == 8
+    assert {k["sport"] for k, _ in dp.flows()} == {41000, 41001, 41002, 42000, 42001, 42002}
+    # a flow left out is still balanced, by the ring (the same backend again), and still
+    # not recorded while the budget is spent
+    assert dp.run(new4[4]) == (_bpf.XDP_TX, out[4])
+    assert moved(before, samples(scrape(url)))[("pyxlb_flow_insert_limited_total", ())] == 3
 
 
 def test_source_range_drops(exporter):

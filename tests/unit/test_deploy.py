@@ -124,7 +124,7 @@ DATAPATH_METRICS = {
     "pyxlb_backend_new_flows_total", "pyxlb_xdp_actions_total", "pyxlb_flow_lookups_total",
     "pyxlb_icmp_steered_total", "pyxlb_flow_midstream_misses_total",
     "pyxlb_vips", "pyxlb_backends", "pyxlb_flow_table_entries",
-    "pyxlb_flow_table_max_entries",
+    "pyxlb_flow_table_max_entries", "pyxlb_flow_table_ways", "pyxlb_flow_insert_limited_total",
 }
 AGENT_METRICS = {
     "pyxlb_agent_reconciles_total", "pyxlb_agent_services",

@@ -26,7 +26,7 @@ XDP_ACTIONS = {"pass", "drop", "tx", "redirect", "aborted"}
 
 def test_every_stat_has_a_place():
     placed = (set(metrics.XDP_ACTIONS) | set(metrics.FLOW_LOOKUPS)
-              | {metrics.ICMP_STEERED, metrics.MIDSTREAM_MISSES})
+              | {metrics.ICMP_STEERED, metrics.MIDSTREAM_MISSES, metrics.INSERT_LIMITED})
     missing = [n for n in L.STAT_NAMES if n not in placed]
     assert not missing, f"add these enum xlb_stat names to pyxlb.metrics: {missing}"
     stale = placed - set(L.STAT_NAMES)
@@ -35,7 +35,7 @@ def test_every_stat_has_a_place():
 
 def test_each_stat_is_in_one_table_only():
     tables = [set(metrics.XDP_ACTIONS), set(metrics.FLOW_LOOKUPS), {metrics.ICMP_STEERED},
-              {metrics.MIDSTREAM_MISSES}]
+              {metrics.MIDSTREAM_MISSES}, {metrics.INSERT_LIMITED}]
     assert sum(len(t) for t in tables) == len(set().union(*tables))
 
 
@@ -57,7 +57,7 @@ def test_an_unknown_stat_is_still_exported():
     class Fake:
         def collect(self):
             return metrics.stat_families({"tx": 5, "flow_hit": 2, "icmp_steered": 1,
-                                      "stat_31": 7})
+                                          "flow_insert_limited": 3, "stat_31": 7})
 
     registry.register(Fake())
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -68,6 +68,7 @@ def test_an_unknown_stat_is_still_exported():
         ("pyxlb_xdp_actions_total", (("action", "unknown"), ("reason", "stat_31"))): 7,
         ("pyxlb_flow_lookups_total", (("result", "hit"),)): 2,
         ("pyxlb_icmp_steered_total", ()): 1,
+        ("pyxlb_flow_insert_limited_total", ()): 3,
     }
 
 
