@@ -582,13 +582,15 @@ def flow4_ways(sets, bint count_only=False, backend_ids=None):
 
 cdef uint32_t _flow6_check(const xlb_flow6_way *w):
     """xlb_way_check() of balance.h for IPv6: word i of the other thirteen rotated by
-    5 * i + 1, mixed, never 0."""
-    cdef uint32_t words[13]
+    5 * i + 1, mixed, never 0 (the flow's words by name, as the datapath takes them)."""
+    cdef uint32_t words[10]
     cdef uint32_t x = 0
     cdef int i
-    memcpy(words, w, 52)
-    for i in range(13):
+    memcpy(words, &w.key, 40)
+    for i in range(10):
         x ^= _rotl32(words[i], (i * 5 + 1) & 31)
+    x ^= (_rotl32(w.flow.backend_id, 51 & 31) ^ _rotl32(w.flow.gen, 56 & 31)
+          ^ _rotl32(w.flow.hash, 61 & 31))
     return (x * <uint32_t>0x9e3779b1) | 1
 
 

@@ -82,12 +82,12 @@ def _opt(*names, env: str, **kw):
 @_opt("--max-flows", env="PYXLB_MAX_FLOWS", type=click.IntRange(1024, 1 << 26),
       default=rated_flows(L.FLOW4_SETS), show_default=True,
       help="Established IPv4 flows the flow table is rated for: with no more, 99.9% of their "
-           "packets find their flow. The table gets at least 2.08 sets a flow (sets of 4 "
-           "ways, 128 bytes), rounded up to a power of two: 267-533 bytes of kernel memory "
+           "packets find their flow. The table gets at least 2.5 sets a flow (sets of 4 "
+           "ways, 128 bytes), rounded up to a power of two: 320-640 bytes of kernel memory "
            "a flow, taken when the datapath is created, which fixes it.")
 @_opt("--max-flows6", env="PYXLB_MAX_FLOWS6", type=click.IntRange(1024, 1 << 26),
       default=rated_flows(L.FLOW6_SETS), show_default=True,
-      help="The same for IPv6 (sets of 256 bytes: 533-1067 bytes a flow).")
+      help="The same for IPv6 (sets of 256 bytes: 640-1280 bytes a flow).")
 @_opt("--max-inserts", env="PYXLB_MAX_INSERTS", type=click.IntRange(0, 0xFFFFFFFF),
       default=None, metavar="N",
       help="New flows each CPU records a second in each flow table. Above it a new flow is "

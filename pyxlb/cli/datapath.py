@@ -53,10 +53,10 @@ _COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP
               help="Established IPv4 flows the flow table is rated for: with no more, 99.9% "
                    "of their packets find their flow. The table gets at least "
                    f"{1 / FLOWS_PER_SET:.2f} sets a flow (sets of {L.FLOW4_WAYS} ways, 128 "
-                   "bytes), rounded up to a power of two: 267-533 bytes of kernel memory a "
+                   "bytes), rounded up to a power of two: 320-640 bytes of kernel memory a "
                    f"flow. [default: {rated_flows(L.FLOW4_SETS)}]")
 @click.option("--max-flows6", type=click.IntRange(1024, 1 << 26),
-              help="The same for IPv6 (sets of 256 bytes: 533-1067 bytes a flow). "
+              help="The same for IPv6 (sets of 256 bytes: 640-1280 bytes a flow). "
                    f"[default: {rated_flows(L.FLOW6_SETS)}]")
 @click.option("--max-inserts", type=click.IntRange(0, 0xFFFFFFFF), metavar="N",
               help="New flows each CPU records a second in each flow table. Above it a new "

@@ -37,7 +37,8 @@ from . import counters, readback
 from .apply import ApplyResult, Applier, announce_source, refresh_nexthops
 from .loader import (DEFAULT_PIN_DIR, FLOWS_PER_SET, VIP_MAPS, ForeignDatapath, LoadedObject,
                      flow4_sets, flow_sets, map_sizes, rated_flows)
-from .maps import BALANCER, DECAP, addr_filter, completed_config, default_inserts
+from .maps import (BALANCER, DECAP, addr_filter, completed_config, default_inserts,
+                   online_cpus)
 from .tables import BalancerTables, DecapTables
 
 __all__ = ["DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult", "Datapath",
@@ -80,7 +81,7 @@ class Datapath(LoadedObject):
         flows in other sets, where lookups would not find them."""
         cfg = self.config()
         want = completed_config(cfg, self.maps.flows4.max_entries,
-                                self.maps.flows6.max_entries, self.maps.flow_budget.ncpus,
+                                self.maps.flows6.max_entries, online_cpus(),
                                 _random_seed())
         if want != cfg:
             self.tables.config.write_fields(**want)
@@ -146,7 +147,7 @@ class Datapath(LoadedObject):
 
     def default_insert_limits(self) -> Tuple[int, int]:
         """The limits a datapath of this size gets when none is given (default_inserts)."""
-        ncpus = self.maps.flow_budget.ncpus
+        ncpus = online_cpus()
         return (default_inserts(self.maps.flows4.max_entries, L.FLOW4_WAYS, ncpus),
                 default_inserts(self.maps.flows6.max_entries, L.FLOW6_WAYS, ncpus))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import mmap
+import os
 import struct
 from array import array
 from dataclasses import dataclass
@@ -810,6 +811,13 @@ class Epoch:
         now = self.read() + 1
         self._w.update(self.map, 0, struct.pack("=Q", now))
         return now
+
+
+def online_cpus() -> int:
+    """CPUs online now: those that receive packets. (Per-CPU maps have a slot for every
+    possible CPU, which on many VMs is far more: a limit shared over those would leave each
+    working CPU a small part of it.)"""
+    return os.cpu_count() or 1
 
 
 def default_inserts(sets: int, ways: int, ncpus: int) -> int:

@@ -50,8 +50,8 @@ from pyxlb.errors import PyxlbError
 
 from . import version as V
 from .links import interfaces_running, prog_pin
-from .maps import (BALANCER, CONFIG, DECAP, FLOW_BUDGET, FLOWS4, FLOWS6, LRU_FLOWS6, ObjectSpec,
-                   completed_config)
+from .maps import (BALANCER, CONFIG, DECAP, FLOWS4, FLOWS6, LRU_FLOWS6, ObjectSpec,
+                   completed_config, online_cpus)
 from .translate import Untranslatable, copy_ops, identity
 
 STAGE_DIR = "upgrade"      # bpffs refuses names with a dot
@@ -620,9 +620,9 @@ def _complete_config(plan: Plan) -> None:
     if BALANCER not in plan.kinds:
         return
     with _new_map(plan, CONFIG) as cfg_map, _new_map(plan, FLOWS4) as f4, \
-            _new_map(plan, FLOWS6) as f6, _new_map(plan, FLOW_BUDGET) as budget:
+            _new_map(plan, FLOWS6) as f6:
         cfg = L.unpack_config(cfg_map.lookup(0))
-        want = completed_config(cfg, f4.max_entries, f6.max_entries, budget.ncpus,
+        want = completed_config(cfg, f4.max_entries, f6.max_entries, online_cpus(),
                                 int.from_bytes(os.urandom(4), "little") | 1)
         if want != cfg:
             cfg_map.update(0, L.pack_config(**want))

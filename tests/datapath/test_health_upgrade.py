@@ -19,9 +19,10 @@ from tests.support.release import build_release
 
 MAKE = """
 import sys
+# the previous release's maps: its IPv6 flows in the LRU hash xlb_flows
 from pyxlb.datapath import Datapath
 from pyxlb.config import load_text
-dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flowsets6": 1 << 10, "xlb_flowsets4": 1 << 12})
+dp = Datapath.create(sys.argv[1], map_sizes={"xlb_flows": 4096, "xlb_flowsets4": 1 << 12})
 dp.apply(load_text(sys.stdin.read()))
 """
 STATE = """vips:
@@ -46,6 +47,7 @@ def test_the_previous_release_gains_empty_health_maps(bpffs_dir):
     plan = json.loads(pyxlb("--pin-dir", pin, "upgrade", "--dry-run", "--json"))
     changes = {m["name"]: m["action"] for m in plan["maps"] if m["action"] != "keep"}
     assert changes["xlb_health_specs"] == "new" and changes["xlb_members"] == "migrate"
+    assert changes["xlb_flowsets6"] == "new"        # filled from the LRU hash
     assert plan["from"].startswith("unrecorded")
     pyxlb("--pin-dir", pin, "upgrade")
     saved = pyxlb("--pin-dir", pin, "vip", "list", "--json")

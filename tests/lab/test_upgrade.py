@@ -212,15 +212,16 @@ def test_the_previous_release_is_upgraded_under_traffic(ulab, ports, tmp_path):
     rebuild(lab, tmp_path, release=release)
     old = plan_of(lab)
     assert old["needed"] and old["from"].startswith("unrecorded")
-    # the IPv4 flow table is kept as it is; the IPv6 flows move from the LRU hash to the
-    # new sets, with the insertion limits (the config record grew) and their per-CPU
-    # budget; the kernel cannot tell the templates of the maps-of-maps of a datapath
-    # without a record, so those are made anew; the members gained their health byte, and
-    # the health specs are new (empty)
+    # the flow sets' ways gained their stamps (IPv4: migrated) and the IPv6 flows move
+    # from the LRU hash to new sets, with the insertion limits (the config record grew),
+    # their per-CPU budget and new counters; the kernel cannot tell the templates of the
+    # maps-of-maps of a datapath without a record, so those are made anew; the members
+    # gained their health byte, and the health specs are new (empty)
     assert sorted((m["name"], m["action"]) for m in old["maps"] if m["action"] != "keep") \
         == [("xlb_config", "migrate"), ("xlb_flow_budget", "new"), ("xlb_flows", "drop"),
-            ("xlb_flowsets6", "new"), ("xlb_health_specs", "new"),
-            ("xlb_members", "migrate"), ("xlb_rings", "migrate"),
+            ("xlb_flowsets4", "migrate"), ("xlb_flowsets6", "new"),
+            ("xlb_health_specs", "new"), ("xlb_members", "migrate"),
+            ("xlb_rings", "migrate"), ("xlb_stats", "migrate"),
             ("xlb_vip_index", "migrate")], old["maps"]
     s4, s6 = streams(lab, ports)
     with s4, s6, Opener(lab, 4, pace=0.02) as opener:

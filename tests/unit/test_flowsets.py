@@ -39,9 +39,10 @@ def test_only_a_late_packet_that_is_no_syn_promotes():
 
 
 def test_the_rating_is_the_load_the_rule_gives_999():
-    # under 0.1% missing, and not far from the load that passes it (0.5 a set: 0.106%)
-    assert missing_share(FLOWS_PER_SET) <= 0.001 < missing_share(0.5)
-    for n in (1024, 251_658, 1_000_000, 1 << 26):
+    # under 0.1% missing with a margin for the spread of one table (0.05%), and not far
+    # from the load that passes it (0.5 a set: 0.106%)
+    assert missing_share(FLOWS_PER_SET) <= 0.0005 and missing_share(0.5) > 0.001
+    for n in (1024, 209_715, 1_000_000, 1 << 26):
         sets = flow_sets(n)
         assert sets & (sets - 1) == 0 and rated_flows(sets) >= n
         assert n / sets <= FLOWS_PER_SET and flow_sets(rated_flows(sets)) == sets

@@ -187,19 +187,25 @@ static __always_inline __u32 xlb_set_index(const __u32 *k, __u32 seed, __u32 bit
 }
 
 /* The check word of a way: its other words mixed, never 0 (IPv4: xlb_flow4_check as it
- * always was; IPv6: word i of thirteen rotated by 5 * i + 1). */
+ * always was; IPv6: word i of thirteen rotated by 5 * i + 1). The struct xlb_flow words
+ * are taken by name, not position, so the check of a way whose xlb_flow members an
+ * upgrade reordered (pyxlb/datapath/upgrade.py copies members by name) still holds. */
 static __always_inline __u32 xlb_way_check(const __u32 *w, const int v6)
 {
+	const struct xlb_flow *f = (const struct xlb_flow *)&w[XLB_KW(v6)];
 	__u32 x = 0;
 	int i;
 
 	if (!v6) {
 		x = w[0] ^ xlb_rotl32(w[1], 7) ^ xlb_rotl32(w[2], 13) ^ xlb_rotl32(w[3], 19) ^
-		    xlb_rotl32(w[4], 3) ^ xlb_rotl32(w[5], 11) ^ xlb_rotl32(w[6], 23);
+		    xlb_rotl32(f->backend_id, 3) ^ xlb_rotl32(f->gen, 11) ^
+		    xlb_rotl32(f->hash, 23);
 	} else {
 #pragma unroll
-		for (i = 0; i < 13; i++)
+		for (i = 0; i < 10; i++)
 			x ^= xlb_rotl32(w[i], (i * 5 + 1) & 31);
+		x ^= xlb_rotl32(f->backend_id, 51 & 31) ^ xlb_rotl32(f->gen, 56 & 31) ^
+		     xlb_rotl32(f->hash, 61 & 31);
 	}
 	return (x * 0x9e3779b1) | 1;
 }
