@@ -34,6 +34,7 @@ cost included.
 """
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -46,10 +47,11 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from common import machine_info, write_results  # noqa: E402
 
 from pyxlb import netns  # noqa: E402
+from pyxlb.state import DesiredState  # noqa: E402
 from pyxlb.lab import BACKENDS, CLIENT, Lab  # noqa: E402
 
 from tests.lab.helpers import EPHEMERAL  # noqa: E402
-from tests.support.labflood import Flood, survival, vip_state  # noqa: E402
+from tests.support.labflood import Flood, survival  # noqa: E402
 
 
 def lab_up(prefix: str, max_flows: Optional[int] = None) -> Lab:
@@ -83,7 +85,11 @@ def capacity_case(prefix: str, family: int, flows: int, passes: int, churn: int,
                   max_flows: Optional[int]) -> dict:
     lab = lab_up(prefix, max_flows)
     try:
-        lab.apply(vip_state(lab, family, "ipip", BACKENDS))
+        # the generator's established flows are half TCP, half UDP: the VIP serves both,
+        # so that every one of them is balanced and recorded
+        tcp = lab.vip(family, mode="ipip", backends=BACKENDS)
+        udp = dataclasses.replace(tcp, key=dataclasses.replace(tcp.key, protocol="udp"))
+        lab.apply(DesiredState((tcp, udp)))
         with Flood(lab, "lb1") as flood:
             with lab.datapath("lb1") as dp:
                 capacity = dp.flow_capacities()
