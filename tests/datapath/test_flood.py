@@ -1,6 +1,7 @@
 """A flood of forged flows does not push real connections out of the flow table, and the
 per-CPU insertion limit holds (tests/support/flood.py runs the flood through
-BPF_PROG_TEST_RUN; bench/flood.py runs it at full size: 5 million forged flows)."""
+BPF_PROG_TEST_RUN; bench/lab_flood.py measures it in the namespace lab at full size: 5
+million forged flows)."""
 
 from __future__ import annotations
 

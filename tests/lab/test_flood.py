@@ -29,13 +29,11 @@ PREFIX = f"fk{os.getpid() % 100000}"
 CONNECTIONS = 1000
 FORGED_FLOWS = 5_000_000
 TARGET = 0.999
-# Two floods. "pairs": each forged ACK right behind its SYN. "late-ack": the SYNs of 2^20
-# flows, then their ACKs, so a flow's ACK comes 2 Mi packets after its SYN (over 67 ms, the
-# promotion age of the flood branch's datapath, at up to 31 Mpps a core).
-FLOODS = {"pairs": 1, "late-ack": 1 << 20}
-# which floods the target is asserted for; the others' figures are printed (-s). Before the
-# flood branch's datapath (insertion budget, promotion rule, IPv6 in sets) none met it.
-ASSERTED = {"pairs"}
+# "pairs": each forged ACK right behind its SYN, the flood the target is for. A patient
+# flood (each ACK sent past the promotion age, 67 ms, after its SYN) can still promote its
+# flows and push idle connections out (docs/datapath.md, "What a flood can still do"):
+# bench/lab_flood.py measures it (--lags 1048576), this module does not (the suite's time).
+FLOODS = {"pairs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -68,5 +66,4 @@ def test_idle_connections_survive_a_two_packet_flood_and_a_ring_change(
     # the real connections were all there before it, spread over both backends
     assert result.connections == CONNECTIONS
     assert set(result.holders) == {"be1", "be2"}, result.holders
-    if flood_kind in ASSERTED:
-        assert result.share >= TARGET, f"{result.line()}; {flood.line()}"
+    assert result.share >= TARGET, f"{result.line()}; {flood.line()}"

@@ -16,7 +16,8 @@ sizes, one VIP (TCP or UDP port 80 of the family) over three backends, then:
 It uses only what every release's Datapath has (load, apply, run, stats), so the same
 code measures an older tree: ``python tests/support/flood.py [--family 4|6] ...`` with
 that tree's pyxlb importable and its bench object built with this bench.bpf.c prints one
-JSON line. tests/datapath/test_flood.py asserts on it; bench/flood.py reports it.
+JSON line. tests/datapath/test_flood.py asserts on it; bench/lab_flood.py measures the
+same in the namespace lab, with real TCP connections, at full size.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ FRAME_LEN = {4: 64, 6: 84}                          # xdp/bench/gen.bpf.c
 GEN_FLOWS, GEN_PAIRS = 0, 1
 # the balancer's counters a flood report keeps (xlb_stats names; absent ones read 0)
 STAT_KEYS = ("flow_hit", "flow_miss", "flow_stale", "tx", "redirect", "pass_not_ours",
-             "drop_internal", "flow_insert_limited", "flow_not_promoted")
+             "drop_internal", "flow_insert_limited")
 
 
 def _ignore(signum, frame):

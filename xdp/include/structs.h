@@ -144,7 +144,7 @@ struct xlb_flow4_way {
 	__u32 check;
 };
 
-/* Value of xlb_flowsets4: the ways of one set, most recently inserted first. */
+/* Value of xlb_flowsets4: the ways of one set, front half first (docs/datapath.md). */
 struct xlb_flowset4 {
 	struct xlb_flow4_way way[XLB_FLOW4_WAYS];
 };
