@@ -304,9 +304,9 @@ class Checker:
                 self._end(t, None, None)
 
     def turn(self, max_wait: float = 1.0) -> None:
-        """One turn of the loop: start the checks that are due, time out the late ones,
-        wait for sockets (at most until the next due time), handle what they say, and
-        report the changes.
+        """One turn of the loop: start the checks that are due, wait for sockets (at most
+        until the next due time or deadline), handle what they say, time out the late
+        ones, and report the changes.
 
         A turn lasts at least `slot` seconds: what becomes due or ready meanwhile waits
         for the next turn, so that a busy checker handles a few sockets per turn instead
@@ -320,7 +320,6 @@ class Checker:
                 log.exception("health: periodic work failed")
             now = time.monotonic()
         self._start_due(now)
-        self._expire(now)
         wait = max_wait
         if self._buckets and len(self._inflight) < self.max_in_flight:
             wait = min(wait, self._buckets[0] * self._bucket - now)
@@ -333,15 +332,23 @@ class Checker:
             wait = 0
         events = self._ep.poll(max(0.0, wait), 256)
         inflight = self._inflight
-        for fd, ev in events:
-            t = inflight.get(fd)
-            if t is not None:
-                self._event(t, ev)
-            elif fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
+        while True:
+            for fd, ev in events:
+                t = inflight.get(fd)
+                if t is not None:
+                    self._event(t, ev)
+                elif fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+            if len(events) < 256:
+                break
+            events = self._ep.poll(0, 256)
+        # deadlines after the answers: a check whose answer came while the loop was busy
+        # (a first check's tunnel preparation, a tick) is not timed out for the wait; the
+        # deadlines are judged by the time this turn began
+        self._expire(now)
         if self._changes:
             changes, self._changes = self._changes, []
             if self.on_change is not None:
@@ -474,13 +481,17 @@ class Checker:
             return
         t.sock = None
         self._inflight.pop(t.fd, None)
+        # closed before it is unregistered: the RST close() sends must go through the
+        # tunnel too, or the backend never sees it and keeps its end of the connection
+        # (FIN_WAIT2 for a minute); a later check from the same port then meets that
+        # stale connection and times out
+        sock.close()            # also takes it out of the epoll set
         if t.tunneled:
             t.tunneled = False
             try:
                 self.tunnel.unregister(sock)
             except Exception as exc:
                 log.warning("health: %s: unregistering a check socket: %s", t.name, exc)
-        sock.close()            # also takes it out of the epoll set
         if ok is not None:
             self.record(t, ok, error,
                         time.monotonic() - t.started if count_time else 0.0)

@@ -446,6 +446,22 @@ def test_a_restarted_serve_keeps_the_last_verdicts(fresh):
     assert second.transitions(DIRECT_PORT, "be1") == ["down -> up"]
 
 
+def test_tunnel_checks_leave_no_connection_on_the_backends(fresh):
+    """A check's connection ends with a RST, which goes through the tunnel like the rest
+    of it: the backend's end of every check is gone once serve stops. (A RST sent plain,
+    to the backend's own address, finds nothing there: the backend's end stays open, and
+    a later check from the same local port meets it and times out.)"""
+    lab, servers, path = fresh
+    with Serve(lab, path):
+        wait_for("every backend checked", lambda: checked_everything(lab, FALL + 2), 10)
+    time.sleep(0.2)
+    for node in BACKENDS:
+        left = subprocess.run(["ss", "-Htn", "-N", lab.ns(node), "state", "connected",
+                               f"( sport = :{TUNNEL_PORT} )"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout
+        assert left.strip() == "", f"{node} kept check connections open:\n{left}"
+
+
 def test_health_json_shows_the_table(fresh):
     lab, servers, path = fresh
     cmd = [sys.executable, "-m", "pyxlb", "--netns", lab.ns("lb1"), "--pin-dir",
