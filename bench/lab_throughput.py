@@ -1,8 +1,8 @@
 """Packets per second through an LB node in network namespaces: pyxlb beside kernel DNAT.
 
 Run as root: `make bench` (or .venv/bin/python bench/lab_throughput.py [--quick]).
-Prints a table, writes bench/results/lab_throughput.json and a bar chart beside it
-(lab_throughput.png).
+Prints a table (IPv4 and IPv6 side by side), writes bench/results/lab_throughput.json and
+a bar chart beside it (lab_throughput.png).
 
 One topology per forwarder, all alike, all built by this script and removed at the end
 (also on failure or Ctrl-C):
@@ -18,8 +18,9 @@ on the LB node's in0:
 
   pyxlb_ipip  pyxlb's balancer (Datapath.create / configure / apply / attach), two VIPs
               198.19.0.10:8080 tcp and udp with three backends 198.19.2.21-23 behind
-              out0, IPIP; next hops from refresh_nexthops() (the backends' neighbour
-              entries are static: the sink answers nothing)
+              out0, IPIP, and two IPv6 VIPs [2001:2::10]:8080 with backends
+              2001:2:0:2::21-23, IP6IP6; next hops from refresh_nexthops() (the backends'
+              neighbour entries are static: the sink answers nothing)
   pyxlb_l2    the same in L2 (MAC rewrite) mode
   iptables    pass.o on in0, the kernel forwards; iptables-restore of a kube-proxy-like
               layout: KUBE-SERVICES -> KUBE-SVC-* with statistic-mode random rules ->
@@ -27,6 +28,10 @@ on the LB node's in0:
   nftables    the same with a kube-proxy nftables-like table: a service-ips verdict map,
               numgen random mod 3 into endpoint chains that DNAT
   ceiling     ceiling.bpf.c: rewrite the MACs and bpf_redirect() to out0, nothing else
+
+IPv4 traffic goes through all five; IPv6 traffic (84-byte frames: a 40-byte IPv6 header
+and the same 30-byte L4 segment) through pyxlb's two modes and the ceiling (the kernel
+DNAT layouts are IPv4 ones). RFC 5180's benchmark range 2001:2::/48 holds the addresses.
 
 The VIP has a blackhole route on every LB node, so a DNAT that did not happen drops the
 packet instead of forwarding it. The sink counts packets by inner protocol and by the
@@ -39,7 +44,8 @@ The generator (xdp/bench/gen.bpf.c, built into bench_gen.o) runs with BPF_PROG_T
 live-frames mode from threads that entered the generator's namespace and are pinned to a
 CPU, so each XDP_TX really leaves g-<fwd>. Traffic is 64-byte frames, UDP and TCP
 alternately: "established" cycles over a fixed set of 1000 flows (ACKs for TCP), "new"
-makes every packet a new flow (SYNs for TCP). One core: one generator thread; two cores:
+makes every packet a new flow (SYNs for TCP); "new, no limit" is the same through pyxlb
+with its insertion limit off (below). One core: one generator thread; two cores:
 one per CPU. The generator, the forwarder and the sink then share each CPU: a veth runs
 its receiver's NAPI on the sending CPU, so the whole path of a packet runs on the CPU
 that generated it, in the generator thread's own time (softirq work the kernel defers
@@ -58,18 +64,38 @@ ceiling's path: the forwarder's own work.
 
 Each measurement: a warm-up (flows known to every forwarder, rate estimated), then one
 generator call per thread sized to last --duration seconds (bounded in packets; a
-watchdog interrupts a call that overruns). Before the first one pyxlb's IPv4 flow table is
-brought to a long-running node's state: where new flows go (each set's back half) full,
-so every new flow pushes an older one out of its set (see fill_flow_tables). For
+watchdog interrupts a call that overruns). Before the first one pyxlb's flow tables (IPv4
+and IPv6) are brought to a long-running node's state: where new flows go (each set's back
+half) full, so every new flow pushes an older one out of its set (see fill_flow_tables). For
 new flows through conntrack the count is capped so that its table never fills
 (nf_conntrack_max is global and read-only inside a namespace); conntrack is flushed
 before and after. Rounds run every case in turn, so drift touches all alike; a figure is
 the median of the rounds.
+
+Insertion limit. pyxlb records at most flow_inserts4/6 new flows a second per CPU (the
+default: the table's ways / CPUs, Datapath.default_insert_limits()); above it a new flow is
+balanced but not recorded (flow_insert_limited). "new flow every packet" runs with the
+default limits, what a node gets; "new, no limit" with set_insert_limits(0), every new
+flow recorded. The results say which limits each ran with and how many new flows were
+recorded. (A datapath without limits, before them: only "new", all recorded.)
+
+Generator: live frames or a chain. Some kernels refuse live frames (EPERM even to root;
+docs/development.md). --generator chain (what --generator auto falls back to there) runs
+the generator as bench/lab_flood.py does: gen_chain under a plain BPF_PROG_TEST_RUN inside
+the LB node's namespace, its ctx naming in0, tail-calling the program attached to in0 (the
+same program and maps that serve received traffic); the verdict is discarded, so nothing
+is transmitted and nothing reaches the sink: no kernel DNAT forwarder (they are not XDP
+programs), no sink checks (pyxlb's own counters are checked), and Mpps is packets per
+second of the kernel's own loop time of each generator thread (BPF_PROG_TEST_RUN's
+duration), summed over the threads: the generator, the forwarder's program and, for the
+ceiling, the MAC rewrite and bpf_redirect()'s bookkeeping, without the transmission.
+Figures of the two generators do not compare; a figure compares with one of its own kind.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -80,15 +106,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import RESULTS_DIR, machine_info, write_results  # noqa: E402
+from common import RESULTS_DIR, machine_info  # noqa: E402
 
 from pyroute2 import IPRoute, NFCTSocket  # noqa: E402
 from pyroute2 import netns as pr_netns  # noqa: E402
 
+import pyxlb  # noqa: E402
 from pyxlb import _bpf, bpffs, netlink, netns  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
 from pyxlb.datapath import Datapath  # noqa: E402
@@ -103,6 +130,13 @@ LB_IN_ADDR, GEN_ADDR = "198.19.1.1", "198.19.1.2"       # /24 on in0
 LB_OUT_ADDR = "198.19.2.1"                              # /24 on out0
 BACKENDS = {1: "198.19.2.21", 2: "198.19.2.22", 3: "198.19.2.23"}
 ENCAP_SRC = "198.19.3.0/24"
+# IPv6 (2001:2::/48, RFC 5180): clients a /96 (the generator fills in the low 32 bits)
+CLIENTS6 = "2001:2:0:100::"
+VIP6 = "2001:2::10"
+LB_IN_ADDR6, GEN_ADDR6 = "2001:2:0:1::1", "2001:2:0:1::2"    # /64 on in0
+LB_OUT_ADDR6 = "2001:2:0:2::1"                              # /64 on out0
+BACKENDS6 = {1: "2001:2:0:2::21", 2: "2001:2:0:2::22", 3: "2001:2:0:2::23"}
+ENCAP_SRC6 = "2001:2:0:3::/64"
 SEED = 0x5EED
 
 GEN_MAC, LB_IN_MAC = "02:00:00:00:01:01", "02:00:00:00:01:02"
@@ -110,10 +144,15 @@ LB_OUT_MAC, SINK_MAC = "02:00:00:00:02:01", "02:00:00:00:02:02"
 # backend k's MAC ends in 0x2k: the sink counts by the last two bits of the destination MAC
 BACKEND_MACS = {k: f"02:00:00:00:02:2{k}" for k in BACKENDS}
 
-FRAME_LEN = 64
+FRAME_LEN = 64                  # IPv4 frames
+FRAME_LEN6 = 84                 # IPv6: 40 bytes of IPv6 header and the same 30-byte L4
+FRAME_LENS = {4: FRAME_LEN, 6: FRAME_LEN6}
 FLOWS = 1000                    # established traffic: this many flows in all
 NUD_PERMANENT = 0x80
 RTN_BLACKHOLE = 6
+IFA_F_NODAD = 0x02
+OTHER_TOLERATED = 32            # frames the sink may count as neither TCP nor UDP: the
+                                # LB nodes' own IPv6 chatter (MLD reports at address setup)
 
 # -- forwarders and targets --------------------------------------------------------------
 
@@ -130,6 +169,15 @@ class Forwarder:
     def conntrack(self) -> bool:
         return self.kind in ("iptables", "nftables")
 
+    @property
+    def families(self) -> Tuple[int, ...]:
+        return (4,) if self.conntrack else (4, 6)
+
+    @property
+    def xdp(self) -> bool:
+        """A program on in0 does the forwarding (the chain generator can run it)."""
+        return not self.conntrack
+
 
 FORWARDERS = (
     Forwarder("pyxlb_ipip", "pyxlb IPIP", "ipip", "pyxlb", "ipip"),
@@ -139,7 +187,11 @@ FORWARDERS = (
     Forwarder("ceiling", "XDP redirect (ceiling)", "ceil", "ceiling"),
 )
 BY_KEY = {f.key: f for f in FORWARDERS}
-TRAFFIC = {"established": f"established ({FLOWS} flows)", "new": "new flow every packet"}
+TRAFFIC = {"established": f"established ({FLOWS} flows)", "new": "new flow every packet",
+           "new_nolimit": "new flow every packet, no insertion limit"}
+SHORT = {"established": "established", "new": "new", "new_nolimit": "new, no limit"}
+REF_TRAFFIC = {"new_nolimit": "new"}     # the references (iptables, ceiling) it compares with
+FAMILIES = (4, 6)
 
 # (what, forwarder's figure over the reference's, at least), judged per pyxlb mode
 TARGETS = [
@@ -347,16 +399,28 @@ def nftables_rules() -> str:
 class Lab:
     """The namespaces, links and programs; down() removes all of it (idempotent)."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, objects: Optional[str] = None, chain: bool = False):
         self.prefix = prefix
+        self.objects = objects          # where the bench objects are (None: pyxlb's)
+        self.chain = chain              # the chain generator (no live frames)
         self.made_ns: List[str] = []
         self.pin_dirs: List[str] = []
         self.datapaths: Dict[str, Datapath] = {}
         self.sinks: Dict[str, "_bpf.Map"] = {}
         self.gen_ifindex: Dict[str, int] = {}
+        self.lb_ifindex: Dict[str, int] = {}      # in0 in each LB node
+        self.xdp_progs: Dict[str, "_bpf.Program"] = {}    # what runs on in0 (chain mode)
+        self.insert_limits: Dict[str, Tuple[int, int]] = {}   # pyxlb: the defaults in force
         self.handles: list = []         # program / map handles to close at the end
         self.gen_prog = None
+        self.gen_chain = None
+        self.gen_next = None
         self.gen_config = None
+
+    def object_path(self, name: str) -> str:
+        if self.objects and name.startswith("bench_"):
+            return os.path.join(self.objects, f"{name}.o")
+        return object_path(name)
 
     def ns(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -375,9 +439,18 @@ class Lab:
             pr_netns.create(name)
             self.made_ns.append(name)
             with netns.enter(name):
-                # no IPv6 (no router solicitations, no MLD): the links carry bench traffic only
-                sysctl("net/ipv6/conf/all/disable_ipv6", 1)
-                sysctl("net/ipv6/conf/default/disable_ipv6", 1)
+                if node.startswith("lb-"):
+                    # IPv6 for the IPv6 VIPs' routes and neighbours, and as quiet as it
+                    # goes: no router solicitations, no DAD, no link-local addresses
+                    for dev in ("all", "default"):
+                        for key, value in (("accept_ra", 0), ("router_solicitations", 0),
+                                           ("accept_dad", 0), ("addr_gen_mode", 1)):
+                            sysctl(f"net/ipv6/conf/{dev}/{key}", value)
+                else:
+                    # no IPv6 (no router solicitations, no MLD): the links carry bench
+                    # traffic only (the generator's IPv6 frames are XDP's alone)
+                    sysctl("net/ipv6/conf/all/disable_ipv6", 1)
+                    sysctl("net/ipv6/conf/default/disable_ipv6", 1)
                 with IPRoute() as ipr:
                     ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for f in FORWARDERS:
@@ -410,6 +483,8 @@ class Lab:
         self._veth(lb, "out0", LB_OUT_MAC, self.ns("sink"), f"s-{f.short}", SINK_MAC)
         with netns.enter(self.ns("gen")):
             self.gen_ifindex[f.key] = socket.if_nametoindex(f"g-{f.short}")
+        with netns.enter(lb):
+            self.lb_ifindex[f.key] = socket.if_nametoindex("in0")
 
     def _lb_node(self, f: Forwarder) -> None:
         """Addresses, routes and neighbours of an LB node; the same on every one."""
@@ -431,19 +506,42 @@ class Lab:
                 ipr.route("add", dst=f"{CLIENTS}/16", gateway=GEN_ADDR)
                 # a DNAT that did not happen must drop, not forward
                 ipr.route("add", dst=f"{VIP}/32", type=RTN_BLACKHOLE)
+                # IPv6: the same
+                ipr.addr("add", index=i_in, address=LB_IN_ADDR6, prefixlen=64,
+                         flags=IFA_F_NODAD)
+                ipr.addr("add", index=i_out, address=LB_OUT_ADDR6, prefixlen=64,
+                         flags=IFA_F_NODAD)
+                ipr.neigh("add", dst=GEN_ADDR6, lladdr=GEN_MAC, ifindex=i_in,
+                          state=NUD_PERMANENT, family=socket.AF_INET6)
+                for k, addr in BACKENDS6.items():
+                    ipr.neigh("add", dst=addr, lladdr=BACKEND_MACS[k], ifindex=i_out,
+                              state=NUD_PERMANENT, family=socket.AF_INET6)
+                ipr.route("add", dst=f"{CLIENTS6}/96", gateway=GEN_ADDR6,
+                          family=socket.AF_INET6)
+                ipr.route("add", dst=f"{VIP6}/128", type=RTN_BLACKHOLE,
+                          family=socket.AF_INET6)
 
     def _load_generator(self) -> None:
-        obj = _bpf.BpfObject.open(object_path("bench_gen"))
+        obj = _bpf.BpfObject.open(self.object_path("bench_gen"))
         try:
             obj.load()
             self.gen_prog = obj.program("gen_packet")
             self.gen_config = obj.map("gen_config")
+            if "gen_chain" not in obj.program_names():
+                raise RuntimeError(f"{self.object_path('bench_gen')} has no gen_chain and no "
+                                   f"IPv6: an older generator (--objects names a newer one)")
+            self.gen_chain = obj.program("gen_chain")
+            self.gen_next = obj.map("gen_next")
         finally:
             obj.close()
-        self.handles += [self.gen_prog, self.gen_config]
+        self.handles += [self.gen_prog, self.gen_config, self.gen_chain, self.gen_next]
+
+    def chain_to(self, f: Forwarder) -> None:
+        """The chain generator's next program: what runs on f's in0."""
+        self.gen_next.update(0, struct.pack("=I", self.xdp_progs[f.key].fd))
 
     def _sink(self, f: Forwarder) -> None:
-        obj = _bpf.BpfObject.open(object_path("bench_sink"))
+        obj = _bpf.BpfObject.open(self.object_path("bench_sink"))
         try:
             obj.load()
             prog = obj.program("sink_count")
@@ -457,14 +555,16 @@ class Lab:
     def _attach_object(self, f: Forwarder, name: str, program: str):
         """Attach one program of bench object / pyxlb object `name` to the LB node's in0;
         returns the loaded object's maps by name (the caller closes them)."""
-        obj = _bpf.BpfObject.open(object_path(name))
+        obj = _bpf.BpfObject.open(self.object_path(name))
         try:
             obj.load()
             prog = obj.program(program)
             maps = {m: obj.map(m) for m in obj.map_names() if not m.startswith(".")}
         finally:
             obj.close()
-        with prog, netns.enter(self.lb(f)):
+        self.xdp_progs[f.key] = prog
+        self.handles.append(prog)
+        with netns.enter(self.lb(f)):
             _bpf.XdpLink.attach("in0", prog, mode="native")
         self.handles += maps.values()
         return maps
@@ -475,16 +575,21 @@ class Lab:
         with netns.enter(self.lb(f)):
             dp = Datapath.create(pin_dir)
             self.datapaths[f.key] = dp
-            dp.configure(seed=SEED, src4=ENCAP_SRC)
+            dp.configure(seed=SEED, src4=ENCAP_SRC, src6=ENCAP_SRC6)
             backends = tuple(Backend(addr) for addr in BACKENDS.values())
+            backends6 = tuple(Backend(addr) for addr in BACKENDS6.values())
             dp.apply(DesiredState(tuple(
-                Vip(VipKey(VIP, PORT, proto), backends=backends, mode=f.mode)
+                Vip(VipKey(vip, PORT, proto), backends=bes, mode=f.mode)
+                for vip, bes in ((VIP, backends), (VIP6, backends6))
                 for proto in ("tcp", "udp"))))
             dp.attach("in0", "native")
             hops = dp.refresh_nexthops()
-        if hops != len(BACKENDS):
+            if hasattr(dp, "insert_limits"):    # a datapath with insertion limits
+                self.insert_limits[f.key] = dp.insert_limits()
+        self.xdp_progs[f.key] = dp.prog
+        if hops != len(BACKENDS) + len(BACKENDS6):
             raise RuntimeError(f"{f.key}: refresh_nexthops() filled {hops} next hops, "
-                               f"expected {len(BACKENDS)}")
+                               f"expected {len(BACKENDS) + len(BACKENDS6)}")
 
     def _kernel_forwarder(self, f: Forwarder) -> None:
         self._attach_object(f, "pass", "xlb_pass")     # receives the generator's XDP_TX
@@ -525,7 +630,7 @@ class Lab:
     def sink_counts(self, f: Forwarder) -> Dict[str, int]:
         v = self.sinks[f.key].lookup_percpu_sum(0)
         names = ("packets", "bytes", "tcp", "udp", "ipip", "other", "mac0", "backend1",
-                 "backend2", "backend3")
+                 "backend2", "backend3", "ipv6")
         return dict(zip(names, v))
 
     # -- tear down -----------------------------------------------------------------------
@@ -570,9 +675,10 @@ def _on_sigusr1(signum, frame):
 
 
 def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: float,
-             sample=None, expect_s: float = 1.0) -> dict:
+             sample=None, expect_s: float = 1.0, family: int = 4) -> dict:
     """One live-frames test run of `per_thread` packets on each CPU in `cpus`, all at
-    once, from the generator's namespace out of g-<fwd>.
+    once, from the generator's namespace out of g-<fwd> (with lab.chain: a chain test run
+    in f's LB node, its ctx naming in0, into the program on in0; nothing transmitted).
 
     With `sample` (a function returning a snapshot), the calling thread takes snapshots
     while every generator thread is still inside its call, from a little after the start
@@ -581,9 +687,15 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
     leaves out the calls' fixed costs at either end. Returns those snapshots (each
     (time, snapshot, CPU seconds of the pipeline so far)), the wall time from the common start to the last return, the
     kernel's own loop time (max over threads) and how many packets were sent."""
-    ifindex = lab.gen_ifindex[f.key]
-    ctx = struct.pack("=6I", 0, FRAME_LEN, 0, ifindex, 0, 0)  # struct xdp_md
-    frame = bytes(FRAME_LEN)
+    if lab.chain:
+        lab.chain_to(f)
+        ifindex, where, prog, flags = lab.lb_ifindex[f.key], lab.lb(f), lab.gen_chain, 0
+    else:
+        ifindex, where, prog = lab.gen_ifindex[f.key], lab.ns("gen"), lab.gen_prog
+        flags = _bpf.TEST_XDP_LIVE_FRAMES
+    length = FRAME_LENS[family]
+    ctx = struct.pack("=6I", 0, length, 0, ifindex, 0, 0)  # struct xdp_md
+    frame = bytes(length)
     barrier = threading.Barrier(len(cpus) + 1)
     results: List[Optional[dict]] = [None] * len(cpus)
     done = threading.Event()
@@ -592,14 +704,15 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
         out = {"sent": 0, "kernel_s": 0.0, "error": None}
         try:
             os.sched_setaffinity(0, {cpu})
-            with netns.enter(lab.ns("gen")):
+            with netns.enter(where):
                 barrier.wait(timeout=10)
                 t0 = time.monotonic()
                 try:
-                    _, _, ns_per = lab.gen_prog.test_run(
-                        frame, repeat=per_thread, ctx=ctx, flags=_bpf.TEST_XDP_LIVE_FRAMES)
+                    _, _, ns_per = prog.test_run(frame, repeat=per_thread, ctx=ctx,
+                                                 flags=flags)
                     out["sent"] = per_thread
                     out["kernel_s"] = ns_per * per_thread / 1e9
+                    out["ns_per"] = ns_per
                 except InterruptedError:
                     out["error"] = "interrupted by the watchdog"
                 out["t0"], out["t1"] = t0, time.monotonic()
@@ -626,6 +739,7 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
         raise Interrupt("; ".join(str(e) for e in errors))
     return {"wall_s": max(r["t1"] for r in results) - min(r["t0"] for r in results),
             "kernel_s": max(r["kernel_s"] for r in results),
+            "ns_per": [r["ns_per"] for r in results],
             "sent": sum(r["sent"] for r in results), "snaps": snaps}
 
 
@@ -663,28 +777,71 @@ def _follow(threads, barrier, done, cpus, timeout, sample, expect_s) -> list:
     return snaps
 
 
-def set_traffic(lab: Lab, traffic: str, ncpus: int) -> None:
+def set_traffic(lab: Lab, traffic: str, ncpus: int, family: int = 4) -> None:
     flows = FLOWS // ncpus if traffic == "established" else 0
     lab.gen_config.update(0, mac_bytes(LB_IN_MAC) + mac_bytes(GEN_MAC)
                           + socket.inet_aton(CLIENTS) + socket.inet_aton(VIP)
                           + struct.pack("!H", PORT) + b"\0\0" + struct.pack("=I", flows)
-                          + struct.pack("=III", 0, 0, 4) + bytes(32))   # GEN_FLOWS, IPv4
+                          + struct.pack("=III", 0, 0, family)     # GEN_FLOWS, lag, family
+                          + socket.inet_pton(socket.AF_INET6, CLIENTS6)
+                          + socket.inet_pton(socket.AF_INET6, VIP6))
 
 
-def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> None:
+def table_ways(dp: Datapath) -> Tuple[int, int]:
+    """Ways of the IPv4 flow table and of the IPv6 one (entries of an IPv6 LRU hash, on
+    a datapath from before IPv6 sets, whose flow_capacities() were ways)."""
+    flows = dp.tables.flows
+    return flows.ways() if hasattr(flows, "ways") else tuple(dp.flow_capacities())
+
+
+def set_limits(lab: Lab, f: Forwarder, traffic: str) -> Optional[Tuple[int, int]]:
+    """pyxlb's insertion limits for this traffic: none for new_nolimit, else the
+    defaults it had from the start. Returns those in force (None: a datapath without)."""
+    dp = lab.datapaths.get(f.key)
+    if dp is None or f.key not in lab.insert_limits:
+        return None
+    if traffic == "new_nolimit":
+        return dp.set_insert_limits(0)
+    want = lab.insert_limits[f.key]
+    if dp.insert_limits() != want:
+        dp.set_insert_limits(None)
+        if dp.insert_limits() != want:
+            raise RuntimeError(f"{f.key}: insertion limits {dp.insert_limits()}, "
+                               f"expected {want}")
+    return want
+
+
+def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dict]:
     """Bring every pyxlb node to the state of a node that has been up a while: where a new
-    IPv4 flow goes, the back half of its set, full of other flows (twice the table's
-    capacity of new flows went through), so a new flow pushes the oldest flow there out.
-    The front halves hold flows that sent a second packet: here the established flows,
-    which go in during each measurement's warm-up. Where in its set a flow sits costs
-    nothing (a set is two cache lines, read together; a lookup compares all four ways)."""
+    flow goes, the back half of its set, full of other flows (twice the table's ways of
+    new flows went through, its insertion limit off meanwhile), so a new flow pushes the
+    oldest flow there out. Both tables, IPv4 and IPv6. The front halves hold flows that
+    sent a second packet: here the established flows, which go in during each
+    measurement's warm-up. Where in its set a flow sits costs nothing (a set is two cache
+    lines, one for IPv6, read together; a lookup compares all four ways). Returns what
+    went in, per forwarder."""
     cpus = core_sets[max(core_sets)]
-    set_traffic(lab, "new", len(cpus))
+    out = {}
     for f in FORWARDERS:
         dp = lab.datapaths.get(f.key)
-        if dp is not None:
-            per_thread = 2 * dp.flow_capacities()[0] // len(cpus) + 1     # IPv4
-            generate(lab, f, cpus, per_thread, timeout=60)
+        if dp is None:
+            continue
+        limited = f.key in lab.insert_limits
+        if limited:
+            dp.set_insert_limits(0)
+        st0 = dp.stats()
+        ways = table_ways(dp)
+        for family, n in zip(FAMILIES, ways):
+            set_traffic(lab, "new", len(cpus), family)
+            per_thread = 2 * n // len(cpus) + 1
+            generate(lab, f, cpus, per_thread, timeout=60, family=family)
+        if limited:
+            set_limits(lab, f, "new")
+        st = _delta(st0, dp.stats())
+        out[f.key] = {"ways": {"ipv4": ways[0], "ipv6": ways[1]},
+                      "flow_miss": st.get("flow_miss", 0),
+                      "flow_insert_limited": st.get("flow_insert_limited", 0)}
+    return out
 
 
 # -- one measurement ---------------------------------------------------------------------
@@ -695,18 +852,21 @@ def _delta(a: dict, b: dict) -> dict:
 
 
 def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: float,
-            rate_hint: Optional[float]) -> dict:
+            rate_hint: Optional[float], family: int = 4) -> dict:
     """Warm up, then one timed run; returns the figures and the checks that failed."""
-    set_traffic(lab, traffic, len(cpus))
+    set_traffic(lab, traffic, len(cpus), family)
+    limits = set_limits(lab, f, traffic)
     if f.conntrack:
         lab.conntrack_flush(f)
     # warm-up: every established flow seen many times over; also a rate estimate from
     # the kernel's loop time (the wall time of a short call is mostly fixed cost)
     warm = 20_000 if traffic == "established" else 10_000
     s0 = lab.sink_counts(f)
-    g = generate(lab, f, cpus, warm, timeout=30)
+    g = generate(lab, f, cpus, warm, timeout=30, family=family)
     time.sleep(0.02)
     got = lab.sink_counts(f)["packets"] - s0["packets"]
+    if lab.chain:
+        got = g["sent"]
     estimate = got / g["kernel_s"] if g["kernel_s"] > 0 else 1e6
     rate = rate_hint or estimate
     if f.conntrack and traffic == "new":
@@ -723,8 +883,9 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     def snapshot():
         return lab.sink_counts(f)["packets"], cpu_times()
 
-    g = generate(lab, f, cpus, per_thread, timeout=3 * duration + 5, sample=snapshot,
-                 expect_s=per_thread * len(cpus) / rate)
+    g = generate(lab, f, cpus, per_thread, timeout=3 * duration + 5,
+                 sample=None if lab.chain else snapshot,
+                 expect_s=per_thread * len(cpus) / rate, family=family)
     time.sleep(0.02)                # the last frames reach the sink within microseconds
     sink = _delta(s0, lab.sink_counts(f))
     stats = _delta(st0, dp.stats()) if dp else {}
@@ -737,7 +898,13 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     snaps = g["snaps"]
     window = snaps[-1][0] - snaps[0][0] if len(snaps) >= 2 else 0.0
     hz = os.sysconf("SC_CLK_TCK")
-    if window >= 0.1:
+    if lab.chain:
+        # nothing reaches the sink: the packets are those the threads ran, the time
+        # each thread's own loop time in the kernel (BPF_PROG_TEST_RUN's duration)
+        window = 0.0
+        wall_mpps, basis = g["sent"] / g["wall_s"] / 1e6, "kernel loop time (chain)"
+        softirq_s = steal_s = cpu_s = window_packets = None
+    elif window >= 0.1:
         (_, (pa, ca), ua), (_, (pb, cb), ub) = snaps[0], snaps[-1]
         wall_mpps, basis = (pb - pa) / window / 1e6, "window"
         softirq_s = sum(cb[c][6] - ca[c][6] for c in cpus) / hz
@@ -748,17 +915,22 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
         wall_mpps, basis = sink["packets"] / g["wall_s"] / 1e6, "whole call"
         softirq_s = steal_s = cpu_s = None
         window_packets = None
-    n = sink["packets"]
+    n = g["sent"] if lab.chain else sink["packets"]
     # what the cores would forward were they the pipeline's alone: packets per second of
     # its CPU time, times the cores (the machine is shared; the wall figure is kept too)
     mpps = window_packets * len(cpus) / cpu_s / 1e6 if cpu_s else wall_mpps
+    if lab.chain:
+        mpps = sum(1e3 / ns for ns in g["ns_per"] if ns)
     run = {
+        "family": family, "generator": "chain" if lab.chain else "live",
         "mpps": mpps, "mpps_wall": wall_mpps, "basis": basis, "window_s": round(window, 4),
         "cpu_s": cpu_s, "cpu_share": cpu_s / (window * len(cpus)) if cpu_s else None,
         "window_packets": window_packets, "snapshots": len(snaps),
         "mpps_whole_call": n / g["wall_s"] / 1e6,
         "mpps_kernel_time": n / g["kernel_s"] / 1e6 if g["kernel_s"] else None,
-        "packets": n, "sent": g["sent"], "delivered": n / g["sent"] if g["sent"] else 0,
+        "packets": n, "sent": g["sent"],
+        "delivered": (None if lab.chain else n / g["sent"] if g["sent"] else 0),
+        "ns_per_packet_threads": g["ns_per"],
         "wall_s": round(g["wall_s"], 4), "softirq_s": softirq_s, "steal_s": steal_s,
         "mpps_per_softirq_core": (window_packets / softirq_s / 1e6
                                   if softirq_s and softirq_s >= 0.05 else None),
@@ -766,31 +938,46 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     }
     if dp:
         run["xlb_stats"] = {k: v for k, v in stats.items() if v}
+        if lab.chain:
+            run["delivered"] = (stats.get("redirect", 0) + stats.get("tx", 0)) / g["sent"]
+        if limits is not None:
+            run["insert_limits_per_cpu"] = {"ipv4": limits[0], "ipv6": limits[1]}
+        if traffic != "established":
+            miss = stats.get("flow_miss", 0)
+            run["recorded_share"] = (1 - stats.get("flow_insert_limited", 0) / miss
+                                     if miss else None)
     if ct_entries is not None:
         run["conntrack_entries"] = ct_entries
-    run["failed_checks"] = check_run(f, traffic, run)
+    run["failed_checks"] = check_run(f, traffic, run, chain=lab.chain)
     return run
 
 
-def check_run(f: Forwarder, traffic: str, run: dict) -> List[str]:
-    """What the sink and the forwarder's own counters say about the run."""
+def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> List[str]:
+    """What the sink and the forwarder's own counters say about the run (with the chain
+    generator nothing reaches the sink: the counters only)."""
     bad = []
     s, n = run["sink"], run["packets"]
     if n == 0:
         return ["nothing reached the sink"]
-    l4 = s["tcp"] + s["udp"]
-    if s["other"] or not 0.35 <= s["tcp"] / max(l4, 1) <= 0.65:
-        bad.append(f"protocol mix off: tcp {s['tcp']} udp {s['udp']} other {s['other']}")
-    if s["ipip"] != (n if f.mode == "ipip" else 0):
-        bad.append(f"{s['ipip']} of {n} packets were IPIP")
-    shares = [s[f"backend{k}"] / n for k in BACKENDS]
-    if f.kind != "ceiling" and min(shares) < 0.15:
-        bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
+    if not chain:
+        l4 = s["tcp"] + s["udp"]
+        if s["other"] > OTHER_TOLERATED or not 0.35 <= s["tcp"] / max(l4, 1) <= 0.65:
+            bad.append(f"protocol mix off: tcp {s['tcp']} udp {s['udp']} other {s['other']}")
+        if s["ipip"] != (n if f.mode == "ipip" else 0):
+            bad.append(f"{s['ipip']} of {n} packets were tunnelled")
+        v6 = s.get("ipv6", 0)
+        if v6 < (n - OTHER_TOLERATED if run["family"] == 6 else 0) or \
+                (run["family"] == 4 and v6 > OTHER_TOLERATED):
+            bad.append(f"{v6} of {n} packets were IPv6 (IPv{run['family']} traffic)")
+        shares = [s[f"backend{k}"] / n for k in BACKENDS]
+        if f.kind != "ceiling" and min(shares) < 0.15:
+            bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     st = run.get("xlb_stats")
     if st is not None:
         handled = st.get("flow_hit", 0) + st.get("flow_miss", 0)
         if st.get("redirect", 0) < n:
-            bad.append(f"pyxlb redirected {st.get('redirect', 0)}, the sink saw {n}")
+            bad.append(f"pyxlb redirected {st.get('redirect', 0)}, "
+                       + (f"of {n} sent" if chain else f"the sink saw {n}"))
         drops = {k: v for k, v in st.items() if k.startswith(("drop_", "pass_"))}
         if drops:
             bad.append(f"pyxlb dropped or passed: {drops}")
@@ -809,152 +996,207 @@ def check_run(f: Forwarder, traffic: str, run: dict) -> List[str]:
 
 def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
     rows = []
-    med = {}
-    for (fkey, traffic, cores), rs in runs.items():
+    for (fkey, traffic, cores, family), rs in runs.items():
         ok = [r for r in rs if not r["failed_checks"]]
         use = ok or rs
         mpps = [r["mpps"] for r in use]
         per_core = [r["mpps_per_softirq_core"] for r in use if r["mpps_per_softirq_core"]]
         shares = [r["cpu_share"] for r in use if r["cpu_share"]]
+        delivered = [r["delivered"] for r in use if r["delivered"] is not None]
+        recorded = [r["recorded_share"] for r in use if r.get("recorded_share") is not None]
         row = {"forwarder": fkey, "label": BY_KEY[fkey].label, "traffic": traffic,
-               "cores": cores, "mpps": statistics.median(mpps), "mpps_min": min(mpps),
-               "mpps_max": max(mpps),
+               "cores": cores, "family": family, "mpps": statistics.median(mpps),
+               "mpps_min": min(mpps), "mpps_max": max(mpps),
                "mpps_wall": statistics.median(r["mpps_wall"] for r in use),
                "cpu_share": statistics.median(shares) if shares else None,
                "mpps_per_softirq_core": statistics.median(per_core) if per_core else None,
-               "delivered": statistics.median(r["delivered"] for r in use),
+               "delivered": statistics.median(delivered) if delivered else None,
                "runs_ok": len(ok), "runs": len(rs),
                "failed_checks": sorted({c for r in rs for c in r["failed_checks"]})}
-        med[(fkey, traffic, cores)] = row["mpps"]
+        if recorded:
+            row["recorded_share"] = statistics.median(recorded)
+        limits = use[0].get("insert_limits_per_cpu")
+        if limits is not None:
+            row["insert_limits_per_cpu"] = limits
         rows.append(row)
+    by = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r for r in rows}
     for row in rows:
-        k = (row["traffic"], row["cores"])
-        ipt, ceil = med.get(("iptables", *k)), med.get(("ceiling", *k))
-        row["x_iptables"] = row["mpps"] / ipt if ipt else None
-        row["x_ceiling"] = row["mpps"] / ceil if ceil else None
+        ref = REF_TRAFFIC.get(row["traffic"], row["traffic"])
+        ipt = by.get(("iptables", ref, row["cores"], row["family"]))
+        ceil = by.get(("ceiling", ref, row["cores"], row["family"]))
+        row["x_iptables"] = row["mpps"] / ipt["mpps"] if ipt else None
+        row["x_ceiling"] = row["mpps"] / ceil["mpps"] if ceil else None
         # what the forwarder adds per packet to the ceiling's path, per core
-        row["ns_over_ceiling"] = (1e3 / row["mpps"] - 1e3 / ceil) * row["cores"] \
+        row["ns_over_ceiling"] = (1e3 / row["mpps"] - 1e3 / ceil["mpps"]) * row["cores"] \
             if ceil else None
     for row in rows:
-        ipt = next((r for r in rows if r["forwarder"] == "iptables"
-                    and r["traffic"] == row["traffic"] and r["cores"] == row["cores"]), None)
+        ref = REF_TRAFFIC.get(row["traffic"], row["traffic"])
+        ipt = by.get(("iptables", ref, row["cores"], row["family"]))
         own = row["ns_over_ceiling"]
         row["work_ratio_iptables"] = ipt["ns_over_ceiling"] / own \
             if ipt and ipt["ns_over_ceiling"] and own and own > 0 else None
     order = {f.key: i for i, f in enumerate(FORWARDERS)}
     rows.sort(key=lambda r: (list(TRAFFIC).index(r["traffic"]), r["cores"],
-                             order[r["forwarder"]]))
+                             order[r["forwarder"]], r["family"]))
     targets = []
     for what, traffic, cores, need in TARGETS:
         for fkey in ("pyxlb_ipip", "pyxlb_l2"):
             for c in ([cores] if cores else core_counts):
-                row = next((r for r in rows if r["forwarder"] == fkey
-                            and r["traffic"] == traffic and r["cores"] == c), None)
-                if row is None or row[what] is None:
-                    continue
-                ref = "iptables" if what == "x_iptables" else "ceiling"
-                targets.append({
-                    "target": f"{BY_KEY[fkey].label} >= "
-                              + (f"{need:g}x {ref}" if what == "x_iptables"
-                                 else f"{need:.0%} of {ref}")
-                              + f", {traffic}, {c} core{'s' if c > 1 else ''}",
-                    "forwarder": fkey, "traffic": traffic, "cores": c, "metric": what,
-                    "value": row[what], "need": need,
-                    "pass": row[what] >= need and row["runs_ok"] == row["runs"]})
+                for family in FAMILIES:
+                    row = by.get((fkey, traffic, c, family))
+                    if row is None or row[what] is None:
+                        continue
+                    ref = "iptables" if what == "x_iptables" else "ceiling"
+                    targets.append({
+                        "target": f"{BY_KEY[fkey].label} >= "
+                                  + (f"{need:g}x {ref}" if what == "x_iptables"
+                                     else f"{need:.0%} of {ref}")
+                                  + f", IPv{family} {traffic}, {c} core{'s' if c > 1 else ''}",
+                        "forwarder": fkey, "traffic": traffic, "cores": c, "family": family,
+                        "metric": what, "value": row[what], "need": need,
+                        "pass": row[what] >= need and row["runs_ok"] == row["runs"]})
     return {"rows": rows, "targets": targets}
 
 
-def print_table(summary: dict) -> None:
-    head = (f"{'traffic':<12} {'cores':>5}  {'forwarder':<23} {'Mpps':>6} {'(min-max)':>13} "
-            f"{'wall Mpps':>9} {'CPU got':>7} {'Mpps/sirq-core':>14} {'x iptables':>10} "
-            f"{'x ceiling':>9} {'ns>ceil':>7}")
+def _fmt_row(r: Optional[dict]) -> Tuple[str, str, str, str]:
+    if r is None:
+        return "-", "", "-", "-"
+    span = f"({r['mpps_min']:.2f}-{r['mpps_max']:.2f})"
+    xc = f"{r['x_ceiling']:.0%}" if r["x_ceiling"] else "-"
+    ns = f"{r['ns_over_ceiling']:.0f}" if r["ns_over_ceiling"] is not None else "-"
+    return f"{r['mpps']:.2f}", span, xc, ns
+
+
+def print_table(summary: dict, chain: bool = False) -> None:
+    by = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r for r in summary["rows"]}
+    keys = []
+    for r in summary["rows"]:
+        k = (r["traffic"], r["cores"], r["forwarder"])
+        if k not in keys:
+            keys.append(k)
+    head = (f"{'traffic':<13} {'cores':>5}  {'forwarder':<23} "
+            f"{'IPv4 Mpps':>9} {'(min-max)':>13} {'x ipt':>6} {'x ceil':>6} {'ns>ceil':>7}  "
+            f"{'IPv6 Mpps':>9} {'(min-max)':>13} {'x ceil':>6} {'ns>ceil':>7} {'v6/v4':>6}")
     print(head)
     print("-" * len(head))
     last = None
-    for r in summary["rows"]:
-        if last and last != (r["traffic"], r["cores"]):
+    flags = []
+    for traffic, cores, fkey in keys:
+        if last and last != (traffic, cores):
             print()
-        last = (r["traffic"], r["cores"])
-        pc = f"{r['mpps_per_softirq_core']:.2f}" if r["mpps_per_softirq_core"] else "-"
-        share = f"{r['cpu_share']:.0%}" if r["cpu_share"] else "-"
-        xi = f"{r['x_iptables']:.1f}x" if r["x_iptables"] else "-"
-        xc = f"{r['x_ceiling']:.0%}" if r["x_ceiling"] else "-"
-        span = f"({r['mpps_min']:.2f}-{r['mpps_max']:.2f})"
-        flag = "" if not r["failed_checks"] else \
-            f"  CHECK FAILED ({r['runs'] - r['runs_ok']} of {r['runs']} runs): " \
-            + "; ".join(r["failed_checks"])
-        print(f"{r['traffic']:<12} {r['cores']:>5}  {r['label']:<23} {r['mpps']:>6.2f} "
-              f"{span:>13} {r['mpps_wall']:>9.2f} {share:>7} {pc:>14} {xi:>10} {xc:>9} "
-              f"{r['ns_over_ceiling'] or 0:>7.0f}{flag}")
-    print("\nMpps: packets at the sink per second of the CPU time the generator, forwarder "
-          "and sink got,\n  times the cores (what the cores would forward were they theirs "
-          "alone); wall Mpps: per\n  second of wall time; CPU got: their share of the cores "
-          "meanwhile (the rest went to\n  other work on this shared machine); Mpps/sirq-core: "
-          "per second of softirq time (/proc/stat),\n  where the forwarder and the sink run; "
-          "ns>ceil: CPU time a packet costs beyond the\n  ceiling's (the forwarder's own "
-          "work).")
-    print()
-    head = f"{'target':<58} {'value':>7} {'need':>6}  result"
-    print(head)
-    print("-" * len(head))
-    for t in summary["targets"]:
-        fmt = (lambda v: f"{v:.1f}x") if t["metric"] == "x_iptables" else (lambda v: f"{v:.0%}")
-        print(f"{t['target']:<58} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
-              f"{'PASS' if t['pass'] else 'FAIL'}")
-    print("\nthe forwarder's own work per packet (ns>ceil), iptables DNAT's over pyxlb's "
-          "(not a target):")
-    for r in summary["rows"]:
-        if BY_KEY[r["forwarder"]].kind == "pyxlb" and r["work_ratio_iptables"]:
-            print(f"  {r['label']:<11} {r['traffic']:<12} {r['cores']} core"
-                  f"{'s' if r['cores'] > 1 else ' '}  {r['ns_over_ceiling']:6.0f} ns vs "
-                  f"{r['ns_over_ceiling'] * r['work_ratio_iptables']:6.0f} ns: "
-                  f"{r['work_ratio_iptables']:.1f}x less")
+        last = (traffic, cores)
+        r4, r6 = by.get((fkey, traffic, cores, 4)), by.get((fkey, traffic, cores, 6))
+        m4, s4, c4, n4 = _fmt_row(r4)
+        m6, s6, c6, n6 = _fmt_row(r6)
+        xi = f"{r4['x_iptables']:.1f}x" if r4 and r4["x_iptables"] else "-"
+        ratio = f"{r6['mpps'] / r4['mpps']:.2f}" if r4 and r6 else "-"
+        print(f"{SHORT[traffic]:<13} {cores:>5}  {BY_KEY[fkey].label:<23} "
+              f"{m4:>9} {s4:>13} {xi:>6} {c4:>6} {n4:>7}  {m6:>9} {s6:>13} {c6:>6} {n6:>7} "
+              f"{ratio:>6}")
+        for r in (r4, r6):
+            if r and r["failed_checks"]:
+                flags.append(f"  CHECK FAILED, IPv{r['family']} {SHORT[traffic]} {cores} "
+                             f"core(s) {r['label']} ({r['runs'] - r['runs_ok']} of "
+                             f"{r['runs']} runs): " + "; ".join(r["failed_checks"]))
+    for line in flags:
+        print(line)
+    if chain:
+        print("\nMpps (chain generator): packets per second of each generator thread's own "
+              "loop time in the\n  kernel, summed over the threads; nothing transmitted "
+              "(generator + forwarder's program,\n  no veth, no sink). ns>ceil: what a "
+              "packet costs beyond the ceiling's program (the\n  forwarder's own work).")
+    else:
+        print("\nMpps: packets at the sink per second of the CPU time the generator, "
+              "forwarder and sink got,\n  times the cores (what the cores would forward "
+              "were they theirs alone; per-run wall Mpps,\n  CPU share and Mpps per softirq "
+              "core are in the results file); ns>ceil: CPU time a packet\n  costs beyond "
+              "the ceiling's (the forwarder's own work). IPv4: 64-byte frames, IPv6: 84.")
+    limited = [r for r in summary["rows"] if "insert_limits_per_cpu" in r
+               and r["traffic"] != "established"]
+    if limited:
+        print("\npyxlb's insertion limits (new flows recorded a second per CPU) and the share "
+              "of new flows\nrecorded, medians:")
+        for r in limited:
+            lim = r["insert_limits_per_cpu"][f"ipv{r['family']}"]
+            rec = f"{r['recorded_share']:.0%}" if r.get("recorded_share") is not None else "-"
+            print(f"  {r['label']:<11} IPv{r['family']} {SHORT[r['traffic']]:<13} "
+                  f"{r['cores']} core{'s' if r['cores'] > 1 else ' '}  limit "
+                  f"{lim or 'none':>9}  recorded {rec}")
+    if summary["targets"]:
+        print()
+        head = f"{'target':<64} {'value':>7} {'need':>6}  result"
+        print(head)
+        print("-" * len(head))
+        for t in summary["targets"]:
+            fmt = (lambda v: f"{v:.1f}x") if t["metric"] == "x_iptables" \
+                else (lambda v: f"{v:.0%}")
+            print(f"{t['target']:<64} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
+                  f"{'PASS' if t['pass'] else 'FAIL'}")
+    work = [r for r in summary["rows"]
+            if BY_KEY[r["forwarder"]].kind == "pyxlb" and r["work_ratio_iptables"]]
+    if work:
+        print("\nthe forwarder's own work per packet (ns>ceil), iptables DNAT's over pyxlb's "
+              "(not a target):")
+    for r in work:
+        print(f"  {r['label']:<11} IPv{r['family']} {SHORT[r['traffic']]:<13} {r['cores']} "
+              f"core{'s' if r['cores'] > 1 else ' '}  {r['ns_over_ceiling']:6.0f} ns vs "
+              f"{r['ns_over_ceiling'] * r['work_ratio_iptables']:6.0f} ns: "
+              f"{r['work_ratio_iptables']:.1f}x less")
 
 
-def chart(summary: dict, core_counts: List[int], path: str, subtitle: str) -> None:
+def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
+          chain: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {(r["forwarder"], r["traffic"], r["cores"]): r for r in summary["rows"]}
+    rows = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r
+            for r in summary["rows"]}
+    traffics = [t for t in TRAFFIC if any(r["traffic"] == t for r in summary["rows"])]
+    fwds = [f for f in FORWARDERS if any(r["forwarder"] == f.key for r in summary["rows"])]
     colors = {1: "#4C72B0", 2: "#DD8452"}
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
-    width = 0.8 / len(core_counts)
+    groups = [(c, fam) for c in core_counts for fam in FAMILIES]
+    fig, axes = plt.subplots(1, len(traffics), figsize=(7 * len(traffics), 6), sharey=True,
+                             squeeze=False)
+    width = 0.84 / len(groups)
     top = max(r["mpps_max"] for r in summary["rows"])
-    for ax, traffic in zip(axes, TRAFFIC):
-        xs = range(len(FORWARDERS))
-        for j, cores in enumerate(core_counts):
+    for ax, traffic in zip(axes[0], traffics):
+        xs = range(len(fwds))
+        for j, (cores, family) in enumerate(groups):
             vals, lo, hi = [], [], []
-            for f in FORWARDERS:
-                r = rows.get((f.key, traffic, cores))
+            for f in fwds:
+                r = rows.get((f.key, traffic, cores, family))
                 vals.append(r["mpps"] if r else 0)
                 lo.append(r["mpps"] - r["mpps_min"] if r else 0)
                 hi.append(r["mpps_max"] - r["mpps"] if r else 0)
-            pos = [x - 0.4 + width * (j + 0.5) for x in xs]
+            pos = [x - 0.42 + width * (j + 0.5) for x in xs]
             bars = ax.bar(pos, vals, width * 0.92, color=colors.get(cores, "#55A868"),
-                          label=f"{cores} core{'s' if cores > 1 else ''}",
-                          yerr=[lo, hi], capsize=3, error_kw={"elinewidth": 0.8})
-            for b, f, v in zip(bars, FORWARDERS, vals):
-                r = rows.get((f.key, traffic, cores))
+                          hatch="//" if family == 6 else None, edgecolor="white",
+                          label=f"IPv{family}, {cores} core{'s' if cores > 1 else ''}",
+                          yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
+            for b, f, v, h in zip(bars, fwds, vals, hi):
+                if not v:
+                    continue
+                r = rows.get((f.key, traffic, cores, family))
                 text = f"{v:.2f}" if v < 1 else f"{v:.1f}"
-                if r and f.kind == "pyxlb" and r["x_iptables"]:
-                    text += f"\n{r['x_iptables']:.1f}x ipt"
-                    if r["x_ceiling"]:
-                        text += f"\n{r['x_ceiling']:.0%} ceil"
-                ax.annotate(text, (b.get_x() + b.get_width() / 2, v + hi[FORWARDERS.index(f)]),
-                            xytext=(0, 3), textcoords="offset points", ha="center",
-                            va="bottom", fontsize=7.5)
+                if r and f.kind == "pyxlb" and r["x_ceiling"]:
+                    text += f"\n{r['x_ceiling']:.0%}"
+                ax.annotate(text, (b.get_x() + b.get_width() / 2, v + h), xytext=(0, 2),
+                            textcoords="offset points", ha="center", va="bottom",
+                            fontsize=6.5)
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([f.label.replace(" (", "\n(") for f in FORWARDERS], fontsize=9)
+        ax.set_xticklabels([f.label.replace(" (", "\n(") for f in fwds], fontsize=9)
         ax.set_title(TRAFFIC[traffic].capitalize(), fontsize=11)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.set_ylim(0, top * 1.25)
-    axes[0].set_ylabel("Mpps at the sink, 64-byte frames\n(per second of the pipeline's CPU "
-                       "time x cores)")
-    axes[0].legend(loc="upper right")
+    axes[0][0].set_ylabel("Mpps per second of the generator threads' kernel loop time"
+                          if chain else "Mpps at the sink, 64-byte frames (IPv6: 84)\n"
+                          "(per second of the pipeline's CPU time x cores)")
+    axes[0][0].legend(loc="upper right", fontsize=8)
     fig.suptitle("Forwarding throughput of the LB node: pyxlb vs kernel DNAT (kube-proxy "
-                 "layouts) vs a bare XDP redirect", fontsize=12)
+                 "layouts) vs a bare XDP redirect; pyxlb's figures: share of the ceiling"
+                 + (" (chain generator: nothing transmitted)" if chain else ""), fontsize=11)
     fig.text(0.5, 0.01, subtitle, ha="center", fontsize=8, color="#555555")
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     fig.savefig(path, dpi=110)
@@ -962,6 +1204,30 @@ def chart(summary: dict, core_counts: List[int], path: str, subtitle: str) -> No
 
 
 # -- main ------------------------------------------------------------------------------------
+
+
+def live_frames_allowed(prefix: str) -> bool:
+    """Whether this kernel runs live-frames test runs (some answer EPERM even to root):
+    one packet of the generator out of a loopback in a namespace of our own."""
+    name = f"{prefix}-probe"
+    obj = _bpf.BpfObject.open(object_path("bench_gen"))
+    try:
+        obj.load()
+        prog = obj.program("gen_packet")
+    finally:
+        obj.close()
+    pr_netns.create(name)
+    try:
+        with prog, netns.enter(name):
+            ctx = struct.pack("=6I", 0, FRAME_LEN, 0, socket.if_nametoindex("lo"), 0, 0)
+            try:
+                prog.test_run(bytes(FRAME_LEN), repeat=1, ctx=ctx,
+                              flags=_bpf.TEST_XDP_LIVE_FRAMES)
+            except PermissionError:
+                return False
+            return True
+    finally:
+        pr_netns.remove(name)
 
 
 def main():
@@ -972,12 +1238,42 @@ def main():
                         "--quick 0.5)")
     parser.add_argument("--rounds", type=int, help="measurements a case, of which the "
                         "median is reported (default 5, --quick 3)")
+    parser.add_argument("--generator", choices=("auto", "live", "chain"), default="auto",
+                        help="live: live-frames test runs, really transmitted; chain: the "
+                        "generator tail-calls the program on the LB node's in0, nothing "
+                        "transmitted, XDP forwarders only; auto (default): live where the "
+                        "kernel allows it, else chain")
+    parser.add_argument("--families", default="4,6",
+                        help="IP versions of the traffic: 4, 6 or 4,6 (default)")
+    parser.add_argument("--prefix", help="namespace names' prefix (default ltp<pid>)")
+    parser.add_argument("--objects", metavar="DIR",
+                        help="load bench_gen.o, bench_sink.o, bench_ceiling.o from DIR "
+                        "(default: pyxlb's own; to measure an older pyxlb with this "
+                        "script's generator, run it with that pyxlb's python and this "
+                        "tree's pyxlb/bpf)")
+    parser.add_argument("--output", metavar="PATH", help="the results file (default "
+                        "bench/results/lab_throughput.json); the chart goes beside it "
+                        "(.png)")
     args = parser.parse_args()
     if args.rounds is None:
         args.rounds = 3 if args.quick else 5
     if args.rounds < 1:
         sys.exit("lab_throughput: --rounds must be at least 1")
     duration = args.duration or (0.5 if args.quick else 2.0)
+    if duration <= 0 or duration > 60:
+        sys.exit("lab_throughput: --duration must be more than 0 and at most 60 seconds")
+    try:
+        families = tuple(sorted({int(x) for x in args.families.split(",")}))
+    except ValueError:
+        families = ()
+    if not families or not set(families) <= set(FAMILIES):
+        sys.exit(f"lab_throughput: --families must be 4, 6 or 4,6, not {args.families!r}")
+    if args.prefix is not None and not (args.prefix.replace("-", "").isalnum()
+                                        and len(args.prefix) <= 8):
+        sys.exit(f"lab_throughput: --prefix must be 1-8 letters, digits or '-', "
+                 f"not {args.prefix!r}")
+    if args.objects and not os.path.isfile(os.path.join(args.objects, "bench_gen.o")):
+        sys.exit(f"lab_throughput: no bench_gen.o in {args.objects}")
     if os.geteuid() != 0:
         sys.exit("lab_throughput: needs root (namespaces, XDP, iptables)")
     for tool in ("iptables-restore", "nft", "ip"):
@@ -989,6 +1285,16 @@ def main():
     except ImportError:
         sys.exit("lab_throughput: matplotlib missing: pip install -e '.[bench]' "
                  "(`make bench` does)")
+    bpffs.ensure_mounted()
+    prefix = args.prefix or f"ltp{os.getpid()}"
+    live = args.generator != "chain" and live_frames_allowed(prefix)
+    if args.generator == "live" and not live:
+        sys.exit("lab_throughput: this kernel refuses live frames (EPERM): use "
+                 "--generator chain (see --help)")
+    if args.generator == "auto" and not live:
+        print("lab_throughput: this kernel refuses live frames (EPERM): the chain generator "
+              "(nothing transmitted, XDP forwarders only; see --help)", file=sys.stderr)
+    forwarders = [f for f in FORWARDERS if live or f.xdp]
 
     allowed = sorted(os.sched_getaffinity(0))
     core_sets = {1: [allowed[-1]]}
@@ -998,91 +1304,135 @@ def main():
     signal.signal(signal.SIGUSR1, _on_sigusr1)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
 
-    lab = Lab(f"ltp{os.getpid()}")
+    lab = Lab(prefix, objects=args.objects, chain=not live)
     t_start = time.monotonic()
     runs: Dict[tuple, List[dict]] = {}
     hints: Dict[tuple, float] = {}
+    fill = {}
     try:
         print(f"building the lab ({lab.prefix}-*: generator, sink, "
               f"{len(FORWARDERS)} LB nodes)...", flush=True)
         lab.up()
-        print(f"measuring: {args.rounds} rounds x {len(FORWARDERS)} forwarders x "
-              f"{len(TRAFFIC)} traffic kinds x {len(core_counts)} core counts, "
+        kinds = [t for t in TRAFFIC if t != "new_nolimit" or lab.insert_limits]
+        cases = [(t, f, fam) for t in kinds for f in forwarders for fam in families
+                 if fam in f.families and (t != "new_nolimit" or f.key in lab.insert_limits)]
+        print(f"measuring ({'chain' if lab.chain else 'live-frames'} generator): "
+              f"{args.rounds} rounds x {len(cases)} cases x {len(core_counts)} core counts, "
               f"{duration:g} s each", flush=True)
         print("filling pyxlb's flow tables (steady state: new flows push old ones out)...",
               flush=True)
-        fill_flow_tables(lab, core_sets)
+        fill = fill_flow_tables(lab, core_sets)
         for rnd in range(args.rounds):
             for cores in core_counts:
                 # this thread (which reads the counters) keeps off a lone measured CPU
                 rest = set(allowed) - set(core_sets[cores])
                 os.sched_setaffinity(0, rest or set(allowed))
-                for traffic in TRAFFIC:
-                    for f in FORWARDERS:
-                        key = (f.key, traffic, cores)
-                        run = measure(lab, f, traffic, core_sets[cores], duration,
-                                      hints.get(key))
-                        hints[key] = run["mpps_wall"] * 1e6
-                        runs.setdefault(key, []).append(run)
-                        flag = "" if not run["failed_checks"] else \
-                            "  CHECK FAILED: " + "; ".join(run["failed_checks"])
-                        print(f"  round {rnd + 1}  {cores} core{'s' if cores > 1 else ' '}  "
-                              f"{traffic:<11}  {f.label:<23} {run['mpps']:6.2f} Mpps  "
-                              f"({run['delivered']:.0%} of {run['sent']} delivered){flag}",
-                              flush=True)
+                for traffic, f, family in cases:
+                    key = (f.key, traffic, cores, family)
+                    run = measure(lab, f, traffic, core_sets[cores], duration,
+                                  hints.get(key), family)
+                    hints[key] = run["mpps_wall"] * 1e6
+                    runs.setdefault(key, []).append(run)
+                    flag = "" if not run["failed_checks"] else \
+                        "  CHECK FAILED: " + "; ".join(run["failed_checks"])
+                    got = "" if run["delivered"] is None else \
+                        f"  ({run['delivered']:.0%} of {run['sent']} delivered)"
+                    rec = "" if run.get("recorded_share") is None else \
+                        f"  recorded {run['recorded_share']:.0%}"
+                    print(f"  round {rnd + 1}  {cores} core{'s' if cores > 1 else ' '}  "
+                          f"IPv{family} {SHORT[traffic]:<13} {f.label:<23} "
+                          f"{run['mpps']:6.2f} Mpps{got}{rec}{flag}", flush=True)
     finally:
         os.sched_setaffinity(0, set(allowed))
         lab.down()
     elapsed = time.monotonic() - t_start
 
     summary = summarise(runs, core_counts)
+    if lab.chain:
+        # the targets are shares of a ceiling that transmits: not of one that does not
+        summary["targets"] = []
     info = machine_info()
-    print(f"\n64-byte frames (UDP and TCP alternately), medians of {args.rounds} runs of "
-          f"~{duration:g} s; 1 core = CPU {core_sets[1][0]}"
-          + (f", 2 cores = CPUs {core_sets[2]}" if 2 in core_sets else "") + "\n")
-    print_table(summary)
-    png = os.path.join(RESULTS_DIR, "lab_throughput.png")
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    print(f"\n64-byte frames over IPv4, 84 over IPv6 (UDP and TCP alternately), medians of "
+          f"{args.rounds} runs of ~{duration:g} s; 1 core = CPU {core_sets[1][0]}"
+          + (f", 2 cores = CPUs {core_sets[2]}" if 2 in core_sets else "")
+          + ("; chain generator (nothing transmitted)" if lab.chain else "") + "\n")
+    print_table(summary, chain=lab.chain)
+    path = args.output or os.path.join(RESULTS_DIR, "lab_throughput.json")
+    png = os.path.splitext(path)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     chart(summary, core_counts, png,
           f"{info['date']}, kernel {info['kernel']}, {info['cpus']} vCPUs (shared VM). "
-          f"Generator, forwarder and sink share each core. Medians of {args.rounds} runs, "
-          f"whiskers min-max. 'x ipt': ratio to iptables; 'ceil': share of the bare "
-          f"XDP redirect")
-    path = write_results("lab_throughput", {
-        "machine": info, "quick": args.quick, "duration_s": duration, "rounds": args.rounds,
-        "frame_bytes": FRAME_LEN, "flows_established": FLOWS, "cpus": core_sets,
-        "conntrack_new_flow_budget": CT_NEW_BUDGET,
-        "tools": {"iptables": tool_version(["iptables", "--version"]),
-                  "nft": tool_version(["nft", "--version"])},
-        "elapsed_s": round(elapsed, 1),
-        "notes": [
-            "mpps = packets counted by native XDP at the sink / CPU time of the pipeline "
-            "(generator threads' clocks + ksoftirqd of the CPUs used) x cores, between "
-            "snapshots taken inside the generator calls; mpps_wall divides by wall time "
-            "instead; cpu_share = CPU time / (window x cores): the machine is shared",
-            "generator, forwarder and sink run on the same CPU(s): a veth runs its "
-            "receiver's NAPI on the sending CPU; mpps_per_softirq_core divides by the "
-            "softirq time of those CPUs (/proc/stat), where the forwarder and the sink run",
-            "ns_over_ceiling = (1/mpps - 1/mpps of the ceiling) x cores: CPU time per "
-            "packet beyond the bare redirect's path, i.e. the forwarder's own work",
-            "pyxlb's IPv4 flow table (2 Mi flows in sets of 4) takes twice its capacity "
-            "of new flows before the first measurement: as on a node that has run a while, "
-            "the back half of every set, where new flows go, is full, and every new flow "
-            "pushes an older one out of its set",
-            "established flows are flows the forwarder already knows (pyxlb's flow table, a "
-            "conntrack entry); no replies flow, so conntrack keeps them unreplied",
+          + ("Chain generator: generator + forwarder's program per second of kernel loop "
+             "time, nothing transmitted. " if lab.chain else
+             "Generator, forwarder and sink share each core. ")
+          + f"Medians of {args.rounds} runs, whiskers min-max; hatched: IPv6. "
+          f"Under pyxlb's bars: share of the bare XDP redirect", chain=lab.chain)
+    notes = [
+        "mpps = packets counted by native XDP at the sink / CPU time of the pipeline "
+        "(generator threads' clocks + ksoftirqd of the CPUs used) x cores, between "
+        "snapshots taken inside the generator calls; mpps_wall divides by wall time "
+        "instead; cpu_share = CPU time / (window x cores): the machine is shared",
+        "generator, forwarder and sink run on the same CPU(s): a veth runs its "
+        "receiver's NAPI on the sending CPU; mpps_per_softirq_core divides by the "
+        "softirq time of those CPUs (/proc/stat), where the forwarder and the sink run",
+    ] if not lab.chain else [
+        "generator 'chain' (this kernel refuses live frames): gen_chain under a plain "
+        "BPF_PROG_TEST_RUN in the LB node's namespace (ctx: in0) tail-calls the program "
+        "attached to in0; nothing is transmitted, so there is no sink and no kernel DNAT "
+        "forwarder; mpps = sum over the generator threads of packets per second of their "
+        "kernel loop time (BPF_PROG_TEST_RUN's duration, integer ns per packet); "
+        "mpps_wall = packets / wall time of the calls (fixed costs included). Not "
+        "comparable with live-frames figures",
+    ]
+    notes += [
+        "ns_over_ceiling = (1/mpps - 1/mpps of the ceiling) x cores: CPU time per "
+        "packet beyond the bare redirect's path, i.e. the forwarder's own work",
+        "IPv4: 64-byte frames; IPv6: 84-byte frames (the same 30-byte TCP/UDP segment "
+        "behind a 40-byte header); IPv6 goes through pyxlb (IP6IP6 or L2) and the "
+        "ceiling only (the kernel DNAT layouts are IPv4 ones)",
+        "pyxlb's flow tables take twice their ways of new flows (IPv4 and IPv6, "
+        "insertion limit off) before the first measurement: as on a node that has run a "
+        "while, the back half of every set, where new flows go, is full, and every new "
+        "flow pushes an older one out of its set (fill_flow_tables in the results)",
+        "insertion limits: 'new' runs with pyxlb's default limits (new flows recorded a "
+        "second per CPU: the table's ways / CPUs), what a node gets; 'new_nolimit' with "
+        "none; each pyxlb row says its limits (insert_limits_per_cpu) and the share of "
+        "its new flows recorded (recorded_share); a datapath without limits has no "
+        "new_nolimit rows",
+        "established flows are flows the forwarder already knows (pyxlb's flow table, a "
+        "conntrack entry); no replies flow, so conntrack keeps them unreplied",
+    ]
+    if live:
+        notes += [
             "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node (a NIC would "
             "have checked), no masquerade (client address kept, as DSR keeps it); "
             "iptables is Debian's default, the nf_tables backend",
             f"new flows through conntrack: at most {CT_NEW_BUDGET} a measurement (the table "
             "is global and full at 262144), flushed before and after",
-            "the ceiling redirects to the interface towards the backends, as pyxlb does "
-            "here (its backends are behind another interface than the clients)",
-        ],
+        ]
+    notes.append("the ceiling redirects to the interface towards the backends, as pyxlb "
+                 "does here (its backends are behind another interface than the clients)")
+    data = {
+        "machine": info, "quick": args.quick, "duration_s": duration, "rounds": args.rounds,
+        "generator": "chain" if lab.chain else "live",
+        "families": list(families), "frame_bytes": FRAME_LEN, "frame_bytes_ipv6": FRAME_LEN6,
+        "flows_established": FLOWS, "cpus": core_sets,
+        "conntrack_new_flow_budget": CT_NEW_BUDGET,
+        "pyxlb": os.path.dirname(os.path.abspath(pyxlb.__file__)),   # which build ran
+        "insert_limits_default_per_cpu": {k: {"ipv4": v[0], "ipv6": v[1]}
+                                          for k, v in lab.insert_limits.items()},
+        "fill_flow_tables": fill,
+        "tools": {"iptables": tool_version(["iptables", "--version"]),
+                  "nft": tool_version(["nft", "--version"])},
+        "elapsed_s": round(elapsed, 1),
+        "notes": notes,
         **summary,
-        "runs": [{"forwarder": k[0], "traffic": k[1], "cores": k[2], "runs": v}
-                 for k, v in runs.items()],
-    })
+        "runs": [{"forwarder": k[0], "traffic": k[1], "cores": k[2], "family": k[3],
+                  "runs": v} for k, v in runs.items()],
+    }
+    with open(path, "w") as out:
+        json.dump(data, out, indent=2)
+        out.write("\n")
     print(f"\nresults: {path}\nchart:   {png}\n({elapsed:.0f} s)")
     if any(r["failed_checks"] for r in summary["rows"]):
         sys.exit(1)
