@@ -299,7 +299,7 @@ static __always_inline int xlb_set_lookup(const struct xlb_flow_key *key,
 			continue;
 		__builtin_memcpy(out, &w[kw], sizeof(*out));	/* by its layout, not word order */
 		if (i >= XLB_FRONT(v6) && promote) {
-			__u16 now = xlb_stamp(bpf_ktime_get_ns());
+			__u16 now = xlb_stamp(bpf_ktime_get_coarse_ns());
 
 			if ((__u16)(now - xlb_way_stamp(w, v6)) < XLB_PROMOTE_AGE)
 				return 1;
@@ -364,7 +364,7 @@ static __always_inline int xlb_set_insert(const struct xlb_flow_key *key,
 	const int kw = XLB_KW(v6), ways = XLB_WAYS(v6);
 	__u32 k[10] __attribute__((aligned(8)));
 	__u32 w[16] __attribute__((aligned(8)));
-	__u64 now_ns = bpf_ktime_get_ns();
+	__u64 now_ns = bpf_ktime_get_coarse_ns();
 	int i, at = -1, hole = -1;
 	__u32 *set;
 

@@ -33,8 +33,8 @@
 #ifndef XLB_FLOW6_SETS
 #define XLB_FLOW6_SETS (1 << 18)
 #endif
-/* Flow stamps (struct xlb_flow4_key.stamp): bpf_ktime_get_ns() >> XLB_STAMP_SHIFT, 16 bits,
- * so a unit is 1.05 ms and a stamp wraps after 68.7 s. */
+/* Flow stamps (struct xlb_flow4_key.stamp): bpf_ktime_get_coarse_ns() >> XLB_STAMP_SHIFT,
+ * 16 bits, so a unit is 1.05 ms and a stamp wraps after 68.7 s. */
 #define XLB_STAMP_SHIFT 20
 /* A flow in the back half of its set is promoted to the front half only by a packet that
  * comes at least this many stamp units (about 67 ms) after it entered, and that is not a

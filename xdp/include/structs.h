@@ -103,7 +103,7 @@ struct xlb_flow4_key {
 	__be16 dport;		/* network order */
 	__u8 proto;
 	__u8 family;		/* XLB_FAMILY_V4 */
-	__u16 stamp;		/* host order; bpf_ktime_get_ns() >> XLB_STAMP_SHIFT, wrapping */
+	__u16 stamp;		/* host order; bpf_ktime_get_coarse_ns() >> XLB_STAMP_SHIFT, wrapping */
 };
 
 /* An IPv6 flow as xlb_flowsets6 keeps it: xlb_flow_key's ten words, its padding holding the
@@ -167,7 +167,7 @@ struct xlb_flowset6 {
 /* Value of xlb_flow_budget, per CPU, by family (0: IPv4, 1: IPv6): this CPU's flow-table
  * insertions in the current one-second window. */
 struct xlb_flow_budget {
-	__u64 start;		/* host order; bpf_ktime_get_ns() when the window began */
+	__u64 start;		/* host order; bpf_ktime_get_coarse_ns() when the window began */
 	__u32 count;		/* host order; insertions since */
 	__u32 pad;
 };
