@@ -13,6 +13,8 @@ REQUESTS = 100
 # Packets an LB node may count in a window of ~0.1 s that are not VIP traffic: ARP and
 # neighbour discovery on the shared segment (the bridge floods broadcasts and multicast).
 NEIGHBOUR_NOISE = 20
+# VIP packets that may meet an unresolved next hop (a SYN and its retransmissions).
+UNRESOLVED = 5
 
 
 @DSR
@@ -44,7 +46,11 @@ def test_backends_see_the_client_and_reply_past_the_lb(lab, family, mode):
     assert {name for _, name in answered} == {"be1", "be2", "be3"}
     sent = client["OutSegs"] + client["RetransSegs"]
     assert lb1["vip_packets"] == sent
-    assert lb1["tx"] == sent, "every VIP packet leaves lb1 by XDP_TX"
+    # Every VIP packet leaves lb1 tunnelled: by XDP_TX, or, for the few that arrive while
+    # the kernel's neighbour entry for the router is missing or being resolved (as on the
+    # first IPv6 packets after the lab starts), handed to the kernel to forward.
+    assert lb1["tx"] + lb1["pass_no_neigh"] == sent, lb1
+    assert lb1["pass_no_neigh"] <= UNRESOLVED, lb1
     assert client["InSegs"] >= 3 * REQUESTS
     others = lb1["seen"] - lb1["vip_packets"]
     assert others <= NEIGHBOUR_NOISE < client["InSegs"], \
