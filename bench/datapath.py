@@ -157,7 +157,7 @@ def expected_encap(frame: bytes, backend: str, hash_: int) -> bytes:
     else:
         tclass = inner[1] if v4_inner else ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
         outer = IPv6(src=outer_src6(hash_), dst=backend, hlim=L.TTL, tc=tclass,
-                     fl=hash_ & 0xFFFFF,
+                     fl=hash_ & (L.CHAIN_LABEL - 1),
                      nh=socket.IPPROTO_IPIP if v4_inner else socket.IPPROTO_IPV6)
     return bytes(eth / outer / Raw(inner))
 

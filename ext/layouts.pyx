@@ -76,6 +76,10 @@ VIP_NO_FLOW_TABLE = XLB_VIP_NO_FLOW_TABLE
 VIP_AFFINITY_SRC = XLB_VIP_AFFINITY_SRC
 VIP_ANNOUNCE = XLB_VIP_ANNOUNCE
 VIP_SOURCE_RANGES = XLB_VIP_SOURCE_RANGES
+VIP_STATELESS = XLB_VIP_STATELESS
+CHAIN_IDS = XLB_CHAIN_IDS
+CHAIN_LABEL = XLB_CHAIN_LABEL
+CHAIN_TIME_SHIFT = XLB_CHAIN_TIME_SHIFT
 SRC_RANGE_PLEN_MAX = XLB_SRC_RANGE_PLEN_MAX
 
 ADDR_PORTS = XLB_ADDR_PORTS
@@ -132,6 +136,9 @@ STAT_DROP_SOURCE_RANGE = XLB_STAT_DROP_SOURCE_RANGE
 STAT_PASS_NOT_OURS = XLB_STAT_PASS_NOT_OURS
 STAT_FLOW_MISS_MIDSTREAM = XLB_STAT_FLOW_MISS_MIDSTREAM
 STAT_FLOW_INSERT_LIMITED = XLB_STAT_FLOW_INSERT_LIMITED
+STAT_CHAIN_SENT = XLB_STAT_CHAIN_SENT
+STAT_CHAIN_FORWARDED = XLB_STAT_CHAIN_FORWARDED
+STAT_CHAIN_NO_PEER = XLB_STAT_CHAIN_NO_PEER
 STAT_MAX = XLB_STAT_MAX
 
 
@@ -164,6 +171,9 @@ def _stat_names():
         XLB_STAT_PASS_NOT_OURS: "pass_not_ours",
         XLB_STAT_FLOW_MISS_MIDSTREAM: "flow_miss_midstream",
         XLB_STAT_FLOW_INSERT_LIMITED: "flow_insert_limited",
+        XLB_STAT_CHAIN_SENT: "chain_sent",
+        XLB_STAT_CHAIN_FORWARDED: "chain_forwarded",
+        XLB_STAT_CHAIN_NO_PEER: "chain_no_peer",
     }
     return [named.get(i, f"stat_{i}") for i in range(XLB_STAT_MAX)]
 
@@ -195,6 +205,8 @@ SIZES = {
     "xlb_lpm_key": sizeof(xlb_lpm_key),
     "xlb_src_range_key": sizeof(xlb_src_range_key),
     "xlb_config": sizeof(xlb_config),
+    "xlb_prev_slot": sizeof(xlb_prev_slot),
+    "xlb_chain_peer": sizeof(xlb_chain_peer),
     "xlb_hc_key": sizeof(xlb_hc_key),
     "xlb_hc_path": sizeof(xlb_hc_path),
 }
@@ -419,6 +431,42 @@ def unpack_nexthop(data):
     data = _as_bytes(data)
     memcpy(&n, _input(data, sizeof(n), "xlb_nexthop"), sizeof(n))
     return {"dmac": _b(n.dmac, 6), "smac": _b(n.smac, 6), "ifindex": n.ifindex}
+
+
+# -- struct xlb_prev_slot, struct xlb_chain_peer (stateless mode) ----------------------
+
+def pack_prev_slot(chain, until=0):
+    """struct xlb_prev_slot: a ring slot's previous owner (chain id, 0: none) and when it is
+    forgotten (monotonic ns >> CHAIN_TIME_SHIFT)."""
+    cdef xlb_prev_slot p
+    memset(&p, 0, sizeof(p))
+    p.chain = _uint(chain, 16, "chain")
+    p.until = _uint(until, 32, "until")
+    return _out(&p, sizeof(p))
+
+
+def unpack_prev_slot(data):
+    cdef xlb_prev_slot p
+    data = _as_bytes(data)
+    memcpy(&p, _input(data, sizeof(p), "xlb_prev_slot"), sizeof(p))
+    return {"chain": p.chain, "until": p.until}
+
+
+def pack_chain_peer(addr, family):
+    """struct xlb_chain_peer: a node's address; family 0 (address ignored): no peer."""
+    cdef xlb_chain_peer c
+    memset(&c, 0, sizeof(c))
+    if family:
+        _put(c.addr, _addr(addr, _family(family), "addr"))
+        c.family = family
+    return _out(&c, sizeof(c))
+
+
+def unpack_chain_peer(data):
+    cdef xlb_chain_peer c
+    data = _as_bytes(data)
+    memcpy(&c, _input(data, sizeof(c), "xlb_chain_peer"), sizeof(c))
+    return {"addr": _b(c.addr, 16), "family": c.family}
 
 
 # -- struct xlb_if_mac ------------------------------------------------------------------

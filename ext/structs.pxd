@@ -43,7 +43,11 @@ cdef extern from "consts.h":
         XLB_VIP_AFFINITY_SRC
         XLB_VIP_ANNOUNCE
         XLB_VIP_SOURCE_RANGES
+        XLB_VIP_STATELESS
         XLB_SRC_RANGE_PLEN_MAX
+        # stateless mode's chaining
+        XLB_CHAIN_IDS
+        XLB_CHAIN_TIME_SHIFT
         # struct xlb_addr.flags
         XLB_ADDR_PORTS
         XLB_ADDR_ALL_PORTS
@@ -77,6 +81,7 @@ cdef extern from "consts.h":
     # 0xFFFFFFFFu: typed, so Python sees 4294967295 and not an int's -1
     const uint32_t XLB_RING_EMPTY
     const uint32_t XLB_HEALTH_VIP
+    const uint32_t XLB_CHAIN_LABEL
 
     enum xlb_stat:
         XLB_STAT_PASS_NOT_VIP
@@ -104,6 +109,9 @@ cdef extern from "consts.h":
         XLB_STAT_PASS_NOT_OURS
         XLB_STAT_FLOW_MISS_MIDSTREAM
         XLB_STAT_FLOW_INSERT_LIMITED
+        XLB_STAT_CHAIN_SENT
+        XLB_STAT_CHAIN_FORWARDED
+        XLB_STAT_CHAIN_NO_PEER
         XLB_STAT_MAX
 
 
@@ -258,6 +266,16 @@ cdef extern from "structs.h":
         uint32_t flow4_seed
         uint32_t flow_inserts4
         uint32_t flow_inserts6
+
+    struct xlb_prev_slot:
+        uint16_t chain
+        uint16_t pad
+        uint32_t until
+
+    struct xlb_chain_peer:
+        uint8_t addr[16]
+        uint8_t family
+        uint8_t pad[3]
 
     struct xlb_hc_key:
         uint16_t port           # network order

@@ -48,6 +48,9 @@ int xlb_decap(struct xdp_md *ctx)
 	vip.family = inner.key.family;
 	if (!bpf_map_lookup_elem(&xlb_decap_vips, &vip))
 		goto refuse;
+	rc = xlb_chain(ctx, &outer, &inner);
+	if (rc >= 0)
+		return rc;
 	return xlb_strip_outer(ctx, &outer);
 refuse:
 	xlb_count(XLB_STAT_DECAP_REFUSED);

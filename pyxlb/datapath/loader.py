@@ -29,8 +29,8 @@ from .tables import CommonTables
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxlb"
 
 # maps with one entry per VIP (or ring): sized together by a VIP capacity
-VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats", "xlb_vip_range_drops",
-            "xlb_decap_vips")
+VIP_MAPS = ("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_prev_rings", "xlb_vip_stats",
+            "xlb_vip_range_drops", "xlb_decap_vips")
 
 
 class ForeignDatapath(PyxlbError):
@@ -52,7 +52,7 @@ def map_sizes(max_vips: Optional[int] = None, max_flows: Optional[int] = None,
         sizes.update({m: max_vips for m in VIP_MAPS if m in names})
         # a changed VIP gets its new ring before the old one is freed: room for both (an
         # unused slot of the outer map costs 8 bytes)
-        sizes["xlb_rings"] = 2 * max_vips
+        sizes["xlb_rings"] = sizes["xlb_prev_rings"] = 2 * max_vips
     if max_flows is not None:
         sizes[FLOWS4] = flow_sets(max_flows)
     if max_flows6 is not None:

@@ -38,6 +38,7 @@ from pyxlb.state import PROTOCOLS, HealthSpec, StateError, VipKey
 STATS = "xlb_stats"                  # global outcome counters (enum xlb_stat), per CPU
 CONFIG = "xlb_config"                # the one struct xlb_config
 DECAP_SOURCES = "xlb_decap_sources"  # LPM trie of outer sources allowed to tunnel to us
+CHAIN_PEERS = "xlb_chain_peers"      # chain id -> xlb_chain_peer (stateless mode's chaining)
 
 # Balancer only.
 VIPS = "xlb_vips"                    # xlb_vip_key -> xlb_vip
@@ -47,6 +48,7 @@ VIP_ADDRS = "xlb_vip_addrs"          # xlb_addr_key -> xlb_addr (kinds of VIP, a
 LOCAL_ADDRS = "xlb_local_addrs"      # xlb_addr_key -> u32: this node's own addresses
 IF_MACS = "xlb_if_macs"              # ifindex % slots -> xlb_if_mac: MACs of our interfaces
 RINGS = "xlb_rings"                  # ring id -> inner array (slot -> backend id)
+PREV_RINGS = "xlb_prev_rings"        # ring id -> inner array (slot -> xlb_prev_slot)
 BACKENDS = "xlb_backends"            # backend id -> xlb_backend
 NEXTHOPS = "xlb_nexthops"            # backend id -> xlb_nexthop
 EPOCH = "xlb_epoch"                  # u64 bumped by every apply (control plane only)
@@ -87,6 +89,7 @@ BALANCER = ObjectSpec(
         "stats": STATS,
         "config": CONFIG,
         "decap_sources": DECAP_SOURCES,
+        "chain_peers": CHAIN_PEERS,
         "vips": VIPS,
         "vip_index": VIP_INDEX,
         "addr_filter": ADDR_FILTER,
@@ -94,6 +97,7 @@ BALANCER = ObjectSpec(
         "local_addrs": LOCAL_ADDRS,
         "if_macs": IF_MACS,
         "rings": RINGS,
+        "prev_rings": PREV_RINGS,
         "backends": BACKENDS,
         "nexthops": NEXTHOPS,
         "members": MEMBERS,
@@ -116,6 +120,7 @@ DECAP = ObjectSpec(
         "stats": STATS,
         "config": CONFIG,
         "decap_sources": DECAP_SOURCES,
+        "chain_peers": CHAIN_PEERS,
         "decap_vips": DECAP_VIPS,
     },
 )
@@ -618,6 +623,117 @@ class Rings:
         for k, v in zip(array("I", keys), array("I", values)):
             slots[k] = v
         return slots
+
+
+# -- stateless mode: previous owners and chain peers ----------------------------------------
+
+def new_prev_ring(ring_id: int, chains, untils) -> "_bpf.Map":
+    """A new inner map of previous owners (struct xlb_prev_slot by ring slot), not yet in
+    xlb_prev_rings: `chains` (chain ids, 0: none) and `untils` (when each is forgotten:
+    CLOCK_MONOTONIC ns >> CHAIN_TIME_SHIFT), one of each per ring slot. Filled through
+    mmap with one copy, as rings are (8-byte cells: chain at 0, until at 4)."""
+    try:
+        chains, untils = array("H", chains), array("I", untils)
+    except (OverflowError, TypeError):
+        raise ValueError("previous owners are chain ids in 0..65535 and times in "
+                         "0..0xFFFFFFFF") from None
+    if len(chains) != len(untils) or not 1 <= len(chains) <= L.RING_SIZE_MAX:
+        raise ValueError(f"previous owners need one chain and one time per ring slot "
+                         f"(1..{L.RING_SIZE_MAX}), not {len(chains)} and {len(untils)}")
+    inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES["xlb_prev_slot"], len(chains),
+                            name=f"xlb_prev_{ring_id}",
+                            flags=_bpf.MAP_F_INNER_MAP | _bpf.MAP_F_MMAPABLE)
+    try:
+        cells = bytearray(8 * len(chains))
+        memoryview(cells).cast("H")[0::4] = chains
+        memoryview(cells).cast("I")[1::2] = untils
+        length = -(-len(cells) // mmap.PAGESIZE) * mmap.PAGESIZE
+        with mmap.mmap(inner.fd, length, mmap.MAP_SHARED,
+                       mmap.PROT_READ | mmap.PROT_WRITE) as mem:
+            mem[:len(cells)] = cells
+    except BaseException:
+        inner.close()
+        raise
+    return inner
+
+
+class PrevRings:
+    """xlb_prev_rings: ring id -> the previous owner of each of its slots (stateless VIPs'
+    rings only). Written whole and swapped in like xlb_rings, in the same transaction."""
+
+    def __init__(self, m: "_bpf.Map", writer=DIRECT):
+        self.map = m
+        self._w = writer
+
+    def put_all(self, tables: Mapping[int, Tuple[object, object]]) -> Callable[[], None]:
+        """Install (chains, untils) per ring id with one batch update; returns the function
+        that waits for it to end (the writer's add_inners)."""
+        if not tables:
+            return _done
+        rids = sorted(tables)
+        inners = []
+        try:
+            for rid in rids:
+                chains, untils = tables[rid]
+                inners.append(new_prev_ring(check_index(self.map, rid, "ring_id"),
+                                            chains, untils))
+        except BaseException:
+            for m in inners:
+                m.close()
+            raise
+        return self._w.add_inners(self.map, dict(zip(rids, inners)))
+
+    def delete_all(self, ring_ids: Iterable[int]) -> None:
+        rids = sorted(ring_ids)
+        if rids:
+            self._w.delete_inners(self.map, rids)
+
+    def get(self, ring_id: int) -> Tuple[array, array]:
+        """(chains array('H'), untils array('I')) of ring `ring_id` (KeyError if none)."""
+        check_index(self.map, ring_id, "ring_id")
+        with self.map.inner_map(ring_id) as inner:
+            keys, values, count = inner.lookup_batch()
+        chains, untils = array("H", bytes(2 * count)), array("I", bytes(4 * count))
+        cells = memoryview(bytes(values))
+        for k, c, u in zip(array("I", keys), cells.cast("H")[0::4], cells.cast("I")[1::2]):
+            chains[k], untils[k] = c, u
+        return chains, untils
+
+
+class ChainPeers:
+    """xlb_chain_peers: chain id -> the node it names (pyxlb.chain). Entries not set are
+    family 0: no peer."""
+
+    NONE = bytes(L.SIZES["xlb_chain_peer"])
+
+    def __init__(self, m: "_bpf.Map", writer=DIRECT):
+        self.map = m
+        self._w = writer
+
+    def put_all(self, peers: Mapping[int, Optional[Address]]) -> None:
+        """Set chain id -> address (None: no peer, e.g. an id several nodes share)."""
+        for cid in sorted(peers):
+            check_index(self.map, cid, "chain id")
+            addr = peers[cid]
+            if addr is None:
+                value = self.NONE
+            else:
+                family, a = parse_addr(addr)
+                value = L.pack_chain_peer(a, family)
+            self._w.update(self.map, cid, value)
+
+    def clear_all(self, ids: Iterable[int]) -> None:
+        self.put_all({cid: None for cid in ids})
+
+    def read(self) -> Dict[int, Address]:
+        """Every chain id that names a peer, in one batch read."""
+        _, values, n = self.map.lookup_batch()
+        size, out = L.SIZES["xlb_chain_peer"], {}
+        for i in range(n):
+            p = L.unpack_chain_peer(values[i * size:(i + 1) * size])
+            if p["family"]:
+                out[i] = ipaddress.ip_address(format_addr(p["family"], p["addr"]))
+        return out
 
 
 # -- source ranges, address and prefix sets -----------------------------------------------

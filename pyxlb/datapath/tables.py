@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from .counters import Counters, Stats
 from .flows import FlowTables
-from .maps import (DIRECT, AddrSet, Backends, Config, Epoch, HealthSpecs, IfMacs, MapSet,
-                   Members, Nexthops, PrefixSet, Rings, SourceRanges, VipAddrs, Vips)
+from .maps import (DIRECT, AddrSet, Backends, ChainPeers, Config, Epoch, HealthSpecs, IfMacs,
+                   MapSet, Members, Nexthops, PrefixSet, PrevRings, Rings, SourceRanges,
+                   VipAddrs, Vips)
 from .vipindex import VipIndexMap
 
 
@@ -21,6 +22,7 @@ class CommonTables:
         self.config = Config(maps.config, writer)
         self.stats = Stats(maps.stats)
         self.decap_sources = PrefixSet(maps.decap_sources, writer)
+        self.chain_peers = ChainPeers(maps.chain_peers, writer)
 
     def through(self, writer):
         """The same accessors over the same maps, writing through `writer`."""
@@ -46,6 +48,7 @@ class BalancerTables(CommonTables):
         self.local_addrs = AddrSet(maps.local_addrs, writer)
         self.if_macs = IfMacs(maps.if_macs, writer)
         self.rings = Rings(maps.rings, writer)
+        self.prev_rings = PrevRings(maps.prev_rings, writer)
         self.backends = Backends(maps.backends, writer)
         self.nexthops = Nexthops(maps.nexthops, writer)
         self.members = Members(maps.members, writer)

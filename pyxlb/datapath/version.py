@@ -48,7 +48,8 @@ SEMANTIC_VERSION = max(MEANINGS.values(), default=1)
 
 # Maps whose entry count is a node setting (pyxlb/datapath/loader.py map_sizes): their size
 # is not part of their layout, and an upgrade keeps the running datapath's size.
-SIZED_MAPS = frozenset(("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_vip_stats",
+SIZED_MAPS = frozenset(("xlb_vips", "xlb_vip_addrs", "xlb_rings", "xlb_prev_rings",
+                        "xlb_vip_stats",
                         "xlb_vip_range_drops", "xlb_decap_vips", "xlb_flowsets4",
                         "xlb_flowsets6", "xlb_flows"))
 

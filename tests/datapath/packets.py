@@ -40,6 +40,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import hexdump
 
+from pyxlb import _layouts as L
 from pyxlb.addr import parse_addr
 
 from tests.support.model import FlowKey
@@ -459,12 +460,13 @@ def outer_src6(flow_hash_value: int, prefix: str = SRC6) -> str:
 
 def encapsulated(frame: Frame, backend: str, flow_hash_value: int, *,
                  dmac: str = NEXTHOP_MAC, smac: str = EGRESS_MAC, src4: str = SRC4,
-                 src6: str = SRC6) -> Frame:
+                 src6: str = SRC6, chain: int = 0) -> Frame:
     """`frame` tunnelled to `backend` (IPIP, IP6IP6 or IPv4-in-IPv6 by the two families):
     MACs from the next hop, the tag kept, an outer header with TTL / hop limit 64, TOS /
-    traffic class copied, IPv4 DF copied (id 0), IPv6 flow label = low 20 bits of the flow
-    hash, outer source from the prefix and the hash; the inner packet and any Ethernet
-    padding after it untouched."""
+    traffic class copied, IPv4 DF copied, IPv6 flow label = low 19 bits of the flow hash,
+    outer source from the prefix and the hash; the inner packet and any Ethernet padding
+    after it untouched. `chain`: a stateless VIP's previous owner, carried as the IPv4 id
+    (with DF only; else id 0) or as the flow label L.CHAIN_LABEL | chain."""
     inner = ip_packet(frame)
     if _family_of_ip(inner) == 4:
         tos = inner[1]
@@ -474,11 +476,13 @@ def encapsulated(frame: Frame, backend: str, flow_hash_value: int, *,
         df = True
     if ipaddress.ip_address(backend).version == 4:
         outer = _l2_of(frame, ETH_P_IP, dst=dmac, src=smac) / IP(
-            version=4, ihl=5, tos=tos, id=0, flags="DF" if df else 0, frag=0, ttl=64,
+            version=4, ihl=5, tos=tos, id=chain if df else 0, flags="DF" if df else 0,
+            frag=0, ttl=64,
             proto=4, src=outer_src4(flow_hash_value, src4), dst=backend)
     else:
         outer = _l2_of(frame, ETH_P_IPV6, dst=dmac, src=smac) / IPv6(
-            version=6, tc=tos, fl=flow_hash_value & 0xFFFFF,
+            version=6, tc=tos,
+            fl=(L.CHAIN_LABEL | chain) if chain else flow_hash_value & (L.CHAIN_LABEL - 1),
             nh=4 if _family_of_ip(inner) == 4 else 41, hlim=64,
             src=outer_src6(flow_hash_value, src6), dst=backend)
     return bytes(outer / Raw(inner)) + padding(frame)

@@ -33,11 +33,13 @@ BALANCER_USES = [
     (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),
     (maps.SOURCE_RANGES, "key", "xlb_src_range_key"),
     (maps.CONFIG, "value", "xlb_config"),
+    (maps.CHAIN_PEERS, "value", "xlb_chain_peer"),
 ]
 DECAP_USES = [
     (maps.DECAP_VIPS, "key", "xlb_addr_key"),
     (maps.DECAP_SOURCES, "key", "xlb_lpm_key"),
     (maps.CONFIG, "value", "xlb_config"),
+    (maps.CHAIN_PEERS, "value", "xlb_chain_peer"),
 ]
 
 
@@ -73,6 +75,8 @@ def health():
 # inner maps of a map-of-maps: their value size is the template's, which the kernel checks
 # when an inner map is put in (the outer map's own value is a map fd)
 INNER_USES = [(maps.VIP_INDEX, "xlb_vip_slot")]
+# inner maps that differ in length (BPF_F_INNER_MAP), checked by test_prev_ring_size
+SIZED_INNER_USES = [(maps.PREV_RINGS, "xlb_prev_slot")]
 # parts of a map's value, checked through it; xlb_flow_key is the packet's flow key the sets
 # are made from, and the key of the LRU flow table of earlier releases (upgrade.SUCCESSORS
 # checks it against that map)
@@ -82,7 +86,7 @@ PARTS = {"xlb_flow4_way", "xlb_flow4_key", "xlb_flow6_way", "xlb_flow6_key", "xl
 
 def test_every_struct_is_checked():
     assert ({s for _, _, s in BALANCER_USES + DECAP_USES + HEALTH_USES}
-            | {s for _, s in INNER_USES}
+            | {s for _, s in INNER_USES + SIZED_INNER_USES}
             | PARTS == set(L.SIZES))
 
 
@@ -112,6 +116,21 @@ def test_inner_map_sizes(balancer, map_name, struct):
                              flags=flags | extra) as inner:
             with pytest.raises(OSError):
                 outer.set_inner(0, inner)
+    outer.delete(0)
+
+
+def test_prev_ring_size(balancer):
+    """xlb_prev_rings takes inner arrays of the host's xlb_prev_slot, any length (its
+    template has BPF_F_INNER_MAP, as a ring's), and refuses a larger value."""
+    outer = balancer.maps[maps.PREV_RINGS]
+    flags = _bpf.MAP_F_MMAPABLE | _bpf.MAP_F_INNER_MAP
+    size = L.SIZES["xlb_prev_slot"]
+    for count in (7, L.RING_SIZE_DEFAULT):
+        with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, size, count, flags=flags) as inner:
+            outer.set_inner(0, inner)
+    with _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, size + 8, 7, flags=flags) as inner:
+        with pytest.raises(OSError):
+            outer.set_inner(0, inner)
     outer.delete(0)
 
 

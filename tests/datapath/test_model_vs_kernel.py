@@ -295,7 +295,7 @@ def check_packet(dp: Datapath, model: Model, pkt: Packet, data: bytes,
         else:
             assert src == outer_source6(cfg.src6, cfg.src6_plen, want.hash), \
                 explain(data, out, want)
-            assert label == want.hash & 0xFFFFF, explain(data, out, want)
+            assert label == want.hash & (L.CHAIN_LABEL - 1), explain(data, out, want)
         hlen = 20 if family == L.FAMILY_V4 else 40
         assert out[14 + hlen:] == data[14:], explain(data, out, want)
     elif want.outcome == "icmp_sent":

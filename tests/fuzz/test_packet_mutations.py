@@ -842,7 +842,7 @@ def check_encap(f: bytes, out: bytes, vip: Vip, ip: Ip, *, steered: bool = False
         need(o[8:20] == SRC6_NET.network_address.packed[:12], "outer IPv6 source not in "
              "src6 (or host bits above the last 32 set)")
         label = int.from_bytes(o[1:4], "big") & 0xFFFFF
-        need(label == int.from_bytes(o[20:24], "big") & 0xFFFFF,
+        need(label == int.from_bytes(o[20:24], "big") & (L.CHAIN_LABEL - 1),
              "flow label and outer source disagree about the flow hash")
         dst = o[24:40]
     bid = BY_ADDR.get(dst)

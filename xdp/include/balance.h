@@ -416,20 +416,42 @@ static __always_inline int xlb_flow_insert(const struct xlb_flow_key *key,
 }
 
 /*
+ * The previous owner of a stateless VIP's ring slot, as a chain id, while its change is
+ * recent; 0 once forgotten, or when the ring has no previous owners. The clock is read
+ * only for a slot that has one.
+ */
+static __always_inline __u32 xlb_prev_chain(__u32 ring_id, __u32 slot)
+{
+	struct xlb_prev_slot *prev;
+	void *ring;
+
+	ring = bpf_map_lookup_elem(&xlb_prev_rings, &ring_id);
+	if (!ring)
+		return 0;
+	prev = bpf_map_lookup_elem(ring, &slot);
+	if (!prev || !prev->chain)
+		return 0;
+	if ((bpf_ktime_get_coarse_ns() >> XLB_CHAIN_TIME_SHIFT) >= prev->until)
+		return 0;
+	return prev->chain;
+}
+
+/*
  * Pick the backend of a flow: the flow table's answer if it still names a live backend of
  * the same generation, else the VIP's Maglev ring at xlb_ring_slot(). A new choice is
  * remembered when `insert` (ICMP errors look up, never insert, nor promote), unless this
  * CPU's insertion budget is spent (counted: flow_insert_limited). `syn`: the packet is a
  * TCP SYN, which never promotes a flow (xlb_set_lookup). Returns the backend id, or
  * XLB_RING_EMPTY when the VIP has no backend. *missed: the flow table did not have the flow
- * (a stale entry is not a miss).
+ * (a stale entry is not a miss). A stateless VIP has no flow table: the ring answers, and
+ * *chain is its slot's previous owner while the change is recent (xlb_prev_chain), else 0.
  */
 static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const struct xlb_vip *vip,
 				      __u32 *hash, const struct xlb_config *cfg, int src_only,
-				      int insert, int syn,
-				      struct xlb_backend **out, int *new_flow, int *missed)
+				      int insert, int syn, struct xlb_backend **out,
+				      int *new_flow, int *missed, __u32 *chain)
 {
-	int use_flows = !(vip->flags & XLB_VIP_NO_FLOW_TABLE);
+	int use_flows = !(vip->flags & (XLB_VIP_NO_FLOW_TABLE | XLB_VIP_STATELESS));
 	struct xlb_backend *be;
 	struct xlb_flow flow;
 	__u32 slot, id;
@@ -438,6 +460,7 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 
 	*new_flow = 0;
 	*missed = 0;
+	*chain = 0;
 	if (use_flows) {
 		if (xlb_flow_lookup(key, cfg, &flow, insert && !syn)) {
 			id = flow.backend_id;
@@ -473,6 +496,11 @@ static __always_inline __u32 xlb_pick(const struct xlb_flow_key *key, const stru
 		if (!xlb_flow_insert(key, cfg, &fresh))
 			xlb_count(XLB_STAT_FLOW_INSERT_LIMITED);
 		*new_flow = 1;	/* without a flow table no packet is known to start a flow */
+	}
+	if (vip->flags & XLB_VIP_STATELESS) {
+		*new_flow = syn;	/* TCP only: a SYN starts a connection */
+		if (insert)
+			*chain = xlb_prev_chain(vip->ring_id, slot);
 	}
 	*out = be;
 	return id;
@@ -549,10 +577,11 @@ static __always_inline int xlb_too_big(struct xdp_md *ctx, struct xlb_pkt *pkt, 
  */
 static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				      const struct xlb_config *cfg, const struct xlb_backend *be,
-				      const struct xlb_nexthop *nh, __u32 hash, const int steered,
-				      const int unresolved)
+				      const struct xlb_nexthop *nh, __u32 hash, __u32 chain,
+				      const int steered, const int unresolved)
 {
-	__u32 src6[4];
+	__u32 src6[4], label;
+	__u16 id;
 	__be32 src4, dst4, pass4;
 	__u32 tot;
 	int rc;
@@ -574,7 +603,12 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		if (!src4)
 			goto unsupported;
 		__builtin_memcpy(&dst4, be->addr, 4);
-		if (xlb_push_ipv4(ctx, pkt->l3_off, src4, dst4, pkt->l3_len, pkt->tos, pkt->df))
+		/* a chain id needs DF: a datagram that may be fragmented needs its id */
+		id = pkt->df ? chain : 0;
+		if (id)
+			xlb_count(XLB_STAT_CHAIN_SENT);
+		if (xlb_push_ipv4(ctx, pkt->l3_off, src4, dst4, pkt->l3_len, pkt->tos, pkt->df,
+				  id))
 			goto internal;
 		if (unresolved)
 			return xlb_pass_no_neigh();
@@ -590,7 +624,8 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 
 			if ((void *)(outer + 1) > data_end)
 				goto internal;
-			xlb_write_ipv4(outer, pkt->tos, tot, pkt->df, IPPROTO_IPIP, pass4, dst4);
+			xlb_write_ipv4(outer, pkt->tos, tot, pkt->df, id, IPPROTO_IPIP, pass4,
+				       dst4);
 		}
 		return xlb_pass_no_neigh();
 	}
@@ -606,9 +641,15 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 			goto unsupported;
 		__builtin_memcpy(src6, pkt->key.src, 16);
 	}
+	/* the flow label spreads flows (ECMP), or carries a chain id (consts.h) */
+	label = hash & (XLB_CHAIN_LABEL - 1);
+	if (chain) {
+		label = XLB_CHAIN_LABEL | chain;
+		xlb_count(XLB_STAT_CHAIN_SENT);
+	}
 	if (xlb_push_ipv6(ctx, pkt->l3_off, src6, be->addr, pkt->l3_len,
 			  pkt->key.family == XLB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6,
-			  pkt->tos, hash & 0xfffff))
+			  pkt->tos, label))
 		goto internal;
 	if (unresolved)
 		return xlb_pass_no_neigh();
@@ -633,7 +674,7 @@ internal:
 static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				       const struct xlb_config *cfg, const struct xlb_vip *vip,
 				       __u32 id, const struct xlb_backend *be, __u32 hash,
-				       const int steered)
+				       __u32 chain, const int steered)
 {
 	struct xlb_nexthop *nh;
 	int rc;
@@ -650,9 +691,9 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 			rc = xlb_send(ctx, nh, XLB_FAMILY_V6, pkt->key.src, be->addr, pkt->l3_len);
 		if (rc != XLB_NO_NEIGH)
 			return rc;
-		return xlb_tunnel(ctx, pkt, cfg, be, NULL, hash, steered, 1);
+		return xlb_tunnel(ctx, pkt, cfg, be, NULL, hash, 0, steered, 1);
 	}
-	return xlb_tunnel(ctx, pkt, cfg, be, nh, hash, steered, 0);
+	return xlb_tunnel(ctx, pkt, cfg, be, nh, hash, chain, steered, 0);
 }
 
 /*
@@ -698,6 +739,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	__u32 zero = 0, hash = 0, id, vip_id = vip->vip_id;
 	int src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	int new_flow, missed, syn;
+	__u32 chain;
 
 	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
 	if (!cfg) {
@@ -707,7 +749,8 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	if (src_only)
 		pkt->key.sport = 0;	/* one flow-table entry per client and VIP port */
 	syn = pkt->l4_proto == IPPROTO_TCP && xlb_tcp_syn(ctx, pkt);
-	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, syn, &be, &new_flow, &missed);
+	id = xlb_pick(&pkt->key, vip, &hash, cfg, src_only, 1, syn, &be, &new_flow, &missed,
+		      &chain);
 	/* a TCP segment without SYN is part of a connection: one the table should have had */
 	if (missed && pkt->l4_proto == IPPROTO_TCP && !syn)
 		xlb_count(XLB_STAT_FLOW_MISS_MIDSTREAM);
@@ -717,7 +760,7 @@ static __always_inline int xlb_balance(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return XDP_DROP;
 	}
 	xlb_add_counters(bpf_map_lookup_elem(&xlb_backend_stats, &id), pkt->l3_len, new_flow);
-	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, 0);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, chain, 0);
 }
 
 /*
@@ -738,7 +781,7 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	struct xlb_backend *be = NULL;
 	struct xlb_addr *addr;
 	struct xlb_vip *vip;
-	__u32 zero = 0, hash = 0, id, l4, end = pkt->l3_off + pkt->l3_len;
+	__u32 zero = 0, hash = 0, id, l4, end = pkt->l3_off + pkt->l3_len, chain;
 	__u16 *ports;
 	int src_only, new_flow, missed;
 
@@ -787,11 +830,11 @@ static __always_inline int xlb_steer_icmp(struct xdp_md *ctx, struct xlb_pkt *pk
 	src_only = vip->flags & XLB_VIP_AFFINITY_SRC;
 	if (src_only)
 		key.sport = 0;
-	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, 0, &be, &new_flow, &missed);
+	id = xlb_pick(&key, vip, &hash, cfg, src_only, 0, 0, &be, &new_flow, &missed, &chain);
 	if (id == XLB_RING_EMPTY || !be)
 		return -1;
 	xlb_count(XLB_STAT_ICMP_STEERED);
-	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, family);
+	return xlb_forward(ctx, pkt, cfg, vip, id, be, hash, 0, family);
 }
 
 /*
@@ -835,6 +878,7 @@ static __always_inline int xlb_decap_inline(struct xdp_md *ctx, struct xlb_pkt *
 	struct xlb_pkt inner = {};
 	struct xlb_addr_key local = {};
 	struct xlb_addr *addr;
+	int rc;
 
 	__builtin_memcpy(local.addr, outer->key.dst, 16);
 	local.family = outer->key.family;
@@ -850,6 +894,9 @@ static __always_inline int xlb_decap_inline(struct xdp_md *ctx, struct xlb_pkt *
 	    !xlb_find_vip(inner.key.dst, inner.key.dport, inner.l4_proto, inner.key.family,
 			  addr->flags))
 		goto refuse;
+	rc = xlb_chain(ctx, outer, &inner);
+	if (rc >= 0)
+		return rc;
 	return xlb_strip_outer(ctx, outer);
 refuse:
 	/* passed untouched: with no tunnel device the kernel drops it, as it should */

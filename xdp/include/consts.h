@@ -87,6 +87,21 @@
 #define XLB_VIP_AFFINITY_SRC (1 << 1)	/* hash the source address only (ClientIP) */
 #define XLB_VIP_ANNOUNCE (1 << 2)	/* announced (the address entry says so to the datapath) */
 #define XLB_VIP_SOURCE_RANGES (1 << 3)	/* only clients in its xlb_source_ranges entries */
+#define XLB_VIP_STATELESS (1 << 4)	/* TCP, no flow table: each packet carries its ring
+					 * slot's previous owner (xlb_prev_rings), and a
+					 * backend that lacks the connection chains it there */
+
+/*
+ * Stateless mode's chaining (docs/datapath.md, "Stateless mode"). A chain id names a node
+ * a backend may pass a moved connection's packets to: 1 + crc32(family byte, 16 address
+ * bytes) % 65535, computed by user space on every node alike (pyxlb/chain.py); 0 is none.
+ * It rides in the outer IPv4 header's identification field (only with DF set: a datagram
+ * that may not be fragmented needs no id, RFC 6864), or in the outer IPv6 flow label's low
+ * 16 bits with XLB_CHAIN_LABEL set (other labels keep that bit clear).
+ */
+#define XLB_CHAIN_IDS 65536		/* entries of xlb_chain_peers (id 0 unused) */
+#define XLB_CHAIN_LABEL (1u << 19)	/* flow-label bit: the low 16 bits are a chain id */
+#define XLB_CHAIN_TIME_SHIFT 30		/* xlb_prev_slot.until: ktime ns >> 30 (~1.07 s) */
 
 /* Prefix length of a struct xlb_src_range_key that names one client exactly: the VIP id's
  * 32 bits, then 128 address bits (IPv4 as ::ffff:a.b.c.d, so an IPv4 /n is 32 + 96 + n). */
@@ -168,6 +183,13 @@ enum xlb_stat {
 					 * another LB node */
 	XLB_STAT_FLOW_INSERT_LIMITED,	/* a new flow above this CPU's insertion budget: balanced
 					 * by the ring, not recorded */
+	XLB_STAT_CHAIN_SENT,		/* stateless VIP: tunnelled carrying its slot's
+					 * previous owner */
+	XLB_STAT_CHAIN_FORWARDED,	/* decap: a mid-connection TCP segment this node has
+					 * no socket for, re-tunnelled to its previous owner */
+	XLB_STAT_CHAIN_NO_PEER,		/* decap: the same, but its chain id names no (or
+					 * no single) known peer of the outer family:
+					 * decapsulated here */
 	XLB_STAT_MAX,
 };
 

@@ -92,6 +92,119 @@ static __always_inline int xlb_decap_acceptable(void *data, void *data_end,
 	       !inner->frag;
 }
 
+/* The chain id an accepted tunnelled packet carries (consts.h), 0 if none. */
+static __always_inline __u32 xlb_chain_of(void *data, void *data_end,
+					  const struct xlb_pkt *outer)
+{
+	__u32 label;
+
+	if (outer->key.family == XLB_FAMILY_V4) {
+		struct iphdr *iph = data + outer->l3_off;
+
+		if ((void *)(iph + 1) > data_end || !(iph->frag_off & bpf_htons(XLB_IP_DF)))
+			return 0;
+		return bpf_ntohs(iph->id);
+	}
+	struct ipv6hdr *ip6h = data + outer->l3_off;
+
+	if ((void *)(ip6h + 1) > data_end)
+		return 0;
+	label = ((__u32)(ip6h->flow_lbl[0] & 0xf) << 16) | ((__u32)ip6h->flow_lbl[1] << 8) |
+		ip6h->flow_lbl[2];
+	return label & XLB_CHAIN_LABEL ? label & 0xffff : 0;
+}
+
+/* Has this node a socket for the inner TCP segment's connection (established, half-open
+ * or in TIME_WAIT)? A listener does not count: it would answer a stray ACK with a reset. */
+static __always_inline int xlb_has_connection(struct xdp_md *ctx, const struct xlb_pkt *inner)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 size;
+	int have;
+
+	if (inner->key.family == XLB_FAMILY_V4) {
+		__builtin_memcpy(&t.ipv4.saddr, inner->key.src, 4);
+		__builtin_memcpy(&t.ipv4.daddr, inner->key.dst, 4);
+		t.ipv4.sport = inner->key.sport;
+		t.ipv4.dport = inner->key.dport;
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, inner->key.src, 16);
+		__builtin_memcpy(t.ipv6.daddr, inner->key.dst, 16);
+		t.ipv6.sport = inner->key.sport;
+		t.ipv6.dport = inner->key.dport;
+		size = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	have = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return have;
+}
+
+/*
+ * Stateless mode, on the backend (docs/datapath.md, "Stateless mode"): an accepted packet
+ * that carries a chain id and is a TCP segment without SYN, of a connection this node has
+ * no socket for, belongs to the slot's previous owner. Re-address the outer header to the
+ * peer that chain id names (same outer family), without the chain id, so the peer
+ * decapsulates it whatever it finds (never a loop), and send it there. Returns the action,
+ * or -1 to decapsulate here (no chain id, a SYN, a connection of ours, no such peer).
+ */
+static __always_inline int xlb_chain(struct xdp_md *ctx, const struct xlb_pkt *outer,
+				     const struct xlb_pkt *inner)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_chain_peer *peer;
+	__u32 chain, tot;
+	int rc;
+
+	chain = xlb_chain_of(data, data_end, outer);
+	if (!chain || inner->l4_proto != IPPROTO_TCP || xlb_tcp_syn(ctx, inner))
+		return -1;
+	peer = bpf_map_lookup_elem(&xlb_chain_peers, &chain);
+	if (!peer || peer->family != outer->key.family) {
+		xlb_count(XLB_STAT_CHAIN_NO_PEER);
+		return -1;
+	}
+	if (xlb_has_connection(ctx, inner))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	tot = outer->l3_len;
+	if (outer->key.family == XLB_FAMILY_V4) {
+		struct iphdr *iph = data + outer->l3_off;
+		__be32 saddr, daddr;
+
+		if ((void *)(iph + 1) > data_end)
+			return xlb_internal_drop();
+		saddr = iph->saddr;
+		__builtin_memcpy(&daddr, peer->addr, 4);
+		xlb_write_ipv4(iph, iph->tos, tot, 1, 0, IPPROTO_IPIP, saddr, daddr);
+		xlb_count(XLB_STAT_CHAIN_FORWARDED);
+		rc = xlb_send(ctx, NULL, XLB_FAMILY_V4, &saddr, &daddr, tot);
+	} else {
+		struct ipv6hdr *ip6h = data + outer->l3_off;
+		__u8 saddr[16];
+
+		if ((void *)(ip6h + 1) > data_end)
+			return xlb_internal_drop();
+		__builtin_memcpy(saddr, &ip6h->saddr, 16);
+		__builtin_memcpy(&ip6h->daddr, peer->addr, 16);
+		ip6h->flow_lbl[0] &= ~((XLB_CHAIN_LABEL >> 16) & 0xf);
+		ip6h->hop_limit = XLB_TTL;
+		xlb_count(XLB_STAT_CHAIN_FORWARDED);
+		rc = xlb_send(ctx, NULL, XLB_FAMILY_V6, saddr, peer->addr, tot);
+	}
+	if (rc != XLB_NO_NEIGH)
+		return rc;
+	/* no neighbour for the peer yet: the kernel forwards it (and resolves one) */
+	xlb_count(XLB_STAT_PASS_NO_NEIGH);
+	return XDP_PASS;
+}
+
 /* Strip the outer header of an accepted packet and pass the inner one up. */
 static __always_inline int xlb_strip_outer(struct xdp_md *ctx,
 					   const struct xlb_pkt *outer)

@@ -95,24 +95,26 @@ static __always_inline int xlb_move_eth(void *data, void *data_end, int from, in
 }
 
 /*
- * Write a whole IPv4 header without options (TTL XLB_TTL, id 0), checksum included. The
+ * Write a whole IPv4 header without options (TTL XLB_TTL), checksum included. `id` is
+ * its identification: 0, or with DF a stateless VIP's chain id (consts.h). The
  * checksum is summed from the values in registers, not read back from the packet: reading
  * 16-bit words over bytes just stored stalls store-to-load forwarding (~6 ns a header).
  */
 static __always_inline void xlb_write_ipv4(struct iphdr *iph, __u8 tos, __u16 tot_len, __u8 df,
-					   __u8 protocol, __be32 saddr, __be32 daddr)
+					   __u16 id, __u8 protocol, __be32 saddr, __be32 daddr)
 {
 	__be16 *w = (__be16 *)iph;
 	__be16 ver_tos = bpf_htons((__u16)(0x4500 | tos));	/* version 4, IHL 5 */
 	__be16 len = bpf_htons(tot_len);
 	__be16 frag = df ? bpf_htons(XLB_IP_DF) : 0;
+	__be16 idw = bpf_htons(id);
 	__be16 ttl_proto = bpf_htons((__u16)((XLB_TTL << 8) | protocol));
-	__u64 sum = (__u64)ver_tos + len + frag + ttl_proto +
+	__u64 sum = (__u64)ver_tos + len + idw + frag + ttl_proto +
 		    (saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16);
 
 	w[0] = ver_tos;
 	w[1] = len;
-	w[2] = 0;			/* id */
+	w[2] = idw;
 	w[3] = frag;
 	w[4] = ttl_proto;
 	w[5] = xlb_csum_fold(sum);
@@ -139,7 +141,8 @@ static __always_inline void xlb_write_ipv6(struct ipv6hdr *ip6h, __u8 tclass, __
 
 /* Prepend an outer IPv4 header (protocol IPIP, or IPv6 is not supported inside IPv4). */
 static __always_inline int xlb_push_ipv4(struct xdp_md *ctx, __u16 l3_off, __be32 saddr,
-					 __be32 daddr, __u32 inner_len, __u8 tos, __u8 df)
+					 __be32 daddr, __u32 inner_len, __u8 tos, __u8 df,
+					 __u16 id)
 {
 	void *data, *data_end;
 	struct iphdr *iph;
@@ -153,7 +156,7 @@ static __always_inline int xlb_push_ipv4(struct xdp_md *ctx, __u16 l3_off, __be3
 	iph = data + (l3_off == ETH_HLEN ? ETH_HLEN : ETH_HLEN + 4);
 	if ((void *)(iph + 1) > data_end)
 		return -1;
-	xlb_write_ipv4(iph, tos, inner_len + XLB_IPV4_HLEN, df, IPPROTO_IPIP, saddr, daddr);
+	xlb_write_ipv4(iph, tos, inner_len + XLB_IPV4_HLEN, df, id, IPPROTO_IPIP, saddr, daddr);
 	return 0;
 }
 

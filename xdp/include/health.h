@@ -106,7 +106,7 @@ static __always_inline int xlb_hc_push4(struct __sk_buff *skb, __be32 src, __be3
 	if (bpf_skb_adjust_room(skb, XLB_IPV4_HLEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
 		return -1;
-	xlb_write_ipv4(&outer, tos, inner_len + XLB_IPV4_HLEN, df, IPPROTO_IPIP, src, dst);
+	xlb_write_ipv4(&outer, tos, inner_len + XLB_IPV4_HLEN, df, 0, IPPROTO_IPIP, src, dst);
 	return bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) ? -1 : 0;
 }
 

@@ -90,7 +90,8 @@ static __always_inline int xlb_icmp4_too_big(struct xdp_md *ctx, struct xlb_pkt 
 	icmp = (void *)(iph + 1);
 	if ((void *)(icmp + 1) > data_end)
 		return xlb_internal_drop();
-	xlb_write_ipv4(iph, 0, XLB_IPV4_HLEN + XLB_ICMP_HLEN + quote, 0, IPPROTO_ICMP, vip, client);
+	xlb_write_ipv4(iph, 0, XLB_IPV4_HLEN + XLB_ICMP_HLEN + quote, 0, 0, IPPROTO_ICMP, vip,
+		       client);
 
 	icmp->type = XLB_ICMP_DEST_UNREACH;
 	icmp->code = XLB_ICMP_FRAG_NEEDED;

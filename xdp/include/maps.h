@@ -36,6 +36,17 @@ struct {
 	__type(value, __u32);
 } xlb_decap_sources SEC(".maps");
 
+#if defined(XLB_BALANCER_MAPS) || defined(XLB_DECAP_MAPS)
+/* Chain id -> the node it names (stateless mode: where a backend re-tunnels a
+ * mid-connection segment it has no socket for). Filled by user space on every node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_CHAIN_IDS);
+	__type(key, __u32);
+	__type(value, struct xlb_chain_peer);
+} xlb_chain_peers SEC(".maps");
+#endif
+
 /* Count one outcome on this CPU. */
 static __always_inline void xlb_count(__u32 stat)
 {
@@ -139,6 +150,26 @@ struct {
 	__type(key, __u32);
 	__array(values, struct xlb_ring);
 } xlb_rings SEC(".maps");
+
+/* Template of a stateless VIP's previous owners: ring slot -> xlb_prev_slot, the same
+ * length as its ring. */
+struct xlb_prev_ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_RING_SIZE_DEFAULT);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	/* by size: BTF would carry the struct only as a forward declaration here */
+	__uint(value_size, sizeof(struct xlb_prev_slot));
+};
+
+/* Ring id -> its previous owners (only rings that a stateless VIP uses have one); swapped
+ * in with the ring, in the same batch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, XLB_MAX_RINGS);
+	__type(key, __u32);
+	__array(values, struct xlb_prev_ring);
+} xlb_prev_rings SEC(".maps");
 
 /* Backend id -> address, state, generation. */
 struct {

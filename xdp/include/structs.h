@@ -172,6 +172,22 @@ struct xlb_flow_budget {
 	__u32 pad;
 };
 
+/* Value of xlb_prev_rings' inner arrays, by ring slot: the slot's previous owner, kept
+ * for a stateless VIP's ring while the slot's change is recent. */
+struct xlb_prev_slot {
+	__u16 chain;		/* host order; the previous owner's chain id (0: none) */
+	__u16 pad;
+	__u32 until;		/* host order; forgotten once bpf_ktime_get_coarse_ns() >>
+				 * XLB_CHAIN_TIME_SHIFT reaches this */
+};
+
+/* Value of xlb_chain_peers, by chain id: the node a chained packet is re-tunnelled to. */
+struct xlb_chain_peer {
+	__u8 addr[16];		/* network order */
+	__u8 family;		/* XLB_FAMILY_*; 0: no peer has this id, or several do */
+	__u8 pad[3];
+};
+
 /* Key of xlb_members: one backend of one VIP. */
 struct xlb_member_key {
 	__u32 vip_id;		/* host order */
