@@ -18,6 +18,16 @@ overhead (bench_wrapper minus bench_empty, paired within each round). Ratios are
 bench_empty of the same round. Rounds run every case once, in turn, so slow drift of the
 machine touches all cases alike; a figure is the median over rounds.
 
+Stateless mode (docs/datapath.md, "Stateless mode") adds two kinds of row. On the balancer:
+a stateless VIP's packet with no recent change of its ring slot, and one whose slot has a
+previous owner to carry. On a backend, through the balancer's inline decapsulation (the
+same code as decap.bpf.c's): a tunnelled packet without a chain id, one with a chain id
+whose connection has a socket here (the socket lookup), and one without (re-tunnelled to
+its previous owner through the FIB). The backend rows run in a network namespace the bench
+makes and removes (a veth pair, the peer's neighbour entry, the VIP and the client's
+address on its loopback and a real TCP connection between them), with the ctx's ingress
+interface there: the FIB lookup and the socket lookup look in that namespace.
+
 Every timed run is checked before its number is kept: the action; the buffer after the
 last iteration (the input packet: untouched, or restored); and the counters, which must
 have moved by exactly N (xlb_stats, per-VIP and per-backend), nothing else moving. Before
@@ -27,10 +37,14 @@ a check gets no number.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
 import socket
 import statistics
+import struct
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -50,9 +64,11 @@ from pyxlb import _bpf  # noqa: E402
 from pyxlb import _layouts as L  # noqa: E402
 from pyxlb.addr import parse_addr  # noqa: E402
 from pyxlb.bpf import object_path  # noqa: E402
+from pyxlb.chain import chain_id  # noqa: E402
 from pyxlb.datapath import Datapath, maps  # noqa: E402
 from pyxlb.datapath.vipindex import VipIndex  # noqa: E402
 from pyxlb.maglev import build_table  # noqa: E402
+from pyxlb.netns import enter as enter_netns  # noqa: E402
 from pyxlb.plan import BackendRecord, VipRecord  # noqa: E402
 from pyxlb.state import VipKey  # noqa: E402
 
@@ -74,6 +90,16 @@ CLIENT6, VIP6, OTHER6 = "2001:db8:1::7", "2001:db8:100::10", "2001:db8:100::99"
 BACKENDS4 = {i: f"10.1.0.{i}" for i in range(1, 9)}
 BACKENDS6 = {i: f"2001:db8:200::{i - 10:x}" for i in range(11, 19)}
 RING4, RING6 = 1, 2
+# the same tables again, for stateless VIPs whose every slot has a previous owner
+RING4_MOVED, RING6_MOVED = 3, 4
+# stateless mode on a backend: this node's own address (tunnels to it are decapsulated
+# inline), the previous owner a chained packet goes to (a neighbour of veth0 in the bench's
+# namespace), and the client port of the real connection there
+LOCAL4 = "10.3.0.1"
+PEER4 = "10.3.0.5"
+PEER_MAC = "02:00:00:00:03:05"
+HERE_PORT = 40010
+NS_NAME = f"xlbbench-{os.getpid()}"
 PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
 TARGETS = {"not_vip": 3.0, "established_v4": 8.0, "new_flow": 10.0}
@@ -145,19 +171,21 @@ def client_frame(src: str, dst: str, l4) -> bytes:
     return frame
 
 
-def expected_encap(frame: bytes, backend: str, hash_: int) -> bytes:
+def expected_encap(frame: bytes, backend: str, hash_: int, chain: int = 0) -> bytes:
     """The frame as the balancer sends it to `backend`: IPIP, IP6IP6 or IPv4-in-IPv6 with
-    the next hop's MACs; outer source and IPv6 flow label from the flow hash."""
+    the next hop's MACs; outer source and IPv6 flow label from the flow hash; `chain`, a
+    previous owner, in the IPv4 id (DF) or the flow label."""
     inner = frame[14:]
     v4_inner = inner[0] >> 4 == 4
     eth = Ether(src=LB_MAC, dst=NEXT_HOP_MAC)
     if ":" not in backend:
+        df = bool(inner[6] & 0x40)
         outer = IP(src=outer_src4(hash_), dst=backend, proto=socket.IPPROTO_IPIP, ttl=L.TTL,
-                   id=0, tos=inner[1], flags="DF" if inner[6] & 0x40 else 0)
+                   id=chain if df else 0, tos=inner[1], flags="DF" if df else 0)
     else:
         tclass = inner[1] if v4_inner else ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
         outer = IPv6(src=outer_src6(hash_), dst=backend, hlim=L.TTL, tc=tclass,
-                     fl=hash_ & (L.CHAIN_LABEL - 1),
+                     fl=(L.CHAIN_LABEL | chain) if chain else hash_ & (L.CHAIN_LABEL - 1),
                      nh=socket.IPPROTO_IPIP if v4_inner else socket.IPPROTO_IPV6)
     return bytes(eth / outer / Raw(inner))
 
@@ -177,6 +205,7 @@ class Case:
     new_flow: bool = False          # per-VIP / per-backend new_flows move too (flow-table inserts)
     target: Optional[str] = None    # key of TARGETS
     expected_out: Optional[bytes] = None    # what one bench_direct run sends
+    in_netns: bool = False          # run in the bench's namespace, received on its veth0
     samples: List[int] = dataclasses.field(default_factory=list)       # ns per packet
     moved: Dict[str, int] = dataclasses.field(default_factory=dict)    # over timed runs
     iterations: int = 0
@@ -204,7 +233,12 @@ VIPS = {
     "tcp6": Vip(4, VIP6, 80, socket.IPPROTO_TCP, RING6),
     "tcp6_nft": Vip(5, VIP6, 8080, socket.IPPROTO_TCP, RING6, L.VIP_NO_FLOW_TABLE),
     "tcp4_ranged": Vip(6, VIP4, 8443, socket.IPPROTO_TCP, RING4, L.VIP_SOURCE_RANGES),
+    "tcp4_sl": Vip(7, VIP4, 9080, socket.IPPROTO_TCP, RING4, L.VIP_STATELESS),
+    "tcp4_sl_moved": Vip(8, VIP4, 9081, socket.IPPROTO_TCP, RING4_MOVED, L.VIP_STATELESS),
+    "tcp6_sl_moved": Vip(9, VIP6, 9081, socket.IPPROTO_TCP, RING6_MOVED, L.VIP_STATELESS),
 }
+# the previous owner of every slot of the RING*_MOVED rings
+MOVED_FROM = {RING4_MOVED: BACKENDS4[8], RING6_MOVED: BACKENDS6[18]}
 # The ranged VIP's client prefixes: a Kubernetes-sized list, the client's own /24 among
 # prefixes that are near it (they share trie nodes with it) and far from it.
 SOURCE_RANGES = ([f"198.51.{i}.0/24" for i in range(90, 110)] + ["203.0.113.0/24", "10.0.0.0/8"]
@@ -224,6 +258,17 @@ def raw_configure(dp: Datapath) -> dict:
         rings[ring_id] = build_table([(addr, 1, bid) for bid, addr in backends.items()],
                                      size=RING_SIZE)
         t.rings.put(ring_id, rings[ring_id])
+    # stateless VIPs' rings whose every slot changed owner a moment ago: the same tables,
+    # each slot's previous owner remembered for an hour
+    until = (time.monotonic_ns() >> L.CHAIN_TIME_SHIFT) + 3600
+    for ring_id, like in ((RING4_MOVED, RING4), (RING6_MOVED, RING6)):
+        rings[ring_id] = rings[like]
+        t.rings.put(ring_id, rings[ring_id])
+        t.prev_rings.put_all({ring_id: ([chain_id(MOVED_FROM[ring_id])] * RING_SIZE,
+                                        [until] * RING_SIZE)})()
+    # a backend's side: this node's own address, and the peer chained packets go to
+    dp.add_local_addr(LOCAL4)
+    t.chain_peers.put_all({chain_id(PEER4): PEER4})
     for v in VIPS.values():
         if v.flags & L.VIP_SOURCE_RANGES:
             for prefix in SOURCE_RANGES:
@@ -249,11 +294,48 @@ def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
     hash_ = flow_hash(FlowKey(src_b, dst_b, sport, vip.port, vip.proto, family), SEED)
     bid = rings[vip.ring][ring_slot(hash_, RING_SIZE)]
     backend = {**BACKENDS4, **BACKENDS6}[bid]
-    no_table = bool(vip.flags & L.VIP_NO_FLOW_TABLE)
+    no_table = bool(vip.flags & (L.VIP_NO_FLOW_TABLE | L.VIP_STATELESS))
     stats = {"tx": 1} if no_table else {"tx": 1, "flow_hit": 1}
+    chain = chain_id(MOVED_FROM[vip.ring]) if vip.ring in MOVED_FROM else 0
+    if chain:
+        stats["chain_sent"] = 1
     return Case(key, label, "balancer", frame, _bpf.XDP_TX, stats, vip_id=vip.vip_id,
                 backend_id=bid, target=target,
-                expected_out=expected_encap(frame, backend, hash_))
+                expected_out=expected_encap(frame, backend, hash_, chain))
+
+
+def tunnelled_to_us(sport: int, chain: int) -> bytes:
+    """A client's TCP ACK to VIP4:80 as a balancer tunnels it to this node (LOCAL4), with
+    a previous owner's chain id (0: none); FRAME_LEN bytes."""
+    inner = IP(src=CLIENT4, dst=VIP4, flags="DF", ttl=64) / TCP(sport=sport, dport=80,
+                                                                 flags="A", seq=1, ack=1)
+    outer = Ether(src=NEXT_HOP_MAC, dst=LB_MAC) / IP(
+        src=outer_src4(0x1234), dst=LOCAL4, proto=socket.IPPROTO_IPIP, ttl=L.TTL, id=chain,
+        flags="DF")
+    frame = bytes(outer / inner / Raw(b"\x00" * (FRAME_LEN - 14 - 20 - len(inner))))
+    assert len(frame) == FRAME_LEN
+    return frame
+
+
+def decapsulated(frame: bytes) -> bytes:
+    """What the inline decapsulation passes up: the inner packet behind the same MACs."""
+    return frame[:14] + frame[34:]
+
+
+def rechained(frame: bytes, peer: str, smac: str) -> bytes:
+    """The tunnelled frame re-addressed to `peer` (out of veth0, to the peer's MAC), TTL
+    64, id 0 (no chain id), its header checksum made anew."""
+    out = bytearray(frame)
+    out[0:12] = bytes.fromhex(PEER_MAC.replace(":", "")) + bytes.fromhex(smac.replace(":", ""))
+    out[18:20] = bytes(2)
+    out[22] = L.TTL
+    out[30:34] = socket.inet_aton(peer)
+    out[24:26] = bytes(2)
+    total = sum(struct.unpack_from("!10H", out, 14))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into("!H", out, 24, ~total & 0xFFFF)
+    return bytes(out)
 
 
 def build_cases(rings) -> List[Case]:
@@ -285,7 +367,76 @@ def build_cases(rings) -> List[Case]:
         forwarded("established_tcp_v4_ranged", "established IPv4, 32 source ranges",
                   VIPS["tcp4_ranged"], CLIENT4, 40004,
                   TCP(sport=40004, dport=8443, **tcp), rings),
+        forwarded("stateless_tcp_v4", "stateless IPv4 (slot unchanged)", VIPS["tcp4_sl"],
+                  CLIENT4, 40005, TCP(sport=40005, dport=9080, **tcp), rings),
+        forwarded("stateless_tcp_v4_moved", "stateless IPv4 (slot moved: chain)",
+                  VIPS["tcp4_sl_moved"], CLIENT4, 40006, TCP(sport=40006, dport=9081, **tcp),
+                  rings),
+        forwarded("stateless_tcp_v6_moved", "stateless IPv6 (slot moved: chain)",
+                  VIPS["tcp6_sl_moved"], CLIENT6, 40006, TCP(sport=40006, dport=9081, **tcp),
+                  rings),
+        Case("decap_v4", "backend: decap, no chain id", "balancer",
+             tunnelled_to_us(HERE_PORT, 0), _bpf.XDP_PASS, {"decap": 1},
+             expected_out=decapsulated(tunnelled_to_us(HERE_PORT, 0)), in_netns=True),
+        Case("decap_v4_chain_here", "backend: chain id, socket here", "balancer",
+             tunnelled_to_us(HERE_PORT, chain_id(PEER4)), _bpf.XDP_PASS, {"decap": 1},
+             expected_out=decapsulated(tunnelled_to_us(HERE_PORT, chain_id(PEER4))),
+             in_netns=True),
+        Case("decap_v4_chained", "backend: chain id, re-tunnelled", "balancer",
+             tunnelled_to_us(HERE_PORT + 1, chain_id(PEER4)), _bpf.XDP_TX,
+             {"chain_forwarded": 1, "tx": 1}, in_netns=True),
     ]
+
+
+# -- the backend rows' namespace ------------------------------------------------------------
+
+class BenchNamespace:
+    """NS_NAME: veth0 (LOCAL4/24, forwarding on, PEER4 a permanent neighbour) and its peer
+    veth1, both up; the VIP and the client's address on lo, a listener on VIP4:80 and one
+    connection to it from CLIENT4:HERE_PORT. Removed by close(), also after a failure."""
+
+    def __init__(self):
+        self.veth0: tuple = (0, "")     # (ifindex, MAC)
+        self.sockets: List[socket.socket] = []
+
+    @staticmethod
+    def _ip(*args) -> str:
+        return subprocess.run(["ip", *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    def open(self) -> None:
+        ip = self._ip
+        ip("netns", "add", NS_NAME)
+        ip("-n", NS_NAME, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
+        for dev in ("lo", "veth0", "veth1"):
+            ip("-n", NS_NAME, "link", "set", dev, "up")
+        ip("-n", NS_NAME, "addr", "add", f"{LOCAL4}/24", "dev", "veth0")
+        ip("-n", NS_NAME, "neigh", "add", PEER4, "lladdr", PEER_MAC, "dev", "veth0",
+           "nud", "permanent")
+        for addr in (VIP4, CLIENT4):
+            ip("-n", NS_NAME, "addr", "add", f"{addr}/32", "dev", "lo")
+        subprocess.run(["ip", "netns", "exec", NS_NAME, "sysctl", "-qw",
+                        "net.ipv4.conf.all.forwarding=1"], check=True)
+        link = json.loads(ip("-n", NS_NAME, "-j", "link", "show", "veth0"))[0]
+        self.veth0 = (link["ifindex"], link["address"])
+        with enter_netns(NS_NAME):
+            listener = socket.socket()
+            self.sockets.append(listener)
+            listener.bind((VIP4, 80))
+            listener.listen(1)
+            client = socket.socket()
+            self.sockets.append(client)
+            client.bind((CLIENT4, HERE_PORT))
+            client.connect((VIP4, 80))
+            self.sockets.append(listener.accept()[0])
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        subprocess.run(["ip", "netns", "del", NS_NAME], capture_output=True)
+
+
+BENCH_NS = BenchNamespace()
 
 
 # -- running and checking -------------------------------------------------------------------
@@ -315,7 +466,13 @@ def run_checked(dp, progs, case: Case, n: int, prog: Optional[str] = None):
     output buffer, the kernel's ns per packet and the counters that moved."""
     prog = prog or case.prog
     before = counters(dp, case)
-    action, out, ns = progs[prog].test_run(case.frame, repeat=n)
+    if case.in_netns:
+        ifindex, _ = BENCH_NS.veth0
+        ctx = struct.pack("=6I", 0, len(case.frame), 0, ifindex, 0, 0)
+        with enter_netns(NS_NAME):
+            action, out, ns = progs[prog].test_run(case.frame, repeat=n, ctx=ctx)
+    else:
+        action, out, ns = progs[prog].test_run(case.frame, repeat=n)
     after = counters(dp, case)
     check(action == case.action, f"bench_{prog} returned {XDP_NAMES.get(action, action)}, "
                                  f"expected {XDP_NAMES[case.action]}")
@@ -332,6 +489,8 @@ def verify_single(dp, progs, case: Case) -> None:
         out, *_ = run_checked(dp, progs, case, 1)
         check(out == case.frame, f"bench_{case.prog} changed the frame")
         return
+    if case.key == "decap_v4_chained":
+        case.expected_out = rechained(case.frame, PEER4, BENCH_NS.veth0[1])
     if case.expected_out is None:       # passed untouched
         out, *_ = run_checked(dp, progs, case, 1)
         check(out == case.frame, "a packet passed as not-a-VIP was modified")
@@ -498,15 +657,16 @@ def main():
               f"expect noisy, high figures", file=sys.stderr)
 
     t0 = time.monotonic()
-    dp, progs = load()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(BENCH_NS.close)
+        BENCH_NS.open()
+        dp, progs = load()
+        stack.callback(dp.close)
+        for p in progs.values():
+            stack.callback(p.close)
         rings = raw_configure(dp)
         cases = build_cases(rings)
         measure(dp, progs, cases, runs, iterations)
-    finally:
-        for p in progs.values():
-            p.close()
-        dp.close()
     summary = summarise(cases)
     print(f"BPF_PROG_TEST_RUN, {runs} rounds x {iterations} iterations a case, "
           f"{FRAME_LEN}-byte frames, CPU {cpu} ({busy[cpu]:.0%} busy before the run)\n")
