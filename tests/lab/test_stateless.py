@@ -1,0 +1,70 @@
+"""Stateless mode in the lab: long-lived connections through a stateless VIP keep
+transferring while backends are added and removed, and none is reset, though the balancer
+keeps no flow (docs/datapath.md, "Stateless mode").
+
+CONNECTIONS uploads (tests/support/traffic.py Streams: every connection sends a chunk each
+50 ms) start on be1 and be2. Then, each a second apart: be3 is added, be3 is removed, be1
+is removed, be1 is added: each kind of change twice. A connection whose ring slot moved is
+carried by the packets' previous owner and chained back by the backend that lacks it; each
+change moves every slot at most once away from its first owner and back (Maglev gives the
+same backend set the same ring), the case the mode guarantees. Every upload must end on the
+backend that accepted it, complete, with no reset, no timeout and no failed-connection
+counter moving on the client; the backends must have chained packets (the test would pass
+without chaining if no slot had moved), and the balancers must have recorded no flow.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pyxlb import netns
+from pyxlb.datapath import DecapPath
+from pyxlb.lab import BACKENDS, LBS
+
+from tests.support.traffic import Streams, Verdict, stalled
+
+from .helpers import state
+
+CONNECTIONS = 500
+STEPS = (("be1", "be2", "be3"), ("be1", "be2"), ("be2",), ("be1", "be2"))
+SETTLE = 1.0            # seconds of traffic after each change
+
+
+def decap_stats(lab, node: str) -> dict:
+    """The global counters of backend `node`'s decapsulator."""
+    with netns.enter(lab.ns(node)):
+        with DecapPath.open(lab.pin_dir(node)) as dc:
+            return dc.stats()
+
+
+def chained(lab) -> dict:
+    return {be: decap_stats(lab, be)["chain_forwarded"] for be in BACKENDS}
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_connections_survive_backends_coming_and_going(lab, ports, family):
+    def stateless(*backends):
+        return state(lab.vip(family, backends=backends, stateless=True))
+
+    lab.warm_neighbours(senders=BACKENDS, targets=BACKENDS)
+    lab.apply(stateless("be1", "be2"))
+    before = chained(lab)
+    with Streams(lab, family, ports.take(CONNECTIONS), duration=30.0) as streams:
+        assert set(streams.holders().values()) == {"be1", "be2"}
+        stuck = []
+        for backends in STEPS:
+            lab.apply(stateless(*backends))
+            acked = streams.acked()
+            time.sleep(SETTLE)
+            stuck += stalled(acked, streams.acked())
+        streams.finish()
+    verdict = Verdict.of(streams)
+    verdict.assert_clean()
+    assert not stuck, f"{len(set(stuck))} connections stopped transferring after a change"
+    moves = {be: n - before[be] for be, n in chained(lab).items()}
+    assert sum(moves.values()) > 0, f"no backend chained a packet: {moves}"
+    for lb in LBS:
+        with lab.datapath(lb) as dp:
+            assert dp.flows() == [], f"{lb} recorded flows for a stateless VIP"
