@@ -1,9 +1,10 @@
 """The kernel's balancer against the pure model (tests/support/model.py), and consistent hashing
 observed end to end through BPF_PROG_TEST_RUN.
 
-- Random VIP and backend sets (some VIPs with source ranges) and random packets: for every
-  packet the kernel's action, backend (read off the output: outer destination for IPIP,
-  destination MAC for L2 DSR) and outer source equal the model's; after each batch the
+- Random VIP and backend sets (some VIPs with source ranges, some stateless with previous
+  owners remembered or forgotten) and random packets: for every packet the kernel's action,
+  backend (read off the output: outer destination for IPIP, destination MAC for L2 DSR),
+  outer source and the chain id it carries equal the model's; after each batch the
   global counters, the per-VIP (traffic and source-range drops) and per-backend counters
   and the whole flow table equal the model's too.
 - Two LB nodes (two separate loads, nothing shared) with one seed pick the same backend
@@ -52,7 +53,7 @@ from tests.support.model import FlowKey, Model, Packet, outer_source4, outer_sou
 # 1 in 10^4 for a whole run of the property test).
 MAP_SIZES = {"xlb_flowsets6": 1024, "xlb_flowsets4": L.FLOW4_SETS, "xlb_vips": 64,
              "xlb_vip_addrs": 64,
-             "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
+             "xlb_vip_stats": 64, "xlb_rings": 64, "xlb_prev_rings": 64, "xlb_backends": 1024, "xlb_nexthops": 1024,
              "xlb_backend_stats": 1024}
 CLIENT_MAC, LB_MAC = "02:00:00:00:0c:01", "02:00:00:00:1b:01"
 # Two phases of 50 packets an example; PYXLB_MODEL_PACKETS sets how many examples.
@@ -90,6 +91,9 @@ class RawKernel:
 
     def set_ring(self, ring_id: int, table) -> None:
         self.t.rings.put(ring_id, table)
+
+    def set_prev_ring(self, ring_id: int, chains, untils) -> None:
+        self.t.prev_rings.put_all({ring_id: (chains, untils)})()
 
     def add_source_range(self, vip_id: int, prefix: str) -> None:
         self.t.source_ranges.add(vip_id, prefix)
@@ -191,6 +195,8 @@ class VipSpec:
     has_ring: bool
     ranges: Optional[List[str]] = None      # None: no VIP_SOURCE_RANGES; []: admits nobody
     toggle: Optional[str] = None            # a range added (or removed) between phases
+    prev: Optional[int] = None              # stateless: seed of its previous owners (None:
+                                            # the ring has none)
 
 
 def backend_addr(index: int, v6: bool, generation: int) -> str:
@@ -215,14 +221,15 @@ def scenarios(draw):
                          min_size=1, max_size=5, unique=True))
     vips = [
         VipSpec(addr, port, proto, mode=draw(st.sampled_from(MODES)),
-                flags=(draw(st.sampled_from([0, L.VIP_NO_FLOW_TABLE]))
+                flags=(draw(st.sampled_from([0, 0, L.VIP_NO_FLOW_TABLE, L.VIP_STATELESS]))
                        | draw(st.sampled_from([0, 0, L.VIP_AFFINITY_SRC]))),
                 ring_size=draw(st.sampled_from(RING_SIZES)),
                 members=[i for i in range(n) if draw(st.integers(0, 3))],
                 has_ring=draw(st.integers(0, 9)) > 0,
                 ranges=draw(st.one_of(st.none(), st.none(), st.lists(
                     st.sampled_from(RANGES[":" in addr]), max_size=3, unique=True))),
-                toggle=draw(st.one_of(st.none(), st.sampled_from(RANGES[":" in addr]))))
+                toggle=draw(st.one_of(st.none(), st.sampled_from(RANGES[":" in addr]))),
+                prev=draw(st.one_of(st.none(), st.integers(0, 2**32 - 1))))
         for addr, port, proto in keys]
     config = dict(seed=draw(st.integers(0, 2**32 - 1)),
                   mtu=draw(st.sampled_from([1500, 1500, 1480])),
@@ -273,6 +280,19 @@ def install_rings(both: Both, backends: List[BackendSpec], vips: List[VipSpec],
              for b in members], vip.ring_size))
 
 
+def install_prev_rings(both: Both, vips: List[VipSpec]) -> None:
+    """Previous owners for the stateless VIPs' rings that draw some: per slot none, a
+    chain id remembered for an hour, or one forgotten an hour ago (never near the clock)."""
+    now = time.monotonic_ns() >> L.CHAIN_TIME_SHIFT
+    for ring_id, vip in enumerate(vips, start=1):
+        if vip.prev is None or not vip.flags & L.VIP_STATELESS:
+            continue
+        rng = random.Random(vip.prev)
+        chains = [rng.choice([0, rng.randrange(1, 65536)]) for _ in range(vip.ring_size)]
+        untils = [rng.choice([now + 3600, max(now - 3600, 0)]) for _ in range(vip.ring_size)]
+        both.set_prev_ring(ring_id, chains, untils)
+
+
 def check_packet(dp: Datapath, model: Model, pkt: Packet, data: bytes,
                  by_addr: Dict[bytes, int], by_mac: Dict[bytes, int]):
     """One packet through both: same action, backend, outer source; returns the model's
@@ -292,10 +312,12 @@ def check_packet(dp: Datapath, model: Model, pkt: Packet, data: bytes,
         if family == L.FAMILY_V4:
             assert src[:4] == outer_source4(cfg.src4, cfg.src4_plen, want.hash), \
                 explain(data, out, want)
+            assert int.from_bytes(out[18:20], "big") == want.chain, explain(data, out, want)
         else:
             assert src == outer_source6(cfg.src6, cfg.src6_plen, want.hash), \
                 explain(data, out, want)
-            assert label == want.hash & (L.CHAIN_LABEL - 1), explain(data, out, want)
+            assert label == ((L.CHAIN_LABEL | want.chain) if want.chain
+                             else want.hash & (L.CHAIN_LABEL - 1)), explain(data, out, want)
         hlen = 20 if family == L.FAMILY_V4 else 40
         assert out[14 + hlen:] == data[14:], explain(data, out, want)
     elif want.outcome == "icmp_sent":
@@ -315,6 +337,7 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     stats.update(Counter(d.outcome for d in decisions))
     stats.update(Counter(d.flow for d in decisions if d.flow))
     stats["flow_miss_midstream"] = sum(d.midstream for d in decisions)
+    stats["chain_sent"] = sum(bool(d.chain) for d in decisions)
     assert dp.stats() == stats
     refused = Counter(d.vip_id for d in decisions if d.outcome == "drop_source_range")
     assert {vid: dp.vip_range_drops(vid) for vid in vip_ids} == \
@@ -382,6 +405,7 @@ def test_kernel_decides_like_the_model(scenario, phase1, phase2):
             for prefix in v.ranges or ():
                 both.add_source_range(ring_id, prefix)
         install_rings(both, backends, vips, [True] * len(vips))
+        install_prev_rings(both, vips)
 
         decisions, lengths = [], []
         backend_ids = [b.backend_id for b in backends]      # counters outlive removal

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Set, Tuple
 
@@ -202,6 +203,8 @@ class Decision:
     the VIP's traffic counters. ``new_flow``: counted as a new flow. ``hash``: the flow hash
     (None for a packet not balanced), from which the outer source and flow label come.
     ``midstream``: a miss that is a TCP segment without SYN (``flow_miss_midstream``).
+    ``chain``: the previous owner's chain id the tunnelled packet carries (0: none; a
+    stateless VIP's, counted as ``chain_sent``).
     """
 
     action: int
@@ -212,6 +215,7 @@ class Decision:
     new_flow: bool = False
     hash: Optional[int] = None
     midstream: bool = False
+    chain: int = 0
 
 
 @dataclass
@@ -257,7 +261,10 @@ class Model:
 
     ``vips``: (family, 16-byte addr, port, proto) -> Vip; ``backends``: id -> Backend;
     ``nexthops``: id -> (dmac, smac, ifindex); ``rings``: ring id -> sequence of backend
-    ids; ``flows``: FlowKey -> (backend id, gen, hash); ``source_ranges``: VIP id -> set of
+    ids; ``prev_rings``: ring id -> (chain ids, until times) by slot (a stateless VIP's
+    previous owners; `now` is read from the clock as the kernel reads its own: the tests
+    keep every until far from it); ``flows``: FlowKey -> (backend id, gen, hash);
+    ``source_ranges``: VIP id -> set of
     (LPM prefix length, 16-byte address) as the trie keys them (IPv4 as ::ffff:a.b.c.d);
     ``config``: Config. ``ingress_ifindex`` is the interface packets arrive on
     (TEST_RUN_IFINDEX under BPF_PROG_TEST_RUN).
@@ -268,6 +275,7 @@ class Model:
         self.backends: Dict[int, Backend] = {}
         self.nexthops: Dict[int, Tuple[bytes, bytes, int]] = {}
         self.rings: Dict[int, Sequence[int]] = {}
+        self.prev_rings: Dict[int, Tuple[Sequence[int], Sequence[int]]] = {}
         self.flows: Dict[FlowKey, Tuple[int, int, int]] = {}
         self.source_ranges: Dict[int, Set[Tuple[int, bytes]]] = {}
         self.config = Config()
@@ -312,6 +320,9 @@ class Model:
     def del_ring(self, ring_id: int) -> None:
         del self.rings[ring_id]
 
+    def set_prev_ring(self, ring_id: int, chains: Sequence[int], untils: Sequence[int]) -> None:
+        self.prev_rings[ring_id] = (list(chains), list(untils))
+
     def add_source_range(self, vip_id: int, prefix: Prefix) -> None:
         self.source_ranges.setdefault(vip_id, set()).add(lpm_prefix(prefix))
 
@@ -345,13 +356,25 @@ class Model:
                 return True
         return False
 
-    def pick(self, key: FlowKey, vip: Vip, hash_: int,
-             insert: bool = True) -> Tuple[Optional[int], Optional[str], bool, int]:
+    def prev_chain(self, ring_id: int, slot: int) -> int:
+        """xlb_prev_chain: the slot's previous owner while it is remembered, else 0."""
+        chains, untils = self.prev_rings.get(ring_id, ((), ()))
+        if slot >= len(chains) or not chains[slot]:
+            return 0
+        if time.monotonic_ns() >> L.CHAIN_TIME_SHIFT >= untils[slot]:
+            return 0
+        return chains[slot]
+
+    def pick(self, key: FlowKey, vip: Vip, hash_: int, insert: bool = True,
+             syn: bool = False) -> Tuple[Optional[int], Optional[str], bool, int, int]:
         """xlb_pick: (backend id or None for "no backend", the flow counter bumped,
-        new_flow, the flow hash). A live flow-table entry of the same generation wins
-        (draining backends keep their flows) with the hash it stored; otherwise the ring
-        decides and, with a flow table, the choice (and hash) is remembered."""
-        use_flows = not vip.flags & L.VIP_NO_FLOW_TABLE
+        new_flow, the flow hash, the slot's previous owner). A live flow-table entry of the
+        same generation wins (draining backends keep their flows) with the hash it stored;
+        otherwise the ring decides and, with a flow table, the choice (and hash) is
+        remembered. A stateless VIP has no flow table: a TCP SYN is its new flow, and its
+        slot's previous owner goes with the packet."""
+        stateless = bool(vip.flags & L.VIP_STATELESS)
+        use_flows = not vip.flags & (L.VIP_NO_FLOW_TABLE | L.VIP_STATELESS)
         flow_stat = None
         if use_flows:
             entry = self.flows.get(key)
@@ -361,50 +384,55 @@ class Model:
                 backend_id, gen, stored_hash = entry
                 be = self.backends.get(backend_id)
                 if be is not None and be.gen == gen:
-                    return backend_id, "flow_hit", False, stored_hash
+                    return backend_id, "flow_hit", False, stored_hash, 0
                 flow_stat = "flow_stale"
         ring = self.rings.get(vip.ring_id)
         if ring is None or not vip.ring_size:
-            return None, flow_stat, False, hash_
+            return None, flow_stat, False, hash_, 0
         slot = ring_slot(hash_, vip.ring_size)
         # the ring's inner map may be smaller than ring_size: a lookup past it fails
         backend_id = ring[slot] if slot < len(ring) else L.RING_EMPTY
         if backend_id == L.RING_EMPTY or backend_id not in self.backends:
-            return None, flow_stat, False, hash_
+            return None, flow_stat, False, hash_, 0
         if use_flows and insert:
             self.flows[key] = (backend_id, self.backends[backend_id].gen, hash_)
-            return backend_id, flow_stat, True, hash_
+            return backend_id, flow_stat, True, hash_, 0
+        if stateless:
+            chain = self.prev_chain(vip.ring_id, slot) if insert else 0
+            return backend_id, flow_stat, syn, hash_, chain
         # without a flow table no packet is known to start a flow: none counts as new
-        return backend_id, flow_stat, False, hash_
+        return backend_id, flow_stat, False, hash_, 0
 
     def forward(self, key: FlowKey, vip: Vip, backend_id: int, l3_len: int,
-                df: bool, hash_: int) -> Tuple[int, str]:
+                df: bool, hash_: int, chain: int = 0) -> Tuple[int, str, int]:
         """xlb_forward and xlb_tunnel (and the cached-next-hop branch of xlb_send): (XDP
-        action, outcome counter) for a packet sent to `backend_id` by the VIP's mode. An L2
-        VIP's packet is tunnelled only when the FIB has no neighbour for its backend, which
-        the model leaves to the kernel (_send raises NotModelled)."""
+        action, outcome counter, the chain id the outer header carries) for a packet sent
+        to `backend_id` by the VIP's mode. An L2 VIP's packet is tunnelled only when the
+        FIB has no neighbour for its backend, which the model leaves to the kernel (_send
+        raises NotModelled). `chain` rides in an outer IPv4 header with DF, or in an outer
+        IPv6 header."""
         be = self.backends[backend_id]
         if be.flags & L.BACKEND_LOCAL or vip.mode == L.MODE_LOCAL:
-            return XDP_PASS, "pass_local"
+            return XDP_PASS, "pass_local", 0
         if vip.mode == L.MODE_L2:
-            return self._send(backend_id)
+            return (*self._send(backend_id), 0)
         cfg = self.config
         if be.family == L.FAMILY_V4:
             # IPv6 inside IPv4 is not offered
             if key.family != L.FAMILY_V4:
-                return XDP_DROP, "drop_unsupported"
+                return XDP_DROP, "drop_unsupported", 0
             if l3_len + _IPV4_HLEN > cfg.mtu:
-                return (XDP_TX, "icmp_sent") if df else (XDP_DROP, "drop_too_big")
+                return (XDP_TX, "icmp_sent", 0) if df else (XDP_DROP, "drop_too_big", 0)
             if outer_source4(cfg.src4, cfg.src4_plen, hash_) is None:
-                return XDP_DROP, "drop_unsupported"
-            return self._send(backend_id)
+                return XDP_DROP, "drop_unsupported", 0
+            return (*self._send(backend_id), chain if df else 0)
         if l3_len + _IPV6_HLEN > cfg.mtu:
             if key.family == L.FAMILY_V4 and not df:
-                return XDP_DROP, "drop_too_big"
-            return XDP_TX, "icmp_sent"
+                return XDP_DROP, "drop_too_big", 0
+            return XDP_TX, "icmp_sent", 0
         if outer_source6(cfg.src6, cfg.src6_plen, hash_) is None:
-            return XDP_DROP, "drop_unsupported"
-        return self._send(backend_id)
+            return XDP_DROP, "drop_unsupported", 0
+        return (*self._send(backend_id), chain)
 
     def _send(self, backend_id: int) -> Tuple[int, str]:
         """xlb_send with a next-hop cache entry: out of the ingress interface or another."""
@@ -433,12 +461,14 @@ class Model:
             # one flow-table entry per client and VIP port
             key = FlowKey(key.src, key.dst, 0, key.dport, key.proto, key.family)
         hash_ = flow_hash(key, self.config.seed, src_only)
-        backend_id, flow_stat, new_flow, hash_ = self.pick(key, vip, hash_)
+        syn = pkt.proto == _PROTOS["tcp"] and pkt.syn
+        backend_id, flow_stat, new_flow, hash_, chain = self.pick(key, vip, hash_, syn=syn)
         midstream = (flow_stat == "flow_miss" and pkt.proto == _PROTOS["tcp"]
                      and not pkt.syn)
         if backend_id is None:
             return Decision(XDP_DROP, "drop_no_backend", flow_stat, vip.vip_id, None,
                             new_flow, hash_, midstream)
-        action, outcome = self.forward(key, vip, backend_id, pkt.l3_len, pkt.df, hash_)
+        action, outcome, chain = self.forward(key, vip, backend_id, pkt.l3_len, pkt.df, hash_,
+                                              chain)
         return Decision(action, outcome, flow_stat, vip.vip_id, backend_id, new_flow, hash_,
-                        midstream)
+                        midstream, chain)
