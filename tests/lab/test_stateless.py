@@ -1,10 +1,13 @@
 """Stateless mode in the lab: long-lived connections through a stateless VIP keep
-transferring while backends are added and removed, and none is reset, though the balancer
-keeps no flow (docs/datapath.md, "Stateless mode").
+transferring while backends are added and removed and while the router moves them to the
+other LB node, and none is reset, though the balancers keep no flow (docs/datapath.md,
+"Stateless mode").
 
 CONNECTIONS uploads (tests/support/traffic.py Streams: every connection sends a chunk each
-50 ms) start on be1 and be2. Then, each a second apart: be3 is added, be3 is removed, be1
-is removed, be1 is added: each kind of change twice. A connection whose ring slot moved is
+50 ms) start on be1 and be2, through lb1. Then, each a second apart: be3 is added, be3 is
+removed, lb1 is lost (the router sends the VIP's traffic to lb2, which never saw these
+connections), be1 is removed, be1 is added: each kind of backend change twice. A
+connection whose ring slot moved is
 carried by the packets' previous owner and chained back by the backend that lacks it; each
 change moves every slot at most once away from its first owner and back (Maglev gives the
 same backend set the same ring), the case the mode guarantees. Every upload must end on the
@@ -28,7 +31,8 @@ from tests.support.traffic import Streams, Verdict, stalled
 from .helpers import state
 
 CONNECTIONS = 500
-STEPS = (("be1", "be2", "be3"), ("be1", "be2"), ("be2",), ("be1", "be2"))
+LOSE_LB1 = "lb1 lost"
+STEPS = (("be1", "be2", "be3"), ("be1", "be2"), LOSE_LB1, ("be2",), ("be1", "be2"))
 SETTLE = 1.0            # seconds of traffic after each change
 
 
@@ -54,8 +58,11 @@ def test_connections_survive_backends_coming_and_going(lab, ports, family):
     with Streams(lab, family, ports.take(CONNECTIONS), duration=30.0) as streams:
         assert set(streams.holders().values()) == {"be1", "be2"}
         stuck = []
-        for backends in STEPS:
-            lab.apply(stateless(*backends))
+        for step in STEPS:
+            if step == LOSE_LB1:
+                lab.route_via("lb2")
+            else:
+                lab.apply(stateless(*step))
             acked = streams.acked()
             time.sleep(SETTLE)
             stuck += stalled(acked, streams.acked())
