@@ -726,13 +726,16 @@ class ChainPeers:
         self.put_all({cid: None for cid in ids})
 
     def read(self) -> Dict[int, Address]:
-        """Every chain id that names a peer, in one batch read."""
-        _, values, n = self.map.lookup_batch()
+        """Every chain id that names a peer, in one batch read (only the entries whose
+        family byte is set are unpacked: a node's table names a few of its 65536 ids)."""
+        keys, values, n = self.map.lookup_batch()
         size, out = L.SIZES["xlb_chain_peer"], {}
-        for i in range(n):
+        values = bytes(values)
+        families = values[16:n * size:size]     # struct xlb_chain_peer: family at 16
+        ids = array("I", keys)
+        for i in [j for j, family in enumerate(families) if family]:
             p = L.unpack_chain_peer(values[i * size:(i + 1) * size])
-            if p["family"]:
-                out[i] = ipaddress.ip_address(format_addr(p["family"], p["addr"]))
+            out[ids[i]] = ipaddress.ip_address(format_addr(p["family"], p["addr"]))
         return out
 
 
@@ -845,6 +848,8 @@ class Config:
     # load), and their insertion limits (set by attach or the agent): kept by write()
     FLOW_TABLE_FIELDS = ("flow4_bits", "flow4_seed", "flow6_bits", "flow_inserts4",
                          "flow_inserts6")
+    # node settings of their own (attach's --chain-window): kept by write() too
+    KEPT_FIELDS = FLOW_TABLE_FIELDS + ("chain_window",)
 
     def __init__(self, m: "_bpf.Map", writer=DIRECT):
         self.map = m
@@ -862,9 +867,10 @@ class Config:
 
     def write_fields(self, **fields) -> None:
         """Write the record with `fields` (as pyxlb._layouts.pack_config takes them); the
-        flow table's geometry is kept unless given."""
+        flow table's geometry, the insertion limits and the chain window are kept unless
+        given."""
         cfg = self.read()
-        for name in self.FLOW_TABLE_FIELDS:
+        for name in self.KEPT_FIELDS:
             fields.setdefault(name, cfg[name])
         self._w.update(self.map, self.KEY, L.pack_config(**fields))
 

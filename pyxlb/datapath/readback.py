@@ -21,7 +21,7 @@ def read_layout(t: BalancerTables) -> plan_mod.Layout:
     backends = t.backends.read()
     live = {i: r for i, r in backends.items() if r.state}
     layout = plan_mod.rebuild_state(vips, members, live, t.source_ranges.read(),
-                                    t.health_specs.read())
+                                    t.health_specs.read(), t.chain_peers.read())
     layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})
     return layout
 
