@@ -151,10 +151,12 @@ class Lab:
                     max_flows6=self.max_flows6))
                 up.dp.close()
         sources = [p for src in ENCAP_SOURCE.values() for p in (src.v4, src.v6)]
+        # every backend may hand the others a stateless VIP's connections after a change
+        peers = [node_addr(b, family) for b in BACKENDS for family in (4, 6)]
         for node in BACKENDS:
             with netns.enter(self.ns(node)):
                 node_mod.bring_up_decap(self.pin_dir(node), ("eth0",), (VIP4, VIP6),
-                                        sources).dp.close()
+                                        sources, peers=peers).dp.close()
         log("XDP: balancer on lb1/lb2 eth0, decap on be1-3 eth0, pass on the router's LB ports")
         self.warm_neighbours()
         self.wait_http()
