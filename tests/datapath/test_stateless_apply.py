@@ -3,6 +3,7 @@ its previous owners (xlb_prev_rings) written together, kept while their window l
 freed with the ring; chain peers (xlb_chain_peers); the node's chain window; the packets
 that carry a previous owner; the commands' errors."""
 
+import errno
 import ipaddress
 import time
 
@@ -16,6 +17,7 @@ from pyxlb import _layouts as L
 from pyxlb.chain import chain_id
 from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath
+from pyxlb.datapath.apply import Transaction
 from pyxlb.plan import ring_key
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
@@ -152,6 +154,26 @@ def test_a_vip_leaving_stateless_mode_loses_its_previous_owners(dp):
     dp.apply(state(*WEB[:2]))
     chains, _ = dp.tables.prev_rings.get(ring_of(dp)[0])
     assert not any(chains)
+
+
+def test_a_failed_apply_puts_the_ring_and_its_previous_owners_back(dp, monkeypatch):
+    dp.apply(state(*WEB))
+    dp.apply(state(*WEB[:2]))
+    rid, ring = ring_of(dp)
+    prev = dp.tables.prev_rings.get(rid)
+    peers = dp.tables.chain_peers.read()
+
+    def fail(*args, **kw):      # freeing the old rings, after the new ones went in
+        raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(Transaction, "delete_inners", fail)
+    with pytest.raises(OSError, match="injected"):
+        dp.apply(state(WEB[0]))
+    monkeypatch.undo()
+    assert dp.layout(refresh=True).state == state(*WEB[:2])
+    assert ring_of(dp) == (rid, ring) and dp.tables.prev_rings.get(rid) == prev
+    assert dp.tables.chain_peers.read() == peers
+    assert [r for r in range(dp.maps.prev_rings.max_entries)
+            if dp.maps.prev_rings.get(r) is not None] == [rid]
 
 
 def test_chain_peers_hold_the_backends(dp):
