@@ -180,10 +180,10 @@ def status(as_json: bool) -> None:
 
     Where it is pinned, its datapath version (and this pyxlb's, when they differ: then
     only that is shown, until `pyxlb upgrade` or the agent upgrades it), its program and
-    the interfaces running it, its config (seed, MTU,
-    encap sources, the stateless chain window), how many VIPs, backends, rings and flows it holds, and entries against
-    capacity for each map that can fill up; plus the decapsulator, when one is pinned in
-    the same directory.
+    the interfaces running it, its config (seed, MTU, encap sources; the stateless chain
+    window and chain peers), how many VIPs, backends, rings and flows it holds, and
+    entries against capacity for each map that can fill up; plus the decapsulator, when
+    one is pinned in the same directory.
 
     \b
     Example:

@@ -159,9 +159,8 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, stateless: bool, affini
     spec = _health_spec(_health_given(health), None, f"VIP {key}")
     try:        # checked before the datapath is opened and locked
         new = Vip(key=key, mode=mode, flow_table=not no_flow_table, stateless=stateless,
-                  affinity=affinity,
-                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges),
-                  health=spec)
+                  affinity=affinity, announce=announce, ring_size=ring_size,
+                  source_ranges=tuple(source_ranges), health=spec)
     except StateError as exc:
         raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
@@ -233,12 +232,12 @@ def vip_del(key: VipKey) -> None:
 def vip_list(as_json: bool) -> None:
     """List the VIPs, with their settings.
 
-    One row per VIP: mode, flow table (on, off, or stateless), affinity, announcement, ring size, how many of its
-    backends are active (and, of those, how many failed their health checks), its health
-    checks ("-": none) and the client prefixes it admits ("any" when it has no source
-    ranges). --json prints the whole state, backends, source ranges and health checks
-    included, in the format `apply -f` reads (without verdicts: `pyxlb health` shows
-    them).
+    One row per VIP: mode, flow table (on, off, or stateless), affinity, announcement, ring
+    size, how many of its backends are active (and, of those, how many failed their
+    health checks), its health checks ("-": none) and the client prefixes it admits ("any"
+    when it has no source ranges). --json prints the whole state, backends, source ranges
+    and health checks included, in the format `apply -f` reads (without verdicts: `pyxlb
+    health` shows them).
 
     \b
     Example:

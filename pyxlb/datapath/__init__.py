@@ -43,9 +43,9 @@ from .maps import (BALANCER, DECAP, addr_filter, completed_config, default_inser
                    online_cpus)
 from .tables import BalancerTables, DecapTables
 
-__all__ = ["CHAIN_WINDOW_MAX", "DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult", "Datapath",
-           "DecapPath", "ForeignDatapath", "addr_filter", "default_inserts", "flow4_sets",
-           "flow_sets", "map_sizes", "rated_flows"]
+__all__ = ["CHAIN_WINDOW_MAX", "DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult",
+           "Datapath", "DecapPath", "ForeignDatapath", "addr_filter", "default_inserts",
+           "flow4_sets", "flow_sets", "map_sizes", "rated_flows"]
 
 
 # The longest chain window: a day (xlb_prev_slot.until counts ~1.07 s units in 32 bits, so
