@@ -54,6 +54,9 @@ FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_st
 ICMP_STEERED = "icmp_steered"   # also counted under the action its forwarding took
 MIDSTREAM_MISSES = "flow_miss_midstream"    # a subset of the flow_miss lookups
 INSERT_LIMITED = "flow_insert_limited"      # new flows balanced but not recorded
+# Stateless mode's chaining, counted beside the frame's outcome: {stat name: event}
+CHAIN_EVENTS: Dict[str, str] = {"chain_sent": "sent", "chain_forwarded": "forwarded",
+                                "chain_no_peer": "no_peer"}
 UNKNOWN_ACTION = "unknown"      # a stat this table does not know yet: reason = its name
 
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -150,7 +153,7 @@ class DatapathCollector(Collector):
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
-    """The global counters (xlb_stats), split into five families."""
+    """The global counters (xlb_stats), split into six families."""
     actions = CounterMetricFamily(
         "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
         "(reason); each frame is counted once", labels=["action", "reason"])
@@ -171,8 +174,16 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
         "counted as pyxlb_flow_lookups_total{result=\"miss\"}): connections the flow table "
         "had forgotten (too small for the live flows: raise --max-flows) or that came from "
         "another LB node or one that restarted")
+    chain = CounterMetricFamily(
+        "pyxlb_chain_packets", "Stateless VIPs' chaining: packets a balancer sent carrying "
+        "their ring slot's previous owner (sent), mid-connection TCP segments a backend "
+        "without the connection passed on to that owner (forwarded) or kept because the "
+        "owner named no known peer (no_peer); each is also counted by its action",
+        labels=["event"])
     for name, value in sorted(stats.items()):
-        if name in FLOW_LOOKUPS:
+        if name in CHAIN_EVENTS:
+            chain.add_metric([CHAIN_EVENTS[name]], value)
+        elif name in FLOW_LOOKUPS:
             lookups.add_metric([FLOW_LOOKUPS[name]], value)
         elif name == ICMP_STEERED:
             steered.add_metric([], value)
@@ -187,6 +198,7 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
     yield steered
     yield midstream
     yield limited
+    yield chain
 
 
 def _per_id(kind: str, helps: Dict[str, str], names: Dict[int, str], read) -> Iterator[Metric]:

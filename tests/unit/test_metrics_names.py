@@ -26,7 +26,8 @@ XDP_ACTIONS = {"pass", "drop", "tx", "redirect", "aborted"}
 
 def test_every_stat_has_a_place():
     placed = (set(metrics.XDP_ACTIONS) | set(metrics.FLOW_LOOKUPS)
-              | {metrics.ICMP_STEERED, metrics.MIDSTREAM_MISSES, metrics.INSERT_LIMITED})
+              | {metrics.ICMP_STEERED, metrics.MIDSTREAM_MISSES, metrics.INSERT_LIMITED}
+              | set(metrics.CHAIN_EVENTS))
     missing = [n for n in L.STAT_NAMES if n not in placed]
     assert not missing, f"add these enum xlb_stat names to pyxlb.metrics: {missing}"
     stale = placed - set(L.STAT_NAMES)
