@@ -155,10 +155,10 @@ class Layout:
     stray_ranges: FrozenSet[RangeEntry] = frozenset()
     # xlb_health_specs keys no VIP or member accounts for (the same): deleted alike
     stray_specs: FrozenSet[MemberKey] = frozenset()
-    # xlb_chain_peers: chain id -> the address it names (ids naming none left out), and
-    # whether a plan made it (then it follows the state; read back, it is compared with
-    # the state's once)
-    chain_peers: Dict[int, IPAddress] = dataclasses.field(default_factory=dict)
+    # xlb_chain_peers: chain id -> the address it names (ids naming none left out; None:
+    # not read yet, planned as empty), and whether it is what the state wants (a plan
+    # made it, or found it so; read back, it is compared with the state's once)
+    chain_peers: Optional[Dict[int, IPAddress]] = dataclasses.field(default_factory=dict)
     peers_synced: bool = False
     # derived from the above; built once, then carried from plan to plan
     _index: Optional["_Index"] = dataclasses.field(default=None, repr=False, compare=False)
@@ -630,11 +630,12 @@ def _peers(old: Layout, old_idx: _Index, idx: _Index, touched: Set[IPAddress],
     backend address; an id several addresses share names none), with the entries to write
     and the ids to clear. Computed only when the set of backend addresses changes, or the
     old Layout's peers were read back rather than planned."""
+    have = old.chain_peers or {}
     if old.peers_synced and all((a in old_idx.refs) == (a in idx.refs) for a in touched):
-        return old.chain_peers, {}, set()
+        return have, {}, set()
     want = {cid: a for cid, a in peer_table(idx.refs).items() if a is not None}
-    writes = {cid: a for cid, a in want.items() if old.chain_peers.get(cid) != a}
-    clears = old.chain_peers.keys() - want.keys()
+    writes = {cid: a for cid, a in want.items() if have.get(cid) != a}
+    clears = have.keys() - want.keys()
     return want, writes, clears
 
 
@@ -754,7 +755,7 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, Member
     the xlb_source_ranges entries: a VIP whose record has VIP_SOURCE_RANGES admits those of
     its id; the others are strays, which the next plan deletes. `specs`: the
     xlb_health_specs entries; those of no VIP or member are strays too. `chain_peers`:
-    what xlb_chain_peers holds (chain id -> address)."""
+    what xlb_chain_peers holds (chain id -> address; None: not read)."""
     specs = specs or {}
     used_specs: Set[MemberKey] = set()
     by_range: Dict[int, List[IPNetwork]] = {}
@@ -802,5 +803,5 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, Member
     return Layout(state, {k: r.vip_id for k, r in vips.items()}, backend_ids, gens, ring_ids,
                   stray_ranges=frozenset(stray),
                   stray_specs=frozenset(specs.keys() - used_specs),
-                  chain_peers=dict(chain_peers or {}))
+                  chain_peers=None if chain_peers is None else dict(chain_peers))
 

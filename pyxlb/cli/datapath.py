@@ -293,7 +293,7 @@ def _status(dp: Datapath, version: str) -> dict:
         "vips": len(layout.state),
         "backends": len(layout.backend_ids),
         "rings": len(layout.ring_ids),
-        "chain_peers": len(layout.chain_peers),
+        "chain_peers": len(dp.tables.chain_peers.read()),
         "flows": maps[FLOWS4]["entries"] + maps[FLOWS6]["entries"],
         "maps": dict(sorted(maps.items())),
         "decap": decap,

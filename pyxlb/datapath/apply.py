@@ -335,9 +335,13 @@ class Applier:
             self.sync()
             started = time.perf_counter()
             layout = self.layout()
+            if layout.chain_peers is None:      # read back without them: read them now
+                layout.chain_peers = self.tables.chain_peers.read()
             if verdicts == "keep":
                 state = carry_verdicts(layout.state, state)
             plan = plan_mod.make_plan(layout, state, limits(self.tables))
+            if plan.empty and not dry_run:
+                layout.peers_synced = True      # compared with the state's: they agree
             if dry_run or plan.empty:
                 return ApplyResult(plan)
             announce = announce_as() if any(f & L.ADDR_ANNOUNCE

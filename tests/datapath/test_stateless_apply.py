@@ -198,10 +198,19 @@ def test_reapplying_writes_nothing_and_a_restart_reads_it_all_back(bpffs_dir):
         prev = d.tables.prev_rings.get(rid)
     with Datapath.open(bpffs_dir) as d:
         assert d.current_state() == state(*WEB[:2])
-        assert d.layout().chain_peers == {chain_id(a): ipaddress.ip_address(a)
-                                          for a in WEB[:2]}
+        assert d.tables.chain_peers.read() == {chain_id(a): ipaddress.ip_address(a)
+                                               for a in WEB[:2]}
         assert d.apply(state(*WEB[:2])).plan.empty
         assert d.tables.prev_rings.get(rid) == prev
+        # raw: an empty peer map under a state with backends (a datapath upgraded from a
+        # release without one): the next process's first apply fills it, once
+        d.tables.chain_peers.clear_all(chain_id(a) for a in WEB[:2])
+    with Datapath.open(bpffs_dir) as d:
+        first = d.apply(state(*WEB[:2]))
+        assert first.plan.peer_writes.keys() == {chain_id(a) for a in WEB[:2]}
+        assert not first.plan.vip_writes and not first.plan.ring_writes
+        assert len(d.tables.chain_peers.read()) == 2
+        assert d.apply(state(*WEB[:2])).plan.empty
 
 
 def test_packets_of_moved_slots_carry_the_previous_owner(dp):

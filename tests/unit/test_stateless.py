@@ -175,7 +175,8 @@ def test_chain_peers_follow_the_backend_addresses():
     assert plan2.peer_clears == {chain_id(WEB[2])} and not plan2.peer_writes
     # read back with an empty peer map (a datapath upgraded from a release without it):
     # the first plan writes them all, once
-    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes)
+    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes,
+                           chain_peers={})
     again = make_plan(layout, state)
     assert again.peer_writes == plan.peer_writes and not again.vip_writes
     assert make_plan(again.new, state).empty
