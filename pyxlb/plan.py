@@ -31,9 +31,9 @@ Identities:
   plan says which rings get previous owners and from which old ring they derive
   (`prev_writes`); apply reads the old ring and its previous owners back and computes the
   new ones with `prev_slots`, the pure rule, at the time it writes them.
-- Chain peers (xlb_chain_peers) are `pyxlb.chain.peer_table` of every backend address in
-  the state, compared with what the map holds when the set of addresses changes (and once
-  after a Layout is read back).
+- Chain peers (xlb_chain_peers) are `pyxlb.chain.peer_table` of every backend address of
+  the stateless VIPs, compared with what the map holds when the set of addresses changes
+  (and once after a Layout is read back).
 """
 
 from __future__ import annotations
@@ -182,6 +182,7 @@ class _Index:
     def __init__(self):
         self.refs: Dict[IPAddress, int] = {}
         self.active: Dict[IPAddress, int] = {}
+        self.stateless: Dict[IPAddress, int] = {}      # how many stateless VIPs list it
         self.attrs: Dict[IPAddress, Backend] = {}
         self.records: Dict[int, BackendRecord] = {}
         self.members: Dict[int, Dict[int, MemberValue]] = {}   # vip id -> {bid: (w, st, h)}
@@ -229,6 +230,9 @@ class _Index:
         self._kind(vip, +1)
         self.counts["source_ranges"] += len(vip.source_ranges)
         self.counts["health_specs"] += health_count(vip)
+        if vip.stateless:
+            for b in vip.backends:
+                self.stateless[b.address] = self.stateless.get(b.address, 0) + 1
 
     def remove_vip(self, vip: Vip) -> None:
         for b in vip.backends:
@@ -248,6 +252,11 @@ class _Index:
         self._kind(vip, -1)
         self.counts["source_ranges"] -= len(vip.source_ranges)
         self.counts["health_specs"] -= health_count(vip)
+        if vip.stateless:
+            for b in vip.backends:
+                self.stateless[b.address] -= 1
+                if not self.stateless[b.address]:
+                    del self.stateless[b.address]
 
     def _kind(self, vip: Vip, delta: int) -> None:
         ports, every, announce = self.kinds.get(vip.key.address, (0, 0, 0))
@@ -627,13 +636,17 @@ def prev_slots(old_ring, new_ring, old_chains, old_untils, chains: Dict[int, int
 def _peers(old: Layout, old_idx: _Index, idx: _Index, touched: Set[IPAddress],
            ) -> Tuple[Dict[int, IPAddress], Dict[int, IPAddress], Set[int]]:
     """Planning step: xlb_chain_peers as the new state wants it (peer_table of every
-    backend address; an id several addresses share names none), with the entries to write
-    and the ids to clear. Computed only when the set of backend addresses changes, or the
-    old Layout's peers were read back rather than planned."""
+    backend address of the stateless VIPs, the only owners a chain id can name; an id
+    several addresses share names none), with the entries to write and the ids to clear.
+    Without stateless VIPs the table is empty, so this node's own decapsulation chains
+    nothing (a Kubernetes node, whose service proxy NATs VIP connections to pods, has no
+    socket for them). Computed only when that set of addresses changes, or the old
+    Layout's peers were read back rather than planned."""
     have = old.chain_peers or {}
-    if old.peers_synced and all((a in old_idx.refs) == (a in idx.refs) for a in touched):
+    if old.peers_synced and all((a in old_idx.stateless) == (a in idx.stateless)
+                                for a in touched):
         return have, {}, set()
-    want = {cid: a for cid, a in peer_table(idx.refs).items() if a is not None}
+    want = {cid: a for cid, a in peer_table(idx.stateless).items() if a is not None}
     writes = {cid: a for cid, a in want.items() if have.get(cid) != a}
     clears = have.keys() - want.keys()
     return want, writes, clears

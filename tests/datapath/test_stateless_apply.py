@@ -176,10 +176,12 @@ def test_a_failed_apply_puts_the_ring_and_its_previous_owners_back(dp, monkeypat
             if dp.maps.prev_rings.get(r) is not None] == [rid]
 
 
-def test_chain_peers_hold_the_backends(dp):
+def test_chain_peers_hold_the_stateless_vips_backends(dp):
     other = Vip(VipKey.parse("[2001:db8::10]:80/tcp"), backends=(Backend("2001:db8:1::1"),))
+    dp.apply(DesiredState((other,)))
+    assert dp.tables.chain_peers.read() == {}           # no stateless VIP: no chaining
     dp.apply(DesiredState(state(*WEB).vips + (other,)))
-    want = {chain_id(a): ipaddress.ip_address(a) for a in WEB + ("2001:db8:1::1",)}
+    want = {chain_id(a): ipaddress.ip_address(a) for a in WEB}
     assert dp.tables.chain_peers.read() == want
     dp.apply(state(*WEB[:2]))
     assert dp.tables.chain_peers.read() == {chain_id(a): ipaddress.ip_address(a)

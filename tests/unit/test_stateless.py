@@ -161,16 +161,21 @@ def test_becoming_stateless_starts_empty_and_going_back_frees_the_previous_owner
     assert back.ring_deletes == {rid}
 
 
-def test_chain_peers_follow_the_backend_addresses():
-    state = DesiredState((vip("192.0.2.10:80/tcp", *WEB, stateless=True),
-                          vip("[2001:db8::10]:80/tcp", "2001:db8:1::1")))
+def test_chain_peers_are_the_stateless_vips_backends():
+    flows = vip("[2001:db8::10]:80/tcp", "2001:db8:1::1")
+    assert make_plan(Layout(), DesiredState((flows,))).peer_writes == {}
+    state = DesiredState((vip("192.0.2.10:80/tcp", *WEB, stateless=True), flows))
     plan = make_plan(Layout(), state)
-    addrs = [ipaddress.ip_address(a) for a in WEB + ("2001:db8:1::1",)]
+    addrs = [ipaddress.ip_address(a) for a in WEB]
     assert plan.peer_writes == {chain_id(a): a for a in addrs} and not plan.peer_clears
     assert make_plan(plan.new, state).empty
+    # the other VIP becoming stateless makes its backend a peer too
+    both = DesiredState((state.vips[0], vip("[2001:db8::10]:80/tcp", "2001:db8:1::1",
+                                            stateless=True)))
+    six = ipaddress.ip_address("2001:db8:1::1")
+    assert make_plan(plan.new, both).peer_writes == {chain_id(six): six}
     # a backend leaves: its id is cleared; a backend address change elsewhere re-checks
-    fewer = DesiredState((vip("192.0.2.10:80/tcp", *WEB[:2], stateless=True),
-                          vip("[2001:db8::10]:80/tcp", "2001:db8:1::1")))
+    fewer = DesiredState((vip("192.0.2.10:80/tcp", *WEB[:2], stateless=True), flows))
     plan2 = make_plan(plan.new, fewer)
     assert plan2.peer_clears == {chain_id(WEB[2])} and not plan2.peer_writes
     # read back with an empty peer map (a datapath upgraded from a release without it):
