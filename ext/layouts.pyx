@@ -80,6 +80,7 @@ VIP_STATELESS = XLB_VIP_STATELESS
 CHAIN_IDS = XLB_CHAIN_IDS
 CHAIN_LABEL = XLB_CHAIN_LABEL
 CHAIN_TIME_SHIFT = XLB_CHAIN_TIME_SHIFT
+CHAIN_WINDOW_DEFAULT = XLB_CHAIN_WINDOW_DEFAULT
 SRC_RANGE_PLEN_MAX = XLB_SRC_RANGE_PLEN_MAX
 
 ADDR_PORTS = XLB_ADDR_PORTS
@@ -964,10 +965,11 @@ def unpack_src_range_key(data):
 
 def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0,
                 src6=bytes(16), src6_plen=0, flow4_bits=0, flow4_seed=0, flow6_bits=0,
-                flow_inserts4=0, flow_inserts6=0):
+                flow_inserts4=0, flow_inserts6=0, chain_window=0):
     """struct xlb_config: flow-hash seed, MTU, CFG_* flags, outer source prefixes, the
     flow sets' geometry (the log2 of each table's number of sets, the seed of their set
-    hash) and each table's insertion limit per CPU and second (0: none)."""
+    hash), each table's insertion limit per CPU and second (0: none), and the seconds
+    a stateless VIP's ring slot remembers its previous owner (0: the default)."""
     cdef xlb_config c
     memset(&c, 0, sizeof(c))
     c.seed = _uint(seed, 32, "seed")
@@ -994,6 +996,7 @@ def pack_config(seed=0, mtu=XLB_MTU_DEFAULT, flags=0, src4=bytes(4), src4_plen=0
     c.flow4_seed = _uint(flow4_seed, 32, "flow4_seed")
     c.flow_inserts4 = _uint(flow_inserts4, 32, "flow_inserts4")
     c.flow_inserts6 = _uint(flow_inserts6, 32, "flow_inserts6")
+    c.chain_window = _uint(chain_window, 32, "chain_window")
     return _out(&c, sizeof(c))
 
 
@@ -1005,7 +1008,7 @@ def unpack_config(data):
             "src4_plen": c.src4_plen, "src6": _b(c.src6, 16), "src6_plen": c.src6_plen,
             "flow4_bits": c.flow4_bits, "flow4_seed": c.flow4_seed,
             "flow6_bits": c.flow6_bits, "flow_inserts4": c.flow_inserts4,
-            "flow_inserts6": c.flow_inserts6}
+            "flow_inserts6": c.flow_inserts6, "chain_window": c.chain_window}
 
 
 # -- struct xlb_hc_key, struct xlb_hc_path ----------------------------------------------

@@ -48,6 +48,7 @@ cdef extern from "consts.h":
         # stateless mode's chaining
         XLB_CHAIN_IDS
         XLB_CHAIN_TIME_SHIFT
+        XLB_CHAIN_WINDOW_DEFAULT
         # struct xlb_addr.flags
         XLB_ADDR_PORTS
         XLB_ADDR_ALL_PORTS
@@ -266,6 +267,7 @@ cdef extern from "structs.h":
         uint32_t flow4_seed
         uint32_t flow_inserts4
         uint32_t flow_inserts6
+        uint32_t chain_window
 
     struct xlb_prev_slot:
         uint16_t chain

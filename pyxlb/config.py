@@ -42,8 +42,8 @@ from .announce.bgp import schema as bgp_schema
 from .errors import PyxlbError
 from .state import (AFFINITIES, BACKEND_STATES, HEALTH_COUNT_MAX, HEALTH_INTERVAL,
                     HEALTH_ON_FAIL, HEALTH_PATH_MAX, HEALTH_TYPES, HEALTH_VIAS, MAX_WEIGHT,
-                    MODES, RING_SIZE_MAX, DesiredState, StateError, Vip, VipKey,
-                    vip_from_dict)
+                    MODES, RING_SIZE_MAX, STATELESS, DesiredState, StateError, Vip,
+                    VipKey, vip_from_dict)
 
 try:        # libyaml's parser when PyYAML was built with it (about 5 times faster)
     from yaml._yaml import CParser as _CParser
@@ -145,7 +145,9 @@ SCHEMA = {
                 "properties": {
                     "vip": {"type": "string", "description": "ADDR:PORT/PROTO"},
                     "mode": {"enum": list(MODES)},
-                    "flow_table": {"type": "boolean"},
+                    "flow_table": {"enum": [True, False, STATELESS],
+                                   "description": "true, false, or stateless (TCP, "
+                                                  "ipip: docs/config.md)"},
                     "affinity": {"enum": list(AFFINITIES)},
                     "announce": {"type": "boolean"},
                     "ring_size": {"type": "integer", "minimum": 2, "maximum": RING_SIZE_MAX},
@@ -567,6 +569,11 @@ def _short(err, limit: int = 240) -> str:
     return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
+def _short_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}...{text[-5:]}"
+
+
 def state_from_data(data: Any, source: str = "config",
                     node: Optional[Node] = None) -> DesiredState:
     """Check plain data (as loaded from YAML or JSON) and build the DesiredState. `node`:
@@ -587,6 +594,8 @@ def state_from_data(data: Any, source: str = "config",
             extra = next((k for k in err.instance if k not in known), None)
             at = _key_node(at, extra) or at
         message = _short(err)
+        if path[-1:] == ["flow_table"]:     # YAML's words, not Python's True and False
+            message = f"{_short_value(err.instance)} is not true, false or {STATELESS}"
         if path[:2] == ["announce", "bgp"]:     # the section's own messages (docs/announce.md)
             more, message = bgp_schema.explain(err)
             path += more

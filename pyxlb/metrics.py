@@ -54,9 +54,9 @@ FLOW_LOOKUPS: Dict[str, str] = {"flow_hit": "hit", "flow_miss": "miss", "flow_st
 ICMP_STEERED = "icmp_steered"   # also counted under the action its forwarding took
 MIDSTREAM_MISSES = "flow_miss_midstream"    # a subset of the flow_miss lookups
 INSERT_LIMITED = "flow_insert_limited"      # new flows balanced but not recorded
-# stateless mode's chaining, counted on the way to an outcome (docs/datapath.md)
-CHAIN: Dict[str, str] = {"chain_sent": "sent", "chain_forwarded": "forwarded",
-                         "chain_no_peer": "no_peer"}
+# Stateless mode's chaining, counted beside the frame's outcome: {stat name: event}
+CHAIN_EVENTS: Dict[str, str] = {"chain_sent": "sent", "chain_forwarded": "forwarded",
+                                "chain_no_peer": "no_peer"}
 UNKNOWN_ACTION = "unknown"      # a stat this table does not know yet: reason = its name
 
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -153,7 +153,7 @@ class DatapathCollector(Collector):
 
 
 def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
-    """The global counters (xlb_stats), split into five families."""
+    """The global counters (xlb_stats), split into six families."""
     actions = CounterMetricFamily(
         "pyxlb_xdp_actions", "Frames by what the XDP program did with them (action) and why "
         "(reason); each frame is counted once", labels=["action", "reason"])
@@ -175,14 +175,14 @@ def stat_families(stats: Dict[str, int]) -> Iterator[Metric]:
         "had forgotten (too small for the live flows: raise --max-flows) or that came from "
         "another LB node or one that restarted")
     chain = CounterMetricFamily(
-        "pyxlb_chain_packets", "Stateless mode: packets a balancer sent carrying their ring "
-        "slot's previous owner (sent); mid-connection packets a backend had no socket for "
-        "and re-tunnelled to that previous owner (forwarded), or decapsulated itself because "
-        "no single known peer has the chain id they carry (no_peer). Their frames are also "
-        "counted in pyxlb_xdp_actions_total", labels=["event"])
+        "pyxlb_chain_packets", "Stateless VIPs' chaining: packets a balancer sent carrying "
+        "their ring slot's previous owner (sent), mid-connection TCP segments a backend "
+        "without the connection passed on to that owner (forwarded) or kept because the "
+        "owner named no known peer (no_peer); each is also counted by its action",
+        labels=["event"])
     for name, value in sorted(stats.items()):
-        if name in CHAIN:
-            chain.add_metric([CHAIN[name]], value)
+        if name in CHAIN_EVENTS:
+            chain.add_metric([CHAIN_EVENTS[name]], value)
         elif name in FLOW_LOOKUPS:
             lookups.add_metric([FLOW_LOOKUPS[name]], value)
         elif name == ICMP_STEERED:

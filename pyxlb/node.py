@@ -13,8 +13,9 @@ Down: detach from one interface and forget the addresses no other interface stil
 the datapath itself goes with its last interface.
 
 A host that is only a backend runs the decapsulator instead (bring_up_decap): the VIP
-addresses it accepts tunnels for, the outer sources it accepts them from (none: any), then
-the attach; a decapsulator this call created is removed again on failure.
+addresses it accepts tunnels for, the outer sources it accepts them from (none: any), the
+peers it passes a stateless VIP's moved connections to (none given: kept), then the
+attach; a decapsulator this call created is removed again on failure.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class NodeSettings:
     # new flows each CPU records a second in each flow table (0: no limit); None keeps the
     # datapath's (a new or upgraded one gets the default, sized from its tables)
     max_inserts: Optional[int] = None
+    # seconds a stateless VIP's changed ring slot remembers its previous owner (0: the
+    # default); None keeps the datapath's
+    chain_window: Optional[int] = None
     upgrade: str = "auto"               # a datapath of another version: auto | never
 
 
@@ -79,7 +83,8 @@ def bring_up(pin_dir: str, settings: NodeSettings) -> Node:
             first = next((a for a in addresses if a.version == family), None)
             if family not in src and not before[f"src{family}_plen"] and first is not None:
                 src[family] = f"{first}/{first.max_prefixlen}"
-        config = dp.configure(seed=s.seed, mtu=s.mtu, src4=src.get(4), src6=src.get(6))
+        config = dp.configure(seed=s.seed, mtu=s.mtu, src4=src.get(4), src6=src.get(6),
+                              chain_window=s.chain_window)
         if s.max_inserts is not None:
             dp.set_insert_limits(s.max_inserts)
             config = dp.config()
@@ -115,11 +120,11 @@ def take_down(dp: Datapath, iface: str) -> bool:
 
 
 def restore_config(dp: Datapath, config: dict) -> None:
-    """Put back a config record's seed, MTU and encap sources (a failed bring-up leaves an
-    adopted datapath as it found it)."""
+    """Put back a config record's seed, MTU, encap sources and chain window (a failed
+    bring-up leaves an adopted datapath as it found it)."""
     dp.configure(seed=config["seed"], mtu=config["mtu"],
                  src4=encap_source(config, 4) or "0.0.0.0/0",
-                 src6=encap_source(config, 6) or "::/0")
+                 src6=encap_source(config, 6) or "::/0", chain_window=config["chain_window"])
 
 
 def encap_source(config: dict, family: int) -> Optional[str]:
@@ -141,9 +146,11 @@ class Decap:
 
 def bring_up_decap(pin_dir: str, interfaces: Sequence[str], vips: Sequence,
                    sources: Sequence[str] = (), mode: str = "native",
-                   upgrade: str = "auto") -> Decap:
+                   upgrade: str = "auto", peers: Sequence = ()) -> Decap:
     """Create or adopt the decapsulator at `pin_dir`, accept tunnels for `vips` (addresses)
-    from `sources` (prefixes; none: from anywhere, no source check) and attach it to each
+    from `sources` (prefixes; none: from anywhere, no source check), chain a stateless
+    VIP's moved connections to `peers` (addresses: the backends that may hand this one
+    connections; given, they replace the peers it had; none: kept) and attach it to each
     interface. A decapsulator made here is removed again if a step fails."""
     created = not DecapPath.exists(pin_dir)
     dc = DecapPath.create(pin_dir, upgrade=upgrade)
@@ -153,6 +160,8 @@ def bring_up_decap(pin_dir: str, interfaces: Sequence[str], vips: Sequence,
         for p in sources:
             dc.add_source(p)
         dc.set_config(check_source=bool(sources))
+        if peers:
+            dc.set_peers(peers)
         links = {iface: dc.attach(iface, mode) for iface in interfaces}
     except BaseException:
         if created:

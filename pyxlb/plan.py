@@ -25,6 +25,15 @@ Identities:
   VIP_SOURCE_RANGES in its record. A VIP's entries go in before its record (so the flag
   never meets a trie that lacks them) and leave after it (so clearing the flag comes
   first); while ranges change, the old and the new both admit for a moment.
+- Stateless VIPs (docs/config.md, "Stateless mode") never share a ring: their ring key
+  names the VIP, so a change of one VIP's members writes that VIP's ring alone, and its
+  previous owners (xlb_prev_rings, under the same ring id) describe that one change. The
+  plan says which rings get previous owners and from which old ring they derive
+  (`prev_writes`); apply reads the old ring and its previous owners back and computes the
+  new ones with `prev_slots`, the pure rule, at the time it writes them.
+- Chain peers (xlb_chain_peers) are `pyxlb.chain.peer_table` of every backend address of
+  the stateless VIPs, compared with what the map holds when the set of addresses changes
+  (and once after a Layout is read back).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from array import array
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import _layouts as L
+from .chain import peer_table
 from .maglev import build_table
 from .state import (Backend, DesiredState, HealthSpec, IPAddress, IPNetwork, StateError, Vip,
                     VipKey, key_order)
@@ -47,8 +57,9 @@ HEALTH_TYPE_CODES = {"tcp": L.HEALTH_TCP, "http": L.HEALTH_HTTP, "none": L.HEALT
 HEALTH_TYPE_NAMES = {v: k for k, v in HEALTH_TYPE_CODES.items()}
 GEN_MAX = 0xFFFFFFFF
 
-# A ring's identity: its size and its members as ((address, weight), ...) in address order.
-RingKey = Tuple[int, Tuple[Tuple[str, int], ...]]
+# A ring's identity: its size and its members as ((address, weight), ...) in address order;
+# a stateless VIP's own ring has its VIP (as text) third.
+RingKey = Tuple
 # One entry of xlb_source_ranges: (VIP id, client prefix).
 RangeEntry = Tuple[int, IPNetwork]
 # One key of xlb_members and xlb_health_specs: (VIP id, backend id or HEALTH_VIP).
@@ -86,12 +97,18 @@ def health_count(vip: Vip) -> int:
 
 
 def ring_key(vip: Vip) -> RingKey:
+    """What a ring is shared by: size and members; a stateless VIP's ring is its own (its
+    previous owners are the history of that VIP's changes alone)."""
+    if vip.stateless:
+        return (vip.ring_size, vip.ring_members(), str(vip.key))
     return (vip.ring_size, vip.ring_members())
 
 
 def vip_flags(vip: Vip) -> int:
     flags = 0
-    if not vip.flow_table:
+    if vip.stateless:
+        flags |= L.VIP_STATELESS
+    elif not vip.flow_table:
         flags |= L.VIP_NO_FLOW_TABLE
     if vip.affinity == "client-ip":
         flags |= L.VIP_AFFINITY_SRC
@@ -138,6 +155,11 @@ class Layout:
     stray_ranges: FrozenSet[RangeEntry] = frozenset()
     # xlb_health_specs keys no VIP or member accounts for (the same): deleted alike
     stray_specs: FrozenSet[MemberKey] = frozenset()
+    # xlb_chain_peers: chain id -> the address it names (ids naming none left out; None:
+    # not read yet, planned as empty), and whether it is what the state wants (a plan
+    # made it, or found it so; read back, it is compared with the state's once)
+    chain_peers: Optional[Dict[int, IPAddress]] = dataclasses.field(default_factory=dict)
+    peers_synced: bool = False
     # derived from the above; built once, then carried from plan to plan
     _index: Optional["_Index"] = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -160,6 +182,7 @@ class _Index:
     def __init__(self):
         self.refs: Dict[IPAddress, int] = {}
         self.active: Dict[IPAddress, int] = {}
+        self.stateless: Dict[IPAddress, int] = {}      # how many stateless VIPs list it
         self.attrs: Dict[IPAddress, Backend] = {}
         self.records: Dict[int, BackendRecord] = {}
         self.members: Dict[int, Dict[int, MemberValue]] = {}   # vip id -> {bid: (w, st, h)}
@@ -207,6 +230,9 @@ class _Index:
         self._kind(vip, +1)
         self.counts["source_ranges"] += len(vip.source_ranges)
         self.counts["health_specs"] += health_count(vip)
+        if vip.stateless:
+            for b in vip.backends:
+                self.stateless[b.address] = self.stateless.get(b.address, 0) + 1
 
     def remove_vip(self, vip: Vip) -> None:
         for b in vip.backends:
@@ -226,6 +252,11 @@ class _Index:
         self._kind(vip, -1)
         self.counts["source_ranges"] -= len(vip.source_ranges)
         self.counts["health_specs"] -= health_count(vip)
+        if vip.stateless:
+            for b in vip.backends:
+                self.stateless[b.address] -= 1
+                if not self.stateless[b.address]:
+                    del self.stateless[b.address]
 
     def _kind(self, vip: Vip, delta: int) -> None:
         ports, every, announce = self.kinds.get(vip.key.address, (0, 0, 0))
@@ -281,6 +312,12 @@ class Plan:
     stray_deletes: Set[RangeEntry] = dataclasses.field(default_factory=set)  # done first
     new_vip_ids: Set[int] = dataclasses.field(default_factory=set)
     new_backend_ids: Set[int] = dataclasses.field(default_factory=set)
+    # stateless VIPs' new rings -> the old ring their previous owners derive from (None:
+    # none, they start empty); previous owners of rings no stateless VIP uses any more
+    prev_writes: Dict[int, Optional[int]] = dataclasses.field(default_factory=dict)
+    prev_deletes: Set[int] = dataclasses.field(default_factory=set)
+    peer_writes: Dict[int, IPAddress] = dataclasses.field(default_factory=dict)
+    peer_clears: Set[int] = dataclasses.field(default_factory=set)
     added: Tuple[Vip, ...] = ()
     removed: Tuple[Vip, ...] = ()
     changed: Tuple[Tuple[Vip, Vip], ...] = ()
@@ -291,7 +328,8 @@ class Plan:
                     or self.ring_deletes or self.member_writes or self.member_deletes
                     or self.vip_writes or self.vip_deletes or self.addr_flags
                     or self.range_writes or self.range_deletes or self.stray_deletes
-                    or self.spec_writes or self.spec_deletes)
+                    or self.spec_writes or self.spec_deletes or self.prev_writes
+                    or self.prev_deletes or self.peer_writes or self.peer_clears)
 
     def describe(self) -> List[str]:
         """The plan for a person: one line per VIP added, removed or changed."""
@@ -310,12 +348,18 @@ class Plan:
         if self.spec_writes or self.spec_deletes:
             lines[-1] += (f", {len(self.spec_writes)} health specs written, "
                           f"{len(self.spec_deletes)} removed")
+        if self.prev_writes or self.prev_deletes:
+            lines[-1] += (f", {len(self.prev_writes)} previous-owner tables written, "
+                          f"{len(self.prev_deletes)} freed")
+        if self.peer_writes or self.peer_clears:
+            lines[-1] += (f", {len(self.peer_writes)} chain peers written, "
+                          f"{len(self.peer_clears)} cleared")
         return lines
 
 
 def _vip_changes(old: Vip, new: Vip) -> List[str]:
     out = []
-    for field in ("mode", "flow_table", "affinity", "announce", "ring_size"):
+    for field in ("mode", "flow_table", "stateless", "affinity", "announce", "ring_size"):
         a, b = getattr(old, field), getattr(new, field)
         if a != b:
             out.append(f"{field}: {a} -> {b}")
@@ -409,8 +453,12 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
     addr_flags = _addr_flags(old_idx, idx, gone + coming)
     range_writes, range_deletes, stray_deletes = _ranges(
         old, old_idx, old_by_key, removed, coming, vip_ids, limits)
+    prev_writes, prev_deletes = _prev_rings(old, old_by_key, gone, coming, ring_ids,
+                                            ring_writes)
+    peers, peer_writes, peer_clears = _peers(old, old_idx, idx, touched)
 
-    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, _index=idx)
+    new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, chain_peers=peers,
+                 peers_synced=True, _index=idx)
     # what an apply killed half-way left: gone unless this plan writes the entry anew
     spec_deletes |= set(old.stray_specs) - spec_writes.keys()
     return Plan(old=old, new=new, backend_writes=backend_writes, backend_frees=backend_frees,
@@ -422,6 +470,8 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
                 range_deletes=range_deletes, stray_deletes=stray_deletes,
                 new_vip_ids=new_vip_ids,
                 new_backend_ids=new_backend_ids,
+                prev_writes=prev_writes, prev_deletes=prev_deletes,
+                peer_writes=peer_writes, peer_clears=peer_clears,
                 added=tuple(sorted(added, key=lambda v: key_order(v.key))),
                 removed=tuple(sorted(removed, key=lambda v: key_order(v.key))),
                 changed=tuple(sorted(changed, key=lambda p: key_order(p[0].key))))
@@ -518,12 +568,88 @@ def _rings(old: Layout, idx: _Index, coming: Tuple[Vip, ...],
     for key in sorted({ring_key(v) for v in coming} - ring_ids.keys()):
         rid = ids.take()
         ring_ids[key] = rid
-        size, members = key
+        size, members = key[:2]
         ring_writes[rid] = build_table(
             [(addr, weight, backend_ids[ipaddress.ip_address(addr)])
              for addr, weight in members], size)
     ring_deletes = set(old.ring_ids.values()) - set(ring_ids.values())
     return ring_ids, ring_writes, ring_deletes
+
+
+def _prev_rings(old: Layout, old_by_key: Dict[VipKey, Vip], gone: Tuple[Vip, ...],
+                coming: Tuple[Vip, ...], ring_ids: Dict[RingKey, int],
+                ring_writes: Dict[int, array]) -> Tuple[Dict[int, Optional[int]], Set[int]]:
+    """Planning step: the stateless VIPs' new rings that get previous owners, each with
+    the ring they derive from (the VIP's old ring, when it was stateless before with the
+    same ring size: slot i of both rings is the same hashes; else None, no previous
+    owners), and the previous owners of the rings no stateless VIP uses any more."""
+    writes: Dict[int, Optional[int]] = {}
+    kept: Set[int] = set()
+    for vip in coming:
+        if not vip.stateless:
+            continue
+        rid = ring_ids[ring_key(vip)]
+        kept.add(rid)
+        if rid not in ring_writes:
+            continue        # its ring stays, and so do its previous owners
+        prev = old_by_key.get(vip.key)
+        source = None
+        if prev is not None and prev.stateless and prev.ring_size == vip.ring_size:
+            source = old.ring_ids[ring_key(prev)]
+        writes[rid] = source
+    deletes = {old.ring_ids[ring_key(v)] for v in gone if v.stateless} - kept
+    return writes, deletes
+
+
+def prev_slots(old_ring, new_ring, old_chains, old_untils, chains: Dict[int, int],
+               now: int, until: int) -> Tuple[array, array]:
+    """The previous owners of a stateless VIP's new ring, (chain ids array('H'), times
+    array('I')), slot by slot (docs/config.md, "Stateless mode"):
+
+    - the slot changed hands from a backend (its old owner is not RING_EMPTY and differs
+      from the new one): the old owner's chain id (`chains`: backend id -> chain id),
+      remembered until `until`;
+    - else what the slot remembered before (`old_chains`, `old_untils`), while that is
+      still later than `now`; else nothing (0, 0).
+
+    `old_ring`: the ring the VIP used before (None: the VIP had no stateless ring of this
+    size: no previous owners at all); `old_chains` / `old_untils`: that ring's previous
+    owners (None: none). Times are CLOCK_MONOTONIC ns >> CHAIN_TIME_SHIFT."""
+    n = len(new_ring)
+    out_chains, out_untils = array("H", bytes(2 * n)), array("I", bytes(4 * n))
+    if old_ring is None or len(old_ring) != n:
+        return out_chains, out_untils
+    if old_chains is None or len(old_chains) != n or len(old_untils) != n:
+        old_chains, old_untils = array("H", bytes(2 * n)), array("I", bytes(4 * n))
+    empty = L.RING_EMPTY
+    for i, (was, owner) in enumerate(zip(old_ring, new_ring)):
+        if was != owner and was != empty:
+            cid = chains.get(was, 0)
+            if cid:
+                out_chains[i], out_untils[i] = cid, until
+                continue
+        if old_chains[i] and old_untils[i] > now:
+            out_chains[i], out_untils[i] = old_chains[i], old_untils[i]
+    return out_chains, out_untils
+
+
+def _peers(old: Layout, old_idx: _Index, idx: _Index, touched: Set[IPAddress],
+           ) -> Tuple[Dict[int, IPAddress], Dict[int, IPAddress], Set[int]]:
+    """Planning step: xlb_chain_peers as the new state wants it (peer_table of every
+    backend address of the stateless VIPs, the only owners a chain id can name; an id
+    several addresses share names none), with the entries to write and the ids to clear.
+    Without stateless VIPs the table is empty, so this node's own decapsulation chains
+    nothing (a Kubernetes node, whose service proxy NATs VIP connections to pods, has no
+    socket for them). Computed only when that set of addresses changes, or the old
+    Layout's peers were read back rather than planned."""
+    have = old.chain_peers or {}
+    if old.peers_synced and all((a in old_idx.stateless) == (a in idx.stateless)
+                                for a in touched):
+        return have, {}, set()
+    want = {cid: a for cid, a in peer_table(idx.stateless).items() if a is not None}
+    writes = {cid: a for cid, a in want.items() if have.get(cid) != a}
+    clears = have.keys() - want.keys()
+    return want, writes, clears
 
 
 def _vip_writes(old: Layout, old_idx: _Index, idx: _Index, old_by_key: Dict[VipKey, Vip],
@@ -635,12 +761,14 @@ def _in_family(net: IPNetwork, family: int) -> Optional[IPNetwork]:
 def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, MemberValue],
                   backends: Dict[int, BackendRecord],
                   ranges: FrozenSet[RangeEntry] = frozenset(),
-                  specs: Optional[Dict[MemberKey, HealthSpec]] = None) -> Layout:
+                  specs: Optional[Dict[MemberKey, HealthSpec]] = None,
+                  chain_peers: Optional[Dict[int, IPAddress]] = None) -> Layout:
     """The Layout (and so the DesiredState) that map contents describe: what a restarted
     process reads back before its first apply. Inverse of what apply writes. `ranges` are
     the xlb_source_ranges entries: a VIP whose record has VIP_SOURCE_RANGES admits those of
     its id; the others are strays, which the next plan deletes. `specs`: the
-    xlb_health_specs entries; those of no VIP or member are strays too."""
+    xlb_health_specs entries; those of no VIP or member are strays too. `chain_peers`:
+    what xlb_chain_peers holds (chain id -> address; None: not read)."""
     specs = specs or {}
     used_specs: Set[MemberKey] = set()
     by_range: Dict[int, List[IPNetwork]] = {}
@@ -675,7 +803,8 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, Member
                     nets.append(mine)
                     stray.discard((rec.vip_id, net))
         vip = Vip(key=key, backends=tuple(bks), mode=MODE_NAMES[rec.mode],
-                  flow_table=not rec.flags & L.VIP_NO_FLOW_TABLE,
+                  flow_table=not rec.flags & (L.VIP_NO_FLOW_TABLE | L.VIP_STATELESS),
+                  stateless=bool(rec.flags & L.VIP_STATELESS),
                   affinity="client-ip" if rec.flags & L.VIP_AFFINITY_SRC else "none",
                   announce=bool(rec.flags & L.VIP_ANNOUNCE), ring_size=rec.ring_size,
                   source_ranges=tuple(nets), health=health)
@@ -686,5 +815,6 @@ def rebuild_state(vips: Dict[VipKey, VipRecord], members: Dict[MemberKey, Member
     gens = {bid: br.gen for bid, br in backends.items() if br.gen}
     return Layout(state, {k: r.vip_id for k, r in vips.items()}, backend_ids, gens, ring_ids,
                   stray_ranges=frozenset(stray),
-                  stray_specs=frozenset(specs.keys() - used_specs))
+                  stray_specs=frozenset(specs.keys() - used_specs),
+                  chain_peers=None if chain_peers is None else dict(chain_peers))
 

@@ -47,6 +47,7 @@ HEALTH_ON_FAIL = ("drain", "gone")
 HEALTH_PATH_MAX = 96        # XLB_HEALTH_PATH_MAX in consts.h; checked by a test
 HEALTH_INTERVAL = (0.1, 3600.0)     # seconds, the least and the most
 HEALTH_COUNT_MAX = 100      # rise and fall
+STATELESS = "stateless"     # the third value of a state file's flow_table
 
 
 class StateError(PyxlbError, ValueError):
@@ -365,6 +366,11 @@ class Vip:
     source_ranges: Tuple[IPNetwork, ...] = ()
     # how its backends are health-checked (None: not checked)
     health: Optional[HealthSpec] = None
+    # stateless mode (docs/config.md, "Stateless mode"): a TCP VIP in ipip mode without a
+    # flow table whose ring slots remember their previous owner for a while after a
+    # change; a backend without the connection passes its packets there. Implies
+    # flow_table False (a state file writes both as `flow_table: stateless`).
+    stateless: bool = False
 
     def __post_init__(self):
         if not isinstance(self.key, VipKey):
@@ -380,9 +386,20 @@ class Vip:
         if self.affinity not in AFFINITIES:
             raise StateError(f"{where}: affinity must be one of {', '.join(AFFINITIES)}, "
                              f"not {self.affinity!r}")
-        for flag in ("flow_table", "announce"):
+        for flag in ("flow_table", "announce", "stateless"):
             if not isinstance(getattr(self, flag), bool):
                 raise StateError(f"{where}: {flag} must be true or false")
+        if self.stateless:
+            if self.key.protocol != "tcp":
+                raise StateError(f"{where}: stateless mode is for TCP VIPs only: a backend "
+                                 f"cannot tell a UDP flow it serves from a new one, so a "
+                                 f"UDP VIP keeps its flow table (or has none: flow_table "
+                                 f"false)")
+            if self.mode != "ipip":
+                raise StateError(f"{where}: stateless mode needs mode ipip: the previous "
+                                 f"owner of a ring slot rides in the tunnel's outer header, "
+                                 f"which {self.mode} mode does not have")
+            object.__setattr__(self, "flow_table", False)
         if isinstance(self.ring_size, bool) or not isinstance(self.ring_size, int):
             raise StateError(f"{where}: ring size must be an integer")
         if not (2 <= self.ring_size <= RING_SIZE_MAX and is_prime(self.ring_size)):
@@ -625,7 +642,8 @@ def carry_verdicts(old: DesiredState, new: DesiredState) -> DesiredState:
 def vip_to_dict(v: Vip) -> dict:
     """A VIP as plain data (what `vip list --json` prints and a state file holds). A
     backend's `down` is a verdict of the checker, not part of the format: left out."""
-    out = {"vip": str(v.key), "mode": v.mode, "flow_table": v.flow_table,
+    out = {"vip": str(v.key), "mode": v.mode,
+           "flow_table": STATELESS if v.stateless else v.flow_table,
            "affinity": v.affinity, "announce": v.announce, "ring_size": v.ring_size,
            "backends": []}
     if v.source_ranges:
@@ -672,8 +690,14 @@ def vip_from_dict(d: Mapping) -> Vip:
         backends.append(Backend(address=b["address"], weight=b.get("weight", 1),
                                 state=b.get("state", "active"), mac=b.get("mac"),
                                 local=b.get("local", False), health=own))
+    flow_table = d.get("flow_table", True)
+    stateless = flow_table == STATELESS
+    if not stateless and not isinstance(flow_table, bool):
+        raise StateError(f"VIP {key}: flow_table must be true, false or {STATELESS}, not "
+                         f"{flow_table!r}")
     return Vip(key=key, backends=tuple(backends), mode=d.get("mode", "ipip"),
-               flow_table=d.get("flow_table", True), affinity=d.get("affinity", "none"),
+               flow_table=flow_table is True, stateless=stateless,
+               affinity=d.get("affinity", "none"),
                announce=d.get("announce", False),
                ring_size=d.get("ring_size", RING_SIZE_DEFAULT),
                source_ranges=tuple(d.get("source_ranges") or ()), health=health)

@@ -14,7 +14,8 @@ from pyxlb import node as node_mod
 from pyxlb.cli.common import (FAILURES, IFACE, JSON_OPTION, PREFIX, Fail, current_pin_dir,
                               UPGRADE_OPTION, echo_json, ifindex, on_off, one_line, opened,
                               table, took_off_foreign)
-from pyxlb.datapath import FLOWS_PER_SET, Datapath, DecapPath, rated_flows
+from pyxlb.datapath import CHAIN_WINDOW_MAX, FLOWS_PER_SET, Datapath, DecapPath, rated_flows
+from pyxlb.datapath.apply import chain_window
 from pyxlb.datapath import upgrade as upgrade_mod
 from pyxlb.datapath.maps import BACKENDS, FLOWS4, FLOWS6, RINGS
 from pyxlb.node import NodeSettings, encap_source
@@ -64,10 +65,16 @@ _COUNTED_TYPES = frozenset((_bpf.MAP_TYPE_HASH, _bpf.MAP_TYPE_LRU_HASH, _bpf.MAP
                    "flow_insert_limited). 0: no limit. Default: keep; a new datapath gets "
                    "its table's ways divided by the CPUs, so that a flood cannot rewrite a "
                    "table faster than once a second.")
+@click.option("--chain-window", type=click.IntRange(0, CHAIN_WINDOW_MAX), metavar="SECONDS",
+              help="How long a stateless VIP's ring slot that changed hands remembers its "
+                   "previous owner, so that backends pass that owner's connections to it "
+                   f"(0: the default, {L.CHAIN_WINDOW_DEFAULT}). Applies after this one use "
+                   "it. Default: keep.")
 @UPGRADE_OPTION
 def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[int],
            mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
-           max_flows6: Optional[int], max_inserts: Optional[int], upgrade: str) -> None:
+           max_flows6: Optional[int], max_inserts: Optional[int],
+           chain_window: Optional[int], upgrade: str) -> None:
     """Run the balancer on interface IFACE.
 
     Creates the datapath under --pin-dir if there is none (an existing one is adopted
@@ -89,17 +96,18 @@ def attach(iface: str, mode: str, encap_sources: Sequence[str], seed: Optional[i
                        f"and {prefix}")
         src[family] = prefix
     bring_up(iface, mode, src, seed, mtu, max_vips, max_flows, max_flows6, upgrade,
-             max_inserts)
+             max_inserts, chain_window)
 
 
 def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
              mtu: Optional[int], max_vips: Optional[int], max_flows: Optional[int],
              max_flows6: Optional[int], upgrade: str = "auto",
-             max_inserts: Optional[int] = None) -> None:
+             max_inserts: Optional[int] = None, chain_window: Optional[int] = None) -> None:
     """pyxlb.node.bring_up at --pin-dir on `iface`, and say what it did."""
     settings = NodeSettings(interfaces=(iface,), mode=mode, seed=seed, mtu=mtu,
                             encap_sources=src, max_vips=max_vips, max_flows=max_flows,
-                            max_flows6=max_flows6, max_inserts=max_inserts, upgrade=upgrade)
+                            max_flows6=max_flows6, max_inserts=max_inserts,
+                            chain_window=chain_window, upgrade=upgrade)
     try:
         node = node_mod.bring_up(current_pin_dir(), settings)
     except FAILURES as exc:
@@ -127,7 +135,12 @@ def bring_up(iface: str, mode: str, src: Dict[int, str], seed: Optional[int],
 
 def _config_summary(cfg: dict) -> str:
     srcs = ", ".join(filter(None, (encap_source(cfg, 4), encap_source(cfg, 6)))) or "none"
-    return f"seed {cfg['seed']}, mtu {cfg['mtu']}, encap source {srcs}"
+    return (f"seed {cfg['seed']}, mtu {cfg['mtu']}, encap source {srcs}, chain window "
+            f"{_window_text(cfg)}")
+
+
+def _window_text(cfg: dict) -> str:
+    return f"{chain_window(cfg)} s" + ("" if cfg["chain_window"] else " (default)")
 
 
 @click.command()
@@ -167,10 +180,10 @@ def status(as_json: bool) -> None:
 
     Where it is pinned, its datapath version (and this pyxlb's, when they differ: then
     only that is shown, until `pyxlb upgrade` or the agent upgrades it), its program and
-    the interfaces running it, its config (seed, MTU,
-    encap sources), how many VIPs, backends, rings and flows it holds, and entries against
-    capacity for each map that can fill up; plus the decapsulator, when one is pinned in
-    the same directory.
+    the interfaces running it, its config (seed, MTU, encap sources; the stateless chain
+    window and chain peers), how many VIPs, backends, rings and flows it holds, and
+    entries against capacity for each map that can fill up; plus the decapsulator, when
+    one is pinned in the same directory.
 
     \b
     Example:
@@ -202,6 +215,8 @@ def status(as_json: bool) -> None:
         ("config", f"seed {c['seed']}, mtu {c['mtu']}, encap source IPv4 "
                    f"{c['encap_source4'] or 'none'}, IPv6 {c['encap_source6'] or 'none'}, "
                    f"decap source check {on_off(c['decap_check_source'])}"),
+        ("stateless", f"chain window {c['chain_window']} s, {data['chain_peers']} chain "
+                      f"peers"),
         ("state", f"{data['vips']} VIPs, {data['backends']} backends, {data['rings']} rings, "
                   f"{data['flows']} flows in the flow table"),
         ("flow tables", "; ".join(
@@ -273,10 +288,12 @@ def _status(dp: Datapath, version: str) -> dict:
         "config": {"seed": cfg["seed"], "mtu": cfg["mtu"],
                    "encap_source4": encap_source(cfg, 4), "encap_source6": encap_source(cfg, 6),
                    "decap_check_source": bool(cfg["flags"] & L.CFG_DECAP_CHECK_SOURCE),
-                   "max_inserts4": cfg["flow_inserts4"], "max_inserts6": cfg["flow_inserts6"]},
+                   "max_inserts4": cfg["flow_inserts4"], "max_inserts6": cfg["flow_inserts6"],
+                   "chain_window": chain_window(cfg)},
         "vips": len(layout.state),
         "backends": len(layout.backend_ids),
         "rings": len(layout.ring_ids),
+        "chain_peers": len(dp.tables.chain_peers.read()),
         "flows": maps[FLOWS4]["entries"] + maps[FLOWS6]["entries"],
         "maps": dict(sorted(maps.items())),
         "decap": decap,

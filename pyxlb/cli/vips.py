@@ -113,6 +113,12 @@ def vip(ctx: click.Context) -> None:
 @click.option("--no-flow-table", is_flag=True,
               help="Do not remember each flow's backend: every packet is hashed onto the "
                    "ring (saves the flow table for stateless UDP; a ring change moves flows).")
+@click.option("--stateless", is_flag=True,
+              help="TCP in ipip mode only: no flow table, and a ring slot that changes hands "
+                   "remembers its previous owner for the chain window (attach "
+                   "--chain-window); a backend without the connection passes its packets "
+                   "there, so established connections survive backend changes. Backends "
+                   "run the decapsulator with --peer (see docs/config.md).")
 @click.option("--affinity", type=click.Choice(AFFINITIES), default="none", show_default=True,
               help="client-ip: hash the client address only, so one client sticks to one "
                    "backend whatever its ports.")
@@ -126,8 +132,8 @@ def vip(ctx: click.Context) -> None:
               help="Admit only clients in PREFIX (repeatable; the VIP's family); others are "
                    "dropped and counted (drop_source_range). None given: every client.")
 @health_options
-def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_size: int,
-            announce: bool, source_ranges: Sequence[str], **health) -> None:
+def vip_add(key: VipKey, mode: str, no_flow_table: bool, stateless: bool, affinity: str,
+            ring_size: int, announce: bool, source_ranges: Sequence[str], **health) -> None:
     """Add a VIP, with no backends yet.
 
     The VIP is ADDR:PORT/PROTO, with tcp or udp; port 0 takes every port of the address
@@ -145,12 +151,16 @@ def vip_add(key: VipKey, mode: str, no_flow_table: bool, affinity: str, ring_siz
       pyxlb vip add '[2001:db8::53]:0/udp' --mode l2 --affinity client-ip --announce
       pyxlb vip add 192.0.2.10:443/tcp --source-range 198.51.100.0/24 --source-range 203.0.113.7
       pyxlb vip add 192.0.2.10:8080/tcp --health http --health-path /healthz
+      pyxlb vip add 192.0.2.10:443/tcp --stateless
     """
+    if stateless and no_flow_table:
+        raise Fail("--stateless and --no-flow-table exclude each other (a stateless VIP has "
+                   "no flow table already)")
     spec = _health_spec(_health_given(health), None, f"VIP {key}")
     try:        # checked before the datapath is opened and locked
-        new = Vip(key=key, mode=mode, flow_table=not no_flow_table, affinity=affinity,
-                  announce=announce, ring_size=ring_size, source_ranges=tuple(source_ranges),
-                  health=spec)
+        new = Vip(key=key, mode=mode, flow_table=not no_flow_table, stateless=stateless,
+                  affinity=affinity, announce=announce, ring_size=ring_size,
+                  source_ranges=tuple(source_ranges), health=spec)
     except StateError as exc:
         raise Fail(one_line(exc)) from None
     with opened() as dp, dp.editing():
@@ -222,12 +232,12 @@ def vip_del(key: VipKey) -> None:
 def vip_list(as_json: bool) -> None:
     """List the VIPs, with their settings.
 
-    One row per VIP: mode, flow table, affinity, announcement, ring size, how many of its
-    backends are active (and, of those, how many failed their health checks), its health
-    checks ("-": none) and the client prefixes it admits ("any" when it has no source
-    ranges). --json prints the whole state, backends, source ranges and health checks
-    included, in the format `apply -f` reads (without verdicts: `pyxlb health` shows
-    them).
+    One row per VIP: mode, flow table (on, off, or stateless), affinity, announcement, ring
+    size, how many of its backends are active (and, of those, how many failed their
+    health checks), its health checks ("-": none) and the client prefixes it admits ("any"
+    when it has no source ranges). --json prints the whole state, backends, source ranges
+    and health checks included, in the format `apply -f` reads (without verdicts: `pyxlb
+    health` shows them).
 
     \b
     Example:
@@ -245,7 +255,8 @@ def vip_list(as_json: bool) -> None:
     for v in state:
         active = sum(1 for b in v.backends if b.state == "active")
         down = sum(1 for b in v.backends if b.state == "active" and b.down)
-        rows.append((str(v.key), v.mode, on_off(v.flow_table), v.affinity,
+        rows.append((str(v.key), v.mode, "stateless" if v.stateless else on_off(v.flow_table),
+                     v.affinity,
                      "yes" if v.announce else "no", v.ring_size,
                      f"{active}/{len(v.backends)}" + (f" ({down} down)" if down else ""),
                      _health_cell(v.health, v.key), _ranges_cell(v.source_ranges)))

@@ -22,6 +22,7 @@ epoch, the transaction).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -29,21 +30,27 @@ from pyxlb import _layouts as L
 from pyxlb import netlink
 from pyxlb import plan as plan_mod
 from pyxlb.addr import Address, Prefix, prefix_or_none
+from pyxlb.chain import peer_table
 from pyxlb.errors import PyxlbError
 from pyxlb.numbers import int_in
 from pyxlb.state import DesiredState
 
 from . import counters, readback
-from .apply import ApplyResult, Applier, announce_source, refresh_nexthops
+from .apply import ApplyResult, Applier, announce_source, chain_window, refresh_nexthops
 from .loader import (DEFAULT_PIN_DIR, FLOWS_PER_SET, VIP_MAPS, ForeignDatapath, LoadedObject,
                      flow4_sets, flow_sets, map_sizes, rated_flows)
 from .maps import (BALANCER, DECAP, addr_filter, completed_config, default_inserts,
                    online_cpus)
 from .tables import BalancerTables, DecapTables
 
-__all__ = ["DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult", "Datapath",
-           "DecapPath", "ForeignDatapath", "addr_filter", "default_inserts", "flow4_sets",
-           "flow_sets", "map_sizes", "rated_flows"]
+__all__ = ["CHAIN_WINDOW_MAX", "DEFAULT_PIN_DIR", "FLOWS_PER_SET", "VIP_MAPS", "ApplyResult",
+           "Datapath", "DecapPath", "ForeignDatapath", "addr_filter", "default_inserts",
+           "flow4_sets", "flow_sets", "map_sizes", "rated_flows"]
+
+
+# The longest chain window: a day (xlb_prev_slot.until counts ~1.07 s units in 32 bits, so
+# far more would fit; a connection idle longer than this is not worth a slot's memory).
+CHAIN_WINDOW_MAX = 86400
 
 
 def _random_seed() -> int:
@@ -121,9 +128,18 @@ class Datapath(LoadedObject):
     # -- node settings -------------------------------------------------------------------
 
     def configure(self, *, seed: Optional[int] = None, mtu: Optional[int] = None,
-                  src4: Optional[Prefix] = None, src6: Optional[Prefix] = None) -> dict:
-        """Change some fields of the config record (None: keep); returns the new record."""
+                  src4: Optional[Prefix] = None, src6: Optional[Prefix] = None,
+                  chain_window: Optional[int] = None) -> dict:
+        """Change some fields of the config record (None: keep); returns the new record.
+        chain_window: seconds a stateless VIP's changed ring slot remembers its previous
+        owner (0: the default, CHAIN_WINDOW_DEFAULT); applies from then on use it."""
         cfg = self.config()
+        if chain_window is not None:
+            if not int_in(chain_window, 0, CHAIN_WINDOW_MAX):
+                raise PyxlbError(f"the chain window must be an integer 0..{CHAIN_WINDOW_MAX} "
+                                 f"seconds (0: the default, {L.CHAIN_WINDOW_DEFAULT}), not "
+                                 f"{chain_window!r}")
+            cfg["chain_window"] = chain_window
         if seed is not None:
             if not int_in(seed, 0, 0xFFFFFFFF):
                 raise PyxlbError(f"seed must be an integer 0..4294967295, not {seed!r}")
@@ -139,6 +155,11 @@ class Datapath(LoadedObject):
                 cfg[f"{field}_plen"] = plen
         self.tables.config.write_fields(**cfg)
         return cfg
+
+    def chain_window(self) -> int:
+        """Seconds a stateless VIP's changed ring slot remembers its previous owner (the
+        default when the config record says 0)."""
+        return chain_window(self.config())
 
     def insert_limits(self) -> Tuple[int, int]:
         """New flows each CPU records a second, IPv4 and IPv6 (0: no limit)."""
@@ -319,6 +340,19 @@ class DecapPath(LoadedObject):
     def add_source(self, prefix: Prefix) -> None:
         """Accept tunnels from `prefix` (an LB node's address or subnet)."""
         self.tables.decap_sources.add(prefix)
+
+    def set_peers(self, addresses) -> Dict[int, Address]:
+        """Make xlb_chain_peers name exactly `addresses` (the nodes that may hand this one
+        a stateless VIP's connections: its fellow backends), each under its chain id; an id
+        two of them share names neither, and ids no longer named are cleared. Returns
+        {chain id: address} of the ids now naming a peer."""
+        addresses = [ipaddress.ip_address(str(a).strip()) for a in addresses]
+        want = {cid: a for cid, a in peer_table(addresses).items() if a is not None}
+        have = self.tables.chain_peers.read()
+        self.tables.chain_peers.put_all({cid: a for cid, a in want.items()
+                                         if have.get(cid) != a})
+        self.tables.chain_peers.clear_all(have.keys() - want.keys())
+        return want
 
     def set_config(self, check_source: bool = False) -> None:
         """Turn the outer-source check on or off. Only that flag is changed: the record may

@@ -23,6 +23,7 @@ from pyxlb import _bpf, netlink
 from pyxlb import _layouts as L
 from pyxlb import plan as plan_mod
 from pyxlb.addr import parse_addr, parse_mac
+from pyxlb.chain import chain_id
 from pyxlb.state import DesiredState, StateError, carry_verdicts
 
 from .flows import purge_moved
@@ -192,6 +193,42 @@ class Transaction:
         self._keep.clear()
 
 
+def chain_window(config: dict) -> int:
+    """Seconds a stateless VIP's changed ring slot remembers its previous owner: the
+    config record's chain_window, or the default when it is 0."""
+    return config["chain_window"] or L.CHAIN_WINDOW_DEFAULT
+
+
+def prev_tables(t: BalancerTables, plan: plan_mod.Plan, now_ns: int, window: int,
+                ) -> Dict[int, Tuple[object, object]]:
+    """The previous owners of each stateless ring the plan writes ({ring id: (chains,
+    untils)}), by plan.prev_slots from the old ring and its previous owners as the maps
+    hold them now (read before any of the plan's writes). `now_ns`: CLOCK_MONOTONIC ns;
+    a slot that changes hands now is remembered for `window` seconds."""
+    if not plan.prev_writes:
+        return {}
+    shift = L.CHAIN_TIME_SHIFT
+    now, until = now_ns >> shift, (now_ns + window * 1_000_000_000) >> shift
+    chains = None
+    out = {}
+    for rid, source in sorted(plan.prev_writes.items()):
+        old_ring = old_chains = old_untils = None
+        if source is not None:
+            if chains is None:      # the old owners' chain ids, by their backend ids
+                chains = {bid: chain_id(a) for a, bid in plan.old.backend_ids.items()}
+            try:
+                old_ring = t.rings.get(source)
+            except KeyError:
+                pass
+            try:
+                old_chains, old_untils = t.prev_rings.get(source)
+            except KeyError:
+                pass
+        out[rid] = plan_mod.prev_slots(old_ring, plan.ring_writes[rid], old_chains,
+                                       old_untils, chains or {}, now, until)
+    return out
+
+
 def refresh_nexthops(t: BalancerTables, layout: plan_mod.Layout,
                      backend_ids: Optional[Iterable[int]] = None) -> int:
     """Fill the next-hop cache from the kernel's route and neighbour tables (and the MACs
@@ -298,9 +335,13 @@ class Applier:
             self.sync()
             started = time.perf_counter()
             layout = self.layout()
+            if layout.chain_peers is None:      # read back without them: read them now
+                layout.chain_peers = self.tables.chain_peers.read()
             if verdicts == "keep":
                 state = carry_verdicts(layout.state, state)
             plan = plan_mod.make_plan(layout, state, limits(self.tables))
+            if plan.empty and not dry_run:
+                layout.peers_synced = True      # compared with the state's: they agree
             if dry_run or plan.empty:
                 return ApplyResult(plan)
             announce = announce_as() if any(f & L.ADDR_ANNOUNCE
@@ -348,9 +389,14 @@ class Applier:
         t.counters.reset_backends(new_backends)
         t.nexthops.clear_all(new_backends)
         t.backends.put_all(sorted(plan.backend_writes.items()))
+        # stateless VIPs' previous owners, from their old rings as they are now
+        prev = prev_tables(t, plan, time.monotonic_ns(), chain_window(t.config.read()))
+        t.chain_peers.put_all(plan.peer_writes)
         # new rings go in with one batch update; its RCU grace period (ms) runs in the
-        # background while the rest is written: the rings are visible before it ends
+        # background while the rest is written: the rings are visible before it ends;
+        # their previous owners likewise, before any VIP record points at them
         finish_rings = t.rings.put_all(plan.ring_writes)
+        finish_prev = t.prev_rings.put_all(prev)
         t.members.put_all(sorted(plan.member_writes.items()))
         # health specs, like members, before the VIP records (read back after them)
         t.health_specs.put_all(sorted(plan.spec_writes.items()))
@@ -375,12 +421,17 @@ class Applier:
         live_at = time.perf_counter()       # every VIP now uses its new ring
         # ... and leave once no record (or only one without the flag) points there
         t.source_ranges.remove_all(plan.range_deletes)
-        finish_rings()
+        try:
+            finish_rings()
+        finally:
+            finish_prev()
         if finish_index is not None:
             finish_index()
         t.members.delete_all(sorted(plan.member_deletes))
         t.health_specs.delete_all(sorted(plan.spec_deletes))
         t.rings.delete_all(plan.ring_deletes)
+        t.prev_rings.delete_all(plan.prev_deletes)
+        t.chain_peers.clear_all(plan.peer_clears)
         # gone: flows pinned to them re-hash; the generation stays for the next holder
         frees = sorted(plan.backend_frees.items())
         t.backends.free_all(frees)

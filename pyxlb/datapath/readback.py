@@ -20,6 +20,7 @@ def read_layout(t: BalancerTables) -> plan_mod.Layout:
     members = t.members.read()
     backends = t.backends.read()
     live = {i: r for i, r in backends.items() if r.state}
+    # xlb_chain_peers (65536 entries, ~30 ms to read) is read by the first apply, not here
     layout = plan_mod.rebuild_state(vips, members, live, t.source_ranges.read(),
                                     t.health_specs.read())
     layout.gens.update({i: r.gen for i, r in backends.items() if r.gen})

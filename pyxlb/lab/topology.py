@@ -134,14 +134,17 @@ class Lab:
         log(f"namespaces: {', '.join(self.ns(n) for n in NODES)}")
         self.wire(servers)
         log("links: client-router veth; lb1, lb2, be1-3 on bridge br0 (MTU 1600)")
-        self.add_addresses(servers, forwarding=(ROUTER, *LBS))
+        # backends forward too: a stateless VIP's backend passes a connection it does not
+        # have to its previous owner with bpf_fib_lookup, which answers only on an
+        # interface that forwards (docs/config.md, "Stateless mode")
+        self.add_addresses(servers, forwarding=(ROUTER, *LBS, *BACKENDS))
         self.route_via("lb1")
         log("addresses: client 10.77.1.2, router .1, segment 10.77.2.0/24 (+ IPv6)")
         for node in BACKENDS:
             self.serve_vip(node)
         log(f"backends: VIP {VIP4} / {VIP6} on lo, HTTP server on port {HTTP_PORT}")
 
-        self.pass_on_router_ports(LBS)
+        self.pass_on_router_ports((*LBS, *BACKENDS))   # backends XDP_TX chained packets
         for node in LBS:
             src = ENCAP_SOURCE[node]
             with netns.enter(self.ns(node)):
@@ -151,11 +154,14 @@ class Lab:
                     max_flows6=self.max_flows6))
                 up.dp.close()
         sources = [p for src in ENCAP_SOURCE.values() for p in (src.v4, src.v6)]
+        # every backend may hand the others a stateless VIP's connections after a change
+        peers = [node_addr(b, family) for b in BACKENDS for family in (4, 6)]
         for node in BACKENDS:
             with netns.enter(self.ns(node)):
                 node_mod.bring_up_decap(self.pin_dir(node), ("eth0",), (VIP4, VIP6),
-                                        sources).dp.close()
-        log("XDP: balancer on lb1/lb2 eth0, decap on be1-3 eth0, pass on the router's LB ports")
+                                        sources, peers=peers).dp.close()
+        log("XDP: balancer on lb1/lb2 eth0, decap on be1-3 eth0 (each other's chain peers), "
+            "pass on the router's ports")
         self.warm_neighbours()
         self.wait_http()
 
@@ -212,7 +218,8 @@ class Lab:
 
     def pass_on_router_ports(self, nodes) -> None:
         """A veth delivers XDP_TX'd frames only to a peer running native XDP: the router's
-        side of each balancing node's link runs the pass program."""
+        side of the link of each node that sends with XDP_TX (the balancers, and the
+        backends, which chain packets) runs the pass program."""
         for node in nodes:
             with netns.enter(self.ns(ROUTER)):
                 with _bpf.BpfObject.open(object_path("pass")) as obj:
@@ -321,8 +328,9 @@ class Lab:
                 finally:
                     s.close()
 
-    def warm_neighbours(self, senders=LBS, targets=BACKENDS) -> None:
-        """Have every sender (the LBs) resolve the targets' MACs (the backends; one datagram
+    def warm_neighbours(self, senders=(*LBS, *BACKENDS), targets=BACKENDS) -> None:
+        """Have every sender (the LBs, and the backends, which chain a stateless VIP's
+        connections to each other) resolve the targets' MACs (the backends; one datagram
         each, to the discard port), so the balancers' next-hop caches can be filled."""
         for node in senders:
             with netns.enter(self.ns(node)):

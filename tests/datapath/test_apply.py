@@ -170,6 +170,7 @@ def test_one_backend_added_touches_only_that_vip(dp, monkeypatch):
     new = STATE.with_vip(vip("192.0.2.10:443/tcp", *WEB, "10.0.1.4", ring_size=13))
     result = dp.apply(new)
     # one new backend (record, counters, next hop reset), one new ring, one member, one VIP
+    # (no chain peer: no VIP is stateless)
     assert rec.maps() == ["xlb_backend_stats", "xlb_backends", "xlb_members", "xlb_nexthops",
                           "xlb_rings", "xlb_vip_index", "xlb_vips"]
     assert sum(1 for n, op in rec.ops if n == "xlb_vips") == 1

@@ -10,8 +10,10 @@ on the namespace's veths; both fixtures remove them, and `cli` detaches on its o
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from click.testing import CliRunner
 from pyxlb import _bpf, config, netlink, netns
 from pyxlb import _layouts as L
 from pyxlb.bpf import DIR_ENV, object_path
+from pyxlb.chain import chain_id
 from pyxlb.cli.root import cli
 from pyxlb.datapath import Datapath, DecapPath, rated_flows
 from pyxlb.datapath.maps import DECAP_VIPS, FLOWS4
@@ -128,7 +131,8 @@ def test_attach_status_detach(run):
     ncpus = os.cpu_count()
     assert st["config"] == {"seed": 0, "mtu": 1500, "encap_source4": "10.99.0.1/32",
                             "encap_source6": "fd99::1/128", "decap_check_source": False,
-                            "max_inserts4": ways4 // ncpus, "max_inserts6": ways6 // ncpus}
+                            "max_inserts4": ways4 // ncpus, "max_inserts6": ways6 // ncpus,
+                            "chain_window": L.CHAIN_WINDOW_DEFAULT}
     assert (st["vips"], st["backends"], st["rings"], st["flows"], st["decap"]) == \
         (0, 0, 0, 0, None)
     assert st["maps"]["xlb_local_addrs"] == {"entries": 2, "max_entries": 256}
@@ -252,7 +256,7 @@ def test_attach_options_and_two_interfaces(run):
     assert st["config"] | {"max_inserts4": 0, "max_inserts6": 0} == {
         "seed": 42, "mtu": 9000, "encap_source4": "10.255.0.0/24",
         "encap_source6": "fd00:255::/64", "decap_check_source": False,
-        "max_inserts4": 0, "max_inserts6": 0}
+        "max_inserts4": 0, "max_inserts6": 0, "chain_window": L.CHAIN_WINDOW_DEFAULT}
     assert sorted((i["name"], i["mode"]) for i in st["interfaces"]) == \
         [("veth0", "native"), ("veth1", "generic")]
     assert st["maps"]["xlb_local_addrs"]["entries"] == 2
@@ -370,6 +374,60 @@ def test_vips_and_backends(lb):
     v = next(v for v in lb.state()["vips"] if v["vip"] == "192.0.2.12:53/udp")
     assert (v["flow_table"], v["ring_size"], v["announce"]) == (False, 251, True)
     assert lb.json("status")["vips"] == 3
+
+
+def test_stateless_vips(lb, tmp_path):
+    lb("vip", "add", "192.0.2.20:443/tcp", "--stateless", "--ring-size", "251")
+    lb("backend", "add", "192.0.2.20:443/tcp", "10.0.1.7")
+    v = next(v for v in lb.state()["vips"] if v["vip"] == "192.0.2.20:443/tcp")
+    assert v["flow_table"] == "stateless"
+    row = next(line for line in lb("vip", "list").stdout.splitlines()
+               if line.startswith("192.0.2.20:443/tcp"))
+    assert row.split()[1:3] == ["ipip", "stateless"]
+    # what `vip list --json` prints, `apply -f` reads back to the same state
+    path = tmp_path / "state.json"
+    path.write_text(lb("vip", "list", "--json").stdout)
+    assert "nothing to change" in lb("apply", "-f", str(path)).stdout
+    lb.fails("vip", "add", "192.0.2.21:53/udp", "--stateless", match="for TCP VIPs only")
+    lb.fails("vip", "add", "192.0.2.21:80/tcp", "--stateless", "--no-flow-table",
+             match="exclude each other")
+    with Datapath.open(lb.pin_dir) as dp:
+        assert dp.tables.chain_peers.read()[chain_id("10.0.1.7")] == \
+            ipaddress.ip_address("10.0.1.7")
+
+
+def test_attach_sets_the_chain_window_and_keeps_it(run):
+    run("attach", "veth0")
+    assert run.json("status")["config"]["chain_window"] == L.CHAIN_WINDOW_DEFAULT
+    assert "chain window 120 s (default)" in run("attach", "veth0").stdout
+    out = run("attach", "veth0", "--chain-window", "30").stdout
+    assert "chain window 30 s" in out and "(default)" not in out
+    run("attach", "veth1")                                  # not given: kept
+    assert run.json("status")["config"]["chain_window"] == 30
+    assert re.search(r"^stateless +chain window 30 s, 0 chain peers$", run("status").stdout,
+                     re.M)
+    run.fails("attach", "veth1", "--chain-window", "86401", match="'--chain-window'")
+    assert run.json("status")["config"]["chain_window"] == 30
+
+
+def test_decap_peers(run):
+    run("decap", "attach", "veth1", "--vip", "192.0.2.10")
+    with DecapPath.open(run.pin_dir) as d:
+        assert d.tables.chain_peers.read() == {}
+    out = run("decap", "attach", "veth1", "--vip", "192.0.2.10", "--peer", "10.0.1.1",
+              "--peer", "10.0.1.2", "--peer", "2001:db8::a").stdout
+    assert "chain peers: 10.0.1.1, 10.0.1.2, 2001:db8::a" in out
+    with DecapPath.open(run.pin_dir) as d:
+        assert d.tables.chain_peers.read() == {
+            chain_id(a): ipaddress.ip_address(a) for a in ("10.0.1.1", "10.0.1.2",
+                                                          "2001:db8::a")}
+    out = run("decap", "attach", "veth1", "--vip", "192.0.2.10").stdout   # none: kept
+    assert "chain peers: 10.0.1.1, 10.0.1.2, 2001:db8::a" in out
+    out = run("decap", "attach", "veth1", "--vip", "192.0.2.10", "--peer", "10.0.1.2").stdout
+    assert "chain peers: 10.0.1.2\n" in out                  # given: they replace
+    with DecapPath.open(run.pin_dir) as d:
+        assert d.tables.chain_peers.read() == {chain_id("10.0.1.2"):
+                                               ipaddress.ip_address("10.0.1.2")}
 
 
 def test_vip_source_ranges(lb):

@@ -226,6 +226,7 @@ def test_pin_dir_must_be_on_bpffs(tmp_path):
 def test_config_write(dp):
     seed = dp.config()["flow4_seed"]
     limits = dp.insert_limits()
+    dp.configure(chain_window=30)       # a node setting write() keeps, as the limits
     dp.tables.config.write(seed=0xC0FFEE, mtu=9000, src4="10.255.0.0/16", src6="fd00:ff::/64",
                            decap_check_source=True)
     assert dp.config() == {
@@ -235,11 +236,13 @@ def test_config_write(dp):
         "flow4_bits": dp.maps.flows4.max_entries.bit_length() - 1,   # kept from load
         "flow6_bits": dp.maps.flows6.max_entries.bit_length() - 1,
         "flow4_seed": seed, "flow_inserts4": limits[0], "flow_inserts6": limits[1],
+        "chain_window": 30,
     }
     dp.tables.config.write()
     assert dp.config() == L.unpack_config(L.pack_config(
         flow4_bits=19, flow4_seed=seed, flow6_bits=dp.maps.flows6.max_entries.bit_length() - 1,
-        flags=L.CFG_INSERTS_SET, flow_inserts4=limits[0], flow_inserts6=limits[1]))
+        flags=L.CFG_INSERTS_SET, flow_inserts4=limits[0], flow_inserts6=limits[1],
+        chain_window=30))
 
 
 @pytest.mark.parametrize("kwargs", [

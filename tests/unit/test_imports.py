@@ -126,7 +126,7 @@ def test_the_cycle_finder_finds_a_cycle():
 LAYERS = [
     ("base", ["pyxlb.errors", "pyxlb.numbers", "pyxlb._bpf", "pyxlb._layouts", "pyxlb._maglev",
               "pyxlb.addr", "pyxlb.bpf", "pyxlb.bpffs", "pyxlb.netns", "pyxlb.netlink",
-              "pyxlb.maglev"]),
+              "pyxlb.maglev", "pyxlb.chain"]),
     ("model", ["pyxlb.state", "pyxlb.plan", "pyxlb.metrics"]),
     ("datapath", ["pyxlb.datapath"]),
     ("node", ["pyxlb.node", "pyxlb.announce"]),

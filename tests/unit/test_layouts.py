@@ -87,7 +87,8 @@ STRATEGIES = {
         seed=u32, mtu=u16, flags=u16, src4=st.binary(min_size=4, max_size=4),
         src4_plen=st.integers(0, 32), src6=st.binary(min_size=16, max_size=16),
         src6_plen=st.integers(0, 128), flow4_bits=st.integers(0, 31), flow4_seed=u32,
-        flow6_bits=st.integers(0, 31), flow_inserts4=u32, flow_inserts6=u32)),
+        flow6_bits=st.integers(0, 31), flow_inserts4=u32, flow_inserts6=u32,
+        chain_window=u32)),
     "prev_slot": st.fixed_dictionaries(dict(chain=u16, until=u32)),
     "chain_peer": st.sampled_from([L.FAMILY_V4, L.FAMILY_V6]).flatmap(
         lambda f: st.fixed_dictionaries(dict(addr=addr_for(f), family=st.just(f)))),

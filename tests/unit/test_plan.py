@@ -157,7 +157,8 @@ def test_rebuild_state_is_the_inverse_of_a_plan():
         vip("[2001:db8::1]:0/udp", Backend("2001:db8::a", mac="02:00:00:00:00:0a", local=True),
             mode="l2", announce=True, affinity="client-ip", flow_table=False))))
     members = {k: v for k, v in plan.member_writes.items()}
-    layout = rebuild_state(plan.vip_writes, members, plan.backend_writes)
+    layout = rebuild_state(plan.vip_writes, members, plan.backend_writes,
+                           chain_peers=plan.peer_writes)
     assert layout.state == plan.new.state
     assert layout.vip_ids == plan.new.vip_ids and layout.backend_ids == plan.new.backend_ids
     assert layout.ring_ids == plan.new.ring_ids
@@ -210,7 +211,8 @@ def test_ranges_go_in_with_the_flag_and_come_back_from_the_maps():
     # prefix is an IPv4 prefix, and the VIP's family turns it back
     trie = frozenset((vid, net("198.51.100.0/24") if n == net("::ffff:198.51.100.0/120") else n)
                      for vid, n in plan.range_writes)
-    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes, trie)
+    layout = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes, trie,
+                           chain_peers=plan.peer_writes)
     assert layout.state == RANGED and layout.stray_ranges == frozenset()
     assert make_plan(layout, RANGED).empty
 

@@ -262,6 +262,10 @@ struct xlb_config {
 	__u32 flow_inserts4;	/* host order; new IPv4 flows each CPU records a second
 				 * (0: no limit); above it they are balanced, not recorded */
 	__u32 flow_inserts6;	/* host order; the same for IPv6 */
+	__u32 chain_window;	/* host order; seconds a stateless VIP's ring slot remembers
+				 * its previous owner after a change (0: the default,
+				 * 120); read by user space only, which writes the times
+				 * into xlb_prev_rings */
 };
 
 /* Key of xlb_hc_paths (health.o's own map, never pinned): a health check's socket by its
