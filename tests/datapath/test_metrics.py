@@ -54,6 +54,7 @@ COUNTER_FAMILIES = {
     "pyxlb_icmp_steered": set(),
     "pyxlb_flow_midstream_misses": set(),
     "pyxlb_flow_insert_limited": set(),
+    "pyxlb_chain_packets": {"event"},
     "pyxlb_vip_packets": {"vip"},
     "pyxlb_vip_bytes": {"vip"},
     "pyxlb_vip_new_flows": {"vip"},
@@ -164,7 +165,8 @@ def test_families_types_and_labels(exporter):
                                                "pyxlb_flow_lookups_total",
                                                "pyxlb_icmp_steered_total",
                                                "pyxlb_flow_midstream_misses_total",
-                                               "pyxlb_flow_insert_limited_total")]
+                                               "pyxlb_flow_insert_limited_total",
+                                               "pyxlb_chain_packets_total")]
     assert len(stat_samples) == len(L.STAT_NAMES)
     assert not any(got[k] for k in got if k[0].endswith("_total"))
 
