@@ -216,12 +216,14 @@ def test_the_previous_release_is_upgraded_under_traffic(ulab, ports, tmp_path):
     # from the LRU hash to new sets, with the insertion limits (the config record grew),
     # their per-CPU budget and new counters; the kernel cannot tell the templates of the
     # maps-of-maps of a datapath without a record, so those are made anew; the members
-    # gained their health byte, and the health specs are new (empty)
+    # gained their health byte, and the health specs are new (empty); stateless mode's
+    # previous owners and chain peers are new (empty)
     assert sorted((m["name"], m["action"]) for m in old["maps"] if m["action"] != "keep") \
-        == [("xlb_config", "migrate"), ("xlb_flow_budget", "new"), ("xlb_flows", "drop"),
+        == [("xlb_chain_peers", "new"), ("xlb_config", "migrate"),
+            ("xlb_flow_budget", "new"), ("xlb_flows", "drop"),
             ("xlb_flowsets4", "migrate"), ("xlb_flowsets6", "new"),
             ("xlb_health_specs", "new"), ("xlb_members", "migrate"),
-            ("xlb_rings", "migrate"), ("xlb_stats", "migrate"),
+            ("xlb_prev_rings", "new"), ("xlb_rings", "migrate"), ("xlb_stats", "migrate"),
             ("xlb_vip_index", "migrate")], old["maps"]
     s4, s6 = streams(lab, ports)
     with s4, s6, Opener(lab, 4, pace=0.02) as opener:
