@@ -55,7 +55,8 @@ def test_connections_survive_backends_coming_and_going(lab, ports, family):
     lab.warm_neighbours(senders=BACKENDS, targets=BACKENDS)
     lab.apply(stateless("be1", "be2"))
     before = chained(lab)
-    with Streams(lab, family, ports.take(CONNECTIONS), duration=30.0) as streams:
+    sports = set(ports.take(CONNECTIONS))
+    with Streams(lab, family, sorted(sports), duration=30.0) as streams:
         assert set(streams.holders().values()) == {"be1", "be2"}
         stuck = []
         for step in STEPS:
@@ -74,4 +75,5 @@ def test_connections_survive_backends_coming_and_going(lab, ports, family):
     assert sum(moves.values()) > 0, f"no backend chained a packet: {moves}"
     for lb in LBS:
         with lab.datapath(lb) as dp:
-            assert dp.flows() == [], f"{lb} recorded flows for a stateless VIP"
+            recorded = [k for k, _ in dp.flows() if k["sport"] in sports]
+        assert not recorded, f"{lb} recorded {len(recorded)} of these flows: {recorded[:3]}"
