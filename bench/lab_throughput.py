@@ -27,6 +27,13 @@ on the LB node's in0:
               out0, IPIP, and two IPv6 VIPs [2001:2::10]:8080 with backends
               2001:2:0:2::21-23, IP6IP6; next hops from refresh_nexthops() (the backends'
               neighbour entries are static: the sink answers nothing)
+  pyxlb_stateless
+              pyxlb IPIP stateless: the same as pyxlb_ipip, but its TCP VIPs are
+              stateless (docs/datapath.md, "Stateless mode": no flow table, each ring
+              slot keeps its previous owner for the chain window) and its UDP VIPs have
+              no flow table (flow_table false; stateless mode is TCP's only): with both,
+              this node keeps no per-flow state at all (its flow tables are made, at the
+              default sizes, and never read or written); every packet goes by the ring
   pyxlb_l2    the same in L2 (MAC rewrite) mode
   iptables    pass.o on in0, the kernel forwards; iptables-restore of a kube-proxy-like
               layout: KUBE-SERVICES -> KUBE-SVC-* with statistic-mode random rules ->
@@ -40,9 +47,10 @@ is more than a default table is rated for (docs/datapath.md, "Capacity": 209,715
 104,857 IPv6 flows), once more with tables made for N, `--max-flows N --max-flows6 N`
 (Datapath.create with map_sizes(max_flows=N, max_flows6=N): 4 Mi sets each for a million,
 512 MiB IPv4 and 1 GiB IPv6): forwarders pyxlb_ipip_rated and pyxlb_l2_rated, "pyxlb IPIP,
-max-flows" in the table. The kernel DNAT nodes and the ceiling serve every N (they keep no
-flow state across measurements: conntrack is flushed before each); kernel DNAT runs only
-where conntrack holds N established flows and the new ones (N <= 62,144 here).
+max-flows" in the table. pyxlb stateless, the kernel DNAT nodes and the ceiling serve every
+N (they keep no flow state across measurements: conntrack is flushed before each); kernel
+DNAT runs only where conntrack holds N established flows and the new ones (N <= 62,144
+here).
 
 IPv4 traffic goes through all five; IPv6 traffic (84-byte frames: a 40-byte IPv6 header
 and the same 30-byte L4 segment) through pyxlb's two modes and the ceiling (the kernel
@@ -60,7 +68,10 @@ none stale, its TCP and UDP VIPs 35-65% each, each of the three backends at leas
 mid-stream and one of new flows (a SYN) never; established: hits at least 99% of lookups
 where N is within the table's rating, else at least what the set rule gives for N flows
 over the table's sets less 3 points (tests/support/flowsets.py missing_share); new flows:
-a miss for every packet.
+a miss for every packet. pyxlb stateless instead: no flow-table lookup at all (flow_hit,
+flow_miss, flow_stale all 0), no previous owner carried (chain_sent 0: no ring changes
+during the run), a new TCP flow counted for every SYN (every TCP packet of new traffic,
+none of established), and the rest as above (forwarded, both VIPs, all three backends).
 
 The generator (xdp/bench/gen.bpf.c, built into bench_gen.o) runs with BPF_PROG_TEST_RUN in
 live-frames mode from threads that entered the generator's namespace and are pinned to a
@@ -70,8 +81,8 @@ of flows shared out among the generator threads: one core sends all N, two cores
 each, the same N flows), "new" makes every packet a new flow (SYNs for TCP) through the
 node whose table holds N established flows (numbered from that node's own sequence, so
 that none repeats a flow its table may still hold); "new, no limit" is the same through
-pyxlb with its insertion limit off (below). One core: one generator thread; two cores:
-one per CPU. The generator, the forwarder and the sink then share each CPU: a veth runs
+pyxlb with its insertion limit off (below; not pyxlb stateless, which inserts nothing).
+One core: one generator thread; two cores: one per CPU. The generator, the forwarder and the sink then share each CPU: a veth runs
 its receiver's NAPI on the sending CPU, so the whole path of a packet runs on the CPU
 that generated it, in the generator thread's own time (softirq work the kernel defers
 goes to ksoftirqd).
@@ -97,7 +108,7 @@ measurement of established flows on a pyxlb node (each family), its N flows are 
 as real connections are (see admit): each sends two packets in a row, then, past the
 promotion age (67 ms), one more, which moves it to the front half of its set, where only
 other promotions move it; they stay there for the run (new flows push out back halves
-only). Flows are admitted in batches, a batch's third packets sent while the next batch
+only). pyxlb stateless has no table to fill and no flow to admit: neither runs for it. Flows are admitted in batches, a batch's third packets sent while the next batch
 sends its pairs, so that few others enter a flow's set between its pair and its third
 packet, as with connections that come over time. The hit share reported beside the Mpps
 is flow_hit over lookups in the measured calls. For new flows through conntrack the
@@ -205,9 +216,11 @@ class Forwarder:
     short: str                  # in interface and namespace names
     kind: str                   # pyxlb, iptables, nftables, ceiling
     mode: Optional[str] = None  # pyxlb: ipip or l2
-    table: Optional[str] = None     # pyxlb: "default" (as made) or "rated" (--max-flows N)
+    # pyxlb: "default" (as made), "rated" (--max-flows N) or "stateless" (none used)
+    table: Optional[str] = None
     flows: Optional[int] = None     # pyxlb: the N of this node (None: any N, no flow state)
     max_flows: Optional[int] = None     # a "rated" node: its tables made for this many
+    stateless: bool = False     # pyxlb: TCP VIPs stateless, UDP VIPs without a flow table
 
     @property
     def node(self) -> str:
@@ -230,6 +243,8 @@ class Forwarder:
 
 FORWARDERS = (
     Forwarder("pyxlb_ipip", "pyxlb IPIP", "ipip", "pyxlb", "ipip", table="default"),
+    Forwarder("pyxlb_stateless", "pyxlb IPIP stateless", "stl", "pyxlb", "ipip",
+              table="stateless", stateless=True),
     Forwarder("pyxlb_l2", "pyxlb L2", "l2", "pyxlb", "l2", table="default"),
     Forwarder("iptables", "iptables DNAT", "ipt", "iptables"),
     Forwarder("nftables", "nftables DNAT", "nft", "nftables"),
@@ -244,20 +259,24 @@ RATED = {
                           table="rated"),
 }
 BY_KEY = {f.key: f for f in (*FORWARDERS, *RATED.values())}
-ORDER = ["pyxlb_ipip", "pyxlb_ipip_rated", "pyxlb_l2", "pyxlb_l2_rated", "iptables",
-         "nftables", "ceiling"]
+ORDER = ["pyxlb_ipip", "pyxlb_ipip_rated", "pyxlb_stateless", "pyxlb_l2", "pyxlb_l2_rated",
+         "iptables", "nftables", "ceiling"]
 TRAFFIC = {"established": "established flows", "new": "new flow every packet",
            "new_nolimit": "new flow every packet, no insertion limit"}
 SHORT = {"established": "established", "new": "new", "new_nolimit": "new, no limit"}
 REF_TRAFFIC = {"new_nolimit": "new"}     # the references (iptables, ceiling) it compares with
 FAMILIES = (4, 6)
 
-# (what, forwarder's figure over the reference's, at least), judged per pyxlb mode
+# (what: forwarder's figure over the reference's, traffic, cores (None: each), at least,
+# forwarders, established flows N)
 TARGETS = [
-    ("x_iptables", "established", None, 5.0),
-    ("x_iptables", "new", None, 20.0),
-    ("x_ceiling", "established", 1, 0.70),
-    ("x_ceiling", "new", 1, 0.70),
+    ("x_iptables", "established", None, 5.0, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_iptables", "new", None, 20.0, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_ceiling", "established", 1, 0.70, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_ceiling", "new", 1, 0.70, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    # issue 21: a balancer without per-flow state at a million flows
+    ("x_ceiling", "established", None, 0.80, ("pyxlb_stateless",), 1_000_000),
+    ("x_ceiling", "new", None, 0.80, ("pyxlb_stateless",), 1_000_000),
 ]
 
 CT_NEW_BUDGET = 200_000         # new flows through conntrack per measurement (max 262144)
@@ -472,11 +491,12 @@ def lab_nodes(flows: Tuple[int, ...]) -> List[Forwarder]:
     forwarders and the ceiling once (they keep no flow table of their own, and conntrack's
     is flushed before every measurement); each pyxlb forwarder once per N with the default
     tables, and once more with tables made for N (--max-flows N, --max-flows6 N) where N is
-    more than a default table is rated for."""
+    more than a default table is rated for. pyxlb stateless once: it keeps no flow state,
+    so one node serves every N."""
     ratings = default_ratings()
     nodes = []
     for f in FORWARDERS:
-        if f.kind != "pyxlb":
+        if f.kind != "pyxlb" or f.stateless:
             nodes.append(f)
             continue
         for i, n in enumerate(flows):
@@ -713,13 +733,18 @@ class Lab:
             dp.configure(seed=SEED, src4=ENCAP_SRC, src6=ENCAP_SRC6)
             backends = tuple(Backend(addr) for addr in BACKENDS.values())
             backends6 = tuple(Backend(addr) for addr in BACKENDS6.values())
+            # stateless: TCP VIPs stateless (no flow table, ring slots keep their previous
+            # owner), UDP VIPs without a flow table (stateless mode is TCP's only)
+            flags = {"tcp": {"stateless": True}, "udp": {"flow_table": False}} \
+                if f.stateless else {"tcp": {}, "udp": {}}
             dp.apply(DesiredState(tuple(
-                Vip(VipKey(vip, PORT, proto), backends=bes, mode=f.mode)
+                Vip(VipKey(vip, PORT, proto), backends=bes, mode=f.mode, **flags[proto])
                 for vip, bes in ((VIP, backends), (VIP6, backends6))
                 for proto in ("tcp", "udp"))))
             dp.attach("in0", "native")
             hops = dp.refresh_nexthops()
-            if hasattr(dp, "insert_limits"):    # a datapath with insertion limits
+            # a datapath with insertion limits (no flow is inserted on a stateless node)
+            if hasattr(dp, "insert_limits") and not f.stateless:
                 self.insert_limits[f.node] = dp.insert_limits()
         self.xdp_progs[f.node] = dp.prog
         if hops != len(BACKENDS) + len(BACKENDS6):
@@ -977,7 +1002,7 @@ def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dic
     out = {}
     for f in lab.nodes:
         dp = lab.datapaths.get(f.node)
-        if dp is None:
+        if dp is None or f.stateless:       # stateless: nothing would go in
             continue
         limited = f.node in lab.insert_limits
         if limited:
@@ -1098,7 +1123,7 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
         lab.conntrack_flush(f)
     dp = lab.datapaths.get(f.node)
     if traffic == "established":
-        if dp and (f.node, family) not in lab.admitted:
+        if dp and not f.stateless and (f.node, family) not in lab.admitted:
             # once a node and family: the flows stay (the front halves of their sets)
             lab.admitted[(f.node, family)] = admit(lab, f, cpus, family, flows)
         elif f.conntrack:
@@ -1253,7 +1278,7 @@ def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> Lis
             bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     st = run.get("xlb_stats")
     if st is not None:
-        bad += _check_pyxlb(traffic, run, st, n, chain)
+        bad += _check_pyxlb(traffic, run, st, n, chain, f.stateless)
     if f.conntrack and traffic == "new" and run["conntrack_entries"] < 0.95 * n:
         bad.append(f"{run['conntrack_entries']} conntrack entries for {n} new flows")
     flows = run["flows"]
@@ -1266,10 +1291,13 @@ HIT_SHARE_RATED = 0.99          # established flows within a table's rating: hit
 HIT_SHARE_SLACK = 0.03          # beyond it: at least the set rule's share less this
 
 
-def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool) -> List[str]:
+def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool,
+                 stateless: bool = False) -> List[str]:
     """pyxlb's counters against the traffic: every packet looked up once and forwarded,
     both protocols and all three backends (its per-VIP and per-backend counters: these
-    hold with the chain generator too), the flow table's hits and misses."""
+    hold with the chain generator too), the flow table's hits and misses. Stateless:
+    no packet looked up, none carrying a previous owner (the rings do not change), a new
+    TCP flow for every SYN and none else."""
     bad = []
     hit, miss, stale = (st.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_stale"))
     looked = hit + miss + stale
@@ -1277,7 +1305,13 @@ def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool) -> List
     if redirect < n:
         bad.append(f"pyxlb redirected {redirect}, "
                    + (f"of {n} sent" if chain else f"the sink saw {n}"))
-    if looked != redirect:
+    if stateless:
+        if looked:
+            bad.append(f"pyxlb stateless looked up {looked} flows (hit {hit}, miss {miss}, "
+                       f"stale {stale}): expected none")
+        if st.get("chain_sent", 0):
+            bad.append(f"pyxlb chain_sent {st['chain_sent']}: no ring changed")
+    elif looked != redirect:
         bad.append(f"pyxlb looked up {looked} flows for {redirect} packets forwarded")
     drops = {k: v for k, v in st.items() if k.startswith(("drop_", "pass_"))}
     if drops:
@@ -1293,10 +1327,17 @@ def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool) -> List
         bad.append("pyxlb's backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     # a TCP miss of established traffic (ACKs) is mid-stream; of new traffic (SYNs) never
     midstream = st.get("flow_miss_midstream", 0)
-    want = c["tcp_new_flows"] if traffic == "established" else 0
+    want = c["tcp_new_flows"] if traffic == "established" and not stateless else 0
     if midstream != want:
         bad.append(f"pyxlb flow_miss_midstream {midstream}, expected {want} (TCP misses)")
-    if traffic == "established":
+    if stateless:
+        # a stateless VIP counts a SYN as a new flow: every TCP packet of new traffic,
+        # none of established traffic (ACKs)
+        want = c["tcp"] if traffic != "established" else 0
+        if c["tcp_new_flows"] != want:
+            bad.append(f"pyxlb stateless: {c['tcp_new_flows']} new TCP flows of "
+                       f"{c['tcp']} TCP packets, expected {want}")
+    elif traffic == "established":
         share, expected = run["hit_share"] or 0.0, run.get("hit_share_expected")
         need = HIT_SHARE_RATED if expected is None or expected >= 0.999 \
             else expected - HIT_SHARE_SLACK
@@ -1372,11 +1413,11 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
     rows.sort(key=lambda r: (r["flows"], list(TRAFFIC).index(r["traffic"]), r["cores"],
                              ORDER.index(r["forwarder"]), r["family"]))
     targets = []
-    for what, traffic, cores, need in TARGETS:
-        for fkey in ("pyxlb_ipip", "pyxlb_l2"):
+    for what, traffic, cores, need, fkeys, flows in TARGETS:
+        for fkey in fkeys:
             for c in ([cores] if cores else core_counts):
                 for family in FAMILIES:
-                    row = by.get((fkey, traffic, FLOWS, c, family))
+                    row = by.get((fkey, traffic, flows, c, family))
                     if row is None or row[what] is None:
                         continue
                     ref = "iptables" if what == "x_iptables" else "ceiling"
@@ -1384,8 +1425,9 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
                         "target": f"{BY_KEY[fkey].label} >= "
                                   + (f"{need:g}x {ref}" if what == "x_iptables"
                                      else f"{need:.0%} of {ref}")
-                                  + f", IPv{family} {traffic}, {c} core{'s' if c > 1 else ''}",
-                        "forwarder": fkey, "traffic": traffic, "flows": FLOWS, "cores": c,
+                                  + f", {_flows_text(flows)} IPv{family} {traffic}, "
+                                  f"{c} core{'s' if c > 1 else ''}",
+                        "forwarder": fkey, "traffic": traffic, "flows": flows, "cores": c,
                         "family": family, "metric": what, "value": row[what], "need": need,
                         "pass": row[what] >= need and row["runs_ok"] == row["runs"]})
     return {"rows": rows, "targets": targets}
@@ -1459,7 +1501,8 @@ def print_table(summary: dict, chain: bool = False) -> None:
           "hits: pyxlb's flow-table hits over\n  lookups in the measured calls (medians). "
           "'max-flows': pyxlb with tables made for that N\n  "
           "(--max-flows N --max-flows6 N); "
-          "the others with the default tables.")
+          "'stateless': no flow table (TCP VIPs\n  stateless, UDP VIPs flow_table "
+          "false); the others with the default tables.")
     sized = {}
     for r in summary["rows"]:
         if r.get("hit_share_expected") is not None and r["traffic"] == "established":
@@ -1484,14 +1527,13 @@ def print_table(summary: dict, chain: bool = False) -> None:
                   f"  limit {lim or 'none':>9}  recorded {rec}")
     if summary["targets"]:
         print()
-        what = f"target ({_flows_text(FLOWS)} flows)"
-        head = f"{what:<64} {'value':>7} {'need':>6}  result"
+        head = f"{'target (flows)':<72} {'value':>7} {'need':>6}  result"
         print(head)
         print("-" * len(head))
         for t in summary["targets"]:
             fmt = (lambda v: f"{v:.1f}x") if t["metric"] == "x_iptables" \
                 else (lambda v: f"{v:.0%}")
-            print(f"{t['target']:<64} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
+            print(f"{t['target']:<72} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
                   f"{'PASS' if t['pass'] else 'FAIL'}")
     work = [r for r in summary["rows"]
             if BY_KEY[r["forwarder"]].kind == "pyxlb" and r["work_ratio_iptables"]]
@@ -1816,7 +1858,12 @@ def main():
         "the measured calls, hit_share_expected: what the set rule gives for N flows over "
         "the table's sets (docs/datapath.md, 'Capacity')",
         "targets are judged at 1,000 flows through the default tables; at more flows "
-        "pyxlb's flow-table figures are reported as they are (issue 21)",
+        "pyxlb's flow-table figures are reported as they are (issue 21); pyxlb "
+        "stateless's (issue 21's goal: 80% of the ceiling) at 1,000,000 flows",
+        "pyxlb_stateless: pyxlb_ipip with its TCP VIPs stateless and its UDP VIPs "
+        "without a flow table (flow_table false): no per-flow state on the node, no "
+        "flow-table fill, no admission; one node serves every N (table 'stateless'; "
+        "no hit_share: nothing is looked up; no insertion limits, no new_nolimit rows)",
     ]
     if live:
         notes += [
