@@ -6,9 +6,9 @@ bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png)
 
 Established flows, N. A full run measures at N = 1,000 established flows (what a bench
 that stays in the CPU's cache sees) and N = 1,000,000 (a busy balancer: issue 21), --quick
-at 1,000 only; --flows picks others. A full run takes about 19 minutes on this 2-vCPU VM
-(1,124 s on 2026-12-07, a minute of it filling the tables; the million-flow cases are
-two thirds of the rest); --quick one or two.
+at 1,000 only; --flows picks others. A full run takes about 21 minutes on this 2-vCPU VM
+(1,251 s on 2026-12-07 with pyxlb stateless, 1,124 s before it; a minute of it filling the
+tables; the million-flow cases are two thirds of the rest); --quick one or two.
 
 One topology per forwarder, all alike, all built by this script and removed at the end
 (also on failure or Ctrl-C):
