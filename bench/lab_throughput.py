@@ -1,8 +1,14 @@
 """Packets per second through an LB node in network namespaces: pyxlb beside kernel DNAT.
 
-Run as root: `make bench` (or .venv/bin/python bench/lab_throughput.py [--quick]).
-Prints a table (IPv4 and IPv6 side by side), writes bench/results/lab_throughput.json and
-a bar chart beside it (lab_throughput.png).
+Run as root: `make bench` (or .venv/bin/python bench/lab_throughput.py [--quick]
+[--flows N,...]). Prints a table (IPv4 and IPv6 side by side), writes
+bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png).
+
+Established flows, N. A full run measures at N = 1,000 established flows (what a bench
+that stays in the CPU's cache sees) and N = 1,000,000 (a busy balancer: issue 21), --quick
+at 1,000 only; --flows picks others. A full run takes about 21 minutes on this 2-vCPU VM
+(1,251 s on 2026-12-07 with pyxlb stateless, 1,124 s before it; a minute of it filling the
+tables; the million-flow cases are two thirds of the rest); --quick one or two.
 
 One topology per forwarder, all alike, all built by this script and removed at the end
 (also on failure or Ctrl-C):
@@ -21,6 +27,13 @@ on the LB node's in0:
               out0, IPIP, and two IPv6 VIPs [2001:2::10]:8080 with backends
               2001:2:0:2::21-23, IP6IP6; next hops from refresh_nexthops() (the backends'
               neighbour entries are static: the sink answers nothing)
+  pyxlb_stateless
+              pyxlb IPIP stateless: the same as pyxlb_ipip, but its TCP VIPs are
+              stateless (docs/datapath.md, "Stateless mode": no flow table, each ring
+              slot keeps its previous owner for the chain window) and its UDP VIPs have
+              no flow table (flow_table false; stateless mode is TCP's only): with both,
+              this node keeps no per-flow state at all (its flow tables are made, at the
+              default sizes, and never read or written); every packet goes by the ring
   pyxlb_l2    the same in L2 (MAC rewrite) mode
   iptables    pass.o on in0, the kernel forwards; iptables-restore of a kube-proxy-like
               layout: KUBE-SERVICES -> KUBE-SVC-* with statistic-mode random rules ->
@@ -29,6 +42,16 @@ on the LB node's in0:
               numgen random mod 3 into endpoint chains that DNAT
   ceiling     ceiling.bpf.c: rewrite the MACs and bpf_redirect() to out0, nothing else
 
+pyxlb's nodes are made once per N (their flow tables hold that N's flows) and, where N
+is more than a default table is rated for (docs/datapath.md, "Capacity": 209,715 IPv4 and
+104,857 IPv6 flows), once more with tables made for N, `--max-flows N --max-flows6 N`
+(Datapath.create with map_sizes(max_flows=N, max_flows6=N): 4 Mi sets each for a million,
+512 MiB IPv4 and 1 GiB IPv6): forwarders pyxlb_ipip_rated and pyxlb_l2_rated, "pyxlb IPIP,
+max-flows" in the table. pyxlb stateless, the kernel DNAT nodes and the ceiling serve every
+N (they keep no flow state across measurements: conntrack is flushed before each); kernel
+DNAT runs only where conntrack holds N established flows and the new ones (N <= 62,144
+here).
+
 IPv4 traffic goes through all five; IPv6 traffic (84-byte frames: a 40-byte IPv6 header
 and the same 30-byte L4 segment) through pyxlb's two modes and the ceiling (the kernel
 DNAT layouts are IPv4 ones). RFC 5180's benchmark range 2001:2::/48 holds the addresses.
@@ -36,17 +59,30 @@ DNAT layouts are IPv4 ones). RFC 5180's benchmark range 2001:2::/48 holds the ad
 The VIP has a blackhole route on every LB node, so a DNAT that did not happen drops the
 packet instead of forwarding it. The sink counts packets by inner protocol and by the
 backend the destination MAC names; every run is checked against that (both protocols
-arrive, all three backends get traffic, IPIP only from pyxlb_ipip) and, for pyxlb, against
-its flow-table counters (established: hits; new flows: a miss for every packet), for
-kernel DNAT against the conntrack table (new flows: one entry per packet).
+arrive, all three backends get traffic, IPIP only from pyxlb_ipip), for kernel DNAT
+against the conntrack table (new flows: one entry per packet; established: at most N),
+and for pyxlb against its own counters, which hold with the chain generator too: every
+packet looked up in the flow table once (hit + miss + stale = forwarded) and forwarded,
+none stale, its TCP and UDP VIPs 35-65% each, each of the three backends at least 15%
+(per-VIP and per-backend counters), a TCP miss of established traffic (an ACK) counted
+mid-stream and one of new flows (a SYN) never; established: hits at least 99% of lookups
+where N is within the table's rating, else at least what the set rule gives for N flows
+over the table's sets less 3 points (tests/support/flowsets.py missing_share); new flows:
+a miss for every packet. pyxlb stateless instead: no flow-table lookup at all (flow_hit,
+flow_miss, flow_stale all 0), no previous owner carried (chain_sent 0: no ring changes
+during the run), a new TCP flow counted for every SYN (every TCP packet of new traffic,
+none of established), and the rest as above (forwarded, both VIPs, all three backends).
 
 The generator (xdp/bench/gen.bpf.c, built into bench_gen.o) runs with BPF_PROG_TEST_RUN in
 live-frames mode from threads that entered the generator's namespace and are pinned to a
 CPU, so each XDP_TX really leaves g-<fwd>. Traffic is 64-byte frames, UDP and TCP
-alternately: "established" cycles over a fixed set of 1000 flows (ACKs for TCP), "new"
-makes every packet a new flow (SYNs for TCP); "new, no limit" is the same through pyxlb
-with its insertion limit off (below). One core: one generator thread; two cores:
-one per CPU. The generator, the forwarder and the sink then share each CPU: a veth runs
+alternately: "established" cycles over N flows (half of them TCP, sending ACKs; one set
+of flows shared out among the generator threads: one core sends all N, two cores N/2
+each, the same N flows), "new" makes every packet a new flow (SYNs for TCP) through the
+node whose table holds N established flows (numbered from that node's own sequence, so
+that none repeats a flow its table may still hold); "new, no limit" is the same through
+pyxlb with its insertion limit off (below; not pyxlb stateless, which inserts nothing).
+One core: one generator thread; two cores: one per CPU. The generator, the forwarder and the sink then share each CPU: a veth runs
 its receiver's NAPI on the sending CPU, so the whole path of a packet runs on the CPU
 that generated it, in the generator thread's own time (softirq work the kernel defers
 goes to ksoftirqd).
@@ -62,15 +98,23 @@ between counter snapshots taken while every generator call is running, which lea
 each call's fixed costs at either end. "ns>ceil" is what a packet costs beyond the
 ceiling's path: the forwarder's own work.
 
-Each measurement: a warm-up (flows known to every forwarder, rate estimated), then one
-generator call per thread sized to last --duration seconds (bounded in packets; a
-watchdog interrupts a call that overruns). Before the first one pyxlb's flow tables (IPv4
-and IPv6) are brought to a long-running node's state: where new flows go (each set's back
-half) full, so every new flow pushes an older one out of its set (see fill_flow_tables). For
-new flows through conntrack the count is capped so that its table never fills
-(nf_conntrack_max is global and read-only inside a namespace); conntrack is flushed
-before and after. Rounds run every case in turn, so drift touches all alike; a figure is
-the median of the rounds.
+Each measurement: a warm-up (every established flow sent at least once since the last
+new flows, rate estimated), then one generator call per thread sized to last --duration
+seconds (bounded in packets; a watchdog interrupts a call that overruns). Before the
+first one pyxlb's flow tables (IPv4 and IPv6) are brought to a long-running node's state:
+where new flows go (each set's back half) full, so every new flow pushes an older one out
+of its set (see fill_flow_tables: twice the table's ways of new flows). Before the first
+measurement of established flows on a pyxlb node (each family), its N flows are admitted
+as real connections are (see admit): each sends two packets in a row, then, past the
+promotion age (67 ms), one more, which moves it to the front half of its set, where only
+other promotions move it; they stay there for the run (new flows push out back halves
+only). pyxlb stateless has no table to fill and no flow to admit: neither runs for it. Flows are admitted in batches, a batch's third packets sent while the next batch
+sends its pairs, so that few others enter a flow's set between its pair and its third
+packet, as with connections that come over time. The hit share reported beside the Mpps
+is flow_hit over lookups in the measured calls. For new flows through conntrack the
+count is capped so that its table never fills (nf_conntrack_max is global and read-only
+inside a namespace); conntrack is flushed before and after. Rounds run every case in
+turn, so drift touches all alike; a figure is the median of the rounds.
 
 Insertion limit. pyxlb records at most flow_inserts4/6 new flows a second per CPU (the
 default: the table's ways / CPUs, Datapath.default_insert_limits()); above it a new flow is
@@ -95,6 +139,7 @@ Figures of the two generators do not compare; a figure compares with one of its 
 import argparse
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import shutil
@@ -109,6 +154,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository's root, for tests.support
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS_DIR, machine_info  # noqa: E402
 
@@ -147,7 +194,10 @@ BACKEND_MACS = {k: f"02:00:00:00:02:2{k}" for k in BACKENDS}
 FRAME_LEN = 64                  # IPv4 frames
 FRAME_LEN6 = 84                 # IPv6: 40 bytes of IPv6 header and the same 30-byte L4
 FRAME_LENS = {4: FRAME_LEN, 6: FRAME_LEN6}
-FLOWS = 1000                    # established traffic: this many flows in all
+FLOWS = 1000                    # established flows in all: --quick, upgrade.py
+FULL_FLOWS = (1000, 1_000_000)  # --flows of a full run
+MAX_FLOWS = 1 << 26             # --max-flows' bound (the generator numbers 588 million)
+GEN_SHARED = 2                  # gen.bpf.c's mode: one set of flows shared out among CPUs
 NUD_PERMANENT = 0x80
 RTN_BLACKHOLE = 6
 IFA_F_NODAD = 0x02
@@ -159,11 +209,23 @@ OTHER_TOLERATED = 32            # frames the sink may count as neither TCP nor U
 
 @dataclasses.dataclass(frozen=True)
 class Forwarder:
-    key: str
+    """A forwarder; with `flows`, the LB node of a pyxlb forwarder for that many
+    established flows (each N has nodes of its own: their flow tables hold N flows)."""
+    key: str                    # in the results
     label: str
     short: str                  # in interface and namespace names
     kind: str                   # pyxlb, iptables, nftables, ceiling
     mode: Optional[str] = None  # pyxlb: ipip or l2
+    # pyxlb: "default" (as made), "rated" (--max-flows N) or "stateless" (none used)
+    table: Optional[str] = None
+    flows: Optional[int] = None     # pyxlb: the N of this node (None: any N, no flow state)
+    max_flows: Optional[int] = None     # a "rated" node: its tables made for this many
+    stateless: bool = False     # pyxlb: TCP VIPs stateless, UDP VIPs without a flow table
+
+    @property
+    def node(self) -> str:
+        """Which LB node: the forwarder, and for pyxlb its N."""
+        return self.key if self.flows is None else f"{self.key}@{self.flows}"
 
     @property
     def conntrack(self) -> bool:
@@ -180,28 +242,45 @@ class Forwarder:
 
 
 FORWARDERS = (
-    Forwarder("pyxlb_ipip", "pyxlb IPIP", "ipip", "pyxlb", "ipip"),
-    Forwarder("pyxlb_l2", "pyxlb L2", "l2", "pyxlb", "l2"),
+    Forwarder("pyxlb_ipip", "pyxlb IPIP", "ipip", "pyxlb", "ipip", table="default"),
+    Forwarder("pyxlb_stateless", "pyxlb IPIP stateless", "stl", "pyxlb", "ipip",
+              table="stateless", stateless=True),
+    Forwarder("pyxlb_l2", "pyxlb L2", "l2", "pyxlb", "l2", table="default"),
     Forwarder("iptables", "iptables DNAT", "ipt", "iptables"),
     Forwarder("nftables", "nftables DNAT", "nft", "nftables"),
     Forwarder("ceiling", "XDP redirect (ceiling)", "ceil", "ceiling"),
 )
-BY_KEY = {f.key: f for f in FORWARDERS}
-TRAFFIC = {"established": f"established ({FLOWS} flows)", "new": "new flow every packet",
+# pyxlb with its flow tables made for N flows (--max-flows N, --max-flows6 N): where N is
+# more than the default tables are rated for
+RATED = {
+    "pyxlb_ipip": Forwarder("pyxlb_ipip_rated", "pyxlb IPIP, max-flows", "ipipr", "pyxlb",
+                            "ipip", table="rated"),
+    "pyxlb_l2": Forwarder("pyxlb_l2_rated", "pyxlb L2, max-flows", "l2r", "pyxlb", "l2",
+                          table="rated"),
+}
+BY_KEY = {f.key: f for f in (*FORWARDERS, *RATED.values())}
+ORDER = ["pyxlb_ipip", "pyxlb_ipip_rated", "pyxlb_stateless", "pyxlb_l2", "pyxlb_l2_rated",
+         "iptables", "nftables", "ceiling"]
+TRAFFIC = {"established": "established flows", "new": "new flow every packet",
            "new_nolimit": "new flow every packet, no insertion limit"}
 SHORT = {"established": "established", "new": "new", "new_nolimit": "new, no limit"}
 REF_TRAFFIC = {"new_nolimit": "new"}     # the references (iptables, ceiling) it compares with
 FAMILIES = (4, 6)
 
-# (what, forwarder's figure over the reference's, at least), judged per pyxlb mode
+# (what: forwarder's figure over the reference's, traffic, cores (None: each), at least,
+# forwarders, established flows N)
 TARGETS = [
-    ("x_iptables", "established", None, 5.0),
-    ("x_iptables", "new", None, 20.0),
-    ("x_ceiling", "established", 1, 0.70),
-    ("x_ceiling", "new", 1, 0.70),
+    ("x_iptables", "established", None, 5.0, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_iptables", "new", None, 20.0, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_ceiling", "established", 1, 0.70, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    ("x_ceiling", "new", 1, 0.70, ("pyxlb_ipip", "pyxlb_l2"), FLOWS),
+    # issue 21: a balancer without per-flow state at a million flows
+    ("x_ceiling", "established", None, 0.80, ("pyxlb_stateless",), 1_000_000),
+    ("x_ceiling", "new", None, 0.80, ("pyxlb_stateless",), 1_000_000),
 ]
 
 CT_NEW_BUDGET = 200_000         # new flows through conntrack per measurement (max 262144)
+CT_MAX_FLOWS = 262_144 - CT_NEW_BUDGET  # kernel DNAT runs at no more established flows
 MAX_PACKETS_PER_THREAD = 60_000_000
 
 
@@ -396,13 +475,51 @@ def nftables_rules() -> str:
 # -- the lab ----------------------------------------------------------------------------------
 
 
+def default_ratings() -> Optional[Tuple[int, int]]:
+    """Established flows pyxlb's default IPv4 and IPv6 tables are rated for (None: a pyxlb
+    from before rated tables, whose sizes this script does not choose)."""
+    from pyxlb import _layouts, datapath
+    if not all(hasattr(datapath, n) for n in ("map_sizes", "rated_flows")) or \
+            not hasattr(_layouts, "FLOW6_SETS"):
+        return None
+    return (datapath.rated_flows(_layouts.FLOW4_SETS),
+            datapath.rated_flows(_layouts.FLOW6_SETS))
+
+
+def lab_nodes(flows: Tuple[int, ...]) -> List[Forwarder]:
+    """The LB nodes for established traffic over each N in `flows`: the kernel DNAT
+    forwarders and the ceiling once (they keep no flow table of their own, and conntrack's
+    is flushed before every measurement); each pyxlb forwarder once per N with the default
+    tables, and once more with tables made for N (--max-flows N, --max-flows6 N) where N is
+    more than a default table is rated for. pyxlb stateless once: it keeps no flow state,
+    so one node serves every N."""
+    ratings = default_ratings()
+    nodes = []
+    for f in FORWARDERS:
+        if f.kind != "pyxlb" or f.stateless:
+            nodes.append(f)
+            continue
+        for i, n in enumerate(flows):
+            nodes.append(dataclasses.replace(f, flows=n, short=f.short if i == 0
+                                             else f"{f.short}{i}"))
+            if ratings is not None and n > min(ratings):
+                r = RATED[f.key]
+                nodes.append(dataclasses.replace(r, flows=n, max_flows=n,
+                                                 short=f"{r.short}{i}"))
+    return nodes
+
+
 class Lab:
     """The namespaces, links and programs; down() removes all of it (idempotent)."""
 
-    def __init__(self, prefix: str, objects: Optional[str] = None, chain: bool = False):
+    def __init__(self, prefix: str, objects: Optional[str] = None, chain: bool = False,
+                 flows: Tuple[int, ...] = (FLOWS,)):
         self.prefix = prefix
         self.objects = objects          # where the bench objects are (None: pyxlb's)
         self.chain = chain              # the chain generator (no live frames)
+        self.flows = tuple(sorted(set(flows)))
+        self.nodes = lab_nodes(self.flows)
+        self.by_node = {f.node: f for f in self.nodes}
         self.made_ns: List[str] = []
         self.pin_dirs: List[str] = []
         self.datapaths: Dict[str, Datapath] = {}
@@ -416,6 +533,23 @@ class Lab:
         self.gen_chain = None
         self.gen_next = None
         self.gen_config = None
+        self.gen_first = None
+        self.gen_seq = None
+        self.seqs: Dict[str, bytes] = {}     # node: its per-CPU sequence (gen_seq slot 0)
+        self.admitted: Dict[Tuple[str, int], dict] = {}    # (node, family): admission
+
+    def node(self, f: Forwarder) -> Forwarder:
+        """The LB node of `f` (a forwarder without its N: its node at the first N)."""
+        if f.node in self.by_node:
+            return self.by_node[f.node]
+        for n in self.nodes:
+            if n.key == f.key:
+                return n
+        raise KeyError(f"no LB node for {f.key}")
+
+    def nodes_at(self, flows: int) -> List[Forwarder]:
+        """The nodes that serve N = `flows`: stateless ones and pyxlb's for that N."""
+        return [f for f in self.nodes if f.flows in (None, flows)]
 
     def object_path(self, name: str) -> str:
         if self.objects and name.startswith("bench_"):
@@ -426,13 +560,13 @@ class Lab:
         return f"{self.prefix}-{node}"
 
     def lb(self, f: Forwarder) -> str:
-        return self.ns(f"lb-{f.short}")
+        return self.ns(f"lb-{self.node(f).short}")
 
     # -- build ---------------------------------------------------------------------------
 
     def up(self) -> None:
         bpffs.ensure_mounted()
-        for node in ["gen", "sink", *(f"lb-{f.short}" for f in FORWARDERS)]:
+        for node in ["gen", "sink", *(f"lb-{f.short}" for f in self.nodes)]:
             name = self.ns(node)
             if name in pr_netns.listnetns():
                 raise RuntimeError(f"namespace {name} exists already")
@@ -453,10 +587,10 @@ class Lab:
                     sysctl("net/ipv6/conf/default/disable_ipv6", 1)
                 with IPRoute() as ipr:
                     ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        for f in FORWARDERS:
+        for f in self.nodes:
             self._links(f)
         self._load_generator()
-        for f in FORWARDERS:
+        for f in self.nodes:
             self._sink(f)
             self._lb_node(f)
             {"pyxlb": self._pyxlb, "iptables": self._iptables, "nftables": self._nftables,
@@ -482,9 +616,9 @@ class Lab:
         self._veth(self.ns("gen"), f"g-{f.short}", GEN_MAC, lb, "in0", LB_IN_MAC)
         self._veth(lb, "out0", LB_OUT_MAC, self.ns("sink"), f"s-{f.short}", SINK_MAC)
         with netns.enter(self.ns("gen")):
-            self.gen_ifindex[f.key] = socket.if_nametoindex(f"g-{f.short}")
+            self.gen_ifindex[f.node] = socket.if_nametoindex(f"g-{f.short}")
         with netns.enter(lb):
-            self.lb_ifindex[f.key] = socket.if_nametoindex("in0")
+            self.lb_ifindex[f.node] = socket.if_nametoindex("in0")
 
     def _lb_node(self, f: Forwarder) -> None:
         """Addresses, routes and neighbours of an LB node; the same on every one."""
@@ -532,23 +666,39 @@ class Lab:
                                    f"IPv6: an older generator (--objects names a newer one)")
             self.gen_chain = obj.program("gen_chain")
             self.gen_next = obj.map("gen_next")
+            if "gen_first" not in obj.map_names():
+                raise RuntimeError(f"{self.object_path('bench_gen')} has no gen_first (no "
+                                   f"shared flow set): an older generator")
+            self.gen_first = obj.map("gen_first")
+            self.gen_seq = obj.map("gen_seq")
         finally:
             obj.close()
-        self.handles += [self.gen_prog, self.gen_config, self.gen_chain, self.gen_next]
+        self.handles += [self.gen_prog, self.gen_config, self.gen_chain, self.gen_next,
+                         self.gen_first, self.gen_seq]
+
+    def seq_to(self, f: Forwarder) -> None:
+        """The generator's per-CPU packet sequence where node f's traffic left it (new
+        flows are numbered by it: a node's new flows never repeat within 2^29 packets a
+        CPU of that node's own traffic, whatever went through the others)."""
+        m = self.gen_seq
+        self.gen_seq.update(0, self.seqs.get(f.node, bytes(m.percpu_value_size * m.ncpus)))
+
+    def seq_from(self, f: Forwarder) -> None:
+        self.seqs[f.node] = self.gen_seq.lookup(0)
 
     def chain_to(self, f: Forwarder) -> None:
         """The chain generator's next program: what runs on f's in0."""
-        self.gen_next.update(0, struct.pack("=I", self.xdp_progs[f.key].fd))
+        self.gen_next.update(0, struct.pack("=I", self.xdp_progs[self.node(f).node].fd))
 
     def _sink(self, f: Forwarder) -> None:
         obj = _bpf.BpfObject.open(self.object_path("bench_sink"))
         try:
             obj.load()
             prog = obj.program("sink_count")
-            self.sinks[f.key] = obj.map("sink_stats")
+            self.sinks[f.node] = obj.map("sink_stats")
         finally:
             obj.close()
-        self.handles.append(self.sinks[f.key])
+        self.handles.append(self.sinks[f.node])
         with prog, netns.enter(self.ns("sink")):
             _bpf.XdpLink.attach(f"s-{f.short}", prog, mode="native")
 
@@ -562,7 +712,7 @@ class Lab:
             maps = {m: obj.map(m) for m in obj.map_names() if not m.startswith(".")}
         finally:
             obj.close()
-        self.xdp_progs[f.key] = prog
+        self.xdp_progs[f.node] = prog
         self.handles.append(prog)
         with netns.enter(self.lb(f)):
             _bpf.XdpLink.attach("in0", prog, mode="native")
@@ -572,21 +722,31 @@ class Lab:
     def _pyxlb(self, f: Forwarder) -> None:
         pin_dir = os.path.join(bpffs.BPFFS_ROOT, f"{self.lb(f)}")
         self.pin_dirs.append(pin_dir)
+        sizes = None
+        if f.max_flows:
+            from pyxlb.datapath import map_sizes
+            sizes = map_sizes(max_flows=f.max_flows, max_flows6=f.max_flows)
         with netns.enter(self.lb(f)):
-            dp = Datapath.create(pin_dir)
-            self.datapaths[f.key] = dp
+            dp = Datapath.create(pin_dir, map_sizes=sizes) if sizes else \
+                Datapath.create(pin_dir)
+            self.datapaths[f.node] = dp
             dp.configure(seed=SEED, src4=ENCAP_SRC, src6=ENCAP_SRC6)
             backends = tuple(Backend(addr) for addr in BACKENDS.values())
             backends6 = tuple(Backend(addr) for addr in BACKENDS6.values())
+            # stateless: TCP VIPs stateless (no flow table, ring slots keep their previous
+            # owner), UDP VIPs without a flow table (stateless mode is TCP's only)
+            flags = {"tcp": {"stateless": True}, "udp": {"flow_table": False}} \
+                if f.stateless else {"tcp": {}, "udp": {}}
             dp.apply(DesiredState(tuple(
-                Vip(VipKey(vip, PORT, proto), backends=bes, mode=f.mode)
+                Vip(VipKey(vip, PORT, proto), backends=bes, mode=f.mode, **flags[proto])
                 for vip, bes in ((VIP, backends), (VIP6, backends6))
                 for proto in ("tcp", "udp"))))
             dp.attach("in0", "native")
             hops = dp.refresh_nexthops()
-            if hasattr(dp, "insert_limits"):    # a datapath with insertion limits
-                self.insert_limits[f.key] = dp.insert_limits()
-        self.xdp_progs[f.key] = dp.prog
+            # a datapath with insertion limits (no flow is inserted on a stateless node)
+            if hasattr(dp, "insert_limits") and not f.stateless:
+                self.insert_limits[f.node] = dp.insert_limits()
+        self.xdp_progs[f.node] = dp.prog
         if hops != len(BACKENDS) + len(BACKENDS6):
             raise RuntimeError(f"{f.key}: refresh_nexthops() filled {hops} next hops, "
                                f"expected {len(BACKENDS) + len(BACKENDS6)}")
@@ -628,7 +788,7 @@ class Lab:
                 ct.close()
 
     def sink_counts(self, f: Forwarder) -> Dict[str, int]:
-        v = self.sinks[f.key].lookup_percpu_sum(0)
+        v = self.sinks[self.node(f).node].lookup_percpu_sum(0)
         names = ("packets", "bytes", "tcp", "udp", "ipip", "other", "mac0", "backend1",
                  "backend2", "backend3", "ipv6")
         return dict(zip(names, v))
@@ -637,7 +797,7 @@ class Lab:
 
     def down(self) -> List[str]:
         done = []
-        for f in FORWARDERS:
+        for f in self.nodes:
             if f.conntrack and self.lb(f) in self.made_ns:
                 with contextlib.suppress(Exception):
                     self.conntrack_flush(f)
@@ -687,11 +847,12 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
     leaves out the calls' fixed costs at either end. Returns those snapshots (each
     (time, snapshot, CPU seconds of the pipeline so far)), the wall time from the common start to the last return, the
     kernel's own loop time (max over threads) and how many packets were sent."""
+    f = lab.node(f)
     if lab.chain:
         lab.chain_to(f)
-        ifindex, where, prog, flags = lab.lb_ifindex[f.key], lab.lb(f), lab.gen_chain, 0
+        ifindex, where, prog, flags = lab.lb_ifindex[f.node], lab.lb(f), lab.gen_chain, 0
     else:
-        ifindex, where, prog = lab.gen_ifindex[f.key], lab.ns("gen"), lab.gen_prog
+        ifindex, where, prog = lab.gen_ifindex[f.node], lab.ns("gen"), lab.gen_prog
         flags = _bpf.TEST_XDP_LIVE_FRAMES
     length = FRAME_LENS[family]
     ctx = struct.pack("=6I", 0, length, 0, ifindex, 0, 0)  # struct xdp_md
@@ -724,6 +885,7 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
 
     threads = [threading.Thread(target=worker, args=(i, c), daemon=True)
                for i, c in enumerate(cpus)]
+    lab.seq_to(f)
     for t in threads:
         t.start()
     try:
@@ -734,6 +896,7 @@ def generate(lab: Lab, f: Forwarder, cpus: List[int], per_thread: int, timeout: 
             while t.is_alive():     # the watchdog: a signal ends the kernel's loop
                 signal.pthread_kill(t.ident, signal.SIGUSR1)
                 t.join(0.2)
+        lab.seq_from(f)
     errors = [r["error"] for r in results if r is None or r["error"]]
     if errors:
         raise Interrupt("; ".join(str(e) for e in errors))
@@ -777,12 +940,26 @@ def _follow(threads, barrier, done, cpus, timeout, sample, expect_s) -> list:
     return snaps
 
 
-def set_traffic(lab: Lab, traffic: str, ncpus: int, family: int = 4) -> None:
-    flows = FLOWS // ncpus if traffic == "established" else 0
+def set_traffic(lab: Lab, traffic: str, ncpus: int, family: int = 4, flows: int = FLOWS,
+                cpus: Optional[List[int]] = None, lag: int = 1,
+                part: Optional[Tuple[int, int]] = None) -> None:
+    """The generator's traffic: "established": `flows` flows in all, shared out among the
+    `ncpus` generator threads, one share a CPU of `cpus` (None: one thread, any CPU), each
+    flow sending `lag` packets in a row (with `part` = (start, count): only flows start to
+    start + count - 1 of each CPU's share); else a new flow every packet."""
+    per_cpu, mode = 0, 0                                    # GEN_FLOWS, flows 0: new flows
+    if traffic == "established":
+        share, mode = flows // ncpus, GEN_SHARED
+        start, per_cpu = part or (0, share)
+        first = {c: start for c in range(4)}
+        for i, c in enumerate(cpus or []):
+            first[c & 3] = i * share + start
+        for slot, value in first.items():
+            lab.gen_first.update(slot, struct.pack("=I", value))
     lab.gen_config.update(0, mac_bytes(LB_IN_MAC) + mac_bytes(GEN_MAC)
                           + socket.inet_aton(CLIENTS) + socket.inet_aton(VIP)
-                          + struct.pack("!H", PORT) + b"\0\0" + struct.pack("=I", flows)
-                          + struct.pack("=III", 0, 0, family)     # GEN_FLOWS, lag, family
+                          + struct.pack("!H", PORT) + b"\0\0" + struct.pack("=I", per_cpu)
+                          + struct.pack("=III", mode, lag, family)
                           + socket.inet_pton(socket.AF_INET6, CLIENTS6)
                           + socket.inet_pton(socket.AF_INET6, VIP6))
 
@@ -797,12 +974,12 @@ def table_ways(dp: Datapath) -> Tuple[int, int]:
 def set_limits(lab: Lab, f: Forwarder, traffic: str) -> Optional[Tuple[int, int]]:
     """pyxlb's insertion limits for this traffic: none for new_nolimit, else the
     defaults it had from the start. Returns those in force (None: a datapath without)."""
-    dp = lab.datapaths.get(f.key)
-    if dp is None or f.key not in lab.insert_limits:
+    dp = lab.datapaths.get(f.node)
+    if dp is None or f.node not in lab.insert_limits:
         return None
     if traffic == "new_nolimit":
         return dp.set_insert_limits(0)
-    want = lab.insert_limits[f.key]
+    want = lab.insert_limits[f.node]
     if dp.insert_limits() != want:
         dp.set_insert_limits(None)
         if dp.insert_limits() != want:
@@ -815,18 +992,19 @@ def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dic
     """Bring every pyxlb node to the state of a node that has been up a while: where a new
     flow goes, the back half of its set, full of other flows (twice the table's ways of
     new flows went through, its insertion limit off meanwhile), so a new flow pushes the
-    oldest flow there out. Both tables, IPv4 and IPv6. The front halves hold flows that
-    sent a second packet: here the established flows, which go in during each
-    measurement's warm-up. Where in its set a flow sits costs nothing (a set is two cache
-    lines, one for IPv6, read together; a lookup compares all four ways). Returns what
-    went in, per forwarder."""
+    oldest flow there out. Both tables, IPv4 and IPv6. (New flows fill a set's empty ways
+    first, front half included.) The established flows go in before each measurement of
+    them, as real connections do (admit): promoted to the front half of their set. Where
+    in its set a flow sits costs nothing (a set is two cache lines, one for IPv6, read
+    together; a lookup compares all four ways). Returns each node's tables and what went
+    in, by node."""
     cpus = core_sets[max(core_sets)]
     out = {}
-    for f in FORWARDERS:
-        dp = lab.datapaths.get(f.key)
-        if dp is None:
+    for f in lab.nodes:
+        dp = lab.datapaths.get(f.node)
+        if dp is None or f.stateless:       # stateless: nothing would go in
             continue
-        limited = f.key in lab.insert_limits
+        limited = f.node in lab.insert_limits
         if limited:
             dp.set_insert_limits(0)
         st0 = dp.stats()
@@ -834,14 +1012,97 @@ def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dic
         for family, n in zip(FAMILIES, ways):
             set_traffic(lab, "new", len(cpus), family)
             per_thread = 2 * n // len(cpus) + 1
-            generate(lab, f, cpus, per_thread, timeout=60, family=family)
+            generate(lab, f, cpus, per_thread, timeout=60 + per_thread / 500_000,
+                     family=family)
         if limited:
             set_limits(lab, f, "new")
         st = _delta(st0, dp.stats())
-        out[f.key] = {"ways": {"ipv4": ways[0], "ipv6": ways[1]},
-                      "flow_miss": st.get("flow_miss", 0),
-                      "flow_insert_limited": st.get("flow_insert_limited", 0)}
+        out[f.node] = {"forwarder": f.key, "flows": f.flows, "table": f.table,
+                       "max_flows": f.max_flows,
+                       "ways": {"ipv4": ways[0], "ipv6": ways[1]},
+                       "flow_miss": st.get("flow_miss", 0),
+                       "flow_insert_limited": st.get("flow_insert_limited", 0)}
+        if hasattr(dp, "flow_capacities"):
+            rated = dp.flow_capacities()
+            out[f.node]["rated_flows"] = {"ipv4": rated[0], "ipv6": rated[1]}
     return out
+
+
+def table_sets(lab: Lab, f: Forwarder, family: int) -> Optional[int]:
+    """Sets of pyxlb node f's table for `family` (None: not a pyxlb node)."""
+    dp = lab.datapaths.get(f.node)
+    if dp is None:
+        return None
+    return table_ways(dp)[FAMILIES.index(family)] // 4
+
+
+def expected_hit_share(lab: Lab, f: Forwarder, family: int) -> Optional[float]:
+    """The share of an established flow's packets that find it in pyxlb node f's table
+    by the set rule (docs/datapath.md, "Capacity"): f.flows over the table's sets at
+    random; None where the table is not a pyxlb set table."""
+    sets = table_sets(lab, f, family)
+    if not sets or not f.flows:
+        return None
+    from tests.support.flowsets import missing_share
+    return 1 - missing_share(f.flows / sets)
+
+
+ADMIT_BATCH_PER_SETS = 16      # admission: a batch of flows a 16th of the table's sets
+PROMOTE_WAIT_S = 0.1            # past pyxlb's promotion age (XLB_PROMOTE_AGE: 67 ms)
+
+
+def admit(lab: Lab, f: Forwarder, cpus: List[int], family: int, flows: int) -> dict:
+    """Admit `flows` established flows to pyxlb node f's table as real connections go in:
+    each flow sends two packets in a row (recorded in the back half of its set, where new
+    flows push it out), then, past the promotion age, one more (promoted to the front half,
+    where only other promotions move it; docs/datapath.md, "The set policy"). In batches
+    of a 16th of the table's sets, each batch's third packets going out while the next
+    batch sends its pairs: between a flow's pair and its third packet few other flows
+    enter its set (two could push it out), as with connections that come over time and
+    not all at once; then, past the promotion age again, one packet from every flow (which
+    promotes those pushed out before their third packet). Into a node that has run a
+    while, where the front halves hold flows that no longer send (here: the fill), each
+    set's front ends up with two of its established flows (the last two promoted), the
+    state the set rule's capacity assumes. (All at once, in the order the generator
+    cycles them, three or more flows of a set would push each other out of its back half
+    before their next packet, for ever, behind a front of flows that no longer send.)
+    The insertion limit is off meanwhile (a million connections come over more than a
+    second). Returns pyxlb's counters of the admission."""
+    dp = lab.datapaths[f.node]
+    share = flows // len(cpus)
+    sets = table_sets(lab, f, family) or flows
+    batch = max(1, min(share, sets // ADMIT_BATCH_PER_SETS // len(cpus)))
+    limited = f.node in lab.insert_limits
+    if limited:
+        dp.set_insert_limits(0)
+    st0 = dp.stats()
+    t0 = time.monotonic()
+    pending = None              # (start, count, time its pairs ended)
+    for start in [*range(0, share, batch), None]:
+        sent = None
+        if start is not None:
+            count = min(batch, share - start)
+            set_traffic(lab, "established", len(cpus), family, flows, cpus, lag=2,
+                        part=(start, count))
+            generate(lab, f, cpus, 2 * count, timeout=60, family=family)
+            sent = (start, count, time.monotonic())
+        if pending:
+            time.sleep(max(0.0, pending[2] + PROMOTE_WAIT_S - time.monotonic()))
+            set_traffic(lab, "established", len(cpus), family, flows, cpus,
+                        part=pending[:2])
+            generate(lab, f, cpus, pending[1], timeout=60, family=family)
+        pending = sent
+    # a flow pushed out between its pair and its third packet came back in with the third:
+    # past the promotion age again, one more packet from every flow promotes it
+    time.sleep(PROMOTE_WAIT_S)
+    set_traffic(lab, "established", len(cpus), family, flows, cpus)
+    generate(lab, f, cpus, share, timeout=60 + share / 200_000, family=family)
+    if limited:
+        set_limits(lab, f, "established")
+    st = _delta(st0, dp.stats())
+    return {"flows": flows, "batch_per_cpu": batch,
+            "seconds": round(time.monotonic() - t0, 2),
+            **{k: st.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_insert_limited")}}
 
 
 # -- one measurement ---------------------------------------------------------------------
@@ -852,15 +1113,29 @@ def _delta(a: dict, b: dict) -> dict:
 
 
 def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: float,
-            rate_hint: Optional[float], family: int = 4) -> dict:
-    """Warm up, then one timed run; returns the figures and the checks that failed."""
-    set_traffic(lab, traffic, len(cpus), family)
+            rate_hint: Optional[float], family: int = 4, flows: int = FLOWS) -> dict:
+    """Admit the established flows (established traffic), warm up, then one timed run;
+    returns the figures and the checks that failed."""
+    f = lab.node(f)
+    flows = f.flows or flows
     limits = set_limits(lab, f, traffic)
     if f.conntrack:
         lab.conntrack_flush(f)
-    # warm-up: every established flow seen many times over; also a rate estimate from
-    # the kernel's loop time (the wall time of a short call is mostly fixed cost)
-    warm = 20_000 if traffic == "established" else 10_000
+    dp = lab.datapaths.get(f.node)
+    if traffic == "established":
+        if dp and not f.stateless and (f.node, family) not in lab.admitted:
+            # once a node and family: the flows stay (the front halves of their sets)
+            lab.admitted[(f.node, family)] = admit(lab, f, cpus, family, flows)
+        elif f.conntrack:
+            # conntrack was flushed: every flow opens its entry again
+            set_traffic(lab, traffic, len(cpus), family, flows, cpus)
+            generate(lab, f, cpus, flows // len(cpus), timeout=60, family=family)
+    set_traffic(lab, traffic, len(cpus), family, flows, cpus)
+    # warm-up: every established flow seen at least once since the last new flows went
+    # through (they push out flows of the back halves: those come back in now), and with
+    # 1,000 flows many times over; a rate estimate from the kernel's loop time (the wall
+    # time of a short call is mostly fixed cost)
+    warm = max(20_000, flows // len(cpus)) if traffic == "established" else 10_000
     s0 = lab.sink_counts(f)
     g = generate(lab, f, cpus, warm, timeout=30, family=family)
     time.sleep(0.02)
@@ -876,8 +1151,8 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
         per_thread = min(per_thread, CT_NEW_BUDGET // len(cpus))
     per_thread = max(10_000, min(per_thread, MAX_PACKETS_PER_THREAD))
 
-    dp = lab.datapaths.get(f.key)
     st0 = dp.stats() if dp else {}
+    c0 = pyxlb_counts(dp, family) if dp else None
     s0 = lab.sink_counts(f)
 
     def snapshot():
@@ -889,6 +1164,7 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     time.sleep(0.02)                # the last frames reach the sink within microseconds
     sink = _delta(s0, lab.sink_counts(f))
     stats = _delta(st0, dp.stats()) if dp else {}
+    counts = _delta(c0, pyxlb_counts(dp, family)) if dp else None
     ct_entries = lab.conntrack_count(f) if f.conntrack else None
     if f.conntrack:
         lab.conntrack_flush(f)
@@ -922,7 +1198,7 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     if lab.chain:
         mpps = sum(1e3 / ns for ns in g["ns_per"] if ns)
     run = {
-        "family": family, "generator": "chain" if lab.chain else "live",
+        "family": family, "flows": flows, "generator": "chain" if lab.chain else "live",
         "mpps": mpps, "mpps_wall": wall_mpps, "basis": basis, "window_s": round(window, 4),
         "cpu_s": cpu_s, "cpu_share": cpu_s / (window * len(cpus)) if cpu_s else None,
         "window_packets": window_packets, "snapshots": len(snaps),
@@ -938,6 +1214,11 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     }
     if dp:
         run["xlb_stats"] = {k: v for k, v in stats.items() if v}
+        run["xlb_counts"] = counts
+        looked = sum(stats.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_stale"))
+        run["hit_share"] = stats.get("flow_hit", 0) / looked if looked else None
+        if traffic == "established":
+            run["hit_share_expected"] = expected_hit_share(lab, f, family)
         if lab.chain:
             run["delivered"] = (stats.get("redirect", 0) + stats.get("tx", 0)) / g["sent"]
         if limits is not None:
@@ -952,9 +1233,32 @@ def measure(lab: Lab, f: Forwarder, traffic: str, cpus: List[int], duration: flo
     return run
 
 
+def pyxlb_counts(dp: Datapath, family: int) -> Dict[str, int]:
+    """pyxlb's own per-VIP and per-backend counters of one family's VIPs: packets of the
+    TCP VIP and of the UDP one, the TCP VIP's new flows (flow-table misses it balanced),
+    packets per backend (backend1..3, as the sink names them)."""
+    out = {"tcp": 0, "udp": 0, "tcp_new_flows": 0, "backend1": 0, "backend2": 0,
+           "backend3": 0}
+    addrs = BACKENDS if family == 4 else BACKENDS6
+    names = {str(ipaddress.ip_address(a)): f"backend{k}" for k, a in addrs.items()}
+    seen = set()
+    for v in dp.counters():
+        if not v["vip"].startswith(VIP if family == 4 else f"[{VIP6}]"):
+            continue
+        proto = v["vip"].rsplit("/", 1)[1]
+        out[proto] += v["packets"]
+        if proto == "tcp":
+            out["tcp_new_flows"] += v["new_flows"]
+        for b in v["backends"]:
+            if b["backend_id"] not in seen:      # one id a backend, shared by both VIPs
+                seen.add(b["backend_id"])
+                out[names[str(ipaddress.ip_address(b["address"]))]] += b["packets"]
+    return out
+
+
 def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> List[str]:
     """What the sink and the forwarder's own counters say about the run (with the chain
-    generator nothing reaches the sink: the counters only)."""
+    generator nothing reaches the sink: pyxlb's counters only, and none for the ceiling)."""
     bad = []
     s, n = run["sink"], run["packets"]
     if n == 0:
@@ -974,20 +1278,75 @@ def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> Lis
             bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     st = run.get("xlb_stats")
     if st is not None:
-        handled = st.get("flow_hit", 0) + st.get("flow_miss", 0)
-        if st.get("redirect", 0) < n:
-            bad.append(f"pyxlb redirected {st.get('redirect', 0)}, "
-                       + (f"of {n} sent" if chain else f"the sink saw {n}"))
-        drops = {k: v for k, v in st.items() if k.startswith(("drop_", "pass_"))}
-        if drops:
-            bad.append(f"pyxlb dropped or passed: {drops}")
-        key = "flow_hit" if traffic == "established" else "flow_miss"
-        if handled and st.get(key, 0) < 0.99 * handled:
-            bad.append(f"pyxlb {key} {st.get(key, 0)} of {handled} packets")
+        bad += _check_pyxlb(traffic, run, st, n, chain, f.stateless)
     if f.conntrack and traffic == "new" and run["conntrack_entries"] < 0.95 * n:
         bad.append(f"{run['conntrack_entries']} conntrack entries for {n} new flows")
-    if f.conntrack and traffic == "established" and run["conntrack_entries"] > FLOWS + 50:
-        bad.append(f"{run['conntrack_entries']} conntrack entries for {FLOWS} flows")
+    flows = run["flows"]
+    if f.conntrack and traffic == "established" and run["conntrack_entries"] > flows + 50:
+        bad.append(f"{run['conntrack_entries']} conntrack entries for {flows} flows")
+    return bad
+
+
+HIT_SHARE_RATED = 0.99          # established flows within a table's rating: hits at least
+HIT_SHARE_SLACK = 0.03          # beyond it: at least the set rule's share less this
+
+
+def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool,
+                 stateless: bool = False) -> List[str]:
+    """pyxlb's counters against the traffic: every packet looked up once and forwarded,
+    both protocols and all three backends (its per-VIP and per-backend counters: these
+    hold with the chain generator too), the flow table's hits and misses. Stateless:
+    no packet looked up, none carrying a previous owner (the rings do not change), a new
+    TCP flow for every SYN and none else."""
+    bad = []
+    hit, miss, stale = (st.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_stale"))
+    looked = hit + miss + stale
+    redirect = st.get("redirect", 0)
+    if redirect < n:
+        bad.append(f"pyxlb redirected {redirect}, "
+                   + (f"of {n} sent" if chain else f"the sink saw {n}"))
+    if stateless:
+        if looked:
+            bad.append(f"pyxlb stateless looked up {looked} flows (hit {hit}, miss {miss}, "
+                       f"stale {stale}): expected none")
+        if st.get("chain_sent", 0):
+            bad.append(f"pyxlb chain_sent {st['chain_sent']}: no ring changed")
+    elif looked != redirect:
+        bad.append(f"pyxlb looked up {looked} flows for {redirect} packets forwarded")
+    drops = {k: v for k, v in st.items() if k.startswith(("drop_", "pass_"))}
+    if drops:
+        bad.append(f"pyxlb dropped or passed: {drops}")
+    if stale:
+        bad.append(f"pyxlb flow_stale {stale}: no backend changed")
+    c = run["xlb_counts"]
+    vip = c["tcp"] + c["udp"]
+    if vip != redirect or not 0.35 <= c["tcp"] / max(vip, 1) <= 0.65:
+        bad.append(f"pyxlb's VIPs: tcp {c['tcp']} udp {c['udp']} of {redirect} packets")
+    shares = [c[f"backend{k}"] / max(vip, 1) for k in BACKENDS]
+    if min(shares) < 0.15 or sum(c[f"backend{k}"] for k in BACKENDS) != vip:
+        bad.append("pyxlb's backend shares " + ", ".join(f"{x:.0%}" for x in shares))
+    # a TCP miss of established traffic (ACKs) is mid-stream; of new traffic (SYNs) never
+    midstream = st.get("flow_miss_midstream", 0)
+    want = c["tcp_new_flows"] if traffic == "established" and not stateless else 0
+    if midstream != want:
+        bad.append(f"pyxlb flow_miss_midstream {midstream}, expected {want} (TCP misses)")
+    if stateless:
+        # a stateless VIP counts a SYN as a new flow: every TCP packet of new traffic,
+        # none of established traffic (ACKs)
+        want = c["tcp"] if traffic != "established" else 0
+        if c["tcp_new_flows"] != want:
+            bad.append(f"pyxlb stateless: {c['tcp_new_flows']} new TCP flows of "
+                       f"{c['tcp']} TCP packets, expected {want}")
+    elif traffic == "established":
+        share, expected = run["hit_share"] or 0.0, run.get("hit_share_expected")
+        need = HIT_SHARE_RATED if expected is None or expected >= 0.999 \
+            else expected - HIT_SHARE_SLACK
+        if share < need:
+            bad.append(f"pyxlb flow_hit {share:.2%} of lookups, expected at least "
+                       f"{need:.2%}" + (f" (the set rule: {expected:.2%})"
+                                        if expected is not None else ""))
+    elif looked and miss < 0.99 * looked:
+        bad.append(f"pyxlb flow_miss {miss} of {looked} packets")
     return bad
 
 
@@ -995,8 +1354,11 @@ def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> Lis
 
 
 def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
+    """Rows (medians over the rounds) keyed by forwarder, traffic, flows, cores, family;
+    the ratios to the ceiling and iptables of the same traffic, N and cores; the targets
+    (at FLOWS established flows, today's, for the default tables)."""
     rows = []
-    for (fkey, traffic, cores, family), rs in runs.items():
+    for (fkey, traffic, flows, cores, family), rs in runs.items():
         ok = [r for r in rs if not r["failed_checks"]]
         use = ok or rs
         mpps = [r["mpps"] for r in use]
@@ -1004,7 +1366,9 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
         shares = [r["cpu_share"] for r in use if r["cpu_share"]]
         delivered = [r["delivered"] for r in use if r["delivered"] is not None]
         recorded = [r["recorded_share"] for r in use if r.get("recorded_share") is not None]
-        row = {"forwarder": fkey, "label": BY_KEY[fkey].label, "traffic": traffic,
+        hits = [r["hit_share"] for r in use if r.get("hit_share") is not None]
+        f = BY_KEY[fkey]
+        row = {"forwarder": fkey, "label": f.label, "traffic": traffic, "flows": flows,
                "cores": cores, "family": family, "mpps": statistics.median(mpps),
                "mpps_min": min(mpps), "mpps_max": max(mpps),
                "mpps_wall": statistics.median(r["mpps_wall"] for r in use),
@@ -1013,37 +1377,47 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
                "delivered": statistics.median(delivered) if delivered else None,
                "runs_ok": len(ok), "runs": len(rs),
                "failed_checks": sorted({c for r in rs for c in r["failed_checks"]})}
+        if f.table:
+            row["table"] = f.table
+        if hits:
+            row["hit_share"] = statistics.median(hits)
+            row["hit_share_min"] = min(hits)
+        expected = use[0].get("hit_share_expected")
+        if expected is not None:
+            row["hit_share_expected"] = expected
         if recorded:
             row["recorded_share"] = statistics.median(recorded)
         limits = use[0].get("insert_limits_per_cpu")
         if limits is not None:
             row["insert_limits_per_cpu"] = limits
         rows.append(row)
-    by = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r for r in rows}
-    for row in rows:
+    by = {(r["forwarder"], r["traffic"], r["flows"], r["cores"], r["family"]): r
+          for r in rows}
+
+    def ref_row(row, fkey):
         ref = REF_TRAFFIC.get(row["traffic"], row["traffic"])
-        ipt = by.get(("iptables", ref, row["cores"], row["family"]))
-        ceil = by.get(("ceiling", ref, row["cores"], row["family"]))
+        return by.get((fkey, ref, row["flows"], row["cores"], row["family"]))
+
+    for row in rows:
+        ipt, ceil = ref_row(row, "iptables"), ref_row(row, "ceiling")
         row["x_iptables"] = row["mpps"] / ipt["mpps"] if ipt else None
         row["x_ceiling"] = row["mpps"] / ceil["mpps"] if ceil else None
         # what the forwarder adds per packet to the ceiling's path, per core
         row["ns_over_ceiling"] = (1e3 / row["mpps"] - 1e3 / ceil["mpps"]) * row["cores"] \
             if ceil else None
     for row in rows:
-        ref = REF_TRAFFIC.get(row["traffic"], row["traffic"])
-        ipt = by.get(("iptables", ref, row["cores"], row["family"]))
+        ipt = ref_row(row, "iptables")
         own = row["ns_over_ceiling"]
         row["work_ratio_iptables"] = ipt["ns_over_ceiling"] / own \
             if ipt and ipt["ns_over_ceiling"] and own and own > 0 else None
-    order = {f.key: i for i, f in enumerate(FORWARDERS)}
-    rows.sort(key=lambda r: (list(TRAFFIC).index(r["traffic"]), r["cores"],
-                             order[r["forwarder"]], r["family"]))
+    rows.sort(key=lambda r: (r["flows"], list(TRAFFIC).index(r["traffic"]), r["cores"],
+                             ORDER.index(r["forwarder"]), r["family"]))
     targets = []
-    for what, traffic, cores, need in TARGETS:
-        for fkey in ("pyxlb_ipip", "pyxlb_l2"):
+    for what, traffic, cores, need, fkeys, flows in TARGETS:
+        for fkey in fkeys:
             for c in ([cores] if cores else core_counts):
                 for family in FAMILIES:
-                    row = by.get((fkey, traffic, c, family))
+                    row = by.get((fkey, traffic, flows, c, family))
                     if row is None or row[what] is None:
                         continue
                     ref = "iptables" if what == "x_iptables" else "ceiling"
@@ -1051,53 +1425,64 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
                         "target": f"{BY_KEY[fkey].label} >= "
                                   + (f"{need:g}x {ref}" if what == "x_iptables"
                                      else f"{need:.0%} of {ref}")
-                                  + f", IPv{family} {traffic}, {c} core{'s' if c > 1 else ''}",
-                        "forwarder": fkey, "traffic": traffic, "cores": c, "family": family,
-                        "metric": what, "value": row[what], "need": need,
+                                  + f", {_flows_text(flows)} IPv{family} {traffic}, "
+                                  f"{c} core{'s' if c > 1 else ''}",
+                        "forwarder": fkey, "traffic": traffic, "flows": flows, "cores": c,
+                        "family": family, "metric": what, "value": row[what], "need": need,
                         "pass": row[what] >= need and row["runs_ok"] == row["runs"]})
     return {"rows": rows, "targets": targets}
 
 
-def _fmt_row(r: Optional[dict]) -> Tuple[str, str, str, str]:
+def _fmt_row(r: Optional[dict]) -> Tuple[str, str, str, str, str]:
     if r is None:
-        return "-", "", "-", "-"
+        return "-", "", "-", "-", "-"
     span = f"({r['mpps_min']:.2f}-{r['mpps_max']:.2f})"
     xc = f"{r['x_ceiling']:.0%}" if r["x_ceiling"] else "-"
     ns = f"{r['ns_over_ceiling']:.0f}" if r["ns_over_ceiling"] is not None else "-"
-    return f"{r['mpps']:.2f}", span, xc, ns
+    hits = f"{r['hit_share']:.1%}" if r.get("hit_share") is not None and \
+        r["traffic"] == "established" else "-"
+    return f"{r['mpps']:.2f}", span, xc, hits, ns
+
+
+def _flows_text(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n:,}"
 
 
 def print_table(summary: dict, chain: bool = False) -> None:
-    by = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r for r in summary["rows"]}
+    by = {(r["forwarder"], r["traffic"], r["flows"], r["cores"], r["family"]): r
+          for r in summary["rows"]}
     keys = []
     for r in summary["rows"]:
-        k = (r["traffic"], r["cores"], r["forwarder"])
+        k = (r["flows"], r["traffic"], r["cores"], r["forwarder"])
         if k not in keys:
             keys.append(k)
-    head = (f"{'traffic':<13} {'cores':>5}  {'forwarder':<23} "
-            f"{'IPv4 Mpps':>9} {'(min-max)':>13} {'x ipt':>6} {'x ceil':>6} {'ns>ceil':>7}  "
-            f"{'IPv6 Mpps':>9} {'(min-max)':>13} {'x ceil':>6} {'ns>ceil':>7} {'v6/v4':>6}")
+    head = (f"{'flows':>5} {'traffic':<13} {'cores':>5}  {'forwarder':<22} "
+            f"{'IPv4 Mpps':>9} {'(min-max)':>13} {'x ipt':>6} {'x ceil':>6} {'hits':>6} "
+            f"{'ns>ceil':>7}  {'IPv6 Mpps':>9} {'(min-max)':>13} {'x ceil':>6} {'hits':>6} "
+            f"{'ns>ceil':>7} {'v6/v4':>6}")
     print(head)
     print("-" * len(head))
     last = None
     flags = []
-    for traffic, cores, fkey in keys:
-        if last and last != (traffic, cores):
+    for flows, traffic, cores, fkey in keys:
+        if last and last != (flows, traffic, cores):
             print()
-        last = (traffic, cores)
-        r4, r6 = by.get((fkey, traffic, cores, 4)), by.get((fkey, traffic, cores, 6))
-        m4, s4, c4, n4 = _fmt_row(r4)
-        m6, s6, c6, n6 = _fmt_row(r6)
+        last = (flows, traffic, cores)
+        r4 = by.get((fkey, traffic, flows, cores, 4))
+        r6 = by.get((fkey, traffic, flows, cores, 6))
+        m4, s4, c4, h4, n4 = _fmt_row(r4)
+        m6, s6, c6, h6, n6 = _fmt_row(r6)
         xi = f"{r4['x_iptables']:.1f}x" if r4 and r4["x_iptables"] else "-"
         ratio = f"{r6['mpps'] / r4['mpps']:.2f}" if r4 and r6 else "-"
-        print(f"{SHORT[traffic]:<13} {cores:>5}  {BY_KEY[fkey].label:<23} "
-              f"{m4:>9} {s4:>13} {xi:>6} {c4:>6} {n4:>7}  {m6:>9} {s6:>13} {c6:>6} {n6:>7} "
-              f"{ratio:>6}")
+        print(f"{_flows_text(flows):>5} {SHORT[traffic]:<13} {cores:>5}  "
+              f"{BY_KEY[fkey].label:<22} {m4:>9} {s4:>13} {xi:>6} {c4:>6} {h4:>6} {n4:>7}  "
+              f"{m6:>9} {s6:>13} {c6:>6} {h6:>6} {n6:>7} {ratio:>6}")
         for r in (r4, r6):
             if r and r["failed_checks"]:
-                flags.append(f"  CHECK FAILED, IPv{r['family']} {SHORT[traffic]} {cores} "
-                             f"core(s) {r['label']} ({r['runs'] - r['runs_ok']} of "
-                             f"{r['runs']} runs): " + "; ".join(r["failed_checks"]))
+                flags.append(f"  CHECK FAILED, IPv{r['family']} {SHORT[traffic]} "
+                             f"{_flows_text(flows)} flows {cores} core(s) {r['label']} "
+                             f"({r['runs'] - r['runs_ok']} of {r['runs']} runs): "
+                             + "; ".join(r["failed_checks"]))
     for line in flags:
         print(line)
     if chain:
@@ -1111,6 +1496,23 @@ def print_table(summary: dict, chain: bool = False) -> None:
               "were they theirs alone; per-run wall Mpps,\n  CPU share and Mpps per softirq "
               "core are in the results file); ns>ceil: CPU time a packet\n  costs beyond "
               "the ceiling's (the forwarder's own work). IPv4: 64-byte frames, IPv6: 84.")
+    print("flows: established flows (admitted to pyxlb's table before they are measured); "
+          "for new flows,\n  the established flows the node's table holds meanwhile. "
+          "hits: pyxlb's flow-table hits over\n  lookups in the measured calls (medians). "
+          "'max-flows': pyxlb with tables made for that N\n  "
+          "(--max-flows N --max-flows6 N); "
+          "'stateless': no flow table (TCP VIPs\n  stateless, UDP VIPs flow_table "
+          "false); the others with the default tables.")
+    sized = {}
+    for r in summary["rows"]:
+        if r.get("hit_share_expected") is not None and r["traffic"] == "established":
+            sized[(r["forwarder"], r["flows"], r["family"])] = r["hit_share_expected"]
+    if sized:
+        print("\nflow-table hits the set rule gives (docs/datapath.md, 'Capacity'), "
+              "N flows over the table's sets:")
+        for (fkey, flows, family), e in sized.items():
+            print(f"  {BY_KEY[fkey].label:<22} {_flows_text(flows):>5} IPv{family}  "
+                  f"{e:.2%}")
     limited = [r for r in summary["rows"] if "insert_limits_per_cpu" in r
                and r["traffic"] != "established"]
     if limited:
@@ -1119,18 +1521,19 @@ def print_table(summary: dict, chain: bool = False) -> None:
         for r in limited:
             lim = r["insert_limits_per_cpu"][f"ipv{r['family']}"]
             rec = f"{r['recorded_share']:.0%}" if r.get("recorded_share") is not None else "-"
-            print(f"  {r['label']:<11} IPv{r['family']} {SHORT[r['traffic']]:<13} "
-                  f"{r['cores']} core{'s' if r['cores'] > 1 else ' '}  limit "
-                  f"{lim or 'none':>9}  recorded {rec}")
+            print(f"  {r['label']:<22} {_flows_text(r['flows']):>5} IPv{r['family']} "
+                  f"{SHORT[r['traffic']]:<13} {r['cores']} "
+                  f"core{'s' if r['cores'] > 1 else ' '}"
+                  f"  limit {lim or 'none':>9}  recorded {rec}")
     if summary["targets"]:
         print()
-        head = f"{'target':<64} {'value':>7} {'need':>6}  result"
+        head = f"{'target (flows)':<72} {'value':>7} {'need':>6}  result"
         print(head)
         print("-" * len(head))
         for t in summary["targets"]:
             fmt = (lambda v: f"{v:.1f}x") if t["metric"] == "x_iptables" \
                 else (lambda v: f"{v:.0%}")
-            print(f"{t['target']:<64} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
+            print(f"{t['target']:<72} {fmt(t['value']):>7} {fmt(t['need']):>6}  "
                   f"{'PASS' if t['pass'] else 'FAIL'}")
     work = [r for r in summary["rows"]
             if BY_KEY[r["forwarder"]].kind == "pyxlb" and r["work_ratio_iptables"]]
@@ -1138,7 +1541,8 @@ def print_table(summary: dict, chain: bool = False) -> None:
         print("\nthe forwarder's own work per packet (ns>ceil), iptables DNAT's over pyxlb's "
               "(not a target):")
     for r in work:
-        print(f"  {r['label']:<11} IPv{r['family']} {SHORT[r['traffic']]:<13} {r['cores']} "
+        print(f"  {r['label']:<22} {_flows_text(r['flows']):>5} IPv{r['family']} "
+              f"{SHORT[r['traffic']]:<13} {r['cores']} "
               f"core{'s' if r['cores'] > 1 else ' '}  {r['ns_over_ceiling']:6.0f} ns vs "
               f"{r['ns_over_ceiling'] * r['work_ratio_iptables']:6.0f} ns: "
               f"{r['work_ratio_iptables']:.1f}x less")
@@ -1146,60 +1550,72 @@ def print_table(summary: dict, chain: bool = False) -> None:
 
 def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
           chain: bool = False) -> None:
+    """One panel per N and traffic: bars per forwarder, IPv4 and IPv6, one core and two;
+    pyxlb's bars say their share of the ceiling (and, established, their hits)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {(r["forwarder"], r["traffic"], r["cores"], r["family"]): r
+    rows = {(r["forwarder"], r["traffic"], r["flows"], r["cores"], r["family"]): r
             for r in summary["rows"]}
     traffics = [t for t in TRAFFIC if any(r["traffic"] == t for r in summary["rows"])]
-    fwds = [f for f in FORWARDERS if any(r["forwarder"] == f.key for r in summary["rows"])]
+    flow_counts = sorted({r["flows"] for r in summary["rows"]})
     colors = {1: "#4C72B0", 2: "#DD8452"}
     groups = [(c, fam) for c in core_counts for fam in FAMILIES]
-    fig, axes = plt.subplots(1, len(traffics), figsize=(7 * len(traffics), 6), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(flow_counts), len(traffics),
+                             figsize=(7.5 * len(traffics), 5.6 * len(flow_counts)),
+                             sharey=True, squeeze=False)
     width = 0.84 / len(groups)
     top = max(r["mpps_max"] for r in summary["rows"])
-    for ax, traffic in zip(axes[0], traffics):
-        xs = range(len(fwds))
-        for j, (cores, family) in enumerate(groups):
-            vals, lo, hi = [], [], []
-            for f in fwds:
-                r = rows.get((f.key, traffic, cores, family))
-                vals.append(r["mpps"] if r else 0)
-                lo.append(r["mpps"] - r["mpps_min"] if r else 0)
-                hi.append(r["mpps_max"] - r["mpps"] if r else 0)
-            pos = [x - 0.42 + width * (j + 0.5) for x in xs]
-            bars = ax.bar(pos, vals, width * 0.92, color=colors.get(cores, "#55A868"),
-                          hatch="//" if family == 6 else None, edgecolor="white",
-                          label=f"IPv{family}, {cores} core{'s' if cores > 1 else ''}",
-                          yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
-            for b, f, v, h in zip(bars, fwds, vals, hi):
-                if not v:
-                    continue
-                r = rows.get((f.key, traffic, cores, family))
-                text = f"{v:.2f}" if v < 1 else f"{v:.1f}"
-                if r and f.kind == "pyxlb" and r["x_ceiling"]:
-                    text += f"\n{r['x_ceiling']:.0%}"
-                ax.annotate(text, (b.get_x() + b.get_width() / 2, v + h), xytext=(0, 2),
-                            textcoords="offset points", ha="center", va="bottom",
-                            fontsize=6.5)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([f.label.replace(" (", "\n(") for f in fwds], fontsize=9)
-        ax.set_title(TRAFFIC[traffic].capitalize(), fontsize=11)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-        ax.set_ylim(0, top * 1.25)
-    axes[0][0].set_ylabel("Mpps per second of the generator threads' kernel loop time"
-                          if chain else "Mpps at the sink, 64-byte frames (IPv6: 84)\n"
-                          "(per second of the pipeline's CPU time x cores)")
+    for ax_row, flows in zip(axes, flow_counts):
+        for ax, traffic in zip(ax_row, traffics):
+            fwds = [BY_KEY[k] for k in ORDER
+                    if any(r["forwarder"] == k and r["flows"] == flows
+                           and r["traffic"] == traffic for r in summary["rows"])]
+            xs = range(len(fwds))
+            for j, (cores, family) in enumerate(groups):
+                vals, lo, hi = [], [], []
+                for f in fwds:
+                    r = rows.get((f.key, traffic, flows, cores, family))
+                    vals.append(r["mpps"] if r else 0)
+                    lo.append(r["mpps"] - r["mpps_min"] if r else 0)
+                    hi.append(r["mpps_max"] - r["mpps"] if r else 0)
+                pos = [x - 0.42 + width * (j + 0.5) for x in xs]
+                bars = ax.bar(pos, vals, width * 0.92, color=colors.get(cores, "#55A868"),
+                              hatch="//" if family == 6 else None, edgecolor="white",
+                              label=f"IPv{family}, {cores} core{'s' if cores > 1 else ''}",
+                              yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
+                for b, f, v, h in zip(bars, fwds, vals, hi):
+                    if not v:
+                        continue
+                    r = rows.get((f.key, traffic, flows, cores, family))
+                    text = f"{v:.2f}" if v < 1 else f"{v:.1f}"
+                    if r and f.kind == "pyxlb" and r["x_ceiling"]:
+                        text += f"\n{r['x_ceiling']:.0%}"
+                    if r and traffic == "established" and r.get("hit_share") is not None \
+                            and r["hit_share"] < 0.995:
+                        text += f"\nh{r['hit_share']:.0%}"
+                    ax.annotate(text, (b.get_x() + b.get_width() / 2, v + h), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom",
+                                fontsize=6)
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels([f.label.replace(" (", "\n(").replace(", ", ",\n")
+                                for f in fwds], fontsize=8.5)
+            ax.set_title(f"{TRAFFIC[traffic].capitalize()}, {flows:,} flows", fontsize=11)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            ax.set_ylim(0, top * 1.3)
+        ax_row[0].set_ylabel("Mpps per second of the generator threads' kernel loop time"
+                             if chain else "Mpps at the sink, 64-byte frames (IPv6: 84)\n"
+                             "(per second of the pipeline's CPU time x cores)")
     axes[0][0].legend(loc="upper right", fontsize=8)
     fig.suptitle("Forwarding throughput of the LB node: pyxlb vs kernel DNAT (kube-proxy "
-                 "layouts) vs a bare XDP redirect; pyxlb's figures: share of the ceiling"
+                 "layouts) vs a bare XDP redirect; pyxlb's figures: share of the ceiling, "
+                 "h: flow-table hits where under 99.5%"
                  + (" (chain generator: nothing transmitted)" if chain else ""), fontsize=11)
     fig.text(0.5, 0.01, subtitle, ha="center", fontsize=8, color="#555555")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -1243,6 +1659,10 @@ def main():
                         "generator tail-calls the program on the LB node's in0, nothing "
                         "transmitted, XDP forwarders only; auto (default): live where the "
                         "kernel allows it, else chain")
+    parser.add_argument("--flows", action="append", metavar="N[,N...]",
+                        help="established flows in all, shared out among the cores: each N "
+                        "measured in turn (pyxlb nodes of its own for each); repeatable or "
+                        "a list (default: 1000,1000000; with --quick, 1000)")
     parser.add_argument("--families", default="4,6",
                         help="IP versions of the traffic: 4, 6 or 4,6 (default)")
     parser.add_argument("--prefix", help="namespace names' prefix (default ltp<pid>)")
@@ -1268,6 +1688,16 @@ def main():
         families = ()
     if not families or not set(families) <= set(FAMILIES):
         sys.exit(f"lab_throughput: --families must be 4, 6 or 4,6, not {args.families!r}")
+    flow_counts = FULL_FLOWS if not args.flows and not args.quick else (FLOWS,)
+    if args.flows:
+        try:
+            flow_counts = tuple(sorted({int(x.replace("_", "")) for arg in args.flows
+                                        for x in arg.split(",") if x.strip()}))
+        except ValueError:
+            flow_counts = ()
+        if not flow_counts or any(n < 2 or n > MAX_FLOWS or n % 2 for n in flow_counts):
+            sys.exit(f"lab_throughput: --flows takes even numbers from 2 to {MAX_FLOWS}, "
+                     f"not {', '.join(args.flows)!r}")
     if args.prefix is not None and not (args.prefix.replace("-", "").isalnum()
                                         and len(args.prefix) <= 8):
         sys.exit(f"lab_throughput: --prefix must be 1-8 letters, digits or '-', "
@@ -1280,9 +1710,8 @@ def main():
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             sys.exit(f"lab_throughput: {tool} not found (apt-get install iptables nftables "
                      f"iproute2; `make bench` does)")
-    try:
-        import matplotlib  # noqa: F401  (only whether it is there)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
         sys.exit("lab_throughput: matplotlib missing: pip install -e '.[bench]' "
                  "(`make bench` does)")
     bpffs.ensure_mounted()
@@ -1294,7 +1723,7 @@ def main():
     if args.generator == "auto" and not live:
         print("lab_throughput: this kernel refuses live frames (EPERM): the chain generator "
               "(nothing transmitted, XDP forwarders only; see --help)", file=sys.stderr)
-    forwarders = [f for f in FORWARDERS if live or f.xdp]
+    live_keys = {f.key for f in BY_KEY.values() if live or f.xdp}
 
     allowed = sorted(os.sched_getaffinity(0))
     core_sets = {1: [allowed[-1]]}
@@ -1304,33 +1733,42 @@ def main():
     signal.signal(signal.SIGUSR1, _on_sigusr1)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
 
-    lab = Lab(prefix, objects=args.objects, chain=not live)
+    lab = Lab(prefix, objects=args.objects, chain=not live, flows=flow_counts)
     t_start = time.monotonic()
     runs: Dict[tuple, List[dict]] = {}
     hints: Dict[tuple, float] = {}
     fill = {}
     try:
         print(f"building the lab ({lab.prefix}-*: generator, sink, "
-              f"{len(FORWARDERS)} LB nodes)...", flush=True)
+              f"{len(lab.nodes)} LB nodes)...", flush=True)
         lab.up()
         kinds = [t for t in TRAFFIC if t != "new_nolimit" or lab.insert_limits]
-        cases = [(t, f, fam) for t in kinds for f in forwarders for fam in families
-                 if fam in f.families and (t != "new_nolimit" or f.key in lab.insert_limits)]
+        # each N in turn: its established flows (admitted before they are measured), then
+        # new flows through the nodes whose tables hold them; the kernel DNAT forwarders
+        # only where conntrack has room for N established flows and the new ones
+        cases = [(n, t, f, fam) for n in lab.flows for t in kinds for f in lab.nodes_at(n)
+                 for fam in families
+                 if (f.key in live_keys) and fam in f.families
+                 and (t != "new_nolimit" or f.node in lab.insert_limits)
+                 and (not f.conntrack or n <= CT_MAX_FLOWS)]
         print(f"measuring ({'chain' if lab.chain else 'live-frames'} generator): "
               f"{args.rounds} rounds x {len(cases)} cases x {len(core_counts)} core counts, "
-              f"{duration:g} s each", flush=True)
+              f"{duration:g} s each; established flows: "
+              + ", ".join(f"{n:,}" for n in lab.flows), flush=True)
         print("filling pyxlb's flow tables (steady state: new flows push old ones out)...",
               flush=True)
+        t_fill = time.monotonic()
         fill = fill_flow_tables(lab, core_sets)
+        print(f"  ({time.monotonic() - t_fill:.0f} s)", flush=True)
         for rnd in range(args.rounds):
             for cores in core_counts:
                 # this thread (which reads the counters) keeps off a lone measured CPU
                 rest = set(allowed) - set(core_sets[cores])
                 os.sched_setaffinity(0, rest or set(allowed))
-                for traffic, f, family in cases:
-                    key = (f.key, traffic, cores, family)
+                for flows, traffic, f, family in cases:
+                    key = (f.key, traffic, flows, cores, family)
                     run = measure(lab, f, traffic, core_sets[cores], duration,
-                                  hints.get(key), family)
+                                  hints.get(key), family, flows)
                     hints[key] = run["mpps_wall"] * 1e6
                     runs.setdefault(key, []).append(run)
                     flag = "" if not run["failed_checks"] else \
@@ -1339,14 +1777,19 @@ def main():
                         f"  ({run['delivered']:.0%} of {run['sent']} delivered)"
                     rec = "" if run.get("recorded_share") is None else \
                         f"  recorded {run['recorded_share']:.0%}"
+                    hits = "" if traffic != "established" or run.get("hit_share") is None \
+                        else f"  hits {run['hit_share']:.2%}"
                     print(f"  round {rnd + 1}  {cores} core{'s' if cores > 1 else ' '}  "
-                          f"IPv{family} {SHORT[traffic]:<13} {f.label:<23} "
-                          f"{run['mpps']:6.2f} Mpps{got}{rec}{flag}", flush=True)
+                          f"{_flows_text(flows):>5} IPv{family} {SHORT[traffic]:<13} "
+                          f"{f.label:<22} {run['mpps']:6.2f} Mpps{got}{hits}{rec}{flag}",
+                          flush=True)
     finally:
         os.sched_setaffinity(0, set(allowed))
         lab.down()
     elapsed = time.monotonic() - t_start
 
+    for (node, family), a in lab.admitted.items():
+        fill.setdefault(node, {}).setdefault("admission", {})[f"ipv{family}"] = a
     summary = summarise(runs, core_counts)
     if lab.chain:
         # the targets are shares of a ceiling that transmits: not of one that does not
@@ -1401,6 +1844,26 @@ def main():
         "new_nolimit rows",
         "established flows are flows the forwarder already knows (pyxlb's flow table, a "
         "conntrack entry); no replies flow, so conntrack keeps them unreplied",
+        "flows: N established flows in all, one set shared out among the generator "
+        "threads (one core: all N; two: N/2 each), half TCP ACKs, half UDP; before every "
+        "measurement of them each flow sends two packets in a row, then, 150 ms later "
+        "(past pyxlb's promotion age), one more, as a real connection does: admitted to "
+        "pyxlb's table and promoted to the front half of its set (admission in each run); "
+        "the new-flow rows of an N run through pyxlb nodes whose tables hold those N "
+        "flows (each N has pyxlb nodes of its own)",
+        "tables: pyxlb's 'default' nodes have the default tables (rated for "
+        "flow_tables[*].rated_flows established flows: 99.9% hits); where N is more, "
+        "'rated' nodes (forwarders pyxlb_*_rated) have tables made for N (--max-flows N "
+        "--max-flows6 N); hit_share: flow_hit / (flow_hit + flow_miss + flow_stale) of "
+        "the measured calls, hit_share_expected: what the set rule gives for N flows over "
+        "the table's sets (docs/datapath.md, 'Capacity')",
+        "targets are judged at 1,000 flows through the default tables; at more flows "
+        "pyxlb's flow-table figures are reported as they are (issue 21); pyxlb "
+        "stateless's (issue 21's goal: 80% of the ceiling) at 1,000,000 flows",
+        "pyxlb_stateless: pyxlb_ipip with its TCP VIPs stateless and its UDP VIPs "
+        "without a flow table (flow_table false): no per-flow state on the node, no "
+        "flow-table fill, no admission; one node serves every N (table 'stateless'; "
+        "no hit_share: nothing is looked up; no insertion limits, no new_nolimit rows)",
     ]
     if live:
         notes += [
@@ -1416,19 +1879,19 @@ def main():
         "machine": info, "quick": args.quick, "duration_s": duration, "rounds": args.rounds,
         "generator": "chain" if lab.chain else "live",
         "families": list(families), "frame_bytes": FRAME_LEN, "frame_bytes_ipv6": FRAME_LEN6,
-        "flows_established": FLOWS, "cpus": core_sets,
+        "flows": list(lab.flows), "cpus": core_sets,
         "conntrack_new_flow_budget": CT_NEW_BUDGET,
         "pyxlb": os.path.dirname(os.path.abspath(pyxlb.__file__)),   # which build ran
         "insert_limits_default_per_cpu": {k: {"ipv4": v[0], "ipv6": v[1]}
                                           for k, v in lab.insert_limits.items()},
-        "fill_flow_tables": fill,
+        "flow_tables": fill,
         "tools": {"iptables": tool_version(["iptables", "--version"]),
                   "nft": tool_version(["nft", "--version"])},
         "elapsed_s": round(elapsed, 1),
         "notes": notes,
         **summary,
-        "runs": [{"forwarder": k[0], "traffic": k[1], "cores": k[2], "family": k[3],
-                  "runs": v} for k, v in runs.items()],
+        "runs": [{"forwarder": k[0], "traffic": k[1], "flows": k[2], "cores": k[3],
+                  "family": k[4], "runs": v} for k, v in runs.items()],
     }
     with open(path, "w") as out:
         json.dump(data, out, indent=2)

@@ -25,9 +25,15 @@
  *   then their ACKs in the same order (lag 1: each ACK right behind its SYN; a larger lag
  *   puts 2 * lag packets between a flow's two). Its own per-CPU sequence, so pairs stay
  *   aligned whatever ran before.
- * The source address carries the CPU number in bits 14-15 of its host part (the low 32
- * bits of an IPv6 address), so CPUs sending at once never share a flow (as RSS would
- * have it).
+ * - GEN_SHARED: established traffic over one set of flows shared out among the CPUs (so
+ *   one CPU or two send the same flows): CPU c cycles flows gen_first[c] to gen_first[c] +
+ *   cfg.flows - 1 (cfg.lag as for GEN_FLOWS). Flow f is numbered without the CPU: source
+ *   port GEN_SHARED_SPORT + f % GEN_SHARED_PORTS, host part 1 + f / GEN_SHARED_PORTS
+ *   (up to 588 million flows; no port used by the other modes), TCP (an ACK) when f is
+ *   odd, else UDP: a flow keeps its protocol whichever CPU sends it.
+ * In the other modes the source address carries the CPU number in bits 14-15 of its host
+ * part (the low 32 bits of an IPv6 address), so CPUs sending at once never share a flow
+ * (as RSS would have it).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -47,6 +53,8 @@
 #define GEN_EST_SPORT 10000		/* established flows: source ports 10000 + flow */
 #define GEN_NEW_SPORT 16384		/* new flows: source ports 16384..49151 */
 #define GEN_EST_FEW 16383		/* more established flows: numbered as new ones */
+#define GEN_SHARED_SPORT 1024		/* GEN_SHARED: source ports 1024..9999 */
+#define GEN_SHARED_PORTS 8976
 
 /* Written by user space before each run (slot 0). Addresses and port in network order. */
 struct gen_cfg {
@@ -57,9 +65,10 @@ struct gen_cfg {
 	__be16 dport;
 	__u16 pad;
 	__u32 flows;		/* flows per CPU; 0: a new flow every packet */
-	__u32 mode;		/* GEN_FLOWS or GEN_PAIRS */
+	__u32 mode;		/* GEN_FLOWS, GEN_PAIRS or GEN_SHARED */
 	__u32 lag;		/* GEN_PAIRS: flows whose SYNs go before their ACKs (>= 1);
-				 * GEN_FLOWS: packets a flow sends in a row (0, 1: one) */
+				 * GEN_FLOWS, GEN_SHARED: packets a flow sends in a row
+				 * (0, 1: one) */
 	__u32 family;		/* 4 or 6 (0: 4) */
 	__u8 saddr6[16];	/* IPv6: the clients' /96; the low 32 bits are filled in */
 	__u8 daddr6[16];	/* IPv6: the VIP */
@@ -67,6 +76,7 @@ struct gen_cfg {
 
 #define GEN_FLOWS 0
 #define GEN_PAIRS 1
+#define GEN_SHARED 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -75,10 +85,19 @@ struct {
 	__type(value, struct gen_cfg);
 } gen_config SEC(".maps");
 
-/* Packets generated so far on each CPU (never reset: new flows stay new across runs). */
+/* GEN_SHARED: the first flow of each CPU's share (slot: CPU number & 3). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_first SEC(".maps");
+
+/* Packets generated so far on each CPU (never reset here: new flows stay new across runs;
+ * bench/lab_throughput.py keeps slot 0 per LB node). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);		/* 0: GEN_FLOWS, 1: GEN_PAIRS */
+	__uint(max_entries, 3);		/* 0: GEN_FLOWS, 1: GEN_PAIRS, 2: GEN_SHARED */
 	__type(key, __u32);
 	__type(value, __u64);
 } gen_seq SEC(".maps");
@@ -133,7 +152,7 @@ static __always_inline int gen_write(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct gen_cfg *cfg;
-	__u32 zero = 0, slot, cpu, host, flow;
+	__u32 zero = 0, slot, cpu, host, flow, *first;
 	__u16 sport;
 	__u64 *seq, n, sum;
 	int tcp, syn, ack, v6;
@@ -145,13 +164,13 @@ static __always_inline int gen_write(struct xdp_md *ctx)
 	v6 = cfg->family == 6;
 	if (data + (v6 ? GEN_FRAME6_LEN : GEN_FRAME_LEN) > data_end)
 		return XDP_ABORTED;
-	slot = cfg->mode == GEN_PAIRS;
+	slot = cfg->mode == GEN_PAIRS ? 1 : cfg->mode == GEN_SHARED ? 2 : 0;
 	seq = bpf_map_lookup_elem(&gen_seq, &slot);
 	if (!seq)
 		return XDP_ABORTED;
 	n = (*seq)++;
 	cpu = bpf_get_smp_processor_id() & 3;
-	if (slot) {
+	if (slot == 1) {		/* GEN_PAIRS */
 		__u64 lag = cfg->lag ? cfg->lag : 1;
 		__u64 round = n / (2 * lag), r = n % (2 * lag);
 		__u64 f = round * lag + r % lag;
@@ -161,6 +180,18 @@ static __always_inline int gen_write(struct xdp_md *ctx)
 		ack = !syn;
 		host = (cpu << 14) | ((f >> 15) & 0x3fff);
 		sport = GEN_NEW_SPORT + (f & 0x7fff);
+	} else if (cfg->mode == GEN_SHARED) {
+		__u64 k = cfg->lag > 1 ? n / cfg->lag : n;
+
+		first = bpf_map_lookup_elem(&gen_first, &cpu);
+		if (!first || !cfg->flows)
+			return XDP_ABORTED;
+		flow = *first + (__u32)(k % cfg->flows);
+		tcp = flow & 1;
+		syn = 0;
+		ack = 1;
+		host = 1 + flow / GEN_SHARED_PORTS;
+		sport = GEN_SHARED_SPORT + flow % GEN_SHARED_PORTS;
 	} else if (cfg->flows) {
 		__u64 k = cfg->lag > 1 ? n / cfg->lag : n;
 
