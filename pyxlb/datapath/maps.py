@@ -554,11 +554,17 @@ def new_ring(ring_id: int, table) -> "_bpf.Map":
     slots = _u32_array(table)
     if not 1 <= len(slots) <= L.RING_SIZE_MAX:
         raise ValueError(f"a ring has 1..{L.RING_SIZE_MAX} slots, not {len(slots)}")
-    inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, 4, len(slots), name=f"xlb_ring_{ring_id}",
+    cells = bytearray(8 * len(slots))
+    memoryview(cells).cast("I")[0::2] = slots
+    return _filled_inner(f"xlb_ring_{ring_id}", 4, cells)
+
+
+def _filled_inner(name: str, value_size: int, cells: bytearray) -> "_bpf.Map":
+    """A new mmap-able inner array (BPF_F_INNER_MAP: any length) of one value per 8-byte
+    cell of `cells`, filled with one copy."""
+    inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, value_size, len(cells) // 8, name=name,
                             flags=_bpf.MAP_F_INNER_MAP | _bpf.MAP_F_MMAPABLE)
     try:
-        cells = bytearray(8 * len(slots))
-        memoryview(cells).cast("I")[0::2] = slots
         length = -(-len(cells) // mmap.PAGESIZE) * mmap.PAGESIZE
         with mmap.mmap(inner.fd, length, mmap.MAP_SHARED,
                        mmap.PROT_READ | mmap.PROT_WRITE) as mem:
@@ -657,21 +663,10 @@ def new_prev_ring(ring_id: int, chains, untils) -> "_bpf.Map":
     if len(chains) != len(untils) or not 1 <= len(chains) <= L.RING_SIZE_MAX:
         raise ValueError(f"previous owners need one chain and one time per ring slot "
                          f"(1..{L.RING_SIZE_MAX}), not {len(chains)} and {len(untils)}")
-    inner = _bpf.Map.create(_bpf.MAP_TYPE_ARRAY, 4, L.SIZES["xlb_prev_slot"], len(chains),
-                            name=f"xlb_prev_{ring_id}",
-                            flags=_bpf.MAP_F_INNER_MAP | _bpf.MAP_F_MMAPABLE)
-    try:
-        cells = bytearray(8 * len(chains))
-        memoryview(cells).cast("H")[0::4] = chains
-        memoryview(cells).cast("I")[1::2] = untils
-        length = -(-len(cells) // mmap.PAGESIZE) * mmap.PAGESIZE
-        with mmap.mmap(inner.fd, length, mmap.MAP_SHARED,
-                       mmap.PROT_READ | mmap.PROT_WRITE) as mem:
-            mem[:len(cells)] = cells
-    except BaseException:
-        inner.close()
-        raise
-    return inner
+    cells = bytearray(8 * len(chains))
+    memoryview(cells).cast("H")[0::4] = chains
+    memoryview(cells).cast("I")[1::2] = untils
+    return _filled_inner(f"xlb_prev_{ring_id}", L.SIZES["xlb_prev_slot"], cells)
 
 
 class PrevRings:
