@@ -182,7 +182,7 @@ static __always_inline int xlb_chain(struct xdp_md *ctx, const struct xlb_pkt *o
 			return xlb_internal_drop();
 		saddr = iph->saddr;
 		__builtin_memcpy(&daddr, peer->addr, 4);
-		xlb_write_ipv4(iph, iph->tos, tot, 1, 0, IPPROTO_IPIP, saddr, daddr);
+		xlb_write_ipv4(iph, iph->tos, tot, 1, 0, iph->protocol, saddr, daddr);
 		xlb_count(XLB_STAT_CHAIN_FORWARDED);
 		rc = xlb_send(ctx, NULL, XLB_FAMILY_V4, &saddr, &daddr, tot);
 	} else {
