@@ -588,6 +588,25 @@ def _cells(inner: "_bpf.Map") -> Optional[bytes]:
         return None
 
 
+def _install_inners(outer: "_bpf.Map", writer, tables: Mapping[int, object],
+                    make: Callable[[int, object], "_bpf.Map"]) -> Callable[[], None]:
+    """Make an inner map per ring id (make(ring id, table)) and put them all into `outer`
+    with one batch update; returns the function that waits for it to end (the writer's
+    add_inners). None is installed if one cannot be made."""
+    if not tables:
+        return _done
+    rids = sorted(tables)
+    inners = []
+    try:
+        for rid in rids:
+            inners.append(make(check_index(outer, rid, "ring_id"), tables[rid]))
+    except BaseException:
+        for m in inners:
+            m.close()
+        raise
+    return writer.add_inners(outer, dict(zip(rids, inners)))
+
+
 class Rings:
     """xlb_rings: ring id -> an inner array of backend ids (a Maglev table, any length up to
     RING_SIZE_MAX). A ring is never written in place: a new inner map is filled whole and
@@ -611,18 +630,7 @@ class Rings:
     def put_all(self, tables: Mapping[int, object]) -> Callable[[], None]:
         """Install new rings (ring id -> table) with one batch update; returns the function
         that waits for it to end (the writer's add_inners)."""
-        if not tables:
-            return _done
-        rids = sorted(tables)
-        inners = []
-        try:
-            for rid in rids:
-                inners.append(new_ring(check_index(self.map, rid, "ring_id"), tables[rid]))
-        except BaseException:
-            for m in inners:
-                m.close()
-            raise
-        return self._w.add_inners(self.map, dict(zip(rids, inners)))
+        return _install_inners(self.map, self._w, tables, new_ring)
 
     def delete(self, ring_id: int) -> None:
         """Empty slot `ring_id` (KeyError if it holds no ring)."""
@@ -680,20 +688,8 @@ class PrevRings:
     def put_all(self, tables: Mapping[int, Tuple[object, object]]) -> Callable[[], None]:
         """Install (chains, untils) per ring id with one batch update; returns the function
         that waits for it to end (the writer's add_inners)."""
-        if not tables:
-            return _done
-        rids = sorted(tables)
-        inners = []
-        try:
-            for rid in rids:
-                chains, untils = tables[rid]
-                inners.append(new_prev_ring(check_index(self.map, rid, "ring_id"),
-                                            chains, untils))
-        except BaseException:
-            for m in inners:
-                m.close()
-            raise
-        return self._w.add_inners(self.map, dict(zip(rids, inners)))
+        return _install_inners(self.map, self._w, tables,
+                               lambda rid, table: new_prev_ring(rid, *table))
 
     def delete_all(self, ring_ids: Iterable[int]) -> None:
         rids = sorted(ring_ids)
