@@ -58,6 +58,7 @@ bench: build
 	$(PY) bench/lab_throughput.py
 	$(PY) bench/lab_flood.py
 	$(PY) bench/apply.py
+	$(PY) bench/node_memory.py
 	$(PY) bench/k8s_sync.py
 	$(PY) bench/failover.py
 	$(PY) bench/upgrade.py
