@@ -21,6 +21,7 @@ from pyroute2 import NetNS
 
 from pyxlb import config, netns
 from pyxlb._layouts import STAT_NAMES
+from pyxlb.datapath import DecapPath
 from pyxlb.lab import BACKENDS, CLIENT, HTTP_PORT, VIP4, VIP6, Lab, node_addr
 from pyxlb.state import DesiredState, Vip
 
@@ -236,6 +237,19 @@ def lb_counters(lab: Lab, lb: str) -> Dict[str, int]:
 
 def delta(after: Mapping[str, int], before: Mapping[str, int]) -> Dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def decap_stats(lab: Lab, node: str) -> Dict[str, int]:
+    """The global counters of backend `node`'s decapsulator."""
+    with netns.enter(lab.ns(node)):
+        with DecapPath.open(lab.pin_dir(node)) as dc:
+            return dc.stats()
+
+
+def chained(lab: Lab) -> Dict[str, int]:
+    """{backend: packets its decapsulator passed on to their previous owner} (stateless
+    mode's chaining, docs/datapath.md)."""
+    return {be: decap_stats(lab, be)["chain_forwarded"] for be in BACKENDS}
 
 
 def link_mtu(lab: Lab, node: str, ifname: str = "eth0") -> int:

@@ -31,16 +31,20 @@ from pyxlb import netns
 from pyxlb.announce import Result
 from pyxlb.announce.bgp import (BgpAnnouncer, BgpPeer, BgpSettings, BirdSpeaker,
                                 upstream_router_config)
-from pyxlb.lab import LBS, ROUTER, VIP4, VIP6, Lab, node_addr
+from pyxlb.lab import BACKENDS, LBS, ROUTER, VIP4, VIP6, Lab, node_addr
 
-from .helpers import (HeldPost, accepted_by, delta, flows, held_posts, lb_counters, state,
-                      tcp_counters)
+from tests.support.traffic import Streams, Verdict, stalled
+
+from .helpers import (HeldPost, accepted_by, chained, delta, flows, held_posts, lb_counters,
+                      state, tcp_counters)
 
 ROUTER_ASN, NODE_ASN = 64512, 64513
 PASSWORD = "pyxlb-lab"
 WAIT = 8.0          # bound on every wait for the router to learn or forget a route
 SYSCTLS = ("net/ipv4/fib_multipath_hash_policy", "net/ipv6/fib_multipath_hash_policy")
 FAMILY = pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+STREAMS = 500       # long-lived uploads of the stateless test
+SETTLE = 0.5        # its seconds of traffic after each event
 
 
 def vip(family: int) -> ipaddress._BaseAddress:
@@ -281,6 +285,62 @@ def test_open_connections_survive_a_dead_node(lab_session, nodes, ports, family)
     client = delta(tcp_counters(lab, "client"), client_before)
     assert client["EstabResets"] == 0 and client["OutRsts"] == 0, \
         f"connections were reset (withdrawn after {seconds:.2f} s): {client}"
+
+
+@FAMILY
+def test_stateless_connections_survive_a_dead_node_and_backend_changes(lab_session, nodes,
+                                                                        ports, family):
+    """Stateless mode (docs/datapath.md) across a node's death: both nodes announce a
+    stateless VIP (be1, be2) and 500 uploads cross them through ECMP. Then be3 is added,
+    lb1's BIRD is killed (the router sends everything to lb2, which has no flow table to
+    have missed these connections in), and be3 is removed again. Every upload keeps
+    transferring after each event and ends complete on the backend that accepted it, with
+    no reset; the backends chained packets (be3's slots moved); lb1 forwards nothing after
+    the withdrawal; neither node looked up or recorded a flow."""
+    lab = lab_session
+
+    def stateless(*backends):
+        return state(lab.vip(family, backends=backends, stateless=True))
+
+    lab.warm_neighbours(senders=BACKENDS, targets=BACKENDS)
+    lab.apply(stateless("be1", "be2"))
+    announce_both(lab, nodes, family)
+    sports = set(ports.take(STREAMS))
+    before = {lb: lb_counters(lab, lb) for lb in LBS}
+    chained_before = chained(lab)
+    stuck: List[int] = []
+
+    def settle() -> None:
+        acked = streams.acked()
+        time.sleep(SETTLE)
+        stuck.extend(stalled(acked, streams.acked()))
+
+    with Streams(lab, family, sorted(sports), duration=15.0) as streams:
+        opened = {lb: delta(lb_counters(lab, lb), before[lb])["vip_new_flows"] for lb in LBS}
+        assert min(opened.values()) >= STREAMS // 4, f"SYNs per node: {opened}"
+        lab.apply(stateless("be1", "be2", "be3"))
+        settle()
+        os.kill(nodes["lb1"].pid(), signal.SIGKILL)
+        seconds = wait_hops(lab, family, {"lb2"})
+        after_kill = {lb: lb_counters(lab, lb) for lb in LBS}
+        settle()
+        lab.apply(stateless("be1", "be2"))
+        settle()
+        streams.finish()
+    Verdict.of(streams).assert_clean()
+    assert not stuck, f"{len(set(stuck))} connections stopped transferring after an event " \
+                      f"(lb1 withdrawn after {seconds:.2f} s)"
+    assert delta(lb_counters(lab, "lb1"), after_kill["lb1"])["vip_packets"] == 0
+    assert delta(lb_counters(lab, "lb2"), after_kill["lb2"])["vip_packets"] > 0
+    moves = delta(chained(lab), chained_before)
+    assert sum(moves.values()) > 0, f"no backend chained a packet: {moves}"
+    for lb in LBS:
+        looked = {k: v for k, v in delta(lb_counters(lab, lb), before[lb]).items()
+                  if k in ("flow_hit", "flow_miss", "flow_stale", "flow_miss_midstream") and v}
+        assert not looked, f"{lb} used a flow table: {looked}"
+        with lab.datapath(lb) as dp:
+            recorded = [k for k, _ in dp.flows() if k["sport"] in sports]
+        assert not recorded, f"{lb} recorded {len(recorded)} of these flows: {recorded[:3]}"
 
 
 def test_hung_speaker_is_dropped_by_bfd_and_reported_as_retry(lab_session, nodes):

@@ -22,29 +22,16 @@ import time
 
 import pytest
 
-from pyxlb import netns
-from pyxlb.datapath import DecapPath
 from pyxlb.lab import BACKENDS, LBS
 
 from tests.support.traffic import Streams, Verdict, stalled
 
-from .helpers import state
+from .helpers import chained, state
 
 CONNECTIONS = 500
 LOSE_LB1 = "lb1 lost"
 STEPS = (("be1", "be2", "be3"), ("be1", "be2"), LOSE_LB1, ("be2",), ("be1", "be2"))
 SETTLE = 1.0            # seconds of traffic after each change
-
-
-def decap_stats(lab, node: str) -> dict:
-    """The global counters of backend `node`'s decapsulator."""
-    with netns.enter(lab.ns(node)):
-        with DecapPath.open(lab.pin_dir(node)) as dc:
-            return dc.stats()
-
-
-def chained(lab) -> dict:
-    return {be: decap_stats(lab, be)["chain_forwarded"] for be in BACKENDS}
 
 
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
