@@ -343,7 +343,22 @@ def test_stateless_connections_survive_a_dead_node_and_backend_changes(lab_sessi
         assert not recorded, f"{lb} recorded {len(recorded)} of these flows: {recorded[:3]}"
 
 
-def test_hung_speaker_is_dropped_by_bfd_and_reported_as_retry(lab_session, nodes):
+def wait_bfd_up(router: "Router", address, timeout: float = WAIT) -> None:
+    """Wait until the router's BFD session with `address` is Up (with its fast timers):
+    after a node's BIRD was killed, its session comes back slowly, and until it is Up only
+    the hold timer would notice a hung node."""
+    deadline = time.monotonic() + timeout
+    answer = ""
+    while time.monotonic() < deadline:
+        answer = router.speaker.command("show", "bfd", "sessions")
+        if any(line.split()[:1] == [str(address)] and "Up" in line.split()
+               for line in answer.splitlines()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the router's BFD session with {address} is not up: {answer}")
+
+
+def test_hung_speaker_is_dropped_by_bfd_and_reported_as_retry(lab_session, nodes, router):
     """lb1's BIRD is stopped (SIGSTOP, a hung node): BFD (100 ms x 3) takes lb1 out of
     the route well before the 3 s hold time could; the announcer's next change cannot
     reach BIRD within its timeout and says RETRY; once BIRD runs again the session comes
@@ -351,6 +366,7 @@ def test_hung_speaker_is_dropped_by_bfd_and_reported_as_retry(lab_session, nodes
     lab = lab_session
     node = nodes["lb1"]
     announce_both(lab, nodes, 4)
+    wait_bfd_up(router, node_addr("lb1", 4))
     pid = node.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
