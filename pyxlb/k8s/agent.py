@@ -305,6 +305,7 @@ class Agent:
         self.prober.set_targets({t for nodes in self._health_targets.values()
                                  for t in nodes.values()})
         state, problems = tr.combine(self._results, services)
+        state = tr.with_chain_peers(state, self._node_index)
         for p in problems:
             if p not in self.status.problems:
                 log.warning("%s: %s: %s", p.service, p.reason, p.message)
