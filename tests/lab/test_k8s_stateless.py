@@ -45,6 +45,7 @@ FIRST_PORT = 23000          # client source ports: below the client's ephemeral 
 STREAM_SECONDS = 25.0       # an upper bound: finish() ends the streams first
 SETTLE = 0.6                # seconds of traffic watched after each change (12 chunks)
 READY = 20.0
+CHAIN_WINDOW = 90           # the agents' --chain-window: longer than the test
 
 
 def wait_for(check, timeout: float, what: str, lab: KubeLab) -> None:
@@ -118,7 +119,8 @@ def klab():
                                  load_balancer_ip=str(vip),
                                  annotations={FLOW_TABLE_ANNOTATION: "stateless"}))
         for node in KNODES:
-            lab.start_agent(node, api, "--lease-duration", "2")
+            lab.start_agent(node, api, "--lease-duration", "2",
+                            "--chain-window", str(CHAIN_WINDOW))
         yield lab, api
         refused = agent_refusals(api)
         assert refused == [], f"deploy/rbac.yaml refused the agents: {refused}"
@@ -137,6 +139,9 @@ def test_uploads_survive_backend_nodes_coming_and_going_through_nat(klab, family
     for node in KNODES:
         wait_for(lambda node=node: serving(lab, node, family, BACKENDS), READY,
                  f"{node}'s balancer to hold the stateless VIP", lab)
+    for node in KNODES:
+        with lab.datapath(node) as dp:
+            assert dp.chain_window() == CHAIN_WINDOW, node
     before = chained(lab)
     ports = range(FIRST_PORT, FIRST_PORT + CONNECTIONS)
     stuck = []
