@@ -274,7 +274,7 @@ class NodeIndex:
         self._cluster: Dict[Tuple[int, str], ClusterBackends] = {}
         self._backends: Dict[tuple, Optional[Backend]] = {}
         self._hash: Optional[int] = None
-        self._addresses: Optional[FrozenSet[IPAddress]] = None
+        self._addresses: Dict[int, FrozenSet[IPAddress]] = {}
 
     @classmethod
     def build(cls, nodes: Iterable[dict]) -> "NodeIndex":
@@ -310,13 +310,16 @@ class NodeIndex:
             return None
         return n.v4 if family == 4 else n.v6 if family == 6 else None
 
-    def addresses(self) -> FrozenSet[IPAddress]:
-        """Every node's InternalIPs (the first of each family), whatever its state: the
-        chain peers of a node (with_chain_peers). Computed once per index."""
-        if self._addresses is None:
-            self._addresses = frozenset(a for n in self._nodes.values()
-                                        for a in (n.v4, n.v6) if a is not None)
-        return self._addresses
+    def tunnel_addresses(self, vip_family: int) -> FrozenSet[IPAddress]:
+        """Every node's `tunnel_address` for VIPs of that family, whatever its state: the
+        addresses a balancer may name as a previous owner (with_chain_peers). Computed once
+        per index and family."""
+        cached = self._addresses.get(vip_family)
+        if cached is None:
+            cached = frozenset(a for a in (self.tunnel_address(n, vip_family)
+                                           for n in self._nodes) if a is not None)
+            self._addresses[vip_family] = cached
+        return cached
 
     def tunnel_address(self, node: str, vip_family: int) -> Optional[IPAddress]:
         """Where to tunnel a VIP's packets for this node: its InternalIP of the VIP's family;
@@ -753,15 +756,20 @@ def combine(results: Mapping[str, ServiceResult], services: Mapping[str, dict],
 
 
 def with_chain_peers(state: DesiredState, nodes: NodeIndex) -> DesiredState:
-    """`state` with every node's address as an extra chain peer (DesiredState.peers) when
-    it has a stateless VIP, with none when it has not.
+    """`state` with every node as an extra chain peer (DesiredState.peers): for each
+    family of its stateless VIPs, each node's address for tunnels of that family (what a
+    balancer names a previous owner by); none without a stateless VIP.
 
     Every node, not the VIPs' backends: a node that left a Service's backends still owns
     the connections its ring slots carried, for the chain window, and the balancers that
-    name it may be other nodes' (whose backend sets this agent's may lag or lead). Only with
-    a stateless VIP: only then do balancers send chain ids, and a cluster that does not use
-    the mode keeps a decapsulation that never chains."""
-    want = nodes.addresses() if any(v.stateless for v in state) else frozenset()
+    name it may be other nodes' (whose backend sets this agent's may lag or lead). Only the
+    families in use: two addresses with one chain id name neither, so no address more
+    than needed. Only with a stateless VIP: only then do balancers send chain ids, and a
+    cluster that does not use the mode keeps a decapsulation that never chains."""
+    families = {v.key.family for v in state if v.stateless}
+    want: FrozenSet[IPAddress] = frozenset()
+    for family in sorted(families):
+        want = want | nodes.tunnel_addresses(family)
     return state if state.peers == want else state.with_peers(want)
 
 

@@ -328,7 +328,8 @@ def test_local_policy_stateless_vips_keep_their_backends():
 def test_chain_peers_are_every_node_with_a_stateless_vip_and_none_without():
     nodes = load("nodes.json")
     everyone = {ipaddress.ip_address(a["address"]) for n in nodes
-                for a in n["status"]["addresses"] if a["type"] == "InternalIP"}
+                for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+                and "." in a["address"]}       # an IPv4 VIP: the nodes' IPv4 addresses
     services, slices, _ = _annotated("stateless")
     r = translate(services, slices, nodes, Settings("node-a"))
     assert r.state.peers == everyone
@@ -351,7 +352,26 @@ def test_chain_peers_are_every_node_with_a_stateless_vip_and_none_without():
     assert with_chain_peers(state, index) == translate(services, slices, index,
                                                        Settings("node-a")).state
     assert with_chain_peers(with_chain_peers(state, index), index).peers == everyone
-    assert index.addresses() is index.addresses()                    # computed once
+    assert index.tunnel_addresses(4) is index.tunnel_addresses(4)    # computed once
+
+
+def test_chain_peers_follow_the_families_of_the_stateless_vips():
+    """A previous owner is named by its tunnel address for the VIP's family (IPv4-in-IPv6
+    for a node without IPv4): the peers are those of the families in use, no more (two
+    addresses sharing a chain id name neither)."""
+    services, slices, nodes = objects("dual-stack.json", "single-family-nodes.json")
+    for svc in services:
+        svc["metadata"].setdefault("annotations", {})[FLOW_TABLE_ANNOTATION] = "stateless"
+    index = NodeIndex.build(nodes)
+    state = translate(services, slices, index, Settings("node-a")).state
+    families = {v.key.family for v in state if v.stateless}
+    assert families == {4, 6}
+    assert state.peers == index.tunnel_addresses(4) | index.tunnel_addresses(6)
+    assert ipaddress.ip_address("fd00:1::1") in index.tunnel_addresses(4)   # node-v6
+    v4_only = DesiredState(tuple(v for v in state if v.key.family == 4))
+    assert with_chain_peers(v4_only, index).peers == index.tunnel_addresses(4)
+    assert not {a for a in index.tunnel_addresses(4) if a.version == 6} - {
+        index.tunnel_address("node-v6", 4)}
 
 
 # -- conflicts -----------------------------------------------------------------------------
