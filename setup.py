@@ -66,10 +66,12 @@ def preflight():
 
 # test-only builds of an object with other settings, name -> (source, extra clang flags):
 # the upgrade tests upgrade to and from a balancer whose flow layout differs, and one whose
-# program alone differs
+# program alone differs; the chaining tests load a decapsulator as on a kernel without the
+# conntrack kfuncs
 TEST_VARIANTS = {
     "test_variant_balancer": ("balancer.bpf.c", ["-DXLB_TEST_LAYOUT_VARIANT"]),
     "test_program_balancer": ("balancer.bpf.c", ["-DXLB_TEST_PROGRAM_VARIANT"]),
+    "test_noct_decap": ("decap.bpf.c", ["-DXLB_TEST_NO_CONNTRACK"]),
 }
 
 

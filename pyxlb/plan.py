@@ -32,8 +32,10 @@ Identities:
   (`prev_writes`); apply reads the old ring and its previous owners back and computes the
   new ones with `prev_slots`, the pure rule, at the time it writes them.
 - Chain peers (xlb_chain_peers) are `pyxlb.chain.peer_table` of every backend address of
-  the stateless VIPs, compared with what the map holds when the set of addresses changes
-  (and once after a Layout is read back).
+  the stateless VIPs and of the state's extra `peers` (the Kubernetes agent's: every
+  node), compared with what the map holds when that set of addresses changes (and once
+  after a Layout is read back: the extras are not read back, the maps cannot tell them
+  from the backends).
 """
 
 from __future__ import annotations
@@ -455,7 +457,7 @@ def make_plan(old: Layout, desired: DesiredState, limits: Limits = Limits()) -> 
         old, old_idx, old_by_key, removed, coming, vip_ids, limits)
     prev_writes, prev_deletes = _prev_rings(old, old_by_key, gone, coming, ring_ids,
                                             ring_writes)
-    peers, peer_writes, peer_clears = _peers(old, old_idx, idx, touched)
+    peers, peer_writes, peer_clears = _peers(old, old_idx, idx, touched, desired.peers)
 
     new = Layout(desired, vip_ids, backend_ids, gens, ring_ids, chain_peers=peers,
                  peers_synced=True, _index=idx)
@@ -634,19 +636,24 @@ def prev_slots(old_ring, new_ring, old_chains, old_untils, chains: Dict[int, int
 
 
 def _peers(old: Layout, old_idx: _Index, idx: _Index, touched: Set[IPAddress],
+           extra: FrozenSet[IPAddress],
            ) -> Tuple[Dict[int, IPAddress], Dict[int, IPAddress], Set[int]]:
     """Planning step: xlb_chain_peers as the new state wants it (peer_table of every
-    backend address of the stateless VIPs, the only owners a chain id can name; an id
-    several addresses share names none), with the entries to write and the ids to clear.
-    Without stateless VIPs the table is empty, so this node's own decapsulation chains
-    nothing (a Kubernetes node, whose service proxy NATs VIP connections to pods, has no
-    socket for them). Computed only when that set of addresses changes, or the old
-    Layout's peers were read back rather than planned."""
+    backend address of the stateless VIPs, the only owners a chain id of this node's own
+    balancer can name, and of the state's extra `peers`, the owners other balancers may
+    name; an id several addresses share names none), with the entries to write and the ids
+    to clear. Without stateless VIPs or extra peers the table is empty, so this node's own
+    decapsulation chains nothing. Computed only when that set of addresses changes (the
+    extras, or a touched address becoming or ceasing to be a stateless VIP's backend), or
+    the old Layout's peers were read back rather than planned (a state read back has no
+    extras: the maps cannot tell them from the backends)."""
     have = old.chain_peers or {}
-    if old.peers_synced and all((a in old_idx.stateless) == (a in idx.stateless)
-                                for a in touched):
+    if old.peers_synced and extra == old.state.peers and \
+            all((a in old_idx.stateless) == (a in idx.stateless) for a in touched):
         return have, {}, set()
-    want = {cid: a for cid, a in peer_table(idx.stateless).items() if a is not None}
+    named = set(idx.stateless)
+    named.update(extra)
+    want = {cid: a for cid, a in peer_table(named).items() if a is not None}
     writes = {cid: a for cid, a in want.items() if have.get(cid) != a}
     clears = have.keys() - want.keys()
     return want, writes, clears

@@ -27,7 +27,7 @@ import dataclasses
 import ipaddress
 import math
 import re
-from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 from .errors import PyxlbError
 from .maglev import DEFAULT_SIZE as RING_SIZE_DEFAULT, is_prime
@@ -536,9 +536,17 @@ def _addr_order(b: Backend):
 
 @dataclasses.dataclass(frozen=True)
 class DesiredState:
-    """Every VIP the datapath should serve, keyed by VipKey."""
+    """Every VIP the datapath should serve, keyed by VipKey; and the extra chain peers.
+
+    `peers`: nodes this node's decapsulation may hand a stateless VIP's connection to
+    (xlb_chain_peers), besides the backends of this state's stateless VIPs, which are
+    always peers. The Kubernetes agent puts every node there: a node that left a Service's
+    backends still owns connections its ring slots moved away from, and another agent's
+    balancer may name it (docs/kubernetes.md, "Stateless Services"). Not part of the file
+    format (like verdicts), and not read back from the maps: a state read back has none."""
 
     vips: Tuple[Vip, ...] = ()
+    peers: FrozenSet[IPAddress] = frozenset()
 
     def __post_init__(self):
         vips = tuple(self.vips)
@@ -550,6 +558,22 @@ class DesiredState:
                 raise StateError(f"VIP {v.key} is defined twice")
             seen.add(v.key)
         object.__setattr__(self, "vips", tuple(sorted(vips, key=lambda v: key_order(v.key))))
+        if isinstance(self.peers, (str, bytes)):
+            raise StateError("peers must be a set of addresses, not one string")
+        peers = frozenset(_ip(a, "chain peer") for a in self.peers)
+        for a in peers:
+            fault = address_fault(a)
+            if fault is not None:
+                raise StateError(f"chain peer {a} is {fault}")
+        object.__setattr__(self, "peers", peers)
+
+    def with_vips(self, vips: Iterable[Vip]) -> "DesiredState":
+        """A state of `vips` with this state's peers."""
+        return DesiredState(tuple(vips), self.peers)
+
+    def with_peers(self, peers: Iterable) -> "DesiredState":
+        """This state's VIPs with `peers` as its extra chain peers."""
+        return DesiredState(self.vips, frozenset(peers))
 
     def __iter__(self) -> Iterator[Vip]:
         return iter(self.vips)
@@ -571,7 +595,7 @@ class DesiredState:
 
     def with_vip(self, vip: Vip) -> "DesiredState":
         """This state with `vip` added or replaced."""
-        return DesiredState(tuple(v for v in self.vips if v.key != vip.key) + (vip,))
+        return self.with_vips(tuple(v for v in self.vips if v.key != vip.key) + (vip,))
 
     def with_verdicts(self, verdicts: Mapping[Tuple[VipKey, IPAddress], bool]) -> "DesiredState":
         """This state with the `down` of backends set: {(VIP key, backend address): down}.
@@ -591,13 +615,13 @@ class DesiredState:
                         dataclasses.replace(b, down=want[b.address]) if b.address in flips
                         else b for b in v.backends))
             vips.append(v)
-        return DesiredState(tuple(vips))
+        return self.with_vips(vips)
 
     def without_vip(self, key) -> "DesiredState":
         key = key if isinstance(key, VipKey) else VipKey.parse(key)
         if key not in self.by_key():
             raise StateError(f"no VIP {key}")
-        return DesiredState(tuple(v for v in self.vips if v.key != key))
+        return self.with_vips(v for v in self.vips if v.key != key)
 
     # -- plain data (YAML, JSON) ----------------------------------------------------------
 
@@ -636,7 +660,7 @@ def carry_verdicts(old: DesiredState, new: DesiredState) -> DesiredState:
                                              else b for d, b in zip(downs, v.backends)))
                 changed = True
         vips.append(v)
-    return DesiredState(tuple(vips)) if changed else new
+    return new.with_vips(vips) if changed else new
 
 
 def vip_to_dict(v: Vip) -> dict:

@@ -43,9 +43,9 @@ def serving_addresses(state: DesiredState) -> FrozenSet[IPAddress]:
 def with_announce(state: DesiredState, addresses) -> DesiredState:
     """`state` with `announce` set exactly on the VIPs of `addresses`."""
     addresses = set(addresses)
-    return DesiredState(tuple(v if v.announce == (v.key.address in addresses)
-                              else v.replace(announce=v.key.address in addresses)
-                              for v in state))
+    return state.with_vips(v if v.announce == (v.key.address in addresses)
+                           else v.replace(announce=v.key.address in addresses)
+                           for v in state)
 
 
 class Runner:

@@ -9,7 +9,7 @@ import click
 
 from pyxlb import _layouts as L
 from pyxlb.cli.common import Fail, Options as CliOptions, one_line
-from pyxlb.datapath import rated_flows
+from pyxlb.datapath import CHAIN_WINDOW_MAX, rated_flows
 from pyxlb.errors import PyxlbError
 from pyxlb.k8s.kube import SERVICE_ACCOUNT_DIR
 
@@ -95,6 +95,12 @@ def _opt(*names, env: str, **kw):
            "pyxlb_flow_insert_limited_total). 0: no limit. Default: keep the datapath's; a "
            "new one gets its table's ways divided by the CPUs, so that a flood cannot "
            "rewrite a table faster than once a second.")
+@_opt("--chain-window", env="PYXLB_CHAIN_WINDOW", type=click.IntRange(0, CHAIN_WINDOW_MAX),
+      default=None, metavar="SECONDS",
+      help="How long a stateless Service's ring slot that changed hands remembers its "
+           "previous node, so that the nodes pass that node's connections on to it "
+           f"(0: the default, {L.CHAIN_WINDOW_DEFAULT}). Longer than the connections that "
+           "must outlive a change of nodes. Default: keep the datapath's.")
 @_opt("--announce/--no-announce", env="PYXLB_ANNOUNCE", default=True, show_default=True,
       help="Announce VIPs as their IPPool's `announce` says (l2, bgp or none); "
            "--no-announce leaves routing the addresses to you.")
@@ -129,7 +135,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
           controller: bool, lease_namespace: Optional[str], lease_name: str,
           lease_duration: float, health_interval: float, health_timeout: float,
           seed: Optional[int], mtu: Optional[int], ring_size: int, max_vips: int,
-          max_flows: int, max_flows6: int, max_inserts: Optional[int], announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
+          max_flows: int, max_flows6: int, max_inserts: Optional[int],
+          chain_window: Optional[int], announce: bool, l2_port: int, l2_interval: float, l2_dead_after: float,
           l2_key: Optional[str], bird_dir: str, listen: str, metrics_port: int,
           probe_port: int, upgrade: str, log_level: str) -> None:
     """Implement Kubernetes LoadBalancer Services on this node (run by the DaemonSet).
@@ -161,7 +168,8 @@ def agent(ctx: click.Context, node_name: Optional[str], interfaces: Optional[str
                    lease_name=lease_name, lease_duration=lease_duration,
                    health_interval=health_interval, health_timeout=health_timeout,
                    seed=seed, mtu=mtu, ring_size=ring_size, max_vips=max_vips,
-                   max_flows=max_flows, max_flows6=max_flows6, max_inserts=max_inserts, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
+                   max_flows=max_flows, max_flows6=max_flows6, max_inserts=max_inserts,
+                   chain_window=chain_window, announce=announce, l2_port=l2_port, l2_interval=l2_interval,
                    l2_dead_after=l2_dead_after, l2_key=l2_key, bird_dir=bird_dir,
                    listen=listen, metrics_port=metrics_port,
                    probe_port=probe_port, upgrade=upgrade)

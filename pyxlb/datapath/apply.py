@@ -342,6 +342,8 @@ class Applier:
             plan = plan_mod.make_plan(layout, state, limits(self.tables))
             if plan.empty and not dry_run:
                 layout.peers_synced = True      # compared with the state's: they agree
+                if layout.state.peers != state.peers:   # (a state read back has none)
+                    layout.state = layout.state.with_peers(state.peers)
             if dry_run or plan.empty:
                 return ApplyResult(plan)
             announce = announce_as() if any(f & L.ADDR_ANNOUNCE

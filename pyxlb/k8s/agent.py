@@ -305,9 +305,11 @@ class Agent:
         self.prober.set_targets({t for nodes in self._health_targets.values()
                                  for t in nodes.values()})
         state, problems = tr.combine(self._results, services)
+        state = tr.with_chain_peers(state, self._node_index)
         for p in problems:
             if p not in self.status.problems:
-                log.warning("%s: %s: %s", p.service, p.reason, p.message)
+                log.log(logging.WARNING if p.type == "Warning" else logging.INFO,
+                        "%s: %s: %s", p.service, p.reason, p.message)
         if self.on_problems is not None:
             self.on_problems(problems)
         wanted = None

@@ -127,6 +127,7 @@ class Options:
     max_flows: Optional[int] = None     # None: the object's default (xlb_flowsets4)
     max_flows6: Optional[int] = None    # None: the object's default (xlb_flowsets6)
     max_inserts: Optional[int] = None   # None: keep the datapath's (new ones: the default)
+    chain_window: Optional[int] = None  # None: keep the datapath's (new ones: the default)
     announce: bool = True
     l2_port: int = 9744
     l2_interval: float = 0.2
@@ -280,7 +281,7 @@ class AgentNode:
         node = node_mod.bring_up(o.pin_dir, node_mod.NodeSettings(
             interfaces=interfaces, mode=o.xdp_mode, seed=o.seed, mtu=o.mtu,
             max_vips=o.max_vips, max_flows=o.max_flows, max_flows6=o.max_flows6,
-            max_inserts=o.max_inserts, upgrade=o.upgrade))
+            max_inserts=o.max_inserts, chain_window=o.chain_window, upgrade=o.upgrade))
         if node.upgraded:
             log.info("%s", node.upgraded)
         for text in node.notes:

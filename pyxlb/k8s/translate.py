@@ -5,9 +5,10 @@ Nodes as the plain dicts the API server returns (camelCase keys), plus this node
 the operator's settings. No Kubernetes client, no kernel: so every rule is tested with
 fixtures, and the agent can recompute one Service without touching the others.
 
-The flow is ``translate = NodeIndex.build + service_vips (per Service) + combine``. The
-agent caches ``service_vips`` per Service and calls ``combine`` when any of them changed;
-``service_vips`` depends only on its arguments, and ``combine`` is linear in the VIPs.
+The flow is ``translate = NodeIndex.build + service_vips (per Service) + combine +
+with_chain_peers``. The agent caches ``service_vips`` per Service and calls ``combine`` when
+any of them changed; ``service_vips`` depends only on its arguments, and ``combine`` is
+linear in the VIPs.
 
 Nothing a user writes into a Service, EndpointSlice or Node makes this module raise:
 every fault becomes a `Problem` (the agent turns it into an Event on the Service) and the
@@ -21,23 +22,27 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
-from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..errors import PyxlbError
 from ..maglev import is_prime
-from ..state import (MAX_WEIGHT, RING_SIZE_DEFAULT, RING_SIZE_MAX, Backend, DesiredState,
-                     IPAddress, IPNetwork, StateError, Vip, VipKey, address_fault, key_order)
+from ..state import (MAX_WEIGHT, RING_SIZE_DEFAULT, RING_SIZE_MAX, STATELESS, Backend,
+                     DesiredState, IPAddress, IPNetwork, StateError, Vip, VipKey,
+                     address_fault, key_order)
 
 __all__ = [
     "Settings", "SettingsError", "Problem", "ServiceResult", "NodeIndex", "ClusterBackends",
     "Translation", "service_key", "slice_service", "is_ours", "wanted_ports",
     "service_vips", "combine", "translate", "health_targets",
     "SERVICE_NAME_LABEL", "EXCLUDE_LABEL", "SOURCE_RANGES_ANNOTATION",
+    "FLOW_TABLE_ANNOTATION", "with_chain_peers",
 ]
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
+# a Service's flow table: "true", "false" or "stateless" (docs/kubernetes.md)
+FLOW_TABLE_ANNOTATION = "pyxlb.io/flow-table"
 # the cluster autoscaler's taint on a node it is about to remove
 AUTOSCALER_DELETE_TAINT = "ToBeDeletedByClusterAutoscaler"
 
@@ -262,13 +267,14 @@ class NodeIndex:
     skip recomputing every Service when a Node update changes nothing that matters here.
     """
 
-    __slots__ = ("_nodes", "_cluster", "_backends", "_hash")
+    __slots__ = ("_nodes", "_cluster", "_backends", "_hash", "_addresses")
 
     def __init__(self, nodes: Mapping[str, _Node]):
         self._nodes: Dict[str, _Node] = dict(sorted(nodes.items()))
         self._cluster: Dict[Tuple[int, str], ClusterBackends] = {}
         self._backends: Dict[tuple, Optional[Backend]] = {}
         self._hash: Optional[int] = None
+        self._addresses: Dict[int, FrozenSet[IPAddress]] = {}
 
     @classmethod
     def build(cls, nodes: Iterable[dict]) -> "NodeIndex":
@@ -303,6 +309,17 @@ class NodeIndex:
         if n is None:
             return None
         return n.v4 if family == 4 else n.v6 if family == 6 else None
+
+    def tunnel_addresses(self, vip_family: int) -> FrozenSet[IPAddress]:
+        """Every node's `tunnel_address` for VIPs of that family, whatever its state: the
+        addresses a balancer may name as a previous owner (with_chain_peers). Computed once
+        per index and family."""
+        cached = self._addresses.get(vip_family)
+        if cached is None:
+            cached = frozenset(a for a in (self.tunnel_address(n, vip_family)
+                                           for n in self._nodes) if a is not None)
+            self._addresses[vip_family] = cached
+        return cached
 
     def tunnel_address(self, node: str, vip_family: int) -> Optional[IPAddress]:
         """Where to tunnel a VIP's packets for this node: its InternalIP of the VIP's family;
@@ -497,6 +514,28 @@ def _source_ranges(key: str, spec: dict, annotations: dict,
     return tuple(out)
 
 
+_FLOW_TABLES = {"true": (True, False), "false": (False, False), STATELESS: (False, True)}
+
+
+def _flow_table(key: str, annotations: dict, settings: Settings,
+                problems: List[Problem]) -> Tuple[bool, bool]:
+    """Service step: (flow table, stateless) the Service's TCP ports ask for with the
+    annotation FLOW_TABLE_ANNOTATION; the operator's default without it, or with a value
+    that is none of true, false, stateless (a Problem: the Service is still served)."""
+    default = (settings.flow_table, False)
+    raw = annotations.get(FLOW_TABLE_ANNOTATION)
+    if raw is None:
+        return default
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if text not in _FLOW_TABLES:
+        problems.append(Problem(key, "InvalidFlowTable",
+                                f"The annotation {FLOW_TABLE_ANNOTATION} is {raw!r}, not "
+                                f"true, false or {STATELESS}, so the Service is served "
+                                f"with the default ({str(settings.flow_table).lower()})."))
+        return default
+    return _FLOW_TABLES[text]
+
+
 def _served_ports(key: str, spec: dict, problems: List[Problem]) -> List[Tuple[str, str, int]]:
     """Service step: the ports served, (name, protocol, number), first of each protocol/number."""
     ports, seen_ports = [], set()
@@ -528,10 +567,29 @@ def _refuse_family(key: str, ip: IPAddress, refused_families: Set[int],
                                 f"served rather than open to every client."))
 
 
+def _tables_of(key: str, ports: List[Tuple[str, str, int]], table: Tuple[bool, bool],
+               settings: Settings, problems: List[Problem]) -> Dict[str, Tuple[bool, bool]]:
+    """Service step: {protocol: (flow table, stateless)} of its ports. Stateless mode is
+    for TCP in ipip mode (the only mode translation makes) alone: a UDP port keeps the
+    operator's default, which a Normal Problem says once."""
+    flow_table, stateless = table
+    out = {"TCP": table, "UDP": table}
+    if stateless:
+        out["UDP"] = (settings.flow_table, False)
+        udp = sorted(number for _, proto, number in ports if proto == "UDP")
+        if udp:
+            shown = ", ".join(f"{n}/UDP" for n in udp)
+            problems.append(Problem(key, "StatelessTCPOnly",
+                                    f"Port(s) {shown} keep the default flow table: stateless "
+                                    f"mode is for TCP ports only.", type="Normal"))
+    return out
+
+
 def _vips_of(key: str, spec: dict, ips: List[IPAddress], ports: List[Tuple[str, str, int]],
              ranges: Tuple[IPNetwork, ...], slices: Iterable[dict], nodes: NodeIndex,
              settings: Settings, health: Optional[Mapping[Tuple[str, str], bool]],
-             unaddressed: Dict[int, Set[str]], problems: List[Problem]) -> List[Vip]:
+             unaddressed: Dict[int, Set[str]], problems: List[Problem],
+             tables: Mapping[str, Tuple[bool, bool]]) -> List[Vip]:
     """Service step: a VIP per ingress address and served port, with that port's backends."""
     affinity = "client-ip" if spec.get("sessionAffinity") == "ClientIP" else "none"
     local = _policy_local(spec)
@@ -558,10 +616,12 @@ def _vips_of(key: str, spec: dict, ips: List[IPAddress], ports: List[Tuple[str, 
                 cb = nodes.cluster_backends(family, settings.node_name)
                 backends = cb.backends
                 unaddressed[family].update(cb.unaddressed)
+            flow_table, stateless = tables[proto]
             try:
                 vips.append(Vip(VipKey(ip, number, _SERVED_PROTOCOLS[proto]), backends,
-                                mode="ipip", flow_table=settings.flow_table, affinity=affinity,
-                                ring_size=settings.ring_size, source_ranges=family_ranges))
+                                mode="ipip", flow_table=flow_table, stateless=stateless,
+                                affinity=affinity, ring_size=settings.ring_size,
+                                source_ranges=family_ranges))
             except StateError as exc:
                 problems.append(Problem(key, "InvalidVip",
                                         f"VIP {ip}:{number}/{proto} cannot be served: {exc}."))
@@ -599,12 +659,14 @@ def service_vips(service: dict, slices: Iterable[dict], nodes: NodeIndex, settin
     ips = _ingress_ips(key, spec, status, problems)
     ports = _served_ports(key, spec, problems)
     ranges = _source_ranges(key, spec, annotations, problems)
+    table = _flow_table(key, annotations, settings, problems)
     if not ips or not ports or ranges is None:
         return ServiceResult((), tuple(dict.fromkeys(problems)))
 
+    tables = _tables_of(key, ports, table, settings, problems)
     unaddressed: Dict[int, Set[str]] = {4: set(), 6: set()}
     vips = _vips_of(key, spec, ips, ports, ranges, slices, nodes, settings, health,
-                    unaddressed, problems)
+                    unaddressed, problems, tables)
     _report_unaddressed(key, unaddressed, problems)
     return ServiceResult(tuple(vips), tuple(dict.fromkeys(problems)))
 
@@ -693,6 +755,24 @@ def combine(results: Mapping[str, ServiceResult], services: Mapping[str, dict],
     return state, problems
 
 
+def with_chain_peers(state: DesiredState, nodes: NodeIndex) -> DesiredState:
+    """`state` with every node as an extra chain peer (DesiredState.peers): for each
+    family of its stateless VIPs, each node's address for tunnels of that family (what a
+    balancer names a previous owner by); none without a stateless VIP.
+
+    Every node, not the VIPs' backends: a node that left a Service's backends still owns
+    the connections its ring slots carried, for the chain window, and the balancers that
+    name it may be other nodes' (whose backend sets this agent's may lag or lead). Only the
+    families in use: two addresses with one chain id name neither, so no address more
+    than needed. Only with a stateless VIP: only then do balancers send chain ids, and a
+    cluster that does not use the mode keeps a decapsulation that never chains."""
+    families = {v.key.family for v in state if v.stateless}
+    want: FrozenSet[IPAddress] = frozenset()
+    for family in sorted(families):
+        want = want | nodes.tunnel_addresses(family)
+    return state if state.peers == want else state.with_peers(want)
+
+
 def translate(services: Iterable[dict], slices: Iterable[dict], nodes, settings: Settings,
               health: Optional[Mapping[Tuple[str, str], bool]] = None) -> Translation:
     """The node's DesiredState from the whole cache: NodeIndex.build, service_vips for each
@@ -717,4 +797,4 @@ def translate(services: Iterable[dict], slices: Iterable[dict], nodes, settings:
         by_key[key] = svc
         results[key] = service_vips(svc, grouped.get(key, ()), index, settings, health)
     state, problems, owned = _combine(results, by_key)
-    return Translation(state, problems, owned)
+    return Translation(with_chain_peers(state, index), problems, owned)

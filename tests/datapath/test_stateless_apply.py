@@ -257,3 +257,45 @@ def test_the_commands_refuse_bad_input_in_one_line(tmp_path, args, match):
     assert len(lines) == 1 and lines[0].startswith("pyxlb: error: "), result.stderr
     assert match in lines[0], lines
     assert not pin.exists()
+
+
+def test_a_kubernetes_nodes_chain_peers_are_every_node(bpffs_dir):
+    """What the agent applies for a stateless Service (pyxlb.k8s.translate): the chain
+    peers are every Node's address of the VIP's family, also one that is no backend (excluded by label:
+    it may still own connections from before); a restarted process, whose read-back state
+    cannot tell them apart, applies the same state without a write; with the annotation
+    gone, no VIP is stateless and the table empties."""
+    from pyxlb.k8s import objects as o
+    from pyxlb.k8s import translate as tr
+
+    names = ("n1", "n2", "n3", "n4")
+    addrs = {n: (f"10.0.9.{i}", f"fd00:9::{i}") for i, n in enumerate(names, 1)}
+    nodes = [o.node(n, addrs[n], labels={tr.EXCLUDE_LABEL: ""} if n == "n4" else None)
+             for n in names]
+    svc = o.service("web", annotations={tr.FLOW_TABLE_ANNOTATION: "stateless"})
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}
+    settings = tr.Settings("n1", ring_size=RING)
+    wanted = tr.translate([svc], [], nodes, settings).state
+    every = {ipaddress.ip_address(pair[0]) for pair in addrs.values()}    # an IPv4 VIP
+    vip = wanted.vip("192.0.2.10:80/tcp")
+    assert vip.stateless and "10.0.9.4" not in {str(b.address) for b in vip.backends}
+    assert wanted.peers == every
+    table = {chain_id(a): a for a in every}
+    assert len(table) == len(every)                 # no two share an id: all named
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as d:
+        d.apply(wanted)
+        assert d.tables.chain_peers.read() == table
+    with Datapath.open(bpffs_dir) as d:
+        assert d.current_state().peers == frozenset()     # not read back
+        assert d.apply(wanted).plan.empty
+        assert d.current_state() == wanted                # known once compared
+        assert d.apply(wanted).plan.empty
+        # a node leaves the cluster: its id alone is cleared
+        fewer = tr.translate([svc], [], nodes[:3], settings).state
+        plan = d.apply(fewer).plan
+        assert plan.peer_clears == {chain_id(addrs["n4"][0])} and not plan.peer_writes
+        del svc["metadata"]["annotations"]
+        plain = tr.translate([svc], [], nodes, settings).state
+        assert plain.peers == frozenset() and not plain.vips[0].stateless
+        d.apply(plain)
+        assert d.tables.chain_peers.read() == {}

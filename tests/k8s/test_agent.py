@@ -225,6 +225,46 @@ def test_refusals_are_events_and_write_no_status(run):
     assert agent.dp.layout().state.vip(f"{ip}:5353/udp") is None
 
 
+def test_a_stateless_service_makes_every_node_a_chain_peer(run):
+    """pyxlb.io/flow-table: stateless gives stateless TCP VIPs (the UDP port keeps its
+    table, said by a Normal Event), and every Node, a backend or not, becomes a chain peer
+    of this node's decapsulation; a bad value is a Warning Event, the default table, and no
+    peers (no stateless VIP left)."""
+    from pyxlb.chain import chain_id
+    from pyxlb.k8s.translate import FLOW_TABLE_ANNOTATION
+
+    api = run.api
+    agent = run.agent("n1")
+    run.controller(agent, "c1")
+    api.create(service("up", ports=((80, "TCP"), (53, "UDP")),
+                       annotations={FLOW_TABLE_ANNOTATION: "stateless"}))
+    ip = eventually(lambda: svc_ips(api, "up"), what="an IP")[0]
+
+    def peers():
+        return {str(a) for a in agent.dp.tables.chain_peers.read().values()}
+
+    def vips():
+        state = agent.dp.layout(refresh=True).state
+        return state.vip(f"{ip}:80/tcp"), state.vip(f"{ip}:53/udp")
+
+    assert eventually(lambda: vips()[0] is not None and vips()[0].stateless, what="stateless")
+    assert vips()[1].flow_table and not vips()[1].stateless
+    assert eventually(lambda: peers() == set(NODES.values()), what="every node a peer")
+    note = eventually(lambda: events(api, "StatelessTCPOnly"), what="the UDP port's Event")
+    assert note[0]["type"] == "Normal" and "53/UDP" in note[0]["message"]
+    # a node that is no backend (not Ready) is a peer all the same
+    api.create(o.node("n4", ["10.0.0.4"], ready=False))
+    assert eventually(lambda: peers() == set(NODES.values()) | {"10.0.0.4"}, what="n4 a peer")
+    assert "10.0.0.4" not in {str(b.address) for b in vips()[0].backends}
+    assert chain_id("10.0.0.4") in agent.dp.tables.chain_peers.read()
+    api.patch("Service", "up", {"metadata": {"annotations": {FLOW_TABLE_ANNOTATION: "on"}}},
+              SHOP)
+    assert eventually(lambda: events(api, "InvalidFlowTable"), what="the bad value's Event")
+    assert eventually(lambda: not vips()[0].stateless and vips()[0].flow_table,
+                      what="the default table")
+    assert eventually(lambda: peers() == set(), what="no peers without a stateless VIP")
+
+
 def test_a_service_of_another_class_is_left_alone(run, caplog):
     """Another implementation's Service: no address, no finalizer, no Event; one debug
     line says why, however often it changes. A class-less one is ours (the default)."""

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis import strategies as st
 
 from pyxlb.k8s.translate import (
-    NodeIndex, Problem, ServiceResult, Settings, SettingsError, Translation, combine,
-    foreign_class, health_targets, is_ours, service_key, service_vips, slice_service, translate,
-    wanted_ports)
+    FLOW_TABLE_ANNOTATION, NodeIndex, Problem, ServiceResult, Settings, SettingsError,
+    Translation, combine, foreign_class, health_targets, is_ours, service_key, service_vips,
+    slice_service, translate, wanted_ports, with_chain_peers)
 from pyxlb.state import DesiredState, VipKey
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -249,6 +249,129 @@ def test_state_error_becomes_a_problem():
     assert r.state.vips == ()
     assert reasons(r.problems) == [("shop/api", "InvalidVip"), ("shop/session", "InvalidVip")]
     assert "ring" in r.problems[0].message
+
+
+
+# -- the flow table annotation, and chain peers ----------------------------------------------
+
+def _annotated(value, *, udp=False, fixture="cluster.json"):
+    """shop/api (Cluster policy, 192.0.2.12:443/tcp) with the flow-table annotation `value`
+    (None: none), and with udp a second port, 443/UDP."""
+    services, slices, nodes = objects(fixture)
+    svc = services[0]
+    if value is not None:
+        svc["metadata"].setdefault("annotations", {})[FLOW_TABLE_ANNOTATION] = value
+    if udp:
+        svc["spec"]["ports"].append({"name": "quic", "protocol": "UDP", "port": 443,
+                                     "targetPort": 8443, "nodePort": 30950})
+    return services, slices, nodes
+
+
+@pytest.mark.parametrize("value,default,want", [
+    (None, True, (True, False)),
+    (None, False, (False, False)),
+    ("stateless", True, (False, True)),
+    (" Stateless ", True, (False, True)),
+    ("false", True, (False, False)),
+    ("true", False, (True, False)),
+])
+def test_flow_table_annotation_chooses_the_table(value, default, want):
+    services, slices, nodes = _annotated(value)
+    r = translate(services, slices, nodes, Settings("node-a", flow_table=default))
+    v = r.state.vip("192.0.2.12:443/tcp")
+    assert (v.flow_table, v.stateless) == want and r.problems == ()
+    assert summary(r.state) == {"192.0.2.12:443/tcp": CLUSTER_FROM_A}
+
+
+def test_stateless_is_for_tcp_ports_only():
+    """A UDP port of a stateless Service keeps the operator's default table, and the
+    Service hears so once (a Normal Event, not a Warning: nothing is wrong)."""
+    services, slices, nodes = _annotated("stateless", udp=True)
+    r = translate(services, slices, nodes, Settings("node-a"))
+    tcp, udp = r.state.vip("192.0.2.12:443/tcp"), r.state.vip("192.0.2.12:443/udp")
+    assert tcp.stateless and not tcp.flow_table and tcp.mode == "ipip"
+    assert not udp.stateless and udp.flow_table
+    assert reasons(r.problems) == [("shop/api", "StatelessTCPOnly")]
+    p = r.problems[0]
+    assert p.type == "Normal" and "443/UDP" in p.message and "\n" not in p.message
+    off = translate(services, slices, nodes, Settings("node-a", flow_table=False))
+    assert not off.state.vip("192.0.2.12:443/udp").flow_table
+    # without the annotation no word of it
+    services, slices, nodes = _annotated(None, udp=True)
+    assert translate(services, slices, nodes, Settings("node-a")).problems == ()
+
+
+@pytest.mark.parametrize("value", ["yes", "Flowless", "", "1", 1, True, ["stateless"]])
+def test_an_unknown_flow_table_is_a_problem_and_the_default_serves(value):
+    services, slices, nodes = _annotated(value)
+    r = translate(services, slices, nodes, Settings("node-a", flow_table=False))
+    v = r.state.vip("192.0.2.12:443/tcp")
+    assert (v.flow_table, v.stateless) == (False, False)
+    assert reasons(r.problems) == [("shop/api", "InvalidFlowTable")]
+    msg = r.problems[0].message
+    assert FLOW_TABLE_ANNOTATION in msg and repr(value) in msg and "stateless" in msg
+    assert r.problems[0].type == "Warning" and "\n" not in msg
+    # heard before the Service has an address, too
+    del services[0]["status"]["loadBalancer"]["ingress"]
+    pending = translate(services, slices, nodes, Settings("node-a"))
+    assert pending.state.vips == () and reasons(pending.problems) == reasons(r.problems)
+
+
+def test_local_policy_stateless_vips_keep_their_backends():
+    services, slices, nodes = objects("local-weights.json")
+    services[0]["metadata"].setdefault("annotations", {})[FLOW_TABLE_ANNOTATION] = "stateless"
+    r = translate(services, slices, nodes, Settings("node-a"))
+    assert summary(r.state) == {"192.0.2.10:80/tcp": "10.0.0.2 w2, 10.0.0.3 w1"}
+    assert r.state.vip("192.0.2.10:80/tcp").stateless
+
+
+def test_chain_peers_are_every_node_with_a_stateless_vip_and_none_without():
+    nodes = load("nodes.json")
+    everyone = {ipaddress.ip_address(a["address"]) for n in nodes
+                for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+                and "." in a["address"]}       # an IPv4 VIP: the nodes' IPv4 addresses
+    services, slices, _ = _annotated("stateless")
+    r = translate(services, slices, nodes, Settings("node-a"))
+    assert r.state.peers == everyone
+    # every node, backend or not: one that left the Service (excluded here) stays a peer
+    nodes[3]["metadata"]["labels"]["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+    nodes[4]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    r = translate(services, slices, nodes, Settings("node-a"))
+    backends = {b.address for b in r.state.vip("192.0.2.12:443/tcp").backends}
+    assert r.state.peers == everyone and not {ipaddress.ip_address("10.0.0.4"),
+                                              ipaddress.ip_address("10.0.0.5")} & backends
+    # no stateless VIP, no peers: the decapsulation of such a cluster never chains
+    services, slices, _ = _annotated("false")
+    assert translate(services, slices, nodes, Settings("node-a")).state.peers == frozenset()
+    # what the agent does with cached results gives the same
+    index = NodeIndex.build(nodes)
+    services, slices, _ = _annotated("stateless")
+    results = {"shop/api": service_vips(services[0], slices, index, Settings("node-a"))}
+    state, _ = combine(results, {"shop/api": services[0]})
+    assert state.peers == frozenset()
+    assert with_chain_peers(state, index) == translate(services, slices, index,
+                                                       Settings("node-a")).state
+    assert with_chain_peers(with_chain_peers(state, index), index).peers == everyone
+    assert index.tunnel_addresses(4) is index.tunnel_addresses(4)    # computed once
+
+
+def test_chain_peers_follow_the_families_of_the_stateless_vips():
+    """A previous owner is named by its tunnel address for the VIP's family (IPv4-in-IPv6
+    for a node without IPv4): the peers are those of the families in use, no more (two
+    addresses sharing a chain id name neither)."""
+    services, slices, nodes = objects("dual-stack.json", "single-family-nodes.json")
+    for svc in services:
+        svc["metadata"].setdefault("annotations", {})[FLOW_TABLE_ANNOTATION] = "stateless"
+    index = NodeIndex.build(nodes)
+    state = translate(services, slices, index, Settings("node-a")).state
+    families = {v.key.family for v in state if v.stateless}
+    assert families == {4, 6}
+    assert state.peers == index.tunnel_addresses(4) | index.tunnel_addresses(6)
+    assert ipaddress.ip_address("fd00:1::1") in index.tunnel_addresses(4)   # node-v6
+    v4_only = DesiredState(tuple(v for v in state if v.key.family == 4))
+    assert with_chain_peers(v4_only, index).peers == index.tunnel_addresses(4)
+    assert not {a for a in index.tunnel_addresses(4) if a.version == 6} - {
+        index.tunnel_address("node-v6", 4)}
 
 
 # -- conflicts -----------------------------------------------------------------------------

@@ -181,22 +181,23 @@ def read_to_end(sock: socket.socket, limit: int = 64 << 20,
 # -- what the nodes saw -------------------------------------------------------------------
 
 def accepted_by(lab: Lab, family: int, sports: Sequence[int], timeout: float = 2.0,
-                backends: Sequence[str] = BACKENDS) -> Dict[int, str]:
+                backends: Sequence[str] = BACKENDS, port: int = HTTP_PORT) -> Dict[int, str]:
     """{client source port: backend holding an established connection from it}, read
     from the backends' own sockets (`ss` in each backend's namespace), not from the LB.
-    `backends`: the nodes that serve the VIP (a KubeLab's are its nodes)."""
+    `backends`: the nodes that serve the VIP (a KubeLab's are its nodes); `port`: the
+    sockets' local port (behind a DNAT, the target port)."""
     want, found = set(sports), {}
     deadline = time.monotonic() + timeout
     while True:
         for be in backends:
             out = subprocess.run(["ss", "-N", lab.ns(be), "-Htn", "state", "established",
-                                  f"( sport = :{HTTP_PORT} )"],
+                                  f"( sport = :{port} )"],
                                  capture_output=True, text=True, check=True).stdout
             for line in out.splitlines():
-                host, _, port = line.split()[-1].rpartition(":")
+                host, _, sport = line.split()[-1].rpartition(":")
                 host = host.strip("[]").removeprefix("::ffff:")
-                if host == client_addr(family) and int(port) in want:
-                    found[int(port)] = be
+                if host == client_addr(family) and int(sport) in want:
+                    found[int(sport)] = be
         if len(found) == len(want) or time.monotonic() > deadline:
             break
         time.sleep(0.02)

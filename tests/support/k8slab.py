@@ -105,11 +105,13 @@ class KubeLab(Lab):
     def serve_service(self, address, port: int, target_port: int) -> None:
         """What kube-proxy and a Deployment's pods do for a Service with `port` and
         `targetPort`, on every node: an HTTP server (the pods) on `target_port`, and a DNAT
-        of `address`:`port` to it (nftables, in the node's namespace). Idempotent."""
-        rules = (f"table ip pyxlb-lab-proxy {{\n"
+        of `address`:`port` to it (nftables, in the node's namespace; IPv4 or IPv6, as
+        `address` is). Idempotent."""
+        family = "ip" if ipaddress.ip_address(str(address)).version == 4 else "ip6"
+        rules = (f"table {family} pyxlb-lab-proxy {{\n"
                  f"  chain prerouting {{\n"
                  f"    type nat hook prerouting priority dstnat; policy accept;\n"
-                 f"    ip daddr {address} tcp dport {port} dnat to :{target_port}\n"
+                 f"    {family} daddr {address} tcp dport {port} dnat to :{target_port}\n"
                  f"  }}\n}}\n")
         for node in KNODES:
             if (node, target_port) not in self._pods:

@@ -81,10 +81,11 @@ class StreamResult:
 
 
 class Stream:
-    """One POST /echo of `size` body bytes from client port `sport` (the socket is
-    non-blocking once connected)."""
+    """One POST /echo of `size` body bytes from client port `sport` to the VIP's `port`
+    (the socket is non-blocking once connected)."""
 
-    def __init__(self, lab: Lab, family: int, sport: int, size: int, timeout: float):
+    def __init__(self, lab: Lab, family: int, sport: int, size: int, timeout: float,
+                 port: int = HTTP_PORT):
         self.sport, self.size, self.sent = sport, size, 0
         self.result = StreamResult(sport)
         self.sock = lab.client_socket(family)
@@ -93,7 +94,7 @@ class Stream:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a chunk, a packet
             self.sock.bind((bind_any(family), sport))
             self.sock.settimeout(timeout)
-            self.sock.connect((vip_addr(family), HTTP_PORT))
+            self.sock.connect((vip_addr(family), port))
             self.sock.sendall(f"POST /echo HTTP/1.0\r\nHost: vip\r\n"
                               f"Content-Length: {size}\r\n\r\n".encode())
             self.sock.setblocking(False)
@@ -178,14 +179,19 @@ class Streams:
     seconds. It stops after `duration` seconds, or when every body is sent but its last
     chunk (kept back so no backend answers before finish()), or at finish(). The body size
     is what `duration` needs: chunk * (duration / interval + 1) bytes. `backends`: the
-    nodes serving the VIP, where holders() looks (a KubeLab's are its nodes)."""
+    nodes serving the VIP, where holders() looks (a KubeLab's are its nodes). `port`: the
+    VIP's port; `served_port`: the port of the backends' sockets where it is another (a
+    Kubernetes Service's targetPort, behind the node's DNAT)."""
 
     def __init__(self, lab: Lab, family: int, sports: Sequence[int], chunk: int = 64,
                  interval: float = 0.05, duration: float = 60.0, timeout: float = 5.0,
-                 backends: Sequence[str] = BACKENDS):
+                 backends: Sequence[str] = BACKENDS, port: int = HTTP_PORT,
+                 served_port: Optional[int] = None):
         assert sports and chunk > 0 and interval > 0 and duration > 0
         self.lab, self.family, self.sports = lab, family, list(sports)
         self.backends = tuple(backends)
+        self.port = port
+        self.served_port = port if served_port is None else served_port
         self.chunk, self.interval, self.duration, self.timeout = chunk, interval, duration, timeout
         self.size = chunk * (math.ceil(duration / interval) + 1)
         self.streams: List[Stream] = []
@@ -204,9 +210,10 @@ class Streams:
         """Connect every stream, note which backend holds each, start the sender."""
         self.tcp_before = tcp_counters(self.lab, CLIENT)
         for sport in self.sports:
-            self.streams.append(Stream(self.lab, self.family, sport, self.size, self.timeout))
+            self.streams.append(Stream(self.lab, self.family, sport, self.size, self.timeout,
+                                       self.port))
         self._holders = accepted_by(self.lab, self.family, self.sports, timeout=self.timeout,
-                                    backends=self.backends)
+                                    backends=self.backends, port=self.served_port)
         self._thread.start()
         return self
 

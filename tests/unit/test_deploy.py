@@ -90,6 +90,7 @@ AGENT_ENV = {
     "PYXLB_MAX_FLOWS": _int(1024, 1 << 26),
     "PYXLB_MAX_FLOWS6": _int(1024, 1 << 26),
     "PYXLB_MAX_INSERTS": _int(0, 0xFFFFFFFF),
+    "PYXLB_CHAIN_WINDOW": _int(0, 86400),
     "PYXLB_LISTEN": lambda v: ipaddress.ip_address(v) is not None,
     "PYXLB_METRICS_PORT": _int(0, 65535),
     "PYXLB_PROBE_PORT": _int(0, 65535),

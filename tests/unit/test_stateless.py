@@ -233,3 +233,102 @@ def test_a_second_change_within_the_window():
     # after the first window, only the second change is remembered
     c3, u3 = prev_slots(second_new, second_new, c2, u2, CHAINS, now=130, until=250)
     assert list(c3) == [0, 0, 102, 0, 0, 102] and list(u3) == [0, 0, 160, 0, 0, 160]
+
+
+# -- extra chain peers (DesiredState.peers: the Kubernetes agent's every node) ----------------
+
+NODES = tuple(ipaddress.ip_address(f"10.0.9.{i}") for i in range(1, 4))
+
+
+def _colliding(taken):
+    """An address whose chain id is that of one of `taken` (found by search: deterministic)."""
+    ids = {chain_id(a): a for a in taken}
+    for i in range(1, 1 << 20):
+        a = ipaddress.ip_address(0x0A100000 + i)
+        if chain_id(a) in ids:
+            return a
+    raise AssertionError("no colliding address found")
+
+
+def test_peers_are_addresses_and_survive_every_edit_of_the_state():
+    with pytest.raises(StateError, match="chain peer 127.0.0.1 is a loopback address"):
+        DesiredState((), peers={"127.0.0.1"})
+    with pytest.raises(StateError, match="chain peer: not an IPv4 or IPv6 address"):
+        DesiredState((), peers={"node-a"})
+    with pytest.raises(StateError, match="a set of addresses, not one string"):
+        DesiredState((), peers="10.0.9.1")
+    state = DesiredState((vip("192.0.2.10:80/tcp", *WEB, stateless=True),),
+                         peers=[str(a) for a in NODES])
+    assert state.peers == frozenset(NODES) and state != state.with_peers(())
+    other = vip("192.0.2.11:80/tcp", WEB[0])
+    for edited in (state.with_vip(other), state.with_vip(other).without_vip(other.key),
+                   state.with_verdicts({}), state.with_vips(state.vips)):
+        assert edited.peers == state.peers
+    from pyxlb.announce.l2 import with_announce_on
+    from pyxlb.announce.runner import with_announce
+    assert with_announce_on(state, [state.vips[0].key.address], []).peers == state.peers
+    assert with_announce(state, [state.vips[0].key.address]).peers == state.peers
+    assert "peers" not in state.to_dict()           # not part of the file format
+
+
+def test_extra_peers_join_the_stateless_backends_and_change_incrementally():
+    web = vip("192.0.2.10:80/tcp", *WEB, stateless=True)
+    wanted = [ipaddress.ip_address(a) for a in WEB] + list(NODES)
+    state = DesiredState((web,), peers=NODES + (ipaddress.ip_address(WEB[0]),))
+    plan = make_plan(Layout(), state)
+    assert plan.peer_writes == {chain_id(a): a for a in wanted} and not plan.peer_clears
+    assert make_plan(plan.new, state).empty
+    # extras alone are peers too (translation decides when to give them)
+    alone = make_plan(Layout(), DesiredState((), peers=NODES))
+    assert alone.peer_writes == {chain_id(a): a for a in NODES}
+    # a node goes: only its id is cleared; one comes: only its id is written
+    fewer = state.with_peers(NODES[:2] + (ipaddress.ip_address(WEB[0]),))
+    p2 = make_plan(plan.new, fewer)
+    assert p2.peer_clears == {chain_id(NODES[2])} and not p2.peer_writes and not p2.vip_writes
+    p3 = make_plan(p2.new, state)
+    assert p3.peer_writes == {chain_id(NODES[2]): NODES[2]} and not p3.peer_clears
+    # a backend that leaves the VIP but is an extra peer stays named
+    left = DesiredState((vip("192.0.2.10:80/tcp", *WEB[1:], stateless=True),), state.peers)
+    p4 = make_plan(p3.new, left)
+    assert not p4.peer_clears and not p4.peer_writes and p4.ring_writes
+    # and one that is no extra is cleared
+    p5 = make_plan(p3.new, DesiredState((left.vips[0],), peers=NODES))
+    assert p5.peer_clears == {chain_id(WEB[0])}
+    # a change of an unrelated VIP leaves the peers alone
+    more = state.with_vip(vip("192.0.2.11:80/tcp", "10.0.7.1"))
+    p6 = make_plan(p3.new, more)
+    assert not p6.peer_writes and not p6.peer_clears and p6.new.chain_peers == p3.new.chain_peers
+
+
+def test_an_extra_peer_sharing_a_backends_chain_id_makes_it_name_neither():
+    web = vip("192.0.2.10:80/tcp", *WEB, stateless=True)
+    plan = make_plan(Layout(), DesiredState((web,)))
+    twin = _colliding([ipaddress.ip_address(a) for a in WEB])
+    clash = next(ipaddress.ip_address(a) for a in WEB if chain_id(a) == chain_id(twin))
+    p2 = make_plan(plan.new, DesiredState((web,), peers={twin}))
+    assert p2.peer_clears == {chain_id(clash)} and not p2.peer_writes
+    assert chain_id(clash) not in p2.new.chain_peers
+    p3 = make_plan(p2.new, DesiredState((web,)))
+    assert p3.peer_writes == {chain_id(clash): clash}
+
+
+def test_a_read_back_layout_has_no_extras_and_the_first_plan_compares_them():
+    """The maps cannot tell an extra peer from a backend, so a state read back has none;
+    that is harmless: a Layout read back is not synced, so its first plan compares the
+    whole table with what the state wants, writing only what differs."""
+    state = DesiredState((vip("192.0.2.10:80/tcp", *WEB, stateless=True),), peers=NODES)
+    plan = make_plan(Layout(), state)
+    back = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes,
+                         chain_peers=plan.new.chain_peers)
+    assert back.state.peers == frozenset() and not back.peers_synced
+    again = make_plan(back, state)
+    assert again.empty and again.new.chain_peers == plan.new.chain_peers
+    # the extras lost from the map meanwhile: written back; a state without them clears
+    lost = dict(plan.new.chain_peers)
+    del lost[chain_id(NODES[0])]
+    back = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes,
+                         chain_peers=lost)
+    assert make_plan(back, state).peer_writes == {chain_id(NODES[0]): NODES[0]}
+    back = rebuild_state(plan.vip_writes, dict(plan.member_writes), plan.backend_writes,
+                         chain_peers=plan.new.chain_peers)
+    assert make_plan(back, state.with_peers(())).peer_clears == {chain_id(a) for a in NODES}

@@ -15,6 +15,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "encap.h"
+#include "conntrack.h"
 
 /* Is the outer source allowed to tunnel to us? Always, unless the check is configured. */
 static __always_inline int xlb_source_allowed(const struct xlb_flow_key *outer)
@@ -114,8 +115,10 @@ static __always_inline __u32 xlb_chain_of(void *data, void *data_end,
 	return label & XLB_CHAIN_LABEL ? label & 0xffff : 0;
 }
 
-/* Has this node a socket for the inner TCP segment's connection (established, half-open
- * or in TIME_WAIT)? A listener does not count: it would answer a stray ACK with a reset. */
+/* Has this node the inner TCP segment's connection? A socket for it (established,
+ * half-open or in TIME_WAIT; a listener does not count: it would answer a stray ACK with
+ * a reset), else a conntrack entry for it (a node that NATs the VIP to a pod or another
+ * port has no socket for the client's 4-tuple). */
 static __always_inline int xlb_has_connection(struct xdp_md *ctx, const struct xlb_pkt *inner)
 {
 	struct bpf_sock_tuple t = {};
@@ -137,11 +140,13 @@ static __always_inline int xlb_has_connection(struct xdp_md *ctx, const struct x
 		size = sizeof(t.ipv6);
 	}
 	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	have = sk->state != BPF_TCP_LISTEN;
-	bpf_sk_release(sk);
-	return have;
+	if (sk) {
+		have = sk->state != BPF_TCP_LISTEN;
+		bpf_sk_release(sk);
+		if (have)
+			return 1;
+	}
+	return xlb_in_conntrack(ctx, &t, size);
 }
 
 /*

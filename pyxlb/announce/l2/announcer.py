@@ -172,4 +172,4 @@ def with_announce_on(state: DesiredState, owned_addrs: Iterable[IPAddress],
         a = v.key.address
         want = (a in owned_addrs) if a in managed else v.announce
         vips.append(v if v.announce == want else v.replace(announce=want))
-    return DesiredState(tuple(vips))
+    return state.with_vips(vips)
