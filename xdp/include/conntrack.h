@@ -6,7 +6,15 @@
 
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
+
+#ifdef XLB_TEST_NO_CONNTRACK
+/* tests only (setup.py TEST_VARIANTS): names no kernel has, as on one without nf_conntrack */
+#define bpf_ct_opts xlb_test_absent_ct_opts
+#define bpf_xdp_ct_lookup xlb_test_absent_ct_lookup
+#define bpf_ct_release xlb_test_absent_ct_release
+#endif
 
 /*
  * The kernel's struct nf_conn, only ever held as a pointer. It must be a struct, not a
@@ -17,9 +25,9 @@ struct nf_conn {
 	int opaque;
 };
 
-/* The lookup's options, as in net/netfilter/nf_conntrack_bpf.c. We pass its first 12
- * bytes (XLB_CT_OPTS_SZ: every kernel with the kfunc takes that size; ct_zone_* came later
- * and default to zone 0 without them). */
+/* The lookup's options, as in net/netfilter/nf_conntrack_bpf.c (the kfuncs came with it,
+ * Linux 5.18). We pass its first 12 bytes (XLB_CT_OPTS_SZ: every kernel with the kfuncs
+ * takes that size; the ct_zone_* members came later, zone 0 without them). */
 struct bpf_ct_opts {
 	__s32 netns_id;
 	__s32 error;
@@ -32,15 +40,14 @@ struct bpf_ct_opts {
 
 #define XLB_CT_OPTS_SZ 12
 
-#ifdef XLB_TEST_NO_CONNTRACK
-/* tests only (setup.py TEST_VARIANTS): kfuncs no kernel has, as on one without nf_conntrack */
-#define bpf_xdp_ct_lookup xlb_test_absent_ct_lookup
-#define bpf_ct_release xlb_test_absent_ct_release
-#endif
-
-/* Weak: on a kernel without them (no nf_conntrack) libbpf resolves them to 0 and the
- * object still loads; xlb_in_conntrack() tests that at run time, and the verifier drops
- * the call it cannot reach. */
+/*
+ * Weak: on a kernel without them (no nf_conntrack, or older than 5.18) libbpf leaves the
+ * calls unresolved and the object still loads, provided the verifier sees they are never
+ * reached. Whether they exist is asked of the kernel's BTF through the type that came with
+ * them, struct bpf_ct_opts: a CO-RE relocation that libbpf turns into a constant at load
+ * time, so the verifier drops the dead branch. (Testing the kfunc's address instead, as
+ * libbpf's bpf_ksym_exists() does, needs Linux 6.4 to load where the kfunc exists.)
+ */
 extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple,
 					 __u32 tuple__sz, struct bpf_ct_opts *opts,
 					 __u32 opts__sz) __ksym __weak;
@@ -61,7 +68,7 @@ static __always_inline int xlb_in_conntrack(struct xdp_md *ctx, struct bpf_sock_
 	};
 	struct nf_conn *ct;
 
-	if (!bpf_xdp_ct_lookup || !bpf_ct_release)
+	if (!bpf_core_type_exists(struct bpf_ct_opts))
 		return 0;
 	ct = bpf_xdp_ct_lookup(ctx, tuple, size, &opts, XLB_CT_OPTS_SZ);
 	if (!ct)
