@@ -22,11 +22,17 @@ Stateless mode (docs/datapath.md, "Stateless mode") adds two kinds of row. On th
 a stateless VIP's packet with no recent change of its ring slot, and one whose slot has a
 previous owner to carry. On a backend, through the balancer's inline decapsulation (the
 same code as decap.bpf.c's): a tunnelled packet without a chain id, one with a chain id
-whose connection has a socket here (the socket lookup), and one without (re-tunnelled to
-its previous owner through the FIB). The backend rows run in a network namespace the bench
-makes and removes (a veth pair, the peer's neighbour entry, the VIP and the client's
-address on its loopback and a real TCP connection between them), with the ctx's ingress
-interface there: the FIB lookup and the socket lookup look in that namespace.
+whose connection has a socket here (the socket lookup), one whose connection is only in
+conntrack here (a node that DNATs the VIP, as kube-proxy does: the socket lookup misses,
+the conntrack lookup finds it), and one with neither (re-tunnelled to its previous owner
+through the FIB). The backend rows run in a network namespace the bench makes and removes
+(a veth pair, the peer's neighbour entry, the VIP and the client's address on its loopback,
+a real TCP connection between them, and one more through an nftables DNAT of VIP:NAT_PORT
+to POD_PORT), with the ctx's ingress interface there: the FIB, socket and conntrack
+lookups look in that namespace.
+
+`--only KEY,...` times those cases alone (beside the empty program and the wrapper, which
+every figure needs) and writes bench/results/datapath_only.json instead.
 
 Every timed run is checked before its number is kept: the action; the buffer after the
 last iteration (the input packet: untouched, or restored); and the counters, which must
@@ -94,11 +100,14 @@ RING4, RING6 = 1, 2
 RING4_MOVED, RING6_MOVED = 3, 4
 # stateless mode on a backend: this node's own address (tunnels to it are decapsulated
 # inline), the previous owner a chained packet goes to (a neighbour of veth0 in the bench's
-# namespace), and the client port of the real connection there
+# namespace), and the client port of the real connection there; the VIP port the namespace
+# DNATs to POD_PORT (VIPS["tcp4_nft"]'s) and the client port of the connection through it
 LOCAL4 = "10.3.0.1"
 PEER4 = "10.3.0.5"
 PEER_MAC = "02:00:00:00:03:05"
 HERE_PORT = 40010
+NAT_PORT, POD_PORT = 8080, 9376
+CT_PORT = 40012
 NS_NAME = f"xlbbench-{os.getpid()}"
 PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
@@ -304,10 +313,10 @@ def forwarded(key, label, vip: Vip, src, sport, l4, rings, target=None) -> Case:
                 expected_out=expected_encap(frame, backend, hash_, chain))
 
 
-def tunnelled_to_us(sport: int, chain: int) -> bytes:
-    """A client's TCP ACK to VIP4:80 as a balancer tunnels it to this node (LOCAL4), with
-    a previous owner's chain id (0: none); FRAME_LEN bytes."""
-    inner = IP(src=CLIENT4, dst=VIP4, flags="DF", ttl=64) / TCP(sport=sport, dport=80,
+def tunnelled_to_us(sport: int, chain: int, dport: int = 80) -> bytes:
+    """A client's TCP ACK to VIP4:dport as a balancer tunnels it to this node (LOCAL4),
+    with a previous owner's chain id (0: none); FRAME_LEN bytes."""
+    inner = IP(src=CLIENT4, dst=VIP4, flags="DF", ttl=64) / TCP(sport=sport, dport=dport,
                                                                  flags="A", seq=1, ack=1)
     outer = Ether(src=NEXT_HOP_MAC, dst=LB_MAC) / IP(
         src=outer_src4(0x1234), dst=LOCAL4, proto=socket.IPPROTO_IPIP, ttl=L.TTL, id=chain,
@@ -382,6 +391,11 @@ def build_cases(rings) -> List[Case]:
              tunnelled_to_us(HERE_PORT, chain_id(PEER4)), _bpf.XDP_PASS, {"decap": 1},
              expected_out=decapsulated(tunnelled_to_us(HERE_PORT, chain_id(PEER4))),
              in_netns=True),
+        Case("decap_v4_chain_ct", "backend: chain id, conntrack here", "balancer",
+             tunnelled_to_us(CT_PORT, chain_id(PEER4), NAT_PORT), _bpf.XDP_PASS,
+             {"decap": 1},
+             expected_out=decapsulated(tunnelled_to_us(CT_PORT, chain_id(PEER4), NAT_PORT)),
+             in_netns=True),
         Case("decap_v4_chained", "backend: chain id, re-tunnelled", "balancer",
              tunnelled_to_us(HERE_PORT + 1, chain_id(PEER4)), _bpf.XDP_TX,
              {"chain_forwarded": 1, "tx": 1}, in_netns=True),
@@ -393,7 +407,9 @@ def build_cases(rings) -> List[Case]:
 class BenchNamespace:
     """NS_NAME: veth0 (LOCAL4/24, forwarding on, PEER4 a permanent neighbour) and its peer
     veth1, both up; the VIP and the client's address on lo, a listener on VIP4:80 and one
-    connection to it from CLIENT4:HERE_PORT. Removed by close(), also after a failure."""
+    connection to it from CLIENT4:HERE_PORT; VIP4:NAT_PORT DNATed (nftables) to POD_PORT, a
+    listener there and one connection through the DNAT from CLIENT4:CT_PORT. Removed by
+    close(), also after a failure."""
 
     def __init__(self):
         self.veth0: tuple = (0, "")     # (ifindex, MAC)
@@ -417,6 +433,11 @@ class BenchNamespace:
             ip("-n", NS_NAME, "addr", "add", f"{addr}/32", "dev", "lo")
         subprocess.run(["ip", "netns", "exec", NS_NAME, "sysctl", "-qw",
                         "net.ipv4.conf.all.forwarding=1"], check=True)
+        rule = f"ip daddr {VIP4} tcp dport {NAT_PORT} dnat to :{POD_PORT}"
+        subprocess.run(["nsenter", f"--net=/run/netns/{NS_NAME}", "nft", "-f", "-"],
+                       input=f"table ip xlbbench {{\n chain out {{ type nat hook output "
+                             f"priority -100; {rule}; }}\n}}\n",
+                       text=True, check=True, capture_output=True)
         link = json.loads(ip("-n", NS_NAME, "-j", "link", "show", "veth0"))[0]
         self.veth0 = (link["ifindex"], link["address"])
         with enter_netns(NS_NAME):
@@ -429,6 +450,16 @@ class BenchNamespace:
             client.bind((CLIENT4, HERE_PORT))
             client.connect((VIP4, 80))
             self.sockets.append(listener.accept()[0])
+            pod = socket.socket()
+            self.sockets.append(pod)
+            pod.bind((VIP4, POD_PORT))
+            pod.listen(1)
+            natted = socket.socket()
+            self.sockets.append(natted)
+            natted.bind((CLIENT4, CT_PORT))
+            natted.settimeout(5)
+            natted.connect((VIP4, NAT_PORT))
+            self.sockets.append(pod.accept()[0])
 
     def close(self) -> None:
         for s in self.sockets:
@@ -643,7 +674,21 @@ def cpu_busy(interval: float = 0.5) -> Dict[int, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    parser.add_argument("--only", metavar="KEY,...",
+                        help="time these cases alone (keys as in the results' 'case'), "
+                             "beside the empty program and the wrapper; writes "
+                             "bench/results/datapath_only.json")
     args = parser.parse_args()
+    only = None
+    if args.only:
+        only = {"empty", "wrapper", *(k.strip() for k in args.only.split(",") if k.strip())}
+        # the keys only: a ring of backend 1 everywhere stands for the real ones
+        known = {c.key for c in build_cases(
+            {r: [1] * RING_SIZE for r in (RING4, RING6, RING4_MOVED, RING6_MOVED)})}
+        unknown = sorted(only - known)
+        if unknown:
+            parser.error(f"--only: no case {', '.join(unknown)} (cases: "
+                         f"{', '.join(sorted(known))})")
     runs, iterations = (5, 200_000) if args.quick else (15, 2_000_000)
 
     # one CPU for the whole run (per-CPU state stays warm, no migration): the idlest one.
@@ -665,15 +710,16 @@ def main():
         for p in progs.values():
             stack.callback(p.close)
         rings = raw_configure(dp)
-        cases = build_cases(rings)
+        cases = [c for c in build_cases(rings) if only is None or c.key in only]
         measure(dp, progs, cases, runs, iterations)
     summary = summarise(cases)
     print(f"BPF_PROG_TEST_RUN, {runs} rounds x {iterations} iterations a case, "
           f"{FRAME_LEN}-byte frames, CPU {cpu} ({busy[cpu]:.0%} busy before the run)\n")
     print_table(summary)
     elapsed = time.monotonic() - t0
-    path = write_results("datapath", {
+    path = write_results("datapath" if only is None else "datapath_only", {
         "machine": machine_info(), "quick": args.quick, "runs": runs,
+        "only": sorted(only) if only else None,
         "iterations_per_run": iterations, "frame_bytes": FRAME_LEN, "cpu": cpu,
         "ring_size": RING_SIZE,
         "cpu_busy_before": {str(c): round(b, 2) for c, b in busy.items()},
