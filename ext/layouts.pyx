@@ -681,26 +681,14 @@ def flow6_ways(sets, bint count_only=False, backend_ids=None):
 
 # -- the set of a flow (xlb_set_index of balance.h) --------------------------------------
 
-cdef inline uint32_t _mix(uint32_t h, uint32_t k):
-    k *= <uint32_t>0xcc9e2d51
-    k = _rotl32(k, 15)
-    k *= <uint32_t>0x1b873593
-    h ^= k
-    h = _rotl32(h, 13)
-    return h * 5 + <uint32_t>0xe6546b64
-
-
-cdef inline uint32_t _fmix(uint32_t h):
-    h ^= h >> 16
-    h *= <uint32_t>0x85ebca6b
-    h ^= h >> 13
-    h *= <uint32_t>0xc2b2ae35
-    h ^= h >> 16
-    return h
+cdef inline uint64_t _set6_salt(int i):
+    """XLB_SET6_SALT of balance.h: the constant word i's seed offset is XORed with."""
+    return <uint32_t>((<uint32_t>(2 * i + 1)) * <uint32_t>0x9e3779b9) & 0x7fffffff
 
 
 cdef uint32_t _set_index(const uint32_t *k, uint32_t seed, uint32_t bits, bint v6):
     cdef uint32_t h
+    cdef uint64_t x = 0
     cdef int i
     if not v6:
         h = ((k[0] ^ seed) * <uint32_t>0x9e3779b1 ^ k[1] * <uint32_t>0x85ebca77
@@ -708,12 +696,14 @@ cdef uint32_t _set_index(const uint32_t *k, uint32_t seed, uint32_t bits, bint v
         h ^= h >> 15
         h *= <uint32_t>0x2c1b3c6d
         h ^= h >> 13
-    else:
-        h = seed
-        for i in range(10):
-            h = _mix(h, k[i])
-        h = _fmix(h ^ 40)
-    return h & ((<uint32_t>1 << (bits & 31)) - 1)
+        return h & ((<uint32_t>1 << (bits & 31)) - 1)
+    # xlb_set6_index: the pairs of words, each plus its seed offset, multiplied and summed
+    for i in range(0, 10, 2):
+        x += ((<uint64_t>k[i] + (seed ^ _set6_salt(i)))
+              * (<uint64_t>k[i + 1] + (seed ^ _set6_salt(i + 1))))
+    x ^= x >> 32
+    x *= 0x9e3779b97f4a7c15ULL
+    return <uint32_t>(x >> 32) & ((<uint32_t>1 << (bits & 31)) - 1)
 
 
 def flow_set(key, seed, bits):

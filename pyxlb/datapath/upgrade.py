@@ -62,10 +62,14 @@ POLICIES = ("auto", "never")
 DATAPATH_WRITTEN = (FLOWS4, FLOWS6)
 
 # Carrying a map's entries over a change of what they mean (version.MEANINGS):
-# (map, the meaning it had, the meaning it has now) -> fill(old map, new map). The release
-# that bumps a meaning adds its entry here; an upgrade that would need a missing one is
-# refused (a copy member by member would carry the old meaning into the new program).
-TRANSFORMS: Dict[Tuple[str, int, int], Callable[["_bpf.Map", "_bpf.Map"], None]] = {}
+# (map, the meaning it had, the meaning it has now) -> fill(old map, new map, maps). The
+# release that bumps a meaning adds its entry here; an upgrade that would need a missing
+# one is refused (a copy member by member would carry the old meaning into the new
+# program). fill runs once the new config record is complete (`maps(name)` opens any map
+# of the new datapath, as for SUCCESSORS), and, for a map the program writes, again after
+# the swap, for entries the old program wrote meanwhile: it must add only what the new
+# map lacks. It returns how many entries it added.
+TRANSFORMS: Dict[Tuple[str, int, int], Callable[["_bpf.Map", "_bpf.Map", Callable], int]] = {}
 
 # A map of this version that an older release held under another name (and type):
 # new name -> (old name, fill(old map, new map, maps)). When the old map is pinned, the
@@ -560,15 +564,16 @@ def _run(plan: Plan, result: Result) -> None:
         t = _timed(result, "stage", t)
         _kill_point(STAGED)
         snaps = {}
+        transformed = []
         for c in plan.migrating:
+            if _transform(plan, c.name) is not None:
+                transformed.append(c.name)      # filled below, once the config is whole
+                continue
             with _bpf.Map.from_pinned(os.path.join(pin_dir, c.name)) as old, \
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
-                fill = _transform(plan, c.name)
-                if fill is not None:
-                    fill(old, new)          # its merge, if any, is the transform's business
-                else:
-                    snaps[c.name] = copy_map(c.name, old, new, plan.layouts[c.name])
+                snaps[c.name] = copy_map(c.name, old, new, plan.layouts[c.name])
         _complete_config(plan)
+        _fill_transformed(plan, transformed)
         _fill_successors(plan)
         t = _timed(result, "migrate", t)
         _kill_point("migrated")
@@ -597,6 +602,7 @@ def _run(plan: Plan, result: Result) -> None:
                     _bpf.Map.from_pinned(os.path.join(stage, c.name)) as new:
                 result.merged += merge(c.name, old, new, snaps.get(c.name),
                                        plan.layouts[c.name])
+    result.merged += _fill_transformed(plan, [n for n in transformed if n in DATAPATH_WRITTEN])
     result.merged += _fill_successors(plan)
     t = _timed(result, "merge", t)
     _kill_point("merged")
@@ -626,6 +632,17 @@ def _complete_config(plan: Plan) -> None:
                                 int.from_bytes(os.urandom(4), "little") | 1)
         if want != cfg:
             cfg_map.update(0, L.pack_config(**want))
+
+
+def _fill_transformed(plan: Plan, names: List[str]) -> int:
+    """Fill each new map in `names` from its pinned predecessor by its TRANSFORMS entry.
+    Returns how many entries were added."""
+    added = 0
+    for name in names:
+        with _bpf.Map.from_pinned(os.path.join(plan.pin_dir, name)) as old, \
+                _new_map(plan, name) as new:
+            added += _transform(plan, name)(old, new, lambda m: _new_map(plan, m)) or 0
+    return added
 
 
 def _fill_successors(plan: Plan) -> int:
@@ -663,6 +680,32 @@ def fill_flowsets6(old: "_bpf.Map", new: "_bpf.Map", maps: Callable) -> int:
 
 
 SUCCESSORS[FLOWS6] = (LRU_FLOWS6, fill_flowsets6)
+
+
+def rehash_flowsets6(old: "_bpf.Map", new: "_bpf.Map", maps: Callable) -> int:
+    """TRANSFORMS' fill of xlb_flowsets6 across the change of its set hash (meaning 1: the
+    ten key words chained through Murmur3 steps; 2: the multilinear xlb_set6_index): every
+    flow the old sets hold whole (its check word right: the check did not change) placed
+    where the new program looks for it, stamp 0, as fill_flowsets6 does. The flows of the
+    old sets' front halves go first, so where more flows than ways meet in one new set,
+    those that kept sending keep their ways. Flows the new sets hold already are left
+    alone. Returns how many were placed."""
+    with maps(CONFIG) as cfg_map:
+        cfg = L.unpack_config(cfg_map.lookup(0))
+    with _mapped(old) as (omm, _):
+        found = L.flow6_ways(omm)
+    if not found:
+        return 0
+    found.sort(key=lambda f: (f[0] % L.FLOW6_WAYS >= L.FLOW6_WAYS // 2, f[0]))
+    pad = bytes(L.SIZES["xlb_flow_key"] - L.SIZES["xlb_flow6_key"])
+    keys = b"".join(k + pad for _, k, _ in found)
+    values = b"".join(v for _, _, v in found)
+    with _mapped(new) as (mm, _):
+        return L.place_flows6(mm, keys, values, len(found), cfg["flow4_seed"],
+                              new.max_entries.bit_length() - 1)
+
+
+TRANSFORMS[(FLOWS6, 1, 2)] = rehash_flowsets6
 
 
 def _stage(plan: Plan, stage: str) -> Dict[str, "_bpf.Program"]:
@@ -756,6 +799,24 @@ def interrupted(pin_dir: str) -> bool:
     return os.path.isdir(os.path.join(pin_dir, STAGE_DIR))
 
 
+def _stage_transforms(pin_dir: str, stage: str) -> List[Tuple[str, Callable]]:
+    """(map, fill) for each map the program writes whose staged copy an interrupted upgrade
+    filled by a transform (the stage's version record and the pinned one say so)."""
+    old_rec, new_rec = V.record_path(pin_dir), os.path.join(stage, V.RECORD_MAP)
+    if not (os.path.exists(old_rec) and os.path.exists(new_rec)):
+        return []
+    with _bpf.Map.from_pinned(old_rec) as o, _bpf.Map.from_pinned(new_rec) as n:
+        was, now = V.read_record(o).maps, V.read_record(n).maps
+    out = []
+    for name in DATAPATH_WRITTEN:
+        if name not in was or name not in now or was[name].meaning == now[name].meaning:
+            continue
+        fill = TRANSFORMS.get((name, was[name].meaning, now[name].meaning))
+        if fill is not None and os.path.exists(os.path.join(stage, name)):
+            out.append((name, fill))
+    return out
+
+
 def resume(pin_dir: str) -> str:
     """Complete or roll back an upgrade a killed process left (the caller holds the lock):
     "completed", "rolled back", or "" when there was none."""
@@ -789,6 +850,11 @@ def resume(pin_dir: str) -> str:
             with _bpf.Map.from_pinned(old) as o, _bpf.Map.from_pinned(new) as n:
                 if o.type != _bpf.MAP_TYPE_ARRAY:
                     merge(name, o, n, None, n.layout())
+    for name, fill in _stage_transforms(pin_dir, stage):
+        with _bpf.Map.from_pinned(os.path.join(pin_dir, name)) as o, \
+                _bpf.Map.from_pinned(os.path.join(stage, name)) as n:
+            fill(o, n, lambda m: _bpf.Map.from_pinned(
+                os.path.join(stage if os.path.exists(os.path.join(stage, m)) else pin_dir, m)))
     for name, (was, fill) in SUCCESSORS.items():
         old, new = os.path.join(pin_dir, was), os.path.join(stage, name)
         if os.path.exists(old) and os.path.exists(new):

@@ -43,7 +43,11 @@ FLAG_OBJECT = 1                             # the entry is an object's (program'
 # in the release that changes a map's meaning without changing its layout, and give the
 # upgrade a way to carry the entries over (upgrade.TRANSFORMS; without one, upgrades from
 # the old meaning are refused). Maps not listed mean what they meant in semantic version 1.
-MEANINGS: Dict[str, int] = {}
+MEANINGS: Dict[str, int] = {
+    # 2: the IPv6 set hash is multilinear (xlb_set6_index), not a chain of Murmur3 steps:
+    # the same flow lands in another set (upgrade.rehash_flowsets6 moves them)
+    "xlb_flowsets6": 2,
+}
 SEMANTIC_VERSION = max(MEANINGS.values(), default=1)
 
 # Maps whose entry count is a node setting (pyxlb/datapath/loader.py map_sizes): their size

@@ -3,6 +3,7 @@ versions read from BTF, records translated by member name, what a plan decides, 
 and what a killed upgrade leaves. tests/lab/test_upgrade.py runs upgrades under traffic."""
 
 import os
+import random
 import shutil
 
 import pytest
@@ -88,7 +89,7 @@ def test_a_version_comes_from_btf_and_moves_only_for_the_maps_that_changed(varia
     theirs = V.of_object(BALANCER)
     changed = {n for n in ours.entries if ours.entries[n] != theirs.entries[n]}
     assert changed == {FLOWS6, FLOWS4, "balancer"}      # two layouts and the program
-    assert str(ours) != str(theirs) and str(ours).startswith("1.")
+    assert str(ours) != str(theirs) and str(ours).startswith(f"{V.SEMANTIC_VERSION}.")
 
 
 def test_a_datapath_records_its_version_and_status_reads_it(bpffs_dir):
@@ -107,10 +108,11 @@ def test_a_newer_meaning_is_refused_naming_both_versions(bpffs_dir):
         V.write_record(rec, V.Version({FLOWS6: V.Entry(entry.fingerprint, 7)}))
     have = V.pinned(bpffs_dir, [])
     assert have.semantic == 7
+    ours = V.SEMANTIC_VERSION
     with pytest.raises(U.UpgradeRefused, match=rf"is version 7\.\w+, newer than this pyxlb's "
-                                               rf"1\.\w+ .*{FLOWS6}"):
+                                               rf"{ours}\.\w+ .*{FLOWS6}"):
         U.upgrade(bpffs_dir)
-    with pytest.raises(ForeignDatapath, match=r"is version 7\.\w+, this pyxlb's is 1\."):
+    with pytest.raises(ForeignDatapath, match=rf"is version 7\.\w+, this pyxlb's is {ours}\."):
         Datapath.open(bpffs_dir)
 
 
@@ -118,7 +120,9 @@ def test_upgrade_never_refuses_and_changes_nothing(bpffs_dir, variant_dir, monke
     Datapath.create(bpffs_dir, map_sizes=SMALL).close()
     before = sorted(os.listdir(bpffs_dir))
     monkeypatch.setenv(DIR_ENV, variant_dir)
-    with pytest.raises(U.UpgradeRefused, match=r"is version 1\.\w+, this pyxlb's is 1\.\w+, "
+    ours = V.SEMANTIC_VERSION
+    with pytest.raises(U.UpgradeRefused, match=rf"is version {ours}\.\w+, this pyxlb's is "
+                                               rf"{ours}\.\w+, "
                                                r"and upgrades are turned off"):
         Datapath.create(bpffs_dir, upgrade="never")
     assert sorted(os.listdir(bpffs_dir)) == before
@@ -243,14 +247,17 @@ def test_a_change_of_meaning_needs_a_transform(bpffs_dir, monkeypatch):
     with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
         entry = V.read_record(rec).entries[FLOWS6]
         V.write_record(rec, V.Version({FLOWS6: V.Entry(entry.fingerprint, 0)}))
+    now = V.MEANINGS[FLOWS6]
     with pytest.raises(U.UpgradeRefused, match=f"what {FLOWS6} holds changed meaning "
-                                               r"\(0 -> 1\) and this version has no way"):
+                                               rf"\(0 -> {now}\) and this version has no way"):
         U.upgrade(bpffs_dir)
     seen = []
-    monkeypatch.setitem(U.TRANSFORMS, (FLOWS6, 0, 1),
-                        lambda old, new: seen.append((old.name, new.name)))
+    monkeypatch.setitem(U.TRANSFORMS, (FLOWS6, 0, now),
+                        lambda old, new, maps: seen.append((old.name, new.name)))
     result = U.upgrade(bpffs_dir)
-    assert [c.name for c in result.plan.migrating] == [FLOWS6] and seen == [(FLOWS6, FLOWS6)]
+    # filled once the config is whole, and again after the swap (a table the program writes)
+    assert [c.name for c in result.plan.migrating] == [FLOWS6]
+    assert seen == [(FLOWS6, FLOWS6)] * 2
     assert Datapath.pinned_version(bpffs_dir) == Datapath.version()
 
 
@@ -337,3 +344,100 @@ def test_a_map_of_another_name_fills_its_successor(bpffs_dir):
             raw = L.pack_flow6_key(src, vip, sport, 443, 6)
             ways = dp.maps.flows6.lookup(L.flow_set(raw, cfg["flow4_seed"], cfg["flow6_bits"]))
             assert raw[:36] in ways
+
+
+def test_ipv6_flows_move_to_their_sets_under_the_new_set_hash(bpffs_dir):
+    """xlb_flowsets6 meaning 1 placed flows by another set hash: an upgrade from it finds
+    every flow its sets hold whole, wherever it is, and puts it in the set the new program
+    looks in (upgrade.rehash_flowsets6), front-half flows first; a torn way (its check
+    wrong) is not carried. Then the program finds them: a packet of one is a flow hit."""
+    from pyxlb.state import Backend, DesiredState, Vip, VipKey
+
+    dp = Datapath.create(bpffs_dir, map_sizes={FLOWS4: 256, FLOWS6: 16})
+    vip_s, client_s = "2001:db8:80::1", "2001:db8:c::7"
+    try:
+        dp.configure(src4="10.255.0.0/16", src6="2001:db8:ff::/64")
+        dp.apply(DesiredState(vips=(Vip(VipKey.parse(f"[{vip_s}]:80/tcp"), backends=(
+            Backend("2001:db8:b::1"),)),)))
+        # the backend's id and generation, as the program records them for a first packet
+        dp.prog.test_run(_frame6(client_s, vip_s, 1999, "S"), repeat=1)
+        (_, first), = [(k, v) for k, v in dp.flows() if k["family"] == 6]
+        bid, gen = first["backend_id"], first["gen"]
+        cfg = dp.config()
+        _, vip = parse_addr(vip_s)
+        _, client = parse_addr(client_s)
+        sets = dp.maps.flows6
+        size = sets.value_size // L.FLOW6_WAYS
+
+        def new_set(sport):
+            return L.flow_set(L.pack_flow6_key(client, vip, sport, 80, 6), cfg["flow4_seed"],
+                              cfg["flow6_bits"])
+
+        # 40 flows written by hand into the old layout, flow i at set i % 10, way i // 10:
+        # six of them share one new set (more than its ways), the rest anywhere
+        crowd = [p for p in range(2000, 4000) if new_set(p) == new_set(2000)][:6]
+        sports = crowd + [p for p in range(2000, 2100) if p not in crowd][:34]
+        random.Random(7).shuffle(sports)
+        flows = {}
+        raw = [bytearray(sets.value_size) for _ in range(16)]
+        for i, sport in enumerate(sports):
+            key = L.pack_flow6_key(client, vip, sport, 80, 6)
+            way = L.pack_flow6_way(key, L.pack_flow(bid, gen, sport + 1000))
+            s, w = i % 10, i // 10
+            raw[s][w * size:w * size + len(way)] = way
+            flows[sport] = (s, w)
+        torn = sports[39]
+        raw[9][3 * size + 40] ^= 1          # way 3 of set 9 (flow 39): torn
+        for s in range(16):                 # (the first packet's flow goes too)
+            sets.update(s, bytes(raw[s]))
+    finally:
+        dp.close()
+    with _bpf.Map.from_pinned(V.record_path(bpffs_dir)) as rec:
+        version = V.read_record(rec)
+        entries = dict(version.maps)
+        entries[FLOWS6] = V.Entry(V.fingerprint(FLOWS6, _layout(FLOWS6), 1), 1)
+        V.write_record(rec, V.Version(entries))
+    result = U.upgrade(bpffs_dir)
+    assert [c.name for c in result.plan.migrating] == [FLOWS6]
+    with Datapath.open(bpffs_dir) as dp:
+        assert dp.config()["flow4_seed"] == cfg["flow4_seed"]
+        got = {k["sport"]: v for k, v in dp.flows() if k["family"] == 6}
+        # a set of 4 ways holds 4: where more than 4 meet, front-half flows win
+        load, overfull = {}, 0
+        for sport in flows:
+            load.setdefault(new_set(sport), []).append(sport)
+        for s, members in load.items():
+            ways = dp.maps.flows6.lookup(s)
+            carried = [p for p in members if p != torn]
+            kept = [p for p in carried
+                    if L.pack_flow6_key(client, vip, p, 80, 6)[:36] in ways]
+            assert len(kept) == min(len(carried), L.FLOW6_WAYS), (s, members, kept)
+            # placed in the order of the old ways, front halves first: the first two
+            # placed in a set keep ways 0 and 1 (a full set takes newcomers at way 2)
+            order = sorted(carried, key=lambda p: (flows[p][1] >= L.FLOW6_WAYS // 2,
+                                                   flows[p][0] * L.FLOW6_WAYS + flows[p][1]))
+            assert set(order[:L.FLOW6_WAYS // 2]) <= set(kept)
+            overfull += len(carried) > L.FLOW6_WAYS
+        assert overfull
+        assert torn not in got and len(got) == sum(min(len([p for p in v if p != torn]),
+                                                       L.FLOW6_WAYS) for v in load.values())
+        assert all(got[p] == {"backend_id": bid, "gen": gen, "hash": p + 1000} for p in got)
+        # the program looks where the flows were put: one packet of a carried flow hits
+        sport = next(p for p in got)
+        before = dp.stats()["flow_hit"]
+        dp.prog.test_run(_frame6(client_s, vip_s, sport, "A"), repeat=1)
+        assert dp.stats()["flow_hit"] == before + 1
+
+
+def _frame6(src, dst, sport, flags):
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                 / IPv6(src=src, dst=dst) / TCP(sport=sport, dport=80, flags=flags))
+
+
+def _layout(name):
+    with _bpf.BpfObject.open(object_path("balancer")) as obj:
+        return obj.map_layout(name)
