@@ -1,5 +1,6 @@
 """Fixtures shared by every test directory."""
 
+import contextlib
 import itertools
 import os
 import re
@@ -39,9 +40,8 @@ def _require_root():
     assert os.geteuid() == 0, "this test needs root (BPF, namespaces): run it as root"
 
 
-@pytest.fixture
-def bpffs_dir():
-    """A fresh directory on bpffs for pins, removed with everything in it afterwards."""
+@contextlib.contextmanager
+def _bpffs_dir():
     _require_root()
     from pyxlb import bpffs
 
@@ -55,14 +55,26 @@ def bpffs_dir():
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def bpffs_dir():
+    """A fresh directory on bpffs for pins, removed with everything in it afterwards."""
+    with _bpffs_dir() as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def module_bpffs_dir():
+    """bpffs_dir, one for the whole module (for a fixture shared by its tests)."""
+    with _bpffs_dir() as path:
+        yield path
+
+
 def _ip(*args, check=True):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
-@pytest.fixture
-def netns():
-    """A uniquely named network namespace holding a veth pair (veth0 <-> veth1, both up),
-    deleted afterwards even when the test fails."""
+@contextlib.contextmanager
+def _netns():
     _require_root()
     name = f"xlbt-{os.getpid()}-{next(_ns_counter)}"
     _ip("netns", "add", name)
@@ -73,6 +85,21 @@ def netns():
         yield name
     finally:
         _ip("netns", "del", name, check=False)
+
+
+@pytest.fixture
+def netns():
+    """A uniquely named network namespace holding a veth pair (veth0 <-> veth1, both up),
+    deleted afterwards even when the test fails."""
+    with _netns() as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def module_netns():
+    """netns, one for the whole module (for a fixture shared by its tests)."""
+    with _netns() as name:
+        yield name
 
 
 @pytest.fixture(autouse=True, scope="session")

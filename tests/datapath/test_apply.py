@@ -21,6 +21,7 @@ from pyxlb.datapath import Datapath
 from pyxlb.datapath.apply import Transaction
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
+from .pristine import Pristine
 from .raw import raw_nexthops
 
 # Tests here count on every flow they send staying pinned. The IPv4 set hash has a random
@@ -77,11 +78,17 @@ def open_flow(dp, sport, **kw):
     return first
 
 
+@pytest.fixture(scope="module")
+def _balancer():
+    objects = Pristine(Datapath, SMALL)
+    yield objects
+    objects.close()
+
+
 @pytest.fixture
-def dp():
-    d = Datapath.load(map_sizes=SMALL)
-    yield d
-    d.close()
+def dp(_balancer):
+    """The balancer with SMALL maps, as freshly loaded (one load per module: pristine.py)."""
+    return _balancer.fresh()
 
 
 class Recorder:

@@ -3,8 +3,10 @@ made by the test (tests/conftest.py), driven through click's CliRunner in-proces
 few runs of the installed entry point as a subprocess.
 
 Every failure must exit 2 with exactly one line on stderr and leave the state as it was
-(`vip list --json` before and after). Pins live in the bpffs_dir fixture and the programs
-on the namespace's veths; both fixtures remove them, and `cli` detaches on its own way out.
+(`vip list --json` before and after). The tables of refused input share one balancer per
+module (`same_lb`, checked before each test to be as `lb` makes it); the rest get their
+own. Pins live in the bpffs_dir fixture and the programs on the namespace's veths; both
+fixtures remove them, and `cli` detaches on its own way out.
 """
 
 from __future__ import annotations
@@ -86,22 +88,18 @@ def cleanup(ns: str, pin_dir: str) -> None:
             d.destroy()
 
 
-@pytest.fixture
-def run(netns, bpffs_dir):
-    """A Cli for the namespace (veth0: 10.99.0.1/24, fd99::1/64) and a fresh pin dir,
-    nothing attached yet."""
-    ip("-n", netns, "addr", "add", "10.99.0.1/24", "dev", "veth0")
-    ip("-n", netns, "addr", "add", "fd99::1/64", "dev", "veth0", "nodad")
+@contextlib.contextmanager
+def _cli(ns: str, bpffs_dir: str):
+    ip("-n", ns, "addr", "add", "10.99.0.1/24", "dev", "veth0")
+    ip("-n", ns, "addr", "add", "fd99::1/64", "dev", "veth0", "nodad")
     pin_dir = os.path.join(bpffs_dir, "lb")
     try:
-        yield Cli(netns, pin_dir)
+        yield Cli(ns, pin_dir)
     finally:
-        cleanup(netns, pin_dir)
+        cleanup(ns, pin_dir)
 
 
-@pytest.fixture
-def lb(run):
-    """The balancer attached to veth0 with an IPv4 and an IPv6 VIP and their backends."""
+def _populate(run: Cli) -> Cli:
     run("attach", "veth0")
     run("vip", "add", V4_VIP)
     run("backend", "add", V4_VIP, "10.0.1.1")
@@ -110,6 +108,48 @@ def lb(run):
     run("backend", "add", V6_VIP, "2001:db8::a", "--mac", "02:00:00:00:0A:01")
     run("vip", "add", "192.0.2.11:0/tcp", "--mode", "local")
     return run
+
+
+@pytest.fixture
+def run(netns, bpffs_dir):
+    """A Cli for the namespace (veth0: 10.99.0.1/24, fd99::1/64) and a fresh pin dir,
+    nothing attached yet."""
+    with _cli(netns, bpffs_dir) as cli:
+        yield cli
+
+
+@pytest.fixture
+def lb(run):
+    """The balancer attached to veth0 with an IPv4 and an IPv6 VIP and their backends."""
+    return _populate(run)
+
+
+def _fingerprint(cli: Cli):
+    """What a test that changes nothing must find, and leave: the VIPs, the interfaces,
+    the config record, the counts of the tables."""
+    st = cli.json("status")
+    return (cli.state(), [(i["name"], i["mode"]) for i in st["interfaces"]], st["config"],
+            {k: st[k] for k in ("vips", "backends", "rings", "decap")})
+
+
+@pytest.fixture(scope="module")
+def _one_lb(module_netns, module_bpffs_dir):
+    with _cli(module_netns, module_bpffs_dir) as cli:
+        yield cli, _fingerprint(_populate(cli))
+
+
+@pytest.fixture
+def same_lb(_one_lb):
+    """lb for the many tests of refused input, which change nothing (each asserts so): one
+    balancer for the module (attaching one costs about 0.6 s of verifier time), checked
+    to be as lb makes it before each test, and made again if it is not (an earlier test
+    that failed changed it)."""
+    cli, want = _one_lb
+    if _fingerprint(cli) != want:
+        cleanup(cli.ns, cli.pin_dir)
+        _populate(cli)
+        assert _fingerprint(cli) == want
+    return cli
 
 
 # -- attach, status, detach ----------------------------------------------------------------
@@ -543,11 +583,11 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("args, match", BAD_INPUT, ids=[" ".join(a) or "(none)"
                                                         for a, _ in BAD_INPUT])
-def test_bad_input_is_one_line_and_changes_nothing(lb, args, match):
-    before = lb.state()
-    lb.fails(*args, match=match)
-    assert lb.state() == before
-    assert [i["name"] for i in lb.json("status")["interfaces"]] == ["veth0"]
+def test_bad_input_is_one_line_and_changes_nothing(same_lb, args, match):
+    before = same_lb.state()
+    same_lb.fails(*args, match=match)
+    assert same_lb.state() == before
+    assert [i["name"] for i in same_lb.json("status")["interfaces"]] == ["veth0"]
 
 
 BAD_FILES = [
@@ -592,13 +632,13 @@ BAD_FILES = [
 
 
 @pytest.mark.parametrize("text, match", BAD_FILES)
-def test_apply_of_a_file_with_errors_changes_nothing(lb, tmp_path, text, match):
+def test_apply_of_a_file_with_errors_changes_nothing(same_lb, tmp_path, text, match):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    before = lb.state()
-    line = lb.fails("apply", "-f", str(path), match=match)
+    before = same_lb.state()
+    line = same_lb.fails("apply", "-f", str(path), match=match)
     assert str(path) in line
-    assert lb.state() == before
+    assert same_lb.state() == before
 
 
 def test_apply_a_file(lb, tmp_path):
@@ -640,16 +680,16 @@ EMPTY_INPUTS = {
 
 
 @pytest.mark.parametrize("text", EMPTY_INPUTS.values(), ids=EMPTY_INPUTS.keys())
-def test_an_empty_input_is_refused_and_changes_nothing(lb, tmp_path, text):
+def test_an_empty_input_is_refused_and_changes_nothing(same_lb, tmp_path, text):
     path = tmp_path / "state.yaml"
     path.write_text(text)
-    before = lb.state()
+    before = same_lb.state()
     empty = ": empty: no document, so no `vips` list (to remove every VIP, write `vips: []`)"
     for allow in ([], ["--allow-empty"]):            # the flag does not make them a state
-        lb.fails("apply", "-f", str(path), *allow, match=f"{path}{empty}")
-        lb.fails("apply", "-f", "-", *allow, input=text, match=f"<stdin>{empty}")
-        lb.fails("apply", "-f", "-", "--dry-run", *allow, input=text, match=empty)
-    assert lb.state() == before
+        same_lb.fails("apply", "-f", str(path), *allow, match=f"{path}{empty}")
+        same_lb.fails("apply", "-f", "-", *allow, input=text, match=f"<stdin>{empty}")
+        same_lb.fails("apply", "-f", "-", "--dry-run", *allow, input=text, match=empty)
+    assert same_lb.state() == before
 
 
 @pytest.mark.parametrize("text, match", [
@@ -660,13 +700,13 @@ def test_an_empty_input_is_refused_and_changes_nothing(lb, tmp_path, text):
     ("vips: []\n", "<stdin>: `vips: []` would remove every VIP: pass --allow-empty"),
     ('{"vips": []}', "<stdin>: `vips: []` would remove every VIP: pass --allow-empty"),
 ])
-def test_an_empty_state_must_be_said(lb, text, match):
+def test_an_empty_state_must_be_said(same_lb, text, match):
     """A document without `vips` (a truncated file may be one) is refused; `vips: []` is the
     empty state, applied only with --allow-empty."""
-    before = lb.state()
-    lb.fails("apply", "-f", "-", input=text, match=match)
-    lb.fails("apply", "-f", "-", "--dry-run", input=text, match=match)
-    assert lb.state() == before
+    before = same_lb.state()
+    same_lb.fails("apply", "-f", "-", input=text, match=match)
+    same_lb.fails("apply", "-f", "-", "--dry-run", input=text, match=match)
+    assert same_lb.state() == before
 
 
 def test_truncated_files_fail_or_apply_what_they_say(lb, tmp_path):
@@ -743,17 +783,17 @@ def alias_bomb() -> str:
     ("vips: &v [" + ", ".join(["*v"] * 3) + "]\n", "alias *v is inside the node it names"),
     ("vips: []\n" + "#" * (9 << 20), "larger than 8 MiB"),
 ])
-def test_input_is_bounded(lb, tmp_path, text, match):
+def test_input_is_bounded(same_lb, tmp_path, text, match):
     """An alias bomb took 45-55 s, a 10 MB file up to 49 s, holding the lock: now each is
     refused at once, before the datapath is touched."""
     path = tmp_path / "big.yaml"
     path.write_text(text)
-    before = lb.state()
+    before = same_lb.state()
     started = time.monotonic()
-    lb.fails("apply", "-f", str(path), match=match)
-    lb.fails("apply", "-f", "-", input=text, match=match)
+    same_lb.fails("apply", "-f", str(path), match=match)
+    same_lb.fails("apply", "-f", "-", input=text, match=match)
     assert time.monotonic() - started < 10
-    assert lb.state() == before
+    assert same_lb.state() == before
 
 
 def test_apply_with_stdin_closed_is_one_line(run):
@@ -784,23 +824,23 @@ def test_deep_nesting_is_one_line_from_the_entry_point(run, tmp_path):
                                                                 "duplicate key 'announce'"),
     ("announce: {mode: l2}\nvips: [{vip: 127.0.0.1:80/tcp}]\n", "is a loopback address"),
 ])
-def test_announce_with_a_missing_or_bad_file_is_one_line(lb, tmp_path, text, match):
+def test_announce_with_a_missing_or_bad_file_is_one_line(same_lb, tmp_path, text, match):
     """`announce -f` let the loader's ConfigError out as a traceback. It runs until
     stopped when the file is good, so it runs as a process with a deadline here."""
     path = tmp_path / "announce.yaml"
     if text is not None:
         path.write_text(text)
-    before = lb.state()
+    before = same_lb.state()
     try:
-        p = pyxlb("--pin-dir", lb.pin_dir, "--netns", lb.ns, "announce", "-f", str(path),
-                  timeout=30)
+        p = pyxlb("--pin-dir", same_lb.pin_dir, "--netns", same_lb.ns, "announce", "-f",
+                  str(path), timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("announce took the file and ran")
     assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr[-2000:]
     assert lines[0].startswith(f"pyxlb: error: {path}: ") and match in lines[0], lines
-    assert lb.state() == before
+    assert same_lb.state() == before
 
 
 @pytest.mark.parametrize("args, match", [

@@ -22,6 +22,7 @@ from pyxlb.errors import PyxlbError
 from pyxlb.plan import BackendRecord, VipRecord
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
+from .pristine import Pristine
 from .raw import raw_flow, raw_vip
 
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
@@ -30,18 +31,29 @@ SMALL = {maps.FLOWS6: 1024, maps.BACKENDS: 256, maps.NEXTHOPS: 256, maps.BACKEND
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
 
-@pytest.fixture
-def dp():
-    d = Datapath.load(map_sizes=SMALL)
-    yield d
-    d.close()
+@pytest.fixture(scope="module")
+def _balancer():
+    objects = Pristine(Datapath, SMALL)
+    yield objects
+    objects.close()
+
+
+@pytest.fixture(scope="module")
+def _decap():
+    objects = Pristine(DecapPath)
+    yield objects
+    objects.close()
 
 
 @pytest.fixture
-def decap():
-    d = DecapPath.load()
-    yield d
-    d.close()
+def dp(_balancer):
+    """The balancer with SMALL maps, as freshly loaded (one load per module: pristine.py)."""
+    return _balancer.fresh()
+
+
+@pytest.fixture
+def decap(_decap):
+    return _decap.fresh()
 
 
 def vip_key(addr, port, proto):

@@ -10,6 +10,7 @@ from pyxlb import _layouts as L
 from pyxlb.datapath import Datapath
 from pyxlb.state import Backend, DesiredState, HealthSpec, VipKey
 
+from .pristine import Pristine
 from .test_apply import SMALL, WEB, Recorder, open_flow, prepare, send, vip
 
 K80 = VipKey.parse("192.0.2.10:80/tcp")
@@ -22,11 +23,17 @@ STATE = DesiredState((
 ))
 
 
+@pytest.fixture(scope="module")
+def _balancer():
+    objects = Pristine(Datapath, SMALL)
+    yield objects
+    objects.close()
+
+
 @pytest.fixture
-def dp():
-    d = Datapath.load(map_sizes=SMALL)
-    yield d
-    d.close()
+def dp(_balancer):
+    """The balancer with SMALL maps, as freshly loaded (one load per module: pristine.py)."""
+    return _balancer.fresh()
 
 
 def specs_in_maps(d):

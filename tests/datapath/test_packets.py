@@ -11,8 +11,10 @@ Expected frames come from tests/datapath/packets.py, built with scapy from the i
 the spec alone; they are compared byte for byte. ``UNTOUCHED`` means the output must be the
 input; a dropped frame's output is not looked at (``expect=None``).
 
-Every row runs on a freshly loaded object (under 0.1 s with the big maps shrunk, see
-MAP_SIZES), so no row sees another's flows or counters. Balancer rows start from ``world``:
+Every row runs on an object as freshly loaded: one object per module, every map put back
+and checked to hold what it held right after the load before each row (pristine.py:
+a load costs about 0.6 s of verifier time, 240 rows would spend minutes there), so no row
+sees another's flows or counters. Balancer rows start from ``world``:
 the config (seed, outer source prefixes), every backend of ``P.BACKENDS`` active with a
 cached next hop on ifindex 1; with no ctx, BPF_PROG_TEST_RUN's ingress is ifindex 1 (lo),
 so that next hop means XDP_TX.
@@ -39,6 +41,7 @@ from pyxlb.datapath import Datapath, DecapPath
 from pyxlb.netns import enter as enter_netns
 
 from . import packets as P
+from .pristine import Pristine
 from .raw import raw_announce, raw_backend, raw_vip
 
 PASS, TX, DROP, REDIRECT = _bpf.XDP_PASS, _bpf.XDP_TX, _bpf.XDP_DROP, _bpf.XDP_REDIRECT
@@ -911,31 +914,45 @@ def test_table_is_named_uniquely():
     assert len(CASES) >= 60
 
 
+@pytest.fixture(scope="module")
+def balancer():
+    """The balancer with MAP_SIZES, handed to each row as freshly loaded."""
+    objects = Pristine(Datapath, MAP_SIZES)
+    yield objects
+    objects.close()
+
+
+@pytest.fixture(scope="module")
+def decap():
+    objects = Pristine(DecapPath)
+    yield objects
+    objects.close()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_packet(case: Case):
+def test_packet(request, case: Case):
     if case.prog == "balancer":
-        dp = Datapath.load(map_sizes=MAP_SIZES)
+        dp = request.getfixturevalue("balancer").fresh()
         steps = (world,) + case.state
     else:
-        dp = DecapPath.load()
+        dp = request.getfixturevalue("decap").fresh()
         steps = case.state
-    with dp:
-        for step in steps:
-            step(dp)
-        before = dp.stats()
-        action, out = dp.run(case.packet, ctx=_ctx(case))
-        changed = _changed(before, dp.stats())
+    for step in steps:
+        step(dp)
+    before = dp.stats()
+    action, out = dp.run(case.packet, ctx=_ctx(case))
+    changed = _changed(before, dp.stats())
 
-        assert action == case.action, (
-            f"action {ACTION_NAMES.get(action, action)}, expected "
-            f"{ACTION_NAMES[case.action]}; counters moved: {changed}\n"
-            f"--- input ---\n{P.describe(case.packet)}\n--- output ---\n{P.describe(out)}")
-        want = case.packet if case.expect is UNTOUCHED else case.expect
-        if want is not None:
-            assert out == want, _mismatch(out, want)
-        assert changed == case.stats, "counters"
-        if case.check:
-            case.check(dp, out, case)
+    assert action == case.action, (
+        f"action {ACTION_NAMES.get(action, action)}, expected "
+        f"{ACTION_NAMES[case.action]}; counters moved: {changed}\n"
+        f"--- input ---\n{P.describe(case.packet)}\n--- output ---\n{P.describe(out)}")
+    want = case.packet if case.expect is UNTOUCHED else case.expect
+    if want is not None:
+        assert out == want, _mismatch(out, want)
+    assert changed == case.stats, "counters"
+    if case.check:
+        case.check(dp, out, case)
 
 
 # -- the FIB fallback: no cached next hop ----------------------------------------------------------
@@ -1084,20 +1101,20 @@ def _forwarding_of(name: str) -> Dict[str, str]:
 
 
 @pytest.mark.parametrize("case", FIB_CASES, ids=[c.name for c in FIB_CASES])
-def test_fib_fallback(netns, case: FibCase):
+def test_fib_fallback(netns, balancer, case: FibCase):
     ifindex = P.fib_namespace(netns, case.forwarding)
     assert set(_forwarding_of(netns).values()) == {str(int(case.forwarding))}
-    with Datapath.load(map_sizes=MAP_SIZES) as dp:
-        world(dp)
-        raw_backend(dp, FIB, case.backend)
-        case.service(dp)
-        for step in case.state:
-            step(dp)
-        before = dp.stats()
-        with enter_netns(netns):
-            action, out = dp.run(case.packet, ctx=P.xdp_md(len(case.packet),
-                                                           ifindex[case.ingress]))
-        changed = _changed(before, dp.stats())
+    dp = balancer.fresh()
+    world(dp)
+    raw_backend(dp, FIB, case.backend)
+    case.service(dp)
+    for step in case.state:
+        step(dp)
+    before = dp.stats()
+    with enter_netns(netns):
+        action, out = dp.run(case.packet, ctx=P.xdp_md(len(case.packet),
+                                                       ifindex[case.ingress]))
+    changed = _changed(before, dp.stats())
 
     assert action == case.action, (
         f"action {ACTION_NAMES.get(action, action)}, expected {ACTION_NAMES[case.action]}; "

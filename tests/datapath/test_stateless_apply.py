@@ -21,6 +21,7 @@ from pyxlb.datapath.apply import Transaction
 from pyxlb.plan import ring_key
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
+from .pristine import Pristine
 from .raw import raw_nexthops
 
 SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1024}
@@ -35,11 +36,17 @@ def state(*backends, **kw):
                              ring_size=RING, **kw),))
 
 
+@pytest.fixture(scope="module")
+def _balancer():
+    objects = Pristine(Datapath, SMALL)
+    yield objects
+    objects.close()
+
+
 @pytest.fixture
-def dp():
-    d = Datapath.load(map_sizes=SMALL)
-    yield d
-    d.close()
+def dp(_balancer):
+    """The balancer with SMALL maps, as freshly loaded (one load per module: pristine.py)."""
+    return _balancer.fresh()
 
 
 def ring_of(dp):

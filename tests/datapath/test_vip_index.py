@@ -17,6 +17,7 @@ from pyxlb.datapath.maps import Vips
 from pyxlb.datapath.vipindex import VipIndex
 from pyxlb.state import Backend, DesiredState, Vip, VipKey
 
+from .pristine import Pristine
 from .raw import raw_backend, raw_index, raw_nexthops, raw_unvip, raw_vip
 
 SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 1024}
@@ -74,11 +75,17 @@ def held(dp, text):
     return s["flags"], s["key"], s["vip"]
 
 
+@pytest.fixture(scope="module")
+def _balancer():
+    objects = Pristine(Datapath, SMALL)
+    yield objects
+    objects.close()
+
+
 @pytest.fixture
-def dp():
-    d = Datapath.load(map_sizes=SMALL)
-    yield d
-    d.close()
+def dp(_balancer):
+    """The balancer with SMALL maps, as freshly loaded (one load per module: pristine.py)."""
+    return _balancer.fresh()
 
 
 @pytest.mark.parametrize("text", ["192.0.2.10:80/tcp", "192.0.2.10:443/udp",
