@@ -1,8 +1,9 @@
 """Packets per second through an LB node in network namespaces: pyxlb beside kernel DNAT.
 
 Run as root: `make bench` (or .venv/bin/python bench/lab_throughput.py [--quick]
-[--flows N,...]). Prints a table (IPv4 and IPv6 side by side), writes
-bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png).
+[--flows N,...] [--generator socket]). Prints a table (IPv4 and IPv6 side by side), writes
+bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png); with
+--generator socket (below, "Generator: socket") bench/results/lab_throughput_socket.json.
 
 Established flows, N. A full run measures at N = 1,000 established flows (what a bench
 that stays in the CPU's cache sees) and N = 1,000,000 (a busy balancer: issue 21), --quick
@@ -134,6 +135,57 @@ second of the kernel's own loop time of each generator thread (BPF_PROG_TEST_RUN
 duration), summed over the threads: the generator, the forwarder's program and, for the
 ceiling, the MAC rewrite and bpf_redirect()'s bookkeeping, without the transmission.
 Figures of the two generators do not compare; a figure compares with one of its own kind.
+
+Generator: socket (--generator socket): kernel DNAT beside XDP without live frames. The
+chain generator cannot drive iptables or nftables (they are not XDP programs), so where
+live frames are refused they would go unmeasured. The socket generator really transmits:
+bench/socket_gen.py, an AF_PACKET socket bound to g-<fwd> in the generator's namespace,
+PACKET_QDISC_BYPASS, sendmmsg(2) of frames precomputed for the N flows (the 5-tuples the
+generator program makes in its shared mode, IPv4 64 bytes, IPv6 84), cycled in order. It
+sends under 1 Mpps: enough to load iptables, not pyxlb, so its figure is not Mpps but the
+CPU time a packet costs. What runs: established flows only, at each N of --flows (default
+1,000 and 1,000,000), on one CPU (the last one allowed); the nodes pyxlb stateless, pyxlb
+IPIP with the default tables (and, at an N beyond their rating, with tables made for N),
+iptables, nftables, the ceiling, and "generator alone" (drop): the sink's program on that
+node's in0 counts and drops every frame. pyxlb's tables are filled first (chain generator,
+as above).
+
+How the cost is taken. The sender runs pinned to the CPU; the veth runs its receiver's
+NAPI there when the system call re-enables bottom halves, so in0's XDP program, the
+kernel's forwarding (or the XDP redirect), the hop out0 -> s-<fwd> and the sink's count
+all run in softirq on that CPU, within the sending thread's own time (this kernel has no
+IRQ time accounting, CONFIG_IRQ_TIME_ACCOUNTING unset: softirq work is charged to the
+task it runs on; what the kernel defers runs in ksoftirqd there). ns/pkt = (the thread's
+CPU clock + ksoftirqd's run time on the CPU) over the measured send / frames sent: the
+generator, the veth, the forwarder and the sink. cost = ns/pkt less that of the drop node
+measured in the same round (the generator, its system call and the veth hop into in0's
+XDP, which every node shares): what the LB node does with a packet plus the hop to the
+sink and the sink's count (the same for every forwarder; the ceiling's cost is about that
+alone). Reported beside: ratios of costs, pyxlb over iptables DNAT and pyxlb over the
+ceiling; ns beyond the ceiling's cost; delivered Mpps (sink count / wall time of the send:
+the generator's pace, not a forwarder's limit) and the share delivered (at least 99% or
+the run fails). Every node is measured in turn each round, the drop node first; a figure
+is the median of the rounds (per-round costs: against that round's drop). Other work on
+the shared CPU still shows (its interrupts and cache misses land in our time): costs vary
+by some tens of percent between runs; compare within one run.
+
+Flows. Admitted as connections are, once a node, family and N: pyxlb's flow table with
+two packets a flow, then one more past the promotion age (admit_socket, as admit()),
+then one more packet from every flow (to the steady state of the cycle); a
+DNAT node's conntrack, flushed first, with two packets a flow, its entries then kept for
+all the rounds of that N (unreplied UDP and unacknowledged TCP time out after 30 and 300
+s by default: raised to CT_IDLE_TIMEOUT on the DNAT nodes) and flushed after them; each
+measurement checks that conntrack holds exactly N entries (fewer: some expired, their
+packets opened new ones). A million entries exceed nf_conntrack_max (262,144 here, global,
+writable only from the initial namespace): the run raises it to N + CT_MAX_SLACK and puts
+it back at the end, also on failure (the hash keeps its 262,144 buckets: a quarter of the
+max, kube-proxy's ratio). Each measurement: a warm-up of SOCKET_WARM packets, then about
+--duration seconds of packets (1.5 by default), both cycling the flows on from where the
+node's last send stopped. Results: bench/results/lab_throughput_socket.json (no chart;
+the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames reach
+XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which every
+node pays, the drop node included; IPv6 goes through pyxlb, the ceiling and the drop node
+only.
 """
 
 import argparse
@@ -529,6 +581,8 @@ class Lab:
         # generator, chain true, only fills pyxlb's tables)
         self.socket_gen = socket_gen
         self.senders: Dict[str, object] = {}     # node: its socket_gen.Sender
+        self.send_pos: Dict[Tuple[str, int], int] = {}   # (node, family): next frame
+        self.ct_admitted: Dict[Tuple[str, int], int] = {}    # (node, family): N admitted
         self.flows = tuple(sorted(set(flows)))
         self.nodes = lab_nodes(self.flows, socket_gen)
         self.by_node = {f.node: f for f in self.nodes}
@@ -774,6 +828,10 @@ class Lab:
             # a NIC would have verified the L4 checksum; a frame from XDP arrives unverified
             # and conntrack would check it in software: spare the DNAT forwarders that cost
             sysctl("net/netfilter/nf_conntrack_checksum", 0)
+            if self.socket_gen:
+                # flows admitted once an N stay for its rounds: no reply ever comes
+                for key in ("udp_timeout", "tcp_timeout_unacknowledged"):
+                    sysctl(f"net/netfilter/nf_conntrack_{key}", CT_IDLE_TIMEOUT)
 
     def _iptables(self, f: Forwarder) -> None:
         self._kernel_forwarder(f)
@@ -1653,7 +1711,10 @@ def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
 SOCKET_DURATION = 1.5           # seconds a measurement (about; --duration)
 SOCKET_MIN_PACKETS = 200_000
 SOCKET_MAX_PACKETS = 4_000_000
-SOCKET_WARM = 20_000            # warm-up: every flow once, and at least this many packets
+SOCKET_WARM = 20_000            # warm-up packets before each measurement
+CT_IDLE_TIMEOUT = 900           # --generator socket: conntrack's timeouts of unreplied UDP
+                                # and unacknowledged TCP on the DNAT nodes (30 s and 300 s:
+                                # admitted flows must outlive a round at a million flows)
 SOCKET_DELIVERED = 0.99         # a run must deliver at least this share of what was sent
 CT_MAX_SLACK = 65_536           # nf_conntrack_max during a socket run: N + this at least
 
@@ -1677,9 +1738,20 @@ def conntrack_room(flows: int):
             sysctl(path, before)
 
 
-def _socket_send(lab: Lab, f: Forwarder, msgs, packets: int) -> dict:
-    """Send `packets` frames of `msgs` (cycled) out of g-<fwd>; bounded in time."""
-    return lab.senders[f.node].send(msgs, packets, timeout=20 + packets / 100_000)
+def _send_timeout(packets: int) -> float:
+    """A send's bound in time: generous (new flows through conntrack on a busy CPU go at
+    some 50,000 a second), but a bound."""
+    return 60 + packets / 20_000
+
+
+def _socket_send(lab: Lab, f: Forwarder, msgs, packets: int, start: int = 0) -> dict:
+    """Send `packets` frames of `msgs` (cycled from message `start`) out of g-<fwd>, all of
+    them (an admission or a warm-up cut short by the time bound is an error)."""
+    g = lab.senders[f.node].send(msgs, packets, timeout=_send_timeout(packets), start=start)
+    if g["sent"] + g["refused"] < packets:
+        raise RuntimeError(f"{f.label}: sent {g['sent']} of {packets} frames in "
+                           f"{g['wall_s']:.0f} s (the time bound)")
+    return g
 
 
 def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
@@ -1719,9 +1791,10 @@ def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
 def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
                    duration: float, rate_hint: Optional[float]) -> dict:
     """One measurement of established flows with the socket generator, from this thread
-    pinned to `cpu`: admission (pyxlb's flow table: once a node and family; conntrack:
-    every time, after a flush: two packets a flow), a warm-up (every flow once), then the
-    measured send, between readings of this thread's CPU clock and ksoftirqd's run time
+    pinned to `cpu`: admission once a node, family and N (pyxlb's flow table: admit_socket;
+    conntrack, flushed first: two packets a flow, its entries kept for the rounds of this
+    N), a warm-up, then the measured send (the flows cycled in order from where the last
+    send stopped), between readings of this thread's CPU clock and ksoftirqd's run time
     on `cpu`. Returns the figures and the checks that failed."""
     f = lab.node(f)
     flows = frames.count
@@ -1731,15 +1804,25 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
     try:
         if dp and not f.stateless:
             set_limits(lab, f, "established")
-        if f.conntrack:
+        if f.conntrack and lab.ct_admitted.get((f.node, family)) != flows:
             lab.conntrack_flush(f)
             # every flow opens its conntrack entry as a connection does: two packets in a row
+            t_adm = time.monotonic()
             _socket_send(lab, f, frames.part(0, flows, 2), 2 * flows)
+            lab.ct_admitted[(f.node, family)] = flows
+            lab.admitted[(f"{f.node}@{flows}", family)] = {
+                "flows": flows, "conntrack_entries": lab.conntrack_count(f),
+                "seconds": round(time.monotonic() - t_adm, 2)}
         elif dp and not f.stateless and (f.node, family) not in lab.admitted:
             lab.admitted[(f.node, family)] = admit_socket(lab, f, frames, family)
-        warm = _socket_send(lab, f, frames.cycle(), max(flows, SOCKET_WARM))
+            # one more pass of every flow: from the admission's state to the table's
+            # steady state under the cycle (the live generator's warm-up is such a pass)
+            _socket_send(lab, f, frames.cycle(), flows)
+        sender = lab.senders[f.node]
+        start = lab.send_pos.get((f.node, family), 0)
+        warm = _socket_send(lab, f, frames.cycle(), SOCKET_WARM, start=start)
         rate = rate_hint or warm["sent"] / max(warm["wall_s"], 1e-3)
-        packets = int(min(SOCKET_MAX_PACKETS, max(SOCKET_MIN_PACKETS, flows, rate * duration)))
+        packets = int(min(SOCKET_MAX_PACKETS, max(SOCKET_MIN_PACKETS, rate * duration)))
 
         st0 = dp.stats() if dp else {}
         c0 = pyxlb_counts(dp, family) if dp else None
@@ -1747,8 +1830,10 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
         softirqd = list(ksoftirqd_pids([cpu]).values())
         p0 = cpu_times()[cpu]
         k0, t0 = run_time_s(softirqd), time.thread_time()
-        g = _socket_send(lab, f, frames.cycle(), packets)
+        g = sender.send(frames.cycle(), packets, timeout=_send_timeout(packets),
+                        start=warm["next"])
         t1, k1 = time.thread_time(), run_time_s(softirqd)
+        lab.send_pos[(f.node, family)] = g["next"]
         p1 = cpu_times()[cpu]
     finally:
         os.sched_setaffinity(0, allowed)
@@ -1757,8 +1842,6 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
     stats = _delta(st0, dp.stats()) if dp else {}
     counts = _delta(c0, pyxlb_counts(dp, family)) if dp else None
     ct_entries = lab.conntrack_count(f) if f.conntrack else None
-    if f.conntrack:
-        lab.conntrack_flush(f)
     hz = os.sysconf("SC_CLK_TCK")
     stat = {name: (p1[i] - p0[i]) / hz for i, name in
             enumerate(("user", "nice", "system", "idle", "iowait", "irq", "softirq",
@@ -1785,9 +1868,12 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
     if ct_entries is not None:
         run["conntrack_entries"] = ct_entries
     run["failed_checks"] = check_run(f, "established", run)
+    if g["sent"] + g["refused"] < packets:
+        run["failed_checks"].append(f"sent {g['sent']} of {packets} frames: the time bound")
     if run["delivered"] < SOCKET_DELIVERED:
         run["failed_checks"].append(f"{run['delivered']:.1%} of {g['sent']} sent delivered")
-    if f.conntrack and ct_entries < 0.99 * flows:
+    if f.conntrack and ct_entries < flows:
+        # fewer: entries expired (their packets then open new ones: not established)
         run["failed_checks"].append(f"{ct_entries} conntrack entries for {flows} flows")
     return run
 
@@ -1929,6 +2015,10 @@ def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[
                                   f"{run['mpps']:.2f} Mpps ({run['delivered']:.0%} of "
                                   f"{run['sent']} delivered){hits}{flag}", flush=True)
                 del frame_sets
+                for f in nodes:         # conntrack's entries of this N go
+                    if f.conntrack:
+                        lab.conntrack_flush(f)
+                lab.ct_admitted.clear()
     finally:
         lab.down()
     elapsed = time.monotonic() - t_start
@@ -1958,9 +2048,15 @@ def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[
         "MAC rewrite + bpf_redirect); ns_over_ceiling = ns_cost - the ceiling's",
         "mpps: delivered at the sink per wall second of the send: the generator's pace "
         "(under ~1 Mpps), not what the forwarder could do",
-        "flows admitted as connections are: conntrack (flushed before every measurement): "
-        "two packets a flow; pyxlb's flow table: admit_socket (pairs, then a third packet "
-        "past the promotion age); a warm-up of every flow once before each measurement",
+        "flows admitted as connections are, once a node, family and N: conntrack (flushed "
+        "first, and after the N's rounds): two packets a flow, its timeouts of unreplied "
+        f"UDP and unacknowledged TCP at {CT_IDLE_TIMEOUT} s on the DNAT nodes so that the "
+        "entries outlive the rounds (checked: as many entries as flows after each "
+        "measurement); pyxlb's flow table: admit_socket (pairs, then a third packet past "
+        "the promotion age) and one more pass of every flow; then each measurement: a "
+        "warm-up of "
+        f"{SOCKET_WARM} packets and the measured send, both cycling the flows in order "
+        "from where the node's last send stopped",
         "the veth hands an AF_PACKET skb to XDP by copying it into a page (its headroom "
         "is under XDP's 256 bytes): every node, the drop baseline included, pays that",
         "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node, no masquerade; "
