@@ -1825,7 +1825,7 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
         # at least one whole pass over the flows: which flows of a set keep their place
         # depends on where in the pass they come, so only a whole pass shows the table's
         # hit share (a window over the first fifth of a million flows hit 87%, a whole
-        # pass 92%)
+        # pass 91.5%, where the set rule says 92%)
         packets = int(min(SOCKET_MAX_PACKETS,
                           max(SOCKET_MIN_PACKETS, flows, rate * duration)))
 
