@@ -169,23 +169,25 @@ is the median of the rounds (per-round costs: against that round's drop). Other 
 the shared CPU still shows (its interrupts and cache misses land in our time): costs vary
 by some tens of percent between runs; compare within one run.
 
-Flows. Admitted as connections are, once a node, family and N: pyxlb's flow table with
-two packets a flow, then one more past the promotion age (admit_socket, as admit()),
-then one more packet from every flow (to the steady state of the cycle); a
-DNAT node's conntrack, flushed first, with two packets a flow, its entries then kept for
-all the rounds of that N (unreplied UDP and unacknowledged TCP time out after 30 and 300
-s by default: raised to CT_IDLE_TIMEOUT on the DNAT nodes) and flushed after them; each
-measurement checks that conntrack holds exactly N entries (fewer: some expired, their
-packets opened new ones). A million entries exceed nf_conntrack_max (262,144 here, global,
-writable only from the initial namespace): the run raises it to N + CT_MAX_SLACK and puts
-it back at the end, also on failure (the hash keeps its 262,144 buckets: a quarter of the
-max, kube-proxy's ratio). Each measurement: a warm-up of SOCKET_WARM packets, then about
---duration seconds of packets (1.5 by default) and at least one whole pass over the N
-flows, both cycling the flows on from where the node's last send stopped. Results: bench/results/lab_throughput_socket.json (no chart;
-the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames reach
-XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which every
-node pays, the drop node included; IPv6 goes through pyxlb, the ceiling and the drop node
-only.
+Flows. Admitted as connections are, once a node, family and N: pyxlb's flow table with two
+packets a flow, then one more past the promotion age (admit_socket, as admit()), then one
+more packet from every flow (to the steady state of the cycle); a DNAT node's conntrack,
+flushed first, with two packets a flow, its entries then kept for all the rounds of that N
+(unreplied UDP and unacknowledged TCP time out after 30 and 300 s by default: raised to
+CT_IDLE_TIMEOUT on the DNAT nodes) and flushed after them; each measurement checks that
+conntrack holds exactly N entries (fewer: some expired, their packets opened new ones). A
+million entries exceed nf_conntrack_max (262,144 here, global, writable only from the
+initial namespace): the run raises it to N + CT_MAX_SLACK and puts it back at the end,
+also on failure; conntrack's hash table, which every namespace shares, gets a bucket for
+every four entries of the two DNAT nodes together (kube-proxy sizes it a quarter of its
+max: each node then sees the chains it would alone), put back likewise. Each measurement:
+a warm-up of SOCKET_WARM packets, then about --duration seconds of packets (1.5 by
+default) and at least one whole pass over the N flows, both cycling the flows on from
+where the node's last send stopped. Results: bench/results/lab_throughput_socket.json (no
+chart; the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames
+reach XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which
+every node pays, the drop node included; IPv6 goes through pyxlb, the ceiling and the drop
+node only.
 """
 
 import argparse
@@ -1719,21 +1721,36 @@ SOCKET_DELIVERED = 0.99         # a run must deliver at least this share of what
 CT_MAX_SLACK = 65_536           # nf_conntrack_max during a socket run: N + this at least
 
 
+CT_HASHSIZE = "/sys/module/nf_conntrack/parameters/hashsize"
+
+
 @contextlib.contextmanager
-def conntrack_room(flows: int):
-    """nf_conntrack_max (global: written in the initial namespace, read-only in others) at
-    least `flows` + CT_MAX_SLACK while the block runs, restored after it, also on failure.
-    The hash table keeps its buckets (262,144 here: a quarter of a million-flow max,
-    kube-proxy's own ratio of buckets to max)."""
+def conntrack_room(flows: int, nodes: int):
+    """Room in conntrack for `nodes` DNAT nodes of `flows` entries each while the block
+    runs, put back after it, also on failure. nf_conntrack_max (global, writable only in
+    the initial namespace; each namespace's count is held to it) at least `flows` +
+    CT_MAX_SLACK; and the hash table, which all namespaces share, at least a bucket for
+    every four of their entries together: kube-proxy sizes it a quarter of its max, so
+    each node sees chains as long as it would alone."""
     path = "net/netfilter/nf_conntrack_max"
     before = int(read_sysctl(path))
+    with open(CT_HASHSIZE) as fh:
+        buckets_before = int(fh.read())
     want = flows + CT_MAX_SLACK
-    if want > before:
-        sysctl(path, want)
+    buckets = -(-nodes * flows // 4)
     try:
+        if want > before:
+            sysctl(path, want)
+        if buckets > buckets_before:
+            with open(CT_HASHSIZE, "w") as fh:
+                fh.write(str(buckets))
         yield {"nf_conntrack_max_before": before, "nf_conntrack_max": max(before, want),
+               "nf_conntrack_buckets_before": buckets_before,
                "nf_conntrack_buckets": int(read_sysctl("net/netfilter/nf_conntrack_buckets"))}
     finally:
+        if buckets > buckets_before:
+            with open(CT_HASHSIZE, "w") as fh:
+                fh.write(str(buckets_before))
         if want > before:
             sysctl(path, before)
 
@@ -1983,7 +2000,8 @@ def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[
     hints: Dict[tuple, float] = {}
     fill, ct_info = {}, {}
     try:
-        with conntrack_room(max(flow_counts)) as ct_info:
+        ct_nodes = sum(1 for f in lab.nodes if f.conntrack)
+        with conntrack_room(max(flow_counts), ct_nodes) as ct_info:
             print(f"building the lab ({lab.prefix}-*: generator, sink, "
                   f"{len(lab.nodes)} LB nodes)...", flush=True)
             lab.up()
@@ -2066,8 +2084,10 @@ def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[
         "the veth hands an AF_PACKET skb to XDP by copying it into a page (its headroom "
         "is under XDP's 256 bytes): every node, the drop baseline included, pays that",
         "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node, no masquerade; "
-        f"nf_conntrack_max raised to {ct_info.get('nf_conntrack_max')} for the run and "
-        "restored after (buckets unchanged)",
+        f"nf_conntrack_max raised to {ct_info.get('nf_conntrack_max')} and conntrack's "
+        f"hash (shared by all namespaces) to {ct_info.get('nf_conntrack_buckets')} "
+        "buckets for the run, a bucket for every 4 entries of the DNAT nodes together "
+        "(kube-proxy's quarter of its max for one node), both restored after",
     ]
     data = {
         "machine": info, "generator": "socket", "quick": args.quick, "duration_s": duration,
