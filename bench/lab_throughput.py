@@ -2142,9 +2142,11 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="shorter measurements (about a minute in all)")
     parser.add_argument("--duration", type=float, help="seconds a measurement (default 2, "
-                        "--quick 0.5)")
+                        "--quick 0.5; socket generator 1.5, and at least a pass over "
+                        "the flows)")
     parser.add_argument("--rounds", type=int, help="measurements a case, of which the "
-                        "median is reported (default 5, --quick 3)")
+                        "median is reported (default 5, --quick 3; socket generator 3, "
+                        "--quick 2)")
     parser.add_argument("--generator", choices=("auto", "live", "chain", "socket"),
                         default="auto",
                         help="live: live-frames test runs, really transmitted; chain: the "
