@@ -186,8 +186,11 @@ default) and at least one whole pass over the N flows, both cycling the flows on
 where the node's last send stopped. Results: bench/results/lab_throughput_socket.json (no
 chart; the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames
 reach XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which
-every node pays, the drop node included; IPv6 goes through pyxlb, the ceiling and the drop
-node only.
+every node pays, the drop node included; every frame goes through alone (one frame a NAPI
+poll, right after its system call: nothing batched, no code or data kept hot between two
+frames), so every forwarder costs more here than in the chain generator's tight loop, and
+the figures of the two generators never compare; IPv6 goes through pyxlb, the ceiling and
+the drop node only.
 """
 
 import argparse
