@@ -1,8 +1,9 @@
 """Packets per second through an LB node in network namespaces: pyxlb beside kernel DNAT.
 
 Run as root: `make bench` (or .venv/bin/python bench/lab_throughput.py [--quick]
-[--flows N,...]). Prints a table (IPv4 and IPv6 side by side), writes
-bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png).
+[--flows N,...] [--generator socket]). Prints a table (IPv4 and IPv6 side by side), writes
+bench/results/lab_throughput.json and a bar chart beside it (lab_throughput.png); with
+--generator socket (below, "Generator: socket") bench/results/lab_throughput_socket.json.
 
 Established flows, N. A full run measures at N = 1,000 established flows (what a bench
 that stays in the CPU's cache sees) and N = 1,000,000 (a busy balancer: issue 21), --quick
@@ -134,6 +135,62 @@ second of the kernel's own loop time of each generator thread (BPF_PROG_TEST_RUN
 duration), summed over the threads: the generator, the forwarder's program and, for the
 ceiling, the MAC rewrite and bpf_redirect()'s bookkeeping, without the transmission.
 Figures of the two generators do not compare; a figure compares with one of its own kind.
+
+Generator: socket (--generator socket): kernel DNAT beside XDP without live frames. The
+chain generator cannot drive iptables or nftables (they are not XDP programs), so where
+live frames are refused they would go unmeasured. The socket generator really transmits:
+bench/socket_gen.py, an AF_PACKET socket bound to g-<fwd> in the generator's namespace,
+PACKET_QDISC_BYPASS, sendmmsg(2) of frames precomputed for the N flows (the 5-tuples the
+generator program makes in its shared mode, IPv4 64 bytes, IPv6 84), cycled in order. It
+sends under 1 Mpps: enough to load iptables, not pyxlb, so its figure is not Mpps but the
+CPU time a packet costs. What runs: established flows only, at each N of --flows (default
+1,000 and 1,000,000), on one CPU (the last one allowed); the nodes pyxlb stateless, pyxlb
+IPIP with the default tables (and, at an N beyond their rating, with tables made for N),
+iptables, nftables, the ceiling, and "generator alone" (drop): the sink's program on that
+node's in0 counts and drops every frame. pyxlb's tables are filled first (chain generator,
+as above).
+
+How the cost is taken. The sender runs pinned to the CPU; the veth runs its receiver's
+NAPI there when the system call re-enables bottom halves, so in0's XDP program, the
+kernel's forwarding (or the XDP redirect), the hop out0 -> s-<fwd> and the sink's count
+all run in softirq on that CPU, within the sending thread's own time (this kernel has no
+IRQ time accounting, CONFIG_IRQ_TIME_ACCOUNTING unset: softirq work is charged to the
+task it runs on; what the kernel defers runs in ksoftirqd there). ns/pkt = (the thread's
+CPU clock + ksoftirqd's run time on the CPU) over the measured send / frames sent: the
+generator, the veth, the forwarder and the sink. cost = ns/pkt less that of the drop node
+measured in the same round (the generator, its system call and the veth hop into in0's
+XDP, which every node shares): what the LB node does with a packet plus the hop to the
+sink and the sink's count (the same for every forwarder; the ceiling's cost is about that
+alone). Reported beside: ratios of costs, pyxlb over iptables DNAT and pyxlb over the
+ceiling; ns beyond the ceiling's cost; delivered Mpps (sink count / wall time of the send:
+the generator's pace, not a forwarder's limit) and the share delivered (at least 99% or
+the run fails). Every node is measured in turn each round, the drop node first; a figure
+is the median of the rounds (per-round costs: against that round's drop). Other work on
+the shared CPU still shows (its interrupts and cache misses land in our time): costs vary
+by some tens of percent between runs; compare within one run.
+
+Flows. Admitted as connections are, once a node, family and N: pyxlb's flow table with two
+packets a flow, then one more past the promotion age (admit_socket, as admit()), then one
+more packet from every flow (to the steady state of the cycle); a DNAT node's conntrack,
+flushed first, with two packets a flow, its entries then kept for all the rounds of that N
+(unreplied UDP and unacknowledged TCP time out after 30 and 300 s by default: raised to
+CT_IDLE_TIMEOUT on the DNAT nodes) and flushed after them; each measurement checks that
+conntrack holds exactly N entries (fewer: some expired, their packets opened new ones). A
+million entries exceed nf_conntrack_max (262,144 here, global, writable only from the
+initial namespace): the run raises it to N + CT_MAX_SLACK and puts it back at the end,
+also on failure; conntrack's hash table, which every namespace shares, gets a bucket for
+every four entries of the two DNAT nodes together (kube-proxy sizes it a quarter of its
+max: each node then sees the chains it would alone), put back likewise. Each measurement:
+a warm-up of SOCKET_WARM packets, then about --duration seconds of packets (1.5 by
+default) and at least one whole pass over the N flows, both cycling the flows on from
+where the node's last send stopped. Results: bench/results/lab_throughput_socket.json (no
+chart; the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames
+reach XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which
+every node pays, the drop node included; every frame goes through alone (one frame a NAPI
+poll, right after its system call: nothing batched, no code or data kept hot between two
+frames), so every forwarder costs more here than in the chain generator's tight loop, and
+the figures of the two generators never compare; IPv6 goes through pyxlb, the ceiling and
+the drop node only.
 """
 
 import argparse
@@ -258,9 +315,14 @@ RATED = {
     "pyxlb_l2": Forwarder("pyxlb_l2_rated", "pyxlb L2, max-flows", "l2r", "pyxlb", "l2",
                           table="rated"),
 }
-BY_KEY = {f.key: f for f in (*FORWARDERS, *RATED.values())}
+# --generator socket only: the generator's own cost, the frames dropped by XDP on in0 (the
+# bench's sink program: counted, then dropped), subtracted from every other forwarder's
+DROP = Forwarder("drop", "generator alone (XDP drop)", "drop", "drop")
+# --generator socket measures these (and DROP); pyxlb_ipip also with tables made for N
+SOCKET_KEYS = ("pyxlb_stateless", "pyxlb_ipip", "iptables", "nftables", "ceiling")
+BY_KEY = {f.key: f for f in (*FORWARDERS, *RATED.values(), DROP)}
 ORDER = ["pyxlb_ipip", "pyxlb_ipip_rated", "pyxlb_stateless", "pyxlb_l2", "pyxlb_l2_rated",
-         "iptables", "nftables", "ceiling"]
+         "iptables", "nftables", "ceiling", "drop"]
 TRAFFIC = {"established": "established flows", "new": "new flow every packet",
            "new_nolimit": "new flow every packet, no insertion limit"}
 SHORT = {"established": "established", "new": "new", "new_nolimit": "new, no limit"}
@@ -486,16 +548,19 @@ def default_ratings() -> Optional[Tuple[int, int]]:
             datapath.rated_flows(_layouts.FLOW6_SETS))
 
 
-def lab_nodes(flows: Tuple[int, ...]) -> List[Forwarder]:
+def lab_nodes(flows: Tuple[int, ...], socket_gen: bool = False) -> List[Forwarder]:
     """The LB nodes for established traffic over each N in `flows`: the kernel DNAT
     forwarders and the ceiling once (they keep no flow table of their own, and conntrack's
     is flushed before every measurement); each pyxlb forwarder once per N with the default
     tables, and once more with tables made for N (--max-flows N, --max-flows6 N) where N is
     more than a default table is rated for. pyxlb stateless once: it keeps no flow state,
-    so one node serves every N."""
+    so one node serves every N. With `socket_gen` (--generator socket): SOCKET_KEYS and
+    DROP only."""
     ratings = default_ratings()
-    nodes = []
+    nodes = [DROP] if socket_gen else []
     for f in FORWARDERS:
+        if socket_gen and f.key not in SOCKET_KEYS:
+            continue
         if f.kind != "pyxlb" or f.stateless:
             nodes.append(f)
             continue
@@ -513,12 +578,18 @@ class Lab:
     """The namespaces, links and programs; down() removes all of it (idempotent)."""
 
     def __init__(self, prefix: str, objects: Optional[str] = None, chain: bool = False,
-                 flows: Tuple[int, ...] = (FLOWS,)):
+                 flows: Tuple[int, ...] = (FLOWS,), socket_gen: bool = False):
         self.prefix = prefix
         self.objects = objects          # where the bench objects are (None: pyxlb's)
         self.chain = chain              # the chain generator (no live frames)
+        # --generator socket: an AF_PACKET sender on each g-<fwd> measures (the chain
+        # generator, chain true, only fills pyxlb's tables)
+        self.socket_gen = socket_gen
+        self.senders: Dict[str, object] = {}     # node: its socket_gen.Sender
+        self.send_pos: Dict[Tuple[str, int], int] = {}   # (node, family): next frame
+        self.ct_admitted: Dict[Tuple[str, int], int] = {}    # (node, family): N admitted
         self.flows = tuple(sorted(set(flows)))
-        self.nodes = lab_nodes(self.flows)
+        self.nodes = lab_nodes(self.flows, socket_gen)
         self.by_node = {f.node: f for f in self.nodes}
         self.made_ns: List[str] = []
         self.pin_dirs: List[str] = []
@@ -594,7 +665,12 @@ class Lab:
             self._sink(f)
             self._lb_node(f)
             {"pyxlb": self._pyxlb, "iptables": self._iptables, "nftables": self._nftables,
-             "ceiling": self._ceiling}[f.kind](f)
+             "ceiling": self._ceiling, "drop": self._drop}[f.kind](f)
+        if self.socket_gen:
+            import socket_gen
+            with netns.enter(self.ns("gen")):
+                for f in self.nodes:
+                    self.senders[f.node] = socket_gen.Sender(f"g-{f.short}")
 
     def _veth(self, ns_a: str, if_a: str, mac_a: str, ns_b: str, if_b: str, mac_b: str):
         q = {"num_tx_queues": 2, "num_rx_queues": 2}
@@ -757,6 +833,10 @@ class Lab:
             # a NIC would have verified the L4 checksum; a frame from XDP arrives unverified
             # and conntrack would check it in software: spare the DNAT forwarders that cost
             sysctl("net/netfilter/nf_conntrack_checksum", 0)
+            if self.socket_gen:
+                # flows admitted once an N stay for its rounds: no reply ever comes
+                for key in ("udp_timeout", "tcp_timeout_unacknowledged"):
+                    sysctl(f"net/netfilter/nf_conntrack_{key}", CT_IDLE_TIMEOUT)
 
     def _iptables(self, f: Forwarder) -> None:
         self._kernel_forwarder(f)
@@ -765,6 +845,12 @@ class Lab:
     def _nftables(self, f: Forwarder) -> None:
         self._kernel_forwarder(f)
         sh(self.lb(f), ["nft", "-f", "-"], stdin=nftables_rules())
+
+    def _drop(self, f: Forwarder) -> None:
+        """The generator alone: the sink's program on in0 counts and drops every frame
+        (in0 is this node's sink; its out0 and s-<fwd> stay idle)."""
+        maps = self._attach_object(f, "bench_sink", "sink_count")
+        self.sinks[f.node] = maps["sink_stats"]
 
     def _ceiling(self, f: Forwarder) -> None:
         maps = self._attach_object(f, "bench_ceiling", "ceil_redirect")
@@ -797,6 +883,9 @@ class Lab:
 
     def down(self) -> List[str]:
         done = []
+        for s in self.senders.values():
+            s.close()
+        self.senders.clear()
         for f in self.nodes:
             if f.conntrack and self.lb(f) in self.made_ns:
                 with contextlib.suppress(Exception):
@@ -988,7 +1077,8 @@ def set_limits(lab: Lab, f: Forwarder, traffic: str) -> Optional[Tuple[int, int]
     return want
 
 
-def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dict]:
+def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]],
+                     families: Tuple[int, ...] = FAMILIES) -> Dict[str, dict]:
     """Bring every pyxlb node to the state of a node that has been up a while: where a new
     flow goes, the back half of its set, full of other flows (twice the table's ways of
     new flows went through, its insertion limit off meanwhile), so a new flow pushes the
@@ -996,8 +1086,8 @@ def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dic
     first, front half included.) The established flows go in before each measurement of
     them, as real connections do (admit): promoted to the front half of their set. Where
     in its set a flow sits costs nothing (a set is two cache lines, one for IPv6, read
-    together; a lookup compares all four ways). Returns each node's tables and what went
-    in, by node."""
+    together; a lookup compares all four ways). Only the tables of `families`. Returns
+    each node's tables and what went in, by node."""
     cpus = core_sets[max(core_sets)]
     out = {}
     for f in lab.nodes:
@@ -1010,6 +1100,8 @@ def fill_flow_tables(lab: Lab, core_sets: Dict[int, List[int]]) -> Dict[str, dic
         st0 = dp.stats()
         ways = table_ways(dp)
         for family, n in zip(FAMILIES, ways):
+            if family not in families:
+                continue
             set_traffic(lab, "new", len(cpus), family)
             per_thread = 2 * n // len(cpus) + 1
             generate(lab, f, cpus, per_thread, timeout=60 + per_thread / 500_000,
@@ -1274,7 +1366,7 @@ def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> Lis
                 (run["family"] == 4 and v6 > OTHER_TOLERATED):
             bad.append(f"{v6} of {n} packets were IPv6 (IPv{run['family']} traffic)")
         shares = [s[f"backend{k}"] / n for k in BACKENDS]
-        if f.kind != "ceiling" and min(shares) < 0.15:
+        if f.kind not in ("ceiling", "drop") and min(shares) < 0.15:
             bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     st = run.get("xlb_stats")
     if st is not None:
@@ -1619,6 +1711,408 @@ def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
     plt.close(fig)
 
 
+# -- the socket generator (--generator socket) ------------------------------------------------
+
+SOCKET_DURATION = 1.5           # seconds a measurement (about; --duration)
+SOCKET_MIN_PACKETS = 200_000
+SOCKET_MAX_PACKETS = 4_000_000
+SOCKET_WARM = 20_000            # warm-up packets before each measurement
+CT_IDLE_TIMEOUT = 900           # --generator socket: conntrack's timeouts of unreplied UDP
+                                # and unacknowledged TCP on the DNAT nodes (30 s and 300 s:
+                                # admitted flows must outlive a round at a million flows)
+SOCKET_DELIVERED = 0.99         # a run must deliver at least this share of what was sent
+CT_MAX_SLACK = 65_536           # nf_conntrack_max during a socket run: N + this at least
+
+
+CT_HASHSIZE = "/sys/module/nf_conntrack/parameters/hashsize"
+
+
+@contextlib.contextmanager
+def conntrack_room(flows: int, nodes: int):
+    """Room in conntrack for `nodes` DNAT nodes of `flows` entries each while the block
+    runs, put back after it, also on failure. nf_conntrack_max (global, writable only in
+    the initial namespace; each namespace's count is held to it) at least `flows` +
+    CT_MAX_SLACK; and the hash table, which all namespaces share, at least a bucket for
+    every four of their entries together: kube-proxy sizes it a quarter of its max, so
+    each node sees chains as long as it would alone."""
+    path = "net/netfilter/nf_conntrack_max"
+    before = int(read_sysctl(path))
+    with open(CT_HASHSIZE) as fh:
+        buckets_before = int(fh.read())
+    want = flows + CT_MAX_SLACK
+    buckets = -(-nodes * flows // 4)
+    try:
+        if want > before:
+            sysctl(path, want)
+        if buckets > buckets_before:
+            with open(CT_HASHSIZE, "w") as fh:
+                fh.write(str(buckets))
+        yield {"nf_conntrack_max_before": before, "nf_conntrack_max": max(before, want),
+               "nf_conntrack_buckets_before": buckets_before,
+               "nf_conntrack_buckets": int(read_sysctl("net/netfilter/nf_conntrack_buckets"))}
+    finally:
+        if buckets > buckets_before:
+            with open(CT_HASHSIZE, "w") as fh:
+                fh.write(str(buckets_before))
+        if want > before:
+            sysctl(path, before)
+
+
+def _send_timeout(packets: int) -> float:
+    """A send's bound in time: generous (new flows through conntrack on a busy CPU go at
+    some 50,000 a second), but a bound."""
+    return 60 + packets / 20_000
+
+
+def _socket_send(lab: Lab, f: Forwarder, msgs, packets: int, start: int = 0) -> dict:
+    """Send `packets` frames of `msgs` (cycled from message `start`) out of g-<fwd>, all of
+    them (an admission or a warm-up cut short by the time bound is an error)."""
+    g = lab.senders[f.node].send(msgs, packets, timeout=_send_timeout(packets), start=start)
+    if g["sent"] + g["refused"] < packets:
+        raise RuntimeError(f"{f.label}: sent {g['sent']} of {packets} frames in "
+                           f"{g['wall_s']:.0f} s (the time bound)")
+    return g
+
+
+def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
+    """admit() with the socket generator: each flow sends two packets in a row, then, past
+    the promotion age, one more, in batches of a 16th of the table's sets (the next
+    batch's pairs going out meanwhile), then one packet from every flow. Returns pyxlb's
+    counters of the admission."""
+    dp = lab.datapaths[f.node]
+    flows = frames.count
+    sets = table_sets(lab, f, family) or flows
+    batch = max(1, min(flows, sets // ADMIT_BATCH_PER_SETS))
+    limited = f.node in lab.insert_limits
+    if limited:
+        dp.set_insert_limits(0)
+    st0 = dp.stats()
+    t0 = time.monotonic()
+    pending = None
+    for start in [*range(0, flows, batch), None]:
+        sent = None
+        if start is not None:
+            count = min(batch, flows - start)
+            _socket_send(lab, f, frames.part(start, count, 2), 2 * count)
+            sent = (start, count, time.monotonic())
+        if pending:
+            time.sleep(max(0.0, pending[2] + PROMOTE_WAIT_S - time.monotonic()))
+            _socket_send(lab, f, frames.part(*pending[:2]), pending[1])
+        pending = sent
+    time.sleep(PROMOTE_WAIT_S)
+    _socket_send(lab, f, frames.cycle(), flows)
+    if limited:
+        set_limits(lab, f, "established")
+    st = _delta(st0, dp.stats())
+    return {"flows": flows, "batch": batch, "seconds": round(time.monotonic() - t0, 2),
+            **{k: st.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_insert_limited")}}
+
+
+def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
+                   duration: float, rate_hint: Optional[float]) -> dict:
+    """One measurement of established flows with the socket generator, from this thread
+    pinned to `cpu`: admission once a node, family and N (pyxlb's flow table: admit_socket;
+    conntrack, flushed first: two packets a flow, its entries kept for the rounds of this
+    N), a warm-up, then the measured send (the flows cycled in order from where the last
+    send stopped), between readings of this thread's CPU clock and ksoftirqd's run time
+    on `cpu`. Returns the figures and the checks that failed."""
+    f = lab.node(f)
+    flows = frames.count
+    dp = lab.datapaths.get(f.node)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        if dp and not f.stateless:
+            set_limits(lab, f, "established")
+        if f.conntrack and lab.ct_admitted.get((f.node, family)) != flows:
+            lab.conntrack_flush(f)
+            # every flow opens its conntrack entry as a connection does: two packets in a row
+            t_adm = time.monotonic()
+            _socket_send(lab, f, frames.part(0, flows, 2), 2 * flows)
+            lab.ct_admitted[(f.node, family)] = flows
+            lab.admitted[(f"{f.node}@{flows}", family)] = {
+                "flows": flows, "conntrack_entries": lab.conntrack_count(f),
+                "seconds": round(time.monotonic() - t_adm, 2)}
+        elif dp and not f.stateless and (f.node, family) not in lab.admitted:
+            lab.admitted[(f.node, family)] = admit_socket(lab, f, frames, family)
+            # one more pass of every flow: from the admission's state to the table's
+            # steady state under the cycle (the live generator's warm-up is such a pass)
+            _socket_send(lab, f, frames.cycle(), flows)
+        sender = lab.senders[f.node]
+        start = lab.send_pos.get((f.node, family), 0)
+        warm = _socket_send(lab, f, frames.cycle(), SOCKET_WARM, start=start)
+        rate = rate_hint or warm["sent"] / max(warm["wall_s"], 1e-3)
+        # at least one whole pass over the flows: which flows of a set keep their place
+        # depends on where in the pass they come, so only a whole pass shows the table's
+        # hit share (a window over the first fifth of a million flows hit 87%, a whole
+        # pass 91.5%, where the set rule says 92%)
+        packets = int(min(SOCKET_MAX_PACKETS,
+                          max(SOCKET_MIN_PACKETS, flows, rate * duration)))
+
+        st0 = dp.stats() if dp else {}
+        c0 = pyxlb_counts(dp, family) if dp else None
+        s0 = lab.sink_counts(f)
+        softirqd = list(ksoftirqd_pids([cpu]).values())
+        p0 = cpu_times()[cpu]
+        k0, t0 = run_time_s(softirqd), time.thread_time()
+        g = sender.send(frames.cycle(), packets, timeout=_send_timeout(packets),
+                        start=warm["next"])
+        t1, k1 = time.thread_time(), run_time_s(softirqd)
+        lab.send_pos[(f.node, family)] = g["next"]
+        p1 = cpu_times()[cpu]
+    finally:
+        os.sched_setaffinity(0, allowed)
+    time.sleep(0.02)
+    sink = _delta(s0, lab.sink_counts(f))
+    stats = _delta(st0, dp.stats()) if dp else {}
+    counts = _delta(c0, pyxlb_counts(dp, family)) if dp else None
+    ct_entries = lab.conntrack_count(f) if f.conntrack else None
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = {name: (p1[i] - p0[i]) / hz for i, name in
+            enumerate(("user", "nice", "system", "idle", "iowait", "irq", "softirq",
+                       "steal"))}
+    cpu_s = (t1 - t0) + (k1 - k0)
+    n = sink["packets"]
+    run = {
+        "family": family, "flows": flows, "generator": "socket", "cpu": cpu,
+        "sent": g["sent"], "refused": g["refused"], "packets": n,
+        "delivered": n / g["sent"] if g["sent"] else 0.0,
+        "wall_s": round(g["wall_s"], 4), "mpps_sent": g["sent"] / g["wall_s"] / 1e6,
+        "mpps": n / g["wall_s"] / 1e6,
+        "thread_cpu_s": round(t1 - t0, 6), "ksoftirqd_s": round(k1 - k0, 6),
+        "cpu_s": round(cpu_s, 6), "cpu_share": cpu_s / g["wall_s"],
+        "ns_total": cpu_s * 1e9 / g["sent"] if g["sent"] else None,
+        "proc_stat_s": stat, "sink": sink,
+    }
+    if dp:
+        run["xlb_stats"] = {k: v for k, v in stats.items() if v}
+        run["xlb_counts"] = counts
+        looked = sum(stats.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_stale"))
+        run["hit_share"] = stats.get("flow_hit", 0) / looked if looked else None
+        run["hit_share_expected"] = expected_hit_share(lab, f, family)
+    if ct_entries is not None:
+        run["conntrack_entries"] = ct_entries
+    run["failed_checks"] = check_run(f, "established", run)
+    if g["sent"] + g["refused"] < packets:
+        run["failed_checks"].append(f"sent {g['sent']} of {packets} frames: the time bound")
+    if run["delivered"] < SOCKET_DELIVERED:
+        run["failed_checks"].append(f"{run['delivered']:.1%} of {g['sent']} sent delivered")
+    if f.conntrack and ct_entries < flows:
+        # fewer: entries expired (their packets then open new ones: not established)
+        run["failed_checks"].append(f"{ct_entries} conntrack entries for {flows} flows")
+    return run
+
+
+def summarise_socket(runs: Dict[tuple, List[dict]]) -> dict:
+    """Rows keyed by forwarder, flows, family: medians over the rounds of the CPU time a
+    packet (ns_total), of the forwarder's cost (ns_cost: ns_total less the same round's
+    drop baseline) and of the delivered Mpps; the ratios of ns_cost to iptables' and to
+    the ceiling's (pyxlb over them), and ns_cost beyond the ceiling's."""
+    rows = []
+    for (fkey, flows, family), rs in runs.items():
+        ok = [r for r in rs if not r["failed_checks"]]
+        use = ok or rs
+        base = runs.get(("drop", flows, family), [])
+        costs = []
+        for r in use:
+            b = [d for d in base if d["round"] == r["round"]]
+            if fkey != "drop" and b:
+                costs.append(r["ns_total"] - b[0]["ns_total"])
+        total = [r["ns_total"] for r in use]
+        f = BY_KEY[fkey]
+        row = {"forwarder": fkey, "label": f.label, "flows": flows, "family": family,
+               "ns_total": statistics.median(total), "ns_total_min": min(total),
+               "ns_total_max": max(total),
+               "ns_cost": statistics.median(costs) if costs else None,
+               "ns_cost_min": min(costs) if costs else None,
+               "ns_cost_max": max(costs) if costs else None,
+               "mpps": statistics.median(r["mpps"] for r in use),
+               "delivered": statistics.median(r["delivered"] for r in use),
+               "cpu_share": statistics.median(r["cpu_share"] for r in use),
+               "runs_ok": len(ok), "runs": len(rs),
+               "failed_checks": sorted({c for r in rs for c in r["failed_checks"]})}
+        if f.table:
+            row["table"] = f.table
+        hits = [r["hit_share"] for r in use if r.get("hit_share") is not None]
+        if hits:
+            row["hit_share"] = statistics.median(hits)
+        if use[0].get("hit_share_expected") is not None:
+            row["hit_share_expected"] = use[0]["hit_share_expected"]
+        rows.append(row)
+    by = {(r["forwarder"], r["flows"], r["family"]): r for r in rows}
+    for row in rows:
+        ipt = by.get(("iptables", row["flows"], row["family"]))
+        ceil = by.get(("ceiling", row["flows"], row["family"]))
+        own = row["ns_cost"]
+        row["x_iptables"] = own / ipt["ns_cost"] if own and ipt and ipt["ns_cost"] else None
+        row["x_ceiling"] = own / ceil["ns_cost"] if own and ceil and ceil["ns_cost"] \
+            else None
+        row["ns_over_ceiling"] = own - ceil["ns_cost"] \
+            if own is not None and ceil and ceil["ns_cost"] is not None else None
+    rows.sort(key=lambda r: (r["flows"], r["family"], ORDER.index(r["forwarder"])))
+    return {"rows": rows}
+
+
+def print_table_socket(summary: dict) -> None:
+    head = (f"{'flows':>5} {'IP':>3}  {'forwarder':<26} {'ns/pkt':>7} {'cost ns':>7} "
+            f"{'(min-max)':>11} {'/ ipt':>6} {'/ ceil':>6} {'ns>ceil':>7} {'Mpps':>5} "
+            f"{'deliv':>6} {'hits':>6}")
+    print(head)
+    print("-" * len(head))
+    last, flags = None, []
+    for r in summary["rows"]:
+        if last and last != (r["flows"], r["family"]):
+            print()
+        last = (r["flows"], r["family"])
+        cost = f"{r['ns_cost']:.0f}" if r["ns_cost"] is not None else "(base)"
+        span = f"({r['ns_cost_min']:.0f}-{r['ns_cost_max']:.0f})" \
+            if r["ns_cost"] is not None else ""
+        xi = f"{r['x_iptables']:.2f}" if r["x_iptables"] else "-"
+        xc = f"{r['x_ceiling']:.2f}" if r["x_ceiling"] else "-"
+        over = f"{r['ns_over_ceiling']:.0f}" if r["ns_over_ceiling"] is not None else "-"
+        hits = f"{r['hit_share']:.1%}" if r.get("hit_share") is not None else "-"
+        print(f"{_flows_text(r['flows']):>5} {'v' + str(r['family']):>3}  {r['label']:<26} "
+              f"{r['ns_total']:7.0f} {cost:>7} {span:>11} {xi:>6} {xc:>6} {over:>7} "
+              f"{r['mpps']:5.2f} {r['delivered']:6.1%} {hits:>6}")
+        if r["failed_checks"]:
+            flags.append(f"  CHECK FAILED, IPv{r['family']} {_flows_text(r['flows'])} flows "
+                         f"{r['label']} ({r['runs'] - r['runs_ok']} of {r['runs']} runs): "
+                         + "; ".join(r["failed_checks"]))
+    for line in flags:
+        print(line)
+    print("\nns/pkt: CPU time a packet of the sending thread and ksoftirqd on the measured "
+          "CPU (generator,\n  veth, forwarder and sink: all run there); cost ns: ns/pkt less "
+          "the same round's\n  'generator alone' (XDP drop on in0), medians over the rounds: "
+          "the LB node's work and the\n  hop to the sink. / ipt, / ceil: cost over iptables "
+          "DNAT's, over the bare redirect's.\n  Mpps: delivered at the sink per wall second "
+          "(the generator's pace, not the forwarder's).")
+
+
+def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[int, ...],
+               duration: float) -> None:
+    """--generator socket: build the lab, fill pyxlb's tables (chain generator), measure
+    every node at each N in interleaved rounds, print and write the results."""
+    import socket_gen
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1]
+    signal.signal(signal.SIGUSR1, _on_sigusr1)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    lab = Lab(prefix, objects=args.objects, chain=True, flows=flow_counts, socket_gen=True)
+    t_start = time.monotonic()
+    runs: Dict[tuple, List[dict]] = {}
+    hints: Dict[tuple, float] = {}
+    fill, ct_info = {}, {}
+    try:
+        ct_nodes = sum(1 for f in lab.nodes if f.conntrack)
+        with conntrack_room(max(flow_counts), ct_nodes) as ct_info:
+            print(f"building the lab ({lab.prefix}-*: generator, sink, "
+                  f"{len(lab.nodes)} LB nodes)...", flush=True)
+            lab.up()
+            print("filling pyxlb's flow tables (chain generator)...", flush=True)
+            t_fill = time.monotonic()
+            fill = fill_flow_tables(lab, {1: [cpu], 2: allowed[:2]}, families)
+            print(f"  ({time.monotonic() - t_fill:.0f} s)", flush=True)
+            print(f"measuring (socket generator, CPU {cpu}): {args.rounds} rounds, established "
+                  f"flows " + ", ".join(f"{n:,}" for n in lab.flows), flush=True)
+            for flows in lab.flows:
+                frame_sets = {fam: socket_gen.FrameSet(socket_gen.build_frames(
+                    flows, fam, mac_bytes(LB_IN_MAC), mac_bytes(GEN_MAC),
+                    CLIENTS if fam == 4 else CLIENTS6, VIP if fam == 4 else VIP6, PORT))
+                    for fam in families}
+                nodes = sorted(lab.nodes_at(flows), key=lambda n: (n.kind != "drop",
+                                                                    ORDER.index(n.key)))
+                for rnd in range(args.rounds):
+                    for f in nodes:
+                        for family in families:
+                            if family not in f.families:
+                                continue
+                            key = (f.key, flows, family)
+                            run = measure_socket(lab, f, frame_sets[family], family, cpu,
+                                                 duration, hints.get(key))
+                            run["round"] = rnd
+                            hints[key] = run["mpps_sent"] * 1e6
+                            runs.setdefault(key, []).append(run)
+                            flag = "" if not run["failed_checks"] else \
+                                "  CHECK FAILED: " + "; ".join(run["failed_checks"])
+                            hits = "" if run.get("hit_share") is None else \
+                                f"  hits {run['hit_share']:.2%}"
+                            print(f"  round {rnd + 1} {_flows_text(flows):>5} IPv{family} "
+                                  f"{f.label:<26} {run['ns_total']:6.0f} ns/pkt  "
+                                  f"{run['mpps']:.2f} Mpps ({run['delivered']:.0%} of "
+                                  f"{run['sent']} delivered){hits}{flag}", flush=True)
+                del frame_sets
+                for f in nodes:         # conntrack's entries of this N go
+                    if f.conntrack:
+                        lab.conntrack_flush(f)
+                lab.ct_admitted.clear()
+    finally:
+        lab.down()
+    elapsed = time.monotonic() - t_start
+    for (node, family), a in lab.admitted.items():
+        fill.setdefault(node, {}).setdefault("admission", {})[f"ipv{family}"] = a
+    summary = summarise_socket(runs)
+    info = machine_info()
+    print(f"\nestablished flows, 64-byte frames over IPv4, 84 over IPv6 (UDP and TCP "
+          f"alternately), socket\ngenerator on CPU {cpu} (forwarder and sink on it too), "
+          f"medians of {args.rounds} rounds of ~{duration:g} s\n")
+    print_table_socket(summary)
+    path = args.output or os.path.join(RESULTS_DIR, "lab_throughput_socket.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    notes = [
+        "generator 'socket': an AF_PACKET socket on g-<fwd> (PACKET_QDISC_BYPASS, "
+        "sendmmsg of precomputed frames: bench/socket_gen.py) really transmits; the "
+        "kernel runs the veth's receiver, the forwarder and the sink in softirq on the "
+        "sending CPU, in the sending thread's own time",
+        "ns_total = (the sending thread's CPU clock + ksoftirqd's run time on that CPU) / "
+        "frames sent, over the measured send (this kernel has no IRQ time accounting: "
+        "softirq work is charged to the task it interrupts, here the sender)",
+        "ns_cost = ns_total - ns_total of the same round's 'drop' node (the generator "
+        "alone: its frames dropped by XDP on in0 after the veth hop): what the LB node "
+        "does with a packet, plus the hop out0 -> sink and the sink's count; medians over "
+        "the rounds",
+        "x_iptables, x_ceiling: ns_cost over iptables DNAT's, over the ceiling's (bare "
+        "MAC rewrite + bpf_redirect); ns_over_ceiling = ns_cost - the ceiling's",
+        "mpps: delivered at the sink per wall second of the send: the generator's pace "
+        "(under ~1 Mpps), not what the forwarder could do",
+        "flows admitted as connections are, once a node, family and N: conntrack (flushed "
+        "first, and after the N's rounds): two packets a flow, its timeouts of unreplied "
+        f"UDP and unacknowledged TCP at {CT_IDLE_TIMEOUT} s on the DNAT nodes so that the "
+        "entries outlive the rounds (checked: as many entries as flows after each "
+        "measurement); pyxlb's flow table: admit_socket (pairs, then a third packet past "
+        "the promotion age) and one more pass of every flow; then each measurement: a "
+        "warm-up of "
+        f"{SOCKET_WARM} packets and the measured send (about duration_s, at least one "
+        "whole pass over the flows), both cycling the flows in order from where the "
+        "node's last send stopped",
+        "the veth hands an AF_PACKET skb to XDP by copying it into a page (its headroom "
+        "is under XDP's 256 bytes): every node, the drop baseline included, pays that",
+        "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node, no masquerade; "
+        f"nf_conntrack_max raised to {ct_info.get('nf_conntrack_max')} and conntrack's "
+        f"hash (shared by all namespaces) to {ct_info.get('nf_conntrack_buckets')} "
+        "buckets for the run, a bucket for every 4 entries of the DNAT nodes together "
+        "(kube-proxy's quarter of its max for one node), both restored after",
+    ]
+    data = {
+        "machine": info, "generator": "socket", "quick": args.quick, "duration_s": duration,
+        "rounds": args.rounds, "families": list(families), "flows": list(lab.flows),
+        "cpu": cpu, "frame_bytes": FRAME_LEN, "frame_bytes_ipv6": FRAME_LEN6,
+        "pyxlb": os.path.dirname(os.path.abspath(pyxlb.__file__)),
+        "conntrack": ct_info, "flow_tables": fill,
+        "tools": {"iptables": tool_version(["iptables", "--version"]),
+                  "nft": tool_version(["nft", "--version"])},
+        "elapsed_s": round(elapsed, 1), "notes": notes, **summary,
+        "runs": [{"forwarder": k[0], "flows": k[1], "family": k[2], "runs": v}
+                 for k, v in runs.items()],
+    }
+    with open(path, "w") as out:
+        json.dump(data, out, indent=2)
+        out.write("\n")
+    print(f"\nresults: {path}\n({elapsed:.0f} s)")
+    if any(r["failed_checks"] for r in summary["rows"]):
+        sys.exit(1)
+
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -1651,14 +2145,20 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="shorter measurements (about a minute in all)")
     parser.add_argument("--duration", type=float, help="seconds a measurement (default 2, "
-                        "--quick 0.5)")
+                        "--quick 0.5; socket generator 1.5, and at least a pass over "
+                        "the flows)")
     parser.add_argument("--rounds", type=int, help="measurements a case, of which the "
-                        "median is reported (default 5, --quick 3)")
-    parser.add_argument("--generator", choices=("auto", "live", "chain"), default="auto",
+                        "median is reported (default 5, --quick 3; socket generator 3, "
+                        "--quick 2)")
+    parser.add_argument("--generator", choices=("auto", "live", "chain", "socket"),
+                        default="auto",
                         help="live: live-frames test runs, really transmitted; chain: the "
                         "generator tail-calls the program on the LB node's in0, nothing "
                         "transmitted, XDP forwarders only; auto (default): live where the "
-                        "kernel allows it, else chain")
+                        "kernel allows it, else chain; socket: an AF_PACKET sender "
+                        "(under 1 Mpps, really transmitted), established flows only, "
+                        "every forwarder's CPU cost a packet beside iptables and the "
+                        "ceiling (results: lab_throughput_socket.json)")
     parser.add_argument("--flows", action="append", metavar="N[,N...]",
                         help="established flows in all, shared out among the cores: each N "
                         "measured in turn (pyxlb nodes of its own for each); repeatable or "
@@ -1675,11 +2175,13 @@ def main():
                         "bench/results/lab_throughput.json); the chart goes beside it "
                         "(.png)")
     args = parser.parse_args()
+    socket_run = args.generator == "socket"
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
+        args.rounds = (2 if args.quick else 3) if socket_run else (3 if args.quick else 5)
     if args.rounds < 1:
         sys.exit("lab_throughput: --rounds must be at least 1")
-    duration = args.duration or (0.5 if args.quick else 2.0)
+    duration = args.duration or (0.5 if args.quick else
+                                 SOCKET_DURATION if socket_run else 2.0)
     if duration <= 0 or duration > 60:
         sys.exit("lab_throughput: --duration must be more than 0 and at most 60 seconds")
     try:
@@ -1716,6 +2218,9 @@ def main():
                  "(`make bench` does)")
     bpffs.ensure_mounted()
     prefix = args.prefix or f"ltp{os.getpid()}"
+    if socket_run:
+        run_socket(args, prefix, families, flow_counts, duration)
+        return
     live = args.generator != "chain" and live_frames_allowed(prefix)
     if args.generator == "live" and not live:
         sys.exit("lab_throughput: this kernel refuses live frames (EPERM): use "
