@@ -4,8 +4,8 @@ node in each mode").
 Run as root: `make bench` (or .venv/bin/python bench/node_memory.py [--vips N]). Prints a
 table and writes bench/results/node_memory.json.
 
-One datapath is made per case (not pinned, in a network namespace of the benchmark's own
-with a route to the backends, as bench/apply.py does), the same state applied to it, and
+One datapath is made per case (not pinned, in bench/apply.py's network namespace with a
+route to the backends), the same state applied to it, and
 the kernel memory of every map summed: ``memlock`` in /proc/self/fdinfo, each ring's and
 each previous-owner array's inner map included. The state: VIPS TCP VIPs (one address,
 ports 8000 and up), all with the same BACKENDS backends, as the ports of one Service are.
@@ -26,21 +26,18 @@ preallocated arrays, so they cost the same empty or full.
 import argparse
 import ipaddress
 import os
-import subprocess
 import sys
-from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from apply import bench_namespace, memlock  # noqa: E402
 from common import machine_info, write_results  # noqa: E402
 
-from pyxlb import _bpf, netns  # noqa: E402
+from pyxlb import _bpf  # noqa: E402
 from pyxlb.datapath import Datapath, map_sizes  # noqa: E402
 from pyxlb.state import Backend, DesiredState, Vip, VipKey  # noqa: E402
 
 VIPS, BACKENDS = 100, 10
-ROUTER = ("10.63.0.1", "02:00:5e:00:53:01")
-BACKEND_NET = "10.64.0.0/16"
 CASES = (
     ("flow table", False, {}),
     ("flow table, rated for 1 M", False, {"max_flows": 1_000_000, "max_flows6": 1_000_000}),
@@ -48,14 +45,6 @@ CASES = (
     ("stateless, smallest tables", True, {"max_flows": 1024, "max_flows6": 1024}),
 )
 MiB = 1 << 20
-
-
-def memlock(fd: int) -> int:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("memlock:"):
-                return int(line.split()[1])
-    return 0
 
 
 def kernel_memory(dp: Datapath) -> dict:
@@ -83,28 +72,6 @@ def make_state(stateless: bool, vips: int) -> DesiredState:
         Vip(VipKey.parse(f"198.18.0.1:{8000 + p}/tcp"), backends,
             flow_table=not stateless, stateless=stateless)
         for p in range(vips)))
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-@contextmanager
-def bench_namespace():
-    name = f"xlb-nodemem-{os.getpid()}"
-    _ip("netns", "add", name)
-    try:
-        for cmd in (["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
-                    ["link", "set", "veth0", "up"], ["link", "set", "veth1", "up"],
-                    ["addr", "add", "10.63.0.2/24", "dev", "veth0"],
-                    ["neigh", "replace", ROUTER[0], "lladdr", ROUTER[1], "dev", "veth0",
-                     "nud", "permanent"],
-                    ["route", "add", BACKEND_NET, "via", ROUTER[0], "dev", "veth0"]):
-            _ip("-n", name, *cmd)
-        with netns.enter(name):
-            yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def measure(stateless: bool, sizes: dict, vips: int) -> dict:
