@@ -224,6 +224,11 @@ def prom_lab():
         prom.timings["targets up"] = time.monotonic() - started
         print("\nPrometheus, seconds after its start: " + ", ".join(
             f"{what} {t:.2f}" for what, t in prom.timings.items()))
+        # healthy means an agent holds the allocation Lease, as Prometheus has scraped it
+        # (before that, PyxlbNoLeader's expression is true)
+        _wait(lambda: [v for v in prom.query("sum(pyxlb_agent_leader)")
+                       if float(v["value"][1]) == 1], 30, "a leader to be scraped",
+              lambda: prom.logs() + agent_logs(lab))
         make_service(lab, api)
         yield lab, prom
     finally:
@@ -357,7 +362,14 @@ def test_rules_load_and_evaluate(prom_lab):
     assert {r["name"] for r in rules} == set(shipped_alerts())
     bad = [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad, bad
-    active = prom.get("/api/v1/alerts")["data"]["alerts"]
+    # an alert evaluated before the fixture saw the lab healthy (the first seconds, no
+    # leader scraped yet) is pending until the next evaluation finds its expression false
+    deadline = time.monotonic() + 3 * SCRAPE + 1
+    while True:
+        active = prom.get("/api/v1/alerts")["data"]["alerts"]
+        if not active or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert active == [], [(a["labels"], a["state"]) for a in active]
 
 
