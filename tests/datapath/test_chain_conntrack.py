@@ -24,14 +24,13 @@ from dataclasses import dataclass
 import pytest
 
 from pyxlb.bpf import DIR_ENV, object_path
-from pyxlb.datapath import Datapath, DecapPath
 from pyxlb.netns import enter as enter_netns
 
 from . import packets as P
-from .raw import raw_backend
 from .test_chain import (CHAIN, CHAINED, DECAPPED, _lo_addresses, carried, decapsulated,
                          peers, rechained)
-from .test_packets import ACTION_NAMES, MAP_SIZES, PASS, TX, _changed, _mismatch, vip, world
+from .test_chain import _object as chain_object
+from .test_packets import ACTION_NAMES, PASS, TX, _changed, _mismatch, vip
 
 POD_PORT = 9376                     # where the DNAT sends VIP:80
 OTHER_PORT = P.CLIENT_PORT + 1      # a client port with no connection anywhere
@@ -146,18 +145,11 @@ ROWS = _rows()
 
 
 def _object(prog: str):
-    if prog == "decap":
-        dp = DecapPath.load()
-        dp.add_vip(P.VIP4)
-        dp.add_vip(P.VIP6)
-        return dp
-    dp = Datapath.load(map_sizes=MAP_SIZES)
-    world(dp)
-    dp.add_local_addr(P.LOCAL4)
-    dp.add_local_addr(P.LOCAL6)
-    vip(P.VIP4)(dp)
-    vip(P.VIP6, backends=(11,), vip_id=2, ring_id=2)(dp)
-    raw_backend(dp, 11, P.BACKENDS[11])
+    """test_chain's object; the balancer also takes tunnels to LOCAL6 and serves VIP6."""
+    dp = chain_object(prog)
+    if prog != "decap":
+        dp.add_local_addr(P.LOCAL6)
+        vip(P.VIP6, backends=(11,), vip_id=2, ring_id=2)(dp)
     return dp
 
 

@@ -30,7 +30,7 @@ from pyxlb.k8s import objects as o
 from pyxlb.k8s.translate import EXCLUDE_LABEL, FLOW_TABLE_ANNOTATION
 from pyxlb.lab import VIP4, VIP6, node_addr
 
-from tests.support.k8slab import KNODES, KubeLab, agent_refusals
+from tests.support.k8slab import KNODES, KubeLab, agent_refusals, wait_for
 from tests.support.traffic import Streams, Verdict, stalled
 
 NAMESPACE = "shop"
@@ -46,16 +46,6 @@ STREAM_SECONDS = 25.0       # an upper bound: finish() ends the streams first
 SETTLE = 0.6                # seconds of traffic watched after each change (12 chunks)
 READY = 20.0
 CHAIN_WINDOW = 90           # the agents' --chain-window: longer than the test
-
-
-def wait_for(check, timeout: float, what: str, lab: KubeLab) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    logs = "".join(f"\n--- agent {n} ---\n{lab.log_of(n)[-3000:]}" for n in KNODES)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{logs}")
 
 
 def set_excluded(api, node: str, excluded: bool) -> None:

@@ -27,7 +27,8 @@ from pyxlb.errors import PyxlbError
 from pyxlb.k8s import objects as o
 from pyxlb.lab import VIP4, node_addr
 
-from tests.support.k8slab import HEALTH_CHECK_PORT, KNODES, KubeLab, agent_refusals
+from tests.support.k8slab import (HEALTH_CHECK_PORT, KNODES, KubeLab, agent_refusals,
+                                  wait_for)
 from tests.support.release import Release, build_release
 from tests.support.traffic import Opener, Streams, Verdict, stalled
 
@@ -50,18 +51,6 @@ SYNCED = "listed Services, EndpointSlices and Nodes: reconciling"
 # a node's XDP outcomes that carry the VIP's traffic: n1 tunnels it on (tx) or passes its
 # own share up (pass_local); n2 and n3 decapsulate what n1 tunnels to them
 CARRIED = ("tx", "redirect", "pass_local", "decap")
-
-
-def wait_for(check, timeout: float, what: str, lab: KubeLab) -> None:
-    """Poll `check` until it is true, at most `timeout` seconds; else fail with the agents'
-    logs."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    logs = "".join(f"\n--- agent {n} ---\n{lab.log_of(n)[-3000:]}" for n in KNODES)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{logs}")
 
 
 @pytest.fixture

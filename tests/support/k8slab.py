@@ -66,6 +66,18 @@ def agent_refusals(api) -> List[str]:
 AUTO_VIP4 = ipaddress.ip_address("10.77.100.11")
 
 
+def wait_for(check, timeout: float, what: str, lab: "KubeLab", interval: float = 0.05) -> None:
+    """Poll `check` until it is true, at most `timeout` seconds; else fail with the tail of
+    every agent's log."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(interval)
+    logs = "".join(f"\n--- agent {n} ---\n{lab.log_of(n)[-3000:]}" for n in KNODES)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{logs}")
+
+
 class KubeLab(Lab):
     """client, router and three agent nodes; `prefix` names its namespaces."""
 
