@@ -450,10 +450,13 @@ def test_tunnel_checks_leave_no_connection_on_the_backends(fresh):
     """A check's connection ends with a RST, which goes through the tunnel like the rest
     of it: the backend's end of every check is gone once serve stops. (A RST sent plain,
     to the backend's own address, finds nothing there: the backend's end stays open, and
-    a later check from the same local port meets it and times out.)"""
+    a later check from the same local port meets it and times out.) Serve is stopped as a
+    service is, by SIGTERM: the sockets of a SIGKILLed process are closed by the kernel in
+    an order of its own, and a check in flight may lose its tunnel before its RST."""
     lab, servers, path = fresh
-    with Serve(lab, path):
+    with Serve(lab, path) as serve:
         wait_for("every backend checked", lambda: checked_everything(lab, FALL + 2), 10)
+        serve.stop()
     time.sleep(0.2)
     for node in BACKENDS:
         left = subprocess.run(["ss", "-Htn", "-N", lab.ns(node), "state", "connected",
