@@ -30,4 +30,12 @@ int xlb_balancer(struct xdp_md *ctx)
 	return xlb_handle_frame(ctx);
 }
 
+/* Reached only by tail call from xlb_balancer (xlb_jumps): a stateless VIP's segment
+ * whose slot this node now owns, which may belong to the slot's previous owner. */
+SEC("xdp")
+int xlb_chain_local(struct xdp_md *ctx)
+{
+	return xlb_chain_here(ctx);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

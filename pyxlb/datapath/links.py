@@ -1,11 +1,11 @@
-"""Where an object's program is pinned, and which interfaces run a program: what the loader
+"""Where an object's program (and its tail calls' prog array) is pinned, and which interfaces run a program: what the loader
 (loader.py) and upgrades (upgrade.py) both need."""
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import List
+from typing import List, Optional
 
 from pyxlb import _bpf
 
@@ -15,6 +15,13 @@ from .maps import ObjectSpec
 def prog_pin(spec: ObjectSpec, pin_dir: str) -> str:
     """Where the program of `spec` is pinned, beside its maps."""
     return os.path.join(pin_dir, f"prog_{spec.object}")
+
+
+def jumps_pin(spec: ObjectSpec, pin_dir: str) -> Optional[str]:
+    """Where the prog array of `spec`'s tail calls is pinned (None: it has none). The pin
+    is what keeps it filled once the loading process is gone (maps.fill_jumps); it goes
+    with the program's pin, never with the maps'."""
+    return os.path.join(pin_dir, f"jumps_{spec.object}") if spec.jumps else None
 
 
 def interfaces_running(prog_id: int) -> List[dict]:

@@ -21,9 +21,9 @@ from pyxlb.errors import PyxlbError
 
 from . import upgrade as upgrade_mod
 from . import version as V
-from .links import interfaces_running, prog_pin
+from .links import interfaces_running, jumps_pin, prog_pin
 from .flows import FLOWS_PER_SET, flow4_sets, flow_sets, rated_flows  # noqa: F401 (re-exported)
-from .maps import BALANCER, FLOWS4, FLOWS6, MapSet, ObjectSpec
+from .maps import BALANCER, FLOWS4, FLOWS6, MapSet, ObjectSpec, fill_jumps
 from .tables import CommonTables
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxlb"
@@ -83,6 +83,9 @@ class LoadedObject:
         self.pin_dir = pin_dir
         self.upgraded: Optional[upgrade_mod.Result] = None    # what create() upgraded
         self.tables = self.TABLES(maps)
+        # a loaded object's tail-call table, held until pinned beside the program (an
+        # adopted one's is held by its pin)
+        self.jumps: Optional[_bpf.Map] = None
 
     @classmethod
     def load(cls, pin_dir: Optional[str] = None,
@@ -110,7 +113,7 @@ class LoadedObject:
 
         obj = _bpf.BpfObject.open(object_path(spec.object))
         handles: Dict[str, _bpf.Map] = {}
-        prog = None
+        prog = jumps = None
         try:
             for name, size in sizes.items():
                 obj.set_max_entries(name, size)
@@ -118,17 +121,21 @@ class LoadedObject:
                 for name in spec.maps.values():
                     obj.set_pin_path(name, os.path.join(pin_dir, name))
             obj.load()
+            jumps = fill_jumps(obj, spec)
             for attr, name in spec.maps.items():
                 handles[attr] = obj.map(name)
             prog = obj.program(spec.program)
         except BaseException:
             for m in handles.values():
                 m.close()
+            if jumps is not None:
+                jumps.close()
             raise
         finally:
             obj.close()     # the handles hold their own fds
 
         self = cls(prog, MapSet(spec, handles), pin_dir)
+        self.jumps = jumps
         try:
             self.tables.config.init()
             self._after_load()
@@ -275,6 +282,9 @@ class LoadedObject:
         else:
             self = cls.load(pin_dir=pin_dir, map_sizes=map_sizes)
             try:
+                # the tail calls' table before the program: a program pinned without it
+                # would lose its tail calls with this process
+                self._pin_jumps()
                 self.prog.pin(cls.prog_pin(self.pin_dir))
             except BaseException:
                 self.close()
@@ -282,6 +292,14 @@ class LoadedObject:
         if result is not None and (result.changed or result.resumed):
             self.upgraded = result
         return self
+
+    def _pin_jumps(self) -> None:
+        path = jumps_pin(self.SPEC, self.pin_dir)
+        if path is None or self.jumps is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)     # left by a load that never pinned its program
+        self.jumps.pin(path)
 
     def interfaces(self) -> List[dict]:
         """The interfaces (of the calling thread's network namespace) running this
@@ -359,6 +377,10 @@ class LoadedObject:
             with _bpf.Program.from_pinned(kind.prog_pin(pin_dir)) as other:
                 keep_ids.update(other.map_ids())
         os.unlink(cls.prog_pin(pin_dir))
+        jumps = jumps_pin(cls.SPEC, pin_dir)
+        if jumps is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(jumps)
         for name in os.listdir(pin_dir):
             if not name.startswith("xlb_") or name in keep_names:
                 continue
@@ -389,6 +411,9 @@ class LoadedObject:
         shared = {name for kind in self._other_kinds(self.pin_dir)
                   for name in kind.SPEC.maps.values()}
         names = [*self.SPEC.maps.values(), os.path.basename(self.prog_pin(self.pin_dir))]
+        jumps = jumps_pin(self.SPEC, self.pin_dir)
+        if jumps is not None:
+            names.append(os.path.basename(jumps))
         if not self._other_kinds(self.pin_dir):
             names.append(V.RECORD_MAP)
         for name in names:
@@ -409,6 +434,8 @@ class LoadedObject:
         """Close every handle. Unpinned maps are freed; pinned ones stay for the next load."""
         for m in self.maps:
             m.close()
+        if self.jumps is not None:
+            self.jumps.close()
         self.prog.close()
 
     @property

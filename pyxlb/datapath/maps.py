@@ -65,6 +65,10 @@ BACKEND_STATS = "xlb_backend_stats"  # backend id -> xlb_counters, per CPU
 SOURCE_RANGES = "xlb_source_ranges"  # LPM trie: xlb_src_range_key -> u32, clients VIPs admit
 VIP_RANGE_DROPS = "xlb_vip_range_drops"  # vip id -> u64 refused by source range, per CPU
 
+# The balancer's own, never pinned (ObjectSpec.jumps).
+JUMPS = "xlb_jumps"                  # prog array: XLB_JUMP_* -> program (tail calls)
+JUMP_ARG = "xlb_jump_arg"            # per CPU, 1 entry: what a tail call hands on
+
 # Decap only.
 DECAP_VIPS = "xlb_decap_vips"        # xlb_addr_key -> u32: VIPs a backend accepts tunnelled
 
@@ -75,11 +79,37 @@ HC_PATHS = "xlb_hc_paths"            # xlb_hc_key -> xlb_hc_path: check sockets'
 @dataclass(frozen=True)
 class ObjectSpec:
     """One compiled object: its file name in pyxlb/bpf, its XDP program, and its maps as
-    {attribute name: map name} (the attribute under which ``dp.maps`` exposes it)."""
+    {attribute name: map name} (the attribute under which ``dp.maps`` exposes it).
+
+    `jumps` names the prog array its program tail-calls through and the programs that
+    fill it, in slot order; that map and `private` ones are the object's own: never
+    pinned, never migrated, held by the program that uses them (fill_jumps)."""
 
     object: str
     program: str
     maps: Mapping[str, str]
+    jumps: Optional[Tuple[str, Tuple[str, ...]]] = None
+    private: Tuple[str, ...] = ()
+
+
+def fill_jumps(obj: "_bpf.BpfObject", spec: ObjectSpec) -> Optional["_bpf.Map"]:
+    """Put the loaded object's tail-call targets in its own prog array, and return a
+    handle to it (None: the object has none). The object is complete only then: a jump to
+    an empty slot falls through, silently. The kernel empties a prog array once no file
+    descriptor or pin refers to it any more (the programs' own references do not count),
+    so whoever keeps the datapath keeps the handle open or pins it (links.jumps_pin)."""
+    if spec.jumps is None:
+        return None
+    table, programs = spec.jumps
+    jumps = obj.map(table)
+    try:
+        for slot, name in enumerate(programs):
+            with obj.program(name) as prog:
+                jumps.update(struct.pack("I", slot), struct.pack("I", prog.fd))
+    except BaseException:
+        jumps.close()
+        raise
+    return jumps
 
 
 BALANCER = ObjectSpec(
@@ -111,6 +141,9 @@ BALANCER = ObjectSpec(
         "source_ranges": SOURCE_RANGES,
         "vip_range_drops": VIP_RANGE_DROPS,
     },
+    # stateless mode's own share: xlb_balancer -> xlb_chain_local (balance.h)
+    jumps=(JUMPS, ("xlb_chain_local",)),
+    private=(JUMP_ARG,),
 )
 
 DECAP = ObjectSpec(

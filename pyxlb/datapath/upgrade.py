@@ -49,8 +49,8 @@ from pyxlb.bpf import object_path
 from pyxlb.errors import PyxlbError
 
 from . import version as V
-from .links import interfaces_running, prog_pin
-from .maps import (BALANCER, CONFIG, DECAP, FLOWS4, FLOWS6, LRU_FLOWS6, ObjectSpec,
+from .links import interfaces_running, jumps_pin, prog_pin
+from .maps import (BALANCER, CONFIG, DECAP, FLOWS4, FLOWS6, LRU_FLOWS6, ObjectSpec, fill_jumps,
                    completed_config, online_cpus)
 from .translate import Untranslatable, copy_ops, identity
 
@@ -726,8 +726,12 @@ def _stage(plan: Plan, stage: str) -> Dict[str, "_bpf.Program"]:
                     where = pin_dir if actions[name] == "keep" else stage
                     obj.set_pin_path(name, os.path.join(where, name))
                 obj.load()
+                jumps = fill_jumps(obj, k)
                 prog = obj.program(k.program)
             progs[k.object] = prog
+            if jumps is not None:
+                with jumps:     # pinned first: a program without it loses its tail calls
+                    jumps.pin(os.path.join(stage, os.path.basename(jumps_pin(k, pin_dir))))
             prog.pin(os.path.join(stage, os.path.basename(prog_pin(k, pin_dir))))
         with V.new_record_map() as rec:
             V.write_record(rec, plan.new)
@@ -765,8 +769,8 @@ def _commit(pin_dir: str, wanted: Optional[set]) -> None:
     for name in _pinned_maps(pin_dir):
         if wanted is not None and name not in wanted:
             os.unlink(os.path.join(pin_dir, name))
-    for name in os.listdir(stage):
-        if name.startswith("prog_"):
+    for name in sorted(os.listdir(stage)):     # jumps_* (tail calls) before prog_*
+        if name.startswith(("jumps_", "prog_")):
             os.rename(os.path.join(stage, name), os.path.join(pin_dir, name))
     if os.path.exists(os.path.join(stage, V.RECORD_MAP)):
         os.rename(os.path.join(stage, V.RECORD_MAP), V.record_path(pin_dir))

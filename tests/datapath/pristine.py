@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Optional
 from pyxlb import _bpf
 
 # bpf_map_type values (uapi/linux/bpf.h)
-_HASH, _ARRAY, _PERCPU_ARRAY, _LPM_TRIE, _ARRAY_OF_MAPS = 1, 2, 6, 11, 12
+_HASH, _ARRAY, _PROG_ARRAY, _PERCPU_ARRAY, _LPM_TRIE, _ARRAY_OF_MAPS = 1, 2, 3, 6, 11, 12
 _ARRAYS = (_ARRAY, _PERCPU_ARRAY)
 _KEYED = (_HASH, _LPM_TRIE)
 _OUTERS = (_ARRAY_OF_MAPS,)
@@ -26,7 +26,10 @@ _RDONLY_PROG = 1 << 7       # BPF_F_RDONLY_PROG: .rodata, frozen, never written
 
 def _dump(m: "_bpf.Map"):
     """What map `m` holds: an array's values (one buffer); a hash's or trie's {key:
-    value}; an outer map's {key: (inner id, what the inner map holds)}."""
+    value}; an outer map's {key: (inner id, what the inner map holds)}; a prog array's
+    {slot: program id} (the loader fills it; no row may change it)."""
+    if m.type == _PROG_ARRAY:
+        return {k: m.get(k) for k in range(m.max_entries)}
     if m.type in _ARRAYS:
         # batches no larger than the map: each allocates chunk × value size bytes
         return m.lookup_batch(min(m.max_entries, 4096))[1]
@@ -82,6 +85,7 @@ class Pristine:
         return self.cls(self.obj.prog, self.obj.maps, None)
 
     def _restore(self, m: "_bpf.Map", want) -> None:
+        assert m.type != _PROG_ARRAY, f"a row changed the tail calls in {m.name}"
         if m.type in _ARRAYS:
             m.write_array(want)
         elif m.type in _KEYED:

@@ -261,6 +261,72 @@ CHAINS = [
 ]
 
 
+# -- the balancer's own share: this node is the slot's new owner -------------------------------
+
+def local_owner(addr: str = P.VIP4, backend_id: int = 1, *, flags: int = STATELESS,
+                chain: int = CHAIN):
+    """A VIP of this node's (its only backend is local) whose slots had `chain` before."""
+    def step(dp):
+        vip(addr, flags=flags, backends=(backend_id,))(dp)
+        raw_backend(dp, backend_id, P.BACKENDS[backend_id], local=True)
+        prev(chain)(dp)
+    return step
+
+
+def sent_to(frame: bytes, peer: str) -> bytes:
+    """`frame`, as it came to the balancer, tunnelled to `peer` out of veth0 (the FIB's
+    MACs), without a chain id: a moved connection's packet on its way to the previous
+    owner."""
+    return P.encapsulated(frame, peer, P.flow_hash(frame), dmac=P.FIB_NEIGH_MAC,
+                          smac=VETH0_MAC)
+
+
+def Local(*args, **kw) -> Chain:     # noqa: N802 (a row, as Chain)
+    return Chain(*args, prog="local", **kw)
+
+
+LOCAL_PEERS = peers((CHAIN, P.FIB_NEIGH4), (CHAIN + 1, P.FIB_NEIGH6))
+HERE = {"pass_local": 1}
+
+LOCAL_CHAINS = [
+    Local("local_v4_no_connection_chained", ACK4_DF, TX, sent_to(ACK4_DF, P.FIB_NEIGH4),
+          CHAINED, state=(local_owner(), LOCAL_PEERS)),
+    Local("local_v6_no_connection_chained", ACK6, TX, sent_to(ACK6, P.FIB_NEIGH6), CHAINED,
+          state=(local_owner(P.VIP6, 11), peers((CHAIN, P.FIB_NEIGH6)))),
+    Local("local_4in6_no_connection_chained", ACK4_DF, TX, sent_to(ACK4_DF, P.FIB_NEIGH6),
+          CHAINED, state=(local_owner(), peers((CHAIN, P.FIB_NEIGH6)))),
+    # without DF: no chain id is carried, but the previous owner is this node's to use
+    Local("local_v4_without_df_chained", ACK4, TX, sent_to(ACK4, P.FIB_NEIGH4), CHAINED,
+          state=(local_owner(), LOCAL_PEERS)),
+    Local("local_v4_listener_only_chained", ACK4_DF, TX, sent_to(ACK4_DF, P.FIB_NEIGH4),
+          CHAINED, state=(local_owner(), LOCAL_PEERS), sockets=connection(4, established=False)),
+    Local("local_v4_connection_here_passed", ACK4_DF, PASS, ACK4_DF, HERE,
+          state=(local_owner(), LOCAL_PEERS), sockets=connection(4)),
+    Local("local_v6_connection_here_passed", ACK6, PASS, ACK6, HERE,
+          state=(local_owner(P.VIP6, 11), peers((CHAIN, P.FIB_NEIGH6))),
+          sockets=connection(6)),
+    Local("local_syn_passed", SYN4_DF, PASS, SYN4_DF, HERE,
+          state=(local_owner(), LOCAL_PEERS)),
+    Local("local_no_previous_owner_passed", ACK4_DF, PASS, ACK4_DF, HERE,
+          state=(local_owner(chain=0), LOCAL_PEERS)),
+    Local("local_unknown_chain_id_passed", ACK4_DF, PASS, ACK4_DF,
+          {"chain_no_peer": 1, "pass_local": 1},
+          state=(local_owner(chain=FOREIGN_CHAIN), LOCAL_PEERS)),
+    # an IPv6 client's packet has no IPv4 tunnel to its previous owner
+    Local("local_v6_to_v4_peer_passed", ACK6, PASS, ACK6, {"chain_no_peer": 1, "pass_local": 1},
+          state=(local_owner(P.VIP6, 11), peers((CHAIN, P.FIB_NEIGH4)))),
+    # no neighbour for the peer yet: the kernel forwards the tunnelled packet
+    Local("local_peer_unresolved_passed_to_kernel", ACK4_DF, PASS,
+          ACK4_DF[:12] + sent_to(ACK4_DF, P.FIB_UNRESOLVED4)[12:],
+          {"chain_forwarded": 1, "pass_no_neigh": 1},
+          state=(local_owner(), peers((CHAIN, P.FIB_UNRESOLVED4)))),
+    # a flow-table VIP never reads its slots' previous owners
+    Local("local_flow_table_vip_passed", ACK4_DF, PASS, ACK4_DF,
+          {"flow_miss": 1, "flow_miss_midstream": 1, "pass_local": 1},
+          state=(local_owner(flags=0), LOCAL_PEERS)),
+]
+
+
 def _lo_addresses(name: str) -> None:
     """The VIPs and the clients' addresses on the namespace's loopback, for its sockets."""
     def ip(*args):
@@ -273,6 +339,10 @@ def _lo_addresses(name: str) -> None:
 
 
 def _object(prog: str):
+    if prog == "local":
+        dp = Datapath.load(map_sizes=MAP_SIZES)
+        world(dp)
+        return dp
     if prog == "decap":
         dp = DecapPath.load()
         dp.add_vip(P.VIP4)
@@ -286,7 +356,8 @@ def _object(prog: str):
     return dp
 
 
-@pytest.mark.parametrize("case", CHAINS, ids=[c.name for c in CHAINS])
+@pytest.mark.parametrize("case", CHAINS + LOCAL_CHAINS,
+                         ids=[c.name for c in CHAINS + LOCAL_CHAINS])
 def test_backend_chains(netns, case: Chain):
     ifindex = P.fib_namespace(netns)
     _lo_addresses(netns)

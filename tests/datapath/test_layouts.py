@@ -189,5 +189,9 @@ def test_objects_hold_exactly_the_maps_of_maps_py():
     for spec in (maps.BALANCER, maps.DECAP):
         with _bpf.BpfObject.open(object_path(spec.object)) as obj:
             declared = {n for n in obj.map_names() if n.startswith("xlb_")}
-            assert declared == set(spec.maps.values())
+            own = set(spec.private) | ({spec.jumps[0]} if spec.jumps else set())
+            assert declared == set(spec.maps.values()) | own
+            assert not own & set(spec.maps.values())
             assert spec.program in obj.program_names()
+            assert set(spec.jumps[1] if spec.jumps else ()) | {spec.program} == \
+                set(obj.program_names())

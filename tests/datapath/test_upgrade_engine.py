@@ -18,6 +18,8 @@ from pyxlb.addr import parse_addr
 from pyxlb.datapath.maps import BALANCER, CONFIG, FLOWS4, FLOWS6, LRU_FLOWS6
 from pyxlb.datapath.translate import Untranslatable, copy_ops
 
+from .test_datapath_loader import tail_calls
+
 SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 256}     # sets: a small table copies fast
 
 U32 = ("int", 4, False)
@@ -148,11 +150,15 @@ def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypa
         # the variant orders them hash, backend_id, gen
         assert f6.lookup(6)[:56] == bytes(range(40)) + words(9, 7, 8, 0xDCBA)
         assert f4.lookup(5)[:32] == bytes(range(16)) + words(3, 1, 2, 0xABCD)
+    with Datapath.open(bpffs_dir) as dp:
+        # the new program came with its own tail calls, pinned in place of the old ones
+        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
     monkeypatch.delenv(DIR_ENV)
     U.upgrade(bpffs_dir)
     with Datapath.open(bpffs_dir) as dp:
         assert dp.maps.flows6.lookup(6)[:56] == way6
         assert dp.maps.flows4.lookup(5)[:32] == way
+        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
 
 
 def test_a_staged_upgrade_whose_program_runs_nowhere_is_rolled_back(bpffs_dir, variant_dir,

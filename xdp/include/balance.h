@@ -772,6 +772,25 @@ internal:
 }
 
 /*
+ * A stateless VIP's segment whose slot's new owner is this node, while the slot remembers
+ * its previous owner (`chain`): on to xlb_chain_local, which decides whether the connection
+ * is here. Returns only when the jump cannot be made (an object whose loader filled no
+ * xlb_jumps, as the benchmark's), and the packet is then passed up as before.
+ */
+static __always_inline void xlb_jump_chain_local(struct xdp_md *ctx, __u32 hash, __u32 chain)
+{
+	struct xlb_jump_arg *arg;
+	__u32 zero = 0;
+
+	arg = bpf_map_lookup_elem(&xlb_jump_arg, &zero);
+	if (!arg)
+		return;
+	arg->hash = hash;
+	arg->chain = chain;
+	bpf_tail_call(ctx, &xlb_jumps, XLB_JUMP_CHAIN_LOCAL);
+}
+
+/*
  * Send a VIP packet (or an ICMP error about a VIP flow: `steered`, its family, a constant)
  * to backend `id` by the VIP's mode: pass up when it is served here, rewrite MACs for L2
  * DSR, else tunnel. An L2 VIP's backend whose neighbour the FIB does not know is tunnelled
@@ -787,6 +806,8 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	int rc;
 
 	if ((be->flags & XLB_BACKEND_LOCAL) || vip->mode == XLB_MODE_LOCAL) {
+		if (chain)
+			xlb_jump_chain_local(ctx, hash, chain);
 		xlb_count(XLB_STAT_PASS_LOCAL);
 		return XDP_PASS;
 	}
@@ -801,6 +822,64 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return xlb_tunnel(ctx, pkt, cfg, be, NULL, hash, 0, steered, 1);
 	}
 	return xlb_tunnel(ctx, pkt, cfg, be, nh, hash, chain, steered, 0);
+}
+
+/*
+ * Stateless mode, the balancer's own share (xlb_chain_local's body, after the tail call
+ * from xlb_forward): this node is the slot's new owner, the frame is still as it came
+ * (parsed again here: the jump keeps only the frame). A TCP segment without SYN of a
+ * connection this node does not have (xlb_has_connection: a socket, or a conntrack entry
+ * where a service proxy NATs the VIP) belongs to the slot's previous owner, which the
+ * chain id names: tunnel it there as any backend's packet, without a chain id, so the
+ * previous owner decapsulates it whatever it finds (never a loop). Anything else is passed
+ * up, as a local backend's packet always was.
+ */
+static __always_inline int xlb_chain_here(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_backend to = {};
+	struct xlb_chain_peer *peer;
+	struct xlb_jump_arg *arg;
+	struct xlb_config *cfg;
+	struct xlb_pkt pkt = {};
+	__u32 zero = 0, chain, hash;
+	__be16 proto;
+	int rc;
+
+	arg = bpf_map_lookup_elem(&xlb_jump_arg, &zero);
+	cfg = bpf_map_lookup_elem(&xlb_config, &zero);
+	if (!arg || !cfg || !arg->chain)
+		goto here;
+	chain = arg->chain;
+	hash = arg->hash;
+	proto = xlb_parse_eth(data, data_end, &pkt.l3_off);
+	if (proto == bpf_htons(ETH_P_IP))
+		rc = xlb_parse_ipv4(data, data_end, &pkt);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		rc = xlb_parse_ipv6(data, data_end, &pkt);
+	else
+		goto here;
+	if (rc != XLB_PARSE_OK || pkt.frag || pkt.l4_proto != IPPROTO_TCP ||
+	    xlb_parse_ports(data, data_end, &pkt) != XLB_PARSE_OK || xlb_tcp_syn(ctx, &pkt))
+		goto here;
+	peer = bpf_map_lookup_elem(&xlb_chain_peers, &chain);
+	/* IPv6 inside IPv4 is no tunnel we send (xlb_tunnel) */
+	if (!peer || !peer->family ||
+	    (peer->family == XLB_FAMILY_V4 && pkt.key.family != XLB_FAMILY_V4)) {
+		xlb_count(XLB_STAT_CHAIN_NO_PEER);
+		goto here;
+	}
+	if (xlb_has_connection(ctx, &pkt))
+		goto here;
+	__builtin_memcpy(to.addr, peer->addr, 16);
+	to.family = peer->family;
+	to.state = XLB_BACKEND_ACTIVE;
+	xlb_count(XLB_STAT_CHAIN_FORWARDED);
+	return xlb_tunnel(ctx, &pkt, cfg, &to, NULL, hash, 0, 0, 0);
+here:
+	xlb_count(XLB_STAT_PASS_LOCAL);
+	return XDP_PASS;
 }
 
 /*

@@ -102,6 +102,8 @@
 #define XLB_CHAIN_IDS 65536		/* entries of xlb_chain_peers (id 0 unused) */
 #define XLB_CHAIN_LABEL (1u << 19)	/* flow-label bit: the low 16 bits are a chain id */
 #define XLB_CHAIN_TIME_SHIFT 30		/* xlb_prev_slot.until: ktime ns >> 30 (~1.07 s) */
+#define XLB_JUMP_CHAIN_LOCAL 0		/* xlb_jumps: xlb_chain_local (the only entry) */
+#define XLB_JUMP_MAX 1
 #define XLB_CHAIN_WINDOW_DEFAULT 120	/* seconds a changed slot keeps its previous owner
 					 * when xlb_config.chain_window is 0 */
 

@@ -280,6 +280,28 @@ struct {
 	__type(value, struct xlb_counters);
 } xlb_backend_stats SEC(".maps");
 
+/*
+ * Stateless mode, the balancer's own share: a segment whose slot's new owner is this node
+ * goes on by tail call to xlb_chain_local (balance.h, xlb_chain_here). Both maps are the
+ * object's own and never pinned: the loader puts this object's program in xlb_jumps right
+ * after loading it, and the program holds both maps for as long as it lives.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, XLB_JUMP_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} xlb_jumps SEC(".maps");
+
+/* What the tail call hands on (it keeps only the frame): one slot per CPU, written right
+ * before the jump on the CPU that makes it (XDP runs with migration disabled). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xlb_jump_arg);
+} xlb_jump_arg SEC(".maps");
+
 #endif /* XLB_BALANCER_MAPS */
 
 #ifdef XLB_DECAP_MAPS

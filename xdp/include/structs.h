@@ -188,6 +188,12 @@ struct xlb_chain_peer {
 	__u8 pad[3];
 };
 
+/* Value of xlb_jump_arg: what xlb_chain_local needs from the balancer's pick. */
+struct xlb_jump_arg {
+	__u32 hash;		/* the flow's hash (the outer source, as for any tunnelled packet) */
+	__u32 chain;		/* the slot's chain id: its previous owner */
+};
+
 /* Key of xlb_members: one backend of one VIP. */
 struct xlb_member_key {
 	__u32 vip_id;		/* host order */
