@@ -98,6 +98,12 @@ BACKENDS6 = {i: f"2001:db8:200::{i - 10:x}" for i in range(11, 19)}
 RING4, RING6 = 1, 2
 # the same tables again, for stateless VIPs whose every slot has a previous owner
 RING4_MOVED, RING6_MOVED = 3, 4
+# the balancer's own share: rings whose every slot is this node (LOCAL_ID), one whose every
+# slot had PEER4 before (RING_LOCAL_MOVED), one unchanged; the client port of a real
+# connection in the bench's namespace to the moved one's VIP port (LOCAL_PORT)
+RING_LOCAL_MOVED, RING_LOCAL = 5, 6
+LOCAL_ID = 9
+LOCAL_PORT, LOCAL_HERE_PORT = 9082, 40014
 # stateless mode on a backend: this node's own address (tunnels to it are decapsulated
 # inline), the previous owner a chained packet goes to (a neighbour of veth0 in the bench's
 # namespace), and the client port of the real connection there; the VIP port the namespace
@@ -136,7 +142,8 @@ class _BenchDatapath(Datapath):
     subclass of Datapath sets) at the bench object's wrapper entry. Nothing else is
     overridden."""
 
-    SPEC = dataclasses.replace(maps.BALANCER, object=BENCH_OBJECT, program="bench_balancer")
+    SPEC = dataclasses.replace(maps.BALANCER, object=BENCH_OBJECT, program="bench_balancer",
+                               jumps=(maps.JUMPS, ("bench_chain_local",)))
 
 
 def load():
@@ -150,6 +157,9 @@ def load():
         for name in maps.BALANCER.maps.values():
             obj.reuse_map(name, dp.maps[name])
         obj.load()
+        # its own tail calls (a prog array is private to the programs that share it),
+        # held open as long as the programs
+        progs["jumps_direct"] = maps.fill_jumps(obj, _BenchDatapath.SPEC)
         for short in ("direct", "wrapper", "empty"):
             progs[short] = obj.program(f"bench_{short}")
     finally:
@@ -245,6 +255,10 @@ VIPS = {
     "tcp4_sl": Vip(7, VIP4, 9080, socket.IPPROTO_TCP, RING4, L.VIP_STATELESS),
     "tcp4_sl_moved": Vip(8, VIP4, 9081, socket.IPPROTO_TCP, RING4_MOVED, L.VIP_STATELESS),
     "tcp6_sl_moved": Vip(9, VIP6, 9081, socket.IPPROTO_TCP, RING6_MOVED, L.VIP_STATELESS),
+    "tcp4_local_moved": Vip(10, VIP4, LOCAL_PORT, socket.IPPROTO_TCP, RING_LOCAL_MOVED,
+                            L.VIP_STATELESS),
+    "tcp4_local": Vip(11, VIP4, LOCAL_PORT + 1, socket.IPPROTO_TCP, RING_LOCAL,
+                      L.VIP_STATELESS),
 }
 # the previous owner of every slot of the RING*_MOVED rings
 MOVED_FROM = {RING4_MOVED: BACKENDS4[8], RING6_MOVED: BACKENDS6[18]}
@@ -275,6 +289,13 @@ def raw_configure(dp: Datapath) -> dict:
         t.rings.put(ring_id, rings[ring_id])
         t.prev_rings.put_all({ring_id: ([chain_id(MOVED_FROM[ring_id])] * RING_SIZE,
                                         [until] * RING_SIZE)})()
+    # this node as every slot's backend, and a ring of it that had PEER4 before
+    t.backends.put(LOCAL_ID, BackendRecord(LOCAL4, L.BACKEND_ACTIVE, True, None, 1))
+    for ring_id in (RING_LOCAL, RING_LOCAL_MOVED):
+        rings[ring_id] = [LOCAL_ID] * RING_SIZE
+        t.rings.put(ring_id, rings[ring_id])
+    t.prev_rings.put_all({RING_LOCAL_MOVED: ([chain_id(PEER4)] * RING_SIZE,
+                                             [until] * RING_SIZE)})()
     # a backend's side: this node's own address, and the peer chained packets go to
     dp.add_local_addr(LOCAL4)
     t.chain_peers.put_all({chain_id(PEER4): PEER4})
@@ -399,7 +420,37 @@ def build_cases(rings) -> List[Case]:
         Case("decap_v4_chained", "backend: chain id, re-tunnelled", "balancer",
              tunnelled_to_us(HERE_PORT + 1, chain_id(PEER4)), _bpf.XDP_TX,
              {"chain_forwarded": 1, "tx": 1}, in_netns=True),
+        own_share("local_v4", "own share: slot unchanged, passed up", "tcp4_local",
+                  LOCAL_HERE_PORT, _bpf.XDP_PASS, {"pass_local": 1}),
+        own_share("local_v4_here", "own share: slot moved, socket here", "tcp4_local_moved",
+                  LOCAL_HERE_PORT, _bpf.XDP_PASS, {"pass_local": 1}),
+        own_share("local_v4_chained", "own share: slot moved, tunnelled on",
+                  "tcp4_local_moved", LOCAL_HERE_PORT + 1, _bpf.XDP_TX,
+                  {"chain_forwarded": 1, "tx": 1}),
     ]
+
+
+def own_share(key: str, label: str, vip: str, sport: int, action: int,
+              stats: Dict[str, int]) -> Case:
+    """A client's TCP ACK to a stateless VIP whose every slot is this node (the tail call
+    to xlb_chain_local when the slot moved), received on the namespace's veth0."""
+    v = VIPS[vip]
+    frame = client_frame(CLIENT4, v.addr, TCP(sport=sport, dport=v.port, flags="A", seq=1,
+                                              ack=1))
+    return Case(key, label, "balancer", frame, action, stats, vip_id=v.vip_id,
+                backend_id=LOCAL_ID, in_netns=True)
+
+
+def own_share_sent(frame: bytes, smac: str) -> bytes:
+    """`frame` as the balancer tunnels its own share's moved connection to PEER4: out of
+    veth0 (the FIB's MACs), outer source from the flow hash, no chain id."""
+    family, src_b = parse_addr(CLIENT4)
+    _, dst_b = parse_addr(VIP4)
+    sport, dport = struct.unpack_from("!HH", frame, 34)
+    hash_ = flow_hash(FlowKey(src_b, dst_b, sport, dport, socket.IPPROTO_TCP, family), SEED)
+    out = expected_encap(frame, PEER4, hash_)
+    return bytes.fromhex(PEER_MAC.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + \
+        out[12:]
 
 
 # -- the backend rows' namespace ------------------------------------------------------------
@@ -407,7 +458,8 @@ def build_cases(rings) -> List[Case]:
 class BenchNamespace:
     """NS_NAME: veth0 (LOCAL4/24, forwarding on, PEER4 a permanent neighbour) and its peer
     veth1, both up; the VIP and the client's address on lo, a listener on VIP4:80 and one
-    connection to it from CLIENT4:HERE_PORT; VIP4:NAT_PORT DNATed (nftables) to POD_PORT, a
+    connection to it from CLIENT4:HERE_PORT, the same on VIP4:LOCAL_PORT from
+    CLIENT4:LOCAL_HERE_PORT; VIP4:NAT_PORT DNATed (nftables) to POD_PORT, a
     listener there and one connection through the DNAT from CLIENT4:CT_PORT. Removed by
     close(), also after a failure."""
 
@@ -450,6 +502,15 @@ class BenchNamespace:
             client.bind((CLIENT4, HERE_PORT))
             client.connect((VIP4, 80))
             self.sockets.append(listener.accept()[0])
+            own = socket.socket()           # the balancer's own share (own_share cases)
+            self.sockets.append(own)
+            own.bind((VIP4, LOCAL_PORT))
+            own.listen(1)
+            client = socket.socket()
+            self.sockets.append(client)
+            client.bind((CLIENT4, LOCAL_HERE_PORT))
+            client.connect((VIP4, LOCAL_PORT))
+            self.sockets.append(own.accept()[0])
             pod = socket.socket()
             self.sockets.append(pod)
             pod.bind((VIP4, POD_PORT))
@@ -522,6 +583,8 @@ def verify_single(dp, progs, case: Case) -> None:
         return
     if case.key == "decap_v4_chained":
         case.expected_out = rechained(case.frame, PEER4, BENCH_NS.veth0[1])
+    if case.key == "local_v4_chained":
+        case.expected_out = own_share_sent(case.frame, BENCH_NS.veth0[1])
     if case.expected_out is None:       # passed untouched
         out, *_ = run_checked(dp, progs, case, 1)
         check(out == case.frame, "a packet passed as not-a-VIP was modified")

@@ -31,6 +31,8 @@
 struct bench_saved {
 	__u64 bytes[BENCH_SAVE / 8];
 	long len;		/* data_end - data when saved */
+	long jumped;		/* bench_balancer saved the frame and may tail-call: the
+				 * program it jumps to puts the frame back (bench_chain_local) */
 };
 
 /*
@@ -138,8 +140,32 @@ int bench_balancer(struct xdp_md *ctx)
 
 	if (!saved)
 		return XDP_ABORTED;
+	saved->jumped = 1;
 	action = bench_handle(ctx);
+	saved->jumped = 0;
 	if (bench_restore(ctx, saved))
+		return XDP_ABORTED;
+	return action;
+}
+
+/*
+ * xlb_chain_local as this object's own balancer reaches it (the loader fills this object's
+ * xlb_jumps with it: bench/datapath.py). A tail call never returns, so when bench_balancer
+ * saved the frame this program puts it back, as bench_balancer would have; reached from
+ * bench_direct it leaves the frame as xlb_chain_local does.
+ */
+SEC("xdp")
+int bench_chain_local(struct xdp_md *ctx)
+{
+	int action = xlb_chain_here(ctx);
+	struct bench_saved *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&bench_scratch, &zero);
+	if (!s || !s->jumped)
+		return action;
+	s->jumped = 0;
+	if (bench_restore(ctx, s))
 		return XDP_ABORTED;
 	return action;
 }
