@@ -192,12 +192,18 @@ static __always_inline int xlb_chain(struct xdp_md *ctx, const struct xlb_pkt *o
 		rc = xlb_send(ctx, NULL, XLB_FAMILY_V4, &saddr, &daddr, tot);
 	} else {
 		struct ipv6hdr *ip6h = data + outer->l3_off;
+		const __u32 *to = (const __u32 *)peer->addr;	/* a map value's: aligned */
+		__u32 *daddr = (__u32 *)&ip6h->daddr;
 		__u8 saddr[16];
 
 		if ((void *)(ip6h + 1) > data_end)
 			return xlb_internal_drop();
 		__builtin_memcpy(saddr, &ip6h->saddr, 16);
-		__builtin_memcpy(&ip6h->daddr, peer->addr, 16);
+		/* word by word: a memcpy from the u8 array is sixteen byte copies */
+		daddr[0] = to[0];
+		daddr[1] = to[1];
+		daddr[2] = to[2];
+		daddr[3] = to[3];
 		ip6h->flow_lbl[0] &= ~((XLB_CHAIN_LABEL >> 16) & 0xf);
 		ip6h->hop_limit = XLB_TTL;
 		xlb_count(XLB_STAT_CHAIN_FORWARDED);

@@ -122,21 +122,29 @@ static __always_inline void xlb_write_ipv4(struct iphdr *iph, __u8 tos, __u16 to
 	iph->daddr = daddr;
 }
 
-/* Write a whole IPv6 header (hop limit XLB_TTL). */
+/*
+ * Write a whole IPv6 header (hop limit XLB_TTL) as ten 4-byte words. `saddr` and `daddr`
+ * must be 4-byte aligned (map values, and struct members at offset 0, are): passed as
+ * void pointers, a memcpy of them compiles to sixteen byte loads and stores each, where
+ * the words are four (about 3 ns a packet less for IPv6 tunnels, bench/datapath.py).
+ */
 static __always_inline void xlb_write_ipv6(struct ipv6hdr *ip6h, __u8 tclass, __u32 flowlabel,
 					   __u16 payload_len, __u8 nexthdr, const void *saddr,
 					   const void *daddr)
 {
-	ip6h->version = 6;
-	ip6h->priority = tclass >> 4;
-	ip6h->flow_lbl[0] = ((tclass & 0xf) << 4) | ((flowlabel >> 16) & 0xf);
-	ip6h->flow_lbl[1] = (flowlabel >> 8) & 0xff;
-	ip6h->flow_lbl[2] = flowlabel & 0xff;
-	ip6h->payload_len = bpf_htons(payload_len);
-	ip6h->nexthdr = nexthdr;
-	ip6h->hop_limit = XLB_TTL;
-	__builtin_memcpy(&ip6h->saddr, saddr, 16);
-	__builtin_memcpy(&ip6h->daddr, daddr, 16);
+	const __u32 *s = saddr, *d = daddr;
+	__u32 *w = (__u32 *)ip6h;
+
+	w[0] = bpf_htonl((6u << 28) | ((__u32)tclass << 20) | (flowlabel & 0xfffff));
+	w[1] = bpf_htonl(((__u32)payload_len << 16) | ((__u32)nexthdr << 8) | XLB_TTL);
+	w[2] = s[0];
+	w[3] = s[1];
+	w[4] = s[2];
+	w[5] = s[3];
+	w[6] = d[0];
+	w[7] = d[1];
+	w[8] = d[2];
+	w[9] = d[3];
 }
 
 /* Prepend an outer IPv4 header (protocol IPIP, or IPv6 is not supported inside IPv4). */
