@@ -22,6 +22,8 @@ from pyxlb.errors import PyxlbError
 from pyxlb.plan import BackendRecord, VipRecord
 from pyxlb.state import Backend, DesiredState, StateError, Vip, VipKey
 
+from tests.support.jumps import CHAIN_LOCAL, tail_calls
+
 from .pristine import Pristine
 from .raw import raw_flow, raw_vip
 
@@ -214,29 +216,6 @@ def test_pinned_load_adopts_the_same_maps(bpffs_dir):
         Datapath.load(pin_dir=pins, map_sizes={**SMALL, maps.FLOWS6: 2048})
 
 
-def tail_calls(prog: "_bpf.Program") -> list:
-    """The programs in `prog`'s tail-call table (its xlb_jumps), slot by slot: for each,
-    (name, whether it uses the same xlb_jump_arg as `prog`), or None for an empty slot."""
-    found = {}
-    for map_id in prog.map_ids():
-        m = _bpf.Map.from_id(map_id)
-        found[m.name] = m
-    try:
-        jumps, arg = found[maps.JUMPS], found[maps.JUMP_ARG]
-        out = []
-        for slot in range(jumps.max_entries):
-            value = jumps.get(slot)
-            if value is None:
-                out.append(None)
-                continue
-            with _bpf.Program.from_id(int.from_bytes(value, "little")) as target:
-                out.append((target.name, arg.id in target.map_ids()))
-        return out
-    finally:
-        for m in found.values():
-            m.close()
-
-
 def test_the_tail_calls_outlive_the_process_that_made_the_datapath(bpffs_dir):
     """The kernel empties a prog array once no descriptor or pin refers to it (the
     programs' references do not count): create() pins the balancer's beside its program,
@@ -244,16 +223,16 @@ def test_the_tail_calls_outlive_the_process_that_made_the_datapath(bpffs_dir):
     xlb_chain_local; destroy() takes the pin away with the program's."""
     pin = os.path.join(bpffs_dir, "jumps_balancer")
     made = Datapath.create(bpffs_dir, map_sizes=SMALL)
-    assert tail_calls(made.prog) == [("xlb_chain_local", True)]
+    assert tail_calls(made.prog) == CHAIN_LOCAL
     made.close()                            # no descriptor left: the pins alone hold it
     assert os.path.exists(pin)
     with Datapath.open(bpffs_dir) as dp:
-        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
+        assert tail_calls(dp.prog) == CHAIN_LOCAL
         dp.destroy()
     assert not os.path.exists(pin)
     # an unpinned load holds its table for as long as it is open
     with Datapath.load(map_sizes=SMALL) as dp:
-        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
+        assert tail_calls(dp.prog) == CHAIN_LOCAL
 
 
 def test_balancer_and_decap_share_pinned_common_maps(bpffs_dir):

@@ -18,7 +18,7 @@ from pyxlb.addr import parse_addr
 from pyxlb.datapath.maps import BALANCER, CONFIG, FLOWS4, FLOWS6, LRU_FLOWS6
 from pyxlb.datapath.translate import Untranslatable, copy_ops
 
-from .test_datapath_loader import tail_calls
+from tests.support.jumps import CHAIN_LOCAL, tail_calls
 
 SMALL = {"xlb_flowsets6": 1024, "xlb_flowsets4": 256}     # sets: a small table copies fast
 
@@ -152,13 +152,13 @@ def test_flows_are_migrated_translated_and_back(bpffs_dir, variant_dir, monkeypa
         assert f4.lookup(5)[:32] == bytes(range(16)) + words(3, 1, 2, 0xABCD)
     with Datapath.open(bpffs_dir) as dp:
         # the new program came with its own tail calls, pinned in place of the old ones
-        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
+        assert tail_calls(dp.prog) == CHAIN_LOCAL
     monkeypatch.delenv(DIR_ENV)
     U.upgrade(bpffs_dir)
     with Datapath.open(bpffs_dir) as dp:
         assert dp.maps.flows6.lookup(6)[:56] == way6
         assert dp.maps.flows4.lookup(5)[:32] == way
-        assert tail_calls(dp.prog) == [("xlb_chain_local", True)]
+        assert tail_calls(dp.prog) == CHAIN_LOCAL
 
 
 def test_a_staged_upgrade_whose_program_runs_nowhere_is_rolled_back(bpffs_dir, variant_dir,

@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from pyxlb import _bpf
 from pyxlb import netns
 from pyxlb import node as node_mod
 from pyxlb.bpf import DIR_ENV, object_path
@@ -34,6 +35,7 @@ from pyxlb.lab import BACKENDS, HTTP_PORT, SEED, SEGMENT_MTU, VIP4, VIP6, node_a
 from pyxlb.lab.topology import ENCAP_SOURCE
 from pyxlb.state import DesiredState, Vip, VipKey
 
+from tests.support.jumps import CHAIN_LOCAL, tail_calls
 from tests.support.release import build_release
 from tests.support.traffic import Opener, Streams, Verdict, stalled
 
@@ -241,6 +243,7 @@ def test_the_previous_release_is_upgraded_under_traffic(ulab, ports, tmp_path):
         assert not upgrade_mod.interrupted(lab.pin_dir(node))
     with lab.datapath("lb1") as dp:
         states = {b.address: b.state for v in dp.current_state().vips for b in v.backends}
+        assert tail_calls(dp.prog) == CHAIN_LOCAL       # new with this version
     assert states[node_addr(DRAINED, 4)] == "draining"     # the state came across whole
 
 
@@ -303,6 +306,9 @@ def test_a_killed_upgrade_leaves_the_node_forwarding_and_the_next_start_converge
             pyxlb(lab, "lb1", "upgrade", env=env)
             assert str(Datapath.pinned_version(pin)) == versions[target], point
             assert not upgrade_mod.interrupted(pin), point
+            # the program's own tail calls, pinned (either version's)
+            with _bpf.Program.from_pinned(Datapath.prog_pin(pin)) as prog:
+                assert tail_calls(prog) == CHAIN_LOCAL, point
             target = "this" if target == "variant" else "variant"
         assert_undisturbed((s4, s6), opener)
     if plan_of(lab)["needed"]:
