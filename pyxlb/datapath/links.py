@@ -1,5 +1,6 @@
-"""Where an object's program (and its tail calls' prog array) is pinned, and which interfaces run a program: what the loader
-(loader.py) and upgrades (upgrade.py) both need."""
+"""Where an object's program (and its tail calls' prog array) is pinned, and which
+interfaces run a program: what the loader (loader.py) and upgrades (upgrade.py) both
+need."""
 
 from __future__ import annotations
 

@@ -82,8 +82,9 @@ class ObjectSpec:
     {attribute name: map name} (the attribute under which ``dp.maps`` exposes it).
 
     `jumps` names the prog array its program tail-calls through and the programs that
-    fill it, in slot order; that map and `private` ones are the object's own: never
-    pinned, never migrated, held by the program that uses them (fill_jumps)."""
+    fill it, in slot order; that map and the `private` ones are this object's own: never
+    shared with another version, never migrated. The prog array is pinned beside the
+    program (links.jumps_pin; see fill_jumps), the private ones are held by the program."""
 
     object: str
     program: str

@@ -126,7 +126,7 @@ static __always_inline void xlb_write_ipv4(struct iphdr *iph, __u8 tos, __u16 to
  * Write a whole IPv6 header (hop limit XLB_TTL) as ten 4-byte words. `saddr` and `daddr`
  * must be 4-byte aligned (map values, and struct members at offset 0, are): passed as
  * void pointers, a memcpy of them compiles to sixteen byte loads and stores each, where
- * the words are four (about 3 ns a packet less for IPv6 tunnels, bench/datapath.py).
+ * the words are four (6 ns a packet less for an IPv6 tunnel, bench/datapath.py).
  */
 static __always_inline void xlb_write_ipv6(struct ipv6hdr *ip6h, __u8 tclass, __u32 flowlabel,
 					   __u16 payload_len, __u8 nexthdr, const void *saddr,

@@ -282,9 +282,10 @@ struct {
 
 /*
  * Stateless mode, the balancer's own share: a segment whose slot's new owner is this node
- * goes on by tail call to xlb_chain_local (balance.h, xlb_chain_here). Both maps are the
- * object's own and never pinned: the loader puts this object's program in xlb_jumps right
- * after loading it, and the program holds both maps for as long as it lives.
+ * goes on by tail call to xlb_chain_local (balance.h, xlb_chain_here). Both maps are this
+ * object's own, never shared with another version nor migrated: the loader puts this
+ * object's program in xlb_jumps right after loading it and pins it beside the program
+ * (jumps_balancer: the kernel empties a prog array that only programs refer to).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
