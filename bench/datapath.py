@@ -493,34 +493,23 @@ class BenchNamespace:
         link = json.loads(ip("-n", NS_NAME, "-j", "link", "show", "veth0"))[0]
         self.veth0 = (link["ifindex"], link["address"])
         with enter_netns(NS_NAME):
-            listener = socket.socket()
-            self.sockets.append(listener)
-            listener.bind((VIP4, 80))
-            listener.listen(1)
-            client = socket.socket()
-            self.sockets.append(client)
-            client.bind((CLIENT4, HERE_PORT))
-            client.connect((VIP4, 80))
-            self.sockets.append(listener.accept()[0])
-            own = socket.socket()           # the balancer's own share (own_share cases)
-            self.sockets.append(own)
-            own.bind((VIP4, LOCAL_PORT))
-            own.listen(1)
-            client = socket.socket()
-            self.sockets.append(client)
-            client.bind((CLIENT4, LOCAL_HERE_PORT))
-            client.connect((VIP4, LOCAL_PORT))
-            self.sockets.append(own.accept()[0])
-            pod = socket.socket()
-            self.sockets.append(pod)
-            pod.bind((VIP4, POD_PORT))
-            pod.listen(1)
-            natted = socket.socket()
-            self.sockets.append(natted)
-            natted.bind((CLIENT4, CT_PORT))
-            natted.settimeout(5)
-            natted.connect((VIP4, NAT_PORT))
-            self.sockets.append(pod.accept()[0])
+            self._connection(80, HERE_PORT)
+            self._connection(LOCAL_PORT, LOCAL_HERE_PORT)   # the own_share cases
+            self._connection(POD_PORT, CT_PORT, via=NAT_PORT)
+
+    def _connection(self, port: int, client_port: int, via: Optional[int] = None) -> None:
+        """In the namespace: a listener on VIP4:port and one connection to it from
+        CLIENT4:client_port (made to VIP4:via, which the namespace DNATs to `port`)."""
+        listener = socket.socket()
+        self.sockets.append(listener)
+        listener.bind((VIP4, port))
+        listener.listen(1)
+        client = socket.socket()
+        self.sockets.append(client)
+        client.bind((CLIENT4, client_port))
+        client.settimeout(5)
+        client.connect((VIP4, via or port))
+        self.sockets.append(listener.accept()[0])
 
     def close(self) -> None:
         for s in self.sockets:

@@ -338,6 +338,7 @@ def check_state(dp: Datapath, model: Model, decisions, lengths, vip_ids, backend
     stats.update(Counter(d.flow for d in decisions if d.flow))
     stats["flow_miss_midstream"] = sum(d.midstream for d in decisions)
     stats["chain_sent"] = sum(bool(d.chain) for d in decisions)
+    stats["chain_no_peer"] = sum(d.chain_no_peer for d in decisions)
     assert dp.stats() == stats
     refused = Counter(d.vip_id for d in decisions if d.outcome == "drop_source_range")
     assert {vid: dp.vip_range_drops(vid) for vid in vip_ids} == \

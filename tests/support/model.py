@@ -204,7 +204,9 @@ class Decision:
     (None for a packet not balanced), from which the outer source and flow label come.
     ``midstream``: a miss that is a TCP segment without SYN (``flow_miss_midstream``).
     ``chain``: the previous owner's chain id the tunnelled packet carries (0: none; a
-    stateless VIP's, counted as ``chain_sent``).
+    stateless VIP's, counted as ``chain_sent``). ``chain_no_peer``: a TCP segment without
+    SYN for the balancer's own share (a local backend) whose slot names a previous owner
+    that xlb_chain_peers does not know (counted, then passed up as ``pass_local``).
     """
 
     action: int
@@ -216,6 +218,7 @@ class Decision:
     hash: Optional[int] = None
     midstream: bool = False
     chain: int = 0
+    chain_no_peer: bool = False
 
 
 @dataclass
@@ -278,6 +281,7 @@ class Model:
         self.prev_rings: Dict[int, Tuple[Sequence[int], Sequence[int]]] = {}
         self.flows: Dict[FlowKey, Tuple[int, int, int]] = {}
         self.source_ranges: Dict[int, Set[Tuple[int, bytes]]] = {}
+        self.chain_peers: Dict[int, int] = {}       # chain id -> the family of its node
         self.config = Config()
         self.ingress_ifindex = ingress_ifindex
 
@@ -322,6 +326,9 @@ class Model:
 
     def set_prev_ring(self, ring_id: int, chains: Sequence[int], untils: Sequence[int]) -> None:
         self.prev_rings[ring_id] = (list(chains), list(untils))
+
+    def set_chain_peer(self, chain: int, addr: Address) -> None:
+        self.chain_peers[chain] = parse_addr(addr)[0]
 
     def add_source_range(self, vip_id: int, prefix: Prefix) -> None:
         self.source_ranges.setdefault(vip_id, set()).add(lpm_prefix(prefix))
@@ -404,35 +411,46 @@ class Model:
         return backend_id, flow_stat, False, hash_, 0
 
     def forward(self, key: FlowKey, vip: Vip, backend_id: int, l3_len: int,
-                df: bool, hash_: int, chain: int = 0) -> Tuple[int, str, int]:
+                df: bool, hash_: int, chain: int = 0,
+                segment: bool = False) -> Tuple[int, str, int, bool]:
         """xlb_forward and xlb_tunnel (and the cached-next-hop branch of xlb_send): (XDP
-        action, outcome counter, the chain id the outer header carries) for a packet sent
-        to `backend_id` by the VIP's mode. An L2 VIP's packet is tunnelled only when the
-        FIB has no neighbour for its backend, which the model leaves to the kernel (_send
-        raises NotModelled). `chain` rides in an outer IPv4 header with DF, or in an outer
-        IPv6 header."""
+        action, outcome counter, the chain id the outer header carries, chain_no_peer) for
+        a packet sent to `backend_id` by the VIP's mode. An L2 VIP's packet is tunnelled
+        only when the FIB has no neighbour for its backend, which the model leaves to the
+        kernel (_send raises NotModelled). `chain` rides in an outer IPv4 header with DF,
+        or in an outer IPv6 header. The balancer's own share with a previous owner
+        (xlb_chain_here, `segment`: TCP without SYN) is passed up when the chain id names
+        no usable peer; else the node's sockets, its conntrack and the FIB decide
+        (NotModelled)."""
         be = self.backends[backend_id]
         if be.flags & L.BACKEND_LOCAL or vip.mode == L.MODE_LOCAL:
-            return XDP_PASS, "pass_local", 0
+            if chain and segment:
+                peer = self.chain_peers.get(chain)
+                if peer == L.FAMILY_V6 or (peer == L.FAMILY_V4 and key.family == L.FAMILY_V4):
+                    raise NotModelled("the own share of a known previous owner: this node's "
+                                      "sockets and conntrack decide")
+                return XDP_PASS, "pass_local", 0, True
+            return XDP_PASS, "pass_local", 0, False
         if vip.mode == L.MODE_L2:
-            return (*self._send(backend_id), 0)
+            return (*self._send(backend_id), 0, False)
         cfg = self.config
         if be.family == L.FAMILY_V4:
             # IPv6 inside IPv4 is not offered
             if key.family != L.FAMILY_V4:
-                return XDP_DROP, "drop_unsupported", 0
+                return XDP_DROP, "drop_unsupported", 0, False
             if l3_len + _IPV4_HLEN > cfg.mtu:
-                return (XDP_TX, "icmp_sent", 0) if df else (XDP_DROP, "drop_too_big", 0)
+                return (XDP_TX, "icmp_sent", 0, False) if df else \
+                    (XDP_DROP, "drop_too_big", 0, False)
             if outer_source4(cfg.src4, cfg.src4_plen, hash_) is None:
-                return XDP_DROP, "drop_unsupported", 0
-            return (*self._send(backend_id), chain if df else 0)
+                return XDP_DROP, "drop_unsupported", 0, False
+            return (*self._send(backend_id), chain if df else 0, False)
         if l3_len + _IPV6_HLEN > cfg.mtu:
             if key.family == L.FAMILY_V4 and not df:
-                return XDP_DROP, "drop_too_big", 0
-            return XDP_TX, "icmp_sent", 0
+                return XDP_DROP, "drop_too_big", 0, False
+            return XDP_TX, "icmp_sent", 0, False
         if outer_source6(cfg.src6, cfg.src6_plen, hash_) is None:
-            return XDP_DROP, "drop_unsupported", 0
-        return (*self._send(backend_id), chain)
+            return XDP_DROP, "drop_unsupported", 0, False
+        return (*self._send(backend_id), chain, False)
 
     def _send(self, backend_id: int) -> Tuple[int, str]:
         """xlb_send with a next-hop cache entry: out of the ingress interface or another."""
@@ -468,7 +486,8 @@ class Model:
         if backend_id is None:
             return Decision(XDP_DROP, "drop_no_backend", flow_stat, vip.vip_id, None,
                             new_flow, hash_, midstream)
-        action, outcome, chain = self.forward(key, vip, backend_id, pkt.l3_len, pkt.df, hash_,
-                                              chain)
+        action, outcome, chain, no_peer = self.forward(
+            key, vip, backend_id, pkt.l3_len, pkt.df, hash_, chain,
+            segment=pkt.proto == _PROTOS["tcp"] and not pkt.syn)
         return Decision(action, outcome, flow_stat, vip.vip_id, backend_id, new_flow, hash_,
-                        midstream, chain)
+                        midstream, chain, no_peer)

@@ -8,6 +8,7 @@ values of a little-endian host.
 """
 
 import sys
+import time
 
 import pytest
 
@@ -180,6 +181,30 @@ def test_families_modes_and_mtu(model):
         "drop_too_big"
     model.set_backend(3, "fd00:be::3", flags=L.BACKEND_LOCAL)
     assert model.decide(Packet(CLIENT4, VIP4, 4, 80, 6, 40)).outcome == "pass_local"
+
+
+def test_the_own_share_of_a_moved_slot(model):
+    """A stateless VIP whose slots are this node's (a local backend) and remember a
+    previous owner: a TCP segment without SYN asks xlb_chain_local, which passes it up
+    counting chain_no_peer when the chain id names no usable peer; a known one is the
+    node's sockets' and the FIB's to decide (NotModelled). A SYN never asks; nor does a
+    slot without a previous owner."""
+    model.set_vip(VIP4, 80, "tcp", vip_id=1, ring_id=1, ring_size=7, mode=L.MODE_IPIP,
+                  flags=L.VIP_STATELESS)
+    model.set_backend(1, "10.0.0.1", flags=L.BACKEND_LOCAL)
+    model.set_ring(1, [1] * 7)
+    until = (time.monotonic_ns() >> L.CHAIN_TIME_SHIFT) + 3600
+    model.set_prev_ring(1, [0x2b1d] * 7, [until] * 7)
+    ack = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40, syn=False))
+    assert (ack.action, ack.outcome, ack.chain_no_peer) == (XDP_PASS, "pass_local", True)
+    syn = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40))
+    assert (syn.outcome, syn.chain_no_peer) == ("pass_local", False)
+    model.set_chain_peer(0x2b1d, "fd00:be::9")      # an IPv6 peer: usable for IPv4 too
+    with pytest.raises(NotModelled):
+        model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40, syn=False))
+    model.set_prev_ring(1, [0] * 7, [until] * 7)
+    ack = model.decide(Packet(CLIENT4, VIP4, 1000, 80, 6, 40, syn=False))
+    assert (ack.outcome, ack.chain_no_peer) == ("pass_local", False)
 
 
 def test_next_hop_decides_tx_or_redirect(model):
