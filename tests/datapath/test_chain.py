@@ -376,6 +376,12 @@ def test_backend_chains(netns, case: Chain):
     finally:
         for s in made:
             s.close()
+    assert_outcome(case, action, out, changed)
+
+
+def assert_outcome(case, action: int, out: bytes, changed: Dict[str, int]) -> None:
+    """A row (`action`, `expect`: None for decapsulated here, `stats`) against what the
+    program did with its packet."""
     assert action == case.action, (
         f"{ACTION_NAMES.get(action, action)}, expected {ACTION_NAMES[case.action]}; "
         f"counters {changed}\n--- output ---\n{P.describe(out)}")

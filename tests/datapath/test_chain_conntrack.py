@@ -27,7 +27,7 @@ from pyxlb.bpf import DIR_ENV, object_path
 from pyxlb.netns import enter as enter_netns
 
 from . import packets as P
-from .test_chain import (CHAIN, CHAINED, DECAPPED, _lo_addresses, carried, decapsulated,
+from .test_chain import (CHAIN, CHAINED, DECAPPED, _lo_addresses, assert_outcome, carried,
                          peers, rechained)
 from .test_chain import _object as chain_object
 from .test_packets import ACTION_NAMES, PASS, TX, _changed, _mismatch, vip
@@ -162,12 +162,7 @@ def test_conntrack_keeps_natted_connection_here(natted, row: Row):
         with enter_netns(name):
             action, out = dp.run(row.packet, ctx=P.xdp_md(len(row.packet), veth0))
         changed = _changed(before, dp.stats())
-    assert action == row.action, (
-        f"{ACTION_NAMES.get(action, action)}, expected {ACTION_NAMES[row.action]}; "
-        f"counters {changed}\n--- output ---\n{P.describe(out)}")
-    want = decapsulated(row.packet) if row.expect is None else row.expect
-    assert out == want, _mismatch(out, want)
-    assert changed == row.stats, "counters"
+    assert_outcome(row, action, out, changed)
 
 
 def test_no_socket_has_the_natted_tuple(natted):

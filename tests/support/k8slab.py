@@ -269,6 +269,24 @@ class KubeLab(Lab):
         except (KeyError, OSError):
             return ""
 
+    @contextlib.contextmanager
+    def running(self):
+        """This lab up with its API stand-in started (watch bookmarks every second): yields
+        the API. Once the body is done, checks that deploy/rbac.yaml refused the agents
+        nothing; stops the API and takes the lab down whatever happened."""
+        assert os.geteuid() == 0, "the lab tests need root (namespaces, XDP, bpffs)"
+        api = None
+        try:
+            self.up()
+            api = self.start_api(bookmark_interval=1.0)
+            yield api
+            refused = agent_refusals(api)
+            assert refused == [], f"deploy/rbac.yaml refused the agents: {refused}"
+        finally:
+            if api is not None:
+                api.stop()
+            self.down()
+
     def start_api(self, *manifests: str, **options):
         """The API stand-in on the router (HTTPS, RBAC; `options` go to ApiStandIn), with
         pyxlb installed as docs/deploy.md says (deploy/namespace.yaml and deploy/rbac.yaml,
