@@ -126,6 +126,14 @@ def num_possible_cpus():
     return n
 
 
+def enable_run_stats():
+    """Make the kernel keep every BPF program's run time and run count (bpf_prog_info's
+    run_time_ns and run_cnt; Program.run_stats()) while the returned descriptor is open
+    (BPF_ENABLE_STATS: unlike the kernel.bpf_stats_enabled sysctl, it ends with the
+    process). Each program run then also reads the clock twice. Close it with os.close()."""
+    return _check(bpf_enable_stats(BPF_STATS_RUN_TIME), "enable BPF run-time statistics")
+
+
 def libbpf_log():
     """libbpf's recent messages (warnings, and the verifier's log after a failed load)."""
     return xlb_log_text().decode("utf-8", "replace")
@@ -1134,6 +1142,16 @@ cdef class Program:
             return [ids[i] for i in range(min(n, info.nr_map_ids))]
         finally:
             free(ids)
+
+    def run_stats(self):
+        """(run_time_ns, run_cnt): the program's time and runs so far, counted only while
+        statistics are on (enable_run_stats()); (0, 0) if they never were."""
+        cdef int fd = self._get_fd()
+        cdef bpf_prog_info info
+        cdef uint32_t info_len = sizeof(info)
+        memset(&info, 0, sizeof(info))
+        _check(bpf_obj_get_info_by_fd(fd, &info, &info_len), "program info")
+        return info.run_time_ns, info.run_cnt
 
     def test_run(self, data, int repeat=1, ctx=None, uint32_t flags=0,
                  uint32_t batch_size=0):

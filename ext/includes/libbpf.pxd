@@ -48,6 +48,11 @@ cdef extern from "linux/bpf.h" nogil:
         char name[16]
         uint32_t nr_map_ids
         uint64_t map_ids
+        uint64_t run_time_ns
+        uint64_t run_cnt
+
+    enum bpf_stats_type:
+        BPF_STATS_RUN_TIME
 
     struct bpf_link_info:
         uint32_t type
@@ -118,6 +123,7 @@ cdef extern from "bpf/bpf.h" nogil:
     int bpf_prog_get_fd_by_id(uint32_t id)
     int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len)
     int bpf_prog_test_run_opts(int prog_fd, bpf_test_run_opts *opts)
+    int bpf_enable_stats(bpf_stats_type type)
 
 
 cdef extern from "bpf/libbpf.h" nogil:

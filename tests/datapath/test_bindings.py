@@ -423,6 +423,26 @@ def test_test_run_repeat_counts_every_run(loaded):
         prog.test_run(b"")
 
 
+def test_run_stats_count_runs_only_while_enabled(loaded):
+    """enable_run_stats(): the kernel counts a program's runs and their time while the
+    descriptor is open, and stops when it is closed."""
+    loaded.map("xlb_test_array")[0] = u32(_bpf.XDP_PASS)
+    prog = loaded.program("xlb_selftest")
+    before = prog.run_stats()
+    fd = _bpf.enable_run_stats()
+    try:
+        prog.test_run(ETH_FRAME, repeat=500)
+        during = prog.run_stats()
+    finally:
+        os.close(fd)
+    assert during[1] - before[1] == 500
+    assert during[0] > before[0]
+    prog.test_run(ETH_FRAME, repeat=500)
+    if subprocess.run(["sysctl", "-n", "kernel.bpf_stats_enabled"], capture_output=True,
+                      text=True).stdout.strip() == "0":
+        assert prog.run_stats() == during
+
+
 def test_test_run_with_ctx(loaded):
     loaded.map("xlb_test_array")[0] = u32(_bpf.XDP_DROP)
     ctx = struct.pack("=6I", 0, len(ETH_FRAME), 0, 0, 0, 0)  # struct xdp_md: data, data_end, ...
