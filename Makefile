@@ -49,13 +49,15 @@ demo: build
 	$(VENV)/bin/pyxlb lab demo
 
 # bench/lab_throughput.py also needs matplotlib (the bench extra); make setup installs
-# iptables and nftables.
+# iptables and nftables. Its two runs take about 21 and 30 minutes on a 2-vCPU VM: the
+# chain (or live-frames) generator, then the socket generator beside kernel DNAT.
 bench: build
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q --no-build-isolation -e '.[test,bench]'
 	$(PY) bench/maglev.py
 	$(PY) bench/ring_write.py
 	$(PY) bench/datapath.py
 	$(PY) bench/lab_throughput.py
+	$(PY) bench/lab_throughput.py --generator socket
 	$(PY) bench/lab_flood.py
 	$(PY) bench/apply.py
 	$(PY) bench/node_memory.py

@@ -53,9 +53,10 @@ N (they keep no flow state across measurements: conntrack is flushed before each
 DNAT runs only where conntrack holds N established flows and the new ones (N <= 62,144
 here).
 
-IPv4 traffic goes through all five; IPv6 traffic (84-byte frames: a 40-byte IPv6 header
-and the same 30-byte L4 segment) through pyxlb's two modes and the ceiling (the kernel
-DNAT layouts are IPv4 ones). RFC 5180's benchmark range 2001:2::/48 holds the addresses.
+IPv4 and IPv6 traffic (84-byte frames: a 40-byte IPv6 header and the same 30-byte L4
+segment) go through all of them: the kernel DNAT nodes load kube-proxy's IPv6 layouts
+beside the IPv4 ones (ip6tables-restore; nftables' ip6 table) and forward IPv6. RFC 5180's
+benchmark range 2001:2::/48 holds the addresses.
 
 The VIP has a blackhole route on every LB node, so a DNAT that did not happen drops the
 packet instead of forwarding it. The sink counts packets by inner protocol and by the
@@ -139,58 +140,72 @@ Figures of the two generators do not compare; a figure compares with one of its 
 Generator: socket (--generator socket): kernel DNAT beside XDP without live frames. The
 chain generator cannot drive iptables or nftables (they are not XDP programs), so where
 live frames are refused they would go unmeasured. The socket generator really transmits:
-bench/socket_gen.py, an AF_PACKET socket bound to g-<fwd> in the generator's namespace,
-PACKET_QDISC_BYPASS, sendmmsg(2) of frames precomputed for the N flows (the 5-tuples the
-generator program makes in its shared mode, IPv4 64 bytes, IPv6 84), cycled in order. It
-sends under 1 Mpps: enough to load iptables, not pyxlb, so its figure is not Mpps but the
-CPU time a packet costs. What runs: established flows only, at each N of --flows (default
-1,000 and 1,000,000), on one CPU (the last one allowed); the nodes pyxlb stateless, pyxlb
-IPIP with the default tables (and, at an N beyond their rating, with tables made for N),
-iptables, nftables, the ceiling, and "generator alone" (drop): the sink's program on that
-node's in0 counts and drops every frame. pyxlb's tables are filled first (chain generator,
-as above).
+bench/socket_gen.py, AF_PACKET sockets bound to g-<fwd> in the generator's namespace,
+PACKET_QDISC_BYPASS, sendmmsg(2) of precomputed frames (IPv4 64 bytes, IPv6 84; half TCP,
+half UDP). It sends under 1 Mpps a CPU: enough to load iptables, not pyxlb, so its
+figure is not Mpps but the CPU time a packet costs. What runs, at each N of --flows
+(default 1,000 and 1,000,000), IPv4 and IPv6, on one CPU (the last one allowed) and on
+two: established flows (the N flows, numbered as the generator program's shared mode
+numbers them, cycled in order) and new flows (a never-seen flow a packet, a TCP SYN or a
+UDP datagram, numbered as the generator program numbers new flows, sent while the node
+holds its N established flows); through the nodes pyxlb stateless, pyxlb IPIP with the
+default tables (and, at an N beyond their rating, with tables made for N), iptables and
+nftables (kube-proxy's layouts for both families), the ceiling, and "generator alone"
+(drop): the sink's program on that node's in0 counts and drops every frame. pyxlb's
+tables are filled first (chain generator, as above).
 
-How the cost is taken. The sender runs pinned to the CPU; the veth runs its receiver's
-NAPI there when the system call re-enables bottom halves, so in0's XDP program, the
+How the cost is taken. One sending thread for each measured CPU, pinned there, with a
+socket of its own; all start together, thread i of c sending its c-th of the flows. The
+veth runs its receiver's NAPI on the sending CPU when the system call re-enables bottom
+halves (XPS puts each CPU's frames on a queue of their own), so in0's XDP program, the
 kernel's forwarding (or the XDP redirect), the hop out0 -> s-<fwd> and the sink's count
 all run in softirq on that CPU, within the sending thread's own time (this kernel has no
 IRQ time accounting, CONFIG_IRQ_TIME_ACCOUNTING unset: softirq work is charged to the
-task it runs on; what the kernel defers runs in ksoftirqd there). ns/pkt = (the thread's
-CPU clock + ksoftirqd's run time on the CPU) over the measured send / frames sent: the
-generator, the veth, the forwarder and the sink. cost = ns/pkt less that of the drop node
-measured in the same round (the generator, its system call and the veth hop into in0's
-XDP, which every node shares): what the LB node does with a packet plus the hop to the
-sink and the sink's count (the same for every forwarder; the ceiling's cost is about that
-alone). Reported beside: ratios of costs, pyxlb over iptables DNAT and pyxlb over the
-ceiling; ns beyond the ceiling's cost; delivered Mpps (sink count / wall time of the send:
-the generator's pace, not a forwarder's limit) and the share delivered (at least 99% or
-the run fails). Every node is measured in turn each round, the drop node first; a figure
-is the median of the rounds (per-round costs: against that round's drop). Other work on
-the shared CPU still shows (its interrupts and cache misses land in our time): costs vary
-by some tens of percent between runs; compare within one run.
+task it runs on; what the kernel defers runs in ksoftirqd there). ns/pkt = (the threads'
+CPU clocks + ksoftirqd's run time on their CPUs) over the measured send / frames sent:
+the generator, the veth, the forwarder and the sink. cost = ns/pkt less that of the drop
+node measured in the same round with the same traffic and CPUs (the generator, its
+system call and the veth hop into in0's XDP, which every node shares): what the LB node
+does with a packet plus the hop to the sink and the sink's count (the same for every
+forwarder; the ceiling's cost is about that alone). prog ns = the in0 program's own time
+a packet, from the kernel's run-time statistics (BPF_ENABLE_STATS, on for the
+measurements: every program run then also reads the clock twice): the one figure here
+that is the forwarder's alone. Reported beside: ratios of costs, pyxlb over iptables DNAT
+and pyxlb over the ceiling; ns beyond the ceiling's cost; delivered Mpps (sink count /
+wall time of the send: the generator's pace, not a forwarder's limit) and the share
+delivered (at least 99% or the run fails). Every node is measured in turn each round, the
+drop node first; a figure is the median of the rounds (per-round costs: against that
+round's drop). Other work on the shared CPU still shows (its interrupts and cache misses
+land in our time): costs vary by some tens of percent between runs; compare within one
+run.
 
-Flows. Admitted as connections are, once a node, family and N: pyxlb's flow table with two
-packets a flow, then one more past the promotion age (admit_socket, as admit()), then one
-more packet from every flow (to the steady state of the cycle); a DNAT node's conntrack,
-flushed first, with two packets a flow, its entries then kept for all the rounds of that N
-(unreplied UDP and unacknowledged TCP time out after 30 and 300 s by default: raised to
-CT_IDLE_TIMEOUT on the DNAT nodes) and flushed after them; each measurement checks that
-conntrack holds exactly N entries (fewer: some expired, their packets opened new ones). A
-million entries exceed nf_conntrack_max (262,144 here, global, writable only from the
-initial namespace): the run raises it to N + CT_MAX_SLACK and puts it back at the end,
-also on failure; conntrack's hash table, which every namespace shares, gets a bucket for
-every four entries of the two DNAT nodes together (kube-proxy sizes it a quarter of its
-max: each node then sees the chains it would alone), put back likewise. Each measurement:
-a warm-up of SOCKET_WARM packets, then about --duration seconds of packets (1.5 by
-default) and at least one whole pass over the N flows, both cycling the flows on from
-where the node's last send stopped. Results: bench/results/lab_throughput_socket.json (no
-chart; the live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames
-reach XDP on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which
-every node pays, the drop node included; every frame goes through alone (one frame a NAPI
-poll, right after its system call: nothing batched, no code or data kept hot between two
-frames), so every forwarder costs more here than in the chain generator's tight loop, and
-the figures of the two generators never compare; IPv6 goes through pyxlb, the ceiling and
-the drop node only.
+Flows. Admitted as connections are: pyxlb's flow table once a node, family and N, with
+two packets a flow, then one more past the promotion age (admit_socket, as admit()), then
+one more packet from every flow (to the steady state of the cycle); a DNAT node's
+conntrack, flushed first, with two packets a flow before any measurement that finds it
+holding anything but those N (the other family's flows, or the last measurement's new
+flows, at most SOCKET_NEW_MAX), so every measurement starts from exactly the N; its
+unreplied UDP and unacknowledged TCP timeouts (30 and 300 s by default) raised to
+CT_IDLE_TIMEOUT so that the entries outlive the rounds; each measurement of established
+flows checks that conntrack still holds exactly N entries after it (fewer: some expired,
+their packets opened new ones). A million entries exceed nf_conntrack_max (262,144 here,
+global, writable only from the initial namespace): the run raises it to N + twice
+SOCKET_NEW_MAX + CT_MAX_SLACK and puts it back at the end, also on failure; conntrack's hash
+table, which every namespace shares, gets a bucket for every four established entries of
+the two DNAT nodes together (kube-proxy sizes it a quarter of its max: each node then
+sees the chains it would alone), put back likewise. Each measurement: a warm-up of
+SOCKET_WARM packets a CPU (established flows after new ones went through: a whole pass,
+which brings back those the new flows pushed out of the back halves), then about
+--duration seconds of packets (1.5 by default); established: at least one whole pass over
+the N flows, each thread cycling its share on from where it last stopped; new: at most
+SOCKET_NEW_MAX flows. Results: bench/results/lab_throughput_socket.json (no chart; the
+live and chain results stay in lab_throughput.json). Limits: AF_PACKET frames reach XDP
+on a veth by a copy into a page (their headroom is under XDP's 256 bytes), which every
+node pays, the drop node included; every frame goes through alone (one frame a NAPI poll,
+right after its system call: nothing batched, no code or data kept hot between two
+frames), so every forwarder costs more here than in the chain generator's tight loop (the
+prog ns column shows how much of that is the program's own), and the figures of the two
+generators never compare.
 """
 
 import argparse
@@ -290,7 +305,7 @@ class Forwarder:
 
     @property
     def families(self) -> Tuple[int, ...]:
-        return (4,) if self.conntrack else (4, 6)
+        return (4, 6)
 
     @property
     def xdp(self) -> bool:
@@ -421,11 +436,13 @@ def run_time_s(pids) -> float:
 # -- rulesets -------------------------------------------------------------------------------
 
 
-def iptables_rules() -> str:
+def iptables_rules(family: int = 4) -> str:
     """kube-proxy's iptables layout for two services (tcp and udp) with three endpoints
     each: nat KUBE-SERVICES -> KUBE-SVC (statistic random) -> KUBE-SEP (DNAT), and its
     filter chains. No clusterCIDR is set, so client traffic is not masqueraded (its
-    source is kept, as with pyxlb's DSR)."""
+    source is kept, as with pyxlb's DSR). `family` 6: the same for ip6tables-restore, on
+    the IPv6 VIP and backends (without the IPv4-only localnet rule)."""
+    vip, backends, host = (VIP, BACKENDS, 32) if family == 4 else (VIP6, BACKENDS6, 128)
     nat = [":KUBE-SERVICES - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
            ":KUBE-NODEPORTS - [0:0]",
            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
@@ -441,20 +458,21 @@ def iptables_rules() -> str:
     for proto in ("tcp", "udp"):
         svc = f"KUBE-SVC-BENCH{proto.upper()}"
         nat.append(f":{svc} - [0:0]")
-        services.append(f"-A KUBE-SERVICES -d {VIP}/32 -p {proto} -m comment --comment "
+        services.append(f"-A KUBE-SERVICES -d {vip}/{host} -p {proto} -m comment --comment "
                         f"\"bench/vip:{proto} cluster IP\" -m {proto} --dport {PORT} -j {svc}")
-        n = len(BACKENDS)
-        for i, (k, addr) in enumerate(sorted(BACKENDS.items())):
+        n = len(backends)
+        for i, (k, addr) in enumerate(sorted(backends.items())):
             sep = f"KUBE-SEP-BENCH{proto.upper()}{k}"
+            to = f"{addr}:{PORT}" if family == 4 else f"[{addr}]:{PORT}"
             nat.append(f":{sep} - [0:0]")
             prob = "" if i == n - 1 else \
                 f"-m statistic --mode random --probability {1 / (n - i):.11f} "
-            nat.append(f"-A {svc} -m comment --comment \"bench/vip:{proto} -> {addr}:{PORT}\" "
+            nat.append(f"-A {svc} -m comment --comment \"bench/vip:{proto} -> {to}\" "
                        f"{prob}-j {sep}")
-            nat.append(f"-A {sep} -s {addr}/32 -m comment --comment \"bench/vip:{proto}\" "
+            nat.append(f"-A {sep} -s {addr}/{host} -m comment --comment \"bench/vip:{proto}\" "
                        f"-j KUBE-MARK-MASQ")
             nat.append(f"-A {sep} -p {proto} -m comment --comment \"bench/vip:{proto}\" "
-                       f"-m {proto} -j DNAT --to-destination {addr}:{PORT}")
+                       f"-m {proto} -j DNAT --to-destination {to}")
     services.append("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; "
                     "NOTE: this must be the last rule in this chain\" -m addrtype "
                     "--dst-type LOCAL -j KUBE-NODEPORTS")
@@ -471,9 +489,9 @@ def iptables_rules() -> str:
             "portals\" -j KUBE-SERVICES",
             "-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes "
             "externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
-            "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block "
-            "incoming localnet connections\" -m conntrack ! --ctstate "
-            "RELATED,ESTABLISHED,DNAT -j DROP",
+            *(["-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "
+                "\"block incoming localnet connections\" -m conntrack ! --ctstate "
+                "RELATED,ESTABLISHED,DNAT -j DROP"] if family == 4 else []),
             "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
             "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark "
             "--mark 0x4000/0x4000 -j ACCEPT",
@@ -482,21 +500,26 @@ def iptables_rules() -> str:
     return "\n".join(["*filter", *filt, "COMMIT", "*nat", *nat, *services, "COMMIT", ""])
 
 
-def nftables_rules() -> str:
+def nftables_rules(family: int = 4) -> str:
     """kube-proxy's nftables layout, reduced to what two services with three endpoints
     each use: the service-ips verdict map, numgen random into endpoint chains that DNAT,
     and the filter hooks it installs (their maps empty: no firewall, every service has
-    endpoints). As for iptables, nothing is masqueraded."""
+    endpoints). As for iptables, nothing is masqueraded. `family` 6: kube-proxy's ip6
+    table, on the IPv6 VIP and backends."""
+    v6 = family == 6
+    ip, addr_type = ("ip6", "ipv6_addr") if v6 else ("ip", "ipv4_addr")
+    vip, backends = (VIP6, BACKENDS6) if v6 else (VIP, BACKENDS)
+    loopback = "::1" if v6 else "127.0.0.0/8"
     chains = {
         "filter-prerouting": ["type filter hook prerouting priority dstnat - 10; "
                               "policy accept;", "ct state new jump firewall-check"],
         "filter-forward": ["type filter hook forward priority -110; policy accept;",
                            "ct state new jump service-endpoints-check",
                            "ct state new jump cluster-ips-check"],
-        "firewall-check": ["ip daddr . meta l4proto . th dport vmap @firewall-ips"],
-        "service-endpoints-check": ["ip daddr . meta l4proto . th dport vmap "
+        "firewall-check": [f"{ip} daddr . meta l4proto . th dport vmap @firewall-ips"],
+        "service-endpoints-check": [f"{ip} daddr . meta l4proto . th dport vmap "
                                     "@no-endpoint-services"],
-        "cluster-ips-check": ["ip daddr @cluster-ips reject comment \"Reject traffic to "
+        "cluster-ips-check": [f"{ip} daddr @cluster-ips reject comment \"Reject traffic to "
                               "invalid ports of ClusterIPs\""],
         "nat-prerouting": ["type nat hook prerouting priority dstnat; policy accept;",
                            "jump services"],
@@ -506,28 +529,29 @@ def nftables_rules() -> str:
         "masquerading": ["meta mark & 0x00004000 == 0 return",
                          "meta mark set meta mark ^ 0x00004000",
                          "masquerade fully-random"],
-        "services": ["ip daddr . meta l4proto . th dport vmap @service-ips",
-                     "fib daddr type local ip daddr != 127.0.0.0/8 "
+        "services": [f"{ip} daddr . meta l4proto . th dport vmap @service-ips",
+                     f"fib daddr type local {ip} daddr != {loopback} "
                      "meta l4proto . th dport vmap @service-nodeports"],
     }
     elements = []
     for proto in ("tcp", "udp"):
         svc = f"service-BENCH-{proto}"
-        elements.append(f"{VIP} . {proto} . {PORT} : goto {svc}")
+        elements.append(f"{vip} . {proto} . {PORT} : goto {svc}")
         vmap = []
-        for i, (k, addr) in enumerate(sorted(BACKENDS.items())):
+        for i, (k, addr) in enumerate(sorted(backends.items())):
             ep = f"endpoint-BENCH-{proto}-{k}"
             vmap.append(f"{i} : goto {ep}")
-            chains[ep] = [f"ip saddr {addr} jump mark-for-masquerade",
-                          f"meta l4proto {proto} dnat to {addr}:{PORT}"]
-        chains[svc] = [f"numgen random mod {len(BACKENDS)} vmap {{ {', '.join(vmap)} }}"]
-    lines = ["table ip kube-proxy {", "\tcomment \"rules for kube-proxy\"",
-             f"\tset cluster-ips {{ type ipv4_addr; elements = {{ {VIP} }}; }}",
-             "\tmap no-endpoint-services { type ipv4_addr . inet_proto . inet_service : "
+            to = f"[{addr}]:{PORT}" if v6 else f"{addr}:{PORT}"
+            chains[ep] = [f"{ip} saddr {addr} jump mark-for-masquerade",
+                          f"meta l4proto {proto} dnat to {to}"]
+        chains[svc] = [f"numgen random mod {len(backends)} vmap {{ {', '.join(vmap)} }}"]
+    lines = [f"table {ip} kube-proxy {{", "\tcomment \"rules for kube-proxy\"",
+             f"\tset cluster-ips {{ type {addr_type}; elements = {{ {vip} }}; }}",
+             f"\tmap no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : "
              "verdict; }",
-             "\tmap firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
+             f"\tmap firewall-ips {{ type {addr_type} . inet_proto . inet_service : verdict; }}",
              "\tmap service-nodeports { type inet_proto . inet_service : verdict; }",
-             "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; "
+             f"\tmap service-ips {{ type {addr_type} . inet_proto . inet_service : verdict; "
              f"elements = {{ {', '.join(elements)} }}; }}"]
     for name, body in chains.items():
         lines += [f"\tchain {name} {{", *(f"\t\t{rule}" for rule in body), "\t}"]
@@ -585,9 +609,13 @@ class Lab:
         # --generator socket: an AF_PACKET sender on each g-<fwd> measures (the chain
         # generator, chain true, only fills pyxlb's tables)
         self.socket_gen = socket_gen
-        self.senders: Dict[str, object] = {}     # node: its socket_gen.Sender
-        self.send_pos: Dict[Tuple[str, int], int] = {}   # (node, family): next frame
-        self.ct_admitted: Dict[Tuple[str, int], int] = {}    # (node, family): N admitted
+        self.senders: Dict[Tuple[str, int], object] = {}   # (node, i): a socket_gen.Sender
+        # (node, family, threads, i): where thread i of that many stopped in its share
+        self.send_pos: Dict[Tuple[str, int, int, int], int] = {}
+        self.ct_admitted: Dict[str, Tuple[int, int]] = {}    # node: (family, N) admitted
+        self.new_seq: Dict[Tuple[str, int, int], int] = {}  # (node, family, cpu): next new
+        self.new_since: set = set()     # (node, family): new flows went through since the
+                                        # last established measurement
         self.flows = tuple(sorted(set(flows)))
         self.nodes = lab_nodes(self.flows, socket_gen)
         self.by_node = {f.node: f for f in self.nodes}
@@ -670,7 +698,8 @@ class Lab:
             import socket_gen
             with netns.enter(self.ns("gen")):
                 for f in self.nodes:
-                    self.senders[f.node] = socket_gen.Sender(f"g-{f.short}")
+                    for i in range(SOCKET_SENDERS):
+                        self.senders[(f.node, i)] = socket_gen.Sender(f"g-{f.short}")
 
     def _veth(self, ns_a: str, if_a: str, mac_a: str, ns_b: str, if_b: str, mac_b: str):
         q = {"num_tx_queues": 2, "num_rx_queues": 2}
@@ -833,6 +862,7 @@ class Lab:
             # a NIC would have verified the L4 checksum; a frame from XDP arrives unverified
             # and conntrack would check it in software: spare the DNAT forwarders that cost
             sysctl("net/netfilter/nf_conntrack_checksum", 0)
+            sysctl("net/ipv6/conf/all/forwarding", 1)
             if self.socket_gen:
                 # flows admitted once an N stay for its rounds: no reply ever comes
                 for key in ("udp_timeout", "tcp_timeout_unacknowledged"):
@@ -840,11 +870,12 @@ class Lab:
 
     def _iptables(self, f: Forwarder) -> None:
         self._kernel_forwarder(f)
-        sh(self.lb(f), ["iptables-restore"], stdin=iptables_rules())
+        sh(self.lb(f), ["iptables-restore"], stdin=iptables_rules(4))
+        sh(self.lb(f), ["ip6tables-restore"], stdin=iptables_rules(6))
 
     def _nftables(self, f: Forwarder) -> None:
         self._kernel_forwarder(f)
-        sh(self.lb(f), ["nft", "-f", "-"], stdin=nftables_rules())
+        sh(self.lb(f), ["nft", "-f", "-"], stdin=nftables_rules(4) + nftables_rules(6))
 
     def _drop(self, f: Forwarder) -> None:
         """The generator alone: the sink's program on in0 counts and drops every frame
@@ -917,6 +948,14 @@ class Lab:
 
 class Interrupt(Exception):
     pass
+
+
+def _on_sigterm(signum, frame):
+    """Stop the run, cleaning up: a second SIGTERM (timeout(1) passes one on, pkill sends
+    its own) is ignored, so it cannot cut the cleanup short (putting conntrack's table
+    size back takes seconds with a million entries)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
 
 
 def _on_sigusr1(signum, frame):
@@ -1714,9 +1753,15 @@ def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
 # -- the socket generator (--generator socket) ------------------------------------------------
 
 SOCKET_DURATION = 1.5           # seconds a measurement (about; --duration)
-SOCKET_MIN_PACKETS = 200_000
+SOCKET_MIN_PACKETS = 200_000    # packets a measurement at least (all CPUs together)
 SOCKET_MAX_PACKETS = 4_000_000
-SOCKET_WARM = 20_000            # warm-up packets before each measurement
+SOCKET_WARM = 20_000            # warm-up packets a CPU before each measurement
+SOCKET_NEW_MAX = 400_000        # new flows a measurement at most (all CPUs together): what
+                                # a DNAT node's conntrack grows by
+SOCKET_TRAFFIC = ("established", "new")
+SOCKET_NEW_FIRST = 1 << 28      # the first new flow's number on each CPU: far beyond the
+                                # new flows the chain generator fills the tables with
+SOCKET_SENDERS = 2              # AF_PACKET sockets a node: one for each sending thread
 CT_IDLE_TIMEOUT = 900           # --generator socket: conntrack's timeouts of unreplied UDP
                                 # and unacknowledged TCP on the DNAT nodes (30 s and 300 s:
                                 # admitted flows must outlive a round at a million flows)
@@ -1728,18 +1773,19 @@ CT_HASHSIZE = "/sys/module/nf_conntrack/parameters/hashsize"
 
 
 @contextlib.contextmanager
-def conntrack_room(flows: int, nodes: int):
-    """Room in conntrack for `nodes` DNAT nodes of `flows` entries each while the block
-    runs, put back after it, also on failure. nf_conntrack_max (global, writable only in
-    the initial namespace; each namespace's count is held to it) at least `flows` +
-    CT_MAX_SLACK; and the hash table, which all namespaces share, at least a bucket for
-    every four of their entries together: kube-proxy sizes it a quarter of its max, so
-    each node sees chains as long as it would alone."""
+def conntrack_room(flows: int, nodes: int, extra: int = 0):
+    """Room in conntrack for `nodes` DNAT nodes of `flows` entries each (and `extra` more
+    each, the new flows a round adds) while the block runs, put back after it, also on
+    failure. nf_conntrack_max (global, writable only in the initial namespace; each
+    namespace's count is held to it) at least `flows` + `extra` + CT_MAX_SLACK; and the
+    hash table, which all namespaces share, at least a bucket for every four of their
+    established entries together: kube-proxy sizes it a quarter of its max, so each node
+    sees chains as long as it would alone."""
     path = "net/netfilter/nf_conntrack_max"
     before = int(read_sysctl(path))
     with open(CT_HASHSIZE) as fh:
         buckets_before = int(fh.read())
-    want = flows + CT_MAX_SLACK
+    want = flows + extra + CT_MAX_SLACK
     buckets = -(-nodes * flows // 4)
     try:
         if want > before:
@@ -1765,13 +1811,47 @@ def _send_timeout(packets: int) -> float:
 
 
 def _socket_send(lab: Lab, f: Forwarder, msgs, packets: int, start: int = 0) -> dict:
-    """Send `packets` frames of `msgs` (cycled from message `start`) out of g-<fwd>, all of
-    them (an admission or a warm-up cut short by the time bound is an error)."""
-    g = lab.senders[f.node].send(msgs, packets, timeout=_send_timeout(packets), start=start)
+    """Send `packets` frames of `msgs` (cycled from message `start`) out of g-<fwd> from
+    this thread, all of them (an admission cut short by the time bound is an error)."""
+    g = lab.senders[(f.node, 0)].send(msgs, packets, timeout=_send_timeout(packets),
+                                      start=start)
     if g["sent"] + g["refused"] < packets:
         raise RuntimeError(f"{f.label}: sent {g['sent']} of {packets} frames in "
                            f"{g['wall_s']:.0f} s (the time bound)")
     return g
+
+
+def _send_parallel(lab: Lab, f: Forwarder, jobs: List[tuple]) -> List[dict]:
+    """One sending thread a job (cpu, msgs, packets, start), each pinned to its CPU with a
+    socket of its own, all started together. Returns each thread's send (sent, refused,
+    wall_s, next) with its own CPU time (cpu_s) and its start and end (t0, t1)."""
+    barrier = threading.Barrier(len(jobs))
+    results: List[Optional[dict]] = [None] * len(jobs)
+    errors: List[str] = []
+
+    def worker(i: int, cpu: int, msgs, packets: int, start: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            barrier.wait(timeout=10)
+            c0, t0 = time.thread_time(), time.monotonic()
+            g = lab.senders[(f.node, i)].send(msgs, packets,
+                                              timeout=_send_timeout(packets), start=start)
+            g.update(cpu_s=time.thread_time() - c0, t0=t0, t1=time.monotonic())
+            results[i] = g
+        except Exception as exc:    # reported below
+            errors.append(f"CPU {cpu}: {type(exc).__name__}: {exc}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(i, *job), daemon=True)
+               for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t, job in zip(threads, jobs):
+        t.join(_send_timeout(job[2]) + 20)
+    if errors or any(r is None for r in results):
+        raise RuntimeError(f"{f.label}: a sending thread failed: "
+                           + ("; ".join(errors) or "it overran its time bound"))
+    return results
 
 
 def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
@@ -1808,124 +1888,194 @@ def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
             **{k: st.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_insert_limited")}}
 
 
-def measure_socket(lab: Lab, f: Forwarder, frames, family: int, cpu: int,
-                   duration: float, rate_hint: Optional[float]) -> dict:
-    """One measurement of established flows with the socket generator, from this thread
-    pinned to `cpu`: admission once a node, family and N (pyxlb's flow table: admit_socket;
-    conntrack, flushed first: two packets a flow, its entries kept for the rounds of this
-    N), a warm-up, then the measured send (the flows cycled in order from where the last
-    send stopped), between readings of this thread's CPU clock and ksoftirqd's run time
-    on `cpu`. Returns the figures and the checks that failed."""
-    f = lab.node(f)
+def ready_socket(lab: Lab, f: Forwarder, frames, family: int) -> None:
+    """Bring node f to its N established flows of `family` (what both kinds of traffic
+    are measured against), from this thread. conntrack, whenever it holds anything else
+    (another family's flows, or the new flows of the last measurements): flushed, then
+    two packets a flow. pyxlb's flow table, once a node and family: admit_socket, then one
+    more pass of every flow (from the admission's state to the table's steady state under
+    the cycle, as the live generator's warm-up does)."""
     flows = frames.count
     dp = lab.datapaths.get(f.node)
+    if f.conntrack:
+        if lab.ct_admitted.get(f.node) == (family, flows) and \
+                lab.conntrack_count(f) == flows:
+            return
+        lab.conntrack_flush(f)
+        t_adm = time.monotonic()
+        _socket_send(lab, f, frames.part(0, flows, 2), 2 * flows)
+        lab.ct_admitted[f.node] = (family, flows)
+        key = (f"{f.node}@{flows}", family)
+        times = lab.admitted.get(key, {}).get("times", 0) + 1
+        lab.admitted[key] = {"flows": flows, "conntrack_entries": lab.conntrack_count(f),
+                             "seconds": round(time.monotonic() - t_adm, 2), "times": times}
+    elif dp and not f.stateless and (f.node, family) not in lab.admitted:
+        lab.admitted[(f.node, family)] = admit_socket(lab, f, frames, family)
+        _socket_send(lab, f, frames.cycle(), flows)
+
+
+def _new_frames(lab: Lab, f: Forwarder, family: int, cpu: int, count: int):
+    """A FrameSet of `count` flows this node has never seen, for the thread on `cpu` (new
+    flows are numbered per node, family and CPU, as the generator program numbers them)."""
+    import socket_gen
+    key = (f.node, family, cpu & 3)
+    first = lab.new_seq.get(key, SOCKET_NEW_FIRST)
+    lab.new_seq[key] = first + count
+    return socket_gen.FrameSet(socket_gen.build_new_frames(
+        first, count, cpu & 3, family, mac_bytes(LB_IN_MAC), mac_bytes(GEN_MAC),
+        CLIENTS if family == 4 else CLIENTS6, VIP if family == 4 else VIP6, PORT))
+
+
+def measure_socket(lab: Lab, f: Forwarder, frames, family: int, traffic: str,
+                   cpus: List[int], duration: float, rate_hint: Optional[float]) -> dict:
+    """One measurement with the socket generator: the node brought to its N established
+    flows (ready_socket), a warm-up, then the measured send: one sending thread a CPU of
+    `cpus`, pinned there, all at once. Established: thread i cycles its share of the N
+    flows (the i-th 1/len(cpus) of them) from where its last send stopped, at least one
+    whole pass; new: a never-seen flow a packet. Taken between readings of the threads'
+    CPU clocks, ksoftirqd's run time on `cpus` and the run-time statistics of the
+    program on in0. Returns the figures and the checks that failed."""
+    f = lab.node(f)
+    flows = frames.count
+    n_cpu = len(cpus)
+    dp = lab.datapaths.get(f.node)
+    prog = lab.xdp_progs.get(f.node) if not f.conntrack else None
     allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
+    os.sched_setaffinity(0, {cpus[-1]})
     try:
         if dp and not f.stateless:
-            set_limits(lab, f, "established")
-        if f.conntrack and lab.ct_admitted.get((f.node, family)) != flows:
-            lab.conntrack_flush(f)
-            # every flow opens its conntrack entry as a connection does: two packets in a row
-            t_adm = time.monotonic()
-            _socket_send(lab, f, frames.part(0, flows, 2), 2 * flows)
-            lab.ct_admitted[(f.node, family)] = flows
-            lab.admitted[(f"{f.node}@{flows}", family)] = {
-                "flows": flows, "conntrack_entries": lab.conntrack_count(f),
-                "seconds": round(time.monotonic() - t_adm, 2)}
-        elif dp and not f.stateless and (f.node, family) not in lab.admitted:
-            lab.admitted[(f.node, family)] = admit_socket(lab, f, frames, family)
-            # one more pass of every flow: from the admission's state to the table's
-            # steady state under the cycle (the live generator's warm-up is such a pass)
-            _socket_send(lab, f, frames.cycle(), flows)
-        sender = lab.senders[f.node]
-        start = lab.send_pos.get((f.node, family), 0)
-        warm = _socket_send(lab, f, frames.cycle(), SOCKET_WARM, start=start)
-        rate = rate_hint or warm["sent"] / max(warm["wall_s"], 1e-3)
+            set_limits(lab, f, traffic)
+        ready_socket(lab, f, frames, family)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    if traffic == "established":
+        share = flows // n_cpu
+        msgs = [frames.share(i, n_cpu) for i in range(n_cpu)]
+        pos_key = [(f.node, family, n_cpu, i) for i in range(n_cpu)]
+        # after new flows went through a flow table, every established flow once (those
+        # pushed out of the back halves come back in), as the chain generator's warm-up
+        warm = max(SOCKET_WARM, share if (f.node, family) in lab.new_since else 0)
+        got = _send_parallel(lab, f, [(c, msgs[i], warm, lab.send_pos.get(pos_key[i], 0))
+                                      for i, c in enumerate(cpus)])
+        lab.new_since.discard((f.node, family))
+        rate = rate_hint or sum(g["sent"] for g in got) / max(
+            max(g["t1"] for g in got) - min(g["t0"] for g in got), 1e-3)
         # at least one whole pass over the flows: which flows of a set keep their place
         # depends on where in the pass they come, so only a whole pass shows the table's
         # hit share (a window over the first fifth of a million flows hit 87%, a whole
         # pass 91.5%, where the set rule says 92%)
-        packets = int(min(SOCKET_MAX_PACKETS,
-                          max(SOCKET_MIN_PACKETS, flows, rate * duration)))
+        per = max(share, -(-int(min(SOCKET_MAX_PACKETS,
+                                    max(SOCKET_MIN_PACKETS, rate * duration))) // n_cpu))
+        jobs = [(c, msgs[i], per, got[i]["next"]) for i, c in enumerate(cpus)]
+    else:
+        warm_sets = [_new_frames(lab, f, family, c, SOCKET_WARM // 2) for c in cpus]
+        got = _send_parallel(lab, f, [(c, warm_sets[i].cycle(), warm_sets[i].count, 0)
+                                      for i, c in enumerate(cpus)])
+        del warm_sets
+        rate = rate_hint or sum(g["sent"] for g in got) / max(
+            max(g["t1"] for g in got) - min(g["t0"] for g in got), 1e-3)
+        per = -(-int(min(SOCKET_NEW_MAX, max(SOCKET_MIN_PACKETS, rate * duration))) // n_cpu)
+        new_sets = [_new_frames(lab, f, family, c, per) for c in cpus]
+        jobs = [(c, new_sets[i].cycle(), per, 0) for i, c in enumerate(cpus)]
 
-        st0 = dp.stats() if dp else {}
-        c0 = pyxlb_counts(dp, family) if dp else None
-        s0 = lab.sink_counts(f)
-        softirqd = list(ksoftirqd_pids([cpu]).values())
-        p0 = cpu_times()[cpu]
-        k0, t0 = run_time_s(softirqd), time.thread_time()
-        g = sender.send(frames.cycle(), packets, timeout=_send_timeout(packets),
-                        start=warm["next"])
-        t1, k1 = time.thread_time(), run_time_s(softirqd)
-        lab.send_pos[(f.node, family)] = g["next"]
-        p1 = cpu_times()[cpu]
-    finally:
-        os.sched_setaffinity(0, allowed)
+    st0 = dp.stats() if dp else {}
+    c0 = pyxlb_counts(dp, family) if dp else None
+    s0 = lab.sink_counts(f)
+    softirqd = list(ksoftirqd_pids(cpus).values())
+    p0 = cpu_times()
+    r0 = prog.run_stats() if prog else None
+    k0 = run_time_s(softirqd)
+    res = _send_parallel(lab, f, jobs)
+    k1 = run_time_s(softirqd)
+    r1 = prog.run_stats() if prog else None
+    p1 = cpu_times()
+    if traffic == "established":
+        for i, g in enumerate(res):
+            lab.send_pos[pos_key[i]] = g["next"]
+    else:
+        lab.new_since.add((f.node, family))
     time.sleep(0.02)
     sink = _delta(s0, lab.sink_counts(f))
     stats = _delta(st0, dp.stats()) if dp else {}
     counts = _delta(c0, pyxlb_counts(dp, family)) if dp else None
     ct_entries = lab.conntrack_count(f) if f.conntrack else None
     hz = os.sysconf("SC_CLK_TCK")
-    stat = {name: (p1[i] - p0[i]) / hz for i, name in
+    stat = {name: sum(p1[c][i] - p0[c][i] for c in cpus) / hz for i, name in
             enumerate(("user", "nice", "system", "idle", "iowait", "irq", "softirq",
                        "steal"))}
-    cpu_s = (t1 - t0) + (k1 - k0)
+    sent = sum(g["sent"] for g in res)
+    refused = sum(g["refused"] for g in res)
+    wall = max(g["t1"] for g in res) - min(g["t0"] for g in res)
+    cpu_s = sum(g["cpu_s"] for g in res) + (k1 - k0)
     n = sink["packets"]
+    runs_prog = r1[1] - r0[1] if prog else 0
     run = {
-        "family": family, "flows": flows, "generator": "socket", "cpu": cpu,
-        "sent": g["sent"], "refused": g["refused"], "packets": n,
-        "delivered": n / g["sent"] if g["sent"] else 0.0,
-        "wall_s": round(g["wall_s"], 4), "mpps_sent": g["sent"] / g["wall_s"] / 1e6,
-        "mpps": n / g["wall_s"] / 1e6,
-        "thread_cpu_s": round(t1 - t0, 6), "ksoftirqd_s": round(k1 - k0, 6),
-        "cpu_s": round(cpu_s, 6), "cpu_share": cpu_s / g["wall_s"],
-        "ns_total": cpu_s * 1e9 / g["sent"] if g["sent"] else None,
-        "proc_stat_s": stat, "sink": sink,
+        "family": family, "flows": flows, "traffic": traffic, "generator": "socket",
+        "cpus": cpus, "sent": sent, "refused": refused, "packets": n,
+        "delivered": n / sent if sent else 0.0,
+        "wall_s": round(wall, 4), "mpps_sent": sent / wall / 1e6, "mpps": n / wall / 1e6,
+        "thread_cpu_s": [round(g["cpu_s"], 6) for g in res],
+        "ksoftirqd_s": round(k1 - k0, 6), "cpu_s": round(cpu_s, 6),
+        "cpu_share": cpu_s / (wall * n_cpu), "ns_total": cpu_s * 1e9 / sent if sent else None,
+        # the in0 program's own time a run (its statistics: run_time_ns / run_cnt)
+        "prog_ns": (r1[0] - r0[0]) / runs_prog if runs_prog else None,
+        "prog_runs": runs_prog, "proc_stat_s": stat, "sink": sink,
     }
     if dp:
         run["xlb_stats"] = {k: v for k, v in stats.items() if v}
         run["xlb_counts"] = counts
         looked = sum(stats.get(k, 0) for k in ("flow_hit", "flow_miss", "flow_stale"))
         run["hit_share"] = stats.get("flow_hit", 0) / looked if looked else None
-        run["hit_share_expected"] = expected_hit_share(lab, f, family)
+        if traffic == "established":
+            run["hit_share_expected"] = expected_hit_share(lab, f, family)
+        else:
+            miss = stats.get("flow_miss", 0)
+            run["recorded_share"] = (1 - stats.get("flow_insert_limited", 0) / miss
+                                     if miss else None)
     if ct_entries is not None:
         run["conntrack_entries"] = ct_entries
-    run["failed_checks"] = check_run(f, "established", run)
-    if g["sent"] + g["refused"] < packets:
-        run["failed_checks"].append(f"sent {g['sent']} of {packets} frames: the time bound")
+    run["failed_checks"] = check_run(f, traffic, run)
+    want = sum(j[2] for j in jobs)
+    if sent + refused < want:
+        run["failed_checks"].append(f"sent {sent} of {want} frames: the time bound")
     if run["delivered"] < SOCKET_DELIVERED:
-        run["failed_checks"].append(f"{run['delivered']:.1%} of {g['sent']} sent delivered")
-    if f.conntrack and ct_entries < flows:
+        run["failed_checks"].append(f"{run['delivered']:.1%} of {sent} sent delivered")
+    if f.conntrack and traffic == "established" and ct_entries < flows:
         # fewer: entries expired (their packets then open new ones: not established)
         run["failed_checks"].append(f"{ct_entries} conntrack entries for {flows} flows")
+    if prog and runs_prog < sent:
+        run["failed_checks"].append(f"in0's program counted {runs_prog} runs for {sent} "
+                                    f"frames (run-time statistics off?)")
     return run
 
 
 def summarise_socket(runs: Dict[tuple, List[dict]]) -> dict:
-    """Rows keyed by forwarder, flows, family: medians over the rounds of the CPU time a
-    packet (ns_total), of the forwarder's cost (ns_cost: ns_total less the same round's
-    drop baseline) and of the delivered Mpps; the ratios of ns_cost to iptables' and to
-    the ceiling's (pyxlb over them), and ns_cost beyond the ceiling's."""
+    """Rows keyed by forwarder, traffic, flows, cores, family: medians over the rounds of
+    the CPU time a packet (ns_total), of the forwarder's cost (ns_cost: ns_total less the
+    same round's drop baseline), of in0's program time a packet and of the delivered
+    Mpps; the ratios of ns_cost to iptables' and to the ceiling's (pyxlb over them), and
+    ns_cost beyond the ceiling's."""
     rows = []
-    for (fkey, flows, family), rs in runs.items():
+    for (fkey, traffic, flows, cores, family), rs in runs.items():
         ok = [r for r in rs if not r["failed_checks"]]
         use = ok or rs
-        base = runs.get(("drop", flows, family), [])
+        base = runs.get(("drop", traffic, flows, cores, family), [])
         costs = []
         for r in use:
             b = [d for d in base if d["round"] == r["round"]]
             if fkey != "drop" and b:
                 costs.append(r["ns_total"] - b[0]["ns_total"])
         total = [r["ns_total"] for r in use]
+        progs = [r["prog_ns"] for r in use if r.get("prog_ns") is not None]
         f = BY_KEY[fkey]
-        row = {"forwarder": fkey, "label": f.label, "flows": flows, "family": family,
+        row = {"forwarder": fkey, "label": f.label, "traffic": traffic, "flows": flows,
+               "cores": cores, "family": family,
                "ns_total": statistics.median(total), "ns_total_min": min(total),
                "ns_total_max": max(total),
                "ns_cost": statistics.median(costs) if costs else None,
                "ns_cost_min": min(costs) if costs else None,
                "ns_cost_max": max(costs) if costs else None,
+               "prog_ns": statistics.median(progs) if progs else None,
                "mpps": statistics.median(r["mpps"] for r in use),
                "delivered": statistics.median(r["delivered"] for r in use),
                "cpu_share": statistics.median(r["cpu_share"] for r in use),
@@ -1934,175 +2084,203 @@ def summarise_socket(runs: Dict[tuple, List[dict]]) -> dict:
         if f.table:
             row["table"] = f.table
         hits = [r["hit_share"] for r in use if r.get("hit_share") is not None]
-        if hits:
+        if hits and traffic == "established":
             row["hit_share"] = statistics.median(hits)
         if use[0].get("hit_share_expected") is not None:
             row["hit_share_expected"] = use[0]["hit_share_expected"]
+        rec = [r["recorded_share"] for r in use if r.get("recorded_share") is not None]
+        if rec:
+            row["recorded_share"] = statistics.median(rec)
         rows.append(row)
-    by = {(r["forwarder"], r["flows"], r["family"]): r for r in rows}
+    by = {(r["forwarder"], r["traffic"], r["flows"], r["cores"], r["family"]): r
+          for r in rows}
     for row in rows:
-        ipt = by.get(("iptables", row["flows"], row["family"]))
-        ceil = by.get(("ceiling", row["flows"], row["family"]))
+        case = (row["traffic"], row["flows"], row["cores"], row["family"])
+        ipt = by.get(("iptables", *case))
+        ceil = by.get(("ceiling", *case))
         own = row["ns_cost"]
         row["x_iptables"] = own / ipt["ns_cost"] if own and ipt and ipt["ns_cost"] else None
         row["x_ceiling"] = own / ceil["ns_cost"] if own and ceil and ceil["ns_cost"] \
             else None
         row["ns_over_ceiling"] = own - ceil["ns_cost"] \
             if own is not None and ceil and ceil["ns_cost"] is not None else None
-    rows.sort(key=lambda r: (r["flows"], r["family"], ORDER.index(r["forwarder"])))
+    rows.sort(key=lambda r: (r["flows"], r["family"], SOCKET_TRAFFIC.index(r["traffic"]),
+                             r["cores"], ORDER.index(r["forwarder"])))
     return {"rows": rows}
 
 
 def print_table_socket(summary: dict) -> None:
-    head = (f"{'flows':>5} {'IP':>3}  {'forwarder':<26} {'ns/pkt':>7} {'cost ns':>7} "
-            f"{'(min-max)':>11} {'/ ipt':>6} {'/ ceil':>6} {'ns>ceil':>7} {'Mpps':>5} "
-            f"{'deliv':>6} {'hits':>6}")
+    head = (f"{'flows':>5} {'IP':>3} {'traffic':<11} {'cores':>5}  {'forwarder':<26} "
+            f"{'ns/pkt':>7} {'cost ns':>7} {'(min-max)':>11} {'/ ipt':>6} {'/ ceil':>6} "
+            f"{'ns>ceil':>7} {'prog ns':>7} {'Mpps':>5} {'deliv':>6} {'hits':>6}")
     print(head)
     print("-" * len(head))
     last, flags = None, []
     for r in summary["rows"]:
-        if last and last != (r["flows"], r["family"]):
+        case = (r["flows"], r["family"], r["traffic"], r["cores"])
+        if last and last != case:
             print()
-        last = (r["flows"], r["family"])
+        last = case
         cost = f"{r['ns_cost']:.0f}" if r["ns_cost"] is not None else "(base)"
         span = f"({r['ns_cost_min']:.0f}-{r['ns_cost_max']:.0f})" \
             if r["ns_cost"] is not None else ""
         xi = f"{r['x_iptables']:.2f}" if r["x_iptables"] else "-"
         xc = f"{r['x_ceiling']:.2f}" if r["x_ceiling"] else "-"
         over = f"{r['ns_over_ceiling']:.0f}" if r["ns_over_ceiling"] is not None else "-"
+        prog = f"{r['prog_ns']:.0f}" if r.get("prog_ns") is not None else "-"
         hits = f"{r['hit_share']:.1%}" if r.get("hit_share") is not None else "-"
-        print(f"{_flows_text(r['flows']):>5} {'v' + str(r['family']):>3}  {r['label']:<26} "
+        print(f"{_flows_text(r['flows']):>5} {'v' + str(r['family']):>3} "
+              f"{SHORT[r['traffic']]:<11} {r['cores']:>5}  {r['label']:<26} "
               f"{r['ns_total']:7.0f} {cost:>7} {span:>11} {xi:>6} {xc:>6} {over:>7} "
-              f"{r['mpps']:5.2f} {r['delivered']:6.1%} {hits:>6}")
+              f"{prog:>7} {r['mpps']:5.2f} {r['delivered']:6.1%} {hits:>6}")
         if r["failed_checks"]:
             flags.append(f"  CHECK FAILED, IPv{r['family']} {_flows_text(r['flows'])} flows "
-                         f"{r['label']} ({r['runs'] - r['runs_ok']} of {r['runs']} runs): "
+                         f"{SHORT[r['traffic']]} {r['cores']} core(s) {r['label']} "
+                         f"({r['runs'] - r['runs_ok']} of {r['runs']} runs): "
                          + "; ".join(r["failed_checks"]))
     for line in flags:
         print(line)
-    print("\nns/pkt: CPU time a packet of the sending thread and ksoftirqd on the measured "
-          "CPU (generator,\n  veth, forwarder and sink: all run there); cost ns: ns/pkt less "
-          "the same round's\n  'generator alone' (XDP drop on in0), medians over the rounds: "
-          "the LB node's work and the\n  hop to the sink. / ipt, / ceil: cost over iptables "
-          "DNAT's, over the bare redirect's.\n  Mpps: delivered at the sink per wall second "
-          "(the generator's pace, not the forwarder's).")
+    print("\nns/pkt: CPU time a packet of the sending threads and ksoftirqd on the measured "
+          "CPUs (generator,\n  veth, forwarder and sink: all run there); cost ns: ns/pkt "
+          "less the same round's\n  'generator alone' (XDP drop on in0), medians over the "
+          "rounds: the LB node's work and the\n  hop to the sink. / ipt, / ceil: cost over "
+          "iptables DNAT's, over the bare redirect's.\n  prog ns: the XDP program on in0, "
+          "its own time a packet (the kernel's run-time statistics).\n  Mpps: delivered at "
+          "the sink per wall second (the generator's pace, not the forwarder's).")
 
 
 def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[int, ...],
                duration: float) -> None:
     """--generator socket: build the lab, fill pyxlb's tables (chain generator), measure
-    every node at each N in interleaved rounds, print and write the results."""
+    every node at each N, family, traffic and core count in interleaved rounds, print and
+    write the results."""
     import socket_gen
     allowed = sorted(os.sched_getaffinity(0))
-    cpu = allowed[-1]
+    core_sets = {1: [allowed[-1]]}
+    if len(allowed) >= 2:
+        core_sets[2] = allowed[:2]
     signal.signal(signal.SIGUSR1, _on_sigusr1)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     lab = Lab(prefix, objects=args.objects, chain=True, flows=flow_counts, socket_gen=True)
     t_start = time.monotonic()
     runs: Dict[tuple, List[dict]] = {}
     hints: Dict[tuple, float] = {}
     fill, ct_info = {}, {}
+    stats_fd = None
     try:
         ct_nodes = sum(1 for f in lab.nodes if f.conntrack)
-        with conntrack_room(max(flow_counts), ct_nodes) as ct_info:
+        # new flows stay in conntrack until the next measurement admits the N again: one
+        # measurement's worth, and as much again to spare
+        extra = 2 * SOCKET_NEW_MAX
+        with conntrack_room(max(flow_counts), ct_nodes, extra) as ct_info:
             print(f"building the lab ({lab.prefix}-*: generator, sink, "
                   f"{len(lab.nodes)} LB nodes)...", flush=True)
             lab.up()
             print("filling pyxlb's flow tables (chain generator)...", flush=True)
             t_fill = time.monotonic()
-            fill = fill_flow_tables(lab, {1: [cpu], 2: allowed[:2]}, families)
+            fill = fill_flow_tables(lab, core_sets, families)
             print(f"  ({time.monotonic() - t_fill:.0f} s)", flush=True)
-            print(f"measuring (socket generator, CPU {cpu}): {args.rounds} rounds, established "
-                  f"flows " + ", ".join(f"{n:,}" for n in lab.flows), flush=True)
+            stats_fd = _bpf.enable_run_stats()
+            print(f"measuring (socket generator, CPUs {core_sets}): {args.rounds} rounds, "
+                  f"established and new flows, with established flows "
+                  + ", ".join(f"{n:,}" for n in lab.flows), flush=True)
             for flows in lab.flows:
-                frame_sets = {fam: socket_gen.FrameSet(socket_gen.build_frames(
-                    flows, fam, mac_bytes(LB_IN_MAC), mac_bytes(GEN_MAC),
-                    CLIENTS if fam == 4 else CLIENTS6, VIP if fam == 4 else VIP6, PORT))
-                    for fam in families}
                 nodes = sorted(lab.nodes_at(flows), key=lambda n: (n.kind != "drop",
                                                                     ORDER.index(n.key)))
-                for rnd in range(args.rounds):
-                    for f in nodes:
-                        for family in families:
-                            if family not in f.families:
-                                continue
-                            key = (f.key, flows, family)
-                            run = measure_socket(lab, f, frame_sets[family], family, cpu,
-                                                 duration, hints.get(key))
-                            run["round"] = rnd
-                            hints[key] = run["mpps_sent"] * 1e6
-                            runs.setdefault(key, []).append(run)
-                            flag = "" if not run["failed_checks"] else \
-                                "  CHECK FAILED: " + "; ".join(run["failed_checks"])
-                            hits = "" if run.get("hit_share") is None else \
-                                f"  hits {run['hit_share']:.2%}"
-                            print(f"  round {rnd + 1} {_flows_text(flows):>5} IPv{family} "
-                                  f"{f.label:<26} {run['ns_total']:6.0f} ns/pkt  "
-                                  f"{run['mpps']:.2f} Mpps ({run['delivered']:.0%} of "
-                                  f"{run['sent']} delivered){hits}{flag}", flush=True)
-                del frame_sets
+                for family in families:
+                    frames = socket_gen.FrameSet(socket_gen.build_frames(
+                        flows, family, mac_bytes(LB_IN_MAC), mac_bytes(GEN_MAC),
+                        CLIENTS if family == 4 else CLIENTS6, VIP if family == 4 else VIP6,
+                        PORT))
+                    for rnd in range(args.rounds):
+                        for traffic in SOCKET_TRAFFIC:
+                            for cores, cpus in core_sets.items():
+                                for f in nodes:
+                                    key = (f.key, traffic, flows, cores, family)
+                                    run = measure_socket(lab, f, frames, family, traffic,
+                                                         cpus, duration, hints.get(key))
+                                    run["round"] = rnd
+                                    hints[key] = run["mpps_sent"] * 1e6
+                                    runs.setdefault(key, []).append(run)
+                                    _print_socket_run(rnd, f, run, cores)
+                    del frames
                 for f in nodes:         # conntrack's entries of this N go
                     if f.conntrack:
                         lab.conntrack_flush(f)
                 lab.ct_admitted.clear()
     finally:
+        if stats_fd is not None:
+            os.close(stats_fd)
         lab.down()
     elapsed = time.monotonic() - t_start
     for (node, family), a in lab.admitted.items():
         fill.setdefault(node, {}).setdefault("admission", {})[f"ipv{family}"] = a
     summary = summarise_socket(runs)
     info = machine_info()
-    print(f"\nestablished flows, 64-byte frames over IPv4, 84 over IPv6 (UDP and TCP "
-          f"alternately), socket\ngenerator on CPU {cpu} (forwarder and sink on it too), "
-          f"medians of {args.rounds} rounds of ~{duration:g} s\n")
+    print(f"\n64-byte frames over IPv4, 84 over IPv6 (UDP and TCP alternately), socket "
+          f"generator: a sending\nthread on each measured CPU (the forwarder and the sink "
+          f"run there too), medians of {args.rounds} rounds of ~{duration:g} s\n")
     print_table_socket(summary)
     path = args.output or os.path.join(RESULTS_DIR, "lab_throughput_socket.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     notes = [
-        "generator 'socket': an AF_PACKET socket on g-<fwd> (PACKET_QDISC_BYPASS, "
-        "sendmmsg of precomputed frames: bench/socket_gen.py) really transmits; the "
-        "kernel runs the veth's receiver, the forwarder and the sink in softirq on the "
-        "sending CPU, in the sending thread's own time",
-        "ns_total = (the sending thread's CPU clock + ksoftirqd's run time on that CPU) / "
-        "frames sent, over the measured send (this kernel has no IRQ time accounting: "
+        "generator 'socket': AF_PACKET sockets on g-<fwd> (PACKET_QDISC_BYPASS, sendmmsg "
+        "of precomputed frames: bench/socket_gen.py) really transmit, one sending thread "
+        "pinned to each measured CPU; the kernel runs the veth's receiver, the forwarder "
+        "and the sink in softirq on the sending CPU, in the sending thread's own time "
+        "(each CPU sends into its own veth queue: XPS maps transmit queue i to CPU i)",
+        "ns_total = (the sending threads' CPU clocks + ksoftirqd's run time on those CPUs) "
+        "/ frames sent, over the measured send (this kernel has no IRQ time accounting: "
         "softirq work is charged to the task it interrupts, here the sender)",
         "ns_cost = ns_total - ns_total of the same round's 'drop' node (the generator "
-        "alone: its frames dropped by XDP on in0 after the veth hop): what the LB node "
-        "does with a packet, plus the hop out0 -> sink and the sink's count; medians over "
-        "the rounds",
+        "alone: its frames dropped by XDP on in0 after the veth hop), same traffic and "
+        "cores: what the LB node does with a packet, plus the hop out0 -> sink and the "
+        "sink's count; medians over the rounds",
         "x_iptables, x_ceiling: ns_cost over iptables DNAT's, over the ceiling's (bare "
         "MAC rewrite + bpf_redirect); ns_over_ceiling = ns_cost - the ceiling's",
+        "prog_ns: the in0 XDP program's own time a run (BPF_ENABLE_STATS on for the "
+        "measurements: run_time_ns / run_cnt; every program run, the sink's included, "
+        "then also reads the clock twice); none for the kernel DNAT nodes (their program "
+        "only passes the frame up)",
         "mpps: delivered at the sink per wall second of the send: the generator's pace "
-        "(under ~1 Mpps), not what the forwarder could do",
-        "flows admitted as connections are, once a node, family and N: conntrack (flushed "
-        "first, and after the N's rounds): two packets a flow, its timeouts of unreplied "
-        f"UDP and unacknowledged TCP at {CT_IDLE_TIMEOUT} s on the DNAT nodes so that the "
-        "entries outlive the rounds (checked: as many entries as flows after each "
-        "measurement); pyxlb's flow table: admit_socket (pairs, then a third packet past "
-        "the promotion age) and one more pass of every flow; then each measurement: a "
-        "warm-up of "
-        f"{SOCKET_WARM} packets and the measured send (about duration_s, at least one "
-        "whole pass over the flows), both cycling the flows in order from where the "
-        "node's last send stopped",
+        "(under ~1 Mpps a CPU), not what the forwarder could do",
+        "traffic: established = the N flows cycled in order (thread i of c: the i-th c-th "
+        "of them), at least one whole pass a measurement; new = a flow never seen a "
+        "packet (a TCP SYN or a UDP datagram, numbered as the generator program numbers "
+        f"new flows), at most {SOCKET_NEW_MAX} a measurement, sent while the node holds "
+        "its N established flows",
+        "flows admitted as connections are: conntrack (flushed first): two packets a flow, "
+        "again before any measurement that finds it holding anything but them (the last "
+        "measurement's new flows, the other family's), so every measurement starts from "
+        f"exactly N entries; its timeouts of unreplied UDP and unacknowledged TCP at "
+        f"{CT_IDLE_TIMEOUT} s on the DNAT nodes so that the entries outlive the rounds "
+        "(checked: as many entries as flows after each established measurement); pyxlb's "
+        "flow table: admit_socket (pairs, then a third packet past the promotion age) and "
+        "one more pass of every flow, once; then each measurement: a warm-up of "
+        f"{SOCKET_WARM} packets a CPU (established after new flows: a whole pass), and the "
+        "measured send (about duration_s)",
         "the veth hands an AF_PACKET skb to XDP by copying it into a page (its headroom "
         "is under XDP's 256 bytes): every node, the drop baseline included, pays that",
-        "kernel DNAT forwarders: nf_conntrack_checksum=0 on their node, no masquerade; "
-        f"nf_conntrack_max raised to {ct_info.get('nf_conntrack_max')} and conntrack's "
-        f"hash (shared by all namespaces) to {ct_info.get('nf_conntrack_buckets')} "
-        "buckets for the run, a bucket for every 4 entries of the DNAT nodes together "
-        "(kube-proxy's quarter of its max for one node), both restored after",
+        "kernel DNAT forwarders: kube-proxy's layouts for IPv4 and IPv6 "
+        "(iptables/ip6tables, nftables ip/ip6 tables), nf_conntrack_checksum=0 on their "
+        f"node, no masquerade; nf_conntrack_max raised to {ct_info.get('nf_conntrack_max')}"
+        f" and conntrack's hash (shared by all namespaces) to "
+        f"{ct_info.get('nf_conntrack_buckets')} buckets for the run, a bucket for every 4 "
+        "established entries of the DNAT nodes together (kube-proxy's quarter of its max "
+        "for one node), both restored after",
     ]
     data = {
         "machine": info, "generator": "socket", "quick": args.quick, "duration_s": duration,
         "rounds": args.rounds, "families": list(families), "flows": list(lab.flows),
-        "cpu": cpu, "frame_bytes": FRAME_LEN, "frame_bytes_ipv6": FRAME_LEN6,
+        "traffic": list(SOCKET_TRAFFIC), "cpus": {str(k): v for k, v in core_sets.items()},
+        "frame_bytes": FRAME_LEN, "frame_bytes_ipv6": FRAME_LEN6,
         "pyxlb": os.path.dirname(os.path.abspath(pyxlb.__file__)),
         "conntrack": ct_info, "flow_tables": fill,
         "tools": {"iptables": tool_version(["iptables", "--version"]),
                   "nft": tool_version(["nft", "--version"])},
         "elapsed_s": round(elapsed, 1), "notes": notes, **summary,
-        "runs": [{"forwarder": k[0], "flows": k[1], "family": k[2], "runs": v}
-                 for k, v in runs.items()],
+        "runs": [{"forwarder": k[0], "traffic": k[1], "flows": k[2], "cores": k[3],
+                  "family": k[4], "runs": v} for k, v in runs.items()],
     }
     with open(path, "w") as out:
         json.dump(data, out, indent=2)
@@ -2111,6 +2289,17 @@ def run_socket(args, prefix: str, families: Tuple[int, ...], flow_counts: Tuple[
     if any(r["failed_checks"] for r in summary["rows"]):
         sys.exit(1)
 
+
+def _print_socket_run(rnd: int, f: Forwarder, run: dict, cores: int) -> None:
+    flag = "" if not run["failed_checks"] else \
+        "  CHECK FAILED: " + "; ".join(run["failed_checks"])
+    hits = "" if run.get("hit_share") is None or run["traffic"] != "established" else \
+        f"  hits {run['hit_share']:.2%}"
+    prog = "" if run.get("prog_ns") is None else f"  prog {run['prog_ns']:.0f} ns"
+    print(f"  round {rnd + 1} {_flows_text(run['flows']):>5} IPv{run['family']} "
+          f"{SHORT[run['traffic']]:<11} {cores} core{'s' if cores > 1 else ' '} "
+          f"{f.label:<26} {run['ns_total']:6.0f} ns/pkt{prog}  {run['mpps']:.2f} Mpps "
+          f"({run['delivered']:.0%} of {run['sent']} delivered){hits}{flag}", flush=True)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -2155,10 +2344,11 @@ def main():
                         help="live: live-frames test runs, really transmitted; chain: the "
                         "generator tail-calls the program on the LB node's in0, nothing "
                         "transmitted, XDP forwarders only; auto (default): live where the "
-                        "kernel allows it, else chain; socket: an AF_PACKET sender "
-                        "(under 1 Mpps, really transmitted), established flows only, "
-                        "every forwarder's CPU cost a packet beside iptables and the "
-                        "ceiling (results: lab_throughput_socket.json)")
+                        "kernel allows it, else chain; socket: AF_PACKET senders "
+                        "(under 1 Mpps a CPU, really transmitted), established and new "
+                        "flows on one CPU and two, every forwarder's CPU cost a packet "
+                        "beside iptables, nftables and the ceiling (results: "
+                        "lab_throughput_socket.json)")
     parser.add_argument("--flows", action="append", metavar="N[,N...]",
                         help="established flows in all, shared out among the cores: each N "
                         "measured in turn (pyxlb nodes of its own for each); repeatable or "
@@ -2208,7 +2398,7 @@ def main():
         sys.exit(f"lab_throughput: no bench_gen.o in {args.objects}")
     if os.geteuid() != 0:
         sys.exit("lab_throughput: needs root (namespaces, XDP, iptables)")
-    for tool in ("iptables-restore", "nft", "ip"):
+    for tool in ("iptables-restore", "ip6tables-restore", "nft", "ip"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             sys.exit(f"lab_throughput: {tool} not found (apt-get install iptables nftables "
                      f"iproute2; `make bench` does)")
@@ -2236,7 +2426,7 @@ def main():
         core_sets[2] = allowed[:2]
     core_counts = sorted(core_sets)
     signal.signal(signal.SIGUSR1, _on_sigusr1)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
     lab = Lab(prefix, objects=args.objects, chain=not live, flows=flow_counts)
     t_start = time.monotonic()

@@ -4,13 +4,16 @@ leave an interface, without live frames.
 An AF_PACKET socket bound to the generator's end of a veth, with PACKET_QDISC_BYPASS (no
 qdisc: each frame goes straight to the veth's transmit function), sends precomputed
 frames with sendmmsg(2) through ctypes, up to SEND_BATCH frames a system call, so Python
-costs next to nothing a packet. The frames are built once per flow count and family with
-numpy (a dependency of matplotlib, the bench extra) and are exactly those gen.bpf.c
-writes in its GEN_SHARED mode for the same flows (flow f: source port 1024 + f % 8976,
-host part 1 + f / 8976 of the clients' /16 or /96, an ACK for odd f, UDP for even f; the
-IPv4 identification is 0 here), so a flow table filled or a conntrack table opened by one
-generator holds the flows of the other. A send cycles over a list of frame indices (a
-numpy array): all flows in order, or each flow twice in a row (admission), or a part.
+costs next to nothing a packet (ctypes lets go of the GIL for the call: one Sender a
+thread sends on each CPU at once). The frames are built with numpy (a dependency of
+matplotlib, the bench extra) and are exactly those gen.bpf.c writes for the same flows
+(the IPv4 identification is 0 here), so a flow table filled or a conntrack table opened
+by one generator holds the flows of the other: build_frames() the established flows of
+its GEN_SHARED mode (flow f: source port 1024 + f % 8976, host part 1 + f / 8976 of the
+clients' /16 or /96, an ACK for odd f, UDP for even f), build_new_frames() the new flows
+of one CPU's sequence (a TCP SYN for odd numbers, UDP for even ones). A send cycles over
+a list of frame indices (a numpy array): all flows in order, a CPU's share of them, each
+flow twice in a row (admission), or a part.
 
 On a veth the receiver's NAPI runs on the sending CPU when the sending system call
 re-enables bottom halves, so the forwarder and the sink run in the sending thread's own
@@ -37,6 +40,8 @@ IOVEC = 16                      # sizeof(struct iovec)
 
 SHARED_SPORT = 1024             # gen.bpf.c GEN_SHARED_SPORT
 SHARED_PORTS = 8976             # gen.bpf.c GEN_SHARED_PORTS
+NEW_SPORT = 16384               # gen.bpf.c GEN_NEW_SPORT: new flows' ports 16384..49151
+NEW_FLOWS = 1 << 29             # new flows a CPU before its numbers repeat
 L4_LEN = 30                     # gen.bpf.c GEN_L4_LEN: the TCP or UDP segment
 TCP, UDP = 6, 17
 
@@ -60,12 +65,37 @@ def _words(a: np.ndarray) -> np.ndarray:
 
 def build_frames(flows: int, family: int, dmac: bytes, smac: bytes, clients: str, vip: str,
                  dport: int) -> np.ndarray:
-    """`flows` frames (rows of a uint8 array), flow f numbered as gen.bpf.c's GEN_SHARED
-    numbers it: 64 bytes over IPv4, 84 over IPv6."""
+    """`flows` established flows' frames (rows of a uint8 array), flow f numbered as
+    gen.bpf.c's GEN_SHARED numbers it: 64 bytes over IPv4, 84 over IPv6."""
     f = np.arange(flows, dtype=np.uint64)
     host = (1 + f // SHARED_PORTS).astype(np.uint32)
     sport = (SHARED_SPORT + f % SHARED_PORTS).astype(np.uint16)
-    tcp = (f & 1).astype(bool)
+    return _frames(host, sport, (f & 1).astype(bool), False, family, dmac, smac, clients,
+                   vip, dport)
+
+
+def build_new_frames(first: int, count: int, cpu: int, family: int, dmac: bytes,
+                     smac: bytes, clients: str, vip: str, dport: int) -> np.ndarray:
+    """`count` new flows' frames, a flow a frame, numbered first .. first + count - 1 as
+    gen.bpf.c numbers the new flows of CPU `cpu` (its per-CPU sequence n): source port
+    NEW_SPORT + n % 32768, host part (cpu << 14) | (n / 32768) % 16384, a TCP SYN for odd
+    n, UDP for even n. Never the ports of established flows; distinct for each CPU (0-3)
+    and each n below 2^29."""
+    if not 0 <= cpu < 4 or first < 0 or first + count > NEW_FLOWS:
+        raise ValueError(f"new flows {first}..{first + count - 1} of CPU {cpu}: the "
+                         f"numbering holds {NEW_FLOWS} a CPU (0-3)")
+    n = np.arange(first, first + count, dtype=np.uint64)
+    host = ((cpu << 14) | ((n >> 15) & 0x3FFF)).astype(np.uint32)
+    sport = (NEW_SPORT + (n & 0x7FFF)).astype(np.uint16)
+    return _frames(host, sport, (n & 1).astype(bool), True, family, dmac, smac, clients,
+                   vip, dport)
+
+
+def _frames(host: np.ndarray, sport: np.ndarray, tcp: np.ndarray, syn: bool, family: int,
+            dmac: bytes, smac: bytes, clients: str, vip: str, dport: int) -> np.ndarray:
+    """A frame for each row of host (the client's host part), sport and tcp (else UDP):
+    TCP segments are SYNs when `syn`, else ACKs."""
+    flows = len(host)
     v6 = family == 6
     ip_len = 40 if v6 else 20
     length = 14 + ip_len + L4_LEN
@@ -101,12 +131,15 @@ def build_frames(flows: int, family: int, dmac: bytes, smac: bytes, clients: str
     l4 = 14 + ip_len
     frames[:, l4:l4 + 2] = sport.astype(">u2").view(np.uint8).reshape(flows, 2)
     frames[:, l4 + 2:l4 + 4] = np.frombuffer(struct.pack("!H", dport), np.uint8)
-    # TCP: seq 1, ack 1, data offset 5, ACK, window 512
+    # TCP: seq 1, data offset 5, window 512; an ACK (ack 1) or a SYN
     t = np.nonzero(tcp)[0]
     frames[t, l4 + 7] = 1
-    frames[t, l4 + 11] = 1
     frames[t, l4 + 12] = 0x50
-    frames[t, l4 + 13] = 0x10
+    if syn:
+        frames[t, l4 + 13] = 0x02
+    else:
+        frames[t, l4 + 11] = 1
+        frames[t, l4 + 13] = 0x10
     frames[t, l4 + 14:l4 + 16] = (0x02, 0x00)
     u = np.nonzero(~tcp)[0]
     frames[u, l4 + 4:l4 + 6] = (0, L4_LEN)
@@ -142,6 +175,15 @@ class FrameSet:
         if "cycle" not in self._cache:
             self._cache["cycle"] = self.messages(np.arange(self.count))
         return self._cache["cycle"]
+
+    def share(self, i: int, n: int) -> np.ndarray:
+        """Share i of n: flows i * (count // n) to (i + 1) * (count // n) - 1, once each, in
+        order (cached)."""
+        key = ("share", i, n)
+        if key not in self._cache:
+            size = self.count // n
+            self._cache[key] = self.messages(np.arange(i * size, (i + 1) * size))
+        return self._cache[key]
 
     def part(self, start: int, count: int, repeat: int = 1) -> np.ndarray:
         """Flows start .. start + count - 1, each `repeat` times in a row."""
