@@ -606,7 +606,7 @@ class Lab:
         self.prefix = prefix
         self.objects = objects          # where the bench objects are (None: pyxlb's)
         self.chain = chain              # the chain generator (no live frames)
-        # --generator socket: an AF_PACKET sender on each g-<fwd> measures (the chain
+        # --generator socket: AF_PACKET senders on each g-<fwd> measure (the chain
         # generator, chain true, only fills pyxlb's tables)
         self.socket_gen = socket_gen
         self.senders: Dict[Tuple[str, int], object] = {}   # (node, i): a socket_gen.Sender
@@ -2526,8 +2526,8 @@ def main():
         "ns_over_ceiling = (1/mpps - 1/mpps of the ceiling) x cores: CPU time per "
         "packet beyond the bare redirect's path, i.e. the forwarder's own work",
         "IPv4: 64-byte frames; IPv6: 84-byte frames (the same 30-byte TCP/UDP segment "
-        "behind a 40-byte header); IPv6 goes through pyxlb (IP6IP6 or L2) and the "
-        "ceiling only (the kernel DNAT layouts are IPv4 ones)",
+        "behind a 40-byte header); IPv6 goes through every forwarder (pyxlb IP6IP6 or "
+        "L2; kube-proxy's ip6tables and nftables ip6 layouts)",
         "pyxlb's flow tables take twice their ways of new flows (IPv4 and IPv6, "
         "insertion limit off) before the first measurement: as on a node that has run a "
         "while, the back half of every set, where new flows go, is full, and every new "
