@@ -543,7 +543,9 @@ class DesiredState:
     always peers. The Kubernetes agent puts every node there: a node that left a Service's
     backends still owns connections its ring slots moved away from, and another agent's
     balancer may name it (docs/kubernetes.md, "Stateless Services"). Not part of the file
-    format (like verdicts), and not read back from the maps: a state read back has none."""
+    format (like verdicts), and not read back from the maps: a state read back has none.
+    Written only by an apply with peers="set" (Datapath.apply: the agent's); every other
+    apply keeps the extras the maps hold."""
 
     vips: Tuple[Vip, ...] = ()
     peers: FrozenSet[IPAddress] = frozenset()

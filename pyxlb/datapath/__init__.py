@@ -200,7 +200,7 @@ class Datapath(LoadedObject):
     # -- the control plane: apply, read back -----------------------------------------------
 
     def apply(self, state: DesiredState, *, dry_run: bool = False,
-              verdicts: str = "keep") -> ApplyResult:
+              verdicts: str = "keep", peers: str = "keep") -> ApplyResult:
         """Make the maps implement `state`, writing only the difference.
 
         All or nothing: a state that is inconsistent or does not fit raises StateError
@@ -219,11 +219,17 @@ class Datapath(LoadedObject):
         `state` says; a new backend, or one whose checks were off, starts not down. With
         verdicts="set" (the checker, `pyxlb serve`), `state`'s values are written: read,
         change and apply inside editing(), so no other writer's change is undone.
+
+        Extra chain peers (DesiredState.peers): with peers="keep" (the CLI, `apply -f`,
+        `pyxlb serve`: their states name none) the extras xlb_chain_peers holds stay as
+        they are, whatever `state` says (read back from another process's table: every
+        address it names that is no backend of a stateless VIP); with peers="set" (the
+        Kubernetes agent, which knows every Node) they become `state.peers`.
         """
         result = self.applier.apply(
             state, dry_run=dry_run,
             announce_as=lambda: announce_source(self.interfaces(), self.announce_mac),
-            verdicts=verdicts)
+            verdicts=verdicts, peers=peers)
         if result.seconds is not None and self.on_apply is not None:
             self.on_apply(result)
         return result

@@ -33,6 +33,18 @@ from .vipindex import VipIndex
 
 NO_ANNOUNCE = (0, bytes(6))
 VERDICTS = ("keep", "set")
+PEERS = ("keep", "set")
+
+
+def held_peers(layout: plan_mod.Layout) -> frozenset:
+    """The extra chain peers xlb_chain_peers holds: the planned state's own when this
+    process wrote the table, else (a layout read back, whose state has none) every address
+    the table names that no stateless VIP of the state lists as a backend. (An address
+    that is both is taken for a backend: the table cannot tell.)"""
+    if layout.peers_synced:
+        return layout.state.peers
+    backends = {b.address for v in layout.state.vips if v.stateless for b in v.backends}
+    return frozenset(a for a in (layout.chain_peers or {}).values() if a not in backends)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,11 +338,13 @@ class Applier:
 
     def apply(self, state: DesiredState, *, dry_run: bool = False,
               announce_as: Callable[[], Tuple[int, bytes]],
-              verdicts: str = "keep") -> ApplyResult:
+              verdicts: str = "keep", peers: str = "keep") -> ApplyResult:
         """See Datapath.apply. `announce_as` gives the (ifindex, MAC) of ARP/NDP answers,
         asked only when the plan announces an address."""
         if verdicts not in VERDICTS:
             raise ValueError(f"verdicts must be 'keep' or 'set', not {verdicts!r}")
+        if peers not in PEERS:
+            raise ValueError(f"peers must be 'keep' or 'set', not {peers!r}")
         with self.lock():
             self.sync()
             started = time.perf_counter()
@@ -339,6 +353,10 @@ class Applier:
                 layout.chain_peers = self.tables.chain_peers.read()
             if verdicts == "keep":
                 state = carry_verdicts(layout.state, state)
+            if peers == "keep":
+                held = held_peers(layout)
+                if state.peers != held:
+                    state = state.with_peers(held)
             plan = plan_mod.make_plan(layout, state, limits(self.tables))
             if plan.empty and not dry_run:
                 layout.peers_synced = True      # compared with the state's: they agree

@@ -320,7 +320,8 @@ class Agent:
                                          self.nodes.snapshot().values())
             state, l2, bgp = self.announcer.desired(state, attached=bool(self.dp.interfaces()))
             wanted = (l2, bgp)
-        plan = self.dp.apply(state).plan
+        # every Node is a chain peer: this apply sets them (others keep what it set)
+        plan = self.dp.apply(state, peers="set").plan
         if wanted is not None:
             # after apply: the XDP responder answers before a gratuitous ARP draws traffic
             self.announcer.sync(*wanted)

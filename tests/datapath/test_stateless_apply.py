@@ -267,11 +267,11 @@ def test_the_commands_refuse_bad_input_in_one_line(tmp_path, args, match):
 
 
 def test_a_kubernetes_nodes_chain_peers_are_every_node(bpffs_dir):
-    """What the agent applies for a stateless Service (pyxlb.k8s.translate): the chain
-    peers are every Node's address of the VIP's family, also one that is no backend (excluded by label:
-    it may still own connections from before); a restarted process, whose read-back state
-    cannot tell them apart, applies the same state without a write; with the annotation
-    gone, no VIP is stateless and the table empties."""
+    """What the agent applies for a stateless Service (pyxlb.k8s.translate), with
+    peers="set": the chain peers are every Node's address of the VIP's family, also one
+    that is no backend (excluded by label: it may still own connections from before); a
+    restarted process, whose read-back state cannot tell them apart, applies the same state
+    without a write; with the annotation gone, no VIP is stateless and the table empties."""
     from pyxlb.k8s import objects as o
     from pyxlb.k8s import translate as tr
 
@@ -290,19 +290,50 @@ def test_a_kubernetes_nodes_chain_peers_are_every_node(bpffs_dir):
     table = {chain_id(a): a for a in every}
     assert len(table) == len(every)                 # no two share an id: all named
     with Datapath.create(bpffs_dir, map_sizes=SMALL) as d:
-        d.apply(wanted)
+        d.apply(wanted, peers="set")
         assert d.tables.chain_peers.read() == table
     with Datapath.open(bpffs_dir) as d:
         assert d.current_state().peers == frozenset()     # not read back
-        assert d.apply(wanted).plan.empty
+        assert d.apply(wanted, peers="set").plan.empty
         assert d.current_state() == wanted                # known once compared
-        assert d.apply(wanted).plan.empty
+        assert d.apply(wanted, peers="set").plan.empty
         # a node leaves the cluster: its id alone is cleared
         fewer = tr.translate([svc], [], nodes[:3], settings).state
-        plan = d.apply(fewer).plan
+        plan = d.apply(fewer, peers="set").plan
         assert plan.peer_clears == {chain_id(addrs["n4"][0])} and not plan.peer_writes
         del svc["metadata"]["annotations"]
         plain = tr.translate([svc], [], nodes, settings).state
         assert plain.peers == frozenset() and not plain.vips[0].stateless
-        d.apply(plain)
+        d.apply(plain, peers="set")
         assert d.tables.chain_peers.read() == {}
+
+
+def test_an_apply_by_hand_keeps_the_agents_chain_peers(bpffs_dir):
+    """The CLI (peers="keep", the default) on a node whose agent set every Node as a chain
+    peer: in the agent's own process, or in another one that reads the table back (where
+    the extras are the addresses that no stateless VIP lists), an edit of the VIPs leaves
+    the extras as they were, and the agent's next apply finds nothing to change. An
+    address the edit drops as a stateless VIP's backend goes, unless it is an extra."""
+    extras = ("10.0.9.1", "10.0.9.2", "10.0.9.3")
+    agents = state(*WEB).with_peers(extras)
+    every = {chain_id(a): ipaddress.ip_address(a) for a in (*WEB, *extras)}
+    assert len(every) == 6
+    with Datapath.create(bpffs_dir, map_sizes=SMALL) as d:
+        d.apply(agents, peers="set")
+        assert d.tables.chain_peers.read() == every
+        d.apply(state(*WEB))                        # same process, a state naming none
+        assert d.tables.chain_peers.read() == every
+    with Datapath.open(bpffs_dir) as d:             # another process: read back
+        plan = d.apply(state(*WEB[:2])).plan        # drops a backend, names no extras
+        assert plan.peer_clears == {chain_id(WEB[2])} and not plan.peer_writes
+        assert d.tables.chain_peers.read() == {c: a for c, a in every.items()
+                                               if c != chain_id(WEB[2])}
+        assert d.current_state().peers == frozenset(map(ipaddress.ip_address, extras))
+    with Datapath.open(bpffs_dir) as d:             # the agent again: nothing to do
+        assert d.apply(state(*WEB[:2]).with_peers(extras), peers="set").plan.empty
+        # and the agent's own change of the extras goes through
+        plan = d.apply(state(*WEB[:2]).with_peers(extras[:2]), peers="set").plan
+        assert plan.peer_clears == {chain_id(extras[2])}
+    with Datapath.open(bpffs_dir) as d:
+        with pytest.raises(ValueError, match="peers must be 'keep' or 'set'"):
+            d.apply(state(*WEB[:2]), peers="replace")
