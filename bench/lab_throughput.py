@@ -304,10 +304,6 @@ class Forwarder:
         return self.kind in ("iptables", "nftables")
 
     @property
-    def families(self) -> Tuple[int, ...]:
-        return (4, 6)
-
-    @property
     def xdp(self) -> bool:
         """A program on in0 does the forwarding (the chain generator can run it)."""
         return not self.conntrack
@@ -1854,6 +1850,11 @@ def _send_parallel(lab: Lab, f: Forwarder, jobs: List[tuple]) -> List[dict]:
     return results
 
 
+def _span(results: List[dict]) -> float:
+    """Wall time from the first thread's start to the last one's end (_send_parallel)."""
+    return max(g["t1"] for g in results) - min(g["t0"] for g in results)
+
+
 def admit_socket(lab: Lab, f: Forwarder, frames, family: int) -> dict:
     """admit() with the socket generator: each flow sends two packets in a row, then, past
     the promotion age, one more, in batches of a 16th of the table's sets (the next
@@ -1958,8 +1959,7 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, traffic: str,
         got = _send_parallel(lab, f, [(c, msgs[i], warm, lab.send_pos.get(pos_key[i], 0))
                                       for i, c in enumerate(cpus)])
         lab.new_since.discard((f.node, family))
-        rate = rate_hint or sum(g["sent"] for g in got) / max(
-            max(g["t1"] for g in got) - min(g["t0"] for g in got), 1e-3)
+        rate = rate_hint or sum(g["sent"] for g in got) / max(_span(got), 1e-3)
         # at least one whole pass over the flows: which flows of a set keep their place
         # depends on where in the pass they come, so only a whole pass shows the table's
         # hit share (a window over the first fifth of a million flows hit 87%, a whole
@@ -1972,8 +1972,7 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, traffic: str,
         got = _send_parallel(lab, f, [(c, warm_sets[i].cycle(), warm_sets[i].count, 0)
                                       for i, c in enumerate(cpus)])
         del warm_sets
-        rate = rate_hint or sum(g["sent"] for g in got) / max(
-            max(g["t1"] for g in got) - min(g["t0"] for g in got), 1e-3)
+        rate = rate_hint or sum(g["sent"] for g in got) / max(_span(got), 1e-3)
         per = -(-int(min(SOCKET_NEW_MAX, max(SOCKET_MIN_PACKETS, rate * duration))) // n_cpu)
         new_sets = [_new_frames(lab, f, family, c, per) for c in cpus]
         jobs = [(c, new_sets[i].cycle(), per, 0) for i, c in enumerate(cpus)]
@@ -2005,7 +2004,7 @@ def measure_socket(lab: Lab, f: Forwarder, frames, family: int, traffic: str,
                        "steal"))}
     sent = sum(g["sent"] for g in res)
     refused = sum(g["refused"] for g in res)
-    wall = max(g["t1"] for g in res) - min(g["t0"] for g in res)
+    wall = _span(res)
     cpu_s = sum(g["cpu_s"] for g in res) + (k1 - k0)
     n = sink["packets"]
     runs_prog = r1[1] - r0[1] if prog else 0
@@ -2443,7 +2442,7 @@ def main():
         # only where conntrack has room for N established flows and the new ones
         cases = [(n, t, f, fam) for n in lab.flows for t in kinds for f in lab.nodes_at(n)
                  for fam in families
-                 if (f.key in live_keys) and fam in f.families
+                 if f.key in live_keys
                  and (t != "new_nolimit" or f.node in lab.insert_limits)
                  and (not f.conntrack or n <= CT_MAX_FLOWS)]
         print(f"measuring ({'chain' if lab.chain else 'live-frames'} generator): "
