@@ -42,6 +42,9 @@ on the LB node's in0:
   nftables    the same with a kube-proxy nftables-like table: a service-ips verdict map,
               numgen random mod 3 into endpoint chains that DNAT
   ceiling     ceiling.bpf.c: rewrite the MACs and bpf_redirect() to out0, nothing else
+  tunnel      ceiling.bpf.c's tunnel floor: the ceiling plus one outer header pushed (IPIP,
+              IP6IP6; fixed addresses, no parsing, hashing or lookups): the least any
+              tunnelling balancer does; "x tun" is pyxlb's IPIP over it
 
 pyxlb's nodes are made once per N (their flow tables hold that N's flows) and, where N
 is more than a default table is rated for (docs/datapath.md, "Capacity": 209,715 IPv4 and
@@ -286,7 +289,7 @@ class Forwarder:
     key: str                    # in the results
     label: str
     short: str                  # in interface and namespace names
-    kind: str                   # pyxlb, iptables, nftables, ceiling
+    kind: str                   # pyxlb, iptables, nftables, ceiling, tunnel, drop
     mode: Optional[str] = None  # pyxlb: ipip or l2
     # pyxlb: "default" (as made), "rated" (--max-flows N) or "stateless" (none used)
     table: Optional[str] = None
@@ -317,6 +320,7 @@ FORWARDERS = (
     Forwarder("iptables", "iptables DNAT", "ipt", "iptables"),
     Forwarder("nftables", "nftables DNAT", "nft", "nftables"),
     Forwarder("ceiling", "XDP redirect (ceiling)", "ceil", "ceiling"),
+    Forwarder("tunnel", "XDP tunnel (floor)", "tun", "tunnel", "ipip"),
 )
 # pyxlb with its flow tables made for N flows (--max-flows N, --max-flows6 N): where N is
 # more than the default tables are rated for
@@ -330,10 +334,11 @@ RATED = {
 # bench's sink program: counted, then dropped), subtracted from every other forwarder's
 DROP = Forwarder("drop", "generator alone (XDP drop)", "drop", "drop")
 # --generator socket measures these (and DROP); pyxlb_ipip also with tables made for N
-SOCKET_KEYS = ("pyxlb_stateless", "pyxlb_ipip", "iptables", "nftables", "ceiling")
+SOCKET_KEYS = ("pyxlb_stateless", "pyxlb_ipip", "iptables", "nftables", "ceiling",
+               "tunnel")
 BY_KEY = {f.key: f for f in (*FORWARDERS, *RATED.values(), DROP)}
 ORDER = ["pyxlb_ipip", "pyxlb_ipip_rated", "pyxlb_stateless", "pyxlb_l2", "pyxlb_l2_rated",
-         "iptables", "nftables", "ceiling", "drop"]
+         "iptables", "nftables", "ceiling", "tunnel", "drop"]
 TRAFFIC = {"established": "established flows", "new": "new flow every packet",
            "new_nolimit": "new flow every packet, no insertion limit"}
 SHORT = {"established": "established", "new": "new", "new_nolimit": "new, no limit"}
@@ -689,7 +694,8 @@ class Lab:
             self._sink(f)
             self._lb_node(f)
             {"pyxlb": self._pyxlb, "iptables": self._iptables, "nftables": self._nftables,
-             "ceiling": self._ceiling, "drop": self._drop}[f.kind](f)
+             "ceiling": self._ceiling, "tunnel": self._tunnel,
+             "drop": self._drop}[f.kind](f)
         if self.socket_gen:
             import socket_gen
             with netns.enter(self.ns("gen")):
@@ -884,7 +890,20 @@ class Lab:
         with netns.enter(self.lb(f)):
             out = socket.if_nametoindex("out0")
         maps["ceil_config"].update(0, mac_bytes(BACKEND_MACS[1]) + mac_bytes(LB_OUT_MAC)
-                                   + struct.pack("=I", out))
+                                   + struct.pack("=I", out) + bytes(40))
+
+    def _tunnel(self, f: Forwarder) -> None:
+        """The tunnel floor: the ceiling's redirect with an outer header to backend 1 (from
+        out0's addresses, as pyxlb's outer source defaults to the interface's)."""
+        maps = self._attach_object(f, "bench_ceiling", "ceil_tunnel")
+        with netns.enter(self.lb(f)):
+            out = socket.if_nametoindex("out0")
+        maps["ceil_config"].update(0, mac_bytes(BACKEND_MACS[1]) + mac_bytes(LB_OUT_MAC)
+                                   + struct.pack("=I", out)
+                                   + socket.inet_pton(socket.AF_INET, LB_OUT_ADDR)
+                                   + socket.inet_pton(socket.AF_INET, BACKENDS[1])
+                                   + socket.inet_pton(socket.AF_INET6, LB_OUT_ADDR6)
+                                   + socket.inet_pton(socket.AF_INET6, BACKENDS6[1]))
 
     # -- state during runs ---------------------------------------------------------------
 
@@ -1401,7 +1420,7 @@ def check_run(f: Forwarder, traffic: str, run: dict, chain: bool = False) -> Lis
                 (run["family"] == 4 and v6 > OTHER_TOLERATED):
             bad.append(f"{v6} of {n} packets were IPv6 (IPv{run['family']} traffic)")
         shares = [s[f"backend{k}"] / n for k in BACKENDS]
-        if f.kind not in ("ceiling", "drop") and min(shares) < 0.15:
+        if f.kind not in ("ceiling", "tunnel", "drop") and min(shares) < 0.15:
             bad.append("backend shares " + ", ".join(f"{x:.0%}" for x in shares))
     st = run.get("xlb_stats")
     if st is not None:
@@ -1480,6 +1499,12 @@ def _check_pyxlb(traffic: str, run: dict, st: dict, n: int, chain: bool,
 # -- summary, table, chart ------------------------------------------------------------------
 
 
+def _over_tunnel(row: dict) -> bool:
+    """The row is pyxlb's in an IPIP mode: it is compared with the tunnel floor too."""
+    f = BY_KEY[row["forwarder"]]
+    return f.kind == "pyxlb" and f.mode == "ipip"
+
+
 def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
     """Rows (medians over the rounds) keyed by forwarder, traffic, flows, cores, family;
     the ratios to the ceiling and iptables of the same traffic, N and cores; the targets
@@ -1532,6 +1557,8 @@ def summarise(runs: Dict[tuple, List[dict]], core_counts: List[int]) -> dict:
         # what the forwarder adds per packet to the ceiling's path, per core
         row["ns_over_ceiling"] = (1e3 / row["mpps"] - 1e3 / ceil["mpps"]) * row["cores"] \
             if ceil else None
+        tun = ref_row(row, "tunnel") if _over_tunnel(row) else None
+        row["x_tunnel"] = row["mpps"] / tun["mpps"] if tun else None
     for row in rows:
         ipt = ref_row(row, "iptables")
         own = row["ns_over_ceiling"]
@@ -1673,6 +1700,17 @@ def print_table(summary: dict, chain: bool = False) -> None:
               f"core{'s' if r['cores'] > 1 else ' '}  {r['ns_over_ceiling']:6.0f} ns vs "
               f"{r['ns_over_ceiling'] * r['work_ratio_iptables']:6.0f} ns: "
               f"{r['work_ratio_iptables']:.1f}x less")
+    floor = [r for r in summary["rows"] if r["forwarder"] == "tunnel" and r["x_ceiling"]]
+    if floor:
+        print("\nthe tunnel floor (the ceiling plus one outer header) as a share of the "
+              "ceiling, and pyxlb's\nIPIP forwarders as a share of the floor:")
+    for t in floor:
+        over = [r for r in summary["rows"] if r.get("x_tunnel") and
+                (r["traffic"], r["flows"], r["cores"], r["family"]) ==
+                (t["traffic"], t["flows"], t["cores"], t["family"])]
+        print(f"  {_flows_text(t['flows']):>5} IPv{t['family']} {SHORT[t['traffic']]:<13} "
+              f"{t['cores']} core{'s' if t['cores'] > 1 else ' '}  floor {t['x_ceiling']:.0%}"
+              + "".join(f"   {r['label']} {r['x_tunnel']:.0%}" for r in over))
 
 
 def chart(summary: dict, core_counts: List[int], path: str, subtitle: str,
@@ -2103,6 +2141,8 @@ def summarise_socket(runs: Dict[tuple, List[dict]]) -> dict:
             else None
         row["ns_over_ceiling"] = own - ceil["ns_cost"] \
             if own is not None and ceil and ceil["ns_cost"] is not None else None
+        tun = by.get(("tunnel", *case)) if _over_tunnel(row) else None
+        row["x_tunnel"] = own / tun["ns_cost"] if own and tun and tun["ns_cost"] else None
     rows.sort(key=lambda r: (r["flows"], r["family"], SOCKET_TRAFFIC.index(r["traffic"]),
                              r["cores"], ORDER.index(r["forwarder"])))
     return {"rows": rows}
@@ -2111,7 +2151,8 @@ def summarise_socket(runs: Dict[tuple, List[dict]]) -> dict:
 def print_table_socket(summary: dict) -> None:
     head = (f"{'flows':>5} {'IP':>3} {'traffic':<11} {'cores':>5}  {'forwarder':<26} "
             f"{'ns/pkt':>7} {'cost ns':>7} {'(min-max)':>11} {'/ ipt':>6} {'/ ceil':>6} "
-            f"{'ns>ceil':>7} {'prog ns':>7} {'Mpps':>5} {'deliv':>6} {'hits':>6}")
+            f"{'/ tun':>6} {'ns>ceil':>7} {'prog ns':>7} {'Mpps':>5} {'deliv':>6} "
+            f"{'hits':>6}")
     print(head)
     print("-" * len(head))
     last, flags = None, []
@@ -2125,12 +2166,13 @@ def print_table_socket(summary: dict) -> None:
             if r["ns_cost"] is not None else ""
         xi = f"{r['x_iptables']:.2f}" if r["x_iptables"] else "-"
         xc = f"{r['x_ceiling']:.2f}" if r["x_ceiling"] else "-"
+        xt = f"{r['x_tunnel']:.2f}" if r.get("x_tunnel") else "-"
         over = f"{r['ns_over_ceiling']:.0f}" if r["ns_over_ceiling"] is not None else "-"
         prog = f"{r['prog_ns']:.0f}" if r.get("prog_ns") is not None else "-"
         hits = f"{r['hit_share']:.1%}" if r.get("hit_share") is not None else "-"
         print(f"{_flows_text(r['flows']):>5} {'v' + str(r['family']):>3} "
               f"{SHORT[r['traffic']]:<11} {r['cores']:>5}  {r['label']:<26} "
-              f"{r['ns_total']:7.0f} {cost:>7} {span:>11} {xi:>6} {xc:>6} {over:>7} "
+              f"{r['ns_total']:7.0f} {cost:>7} {span:>11} {xi:>6} {xc:>6} {xt:>6} {over:>7} "
               f"{prog:>7} {r['mpps']:5.2f} {r['delivered']:6.1%} {hits:>6}")
         if r["failed_checks"]:
             flags.append(f"  CHECK FAILED, IPv{r['family']} {_flows_text(r['flows'])} flows "
@@ -2143,7 +2185,9 @@ def print_table_socket(summary: dict) -> None:
           "CPUs (generator,\n  veth, forwarder and sink: all run there); cost ns: ns/pkt "
           "less the same round's\n  'generator alone' (XDP drop on in0), medians over the "
           "rounds: the LB node's work and the\n  hop to the sink. / ipt, / ceil: cost over "
-          "iptables DNAT's, over the bare redirect's.\n  prog ns: the XDP program on in0, "
+          "iptables DNAT's, over the bare redirect's.\n  / tun: pyxlb IPIP's cost over "
+          "the tunnel floor's (the redirect plus one outer header).\n  prog ns: the XDP "
+          "program on in0, "
           "its own time a packet (the kernel's run-time statistics).\n  Mpps: delivered at "
           "the sink per wall second (the generator's pace, not the forwarder's).")
 
