@@ -44,7 +44,8 @@ on the LB node's in0:
   ceiling     ceiling.bpf.c: rewrite the MACs and bpf_redirect() to out0, nothing else
   tunnel      ceiling.bpf.c's tunnel floor: the ceiling plus one outer header pushed (IPIP,
               IP6IP6; fixed addresses, no parsing, hashing or lookups): the least any
-              tunnelling balancer does; "x tun" is pyxlb's IPIP over it
+              tunnelling balancer does; pyxlb's IPIP figures over it are x_tunnel in the
+              results (the chain table's last section, the socket table's "/ tun")
 
 pyxlb's nodes are made once per N (their flow tables hold that N's flows) and, where N
 is more than a default table is rated for (docs/datapath.md, "Capacity": 209,715 IPv4 and
