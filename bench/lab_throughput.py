@@ -695,7 +695,7 @@ class Lab:
             self._sink(f)
             self._lb_node(f)
             {"pyxlb": self._pyxlb, "iptables": self._iptables, "nftables": self._nftables,
-             "ceiling": self._ceiling, "tunnel": self._tunnel,
+             "ceiling": self._ceiling, "tunnel": self._ceiling,
              "drop": self._drop}[f.kind](f)
         if self.socket_gen:
             import socket_gen
@@ -887,16 +887,11 @@ class Lab:
         self.sinks[f.node] = maps["sink_stats"]
 
     def _ceiling(self, f: Forwarder) -> None:
-        maps = self._attach_object(f, "bench_ceiling", "ceil_redirect")
-        with netns.enter(self.lb(f)):
-            out = socket.if_nametoindex("out0")
-        maps["ceil_config"].update(0, mac_bytes(BACKEND_MACS[1]) + mac_bytes(LB_OUT_MAC)
-                                   + struct.pack("=I", out) + bytes(40))
-
-    def _tunnel(self, f: Forwarder) -> None:
-        """The tunnel floor: the ceiling's redirect with an outer header to backend 1 (from
-        out0's addresses, as pyxlb's outer source defaults to the interface's)."""
-        maps = self._attach_object(f, "bench_ceiling", "ceil_tunnel")
+        """The ceiling (ceil_redirect) or the tunnel floor (ceil_tunnel, kind "tunnel"):
+        the redirect to backend 1 over out0; the floor's outer header from out0's addresses,
+        as pyxlb's outer source defaults to the interface's (the ceiling ignores them)."""
+        maps = self._attach_object(f, "bench_ceiling", "ceil_tunnel" if f.kind == "tunnel"
+                                   else "ceil_redirect")
         with netns.enter(self.lb(f)):
             out = socket.if_nametoindex("out0")
         maps["ceil_config"].update(0, mac_bytes(BACKEND_MACS[1]) + mac_bytes(LB_OUT_MAC)
